@@ -1,0 +1,789 @@
+//! The cell: the shared state and its one commit path.
+//!
+//! Every mutation — an agent registering, a claim, a kill, a status update, a role's quota —
+//! arrives as a [`Command`]. [`Cell::decide`] validates it against the current state without
+//! changing anything and returns either a [`Rejection`] (bad input; nothing changes) or the
+//! [`Event`]s it commits plus the reply for the caller. [`Cell::apply`] folds events into the
+//! state; it is infallible and asserts the invariants. The master's shell runs
+//! `decide → apply → persist → acknowledge → publish`; watch clients run only `apply`.
+//!
+//! The state is made of persistent maps (`imbl`), so a snapshot is an O(1) clone that readers
+//! keep while the writer goes on: readers never block writers.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+use imbl::{HashMap as PMap, OrdMap};
+use serde::{Deserialize, Serialize};
+
+use crate::limits;
+use crate::model::*;
+use crate::resources::{Milli, ResourceSet, UNRESERVED};
+use crate::task::TaskState;
+
+/// A mutation of the cell. Each one commits atomically or not at all.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Command {
+    RegisterAgent(AgentRegistration),
+    UpdateAgentResources { agent_id: AgentId, total: ResourceSet },
+    SetAgentState { agent_id: AgentId, state: AgentState },
+    Claim(Claim),
+    KillTask { task_id: TaskId },
+    UpdateTaskStatus { task_id: TaskId, state: TaskState, status: StatusInfo },
+    ConfigureRole { name: String, weight: f64, quota: Quota },
+}
+
+/// What an agent says about itself when it registers.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AgentRegistration {
+    /// Set when an agent that registered before comes back.
+    #[serde(default)]
+    pub agent_id: Option<AgentId>,
+    pub hostname: String,
+    #[serde(default)]
+    pub port: u16,
+    #[serde(default)]
+    pub attributes: BTreeMap<String, String>,
+    #[serde(default)]
+    pub domain: Option<FaultDomain>,
+    pub resources: ResourceSet,
+}
+
+/// Why a command was refused. Nothing changed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+#[serde(tag = "error", content = "message", rename_all = "snake_case")]
+pub enum Rejection {
+    #[error("invalid: {0}")]
+    Invalid(String),
+    #[error("not found: {0}")]
+    NotFound(String),
+    #[error("conflict: {0}")]
+    Conflict(String),
+    #[error("forbidden: {0}")]
+    Forbidden(String),
+}
+
+impl Rejection {
+    /// The HTTP status Mesos uses for this kind of refusal.
+    pub fn http_status(&self) -> u16 {
+        match self {
+            Rejection::Invalid(_) => 400,
+            Rejection::Forbidden(_) => 403,
+            Rejection::NotFound(_) => 404,
+            Rejection::Conflict(_) => 409,
+        }
+    }
+}
+
+/// What the caller of a committed (or idempotently repeated) command gets back.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Reply {
+    Agent { agent_id: AgentId },
+    Claim { outcome: ClaimOutcome },
+    Done,
+}
+
+/// The result of deciding a command: what to commit (possibly nothing) and what to answer.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Decision {
+    pub events: Vec<Event>,
+    pub reply: Reply,
+}
+
+/// Fixed settings of a cell, given by the master at start.
+#[derive(Clone, Debug)]
+pub struct CellConfig {
+    /// Prefix of generated agent ids.
+    pub cell_id: Arc<str>,
+}
+
+/// The shared state of a cell. Cloning it is O(1): that is a snapshot.
+#[derive(Clone, Debug)]
+pub struct Cell {
+    cell_id: Arc<str>,
+    version: Version,
+    agents: PMap<AgentId, Agent>,
+    tasks: PMap<TaskId, Task>,
+    roles: OrdMap<String, Role>,
+    claims: PMap<ClaimId, ClaimOutcome>,
+    /// Sum of scalar totals and allocations over agents that are not gone, for quota headroom.
+    cluster_total: OrdMap<String, i64>,
+    cluster_allocated: OrdMap<String, i64>,
+}
+
+impl Cell {
+    pub fn new(config: CellConfig) -> Cell {
+        Cell {
+            cell_id: config.cell_id,
+            version: 0,
+            agents: PMap::new(),
+            tasks: PMap::new(),
+            roles: OrdMap::new(),
+            claims: PMap::new(),
+            cluster_total: OrdMap::new(),
+            cluster_allocated: OrdMap::new(),
+        }
+    }
+
+    /// Rebuilds a cell from stored records (the derived fields are recomputed here).
+    pub fn from_records(
+        config: CellConfig,
+        version: Version,
+        agents: impl IntoIterator<Item = Agent>,
+        tasks: impl IntoIterator<Item = Task>,
+        roles: impl IntoIterator<Item = Role>,
+        claims: impl IntoIterator<Item = ClaimOutcome>,
+    ) -> Cell {
+        let mut cell = Cell::new(config);
+        cell.version = version;
+        for mut a in agents {
+            a.allocated = ResourceSet::new();
+            cell.agents.insert(a.id.clone(), a);
+        }
+        for mut r in roles {
+            r.consumed = ResourceSet::new();
+            cell.roles.insert(r.name.clone(), r);
+        }
+        for t in tasks {
+            if !t.state.is_terminal() {
+                if let Some(a) = cell.agents.get_mut(&t.agent_id) {
+                    a.allocated.add(&t.resources).expect("stored resources are well typed");
+                }
+                let role = cell.roles.entry(t.role.clone()).or_insert_with(|| Role::new(&t.role));
+                role.consumed.add(&t.resources).expect("stored resources are well typed");
+            }
+            cell.tasks.insert(t.id.clone(), t);
+        }
+        for c in claims {
+            cell.claims.insert(c.claim_id.clone(), c);
+        }
+        let agents: Vec<Agent> = cell.agents.values().cloned().collect();
+        for a in &agents {
+            if a.state != AgentState::Gone {
+                cell.add_cluster(&a.total, &a.allocated, 1);
+            }
+        }
+        cell
+    }
+
+    pub fn cell_id(&self) -> &str {
+        &self.cell_id
+    }
+    pub fn version(&self) -> Version {
+        self.version
+    }
+    pub fn agent(&self, id: &AgentId) -> Option<&Agent> {
+        self.agents.get(id)
+    }
+    pub fn agents(&self) -> impl Iterator<Item = &Agent> {
+        self.agents.values()
+    }
+    pub fn agent_count(&self) -> usize {
+        self.agents.len()
+    }
+    pub fn task(&self, id: &TaskId) -> Option<&Task> {
+        self.tasks.get(id)
+    }
+    pub fn tasks(&self) -> impl Iterator<Item = &Task> {
+        self.tasks.values()
+    }
+    pub fn task_count(&self) -> usize {
+        self.tasks.len()
+    }
+    pub fn role(&self, name: &str) -> Option<&Role> {
+        self.roles.get(name)
+    }
+    pub fn roles(&self) -> impl Iterator<Item = &Role> {
+        self.roles.values()
+    }
+    pub fn claim(&self, id: &ClaimId) -> Option<&ClaimOutcome> {
+        self.claims.get(id)
+    }
+    pub fn claims(&self) -> impl Iterator<Item = &ClaimOutcome> {
+        self.claims.values()
+    }
+
+    /// Decides and applies one command: the whole commit path minus IO. Returns the log entry
+    /// to persist (`None` when nothing changed) and the reply.
+    pub fn commit(&mut self, now: Timestamp, command: &Command) -> Result<(Option<LogEntry>, Reply), Rejection> {
+        let decision = self.decide(now, command)?;
+        if decision.events.is_empty() {
+            return Ok((None, decision.reply));
+        }
+        let entry = LogEntry { version: self.version + 1, events: decision.events };
+        self.apply(&entry);
+        Ok((Some(entry), decision.reply))
+    }
+
+    /// Validates `command` against the current state. Changes nothing.
+    pub fn decide(&self, now: Timestamp, command: &Command) -> Result<Decision, Rejection> {
+        let next = self.version + 1;
+        match command {
+            Command::RegisterAgent(reg) => self.decide_register(now, next, reg),
+            Command::UpdateAgentResources { agent_id, total } => {
+                let agent = self.agents.get(agent_id).ok_or_else(|| not_found_agent(agent_id))?;
+                if agent.state == AgentState::Gone {
+                    return Err(Rejection::Forbidden(format!("agent {agent_id} is gone")));
+                }
+                if !total.contains(&agent.allocated) {
+                    return Err(Rejection::Conflict(format!(
+                        "agent {agent_id}: new total {total} does not cover what is allocated ({})",
+                        agent.allocated
+                    )));
+                }
+                Ok(Decision {
+                    events: vec![Event::AgentResourcesUpdated { agent_id: agent_id.clone(), total: total.clone() }],
+                    reply: Reply::Done,
+                })
+            }
+            Command::SetAgentState { agent_id, state } => self.decide_agent_state(now, agent_id, *state),
+            Command::Claim(claim) => self.decide_claim(next, claim),
+            Command::KillTask { task_id } => {
+                let task = self.tasks.get(task_id).ok_or_else(|| not_found_task(task_id))?;
+                if task.state.is_terminal() || task.state == TaskState::Killing {
+                    return Ok(Decision { events: vec![], reply: Reply::Done });
+                }
+                let status = StatusInfo {
+                    message: Some("kill requested".into()),
+                    source: Some("SOURCE_MASTER".into()),
+                    timestamp: now,
+                    ..StatusInfo::default()
+                };
+                // A task not yet launched (or on an agent that is not there) cannot be asked to
+                // stop: it is killed at once. Otherwise the agent is asked and reports back.
+                let agent_active =
+                    self.agents.get(&task.agent_id).map(|a| a.state == AgentState::Active).unwrap_or(false);
+                let state = if agent_active { TaskState::Killing } else { TaskState::Killed };
+                Ok(Decision {
+                    events: vec![Event::TaskStatusChanged { task_id: task_id.clone(), state, status }],
+                    reply: Reply::Done,
+                })
+            }
+            Command::UpdateTaskStatus { task_id, state, status } => {
+                let task = self.tasks.get(task_id).ok_or_else(|| not_found_task(task_id))?;
+                if task.state == *state && state.is_terminal() {
+                    // A repeated terminal update (status updates are at-least-once): no change.
+                    return Ok(Decision { events: vec![], reply: Reply::Done });
+                }
+                if !task.state.can_become(*state) {
+                    return Err(Rejection::Conflict(format!(
+                        "task {task_id} cannot go from {} to {}",
+                        task.state.mesos_name(),
+                        state.mesos_name()
+                    )));
+                }
+                if task.state == *state && task.status == *status {
+                    return Ok(Decision { events: vec![], reply: Reply::Done });
+                }
+                let mut status = status.clone();
+                if status.timestamp == 0 {
+                    status.timestamp = now;
+                }
+                Ok(Decision {
+                    events: vec![Event::TaskStatusChanged { task_id: task_id.clone(), state: *state, status }],
+                    reply: Reply::Done,
+                })
+            }
+            Command::ConfigureRole { name, weight, quota } => {
+                validate_role_name(name)?;
+                if !(weight.is_finite() && *weight > 0.0) {
+                    return Err(Rejection::Invalid(format!("role {name}: weight must be > 0")));
+                }
+                if let Some(limit) = &quota.limit {
+                    for (res, g) in quota.guarantee.scalar_totals() {
+                        let l = limit.scalar(&res);
+                        if limit.scalar_totals().iter().any(|(n, _)| *n == res) && l < g {
+                            return Err(Rejection::Invalid(format!(
+                                "role {name}: guarantee of {res} ({}) exceeds its limit ({})",
+                                g.as_f64(),
+                                l.as_f64()
+                            )));
+                        }
+                    }
+                }
+                Ok(Decision {
+                    events: vec![Event::RoleConfigured { name: name.clone(), weight: *weight, quota: quota.clone() }],
+                    reply: Reply::Done,
+                })
+            }
+        }
+    }
+
+    fn decide_register(&self, now: Timestamp, next: Version, reg: &AgentRegistration) -> Result<Decision, Rejection> {
+        if reg.hostname.is_empty() || reg.hostname.len() > limits::HOSTNAME_BYTES_MAX {
+            return Err(Rejection::Invalid("hostname must be 1..=255 bytes".into()));
+        }
+        if reg.resources.is_empty() {
+            return Err(Rejection::Invalid("an agent must offer some resources".into()));
+        }
+        let existing = reg.agent_id.as_ref().and_then(|id| self.agents.get(id));
+        if let Some(a) = existing {
+            if a.state == AgentState::Gone {
+                return Err(Rejection::Forbidden(format!(
+                    "agent {} was removed; register without an id to join as a new agent",
+                    a.id
+                )));
+            }
+            if !reg.resources.contains(&a.allocated) {
+                return Err(Rejection::Conflict(format!(
+                    "agent {}: resources {} do not cover its tasks ({})",
+                    a.id, reg.resources, a.allocated
+                )));
+            }
+        }
+        let id = match &reg.agent_id {
+            Some(id) => {
+                validate_id("agent id", id.as_str())?;
+                id.clone()
+            }
+            None => AgentId::new(format!("{}-S{}", self.cell_id, next)),
+        };
+        let mut events = Vec::new();
+        let agent = Agent {
+            id: id.clone(),
+            hostname: reg.hostname.clone(),
+            port: reg.port,
+            attributes: reg.attributes.clone(),
+            domain: reg.domain.clone(),
+            total: reg.resources.clone(),
+            allocated: ResourceSet::new(),
+            state: AgentState::Active,
+            version: next,
+            registered_at: existing.map(|a| a.registered_at).unwrap_or(now),
+        };
+        events.push(Event::AgentRegistered { agent });
+        // A returning agent's tasks that were marked unreachable come back as running: the
+        // agent's own status updates correct this when it knows better.
+        if existing.map(|a| a.state == AgentState::Unreachable).unwrap_or(false) {
+            for t in self.tasks.values().filter(|t| t.agent_id == id && t.state == TaskState::Unreachable) {
+                events.push(Event::TaskStatusChanged {
+                    task_id: t.id.clone(),
+                    state: TaskState::Running,
+                    status: StatusInfo {
+                        message: Some("agent re-registered".into()),
+                        source: Some("SOURCE_MASTER".into()),
+                        reason: Some("REASON_AGENT_REREGISTERED".into()),
+                        timestamp: now,
+                        ..StatusInfo::default()
+                    },
+                });
+            }
+        }
+        Ok(Decision { events, reply: Reply::Agent { agent_id: id } })
+    }
+
+    fn decide_agent_state(&self, now: Timestamp, agent_id: &AgentId, state: AgentState) -> Result<Decision, Rejection> {
+        let agent = self.agents.get(agent_id).ok_or_else(|| not_found_agent(agent_id))?;
+        if agent.state == state {
+            return Ok(Decision { events: vec![], reply: Reply::Done });
+        }
+        if agent.state == AgentState::Gone {
+            return Err(Rejection::Forbidden(format!("agent {agent_id} is gone")));
+        }
+        let (task_state, reason) = match state {
+            AgentState::Active => {
+                return Err(Rejection::Invalid("an agent becomes active by registering".into()));
+            }
+            AgentState::Unreachable => (TaskState::Unreachable, "REASON_AGENT_UNREACHABLE"),
+            AgentState::Gone => (TaskState::Gone, "REASON_AGENT_REMOVED"),
+        };
+        let mut events = Vec::new();
+        for t in self.tasks.values().filter(|t| t.agent_id == *agent_id && t.state.can_become(task_state)) {
+            if t.state == task_state {
+                continue;
+            }
+            events.push(Event::TaskStatusChanged {
+                task_id: t.id.clone(),
+                state: task_state,
+                status: StatusInfo {
+                    message: Some(format!("agent {agent_id} is {state:?}").to_lowercase()),
+                    reason: Some(reason.into()),
+                    source: Some("SOURCE_MASTER".into()),
+                    timestamp: now,
+                    ..StatusInfo::default()
+                },
+            });
+        }
+        events.push(Event::AgentStateChanged { agent_id: agent_id.clone(), state });
+        Ok(Decision { events, reply: Reply::Done })
+    }
+
+    fn validate_claim(&self, claim: &Claim) -> Result<(), Rejection> {
+        validate_id("claim id", claim.id.as_str())?;
+        validate_role_name(&claim.role)?;
+        if claim.placements.is_empty() {
+            return Err(Rejection::Invalid(format!("claim {}: no placements", claim.id)));
+        }
+        if claim.placements.len() > limits::CLAIM_PLACEMENTS_MAX {
+            return Err(Rejection::Invalid(format!(
+                "claim {}: {} placements is more than the {} allowed in one claim",
+                claim.id,
+                claim.placements.len(),
+                limits::CLAIM_PLACEMENTS_MAX
+            )));
+        }
+        if claim.snapshot_version > self.version {
+            return Err(Rejection::Invalid(format!(
+                "claim {}: snapshot version {} is ahead of the cell ({})",
+                claim.id, claim.snapshot_version, self.version
+            )));
+        }
+        for p in &claim.placements {
+            validate_id("task id", p.task_id.as_str())?;
+            if p.resources.is_empty() {
+                return Err(Rejection::Invalid(format!("task {}: no resources", p.task_id)));
+            }
+            if p.spec.0.len() > limits::TASK_SPEC_BYTES_MAX {
+                return Err(Rejection::Invalid(format!("task {}: task description too large", p.task_id)));
+            }
+        }
+        Ok(())
+    }
+
+    fn decide_claim(&self, next: Version, claim: &Claim) -> Result<Decision, Rejection> {
+        if let Some(outcome) = self.claims.get(&claim.id) {
+            // Idempotent resubmission: the original outcome, nothing new.
+            return Ok(Decision { events: vec![], reply: Reply::Claim { outcome: outcome.clone() } });
+        }
+        self.validate_claim(claim)?;
+
+        let role = self.roles.get(&claim.role);
+        let mut scratch_agents: HashMap<&AgentId, ResourceSet> = HashMap::new();
+        let mut scratch_role = ResourceSet::new();
+        let mut scratch_cluster: BTreeMap<String, i64> = BTreeMap::new();
+        let mut seen_tasks: HashSet<&TaskId> = HashSet::new();
+        let headroom = self.headroom_for_others(&claim.role);
+
+        let mut outcomes = Vec::with_capacity(claim.placements.len());
+        for p in &claim.placements {
+            let verdict = self.check_placement(claim, p, role, &scratch_agents, &scratch_role, &scratch_cluster, &headroom, &seen_tasks);
+            if verdict.is_none() {
+                seen_tasks.insert(&p.task_id);
+                scratch_agents.entry(&p.agent_id).or_default().add(&p.resources).expect("typed at validation");
+                scratch_role.add(&p.resources).expect("typed at validation");
+                for (name, m) in p.resources.scalar_totals() {
+                    *scratch_cluster.entry(name).or_default() += m.0;
+                }
+            }
+            outcomes.push(PlacementOutcome {
+                task_id: p.task_id.clone(),
+                agent_id: p.agent_id.clone(),
+                committed: verdict.is_none(),
+                rejected: verdict,
+            });
+        }
+
+        let any_rejected = outcomes.iter().any(|o| !o.committed);
+        if claim.mode == CommitMode::AllOrNothing && any_rejected {
+            for o in outcomes.iter_mut().filter(|o| o.committed) {
+                o.committed = false;
+                o.rejected = Some(RejectReason::GangAborted);
+            }
+        }
+        let committed_any = outcomes.iter().any(|o| o.committed);
+        let outcome = ClaimOutcome {
+            claim_id: claim.id.clone(),
+            committed_version: committed_any.then_some(next),
+            placements: outcomes,
+        };
+        if !committed_any {
+            // Nothing committed: nothing is recorded, so the scheduler may retry the same id
+            // on fresh state.
+            return Ok(Decision { events: vec![], reply: Reply::Claim { outcome } });
+        }
+        let tasks = claim
+            .placements
+            .iter()
+            .zip(&outcome.placements)
+            .filter(|(_, o)| o.committed)
+            .map(|(p, _)| Task {
+                id: p.task_id.clone(),
+                name: p.name.clone(),
+                agent_id: p.agent_id.clone(),
+                role: claim.role.clone(),
+                owner: claim.owner.clone(),
+                claim_id: claim.id.clone(),
+                resources: p.resources.clone(),
+                state: TaskState::Staging,
+                status: StatusInfo::default(),
+                spec: p.spec.clone(),
+                version: next,
+            })
+            .collect();
+        Ok(Decision {
+            events: vec![Event::ClaimCommitted { outcome: outcome.clone(), tasks }],
+            reply: Reply::Claim { outcome },
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn check_placement(
+        &self,
+        claim: &Claim,
+        p: &Placement,
+        role: Option<&Role>,
+        scratch_agents: &HashMap<&AgentId, ResourceSet>,
+        scratch_role: &ResourceSet,
+        scratch_cluster: &BTreeMap<String, i64>,
+        headroom: &BTreeMap<String, i64>,
+        seen_tasks: &HashSet<&TaskId>,
+    ) -> Option<RejectReason> {
+        if self.tasks.contains_key(&p.task_id) || seen_tasks.contains(&p.task_id) {
+            return Some(RejectReason::DuplicateTaskId);
+        }
+        let Some(agent) = self.agents.get(&p.agent_id) else {
+            return Some(RejectReason::UnknownAgent);
+        };
+        if agent.state != AgentState::Active {
+            return Some(RejectReason::AgentNotActive { state: agent.state });
+        }
+        if let Some(other) = p.resources.reserved_roles().find(|r| *r != claim.role) {
+            return Some(RejectReason::ReservationMismatch { role: other.to_string() });
+        }
+        if claim.check == ConflictCheck::Coarse && agent.version > claim.snapshot_version {
+            return Some(RejectReason::AgentVersionMoved { agent_version: agent.version });
+        }
+        let mut wanted = p.resources.clone();
+        if let Some(already) = scratch_agents.get(&p.agent_id) {
+            wanted.add(already).expect("typed at validation");
+        }
+        let mut free = agent.total.clone();
+        let _ = free.subtract(&agent.allocated);
+        if !free.contains(&wanted) {
+            return Some(RejectReason::InsufficientResources { resource: free.first_missing(&wanted).unwrap_or_default() });
+        }
+        if let Some(limit) = role.and_then(|r| r.quota.limit.as_ref()) {
+            let consumed = role.map(|r| &r.consumed);
+            for (name, cap) in limit.scalar_totals() {
+                let want = p.resources.scalar(&name).0;
+                if want == 0 {
+                    continue;
+                }
+                let used = consumed.map(|c| c.scalar(&name).0).unwrap_or(0) + scratch_role.scalar(&name).0;
+                if used + want > cap.0 {
+                    return Some(RejectReason::QuotaLimit { resource: name });
+                }
+            }
+        }
+        for (name, held) in headroom {
+            let want: i64 = p
+                .resources
+                .iter()
+                .filter(|r| r.name == *name && r.role == UNRESERVED)
+                .map(|r| match r.value {
+                    crate::resources::Value::Scalar(m) => m.0,
+                    _ => 0,
+                })
+                .sum();
+            if want == 0 {
+                continue;
+            }
+            let total = self.cluster_total.get(name).copied().unwrap_or(0);
+            let allocated = self.cluster_allocated.get(name).copied().unwrap_or(0)
+                + scratch_cluster.get(name).copied().unwrap_or(0);
+            if total - allocated - want < *held {
+                return Some(RejectReason::QuotaHeadroom { resource: name.clone() });
+            }
+        }
+        None
+    }
+
+    /// What must stay free for roles other than `role` to reach their guarantees: per scalar,
+    /// the sum of `guarantee - consumed` over those roles (where positive).
+    pub fn headroom_for_others(&self, role: &str) -> BTreeMap<String, i64> {
+        let mut out = BTreeMap::new();
+        for r in self.roles.values().filter(|r| r.name != role) {
+            for (name, g) in r.quota.guarantee.scalar_totals() {
+                let unmet = g.0 - r.consumed.scalar(&name).0;
+                if unmet > 0 {
+                    *out.entry(name).or_default() += unmet;
+                }
+            }
+        }
+        out
+    }
+
+    /// Folds a committed entry into the state. Infallible: `decide` validated everything;
+    /// a broken invariant here is a bug, and the master stops rather than persist damage.
+    pub fn apply(&mut self, entry: &LogEntry) {
+        assert_eq!(entry.version, self.version + 1, "log entries apply in order");
+        let v = entry.version;
+        for event in &entry.events {
+            self.apply_event(v, event);
+        }
+        self.version = v;
+    }
+
+    fn apply_event(&mut self, v: Version, event: &Event) {
+        match event {
+            Event::AgentRegistered { agent } => {
+                let mut agent = agent.clone();
+                agent.version = v;
+                if let Some(old) = self.agents.get(&agent.id).cloned() {
+                    agent.allocated = old.allocated.clone();
+                    if old.state != AgentState::Gone {
+                        self.add_cluster(&old.total, &old.allocated, -1);
+                    }
+                } else {
+                    agent.allocated = ResourceSet::new();
+                }
+                assert!(agent.total.contains(&agent.allocated), "agent {} over-committed", agent.id);
+                self.add_cluster(&agent.total, &agent.allocated, 1);
+                self.agents.insert(agent.id.clone(), agent);
+            }
+            Event::AgentResourcesUpdated { agent_id, total } => {
+                let old = self.agents.get(agent_id).expect("decided on a known agent").clone();
+                self.add_cluster(&old.total, &ResourceSet::new(), -1);
+                self.add_cluster(total, &ResourceSet::new(), 1);
+                let a = self.agents.get_mut(agent_id).expect("known agent");
+                a.total = total.clone();
+                a.version = v;
+                assert!(a.total.contains(&a.allocated), "agent {agent_id} over-committed");
+            }
+            Event::AgentStateChanged { agent_id, state } => {
+                let a = self.agents.get(agent_id).expect("decided on a known agent").clone();
+                if *state == AgentState::Gone && a.state != AgentState::Gone {
+                    self.add_cluster(&a.total, &a.allocated, -1);
+                }
+                let a = self.agents.get_mut(agent_id).expect("known agent");
+                a.state = *state;
+                a.version = v;
+            }
+            Event::ClaimCommitted { outcome, tasks } => {
+                for t in tasks {
+                    let mut t = t.clone();
+                    t.version = v;
+                    let a = self.agents.get_mut(&t.agent_id).expect("decided on a known agent");
+                    a.allocated.add(&t.resources).expect("typed at validation");
+                    a.version = v;
+                    assert!(a.total.contains(&a.allocated), "agent {} over-committed by claim {}", a.id, outcome.claim_id);
+                    let role = self.roles.entry(t.role.clone()).or_insert_with(|| Role::new(&t.role));
+                    role.consumed.add(&t.resources).expect("typed at validation");
+                    for (name, m) in t.resources.scalar_totals() {
+                        *self.cluster_allocated.entry(name).or_default() += m.0;
+                    }
+                    let previous = self.tasks.insert(t.id.clone(), t);
+                    assert!(previous.is_none(), "duplicate task id committed");
+                }
+                self.claims.insert(outcome.claim_id.clone(), outcome.clone());
+            }
+            Event::TaskStatusChanged { task_id, state, status } => {
+                let task = self.tasks.get_mut(task_id).expect("decided on a known task");
+                let was_terminal = task.state.is_terminal();
+                task.state = *state;
+                task.status = status.clone();
+                task.version = v;
+                if !was_terminal && state.is_terminal() {
+                    // The one place resources are freed: on the first terminal state only.
+                    let (agent_id, role, res) = (task.agent_id.clone(), task.role.clone(), task.resources.clone());
+                    let gone = match self.agents.get_mut(&agent_id) {
+                        Some(a) => {
+                            a.allocated.subtract(&res).expect("a live task's resources are allocated");
+                            a.version = v;
+                            a.state == AgentState::Gone
+                        }
+                        None => true,
+                    };
+                    if let Some(r) = self.roles.get_mut(&role) {
+                        r.consumed.subtract(&res).expect("a live task's resources are consumed");
+                    }
+                    if !gone {
+                        for (name, m) in res.scalar_totals() {
+                            *self.cluster_allocated.entry(name).or_default() -= m.0;
+                        }
+                    }
+                }
+            }
+            Event::RoleConfigured { name, weight, quota } => {
+                let role = self.roles.entry(name.clone()).or_insert_with(|| Role::new(name));
+                role.weight = *weight;
+                role.quota = quota.clone();
+            }
+        }
+    }
+
+    fn add_cluster(&mut self, total: &ResourceSet, allocated: &ResourceSet, sign: i64) {
+        for (name, m) in total.scalar_totals() {
+            *self.cluster_total.entry(name).or_default() += sign * m.0;
+        }
+        for (name, m) in allocated.scalar_totals() {
+            *self.cluster_allocated.entry(name).or_default() += sign * m.0;
+        }
+    }
+
+    /// Recomputes every derived field from the records and checks the invariants: no agent
+    /// is over-committed, derived sums match. Used by tests after every step and by the
+    /// master after loading. Returns a description of the first violation.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        let mut alloc: HashMap<&AgentId, ResourceSet> = HashMap::new();
+        let mut consumed: HashMap<&str, ResourceSet> = HashMap::new();
+        for t in self.tasks.values().filter(|t| !t.state.is_terminal()) {
+            alloc.entry(&t.agent_id).or_default().add(&t.resources).map_err(|e| e.to_string())?;
+            consumed.entry(t.role.as_str()).or_default().add(&t.resources).map_err(|e| e.to_string())?;
+        }
+        for a in self.agents.values() {
+            let want = alloc.remove(&a.id).unwrap_or_default();
+            if a.state != AgentState::Gone && want != a.allocated {
+                return Err(format!("agent {}: allocated {} but its tasks hold {}", a.id, a.allocated, want));
+            }
+            if !a.total.contains(&a.allocated) {
+                return Err(format!("agent {} over-committed: {} > {}", a.id, a.allocated, a.total));
+            }
+        }
+        if let Some((id, _)) = alloc.into_iter().next() {
+            return Err(format!("live tasks on unknown agent {id}"));
+        }
+        for r in self.roles.values() {
+            let want = consumed.remove(r.name.as_str()).unwrap_or_default();
+            if want != r.consumed {
+                return Err(format!("role {}: consumed {} but its tasks hold {}", r.name, r.consumed, want));
+            }
+        }
+        Ok(())
+    }
+
+    /// Free scalar resources of the whole cell (agents that are not gone).
+    pub fn cluster_free(&self) -> BTreeMap<String, Milli> {
+        self.cluster_total
+            .iter()
+            .map(|(k, t)| (k.clone(), Milli(t - self.cluster_allocated.get(k).copied().unwrap_or(0))))
+            .collect()
+    }
+}
+
+fn not_found_agent(id: &AgentId) -> Rejection {
+    Rejection::NotFound(format!("agent {id}"))
+}
+
+fn not_found_task(id: &TaskId) -> Rejection {
+    Rejection::NotFound(format!("task {id}"))
+}
+
+fn validate_id(what: &str, id: &str) -> Result<(), Rejection> {
+    if id.is_empty() || id.len() > limits::ID_BYTES_MAX || id.chars().any(|c| c.is_control()) {
+        return Err(Rejection::Invalid(format!(
+            "{what} must be 1..={} bytes without control characters",
+            limits::ID_BYTES_MAX
+        )));
+    }
+    Ok(())
+}
+
+fn validate_role_name(name: &str) -> Result<(), Rejection> {
+    // Mesos role names: not empty, not `.`/`..`, no leading `-`, no slashes at the ends,
+    // no whitespace or control characters. `*` is the default role.
+    let bad = name.is_empty()
+        || name == "."
+        || name == ".."
+        || name.starts_with('-')
+        || name.starts_with('/')
+        || name.ends_with('/')
+        || name.len() > limits::ID_BYTES_MAX
+        || name.chars().any(|c| c.is_whitespace() || c.is_control() || c == '\\');
+    if bad {
+        return Err(Rejection::Invalid(format!("invalid role name '{name}'")));
+    }
+    Ok(())
+}

@@ -1,0 +1,16 @@
+//! The sans-IO core of a Shoal cell.
+//!
+//! Plain data and functions: no tokio, no sockets, no disk, no clock. Time comes in as an
+//! argument ([`model::Timestamp`]); what must happen later comes out as data. This is what
+//! lets the whole commit path be tested exhaustively and simulated at scale.
+
+pub mod cell;
+pub mod limits;
+pub mod model;
+pub mod resources;
+pub mod task;
+
+pub use cell::{AgentRegistration, Cell, CellConfig, Command, Decision, Rejection, Reply};
+pub use model::*;
+pub use resources::{Milli, Ranges, Resource, ResourceSet, Value, UNRESERVED};
+pub use task::TaskState;

@@ -1,0 +1,10 @@
+//! Every bound of the core, named in one place, units last.
+
+/// Most placements one claim may carry.
+pub const CLAIM_PLACEMENTS_MAX: usize = 10_000;
+/// Longest id (task, claim, agent) or role name, in bytes.
+pub const ID_BYTES_MAX: usize = 256;
+/// Longest agent hostname, in bytes.
+pub const HOSTNAME_BYTES_MAX: usize = 255;
+/// Largest task description (TaskInfo JSON) one placement may carry, in bytes.
+pub const TASK_SPEC_BYTES_MAX: usize = 1 << 20;

@@ -1,0 +1,332 @@
+//! The records of the shared state: agents, tasks, roles, claims, and the events that change
+//! them. Everything here is plain data with serde, so the master persists it, the native API
+//! serves it and watch clients fold the same events into their own mirror of the cell.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::resources::ResourceSet;
+use crate::task::TaskState;
+
+/// The cell's version: it grows by one with every committed mutation.
+pub type Version = u64;
+
+/// Milliseconds since the Unix epoch, given to the core by its caller (the core reads no clock).
+pub type Timestamp = u64;
+
+macro_rules! id_type {
+    ($(#[$m:meta])* $name:ident) => {
+        $(#[$m])*
+        #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[serde(transparent)]
+        pub struct $name(pub Arc<str>);
+
+        impl $name {
+            pub fn new(s: impl AsRef<str>) -> Self {
+                $name(Arc::from(s.as_ref()))
+            }
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl From<&str> for $name {
+            fn from(s: &str) -> Self {
+                $name::new(s)
+            }
+        }
+    };
+}
+
+id_type!(
+    /// An agent's id, as Mesos writes it (`<cell>-S<n>`).
+    AgentId
+);
+id_type!(
+    /// A task id, chosen by the scheduler; unique in the cell.
+    TaskId
+);
+id_type!(
+    /// A claim id, chosen by the scheduler: resubmitting it returns the original outcome.
+    ClaimId
+);
+
+/// Where an agent stands with the master.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum AgentState {
+    /// Registered and heartbeating: claims may place tasks on it.
+    Active,
+    /// Stopped heartbeating; its tasks' resources stay booked until it returns or is gone.
+    Unreachable,
+    /// Removed: its tasks are gone and its resources are no longer part of the cell.
+    Gone,
+}
+
+/// A fault domain, as in Mesos's `DomainInfo.FaultDomain`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct FaultDomain {
+    pub region: String,
+    pub zone: String,
+}
+
+/// An agent and its resources. `allocated` is derived (the sum of its live tasks and offer
+/// holds), so it is not persisted: it is rebuilt when the state is loaded.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Agent {
+    pub id: AgentId,
+    pub hostname: String,
+    /// Where the agent's own HTTP endpoint listens, when it has one (0 otherwise).
+    #[serde(default)]
+    pub port: u16,
+    #[serde(default)]
+    pub attributes: BTreeMap<String, String>,
+    #[serde(default)]
+    pub domain: Option<FaultDomain>,
+    pub total: ResourceSet,
+    #[serde(default)]
+    pub allocated: ResourceSet,
+    pub state: AgentState,
+    /// The cell version of the last mutation of this agent (registration, resource update,
+    /// state change, or a task placed on it or leaving it). Coarse-grained claims are
+    /// rejected when this moved past their snapshot.
+    pub version: Version,
+    pub registered_at: Timestamp,
+}
+
+impl Agent {
+    /// What is left for new placements.
+    pub fn free(&self) -> ResourceSet {
+        let mut free = self.total.clone();
+        // `allocated` is always contained in `total` (checked at every commit).
+        let _ = free.subtract(&self.allocated);
+        free
+    }
+}
+
+/// The last status a task reported (or the master decided), as in `mesos.v1.TaskStatus`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusInfo {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// The Mesos `TaskStatus.Reason` name, e.g. `REASON_COMMAND_EXECUTOR_FAILED`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The Mesos `TaskStatus.Source` name, e.g. `SOURCE_EXECUTOR`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub healthy: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    #[serde(default)]
+    pub timestamp: Timestamp,
+}
+
+/// The task's description as a framework sent it: the compact JSON of a `mesos.v1.TaskInfo`
+/// (Mesos's JSON encoding). The core does not look inside; the master and agents do.
+/// It is written as raw JSON in JSON documents and as a string elsewhere.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TaskSpec(pub Arc<str>);
+
+impl TaskSpec {
+    pub fn empty() -> TaskSpec {
+        TaskSpec(Arc::from("{}"))
+    }
+}
+
+impl Serialize for TaskSpec {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if s.is_human_readable() {
+            match serde_json::value::RawValue::from_string(self.0.to_string()) {
+                Ok(raw) => raw.serialize(s),
+                Err(_) => s.serialize_str(&self.0),
+            }
+        } else {
+            s.serialize_str(&self.0)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for TaskSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        if d.is_human_readable() {
+            let raw: Box<serde_json::value::RawValue> = Deserialize::deserialize(d)?;
+            Ok(TaskSpec(Arc::from(raw.get())))
+        } else {
+            let s = String::deserialize(d)?;
+            Ok(TaskSpec(Arc::from(s)))
+        }
+    }
+}
+
+/// A task: placed by a claim on one agent, with the resources it holds while it is live.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Task {
+    pub id: TaskId,
+    pub name: String,
+    pub agent_id: AgentId,
+    pub role: String,
+    /// Who placed it: a native scheduler's name or a framework id.
+    pub owner: String,
+    pub claim_id: ClaimId,
+    pub resources: ResourceSet,
+    pub state: TaskState,
+    #[serde(default)]
+    pub status: StatusInfo,
+    pub spec: TaskSpec,
+    /// The cell version of the task's last change.
+    pub version: Version,
+}
+
+/// Quota of a role: what it is guaranteed and what it may never exceed (scalars only, as in
+/// Mesos's `QuotaConfig`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Quota {
+    #[serde(default)]
+    pub guarantee: ResourceSet,
+    /// `None`: no limit.
+    #[serde(default)]
+    pub limit: Option<ResourceSet>,
+}
+
+/// A role (a team): its weight for fair sharing, its quota, and what it consumes now.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Role {
+    pub name: String,
+    pub weight: f64,
+    #[serde(default)]
+    pub quota: Quota,
+    /// Derived: the resources of the role's live tasks.
+    #[serde(default)]
+    pub consumed: ResourceSet,
+}
+
+impl Role {
+    pub fn new(name: &str) -> Role {
+        Role { name: name.to_string(), weight: 1.0, quota: Quota::default(), consumed: ResourceSet::new() }
+    }
+}
+
+/// How a claim commits: all of its placements or none (a gang), or each that fits.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CommitMode {
+    #[default]
+    AllOrNothing,
+    Incremental,
+}
+
+/// How a claim is checked for conflicts with what committed since its snapshot.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConflictCheck {
+    /// Accept a placement if its resources are still free.
+    #[default]
+    Fine,
+    /// Reject a placement if its agent changed at all since the snapshot.
+    Coarse,
+}
+
+/// One task to place on one agent.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Placement {
+    pub task_id: TaskId,
+    #[serde(default)]
+    pub name: String,
+    pub agent_id: AgentId,
+    pub resources: ResourceSet,
+    #[serde(default = "TaskSpec::empty")]
+    pub spec: TaskSpec,
+}
+
+/// A scheduler's transaction: placements decided against the state at `snapshot_version`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Claim {
+    pub id: ClaimId,
+    pub role: String,
+    #[serde(default)]
+    pub owner: String,
+    pub snapshot_version: Version,
+    #[serde(default)]
+    pub mode: CommitMode,
+    #[serde(default)]
+    pub check: ConflictCheck,
+    pub placements: Vec<Placement>,
+}
+
+/// Why one placement was not committed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "reason", rename_all = "snake_case")]
+pub enum RejectReason {
+    UnknownAgent,
+    AgentNotActive { state: AgentState },
+    /// The agent does not have the resources free any more (fine-grained check).
+    InsufficientResources { resource: String },
+    /// The agent changed since the claim's snapshot (coarse-grained check).
+    AgentVersionMoved { agent_version: Version },
+    DuplicateTaskId,
+    /// Reserved resources of another role.
+    ReservationMismatch { role: String },
+    /// Committing it would take the role past its quota limit.
+    QuotaLimit { resource: String },
+    /// Committing it would eat into what other roles are guaranteed.
+    QuotaHeadroom { resource: String },
+    /// Another placement of the same all-or-nothing claim was rejected.
+    GangAborted,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlacementOutcome {
+    pub task_id: TaskId,
+    pub agent_id: AgentId,
+    pub committed: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rejected: Option<RejectReason>,
+}
+
+/// The answer to a claim: per placement, committed or rejected with the reason.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClaimOutcome {
+    pub claim_id: ClaimId,
+    /// The version at which the committed placements took effect (`None`: nothing committed).
+    pub committed_version: Option<Version>,
+    pub placements: Vec<PlacementOutcome>,
+}
+
+impl ClaimOutcome {
+    pub fn committed_count(&self) -> usize {
+        self.placements.iter().filter(|p| p.committed).count()
+    }
+}
+
+/// A change to the shared state. The log of events, folded in order, is the state: the
+/// master persists them, watchers receive them and mirror the cell with the same code.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Event {
+    /// A new agent, or a known one registering again with fresh information.
+    AgentRegistered { agent: Agent },
+    AgentResourcesUpdated { agent_id: AgentId, total: ResourceSet },
+    AgentStateChanged { agent_id: AgentId, state: AgentState },
+    /// A claim committed these tasks (all in TASK_STAGING).
+    ClaimCommitted { outcome: ClaimOutcome, tasks: Vec<Task> },
+    TaskStatusChanged { task_id: TaskId, state: TaskState, status: StatusInfo },
+    RoleConfigured { name: String, weight: f64, quota: Quota },
+}
+
+/// One committed mutation: its version and its events.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LogEntry {
+    pub version: Version,
+    pub events: Vec<Event>,
+}

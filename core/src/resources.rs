@@ -1,0 +1,436 @@
+//! The resource model, compatible with Mesos: scalars (cpus, mem, disk, gpus), ranges (ports)
+//! and sets, each optionally reserved to a role.
+//!
+//! Scalars are fixed point with three decimals, as in Mesos (`Value.Scalar` is rounded to
+//! 0.001), so that adding and subtracting never drifts: `0.1 + 0.2 - 0.3 == 0` holds here.
+
+use std::collections::BTreeSet;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// The reservation role Mesos writes as `*`: unreserved resources.
+pub const UNRESERVED: &str = "*";
+
+/// A scalar in thousandths (Mesos rounds scalars to three decimals).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Milli(pub i64);
+
+impl Milli {
+    pub fn from_f64(v: f64) -> Option<Milli> {
+        if !v.is_finite() || v < 0.0 || v > 1e15 {
+            return None;
+        }
+        Some(Milli((v * 1000.0).round() as i64))
+    }
+    pub fn as_f64(self) -> f64 {
+        self.0 as f64 / 1000.0
+    }
+}
+
+impl Serialize for Milli {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_f64(self.as_f64())
+    }
+}
+
+impl<'de> Deserialize<'de> for Milli {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = f64::deserialize(d)?;
+        Milli::from_f64(v).ok_or_else(|| serde::de::Error::custom(format!("invalid scalar {v}")))
+    }
+}
+
+/// Inclusive ranges, kept sorted and coalesced (`[31000-31005, 31010-31010]`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Ranges(Vec<(u64, u64)>);
+
+impl Ranges {
+    pub fn new(mut ranges: Vec<(u64, u64)>) -> Option<Ranges> {
+        if ranges.iter().any(|(b, e)| b > e) {
+            return None;
+        }
+        ranges.sort_unstable();
+        let mut out: Vec<(u64, u64)> = Vec::with_capacity(ranges.len());
+        for (b, e) in ranges {
+            match out.last_mut() {
+                Some(last) if b <= last.1.saturating_add(1) => last.1 = last.1.max(e),
+                _ => out.push((b, e)),
+            }
+        }
+        Some(Ranges(out))
+    }
+    pub fn as_slice(&self) -> &[(u64, u64)] {
+        &self.0
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+    pub fn count(&self) -> u64 {
+        self.0.iter().map(|(b, e)| e - b + 1).sum()
+    }
+    pub fn contains(&self, other: &Ranges) -> bool {
+        other.0.iter().all(|&(b, e)| self.0.iter().any(|&(sb, se)| sb <= b && e <= se))
+    }
+    pub fn intersects(&self, other: &Ranges) -> bool {
+        self.0.iter().any(|&(sb, se)| other.0.iter().any(|&(b, e)| b <= se && sb <= e))
+    }
+    fn add(&self, other: &Ranges) -> Ranges {
+        let mut all = self.0.clone();
+        all.extend_from_slice(&other.0);
+        Ranges::new(all).expect("sorted ranges stay valid")
+    }
+    fn subtract(&self, other: &Ranges) -> Ranges {
+        let mut out = Vec::new();
+        for &(mut b, e) in &self.0 {
+            let mut alive = true;
+            for &(ob, oe) in &other.0 {
+                if !alive || oe < b || ob > e {
+                    continue;
+                }
+                if ob > b {
+                    out.push((b, ob - 1));
+                }
+                if oe >= e {
+                    alive = false;
+                } else {
+                    b = oe + 1;
+                }
+            }
+            if alive {
+                out.push((b, e));
+            }
+        }
+        Ranges::new(out).expect("subtraction keeps ranges valid")
+    }
+}
+
+/// The value of one resource.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Value {
+    Scalar(Milli),
+    Ranges(Ranges),
+    Set(BTreeSet<String>),
+}
+
+impl Value {
+    fn kind(&self) -> u8 {
+        match self {
+            Value::Scalar(_) => 0,
+            Value::Ranges(_) => 1,
+            Value::Set(_) => 2,
+        }
+    }
+    fn is_empty(&self) -> bool {
+        match self {
+            Value::Scalar(m) => m.0 == 0,
+            Value::Ranges(r) => r.is_empty(),
+            Value::Set(s) => s.is_empty(),
+        }
+    }
+}
+
+/// One named resource, reserved to `role` or unreserved (`role == "*"`).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Resource {
+    pub name: String,
+    #[serde(default = "unreserved")]
+    pub role: String,
+    pub value: Value,
+}
+
+fn unreserved() -> String {
+    UNRESERVED.to_string()
+}
+
+/// A bag of resources: at most one entry per (name, role), sorted, with no empty entries.
+/// Its fields are private so that this invariant holds: build one with [`ResourceSet::parse`],
+/// [`ResourceSet::from_resources`] or the arithmetic below.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "Vec<Resource>", into = "Vec<Resource>")]
+pub struct ResourceSet {
+    entries: Vec<Resource>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ResourceError {
+    #[error("resource '{0}' has conflicting types")]
+    TypeMismatch(String),
+    #[error("cannot parse resources '{input}': {why}")]
+    Parse { input: String, why: String },
+    #[error("resource '{0}' has an invalid value")]
+    InvalidValue(String),
+}
+
+impl TryFrom<Vec<Resource>> for ResourceSet {
+    type Error = ResourceError;
+    fn try_from(v: Vec<Resource>) -> Result<Self, ResourceError> {
+        ResourceSet::from_resources(v)
+    }
+}
+
+impl From<ResourceSet> for Vec<Resource> {
+    fn from(s: ResourceSet) -> Self {
+        s.entries
+    }
+}
+
+impl ResourceSet {
+    pub fn new() -> ResourceSet {
+        ResourceSet::default()
+    }
+
+    pub fn from_resources(v: impl IntoIterator<Item = Resource>) -> Result<ResourceSet, ResourceError> {
+        let mut out = ResourceSet::new();
+        for r in v {
+            if r.name.is_empty() {
+                return Err(ResourceError::InvalidValue(r.name));
+            }
+            out.add_one(r)?;
+        }
+        Ok(out)
+    }
+
+    /// A set of unreserved scalars, e.g. `ResourceSet::scalars(&[("cpus", 1.0), ("mem", 128.0)])`.
+    pub fn scalars(items: &[(&str, f64)]) -> ResourceSet {
+        let mut out = ResourceSet::new();
+        for (name, v) in items {
+            let m = Milli::from_f64(*v).expect("valid scalar");
+            out.add_one(Resource { name: name.to_string(), role: unreserved(), value: Value::Scalar(m) })
+                .expect("scalars have one type");
+        }
+        out
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Resource> {
+        self.entries.iter()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    fn position(&self, name: &str, role: &str) -> Result<usize, usize> {
+        self.entries
+            .binary_search_by(|e| (e.name.as_str(), e.role.as_str()).cmp(&(name, role)))
+    }
+
+    fn add_one(&mut self, r: Resource) -> Result<(), ResourceError> {
+        if r.value.is_empty() {
+            return Ok(());
+        }
+        match self.position(&r.name, &r.role) {
+            Ok(i) => {
+                let e = &mut self.entries[i];
+                e.value = match (&e.value, &r.value) {
+                    (Value::Scalar(a), Value::Scalar(b)) => Value::Scalar(Milli(a.0 + b.0)),
+                    (Value::Ranges(a), Value::Ranges(b)) => Value::Ranges(a.add(b)),
+                    (Value::Set(a), Value::Set(b)) => Value::Set(a.union(b).cloned().collect()),
+                    _ => return Err(ResourceError::TypeMismatch(r.name)),
+                };
+            }
+            Err(i) => {
+                if self.entries.iter().any(|e| e.name == r.name && e.value.kind() != r.value.kind()) {
+                    return Err(ResourceError::TypeMismatch(r.name));
+                }
+                self.entries.insert(i, r)
+            }
+        }
+        Ok(())
+    }
+
+    /// `self + other`.
+    pub fn add(&mut self, other: &ResourceSet) -> Result<(), ResourceError> {
+        for r in &other.entries {
+            self.add_one(r.clone())?;
+        }
+        Ok(())
+    }
+
+    /// Whether every entry of `other` fits in `self` (same name and role).
+    pub fn contains(&self, other: &ResourceSet) -> bool {
+        other.entries.iter().all(|r| match self.position(&r.name, &r.role) {
+            Err(_) => false,
+            Ok(i) => match (&self.entries[i].value, &r.value) {
+                (Value::Scalar(a), Value::Scalar(b)) => a.0 >= b.0,
+                (Value::Ranges(a), Value::Ranges(b)) => a.contains(b),
+                (Value::Set(a), Value::Set(b)) => b.is_subset(a),
+                _ => false,
+            },
+        })
+    }
+
+    /// The first entry of `other` that does not fit in `self`, for error messages.
+    pub fn first_missing(&self, other: &ResourceSet) -> Option<String> {
+        other.entries.iter().find_map(|r| {
+            let single = ResourceSet { entries: vec![r.clone()] };
+            (!self.contains(&single)).then(|| r.name.clone())
+        })
+    }
+
+    /// `self - other`; `other` must be contained in `self`.
+    pub fn subtract(&mut self, other: &ResourceSet) -> Result<(), ResourceError> {
+        if !self.contains(other) {
+            return Err(ResourceError::InvalidValue(self.first_missing(other).unwrap_or_default()));
+        }
+        for r in &other.entries {
+            let i = self.position(&r.name, &r.role).expect("contained");
+            let e = &mut self.entries[i];
+            e.value = match (&e.value, &r.value) {
+                (Value::Scalar(a), Value::Scalar(b)) => Value::Scalar(Milli(a.0 - b.0)),
+                (Value::Ranges(a), Value::Ranges(b)) => Value::Ranges(a.subtract(b)),
+                (Value::Set(a), Value::Set(b)) => Value::Set(a.difference(b).cloned().collect()),
+                _ => unreachable!("contains checked the types"),
+            };
+            if e.value.is_empty() {
+                self.entries.remove(i);
+            }
+        }
+        Ok(())
+    }
+
+    /// The sum of a scalar over all roles (0 when absent).
+    pub fn scalar(&self, name: &str) -> Milli {
+        Milli(
+            self.entries
+                .iter()
+                .filter(|e| e.name == name)
+                .map(|e| match e.value {
+                    Value::Scalar(m) => m.0,
+                    _ => 0,
+                })
+                .sum(),
+        )
+    }
+
+    /// The scalar entries summed over roles: `[(name, amount)]`, sorted by name.
+    pub fn scalar_totals(&self) -> Vec<(String, Milli)> {
+        let mut out: Vec<(String, Milli)> = Vec::new();
+        for e in &self.entries {
+            if let Value::Scalar(m) = e.value {
+                match out.last_mut() {
+                    Some(last) if last.0 == e.name => last.1 .0 += m.0,
+                    _ => out.push((e.name.clone(), m)),
+                }
+            }
+        }
+        out
+    }
+
+    /// Every role named in a reservation of this set (not `*`).
+    pub fn reserved_roles(&self) -> impl Iterator<Item = &str> {
+        self.entries.iter().map(|e| e.role.as_str()).filter(|r| *r != UNRESERVED)
+    }
+
+    /// Parses the Mesos text form, e.g.
+    /// `cpus:4;mem:8192;disk:20000;ports:[31000-32000];gpus:1;zones:{a,b};cpus(web):2`.
+    pub fn parse(input: &str) -> Result<ResourceSet, ResourceError> {
+        let err = |why: &str| ResourceError::Parse { input: input.to_string(), why: why.to_string() };
+        let mut out = ResourceSet::new();
+        for part in input.split(';').map(str::trim).filter(|p| !p.is_empty()) {
+            let (key, val) = part.split_once(':').ok_or_else(|| err("expected name:value"))?;
+            let key = key.trim();
+            let (name, role) = match key.split_once('(') {
+                Some((n, rest)) => {
+                    let role = rest.strip_suffix(')').ok_or_else(|| err("unclosed role parenthesis"))?;
+                    (n.trim(), role.trim())
+                }
+                None => (key, UNRESERVED),
+            };
+            if name.is_empty() || role.is_empty() {
+                return Err(err("empty name or role"));
+            }
+            let val = val.trim();
+            let value = if let Some(inner) = val.strip_prefix('[') {
+                let inner = inner.strip_suffix(']').ok_or_else(|| err("unclosed range"))?;
+                let mut ranges = Vec::new();
+                for r in inner.split(',').map(str::trim).filter(|r| !r.is_empty()) {
+                    let (b, e) = r.split_once('-').ok_or_else(|| err("range must be begin-end"))?;
+                    let b: u64 = b.trim().parse().map_err(|_| err("range bound is not a number"))?;
+                    let e: u64 = e.trim().parse().map_err(|_| err("range bound is not a number"))?;
+                    ranges.push((b, e));
+                }
+                Value::Ranges(Ranges::new(ranges).ok_or_else(|| err("range begins after it ends"))?)
+            } else if let Some(inner) = val.strip_prefix('{') {
+                let inner = inner.strip_suffix('}').ok_or_else(|| err("unclosed set"))?;
+                Value::Set(inner.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect())
+            } else {
+                let v: f64 = val.parse().map_err(|_| err("scalar is not a number"))?;
+                Value::Scalar(Milli::from_f64(v).ok_or_else(|| err("scalar must be finite and >= 0"))?)
+            };
+            out.add_one(Resource { name: name.to_string(), role: role.to_string(), value })?;
+        }
+        Ok(out)
+    }
+}
+
+impl fmt::Display for ResourceSet {
+    /// The Mesos text form, which [`ResourceSet::parse`] reads back.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.entries.iter().enumerate() {
+            if i > 0 {
+                f.write_str(";")?;
+            }
+            f.write_str(&e.name)?;
+            if e.role != UNRESERVED {
+                write!(f, "({})", e.role)?;
+            }
+            match &e.value {
+                Value::Scalar(m) => write!(f, ":{}", m.as_f64())?,
+                Value::Ranges(r) => {
+                    let parts: Vec<String> = r.0.iter().map(|(b, e)| format!("{b}-{e}")).collect();
+                    write!(f, ":[{}]", parts.join(","))?
+                }
+                Value::Set(s) => write!(f, ":{{{}}}", s.iter().cloned().collect::<Vec<_>>().join(","))?,
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_and_print_round_trip() {
+        let s = ResourceSet::parse("cpus:4;mem:8192;ports:[31000-32000];cpus(web):2;zones:{a,b}").unwrap();
+        assert_eq!(s.scalar("cpus"), Milli(6000));
+        let back = ResourceSet::parse(&s.to_string()).unwrap();
+        assert_eq!(s, back);
+    }
+
+    #[test]
+    fn fixed_point_does_not_drift() {
+        let mut a = ResourceSet::scalars(&[("cpus", 0.3)]);
+        a.subtract(&ResourceSet::scalars(&[("cpus", 0.1)])).unwrap();
+        a.subtract(&ResourceSet::scalars(&[("cpus", 0.2)])).unwrap();
+        assert!(a.is_empty());
+    }
+
+    #[test]
+    fn ranges_subtract_and_contain() {
+        let mut a = ResourceSet::parse("ports:[100-200]").unwrap();
+        let b = ResourceSet::parse("ports:[150-150,100-101]").unwrap();
+        assert!(a.contains(&b));
+        a.subtract(&b).unwrap();
+        assert_eq!(a.to_string(), "ports:[102-149,151-200]");
+        assert!(!a.contains(&b));
+    }
+
+    #[test]
+    fn reservations_are_separate() {
+        let total = ResourceSet::parse("cpus:1;cpus(web):1").unwrap();
+        assert!(total.contains(&ResourceSet::parse("cpus(web):1").unwrap()));
+        assert!(!total.contains(&ResourceSet::parse("cpus(db):1").unwrap()));
+        assert!(!total.contains(&ResourceSet::parse("cpus:2").unwrap()));
+    }
+
+    #[test]
+    fn bad_text_is_an_error() {
+        for bad in ["cpus", "cpus:x", "ports:[5-1]", "cpus:-1", "cpus(:1", "cpus:1;cpus:[1-2]", "ports:[1-2"] {
+            assert!(ResourceSet::parse(bad).is_err(), "{bad}");
+        }
+    }
+}
