@@ -1,1 +1,347 @@
-//! placeholder
+//! A client for Shoal's native API (see `docs/native-api.md`).
+//!
+//! ```no_run
+//! # async fn f() -> Result<(), shoal_client::ClientError> {
+//! let client = shoal_client::Client::new("http://127.0.0.1:5050")?;
+//! let mirror = shoal_client::Mirror::start(client.clone()).await?;
+//! let cell = mirror.snapshot(); // a consistent view; decide placements on it, then claim
+//! # Ok(()) }
+//! ```
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::{Stream, StreamExt};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value as Json};
+use shoal_core::{
+    Agent, AgentId, AgentRegistration, Cell, CellConfig, ClaimOutcome, CommitMode, ConflictCheck, LogEntry, ResourceSet,
+    Role, StatusInfo, Task, TaskState, Value, Version,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("http: {0}")]
+    Http(#[from] reqwest::Error),
+    /// The master answered with an error status.
+    #[error("{status}: {message}")]
+    Api { status: u16, kind: String, message: String },
+    /// The watch cannot resume from that version any more: take a new snapshot.
+    #[error("version {0} was compacted away: take a new snapshot")]
+    Gone(Version),
+    #[error("bad answer from the master: {0}")]
+    Decode(String),
+}
+
+/// The whole state of a cell, as `GET /api/shoal/v1/state` returns it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct State {
+    pub cell_id: String,
+    pub version: Version,
+    pub log_floor: Version,
+    pub agents: Vec<Agent>,
+    pub tasks: Vec<Task>,
+    pub roles: Vec<Role>,
+}
+
+impl State {
+    /// The state as a [`Cell`], on which placements can be decided with the core's own code.
+    pub fn into_cell(self) -> Cell {
+        Cell::from_records(
+            CellConfig { cell_id: self.cell_id.into() },
+            self.version,
+            self.agents,
+            self.tasks,
+            self.roles,
+            Vec::new(),
+        )
+    }
+}
+
+/// A claim as sent to `POST /api/shoal/v1/claims`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClaimRequest {
+    pub claim_id: String,
+    pub role: String,
+    #[serde(default)]
+    pub owner: String,
+    pub snapshot_version: Version,
+    #[serde(default)]
+    pub mode: CommitMode,
+    #[serde(default)]
+    pub check: ConflictCheck,
+    pub placements: Vec<PlacementRequest>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PlacementRequest {
+    pub agent_id: String,
+    /// A Mesos `TaskInfo` in Mesos's JSON encoding.
+    pub task_info: Json,
+}
+
+/// The answer to a claim.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClaimAnswer {
+    #[serde(flatten)]
+    pub outcome: ClaimOutcome,
+    pub current_version: Version,
+}
+
+/// Builds a Mesos `TaskInfo` (JSON) running a shell command with the given resources.
+pub fn command_task(task_id: &str, name: &str, resources: &ResourceSet, shell: &str) -> Json {
+    json!({
+        "name": name,
+        "task_id": {"value": task_id},
+        "agent_id": {"value": ""},
+        "resources": resources_json(resources),
+        "command": {"shell": true, "value": shell},
+    })
+}
+
+/// Writes resources as Mesos `Resource` messages (JSON).
+pub fn resources_json(set: &ResourceSet) -> Json {
+    Json::Array(
+        set.iter()
+            .map(|r| {
+                let mut o = match &r.value {
+                    Value::Scalar(m) => json!({"name": r.name, "type": "SCALAR", "scalar": {"value": m.as_f64()}}),
+                    Value::Ranges(rs) => json!({"name": r.name, "type": "RANGES", "ranges": {"range":
+                        rs.as_slice().iter().map(|(b, e)| json!({"begin": b, "end": e})).collect::<Vec<_>>()}}),
+                    Value::Set(s) => json!({"name": r.name, "type": "SET", "set": {"item": s}}),
+                };
+                if r.role != shoal_core::UNRESERVED {
+                    o["reservations"] = json!([{"type": "DYNAMIC", "role": r.role}]);
+                }
+                o
+            })
+            .collect(),
+    )
+}
+
+#[derive(Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+}
+
+impl Client {
+    pub fn new(address: &str) -> Result<Client, ClientError> {
+        let base = if address.starts_with("http://") || address.starts_with("https://") {
+            address.trim_end_matches('/').to_string()
+        } else {
+            format!("http://{}", address.trim_end_matches('/'))
+        };
+        let http = reqwest::Client::builder().connect_timeout(Duration::from_secs(5)).pool_max_idle_per_host(64).build()?;
+        Ok(Client { http, base })
+    }
+
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    async fn check(resp: reqwest::Response) -> Result<reqwest::Response, ClientError> {
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(resp);
+        }
+        let code = status.as_u16();
+        let body: Json = resp.json().await.unwrap_or(Json::Null);
+        Err(ClientError::Api {
+            status: code,
+            kind: body["error"].as_str().unwrap_or("").to_string(),
+            message: body["message"].as_str().unwrap_or(status.canonical_reason().unwrap_or("")).to_string(),
+        })
+    }
+
+    pub async fn state(&self) -> Result<State, ClientError> {
+        let resp = Self::check(self.http.get(self.url("/api/shoal/v1/state")).send().await?).await?;
+        let bytes = resp.bytes().await?;
+        serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode(e.to_string()))
+    }
+
+    pub async fn state_json(&self, tasks: bool) -> Result<Json, ClientError> {
+        let resp = Self::check(self.http.get(self.url(&format!("/api/shoal/v1/state?tasks={tasks}"))).send().await?).await?;
+        Ok(resp.json().await?)
+    }
+
+    /// Submits a claim. Conflicts are not errors: the answer says, per placement, what
+    /// committed and why the rest did not.
+    pub async fn claim(&self, claim: &ClaimRequest) -> Result<ClaimAnswer, ClientError> {
+        let resp = self.http.post(self.url("/api/shoal/v1/claims")).json(claim).send().await?;
+        if resp.status().as_u16() == 409 {
+            let bytes = resp.bytes().await?;
+            if let Ok(a) = serde_json::from_slice::<ClaimAnswer>(&bytes) {
+                return Ok(a);
+            }
+            let body: Json = serde_json::from_slice(&bytes).unwrap_or(Json::Null);
+            return Err(ClientError::Api {
+                status: 409,
+                kind: body["error"].as_str().unwrap_or("").into(),
+                message: body["message"].as_str().unwrap_or("").into(),
+            });
+        }
+        let resp = Self::check(resp).await?;
+        Ok(resp.json().await?)
+    }
+
+    pub async fn kill(&self, task_id: &str) -> Result<(), ClientError> {
+        Self::check(self.http.post(self.url(&format!("/api/shoal/v1/tasks/{task_id}/kill"))).send().await?).await?;
+        Ok(())
+    }
+
+    pub async fn task(&self, task_id: &str) -> Result<Task, ClientError> {
+        Ok(Self::check(self.http.get(self.url(&format!("/api/shoal/v1/tasks/{task_id}"))).send().await?).await?.json().await?)
+    }
+
+    pub async fn agent(&self, agent_id: &str) -> Result<Agent, ClientError> {
+        Ok(Self::check(self.http.get(self.url(&format!("/api/shoal/v1/agents/{agent_id}"))).send().await?).await?.json().await?)
+    }
+
+    /// Registers an agent (or re-registers one with its id); returns its id.
+    pub async fn register_agent(&self, reg: &AgentRegistration) -> Result<AgentId, ClientError> {
+        let resp = Self::check(self.http.post(self.url("/api/shoal/v1/agents")).json(reg).send().await?).await?;
+        let v: Json = resp.json().await?;
+        v["agent_id"].as_str().map(AgentId::new).ok_or_else(|| ClientError::Decode("no agent_id".into()))
+    }
+
+    /// Reports a task's status as its agent.
+    pub async fn task_status(&self, agent_id: &str, task_id: &str, state: TaskState, status: &StatusInfo) -> Result<(), ClientError> {
+        let body = json!({"task_id": task_id, "state": state, "status": status});
+        Self::check(self.http.post(self.url(&format!("/api/shoal/v1/agents/{agent_id}/status"))).json(&body).send().await?)
+            .await?;
+        Ok(())
+    }
+
+    /// Sets a role's weight and quota.
+    pub async fn set_role(&self, name: &str, weight: f64, guarantee: &ResourceSet, limit: Option<&ResourceSet>) -> Result<(), ClientError> {
+        let body = json!({"weight": weight, "quota": {"guarantee": guarantee, "limit": limit}});
+        Self::check(self.http.put(self.url(&format!("/api/shoal/v1/roles/{name}"))).json(&body).send().await?).await?;
+        Ok(())
+    }
+
+    /// The log entries from version `from` on: first what is stored, then live commits.
+    pub async fn watch(&self, from: Version) -> Result<impl Stream<Item = Result<LogEntry, ClientError>>, ClientError> {
+        let resp = self.http.get(self.url(&format!("/api/shoal/v1/watch?from={from}"))).send().await?;
+        if resp.status().as_u16() == 410 {
+            return Err(ClientError::Gone(from));
+        }
+        let resp = Self::check(resp).await?;
+        let state = (Box::pin(resp.bytes_stream()), Vec::<u8>::new(), VecDeque::new(), false);
+        Ok(futures::stream::unfold(state, |(mut chunks, mut buf, mut queue, done)| async move {
+            loop {
+                if let Some(item) = queue.pop_front() {
+                    return Some((item, (chunks, buf, queue, done)));
+                }
+                if done {
+                    return None;
+                }
+                match chunks.next().await {
+                    Some(Ok(chunk)) => {
+                        buf.extend_from_slice(&chunk);
+                        parse_lines(&mut buf, &mut queue);
+                    }
+                    Some(Err(e)) => return Some((Err(ClientError::Http(e)), (chunks, buf, queue, true))),
+                    None => return None,
+                }
+            }
+        }))
+    }
+}
+
+/// Moves every complete line of `buf` into `out` as a parsed entry; blank lines are
+/// keep-alives.
+fn parse_lines(buf: &mut Vec<u8>, out: &mut VecDeque<Result<LogEntry, ClientError>>) {
+    while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
+        let line: Vec<u8> = buf.drain(..=pos).collect();
+        let line = &line[..line.len() - 1];
+        if line.iter().all(|b| b.is_ascii_whitespace()) {
+            continue;
+        }
+        out.push_back(serde_json::from_slice(line).map_err(|e| ClientError::Decode(e.to_string())));
+    }
+}
+
+/// A local mirror of the cell, kept current by a watch: the reflector a native scheduler
+/// reads from. It folds the master's log entries with the core's own `apply`, so it is the
+/// same state the master has, as of its version.
+#[derive(Clone)]
+pub struct Mirror {
+    cell: Arc<Mutex<Cell>>,
+    changed: Arc<tokio::sync::Notify>,
+    task: Arc<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Mirror {
+    fn drop(&mut self) {
+        if Arc::strong_count(&self.task) == 1 {
+            self.task.abort();
+        }
+    }
+}
+
+impl Mirror {
+    /// Takes a snapshot and follows the watch from there, re-snapshotting when the master
+    /// says the version was compacted away and reconnecting when the stream ends.
+    pub async fn start(client: Client) -> Result<Mirror, ClientError> {
+        let cell = Arc::new(Mutex::new(client.state().await?.into_cell()));
+        let changed = Arc::new(tokio::sync::Notify::new());
+        let (c, n) = (cell.clone(), changed.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let from = c.lock().expect("mirror lock").version() + 1;
+                match client.watch(from).await {
+                    Ok(stream) => {
+                        futures::pin_mut!(stream);
+                        while let Some(item) = stream.next().await {
+                            let Ok(entry) = item else { break };
+                            let mut cell = c.lock().expect("mirror lock");
+                            if entry.version == cell.version() + 1 {
+                                cell.apply(&entry);
+                            }
+                            drop(cell);
+                            n.notify_waiters();
+                        }
+                    }
+                    Err(ClientError::Gone(_)) => {
+                        if let Ok(state) = client.state().await {
+                            *c.lock().expect("mirror lock") = state.into_cell();
+                            n.notify_waiters();
+                        }
+                    }
+                    Err(e) => tracing::debug!(error = %e, "watch failed; retrying"),
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
+        Ok(Mirror { cell, changed, task: Arc::new(task) })
+    }
+
+    /// A consistent snapshot (an O(1) clone).
+    pub fn snapshot(&self) -> Cell {
+        self.cell.lock().expect("mirror lock").clone()
+    }
+
+    pub fn version(&self) -> Version {
+        self.cell.lock().expect("mirror lock").version()
+    }
+
+    /// Waits until the mirror reached `version` (or `deadline` passed); returns whether it did.
+    pub async fn wait_for(&self, version: Version, deadline: Duration) -> bool {
+        let until = tokio::time::Instant::now() + deadline;
+        loop {
+            let notified = self.changed.notified();
+            if self.version() >= version {
+                return true;
+            }
+            if tokio::time::timeout_at(until, notified).await.is_err() {
+                return self.version() >= version;
+            }
+        }
+    }
+}

@@ -1,1 +1,112 @@
-//! placeholder
+//! The Shoal master: the IO shell around the sans-IO cell core.
+//!
+//! - [`store`]: the durable store (redb by default), behind a trait.
+//! - [`committer`]: the one commit path (group commit: validate → apply → persist → ack →
+//!   publish).
+//! - [`api`]: the native HTTP/JSON API for schedulers and the agent-facing API.
+
+pub mod api;
+pub mod committer;
+pub mod limits;
+pub mod mesos_json;
+pub mod store;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use axum::routing::get;
+use axum::Router;
+use shoal_core::{Cell, CellConfig, Timestamp};
+
+pub use committer::{CommitError, Committer, Published};
+pub use store::{MemStore, RedbStore, Store};
+
+/// How to run a master.
+#[derive(Clone, Debug)]
+pub struct MasterConfig {
+    pub listen: SocketAddr,
+    pub work_dir: PathBuf,
+}
+
+/// The wall clock, in milliseconds since the epoch: the only clock the core is ever told.
+pub fn wall_clock_ms() -> Timestamp {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// Loads the cell from a store (a new cell id is chosen for an empty store) and checks it.
+pub fn load_cell(store: &dyn Store) -> anyhow::Result<Cell> {
+    let stored = store.load().context("loading the store")?;
+    let cell_id = stored.cell_id.clone().unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let cell = Cell::from_records(
+        CellConfig { cell_id: Arc::from(cell_id) },
+        stored.version,
+        stored.agents,
+        stored.tasks,
+        stored.roles,
+        stored.claims,
+    );
+    cell.check_invariants().map_err(|e| anyhow::anyhow!("stored state violates an invariant: {e}"))?;
+    Ok(cell)
+}
+
+/// A running master core: the commit path and what it publishes. Servers mount routes on it.
+#[derive(Clone)]
+pub struct MasterCore {
+    pub committer: Committer,
+    pub published: Arc<Published>,
+}
+
+impl MasterCore {
+    /// Starts the commit path over a store.
+    pub fn start(store: Arc<dyn Store>) -> anyhow::Result<MasterCore> {
+        let cell = load_cell(store.as_ref())?;
+        tracing::info!(cell_id = cell.cell_id(), version = cell.version(), agents = cell.agent_count(), tasks = cell.task_count(), "cell loaded");
+        let (committer, published, _thread) = committer::start(cell, store, Arc::new(wall_clock_ms));
+        Ok(MasterCore { committer, published })
+    }
+
+    /// The native API plus `/health` and `/version`.
+    pub fn router(&self) -> Router {
+        api::router(api::ApiState { committer: self.committer.clone(), published: self.published.clone() })
+            .route("/health", get(|| async { "OK" }))
+            .route(
+                "/version",
+                get(|| async {
+                    axum::Json(serde_json::json!({"version": env!("CARGO_PKG_VERSION"), "build_user": "shoal", "git_sha": ""}))
+                }),
+            )
+    }
+}
+
+/// Opens the embedded store under `work_dir` (one file, `shoal.redb`).
+pub fn open_store(work_dir: &std::path::Path) -> anyhow::Result<Arc<dyn Store>> {
+    std::fs::create_dir_all(work_dir).with_context(|| format!("creating {}", work_dir.display()))?;
+    let path = work_dir.join("shoal.redb");
+    let store = RedbStore::open(&path).with_context(|| format!("opening {}", path.display()))?;
+    Ok(Arc::new(store))
+}
+
+/// Binds `addr` and writes the bound address to `<work_dir>/master.addr` (so `127.0.0.1:0`
+/// can be used by tests that run in parallel).
+pub async fn bind(addr: SocketAddr, work_dir: &std::path::Path) -> anyhow::Result<tokio::net::TcpListener> {
+    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
+    let bound = listener.local_addr()?;
+    let tmp = work_dir.join("master.addr.tmp");
+    std::fs::write(&tmp, bound.to_string())?;
+    std::fs::rename(&tmp, work_dir.join("master.addr"))?;
+    tracing::info!(%bound, "master listening");
+    Ok(listener)
+}
+
+/// Serves `router` on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    axum::serve(listener, router).with_graceful_shutdown(shutdown).await?;
+    Ok(())
+}

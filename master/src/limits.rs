@@ -1,0 +1,18 @@
+//! Every bound of the master, named in one place, units last.
+
+/// Commands waiting for the committer before senders wait.
+pub const COMMIT_QUEUE_MAX: usize = 16_384;
+/// Most commands committed in one group (one store write, one sync).
+pub const COMMIT_GROUP_MAX: usize = 1_024;
+/// Log entries kept for watches to resume from; older ones are compacted away.
+pub const LOG_RETAIN_ENTRIES: u64 = 100_000;
+/// Live entries buffered per watcher before it falls back to reading the store.
+pub const WATCH_BROADCAST_MAX: usize = 4_096;
+/// Lines buffered per watch stream.
+pub const WATCH_STREAM_BUFFER: usize = 256;
+/// Log entries read from the store at a time while a watch catches up.
+pub const WATCH_READ_BATCH: usize = 512;
+/// A watch with nothing to say sends an empty line this often, so proxies keep it open.
+pub const WATCH_KEEPALIVE_SECS: u64 = 15;
+/// Largest request body, in bytes.
+pub const REQUEST_BODY_BYTES_MAX: usize = 64 << 20;

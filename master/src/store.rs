@@ -1,0 +1,310 @@
+//! Durable storage of the cell, behind the [`Store`] trait.
+//!
+//! The store keeps the current records (agents, tasks, roles, claim outcomes) and a bounded
+//! log of recent [`LogEntry`]s, so a watch can resume from any version at or above the
+//! log's floor, also after a restart. Writing and syncing are separate calls so that the
+//! commit path can group many commands into one write and one fsync, and so that a test
+//! store can drop whatever was written but not synced when it simulates a crash.
+//!
+//! The default backend is [redb](https://docs.rs/redb): one file, ACID, copy-on-write
+//! B-trees with MVCC readers, pure Rust. Records are JSON, the same encoding the native API
+//! serves.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::de::DeserializeOwned;
+use shoal_core::{Agent, ClaimOutcome, LogEntry, Role, Task, Version};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store: {0}")]
+    Backend(String),
+    #[error("store record is corrupt: {0}")]
+    Corrupt(String),
+}
+
+macro_rules! backend_err {
+    ($($t:ty),*) => {$(
+        impl From<$t> for StoreError {
+            fn from(e: $t) -> Self {
+                StoreError::Backend(e.to_string())
+            }
+        }
+    )*};
+}
+backend_err!(redb::Error, redb::DatabaseError, redb::TransactionError, redb::TableError, redb::StorageError, redb::CommitError, redb::SetDurabilityError);
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Everything the store holds about a cell, as loaded at start.
+#[derive(Debug, Default, Clone)]
+pub struct StoredCell {
+    pub cell_id: Option<String>,
+    pub version: Version,
+    pub agents: Vec<Agent>,
+    pub tasks: Vec<Task>,
+    pub roles: Vec<Role>,
+    pub claims: Vec<ClaimOutcome>,
+}
+
+/// One group commit: the new log entries and the records they changed, as of their end.
+#[derive(Debug, Default, Clone)]
+pub struct WriteBatch {
+    pub cell_id: String,
+    pub version: Version,
+    pub entries: Vec<Arc<LogEntry>>,
+    pub agents: Vec<Agent>,
+    pub tasks: Vec<Task>,
+    pub roles: Vec<Role>,
+    pub claims: Vec<ClaimOutcome>,
+    /// Drop log entries below this version (the new floor), if set.
+    pub trim_log_below: Option<Version>,
+}
+
+pub trait Store: Send + Sync + 'static {
+    fn load(&self) -> StoreResult<StoredCell>;
+    /// Writes a batch. It may stay volatile until the next [`Store::sync`].
+    fn write(&self, batch: &WriteBatch) -> StoreResult<()>;
+    /// Makes everything written so far durable.
+    fn sync(&self) -> StoreResult<()>;
+    /// Log entries with version >= `from`, in order, at most `max` of them.
+    fn read_log(&self, from: Version, max: usize) -> StoreResult<Vec<LogEntry>>;
+    /// The oldest version still in the log (the compaction floor); entries below are gone.
+    fn log_floor(&self) -> StoreResult<Version>;
+}
+
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+const AGENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("agents");
+const TASKS: TableDefinition<&str, &[u8]> = TableDefinition::new("tasks");
+const ROLES: TableDefinition<&str, &[u8]> = TableDefinition::new("roles");
+const CLAIMS: TableDefinition<&str, &[u8]> = TableDefinition::new("claims");
+const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
+
+fn encode<T: serde::Serialize>(v: &T) -> Vec<u8> {
+    serde_json::to_vec(v).expect("records serialize")
+}
+
+fn decode<T: DeserializeOwned>(what: &str, bytes: &[u8]) -> StoreResult<T> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))
+}
+
+/// The embedded store: one redb file.
+pub struct RedbStore {
+    db: Database,
+}
+
+impl RedbStore {
+    pub fn open(path: &Path) -> StoreResult<RedbStore> {
+        let db = Database::create(path)?;
+        let txn = db.begin_write()?;
+        {
+            txn.open_table(META)?;
+            txn.open_table(AGENTS)?;
+            txn.open_table(TASKS)?;
+            txn.open_table(ROLES)?;
+            txn.open_table(CLAIMS)?;
+            txn.open_table(LOG)?;
+        }
+        txn.commit()?;
+        Ok(RedbStore { db })
+    }
+}
+
+fn load_table<T: DeserializeOwned>(txn: &redb::ReadTransaction, def: TableDefinition<&str, &[u8]>, what: &str) -> StoreResult<Vec<T>> {
+    let table = txn.open_table(def)?;
+    let mut out = Vec::new();
+    for row in table.iter()? {
+        let (_, v) = row?;
+        out.push(decode(what, v.value())?);
+    }
+    Ok(out)
+}
+
+impl Store for RedbStore {
+    fn load(&self) -> StoreResult<StoredCell> {
+        let txn = self.db.begin_read()?;
+        let meta = txn.open_table(META)?;
+        let cell_id = match meta.get("cell_id")? {
+            Some(v) => Some(String::from_utf8(v.value().to_vec()).map_err(|e| StoreError::Corrupt(e.to_string()))?),
+            None => None,
+        };
+        let version = match meta.get("version")? {
+            Some(v) => decode("version", v.value())?,
+            None => 0,
+        };
+        Ok(StoredCell {
+            cell_id,
+            version,
+            agents: load_table(&txn, AGENTS, "agent")?,
+            tasks: load_table(&txn, TASKS, "task")?,
+            roles: load_table(&txn, ROLES, "role")?,
+            claims: load_table(&txn, CLAIMS, "claim")?,
+        })
+    }
+
+    fn write(&self, batch: &WriteBatch) -> StoreResult<()> {
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(Durability::None)?;
+        {
+            let mut meta = txn.open_table(META)?;
+            meta.insert("cell_id", batch.cell_id.as_bytes())?;
+            meta.insert("version", encode(&batch.version).as_slice())?;
+            let mut agents = txn.open_table(AGENTS)?;
+            for a in &batch.agents {
+                agents.insert(a.id.as_str(), encode(a).as_slice())?;
+            }
+            let mut tasks = txn.open_table(TASKS)?;
+            for t in &batch.tasks {
+                tasks.insert(t.id.as_str(), encode(t).as_slice())?;
+            }
+            let mut roles = txn.open_table(ROLES)?;
+            for r in &batch.roles {
+                roles.insert(r.name.as_str(), encode(r).as_slice())?;
+            }
+            let mut claims = txn.open_table(CLAIMS)?;
+            for c in &batch.claims {
+                claims.insert(c.claim_id.as_str(), encode(c).as_slice())?;
+            }
+            let mut log = txn.open_table(LOG)?;
+            for e in &batch.entries {
+                log.insert(e.version, encode(e.as_ref()).as_slice())?;
+            }
+            if let Some(floor) = batch.trim_log_below {
+                log.retain_in(..floor, |_, _| false)?;
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    fn sync(&self) -> StoreResult<()> {
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(Durability::Immediate)?;
+        txn.commit()?;
+        Ok(())
+    }
+
+    fn read_log(&self, from: Version, max: usize) -> StoreResult<Vec<LogEntry>> {
+        let txn = self.db.begin_read()?;
+        let log = txn.open_table(LOG)?;
+        let mut out = Vec::new();
+        for row in log.range(from..)? {
+            let (_, v) = row?;
+            out.push(decode("log entry", v.value())?);
+            if out.len() >= max {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    fn log_floor(&self) -> StoreResult<Version> {
+        let txn = self.db.begin_read()?;
+        let log = txn.open_table(LOG)?;
+        let first = log.first()?.map(|(k, _)| k.value());
+        Ok(first.unwrap_or(0))
+    }
+}
+
+/// An in-memory store that behaves like a disk behind a page cache: what was written but not
+/// yet synced is lost when [`MemStore::crash`] is called. Tests use it to prove the commit
+/// path acknowledges only what is durable.
+#[derive(Default, Clone)]
+pub struct MemStore {
+    inner: Arc<Mutex<MemInner>>,
+}
+
+#[derive(Default)]
+struct MemInner {
+    durable: MemImage,
+    pending: Vec<WriteBatch>,
+}
+
+#[derive(Default, Clone)]
+struct MemImage {
+    cell_id: Option<String>,
+    version: Version,
+    agents: BTreeMap<String, Agent>,
+    tasks: BTreeMap<String, Task>,
+    roles: BTreeMap<String, Role>,
+    claims: BTreeMap<String, ClaimOutcome>,
+    log: BTreeMap<Version, LogEntry>,
+}
+
+impl MemImage {
+    fn write(&mut self, b: &WriteBatch) {
+        self.cell_id = Some(b.cell_id.clone());
+        self.version = b.version;
+        for a in &b.agents {
+            self.agents.insert(a.id.to_string(), a.clone());
+        }
+        for t in &b.tasks {
+            self.tasks.insert(t.id.to_string(), t.clone());
+        }
+        for r in &b.roles {
+            self.roles.insert(r.name.clone(), r.clone());
+        }
+        for c in &b.claims {
+            self.claims.insert(c.claim_id.to_string(), c.clone());
+        }
+        for e in &b.entries {
+            self.log.insert(e.version, e.as_ref().clone());
+        }
+        if let Some(floor) = b.trim_log_below {
+            self.log = self.log.split_off(&floor);
+        }
+    }
+}
+
+impl MemStore {
+    pub fn new() -> MemStore {
+        MemStore::default()
+    }
+    /// Forgets everything written since the last sync, as a power cut would.
+    pub fn crash(&self) {
+        self.inner.lock().expect("mem store lock").pending.clear();
+    }
+    fn view(&self) -> MemImage {
+        let inner = self.inner.lock().expect("mem store lock");
+        let mut img = inner.durable.clone();
+        for b in &inner.pending {
+            img.write(b);
+        }
+        img
+    }
+}
+
+impl Store for MemStore {
+    fn load(&self) -> StoreResult<StoredCell> {
+        let img = self.view();
+        Ok(StoredCell {
+            cell_id: img.cell_id,
+            version: img.version,
+            agents: img.agents.into_values().collect(),
+            tasks: img.tasks.into_values().collect(),
+            roles: img.roles.into_values().collect(),
+            claims: img.claims.into_values().collect(),
+        })
+    }
+    fn write(&self, batch: &WriteBatch) -> StoreResult<()> {
+        self.inner.lock().expect("mem store lock").pending.push(batch.clone());
+        Ok(())
+    }
+    fn sync(&self) -> StoreResult<()> {
+        let mut inner = self.inner.lock().expect("mem store lock");
+        let pending = std::mem::take(&mut inner.pending);
+        for b in &pending {
+            inner.durable.write(b);
+        }
+        Ok(())
+    }
+    fn read_log(&self, from: Version, max: usize) -> StoreResult<Vec<LogEntry>> {
+        Ok(self.view().log.range(from..).take(max).map(|(_, e)| e.clone()).collect())
+    }
+    fn log_floor(&self) -> StoreResult<Version> {
+        Ok(self.view().log.keys().next().copied().unwrap_or(0))
+    }
+}
