@@ -35,6 +35,9 @@ struct MasterArgs {
     /// Directory for the store (`shoal.redb`) and `master.addr`.
     #[arg(long = "work-dir", alias = "work_dir")]
     work_dir: PathBuf,
+    /// Log entries kept for watches to resume from (older ones are compacted away).
+    #[arg(long = "log-retain", default_value_t = 100_000)]
+    log_retain: u64,
 }
 
 #[derive(Args)]
@@ -71,7 +74,8 @@ async fn shutdown_signal() {
 
 async fn run_master(args: MasterArgs) -> anyhow::Result<()> {
     let store = shoal_master::open_store(&args.work_dir)?;
-    let core = shoal_master::MasterCore::start(store)?;
+    let config = shoal_master::CommitConfig { log_retain_entries: args.log_retain };
+    let core = shoal_master::MasterCore::start_with(store, config)?;
     let listener = shoal_master::bind(args.listen, &args.work_dir).await?;
     shoal_master::serve(listener, core.router(), shutdown_signal()).await
 }

@@ -134,7 +134,8 @@ pub struct StatusInfo {
 
 /// The task's description as a framework sent it: the compact JSON of a `mesos.v1.TaskInfo`
 /// (Mesos's JSON encoding). The core does not look inside; the master and agents do.
-/// It is written as raw JSON in JSON documents and as a string elsewhere.
+/// It is written as raw JSON in JSON documents and as a string elsewhere; its keys are kept
+/// sorted (serde_json's canonical order), so it survives a round trip unchanged.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TaskSpec(pub Arc<str>);
 
@@ -160,8 +161,9 @@ impl Serialize for TaskSpec {
 impl<'de> Deserialize<'de> for TaskSpec {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         if d.is_human_readable() {
-            let raw: Box<serde_json::value::RawValue> = Deserialize::deserialize(d)?;
-            Ok(TaskSpec(Arc::from(raw.get())))
+            // Not `RawValue`: a spec sits inside internally tagged events, which serde buffers.
+            let v = serde_json::Value::deserialize(d)?;
+            Ok(TaskSpec(Arc::from(v.to_string())))
         } else {
             let s = String::deserialize(d)?;
             Ok(TaskSpec(Arc::from(s)))
@@ -329,4 +331,37 @@ pub enum Event {
 pub struct LogEntry {
     pub version: Version,
     pub events: Vec<Event>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_entries_round_trip_through_json() {
+        let task = Task {
+            id: TaskId::new("t1"),
+            name: "t1".into(),
+            agent_id: AgentId::new("a1"),
+            role: "*".into(),
+            owner: "me".into(),
+            claim_id: ClaimId::new("c1"),
+            resources: ResourceSet::parse("cpus:1;ports:[1-2]").unwrap(),
+            state: TaskState::Staging,
+            status: StatusInfo::default(),
+            spec: TaskSpec(Arc::from(r#"{"command":{"value":"echo"},"task_id":{"value":"t1"}}"#)),
+            version: 3,
+        };
+        let entry = LogEntry {
+            version: 3,
+            events: vec![Event::ClaimCommitted {
+                outcome: ClaimOutcome { claim_id: ClaimId::new("c1"), committed_version: Some(3), placements: vec![] },
+                tasks: vec![task],
+            }],
+        };
+        let json = serde_json::to_string(&entry).unwrap();
+        assert!(json.contains(r#""spec":{"command":{"value":"echo"}"#), "{json}");
+        let back: LogEntry = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, entry);
+    }
 }

@@ -149,7 +149,7 @@ fn unreserved() -> String {
 /// Its fields are private so that this invariant holds: build one with [`ResourceSet::parse`],
 /// [`ResourceSet::from_resources`] or the arithmetic below.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(try_from = "Vec<Resource>", into = "Vec<Resource>")]
+#[serde(try_from = "ResourceSetRepr", into = "String")]
 pub struct ResourceSet {
     entries: Vec<Resource>,
 }
@@ -164,18 +164,33 @@ pub enum ResourceError {
     InvalidValue(String),
 }
 
-impl TryFrom<Vec<Resource>> for ResourceSet {
+/// On input a resource set is either the Mesos text form (`"cpus:1;mem:128"`) or a list of
+/// [`Resource`]s; on output it is always the text form, which is compact and lossless.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum ResourceSetRepr {
+    Text(String),
+    List(Vec<Resource>),
+}
+
+impl TryFrom<ResourceSetRepr> for ResourceSet {
     type Error = ResourceError;
-    fn try_from(v: Vec<Resource>) -> Result<Self, ResourceError> {
-        ResourceSet::from_resources(v)
+    fn try_from(v: ResourceSetRepr) -> Result<Self, ResourceError> {
+        match v {
+            ResourceSetRepr::Text(s) => ResourceSet::parse(&s),
+            ResourceSetRepr::List(l) => ResourceSet::from_resources(l),
+        }
     }
 }
 
-impl From<ResourceSet> for Vec<Resource> {
+impl From<ResourceSet> for String {
     fn from(s: ResourceSet) -> Self {
-        s.entries
+        s.to_string()
     }
 }
+
+/// Characters the text form uses as syntax: names and roles may not contain them.
+const RESERVED_CHARS: &[char] = &[';', ':', '(', ')', '[', ']', '{', '}', ','];
 
 impl ResourceSet {
     pub fn new() -> ResourceSet {
@@ -185,8 +200,19 @@ impl ResourceSet {
     pub fn from_resources(v: impl IntoIterator<Item = Resource>) -> Result<ResourceSet, ResourceError> {
         let mut out = ResourceSet::new();
         for r in v {
-            if r.name.is_empty() {
+            if r.name.is_empty()
+                || r.role.is_empty()
+                || r.name.trim() != r.name
+                || r.role.trim() != r.role
+                || r.name.contains(RESERVED_CHARS)
+                || r.role.contains(RESERVED_CHARS)
+            {
                 return Err(ResourceError::InvalidValue(r.name));
+            }
+            if let Value::Set(items) = &r.value {
+                if items.iter().any(|i| i.contains(RESERVED_CHARS) || i.trim() != i) {
+                    return Err(ResourceError::InvalidValue(r.name));
+                }
             }
             out.add_one(r)?;
         }
@@ -425,6 +451,19 @@ mod tests {
         assert!(total.contains(&ResourceSet::parse("cpus(web):1").unwrap()));
         assert!(!total.contains(&ResourceSet::parse("cpus(db):1").unwrap()));
         assert!(!total.contains(&ResourceSet::parse("cpus:2").unwrap()));
+    }
+
+    #[test]
+    fn serde_uses_text_and_accepts_lists() {
+        let s = ResourceSet::parse("cpus:0.1;mem:32;ports:[1-2]").unwrap();
+        let json = serde_json::to_string(&s).unwrap();
+        assert_eq!(json, "\"cpus:0.1;mem:32;ports:[1-2]\"");
+        let back: ResourceSet = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, s);
+        let list: ResourceSet =
+            serde_json::from_str(r#"[{"name":"cpus","value":{"scalar":0.5}},{"name":"cpus","role":"web","value":{"scalar":1}}]"#).unwrap();
+        assert_eq!(list.to_string(), "cpus:0.5;cpus(web):1");
+        assert!(serde_json::from_str::<ResourceSet>(r#"[{"name":"a;b","value":{"scalar":1}}]"#).is_err());
     }
 
     #[test]

@@ -9,8 +9,8 @@
 //!    sans-IO core; a rejected command changes nothing);
 //! 2. **persists** the log entries and the records they changed in one store write, then
 //!    one sync (fsync);
-//! 3. **acknowledges** every request of the group — only now, after the sync;
-//! 4. **publishes** the new snapshot to readers and the entries to watchers.
+//! 3. **publishes** the new snapshot to readers, then **acknowledges** every request of the
+//!    group — only now, after the sync — and streams the entries to watchers.
 //!
 //! If the store fails, the copy is dropped, the group is answered 503, and the cell stays as
 //! it was: nothing unpersisted is ever acknowledged or published. Readers load the published
@@ -93,11 +93,25 @@ impl Committer {
     }
 }
 
+/// Settings of the commit path.
+#[derive(Clone, Debug)]
+pub struct CommitConfig {
+    /// Log entries kept for watches to resume from; older ones are compacted away.
+    pub log_retain_entries: u64,
+}
+
+impl Default for CommitConfig {
+    fn default() -> Self {
+        CommitConfig { log_retain_entries: limits::LOG_RETAIN_ENTRIES }
+    }
+}
+
 /// Starts the committer thread over a loaded cell. `clock` gives the time the core is told.
 pub fn start(
     cell: Cell,
     store: Arc<dyn Store>,
     clock: Arc<dyn Fn() -> Timestamp + Send + Sync>,
+    config: CommitConfig,
 ) -> (Committer, Arc<Published>, std::thread::JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(limits::COMMIT_QUEUE_MAX);
     let (entries, _) = broadcast::channel(limits::WATCH_BROADCAST_MAX);
@@ -112,7 +126,7 @@ pub fn start(
     let p = published.clone();
     let handle = std::thread::Builder::new()
         .name("shoal-committer".into())
-        .spawn(move || run(cell, store, rx, p, clock))
+        .spawn(move || run(cell, store, rx, p, clock, config))
         .expect("spawn committer thread");
     (Committer { tx }, published, handle)
 }
@@ -123,7 +137,9 @@ fn run(
     mut rx: mpsc::Receiver<CommitRequest>,
     published: Arc<Published>,
     clock: Arc<dyn Fn() -> Timestamp + Send + Sync>,
+    config: CommitConfig,
 ) {
+    let retain = config.log_retain_entries.max(1);
     while let Some(first) = rx.blocking_recv() {
         let mut group = vec![first];
         while group.len() < limits::COMMIT_GROUP_MAX {
@@ -147,7 +163,7 @@ fn run(
             }
         }
         if !entries.is_empty() {
-            let batch = write_batch(&next, &entries, &published);
+            let batch = write_batch(&next, &entries, &published, retain);
             let persisted = store.write(&batch).and_then(|_| store.sync());
             if let Err(e) = persisted {
                 tracing::error!(error = %e, "store write failed; the group is refused and the cell unchanged");
@@ -164,21 +180,23 @@ fn run(
         }
         published.stats.groups.fetch_add(1, Ordering::Relaxed);
         published.stats.commands.fetch_add(answers.len() as u64, Ordering::Relaxed);
+        // The new snapshot is published before the answers go out, so a scheduler that reads
+        // right after its acknowledgement sees its own commit (read-your-writes).
+        if !entries.is_empty() {
+            published.snapshot.store(Arc::new(cell.clone()));
+        }
         for (reply, answer) in answers {
             let _ = reply.send(answer);
         }
-        if !entries.is_empty() {
-            published.snapshot.store(Arc::new(cell.clone()));
-            for e in entries {
-                let _ = published.entries.send(e);
-            }
+        for e in entries {
+            let _ = published.entries.send(e);
         }
         tracing::trace!(elapsed_us = started.elapsed().as_micros() as u64, "commit group");
     }
 }
 
 /// The records the group's entries changed, read from the cell as of the group's end.
-fn write_batch(cell: &Cell, entries: &[Arc<LogEntry>], published: &Published) -> WriteBatch {
+fn write_batch(cell: &Cell, entries: &[Arc<LogEntry>], published: &Published, retain: u64) -> WriteBatch {
     let mut agents: BTreeSet<AgentId> = BTreeSet::new();
     let mut tasks: BTreeSet<TaskId> = BTreeSet::new();
     let mut roles: BTreeSet<String> = BTreeSet::new();
@@ -214,8 +232,9 @@ fn write_batch(cell: &Cell, entries: &[Arc<LogEntry>], published: &Published) ->
     }
     let version = cell.version();
     let floor = published.log_floor.load(Ordering::Acquire);
-    let trim_log_below: Option<Version> = (version.saturating_sub(floor) > limits::LOG_RETAIN_ENTRIES + limits::LOG_RETAIN_ENTRIES / 8)
-        .then(|| version - limits::LOG_RETAIN_ENTRIES);
+    // Trim in steps of an eighth of the window, so that most commits delete nothing.
+    let trim_log_below: Option<Version> =
+        (version.saturating_sub(floor) >= retain + retain.div_ceil(8)).then(|| version + 1 - retain);
     WriteBatch {
         cell_id: cell.cell_id().to_string(),
         version,

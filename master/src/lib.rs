@@ -21,7 +21,7 @@ use axum::routing::get;
 use axum::Router;
 use shoal_core::{Cell, CellConfig, Timestamp};
 
-pub use committer::{CommitError, Committer, Published};
+pub use committer::{CommitConfig, CommitError, Committer, Published};
 pub use store::{MemStore, RedbStore, Store};
 
 /// How to run a master.
@@ -62,9 +62,13 @@ pub struct MasterCore {
 impl MasterCore {
     /// Starts the commit path over a store.
     pub fn start(store: Arc<dyn Store>) -> anyhow::Result<MasterCore> {
+        MasterCore::start_with(store, committer::CommitConfig::default())
+    }
+
+    pub fn start_with(store: Arc<dyn Store>, config: committer::CommitConfig) -> anyhow::Result<MasterCore> {
         let cell = load_cell(store.as_ref())?;
         tracing::info!(cell_id = cell.cell_id(), version = cell.version(), agents = cell.agent_count(), tasks = cell.task_count(), "cell loaded");
-        let (committer, published, _thread) = committer::start(cell, store, Arc::new(wall_clock_ms));
+        let (committer, published, _thread) = committer::start(cell, store, Arc::new(wall_clock_ms), config);
         Ok(MasterCore { committer, published })
     }
 

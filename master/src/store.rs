@@ -221,6 +221,8 @@ pub struct MemStore {
 struct MemInner {
     durable: MemImage,
     pending: Vec<WriteBatch>,
+    /// Between a crash and a reboot every write and sync fails, as on a dead machine.
+    down: bool,
 }
 
 #[derive(Default, Clone)]
@@ -263,9 +265,21 @@ impl MemStore {
     pub fn new() -> MemStore {
         MemStore::default()
     }
-    /// Forgets everything written since the last sync, as a power cut would.
+    /// Forgets everything written since the last sync, as a power cut would, and fails every
+    /// later write and sync until [`MemStore::reboot`].
     pub fn crash(&self) {
-        self.inner.lock().expect("mem store lock").pending.clear();
+        let mut inner = self.inner.lock().expect("mem store lock");
+        inner.pending.clear();
+        inner.down = true;
+    }
+    pub fn reboot(&self) {
+        self.inner.lock().expect("mem store lock").down = false;
+    }
+    fn check_up(inner: &MemInner) -> StoreResult<()> {
+        if inner.down {
+            return Err(StoreError::Backend("the disk is gone (simulated crash)".into()));
+        }
+        Ok(())
     }
     fn view(&self) -> MemImage {
         let inner = self.inner.lock().expect("mem store lock");
@@ -290,11 +304,14 @@ impl Store for MemStore {
         })
     }
     fn write(&self, batch: &WriteBatch) -> StoreResult<()> {
-        self.inner.lock().expect("mem store lock").pending.push(batch.clone());
+        let mut inner = self.inner.lock().expect("mem store lock");
+        Self::check_up(&inner)?;
+        inner.pending.push(batch.clone());
         Ok(())
     }
     fn sync(&self) -> StoreResult<()> {
         let mut inner = self.inner.lock().expect("mem store lock");
+        Self::check_up(&inner)?;
         let pending = std::mem::take(&mut inner.pending);
         for b in &pending {
             inner.durable.write(b);
