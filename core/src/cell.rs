@@ -152,7 +152,7 @@ impl Cell {
                     a.allocated.add(&t.resources).expect("stored resources are well typed");
                 }
                 let role = cell.roles.entry(t.role.clone()).or_insert_with(|| Role::new(&t.role));
-                role.consumed.add(&t.resources).expect("stored resources are well typed");
+                role.consumed.add(&t.resources.scalars_only()).expect("stored resources are well typed");
             }
             cell.tasks.insert(t.id.clone(), t);
         }
@@ -274,7 +274,8 @@ impl Cell {
                         state.mesos_name()
                     )));
                 }
-                if task.state == *state && task.status == *status {
+                let same_but_time = StatusInfo { timestamp: task.status.timestamp, ..status.clone() };
+                if task.state == *state && (task.status == *status || task.status == same_but_time) {
                     return Ok(Decision { events: vec![], reply: Reply::Done });
                 }
                 let mut status = status.clone();
@@ -338,7 +339,16 @@ impl Cell {
                 validate_id("agent id", id.as_str())?;
                 id.clone()
             }
-            None => AgentId::new(format!("{}-S{}", self.cell_id, next)),
+            None => {
+                // An operator may have chosen an id of this shape: never reuse one.
+                let mut id = AgentId::new(format!("{}-S{}", self.cell_id, next));
+                let mut k = 1;
+                while self.agents.contains_key(&id) {
+                    id = AgentId::new(format!("{}-S{}-{}", self.cell_id, next, k));
+                    k += 1;
+                }
+                id
+            }
         };
         let mut events = Vec::new();
         let agent = Agent {
@@ -461,8 +471,8 @@ impl Cell {
             let verdict = self.check_placement(claim, p, role, &scratch_agents, &scratch_role, &scratch_cluster, &headroom, &seen_tasks);
             if verdict.is_none() {
                 seen_tasks.insert(&p.task_id);
-                scratch_agents.entry(&p.agent_id).or_default().add(&p.resources).expect("typed at validation");
-                scratch_role.add(&p.resources).expect("typed at validation");
+                scratch_agents.entry(&p.agent_id).or_default().add(&p.resources).expect("checked by check_placement");
+                scratch_role.add(&p.resources.scalars_only()).expect("scalars of one claim stay in range");
                 for (name, m) in p.resources.scalar_totals() {
                     *scratch_cluster.entry(name).or_default() += m.0;
                 }
@@ -547,7 +557,17 @@ impl Cell {
         }
         let mut wanted = p.resources.clone();
         if let Some(already) = scratch_agents.get(&p.agent_id) {
-            wanted.add(already).expect("typed at validation");
+            // Two placements of one claim asking for the same port, or one name with two types.
+            if let Err(e) = wanted.add(already) {
+                let resource = match e {
+                    crate::resources::ResourceError::Overlap(n)
+                    | crate::resources::ResourceError::TypeMismatch(n)
+                    | crate::resources::ResourceError::TooLarge(n)
+                    | crate::resources::ResourceError::InvalidValue(n) => n,
+                    crate::resources::ResourceError::Parse { input, .. } => input,
+                };
+                return Some(RejectReason::InsufficientResources { resource });
+            }
         }
         let mut free = agent.total.clone();
         let _ = free.subtract(&agent.allocated);
@@ -660,7 +680,7 @@ impl Cell {
                     a.version = v;
                     assert!(a.total.contains(&a.allocated), "agent {} over-committed by claim {}", a.id, outcome.claim_id);
                     let role = self.roles.entry(t.role.clone()).or_insert_with(|| Role::new(&t.role));
-                    role.consumed.add(&t.resources).expect("typed at validation");
+                    role.consumed.add(&t.resources.scalars_only()).expect("typed at validation");
                     for (name, m) in t.resources.scalar_totals() {
                         *self.cluster_allocated.entry(name).or_default() += m.0;
                     }
@@ -687,7 +707,7 @@ impl Cell {
                         None => true,
                     };
                     if let Some(r) = self.roles.get_mut(&role) {
-                        r.consumed.subtract(&res).expect("a live task's resources are consumed");
+                        r.consumed.subtract(&res.scalars_only()).expect("a live task's resources are consumed");
                     }
                     if !gone {
                         for (name, m) in res.scalar_totals() {
@@ -721,7 +741,7 @@ impl Cell {
         let mut consumed: HashMap<&str, ResourceSet> = HashMap::new();
         for t in self.tasks.values().filter(|t| !t.state.is_terminal()) {
             alloc.entry(&t.agent_id).or_default().add(&t.resources).map_err(|e| e.to_string())?;
-            consumed.entry(t.role.as_str()).or_default().add(&t.resources).map_err(|e| e.to_string())?;
+            consumed.entry(t.role.as_str()).or_default().add(&t.resources.scalars_only()).map_err(|e| e.to_string())?;
         }
         for a in self.agents.values() {
             let want = alloc.remove(&a.id).unwrap_or_default();

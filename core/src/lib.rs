@@ -4,6 +4,7 @@
 //! argument ([`model::Timestamp`]); what must happen later comes out as data. This is what
 //! lets the whole commit path be tested exhaustively and simulated at scale.
 
+pub mod agent_protocol;
 pub mod cell;
 pub mod limits;
 pub mod model;

@@ -17,8 +17,12 @@ pub const UNRESERVED: &str = "*";
 pub struct Milli(pub i64);
 
 impl Milli {
+    /// The largest scalar anything may hold (10^12 units, e.g. a petabyte of memory in MB),
+    /// so that sums over every agent of a cell cannot overflow.
+    pub const MAX: Milli = Milli(1_000_000_000_000_000);
+
     pub fn from_f64(v: f64) -> Option<Milli> {
-        if !v.is_finite() || v < 0.0 || v > 1e15 {
+        if !v.is_finite() || v < 0.0 || v > 1e12 {
             return None;
         }
         Some(Milli((v * 1000.0).round() as i64))
@@ -162,6 +166,11 @@ pub enum ResourceError {
     Parse { input: String, why: String },
     #[error("resource '{0}' has an invalid value")]
     InvalidValue(String),
+    /// Adding would count the same port or set item twice (a double booking).
+    #[error("resource '{0}' overlaps what is already there")]
+    Overlap(String),
+    #[error("resource '{0}' exceeds the largest amount allowed")]
+    TooLarge(String),
 }
 
 /// On input a resource set is either the Mesos text form (`"cpus:1;mem:128"`) or a list of
@@ -249,9 +258,15 @@ impl ResourceSet {
         match self.position(&r.name, &r.role) {
             Ok(i) => {
                 let e = &mut self.entries[i];
+                // A sum, not a union: the same port or item twice is an overlap, never merged.
                 e.value = match (&e.value, &r.value) {
-                    (Value::Scalar(a), Value::Scalar(b)) => Value::Scalar(Milli(a.0 + b.0)),
+                    (Value::Scalar(a), Value::Scalar(b)) => {
+                        let sum = a.0.checked_add(b.0).filter(|s| *s <= Milli::MAX.0);
+                        Value::Scalar(Milli(sum.ok_or_else(|| ResourceError::TooLarge(r.name.clone()))?))
+                    }
+                    (Value::Ranges(a), Value::Ranges(b)) if a.intersects(b) => return Err(ResourceError::Overlap(r.name)),
                     (Value::Ranges(a), Value::Ranges(b)) => Value::Ranges(a.add(b)),
+                    (Value::Set(a), Value::Set(b)) if !a.is_disjoint(b) => return Err(ResourceError::Overlap(r.name)),
                     (Value::Set(a), Value::Set(b)) => Value::Set(a.union(b).cloned().collect()),
                     _ => return Err(ResourceError::TypeMismatch(r.name)),
                 };
@@ -266,12 +281,20 @@ impl ResourceSet {
         Ok(())
     }
 
-    /// `self + other`.
+    /// `self + other`, all or nothing: on an error (types that differ, ports or set items
+    /// counted twice, an amount too large) `self` is unchanged.
     pub fn add(&mut self, other: &ResourceSet) -> Result<(), ResourceError> {
+        let mut next = self.clone();
         for r in &other.entries {
-            self.add_one(r.clone())?;
+            next.add_one(r.clone())?;
         }
+        *self = next;
         Ok(())
+    }
+
+    /// Only the scalar entries (what quotas and cluster totals count).
+    pub fn scalars_only(&self) -> ResourceSet {
+        ResourceSet { entries: self.entries.iter().filter(|e| matches!(e.value, Value::Scalar(_))).cloned().collect() }
     }
 
     /// Whether every entry of `other` fits in `self` (same name and role).
@@ -421,6 +444,8 @@ mod tests {
 
     #[test]
     fn parse_and_print_round_trip() {
+        assert!(ResourceSet::parse("ports:[1-5];ports:[5-6]").is_err(), "a port listed twice");
+        assert!(ResourceSet::parse("mem:1e12;mem:1").is_err(), "too large");
         let s = ResourceSet::parse("cpus:4;mem:8192;ports:[31000-32000];cpus(web):2;zones:{a,b}").unwrap();
         assert_eq!(s.scalar("cpus"), Milli(6000));
         let back = ResourceSet::parse(&s.to_string()).unwrap();

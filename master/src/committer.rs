@@ -84,12 +84,18 @@ pub struct Committer {
 impl Committer {
     /// Submits a command and waits until it is durable (or refused).
     pub async fn submit(&self, command: Command) -> Result<Reply, CommitError> {
-        let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(CommitRequest { command, reply })
-            .await
-            .map_err(|_| CommitError::Unavailable("the master is stopping".into()))?;
+        let rx = self.enqueue(command).await;
         rx.await.map_err(|_| CommitError::Unavailable("the commit path stopped".into()))?
+    }
+
+    /// Queues a command and returns where its answer will arrive. Commands queued one after
+    /// the other by one caller commit in that order (the queue is FIFO, the committer one).
+    pub async fn enqueue(&self, command: Command) -> oneshot::Receiver<Result<Reply, CommitError>> {
+        let (reply, rx) = oneshot::channel();
+        if let Err(e) = self.tx.send(CommitRequest { command, reply }).await {
+            let _ = e.0.reply.send(Err(CommitError::Unavailable("the master is stopping".into())));
+        }
+        rx
     }
 }
 

@@ -5,6 +5,7 @@
 //!   publish).
 //! - [`api`]: the native HTTP/JSON API for schedulers and the agent-facing API.
 
+pub mod agents;
 pub mod api;
 pub mod committer;
 pub mod limits;
@@ -57,24 +58,32 @@ pub fn load_cell(store: &dyn Store) -> anyhow::Result<Cell> {
 pub struct MasterCore {
     pub committer: Committer,
     pub published: Arc<Published>,
+    pub agents: Arc<agents::AgentHub>,
 }
 
 impl MasterCore {
     /// Starts the commit path over a store.
+    /// Must run inside a tokio runtime (the agent hub spawns its loops).
     pub fn start(store: Arc<dyn Store>) -> anyhow::Result<MasterCore> {
-        MasterCore::start_with(store, committer::CommitConfig::default())
+        MasterCore::start_with(store, committer::CommitConfig::default(), agents::AgentTimers::default())
     }
 
-    pub fn start_with(store: Arc<dyn Store>, config: committer::CommitConfig) -> anyhow::Result<MasterCore> {
+    pub fn start_with(
+        store: Arc<dyn Store>,
+        config: committer::CommitConfig,
+        timers: agents::AgentTimers,
+    ) -> anyhow::Result<MasterCore> {
         let cell = load_cell(store.as_ref())?;
         tracing::info!(cell_id = cell.cell_id(), version = cell.version(), agents = cell.agent_count(), tasks = cell.task_count(), "cell loaded");
         let (committer, published, _thread) = committer::start(cell, store, Arc::new(wall_clock_ms), config);
-        Ok(MasterCore { committer, published })
+        let agents = agents::AgentHub::start(committer.clone(), published.clone(), timers);
+        Ok(MasterCore { committer, published, agents })
     }
 
     /// The native API plus `/health` and `/version`.
     pub fn router(&self) -> Router {
         api::router(api::ApiState { committer: self.committer.clone(), published: self.published.clone() })
+            .merge(agents::router(self.agents.clone()))
             .route("/health", get(|| async { "OK" }))
             .route(
                 "/version",

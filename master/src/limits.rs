@@ -16,3 +16,6 @@ pub const WATCH_READ_BATCH: usize = 512;
 pub const WATCH_KEEPALIVE_SECS: u64 = 15;
 /// Largest request body, in bytes.
 pub const REQUEST_BODY_BYTES_MAX: usize = 64 << 20;
+/// Messages queued for one agent's connection before sends are dropped (reconciliation
+/// on reconnect repairs what was dropped).
+pub const AGENT_OUTBOX_MAX: usize = 4_096;

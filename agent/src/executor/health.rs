@@ -1,0 +1,267 @@
+//! Health checks: the verdict logic ([`HealthTracker`], plain) and the probes
+//! (TCP connect, HTTP GET, optionally from inside another network namespace).
+
+use std::future::Future;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::pin::Pin;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+
+use super::HealthCheckSpec;
+
+/// Turns probe results into health verdicts.
+///
+/// * a success makes the task healthy;
+/// * failures during the grace period are ignored until the first success;
+/// * after `consecutive_failures` failures in a row (at least 1) the task is unhealthy.
+///
+/// [`observe`](Self::observe) returns the new verdict only when it changed.
+#[derive(Debug, Clone)]
+pub struct HealthTracker {
+    grace: Duration,
+    threshold: u32,
+    failures: u32,
+    ever_healthy: bool,
+    healthy: Option<bool>,
+}
+
+impl HealthTracker {
+    pub fn new(spec: &HealthCheckSpec) -> Self {
+        HealthTracker {
+            grace: spec.grace,
+            threshold: spec.consecutive_failures.max(1),
+            failures: 0,
+            ever_healthy: false,
+            healthy: None,
+        }
+    }
+
+    /// The current verdict (`None` until the first one).
+    pub fn healthy(&self) -> Option<bool> {
+        self.healthy
+    }
+
+    /// Feeds one probe result; `since_start` is the task's age.
+    pub fn observe(&mut self, ok: bool, since_start: Duration) -> Option<bool> {
+        let verdict = if ok {
+            self.failures = 0;
+            self.ever_healthy = true;
+            true
+        } else {
+            if !self.ever_healthy && since_start < self.grace {
+                return None;
+            }
+            self.failures = self.failures.saturating_add(1);
+            if self.failures < self.threshold {
+                return None;
+            }
+            false
+        };
+        if self.healthy == Some(verdict) {
+            None
+        } else {
+            self.healthy = Some(verdict);
+            Some(verdict)
+        }
+    }
+}
+
+/// A boxed probe: `Ok` = healthy, `Err(why)` = not.
+pub(crate) type ProbeFuture = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
+
+/// Runs the checks until dropped; sends each change of verdict on `tx`.
+pub(crate) async fn run<F>(
+    spec: HealthCheckSpec,
+    task_id: String,
+    started: Instant,
+    mut probe: F,
+    tx: mpsc::UnboundedSender<bool>,
+) where
+    F: FnMut() -> ProbeFuture + Send,
+{
+    let mut tracker = HealthTracker::new(&spec);
+    tokio::time::sleep(spec.delay).await;
+    loop {
+        let ok = match tokio::time::timeout(spec.timeout, probe()).await {
+            Ok(Ok(())) => true,
+            Ok(Err(why)) => {
+                tracing::debug!(task_id = %task_id, %why, "health check failed");
+                false
+            }
+            Err(_) => {
+                tracing::debug!(task_id = %task_id, "health check timed out");
+                false
+            }
+        };
+        if let Some(v) = tracker.observe(ok, started.elapsed()) {
+            tracing::info!(task_id = %task_id, healthy = v, "health changed");
+            if tx.send(v).is_err() {
+                return;
+            }
+        }
+        tokio::time::sleep(spec.interval).await;
+    }
+}
+
+/// Parses the status code of an HTTP status line (`HTTP/1.1 200 OK`).
+pub(crate) fn parse_http_status(line: &str) -> Option<u16> {
+    let mut it = line.split_whitespace();
+    let proto = it.next()?;
+    if !proto.starts_with("HTTP/") {
+        return None;
+    }
+    let code: u16 = it.next()?.parse().ok()?;
+    (100..1000).contains(&code).then_some(code)
+}
+
+/// Blocking TCP connect probe.
+pub(crate) fn probe_tcp(addr: SocketAddr, timeout: Duration) -> Result<(), String> {
+    TcpStream::connect_timeout(&addr, timeout)
+        .map(|_| ())
+        .map_err(|e| format!("connect {addr}: {e}"))
+}
+
+/// Blocking HTTP GET probe: healthy on 2xx and 3xx.
+pub(crate) fn probe_http(addr: SocketAddr, path: &str, timeout: Duration) -> Result<(), String> {
+    let deadline = Instant::now() + timeout;
+    let mut s =
+        TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("connect {addr}: {e}"))?;
+    let left = deadline
+        .saturating_duration_since(Instant::now())
+        .max(Duration::from_millis(1));
+    let _ = s.set_read_timeout(Some(left));
+    let _ = s.set_write_timeout(Some(left));
+    let req = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\nUser-Agent: shoal-health-check\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes())
+        .map_err(|e| format!("send to {addr}: {e}"))?;
+    let mut buf = Vec::with_capacity(256);
+    let mut chunk = [0u8; 256];
+    while !buf.contains(&b'\n') && buf.len() < 4096 {
+        let n = s
+            .read(&mut chunk)
+            .map_err(|e| format!("read from {addr}: {e}"))?;
+        if n == 0 {
+            break;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let line = String::from_utf8_lossy(&buf);
+    let line = line.lines().next().unwrap_or("");
+    match parse_http_status(line) {
+        Some(code) if (200..400).contains(&code) => Ok(()),
+        Some(code) => Err(format!("HTTP status {code}")),
+        None => Err(format!("not an HTTP response: {line:?}")),
+    }
+}
+
+/// Runs a blocking probe on a fresh thread that first joins the network
+/// namespace of process `pid` (needs CAP_SYS_ADMIN). The thread is discarded
+/// afterwards, so no other code ever runs in the foreign namespace.
+pub(crate) async fn in_netns<F>(pid: i32, probe: F) -> Result<(), String>
+where
+    F: FnOnce() -> Result<(), String> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let spawned = std::thread::Builder::new()
+        .name("shoal-netns-probe".into())
+        .spawn(move || {
+            let res = enter_netns(pid).and_then(|()| probe());
+            let _ = tx.send(res);
+        });
+    if let Err(e) = spawned {
+        return Err(format!("cannot start probe thread: {e}"));
+    }
+    rx.await.unwrap_or_else(|_| Err("probe thread died".into()))
+}
+
+fn enter_netns(pid: i32) -> Result<(), String> {
+    use std::os::fd::AsRawFd;
+    let path = format!("/proc/{pid}/ns/net");
+    let f = std::fs::File::open(&path).map_err(|e| format!("open {path}: {e}"))?;
+    // SAFETY: setns on a valid fd; it only affects the calling thread for CLONE_NEWNET.
+    if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        return Err(format!("setns {path}: {}", std::io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+/// Runs a blocking probe in the agent's own network namespace.
+pub(crate) async fn on_host<F>(probe: F) -> Result<(), String>
+where
+    F: FnOnce() -> Result<(), String> + Send + 'static,
+{
+    tokio::task::spawn_blocking(probe)
+        .await
+        .unwrap_or_else(|e| Err(format!("probe task failed: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::executor::HealthCheckKind;
+
+    fn spec(grace: u64, failures: u32) -> HealthCheckSpec {
+        let mut s = HealthCheckSpec::new(HealthCheckKind::Tcp { port: 1 });
+        s.grace = Duration::from_secs(grace);
+        s.consecutive_failures = failures;
+        s
+    }
+
+    #[test]
+    fn verdicts_change_only_on_transitions() {
+        let mut t = HealthTracker::new(&spec(0, 2));
+        let s = Duration::from_secs(1);
+        assert_eq!(t.observe(true, s), Some(true));
+        assert_eq!(t.observe(true, s), None);
+        assert_eq!(t.observe(false, s), None);
+        assert_eq!(t.observe(false, s), Some(false));
+        assert_eq!(t.observe(false, s), None);
+        assert_eq!(t.observe(true, s), Some(true));
+        assert_eq!(t.healthy(), Some(true));
+    }
+
+    #[test]
+    fn grace_ignores_early_failures() {
+        let mut t = HealthTracker::new(&spec(10, 1));
+        assert_eq!(t.observe(false, Duration::from_secs(1)), None);
+        assert_eq!(t.observe(false, Duration::from_secs(11)), Some(false));
+        let mut t = HealthTracker::new(&spec(10, 1));
+        assert_eq!(t.observe(true, Duration::from_secs(1)), Some(true));
+        // After the first success the grace period no longer applies.
+        assert_eq!(t.observe(false, Duration::from_secs(2)), Some(false));
+    }
+
+    #[test]
+    fn zero_threshold_means_one() {
+        let mut t = HealthTracker::new(&spec(0, 0));
+        assert_eq!(t.observe(false, Duration::ZERO), Some(false));
+    }
+
+    #[test]
+    fn http_status_line() {
+        assert_eq!(parse_http_status("HTTP/1.1 200 OK"), Some(200));
+        assert_eq!(parse_http_status("HTTP/1.0 404 Not Found"), Some(404));
+        assert_eq!(parse_http_status("SSH-2.0-OpenSSH"), None);
+        assert_eq!(parse_http_status("HTTP/1.1 abc"), None);
+        assert_eq!(parse_http_status(""), None);
+    }
+
+    #[test]
+    fn probes_against_local_listener() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = l.local_addr().expect("addr");
+        let server = std::thread::spawn(move || {
+            if let Ok((mut s, _)) = l.accept() {
+                let mut buf = [0u8; 512];
+                let _ = s.read(&mut buf);
+                let _ = s.write_all(b"HTTP/1.0 204 No Content\r\n\r\n");
+            }
+        });
+        assert!(probe_http(addr, "/", Duration::from_secs(5)).is_ok());
+        let _ = server.join();
+        // Nothing listens any more.
+        assert!(probe_tcp(addr, Duration::from_secs(1)).is_err());
+    }
+}

@@ -1,0 +1,1004 @@
+//! The process executor: runs a task's command as a plain process on the host.
+//!
+//! Each task runs under its own small supervisor process (see the
+//! `supervisor` module): the agent forks the supervisor, which starts a new
+//! session, forks the task into its own process group (stdout/stderr go to
+//! the sandbox files `stdout` and `stderr`, cwd is the sandbox), waits for it
+//! and writes `exit N` / `signal N` into the task's state directory. The
+//! supervisor does not depend on the agent, so a task keeps running and its
+//! real exit status is recorded while the agent is down.
+//!
+//! State lives in `<state_dir>/tasks/<escaped task id>/`:
+//! * `record.json`: the [`TaskRecord`] (sandbox, supervisor pid + start time,
+//!   task process group, kill requested, health check, ...), written by the agent;
+//! * `exit_status`: written once by the supervisor when the task ended.
+//!
+//! Re-attaching after an agent restart checks `/proc/<supervisor pid>/stat`
+//! (same start time, so a recycled pid is never mistaken for the supervisor)
+//! and waits on a pidfd for the supervisor to exit.
+//!
+//! Killing sends SIGTERM to the task's process group and SIGKILL after the
+//! grace period; the supervisor, in another process group, survives and
+//! records the status. Limits use cgroup v2 when `<cgroup_root>` is a writable
+//! cgroup2 mount (best effort; otherwise a warning is logged and the task runs
+//! unlimited).
+
+use std::collections::HashMap;
+use std::ffi::{CString, OsStr, OsString};
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use tokio::task::AbortHandle;
+
+use super::health::{self, ProbeFuture};
+use super::supervisor::{self, ExitRecord, SupervisorPlan};
+use super::util::{self, escape_id};
+use super::{
+    group_kills_peers, CommandSpec, ContainerSpec, Executor, ExecutorError, ExecutorEvent,
+    FailReason, GcReport, HealthCheckKind, HealthCheckSpec, LaunchSpec, Limits, RecoveredTask,
+    TaskUpdate,
+};
+
+/// Configuration of a [`ProcessExecutor`].
+#[derive(Debug, Clone)]
+pub struct ProcessConfig {
+    /// Where the executor keeps its per-task records (must survive agent restarts).
+    pub state_dir: PathBuf,
+    /// A cgroup v2 mount point; limits are applied under `<cgroup_root>/shoal/`
+    /// when it is writable. Default `/sys/fs/cgroup`.
+    pub cgroup_root: PathBuf,
+}
+
+impl ProcessConfig {
+    pub fn new(state_dir: impl Into<PathBuf>) -> Self {
+        ProcessConfig {
+            state_dir: state_dir.into(),
+            cgroup_root: PathBuf::from("/sys/fs/cgroup"),
+        }
+    }
+}
+
+/// What the executor remembers about a started task (`record.json`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskRecord {
+    pub task_id: String,
+    pub sandbox: PathBuf,
+    pub group: Option<String>,
+    pub kill_grace: Duration,
+    pub health_check: Option<HealthCheckSpec>,
+    /// Environment of the task, for command health checks.
+    pub env: Vec<(String, String)>,
+    pub supervisor_pid: i32,
+    /// Start time of the supervisor in clock ticks since boot (`/proc/<pid>/stat` field 22).
+    pub supervisor_start: u64,
+    /// Process group of the task (= pid of the task process).
+    pub pgid: i32,
+    /// The task's cgroup, when limits were applied.
+    pub cgroup: Option<PathBuf>,
+    /// A kill was requested: the end is reported as `Killed`.
+    pub kill_requested: bool,
+}
+
+enum Control {
+    Kill { grace: Option<Duration> },
+}
+
+struct Entry {
+    control: mpsc::UnboundedSender<Control>,
+    group: Option<String>,
+    abort: Option<AbortHandle>,
+}
+
+struct Inner {
+    cfg: ProcessConfig,
+    events: mpsc::UnboundedSender<ExecutorEvent>,
+    tasks: Mutex<HashMap<String, Entry>>,
+}
+
+/// Runs tasks as supervised host processes. See the [module docs](self).
+///
+/// Dropping it stops watching (like an agent crash); the tasks keep running.
+pub struct ProcessExecutor {
+    inner: Arc<Inner>,
+}
+
+impl ProcessExecutor {
+    /// Creates the executor; `events` receives every task update.
+    pub fn new(
+        cfg: ProcessConfig,
+        events: mpsc::UnboundedSender<ExecutorEvent>,
+    ) -> Result<Self, ExecutorError> {
+        let dir = cfg.state_dir.join("tasks");
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| ExecutorError::io(format!("create {}", dir.display()), e))?;
+        Ok(ProcessExecutor {
+            inner: Arc::new(Inner {
+                cfg,
+                events,
+                tasks: Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+}
+
+impl Drop for ProcessExecutor {
+    fn drop(&mut self) {
+        for entry in self.inner.lock().values() {
+            if let Some(a) = &entry.abort {
+                a.abort();
+            }
+        }
+    }
+}
+
+impl Inner {
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, Entry>> {
+        self.tasks.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn task_dir(&self, task_id: &str) -> PathBuf {
+        self.cfg.state_dir.join("tasks").join(escape_id(task_id))
+    }
+
+    fn send(&self, task_id: &str, update: TaskUpdate) {
+        let _ = self.events.send(ExecutorEvent {
+            task_id: task_id.to_string(),
+            update,
+        });
+    }
+
+    /// Ends a task: forgets it, sends the terminal update, applies the group policy.
+    fn finish(&self, task_id: &str, group: Option<&str>, owns_network: bool, update: TaskUpdate) {
+        self.lock().remove(task_id);
+        tracing::info!(task_id, ?update, "process task ended");
+        let kill_peers = group.is_some() && group_kills_peers(&update, owns_network);
+        self.send(task_id, update);
+        if let (true, Some(g)) = (kill_peers, group) {
+            for entry in self
+                .lock()
+                .values()
+                .filter(|e| e.group.as_deref() == Some(g))
+            {
+                let _ = entry.control.send(Control::Kill { grace: None });
+            }
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Executor for ProcessExecutor {
+    async fn launch(&self, spec: LaunchSpec) -> Result<(), ExecutorError> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        {
+            let mut tasks = self.inner.lock();
+            if tasks.contains_key(&spec.task_id) {
+                return Err(ExecutorError::DuplicateTask(spec.task_id));
+            }
+            tasks.insert(
+                spec.task_id.clone(),
+                Entry {
+                    control: tx,
+                    group: spec.group.clone(),
+                    abort: None,
+                },
+            );
+        }
+        let task_id = spec.task_id.clone();
+        self.inner.send(&task_id, TaskUpdate::Starting);
+        let handle = tokio::spawn(run_new(self.inner.clone(), spec, rx));
+        if let Some(e) = self.inner.lock().get_mut(&task_id) {
+            e.abort = Some(handle.abort_handle());
+        }
+        Ok(())
+    }
+
+    async fn kill(&self, task_id: &str, grace: Option<Duration>) -> Result<(), ExecutorError> {
+        let tasks = self.inner.lock();
+        let entry = tasks
+            .get(task_id)
+            .ok_or_else(|| ExecutorError::UnknownTask(task_id.to_string()))?;
+        let _ = entry.control.send(Control::Kill { grace });
+        if let Some(g) = &entry.group {
+            for (id, e) in tasks.iter() {
+                if id != task_id && e.group.as_ref() == Some(g) {
+                    let _ = e.control.send(Control::Kill { grace });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn recover(&self, known: &[String]) -> Result<Vec<RecoveredTask>, ExecutorError> {
+        let dir = self.inner.cfg.state_dir.join("tasks");
+        let records = tokio::task::spawn_blocking(move || read_records(&dir))
+            .await
+            .map_err(|e| ExecutorError::Io {
+                context: "recover".into(),
+                source: std::io::Error::other(e),
+            })??;
+        let mut out = Vec::new();
+        let mut seen = Vec::new();
+        for record in records {
+            let id = record.task_id.clone();
+            let is_known = known.contains(&id);
+            if self.inner.lock().contains_key(&id) {
+                // Already tracked by this instance (launched or recovered before).
+                if is_known {
+                    seen.push(id.clone());
+                    out.push(RecoveredTask {
+                        task_id: id,
+                        update: TaskUpdate::Running { healthy: None },
+                    });
+                }
+                continue;
+            }
+            let alive = util::read_proc_stat(record.supervisor_pid)
+                .is_some_and(|st| st.is_running() && st.start_time == record.supervisor_start);
+            if !is_known {
+                if alive {
+                    tracing::warn!(task_id = %id, pgid = record.pgid, "killing process task unknown to the agent");
+                    signal_group(record.pgid, libc::SIGKILL);
+                }
+                continue;
+            }
+            seen.push(id.clone());
+            if alive {
+                tracing::info!(task_id = %id, pid = record.supervisor_pid, "re-attached to process task");
+                let (tx, rx) = mpsc::unbounded_channel();
+                self.inner.lock().insert(
+                    id.clone(),
+                    Entry {
+                        control: tx,
+                        group: record.group.clone(),
+                        abort: None,
+                    },
+                );
+                let handle = tokio::spawn(watch(self.inner.clone(), record, rx));
+                if let Some(e) = self.inner.lock().get_mut(&id) {
+                    e.abort = Some(handle.abort_handle());
+                }
+                out.push(RecoveredTask {
+                    task_id: id,
+                    update: TaskUpdate::Running { healthy: None },
+                });
+            } else {
+                reap_if_child(record.supervisor_pid, record.supervisor_start);
+                let update = conclude(&self.inner.task_dir(&id), &record);
+                tracing::info!(task_id = %id, ?update, "process task ended while the agent was away");
+                out.push(RecoveredTask {
+                    task_id: id,
+                    update,
+                });
+            }
+        }
+        for id in known {
+            if !seen.contains(id) {
+                out.push(RecoveredTask {
+                    task_id: id.clone(),
+                    update: TaskUpdate::Failed {
+                        exit_code: None,
+                        reason: FailReason::Lost,
+                        message: format!(
+                            "no record of the task in {}",
+                            self.inner.cfg.state_dir.display()
+                        ),
+                    },
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    async fn gc(&self, older_than: Duration) -> Result<GcReport, ExecutorError> {
+        let dir = self.inner.cfg.state_dir.join("tasks");
+        let tracked: Vec<String> = self.inner.lock().keys().cloned().collect();
+        tokio::task::spawn_blocking(move || gc_records(&dir, older_than, &tracked))
+            .await
+            .map_err(|e| ExecutorError::Io {
+                context: "gc".into(),
+                source: std::io::Error::other(e),
+            })?
+    }
+
+    fn tasks(&self) -> Vec<String> {
+        self.inner.lock().keys().cloned().collect()
+    }
+}
+
+/// Launches a new task, then watches it.
+async fn run_new(inner: Arc<Inner>, spec: LaunchSpec, mut rx: mpsc::UnboundedReceiver<Control>) {
+    let task_id = spec.task_id.clone();
+    let group = spec.group.clone();
+    let fail = |inner: &Inner, reason, message: String| {
+        inner.finish(
+            &task_id,
+            group.as_deref(),
+            false,
+            TaskUpdate::Failed {
+                exit_code: None,
+                reason,
+                message,
+            },
+        )
+    };
+    if let Err(e) = spec.validate() {
+        inner.finish(
+            &task_id,
+            group.as_deref(),
+            false,
+            TaskUpdate::Error {
+                message: e.to_string(),
+            },
+        );
+        return;
+    }
+    if !matches!(spec.container, ContainerSpec::Process) {
+        let message = "the process executor cannot run container tasks".to_string();
+        inner.finish(
+            &task_id,
+            group.as_deref(),
+            false,
+            TaskUpdate::Error { message },
+        );
+        return;
+    }
+    let task_dir = inner.task_dir(&task_id);
+    let cgroup_root = inner.cfg.cgroup_root.clone();
+    let prepared = {
+        let spec = spec.clone();
+        let task_dir = task_dir.clone();
+        tokio::task::spawn_blocking(move || prepare(&spec, &task_dir, &cgroup_root)).await
+    };
+    let Prepared { plan, cgroup, env } = match prepared {
+        Ok(Ok(p)) => p,
+        Ok(Err(message)) => return fail(&inner, FailReason::LaunchFailed, message),
+        Err(e) => {
+            return fail(
+                &inner,
+                FailReason::LaunchFailed,
+                format!("launch aborted: {e}"),
+            )
+        }
+    };
+    if let Ok(Control::Kill { .. }) = rx.try_recv() {
+        let message = "killed before it started".to_string();
+        inner.finish(
+            &task_id,
+            group.as_deref(),
+            false,
+            TaskUpdate::Killed { message },
+        );
+        return;
+    }
+    let spawned = match tokio::task::spawn_blocking(move || supervisor::spawn(plan)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            return fail(
+                &inner,
+                FailReason::LaunchFailed,
+                format!("cannot start the command: {e}"),
+            )
+        }
+        Err(e) => {
+            return fail(
+                &inner,
+                FailReason::LaunchFailed,
+                format!("launch aborted: {e}"),
+            )
+        }
+    };
+    let supervisor_start = util::read_proc_stat(spawned.supervisor_pid).map_or(0, |s| s.start_time);
+    let record = TaskRecord {
+        task_id: task_id.clone(),
+        sandbox: spec.sandbox.clone(),
+        group: spec.group.clone(),
+        kill_grace: spec.kill_grace,
+        health_check: spec.health_check.clone(),
+        env,
+        supervisor_pid: spawned.supervisor_pid,
+        supervisor_start,
+        pgid: spawned.pgid,
+        cgroup,
+        kill_requested: false,
+    };
+    if let Err(e) = save_record(&task_dir, &record) {
+        // Without a record the task could not be recovered: do not run it.
+        tracing::error!(task_id = %task_id, error = %e, "cannot save task record; killing the task");
+        signal_group(record.pgid, libc::SIGKILL);
+        return fail(
+            &inner,
+            FailReason::LaunchFailed,
+            format!("cannot save the task record: {e}"),
+        );
+    }
+    tracing::info!(task_id = %task_id, pid = spawned.pgid, supervisor = spawned.supervisor_pid, "process task running");
+    inner.send(&task_id, TaskUpdate::Running { healthy: None });
+    watch(inner, record, rx).await;
+}
+
+/// Watches a running task until it ends: kill requests, health checks, exit.
+async fn watch(
+    inner: Arc<Inner>,
+    mut record: TaskRecord,
+    mut rx: mpsc::UnboundedReceiver<Control>,
+) {
+    let task_id = record.task_id.clone();
+    let task_dir = inner.task_dir(&task_id);
+    let exited = wait_exit(record.supervisor_pid, record.supervisor_start);
+    tokio::pin!(exited);
+
+    let (htx, mut hrx) = mpsc::unbounded_channel();
+    let health_task = record.health_check.clone().map(|hc| {
+        let probe = host_probe(&hc.kind, record.sandbox.clone(), record.env.clone());
+        util::AbortOnDrop(tokio::spawn(health::run(
+            hc,
+            task_id.clone(),
+            Instant::now(),
+            probe,
+            htx,
+        )))
+    });
+
+    let mut kill_deadline: Option<tokio::time::Instant> = None;
+    let mut control_open = true;
+    loop {
+        tokio::select! {
+            () = &mut exited => break,
+            msg = rx.recv(), if control_open => match msg {
+                Some(Control::Kill { grace }) => {
+                    let grace = grace.unwrap_or(record.kill_grace);
+                    if !record.kill_requested {
+                        record.kill_requested = true;
+                        if let Err(e) = save_record(&task_dir, &record) {
+                            tracing::warn!(task_id = %task_id, error = %e, "cannot persist kill request");
+                        }
+                    }
+                    tracing::info!(task_id = %task_id, ?grace, "killing process task");
+                    if grace.is_zero() {
+                        signal_group(record.pgid, libc::SIGKILL);
+                        kill_deadline = None;
+                    } else {
+                        signal_group(record.pgid, libc::SIGTERM);
+                        let d = tokio::time::Instant::now() + grace;
+                        kill_deadline = Some(kill_deadline.map_or(d, |old| old.min(d)));
+                    }
+                }
+                None => control_open = false,
+            },
+            () = async { if let Some(d) = kill_deadline { tokio::time::sleep_until(d).await } }, if kill_deadline.is_some() => {
+                tracing::info!(task_id = %task_id, "grace period over; SIGKILL");
+                signal_group(record.pgid, libc::SIGKILL);
+                kill_deadline = None;
+            }
+            Some(v) = hrx.recv() => inner.send(&task_id, TaskUpdate::Running { healthy: Some(v) }),
+        }
+    }
+    drop(health_task);
+    reap_if_child(record.supervisor_pid, record.supervisor_start);
+    let update = {
+        let dir = task_dir.clone();
+        let rec = record.clone();
+        tokio::task::spawn_blocking(move || conclude(&dir, &rec))
+            .await
+            .unwrap_or_else(|e| TaskUpdate::Failed {
+                exit_code: None,
+                reason: FailReason::Lost,
+                message: format!("cannot read the exit status: {e}"),
+            })
+    };
+    inner.finish(&task_id, record.group.as_deref(), false, update);
+}
+
+/// Builds the probe of a health check of a host process.
+fn host_probe(
+    kind: &HealthCheckKind,
+    sandbox: PathBuf,
+    env: Vec<(String, String)>,
+) -> impl FnMut() -> ProbeFuture + Send {
+    let kind = kind.clone();
+    move || -> ProbeFuture {
+        match kind.clone() {
+            HealthCheckKind::Command { shell } => {
+                let mut cmd = tokio::process::Command::new("/bin/sh");
+                cmd.arg("-c")
+                    .arg(&shell)
+                    .current_dir(&sandbox)
+                    .envs(env.iter().map(|(k, v)| (k, v)))
+                    .stdin(std::process::Stdio::null())
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .kill_on_drop(true);
+                Box::pin(async move {
+                    match cmd.status().await {
+                        Ok(s) if s.success() => Ok(()),
+                        Ok(s) => Err(format!("health command {s}")),
+                        Err(e) => Err(format!("cannot run health command: {e}")),
+                    }
+                })
+            }
+            HealthCheckKind::Http { port, path } => {
+                let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+                Box::pin(health::on_host(move || {
+                    health::probe_http(addr, &path, Duration::from_secs(5))
+                }))
+            }
+            HealthCheckKind::Tcp { port } => {
+                let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+                Box::pin(health::on_host(move || {
+                    health::probe_tcp(addr, Duration::from_secs(5))
+                }))
+            }
+        }
+    }
+}
+
+/// Decides the terminal update of a task (plain).
+pub(crate) fn classify(exit: Option<ExitRecord>, kill_requested: bool, oom: bool) -> TaskUpdate {
+    let describe = |e: ExitRecord| match e {
+        ExitRecord::Exited(n) => format!("exited with status {n}"),
+        ExitRecord::Signaled(s) => format!("terminated by {}", util::signal_name(s)),
+    };
+    let code = |e: Option<ExitRecord>| match e {
+        Some(ExitRecord::Exited(n)) => Some(n),
+        _ => None,
+    };
+    match exit {
+        _ if kill_requested => TaskUpdate::Killed {
+            message: exit.map_or_else(
+                || "killed".to_string(),
+                |e| format!("killed: command {}", describe(e)),
+            ),
+        },
+        _ if oom => TaskUpdate::Failed {
+            exit_code: code(exit),
+            reason: FailReason::Oom,
+            message: "the task exceeded its memory limit and was killed by the OOM killer".into(),
+        },
+        Some(ExitRecord::Exited(0)) => TaskUpdate::Finished,
+        Some(e) => TaskUpdate::Failed {
+            exit_code: code(Some(e)),
+            reason: FailReason::CommandExit,
+            message: format!("command {}", describe(e)),
+        },
+        None => TaskUpdate::Failed {
+            exit_code: None,
+            reason: FailReason::Lost,
+            message: "the supervisor ended without recording an exit status".into(),
+        },
+    }
+}
+
+/// Reads the recorded exit status (and OOM events) of an ended task (blocking).
+fn conclude(task_dir: &Path, record: &TaskRecord) -> TaskUpdate {
+    let exit = std::fs::read_to_string(task_dir.join("exit_status"))
+        .ok()
+        .and_then(|s| ExitRecord::parse(&s));
+    let oom = record.cgroup.as_deref().is_some_and(cgroup_oom_killed);
+    if let Some(cg) = &record.cgroup {
+        let _ = std::fs::remove_dir(cg);
+    }
+    classify(exit, record.kill_requested, oom)
+}
+
+fn save_record(task_dir: &Path, record: &TaskRecord) -> std::io::Result<()> {
+    let data = serde_json::to_vec_pretty(record).map_err(std::io::Error::other)?;
+    util::write_atomic(&task_dir.join("record.json"), &data)
+}
+
+fn read_records(dir: &Path) -> Result<Vec<TaskRecord>, ExecutorError> {
+    let rd = match std::fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(ExecutorError::io(format!("read {}", dir.display()), e)),
+    };
+    let mut out = Vec::new();
+    for ent in rd.flatten() {
+        let path = ent.path().join("record.json");
+        match std::fs::read(&path) {
+            Ok(data) => match serde_json::from_slice::<TaskRecord>(&data) {
+                Ok(r) => out.push(r),
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "ignoring unreadable task record")
+                }
+            },
+            // A task whose launch did not get as far as a record.
+            Err(e) => tracing::debug!(path = %path.display(), error = %e, "no task record"),
+        }
+    }
+    Ok(out)
+}
+
+fn gc_records(
+    dir: &Path,
+    older_than: Duration,
+    tracked: &[String],
+) -> Result<GcReport, ExecutorError> {
+    let mut report = GcReport::default();
+    let rd = match std::fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(report),
+        Err(e) => return Err(ExecutorError::io(format!("read {}", dir.display()), e)),
+    };
+    for ent in rd.flatten() {
+        let tdir = ent.path();
+        let record: Option<TaskRecord> = std::fs::read(tdir.join("record.json"))
+            .ok()
+            .and_then(|d| serde_json::from_slice(&d).ok());
+        if let Some(r) = &record {
+            if tracked.contains(&r.task_id) {
+                continue;
+            }
+            let alive = util::read_proc_stat(r.supervisor_pid)
+                .is_some_and(|st| st.is_running() && st.start_time == r.supervisor_start);
+            if alive {
+                continue;
+            }
+        }
+        let age = util::file_age(&tdir.join("exit_status"))
+            .or_else(|| util::file_age(&tdir.join("record.json")))
+            .or_else(|| util::file_age(&tdir));
+        if age.is_some_and(|a| a >= older_than) {
+            if let Some(cg) = record.as_ref().and_then(|r| r.cgroup.as_ref()) {
+                let _ = std::fs::remove_dir(cg);
+            }
+            match std::fs::remove_dir_all(&tdir) {
+                Ok(()) => report.removed.push(record.map_or_else(
+                    || ent.file_name().to_string_lossy().into_owned(),
+                    |r| r.task_id,
+                )),
+                Err(e) => {
+                    tracing::warn!(dir = %tdir.display(), error = %e, "gc: cannot remove task state")
+                }
+            }
+        }
+    }
+    Ok(report)
+}
+
+/// Prepares everything for the supervisor (blocking IO): state dir, sandbox
+/// files, program path, environment, cgroup. Errors are user-facing messages.
+/// What [`prepare`] produces: the supervisor plan, the task's cgroup (when
+/// limits apply) and the task's extra environment (kept for health checks).
+struct Prepared {
+    plan: SupervisorPlan,
+    cgroup: Option<PathBuf>,
+    env: Vec<(String, String)>,
+}
+
+fn prepare(spec: &LaunchSpec, task_dir: &Path, cgroup_root: &Path) -> Result<Prepared, String> {
+    let cmd = spec
+        .command
+        .as_ref()
+        .ok_or("a process task needs a command")?;
+    match std::fs::metadata(&spec.sandbox) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => {
+            return Err(format!(
+                "sandbox {} is not a directory",
+                spec.sandbox.display()
+            ))
+        }
+        Err(e) => return Err(format!("sandbox {}: {e}", spec.sandbox.display())),
+    }
+    // A previous run of the same task id must not leave a stale status behind.
+    let _ = std::fs::remove_dir_all(task_dir);
+    std::fs::create_dir_all(task_dir).map_err(|e| format!("create {}: {e}", task_dir.display()))?;
+
+    let mut env: Vec<(OsString, OsString)> = std::env::vars_os().collect();
+    let mut set = |k: &str, v: &OsStr| {
+        env.retain(|(ek, _)| ek.as_os_str() != OsStr::new(k));
+        env.push((k.into(), v.to_os_string()));
+    };
+    set("SHOAL_TASK_ID", OsStr::new(&spec.task_id));
+    set("SHOAL_SANDBOX", spec.sandbox.as_os_str());
+    for (k, v) in &cmd.env {
+        set(k, OsStr::new(v));
+    }
+    let path_var = env
+        .iter()
+        .find(|(k, _)| k == "PATH")
+        .map(|(_, v)| v.clone());
+    let (program, argv) = resolve_program(cmd, path_var.as_deref(), &spec.sandbox, is_executable)?;
+
+    let open_out = |name: &str| -> Result<OwnedFd, String> {
+        let p = spec.sandbox.join(name);
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&p)
+            .map(OwnedFd::from)
+            .map_err(|e| format!("open {}: {e}", p.display()))
+    };
+    let stdout = open_out("stdout")?;
+    let stderr = open_out("stderr")?;
+    let stdin = std::fs::File::open("/dev/null")
+        .map(OwnedFd::from)
+        .map_err(|e| format!("open /dev/null: {e}"))?;
+
+    let cstr = |b: &[u8]| CString::new(b).map_err(|_| "argument contains a NUL byte".to_string());
+    let plan_argv = argv
+        .iter()
+        .map(|a| cstr(a.as_bytes()))
+        .collect::<Result<Vec<_>, _>>()?;
+    let envp = env
+        .iter()
+        .map(|(k, v)| {
+            let mut kv = k.as_bytes().to_vec();
+            kv.push(b'=');
+            kv.extend_from_slice(v.as_bytes());
+            cstr(&kv)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+
+    let (cgroup, cgroup_procs) =
+        match setup_cgroup(cgroup_root, &escape_id(&spec.task_id), &spec.limits) {
+            Some((p, fd)) => (Some(p), Some(fd)),
+            None => (None, None),
+        };
+    let plan = SupervisorPlan {
+        program: cstr(program.as_os_str().as_bytes())?,
+        argv: plan_argv,
+        envp,
+        workdir: cstr(spec.sandbox.as_os_str().as_bytes())?,
+        status_path: cstr(task_dir.join("exit_status").as_os_str().as_bytes())?,
+        status_tmp: cstr(task_dir.join("exit_status.tmp").as_os_str().as_bytes())?,
+        stdin,
+        stdout,
+        stderr,
+        cgroup_procs,
+    };
+    Ok(Prepared {
+        plan,
+        cgroup,
+        env: cmd.env.clone(),
+    })
+}
+
+fn is_executable(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+/// Program path and argv of a command (plain, apart from the `exists` callback).
+pub(crate) fn resolve_program(
+    cmd: &CommandSpec,
+    path_var: Option<&OsStr>,
+    sandbox: &Path,
+    exists: impl Fn(&Path) -> bool,
+) -> Result<(PathBuf, Vec<OsString>), String> {
+    if cmd.shell {
+        return Ok((
+            PathBuf::from("/bin/sh"),
+            vec!["sh".into(), "-c".into(), cmd.value.clone().into()],
+        ));
+    }
+    if cmd.value.is_empty() {
+        return Err("the command is empty".into());
+    }
+    let mut argv: Vec<OsString> = vec![cmd.value.clone().into()];
+    argv.extend(cmd.arguments.iter().map(OsString::from));
+    if cmd.value.contains('/') {
+        let p = sandbox.join(&cmd.value);
+        return if exists(&p) {
+            Ok((p, argv))
+        } else {
+            Err(format!(
+                "program {} not found or not executable",
+                p.display()
+            ))
+        };
+    }
+    let path_var = path_var.unwrap_or(OsStr::new(
+        "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    ));
+    for dir in std::env::split_paths(path_var) {
+        let p = dir.join(&cmd.value);
+        if dir.is_absolute() && exists(&p) {
+            return Ok((p, argv));
+        }
+    }
+    Err(format!("program {:?} not found in PATH", cmd.value))
+}
+
+/// Best-effort cgroup v2 limits: returns the cgroup dir and its open
+/// `cgroup.procs`, or `None` (logged) when limits cannot be applied.
+fn setup_cgroup(root: &Path, key: &str, limits: &Limits) -> Option<(PathBuf, OwnedFd)> {
+    if limits.cpus <= 0.0 && limits.mem_mb == 0 {
+        return None;
+    }
+    if !root.join("cgroup.controllers").exists() {
+        tracing::warn!(root = %root.display(), "no cgroup v2 hierarchy; process limits are not enforced");
+        return None;
+    }
+    let parent = root.join("shoal");
+    let dir = parent.join(key);
+    let attempt = || -> std::io::Result<OwnedFd> {
+        std::fs::create_dir_all(&dir)?;
+        // Enabling controllers fails harmlessly when they already are.
+        let _ = std::fs::write(root.join("cgroup.subtree_control"), "+memory +cpu");
+        let _ = std::fs::write(parent.join("cgroup.subtree_control"), "+memory +cpu");
+        if limits.mem_mb > 0 {
+            std::fs::write(
+                dir.join("memory.max"),
+                (limits.mem_mb * 1024 * 1024).to_string(),
+            )?;
+            let _ = std::fs::write(dir.join("memory.swap.max"), "0");
+        }
+        if limits.cpus > 0.0 {
+            let quota = ((limits.cpus * 100_000.0) as u64).max(1000);
+            std::fs::write(dir.join("cpu.max"), format!("{quota} 100000"))?;
+        }
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(dir.join("cgroup.procs"))?;
+        Ok(OwnedFd::from(f))
+    };
+    match attempt() {
+        Ok(fd) => Some((dir, fd)),
+        Err(e) => {
+            tracing::warn!(cgroup = %dir.display(), error = %e, "cannot set up cgroup; process limits are not enforced");
+            let _ = std::fs::remove_dir(&dir);
+            None
+        }
+    }
+}
+
+fn cgroup_oom_killed(dir: &Path) -> bool {
+    std::fs::read_to_string(dir.join("memory.events"))
+        .ok()
+        .is_some_and(|s| {
+            s.lines().any(|l| {
+                l.strip_prefix("oom_kill ")
+                    .and_then(|n| n.trim().parse::<u64>().ok())
+                    .is_some_and(|n| n > 0)
+            })
+        })
+}
+
+fn signal_group(pgid: i32, sig: libc::c_int) {
+    if pgid <= 1 {
+        return;
+    }
+    // SAFETY: kill(2) with a negative pid signals the process group.
+    if unsafe { libc::kill(-pgid, sig) } != 0 {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::ESRCH) {
+            tracing::warn!(pgid, sig, error = %e, "cannot signal task process group");
+        }
+    }
+}
+
+/// Reaps the supervisor if it is an ended child of ours (after an executor
+/// was dropped in the same process, the supervisor may be a zombie child);
+/// checks the start time so that no other child is ever reaped by mistake.
+fn reap_if_child(pid: i32, start_time: u64) {
+    let ours = util::read_proc_stat(pid).is_some_and(|st| {
+        st.start_time == start_time && !st.is_running() && st.ppid == std::process::id() as i32
+    });
+    if ours {
+        let mut st = 0;
+        // SAFETY: WNOHANG waitpid on a specific ended child.
+        unsafe { libc::waitpid(pid, &mut st, libc::WNOHANG) };
+    }
+}
+
+/// Resolves when process `pid` (with the given start time) has exited.
+async fn wait_exit(pid: i32, start_time: u64) {
+    let alive =
+        || util::read_proc_stat(pid).is_some_and(|s| s.is_running() && s.start_time == start_time);
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd >= 0 {
+        // SAFETY: fresh fd from pidfd_open.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+        // Checked after opening: the pidfd refers to the process we verified.
+        if !alive() {
+            return;
+        }
+        // `with_interest` is deprecated in newer tokio for fds that may be closed
+        // behind its back; an `OwnedFd` moved into it cannot be.
+        #[allow(deprecated)]
+        let afd = tokio::io::unix::AsyncFd::with_interest(fd, tokio::io::Interest::READABLE);
+        if let Ok(afd) = afd {
+            let _ = afd.readable().await;
+            return;
+        }
+    }
+    while alive() {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classify_exits() {
+        assert_eq!(
+            classify(Some(ExitRecord::Exited(0)), false, false),
+            TaskUpdate::Finished
+        );
+        match classify(Some(ExitRecord::Exited(3)), false, false) {
+            TaskUpdate::Failed {
+                exit_code: Some(3),
+                reason: FailReason::CommandExit,
+                ..
+            } => {}
+            u => panic!("{u:?}"),
+        }
+        match classify(Some(ExitRecord::Signaled(9)), false, false) {
+            TaskUpdate::Failed {
+                exit_code: None,
+                reason: FailReason::CommandExit,
+                message,
+            } => {
+                assert!(message.contains("SIGKILL"))
+            }
+            u => panic!("{u:?}"),
+        }
+        assert!(matches!(
+            classify(Some(ExitRecord::Signaled(15)), true, false),
+            TaskUpdate::Killed { .. }
+        ));
+        assert!(matches!(
+            classify(Some(ExitRecord::Exited(0)), true, false),
+            TaskUpdate::Killed { .. }
+        ));
+        assert!(matches!(
+            classify(Some(ExitRecord::Signaled(9)), false, true),
+            TaskUpdate::Failed {
+                reason: FailReason::Oom,
+                ..
+            }
+        ));
+        assert!(matches!(
+            classify(None, false, false),
+            TaskUpdate::Failed {
+                reason: FailReason::Lost,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn programs() {
+        let sb = Path::new("/sb");
+        let yes = |_: &Path| true;
+        let no = |_: &Path| false;
+        let (p, argv) =
+            resolve_program(&CommandSpec::shell("echo hi"), None, sb, no).expect("shell");
+        assert_eq!(p, Path::new("/bin/sh"));
+        assert_eq!(
+            argv,
+            vec![OsString::from("sh"), "-c".into(), "echo hi".into()]
+        );
+
+        let cmd = CommandSpec::argv("prog", ["a", "b"]);
+        let only_bin = |p: &Path| p == Path::new("/bin/prog");
+        let (p, argv) =
+            resolve_program(&cmd, Some(OsStr::new("/usr/bin:/bin")), sb, only_bin).expect("argv");
+        assert_eq!(p, Path::new("/bin/prog"));
+        assert_eq!(argv, vec![OsString::from("prog"), "a".into(), "b".into()]);
+        assert!(resolve_program(&cmd, Some(OsStr::new("/usr/bin")), sb, no).is_err());
+        // Relative PATH entries are ignored.
+        assert!(resolve_program(&cmd, Some(OsStr::new("rel")), sb, yes).is_err());
+
+        let (p, _) = resolve_program(
+            &CommandSpec::argv("./run.sh", Vec::<String>::new()),
+            None,
+            sb,
+            yes,
+        )
+        .expect("rel");
+        assert_eq!(p, Path::new("/sb/./run.sh"));
+        assert!(
+            resolve_program(&CommandSpec::argv("", Vec::<String>::new()), None, sb, yes).is_err()
+        );
+    }
+}

@@ -1,0 +1,436 @@
+//! The per-task supervisor of the process executor.
+//!
+//! `spawn` forks the agent once: the child (the *supervisor*) calls `setsid`,
+//! wires `/dev/null`, the sandbox's `stdout` and `stderr` files to fds 0-2,
+//! closes every other fd, ignores the terminating signals and forks the *task*
+//! process, which makes itself leader of its own process group, restores the
+//! default signal dispositions, `chdir`s into the sandbox and `execve`s the
+//! command. The supervisor then `waitpid`s the task, SIGKILLs whatever is left
+//! in the task's process group, writes `exit N` or `signal N` atomically into
+//! the status file and exits.
+//!
+//! Because the supervisor is its own process (not a thread of the agent), the
+//! status of a task is recorded even when the agent is dead at the time, and
+//! because the task has its own process group, killing the task (SIGTERM, then
+//! SIGKILL to the group) never kills the supervisor: the recorded status is
+//! always the real one.
+//!
+//! Between `fork` and `execve`/`_exit` the children only make async-signal-safe
+//! system calls on memory prepared before the fork (no allocation, no locks),
+//! which is what POSIX allows after forking a multi-threaded process.
+//!
+//! The agent learns the task's pid (= its process group id) and any exec
+//! failure through a close-on-exec pipe: 5-byte messages `b'P' | pid`,
+//! `b'E' | errno` (execve failed), `b'C' | errno` (chdir failed) or
+//! `b'F' | errno` (fork failed), each an `i32` in native byte order; EOF comes
+//! when the supervisor closed its end and the task exec'd (or died).
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+/// Everything the children need, prepared before the fork.
+pub(crate) struct SupervisorPlan {
+    /// Absolute path of the program.
+    pub program: CString,
+    pub argv: Vec<CString>,
+    pub envp: Vec<CString>,
+    pub workdir: CString,
+    pub status_path: CString,
+    pub status_tmp: CString,
+    pub stdin: OwnedFd,
+    pub stdout: OwnedFd,
+    pub stderr: OwnedFd,
+    /// `cgroup.procs` of the task's cgroup (v2), opened for writing.
+    pub cgroup_procs: Option<OwnedFd>,
+}
+
+/// A started task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Spawned {
+    pub supervisor_pid: i32,
+    /// Pid of the task process, which is also its process group id.
+    pub pgid: i32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum SpawnError {
+    #[error("{what}: {err}")]
+    Os { what: &'static str, err: io::Error },
+    #[error("{0}")]
+    Protocol(String),
+}
+
+/// How a supervised task ended, as written in the status file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ExitRecord {
+    Exited(i32),
+    Signaled(i32),
+}
+
+impl ExitRecord {
+    pub fn parse(s: &str) -> Option<ExitRecord> {
+        let mut it = s.split_whitespace();
+        let kind = it.next()?;
+        let n: i32 = it.next()?.parse().ok()?;
+        match kind {
+            "exit" => Some(ExitRecord::Exited(n)),
+            "signal" => Some(ExitRecord::Signaled(n)),
+            _ => None,
+        }
+    }
+}
+
+fn errno() -> i32 {
+    io::Error::last_os_error().raw_os_error().unwrap_or(0)
+}
+
+/// Moves `fd` to a number >= 3 (keeping close-on-exec) so that the children's
+/// `dup2` onto 0..=3 can never clobber a source fd still needed.
+fn above_stdio(fd: OwnedFd) -> io::Result<OwnedFd> {
+    if fd.as_raw_fd() >= 3 {
+        return Ok(fd);
+    }
+    // SAFETY: plain fcntl on an fd we own.
+    let n = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 4) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: n is a fresh fd owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(n) })
+}
+
+/// Forks the supervisor and waits (blocking, briefly) until the task process
+/// exec'd or failed to. Call from a blocking thread.
+pub(crate) fn spawn(plan: SupervisorPlan) -> Result<Spawned, SpawnError> {
+    let os = |what: &'static str| move |err: io::Error| SpawnError::Os { what, err };
+    let stdin = above_stdio(plan.stdin).map_err(os("dup"))?;
+    let stdout = above_stdio(plan.stdout).map_err(os("dup"))?;
+    let stderr = above_stdio(plan.stderr).map_err(os("dup"))?;
+    let cgroup = match plan.cgroup_procs {
+        Some(fd) => Some(above_stdio(fd).map_err(os("dup"))?),
+        None => None,
+    };
+
+    let mut fds = [0 as RawFd; 2];
+    // SAFETY: fds is a valid 2-element array.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(SpawnError::Os {
+            what: "pipe2",
+            err: io::Error::last_os_error(),
+        });
+    }
+    // SAFETY: pipe2 returned two fresh fds.
+    let (rd, wr) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let wr = above_stdio(wr).map_err(os("dup"))?;
+
+    let mut argv_ptrs: Vec<*const libc::c_char> = plan.argv.iter().map(|a| a.as_ptr()).collect();
+    argv_ptrs.push(std::ptr::null());
+    let mut envp_ptrs: Vec<*const libc::c_char> = plan.envp.iter().map(|a| a.as_ptr()).collect();
+    envp_ptrs.push(std::ptr::null());
+    // SAFETY: sysconf is always safe.
+    let max_fd = unsafe { libc::sysconf(libc::_SC_OPEN_MAX) };
+    let max_fd = if max_fd <= 0 {
+        65_536
+    } else {
+        max_fd.min(1 << 20) as i32
+    };
+
+    let args = ChildArgs {
+        program: plan.program.as_ptr(),
+        argv: argv_ptrs.as_ptr(),
+        envp: envp_ptrs.as_ptr(),
+        workdir: plan.workdir.as_ptr(),
+        status_path: plan.status_path.as_ptr(),
+        status_tmp: plan.status_tmp.as_ptr(),
+        stdin: stdin.as_raw_fd(),
+        stdout: stdout.as_raw_fd(),
+        stderr: stderr.as_raw_fd(),
+        pipe: wr.as_raw_fd(),
+        cgroup: cgroup.as_ref().map_or(-1, |f| f.as_raw_fd()),
+        max_fd,
+    };
+
+    // SAFETY: the child only runs `supervisor_main`, which makes
+    // async-signal-safe calls on the memory prepared above and never returns.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(SpawnError::Os {
+            what: "fork",
+            err: io::Error::last_os_error(),
+        });
+    }
+    if pid == 0 {
+        // SAFETY: see above; this is the forked child.
+        unsafe { supervisor_main(&args) }
+    }
+    drop(wr);
+    drop((stdin, stdout, stderr, cgroup));
+
+    let bytes = read_to_eof(&rd);
+    let reap = || {
+        let mut st = 0;
+        // SAFETY: pid is our child.
+        unsafe { libc::waitpid(pid, &mut st, 0) };
+    };
+    let bytes = match bytes {
+        Ok(b) => b,
+        Err(err) => {
+            reap();
+            return Err(SpawnError::Os {
+                what: "read supervisor pipe",
+                err,
+            });
+        }
+    };
+    let mut pgid = None;
+    for msg in bytes.chunks(5) {
+        if msg.len() != 5 {
+            break;
+        }
+        let val = i32::from_ne_bytes([msg[1], msg[2], msg[3], msg[4]]);
+        let what = match msg[0] {
+            b'P' => {
+                pgid = Some(val);
+                continue;
+            }
+            b'E' => "execve",
+            b'C' => "chdir into the sandbox",
+            b'F' => "fork",
+            _ => "unknown step",
+        };
+        // The supervisor exits right after recording exit status 127.
+        reap();
+        return Err(SpawnError::Os {
+            what,
+            err: io::Error::from_raw_os_error(val),
+        });
+    }
+    match pgid {
+        Some(pgid) if pgid > 0 => Ok(Spawned {
+            supervisor_pid: pid,
+            pgid,
+        }),
+        _ => {
+            reap();
+            Err(SpawnError::Protocol(
+                "supervisor died before starting the task".into(),
+            ))
+        }
+    }
+}
+
+fn read_to_eof(fd: &OwnedFd) -> io::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 64];
+    loop {
+        // SAFETY: buf is valid for buf.len() bytes.
+        let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        if n == 0 {
+            return Ok(out);
+        }
+        if n < 0 {
+            if errno() == libc::EINTR {
+                continue;
+            }
+            return Err(io::Error::last_os_error());
+        }
+        out.extend_from_slice(&buf[..n as usize]);
+        if out.len() > 4096 {
+            return Err(io::Error::other("supervisor pipe overflow"));
+        }
+    }
+}
+
+/// Raw data for the children (pointers into memory owned by `spawn`).
+struct ChildArgs {
+    program: *const libc::c_char,
+    argv: *const *const libc::c_char,
+    envp: *const *const libc::c_char,
+    workdir: *const libc::c_char,
+    status_path: *const libc::c_char,
+    status_tmp: *const libc::c_char,
+    stdin: RawFd,
+    stdout: RawFd,
+    stderr: RawFd,
+    pipe: RawFd,
+    cgroup: RawFd,
+    max_fd: i32,
+}
+
+const PIPE_FD: RawFd = 3;
+const IGNORED_IN_SUPERVISOR: [libc::c_int; 7] = [
+    libc::SIGHUP,
+    libc::SIGINT,
+    libc::SIGTERM,
+    libc::SIGQUIT,
+    libc::SIGPIPE,
+    libc::SIGTTIN,
+    libc::SIGTTOU,
+];
+
+unsafe fn set_disposition(sig: libc::c_int, handler: libc::sighandler_t) {
+    let mut sa: libc::sigaction = std::mem::zeroed();
+    sa.sa_sigaction = handler;
+    libc::sigemptyset(&mut sa.sa_mask);
+    libc::sigaction(sig, &sa, std::ptr::null_mut());
+}
+
+unsafe fn send_msg(tag: u8, val: i32) {
+    let v = val.to_ne_bytes();
+    let msg = [tag, v[0], v[1], v[2], v[3]];
+    libc::write(PIPE_FD, msg.as_ptr().cast(), msg.len());
+}
+
+/// Formats `n` in decimal into `buf`, returns the used tail.
+fn fmt_i32(n: i32, buf: &mut [u8; 12]) -> &[u8] {
+    let neg = n < 0;
+    let mut v = i64::from(n).unsigned_abs();
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    if neg {
+        i -= 1;
+        buf[i] = b'-';
+    }
+    &buf[i..]
+}
+
+unsafe fn write_all(fd: RawFd, mut data: &[u8]) {
+    while !data.is_empty() {
+        let n = libc::write(fd, data.as_ptr().cast(), data.len());
+        if n < 0 {
+            if *libc::__errno_location() == libc::EINTR {
+                continue;
+            }
+            return;
+        }
+        data = &data[n as usize..];
+    }
+}
+
+unsafe fn supervisor_main(a: &ChildArgs) -> ! {
+    libc::setsid();
+    if a.cgroup >= 0 {
+        // "0" moves the writing process; the task inherits the cgroup.
+        libc::write(a.cgroup, b"0".as_ptr().cast(), 1);
+    }
+    libc::dup2(a.stdin, 0);
+    libc::dup2(a.stdout, 1);
+    libc::dup2(a.stderr, 2);
+    if a.pipe != PIPE_FD {
+        libc::dup2(a.pipe, PIPE_FD);
+    }
+    libc::fcntl(PIPE_FD, libc::F_SETFD, libc::FD_CLOEXEC);
+    if libc::syscall(
+        libc::SYS_close_range,
+        (PIPE_FD + 1) as libc::c_uint,
+        libc::c_uint::MAX,
+        0 as libc::c_uint,
+    ) != 0
+    {
+        for fd in (PIPE_FD + 1)..a.max_fd {
+            libc::close(fd);
+        }
+    }
+    // Drop the agent's signal handlers (they would write into the agent's fds).
+    for sig in 1..65 {
+        if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+            set_disposition(sig, libc::SIG_DFL);
+        }
+    }
+    for sig in IGNORED_IN_SUPERVISOR {
+        set_disposition(sig, libc::SIG_IGN);
+    }
+    let mut set: libc::sigset_t = std::mem::zeroed();
+    libc::sigemptyset(&mut set);
+    libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+
+    let task = libc::fork();
+    if task == 0 {
+        libc::setpgid(0, 0);
+        for sig in IGNORED_IN_SUPERVISOR {
+            set_disposition(sig, libc::SIG_DFL);
+        }
+        if libc::chdir(a.workdir) != 0 {
+            send_msg(b'C', *libc::__errno_location());
+            libc::_exit(127);
+        }
+        libc::execve(a.program, a.argv, a.envp);
+        send_msg(b'E', *libc::__errno_location());
+        libc::_exit(127);
+    }
+    if task < 0 {
+        send_msg(b'F', *libc::__errno_location());
+        libc::_exit(1);
+    }
+    libc::setpgid(task, task);
+    send_msg(b'P', task);
+    libc::close(PIPE_FD);
+
+    let mut status: libc::c_int = 0;
+    let waited = loop {
+        let r = libc::waitpid(task, &mut status, 0);
+        if r == task {
+            break true;
+        }
+        if r < 0 && *libc::__errno_location() != libc::EINTR {
+            break false;
+        }
+    };
+    // Leftovers of the task's process group die with it.
+    libc::kill(-task, libc::SIGKILL);
+    if !waited {
+        libc::_exit(2);
+    }
+    let (word, n): (&[u8], i32) = if libc::WIFSIGNALED(status) {
+        (b"signal ", libc::WTERMSIG(status))
+    } else {
+        (b"exit ", libc::WEXITSTATUS(status))
+    };
+    let mut buf = [0u8; 12];
+    let num = fmt_i32(n, &mut buf);
+    let fd = libc::open(
+        a.status_tmp,
+        libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_CLOEXEC,
+        0o644,
+    );
+    if fd >= 0 {
+        write_all(fd, word);
+        write_all(fd, num);
+        write_all(fd, b"\n");
+        libc::fsync(fd);
+        libc::close(fd);
+        libc::rename(a.status_tmp, a.status_path);
+    }
+    libc::_exit(0);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_record() {
+        assert_eq!(ExitRecord::parse("exit 0\n"), Some(ExitRecord::Exited(0)));
+        assert_eq!(ExitRecord::parse("signal 9"), Some(ExitRecord::Signaled(9)));
+        assert_eq!(ExitRecord::parse("exit"), None);
+        assert_eq!(ExitRecord::parse("boom 1"), None);
+        assert_eq!(ExitRecord::parse(""), None);
+    }
+
+    #[test]
+    fn fmt() {
+        let mut b = [0u8; 12];
+        assert_eq!(fmt_i32(0, &mut b), b"0");
+        assert_eq!(fmt_i32(127, &mut b), b"127");
+        assert_eq!(fmt_i32(-5, &mut b), b"-5");
+        assert_eq!(fmt_i32(i32::MIN, &mut b), b"-2147483648");
+    }
+}

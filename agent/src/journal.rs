@@ -1,0 +1,197 @@
+//! The agent's journal: what it launched and every status update until the master
+//! acknowledged it, in one append-only file under the work dir.
+//!
+//! Updates are written and synced *before* they are sent, in groups (many updates, one
+//! fdatasync), so a crash loses none and the journal does not cap launches at the fsync rate.
+//! On start the journal is replayed: tasks launched without a terminal update are the ones to
+//! re-attach to; updates without an acknowledgement are resent, in order.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use shoal_core::{StatusInfo, TaskId, TaskState};
+
+/// Which executor runs a task.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExecutorKind {
+    Process,
+    Docker,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Update {
+    pub id: u64,
+    pub task_id: TaskId,
+    pub state: TaskState,
+    pub status: StatusInfo,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "t", rename_all = "lowercase")]
+enum Record {
+    Launch { task_id: TaskId, kind: ExecutorKind },
+    Update(Update),
+    Ack { id: u64 },
+}
+
+/// Rewrite the file when it holds this many more records than live state needs.
+const COMPACT_AFTER_RECORDS: usize = 10_000;
+
+pub struct Journal {
+    path: PathBuf,
+    file: File,
+    records: usize,
+    next_id: u64,
+    /// Tasks launched and not ended (no terminal update recorded).
+    pub live: HashMap<TaskId, ExecutorKind>,
+    /// Updates not yet acknowledged, by id (so in order).
+    pub pending: BTreeMap<u64, Update>,
+}
+
+impl Journal {
+    pub fn open(dir: &Path) -> std::io::Result<Journal> {
+        std::fs::create_dir_all(dir)?;
+        let path = dir.join("journal.jsonl");
+        let mut live = HashMap::new();
+        let mut pending = BTreeMap::new();
+        let mut next_id = 1;
+        let mut records = 0;
+        if let Ok(f) = File::open(&path) {
+            for line in BufReader::new(f).lines() {
+                let Ok(line) = line else { break };
+                // A torn last line (crash mid-write, never synced, never sent) is skipped.
+                let Ok(rec) = serde_json::from_str::<Record>(&line) else { continue };
+                records += 1;
+                match rec {
+                    Record::Launch { task_id, kind } => {
+                        live.insert(task_id, kind);
+                    }
+                    Record::Update(u) => {
+                        next_id = next_id.max(u.id + 1);
+                        if u.state.is_terminal() {
+                            live.remove(&u.task_id);
+                        }
+                        pending.insert(u.id, u);
+                    }
+                    Record::Ack { id } => {
+                        pending.remove(&id);
+                    }
+                }
+            }
+        }
+        let file = OpenOptions::new().create(true).append(true).open(&path)?;
+        let mut j = Journal { path, file, records, next_id, live, pending };
+        j.compact_if_needed()?;
+        Ok(j)
+    }
+
+    fn write(&mut self, recs: &[Record]) -> std::io::Result<()> {
+        let mut buf = Vec::new();
+        for r in recs {
+            serde_json::to_writer(&mut buf, r).map_err(std::io::Error::other)?;
+            buf.push(b'\n');
+        }
+        self.file.write_all(&buf)?;
+        self.records += recs.len();
+        Ok(())
+    }
+
+    /// Records a launch, durably, before the executor is asked to start it.
+    pub fn launched(&mut self, task_id: &TaskId, kind: ExecutorKind) -> std::io::Result<()> {
+        self.write(&[Record::Launch { task_id: task_id.clone(), kind }])?;
+        self.file.sync_data()?;
+        self.live.insert(task_id.clone(), kind);
+        Ok(())
+    }
+
+    /// Records a group of updates with one sync; returns them with their ids.
+    pub fn record(&mut self, updates: Vec<(TaskId, TaskState, StatusInfo)>) -> std::io::Result<Vec<Update>> {
+        let out: Vec<Update> = updates
+            .into_iter()
+            .map(|(task_id, state, status)| {
+                let u = Update { id: self.next_id, task_id, state, status };
+                self.next_id += 1;
+                u
+            })
+            .collect();
+        let recs: Vec<Record> = out.iter().cloned().map(Record::Update).collect();
+        self.write(&recs)?;
+        self.file.sync_data()?;
+        for u in &out {
+            if u.state.is_terminal() {
+                self.live.remove(&u.task_id);
+            }
+            self.pending.insert(u.id, u.clone());
+        }
+        Ok(out)
+    }
+
+    /// The master has the update: forget it. Not synced: losing an ack only means a resend.
+    pub fn acked(&mut self, id: u64) -> std::io::Result<()> {
+        if self.pending.remove(&id).is_some() {
+            self.write(&[Record::Ack { id }])?;
+            self.compact_if_needed()?;
+        }
+        Ok(())
+    }
+
+    fn compact_if_needed(&mut self) -> std::io::Result<()> {
+        let needed = self.live.len() + self.pending.len();
+        if self.records < needed + COMPACT_AFTER_RECORDS {
+            return Ok(());
+        }
+        let tmp = self.path.with_extension("tmp");
+        {
+            let mut f = File::create(&tmp)?;
+            let mut buf = Vec::new();
+            for (task_id, kind) in &self.live {
+                serde_json::to_writer(&mut buf, &Record::Launch { task_id: task_id.clone(), kind: *kind }).map_err(std::io::Error::other)?;
+                buf.push(b'\n');
+            }
+            for u in self.pending.values() {
+                serde_json::to_writer(&mut buf, &Record::Update(u.clone())).map_err(std::io::Error::other)?;
+                buf.push(b'\n');
+            }
+            f.write_all(&buf)?;
+            f.sync_all()?;
+        }
+        std::fs::rename(&tmp, &self.path)?;
+        if let Some(dir) = self.path.parent() {
+            File::open(dir)?.sync_all()?;
+        }
+        self.file = OpenOptions::new().append(true).open(&self.path)?;
+        self.records = needed;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replays_live_tasks_and_unacked_updates() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut j = Journal::open(dir.path()).unwrap();
+            j.launched(&TaskId::new("a"), ExecutorKind::Process).unwrap();
+            j.launched(&TaskId::new("b"), ExecutorKind::Docker).unwrap();
+            let ups = j
+                .record(vec![
+                    (TaskId::new("a"), TaskState::Running, StatusInfo::default()),
+                    (TaskId::new("b"), TaskState::Finished, StatusInfo::default()),
+                ])
+                .unwrap();
+            j.acked(ups[0].id).unwrap();
+        }
+        let j = Journal::open(dir.path()).unwrap();
+        assert_eq!(j.live.keys().map(|k| k.as_str()).collect::<Vec<_>>(), vec!["a"]);
+        assert_eq!(j.pending.len(), 1);
+        assert_eq!(j.pending.values().next().unwrap().task_id.as_str(), "b");
+        assert_eq!(j.next_id, 3);
+    }
+}

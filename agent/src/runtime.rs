@@ -1,0 +1,375 @@
+//! The agent process: joins the master over one live connection, runs what it is told in
+//! its executors, and reports status reliably (journaled, resent until acknowledged).
+//!
+//! Two tasks cooperate:
+//! - the **connection** task owns the WebSocket to the master: it connects out (so a host
+//!   behind NAT works), reconnects with backoff, and shuttles messages;
+//! - the **agent loop** owns all state (journal, known tasks, executors) and reacts to
+//!   master messages, executor events and timers. It never blocks on the network.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::{SinkExt, StreamExt};
+use shoal_core::agent_protocol::{AgentMessage, MasterMessage};
+use shoal_core::{AgentId, AgentRegistration, ResourceSet, StatusInfo, Task, TaskId, TaskState};
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::executor::docker::{DockerConfig, DockerExecutor};
+use crate::executor::process::{ProcessConfig, ProcessExecutor};
+use crate::executor::{ContainerSpec, Executor, ExecutorEvent, FailReason, TaskUpdate};
+use crate::journal::{ExecutorKind, Journal};
+use crate::taskinfo;
+
+/// How to run an agent; every timer is configurable so tests run fast.
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    /// The master's URL, e.g. `http://127.0.0.1:5050`.
+    pub master: String,
+    pub work_dir: PathBuf,
+    pub hostname: String,
+    pub resources: ResourceSet,
+    pub attributes: BTreeMap<String, String>,
+    pub domain: Option<shoal_core::FaultDomain>,
+    /// Which executors to offer: `docker`, `process`.
+    pub containerizers: Vec<String>,
+    pub docker_socket: String,
+    pub heartbeat_interval: Duration,
+    pub reregister_backoff_max: Duration,
+    pub kill_grace: Duration,
+    /// Resend unacknowledged status updates this often (doubling up to 16×).
+    pub status_retry: Duration,
+    /// Remove executor leftovers of tasks that ended this long ago.
+    pub gc_delay: Duration,
+}
+
+enum ConnEvent {
+    Connected,
+    Message(MasterMessage),
+    Disconnected,
+}
+
+/// Runs the agent until `shutdown` resolves. Tasks keep running when the agent stops: a
+/// restarted agent re-attaches to them.
+pub async fn run(config: AgentConfig, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
+    let state_dir = config.work_dir.join("state");
+    std::fs::create_dir_all(&state_dir)?;
+    let sandboxes = config.work_dir.join("sandboxes");
+    std::fs::create_dir_all(&sandboxes)?;
+    let mut journal = Journal::open(&state_dir)?;
+    let id_file = state_dir.join("agent_id");
+    let mut agent_id: Option<AgentId> = std::fs::read_to_string(&id_file).ok().map(|s| AgentId::new(s.trim())).filter(|a| !a.as_str().is_empty());
+
+    let (ev_tx, mut ev_rx) = mpsc::unbounded_channel::<ExecutorEvent>();
+    let process: Arc<dyn Executor> = Arc::new(ProcessExecutor::new(ProcessConfig::new(state_dir.join("process")), ev_tx.clone())?);
+    let docker: Option<Arc<dyn Executor>> = if config.containerizers.iter().any(|c| c == "docker") {
+        let mut dc = DockerConfig::new(agent_id.as_ref().map(|a| a.to_string()).unwrap_or_else(|| config.hostname.clone()), state_dir.join("docker"));
+        dc.socket = config.docker_socket.clone();
+        match DockerExecutor::connect(dc, ev_tx.clone()).await {
+            Ok(d) => Some(Arc::new(d)),
+            Err(e) => {
+                tracing::warn!(error = %e, "docker is not available; Docker tasks will fail");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let process_enabled = config.containerizers.iter().any(|c| c == "process");
+
+    // Recovery: re-attach to what the journal says is live; report what ended meanwhile.
+    let mut recovered_updates = Vec::new();
+    for (kind, exec) in [(ExecutorKind::Process, Some(process.clone())), (ExecutorKind::Docker, docker.clone())] {
+        let ids: Vec<String> = journal.live.iter().filter(|(_, k)| **k == kind).map(|(t, _)| t.to_string()).collect();
+        let Some(exec) = exec else {
+            for id in ids {
+                recovered_updates.push((TaskId::new(&id), TaskState::Lost, status_msg("the Docker daemon is not available after an agent restart", Some("REASON_CONTAINER_LAUNCH_FAILED"))));
+            }
+            continue;
+        };
+        match exec.recover(&ids).await {
+            Ok(found) => {
+                for r in found {
+                    if r.update.is_terminal() {
+                        let (state, status) = translate(&r.update);
+                        recovered_updates.push((TaskId::new(&r.task_id), state, status));
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, ?kind, "recovery failed"),
+        }
+    }
+    if !recovered_updates.is_empty() {
+        tracing::info!(count = recovered_updates.len(), "tasks ended while the agent was away");
+        journal.record(recovered_updates)?;
+    }
+
+    let (out_tx, out_rx) = mpsc::channel::<AgentMessage>(4096);
+    let (conn_tx, mut conn_rx) = mpsc::channel::<ConnEvent>(4096);
+    let conn = tokio::spawn(connection(config.master.clone(), config.reregister_backoff_max, out_rx, conn_tx));
+
+    let mut registered = false;
+    let mut heartbeat = tokio::time::interval(config.heartbeat_interval);
+    let mut retry = tokio::time::interval(config.status_retry);
+    let mut gc = tokio::time::interval(config.gc_delay.max(Duration::from_secs(1)));
+    let mut last_sent: BTreeMap<u64, Instant> = BTreeMap::new();
+    let mut retry_after = config.status_retry;
+    tokio::pin!(shutdown);
+
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            Some(ev) = ev_rx.recv() => {
+                // Group everything waiting into one journal write and one sync.
+                let mut batch = vec![ev];
+                while let Ok(more) = ev_rx.try_recv() {
+                    batch.push(more);
+                    if batch.len() >= 1024 { break; }
+                }
+                let updates = batch.into_iter().map(|e| {
+                    let (state, status) = translate(&e.update);
+                    (TaskId::new(&e.task_id), state, status)
+                }).collect();
+                let recorded = journal.record(updates)?;
+                if registered {
+                    for u in recorded {
+                        last_sent.insert(u.id, Instant::now());
+                        let _ = out_tx.send(AgentMessage::StatusUpdate { update_id: u.id, task_id: u.task_id, state: u.state, status: u.status }).await;
+                    }
+                }
+            }
+            Some(ev) = conn_rx.recv() => match ev {
+                ConnEvent::Connected => {
+                    registered = false;
+                    let known: Vec<TaskId> = journal.live.keys().cloned().chain(journal.pending.values().map(|u| u.task_id.clone())).collect();
+                    let registration = AgentRegistration {
+                        agent_id: agent_id.clone(),
+                        hostname: config.hostname.clone(),
+                        port: 0,
+                        attributes: config.attributes.clone(),
+                        domain: config.domain.clone(),
+                        resources: config.resources.clone(),
+                    };
+                    let _ = out_tx.send(AgentMessage::Register { registration, known }).await;
+                }
+                ConnEvent::Disconnected => registered = false,
+                ConnEvent::Message(msg) => match msg {
+                    MasterMessage::Registered { agent_id: id, heartbeat_interval_ms } => {
+                        if agent_id.as_ref() != Some(&id) {
+                            std::fs::write(&id_file, id.as_str())?;
+                            tracing::info!(agent_id = %id, "registered");
+                        }
+                        agent_id = Some(id);
+                        registered = true;
+                        heartbeat = tokio::time::interval(Duration::from_millis(heartbeat_interval_ms.max(10)).min(config.heartbeat_interval));
+                        retry_after = config.status_retry;
+                        last_sent.clear();
+                        for u in journal.pending.values() {
+                            last_sent.insert(u.id, Instant::now());
+                            let _ = out_tx.send(AgentMessage::StatusUpdate { update_id: u.id, task_id: u.task_id.clone(), state: u.state, status: u.status.clone() }).await;
+                        }
+                    }
+                    MasterMessage::Error { message, forget_id } => {
+                        tracing::warn!(%message, "the master refused this agent");
+                        if forget_id {
+                            agent_id = None;
+                            let _ = std::fs::remove_file(&id_file);
+                        }
+                    }
+                    MasterMessage::Launch { tasks } => {
+                        for task in tasks {
+                            if journal.live.contains_key(&task.id) || journal.pending.values().any(|u| u.task_id == task.id) {
+                                continue; // launches are at-least-once
+                            }
+                            launch(&config, &sandboxes, &mut journal, &process, process_enabled, docker.as_ref(), &ev_tx, task).await?;
+                        }
+                    }
+                    MasterMessage::Kill { task_id, grace_ms } => {
+                        let kind = journal.live.get(&task_id).copied();
+                        let exec = match kind {
+                            Some(ExecutorKind::Docker) => docker.clone(),
+                            _ => Some(process.clone()),
+                        };
+                        if let Some(exec) = exec {
+                            match exec.kill(task_id.as_str(), grace_ms.map(Duration::from_millis)).await {
+                                Ok(()) => {}
+                                Err(e) => tracing::debug!(%task_id, error = %e, "kill of a task that is not running"),
+                            }
+                        }
+                    }
+                    MasterMessage::StatusAck { update_id } => {
+                        last_sent.remove(&update_id);
+                        journal.acked(update_id)?;
+                    }
+                    MasterMessage::FilesRequest { request_id, op, task_id, path, offset, length } => {
+                        let (status, body) = crate::files::serve(&sandboxes, &op, task_id.as_str(), &path, offset, length);
+                        let _ = out_tx.send(AgentMessage::FilesReply { request_id, status, body }).await;
+                    }
+                },
+            },
+            _ = heartbeat.tick() => {
+                if registered {
+                    let _ = out_tx.try_send(AgentMessage::Heartbeat);
+                }
+            }
+            _ = retry.tick() => {
+                if registered {
+                    let now = Instant::now();
+                    let stale: Vec<u64> = journal.pending.keys().copied().filter(|id| last_sent.get(id).map(|t| now.duration_since(*t) >= retry_after).unwrap_or(true)).collect();
+                    if !stale.is_empty() {
+                        retry_after = (retry_after * 2).min(config.status_retry * 16);
+                    }
+                    for id in stale {
+                        if let Some(u) = journal.pending.get(&id) {
+                            last_sent.insert(id, now);
+                            let _ = out_tx.try_send(AgentMessage::StatusUpdate { update_id: u.id, task_id: u.task_id.clone(), state: u.state, status: u.status.clone() });
+                        }
+                    }
+                }
+            }
+            _ = gc.tick() => {
+                for exec in [Some(process.clone()), docker.clone()].into_iter().flatten() {
+                    if let Err(e) = exec.gc(config.gc_delay).await {
+                        tracing::debug!(error = %e, "gc failed");
+                    }
+                }
+            }
+        }
+    }
+    conn.abort();
+    Ok(())
+}
+
+fn status_msg(message: &str, reason: Option<&str>) -> StatusInfo {
+    StatusInfo { message: Some(message.to_string()), reason: reason.map(str::to_string), source: Some("SOURCE_EXECUTOR".into()), ..StatusInfo::default() }
+}
+
+/// An executor's update as a Mesos task state and status.
+pub fn translate(update: &TaskUpdate) -> (TaskState, StatusInfo) {
+    match update {
+        TaskUpdate::Starting => (TaskState::Starting, status_msg("starting", None)),
+        TaskUpdate::Running { healthy } => {
+            let mut s = status_msg("running", None);
+            s.healthy = *healthy;
+            if healthy.is_some() {
+                s.reason = Some("REASON_TASK_HEALTH_CHECK_STATUS_UPDATED".into());
+            }
+            (TaskState::Running, s)
+        }
+        TaskUpdate::Finished => {
+            let mut s = status_msg("command exited with status 0", None);
+            s.exit_code = Some(0);
+            (TaskState::Finished, s)
+        }
+        TaskUpdate::Failed { exit_code, reason, message } => {
+            let r = match reason {
+                FailReason::CommandExit => "REASON_COMMAND_EXECUTOR_FAILED",
+                FailReason::Oom => "REASON_CONTAINER_LIMITATION_MEMORY",
+                FailReason::ImageMissing => "REASON_CONTAINER_LAUNCH_FAILED",
+                FailReason::LaunchFailed => "REASON_CONTAINER_LAUNCH_FAILED",
+                FailReason::Lost => "REASON_EXECUTOR_TERMINATED",
+            };
+            let mut s = status_msg(message, Some(r));
+            s.exit_code = *exit_code;
+            (TaskState::Failed, s)
+        }
+        TaskUpdate::Killed { message } => (TaskState::Killed, status_msg(message, Some("REASON_TASK_KILLED_DURING_LAUNCH").filter(|_| false))),
+        TaskUpdate::Error { message } => (TaskState::Error, status_msg(message, Some("REASON_TASK_INVALID"))),
+    }
+}
+
+fn sandbox_name(task_id: &TaskId) -> String {
+    task_id.as_str().chars().map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '_' }).collect()
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn launch(
+    config: &AgentConfig,
+    sandboxes: &std::path::Path,
+    journal: &mut Journal,
+    process: &Arc<dyn Executor>,
+    process_enabled: bool,
+    docker: Option<&Arc<dyn Executor>>,
+    ev_tx: &mpsc::UnboundedSender<ExecutorEvent>,
+    task: Task,
+) -> anyhow::Result<()> {
+    let sandbox = sandboxes.join(sandbox_name(&task.id));
+    let fail = |update: TaskUpdate| {
+        let _ = ev_tx.send(ExecutorEvent { task_id: task.id.to_string(), update });
+    };
+    if let Err(e) = std::fs::create_dir_all(&sandbox) {
+        fail(TaskUpdate::Failed { exit_code: None, reason: FailReason::LaunchFailed, message: format!("cannot create the sandbox: {e}") });
+        return Ok(());
+    }
+    let spec = match taskinfo::launch_spec(task.id.as_str(), &task.spec.0, &sandbox, config.kill_grace) {
+        Ok(t) => t.spec,
+        Err(message) => {
+            fail(TaskUpdate::Error { message });
+            return Ok(());
+        }
+    };
+    let (kind, exec) = match &spec.container {
+        ContainerSpec::Docker(_) => match docker {
+            Some(d) => (ExecutorKind::Docker, d.clone()),
+            None => {
+                fail(TaskUpdate::Failed { exit_code: None, reason: FailReason::LaunchFailed, message: "this agent has no Docker daemon".into() });
+                return Ok(());
+            }
+        },
+        ContainerSpec::Process if !process_enabled => {
+            fail(TaskUpdate::Error { message: "this agent does not run plain processes (--containerizers)".into() });
+            return Ok(());
+        }
+        ContainerSpec::Process => (ExecutorKind::Process, process.clone()),
+    };
+    journal.launched(&task.id, kind)?;
+    if let Err(e) = exec.launch(spec).await {
+        tracing::warn!(task_id = %task.id, error = %e, "launch refused");
+    }
+    Ok(())
+}
+
+/// The connection task: connect out, shuttle messages, reconnect with backoff.
+async fn connection(master: String, backoff_max: Duration, mut out_rx: mpsc::Receiver<AgentMessage>, conn_tx: mpsc::Sender<ConnEvent>) {
+    let url = format!("{}/api/shoal/v1/agent/connect", master.trim_end_matches('/').replacen("http", "ws", 1));
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        match tokio_tungstenite::connect_async(&url).await {
+            Ok((ws, _)) => {
+                backoff = Duration::from_millis(50);
+                // What was queued for an older connection is stale; the agent loop re-sends.
+                while out_rx.try_recv().is_ok() {}
+                let (mut sink, mut stream) = ws.split();
+                if conn_tx.send(ConnEvent::Connected).await.is_err() {
+                    return;
+                }
+                loop {
+                    tokio::select! {
+                        out = out_rx.recv() => {
+                            let Some(msg) = out else { return };
+                            let text = serde_json::to_string(&msg).expect("messages serialize");
+                            if sink.send(Message::text(text)).await.is_err() { break; }
+                        }
+                        incoming = stream.next() => {
+                            match incoming {
+                                Some(Ok(Message::Text(t))) => match serde_json::from_str::<MasterMessage>(t.as_str()) {
+                                    Ok(m) => { if conn_tx.send(ConnEvent::Message(m)).await.is_err() { return; } }
+                                    Err(e) => tracing::warn!(error = %e, "malformed master message"),
+                                },
+                                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+                                Some(Ok(_)) => {}
+                            }
+                        }
+                    }
+                }
+                let _ = conn_tx.send(ConnEvent::Disconnected).await;
+            }
+            Err(e) => tracing::debug!(error = %e, %url, "cannot reach the master"),
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(backoff_max);
+    }
+}

@@ -1,0 +1,426 @@
+//! The master's side of the live agent connections.
+//!
+//! Each agent opens one WebSocket (`GET /api/shoal/v1/agent/connect`) and keeps it: it
+//! carries registration, heartbeats, status updates and sandbox file replies up, and
+//! launches, kills, acknowledgements and file requests down. Agents connect out, so a host
+//! behind NAT with no inbound port works.
+//!
+//! - The **dispatcher** follows committed log entries: tasks committed by a claim are sent to
+//!   their agent as `LAUNCH`; a task that enters TASK_KILLING is sent as `KILL`.
+//! - On every (re)connection the master **reconciles**: staging tasks the agent does not know
+//!   are launched (again: launches are at-least-once, agents ignore known ids), killing tasks
+//!   are killed again, tasks the agent knows but the cell does not want are killed, and live
+//!   tasks the agent lost are marked TASK_GONE.
+//! - **Liveness**: an agent that is not connected for `unreachable_after` is marked
+//!   unreachable (its tasks TASK_UNREACHABLE, resources still booked); after `gone_after` it
+//!   is gone (its tasks TASK_GONE, resources freed). A returning agent is reconciled, not
+//!   duplicated: it registers with its id.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::json;
+use shoal_core::agent_protocol::{AgentMessage, MasterMessage};
+use shoal_core::{AgentId, AgentState, Command, Event, Reply, StatusInfo, Task, TaskId, TaskState};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::committer::{CommitError, Committer, Published};
+
+/// Timers of the agent connections, all flags so tests run fast.
+#[derive(Clone, Debug)]
+pub struct AgentTimers {
+    pub heartbeat_interval: Duration,
+    /// A connected agent silent for this long is disconnected.
+    pub ping_timeout: Duration,
+    /// An agent not connected for this long is marked unreachable.
+    pub unreachable_after: Duration,
+    /// An unreachable agent not back for this long is gone.
+    pub gone_after: Duration,
+    /// Default kill grace period sent with KILL.
+    pub kill_grace: Duration,
+}
+
+impl Default for AgentTimers {
+    fn default() -> Self {
+        AgentTimers {
+            heartbeat_interval: Duration::from_secs(5),
+            ping_timeout: Duration::from_secs(15),
+            unreachable_after: Duration::from_secs(75),
+            gone_after: Duration::from_secs(3600),
+            kill_grace: Duration::from_secs(5),
+        }
+    }
+}
+
+struct Connection {
+    tx: mpsc::Sender<MasterMessage>,
+    /// Distinguishes this connection from a later one of the same agent.
+    serial: u64,
+}
+
+/// The registry of connected agents and pending file requests.
+pub struct AgentHub {
+    committer: Committer,
+    published: Arc<Published>,
+    timers: AgentTimers,
+    connections: Mutex<HashMap<AgentId, Connection>>,
+    /// When each agent was last connected (or the master started): drives liveness.
+    last_seen: Mutex<HashMap<AgentId, Instant>>,
+    files: Mutex<HashMap<u64, oneshot::Sender<(u16, serde_json::Value)>>>,
+    next_id: AtomicU64,
+    started: Instant,
+}
+
+impl AgentHub {
+    pub fn start(committer: Committer, published: Arc<Published>, timers: AgentTimers) -> Arc<AgentHub> {
+        let hub = Arc::new(AgentHub {
+            committer,
+            published,
+            timers,
+            connections: Mutex::new(HashMap::new()),
+            last_seen: Mutex::new(HashMap::new()),
+            files: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            started: Instant::now(),
+        });
+        tokio::spawn(dispatch(hub.clone()));
+        tokio::spawn(liveness(hub.clone()));
+        hub
+    }
+
+    fn send(&self, agent: &AgentId, msg: MasterMessage) -> bool {
+        let conns = self.connections.lock().expect("hub lock");
+        match conns.get(agent) {
+            Some(c) => c.tx.try_send(msg).is_ok(),
+            None => false,
+        }
+    }
+
+    pub fn is_connected(&self, agent: &AgentId) -> bool {
+        self.connections.lock().expect("hub lock").contains_key(agent)
+    }
+
+    /// Asks an agent for a sandbox file listing or contents (the Mesos `/files` endpoints).
+    pub async fn files(&self, agent: &AgentId, op: &str, task_id: &TaskId, path: &str, offset: u64, length: Option<u64>) -> (u16, serde_json::Value) {
+        let request_id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.files.lock().expect("hub lock").insert(request_id, tx);
+        let msg = MasterMessage::FilesRequest { request_id, op: op.into(), task_id: task_id.clone(), path: path.into(), offset, length };
+        if !self.send(agent, msg) {
+            self.files.lock().expect("hub lock").remove(&request_id);
+            return (503, json!({"error": "unavailable", "message": format!("agent {agent} is not connected")}));
+        }
+        match tokio::time::timeout(Duration::from_secs(10), rx).await {
+            Ok(Ok(answer)) => answer,
+            _ => {
+                self.files.lock().expect("hub lock").remove(&request_id);
+                (504, json!({"error": "timeout", "message": format!("agent {agent} did not answer")}))
+            }
+        }
+    }
+}
+
+/// Follows committed entries and sends launches and kills to connected agents.
+async fn dispatch(hub: Arc<AgentHub>) {
+    let mut rx = hub.published.entries.subscribe();
+    loop {
+        match rx.recv().await {
+            Ok(entry) => {
+                for ev in &entry.events {
+                    match ev {
+                        Event::ClaimCommitted { tasks, .. } => {
+                            let mut by_agent: HashMap<&AgentId, Vec<Task>> = HashMap::new();
+                            for t in tasks {
+                                by_agent.entry(&t.agent_id).or_default().push(t.clone());
+                            }
+                            for (agent, tasks) in by_agent {
+                                hub.send(agent, MasterMessage::Launch { tasks });
+                            }
+                        }
+                        Event::TaskStatusChanged { task_id, state: TaskState::Killing, .. } => {
+                            if let Some(t) = hub.published.snapshot().task(task_id) {
+                                let grace = Some(hub.timers.kill_grace.as_millis() as u64);
+                                hub.send(&t.agent_id, MasterMessage::Kill { task_id: task_id.clone(), grace_ms: grace });
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                // Missed entries: re-send what every connected agent should be running.
+                let agents: Vec<AgentId> = hub.connections.lock().expect("hub lock").keys().cloned().collect();
+                let snap = hub.published.snapshot();
+                for a in agents {
+                    let tasks: Vec<Task> = snap.tasks().filter(|t| t.agent_id == a && t.state == TaskState::Staging).cloned().collect();
+                    if !tasks.is_empty() {
+                        hub.send(&a, MasterMessage::Launch { tasks });
+                    }
+                }
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}
+
+/// Marks agents unreachable, then gone, when they stay away.
+async fn liveness(hub: Arc<AgentHub>) {
+    let tick = (hub.timers.unreachable_after / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
+    loop {
+        tokio::time::sleep(tick).await;
+        let snap = hub.published.snapshot();
+        let now = Instant::now();
+        let mut changes = Vec::new();
+        {
+            let conns = hub.connections.lock().expect("hub lock");
+            let mut seen = hub.last_seen.lock().expect("hub lock");
+            for a in snap.agents() {
+                if conns.contains_key(&a.id) {
+                    seen.insert(a.id.clone(), now);
+                    continue;
+                }
+                let since = *seen.entry(a.id.clone()).or_insert(hub.started);
+                let away = now.duration_since(since);
+                match a.state {
+                    AgentState::Active if away >= hub.timers.unreachable_after => changes.push((a.id.clone(), AgentState::Unreachable)),
+                    AgentState::Unreachable if away >= hub.timers.unreachable_after + hub.timers.gone_after => {
+                        changes.push((a.id.clone(), AgentState::Gone))
+                    }
+                    _ => {}
+                }
+            }
+        }
+        for (agent_id, state) in changes {
+            tracing::warn!(%agent_id, ?state, "agent stayed away");
+            if let Err(e) = hub.committer.submit(Command::SetAgentState { agent_id, state }).await {
+                tracing::warn!(error = %e, "could not change agent state");
+            }
+        }
+    }
+}
+
+#[derive(Deserialize)]
+pub struct ConnectQuery {}
+
+pub async fn connect(ws: WebSocketUpgrade, State(hub): State<Arc<AgentHub>>, Query(_q): Query<ConnectQuery>) -> Response {
+    ws.max_message_size(64 << 20).on_upgrade(move |socket| serve_agent(hub, socket))
+}
+
+async fn recv_msg(socket: &mut WebSocket) -> Option<Result<AgentMessage, String>> {
+    loop {
+        match socket.recv().await? {
+            Ok(Message::Text(t)) => return Some(serde_json::from_str(t.as_str()).map_err(|e| e.to_string())),
+            Ok(Message::Binary(b)) => return Some(serde_json::from_slice(&b).map_err(|e| e.to_string())),
+            Ok(Message::Close(_)) | Err(_) => return None,
+            Ok(_) => continue,
+        }
+    }
+}
+
+async fn send_msg(socket: &mut WebSocket, msg: &MasterMessage) -> bool {
+    let text = serde_json::to_string(msg).expect("messages serialize");
+    socket.send(Message::Text(text.into())).await.is_ok()
+}
+
+async fn serve_agent(hub: Arc<AgentHub>, mut socket: WebSocket) {
+    let first = tokio::time::timeout(Duration::from_secs(10), recv_msg(&mut socket)).await;
+    let (registration, known) = match first {
+        Ok(Some(Ok(AgentMessage::Register { registration, known }))) => (registration, known),
+        Ok(Some(Ok(_))) | Ok(Some(Err(_))) => {
+            send_msg(&mut socket, &MasterMessage::Error { message: "the first message must be REGISTER".into(), forget_id: false }).await;
+            return;
+        }
+        _ => return,
+    };
+    let agent_id = match hub.committer.submit(Command::RegisterAgent(registration)).await {
+        Ok(Reply::Agent { agent_id }) => agent_id,
+        Ok(_) => return,
+        Err(e) => {
+            let forget_id = matches!(&e, CommitError::Rejected(shoal_core::Rejection::Forbidden(_)));
+            tracing::warn!(error = %e, "agent registration refused");
+            send_msg(&mut socket, &MasterMessage::Error { message: e.to_string(), forget_id }).await;
+            return;
+        }
+    };
+    let span = tracing::info_span!("agent", %agent_id);
+    let _enter = span.enter();
+    tracing::info!("agent connected");
+    let (tx, mut rx) = mpsc::channel::<MasterMessage>(crate::limits::AGENT_OUTBOX_MAX);
+    let serial = hub.next_id.fetch_add(1, Ordering::Relaxed);
+    hub.connections.lock().expect("hub lock").insert(agent_id.clone(), Connection { tx: tx.clone(), serial });
+    let hb = hub.timers.heartbeat_interval.as_millis() as u64;
+    if !send_msg(&mut socket, &MasterMessage::Registered { agent_id: agent_id.clone(), heartbeat_interval_ms: hb }).await {
+        drop_connection(&hub, &agent_id, serial);
+        return;
+    }
+    reconcile(&hub, &agent_id, &known, &tx).await;
+
+    loop {
+        tokio::select! {
+            out = rx.recv() => {
+                let Some(msg) = out else { break };
+                if !send_msg(&mut socket, &msg).await { break; }
+            }
+            incoming = tokio::time::timeout(hub.timers.ping_timeout, recv_msg(&mut socket)) => {
+                match incoming {
+                    Err(_) => { tracing::warn!("agent silent past the ping timeout"); break; }
+                    Ok(None) => break,
+                    Ok(Some(Err(e))) => { tracing::warn!(error = %e, "malformed agent message"); }
+                    Ok(Some(Ok(msg))) => handle(&hub, &agent_id, msg, &tx).await,
+                }
+            }
+        }
+    }
+    drop_connection(&hub, &agent_id, serial);
+    tracing::info!("agent disconnected");
+}
+
+fn drop_connection(hub: &AgentHub, agent_id: &AgentId, serial: u64) {
+    let mut conns = hub.connections.lock().expect("hub lock");
+    if conns.get(agent_id).map(|c| c.serial) == Some(serial) {
+        conns.remove(agent_id);
+        hub.last_seen.lock().expect("hub lock").insert(agent_id.clone(), Instant::now());
+    }
+}
+
+async fn handle(hub: &Arc<AgentHub>, agent_id: &AgentId, msg: AgentMessage, tx: &mpsc::Sender<MasterMessage>) {
+    match msg {
+        AgentMessage::Heartbeat | AgentMessage::Register { .. } => {}
+        AgentMessage::StatusUpdate { update_id, task_id, state, status } => {
+            let owned = hub.published.snapshot().task(&task_id).map(|t| t.agent_id == *agent_id);
+            if owned == Some(false) {
+                tracing::warn!(%task_id, "status update for a task of another agent; dropped");
+                let _ = tx.try_send(MasterMessage::StatusAck { update_id });
+                return;
+            }
+            // Enqueue in arrival order (the commit queue is FIFO, so updates of one task
+            // commit in order), and acknowledge when durable, without waiting here.
+            let rx = hub.committer.enqueue(Command::UpdateTaskStatus { task_id: task_id.clone(), state, status }).await;
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                match rx.await {
+                    Ok(Ok(_)) => {
+                        let _ = tx.send(MasterMessage::StatusAck { update_id }).await;
+                    }
+                    Ok(Err(CommitError::Rejected(r))) => {
+                        // An update the cell cannot take (unknown task, illegal transition) is
+                        // acknowledged so the agent stops resending it.
+                        tracing::warn!(%task_id, rejection = %r, "status update refused");
+                        let _ = tx.send(MasterMessage::StatusAck { update_id }).await;
+                    }
+                    _ => {} // unavailable: the agent resends
+                }
+            });
+        }
+        AgentMessage::FilesReply { request_id, status, body } => {
+            if let Some(w) = hub.files.lock().expect("hub lock").remove(&request_id) {
+                let _ = w.send((status, body));
+            }
+        }
+    }
+}
+
+async fn reconcile(hub: &Arc<AgentHub>, agent_id: &AgentId, known: &[TaskId], tx: &mpsc::Sender<MasterMessage>) {
+    let snap = hub.published.snapshot();
+    let known: HashSet<&TaskId> = known.iter().collect();
+    let mut launch = Vec::new();
+    let mut lost = Vec::new();
+    for t in snap.tasks().filter(|t| t.agent_id == *agent_id && !t.state.is_terminal()) {
+        match t.state {
+            TaskState::Staging if !known.contains(&t.id) => launch.push(t.clone()),
+            TaskState::Killing => {
+                let _ = tx.send(MasterMessage::Kill { task_id: t.id.clone(), grace_ms: Some(hub.timers.kill_grace.as_millis() as u64) }).await;
+            }
+            TaskState::Staging => {}
+            _ if !known.contains(&t.id) => lost.push(t.id.clone()),
+            _ => {}
+        }
+    }
+    for id in known {
+        let wanted = snap.task(id).map(|t| t.agent_id == *agent_id && !t.state.is_terminal()).unwrap_or(false);
+        if !wanted {
+            let _ = tx.send(MasterMessage::Kill { task_id: id.clone(), grace_ms: Some(0) }).await;
+        }
+    }
+    if !launch.is_empty() {
+        let _ = tx.send(MasterMessage::Launch { tasks: launch }).await;
+    }
+    for task_id in lost {
+        let status = StatusInfo {
+            message: Some("the agent does not know this task any more".into()),
+            reason: Some("REASON_RECONCILIATION".into()),
+            source: Some("SOURCE_MASTER".into()),
+            ..StatusInfo::default()
+        };
+        let _ = hub.committer.submit(Command::UpdateTaskStatus { task_id, state: TaskState::Gone, status }).await;
+    }
+}
+
+/// `GET /files/browse?path=/agents/<agent>/tasks/<task>/<dir>` and
+/// `GET /files/read?path=...&offset=N&length=M`: the Mesos files endpoints, proxied to the
+/// agent over its connection.
+#[derive(Deserialize)]
+pub struct FilesQuery {
+    path: String,
+    #[serde(default)]
+    offset: Option<u64>,
+    #[serde(default)]
+    length: Option<u64>,
+}
+
+fn split_files_path(path: &str) -> Option<(AgentId, TaskId, String)> {
+    let rest = path.trim_start_matches('/').strip_prefix("agents/")?;
+    let (agent, rest) = rest.split_once('/')?;
+    let rest = rest.strip_prefix("tasks/")?;
+    let (task, file) = match rest.split_once('/') {
+        Some((t, f)) => (t, f),
+        None => (rest, ""),
+    };
+    Some((AgentId::new(agent), TaskId::new(task), file.to_string()))
+}
+
+async fn files_op(hub: Arc<AgentHub>, op: &str, q: FilesQuery) -> Response {
+    let Some((agent, task, file)) = split_files_path(&q.path) else {
+        return (StatusCode::BAD_REQUEST, "path must be /agents/<agent_id>/tasks/<task_id>[/<file>]").into_response();
+    };
+    let (status, body) = hub.files(&agent, op, &task, &file, q.offset.unwrap_or(0), q.length).await;
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
+    (status, axum::Json(body)).into_response()
+}
+
+pub async fn files_browse(State(hub): State<Arc<AgentHub>>, Query(q): Query<FilesQuery>) -> Response {
+    files_op(hub, "browse", q).await
+}
+
+pub async fn files_read(State(hub): State<Arc<AgentHub>>, Query(q): Query<FilesQuery>) -> Response {
+    files_op(hub, "read", q).await
+}
+
+pub fn router(hub: Arc<AgentHub>) -> axum::Router {
+    axum::Router::new()
+        .route("/api/shoal/v1/agent/connect", axum::routing::get(connect))
+        .route("/files/browse", axum::routing::get(files_browse))
+        .route("/files/read", axum::routing::get(files_read))
+        .with_state(hub)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn files_paths() {
+        let (a, t, f) = split_files_path("/agents/a1/tasks/t1/stdout").unwrap();
+        assert_eq!((a.as_str(), t.as_str(), f.as_str()), ("a1", "t1", "stdout"));
+        let (_, _, f) = split_files_path("/agents/a1/tasks/t1").unwrap();
+        assert_eq!(f, "");
+        assert!(split_files_path("/etc/passwd").is_none());
+    }
+}
