@@ -345,3 +345,4 @@ impl Mirror {
         }
     }
 }
+

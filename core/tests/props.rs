@@ -1309,9 +1309,6 @@ fn agent_lifecycle_frees_and_restores() {
 // ---------------------------------------------------------------------------------------------
 
 #[test]
-#[ignore = "bug: two placements of one claim on one agent with the same resource name but different \
-            types (cpus:1 then cpus:[1-2]) panic in check_placement (`expect(\"typed at validation\")`): \
-            validate_claim never checks types across placements"]
 fn regression_mixed_types_in_one_claim_panic_decide() {
     let mut cell = Cell::new(config());
     cell.commit(NOW, &register_cmd(None, "a", rs("cpus:4"))).unwrap();
@@ -1327,10 +1324,6 @@ fn regression_mixed_types_in_one_claim_panic_decide() {
 }
 
 #[test]
-#[ignore = "bug: agents may advertise one resource name with different types (foo:4 on one, \
-            foo:[1-10] on another); a role that gets tasks of both panics in apply \
-            (role.consumed.add ... expect(\"typed at validation\")), killing the master and every \
-            watcher replaying the log"]
 fn regression_mixed_types_across_agents_panic_apply() {
     let mut cell = Cell::new(config());
     cell.commit(NOW, &register_cmd(None, "a", rs("foo:4"))).unwrap();
