@@ -196,6 +196,18 @@ async fn run_master(args: MasterArgs) -> anyhow::Result<()> {
     shoal_master::serve(listener, core.router(), shutdown_signal()).await
 }
 
+async fn docker_answers(socket: &str) -> bool {
+    let Ok(Ok(mut stream)) = tokio::time::timeout(Duration::from_millis(500), tokio::net::UnixStream::connect(socket)).await else {
+        return false;
+    };
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    if stream.write_all(b"GET /_ping HTTP/1.0\r\n\r\n").await.is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 64];
+    matches!(tokio::time::timeout(Duration::from_secs(1), stream.read(&mut buf)).await, Ok(Ok(n)) if n > 0 && buf[..n].starts_with(b"HTTP/1.") && buf[..n].windows(3).any(|w| w == b"200"))
+}
+
 async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
     let tmp;
     let work_dir = match args.work_dir {
@@ -208,13 +220,107 @@ async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
     let master_dir = work_dir.join("master");
     std::fs::create_dir_all(&master_dir)?;
     let store = shoal_master::open_store(&master_dir)?;
-    let core = shoal_master::MasterCore::start(store)?;
+    let timers = shoal_master::agents::AgentTimers { kill_grace: Duration::from_secs(2), ..Default::default() };
+    let core = shoal_master::MasterCore::start_with(store, shoal_master::CommitConfig::default(), timers)?;
     let listener = shoal_master::bind(args.listen, &master_dir).await?;
     let addr = listener.local_addr()?;
     let server = tokio::spawn(shoal_master::serve(listener, core.router(), shutdown_signal()));
-    eprintln!("shoal dev: master on http://{addr} (work dir {})", work_dir.display());
-    server.await.context("server task")??;
+
+    let docker = docker_answers("/var/run/docker.sock").await;
+    let agent_args = AgentArgs {
+        master: format!("http://{addr}"),
+        work_dir: work_dir.join("agent"),
+        resources: None,
+        attributes: "zone:dev".into(),
+        hostname: None,
+        containerizers: if docker { "docker,process".into() } else { "process".into() },
+        docker_socket: "/var/run/docker.sock".into(),
+        heartbeat_interval: Duration::from_secs(2),
+        reregister_backoff_max: Duration::from_secs(2),
+        kill_grace: Duration::from_secs(2),
+        status_retry: Duration::from_secs(2),
+        gc_delay: Duration::from_secs(3600),
+    };
+    let agent = tokio::spawn(shoal_agent::run(agent_config(&agent_args)?, std::future::pending::<()>()));
+    eprintln!("shoal dev: master on http://{addr}  (UI and state: http://{addr}/ , work dir {})", work_dir.display());
+    eprintln!("shoal dev: agent with the {} executor", if docker { "Docker and process" } else { "process (dockerd does not answer)" });
+
+    if let Err(e) = sample_job(&format!("http://{addr}"), docker).await {
+        eprintln!("shoal dev: the sample job failed: {e:#}");
+    }
+    eprintln!("shoal dev: the cell keeps running; press Ctrl-C to stop.");
+    let result = server.await.context("server task")?;
+    agent.abort();
+    result
+}
+
+/// Places a few real tasks on the dev cell through the native claim API and waits for them.
+async fn sample_job(address: &str, docker: bool) -> anyhow::Result<()> {
+    use shoal_client::{command_task, ClaimRequest, PlacementRequest};
+    let client = shoal_client::Client::new(address)?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let agent = loop {
+        let st = client.state().await?;
+        if let Some(a) = st.agents.iter().find(|a| a.state == shoal_core::AgentState::Active) {
+            break (a.id.to_string(), st.version);
+        }
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "no agent registered within 20 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let res = shoal_core::ResourceSet::parse("cpus:0.1;mem:32")?;
+    let run = format!("{:x}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs());
+    let mut tasks = vec![
+        command_task(&format!("hello-{run}"), "hello", &res, "echo hello from shoal on $(hostname); uname -sr"),
+        command_task(&format!("count-{run}"), "count", &res, "for i in 1 2 3; do echo tick $i; done"),
+    ];
+    let image = "local/busybox:latest";
+    if docker {
+        let mut t = command_task(&format!("docker-{run}"), "docker-hello", &res, "echo hello from a container; cat /etc/hostname");
+        t["container"] = serde_json::json!({"type": "DOCKER", "docker": {"image": image, "network": "BRIDGE"}});
+        tasks.push(t);
+    }
+    let ids: Vec<String> = tasks.iter().map(|t| t["task_id"]["value"].as_str().unwrap_or_default().to_string()).collect();
+    let answer = client
+        .claim(&ClaimRequest {
+            claim_id: format!("dev-sample-{run}"),
+            role: "*".into(),
+            owner: "shoal-dev".into(),
+            snapshot_version: agent.1,
+            mode: shoal_core::CommitMode::AllOrNothing,
+            check: shoal_core::ConflictCheck::Fine,
+            placements: tasks.into_iter().map(|t| PlacementRequest { agent_id: agent.0.clone(), task_info: t }).collect(),
+        })
+        .await?;
+    anyhow::ensure!(answer.outcome.committed_version.is_some(), "the sample claim was not committed: {:?}", answer.outcome);
+    eprintln!("shoal dev: claimed {} tasks at version {:?}", ids.len(), answer.outcome.committed_version);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut done = 0;
+        for id in &ids {
+            if client.task(id).await?.state.is_terminal() {
+                done += 1;
+            }
+        }
+        if done == ids.len() || tokio::time::Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let http = reqwest_get_text;
+    for id in &ids {
+        let t = client.task(id).await?;
+        let out = http(&format!("{address}/files/read?path=/agents/{}/tasks/{id}/stdout", t.agent_id)).await.unwrap_or_default();
+        let data = serde_json::from_str::<serde_json::Value>(&out).ok().and_then(|v| v["data"].as_str().map(str::to_string)).unwrap_or_default();
+        eprintln!("  {id:<24} {:<14} {}", t.state.mesos_name(), t.status.message.clone().unwrap_or_default());
+        for line in data.lines() {
+            eprintln!("      | {line}");
+        }
+    }
     Ok(())
+}
+
+async fn reqwest_get_text(url: &str) -> anyhow::Result<String> {
+    Ok(reqwest::get(url).await?.text().await?)
 }
 
 async fn run_state(args: ClientArgs) -> anyhow::Result<()> {

@@ -11,6 +11,7 @@ pub mod committer;
 pub mod limits;
 pub mod mesos_json;
 pub mod store;
+pub mod ui;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -84,6 +85,7 @@ impl MasterCore {
     pub fn router(&self) -> Router {
         api::router(api::ApiState { committer: self.committer.clone(), published: self.published.clone() })
             .merge(agents::router(self.agents.clone()))
+            .merge(Router::new().route("/", get(ui::index)).with_state(self.published.clone()))
             .route("/health", get(|| async { "OK" }))
             .route(
                 "/version",
