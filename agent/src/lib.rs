@@ -7,7 +7,9 @@
 //! - [`runtime`]: the agent process: the live connection to the master and the agent loop.
 //! - [`files`]: the sandbox side of the Mesos `/files` endpoints.
 //! - [`host`]: resource detection.
+//! - [`ec2`]: EC2 instance metadata (opt-in).
 
+pub mod ec2;
 pub mod executor;
 pub mod files;
 pub mod host;

@@ -114,6 +114,10 @@ struct AgentArgs {
     /// Remove leftovers (containers, records) of tasks that ended this long ago.
     #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
     gc_delay: Duration,
+    /// Read the EC2 instance metadata (IMDSv2) into attributes and a fault domain; the
+    /// optional value is the service's URL. At most 1 s is spent probing.
+    #[arg(long, num_args = 0..=1, default_missing_value = shoal_agent::ec2::DEFAULT_URL)]
+    ec2_metadata: Option<String>,
 }
 
 fn parse_attributes(text: &str) -> anyhow::Result<BTreeMap<String, String>> {
@@ -125,7 +129,7 @@ fn parse_attributes(text: &str) -> anyhow::Result<BTreeMap<String, String>> {
     Ok(out)
 }
 
-fn agent_config(a: &AgentArgs) -> anyhow::Result<shoal_agent::AgentConfig> {
+async fn agent_config(a: &AgentArgs) -> anyhow::Result<shoal_agent::AgentConfig> {
     std::fs::create_dir_all(&a.work_dir).with_context(|| format!("creating {}", a.work_dir.display()))?;
     let resources = match &a.resources {
         Some(r) => shoal_core::ResourceSet::parse(r).context("--resources")?,
@@ -139,13 +143,24 @@ fn agent_config(a: &AgentArgs) -> anyhow::Result<shoal_agent::AgentConfig> {
         Some(h) => h.clone(),
         None => std::fs::read_to_string("/etc/hostname").map(|s| s.trim().to_string()).unwrap_or_else(|_| "localhost".into()),
     };
+    let mut attributes = parse_attributes(&a.attributes)?;
+    let mut domain = None;
+    if let Some(url) = &a.ec2_metadata {
+        if let Some(info) = shoal_agent::ec2::probe(url).await {
+            tracing::info!(instance = %info.instance_id, zone = %info.availability_zone, "EC2 instance");
+            for (k, v) in info.attributes() {
+                attributes.entry(k).or_insert(v);
+            }
+            domain = Some(info.domain());
+        }
+    }
     Ok(shoal_agent::AgentConfig {
         master: a.master.clone(),
         work_dir: a.work_dir.canonicalize()?,
         hostname,
         resources,
-        attributes: parse_attributes(&a.attributes)?,
-        domain: None,
+        attributes,
+        domain,
         containerizers,
         docker_socket: a.docker_socket.clone(),
         heartbeat_interval: a.heartbeat_interval,
@@ -240,8 +255,9 @@ async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
         kill_grace: Duration::from_secs(2),
         status_retry: Duration::from_secs(2),
         gc_delay: Duration::from_secs(3600),
+        ec2_metadata: None,
     };
-    let agent = tokio::spawn(shoal_agent::run(agent_config(&agent_args)?, std::future::pending::<()>()));
+    let agent = tokio::spawn(shoal_agent::run(agent_config(&agent_args).await?, std::future::pending::<()>()));
     eprintln!("shoal dev: master on http://{addr}  (UI and state: http://{addr}/ , work dir {})", work_dir.display());
     eprintln!("shoal dev: agent with the {} executor", if docker { "Docker and process" } else { "process (dockerd does not answer)" });
 
@@ -337,7 +353,7 @@ fn main() {
     let result = rt.block_on(async move {
         match cli.command {
             Cmd::Master(a) => run_master(a).await,
-            Cmd::Agent(a) => match agent_config(&a) {
+            Cmd::Agent(a) => match agent_config(&a).await {
                 Ok(c) => shoal_agent::run(c, shutdown_signal()).await,
                 Err(e) => Err(e),
             },
