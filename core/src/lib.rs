@@ -7,6 +7,7 @@
 pub mod agent_protocol;
 pub mod cell;
 pub mod limits;
+pub mod liveness;
 pub mod model;
 pub mod resources;
 pub mod task;

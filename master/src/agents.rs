@@ -19,7 +19,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
@@ -28,10 +28,12 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::json;
 use shoal_core::agent_protocol::{AgentMessage, MasterMessage};
-use shoal_core::{AgentId, AgentState, Command, Event, Reply, StatusInfo, Task, TaskId, TaskState};
+use shoal_core::liveness::{Liveness, LivenessConfig};
+use shoal_core::{AgentId, Command, Event, Reply, StatusInfo, Task, TaskId, TaskState};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::committer::{CommitError, Committer, Published};
+use crate::wall_clock_ms;
 
 /// Timers of the agent connections, all flags so tests run fast.
 #[derive(Clone, Debug)]
@@ -71,11 +73,10 @@ pub struct AgentHub {
     published: Arc<Published>,
     timers: AgentTimers,
     connections: Mutex<HashMap<AgentId, Connection>>,
-    /// When each agent was last connected (or the master started): drives liveness.
-    last_seen: Mutex<HashMap<AgentId, Instant>>,
+    /// Which agents are away and since when (the sans-IO core decides what is due).
+    liveness: Mutex<Liveness>,
     files: Mutex<HashMap<u64, oneshot::Sender<(u16, serde_json::Value)>>>,
     next_id: AtomicU64,
-    started: Instant,
 }
 
 impl AgentHub {
@@ -83,12 +84,17 @@ impl AgentHub {
         let hub = Arc::new(AgentHub {
             committer,
             published,
-            timers,
             connections: Mutex::new(HashMap::new()),
-            last_seen: Mutex::new(HashMap::new()),
+            liveness: Mutex::new(Liveness::new(
+                LivenessConfig {
+                    unreachable_after_ms: timers.unreachable_after.as_millis() as u64,
+                    gone_after_ms: timers.gone_after.as_millis() as u64,
+                },
+                wall_clock_ms(),
+            )),
+            timers,
             files: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
-            started: Instant::now(),
         });
         tokio::spawn(dispatch(hub.clone()));
         tokio::spawn(liveness(hub.clone()));
@@ -170,39 +176,24 @@ async fn dispatch(hub: Arc<AgentHub>) {
     }
 }
 
-/// Marks agents unreachable, then gone, when they stay away.
+/// Marks agents unreachable, then gone, when they stay away: the shell around the sans-IO
+/// [`Liveness`], which decides what is due and when to look again.
 async fn liveness(hub: Arc<AgentHub>) {
-    let tick = (hub.timers.unreachable_after / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
+    let mut changed = hub.published.entries.subscribe();
     loop {
-        tokio::time::sleep(tick).await;
-        let snap = hub.published.snapshot();
-        let now = Instant::now();
-        let mut changes = Vec::new();
-        {
-            let conns = hub.connections.lock().expect("hub lock");
-            let mut seen = hub.last_seen.lock().expect("hub lock");
-            for a in snap.agents() {
-                if conns.contains_key(&a.id) {
-                    seen.insert(a.id.clone(), now);
-                    continue;
-                }
-                let since = *seen.entry(a.id.clone()).or_insert(hub.started);
-                let away = now.duration_since(since);
-                match a.state {
-                    AgentState::Active if away >= hub.timers.unreachable_after => changes.push((a.id.clone(), AgentState::Unreachable)),
-                    AgentState::Unreachable if away >= hub.timers.unreachable_after + hub.timers.gone_after => {
-                        changes.push((a.id.clone(), AgentState::Gone))
-                    }
-                    _ => {}
-                }
-            }
-        }
-        for (agent_id, state) in changes {
-            tracing::warn!(%agent_id, ?state, "agent stayed away");
-            if let Err(e) = hub.committer.submit(Command::SetAgentState { agent_id, state }).await {
+        let (due, next) = {
+            let snap = hub.published.snapshot();
+            hub.liveness.lock().expect("hub lock").tick(&snap, wall_clock_ms())
+        };
+        for command in due {
+            tracing::warn!(?command, "agent stayed away");
+            if let Err(e) = hub.committer.submit(command).await {
                 tracing::warn!(error = %e, "could not change agent state");
             }
         }
+        // Look again at the next deadline, or when the cell changes (a new agent).
+        let wait = next.map(|at| Duration::from_millis(at.saturating_sub(wall_clock_ms()).max(1))).unwrap_or(Duration::from_secs(60));
+        let _ = tokio::time::timeout(wait, changed.recv()).await;
     }
 }
 
@@ -255,6 +246,7 @@ async fn serve_agent(hub: Arc<AgentHub>, mut socket: WebSocket) {
     let (tx, mut rx) = mpsc::channel::<MasterMessage>(crate::limits::AGENT_OUTBOX_MAX);
     let serial = hub.next_id.fetch_add(1, Ordering::Relaxed);
     hub.connections.lock().expect("hub lock").insert(agent_id.clone(), Connection { tx: tx.clone(), serial });
+    hub.liveness.lock().expect("hub lock").connected(&agent_id);
     let hb = hub.timers.heartbeat_interval.as_millis() as u64;
     if !send_msg(&mut socket, &MasterMessage::Registered { agent_id: agent_id.clone(), heartbeat_interval_ms: hb }).await {
         drop_connection(&hub, &agent_id, serial);
@@ -286,7 +278,7 @@ fn drop_connection(hub: &AgentHub, agent_id: &AgentId, serial: u64) {
     let mut conns = hub.connections.lock().expect("hub lock");
     if conns.get(agent_id).map(|c| c.serial) == Some(serial) {
         conns.remove(agent_id);
-        hub.last_seen.lock().expect("hub lock").insert(agent_id.clone(), Instant::now());
+        hub.liveness.lock().expect("hub lock").disconnected(agent_id, wall_clock_ms());
     }
 }
 
@@ -403,8 +395,20 @@ pub async fn files_read(State(hub): State<Arc<AgentHub>>, Query(q): Query<FilesQ
     files_op(hub, "read", q).await
 }
 
+/// `POST /api/shoal/v1/agents/{id}/heartbeat`: an agent without a live connection (a
+/// simulated one) says it is alive, which keeps it from being marked unreachable.
+pub async fn heartbeat(State(hub): State<Arc<AgentHub>>, axum::extract::Path(id): axum::extract::Path<String>) -> Response {
+    let agent = AgentId::new(&id);
+    if hub.published.snapshot().agent(&agent).is_none() {
+        return (StatusCode::NOT_FOUND, axum::Json(json!({"error": "not_found", "message": format!("agent {id}")}))).into_response();
+    }
+    hub.liveness.lock().expect("hub lock").heartbeat(&agent, wall_clock_ms());
+    StatusCode::ACCEPTED.into_response()
+}
+
 pub fn router(hub: Arc<AgentHub>) -> axum::Router {
     axum::Router::new()
+        .route("/api/shoal/v1/agents/{id}/heartbeat", axum::routing::post(heartbeat))
         .route("/api/shoal/v1/agent/connect", axum::routing::get(connect))
         .route("/files/browse", axum::routing::get(files_browse))
         .route("/files/read", axum::routing::get(files_read))
