@@ -121,8 +121,15 @@ async fn acknowledged_claims_survive_crashes_that_drop_unsynced_writes() {
                 (mine, unacked)
             }));
         }
-        // Crash at a different moment each round.
-        tokio::time::sleep(Duration::from_millis(5 + round * 7)).await;
+        // Crash at a different point each round: after a round-dependent number of commits,
+        // while the schedulers still have most of their claims to make.
+        let start = published.snapshot().version();
+        let target = start + 20 + round * 15;
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while published.snapshot().version() < target {
+            assert!(std::time::Instant::now() < deadline, "no progress before the crash");
+            tokio::time::sleep(Duration::from_micros(200)).await;
+        }
         store.crash();
         for h in handles {
             let (mine, unacked) = h.await.expect("scheduler");
