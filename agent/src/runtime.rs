@@ -66,7 +66,19 @@ pub async fn run(config: AgentConfig, shutdown: impl std::future::Future<Output 
     let (ev_tx, mut ev_rx) = mpsc::unbounded_channel::<ExecutorEvent>();
     let process: Arc<dyn Executor> = Arc::new(ProcessExecutor::new(ProcessConfig::new(state_dir.join("process")), ev_tx.clone())?);
     let docker: Option<Arc<dyn Executor>> = if config.containerizers.iter().any(|c| c == "docker") {
-        let mut dc = DockerConfig::new(agent_id.as_ref().map(|a| a.to_string()).unwrap_or_else(|| config.hostname.clone()), state_dir.join("docker"));
+        // Containers are labelled with an owner key kept in the work dir: stable across
+        // restarts (unlike the hostname, or an agent id that may not be assigned yet) and
+        // distinct for two agents on one host.
+        let owner_file = state_dir.join("docker_owner");
+        let owner = match std::fs::read_to_string(&owner_file) {
+            Ok(o) if !o.trim().is_empty() => o.trim().to_string(),
+            _ => {
+                let o = format!("{}-{:x}", config.hostname, std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0));
+                std::fs::write(&owner_file, &o)?;
+                o
+            }
+        };
+        let mut dc = DockerConfig::new(owner, state_dir.join("docker"));
         dc.socket = config.docker_socket.clone();
         match DockerExecutor::connect(dc, ev_tx.clone()).await {
             Ok(d) => Some(Arc::new(d)),

@@ -63,7 +63,9 @@ impl Liveness {
             if self.connected.contains_key(&a.id) {
                 continue;
             }
-            let since = *self.away_since.entry(a.id.clone()).or_insert(self.started);
+            // Never seen by this master: away since it started, or since the agent
+            // registered if that is later (a new agent whose connection is being set up).
+            let since = *self.away_since.entry(a.id.clone()).or_insert(self.started.max(a.registered_at));
             let (state, at) = match a.state {
                 AgentState::Active => (AgentState::Unreachable, since + self.config.unreachable_after_ms),
                 AgentState::Unreachable => {

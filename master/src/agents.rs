@@ -77,6 +77,8 @@ pub struct AgentHub {
     liveness: Mutex<Liveness>,
     files: Mutex<HashMap<u64, oneshot::Sender<(u16, serde_json::Value)>>>,
     next_id: AtomicU64,
+    /// Wakes the liveness loop when an agent connects or disconnects.
+    liveness_changed: tokio::sync::Notify,
 }
 
 impl AgentHub {
@@ -95,6 +97,7 @@ impl AgentHub {
             timers,
             files: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
+            liveness_changed: tokio::sync::Notify::new(),
         });
         tokio::spawn(dispatch(hub.clone()));
         tokio::spawn(liveness(hub.clone()));
@@ -191,9 +194,14 @@ async fn liveness(hub: Arc<AgentHub>) {
                 tracing::warn!(error = %e, "could not change agent state");
             }
         }
-        // Look again at the next deadline, or when the cell changes (a new agent).
+        // Look again at the next deadline, when the cell changes (a new agent), or when an
+        // agent connects or disconnects.
         let wait = next.map(|at| Duration::from_millis(at.saturating_sub(wall_clock_ms()).max(1))).unwrap_or(Duration::from_secs(60));
-        let _ = tokio::time::timeout(wait, changed.recv()).await;
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = changed.recv() => {}
+            _ = hub.liveness_changed.notified() => {}
+        }
     }
 }
 
@@ -230,7 +238,17 @@ async fn serve_agent(hub: Arc<AgentHub>, mut socket: WebSocket) {
         }
         _ => return,
     };
-    let agent_id = match hub.committer.submit(Command::RegisterAgent(registration)).await {
+    // A returning agent counts as connected before its registration commits, so the liveness
+    // loop (woken by that commit) cannot mark it unreachable in between.
+    let returning = registration.agent_id.clone();
+    if let Some(id) = &returning {
+        hub.liveness.lock().expect("hub lock").connected(id);
+    }
+    let registered = hub.committer.submit(Command::RegisterAgent(registration)).await;
+    if let (Some(id), Err(_)) = (&returning, &registered) {
+        hub.liveness.lock().expect("hub lock").disconnected(id, wall_clock_ms());
+    }
+    let agent_id = match registered {
         Ok(Reply::Agent { agent_id }) => agent_id,
         Ok(_) => return,
         Err(e) => {
@@ -247,6 +265,7 @@ async fn serve_agent(hub: Arc<AgentHub>, mut socket: WebSocket) {
     let serial = hub.next_id.fetch_add(1, Ordering::Relaxed);
     hub.connections.lock().expect("hub lock").insert(agent_id.clone(), Connection { tx: tx.clone(), serial });
     hub.liveness.lock().expect("hub lock").connected(&agent_id);
+    hub.liveness_changed.notify_one();
     let hb = hub.timers.heartbeat_interval.as_millis() as u64;
     if !send_msg(&mut socket, &MasterMessage::Registered { agent_id: agent_id.clone(), heartbeat_interval_ms: hb }).await {
         drop_connection(&hub, &agent_id, serial);
@@ -279,6 +298,7 @@ fn drop_connection(hub: &AgentHub, agent_id: &AgentId, serial: u64) {
     if conns.get(agent_id).map(|c| c.serial) == Some(serial) {
         conns.remove(agent_id);
         hub.liveness.lock().expect("hub lock").disconnected(agent_id, wall_clock_ms());
+        hub.liveness_changed.notify_one();
     }
 }
 

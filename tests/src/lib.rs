@@ -101,3 +101,124 @@ impl Drop for MasterProc {
         self.kill9();
     }
 }
+
+/// A `shoal agent` process joined to a master, on its own work dir. It can be SIGKILLed and
+/// started again on the same work dir (it then re-attaches to its tasks).
+///
+/// Dropping it SIGKILLs the agent and, best effort, what it left running: task processes
+/// (from the process executor's records) and containers whose sandbox is under the work dir.
+pub struct AgentProc {
+    pub work_dir: PathBuf,
+    pub master: String,
+    child: Option<Child>,
+    args: Vec<String>,
+}
+
+impl AgentProc {
+    /// Starts `shoal agent --master <master> --work-dir <work_dir> <extra...>`.
+    pub fn start(master: &str, work_dir: &Path, extra: &[&str]) -> AgentProc {
+        std::fs::create_dir_all(work_dir).unwrap();
+        let work_dir = work_dir.canonicalize().unwrap();
+        let mut a = AgentProc { work_dir, master: master.to_string(), child: None, args: extra.iter().map(|s| s.to_string()).collect() };
+        a.spawn();
+        a
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.work_dir.join("agent.log")).unwrap();
+        let child = Command::new(shoal_bin())
+            .args(["agent", "--master", &self.master, "--work-dir"])
+            .arg(&self.work_dir)
+            .args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn shoal agent");
+        self.child = Some(child);
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// The id the master gave this agent (written by the agent once registered).
+    pub fn agent_id(&self) -> Option<String> {
+        std::fs::read_to_string(self.work_dir.join("state").join("agent_id")).ok().map(|s| s.trim().to_string()).filter(|s| !s.is_empty())
+    }
+
+    /// The agent's log so far (for failure messages).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.work_dir.join("agent.log")).unwrap_or_default()
+    }
+
+    /// SIGKILL: no shutdown code runs; the tasks keep running.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts the agent again on the same work dir, joined to `master` (which may have moved).
+    pub fn restart(&mut self, master: &str) {
+        self.kill9();
+        self.master = master.to_string();
+        self.spawn();
+    }
+
+    /// Best effort: SIGKILLs the process groups of tasks the process executor recorded, and
+    /// removes containers whose sandbox is under this work dir.
+    pub fn cleanup_tasks(&self) {
+        let tasks = self.work_dir.join("state").join("process").join("tasks");
+        if let Ok(rd) = std::fs::read_dir(&tasks) {
+            for e in rd.flatten() {
+                let Ok(data) = std::fs::read(e.path().join("record.json")) else { continue };
+                let Ok(rec) = serde_json::from_slice::<serde_json::Value>(&data) else { continue };
+                if let Some(pgid) = rec["pgid"].as_i64().filter(|p| *p > 1) {
+                    if Path::new(&format!("/proc/{pgid}")).exists() {
+                        // SAFETY: plain kill(2) of a process group the agent started.
+                        unsafe { libc::kill(-(pgid as i32), libc::SIGKILL) };
+                    }
+                }
+            }
+        }
+        let out = Command::new("docker")
+            .args(["ps", "-a", "--filter", "label=shoal.managed=true", "--format", "{{.ID}} {{.Label \"shoal.sandbox\"}}"])
+            .stderr(Stdio::null())
+            .output();
+        if let Ok(out) = out {
+            let root = self.work_dir.to_string_lossy().to_string();
+            let ids: Vec<String> = String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter_map(|l| l.split_once(' '))
+                .filter(|(_, sb)| sb.starts_with(&root))
+                .map(|(id, _)| id.to_string())
+                .collect();
+            if !ids.is_empty() {
+                let _ = Command::new("docker").args(["rm", "-f"]).args(&ids).stdout(Stdio::null()).stderr(Stdio::null()).status();
+            }
+        }
+    }
+}
+
+impl Drop for AgentProc {
+    fn drop(&mut self) {
+        self.kill9();
+        self.cleanup_tasks();
+    }
+}
+
+/// Whether Docker tests run: always in CI (`CI=true`) or when the test script says Docker
+/// works (`SHOAL_TEST_DOCKER=1`); otherwise only when `docker info` succeeds. Prints why
+/// when they are skipped.
+pub fn docker_enabled(test: &str) -> bool {
+    if std::env::var("CI").as_deref() == Ok("true") || std::env::var("SHOAL_TEST_DOCKER").as_deref() == Ok("1") {
+        return true;
+    }
+    let ok = Command::new("docker").arg("info").stdout(Stdio::null()).stderr(Stdio::null()).status().map(|s| s.success()).unwrap_or(false);
+    if !ok {
+        eprintln!("skipping {test}: `docker info` fails and CI is not \"true\"");
+    }
+    ok
+}
