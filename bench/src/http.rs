@@ -428,7 +428,8 @@ async fn run_b(bin: &Path, dir: &Path, scale: Arc<ScaleB>, extra: &[String], dl:
     let rss = master.peak_rss_mib();
 
     println!();
-    figure("agent registration (HTTP)", secs(reg), &format!("{} agents/s", rate(per_s(scale.agents as u64, reg))));
+    figure("master start (empty store)", secs(boot), "spawn -> /health");
+    figure("agent registration (HTTP)", secs(reg), &format!("{} agents", rate(per_s(scale.agents as u64, reg))));
     figure("total time", secs(elapsed), &format!("target <= 20 s for 1,000,000 -> {}", if total >= 1_000_000 { met(elapsed.as_secs_f64() <= 20.0) } else { "n/a at this scale" }));
     let r = per_s(t.committed, elapsed);
     figure("placements/s", rate(r), &format!("Nomad C1M reference ~{} (1M in < 5 min): {:.1}x", rate(NOMAD_RATE), r / NOMAD_RATE));

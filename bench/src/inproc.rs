@@ -15,7 +15,8 @@ use shoal_core::{
     RejectReason, Reply, ResourceSet, TaskId, TaskSpec,
 };
 use shoal_core::Command;
-use shoal_master::{open_store, MasterCore, MemStore, Store};
+use shoal_master::committer::CommitConfig;
+use shoal_master::{open_store, wall_clock_ms, Committer, MasterCore, MemStore, Published, Store};
 
 use crate::util::*;
 
@@ -56,9 +57,9 @@ fn print_reasons(reasons: &BTreeMap<String, u64>) {
 
 /// Registers `n` agents through the committer, all submitted at once so they group-commit.
 /// Returns their ids by index.
-pub async fn register_agents(core: &MasterCore, n: usize, resources: &ResourceSet, limit: Duration) -> Result<Vec<AgentId>> {
+pub async fn register_agents(committer: &Committer, n: usize, resources: &ResourceSet, limit: Duration) -> Result<Vec<AgentId>> {
     let futs = (0..n).map(|i| {
-        let c = core.committer.clone();
+        let c = committer.clone();
         let reg = registration(&format!("bench-agent-{i}"), resources);
         async move { c.submit(Command::RegisterAgent(reg)).await }
     });
@@ -80,8 +81,8 @@ struct Counters {
     syncs: u64,
 }
 
-fn counters(core: &MasterCore) -> Counters {
-    let s = &core.published.stats;
+fn counters(p: &Published) -> Counters {
+    let s = &p.stats;
     Counters {
         groups: s.groups.load(Ordering::Relaxed),
         commands: s.commands.load(Ordering::Relaxed),
@@ -244,8 +245,18 @@ fn replay_core(n_agents: usize, stream: &[u32], claim_size: usize, agent: &Resou
     Ok((elapsed, committed))
 }
 
+/// The commit path to replay through: the bare committer thread, or a whole `MasterCore`
+/// (the committer plus the agent hub's background loops).
+#[derive(Clone, Copy, PartialEq)]
+enum CommitPath {
+    BareCommitter,
+    MasterCore,
+}
+
 /// The committer over `store`, fed the stream's claims by `nsub` submitters (no deciding).
+#[allow(clippy::too_many_arguments)]
 async fn replay_committer(
+    path: CommitPath,
     store: Arc<dyn Store>,
     n_agents: usize,
     stream: &[u32],
@@ -254,19 +265,32 @@ async fn replay_committer(
     task: &ResourceSet,
     dl: Deadline,
 ) -> Result<(Duration, u64, u64)> {
-    let core = MasterCore::start(store)?;
-    let ids = register_agents(&core, n_agents, agent, dl.remaining()).await?;
-    let version = core.published.snapshot().version();
+    let mut _core = None;
+    let (committer, published) = match path {
+        CommitPath::BareCommitter => {
+            let cell = shoal_master::load_cell(store.as_ref())?;
+            let (c, p, _thread) = shoal_master::committer::start(cell, store, Arc::new(wall_clock_ms), CommitConfig::default());
+            (c, p)
+        }
+        CommitPath::MasterCore => {
+            let core = MasterCore::start(store)?;
+            let pair = (core.committer.clone(), core.published.clone());
+            _core = Some(core);
+            pair
+        }
+    };
+    let ids = register_agents(&committer, n_agents, agent, dl.remaining()).await?;
+    let version = published.snapshot().version();
     let commands = replay_claims("rp", stream, &ids, scale.claim, task, version);
     let mut shares: Vec<Vec<Command>> = (0..scale.schedulers).map(|_| Vec::new()).collect();
     for (i, c) in commands.into_iter().enumerate() {
         shares[i % scale.schedulers].push(c);
     }
-    let before = counters(&core);
+    let before = counters(&published);
     let started = Instant::now();
     let mut handles = Vec::new();
     for share in shares {
-        let committer = core.committer.clone();
+        let committer = committer.clone();
         handles.push(tokio::spawn(async move {
             let mut committed = 0;
             for c in share {
@@ -281,7 +305,7 @@ async fn replay_committer(
         committed += within("replay", dl.remaining(), h).await???;
     }
     let elapsed = started.elapsed();
-    let syncs = counters(&core).syncs - before.syncs;
+    let syncs = counters(&published).syncs - before.syncs;
     Ok((elapsed, committed, syncs))
 }
 
@@ -303,11 +327,11 @@ async fn run_a(dir: &Path, scale: &ScaleA, dl: Deadline) -> Result<()> {
     let task = ResourceSet::parse(TASK_RES)?;
     let core = MasterCore::start(open_store(&dir.join("a"))?)?;
 
-    let c0 = counters(&core);
+    let c0 = counters(&core.published);
     let started = Instant::now();
-    let ids = Arc::new(register_agents(&core, scale.agents, &agent, dl.remaining()).await?);
+    let ids = Arc::new(register_agents(&core.committer, scale.agents, &agent, dl.remaining()).await?);
     let reg = started.elapsed();
-    let c1 = counters(&core);
+    let c1 = counters(&core.published);
 
     let next = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
@@ -337,7 +361,7 @@ async fn run_a(dir: &Path, scale: &ScaleA, dl: Deadline) -> Result<()> {
         total.stream.extend(o.stream);
     }
     let elapsed = started.elapsed();
-    let c2 = counters(&core);
+    let c2 = counters(&core.published);
     let snap = core.published.snapshot();
     if snap.task_count() as u64 != scale.placements || total.committed != scale.placements {
         bail!("placed {} (cell holds {} tasks), wanted {}", total.committed, snap.task_count(), scale.placements);
@@ -347,7 +371,7 @@ async fn run_a(dir: &Path, scale: &ScaleA, dl: Deadline) -> Result<()> {
     drop(core);
 
     println!();
-    figure("agent registration", secs(reg), &format!("{} agents/s", rate(per_s(scale.agents as u64, reg))));
+    figure("agent registration", secs(reg), &format!("{} agents", rate(per_s(scale.agents as u64, reg))));
     figure("  commit groups / syncs", format!("{} / {}", int(c1.groups - c0.groups), int(c1.syncs - c0.syncs)), "");
     figure("placement time", secs(elapsed), "");
     let shoal_rate = per_s(total.committed, elapsed);
@@ -366,14 +390,20 @@ async fn run_a(dir: &Path, scale: &ScaleA, dl: Deadline) -> Result<()> {
     let (core_t, core_n) = replay_core(scale.agents, &total.stream, scale.claim, &agent, &task)?;
     let core_rate = per_s(core_n, core_t);
     figure("  sans-IO core: Cell::commit loop", rate(core_rate), &format!("{} (claims of {}, no store)", secs(core_t), scale.claim));
-    let (mem_t, mem_n, mem_syncs) =
-        replay_committer(Arc::new(MemStore::new()), scale.agents, &total.stream, scale, &agent, &task, dl).await?;
-    figure("  committer + in-memory store", rate(per_s(mem_n, mem_t)), &format!("{} ({} groups, {} submitters)", secs(mem_t), int(mem_syncs), scale.schedulers));
-    let (db_t, db_n, db_syncs) =
-        replay_committer(open_store(&dir.join("a-replay"))?, scale.agents, &total.stream, scale, &agent, &task, dl).await?;
-    figure("  committer + redb + fsync", rate(per_s(db_n, db_t)), &format!("{} ({} syncs)", secs(db_t), int(db_syncs)));
-    figure("  + 8 deciding schedulers (the run above)", rate(shoal_rate), &format!("{}", secs(elapsed)));
-    for (what, n) in [("core", core_n), ("in-memory", mem_n), ("redb", db_n)] {
+    let mut replays = vec![("core", core_n)];
+    for (label, path, mem) in [
+        ("  bare committer + in-memory store", CommitPath::BareCommitter, true),
+        ("  bare committer + redb + fsync", CommitPath::BareCommitter, false),
+        ("  MasterCore (+ agent hub) + redb + fsync", CommitPath::MasterCore, false),
+    ] {
+        let store: Arc<dyn Store> =
+            if mem { Arc::new(MemStore::new()) } else { open_store(&dir.join(format!("a-replay-{}", replays.len())))? };
+        let (t, n, syncs) = replay_committer(path, store, scale.agents, &total.stream, scale, &agent, &task, dl).await?;
+        figure(label, rate(per_s(n, t)), &format!("{} ({} groups)", secs(t), int(syncs)));
+        replays.push((label.trim(), n));
+    }
+    figure("  + 8 deciding schedulers (the run above)", rate(shoal_rate), &secs(elapsed));
+    for (what, n) in replays {
         if n != total.committed {
             println!("  WARNING: the {what} replay committed {n} of {} placements", total.committed);
         }
@@ -485,7 +515,7 @@ async fn run_c(dir: &Path, scale: &ScaleC, check: ConflictCheck, dl: Deadline) -
     let (cpu, mem) = (task.scalar("cpus").0, task.scalar("mem").0);
     let slots = (agent.scalar("cpus").0 / cpu).min(agent.scalar("mem").0 / mem);
     let core = MasterCore::start(open_store(dir)?)?;
-    let ids = Arc::new(register_agents(&core, scale.agents, &agent, dl.remaining()).await?);
+    let ids = Arc::new(register_agents(&core.committer, scale.agents, &agent, dl.remaining()).await?);
 
     // Fill to ~60 %: agent i holds round(slots x U(0.2, 1.0)) tasks. Same seed in both modes.
     let mut rng = Rng::new(42);
@@ -616,7 +646,7 @@ pub fn phase_d_inproc(dir: &Path, agents: usize, limit: Duration) -> Result<()> 
         within("phase (d)", limit, async {
             let agent = ResourceSet::parse(AGENT_RES)?;
             let core = MasterCore::start(open_store(&dir.join("d"))?)?;
-            register_agents(&core, agents, &agent, limit).await?;
+            register_agents(&core.committer, agents, &agent, limit).await?;
             let published = core.published.clone();
             let snap_ns = per_call_ns(200, 1000, || {
                 std::hint::black_box(published.snapshot());
