@@ -248,6 +248,8 @@ pub async fn run(config: AgentConfig, shutdown: impl std::future::Future<Output 
                         tracing::debug!(error = %e, "gc failed");
                     }
                 }
+                let live: std::collections::HashSet<String> = journal.live.keys().map(sandbox_name).collect();
+                gc_sandboxes(&sandboxes, &live, config.gc_delay);
             }
         }
     }
@@ -290,6 +292,25 @@ pub fn translate(update: &TaskUpdate) -> (TaskState, StatusInfo) {
         }
         TaskUpdate::Killed { message } => (TaskState::Killed, status_msg(message, Some("REASON_TASK_KILLED_DURING_LAUNCH").filter(|_| false))),
         TaskUpdate::Error { message } => (TaskState::Error, status_msg(message, Some("REASON_TASK_INVALID"))),
+    }
+}
+
+/// Removes the sandboxes of tasks that are not live and were last written more than
+/// `older_than` ago.
+fn gc_sandboxes(sandboxes: &std::path::Path, live: &std::collections::HashSet<String>, older_than: Duration) {
+    let Ok(dir) = std::fs::read_dir(sandboxes) else { return };
+    for entry in dir.flatten() {
+        let name = entry.file_name().to_string_lossy().to_string();
+        if live.contains(&name) {
+            continue;
+        }
+        let old = entry.metadata().and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok()).map(|e| e >= older_than).unwrap_or(false);
+        if old {
+            match std::fs::remove_dir_all(entry.path()) {
+                Ok(()) => tracing::info!(sandbox = %name, "removed an old sandbox"),
+                Err(e) => tracing::warn!(sandbox = %name, error = %e, "cannot remove an old sandbox"),
+            }
+        }
     }
 }
 
