@@ -32,6 +32,16 @@ pub enum Command {
     KillTask { task_id: TaskId },
     UpdateTaskStatus { task_id: TaskId, state: TaskState, status: StatusInfo },
     ConfigureRole { name: String, weight: f64, quota: Quota },
+    /// Offers: hold resources for frameworks. Each hold that fits is placed (the others are
+    /// refused in the reply); holds are the pessimistic half of the cell.
+    PlaceHolds { holds: Vec<Hold> },
+    /// Release offers (decline, rescind, expiry). Unknown ids are ignored.
+    ReleaseHolds { offer_ids: Vec<OfferId> },
+    /// Use offers: their holds are released and the claim's placements (all on the offers'
+    /// agent, within what the offers hold) commit in the same transaction.
+    AcceptHolds { framework_id: String, offer_ids: Vec<OfferId>, claim: Claim },
+    /// Drop every hold (a new master's first command: holds do not survive a restart).
+    ClearHolds,
 }
 
 /// What an agent says about itself when it registers.
@@ -82,6 +92,8 @@ impl Rejection {
 pub enum Reply {
     Agent { agent_id: AgentId },
     Claim { outcome: ClaimOutcome },
+    /// Which holds were placed; the others did not fit any more.
+    Holds { placed: Vec<OfferId>, refused: Vec<OfferId> },
     Done,
 }
 
@@ -108,6 +120,7 @@ pub struct Cell {
     tasks: PMap<TaskId, Task>,
     roles: OrdMap<String, Role>,
     claims: PMap<ClaimId, ClaimOutcome>,
+    holds: PMap<OfferId, Hold>,
     /// Sum of scalar totals and allocations over agents that are not gone, for quota headroom.
     cluster_total: OrdMap<String, i64>,
     cluster_allocated: OrdMap<String, i64>,
@@ -122,6 +135,7 @@ impl Cell {
             tasks: PMap::new(),
             roles: OrdMap::new(),
             claims: PMap::new(),
+            holds: PMap::new(),
             cluster_total: OrdMap::new(),
             cluster_allocated: OrdMap::new(),
         }
@@ -203,6 +217,12 @@ impl Cell {
     }
     pub fn claims(&self) -> impl Iterator<Item = &ClaimOutcome> {
         self.claims.values()
+    }
+    pub fn hold(&self, id: &OfferId) -> Option<&Hold> {
+        self.holds.get(id)
+    }
+    pub fn holds(&self) -> impl Iterator<Item = &Hold> {
+        self.holds.values()
     }
 
     /// Decides and applies one command: the whole commit path minus IO. Returns the log entry
@@ -287,6 +307,22 @@ impl Cell {
                     reply: Reply::Done,
                 })
             }
+            Command::PlaceHolds { holds } => self.decide_place_holds(holds),
+            Command::ReleaseHolds { offer_ids } => {
+                let known: Vec<OfferId> = offer_ids.iter().filter(|id| self.holds.contains_key(*id)).cloned().collect();
+                let events = if known.is_empty() { vec![] } else { vec![self.release_event(known)] };
+                Ok(Decision { events, reply: Reply::Done })
+            }
+            Command::ClearHolds => {
+                let mut agent_ids: Vec<AgentId> = self.holds.values().map(|h| h.agent_id.clone()).collect();
+                agent_ids.sort();
+                agent_ids.dedup();
+                // Always an event, even with no holds here: a new master commits it first so that
+                // watchers who saw holds of the previous master drop them too.
+                let events = vec![Event::HoldsCleared { agent_ids }];
+                Ok(Decision { events, reply: Reply::Done })
+            }
+            Command::AcceptHolds { framework_id, offer_ids, claim } => self.decide_accept(next, framework_id, offer_ids, claim),
             Command::ConfigureRole { name, weight, quota } => {
                 validate_role_name(name)?;
                 if !(weight.is_finite() && *weight > 0.0) {
@@ -416,8 +452,107 @@ impl Cell {
                 },
             });
         }
+        // An agent going away rescinds its offers.
+        let offers: Vec<OfferId> = self.holds.values().filter(|h| h.agent_id == *agent_id).map(|h| h.id.clone()).collect();
+        if !offers.is_empty() {
+            events.push(self.release_event(offers));
+        }
         events.push(Event::AgentStateChanged { agent_id: agent_id.clone(), state });
         Ok(Decision { events, reply: Reply::Done })
+    }
+
+    fn decide_place_holds(&self, holds: &[Hold]) -> Result<Decision, Rejection> {
+        let mut scratch: HashMap<&AgentId, ResourceSet> = HashMap::new();
+        let (mut placed, mut refused) = (Vec::new(), Vec::new());
+        let mut seen: HashSet<&OfferId> = HashSet::new();
+        for h in holds {
+            validate_id("offer id", h.id.as_str())?;
+            validate_role_name(&h.role)?;
+            if h.resources.is_empty() {
+                return Err(Rejection::Invalid(format!("offer {}: no resources", h.id)));
+            }
+            let fits = match self.agents.get(&h.agent_id) {
+                Some(a) if a.state == AgentState::Active && !self.holds.contains_key(&h.id) && seen.insert(&h.id) => {
+                    let mut wanted = h.resources.clone();
+                    let ok = match scratch.get(&h.agent_id) {
+                        Some(already) => wanted.add(already).is_ok(),
+                        None => true,
+                    };
+                    ok && a.free().contains(&wanted)
+                }
+                _ => false,
+            };
+            if fits {
+                scratch.entry(&h.agent_id).or_default().add(&h.resources).expect("checked above");
+                placed.push(h.clone());
+            } else {
+                refused.push(h.id.clone());
+            }
+        }
+        let reply = Reply::Holds { placed: placed.iter().map(|h| h.id.clone()).collect(), refused };
+        let events = if placed.is_empty() { vec![] } else { vec![Event::HoldsPlaced { holds: placed }] };
+        Ok(Decision { events, reply })
+    }
+
+    fn decide_accept(&self, next: Version, framework_id: &str, offer_ids: &[OfferId], claim: &Claim) -> Result<Decision, Rejection> {
+        if offer_ids.is_empty() {
+            return Err(Rejection::Invalid("no offer ids".into()));
+        }
+        let mut held = ResourceSet::new();
+        let mut agent: Option<&AgentId> = None;
+        for id in offer_ids {
+            let h = self.holds.get(id).ok_or_else(|| Rejection::NotFound(format!("offer {id} is not outstanding")))?;
+            if h.framework_id != framework_id {
+                return Err(Rejection::Forbidden(format!("offer {id} belongs to another framework")));
+            }
+            if agent.map(|a| *a != h.agent_id).unwrap_or(false) {
+                return Err(Rejection::Invalid("offers of one accept must be of one agent".into()));
+            }
+            agent = Some(&h.agent_id);
+            held.add(&h.resources).map_err(|e| Rejection::Invalid(e.to_string()))?;
+        }
+        let agent = agent.expect("at least one offer").clone();
+        let release = self.release_event(offer_ids.to_vec());
+        if claim.placements.is_empty() {
+            // An accept that launches nothing releases the offers.
+            return Ok(Decision { events: vec![release], reply: Reply::Claim { outcome: ClaimOutcome { claim_id: claim.id.clone(), committed_version: None, placements: vec![] } } });
+        }
+        // Decide the claim on the cell as it is once the offers are released, and only
+        // within what the offers held.
+        let mut released = self.clone();
+        released.apply_event(next, &release);
+        let mut within = claim.clone();
+        let mut total = ResourceSet::new();
+        let mut outside = HashSet::new();
+        for p in &mut within.placements {
+            if p.agent_id != agent {
+                outside.insert(p.task_id.clone());
+                continue;
+            }
+            let mut t = total.clone();
+            if t.add(&p.resources).is_ok() && held.contains(&t) {
+                total = t;
+            } else {
+                outside.insert(p.task_id.clone());
+            }
+        }
+        within.placements.retain(|p| !outside.contains(&p.task_id));
+        let mut decision = if within.placements.is_empty() {
+            Decision { events: vec![], reply: Reply::Claim { outcome: ClaimOutcome { claim_id: claim.id.clone(), committed_version: None, placements: vec![] } } }
+        } else {
+            released.decide_claim(next, &within)?
+        };
+        let Reply::Claim { outcome } = &mut decision.reply else { unreachable!("a claim answers with a claim outcome") };
+        for p in claim.placements.iter().filter(|p| outside.contains(&p.task_id)) {
+            outcome.placements.push(PlacementOutcome {
+                task_id: p.task_id.clone(),
+                agent_id: p.agent_id.clone(),
+                committed: false,
+                rejected: Some(RejectReason::InsufficientResources { resource: "not in the accepted offers".into() }),
+            });
+        }
+        decision.events.insert(0, release);
+        Ok(decision)
     }
 
     fn validate_claim(&self, claim: &Claim) -> Result<(), Rejection> {
@@ -721,6 +856,56 @@ impl Cell {
                 role.weight = *weight;
                 role.quota = quota.clone();
             }
+            Event::HoldsPlaced { holds } => {
+                for h in holds {
+                    let a = self.agents.get_mut(&h.agent_id).expect("decided on a known agent");
+                    a.allocated.add(&h.resources).expect("decided to fit");
+                    a.version = v;
+                    assert!(a.total.contains(&a.allocated), "agent {} over-committed by offer {}", a.id, h.id);
+                    for (name, m) in h.resources.scalar_totals() {
+                        *self.cluster_allocated.entry(name).or_default() += m.0;
+                    }
+                    self.holds.insert(h.id.clone(), h.clone());
+                }
+            }
+            Event::HoldsReleased { offer_ids, .. } => {
+                for id in offer_ids {
+                    if let Some(h) = self.holds.remove(id) {
+                        self.release_hold(v, &h);
+                    }
+                }
+            }
+            Event::HoldsCleared { .. } => {
+                let holds: Vec<Hold> = self.holds.values().cloned().collect();
+                self.holds = PMap::new();
+                for h in &holds {
+                    self.release_hold(v, h);
+                }
+            }
+        }
+    }
+
+    /// The event releasing these (outstanding) holds.
+    fn release_event(&self, offer_ids: Vec<OfferId>) -> Event {
+        let mut agent_ids: Vec<AgentId> = offer_ids.iter().filter_map(|id| self.holds.get(id)).map(|h| h.agent_id.clone()).collect();
+        agent_ids.sort();
+        agent_ids.dedup();
+        Event::HoldsReleased { offer_ids, agent_ids }
+    }
+
+    fn release_hold(&mut self, v: Version, h: &Hold) {
+        let gone = match self.agents.get_mut(&h.agent_id) {
+            Some(a) => {
+                a.allocated.subtract(&h.resources).expect("a hold's resources are allocated");
+                a.version = v;
+                a.state == AgentState::Gone
+            }
+            None => true,
+        };
+        if !gone {
+            for (name, m) in h.resources.scalar_totals() {
+                *self.cluster_allocated.entry(name).or_default() -= m.0;
+            }
         }
     }
 
@@ -739,6 +924,9 @@ impl Cell {
     pub fn check_invariants(&self) -> Result<(), String> {
         let mut alloc: HashMap<&AgentId, ResourceSet> = HashMap::new();
         let mut consumed: HashMap<&str, ResourceSet> = HashMap::new();
+        for h in self.holds.values() {
+            alloc.entry(&h.agent_id).or_default().add(&h.resources).map_err(|e| format!("offer {}: {e}", h.id))?;
+        }
         for t in self.tasks.values().filter(|t| !t.state.is_terminal()) {
             alloc.entry(&t.agent_id).or_default().add(&t.resources).map_err(|e| e.to_string())?;
             consumed.entry(t.role.as_str()).or_default().add(&t.resources.scalars_only()).map_err(|e| e.to_string())?;
@@ -806,4 +994,87 @@ fn validate_role_name(name: &str) -> Result<(), Rejection> {
         return Err(Rejection::Invalid(format!("invalid role name '{name}'")));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod hold_tests {
+    use super::*;
+
+    fn cell_with_agent() -> (Cell, AgentId) {
+        let mut cell = Cell::new(CellConfig { cell_id: "c".into() });
+        let reg = AgentRegistration {
+            agent_id: None,
+            hostname: "h".into(),
+            port: 0,
+            attributes: Default::default(),
+            domain: None,
+            resources: ResourceSet::parse("cpus:4;mem:1024;ports:[31000-31009]").unwrap(),
+        };
+        cell.commit(1, &Command::RegisterAgent(reg)).unwrap();
+        let a = cell.agents().next().unwrap().id.clone();
+        (cell, a)
+    }
+
+    fn hold(id: &str, fw: &str, agent: &AgentId, res: &str) -> Hold {
+        Hold { id: OfferId::new(id), framework_id: fw.into(), role: "*".into(), agent_id: agent.clone(), resources: ResourceSet::parse(res).unwrap(), created_at: 1 }
+    }
+
+    fn placement(task: &str, agent: &AgentId, res: &str) -> Placement {
+        Placement { task_id: TaskId::new(task), name: task.into(), agent_id: agent.clone(), resources: ResourceSet::parse(res).unwrap(), spec: TaskSpec::empty() }
+    }
+
+    fn claim(id: &str, version: Version, placements: Vec<Placement>) -> Claim {
+        Claim { id: ClaimId::new(id), role: "*".into(), owner: "x".into(), snapshot_version: version, mode: CommitMode::Incremental, check: ConflictCheck::Fine, placements }
+    }
+
+    #[test]
+    fn held_resources_are_not_claimable_and_accept_turns_holds_into_tasks() {
+        let (mut cell, a) = cell_with_agent();
+        let (_, reply) = cell.commit(2, &Command::PlaceHolds { holds: vec![hold("o1", "fw1", &a, "cpus:3;mem:512"), hold("o2", "fw2", &a, "cpus:2")] }).unwrap();
+        assert_eq!(reply, Reply::Holds { placed: vec![OfferId::new("o1")], refused: vec![OfferId::new("o2")] }, "one cpu left: o2 does not fit");
+        cell.check_invariants().unwrap();
+
+        // A native claim cannot take held resources: the pessimistic contract.
+        let v = cell.version();
+        let (_, reply) = cell.commit(3, &Command::Claim(claim("native", v, vec![placement("n1", &a, "cpus:2")]))).unwrap();
+        let Reply::Claim { outcome } = reply else { panic!() };
+        assert_eq!(outcome.committed_count(), 0);
+
+        // Only the framework the offer was made to may use it.
+        let c = claim("acc", v, vec![placement("t1", &a, "cpus:1;mem:128")]);
+        let wrong = cell.commit(4, &Command::AcceptHolds { framework_id: "fw2".into(), offer_ids: vec![OfferId::new("o1")], claim: c.clone() });
+        assert!(matches!(wrong, Err(Rejection::Forbidden(_))));
+
+        // Accept: a task within the offer commits, one beyond it does not; the rest goes back.
+        let mut c2 = c.clone();
+        c2.placements.push(placement("t2", &a, "cpus:3"));
+        let (_, reply) = cell.commit(5, &Command::AcceptHolds { framework_id: "fw1".into(), offer_ids: vec![OfferId::new("o1")], claim: c2 }).unwrap();
+        let Reply::Claim { outcome } = reply else { panic!() };
+        assert_eq!(outcome.committed_count(), 1);
+        assert!(cell.hold(&OfferId::new("o1")).is_none());
+        assert_eq!(cell.agent(&a).unwrap().allocated, ResourceSet::parse("cpus:1;mem:128").unwrap());
+        cell.check_invariants().unwrap();
+
+        // A used offer cannot be used again.
+        let again = cell.commit(6, &Command::AcceptHolds { framework_id: "fw1".into(), offer_ids: vec![OfferId::new("o1")], claim: claim("acc2", v, vec![placement("t3", &a, "cpus:1")]) });
+        assert!(matches!(again, Err(Rejection::NotFound(_))));
+    }
+
+    #[test]
+    fn agents_going_away_and_restarts_release_holds() {
+        let (mut cell, a) = cell_with_agent();
+        cell.commit(2, &Command::PlaceHolds { holds: vec![hold("o1", "fw1", &a, "cpus:1;ports:[31000-31000]")] }).unwrap();
+        cell.commit(3, &Command::SetAgentState { agent_id: a.clone(), state: AgentState::Unreachable }).unwrap();
+        assert_eq!(cell.holds().count(), 0);
+        assert!(cell.agent(&a).unwrap().allocated.is_empty());
+        cell.check_invariants().unwrap();
+
+        let (mut cell, a) = cell_with_agent();
+        cell.commit(2, &Command::PlaceHolds { holds: vec![hold("o1", "fw1", &a, "cpus:1")] }).unwrap();
+        cell.commit(3, &Command::ClearHolds).unwrap();
+        assert_eq!(cell.holds().count(), 0);
+        assert!(cell.agent(&a).unwrap().allocated.is_empty());
+        cell.commit(4, &Command::ReleaseHolds { offer_ids: vec![OfferId::new("o1")] }).unwrap();
+        cell.check_invariants().unwrap();
+    }
 }

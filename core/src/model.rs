@@ -59,6 +59,24 @@ id_type!(
     /// A claim id, chosen by the scheduler: resubmitting it returns the original outcome.
     ClaimId
 );
+id_type!(
+    /// An offer's id: the id of a hold on one agent's resources for one framework.
+    OfferId
+);
+
+/// A hold: resources of one agent set aside for one framework while it considers them (a
+/// Mesos offer). Held resources count as allocated, so no claim can take them, and each is
+/// held for one framework at a time. Holds are versioned like everything else but are not
+/// persisted: like Mesos offers, they do not survive a master restart.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Hold {
+    pub id: OfferId,
+    pub framework_id: String,
+    pub role: String,
+    pub agent_id: AgentId,
+    pub resources: ResourceSet,
+    pub created_at: Timestamp,
+}
 
 /// Where an agent stands with the master.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -324,6 +342,13 @@ pub enum Event {
     ClaimCommitted { outcome: ClaimOutcome, tasks: Vec<Task> },
     TaskStatusChanged { task_id: TaskId, state: TaskState, status: StatusInfo },
     RoleConfigured { name: String, weight: f64, quota: Quota },
+    /// Offers made: their resources are held.
+    HoldsPlaced { holds: Vec<Hold> },
+    /// Offers declined, rescinded, expired or used: their resources are free again.
+    /// `agent_ids` are the agents whose resources came back.
+    HoldsReleased { offer_ids: Vec<OfferId>, agent_ids: Vec<AgentId> },
+    /// The master restarted: every hold is gone.
+    HoldsCleared { agent_ids: Vec<AgentId> },
 }
 
 /// One committed mutation: its version and its events.

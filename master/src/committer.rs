@@ -233,6 +233,13 @@ fn write_batch(cell: &Cell, entries: &[Arc<LogEntry>], published: &Published, re
                 Event::RoleConfigured { name, .. } => {
                     roles.insert(name.clone());
                 }
+                // Holds are not persisted; the agents' versions they moved are.
+                Event::HoldsPlaced { holds } => {
+                    agents.extend(holds.iter().map(|h| h.agent_id.clone()));
+                }
+                Event::HoldsReleased { agent_ids, .. } | Event::HoldsCleared { agent_ids } => {
+                    agents.extend(agent_ids.iter().cloned());
+                }
             }
         }
     }

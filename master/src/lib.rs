@@ -77,6 +77,15 @@ impl MasterCore {
         let cell = load_cell(store.as_ref())?;
         tracing::info!(cell_id = cell.cell_id(), version = cell.version(), agents = cell.agent_count(), tasks = cell.task_count(), "cell loaded");
         let (committer, published, _thread) = committer::start(cell, store, Arc::new(wall_clock_ms), config);
+        if published.snapshot().version() > 0 {
+            // Holds (offers) do not survive a restart: say so to watchers first.
+            let c = committer.clone();
+            tokio::spawn(async move {
+                if let Err(e) = c.submit(shoal_core::Command::ClearHolds).await {
+                    tracing::warn!(error = %e, "could not clear holds");
+                }
+            });
+        }
         let agents = agents::AgentHub::start(committer.clone(), published.clone(), timers);
         Ok(MasterCore { committer, published, agents })
     }
