@@ -62,9 +62,35 @@ struct MasterTimers {
     /// Grace period between SIGTERM and SIGKILL when a task is killed.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     kill_grace: Duration,
+    /// Mesos API: HEARTBEAT events to schedulers this often.
+    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
+    scheduler_heartbeat_interval: Duration,
+    /// Mesos API: an allocation round (offers) this often, and whenever resources free up.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    allocation_interval: Duration,
+    /// Mesos API: rescind offers held longer than this (default: never, as Mesos).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    offer_timeout: Option<Duration>,
+    /// Mesos API: outstanding offers one framework may hold (0: no cap).
+    #[arg(long, default_value_t = 64)]
+    offers_per_framework_max: usize,
+    /// Mesos API: resend unacknowledged status updates this often.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    status_update_retry: Duration,
 }
 
 impl MasterTimers {
+    fn compat(&self) -> shoal_compat::CompatConfig {
+        shoal_compat::CompatConfig {
+            heartbeat_interval: self.scheduler_heartbeat_interval,
+            allocation_interval: self.allocation_interval,
+            offer_timeout: self.offer_timeout,
+            offers_per_framework_max: self.offers_per_framework_max,
+            update_retry: self.status_update_retry,
+            ..Default::default()
+        }
+    }
+
     fn agent_timers(&self) -> shoal_master::agents::AgentTimers {
         shoal_master::agents::AgentTimers {
             heartbeat_interval: self.agent_heartbeat_interval,
@@ -207,8 +233,9 @@ async fn run_master(args: MasterArgs) -> anyhow::Result<()> {
     let store = shoal_master::open_store(&args.work_dir)?;
     let config = shoal_master::CommitConfig { log_retain_entries: args.log_retain };
     let core = shoal_master::MasterCore::start_with(store, config, args.timers.agent_timers())?;
+    let compat = shoal_compat::Compat::start(core.clone(), args.timers.compat());
     let listener = shoal_master::bind(args.listen, &args.work_dir).await?;
-    shoal_master::serve(listener, core.router(), shutdown_signal()).await
+    shoal_master::serve(listener, core.router().merge(compat.router()), shutdown_signal()).await
 }
 
 async fn docker_answers(socket: &str) -> bool {
@@ -237,9 +264,10 @@ async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
     let store = shoal_master::open_store(&master_dir)?;
     let timers = shoal_master::agents::AgentTimers { kill_grace: Duration::from_secs(2), ..Default::default() };
     let core = shoal_master::MasterCore::start_with(store, shoal_master::CommitConfig::default(), timers)?;
+    let compat = shoal_compat::Compat::start(core.clone(), shoal_compat::CompatConfig::default());
     let listener = shoal_master::bind(args.listen, &master_dir).await?;
     let addr = listener.local_addr()?;
-    let server = tokio::spawn(shoal_master::serve(listener, core.router(), shutdown_signal()));
+    let server = tokio::spawn(shoal_master::serve(listener, core.router().merge(compat.router()), shutdown_signal()));
 
     let docker = docker_answers("/var/run/docker.sock").await;
     let agent_args = AgentArgs {

@@ -1,2 +1,48 @@
-//! Reserved for the Mesos scheduler APIs (v1 HTTP, v0 libprocess) on top of the cell core.
-//! Not written yet: see the project's open issues. Nothing depends on this crate.
+//! The Apache Mesos v1 scheduler HTTP API on top of the shared cell.
+//!
+//! A framework written for Mesos subscribes at `POST /api/v1/scheduler`, receives **offers**
+//! carved out of the shared state, launches tasks, gets status updates and acknowledges them.
+//! Offers are **holds** in the cell (see `shoal_core::Hold`): committed through the master's one
+//! commit path, so a native claim cannot take held resources and a held resource is offered
+//! to one framework at a time. ACCEPT turns holds into task placements atomically.
+//!
+//! **Architecture Invariant:** this crate is the only one that speaks the Mesos scheduler wire
+//! formats (JSON and protobuf, RecordIO); the allocator ([`allocator`]) is sans-IO.
+
+pub mod allocator;
+mod scheduler;
+mod state;
+
+use std::time::Duration;
+
+pub use scheduler::Compat;
+
+/// Timers and bounds of the Mesos API; all flags, so tests run in seconds.
+#[derive(Clone, Debug)]
+pub struct CompatConfig {
+    /// HEARTBEAT events this often (Mesos: 15 s).
+    pub heartbeat_interval: Duration,
+    /// An allocation round this often (and whenever resources are freed).
+    pub allocation_interval: Duration,
+    /// Rescind offers held longer than this (`None`: never, as Mesos by default).
+    pub offer_timeout: Option<Duration>,
+    /// At most this many outstanding offers per framework (0: no cap).
+    pub offers_per_framework_max: usize,
+    /// Resend unacknowledged status updates this often.
+    pub update_retry: Duration,
+    /// Upper bound of a framework's `failover_timeout`.
+    pub failover_timeout_max: Duration,
+}
+
+impl Default for CompatConfig {
+    fn default() -> Self {
+        CompatConfig {
+            heartbeat_interval: Duration::from_secs(15),
+            allocation_interval: Duration::from_secs(1),
+            offer_timeout: None,
+            offers_per_framework_max: 64,
+            update_retry: Duration::from_secs(10),
+            failover_timeout_max: Duration::from_secs(7 * 24 * 3600),
+        }
+    }
+}

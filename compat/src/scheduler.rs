@@ -1,0 +1,829 @@
+//! `POST /api/v1/scheduler`: subscriptions, calls, events.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use prost::Message as _;
+use serde_json::{json, Value as Json};
+use shoal_core::{
+    AgentId, Claim, ClaimId, CommitMode, ConflictCheck, Event as CellEvent, OfferId, Placement, Rejection, Reply, TaskId, TaskSpec,
+    TaskState,
+};
+use shoal_master::{CommitError, MasterCore};
+use shoal_proto::mesos::v1::scheduler::{Call, Event};
+use tokio::sync::mpsc;
+
+use crate::allocator::{self, AllocatorConfig, Candidate};
+use crate::CompatConfig;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Encoding {
+    Json,
+    Protobuf,
+}
+
+impl Encoding {
+    fn content_type(self) -> &'static str {
+        match self {
+            Encoding::Json => "application/json",
+            Encoding::Protobuf => "application/x-protobuf",
+        }
+    }
+}
+
+struct Framework {
+    id: String,
+    info: Json,
+    role: String,
+    partition_aware: bool,
+    stream_id: String,
+    /// The open event stream; `None` while the framework is disconnected.
+    tx: Option<mpsc::Sender<Bytes>>,
+    encoding: Encoding,
+    disconnected_at: Option<Instant>,
+    failover_timeout: Duration,
+    filters: HashMap<AgentId, u64>,
+    suppressed: bool,
+    /// Status updates sent and not yet acknowledged: uuid (base64) → (task, status, last sent).
+    pending: BTreeMap<String, (TaskId, Json, Instant)>,
+}
+
+/// The Mesos scheduler API's state: subscribed frameworks and their offers.
+pub struct Compat {
+    core: MasterCore,
+    config: CompatConfig,
+    frameworks: Mutex<HashMap<String, Framework>>,
+    /// Outstanding offers we made, by id → framework.
+    offers: Mutex<HashMap<OfferId, String>>,
+    /// Offers we released ourselves (accept, decline, timeout): no RESCIND for those.
+    released_by_us: Mutex<HashSet<OfferId>>,
+    seq: AtomicU64,
+    wake: tokio::sync::Notify,
+    started_ms: u64,
+}
+
+fn now_ms() -> u64 {
+    shoal_master::wall_clock_ms()
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], message.into()).into_response()
+}
+
+fn b64(bytes: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+impl Compat {
+    /// Starts the allocator, the status forwarder and the timers. Needs a tokio runtime.
+    pub fn start(core: MasterCore, config: CompatConfig) -> Arc<Compat> {
+        let compat = Arc::new(Compat {
+            core,
+            config,
+            frameworks: Mutex::new(HashMap::new()),
+            offers: Mutex::new(HashMap::new()),
+            released_by_us: Mutex::new(HashSet::new()),
+            seq: AtomicU64::new(1),
+            wake: tokio::sync::Notify::new(),
+            started_ms: now_ms(),
+        });
+        tokio::spawn(allocation_loop(compat.clone()));
+        tokio::spawn(forward_loop(compat.clone()));
+        tokio::spawn(timers_loop(compat.clone()));
+        compat
+    }
+
+    pub fn router(self: &Arc<Compat>) -> Router {
+        Router::new()
+            .route("/api/v1/scheduler", axum::routing::post(scheduler))
+            .merge(crate::state::router(self.clone()))
+            .with_state(self.clone())
+    }
+
+    pub(crate) fn core(&self) -> &MasterCore {
+        &self.core
+    }
+
+    pub(crate) fn framework_summaries(&self) -> Vec<(String, Json, bool, String)> {
+        self.frameworks
+            .lock()
+            .expect("frameworks lock")
+            .values()
+            .map(|f| (f.id.clone(), f.info.clone(), f.tx.is_some(), f.role.clone()))
+            .collect()
+    }
+
+    fn next_id(&self, prefix: &str) -> String {
+        format!("{}-{prefix}{}", self.core.published.snapshot().cell_id(), self.seq.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// Encodes an event for a framework as one RecordIO record.
+    fn record(encoding: Encoding, event: &Json) -> Option<Bytes> {
+        let bytes = match encoding {
+            Encoding::Json => serde_json::to_vec(event).ok()?,
+            Encoding::Protobuf => match shoal_proto::json::from_json_value::<Event>(event.clone()) {
+                Ok(e) => e.encode_to_vec(),
+                Err(err) => {
+                    tracing::warn!(error = %err, "event cannot be encoded as protobuf");
+                    return None;
+                }
+            },
+        };
+        Some(shoal_proto::recordio::encode(&bytes))
+    }
+
+    fn send(&self, framework_id: &str, event: Json) -> bool {
+        let fws = self.frameworks.lock().expect("frameworks lock");
+        let Some(f) = fws.get(framework_id) else { return false };
+        let Some(tx) = &f.tx else { return false };
+        match Self::record(f.encoding, &event) {
+            Some(r) => tx.try_send(r).is_ok(),
+            None => false,
+        }
+    }
+
+    /// A status update for a framework: as Mesos writes it, with the state the framework
+    /// understands (TASK_LOST for the partition states if it is not partition-aware).
+    fn status_json(&self, f: &Framework, task_id: &TaskId, agent_id: &AgentId, state: TaskState, status: &shoal_core::StatusInfo, reason_override: Option<&str>, uuid: Option<&str>) -> Json {
+        let state = if f.partition_aware {
+            state
+        } else {
+            match state {
+                TaskState::Unreachable | TaskState::Gone | TaskState::GoneByOperator | TaskState::Dropped | TaskState::Unknown => TaskState::Lost,
+                s => s,
+            }
+        };
+        let mut s = json!({
+            "task_id": {"value": task_id.as_str()},
+            "agent_id": {"value": agent_id.as_str()},
+            "state": state.mesos_name(),
+            "source": status.source.clone().unwrap_or_else(|| "SOURCE_MASTER".into()),
+            "timestamp": (if status.timestamp > 0 { status.timestamp } else { now_ms() }) as f64 / 1000.0,
+        });
+        if let Some(m) = &status.message {
+            s["message"] = json!(m);
+        }
+        if let Some(r) = reason_override.map(str::to_string).or_else(|| status.reason.clone()) {
+            s["reason"] = json!(r);
+        }
+        if let Some(h) = status.healthy {
+            s["healthy"] = json!(h);
+        }
+        if let Some(u) = uuid {
+            s["uuid"] = json!(u);
+        }
+        s
+    }
+}
+
+fn parse_call(headers: &HeaderMap, body: &Bytes) -> Result<(Json, Encoding), Response> {
+    let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let encoding = if ct.starts_with("application/json") {
+        Encoding::Json
+    } else if ct.starts_with("application/x-protobuf") {
+        Encoding::Protobuf
+    } else {
+        return Err(error(StatusCode::UNSUPPORTED_MEDIA_TYPE, format!("Expecting 'Content-Type' of application/json or application/x-protobuf, got '{ct}'")));
+    };
+    let call: Call = match encoding {
+        Encoding::Json => shoal_proto::json::from_json_slice(body)
+            .map_err(|e| error(StatusCode::BAD_REQUEST, format!("Failed to parse body into Call: {e}")))?,
+        Encoding::Protobuf => Call::decode(body.as_ref())
+            .map_err(|e| error(StatusCode::BAD_REQUEST, format!("Failed to parse body into Call: {e}")))?,
+    };
+    Ok((shoal_proto::json::to_json_value(&call), encoding))
+}
+
+fn accepts(headers: &HeaderMap, fallback: Encoding) -> Option<Encoding> {
+    let Some(accept) = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()) else {
+        return Some(fallback);
+    };
+    let mut out = None;
+    for part in accept.split(',').map(|p| p.split(';').next().unwrap_or("").trim()) {
+        match part {
+            "application/json" => return Some(Encoding::Json),
+            "application/x-protobuf" => return Some(Encoding::Protobuf),
+            "*/*" | "application/*" => out = Some(fallback),
+            _ => {}
+        }
+    }
+    out
+}
+
+async fn scheduler(State(c): State<Arc<Compat>>, headers: HeaderMap, body: Bytes) -> Response {
+    let (call, encoding) = match parse_call(&headers, &body) {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let kind = call["type"].as_str().unwrap_or("UNKNOWN").to_string();
+    if kind == "SUBSCRIBE" {
+        if headers.contains_key("mesos-stream-id") {
+            return error(StatusCode::BAD_REQUEST, "Subscribe calls should not include the 'Mesos-Stream-Id' header");
+        }
+        let Some(enc) = accepts(&headers, encoding) else {
+            return error(StatusCode::NOT_ACCEPTABLE, "Expecting 'Accept' to allow application/json or application/x-protobuf");
+        };
+        return subscribe(c, call, enc);
+    }
+    let Some(fw_id) = call["framework_id"]["value"].as_str().map(str::to_string) else {
+        return error(StatusCode::BAD_REQUEST, "Expecting 'framework_id' to be present");
+    };
+    let stream = headers.get("mesos-stream-id").and_then(|v| v.to_str().ok()).map(str::to_string);
+    {
+        let fws = c.frameworks.lock().expect("frameworks lock");
+        match fws.get(&fw_id) {
+            Some(f) if f.tx.is_some() => match stream {
+                Some(s) if s == f.stream_id => {}
+                Some(_) => return error(StatusCode::BAD_REQUEST, "The stream ID included in this request didn't match the stream ID currently associated with framework"),
+                None => return error(StatusCode::BAD_REQUEST, "All non-subscribe calls should include the 'Mesos-Stream-Id' header"),
+            },
+            _ => return error(StatusCode::FORBIDDEN, "Framework is not subscribed"),
+        }
+    }
+    tracing::debug!(framework_id = %fw_id, call = %kind, "scheduler call");
+    match kind.as_str() {
+        "TEARDOWN" => return teardown(&c, &fw_id).await,
+        "ACCEPT" => return accept(&c, &fw_id, &call["accept"]).await,
+        "DECLINE" => {
+            let ids: Vec<OfferId> = offer_ids(&call["decline"]["offer_ids"]);
+            decline(&c, &fw_id, ids, &call["decline"]["filters"]).await;
+        }
+        "REVIVE" => {
+            if let Some(f) = c.frameworks.lock().expect("frameworks lock").get_mut(&fw_id) {
+                f.filters.clear();
+                f.suppressed = false;
+            }
+            c.wake.notify_one();
+        }
+        "SUPPRESS" => {
+            if let Some(f) = c.frameworks.lock().expect("frameworks lock").get_mut(&fw_id) {
+                f.suppressed = true;
+            }
+        }
+        "KILL" => {
+            if let Some(t) = call["kill"]["task_id"]["value"].as_str() {
+                let task_id = TaskId::new(t);
+                let owned = c.core.published.snapshot().task(&task_id).map(|t| t.owner == fw_id).unwrap_or(false);
+                if owned {
+                    let _ = c.core.committer.submit(shoal_core::Command::KillTask { task_id }).await;
+                } else {
+                    // Unknown task: Mesos answers with TASK_LOST (or TASK_UNKNOWN).
+                    reconcile_one(&c, &fw_id, &task_id, call["kill"]["agent_id"]["value"].as_str());
+                }
+            }
+        }
+        "ACKNOWLEDGE" => {
+            if let Some(u) = call["acknowledge"]["uuid"].as_str() {
+                if let Some(f) = c.frameworks.lock().expect("frameworks lock").get_mut(&fw_id) {
+                    f.pending.remove(u);
+                }
+            }
+        }
+        "RECONCILE" => reconcile(&c, &fw_id, &call["reconcile"]["tasks"]),
+        "UPDATE_FRAMEWORK" => {
+            if let Some(f) = c.frameworks.lock().expect("frameworks lock").get_mut(&fw_id) {
+                f.info = call["update_framework"]["framework_info"].clone();
+            }
+        }
+        // Accepted and ignored, as a master with nothing to do for them would.
+        "MESSAGE" | "REQUEST" | "SHUTDOWN" | "ACKNOWLEDGE_OPERATION_STATUS" | "RECONCILE_OPERATIONS" | "ACCEPT_INVERSE_OFFERS"
+        | "DECLINE_INVERSE_OFFERS" => {}
+        other => return error(StatusCode::BAD_REQUEST, format!("Unknown call type {other}")),
+    }
+    StatusCode::ACCEPTED.into_response()
+}
+
+fn offer_ids(v: &Json) -> Vec<OfferId> {
+    v.as_array().map(|a| a.iter().filter_map(|o| o["value"].as_str()).map(OfferId::new).collect()).unwrap_or_default()
+}
+
+fn subscribe(c: Arc<Compat>, call: Json, encoding: Encoding) -> Response {
+    let info = call["subscribe"]["framework_info"].clone();
+    if info.is_null() {
+        return error(StatusCode::BAD_REQUEST, "Expecting 'subscribe.framework_info' to be present");
+    }
+    let role = info["roles"].as_array().and_then(|r| r.first()).and_then(|r| r.as_str()).or_else(|| info["role"].as_str()).unwrap_or("*").to_string();
+    let partition_aware = info["capabilities"].as_array().map(|caps| caps.iter().any(|c| c["type"] == "PARTITION_AWARE")).unwrap_or(false);
+    let failover = Duration::from_secs_f64(info["failover_timeout"].as_f64().unwrap_or(0.0).max(0.0).min(c.config.failover_timeout_max.as_secs_f64()));
+    let id = info["id"]["value"].as_str().map(str::to_string).unwrap_or_else(|| c.next_id("F"));
+    let stream_id = uuid_string();
+    let (tx, rx) = mpsc::channel::<Bytes>(crate_limits::EVENT_BUFFER);
+    let mut info = info;
+    info["id"] = json!({"value": id});
+    let old_offers: Vec<OfferId>;
+    {
+        let mut fws = c.frameworks.lock().expect("frameworks lock");
+        let f = fws.entry(id.clone()).or_insert_with(|| Framework {
+            id: id.clone(),
+            info: info.clone(),
+            role: role.clone(),
+            partition_aware,
+            stream_id: String::new(),
+            tx: None,
+            encoding,
+            disconnected_at: None,
+            failover_timeout: failover,
+            filters: HashMap::new(),
+            suppressed: false,
+            pending: BTreeMap::new(),
+        });
+        // A re-subscription replaces the old stream (failover); its offers are rescinded
+        // and made anew, as Mesos does.
+        f.info = info;
+        f.role = role;
+        f.partition_aware = partition_aware;
+        f.failover_timeout = failover;
+        f.stream_id = stream_id.clone();
+        f.tx = Some(tx.clone());
+        f.encoding = encoding;
+        f.disconnected_at = None;
+        f.suppressed = call["subscribe"]["suppressed_roles"].as_array().map(|r| !r.is_empty()).unwrap_or(false);
+        let offers = c.offers.lock().expect("offers lock");
+        old_offers = offers.iter().filter(|(_, fw)| **fw == id).map(|(o, _)| o.clone()).collect();
+    }
+    tracing::info!(framework_id = %id, "framework subscribed");
+    let subscribed = json!({
+        "type": "SUBSCRIBED",
+        "subscribed": {
+            "framework_id": {"value": id},
+            "heartbeat_interval_seconds": c.config.heartbeat_interval.as_secs_f64(),
+            "master_info": master_info(&c),
+        }
+    });
+    if let Some(r) = Compat::record(encoding, &subscribed) {
+        let _ = tx.try_send(r);
+    }
+    if let Some(r) = Compat::record(encoding, &json!({"type": "HEARTBEAT"})) {
+        let _ = tx.try_send(r);
+    }
+    // Unacknowledged updates are sent again on the new stream.
+    let resend: Vec<Json> = {
+        let fws = c.frameworks.lock().expect("frameworks lock");
+        fws.get(&id).map(|f| f.pending.values().map(|(_, s, _)| json!({"type": "UPDATE", "update": {"status": s}})).collect()).unwrap_or_default()
+    };
+    for e in resend {
+        if let Some(r) = Compat::record(encoding, &e) {
+            let _ = tx.try_send(r);
+        }
+    }
+    let c2 = c.clone();
+    let id2 = id.clone();
+    let stream2 = stream_id.clone();
+    tokio::spawn(async move {
+        if !old_offers.is_empty() {
+            release(&c2, old_offers).await;
+        }
+        c2.wake.notify_one();
+        // Heartbeats until the stream closes; then the framework is disconnected.
+        let mut tick = tokio::time::interval(c2.config.heartbeat_interval);
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    if let Some(r) = Compat::record(encoding, &json!({"type": "HEARTBEAT"})) {
+                        if tx.send(r).await.is_err() { break; }
+                    }
+                }
+                _ = tx.closed() => break,
+            }
+        }
+        disconnected(&c2, &id2, &stream2).await;
+    });
+    let body = Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx).map(Ok::<Bytes, std::io::Error>));
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, encoding.content_type())
+        .header("Mesos-Stream-Id", stream_id)
+        .body(body)
+        .expect("a valid response")
+}
+
+use tokio_stream::StreamExt as _;
+
+mod crate_limits {
+    /// Events buffered per subscription before the framework counts as too slow.
+    pub const EVENT_BUFFER: usize = 4_096;
+}
+
+fn uuid_string() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+fn master_info(c: &Compat) -> Json {
+    let addr = c.core.published.snapshot().cell_id().to_string();
+    json!({"id": addr, "ip": 2130706433u32, "port": 5050, "hostname": "127.0.0.1", "version": env!("CARGO_PKG_VERSION")})
+}
+
+async fn disconnected(c: &Arc<Compat>, fw_id: &str, stream_id: &str) {
+    let offers: Vec<OfferId> = {
+        let mut fws = c.frameworks.lock().expect("frameworks lock");
+        let Some(f) = fws.get_mut(fw_id) else { return };
+        if f.stream_id != stream_id {
+            return; // a newer subscription took over
+        }
+        f.tx = None;
+        f.disconnected_at = Some(Instant::now());
+        c.offers.lock().expect("offers lock").iter().filter(|(_, fw)| *fw == fw_id).map(|(o, _)| o.clone()).collect()
+    };
+    tracing::info!(framework_id = %fw_id, "framework disconnected");
+    release(c, offers).await;
+}
+
+/// Releases offers we made (no RESCIND is sent for them).
+async fn release(c: &Arc<Compat>, offers: Vec<OfferId>) {
+    if offers.is_empty() {
+        return;
+    }
+    {
+        let mut mine = c.offers.lock().expect("offers lock");
+        let mut ours = c.released_by_us.lock().expect("released lock");
+        for o in &offers {
+            mine.remove(o);
+            ours.insert(o.clone());
+        }
+    }
+    let _ = c.core.committer.submit(shoal_core::Command::ReleaseHolds { offer_ids: offers }).await;
+    c.wake.notify_one();
+}
+
+async fn decline(c: &Arc<Compat>, fw_id: &str, ids: Vec<OfferId>, filters: &Json) {
+    // Mesos's default filter: 5 s.
+    let refuse = filters["refuse_seconds"].as_f64().unwrap_or(5.0).clamp(0.0, 365.0 * 86_400.0);
+    let until = now_ms() + (refuse * 1000.0) as u64;
+    let snap = c.core.published.snapshot();
+    let mine: Vec<OfferId> = {
+        let offers = c.offers.lock().expect("offers lock");
+        ids.into_iter().filter(|o| offers.get(o).map(|f| f == fw_id).unwrap_or(false)).collect()
+    };
+    if let Some(f) = c.frameworks.lock().expect("frameworks lock").get_mut(fw_id) {
+        for o in &mine {
+            if let Some(h) = snap.hold(o) {
+                f.filters.insert(h.agent_id.clone(), until);
+            }
+        }
+    }
+    release(c, mine).await;
+}
+
+async fn accept(c: &Arc<Compat>, fw_id: &str, accept: &Json) -> Response {
+    let ids = offer_ids(&accept["offer_ids"]);
+    let snap = c.core.published.snapshot();
+    let agent = ids.iter().find_map(|o| snap.hold(o)).map(|h| h.agent_id.clone());
+    let mut tasks: Vec<Json> = Vec::new();
+    for op in accept["operations"].as_array().cloned().unwrap_or_default() {
+        match op["type"].as_str().unwrap_or("") {
+            "LAUNCH" => tasks.extend(op["launch"]["task_infos"].as_array().cloned().unwrap_or_default()),
+            "LAUNCH_GROUP" => {
+                let group = op["launch_group"]["task_group"]["tasks"].as_array().cloned().unwrap_or_default();
+                let group_id = group.first().and_then(|t| t["task_id"]["value"].as_str()).unwrap_or("group").to_string();
+                for mut t in group {
+                    // The tasks of a group share a network namespace and die together.
+                    let mut labels = t["labels"]["labels"].as_array().cloned().unwrap_or_default();
+                    labels.push(json!({"key": "shoal.group", "value": group_id}));
+                    t["labels"] = json!({"labels": labels});
+                    tasks.push(t);
+                }
+            }
+            other => tracing::warn!(operation = other, "offer operation not supported; ignored"),
+        }
+    }
+    let role = c.frameworks.lock().expect("frameworks lock").get(fw_id).map(|f| f.role.clone()).unwrap_or_else(|| "*".into());
+    let mut placements = Vec::new();
+    let mut invalid: Vec<(String, String)> = Vec::new();
+    for mut t in tasks {
+        let task_id = t["task_id"]["value"].as_str().unwrap_or("").to_string();
+        if let Some(a) = &agent {
+            t["agent_id"] = json!({"value": a.as_str()});
+        }
+        match shoal_master::mesos_json::task_info_parts(&t) {
+            Ok(parts) => placements.push(Placement {
+                task_id: TaskId::new(&parts.task_id),
+                name: parts.name,
+                agent_id: parts.agent_id.map(AgentId::new).unwrap_or_else(|| AgentId::new("")),
+                resources: parts.resources,
+                spec: TaskSpec(t.to_string().into()),
+            }),
+            Err(e) => invalid.push((task_id, e)),
+        }
+    }
+    for (task_id, why) in &invalid {
+        task_error(c, fw_id, task_id, agent.as_ref(), TaskState::Error, "REASON_TASK_INVALID", why);
+    }
+    {
+        let mut mine = c.offers.lock().expect("offers lock");
+        let mut ours = c.released_by_us.lock().expect("released lock");
+        for o in &ids {
+            if mine.get(o).map(|f| f == fw_id).unwrap_or(false) {
+                mine.remove(o);
+                ours.insert(o.clone());
+            }
+        }
+    }
+    let claim = Claim {
+        id: ClaimId::new(c.next_id("A")),
+        role,
+        owner: fw_id.to_string(),
+        snapshot_version: snap.version(),
+        mode: CommitMode::Incremental,
+        check: ConflictCheck::Fine,
+        placements: placements.clone(),
+    };
+    let result = c.core.committer.submit(shoal_core::Command::AcceptHolds { framework_id: fw_id.to_string(), offer_ids: ids.clone(), claim }).await;
+    match result {
+        Ok(Reply::Claim { outcome }) => {
+            for p in outcome.placements.iter().filter(|p| !p.committed) {
+                let why = serde_json::to_value(&p.rejected).map(|v| v.to_string()).unwrap_or_default();
+                let (state, reason) = match &p.rejected {
+                    Some(shoal_core::RejectReason::DuplicateTaskId) | Some(shoal_core::RejectReason::ReservationMismatch { .. }) => (TaskState::Error, "REASON_TASK_INVALID"),
+                    _ => (TaskState::Error, "REASON_INVALID_OFFERS"),
+                };
+                task_error(c, fw_id, p.task_id.as_str(), agent.as_ref(), state, reason, &format!("task not launched: {why}"));
+            }
+        }
+        Ok(_) => {}
+        Err(e) => {
+            // Offers that are not outstanding (rescinded, used, another framework's): the
+            // tasks are dropped, as Mesos does for invalid offers.
+            let msg = e.to_string();
+            let state = match &e {
+                CommitError::Rejected(Rejection::NotFound(_)) | CommitError::Rejected(Rejection::Forbidden(_)) => TaskState::Dropped,
+                _ => TaskState::Error,
+            };
+            for p in &placements {
+                task_error(c, fw_id, p.task_id.as_str(), agent.as_ref(), state, "REASON_INVALID_OFFERS", &msg);
+            }
+        }
+    }
+    let refuse = &accept["filters"];
+    if !refuse.is_null() {
+        if let (Some(a), Some(secs)) = (&agent, refuse["refuse_seconds"].as_f64()) {
+            if let Some(f) = c.frameworks.lock().expect("frameworks lock").get_mut(fw_id) {
+                f.filters.insert(a.clone(), now_ms() + (secs.clamp(0.0, 1e7) * 1000.0) as u64);
+            }
+        }
+    }
+    c.wake.notify_one();
+    StatusCode::ACCEPTED.into_response()
+}
+
+/// A master-generated update (not retried: no uuid), as Mesos sends for invalid launches.
+fn task_error(c: &Compat, fw_id: &str, task_id: &str, agent: Option<&AgentId>, state: TaskState, reason: &str, message: &str) {
+    let status = shoal_core::StatusInfo { message: Some(message.to_string()), source: Some("SOURCE_MASTER".into()), ..Default::default() };
+    let json = {
+        let fws = c.frameworks.lock().expect("frameworks lock");
+        let Some(f) = fws.get(fw_id) else { return };
+        c.status_json(f, &TaskId::new(task_id), agent.unwrap_or(&AgentId::new("")), state, &status, Some(reason), None)
+    };
+    c.send(fw_id, json!({"type": "UPDATE", "update": {"status": json}}));
+}
+
+fn reconcile_one(c: &Compat, fw_id: &str, task_id: &TaskId, agent: Option<&str>) {
+    let snap = c.core.published.snapshot();
+    let json = {
+        let fws = c.frameworks.lock().expect("frameworks lock");
+        let Some(f) = fws.get(fw_id) else { return };
+        match snap.task(task_id).filter(|t| t.owner == fw_id) {
+            Some(t) => c.status_json(f, &t.id, &t.agent_id, t.state, &t.status, Some("REASON_RECONCILIATION"), None),
+            None => {
+                let agent = AgentId::new(agent.unwrap_or(""));
+                let state = if f.partition_aware {
+                    if snap.agent(&agent).is_some() { TaskState::Gone } else { TaskState::Unknown }
+                } else {
+                    TaskState::Lost
+                };
+                let status = shoal_core::StatusInfo { message: Some("Reconciliation: task is unknown".into()), source: Some("SOURCE_MASTER".into()), ..Default::default() };
+                let mut s = c.status_json(f, task_id, &agent, state, &status, Some("REASON_RECONCILIATION"), None);
+                s["state"] = json!(state.mesos_name());
+                s
+            }
+        }
+    };
+    c.send(fw_id, json!({"type": "UPDATE", "update": {"status": json}}));
+}
+
+fn reconcile(c: &Compat, fw_id: &str, tasks: &Json) {
+    let list = tasks.as_array().cloned().unwrap_or_default();
+    if list.is_empty() {
+        // Implicit: every non-terminal task of the framework.
+        let snap = c.core.published.snapshot();
+        let ids: Vec<TaskId> = snap.tasks().filter(|t| t.owner == fw_id && !t.state.is_terminal()).map(|t| t.id.clone()).collect();
+        for id in ids {
+            reconcile_one(c, fw_id, &id, None);
+        }
+    } else {
+        for t in list {
+            if let Some(id) = t["task_id"]["value"].as_str() {
+                reconcile_one(c, fw_id, &TaskId::new(id), t["agent_id"]["value"].as_str());
+            }
+        }
+    }
+}
+
+async fn teardown(c: &Arc<Compat>, fw_id: &str) -> Response {
+    remove_framework(c, fw_id).await;
+    StatusCode::ACCEPTED.into_response()
+}
+
+/// Kills a framework's tasks, releases its offers and forgets it.
+async fn remove_framework(c: &Arc<Compat>, fw_id: &str) {
+    let removed = c.frameworks.lock().expect("frameworks lock").remove(fw_id);
+    if removed.is_none() {
+        return;
+    }
+    tracing::info!(framework_id = %fw_id, "framework removed; killing its tasks");
+    let offers: Vec<OfferId> = c.offers.lock().expect("offers lock").iter().filter(|(_, f)| *f == fw_id).map(|(o, _)| o.clone()).collect();
+    release(c, offers).await;
+    let snap = c.core.published.snapshot();
+    for t in snap.tasks().filter(|t| t.owner == fw_id && !t.state.is_terminal()) {
+        let _ = c.core.committer.submit(shoal_core::Command::KillTask { task_id: t.id.clone() }).await;
+    }
+}
+
+/// Allocation rounds: on a timer and whenever resources may have been freed.
+async fn allocation_loop(c: Arc<Compat>) {
+    loop {
+        let _ = tokio::time::timeout(c.config.allocation_interval, c.wake.notified()).await;
+        let candidates: Vec<Candidate> = {
+            let fws = c.frameworks.lock().expect("frameworks lock");
+            let offers = c.offers.lock().expect("offers lock");
+            fws.values()
+                .filter(|f| f.tx.is_some() && !f.suppressed)
+                .map(|f| Candidate {
+                    framework_id: f.id.clone(),
+                    role: f.role.clone(),
+                    filtered_until: f.filters.clone(),
+                    outstanding: offers.values().filter(|o| **o == f.id).count(),
+                })
+                .collect()
+        };
+        if candidates.is_empty() {
+            continue;
+        }
+        let snap = c.core.published.snapshot();
+        let config = AllocatorConfig { offers_per_framework_max: c.config.offers_per_framework_max };
+        let holds = allocator::allocate(&snap, &candidates, config, now_ms(), || OfferId::new(c.next_id("O")));
+        if holds.is_empty() {
+            continue;
+        }
+        let by_id: HashMap<OfferId, shoal_core::Hold> = holds.iter().map(|h| (h.id.clone(), h.clone())).collect();
+        let placed = match c.core.committer.submit(shoal_core::Command::PlaceHolds { holds }).await {
+            Ok(Reply::Holds { placed, .. }) => placed,
+            _ => continue,
+        };
+        let mut per_fw: HashMap<String, Vec<Json>> = HashMap::new();
+        {
+            let mut offers = c.offers.lock().expect("offers lock");
+            for id in placed {
+                let h = &by_id[&id];
+                offers.insert(id.clone(), h.framework_id.clone());
+                let agent = snap.agent(&h.agent_id);
+                per_fw.entry(h.framework_id.clone()).or_default().push(json!({
+                    "id": {"value": id.as_str()},
+                    "framework_id": {"value": h.framework_id},
+                    "agent_id": {"value": h.agent_id.as_str()},
+                    "hostname": agent.map(|a| a.hostname.clone()).unwrap_or_default(),
+                    "resources": resources_with_roles(&h.resources, &h.role),
+                    "attributes": agent.map(|a| a.attributes.iter().map(|(k, v)| json!({"name": k, "type": "TEXT", "text": {"value": v}})).collect::<Vec<_>>()).unwrap_or_default(),
+                }));
+            }
+        }
+        for (fw, offers) in per_fw {
+            if !c.send(&fw, json!({"type": "OFFERS", "offers": {"offers": offers}})) {
+                let ids = offers.iter().filter_map(|o| o["id"]["value"].as_str()).map(OfferId::new).collect();
+                release(&c, ids).await;
+            }
+        }
+    }
+}
+
+/// Resources as Mesos writes them in offers: with `allocation_info` for the role.
+fn resources_with_roles(set: &shoal_core::ResourceSet, role: &str) -> Json {
+    let mut v = shoal_master::mesos_json::resources_to_json(set);
+    if let Some(arr) = v.as_array_mut() {
+        for r in arr {
+            r["allocation_info"] = json!({"role": role});
+            if r.get("reservations").is_none() {
+                r["role"] = json!("*");
+            }
+        }
+    }
+    v
+}
+
+/// Turns committed status changes of framework tasks into UPDATE events (with a uuid: retried
+/// until acknowledged), and holds released by the cell into RESCIND events.
+async fn forward_loop(c: Arc<Compat>) {
+    let mut rx = c.core.published.entries.subscribe();
+    loop {
+        let entry = match rx.recv().await {
+            Ok(e) => e,
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                tracing::warn!(missed = n, "status forwarder lagged; frameworks should reconcile");
+                continue;
+            }
+            Err(_) => return,
+        };
+        let snap = c.core.published.snapshot();
+        for ev in &entry.events {
+            match ev {
+                CellEvent::TaskStatusChanged { task_id, state, status } => {
+                    let Some(t) = snap.task(task_id) else { continue };
+                    let uuid = b64(uuid::Uuid::new_v4().as_bytes());
+                    let (fw, json) = {
+                        let mut fws = c.frameworks.lock().expect("frameworks lock");
+                        let Some(f) = fws.get_mut(&t.owner) else { continue };
+                        let s = c.status_json(f, task_id, &t.agent_id, *state, status, None, Some(&uuid));
+                        f.pending.insert(uuid.clone(), (task_id.clone(), s.clone(), Instant::now()));
+                        (f.id.clone(), s)
+                    };
+                    c.send(&fw, json!({"type": "UPDATE", "update": {"status": json}}));
+                    if state.is_terminal() {
+                        c.wake.notify_one();
+                    }
+                }
+                CellEvent::HoldsReleased { offer_ids, .. } => {
+                    for o in offer_ids {
+                        let ours = c.released_by_us.lock().expect("released lock").remove(o);
+                        if ours {
+                            continue;
+                        }
+                        if let Some(fw) = c.offers.lock().expect("offers lock").remove(o) {
+                            c.send(&fw, json!({"type": "RESCIND", "rescind": {"offer_id": {"value": o.as_str()}}}));
+                        }
+                    }
+                }
+                CellEvent::HoldsCleared { .. } => {
+                    let all: Vec<(OfferId, String)> = c.offers.lock().expect("offers lock").drain().collect();
+                    for (o, fw) in all {
+                        c.send(&fw, json!({"type": "RESCIND", "rescind": {"offer_id": {"value": o.as_str()}}}));
+                    }
+                }
+                CellEvent::AgentRegistered { .. } | CellEvent::AgentResourcesUpdated { .. } => c.wake.notify_one(),
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Offer timeouts, update retries, failover timeouts.
+async fn timers_loop(c: Arc<Compat>) {
+    let period = c.config.update_retry.min(Duration::from_millis(500)).max(Duration::from_millis(50));
+    loop {
+        tokio::time::sleep(period).await;
+        // Offers held too long are rescinded.
+        if let Some(timeout) = c.config.offer_timeout {
+            let snap = c.core.published.snapshot();
+            let now = now_ms();
+            let expired: Vec<(OfferId, String)> = c
+                .offers
+                .lock()
+                .expect("offers lock")
+                .iter()
+                .filter(|(o, _)| snap.hold(o).map(|h| now.saturating_sub(h.created_at) >= timeout.as_millis() as u64).unwrap_or(false))
+                .map(|(o, f)| (o.clone(), f.clone()))
+                .collect();
+            for (o, fw) in &expired {
+                c.send(fw, json!({"type": "RESCIND", "rescind": {"offer_id": {"value": o.as_str()}}}));
+            }
+            release(&c, expired.into_iter().map(|(o, _)| o).collect()).await;
+        }
+        // Unacknowledged updates are resent.
+        let resend: Vec<(String, Json)> = {
+            let mut fws = c.frameworks.lock().expect("frameworks lock");
+            let mut out = Vec::new();
+            for f in fws.values_mut().filter(|f| f.tx.is_some()) {
+                for (_, (_, s, last)) in f.pending.iter_mut() {
+                    if last.elapsed() >= c.config.update_retry {
+                        *last = Instant::now();
+                        out.push((f.id.clone(), s.clone()));
+                    }
+                }
+            }
+            out
+        };
+        for (fw, s) in resend {
+            c.send(&fw, json!({"type": "UPDATE", "update": {"status": s}}));
+        }
+        // Frameworks away longer than their failover timeout are removed, their tasks killed.
+        let expired: Vec<String> = c
+            .frameworks
+            .lock()
+            .expect("frameworks lock")
+            .values()
+            .filter(|f| f.disconnected_at.map(|d| d.elapsed() >= f.failover_timeout).unwrap_or(false))
+            .map(|f| f.id.clone())
+            .collect();
+        for fw in expired {
+            remove_framework(&c, &fw).await;
+        }
+        let _ = c.started_ms;
+    }
+}
