@@ -17,6 +17,10 @@ use std::time::Duration;
 
 pub use scheduler::Compat;
 
+/// The Mesos release whose scheduler API this master speaks, reported where Mesos reports its
+/// version (frameworks such as pymesos switch features on it).
+pub const MESOS_VERSION: &str = "1.11.0";
+
 /// Timers and bounds of the Mesos API; all flags, so tests run in seconds.
 #[derive(Clone, Debug)]
 pub struct CompatConfig {

@@ -43,6 +43,8 @@ struct Framework {
     info: Json,
     role: String,
     partition_aware: bool,
+    /// Declared TASK_KILLING_STATE: only such frameworks are sent TASK_KILLING.
+    killing_state: bool,
     stream_id: String,
     /// The open event stream; `None` while the framework is disconnected.
     tx: Option<mpsc::Sender<Bytes>>,
@@ -311,7 +313,9 @@ fn subscribe(c: Arc<Compat>, call: Json, encoding: Encoding) -> Response {
         return error(StatusCode::BAD_REQUEST, "Expecting 'subscribe.framework_info' to be present");
     }
     let role = info["roles"].as_array().and_then(|r| r.first()).and_then(|r| r.as_str()).or_else(|| info["role"].as_str()).unwrap_or("*").to_string();
-    let partition_aware = info["capabilities"].as_array().map(|caps| caps.iter().any(|c| c["type"] == "PARTITION_AWARE")).unwrap_or(false);
+    let has_cap = |cap: &str| info["capabilities"].as_array().map(|caps| caps.iter().any(|c| c["type"] == cap)).unwrap_or(false);
+    let partition_aware = has_cap("PARTITION_AWARE");
+    let killing_state = has_cap("TASK_KILLING_STATE");
     let failover = Duration::from_secs_f64(info["failover_timeout"].as_f64().unwrap_or(0.0).max(0.0).min(c.config.failover_timeout_max.as_secs_f64()));
     let id = info["id"]["value"].as_str().map(str::to_string).unwrap_or_else(|| c.next_id("F"));
     let stream_id = uuid_string();
@@ -326,6 +330,7 @@ fn subscribe(c: Arc<Compat>, call: Json, encoding: Encoding) -> Response {
             info: info.clone(),
             role: role.clone(),
             partition_aware,
+            killing_state,
             stream_id: String::new(),
             tx: None,
             encoding,
@@ -340,6 +345,7 @@ fn subscribe(c: Arc<Compat>, call: Json, encoding: Encoding) -> Response {
         f.info = info;
         f.role = role;
         f.partition_aware = partition_aware;
+        f.killing_state = killing_state;
         f.failover_timeout = failover;
         f.stream_id = stream_id.clone();
         f.tx = Some(tx.clone());
@@ -419,7 +425,7 @@ fn uuid_string() -> String {
 
 fn master_info(c: &Compat) -> Json {
     let addr = c.core.published.snapshot().cell_id().to_string();
-    json!({"id": addr, "ip": 2130706433u32, "port": 5050, "hostname": "127.0.0.1", "version": env!("CARGO_PKG_VERSION")})
+    json!({"id": addr, "ip": 2130706433u32, "port": 5050, "hostname": "127.0.0.1", "version": crate::MESOS_VERSION})
 }
 
 async fn disconnected(c: &Arc<Compat>, fw_id: &str, stream_id: &str) {
@@ -740,6 +746,9 @@ async fn forward_loop(c: Arc<Compat>) {
                     let (fw, json) = {
                         let mut fws = c.frameworks.lock().expect("frameworks lock");
                         let Some(f) = fws.get_mut(&t.owner) else { continue };
+                        if *state == TaskState::Killing && !f.killing_state {
+                            continue; // as Mesos: only for frameworks that declared TASK_KILLING_STATE
+                        }
                         let s = c.status_json(f, task_id, &t.agent_id, *state, status, None, Some(&uuid));
                         f.pending.insert(uuid.clone(), (task_id.clone(), s.clone(), Instant::now()));
                         (f.id.clone(), s)

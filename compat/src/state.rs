@@ -86,7 +86,8 @@ async fn state(State(c): State<Arc<Compat>>, headers: HeaderMap) -> Response {
     let slaves = slaves(&c);
     let activated = slaves.iter().filter(|s| s["active"] == true).count();
     AxJson(json!({
-        "version": env!("CARGO_PKG_VERSION"),
+        "version": crate::MESOS_VERSION,
+        "shoal_version": env!("CARGO_PKG_VERSION"),
         "id": snap.cell_id(),
         "pid": format!("master@{host}"),
         "hostname": host.split(':').next().unwrap_or("127.0.0.1"),

@@ -222,3 +222,117 @@ pub fn docker_enabled(test: &str) -> bool {
     }
     ok
 }
+
+// ---------------------------------------------------------------- Mesos framework tests
+
+impl MasterProc {
+    /// The master's log so far (for failure messages).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.work_dir.join("master.log")).unwrap_or_default()
+    }
+
+    /// `host:port` of the master (its address without `http://`), as Mesos clients take it.
+    pub fn host_port(&self) -> &str {
+        self.addr.trim_start_matches("http://")
+    }
+}
+
+/// The last `n` lines of `text` (for failure messages about long logs).
+pub fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    let skip = lines.len().saturating_sub(n);
+    let mut out = String::new();
+    if skip > 0 {
+        out.push_str(&format!("[... {skip} earlier lines]\n"));
+    }
+    for l in &lines[skip..] {
+        out.push_str(l);
+        out.push('\n');
+    }
+    out
+}
+
+/// The Python that has pymesos, for the framework tests: `$SHOAL_TEST_PYTHON` (set by
+/// `scripts/test`). When it is unset: `None` with a printed reason outside CI; a panic in CI
+/// (`CI=true`).
+pub fn test_python(test: &str) -> Option<PathBuf> {
+    match std::env::var("SHOAL_TEST_PYTHON") {
+        Ok(p) if !p.is_empty() => Some(PathBuf::from(p)),
+        _ => {
+            if std::env::var("CI").as_deref() == Ok("true") {
+                panic!("{test}: SHOAL_TEST_PYTHON is not set (scripts/test sets it to a venv with pymesos), and CI is \"true\"");
+            }
+            eprintln!("skipping {test}: SHOAL_TEST_PYTHON is not set (run scripts/test, or point it at a Python with pymesos 0.3.15)");
+            None
+        }
+    }
+}
+
+/// `tests/frameworks`: the pymesos test frameworks.
+pub fn frameworks_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("frameworks")
+}
+
+/// How a framework script ended.
+pub struct ScriptRun {
+    pub script: String,
+    /// `None`: killed at the timeout.
+    pub status: Option<std::process::ExitStatus>,
+    /// Its stdout and stderr, interleaved.
+    pub output: String,
+    pub elapsed: Duration,
+}
+
+impl ScriptRun {
+    pub fn success(&self) -> bool {
+        self.status.is_some_and(|s| s.success())
+    }
+
+    /// A one-line account of how it ended.
+    pub fn outcome(&self) -> String {
+        match self.status {
+            None => format!("{} killed after {:?} (timeout)", self.script, self.elapsed),
+            Some(s) => format!("{} exited with {s} after {:?}", self.script, self.elapsed),
+        }
+    }
+}
+
+/// Runs `python tests/frameworks/<script> <args...>` with a timeout (SIGKILL then); its output
+/// goes to `<log_dir>/<script>.<n>.log` and into the returned [`ScriptRun`].
+pub fn run_script(python: &Path, script: &str, args: &[&str], timeout: Duration, log_dir: &Path) -> ScriptRun {
+    std::fs::create_dir_all(log_dir).unwrap();
+    let mut n = 0;
+    let log_path = loop {
+        let p = log_dir.join(format!("{script}.{n}.log"));
+        if !p.exists() {
+            break p;
+        }
+        n += 1;
+    };
+    let log = std::fs::File::create(&log_path).unwrap();
+    let started = Instant::now();
+    let mut child = Command::new(python)
+        .arg(frameworks_dir().join(script))
+        .args(args)
+        .current_dir(frameworks_dir())
+        .env("PYTHONUNBUFFERED", "1")
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {} {script}: {e}", python.display()));
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break Some(s);
+        }
+        if started.elapsed() > timeout {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let output = std::fs::read_to_string(&log_path).unwrap_or_default();
+    ScriptRun { script: script.to_string(), status, output, elapsed: started.elapsed() }
+}
