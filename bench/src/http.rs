@@ -368,6 +368,8 @@ async fn run_b(bin: &Path, dir: &Path, scale: Arc<ScaleB>, extra: &[String], dl:
     let run = format!("b{}", std::process::id());
     let next_job = Arc::new(AtomicUsize::new(0));
     let placed = Arc::new(AtomicU64::new(0));
+    let master_cpu0 = master.pid().and_then(cpu_time);
+    let own_cpu0 = cpu_time(std::process::id());
     let started = Instant::now();
     let mut handles = Vec::new();
     for s in 0..scale.clients {
@@ -424,6 +426,8 @@ async fn run_b(bin: &Path, dir: &Path, scale: Arc<ScaleB>, extra: &[String], dl:
         }
         t.sample.extend(o.sample);
     }
+    let master_cpu = master.pid().and_then(cpu_time).zip(master_cpu0).map(|(b, a)| b.saturating_sub(a));
+    let own_cpu = cpu_time(std::process::id()).zip(own_cpu0).map(|(b, a)| b.saturating_sub(a));
     let s1 = stats(&http, &master.addr).await?;
     let rss = master.peak_rss_mib();
 
@@ -443,6 +447,14 @@ async fn run_b(bin: &Path, dir: &Path, scale: Arc<ScaleB>, extra: &[String], dl:
     }
     if t.stale_answers > 0 {
         figure("answers older than their own commit", int(t.stale_answers), "current_version < committed_version");
+    }
+    if let (Some(m), Some(o)) = (master_cpu, own_cpu) {
+        let w = elapsed.as_secs_f64();
+        figure(
+            "CPU used while placing",
+            format!("{:.1} + {:.1} s", m.as_secs_f64(), o.as_secs_f64()),
+            &format!("master + schedulers: {:.2} + {:.2} cores busy of the machine's", m.as_secs_f64() / w, o.as_secs_f64() / w),
+        );
     }
     if let Some(rss) = rss {
         figure("master peak RSS", format!("{rss:.0} MiB"), "");

@@ -222,8 +222,17 @@ fn committed_of(reply: &Reply) -> u64 {
     }
 }
 
-/// The sans-IO core alone: `Cell::commit` over the stream, no store, no threads.
-fn replay_core(n_agents: usize, stream: &[u32], claim_size: usize, agent: &ResourceSet, task: &ResourceSet) -> Result<(Duration, u64)> {
+/// The sans-IO core alone: `Cell::commit` over the stream, no store, no threads. With
+/// `snapshot_every = Some(k)`, a snapshot (`Cell::clone`) is taken after every `k` claims and
+/// held until the next, as the committer publishes one per group: the cost of copy-on-write.
+fn replay_core(
+    n_agents: usize,
+    stream: &[u32],
+    claim_size: usize,
+    agent: &ResourceSet,
+    task: &ResourceSet,
+    snapshot_every: Option<usize>,
+) -> Result<(Duration, u64)> {
     let mut cell = Cell::new(CellConfig { cell_id: Arc::from("bench-core") });
     let mut ids = Vec::with_capacity(n_agents);
     for i in 0..n_agents {
@@ -236,12 +245,19 @@ fn replay_core(n_agents: usize, stream: &[u32], claim_size: usize, agent: &Resou
     let commands = replay_claims("core", stream, &ids, claim_size, task, cell.version());
     let started = Instant::now();
     let mut committed = 0;
-    for c in &commands {
+    let mut held = None;
+    for (i, c) in commands.iter().enumerate() {
         let (_, reply) = cell.commit(2, c).map_err(|e| anyhow!("claim: {e}"))?;
         committed += committed_of(&reply);
+        if let Some(k) = snapshot_every {
+            if (i + 1) % k == 0 {
+                held = Some(cell.clone());
+            }
+        }
     }
     let elapsed = started.elapsed();
     std::hint::black_box(&cell);
+    drop(held);
     Ok((elapsed, committed))
 }
 
@@ -334,6 +350,7 @@ async fn run_a(dir: &Path, scale: &ScaleA, dl: Deadline) -> Result<()> {
     let c1 = counters(&core.published);
 
     let next = Arc::new(AtomicU64::new(0));
+    let cpu0 = (cpu_time(std::process::id()), thread_cpu_time("shoal-committer"));
     let started = Instant::now();
     let mut handles = Vec::new();
     for s in 0..scale.schedulers {
@@ -361,6 +378,7 @@ async fn run_a(dir: &Path, scale: &ScaleA, dl: Deadline) -> Result<()> {
         total.stream.extend(o.stream);
     }
     let elapsed = started.elapsed();
+    let cpu1 = (cpu_time(std::process::id()), thread_cpu_time("shoal-committer"));
     let c2 = counters(&core.published);
     let snap = core.published.snapshot();
     if snap.task_count() as u64 != scale.placements || total.committed != scale.placements {
@@ -383,14 +401,30 @@ async fn run_a(dir: &Path, scale: &ScaleA, dl: Deadline) -> Result<()> {
     let rejected = total.attempted - total.committed;
     figure("conflict fraction", pct(rejected as f64 / total.attempted.max(1) as f64), &format!("{} of {} placements rejected, retried", int(rejected), int(total.attempted)));
     print_reasons(&total.reasons);
+    if let (Some(p0), Some(p1), Some(c0), Some(c1)) = (cpu0.0, cpu1.0, cpu0.1, cpu1.1) {
+        let w = elapsed.as_secs_f64();
+        let (all, committer) = ((p1 - p0).as_secs_f64(), (c1 - c0).as_secs_f64());
+        figure(
+            "CPU used while placing",
+            format!("{all:.1} s"),
+            &format!("{:.2} cores busy; the committer thread {committer:.1} s = {:.0} % of the wall time", all / w, committer / w * 100.0),
+        );
+    }
 
     // Where the time goes: the same placement stream through less and less of the path.
     println!();
     println!("  where the time goes (the same {} placements, replayed; no deciding):", int(total.committed));
-    let (core_t, core_n) = replay_core(scale.agents, &total.stream, scale.claim, &agent, &task)?;
+    let (core_t, core_n) = replay_core(scale.agents, &total.stream, scale.claim, &agent, &task, None)?;
     let core_rate = per_s(core_n, core_t);
     figure("  sans-IO core: Cell::commit loop", rate(core_rate), &format!("{} (claims of {}, no store)", secs(core_t), scale.claim));
-    let mut replays = vec![("core", core_n)];
+    let per_group = ((c2.commands - c1.commands) as f64 / (c2.groups - c1.groups).max(1) as f64).round().max(1.0) as usize;
+    let (cow_t, cow_n) = replay_core(scale.agents, &total.stream, scale.claim, &agent, &task, Some(per_group))?;
+    figure(
+        &format!("  + a snapshot held every {per_group} claims"),
+        rate(per_s(cow_n, cow_t)),
+        &format!("{} (Cell::clone per group, as the committer publishes)", secs(cow_t)),
+    );
+    let mut replays = vec![("core", core_n), ("core + snapshots", cow_n)];
     for (label, path, mem) in [
         ("  bare committer + in-memory store", CommitPath::BareCommitter, true),
         ("  bare committer + redb + fsync", CommitPath::BareCommitter, false),

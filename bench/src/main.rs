@@ -122,7 +122,10 @@ fn run(args: Args) -> Result<bool> {
     let base = base.canonicalize()?;
     let (magic, fs) = disk::fs_type(&base)?;
     println!("shoal-bench: {} scale, {} build", if args.smoke { "smoke" } else { "full" }, if cfg!(debug_assertions) { "debug" } else { "release" });
-    param("machine", format!("{} cores", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)));
+    param(
+        "machine",
+        format!("{} cores; load average {} (other work on the machine skews every figure)", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0), loadavg()),
+    );
     param("work dir", base.display());
     param("filesystem", format!("{fs} (statfs f_type 0x{magic:x})"));
     disk::refuse_memory_fs(&base)?;
@@ -153,6 +156,11 @@ fn run(args: Args) -> Result<bool> {
     );
 
     let bin = if want("b") || want("d") { Some(shoal_bin(args.shoal_bin.as_deref())?) } else { None };
+    if let Some(b) = &bin {
+        let age = std::fs::metadata(b).and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok());
+        let age = age.map(|a| format!("built {} min ago", a.as_secs() / 60)).unwrap_or_default();
+        param("shoal binary (phases b, d)", format!("{} ({age})", b.display()));
+    }
     // The benchmark's agents are registered over HTTP and never connect: keep the master from
     // marking them unreachable (after 75 s by default) in the middle of a long run.
     let mut master_args = args.master_arg.clone();
@@ -189,6 +197,7 @@ fn run(args: Args) -> Result<bool> {
     }
     println!();
     param("total time", secs(started.elapsed()));
+    param("load average at the end", loadavg());
     if failed.is_empty() {
         println!("all phases ran");
         Ok(true)

@@ -52,9 +52,40 @@ fn dominant_shares(cell: &Cell) -> BTreeMap<String, f64> {
     out
 }
 
+/// A framework's place in the allocation queue: lowest share first, then fewest offers.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Key {
+    share: f64,
+    outstanding: usize,
+    index: usize,
+}
+
+impl Eq for Key {}
+
+impl Ord for Key {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        // Reversed: BinaryHeap is a max-heap and the lowest share goes first.
+        other
+            .share
+            .partial_cmp(&self.share)
+            .unwrap_or(std::cmp::Ordering::Equal)
+            .then(other.outstanding.cmp(&self.outstanding))
+            .then(other.index.cmp(&self.index))
+    }
+}
+
+impl PartialOrd for Key {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
 /// One allocation round: each active agent's unreserved free resources (plus what is
 /// reserved to the chosen framework's role) go, whole, to the eligible framework whose role
 /// has the lowest dominant share. `next_offer_id` names the holds.
+///
+/// Cost: O(agents × log frameworks) plus the frameworks skipped for filters — a heap keyed
+/// by share, with keys refreshed lazily when a role's share grew during the round.
 pub fn allocate(
     cell: &Cell,
     candidates: &[Candidate],
@@ -66,49 +97,119 @@ pub fn allocate(
         return Vec::new();
     }
     let mut shares = dominant_shares(cell);
+    let total_cpus: f64 = cell.agents().filter(|a| a.state != AgentState::Gone).map(|a| a.total.scalar("cpus").as_f64()).sum();
     let mut outstanding: Vec<usize> = candidates.iter().map(|c| c.outstanding).collect();
+    let share_of = |shares: &BTreeMap<String, f64>, role: &str| shares.get(role).copied().unwrap_or(0.0);
+    let capped = |n: usize| config.offers_per_framework_max > 0 && n >= config.offers_per_framework_max;
+    let mut queue: std::collections::BinaryHeap<Key> = candidates
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !capped(outstanding[*i]))
+        .map(|(i, c)| Key { share: share_of(&shares, &c.role), outstanding: outstanding[i], index: i })
+        .collect();
     let mut holds = Vec::new();
     let mut agents: Vec<_> = cell.agents().filter(|a| a.state == AgentState::Active).collect();
     agents.sort_by(|a, b| a.id.cmp(&b.id));
+    let mut skipped = Vec::new();
     for agent in agents {
+        if queue.is_empty() {
+            break;
+        }
         let free = agent.free();
         if free.scalar_totals().iter().all(|(_, m)| m.0 == 0) {
             continue;
         }
         // The eligible framework with the lowest share (ties: fewest outstanding offers).
-        let pick = candidates
-            .iter()
-            .enumerate()
-            .filter(|(i, c)| {
-                let capped = config.offers_per_framework_max > 0 && outstanding[*i] >= config.offers_per_framework_max;
-                let filtered = c.filtered_until.get(&agent.id).map(|t| *t > now).unwrap_or(false);
-                !capped && !filtered
-            })
-            .min_by(|(i, a), (j, b)| {
-                let sa = shares.get(&a.role).copied().unwrap_or(0.0);
-                let sb = shares.get(&b.role).copied().unwrap_or(0.0);
-                sa.partial_cmp(&sb).unwrap_or(std::cmp::Ordering::Equal).then(outstanding[*i].cmp(&outstanding[*j]))
-            });
-        let Some((i, c)) = pick else { continue };
+        let mut pick = None;
+        while let Some(key) = queue.pop() {
+            let c = &candidates[key.index];
+            let current = Key { share: share_of(&shares, &c.role), outstanding: outstanding[key.index], index: key.index };
+            if current != key {
+                queue.push(current); // its role's share moved this round: requeue
+                continue;
+            }
+            if c.filtered_until.get(&agent.id).map(|t| *t > now).unwrap_or(false) {
+                skipped.push(key);
+                continue;
+            }
+            pick = Some(key.index);
+            break;
+        }
+        queue.extend(skipped.drain(..));
+        let Some(i) = pick else { continue };
+        let c = &candidates[i];
         let offered = ResourceSet::from_resources(free.iter().filter(|r| r.role == UNRESERVED || r.role == c.role).cloned())
             .expect("a subset of a valid set");
-        if offered.is_empty() {
-            continue;
+        if !offered.is_empty() {
+            // Count the offer towards the role's share for the rest of this round.
+            if total_cpus > 0.0 {
+                *shares.entry(c.role.clone()).or_default() += offered.scalar("cpus").as_f64() / total_cpus;
+            }
+            outstanding[i] += 1;
+            holds.push(Hold {
+                id: next_offer_id(),
+                framework_id: c.framework_id.clone(),
+                role: c.role.clone(),
+                agent_id: agent.id.clone(),
+                resources: offered,
+                created_at: now,
+            });
         }
-        // Count the offer towards the role's share for the rest of this round.
-        let total_cpus: f64 = cell.agents().map(|a| a.total.scalar("cpus").as_f64()).sum();
-        if total_cpus > 0.0 {
-            *shares.entry(c.role.clone()).or_default() += offered.scalar("cpus").as_f64() / total_cpus;
+        if !capped(outstanding[i]) {
+            queue.push(Key { share: share_of(&shares, &c.role), outstanding: outstanding[i], index: i });
         }
-        outstanding[i] += 1;
-        holds.push(Hold {
-            id: next_offer_id(),
-            framework_id: c.framework_id.clone(),
-            role: c.role.clone(),
-            agent_id: agent.id.clone(),
-            resources: offered,
-            created_at: now,
-        });
     }
     holds
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shoal_core::{AgentRegistration, CellConfig, Command};
+
+    fn cell(agents: usize) -> Cell {
+        let mut cell = Cell::new(CellConfig { cell_id: "c".into() });
+        for i in 0..agents {
+            let reg = AgentRegistration {
+                agent_id: None,
+                hostname: format!("h{i}"),
+                port: 0,
+                attributes: Default::default(),
+                domain: None,
+                resources: ResourceSet::parse("cpus:4;mem:4096").unwrap(),
+            };
+            cell.commit(1, &Command::RegisterAgent(reg)).unwrap();
+        }
+        cell
+    }
+
+    fn cand(id: &str, role: &str) -> Candidate {
+        Candidate { framework_id: id.into(), role: role.into(), filtered_until: HashMap::new(), outstanding: 0 }
+    }
+
+    #[test]
+    fn spreads_agents_fairly_respects_caps_and_filters() {
+        let cell = cell(6);
+        let mut n = 0;
+        let mut next = || {
+            n += 1;
+            OfferId::new(format!("o{n}"))
+        };
+        let holds = allocate(&cell, &[cand("a", "r1"), cand("b", "r2")], AllocatorConfig { offers_per_framework_max: 0 }, 5, &mut next);
+        assert_eq!(holds.len(), 6);
+        let a = holds.iter().filter(|h| h.framework_id == "a").count();
+        assert_eq!(a, 3, "DRF alternates between equal roles");
+
+        let holds = allocate(&cell, &[cand("a", "r1"), cand("b", "r2")], AllocatorConfig { offers_per_framework_max: 1 }, 5, &mut next);
+        assert_eq!(holds.len(), 2, "one offer each under a cap of 1");
+
+        let mut filtered = cand("a", "r1");
+        for ag in cell.agents() {
+            filtered.filtered_until.insert(ag.id.clone(), 10);
+        }
+        let holds = allocate(&cell, &[filtered.clone()], AllocatorConfig { offers_per_framework_max: 0 }, 5, &mut next);
+        assert!(holds.is_empty(), "declined agents are not offered again before the filter ends");
+        let holds = allocate(&cell, &[filtered], AllocatorConfig { offers_per_framework_max: 0 }, 10, &mut next);
+        assert_eq!(holds.len(), 6);
+    }
 }

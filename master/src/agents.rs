@@ -194,13 +194,22 @@ async fn liveness(hub: Arc<AgentHub>) {
                 tracing::warn!(error = %e, "could not change agent state");
             }
         }
-        // Look again at the next deadline, when the cell changes (a new agent), or when an
-        // agent connects or disconnects.
+        // Look again at the next deadline, when an agent registers or changes state, or when
+        // an agent connects or disconnects — not on every commit (claims and status updates
+        // change nothing here, and a tick walks every agent).
         let wait = next.map(|at| Duration::from_millis(at.saturating_sub(wall_clock_ms()).max(1))).unwrap_or(Duration::from_secs(60));
-        tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
-            _ = changed.recv() => {}
-            _ = hub.liveness_changed.notified() => {}
+        let until = tokio::time::Instant::now() + wait;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(until) => break,
+                _ = hub.liveness_changed.notified() => break,
+                entry = changed.recv() => match entry {
+                    Ok(e) if e.events.iter().any(|ev| matches!(ev, Event::AgentRegistered { .. } | Event::AgentStateChanged { .. })) => break,
+                    Ok(_) => continue,
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => break,
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                },
+            }
         }
     }
 }
