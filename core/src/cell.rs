@@ -121,6 +121,8 @@ pub struct Cell {
     roles: OrdMap<String, Role>,
     claims: PMap<ClaimId, ClaimOutcome>,
     holds: PMap<OfferId, Hold>,
+    /// Index: the non-terminal tasks of each agent (so agent-wide changes do not scan the cell).
+    live_tasks_by_agent: PMap<AgentId, imbl::HashSet<TaskId>>,
     /// Sum of scalar totals and allocations over agents that are not gone, for quota headroom.
     cluster_total: OrdMap<String, i64>,
     cluster_allocated: OrdMap<String, i64>,
@@ -136,6 +138,7 @@ impl Cell {
             roles: OrdMap::new(),
             claims: PMap::new(),
             holds: PMap::new(),
+            live_tasks_by_agent: PMap::new(),
             cluster_total: OrdMap::new(),
             cluster_allocated: OrdMap::new(),
         }
@@ -162,6 +165,7 @@ impl Cell {
         }
         for t in tasks {
             if !t.state.is_terminal() {
+                cell.live_tasks_by_agent.entry(t.agent_id.clone()).or_default().insert(t.id.clone());
                 if let Some(a) = cell.agents.get_mut(&t.agent_id) {
                     a.allocated.add(&t.resources).expect("stored resources are well typed");
                 }
@@ -205,6 +209,10 @@ impl Cell {
     }
     pub fn task_count(&self) -> usize {
         self.tasks.len()
+    }
+    /// The non-terminal tasks of one agent.
+    pub fn live_tasks_on<'a>(&'a self, agent: &AgentId) -> impl Iterator<Item = &'a Task> + 'a {
+        self.live_tasks_by_agent.get(agent).into_iter().flat_map(|ids| ids.iter()).filter_map(|id| self.tasks.get(id))
     }
     pub fn role(&self, name: &str) -> Option<&Role> {
         self.roles.get(name)
@@ -403,7 +411,7 @@ impl Cell {
         // A returning agent's tasks that were marked unreachable come back as running: the
         // agent's own status updates correct this when it knows better.
         if existing.map(|a| a.state == AgentState::Unreachable).unwrap_or(false) {
-            for t in self.tasks.values().filter(|t| t.agent_id == id && t.state == TaskState::Unreachable) {
+            for t in self.live_tasks_on(&id).filter(|t| t.state == TaskState::Unreachable) {
                 events.push(Event::TaskStatusChanged {
                     task_id: t.id.clone(),
                     state: TaskState::Running,
@@ -436,7 +444,9 @@ impl Cell {
             AgentState::Gone => (TaskState::Gone, "REASON_AGENT_REMOVED"),
         };
         let mut events = Vec::new();
-        for t in self.tasks.values().filter(|t| t.agent_id == *agent_id && t.state.can_become(task_state)) {
+        let mut live: Vec<&Task> = self.live_tasks_on(agent_id).filter(|t| t.state.can_become(task_state)).collect();
+        live.sort_by(|a, b| a.id.cmp(&b.id));
+        for t in live {
             if t.state == task_state {
                 continue;
             }
@@ -819,6 +829,7 @@ impl Cell {
                     for (name, m) in t.resources.scalar_totals() {
                         *self.cluster_allocated.entry(name).or_default() += m.0;
                     }
+                    self.live_tasks_by_agent.entry(t.agent_id.clone()).or_default().insert(t.id.clone());
                     let previous = self.tasks.insert(t.id.clone(), t);
                     assert!(previous.is_none(), "duplicate task id committed");
                 }
@@ -833,6 +844,9 @@ impl Cell {
                 if !was_terminal && state.is_terminal() {
                     // The one place resources are freed: on the first terminal state only.
                     let (agent_id, role, res) = (task.agent_id.clone(), task.role.clone(), task.resources.clone());
+                    if let Some(ids) = self.live_tasks_by_agent.get_mut(&agent_id) {
+                        ids.remove(task_id);
+                    }
                     let gone = match self.agents.get_mut(&agent_id) {
                         Some(a) => {
                             a.allocated.subtract(&res).expect("a live task's resources are allocated");

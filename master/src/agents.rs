@@ -168,7 +168,7 @@ async fn dispatch(hub: Arc<AgentHub>) {
                 let agents: Vec<AgentId> = hub.connections.lock().expect("hub lock").keys().cloned().collect();
                 let snap = hub.published.snapshot();
                 for a in agents {
-                    let tasks: Vec<Task> = snap.tasks().filter(|t| t.agent_id == a && t.state == TaskState::Staging).cloned().collect();
+                    let tasks: Vec<Task> = snap.live_tasks_on(&a).filter(|t| t.state == TaskState::Staging).cloned().collect();
                     if !tasks.is_empty() {
                         hub.send(&a, MasterMessage::Launch { tasks });
                     }
@@ -353,7 +353,7 @@ async fn reconcile(hub: &Arc<AgentHub>, agent_id: &AgentId, known: &[TaskId], tx
     let known: HashSet<&TaskId> = known.iter().collect();
     let mut launch = Vec::new();
     let mut lost = Vec::new();
-    for t in snap.tasks().filter(|t| t.agent_id == *agent_id && !t.state.is_terminal()) {
+    for t in snap.live_tasks_on(agent_id) {
         match t.state {
             TaskState::Staging if !known.contains(&t.id) => launch.push(t.clone()),
             TaskState::Killing => {
