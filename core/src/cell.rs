@@ -116,10 +116,12 @@ pub struct CellConfig {
 pub struct Cell {
     cell_id: Arc<str>,
     version: Version,
-    agents: PMap<AgentId, Agent>,
-    tasks: PMap<TaskId, Task>,
+    // Records sit behind `Arc`s: after a snapshot is published, the first write to a map node
+    // copies the node, and copying pointers is far cheaper than deep-copying the records.
+    agents: PMap<AgentId, Arc<Agent>>,
+    tasks: PMap<TaskId, Arc<Task>>,
     roles: OrdMap<String, Role>,
-    claims: PMap<ClaimId, ClaimOutcome>,
+    claims: PMap<ClaimId, Arc<ClaimOutcome>>,
     holds: PMap<OfferId, Hold>,
     /// Index: the non-terminal tasks of each agent (so agent-wide changes do not scan the cell).
     live_tasks_by_agent: PMap<AgentId, imbl::HashSet<TaskId>>,
@@ -157,7 +159,7 @@ impl Cell {
         cell.version = version;
         for mut a in agents {
             a.allocated = ResourceSet::new();
-            cell.agents.insert(a.id.clone(), a);
+            cell.agents.insert(a.id.clone(), Arc::new(a));
         }
         for mut r in roles {
             r.consumed = ResourceSet::new();
@@ -167,17 +169,17 @@ impl Cell {
             if !t.state.is_terminal() {
                 cell.live_tasks_by_agent.entry(t.agent_id.clone()).or_default().insert(t.id.clone());
                 if let Some(a) = cell.agents.get_mut(&t.agent_id) {
-                    a.allocated.add(&t.resources).expect("stored resources are well typed");
+                    Arc::make_mut(a).allocated.add(&t.resources).expect("stored resources are well typed");
                 }
                 let role = cell.roles.entry(t.role.clone()).or_insert_with(|| Role::new(&t.role));
                 role.consumed.add(&t.resources.scalars_only()).expect("stored resources are well typed");
             }
-            cell.tasks.insert(t.id.clone(), t);
+            cell.tasks.insert(t.id.clone(), Arc::new(t));
         }
         for c in claims {
-            cell.claims.insert(c.claim_id.clone(), c);
+            cell.claims.insert(c.claim_id.clone(), Arc::new(c));
         }
-        let agents: Vec<Agent> = cell.agents.values().cloned().collect();
+        let agents: Vec<Arc<Agent>> = cell.agents.values().cloned().collect();
         for a in &agents {
             if a.state != AgentState::Gone {
                 cell.add_cluster(&a.total, &a.allocated, 1);
@@ -193,26 +195,26 @@ impl Cell {
         self.version
     }
     pub fn agent(&self, id: &AgentId) -> Option<&Agent> {
-        self.agents.get(id)
+        self.agents.get(id).map(|a| a.as_ref())
     }
     pub fn agents(&self) -> impl Iterator<Item = &Agent> {
-        self.agents.values()
+        self.agents.values().map(|a| a.as_ref())
     }
     pub fn agent_count(&self) -> usize {
         self.agents.len()
     }
     pub fn task(&self, id: &TaskId) -> Option<&Task> {
-        self.tasks.get(id)
+        self.tasks.get(id).map(|t| t.as_ref())
     }
     pub fn tasks(&self) -> impl Iterator<Item = &Task> {
-        self.tasks.values()
+        self.tasks.values().map(|t| t.as_ref())
     }
     pub fn task_count(&self) -> usize {
         self.tasks.len()
     }
     /// The non-terminal tasks of one agent.
     pub fn live_tasks_on<'a>(&'a self, agent: &AgentId) -> impl Iterator<Item = &'a Task> + 'a {
-        self.live_tasks_by_agent.get(agent).into_iter().flat_map(|ids| ids.iter()).filter_map(|id| self.tasks.get(id))
+        self.live_tasks_by_agent.get(agent).into_iter().flat_map(|ids| ids.iter()).filter_map(|id| self.tasks.get(id).map(|t| t.as_ref()))
     }
     pub fn role(&self, name: &str) -> Option<&Role> {
         self.roles.get(name)
@@ -221,10 +223,10 @@ impl Cell {
         self.roles.values()
     }
     pub fn claim(&self, id: &ClaimId) -> Option<&ClaimOutcome> {
-        self.claims.get(id)
+        self.claims.get(id).map(|c| c.as_ref())
     }
     pub fn claims(&self) -> impl Iterator<Item = &ClaimOutcome> {
-        self.claims.values()
+        self.claims.values().map(|c| c.as_ref())
     }
     pub fn hold(&self, id: &OfferId) -> Option<&Hold> {
         self.holds.get(id)
@@ -600,7 +602,7 @@ impl Cell {
     fn decide_claim(&self, next: Version, claim: &Claim) -> Result<Decision, Rejection> {
         if let Some(outcome) = self.claims.get(&claim.id) {
             // Idempotent resubmission: the original outcome, nothing new.
-            return Ok(Decision { events: vec![], reply: Reply::Claim { outcome: outcome.clone() } });
+            return Ok(Decision { events: vec![], reply: Reply::Claim { outcome: outcome.as_ref().clone() } });
         }
         self.validate_claim(claim)?;
 
@@ -787,6 +789,7 @@ impl Cell {
                 let mut agent = agent.clone();
                 agent.version = v;
                 if let Some(old) = self.agents.get(&agent.id).cloned() {
+                    let old = old.as_ref();
                     agent.allocated = old.allocated.clone();
                     if old.state != AgentState::Gone {
                         self.add_cluster(&old.total, &old.allocated, -1);
@@ -796,13 +799,13 @@ impl Cell {
                 }
                 assert!(agent.total.contains(&agent.allocated), "agent {} over-committed", agent.id);
                 self.add_cluster(&agent.total, &agent.allocated, 1);
-                self.agents.insert(agent.id.clone(), agent);
+                self.agents.insert(agent.id.clone(), Arc::new(agent));
             }
             Event::AgentResourcesUpdated { agent_id, total } => {
                 let old = self.agents.get(agent_id).expect("decided on a known agent").clone();
                 self.add_cluster(&old.total, &ResourceSet::new(), -1);
                 self.add_cluster(total, &ResourceSet::new(), 1);
-                let a = self.agents.get_mut(agent_id).expect("known agent");
+                let a = Arc::make_mut(self.agents.get_mut(agent_id).expect("known agent"));
                 a.total = total.clone();
                 a.version = v;
                 assert!(a.total.contains(&a.allocated), "agent {agent_id} over-committed");
@@ -812,7 +815,7 @@ impl Cell {
                 if *state == AgentState::Gone && a.state != AgentState::Gone {
                     self.add_cluster(&a.total, &a.allocated, -1);
                 }
-                let a = self.agents.get_mut(agent_id).expect("known agent");
+                let a = Arc::make_mut(self.agents.get_mut(agent_id).expect("known agent"));
                 a.state = *state;
                 a.version = v;
             }
@@ -820,7 +823,7 @@ impl Cell {
                 for t in tasks {
                     let mut t = t.clone();
                     t.version = v;
-                    let a = self.agents.get_mut(&t.agent_id).expect("decided on a known agent");
+                    let a = Arc::make_mut(self.agents.get_mut(&t.agent_id).expect("decided on a known agent"));
                     a.allocated.add(&t.resources).expect("typed at validation");
                     a.version = v;
                     assert!(a.total.contains(&a.allocated), "agent {} over-committed by claim {}", a.id, outcome.claim_id);
@@ -830,13 +833,13 @@ impl Cell {
                         *self.cluster_allocated.entry(name).or_default() += m.0;
                     }
                     self.live_tasks_by_agent.entry(t.agent_id.clone()).or_default().insert(t.id.clone());
-                    let previous = self.tasks.insert(t.id.clone(), t);
+                    let previous = self.tasks.insert(t.id.clone(), Arc::new(t));
                     assert!(previous.is_none(), "duplicate task id committed");
                 }
-                self.claims.insert(outcome.claim_id.clone(), outcome.clone());
+                self.claims.insert(outcome.claim_id.clone(), Arc::new(outcome.clone()));
             }
             Event::TaskStatusChanged { task_id, state, status } => {
-                let task = self.tasks.get_mut(task_id).expect("decided on a known task");
+                let task = Arc::make_mut(self.tasks.get_mut(task_id).expect("decided on a known task"));
                 let was_terminal = task.state.is_terminal();
                 task.state = *state;
                 task.status = status.clone();
@@ -847,7 +850,7 @@ impl Cell {
                     if let Some(ids) = self.live_tasks_by_agent.get_mut(&agent_id) {
                         ids.remove(task_id);
                     }
-                    let gone = match self.agents.get_mut(&agent_id) {
+                    let gone = match self.agents.get_mut(&agent_id).map(Arc::make_mut) {
                         Some(a) => {
                             a.allocated.subtract(&res).expect("a live task's resources are allocated");
                             a.version = v;
@@ -872,7 +875,7 @@ impl Cell {
             }
             Event::HoldsPlaced { holds } => {
                 for h in holds {
-                    let a = self.agents.get_mut(&h.agent_id).expect("decided on a known agent");
+                    let a = Arc::make_mut(self.agents.get_mut(&h.agent_id).expect("decided on a known agent"));
                     a.allocated.add(&h.resources).expect("decided to fit");
                     a.version = v;
                     assert!(a.total.contains(&a.allocated), "agent {} over-committed by offer {}", a.id, h.id);
@@ -908,7 +911,7 @@ impl Cell {
     }
 
     fn release_hold(&mut self, v: Version, h: &Hold) {
-        let gone = match self.agents.get_mut(&h.agent_id) {
+        let gone = match self.agents.get_mut(&h.agent_id).map(Arc::make_mut) {
             Some(a) => {
                 a.allocated.subtract(&h.resources).expect("a hold's resources are allocated");
                 a.version = v;
