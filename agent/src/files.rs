@@ -8,9 +8,13 @@ use serde_json::{json, Value as Json};
 /// Largest read answered at once, in bytes.
 const READ_BYTES_MAX: u64 = 1 << 20;
 
+/// A task's sandbox directory name: its id with anything but `[A-Za-z0-9._-]` replaced.
+pub fn sandbox_name(task_id: &str) -> String {
+    task_id.chars().map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '_' }).collect()
+}
+
 fn sandbox_of(sandboxes: &Path, task_id: &str) -> std::path::PathBuf {
-    let name: String = task_id.chars().map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '_' }).collect();
-    sandboxes.join(name)
+    sandboxes.join(sandbox_name(task_id))
 }
 
 /// Answers `browse` (a listing, as Mesos's `/files/browse`) or `read` (`{"data", "offset"}`,

@@ -315,7 +315,7 @@ fn gc_sandboxes(sandboxes: &std::path::Path, live: &std::collections::HashSet<St
 }
 
 fn sandbox_name(task_id: &TaskId) -> String {
-    task_id.as_str().chars().map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '_' }).collect()
+    crate::files::sandbox_name(task_id.as_str())
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value as Json};
 use shoal_core::{
     Agent, AgentId, AgentRegistration, Cell, CellConfig, ClaimOutcome, CommitMode, ConflictCheck, LogEntry, ResourceSet,
-    Role, StatusInfo, Task, TaskState, Value, Version,
+    Role, StatusInfo, Task, TaskState, Version,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -102,22 +102,7 @@ pub fn command_task(task_id: &str, name: &str, resources: &ResourceSet, shell: &
 
 /// Writes resources as Mesos `Resource` messages (JSON).
 pub fn resources_json(set: &ResourceSet) -> Json {
-    Json::Array(
-        set.iter()
-            .map(|r| {
-                let mut o = match &r.value {
-                    Value::Scalar(m) => json!({"name": r.name, "type": "SCALAR", "scalar": {"value": m.as_f64()}}),
-                    Value::Ranges(rs) => json!({"name": r.name, "type": "RANGES", "ranges": {"range":
-                        rs.as_slice().iter().map(|(b, e)| json!({"begin": b, "end": e})).collect::<Vec<_>>()}}),
-                    Value::Set(s) => json!({"name": r.name, "type": "SET", "set": {"item": s}}),
-                };
-                if r.role != shoal_core::UNRESERVED {
-                    o["reservations"] = json!([{"type": "DYNAMIC", "role": r.role}]);
-                }
-                o
-            })
-            .collect(),
-    )
+    set.to_mesos_json()
 }
 
 #[derive(Clone)]

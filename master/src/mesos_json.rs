@@ -2,8 +2,10 @@
 //! and writing resources the way Mesos writes them.
 
 use serde::Deserialize;
-use serde_json::{json, Value as Json};
+use serde_json::Value as Json;
 use shoal_core::{Milli, Ranges, Resource, ResourceSet, Value, UNRESERVED};
+#[cfg(test)]
+use serde_json::json;
 
 #[derive(Deserialize)]
 struct IdJson {
@@ -131,22 +133,7 @@ pub fn task_info_parts(task_info: &Json) -> Result<TaskInfoParts, String> {
 
 /// Writes a [`ResourceSet`] as Mesos `Resource` messages (JSON).
 pub fn resources_to_json(set: &ResourceSet) -> Json {
-    Json::Array(
-        set.iter()
-            .map(|r| {
-                let mut o = match &r.value {
-                    Value::Scalar(m) => json!({"name": r.name, "type": "SCALAR", "scalar": {"value": m.as_f64()}}),
-                    Value::Ranges(rs) => json!({"name": r.name, "type": "RANGES", "ranges": {"range":
-                        rs.as_slice().iter().map(|(b, e)| json!({"begin": b, "end": e})).collect::<Vec<_>>()}}),
-                    Value::Set(s) => json!({"name": r.name, "type": "SET", "set": {"item": s}}),
-                };
-                if r.role != UNRESERVED {
-                    o["reservations"] = json!([{"type": "DYNAMIC", "role": r.role}]);
-                }
-                o
-            })
-            .collect(),
-    )
+    set.to_mesos_json()
 }
 
 #[cfg(test)]
