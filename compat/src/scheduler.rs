@@ -414,6 +414,9 @@ fn subscribe(c: Arc<Compat>, call: Json, encoding: Encoding) -> Response {
 
 use tokio_stream::StreamExt as _;
 
+/// Mesos's `Filters.refuse_seconds` default, for DECLINE and for what an ACCEPT leaves unused.
+const DEFAULT_REFUSE_SECONDS: f64 = 5.0;
+
 mod crate_limits {
     /// Events buffered per subscription before the framework counts as too slow.
     pub const EVENT_BUFFER: usize = 4_096;
@@ -461,8 +464,7 @@ async fn release(c: &Arc<Compat>, offers: Vec<OfferId>) {
 }
 
 async fn decline(c: &Arc<Compat>, fw_id: &str, ids: Vec<OfferId>, filters: &Json) {
-    // Mesos's default filter: 5 s.
-    let refuse = filters["refuse_seconds"].as_f64().unwrap_or(5.0).clamp(0.0, 365.0 * 86_400.0);
+    let refuse = filters["refuse_seconds"].as_f64().unwrap_or(DEFAULT_REFUSE_SECONDS).clamp(0.0, 365.0 * 86_400.0);
     let until = now_ms() + (refuse * 1000.0) as u64;
     let snap = c.core.published.snapshot();
     let mine: Vec<OfferId> = {
@@ -568,12 +570,11 @@ async fn accept(c: &Arc<Compat>, fw_id: &str, accept: &Json) -> Response {
             }
         }
     }
-    let refuse = &accept["filters"];
-    if !refuse.is_null() {
-        if let (Some(a), Some(secs)) = (&agent, refuse["refuse_seconds"].as_f64()) {
-            if let Some(f) = c.frameworks.lock().expect("frameworks lock").get_mut(fw_id) {
-                f.filters.insert(a.clone(), now_ms() + (secs.clamp(0.0, 1e7) * 1000.0) as u64);
-            }
+    // What the accept left unused is declined with its filters (Mesos's default: 5 s).
+    let secs = accept["filters"]["refuse_seconds"].as_f64().unwrap_or(DEFAULT_REFUSE_SECONDS);
+    if let Some(a) = &agent {
+        if let Some(f) = c.frameworks.lock().expect("frameworks lock").get_mut(fw_id) {
+            f.filters.insert(a.clone(), now_ms() + (secs.clamp(0.0, 1e7) * 1000.0) as u64);
         }
     }
     c.wake.notify_one();

@@ -336,3 +336,472 @@ pub fn run_script(python: &Path, script: &str, args: &[&str], timeout: Duration,
     let output = std::fs::read_to_string(&log_path).unwrap_or_default();
     ScriptRun { script: script.to_string(), status, output, elapsed: started.elapsed() }
 }
+
+// ---------------------------------------------------------------- offers and native claims together
+
+/// A framework script running in the background ([`spawn_script`]); SIGKILLed when dropped.
+pub struct BackgroundScript {
+    pub script: String,
+    child: Option<Child>,
+    log_path: PathBuf,
+    started: Instant,
+}
+
+/// Starts `python tests/frameworks/<script> <args...>` without waiting for it; its output goes
+/// to `<log_dir>/<script>.<n>.log` (as [`run_script`]).
+pub fn spawn_script(python: &Path, script: &str, args: &[&str], log_dir: &Path) -> BackgroundScript {
+    std::fs::create_dir_all(log_dir).unwrap();
+    let mut n = 0;
+    let log_path = loop {
+        let p = log_dir.join(format!("{script}.{n}.log"));
+        if !p.exists() {
+            break p;
+        }
+        n += 1;
+    };
+    let log = std::fs::File::create(&log_path).unwrap();
+    let child = Command::new(python)
+        .arg(frameworks_dir().join(script))
+        .args(args)
+        .current_dir(frameworks_dir())
+        .env("PYTHONUNBUFFERED", "1")
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {} {script}: {e}", python.display()));
+    BackgroundScript { script: script.to_string(), child: Some(child), log_path, started: Instant::now() }
+}
+
+impl BackgroundScript {
+    /// Its output so far.
+    pub fn output(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// Whether it is still running.
+    pub fn running(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| c.try_wait().ok().flatten().is_none())
+    }
+
+    /// Waits (blocking) until it exits, at most `timeout` (SIGKILL then).
+    pub fn wait(mut self, timeout: Duration) -> ScriptRun {
+        let mut child = self.child.take().expect("not waited yet");
+        let until = Instant::now() + timeout;
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break Some(s);
+            }
+            if Instant::now() > until {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        ScriptRun { script: self.script.clone(), status, output: self.output(), elapsed: self.started.elapsed() }
+    }
+}
+
+impl Drop for BackgroundScript {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Starts an agent for the Mesos tests: process executor, fast timers, `resources`.
+pub fn start_mesos_agent(master: &str, work_dir: &Path, hostname: &str, resources: &str) -> AgentProc {
+    AgentProc::start(
+        master,
+        work_dir,
+        &[
+            "--hostname",
+            hostname,
+            "--containerizers",
+            "process",
+            "--heartbeat-interval",
+            "200ms",
+            "--status-retry",
+            "200ms",
+            "--reregister-backoff-max",
+            "200ms",
+            "--kill-grace",
+            "1s",
+            "--resources",
+            resources,
+        ],
+    )
+}
+
+/// Waits until an active agent is registered for each of `hostnames`; their ids, in order.
+pub async fn wait_agents_active(client: &shoal_client::Client, hostnames: &[&str], deadline: Duration) -> Result<Vec<String>, String> {
+    let until = Instant::now() + deadline;
+    loop {
+        if let Ok(st) = client.state().await {
+            let ids: Vec<Option<String>> = hostnames
+                .iter()
+                .map(|h| st.agents.iter().find(|a| a.hostname == *h && a.state == shoal_core::AgentState::Active).map(|a| a.id.to_string()))
+                .collect();
+            if ids.iter().all(Option::is_some) {
+                return Ok(ids.into_iter().flatten().collect());
+            }
+        }
+        if Instant::now() > until {
+            return Err(format!("agents {hostnames:?} not all active within {deadline:?}"));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Per agent, the sum of the resources of its non-terminal tasks.
+pub fn live_task_resources(state: &shoal_client::State) -> Result<std::collections::BTreeMap<String, shoal_core::ResourceSet>, String> {
+    let mut out: std::collections::BTreeMap<String, shoal_core::ResourceSet> = std::collections::BTreeMap::new();
+    for t in state.tasks.iter().filter(|t| !t.state.is_terminal()) {
+        out.entry(t.agent_id.to_string()).or_default().add(&t.resources).map_err(|e| format!("task {}: {e}", t.id))?;
+    }
+    Ok(out)
+}
+
+/// Per agent, what is allocated but not to a live task: what offers (holds) hold. The native
+/// state shows no holds, but an agent's `allocated` counts them. Empty sets are left out.
+pub fn held_resources(state: &shoal_client::State) -> Result<std::collections::BTreeMap<String, shoal_core::ResourceSet>, String> {
+    let tasks = live_task_resources(state)?;
+    let mut out = std::collections::BTreeMap::new();
+    for a in &state.agents {
+        let mut held = a.allocated.clone();
+        let used = tasks.get(a.id.as_str()).cloned().unwrap_or_default();
+        held.subtract(&used).map_err(|_| format!("agent {}: live tasks {used} exceed allocated {}", a.id, a.allocated))?;
+        if !held.is_empty() {
+            out.insert(a.id.to_string(), held);
+        }
+    }
+    Ok(out)
+}
+
+/// No double-booking in a native state snapshot: per agent, `allocated` (tasks and holds)
+/// fits in `total`, the live tasks fit in `allocated`, and the core's own invariants hold on
+/// the tasks (`Cell::check_invariants`: the live tasks of each agent fit in its total).
+pub fn check_no_double_booking(state: &shoal_client::State) -> Result<(), String> {
+    for a in &state.agents {
+        if !a.total.contains(&a.allocated) {
+            return Err(format!("version {}: agent {} allocated {} > total {}", state.version, a.id, a.allocated, a.total));
+        }
+    }
+    held_resources(state).map_err(|e| format!("version {}: {e}", state.version))?;
+    state.clone().into_cell().check_invariants().map_err(|e| format!("version {}: {e}", state.version))
+}
+
+// ---------------------------------------------------------------- Mesos wire: RecordIO, JSON subscriptions, JSON shapes
+
+/// Reads Mesos RecordIO (`docs/recordio.md`: `<decimal length>\n<that many bytes>`, repeated)
+/// from an HTTP response body; record boundaries are independent of chunk boundaries.
+pub struct RecordIoReader {
+    body: std::pin::Pin<Box<dyn futures::Stream<Item = Result<Vec<u8>, String>> + Send>>,
+    buf: Vec<u8>,
+}
+
+impl RecordIoReader {
+    pub fn new(resp: reqwest::Response) -> RecordIoReader {
+        use futures::StreamExt as _;
+        let body = resp.bytes_stream().map(|r| r.map(|b| b.to_vec()).map_err(|e| e.to_string()));
+        RecordIoReader { body: Box::pin(body), buf: Vec::new() }
+    }
+
+    /// The next record; `Ok(None)` when the stream ended cleanly between records.
+    pub async fn next(&mut self) -> Result<Option<Vec<u8>>, String> {
+        use futures::StreamExt as _;
+        loop {
+            if let Some(nl) = self.buf.iter().position(|b| *b == b'\n') {
+                let header = std::str::from_utf8(&self.buf[..nl]).map_err(|_| format!("RecordIO length is not text: {:?}", &self.buf[..nl]))?;
+                if header.is_empty() || !header.bytes().all(|b| b.is_ascii_digit()) {
+                    return Err(format!("RecordIO length is not a decimal number: {header:?}"));
+                }
+                let len: usize = header.parse().map_err(|e| format!("RecordIO length {header:?}: {e}"))?;
+                if len == 0 {
+                    return Err("RecordIO record of length 0 (Mesos never sends one)".into());
+                }
+                if self.buf.len() >= nl + 1 + len {
+                    let record = self.buf[nl + 1..nl + 1 + len].to_vec();
+                    self.buf.drain(..nl + 1 + len);
+                    return Ok(Some(record));
+                }
+            } else if self.buf.len() > 20 {
+                return Err(format!("no newline after {} bytes of RecordIO length: {:?}", self.buf.len(), String::from_utf8_lossy(&self.buf[..20])));
+            }
+            match self.body.next().await {
+                Some(Ok(chunk)) => self.buf.extend_from_slice(&chunk),
+                Some(Err(e)) => return Err(format!("reading the event stream: {e}")),
+                None if self.buf.is_empty() => return Ok(None),
+                None => return Err(format!("event stream ended inside a record ({} bytes pending)", self.buf.len())),
+            }
+        }
+    }
+}
+
+/// A Mesos v1 scheduler subscription in JSON (`POST /api/v1/scheduler`, `Accept:
+/// application/json`), driven by hand: every event read is kept in `events`.
+pub struct JsonSubscription {
+    pub framework_id: String,
+    pub stream_id: String,
+    /// The subscription response's Content-Type.
+    pub content_type: String,
+    /// Every event read so far, in order (the SUBSCRIBED event first).
+    pub events: Vec<serde_json::Value>,
+    url: String,
+    http: reqwest::Client,
+    reader: RecordIoReader,
+}
+
+impl JsonSubscription {
+    /// Subscribes with `framework_info` to the master at `master` (`http://host:port`) and reads
+    /// the first event, which must be SUBSCRIBED.
+    pub async fn subscribe(master: &str, framework_info: serde_json::Value, deadline: Duration) -> Result<JsonSubscription, String> {
+        let url = format!("{master}/api/v1/scheduler");
+        let http = reqwest::Client::new();
+        let body = serde_json::json!({"type": "SUBSCRIBE", "subscribe": {"framework_info": framework_info}});
+        let resp = tokio::time::timeout(
+            deadline,
+            http.post(&url).header("Content-Type", "application/json").header("Accept", "application/json").body(body.to_string()).send(),
+        )
+        .await
+        .map_err(|_| format!("SUBSCRIBE: no response within {deadline:?}"))?
+        .map_err(|e| format!("SUBSCRIBE: {e}"))?;
+        let status = resp.status().as_u16();
+        if status != 200 {
+            let text = resp.text().await.unwrap_or_default();
+            return Err(format!("SUBSCRIBE answered {status}: {text}"));
+        }
+        let header = |name: &str| resp.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+        let stream_id = header("Mesos-Stream-Id");
+        let content_type = header("Content-Type");
+        if stream_id.is_empty() {
+            return Err("SUBSCRIBE answered 200 without a Mesos-Stream-Id header".into());
+        }
+        let mut sub = JsonSubscription { framework_id: String::new(), stream_id, content_type, events: Vec::new(), url, http, reader: RecordIoReader::new(resp) };
+        let first = sub.next_event(deadline).await?;
+        if first["type"] != "SUBSCRIBED" {
+            return Err(format!("first event is not SUBSCRIBED: {first}"));
+        }
+        sub.framework_id = first["subscribed"]["framework_id"]["value"].as_str().ok_or_else(|| format!("SUBSCRIBED without framework_id.value: {first}"))?.to_string();
+        Ok(sub)
+    }
+
+    /// The next event (any type).
+    pub async fn next_event(&mut self, deadline: Duration) -> Result<serde_json::Value, String> {
+        let record = tokio::time::timeout(deadline, self.reader.next())
+            .await
+            .map_err(|_| format!("no event within {deadline:?} (events so far: {})", self.event_types()))??
+            .ok_or_else(|| format!("the event stream ended (events so far: {})", self.event_types()))?;
+        let event: serde_json::Value =
+            serde_json::from_slice(&record).map_err(|e| format!("event is not JSON ({e}): {}", String::from_utf8_lossy(&record)))?;
+        self.events.push(event.clone());
+        Ok(event)
+    }
+
+    /// Reads events until one of type `ty` (others are kept in `events` only).
+    pub async fn wait_for(&mut self, ty: &str, deadline: Duration) -> Result<serde_json::Value, String> {
+        let until = Instant::now() + deadline;
+        loop {
+            let left = until.saturating_duration_since(Instant::now());
+            let e = self.next_event(left).await.map_err(|e| format!("waiting for {ty}: {e}"))?;
+            if e["type"] == ty {
+                return Ok(e);
+            }
+        }
+    }
+
+    /// The types of the events read so far, e.g. `SUBSCRIBED, HEARTBEAT, OFFERS`.
+    pub fn event_types(&self) -> String {
+        self.events.iter().map(|e| e["type"].as_str().unwrap_or("?").to_string()).collect::<Vec<_>>().join(", ")
+    }
+
+    /// Sends a call (JSON) on its own connection, with this framework's id and stream id; the
+    /// HTTP status and body.
+    pub async fn call(&self, mut call: serde_json::Value) -> Result<(u16, String), String> {
+        call["framework_id"] = serde_json::json!({"value": self.framework_id});
+        let resp = self
+            .http
+            .post(&self.url)
+            .header("Content-Type", "application/json")
+            .header("Mesos-Stream-Id", &self.stream_id)
+            .body(call.to_string())
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await
+            .map_err(|e| format!("{} call: {e}", call["type"]))?;
+        let status = resp.status().as_u16();
+        Ok((status, resp.text().await.unwrap_or_default()))
+    }
+}
+
+/// The JSON type name of a value: string, number, bool, object, array, null.
+pub fn json_type(v: &serde_json::Value) -> &'static str {
+    match v {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "bool",
+        serde_json::Value::Number(_) => "number",
+        serde_json::Value::String(_) => "string",
+        serde_json::Value::Array(_) => "array",
+        serde_json::Value::Object(_) => "object",
+    }
+}
+
+/// Every field path of a JSON value with the types seen there: `a.b` for object members,
+/// `a[]` for the elements of an array (all elements merged), e.g. `offers.offers[].id.value`.
+/// The root itself is not listed.
+pub fn json_shape(v: &serde_json::Value) -> std::collections::BTreeMap<String, std::collections::BTreeSet<&'static str>> {
+    fn walk(v: &serde_json::Value, path: &str, out: &mut std::collections::BTreeMap<String, std::collections::BTreeSet<&'static str>>) {
+        if !path.is_empty() {
+            out.entry(path.to_string()).or_default().insert(json_type(v));
+        }
+        match v {
+            serde_json::Value::Object(m) => {
+                for (k, child) in m {
+                    let p = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+                    walk(child, &p, out);
+                }
+            }
+            serde_json::Value::Array(a) => {
+                for child in a {
+                    walk(child, &format!("{path}[]"), out);
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut out = std::collections::BTreeMap::new();
+    walk(v, "", &mut out);
+    out
+}
+
+/// How a real JSON document differs from a reference (golden) one, field path by field path.
+#[derive(Debug, Default)]
+pub struct ShapeReport {
+    /// Paths of the reference that the real document lacks (a missing object or array once,
+    /// with the paths below it).
+    pub missing: Vec<String>,
+    /// `path: reference type vs real types` where both have the path.
+    pub wrong_type: Vec<String>,
+    /// Reference paths not checked, with why (see [`compare_shape`]).
+    pub skipped: Vec<String>,
+    /// Reference paths checked.
+    pub checked: usize,
+}
+
+impl ShapeReport {
+    pub fn ok(&self) -> bool {
+        self.missing.is_empty() && self.wrong_type.is_empty()
+    }
+
+    /// A readable account: what is missing, what has another type, what was skipped.
+    pub fn render(&self, what: &str) -> String {
+        let mut s = format!("{what}: {} reference paths checked", self.checked);
+        if !self.missing.is_empty() {
+            s.push_str(&format!("\n  MISSING ({}):", self.missing.len()));
+            for p in &self.missing {
+                s.push_str(&format!("\n    {p}"));
+            }
+        }
+        if !self.wrong_type.is_empty() {
+            s.push_str(&format!("\n  WRONG TYPE ({}):", self.wrong_type.len()));
+            for p in &self.wrong_type {
+                s.push_str(&format!("\n    {p}"));
+            }
+        }
+        if !self.skipped.is_empty() {
+            s.push_str(&format!("\n  skipped ({}):", self.skipped.len()));
+            for p in &self.skipped {
+                s.push_str(&format!("\n    {p}"));
+            }
+        }
+        s
+    }
+}
+
+/// Checks that every field path of `reference` is in `actual` with the same JSON type (values
+/// may differ; `actual` may have more). `skip` is `(rule, why)`: rule `a.b` skips that path and
+/// everything below it, `a.b.*` only what is below it.
+pub fn compare_shape(reference: &serde_json::Value, actual: &serde_json::Value, skip: &[(&str, &str)]) -> ShapeReport {
+    let below = |p: &str, base: &str| p.starts_with(&format!("{base}.")) || p.starts_with(&format!("{base}[]"));
+    let reference = json_shape(reference);
+    let actual = json_shape(actual);
+    let mut report = ShapeReport::default();
+    let mut skipped: Vec<usize> = vec![0; skip.len()];
+    let mut missing: Vec<(String, String)> = Vec::new();
+    for (path, types) in &reference {
+        let rule = skip.iter().position(|(r, _)| match r.strip_suffix(".*") {
+            Some(base) => below(path, base),
+            None => path == r || below(path, r),
+        });
+        if let Some(i) = rule {
+            skipped[i] += 1;
+            continue;
+        }
+        report.checked += 1;
+        match actual.get(path) {
+            None => missing.push((path.clone(), types.iter().copied().collect::<Vec<_>>().join("|"))),
+            Some(real) => {
+                if !types.iter().all(|t| real.contains(t)) {
+                    report.wrong_type.push(format!(
+                        "{path}: reference {} vs shoal {}",
+                        types.iter().copied().collect::<Vec<_>>().join("|"),
+                        real.iter().copied().collect::<Vec<_>>().join("|")
+                    ));
+                }
+            }
+        }
+    }
+    // A missing object or array is listed once, with the paths below it.
+    for (path, types) in &missing {
+        if missing.iter().any(|(other, _)| below(path, other)) {
+            continue;
+        }
+        let under: Vec<&str> = missing.iter().filter(|(other, _)| below(other, path)).map(|(other, _)| &other[path.len()..]).collect();
+        let more = if under.is_empty() { String::new() } else { format!("; with {}", under.join(" ")) };
+        report.missing.push(format!("{path} ({types}{more})"));
+    }
+    for ((rule, why), n) in skip.iter().zip(skipped) {
+        if n > 0 {
+            report.skipped.push(format!("{rule} ({n} path{}): {why}", if n == 1 { "" } else { "s" }));
+        }
+    }
+    report
+}
+
+/// Runs `cmd` (its output to `<log_dir>/<name>.<n>.log`) with a timeout (SIGKILL then).
+pub fn run_command(mut cmd: Command, name: &str, timeout: Duration, log_dir: &Path) -> ScriptRun {
+    std::fs::create_dir_all(log_dir).unwrap();
+    let mut n = 0;
+    let log_path = loop {
+        let p = log_dir.join(format!("{name}.{n}.log"));
+        if !p.exists() {
+            break p;
+        }
+        n += 1;
+    };
+    let log = std::fs::File::create(&log_path).unwrap();
+    let started = Instant::now();
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {name}: {e}"));
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break Some(s);
+        }
+        if started.elapsed() > timeout {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let output = std::fs::read_to_string(&log_path).unwrap_or_default();
+    ScriptRun { script: name.to_string(), status, output, elapsed: started.elapsed() }
+}
