@@ -7,7 +7,7 @@
 //! cargo build -p shoal -p shoal-bench --bin shoal-agent-bench
 //! target/debug/shoal-agent-bench --smoke        # tiny scale, < 60 s in a debug build
 //! target/release/shoal-agent-bench              # the full scale (build with --release)
-//! shoal-agent-bench [--smoke] [--shoal-bin PATH] [--only docker,process]
+//! shoal-agent-bench [--smoke] [--shoal-bin PATH] [--only docker,process] [--keep-work-dir]
 //! ```
 //!
 //! A real `shoal master` and `shoal agent` run on loopback (fast timers), their work dirs on
@@ -68,6 +68,9 @@ struct Args {
     /// Phases to run, comma-separated: docker, process.
     #[arg(long, value_delimiter = ',', default_value = "docker,process")]
     only: Vec<String>,
+    /// Keep the run's work dir (master and agent logs, the agent's journal).
+    #[arg(long = "keep-work-dir")]
+    keep_work_dir: bool,
 }
 
 struct Scale {
@@ -200,6 +203,10 @@ async fn run(args: Args, bin: PathBuf) -> Result<()> {
         eprintln!("the agent's log (last 30 lines):\n{}", tail.join("\n"));
     }
     drop(cell);
+    if args.keep_work_dir {
+        let kept = dir.keep();
+        param("work dir kept", kept.display());
+    }
     println!();
     param("total time", ms(started.elapsed()));
     result
