@@ -760,7 +760,7 @@ pub fn compare_shape(reference: &serde_json::Value, actual: &serde_json::Value, 
         if missing.iter().any(|(other, _)| below(path, other)) {
             continue;
         }
-        let under: Vec<&str> = missing.iter().filter(|(other, _)| below(other, path)).map(|(other, _)| &other[path.len()..]).collect();
+        let under: Vec<String> = missing.iter().filter(|(other, _)| below(other, path)).map(|(other, t)| format!("{}:{t}", &other[path.len()..])).collect();
         let more = if under.is_empty() { String::new() } else { format!("; with {}", under.join(" ")) };
         report.missing.push(format!("{path} ({types}{more})"));
     }
