@@ -114,6 +114,10 @@ impl Compat {
         &self.core
     }
 
+    pub(crate) fn started_ms(&self) -> u64 {
+        self.started_ms
+    }
+
     pub(crate) fn framework_summaries(&self) -> Vec<(String, Json, bool, String)> {
         self.frameworks
             .lock()
@@ -233,7 +237,8 @@ async fn scheduler(State(c): State<Arc<Compat>>, headers: HeaderMap, body: Bytes
         let Some(enc) = accepts(&headers, encoding) else {
             return error(StatusCode::NOT_ACCEPTABLE, "Expecting 'Accept' to allow application/json or application/x-protobuf");
         };
-        return subscribe(c, call, enc);
+        let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("127.0.0.1:5050").to_string();
+        return subscribe(c, call, enc, &host);
     }
     let Some(fw_id) = call["framework_id"]["value"].as_str().map(str::to_string) else {
         return error(StatusCode::BAD_REQUEST, "Expecting 'framework_id' to be present");
@@ -307,7 +312,7 @@ fn offer_ids(v: &Json) -> Vec<OfferId> {
     v.as_array().map(|a| a.iter().filter_map(|o| o["value"].as_str()).map(OfferId::new).collect()).unwrap_or_default()
 }
 
-fn subscribe(c: Arc<Compat>, call: Json, encoding: Encoding) -> Response {
+fn subscribe(c: Arc<Compat>, call: Json, encoding: Encoding, host: &str) -> Response {
     let info = call["subscribe"]["framework_info"].clone();
     if info.is_null() {
         return error(StatusCode::BAD_REQUEST, "Expecting 'subscribe.framework_info' to be present");
@@ -361,7 +366,7 @@ fn subscribe(c: Arc<Compat>, call: Json, encoding: Encoding) -> Response {
         "subscribed": {
             "framework_id": {"value": id},
             "heartbeat_interval_seconds": c.config.heartbeat_interval.as_secs_f64(),
-            "master_info": master_info(&c),
+            "master_info": master_info(&c, host),
         }
     });
     if let Some(r) = Compat::record(encoding, &subscribed) {
@@ -426,9 +431,17 @@ fn uuid_string() -> String {
     uuid::Uuid::new_v4().to_string()
 }
 
-fn master_info(c: &Compat) -> Json {
-    let addr = c.core.published.snapshot().cell_id().to_string();
-    json!({"id": addr, "ip": 2130706433u32, "port": 5050, "hostname": "127.0.0.1", "version": crate::MESOS_VERSION})
+/// The master as the framework reached it (the `Host` of its SUBSCRIBE).
+fn master_info(c: &Compat, host: &str) -> Json {
+    let id = c.core.published.snapshot().cell_id().to_string();
+    let (hostname, port) = match host.rsplit_once(':') {
+        Some((h, p)) => (h.to_string(), p.parse::<u16>().unwrap_or(5050)),
+        None => (host.to_string(), 5050),
+    };
+    // `ip` is the IPv4 address as a number in network order, as Mesos writes it.
+    let ip = hostname.parse::<std::net::Ipv4Addr>().map(|a| u32::from_le_bytes(a.octets())).unwrap_or(0);
+    json!({"id": id, "ip": ip, "port": port, "hostname": hostname, "version": crate::MESOS_VERSION,
+           "address": {"hostname": hostname, "ip": hostname, "port": port}})
 }
 
 async fn disconnected(c: &Arc<Compat>, fw_id: &str, stream_id: &str) {
@@ -693,6 +706,7 @@ async fn allocation_loop(c: Arc<Compat>) {
                 offers.insert(id.clone(), h.framework_id.clone());
                 let agent = snap.agent(&h.agent_id);
                 per_fw.entry(h.framework_id.clone()).or_default().push(json!({
+                    "allocation_info": {"role": h.role},
                     "id": {"value": id.as_str()},
                     "framework_id": {"value": h.framework_id},
                     "agent_id": {"value": h.agent_id.as_str()},
@@ -834,6 +848,5 @@ async fn timers_loop(c: Arc<Compat>) {
         for fw in expired {
             remove_framework(&c, &fw).await;
         }
-        let _ = c.started_ms;
     }
 }

@@ -16,6 +16,10 @@ use crate::scheduler::Compat;
 
 fn scalars(set: &ResourceSet) -> Json {
     let mut o = serde_json::Map::new();
+    // Mesos always writes these four.
+    for name in ["cpus", "gpus", "mem", "disk"] {
+        o.insert(name.to_string(), json!(0.0));
+    }
     for (name, m) in set.scalar_totals() {
         o.insert(name, json!(m.as_f64()));
     }
@@ -26,6 +30,40 @@ fn scalars(set: &ResourceSet) -> Json {
         }
     }
     Json::Object(o)
+}
+
+/// The Mesos summary of several resource sets (e.g. of different agents): scalars summed,
+/// ranges merged.
+fn summary<'a>(sets: impl Iterator<Item = &'a ResourceSet>) -> Json {
+    let mut sc = ResourceSet::new();
+    let mut ranges: std::collections::BTreeMap<String, Vec<(u64, u64)>> = Default::default();
+    for set in sets {
+        let _ = sc.add(&set.scalars_only());
+        for r in set.iter() {
+            if let shoal_core::Value::Ranges(rs) = &r.value {
+                ranges.entry(r.name.clone()).or_default().extend_from_slice(rs.as_slice());
+            }
+        }
+    }
+    let mut out = scalars(&sc);
+    for (name, list) in ranges {
+        if let Some(rs) = shoal_core::Ranges::new(list) {
+            let text: Vec<String> = rs.as_slice().iter().map(|(b, e)| format!("{b}-{e}")).collect();
+            out[name] = json!(format!("[{}]", text.join(", ")));
+        }
+    }
+    if out.get("ports").is_none() {
+        out["ports"] = json!("[]");
+    }
+    out
+}
+
+fn held_on(snap: &shoal_core::Cell, agent: &shoal_core::AgentId) -> ResourceSet {
+    let mut out = ResourceSet::new();
+    for h in snap.holds().filter(|h| h.agent_id == *agent) {
+        let _ = out.add(&h.resources);
+    }
+    out
 }
 
 fn slaves(c: &Compat) -> Vec<Json> {
@@ -44,9 +82,13 @@ fn slaves(c: &Compat) -> Vec<Json> {
                 "resources": scalars(&a.total),
                 "used_resources": scalars(&a.allocated),
                 "unreserved_resources": scalars(&a.total),
+                "offered_resources": scalars(&held_on(&snap, &a.id)),
+                "reserved_resources": {},
                 "attributes": a.attributes,
                 "active": a.state == AgentState::Active,
-                "version": env!("CARGO_PKG_VERSION"),
+                "deactivated": a.state != AgentState::Active,
+                "capabilities": ["MULTI_ROLE", "HIERARCHICAL_ROLE", "RESERVATION_REFINEMENT", "TASK_KILLING_STATE"],
+                "version": crate::MESOS_VERSION,
             })
         })
         .collect()
@@ -57,24 +99,53 @@ fn frameworks(c: &Compat) -> Vec<Json> {
     c.framework_summaries()
         .into_iter()
         .map(|(id, info, active, role)| {
+            let mut used: Vec<&ResourceSet> = Vec::new();
             let tasks: Vec<Json> = snap
                 .tasks()
                 .filter(|t| t.owner == id && !t.state.is_terminal())
                 .map(|t| {
-                    json!({"id": t.id.as_str(), "name": t.name, "framework_id": id, "slave_id": t.agent_id.as_str(),
-                           "state": t.state.mesos_name(), "resources": scalars(&t.resources), "role": t.role})
+                    used.push(&t.resources);
+                    json!({"id": t.id.as_str(), "name": t.name, "framework_id": id, "executor_id": "", "slave_id": t.agent_id.as_str(),
+                           "state": t.state.mesos_name(), "resources": scalars(&t.resources), "role": t.role,
+                           "statuses": [{"state": t.state.mesos_name(), "timestamp": t.status.timestamp as f64 / 1000.0}]})
+                })
+                .collect();
+            let mut offered: Vec<&ResourceSet> = Vec::new();
+            let offers: Vec<Json> = snap
+                .holds()
+                .filter(|h| h.framework_id == id)
+                .map(|h| {
+                    offered.push(&h.resources);
+                    json!({"id": h.id.as_str(), "framework_id": id, "slave_id": h.agent_id.as_str(),
+                           "allocation_info": {"role": h.role}, "resources": scalars(&h.resources)})
                 })
                 .collect();
             json!({
                 "id": id,
                 "name": info["name"].as_str().unwrap_or(""),
                 "user": info["user"].as_str().unwrap_or(""),
+                "hostname": info["hostname"].as_str().unwrap_or(""),
+                "webui_url": info["webui_url"].as_str().unwrap_or(""),
+                "principal": info["principal"].as_str().unwrap_or(""),
                 "role": role,
                 "roles": [role],
+                "capabilities": info["capabilities"].as_array().map(|c| c.iter().filter_map(|x| x["type"].as_str()).map(|s| json!(s)).collect::<Vec<_>>()).unwrap_or_default(),
+                "checkpoint": info["checkpoint"].as_bool().unwrap_or(false),
                 "active": active,
                 "connected": active,
+                "recovered": false,
+                "registered_time": 0.0,
+                "unregistered_time": 0.0,
                 "failover_timeout": info["failover_timeout"].as_f64().unwrap_or(0.0),
+                "resources": summary(used.iter().chain(offered.iter()).copied()),
+                "used_resources": summary(used.iter().copied()),
+                "offered_resources": summary(offered.iter().copied()),
+                "offers": offers,
                 "tasks": tasks,
+                "unreachable_tasks": [],
+                "completed_tasks": [],
+                "executors": [],
+                "offer_constraints": {},
             })
         })
         .collect()
@@ -85,9 +156,17 @@ async fn state(State(c): State<Arc<Compat>>, headers: HeaderMap) -> Response {
     let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("127.0.0.1:5050").to_string();
     let slaves = slaves(&c);
     let activated = slaves.iter().filter(|s| s["active"] == true).count();
+    let started = c.started_ms() as f64 / 1000.0;
     AxJson(json!({
         "version": crate::MESOS_VERSION,
         "shoal_version": env!("CARGO_PKG_VERSION"),
+        "build_date": "",
+        "build_time": 0.0,
+        "build_user": "shoal",
+        "start_time": started,
+        "elected_time": started,
+        "flags": {},
+        "orphan_tasks": [],
         "id": snap.cell_id(),
         "pid": format!("master@{host}"),
         "hostname": host.split(':').next().unwrap_or("127.0.0.1"),
