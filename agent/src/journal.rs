@@ -102,9 +102,22 @@ impl Journal {
 
     /// Records a launch, durably, before the executor is asked to start it.
     pub fn launched(&mut self, task_id: &TaskId, kind: ExecutorKind) -> std::io::Result<()> {
-        self.write(&[Record::Launch { task_id: task_id.clone(), kind }])?;
+        self.launched_many([(task_id.clone(), kind)])
+    }
+
+    /// Records a group of launches with one sync.
+    pub fn launched_many(&mut self, tasks: impl IntoIterator<Item = (TaskId, ExecutorKind)>) -> std::io::Result<()> {
+        let recs: Vec<Record> = tasks.into_iter().map(|(task_id, kind)| Record::Launch { task_id, kind }).collect();
+        if recs.is_empty() {
+            return Ok(());
+        }
+        self.write(&recs)?;
         self.file.sync_data()?;
-        self.live.insert(task_id.clone(), kind);
+        for r in recs {
+            if let Record::Launch { task_id, kind } = r {
+                self.live.insert(task_id, kind);
+            }
+        }
         Ok(())
     }
 

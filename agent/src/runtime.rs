@@ -192,11 +192,28 @@ pub async fn run(config: AgentConfig, shutdown: impl std::future::Future<Output 
                         }
                     }
                     MasterMessage::Launch { tasks } => {
-                        for task in tasks {
-                            if journal.live.contains_key(&task.id) || journal.pending.values().any(|u| u.task_id == task.id) {
-                                continue; // launches are at-least-once
+                        let pending: std::collections::HashSet<&TaskId> = journal.pending.values().map(|u| &u.task_id).collect();
+                        let fresh: Vec<Task> = tasks
+                            .into_iter()
+                            .filter(|t| !journal.live.contains_key(&t.id) && !pending.contains(&t.id)) // launches are at-least-once
+                            .collect();
+                        drop(pending);
+                        let ready: Vec<_> = fresh
+                            .into_iter()
+                            .filter_map(|task| prepare(&config, &sandboxes, &process, process_enabled, docker.as_ref(), &ev_tx, task))
+                            .collect();
+                        // One journal sync for the whole message, before anything starts.
+                        journal.launched_many(ready.iter().map(|(id, kind, _, _)| (id.clone(), *kind)))?;
+                        let mut last_beat = Instant::now();
+                        for (task_id, _, exec, spec) in ready {
+                            if let Err(e) = exec.launch(spec).await {
+                                tracing::warn!(%task_id, error = %e, "launch refused");
                             }
-                            launch(&config, &sandboxes, &mut journal, &process, process_enabled, docker.as_ref(), &ev_tx, task).await?;
+                            // A large launch must not silence the agent past the master's ping timeout.
+                            if registered && last_beat.elapsed() >= config.heartbeat_interval / 2 {
+                                let _ = out_tx.try_send(AgentMessage::Heartbeat);
+                                last_beat = Instant::now();
+                            }
                         }
                     }
                     MasterMessage::Kill { task_id, grace_ms } => {
@@ -318,30 +335,33 @@ fn sandbox_name(task_id: &TaskId) -> String {
     crate::files::sandbox_name(task_id.as_str())
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn launch(
+/// A task ready to launch: its id, executor kind and executor, and its launch spec.
+type Prepared = (TaskId, ExecutorKind, Arc<dyn Executor>, crate::executor::LaunchSpec);
+
+/// Creates the sandbox and translates the TaskInfo; a task that cannot run ends at once
+/// (TASK_ERROR / TASK_FAILED through the event channel) and `None` is returned.
+fn prepare(
     config: &AgentConfig,
     sandboxes: &std::path::Path,
-    journal: &mut Journal,
     process: &Arc<dyn Executor>,
     process_enabled: bool,
     docker: Option<&Arc<dyn Executor>>,
     ev_tx: &mpsc::UnboundedSender<ExecutorEvent>,
     task: Task,
-) -> anyhow::Result<()> {
+) -> Option<Prepared> {
     let sandbox = sandboxes.join(sandbox_name(&task.id));
     let fail = |update: TaskUpdate| {
         let _ = ev_tx.send(ExecutorEvent { task_id: task.id.to_string(), update });
     };
     if let Err(e) = std::fs::create_dir_all(&sandbox) {
         fail(TaskUpdate::Failed { exit_code: None, reason: FailReason::LaunchFailed, message: format!("cannot create the sandbox: {e}") });
-        return Ok(());
+        return None;
     }
     let spec = match taskinfo::launch_spec(task.id.as_str(), &task.spec.0, &sandbox, config.kill_grace) {
         Ok(t) => t.spec,
         Err(message) => {
             fail(TaskUpdate::Error { message });
-            return Ok(());
+            return None;
         }
     };
     let (kind, exec) = match &spec.container {
@@ -349,20 +369,16 @@ async fn launch(
             Some(d) => (ExecutorKind::Docker, d.clone()),
             None => {
                 fail(TaskUpdate::Failed { exit_code: None, reason: FailReason::LaunchFailed, message: "this agent has no Docker daemon".into() });
-                return Ok(());
+                return None;
             }
         },
         ContainerSpec::Process if !process_enabled => {
             fail(TaskUpdate::Error { message: "this agent does not run plain processes (--containerizers)".into() });
-            return Ok(());
+            return None;
         }
         ContainerSpec::Process => (ExecutorKind::Process, process.clone()),
     };
-    journal.launched(&task.id, kind)?;
-    if let Err(e) = exec.launch(spec).await {
-        tracing::warn!(task_id = %task.id, error = %e, "launch refused");
-    }
-    Ok(())
+    Some((task.id, kind, exec, spec))
 }
 
 /// The connection task: connect out, shuttle messages, reconnect with backoff.
