@@ -17,6 +17,12 @@ pub fn shoal_bin() -> PathBuf {
     bin
 }
 
+/// A name unique to this test run (hostnames, task ids), so tests running in parallel never meet.
+pub fn unique(name: &str) -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+    format!("{name}-{}-{nanos:x}", std::process::id())
+}
+
 /// Polls `cond` until it holds or `deadline` passes; panics with `what` on timeout.
 pub async fn wait_until<F, Fut>(what: &str, deadline: Duration, mut cond: F)
 where

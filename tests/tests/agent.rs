@@ -12,7 +12,7 @@ use futures::StreamExt;
 use serde_json::{json, Value as Json};
 use shoal_client::{command_task, ClaimRequest, Client, PlacementRequest};
 use shoal_core::{AgentState, CommitMode, ConflictCheck, Event, ResourceSet, Task, TaskState};
-use shoal_tests::{docker_enabled, wait_until, AgentProc, MasterProc};
+use shoal_tests::{unique, docker_enabled, wait_until, AgentProc, MasterProc};
 
 const IMAGE: &str = "local/busybox:latest";
 const GRACE: Duration = Duration::from_secs(1);
@@ -32,11 +32,6 @@ struct TestCell {
     _dir: tempfile::TempDir,
 }
 
-/// A name unique to this run (hostnames, task ids: Docker containers outlive a test).
-fn unique(name: &str) -> String {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
-    format!("{name}-{}-{nanos:x}", std::process::id())
-}
 
 async fn start_cell(name: &str, unreachable_timeout: &str) -> TestCell {
     let dir = tempfile::tempdir().unwrap();

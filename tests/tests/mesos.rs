@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value as Json;
 use shoal_core::AgentState;
-use shoal_tests::{docker_enabled, run_script, shoal_bin, tail, test_python, wait_until, AgentProc, MasterProc, ScriptRun};
+use shoal_tests::{unique, docker_enabled, run_script, shoal_bin, tail, test_python, wait_until, AgentProc, MasterProc, ScriptRun};
 
 /// Master flags for the scheduler API, passed on top of the liveness ones below.
 ///
@@ -45,11 +45,6 @@ struct MesosCell {
     dir: tempfile::TempDir,
 }
 
-/// A name unique to this run (hostnames, task ids: Docker containers outlive a test).
-fn unique(name: &str) -> String {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
-    format!("{name}-{}-{nanos:x}", std::process::id())
-}
 
 impl MesosCell {
     /// Starts a master (liveness flags + `master_flags`) and an agent with `containerizers`,

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value as Json};
 use shoal_core::AgentState;
-use shoal_tests::{compare_shape, run_command, tail, AgentProc, JsonSubscription, MasterProc, ScriptRun};
+use shoal_tests::{unique, compare_shape, run_command, tail, AgentProc, JsonSubscription, MasterProc, ScriptRun};
 
 const AGENT_RESOURCES: &str = "cpus:2;mem:1024;ports:[31000-31100]";
 /// A TEXT attribute, as in the OFFERS example of the docs.
@@ -45,11 +45,6 @@ const MASTER_FLAGS: &[&str] = &[
 /// How long one step of a scenario may take.
 const STEP: Duration = Duration::from_secs(10);
 
-/// A name unique to this run.
-fn unique(name: &str) -> String {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
-    format!("{name}-{}-{nanos:x}", std::process::id())
-}
 
 /// A master (with [`MASTER_FLAGS`] and `extra`) and one agent, on one temporary directory.
 struct Cell {

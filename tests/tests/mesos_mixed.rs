@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value as Json;
 use shoal_client::{command_task, ClaimRequest, PlacementRequest};
 use shoal_core::{CommitMode, ConflictCheck, ResourceSet, TaskState};
-use shoal_tests::{
+use shoal_tests::{unique, 
     check_no_double_booking, held_resources, spawn_script, start_mesos_agent, tail, test_python, wait_agents_active, wait_until, AgentProc,
     BackgroundScript, MasterProc, ScriptRun,
 };
@@ -45,10 +45,6 @@ const MASTER_FLAGS: &[&str] = &[
 
 const SCRIPT_TIMEOUT: Duration = Duration::from_secs(40);
 
-fn unique(name: &str) -> String {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
-    format!("{name}-{}-{nanos:x}", std::process::id())
-}
 
 struct Cell {
     master: MasterProc,
