@@ -10,7 +10,7 @@
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use shoal_client::{command_task, Client, ClaimRequest, Mirror, PlacementRequest};
+use shoal_client::{command_task, ClaimRequest, Client, Mirror, PlacementRequest};
 use shoal_core::{AgentState, ResourceSet};
 
 #[derive(Parser)]
@@ -40,14 +40,22 @@ async fn main() -> anyhow::Result<()> {
     let client = Client::new(&args.address)?;
     let mirror = Mirror::start(client.clone()).await?;
     let want = ResourceSet::parse(&args.resources)?;
-    let run = format!("{:x}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis());
+    let run = format!(
+        "{:x}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_millis()
+    );
     let mut pending: Vec<usize> = (0..args.tasks).collect();
     let started = Instant::now();
     let mut claims = 0;
     let mut conflicts = 0;
     while !pending.is_empty() {
         if started.elapsed() > Duration::from_secs(60) {
-            anyhow::bail!("{} tasks could not be placed within 60 s (the cell may be full)", pending.len());
+            anyhow::bail!(
+                "{} tasks could not be placed within 60 s (the cell may be full)",
+                pending.len()
+            );
         }
         let cell = mirror.snapshot();
         // First fit over a local copy of each agent's free resources.
@@ -63,13 +71,18 @@ async fn main() -> anyhow::Result<()> {
             if let Some((agent, f)) = free.iter_mut().find(|(_, f)| f.contains(&want)) {
                 f.subtract(&want)?;
                 let id = format!("place-{run}-{i}");
-                placements.push(PlacementRequest { agent_id: agent.clone(), task_info: command_task(&id, &id, &want, &args.command) });
+                placements.push(PlacementRequest {
+                    agent_id: agent.clone(),
+                    task_info: command_task(&id, &id, &want, &args.command),
+                });
                 placed.push(i);
             }
         }
         if placements.is_empty() {
             // Nothing fits now: wait for the cell to change.
-            mirror.wait_for(cell.version() + 1, Duration::from_secs(1)).await;
+            mirror
+                .wait_for(cell.version() + 1, Duration::from_secs(1))
+                .await;
             continue;
         }
         claims += 1;
@@ -95,8 +108,16 @@ async fn main() -> anyhow::Result<()> {
         }
         pending.retain(|i| !committed.contains(i));
         // Decide the next batch on state that includes this commit.
-        mirror.wait_for(answer.current_version, Duration::from_secs(5)).await;
+        mirror
+            .wait_for(answer.current_version, Duration::from_secs(5))
+            .await;
     }
-    println!("placed {} tasks in {} claims ({} conflicts) in {:?}", args.tasks, claims, conflicts, started.elapsed());
+    println!(
+        "placed {} tasks in {} claims ({} conflicts) in {:?}",
+        args.tasks,
+        claims,
+        conflicts,
+        started.elapsed()
+    );
     Ok(())
 }

@@ -31,8 +31,11 @@ fn main() {
     for file in &mut runtime_fds.file {
         file.source_code_info = None;
     }
-    fs::write(out_dir.join("mesos_descriptor_set.bin"), runtime_fds.encode_to_vec())
-        .expect("write descriptor set");
+    fs::write(
+        out_dir.join("mesos_descriptor_set.bin"),
+        runtime_fds.encode_to_vec(),
+    )
+    .expect("write descriptor set");
 
     let mut config = prost_build::Config::new();
     config.btree_map(["."]);

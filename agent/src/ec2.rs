@@ -32,7 +32,10 @@ impl Ec2Info {
         ])
     }
     pub fn domain(&self) -> FaultDomain {
-        FaultDomain { region: self.region.clone(), zone: self.availability_zone.clone() }
+        FaultDomain {
+            region: self.region.clone(),
+            zone: self.availability_zone.clone(),
+        }
     }
 }
 
@@ -52,7 +55,10 @@ pub async fn probe(base: &str) -> Option<Ec2Info> {
 }
 
 async fn probe_inner(base: &str) -> Result<Ec2Info, reqwest::Error> {
-    let http = reqwest::Client::builder().timeout(PROBE_BUDGET).no_proxy().build()?;
+    let http = reqwest::Client::builder()
+        .timeout(PROBE_BUDGET)
+        .no_proxy()
+        .build()?;
     let token = http
         .put(format!("{base}/latest/api/token"))
         .header("X-aws-ec2-metadata-token-ttl-seconds", "60")
@@ -62,15 +68,27 @@ async fn probe_inner(base: &str) -> Result<Ec2Info, reqwest::Error> {
         .text()
         .await?;
     let get = |path: &'static str| {
-        let req = http.get(format!("{base}/latest/meta-data/{path}")).header("X-aws-ec2-metadata-token", token.clone());
+        let req = http
+            .get(format!("{base}/latest/meta-data/{path}"))
+            .header("X-aws-ec2-metadata-token", token.clone());
         async move { req.send().await?.error_for_status()?.text().await }
     };
-    let (instance_id, instance_type, availability_zone) =
-        tokio::try_join!(get("instance-id"), get("instance-type"), get("placement/availability-zone"))?;
+    let (instance_id, instance_type, availability_zone) = tokio::try_join!(
+        get("instance-id"),
+        get("instance-type"),
+        get("placement/availability-zone")
+    )?;
     let region = match get("placement/region").await {
         Ok(r) => r,
         // Older services have no region: it is the zone without its letter.
-        Err(_) => availability_zone.trim_end_matches(|c: char| c.is_ascii_alphabetic()).to_string(),
+        Err(_) => availability_zone
+            .trim_end_matches(|c: char| c.is_ascii_alphabetic())
+            .to_string(),
     };
-    Ok(Ec2Info { instance_id, instance_type, availability_zone, region })
+    Ok(Ec2Info {
+        instance_id,
+        instance_type,
+        availability_zone,
+        region,
+    })
 }

@@ -10,7 +10,16 @@ const READ_BYTES_MAX: u64 = 1 << 20;
 
 /// A task's sandbox directory name: its id with anything but `[A-Za-z0-9._-]` replaced.
 pub fn sandbox_name(task_id: &str) -> String {
-    task_id.chars().map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '_' }).collect()
+    task_id
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }
 
 fn sandbox_of(sandboxes: &Path, task_id: &str) -> std::path::PathBuf {
@@ -19,23 +28,42 @@ fn sandbox_of(sandboxes: &Path, task_id: &str) -> std::path::PathBuf {
 
 /// Answers `browse` (a listing, as Mesos's `/files/browse`) or `read` (`{"data", "offset"}`,
 /// as Mesos's `/files/read`; `offset = -1`-style size queries are answered by `length = 0`).
-pub fn serve(sandboxes: &Path, op: &str, task_id: &str, rel: &str, offset: u64, length: Option<u64>) -> (u16, Json) {
+pub fn serve(
+    sandboxes: &Path,
+    op: &str,
+    task_id: &str,
+    rel: &str,
+    offset: u64,
+    length: Option<u64>,
+) -> (u16, Json) {
     let rel = Path::new(rel.trim_start_matches('/'));
     if rel.components().any(|c| !matches!(c, Component::Normal(_))) {
-        return (400, json!({"error": "invalid", "message": "path must stay inside the sandbox"}));
+        return (
+            400,
+            json!({"error": "invalid", "message": "path must stay inside the sandbox"}),
+        );
     }
     let root = sandbox_of(sandboxes, task_id);
     let path = root.join(rel);
     let (Ok(canon_root), Ok(canon)) = (root.canonicalize(), path.canonicalize()) else {
-        return (404, json!({"error": "not_found", "message": format!("{} not found in the sandbox of {task_id}", rel.display())}));
+        return (
+            404,
+            json!({"error": "not_found", "message": format!("{} not found in the sandbox of {task_id}", rel.display())}),
+        );
     };
     if !canon.starts_with(&canon_root) {
-        return (403, json!({"error": "forbidden", "message": "path leaves the sandbox"}));
+        return (
+            403,
+            json!({"error": "forbidden", "message": "path leaves the sandbox"}),
+        );
     }
     match op {
         "browse" => {
             let Ok(dir) = std::fs::read_dir(&canon) else {
-                return (400, json!({"error": "invalid", "message": "not a directory"}));
+                return (
+                    400,
+                    json!({"error": "invalid", "message": "not a directory"}),
+                );
             };
             let mut out = Vec::new();
             for e in dir.flatten() {
@@ -56,19 +84,33 @@ pub fn serve(sandboxes: &Path, op: &str, task_id: &str, rel: &str, offset: u64, 
         "read" => {
             use std::io::{Read, Seek, SeekFrom};
             let Ok(mut f) = std::fs::File::open(&canon) else {
-                return (404, json!({"error": "not_found", "message": "cannot open the file"}));
+                return (
+                    404,
+                    json!({"error": "not_found", "message": "cannot open the file"}),
+                );
             };
             let size = f.metadata().map(|m| m.len()).unwrap_or(0);
             let want = length.unwrap_or(READ_BYTES_MAX).min(READ_BYTES_MAX);
             if offset >= size || want == 0 {
-                return (200, json!({"data": "", "offset": size.min(offset.max(if want == 0 { size } else { offset }))}));
+                return (
+                    200,
+                    json!({"data": "", "offset": size.min(offset.max(if want == 0 { size } else { offset }))}),
+                );
             }
             let mut buf = Vec::with_capacity(want as usize);
-            if f.seek(SeekFrom::Start(offset)).is_err() || f.take(want).read_to_end(&mut buf).is_err() {
+            if f.seek(SeekFrom::Start(offset)).is_err()
+                || f.take(want).read_to_end(&mut buf).is_err()
+            {
                 return (500, json!({"error": "io", "message": "read failed"}));
             }
-            (200, json!({"data": String::from_utf8_lossy(&buf), "offset": offset}))
+            (
+                200,
+                json!({"data": String::from_utf8_lossy(&buf), "offset": offset}),
+            )
         }
-        _ => (400, json!({"error": "invalid", "message": format!("unknown files operation {op}")})),
+        _ => (
+            400,
+            json!({"error": "invalid", "message": format!("unknown files operation {op}")}),
+        ),
     }
 }

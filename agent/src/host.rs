@@ -5,12 +5,25 @@ use shoal_core::ResourceSet;
 /// The host's resources in the Mesos text form (memory and disk keep some headroom for the
 /// system, as Mesos does).
 pub fn detect(work_dir: &std::path::Path) -> ResourceSet {
-    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     let mem_mb = meminfo_total_mb().unwrap_or(1024);
-    let mem = if mem_mb > 2048 { mem_mb - 1024 } else { mem_mb / 2 };
+    let mem = if mem_mb > 2048 {
+        mem_mb - 1024
+    } else {
+        mem_mb / 2
+    };
     let disk_mb = disk_free_mb(work_dir).unwrap_or(1024);
-    let disk = if disk_mb > 10_240 { disk_mb - 5_120 } else { disk_mb / 2 };
-    ResourceSet::parse(&format!("cpus:{cpus};mem:{mem};disk:{disk};ports:[31000-32000]")).expect("well-formed")
+    let disk = if disk_mb > 10_240 {
+        disk_mb - 5_120
+    } else {
+        disk_mb / 2
+    };
+    ResourceSet::parse(&format!(
+        "cpus:{cpus};mem:{mem};disk:{disk};ports:[31000-32000]"
+    ))
+    .expect("well-formed")
 }
 
 fn meminfo_total_mb() -> Option<u64> {

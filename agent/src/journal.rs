@@ -64,7 +64,9 @@ impl Journal {
             for line in BufReader::new(f).lines() {
                 let Ok(line) = line else { break };
                 // A torn last line (crash mid-write, never synced, never sent) is skipped.
-                let Ok(rec) = serde_json::from_str::<Record>(&line) else { continue };
+                let Ok(rec) = serde_json::from_str::<Record>(&line) else {
+                    continue;
+                };
                 records += 1;
                 match rec {
                     Record::Launch { task_id, kind } => {
@@ -84,7 +86,14 @@ impl Journal {
             }
         }
         let file = OpenOptions::new().create(true).append(true).open(&path)?;
-        let mut j = Journal { path, file, records, next_id, live, pending };
+        let mut j = Journal {
+            path,
+            file,
+            records,
+            next_id,
+            live,
+            pending,
+        };
         j.compact_if_needed()?;
         Ok(j)
     }
@@ -106,8 +115,14 @@ impl Journal {
     }
 
     /// Records a group of launches with one sync.
-    pub fn launched_many(&mut self, tasks: impl IntoIterator<Item = (TaskId, ExecutorKind)>) -> std::io::Result<()> {
-        let recs: Vec<Record> = tasks.into_iter().map(|(task_id, kind)| Record::Launch { task_id, kind }).collect();
+    pub fn launched_many(
+        &mut self,
+        tasks: impl IntoIterator<Item = (TaskId, ExecutorKind)>,
+    ) -> std::io::Result<()> {
+        let recs: Vec<Record> = tasks
+            .into_iter()
+            .map(|(task_id, kind)| Record::Launch { task_id, kind })
+            .collect();
         if recs.is_empty() {
             return Ok(());
         }
@@ -122,11 +137,19 @@ impl Journal {
     }
 
     /// Records a group of updates with one sync; returns them with their ids.
-    pub fn record(&mut self, updates: Vec<(TaskId, TaskState, StatusInfo)>) -> std::io::Result<Vec<Update>> {
+    pub fn record(
+        &mut self,
+        updates: Vec<(TaskId, TaskState, StatusInfo)>,
+    ) -> std::io::Result<Vec<Update>> {
         let out: Vec<Update> = updates
             .into_iter()
             .map(|(task_id, state, status)| {
-                let u = Update { id: self.next_id, task_id, state, status };
+                let u = Update {
+                    id: self.next_id,
+                    task_id,
+                    state,
+                    status,
+                };
                 self.next_id += 1;
                 u
             })
@@ -162,11 +185,19 @@ impl Journal {
             let mut f = File::create(&tmp)?;
             let mut buf = Vec::new();
             for (task_id, kind) in &self.live {
-                serde_json::to_writer(&mut buf, &Record::Launch { task_id: task_id.clone(), kind: *kind }).map_err(std::io::Error::other)?;
+                serde_json::to_writer(
+                    &mut buf,
+                    &Record::Launch {
+                        task_id: task_id.clone(),
+                        kind: *kind,
+                    },
+                )
+                .map_err(std::io::Error::other)?;
                 buf.push(b'\n');
             }
             for u in self.pending.values() {
-                serde_json::to_writer(&mut buf, &Record::Update(u.clone())).map_err(std::io::Error::other)?;
+                serde_json::to_writer(&mut buf, &Record::Update(u.clone()))
+                    .map_err(std::io::Error::other)?;
                 buf.push(b'\n');
             }
             f.write_all(&buf)?;
@@ -191,7 +222,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let mut j = Journal::open(dir.path()).unwrap();
-            j.launched(&TaskId::new("a"), ExecutorKind::Process).unwrap();
+            j.launched(&TaskId::new("a"), ExecutorKind::Process)
+                .unwrap();
             j.launched(&TaskId::new("b"), ExecutorKind::Docker).unwrap();
             let ups = j
                 .record(vec![
@@ -202,7 +234,10 @@ mod tests {
             j.acked(ups[0].id).unwrap();
         }
         let j = Journal::open(dir.path()).unwrap();
-        assert_eq!(j.live.keys().map(|k| k.as_str()).collect::<Vec<_>>(), vec!["a"]);
+        assert_eq!(
+            j.live.keys().map(|k| k.as_str()).collect::<Vec<_>>(),
+            vec!["a"]
+        );
         assert_eq!(j.pending.len(), 1);
         assert_eq!(j.pending.values().next().unwrap().task_id.as_str(), "b");
         assert_eq!(j.next_id, 3);

@@ -54,17 +54,26 @@ enum ConnEvent {
 
 /// Runs the agent until `shutdown` resolves. Tasks keep running when the agent stops: a
 /// restarted agent re-attaches to them.
-pub async fn run(config: AgentConfig, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
+pub async fn run(
+    config: AgentConfig,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
     let state_dir = config.work_dir.join("state");
     std::fs::create_dir_all(&state_dir)?;
     let sandboxes = config.work_dir.join("sandboxes");
     std::fs::create_dir_all(&sandboxes)?;
     let mut journal = Journal::open(&state_dir)?;
     let id_file = state_dir.join("agent_id");
-    let mut agent_id: Option<AgentId> = std::fs::read_to_string(&id_file).ok().map(|s| AgentId::new(s.trim())).filter(|a| !a.as_str().is_empty());
+    let mut agent_id: Option<AgentId> = std::fs::read_to_string(&id_file)
+        .ok()
+        .map(|s| AgentId::new(s.trim()))
+        .filter(|a| !a.as_str().is_empty());
 
     let (ev_tx, mut ev_rx) = mpsc::unbounded_channel::<ExecutorEvent>();
-    let process: Arc<dyn Executor> = Arc::new(ProcessExecutor::new(ProcessConfig::new(state_dir.join("process")), ev_tx.clone())?);
+    let process: Arc<dyn Executor> = Arc::new(ProcessExecutor::new(
+        ProcessConfig::new(state_dir.join("process")),
+        ev_tx.clone(),
+    )?);
     let docker: Option<Arc<dyn Executor>> = if config.containerizers.iter().any(|c| c == "docker") {
         // Containers are labelled with an owner key kept in the work dir: stable across
         // restarts (unlike the hostname, or an agent id that may not be assigned yet) and
@@ -73,7 +82,14 @@ pub async fn run(config: AgentConfig, shutdown: impl std::future::Future<Output 
         let owner = match std::fs::read_to_string(&owner_file) {
             Ok(o) if !o.trim().is_empty() => o.trim().to_string(),
             _ => {
-                let o = format!("{}-{:x}", config.hostname, std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0));
+                let o = format!(
+                    "{}-{:x}",
+                    config.hostname,
+                    std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| d.as_nanos())
+                        .unwrap_or(0)
+                );
                 std::fs::write(&owner_file, &o)?;
                 o
             }
@@ -94,11 +110,26 @@ pub async fn run(config: AgentConfig, shutdown: impl std::future::Future<Output 
 
     // Recovery: re-attach to what the journal says is live; report what ended meanwhile.
     let mut recovered_updates = Vec::new();
-    for (kind, exec) in [(ExecutorKind::Process, Some(process.clone())), (ExecutorKind::Docker, docker.clone())] {
-        let ids: Vec<String> = journal.live.iter().filter(|(_, k)| **k == kind).map(|(t, _)| t.to_string()).collect();
+    for (kind, exec) in [
+        (ExecutorKind::Process, Some(process.clone())),
+        (ExecutorKind::Docker, docker.clone()),
+    ] {
+        let ids: Vec<String> = journal
+            .live
+            .iter()
+            .filter(|(_, k)| **k == kind)
+            .map(|(t, _)| t.to_string())
+            .collect();
         let Some(exec) = exec else {
             for id in ids {
-                recovered_updates.push((TaskId::new(&id), TaskState::Lost, status_msg("the Docker daemon is not available after an agent restart", Some("REASON_CONTAINER_LAUNCH_FAILED"))));
+                recovered_updates.push((
+                    TaskId::new(&id),
+                    TaskState::Lost,
+                    status_msg(
+                        "the Docker daemon is not available after an agent restart",
+                        Some("REASON_CONTAINER_LAUNCH_FAILED"),
+                    ),
+                ));
             }
             continue;
         };
@@ -115,13 +146,21 @@ pub async fn run(config: AgentConfig, shutdown: impl std::future::Future<Output 
         }
     }
     if !recovered_updates.is_empty() {
-        tracing::info!(count = recovered_updates.len(), "tasks ended while the agent was away");
+        tracing::info!(
+            count = recovered_updates.len(),
+            "tasks ended while the agent was away"
+        );
         journal.record(recovered_updates)?;
     }
 
     let (out_tx, out_rx) = mpsc::channel::<AgentMessage>(4096);
     let (conn_tx, mut conn_rx) = mpsc::channel::<ConnEvent>(4096);
-    let conn = tokio::spawn(connection(config.master.clone(), config.reregister_backoff_max, out_rx, conn_tx));
+    let conn = tokio::spawn(connection(
+        config.master.clone(),
+        config.reregister_backoff_max,
+        out_rx,
+        conn_tx,
+    ));
 
     let mut registered = false;
     let mut heartbeat = tokio::time::interval(config.heartbeat_interval);
@@ -275,7 +314,12 @@ pub async fn run(config: AgentConfig, shutdown: impl std::future::Future<Output 
 }
 
 fn status_msg(message: &str, reason: Option<&str>) -> StatusInfo {
-    StatusInfo { message: Some(message.to_string()), reason: reason.map(str::to_string), source: Some("SOURCE_EXECUTOR".into()), ..StatusInfo::default() }
+    StatusInfo {
+        message: Some(message.to_string()),
+        reason: reason.map(str::to_string),
+        source: Some("SOURCE_EXECUTOR".into()),
+        ..StatusInfo::default()
+    }
 }
 
 /// An executor's update as a Mesos task state and status.
@@ -295,7 +339,11 @@ pub fn translate(update: &TaskUpdate) -> (TaskState, StatusInfo) {
             s.exit_code = Some(0);
             (TaskState::Finished, s)
         }
-        TaskUpdate::Failed { exit_code, reason, message } => {
+        TaskUpdate::Failed {
+            exit_code,
+            reason,
+            message,
+        } => {
             let r = match reason {
                 FailReason::CommandExit => "REASON_COMMAND_EXECUTOR_FAILED",
                 FailReason::Oom => "REASON_CONTAINER_LIMITATION_MEMORY",
@@ -307,25 +355,48 @@ pub fn translate(update: &TaskUpdate) -> (TaskState, StatusInfo) {
             s.exit_code = *exit_code;
             (TaskState::Failed, s)
         }
-        TaskUpdate::Killed { message } => (TaskState::Killed, status_msg(message, Some("REASON_TASK_KILLED_DURING_LAUNCH").filter(|_| false))),
-        TaskUpdate::Error { message } => (TaskState::Error, status_msg(message, Some("REASON_TASK_INVALID"))),
+        TaskUpdate::Killed { message } => (
+            TaskState::Killed,
+            status_msg(
+                message,
+                Some("REASON_TASK_KILLED_DURING_LAUNCH").filter(|_| false),
+            ),
+        ),
+        TaskUpdate::Error { message } => (
+            TaskState::Error,
+            status_msg(message, Some("REASON_TASK_INVALID")),
+        ),
     }
 }
 
 /// Removes the sandboxes of tasks that are not live and were last written more than
 /// `older_than` ago.
-fn gc_sandboxes(sandboxes: &std::path::Path, live: &std::collections::HashSet<String>, older_than: Duration) {
-    let Ok(dir) = std::fs::read_dir(sandboxes) else { return };
+fn gc_sandboxes(
+    sandboxes: &std::path::Path,
+    live: &std::collections::HashSet<String>,
+    older_than: Duration,
+) {
+    let Ok(dir) = std::fs::read_dir(sandboxes) else {
+        return;
+    };
     for entry in dir.flatten() {
         let name = entry.file_name().to_string_lossy().to_string();
         if live.contains(&name) {
             continue;
         }
-        let old = entry.metadata().and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok()).map(|e| e >= older_than).unwrap_or(false);
+        let old = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .map(|e| e >= older_than)
+            .unwrap_or(false);
         if old {
             match std::fs::remove_dir_all(entry.path()) {
                 Ok(()) => tracing::info!(sandbox = %name, "removed an old sandbox"),
-                Err(e) => tracing::warn!(sandbox = %name, error = %e, "cannot remove an old sandbox"),
+                Err(e) => {
+                    tracing::warn!(sandbox = %name, error = %e, "cannot remove an old sandbox")
+                }
             }
         }
     }
@@ -336,7 +407,12 @@ fn sandbox_name(task_id: &TaskId) -> String {
 }
 
 /// A task ready to launch: its id, executor kind and executor, and its launch spec.
-type Prepared = (TaskId, ExecutorKind, Arc<dyn Executor>, crate::executor::LaunchSpec);
+type Prepared = (
+    TaskId,
+    ExecutorKind,
+    Arc<dyn Executor>,
+    crate::executor::LaunchSpec,
+);
 
 /// Creates the sandbox and translates the TaskInfo; a task that cannot run ends at once
 /// (TASK_ERROR / TASK_FAILED through the event channel) and `None` is returned.
@@ -351,29 +427,43 @@ fn prepare(
 ) -> Option<Prepared> {
     let sandbox = sandboxes.join(sandbox_name(&task.id));
     let fail = |update: TaskUpdate| {
-        let _ = ev_tx.send(ExecutorEvent { task_id: task.id.to_string(), update });
+        let _ = ev_tx.send(ExecutorEvent {
+            task_id: task.id.to_string(),
+            update,
+        });
     };
     if let Err(e) = std::fs::create_dir_all(&sandbox) {
-        fail(TaskUpdate::Failed { exit_code: None, reason: FailReason::LaunchFailed, message: format!("cannot create the sandbox: {e}") });
+        fail(TaskUpdate::Failed {
+            exit_code: None,
+            reason: FailReason::LaunchFailed,
+            message: format!("cannot create the sandbox: {e}"),
+        });
         return None;
     }
-    let spec = match taskinfo::launch_spec(task.id.as_str(), &task.spec.0, &sandbox, config.kill_grace) {
-        Ok(t) => t.spec,
-        Err(message) => {
-            fail(TaskUpdate::Error { message });
-            return None;
-        }
-    };
+    let spec =
+        match taskinfo::launch_spec(task.id.as_str(), &task.spec.0, &sandbox, config.kill_grace) {
+            Ok(t) => t.spec,
+            Err(message) => {
+                fail(TaskUpdate::Error { message });
+                return None;
+            }
+        };
     let (kind, exec) = match &spec.container {
         ContainerSpec::Docker(_) => match docker {
             Some(d) => (ExecutorKind::Docker, d.clone()),
             None => {
-                fail(TaskUpdate::Failed { exit_code: None, reason: FailReason::LaunchFailed, message: "this agent has no Docker daemon".into() });
+                fail(TaskUpdate::Failed {
+                    exit_code: None,
+                    reason: FailReason::LaunchFailed,
+                    message: "this agent has no Docker daemon".into(),
+                });
                 return None;
             }
         },
         ContainerSpec::Process if !process_enabled => {
-            fail(TaskUpdate::Error { message: "this agent does not run plain processes (--containerizers)".into() });
+            fail(TaskUpdate::Error {
+                message: "this agent does not run plain processes (--containerizers)".into(),
+            });
             return None;
         }
         ContainerSpec::Process => (ExecutorKind::Process, process.clone()),
@@ -382,8 +472,16 @@ fn prepare(
 }
 
 /// The connection task: connect out, shuttle messages, reconnect with backoff.
-async fn connection(master: String, backoff_max: Duration, mut out_rx: mpsc::Receiver<AgentMessage>, conn_tx: mpsc::Sender<ConnEvent>) {
-    let url = format!("{}/api/shoal/v1/agent/connect", master.trim_end_matches('/').replacen("http", "ws", 1));
+async fn connection(
+    master: String,
+    backoff_max: Duration,
+    mut out_rx: mpsc::Receiver<AgentMessage>,
+    conn_tx: mpsc::Sender<ConnEvent>,
+) {
+    let url = format!(
+        "{}/api/shoal/v1/agent/connect",
+        master.trim_end_matches('/').replacen("http", "ws", 1)
+    );
     let mut backoff = Duration::from_millis(50);
     loop {
         match tokio_tungstenite::connect_async(&url).await {

@@ -8,7 +8,8 @@ use serde::Deserialize;
 use serde_json::Value as Json;
 
 use crate::executor::{
-    CommandSpec, ContainerSpec, DockerNetwork, DockerSpec, HealthCheckKind, HealthCheckSpec, LaunchSpec, Limits, PortMapping, Protocol,
+    CommandSpec, ContainerSpec, DockerNetwork, DockerSpec, HealthCheckKind, HealthCheckSpec,
+    LaunchSpec, Limits, PortMapping, Protocol,
 };
 
 #[derive(Deserialize, Default)]
@@ -189,7 +190,10 @@ fn secs(v: Option<f64>, default: f64) -> Duration {
 }
 
 fn port(p: u32, what: &str) -> Result<u16, String> {
-    u16::try_from(p).ok().filter(|p| *p > 0).ok_or_else(|| format!("{what} {p} is not a valid port"))
+    u16::try_from(p)
+        .ok()
+        .filter(|p| *p > 0)
+        .ok_or_else(|| format!("{what} {p} is not a valid port"))
 }
 
 fn command_spec(c: CommandInfo) -> Result<Option<CommandSpec>, String> {
@@ -198,7 +202,12 @@ fn command_spec(c: CommandInfo) -> Result<Option<CommandSpec>, String> {
     }
     let env: Vec<(String, String)> = c
         .environment
-        .map(|e| e.variables.into_iter().map(|v| (v.name, v.value.unwrap_or_default())).collect())
+        .map(|e| {
+            e.variables
+                .into_iter()
+                .map(|v| (v.name, v.value.unwrap_or_default()))
+                .collect()
+        })
         .unwrap_or_default();
     let Some(value) = c.value else {
         return Ok(None);
@@ -206,7 +215,10 @@ fn command_spec(c: CommandInfo) -> Result<Option<CommandSpec>, String> {
     let mut spec = if c.shell.unwrap_or(true) {
         CommandSpec::shell(value)
     } else {
-        CommandSpec::argv(value.clone(), c.arguments.into_iter().skip(1).collect::<Vec<_>>())
+        CommandSpec::argv(
+            value.clone(),
+            c.arguments.into_iter().skip(1).collect::<Vec<_>>(),
+        )
     };
     for (k, v) in env {
         spec = spec.with_env(k, v);
@@ -216,10 +228,19 @@ fn command_spec(c: CommandInfo) -> Result<Option<CommandSpec>, String> {
 }
 
 /// Translates a TaskInfo; an `Err` is a malformed or unsupported task (TASK_ERROR).
-pub fn launch_spec(task_id: &str, task_info: &str, sandbox: &Path, default_grace: Duration) -> Result<Translated, String> {
-    let t: TaskInfo = serde_json::from_str(task_info).map_err(|e| format!("malformed TaskInfo: {e}"))?;
+pub fn launch_spec(
+    task_id: &str,
+    task_info: &str,
+    sandbox: &Path,
+    default_grace: Duration,
+) -> Result<Translated, String> {
+    let t: TaskInfo =
+        serde_json::from_str(task_info).map_err(|e| format!("malformed TaskInfo: {e}"))?;
     if t.executor.is_some() {
-        return Err("custom executors (TaskInfo.executor) are not supported; use command or container".into());
+        return Err(
+            "custom executors (TaskInfo.executor) are not supported; use command or container"
+                .into(),
+        );
     }
     let mut spec = LaunchSpec::new(task_id, sandbox);
     spec.kill_grace = default_grace;
@@ -239,7 +260,9 @@ pub fn launch_spec(task_id: &str, task_info: &str, sandbox: &Path, default_grace
         let kind = c.kind.as_deref().unwrap_or("MESOS");
         let docker = match kind {
             "DOCKER" => {
-                let d = c.docker.ok_or("ContainerInfo of type DOCKER without docker")?;
+                let d = c
+                    .docker
+                    .ok_or("ContainerInfo of type DOCKER without docker")?;
                 if d.privileged.unwrap_or(false) {
                     return Err("privileged containers are not allowed on this agent".into());
                 }
@@ -253,10 +276,18 @@ pub fn launch_spec(task_id: &str, task_info: &str, sandbox: &Path, default_grace
                 ds.network = network;
                 ds.force_pull = d.force_pull_image.unwrap_or(false);
                 for m in d.port_mappings {
-                    let protocol = match m.protocol.as_deref().unwrap_or("tcp").to_ascii_lowercase().as_str() {
+                    let protocol = match m
+                        .protocol
+                        .as_deref()
+                        .unwrap_or("tcp")
+                        .to_ascii_lowercase()
+                        .as_str()
+                    {
                         "tcp" => Protocol::Tcp,
                         "udp" => Protocol::Udp,
-                        other => return Err(format!("port mapping protocol {other} is not supported")),
+                        other => {
+                            return Err(format!("port mapping protocol {other} is not supported"))
+                        }
                     };
                     ds.port_mappings.push(PortMapping {
                         host_port: port(m.host_port, "host_port")?,
@@ -268,7 +299,10 @@ pub fn launch_spec(task_id: &str, task_info: &str, sandbox: &Path, default_grace
             }
             "MESOS" => match c.mesos.and_then(|m| m.image) {
                 Some(img) if img.kind.as_deref().unwrap_or("DOCKER") == "DOCKER" => {
-                    let name = img.docker.ok_or("Image of type DOCKER without docker.name")?.name;
+                    let name = img
+                        .docker
+                        .ok_or("Image of type DOCKER without docker.name")?
+                        .name;
                     Some(DockerSpec::new(name))
                 }
                 Some(_) => return Err("only Docker images are supported".into()),
@@ -289,14 +323,25 @@ pub fn launch_spec(task_id: &str, task_info: &str, sandbox: &Path, default_grace
             "COMMAND"
         }) {
             "COMMAND" => {
-                let shell = h.command.and_then(|c| c.value).ok_or("COMMAND health check without command.value")?;
+                let shell = h
+                    .command
+                    .and_then(|c| c.value)
+                    .ok_or("COMMAND health check without command.value")?;
                 HealthCheckKind::Command { shell }
             }
             "HTTP" => {
                 let http = h.http.ok_or("HTTP health check without http")?;
-                HealthCheckKind::Http { port: port(http.port, "health check port")?, path: http.path.unwrap_or_else(|| "/".into()) }
+                HealthCheckKind::Http {
+                    port: port(http.port, "health check port")?,
+                    path: http.path.unwrap_or_else(|| "/".into()),
+                }
             }
-            "TCP" => HealthCheckKind::Tcp { port: port(h.tcp.ok_or("TCP health check without tcp")?.port, "health check port")? },
+            "TCP" => HealthCheckKind::Tcp {
+                port: port(
+                    h.tcp.ok_or("TCP health check without tcp")?.port,
+                    "health check port",
+                )?,
+            },
             other => return Err(format!("health check type {other} is not supported")),
         };
         let mut hc = HealthCheckSpec::new(kind);
@@ -331,7 +376,9 @@ mod tests {
     fn shell_command_with_limits() {
         let t = r#"{"task_id":{"value":"t"},"command":{"value":"echo hi","environment":{"variables":[{"name":"A","value":"1"}]}},
             "resources":[{"name":"cpus","type":"SCALAR","scalar":{"value":0.5}},{"name":"mem","type":"SCALAR","scalar":{"value":64}}]}"#;
-        let s = launch_spec("t", t, Path::new("/tmp/sb"), Duration::from_secs(1)).unwrap().spec;
+        let s = launch_spec("t", t, Path::new("/tmp/sb"), Duration::from_secs(1))
+            .unwrap()
+            .spec;
         assert_eq!(s.limits.mem_mb, 64);
         assert!(matches!(s.container, ContainerSpec::Process));
         assert!(s.command.is_some());
@@ -343,8 +390,12 @@ mod tests {
             "port_mappings":[{"host_port":31000,"container_port":80,"protocol":"tcp"}]}},
             "health_check":{"type":"HTTP","http":{"port":80,"path":"/"},"interval_seconds":1},
             "kill_policy":{"grace_period":{"nanoseconds":2000000000}}}"#;
-        let s = launch_spec("t", t, Path::new("/tmp/sb"), Duration::from_secs(1)).unwrap().spec;
-        let ContainerSpec::Docker(d) = &s.container else { panic!() };
+        let s = launch_spec("t", t, Path::new("/tmp/sb"), Duration::from_secs(1))
+            .unwrap()
+            .spec;
+        let ContainerSpec::Docker(d) = &s.container else {
+            panic!()
+        };
         assert_eq!(d.port_mappings[0].host_port, 31000);
         assert_eq!(s.kill_grace, Duration::from_secs(2));
         assert!(s.health_check.is_some());
@@ -360,7 +411,10 @@ mod tests {
             r#"{"executor":{"executor_id":{"value":"e"}}}"#,
             r#"{}"#,
         ] {
-            assert!(launch_spec("t", bad, Path::new("/tmp/sb"), Duration::from_secs(1)).is_err(), "{bad}");
+            assert!(
+                launch_spec("t", bad, Path::new("/tmp/sb"), Duration::from_secs(1)).is_err(),
+                "{bad}"
+            );
         }
     }
 }

@@ -19,7 +19,8 @@ pub fn fs_type(path: &Path) -> Result<(i64, &'static str)> {
     // SAFETY: `c` is a valid C string and `st` a valid out-pointer for the call's duration.
     let rc = unsafe { libc::statfs(c.as_ptr(), &mut st) };
     if rc != 0 {
-        return Err(std::io::Error::last_os_error()).with_context(|| format!("statfs {}", path.display()));
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("statfs {}", path.display()));
     }
     #[allow(clippy::unnecessary_cast)]
     let magic = st.f_type as i64 & 0xffff_ffff;
@@ -110,5 +111,10 @@ pub fn fdatasync_rate(dir: &Path, span: Duration) -> Result<SyncRate> {
     times.sort();
     let median = times[times.len() / 2];
     let p99 = times[(times.len() * 99 / 100).min(times.len() - 1)];
-    Ok(SyncRate { syncs: times.len() as u64, elapsed, median, p99 })
+    Ok(SyncRate {
+        syncs: times.len() as u64,
+        elapsed,
+        median,
+        p99,
+    })
 }

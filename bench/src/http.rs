@@ -41,8 +41,19 @@ pub struct MasterProc {
 impl MasterProc {
     /// Starts a master on `dir` and waits (at most `limit`) until it answers /health.
     /// Returns it and the time from spawn to ready (which includes loading the store).
-    pub async fn start(bin: &Path, dir: &Path, extra: &[String], limit: Duration) -> Result<(MasterProc, Duration)> {
-        let mut m = MasterProc { child: None, addr: String::new(), dir: dir.to_path_buf(), bin: bin.to_path_buf(), extra: extra.to_vec() };
+    pub async fn start(
+        bin: &Path,
+        dir: &Path,
+        extra: &[String],
+        limit: Duration,
+    ) -> Result<(MasterProc, Duration)> {
+        let mut m = MasterProc {
+            child: None,
+            addr: String::new(),
+            dir: dir.to_path_buf(),
+            bin: bin.to_path_buf(),
+            extra: extra.to_vec(),
+        };
         let took = m.spawn(limit).await?;
         Ok((m, took))
     }
@@ -51,7 +62,10 @@ impl MasterProc {
         std::fs::create_dir_all(&self.dir)?;
         let addr_file = self.dir.join("master.addr");
         let _ = std::fs::remove_file(&addr_file);
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("master.log"))?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("master.log"))?;
         let started = Instant::now();
         let child = Command::new(&self.bin)
             .args(["master", "--listen", "127.0.0.1:0", "--work-dir"])
@@ -73,14 +87,24 @@ impl MasterProc {
                     break a.trim().to_string();
                 }
             }
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-                bail!("the master exited ({status}) before it listened; its log:\n{}", self.log_tail());
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                bail!(
+                    "the master exited ({status}) before it listened; its log:\n{}",
+                    self.log_tail()
+                );
             }
-            dl.check("waiting for master.addr").map_err(|e| anyhow!("{e}; master log:\n{}", self.log_tail()))?;
+            dl.check("waiting for master.addr")
+                .map_err(|e| anyhow!("{e}; master log:\n{}", self.log_tail()))?;
             tokio::time::sleep(Duration::from_millis(5)).await;
         };
         self.addr = format!("http://{addr}");
-        let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build()?;
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .build()?;
         loop {
             if let Ok(r) = http.get(format!("{}/health", self.addr)).send().await {
                 if r.status().is_success() {
@@ -136,17 +160,27 @@ impl Drop for MasterProc {
 }
 
 /// Registers `n` agents over HTTP, `concurrency` at a time; returns how long it took.
-async fn register_http(client: &Client, n: usize, resources: &ResourceSet, concurrency: usize, dl: Deadline) -> Result<Duration> {
+async fn register_http(
+    client: &Client,
+    n: usize,
+    resources: &ResourceSet,
+    concurrency: usize,
+    dl: Deadline,
+) -> Result<Duration> {
     let started = Instant::now();
     let results: Vec<Result<()>> = futures::stream::iter(0..n)
         .map(|i| {
             let c = client.clone();
             let reg = registration(&format!("bench-agent-{i}"), resources);
             async move {
-                within("registering an agent", Duration::from_secs(30), c.register_agent(&reg))
-                    .await?
-                    .map(|_| ())
-                    .map_err(|e| anyhow!("registering an agent: {e}"))
+                within(
+                    "registering an agent",
+                    Duration::from_secs(30),
+                    c.register_agent(&reg),
+                )
+                .await?
+                .map(|_| ())
+                .map_err(|e| anyhow!("registering an agent: {e}"))
             }
         })
         .buffer_unordered(concurrency)
@@ -158,7 +192,12 @@ async fn register_http(client: &Client, n: usize, resources: &ResourceSet, concu
 }
 
 async fn stats(http: &reqwest::Client, addr: &str) -> Result<Json> {
-    let r = within("GET /stats", Duration::from_secs(30), http.get(format!("{addr}/api/shoal/v1/stats")).send()).await??;
+    let r = within(
+        "GET /stats",
+        Duration::from_secs(30),
+        http.get(format!("{addr}/api/shoal/v1/stats")).send(),
+    )
+    .await??;
     if !r.status().is_success() {
         bail!("GET /stats: {}", r.status());
     }
@@ -208,14 +247,22 @@ struct Slot {
 }
 
 async fn local_view(client: &Client, cpu: i64, mem: i64) -> Result<(Vec<Slot>, u64)> {
-    let mut state = within("GET /state?tasks=false", Duration::from_secs(60), client.state_json(false))
-        .await?
-        .map_err(|e| anyhow!("GET /state: {e}"))?;
+    let mut state = within(
+        "GET /state?tasks=false",
+        Duration::from_secs(60),
+        client.state_json(false),
+    )
+    .await?
+    .map_err(|e| anyhow!("GET /state: {e}"))?;
     let version = state["version"].as_u64().unwrap_or(0);
-    let agents: Vec<Agent> = serde_json::from_value(state["agents"].take()).context("decoding the agents")?;
+    let agents: Vec<Agent> =
+        serde_json::from_value(state["agents"].take()).context("decoding the agents")?;
     let view = agents
         .iter()
-        .map(|a| Slot { id: a.id.to_string(), free: crate::inproc::free_slots(a, cpu, mem) })
+        .map(|a| Slot {
+            id: a.id.to_string(),
+            free: crate::inproc::free_slots(a, cpu, mem),
+        })
         .collect();
     Ok((view, version))
 }
@@ -278,7 +325,10 @@ async fn client_b(
             if chosen.is_empty() {
                 out.refreshes += 1;
                 if out.refreshes > 50 {
-                    bail!("client {s}: nothing fits after {} state reads: the cell is full", out.refreshes - 1);
+                    bail!(
+                        "client {s}: nothing fits after {} state reads: the cell is full",
+                        out.refreshes - 1
+                    );
                 }
                 (view, version) = local_view(&client, cpu, mem).await?;
                 cursor = start;
@@ -289,7 +339,10 @@ async fn client_b(
                 .iter()
                 .map(|&(i, k)| {
                     let id = format!("{run}-j{job}-t{k}");
-                    PlacementRequest { agent_id: view[i].id.clone(), task_info: command_task(&id, &id, &task, "true") }
+                    PlacementRequest {
+                        agent_id: view[i].id.clone(),
+                        task_info: command_task(&id, &id, &task, "true"),
+                    }
                 })
                 .collect();
             let req = ClaimRequest {
@@ -313,7 +366,11 @@ async fn client_b(
             }
             version = version.max(answer.current_version);
             if answer.outcome.placements.len() != chosen.len() {
-                bail!("the answer has {} placements, the claim {}", answer.outcome.placements.len(), chosen.len());
+                bail!(
+                    "the answer has {} placements, the claim {}",
+                    answer.outcome.placements.len(),
+                    chosen.len()
+                );
             }
             for (o, &(i, k)) in answer.outcome.placements.iter().zip(&chosen) {
                 if o.committed {
@@ -323,7 +380,12 @@ async fn client_b(
                     }
                 } else {
                     *out.reasons.entry(reason_name(&o.rejected)).or_default() += 1;
-                    if let Some(RejectReason::UnknownAgent | RejectReason::AgentNotActive { .. } | RejectReason::InsufficientResources { .. }) = &o.rejected {
+                    if let Some(
+                        RejectReason::UnknownAgent
+                        | RejectReason::AgentNotActive { .. }
+                        | RejectReason::InsufficientResources { .. },
+                    ) = &o.rejected
+                    {
                         view[i].free = 0;
                     }
                     if let Some(RejectReason::DuplicateTaskId) = &o.rejected {
@@ -337,32 +399,93 @@ async fn client_b(
     }
 }
 
-pub fn phase_b(bin: &Path, dir: &Path, scale: ScaleB, extra: &[String], limit: Duration) -> Result<()> {
+pub fn phase_b(
+    bin: &Path,
+    dir: &Path,
+    scale: ScaleB,
+    extra: &[String],
+    limit: Duration,
+) -> Result<()> {
     let total = (scale.jobs * scale.tasks_per_job) as u64;
     title("(b) the C1M shape over HTTP: the real master binary, SIGKILL, restart");
-    param("master", format!("{} master --listen 127.0.0.1:0 {}", bin.display(), extra.join(" ")));
-    param("agents", format!("{} x {B_AGENT_RES} (120 tasks each), registered over HTTP, 64 at a time", int(scale.agents as u64)));
-    param("jobs", format!("{} jobs x {} tasks = {} placements ({B_TASK_RES})", int(scale.jobs as u64), int(scale.tasks_per_job as u64), int(total)));
-    param("scheduler clients", format!("{}, each its own shoal_client::Client, one claim in flight each", scale.clients));
-    param("claims", format!("<= {} placements (a job's tasks split), incremental, fine", scale.claim));
-    param("decision", "first fit on a per-client view (one state read, then the claim answers)");
+    param(
+        "master",
+        format!(
+            "{} master --listen 127.0.0.1:0 {}",
+            bin.display(),
+            extra.join(" ")
+        ),
+    );
+    param(
+        "agents",
+        format!(
+            "{} x {B_AGENT_RES} (120 tasks each), registered over HTTP, 64 at a time",
+            int(scale.agents as u64)
+        ),
+    );
+    param(
+        "jobs",
+        format!(
+            "{} jobs x {} tasks = {} placements ({B_TASK_RES})",
+            int(scale.jobs as u64),
+            int(scale.tasks_per_job as u64),
+            int(total)
+        ),
+    );
+    param(
+        "scheduler clients",
+        format!(
+            "{}, each its own shoal_client::Client, one claim in flight each",
+            scale.clients
+        ),
+    );
+    param(
+        "claims",
+        format!(
+            "<= {} placements (a job's tasks split), incremental, fine",
+            scale.claim
+        ),
+    );
+    param(
+        "decision",
+        "first fit on a per-client view (one state read, then the claim answers)",
+    );
     let rt = runtime()?;
-    let r = rt.block_on(async { within("phase (b)", limit, run_b(bin, dir, Arc::new(scale), extra, Deadline::after(limit))).await? });
+    let r = rt.block_on(async {
+        within(
+            "phase (b)",
+            limit,
+            run_b(bin, dir, Arc::new(scale), extra, Deadline::after(limit)),
+        )
+        .await?
+    });
     rt.shutdown_timeout(Duration::from_secs(2));
     r
 }
 
-async fn run_b(bin: &Path, dir: &Path, scale: Arc<ScaleB>, extra: &[String], dl: Deadline) -> Result<()> {
+async fn run_b(
+    bin: &Path,
+    dir: &Path,
+    scale: Arc<ScaleB>,
+    extra: &[String],
+    dl: Deadline,
+) -> Result<()> {
     let total = (scale.jobs * scale.tasks_per_job) as u64;
     let agent = ResourceSet::parse(B_AGENT_RES)?;
     let task = ResourceSet::parse(B_TASK_RES)?;
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(60)).build()?;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()?;
     let (mut master, boot) = MasterProc::start(bin, dir, extra, Duration::from_secs(30)).await?;
     let client = Client::new(&master.addr).map_err(|e| anyhow!("{e}"))?;
     let reg = register_http(&client, scale.agents, &agent, 64, dl).await?;
     let s0 = stats(&http, &master.addr).await?;
     if num(&s0, "agents") != scale.agents as u64 {
-        bail!("the master has {} agents, wanted {}", num(&s0, "agents"), scale.agents);
+        bail!(
+            "the master has {} agents, wanted {}",
+            num(&s0, "agents"),
+            scale.agents
+        );
     }
 
     let run = format!("b{}", std::process::id());
@@ -392,7 +515,12 @@ async fn run_b(bin: &Path, dir: &Path, scale: Arc<ScaleB>, extra: &[String], dl:
             loop {
                 tokio::time::sleep(Duration::from_secs(10)).await;
                 let n = placed.load(Ordering::Relaxed);
-                eprintln!("  ... (b) {} of {} placed, {:.0} s", int(n), int(total), t.elapsed().as_secs_f64());
+                eprintln!(
+                    "  ... (b) {} of {} placed, {:.0} s",
+                    int(n),
+                    int(total),
+                    t.elapsed().as_secs_f64()
+                );
             }
         })
     };
@@ -426,49 +554,124 @@ async fn run_b(bin: &Path, dir: &Path, scale: Arc<ScaleB>, extra: &[String], dl:
         }
         t.sample.extend(o.sample);
     }
-    let master_cpu = master.pid().and_then(cpu_time).zip(master_cpu0).map(|(b, a)| b.saturating_sub(a));
-    let own_cpu = cpu_time(std::process::id()).zip(own_cpu0).map(|(b, a)| b.saturating_sub(a));
+    let master_cpu = master
+        .pid()
+        .and_then(cpu_time)
+        .zip(master_cpu0)
+        .map(|(b, a)| b.saturating_sub(a));
+    let own_cpu = cpu_time(std::process::id())
+        .zip(own_cpu0)
+        .map(|(b, a)| b.saturating_sub(a));
     let s1 = stats(&http, &master.addr).await?;
     let rss = master.peak_rss_mib();
 
     println!();
     figure("master start (empty store)", secs(boot), "spawn -> /health");
-    figure("agent registration (HTTP)", secs(reg), &format!("{} agents", rate(per_s(scale.agents as u64, reg))));
-    figure("total time", secs(elapsed), &format!("target <= 20 s for 1,000,000 -> {}", if total >= 1_000_000 { met(elapsed.as_secs_f64() <= 20.0) } else { "n/a at this scale" }));
+    figure(
+        "agent registration (HTTP)",
+        secs(reg),
+        &format!("{} agents", rate(per_s(scale.agents as u64, reg))),
+    );
+    figure(
+        "total time",
+        secs(elapsed),
+        &format!(
+            "target <= 20 s for 1,000,000 -> {}",
+            if total >= 1_000_000 {
+                met(elapsed.as_secs_f64() <= 20.0)
+            } else {
+                "n/a at this scale"
+            }
+        ),
+    );
     let r = per_s(t.committed, elapsed);
-    figure("placements/s", rate(r), &format!("Nomad C1M reference ~{} (1M in < 5 min): {:.1}x", rate(NOMAD_RATE), r / NOMAD_RATE));
-    figure("time for 1,000,000 at this rate", secs(Duration::from_secs_f64(1e6 / r.max(1e-9))), "");
-    figure("claims/s", rate(per_s(t.claims, elapsed)), &format!("{} claims", int(t.claims)));
-    let (groups, syncs) = (num(&s1, "commit_groups") - num(&s0, "commit_groups"), num(&s1, "syncs") - num(&s0, "syncs"));
-    figure("commit groups / syncs", format!("{} / {}", int(groups), int(syncs)), &format!("{:.0} placements per sync", t.committed as f64 / syncs.max(1) as f64));
-    figure("conflict fraction", pct((t.attempted - t.committed) as f64 / t.attempted.max(1) as f64), &format!("{} rejected and retried; {} view re-reads", int(t.attempted - t.committed), t.refreshes));
+    figure(
+        "placements/s",
+        rate(r),
+        &format!(
+            "Nomad C1M reference ~{} (1M in < 5 min): {:.1}x",
+            rate(NOMAD_RATE),
+            r / NOMAD_RATE
+        ),
+    );
+    figure(
+        "time for 1,000,000 at this rate",
+        secs(Duration::from_secs_f64(1e6 / r.max(1e-9))),
+        "",
+    );
+    figure(
+        "claims/s",
+        rate(per_s(t.claims, elapsed)),
+        &format!("{} claims", int(t.claims)),
+    );
+    let (groups, syncs) = (
+        num(&s1, "commit_groups") - num(&s0, "commit_groups"),
+        num(&s1, "syncs") - num(&s0, "syncs"),
+    );
+    figure(
+        "commit groups / syncs",
+        format!("{} / {}", int(groups), int(syncs)),
+        &format!(
+            "{:.0} placements per sync",
+            t.committed as f64 / syncs.max(1) as f64
+        ),
+    );
+    figure(
+        "conflict fraction",
+        pct((t.attempted - t.committed) as f64 / t.attempted.max(1) as f64),
+        &format!(
+            "{} rejected and retried; {} view re-reads",
+            int(t.attempted - t.committed),
+            t.refreshes
+        ),
+    );
     for (k, v) in &t.reasons {
         figure(&format!("rejections: {k}"), int(*v), "");
     }
     if t.stale_answers > 0 {
-        figure("answers older than their own commit", int(t.stale_answers), "current_version < committed_version");
+        figure(
+            "answers older than their own commit",
+            int(t.stale_answers),
+            "current_version < committed_version",
+        );
     }
     if let (Some(m), Some(o)) = (master_cpu, own_cpu) {
         let w = elapsed.as_secs_f64();
         figure(
             "CPU used while placing",
             format!("{:.1} + {:.1} s", m.as_secs_f64(), o.as_secs_f64()),
-            &format!("master + schedulers: {:.2} + {:.2} cores busy of the machine's", m.as_secs_f64() / w, o.as_secs_f64() / w),
+            &format!(
+                "master + schedulers: {:.2} + {:.2} cores busy of the machine's",
+                m.as_secs_f64() / w,
+                o.as_secs_f64() / w
+            ),
         );
     }
     if let Some(rss) = rss {
         figure("master peak RSS", format!("{rss:.0} MiB"), "");
     }
     if t.committed != total || num(&s1, "tasks") != total {
-        bail!("placed {} (the master counts {} tasks), wanted {total}", t.committed, num(&s1, "tasks"));
+        bail!(
+            "placed {} (the master counts {} tasks), wanted {total}",
+            t.committed,
+            num(&s1, "tasks")
+        );
     }
 
     // SIGKILL, restart on the same work dir, and read everything back.
-    let store_mib = std::fs::metadata(dir.join("shoal.redb")).map(|m| m.len() as f64 / (1 << 20) as f64).unwrap_or(0.0);
-    let load = master.restart(dl.remaining().min(Duration::from_secs(600))).await?;
+    let store_mib = std::fs::metadata(dir.join("shoal.redb"))
+        .map(|m| m.len() as f64 / (1 << 20) as f64)
+        .unwrap_or(0.0);
+    let load = master
+        .restart(dl.remaining().min(Duration::from_secs(600)))
+        .await?;
     let s2 = stats(&http, &master.addr).await?;
     let tasks = num(&s2, "tasks");
-    figure("restart after SIGKILL (spawn -> /health)", secs(load), &format!("store {store_mib:.0} MiB; loads {} tasks", int(tasks)));
+    figure(
+        "restart after SIGKILL (spawn -> /health)",
+        secs(load),
+        &format!("store {store_mib:.0} MiB; loads {} tasks", int(tasks)),
+    );
     let client = Client::new(&master.addr).map_err(|e| anyhow!("{e}"))?;
     let mut missing = 0;
     for id in &t.sample {
@@ -481,7 +684,11 @@ async fn run_b(bin: &Path, dir: &Path, scale: Arc<ScaleB>, extra: &[String], dl:
     figure(
         "placements readable after restart",
         format!("{} / {}", int(tasks), int(t.committed)),
-        &format!("{} sampled tasks read back, {missing} missing -> {}", t.sample.len(), if ok { "OK" } else { "FAILED" }),
+        &format!(
+            "{} sampled tasks read back, {missing} missing -> {}",
+            t.sample.len(),
+            if ok { "OK" } else { "FAILED" }
+        ),
     );
     if !ok {
         bail!("after the restart the master has {tasks} tasks ({missing} of the sample missing), {} were committed", t.committed);
@@ -492,10 +699,27 @@ async fn run_b(bin: &Path, dir: &Path, scale: Arc<ScaleB>, extra: &[String], dl:
 // ---------------------------------------------------------------------------------------
 // (d) snapshot over HTTP
 
-pub fn phase_d_http(bin: &Path, dir: &Path, agents: usize, requests: usize, extra: &[String], limit: Duration) -> Result<()> {
+pub fn phase_d_http(
+    bin: &Path,
+    dir: &Path,
+    agents: usize,
+    requests: usize,
+    extra: &[String],
+    limit: Duration,
+) -> Result<()> {
     title("(d) snapshot time over HTTP: GET /api/shoal/v1/state?tasks=false");
-    param("agents", format!("{} x {}, registered over HTTP", int(agents as u64), crate::inproc::AGENT_RES));
-    param("requests", format!("{requests}, one at a time, timed to the last byte of the body"));
+    param(
+        "agents",
+        format!(
+            "{} x {}, registered over HTTP",
+            int(agents as u64),
+            crate::inproc::AGENT_RES
+        ),
+    );
+    param(
+        "requests",
+        format!("{requests}, one at a time, timed to the last byte of the body"),
+    );
     let rt = runtime()?;
     let r = rt.block_on(async {
         within("phase (d) http", limit, async {
@@ -503,7 +727,9 @@ pub fn phase_d_http(bin: &Path, dir: &Path, agents: usize, requests: usize, extr
             let (master, _) = MasterProc::start(bin, dir, extra, Duration::from_secs(30)).await?;
             let client = Client::new(&master.addr).map_err(|e| anyhow!("{e}"))?;
             register_http(&client, agents, &agent, 64, Deadline::after(limit)).await?;
-            let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?;
+            let http = reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()?;
             let url = format!("{}/api/shoal/v1/state?tasks=false", master.addr);
             let mut times = Vec::new();
             let mut bytes = 0;
@@ -527,7 +753,11 @@ pub fn phase_d_http(bin: &Path, dir: &Path, agents: usize, requests: usize, extr
             }
             let med = median(&mut times);
             println!();
-            figure("median GET state?tasks=false", ms(Duration::from_secs_f64(med)), &format!("{:.1} MiB body", bytes as f64 / (1 << 20) as f64));
+            figure(
+                "median GET state?tasks=false",
+                ms(Duration::from_secs_f64(med)),
+                &format!("{:.1} MiB body", bytes as f64 / (1 << 20) as f64),
+            );
             anyhow::Ok(())
         })
         .await?

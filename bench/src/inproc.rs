@@ -10,11 +10,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::json;
-use shoal_core::{
-    Agent, AgentId, AgentRegistration, AgentState, Cell, CellConfig, Claim, ClaimId, CommitMode, ConflictCheck, Placement,
-    RejectReason, Reply, ResourceSet, TaskId, TaskSpec,
-};
 use shoal_core::Command;
+use shoal_core::{
+    Agent, AgentId, AgentRegistration, AgentState, Cell, CellConfig, Claim, ClaimId, CommitMode,
+    ConflictCheck, Placement, RejectReason, Reply, ResourceSet, TaskId, TaskSpec,
+};
 use shoal_master::committer::CommitConfig;
 use shoal_master::{open_store, wall_clock_ms, Committer, MasterCore, MemStore, Published, Store};
 
@@ -26,7 +26,8 @@ pub const TASK_RES: &str = "cpus:1;mem:1024";
 
 /// An agent's registration (built through serde, so new optional fields keep their defaults).
 pub fn registration(host: &str, resources: &ResourceSet) -> AgentRegistration {
-    serde_json::from_value(json!({"hostname": host, "resources": resources})).expect("a registration from plain fields")
+    serde_json::from_value(json!({"hostname": host, "resources": resources}))
+        .expect("a registration from plain fields")
 }
 
 /// How many tasks of `task` still fit on `agent` (scalars only; 0 unless active).
@@ -42,7 +43,10 @@ pub fn free_slots(agent: &Agent, cpu: i64, mem: i64) -> i64 {
 pub fn reason_name(r: &Option<RejectReason>) -> String {
     match r {
         None => "none".into(),
-        Some(r) => serde_json::to_value(r).ok().and_then(|v| v["reason"].as_str().map(String::from)).unwrap_or_else(|| format!("{r:?}")),
+        Some(r) => serde_json::to_value(r)
+            .ok()
+            .and_then(|v| v["reason"].as_str().map(String::from))
+            .unwrap_or_else(|| format!("{r:?}")),
     }
 }
 
@@ -57,7 +61,12 @@ fn print_reasons(reasons: &BTreeMap<String, u64>) {
 
 /// Registers `n` agents through the committer, all submitted at once so they group-commit.
 /// Returns their ids by index.
-pub async fn register_agents(committer: &Committer, n: usize, resources: &ResourceSet, limit: Duration) -> Result<Vec<AgentId>> {
+pub async fn register_agents(
+    committer: &Committer,
+    n: usize,
+    resources: &ResourceSet,
+    limit: Duration,
+) -> Result<Vec<AgentId>> {
     let futs = (0..n).map(|i| {
         let c = committer.clone();
         let reg = registration(&format!("bench-agent-{i}"), resources);
@@ -91,10 +100,21 @@ fn counters(p: &Published) -> Counters {
 }
 
 fn placement(task_id: String, agent: &AgentId, res: &ResourceSet) -> Placement {
-    Placement { task_id: TaskId::new(task_id), name: String::new(), agent_id: agent.clone(), resources: res.clone(), spec: TaskSpec::empty() }
+    Placement {
+        task_id: TaskId::new(task_id),
+        name: String::new(),
+        agent_id: agent.clone(),
+        resources: res.clone(),
+        spec: TaskSpec::empty(),
+    }
 }
 
-fn claim(id: String, snapshot_version: u64, check: ConflictCheck, placements: Vec<Placement>) -> Claim {
+fn claim(
+    id: String,
+    snapshot_version: u64,
+    check: ConflictCheck,
+    placements: Vec<Placement>,
+) -> Claim {
     Claim {
         id: ClaimId::new(id),
         role: "*".into(),
@@ -176,17 +196,31 @@ async fn scheduler_a(
             scanned += 1;
         }
         if placements.is_empty() {
-            bail!("scheduler {s}: the cell is full with {} tasks unplaced", batch.len());
+            bail!(
+                "scheduler {s}: the cell is full with {} tasks unplaced",
+                batch.len()
+            );
         }
         retry.extend(batch[chosen.len()..].iter().copied());
         out.claims += 1;
         out.attempted += placements.len() as u64;
-        let c = claim(format!("a-{s}-{}", out.claims), snap.version(), ConflictCheck::Fine, placements);
+        let c = claim(
+            format!("a-{s}-{}", out.claims),
+            snap.version(),
+            ConflictCheck::Fine,
+            placements,
+        );
         drop(snap);
-        let reply = within("a claim", Duration::from_secs(60), core.committer.submit(Command::Claim(c)))
-            .await?
-            .map_err(|e| anyhow!("claim failed: {e}"))?;
-        let Reply::Claim { outcome } = reply else { bail!("unexpected reply to a claim") };
+        let reply = within(
+            "a claim",
+            Duration::from_secs(60),
+            core.committer.submit(Command::Claim(c)),
+        )
+        .await?
+        .map_err(|e| anyhow!("claim failed: {e}"))?;
+        let Reply::Claim { outcome } = reply else {
+            bail!("unexpected reply to a claim")
+        };
         for (o, (idx, k)) in outcome.placements.iter().zip(chosen) {
             if o.committed {
                 out.committed += 1;
@@ -200,7 +234,14 @@ async fn scheduler_a(
 }
 
 /// The placement stream as claims of `claim_size` (fresh task ids), for the replays.
-fn replay_claims(prefix: &str, stream: &[u32], ids: &[AgentId], claim_size: usize, task: &ResourceSet, version: u64) -> Vec<Command> {
+fn replay_claims(
+    prefix: &str,
+    stream: &[u32],
+    ids: &[AgentId],
+    claim_size: usize,
+    task: &ResourceSet,
+    version: u64,
+) -> Vec<Command> {
     stream
         .chunks(claim_size)
         .enumerate()
@@ -208,9 +249,20 @@ fn replay_claims(prefix: &str, stream: &[u32], ids: &[AgentId], claim_size: usiz
             let placements = chunk
                 .iter()
                 .enumerate()
-                .map(|(j, &idx)| placement(format!("{prefix}-{}", c * claim_size + j), &ids[idx as usize], task))
+                .map(|(j, &idx)| {
+                    placement(
+                        format!("{prefix}-{}", c * claim_size + j),
+                        &ids[idx as usize],
+                        task,
+                    )
+                })
                 .collect();
-            Command::Claim(claim(format!("{prefix}-c{c}"), version, ConflictCheck::Fine, placements))
+            Command::Claim(claim(
+                format!("{prefix}-c{c}"),
+                version,
+                ConflictCheck::Fine,
+                placements,
+            ))
         })
         .collect()
 }
@@ -233,13 +285,20 @@ fn replay_core(
     task: &ResourceSet,
     snapshot_every: Option<usize>,
 ) -> Result<(Duration, u64)> {
-    let mut cell = Cell::new(CellConfig { cell_id: Arc::from("bench-core") });
+    let mut cell = Cell::new(CellConfig {
+        cell_id: Arc::from("bench-core"),
+    });
     let mut ids = Vec::with_capacity(n_agents);
     for i in 0..n_agents {
         let (_, reply) = cell
-            .commit(1, &Command::RegisterAgent(registration(&format!("bench-agent-{i}"), agent)))
+            .commit(
+                1,
+                &Command::RegisterAgent(registration(&format!("bench-agent-{i}"), agent)),
+            )
             .map_err(|e| anyhow!("register: {e}"))?;
-        let Reply::Agent { agent_id } = reply else { bail!("unexpected reply") };
+        let Reply::Agent { agent_id } = reply else {
+            bail!("unexpected reply")
+        };
         ids.push(agent_id);
     }
     let commands = replay_claims("core", stream, &ids, claim_size, task, cell.version());
@@ -285,7 +344,12 @@ async fn replay_committer(
     let (committer, published) = match path {
         CommitPath::BareCommitter => {
             let cell = shoal_master::load_cell(store.as_ref())?;
-            let (c, p, _thread) = shoal_master::committer::start(cell, store, Arc::new(wall_clock_ms), CommitConfig::default());
+            let (c, p, _thread) = shoal_master::committer::start(
+                cell,
+                store,
+                Arc::new(wall_clock_ms),
+                CommitConfig::default(),
+            );
             (c, p)
         }
         CommitPath::MasterCore => {
@@ -310,7 +374,10 @@ async fn replay_committer(
         handles.push(tokio::spawn(async move {
             let mut committed = 0;
             for c in share {
-                let reply = committer.submit(c).await.map_err(|e| anyhow!("replayed claim: {e}"))?;
+                let reply = committer
+                    .submit(c)
+                    .await
+                    .map_err(|e| anyhow!("replayed claim: {e}"))?;
                 committed += committed_of(&reply);
             }
             anyhow::Ok(committed)
@@ -327,13 +394,41 @@ async fn replay_committer(
 
 pub fn phase_a(dir: &Path, scale: &ScaleA, limit: Duration) -> Result<()> {
     title("(a) commit path, in process: MasterCore (redb + fsync per group) with concurrent schedulers");
-    param("agents", format!("{} x {AGENT_RES} (registered through the committer, all at once)", int(scale.agents as u64)));
-    param("placements", format!("{} x {TASK_RES}", int(scale.placements)));
-    param("schedulers", format!("{} tokio tasks, claims of {} placements", scale.schedulers, scale.claim));
-    param("decision", "first fit on a snapshot taken once per claim, from offset s x agents/schedulers");
-    param("claims", "incremental, fine conflict check; rejected placements retried on a fresh snapshot");
+    param(
+        "agents",
+        format!(
+            "{} x {AGENT_RES} (registered through the committer, all at once)",
+            int(scale.agents as u64)
+        ),
+    );
+    param(
+        "placements",
+        format!("{} x {TASK_RES}", int(scale.placements)),
+    );
+    param(
+        "schedulers",
+        format!(
+            "{} tokio tasks, claims of {} placements",
+            scale.schedulers, scale.claim
+        ),
+    );
+    param(
+        "decision",
+        "first fit on a snapshot taken once per claim, from offset s x agents/schedulers",
+    );
+    param(
+        "claims",
+        "incremental, fine conflict check; rejected placements retried on a fresh snapshot",
+    );
     let rt = runtime()?;
-    let r = rt.block_on(async { within("phase (a)", limit, run_a(dir, scale, Deadline::after(limit))).await? });
+    let r = rt.block_on(async {
+        within(
+            "phase (a)",
+            limit,
+            run_a(dir, scale, Deadline::after(limit)),
+        )
+        .await?
+    });
     rt.shutdown_timeout(Duration::from_secs(2));
     r
 }
@@ -345,12 +440,16 @@ async fn run_a(dir: &Path, scale: &ScaleA, dl: Deadline) -> Result<()> {
 
     let c0 = counters(&core.published);
     let started = Instant::now();
-    let ids = Arc::new(register_agents(&core.committer, scale.agents, &agent, dl.remaining()).await?);
+    let ids =
+        Arc::new(register_agents(&core.committer, scale.agents, &agent, dl.remaining()).await?);
     let reg = started.elapsed();
     let c1 = counters(&core.published);
 
     let next = Arc::new(AtomicU64::new(0));
-    let cpu0 = (cpu_time(std::process::id()), thread_cpu_time("shoal-committer"));
+    let cpu0 = (
+        cpu_time(std::process::id()),
+        thread_cpu_time("shoal-committer"),
+    );
     let started = Instant::now();
     let mut handles = Vec::new();
     for s in 0..scale.schedulers {
@@ -368,7 +467,9 @@ async fn run_a(dir: &Path, scale: &ScaleA, dl: Deadline) -> Result<()> {
     }
     let mut total = SchedOut::default();
     for h in handles {
-        let o = within("schedulers", dl.remaining(), h).await?.context("scheduler task")??;
+        let o = within("schedulers", dl.remaining(), h)
+            .await?
+            .context("scheduler task")??;
         total.claims += o.claims;
         total.attempted += o.attempted;
         total.committed += o.committed;
@@ -378,28 +479,80 @@ async fn run_a(dir: &Path, scale: &ScaleA, dl: Deadline) -> Result<()> {
         total.stream.extend(o.stream);
     }
     let elapsed = started.elapsed();
-    let cpu1 = (cpu_time(std::process::id()), thread_cpu_time("shoal-committer"));
+    let cpu1 = (
+        cpu_time(std::process::id()),
+        thread_cpu_time("shoal-committer"),
+    );
     let c2 = counters(&core.published);
     let snap = core.published.snapshot();
     if snap.task_count() as u64 != scale.placements || total.committed != scale.placements {
-        bail!("placed {} (cell holds {} tasks), wanted {}", total.committed, snap.task_count(), scale.placements);
+        bail!(
+            "placed {} (cell holds {} tasks), wanted {}",
+            total.committed,
+            snap.task_count(),
+            scale.placements
+        );
     }
-    snap.check_invariants().map_err(|e| anyhow!("invariant broken after the run: {e}"))?;
+    snap.check_invariants()
+        .map_err(|e| anyhow!("invariant broken after the run: {e}"))?;
     drop(snap);
     drop(core);
 
     println!();
-    figure("agent registration", secs(reg), &format!("{} agents", rate(per_s(scale.agents as u64, reg))));
-    figure("  commit groups / syncs", format!("{} / {}", int(c1.groups - c0.groups), int(c1.syncs - c0.syncs)), "");
+    figure(
+        "agent registration",
+        secs(reg),
+        &format!("{} agents", rate(per_s(scale.agents as u64, reg))),
+    );
+    figure(
+        "  commit groups / syncs",
+        format!(
+            "{} / {}",
+            int(c1.groups - c0.groups),
+            int(c1.syncs - c0.syncs)
+        ),
+        "",
+    );
     figure("placement time", secs(elapsed), "");
     let shoal_rate = per_s(total.committed, elapsed);
-    figure("placements/s", rate(shoal_rate), "all 8 schedulers, decide + commit + fsync");
-    figure("claims/s", rate(per_s(total.claims, elapsed)), &format!("{} claims", int(total.claims)));
-    let (groups, syncs, cmds) = (c2.groups - c1.groups, c2.syncs - c1.syncs, c2.commands - c1.commands);
-    figure("commit groups", int(groups), &format!("{:.1} claims per group", cmds as f64 / groups.max(1) as f64));
-    figure("syncs (fsync)", int(syncs), &format!("{:.0} placements per sync", total.committed as f64 / syncs.max(1) as f64));
+    figure(
+        "placements/s",
+        rate(shoal_rate),
+        "all 8 schedulers, decide + commit + fsync",
+    );
+    figure(
+        "claims/s",
+        rate(per_s(total.claims, elapsed)),
+        &format!("{} claims", int(total.claims)),
+    );
+    let (groups, syncs, cmds) = (
+        c2.groups - c1.groups,
+        c2.syncs - c1.syncs,
+        c2.commands - c1.commands,
+    );
+    figure(
+        "commit groups",
+        int(groups),
+        &format!("{:.1} claims per group", cmds as f64 / groups.max(1) as f64),
+    );
+    figure(
+        "syncs (fsync)",
+        int(syncs),
+        &format!(
+            "{:.0} placements per sync",
+            total.committed as f64 / syncs.max(1) as f64
+        ),
+    );
     let rejected = total.attempted - total.committed;
-    figure("conflict fraction", pct(rejected as f64 / total.attempted.max(1) as f64), &format!("{} of {} placements rejected, retried", int(rejected), int(total.attempted)));
+    figure(
+        "conflict fraction",
+        pct(rejected as f64 / total.attempted.max(1) as f64),
+        &format!(
+            "{} of {} placements rejected, retried",
+            int(rejected),
+            int(total.attempted)
+        ),
+    );
     print_reasons(&total.reasons);
     if let (Some(p0), Some(p1), Some(c0), Some(c1)) = (cpu0.0, cpu1.0, cpu0.1, cpu1.1) {
         let w = elapsed.as_secs_f64();
@@ -413,46 +566,123 @@ async fn run_a(dir: &Path, scale: &ScaleA, dl: Deadline) -> Result<()> {
 
     // Where the time goes: the same placement stream through less and less of the path.
     println!();
-    println!("  where the time goes (the same {} placements, replayed; no deciding):", int(total.committed));
-    let (core_t, core_n) = replay_core(scale.agents, &total.stream, scale.claim, &agent, &task, None)?;
+    println!(
+        "  where the time goes (the same {} placements, replayed; no deciding):",
+        int(total.committed)
+    );
+    let (core_t, core_n) = replay_core(
+        scale.agents,
+        &total.stream,
+        scale.claim,
+        &agent,
+        &task,
+        None,
+    )?;
     let core_rate = per_s(core_n, core_t);
-    figure("  sans-IO core: Cell::commit loop", rate(core_rate), &format!("{} (claims of {}, no store)", secs(core_t), scale.claim));
-    let per_group = ((c2.commands - c1.commands) as f64 / (c2.groups - c1.groups).max(1) as f64).round().max(1.0) as usize;
-    let (cow_t, cow_n) = replay_core(scale.agents, &total.stream, scale.claim, &agent, &task, Some(per_group))?;
+    figure(
+        "  sans-IO core: Cell::commit loop",
+        rate(core_rate),
+        &format!("{} (claims of {}, no store)", secs(core_t), scale.claim),
+    );
+    let per_group = ((c2.commands - c1.commands) as f64 / (c2.groups - c1.groups).max(1) as f64)
+        .round()
+        .max(1.0) as usize;
+    let (cow_t, cow_n) = replay_core(
+        scale.agents,
+        &total.stream,
+        scale.claim,
+        &agent,
+        &task,
+        Some(per_group),
+    )?;
     figure(
         &format!("  + a snapshot held every {per_group} claims"),
         rate(per_s(cow_n, cow_t)),
-        &format!("{} (Cell::clone per group, as the committer publishes)", secs(cow_t)),
+        &format!(
+            "{} (Cell::clone per group, as the committer publishes)",
+            secs(cow_t)
+        ),
     );
     let mut replays = vec![("core", core_n), ("core + snapshots", cow_n)];
     for (label, path, mem) in [
-        ("  bare committer + in-memory store", CommitPath::BareCommitter, true),
-        ("  bare committer + redb + fsync", CommitPath::BareCommitter, false),
-        ("  MasterCore (+ agent hub) + redb + fsync", CommitPath::MasterCore, false),
+        (
+            "  bare committer + in-memory store",
+            CommitPath::BareCommitter,
+            true,
+        ),
+        (
+            "  bare committer + redb + fsync",
+            CommitPath::BareCommitter,
+            false,
+        ),
+        (
+            "  MasterCore (+ agent hub) + redb + fsync",
+            CommitPath::MasterCore,
+            false,
+        ),
     ] {
-        let store: Arc<dyn Store> =
-            if mem { Arc::new(MemStore::new()) } else { open_store(&dir.join(format!("a-replay-{}", replays.len())))? };
-        let (t, n, syncs) = replay_committer(path, store, scale.agents, &total.stream, scale, &agent, &task, dl).await?;
-        figure(label, rate(per_s(n, t)), &format!("{} ({} groups)", secs(t), int(syncs)));
+        let store: Arc<dyn Store> = if mem {
+            Arc::new(MemStore::new())
+        } else {
+            open_store(&dir.join(format!("a-replay-{}", replays.len())))?
+        };
+        let (t, n, syncs) = replay_committer(
+            path,
+            store,
+            scale.agents,
+            &total.stream,
+            scale,
+            &agent,
+            &task,
+            dl,
+        )
+        .await?;
+        figure(
+            label,
+            rate(per_s(n, t)),
+            &format!("{} ({} groups)", secs(t), int(syncs)),
+        );
         replays.push((label.trim(), n));
     }
-    figure("  + 8 deciding schedulers (the run above)", rate(shoal_rate), &secs(elapsed));
+    figure(
+        "  + 8 deciding schedulers (the run above)",
+        rate(shoal_rate),
+        &secs(elapsed),
+    );
     for (what, n) in replays {
         if n != total.committed {
-            println!("  WARNING: the {what} replay committed {n} of {} placements", total.committed);
+            println!(
+                "  WARNING: the {what} replay committed {n} of {} placements",
+                total.committed
+            );
         }
     }
 
     // Baseline: a plain array of capacities, one thread, the same stream.
     let (base_rate, base_placed) = baseline(scale.agents, &total.stream);
     println!();
-    figure("BASELINE: plain-array fit-and-subtract", rate(base_rate), "1 thread, f64 cpus/mem per agent, same stream");
+    figure(
+        "BASELINE: plain-array fit-and-subtract",
+        rate(base_rate),
+        "1 thread, f64 cpus/mem per agent, same stream",
+    );
     if base_placed != total.committed {
-        println!("  WARNING: the baseline placed {base_placed} of {}", total.committed);
+        println!(
+            "  WARNING: the baseline placed {base_placed} of {}",
+            total.committed
+        );
     }
     let ratio = base_rate / shoal_rate;
-    figure("baseline / shoal", format!("{ratio:.1}x"), &format!("target: within 3x -> {}", met(ratio <= 3.0)));
-    figure("baseline / sans-IO core", format!("{:.1}x", base_rate / core_rate), "");
+    figure(
+        "baseline / shoal",
+        format!("{ratio:.1}x"),
+        &format!("target: within 3x -> {}", met(ratio <= 3.0)),
+    );
+    figure(
+        "baseline / sans-IO core",
+        format!("{:.1}x", base_rate / core_rate),
+        "",
+    );
     Ok(())
 }
 
@@ -503,17 +733,54 @@ struct ConflictOut {
 }
 
 pub fn phase_c(dir: &Path, scale: &ScaleC, limit: Duration) -> Result<()> {
-    title("(c) conflict fraction, fine vs coarse: stale snapshots, overlapping choices, in process");
-    param("agents", format!("{} x {AGENT_RES}, ~60 % full (random fill per agent, same seed for both)", int(scale.agents as u64)));
-    param("schedulers", format!("{}, {} claims each, {} placements per claim ({TASK_RES})", scale.schedulers, scale.rounds, scale.claim));
-    param("decision", format!("snapshot per claim; each placement on a random agent among the first {} that fit", scale.window));
-    param("claims", "incremental; no retries; the same seeds for fine and coarse");
+    title(
+        "(c) conflict fraction, fine vs coarse: stale snapshots, overlapping choices, in process",
+    );
+    param(
+        "agents",
+        format!(
+            "{} x {AGENT_RES}, ~60 % full (random fill per agent, same seed for both)",
+            int(scale.agents as u64)
+        ),
+    );
+    param(
+        "schedulers",
+        format!(
+            "{}, {} claims each, {} placements per claim ({TASK_RES})",
+            scale.schedulers, scale.rounds, scale.claim
+        ),
+    );
+    param(
+        "decision",
+        format!(
+            "snapshot per claim; each placement on a random agent among the first {} that fit",
+            scale.window
+        ),
+    );
+    param(
+        "claims",
+        "incremental; no retries; the same seeds for fine and coarse",
+    );
     let mut results = Vec::new();
     for check in [ConflictCheck::Fine, ConflictCheck::Coarse] {
         let rt = runtime()?;
-        let name = if check == ConflictCheck::Fine { "fine" } else { "coarse" };
+        let name = if check == ConflictCheck::Fine {
+            "fine"
+        } else {
+            "coarse"
+        };
         let r = rt.block_on(async {
-            within("phase (c)", limit / 2, run_c(&dir.join(format!("c-{name}")), scale, check, Deadline::after(limit / 2))).await?
+            within(
+                "phase (c)",
+                limit / 2,
+                run_c(
+                    &dir.join(format!("c-{name}")),
+                    scale,
+                    check,
+                    Deadline::after(limit / 2),
+                ),
+            )
+            .await?
         });
         rt.shutdown_timeout(Duration::from_secs(2));
         results.push((name, r?));
@@ -521,7 +788,14 @@ pub fn phase_c(dir: &Path, scale: &ScaleC, limit: Duration) -> Result<()> {
     println!();
     println!(
         "  {:<8} {:>8} {:>11} {:>9} {:>16} {:>18} {:>22} {:>12}",
-        "check", "claims", "placements", "rejected", "conflicts/claim", "rejected fraction", "claims with conflicts", "fill"
+        "check",
+        "claims",
+        "placements",
+        "rejected",
+        "conflicts/claim",
+        "rejected fraction",
+        "claims with conflicts",
+        "fill"
     );
     for (name, o) in &results {
         println!(
@@ -533,23 +807,46 @@ pub fn phase_c(dir: &Path, scale: &ScaleC, limit: Duration) -> Result<()> {
             o.rejected as f64 / o.claims.max(1) as f64,
             pct(o.rejected as f64 / o.attempted.max(1) as f64),
             pct(o.claims_with_conflict as f64 / o.claims.max(1) as f64),
-            format!("{:.0}->{:.0} %", o.fill_before * 100.0, o.fill_after * 100.0),
+            format!(
+                "{:.0}->{:.0} %",
+                o.fill_before * 100.0,
+                o.fill_after * 100.0
+            ),
         );
     }
     for (name, o) in &results {
-        let reasons: Vec<String> = o.reasons.iter().map(|(k, v)| format!("{k}: {}", int(*v))).collect();
-        println!("  {name:<8} rejections by reason: {}; {} in {}", if reasons.is_empty() { "none".into() } else { reasons.join(", ") }, int(o.claims), secs(o.elapsed));
+        let reasons: Vec<String> = o
+            .reasons
+            .iter()
+            .map(|(k, v)| format!("{k}: {}", int(*v)))
+            .collect();
+        println!(
+            "  {name:<8} rejections by reason: {}; {} in {}",
+            if reasons.is_empty() {
+                "none".into()
+            } else {
+                reasons.join(", ")
+            },
+            int(o.claims),
+            secs(o.elapsed)
+        );
     }
     Ok(())
 }
 
-async fn run_c(dir: &Path, scale: &ScaleC, check: ConflictCheck, dl: Deadline) -> Result<ConflictOut> {
+async fn run_c(
+    dir: &Path,
+    scale: &ScaleC,
+    check: ConflictCheck,
+    dl: Deadline,
+) -> Result<ConflictOut> {
     let agent = ResourceSet::parse(AGENT_RES)?;
     let task = ResourceSet::parse(TASK_RES)?;
     let (cpu, mem) = (task.scalar("cpus").0, task.scalar("mem").0);
     let slots = (agent.scalar("cpus").0 / cpu).min(agent.scalar("mem").0 / mem);
     let core = MasterCore::start(open_store(dir)?)?;
-    let ids = Arc::new(register_agents(&core.committer, scale.agents, &agent, dl.remaining()).await?);
+    let ids =
+        Arc::new(register_agents(&core.committer, scale.agents, &agent, dl.remaining()).await?);
 
     // Fill to ~60 %: agent i holds round(slots x U(0.2, 1.0)) tasks. Same seed in both modes.
     let mut rng = Rng::new(42);
@@ -567,12 +864,22 @@ async fn run_c(dir: &Path, scale: &ScaleC, check: ConflictCheck, dl: Deadline) -
             placements.push(placement(format!("fill-{n}"), &ids[i], &task));
             n += 1;
             if placements.len() == 1000 {
-                commands.push(Command::Claim(claim(format!("fill-c{}", commands.len()), version, ConflictCheck::Fine, std::mem::take(&mut placements))));
+                commands.push(Command::Claim(claim(
+                    format!("fill-c{}", commands.len()),
+                    version,
+                    ConflictCheck::Fine,
+                    std::mem::take(&mut placements),
+                )));
             }
         }
     }
     if !placements.is_empty() {
-        commands.push(Command::Claim(claim(format!("fill-c{}", commands.len()), version, ConflictCheck::Fine, placements)));
+        commands.push(Command::Claim(claim(
+            format!("fill-c{}", commands.len()),
+            version,
+            ConflictCheck::Fine,
+            placements,
+        )));
     }
     let futs = commands.into_iter().map(|c| core.committer.submit(c));
     let mut filled = 0;
@@ -603,7 +910,10 @@ async fn run_c(dir: &Path, scale: &ScaleC, check: ConflictCheck, dl: Deadline) -
                 while placements.len() < size {
                     cands.retain(|c| c.1 > 0);
                     while cands.len() < window && i < ids.len() {
-                        let free = snap.agent(&ids[i]).map(|a| free_slots(a, cpu, mem)).unwrap_or(0);
+                        let free = snap
+                            .agent(&ids[i])
+                            .map(|a| free_slots(a, cpu, mem))
+                            .unwrap_or(0);
                         if free > 0 {
                             cands.push((i, free));
                         }
@@ -614,7 +924,11 @@ async fn run_c(dir: &Path, scale: &ScaleC, check: ConflictCheck, dl: Deadline) -
                     }
                     let pick = rng.below(cands.len());
                     cands[pick].1 -= 1;
-                    placements.push(placement(format!("x-{s}-{round}-{}", placements.len()), &ids[cands[pick].0], &task));
+                    placements.push(placement(
+                        format!("x-{s}-{round}-{}", placements.len()),
+                        &ids[cands[pick].0],
+                        &task,
+                    ));
                 }
                 if placements.is_empty() {
                     bail!("scheduler {s}: the cell is full");
@@ -622,10 +936,16 @@ async fn run_c(dir: &Path, scale: &ScaleC, check: ConflictCheck, dl: Deadline) -
                 let attempted = placements.len() as u64;
                 let c = claim(format!("x-{s}-{round}"), snap.version(), check, placements);
                 drop(snap);
-                let reply = within("a claim", Duration::from_secs(60), core.committer.submit(Command::Claim(c)))
-                    .await?
-                    .map_err(|e| anyhow!("claim failed: {e}"))?;
-                let Reply::Claim { outcome } = reply else { bail!("unexpected reply") };
+                let reply = within(
+                    "a claim",
+                    Duration::from_secs(60),
+                    core.committer.submit(Command::Claim(c)),
+                )
+                .await?
+                .map_err(|e| anyhow!("claim failed: {e}"))?;
+                let Reply::Claim { outcome } = reply else {
+                    bail!("unexpected reply")
+                };
                 let rejected = outcome.placements.iter().filter(|p| !p.committed).count() as u64;
                 for p in outcome.placements.iter().filter(|p| !p.committed) {
                     *out.reasons.entry(reason_name(&p.rejected)).or_default() += 1;
@@ -640,7 +960,9 @@ async fn run_c(dir: &Path, scale: &ScaleC, check: ConflictCheck, dl: Deadline) -
     }
     let mut total = ConflictOut::default();
     for h in handles {
-        let o = within("conflict schedulers", dl.remaining(), h).await??.map_err(|e| anyhow!("{e}"))?;
+        let o = within("conflict schedulers", dl.remaining(), h)
+            .await??
+            .map_err(|e| anyhow!("{e}"))?;
         total.claims += o.claims;
         total.attempted += o.attempted;
         total.rejected += o.rejected;
@@ -673,8 +995,17 @@ fn per_call_ns(batches: usize, per_batch: usize, mut f: impl FnMut()) -> f64 {
 
 pub fn phase_d_inproc(dir: &Path, agents: usize, limit: Duration) -> Result<()> {
     title("(d) snapshot time, in process");
-    param("agents", format!("{} x {AGENT_RES}, registered through the committer", int(agents as u64)));
-    param("method", "median over 200 batches of 1,000 calls (per-call time = batch / 1,000)");
+    param(
+        "agents",
+        format!(
+            "{} x {AGENT_RES}, registered through the committer",
+            int(agents as u64)
+        ),
+    );
+    param(
+        "method",
+        "median over 200 batches of 1,000 calls (per-call time = batch / 1,000)",
+    );
     let rt = runtime()?;
     let r = rt.block_on(async {
         within("phase (d)", limit, async {
@@ -687,7 +1018,10 @@ pub fn phase_d_inproc(dir: &Path, agents: usize, limit: Duration) -> Result<()> 
             });
             let cell = published.snapshot();
             if cell.agent_count() != agents {
-                bail!("the snapshot holds {} agents, wanted {agents}", cell.agent_count());
+                bail!(
+                    "the snapshot holds {} agents, wanted {agents}",
+                    cell.agent_count()
+                );
             }
             let clone_ns = per_call_ns(200, 1000, || {
                 std::hint::black_box(Cell::clone(&cell));
@@ -701,9 +1035,21 @@ pub fn phase_d_inproc(dir: &Path, agents: usize, limit: Duration) -> Result<()> 
             }
             let deep_ns = median(&mut deep);
             println!();
-            figure("published.snapshot() (Arc load)", ns(snap_ns), &format!("target <= 1 ms -> {}", met(snap_ns <= 1e6)));
-            figure("Cell::clone() (persistent maps)", ns(clone_ns), &format!("target <= 1 ms -> {}", met(clone_ns <= 1e6)));
-            figure("for contrast: deep copy of the agents", ms(Duration::from_nanos(deep_ns as u64)), "Vec<Agent> clone, median of 20");
+            figure(
+                "published.snapshot() (Arc load)",
+                ns(snap_ns),
+                &format!("target <= 1 ms -> {}", met(snap_ns <= 1e6)),
+            );
+            figure(
+                "Cell::clone() (persistent maps)",
+                ns(clone_ns),
+                &format!("target <= 1 ms -> {}", met(clone_ns <= 1e6)),
+            );
+            figure(
+                "for contrast: deep copy of the agents",
+                ms(Duration::from_nanos(deep_ns as u64)),
+                "Vec<Agent> clone, median of 20",
+            );
             anyhow::Ok(())
         })
         .await?

@@ -25,7 +25,10 @@ use clap::Parser;
 use util::*;
 
 #[derive(Parser)]
-#[command(name = "shoal-bench", about = "Shoal's benchmark: figures next to a baseline measured in the same run")]
+#[command(
+    name = "shoal-bench",
+    about = "Shoal's benchmark: figures next to a baseline measured in the same run"
+)]
 struct Args {
     /// A tiny scale that finishes in under a minute in a debug build (for CI).
     #[arg(long)]
@@ -67,9 +70,26 @@ struct Scale {
 fn scale(smoke: bool, b_jobs: Option<usize>) -> Scale {
     if smoke {
         Scale {
-            a: inproc::ScaleA { agents: 500, placements: 10_000, schedulers: 8, claim: 100 },
-            b: http::ScaleB { agents: 200, jobs: b_jobs.unwrap_or(10), tasks_per_job: 200, clients: 8, claim: 100 },
-            c: inproc::ScaleC { agents: 500, rounds: 2, schedulers: 8, claim: 100, window: 128 },
+            a: inproc::ScaleA {
+                agents: 500,
+                placements: 10_000,
+                schedulers: 8,
+                claim: 100,
+            },
+            b: http::ScaleB {
+                agents: 200,
+                jobs: b_jobs.unwrap_or(10),
+                tasks_per_job: 200,
+                clients: 8,
+                claim: 100,
+            },
+            c: inproc::ScaleC {
+                agents: 500,
+                rounds: 2,
+                schedulers: 8,
+                claim: 100,
+                window: 128,
+            },
             d_agents: 500,
             d_requests: 5,
             sync_span: Duration::from_millis(300),
@@ -78,9 +98,26 @@ fn scale(smoke: bool, b_jobs: Option<usize>) -> Scale {
         }
     } else {
         Scale {
-            a: inproc::ScaleA { agents: 10_000, placements: 200_000, schedulers: 8, claim: 100 },
-            b: http::ScaleB { agents: 10_000, jobs: b_jobs.unwrap_or(1_000), tasks_per_job: 1_000, clients: 8, claim: 100 },
-            c: inproc::ScaleC { agents: 5_000, rounds: 25, schedulers: 8, claim: 100, window: 128 },
+            a: inproc::ScaleA {
+                agents: 10_000,
+                placements: 200_000,
+                schedulers: 8,
+                claim: 100,
+            },
+            b: http::ScaleB {
+                agents: 10_000,
+                jobs: b_jobs.unwrap_or(1_000),
+                tasks_per_job: 1_000,
+                clients: 8,
+                claim: 100,
+            },
+            c: inproc::ScaleC {
+                agents: 5_000,
+                rounds: 25,
+                schedulers: 8,
+                claim: 100,
+                window: 128,
+            },
             d_agents: 10_000,
             d_requests: 20,
             sync_span: Duration::from_secs(1),
@@ -121,10 +158,24 @@ fn run(args: Args) -> Result<bool> {
     std::fs::create_dir_all(&base).with_context(|| format!("creating {}", base.display()))?;
     let base = base.canonicalize()?;
     let (magic, fs) = disk::fs_type(&base)?;
-    println!("shoal-bench: {} scale, {} build", if args.smoke { "smoke" } else { "full" }, if cfg!(debug_assertions) { "debug" } else { "release" });
+    println!(
+        "shoal-bench: {} scale, {} build",
+        if args.smoke { "smoke" } else { "full" },
+        if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        }
+    );
     param(
         "machine",
-        format!("{} cores; load average {} (other work on the machine skews every figure)", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0), loadavg()),
+        format!(
+            "{} cores; load average {} (other work on the machine skews every figure)",
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(0),
+            loadavg()
+        ),
     );
     param("work dir", base.display());
     param("filesystem", format!("{fs} (statfs f_type 0x{magic:x})"));
@@ -155,16 +206,31 @@ fn run(args: Args) -> Result<bool> {
         ),
     );
 
-    let bin = if want("b") || want("d") { Some(shoal_bin(args.shoal_bin.as_deref())?) } else { None };
+    let bin = if want("b") || want("d") {
+        Some(shoal_bin(args.shoal_bin.as_deref())?)
+    } else {
+        None
+    };
     if let Some(b) = &bin {
-        let age = std::fs::metadata(b).and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok());
-        let age = age.map(|a| format!("built {} min ago", a.as_secs() / 60)).unwrap_or_default();
-        param("shoal binary (phases b, d)", format!("{} ({age})", b.display()));
+        let age = std::fs::metadata(b)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok());
+        let age = age
+            .map(|a| format!("built {} min ago", a.as_secs() / 60))
+            .unwrap_or_default();
+        param(
+            "shoal binary (phases b, d)",
+            format!("{} ({age})", b.display()),
+        );
     }
     // The benchmark's agents are registered over HTTP and never connect: keep the master from
     // marking them unreachable (after 75 s by default) in the middle of a long run.
     let mut master_args = args.master_arg.clone();
-    if !master_args.iter().any(|a| a.starts_with("--agent-unreachable-timeout")) {
+    if !master_args
+        .iter()
+        .any(|a| a.starts_with("--agent-unreachable-timeout"))
+    {
         master_args.extend(["--agent-unreachable-timeout".to_string(), "24h".to_string()]);
     }
     let mut failed = Vec::new();
@@ -179,7 +245,10 @@ fn run(args: Args) -> Result<bool> {
     }
     if want("b") {
         let bin = bin.as_deref().expect("resolved");
-        phase("b", http::phase_b(bin, &dir.join("b"), s.b, &master_args, s.phase_limit));
+        phase(
+            "b",
+            http::phase_b(bin, &dir.join("b"), s.b, &master_args, s.phase_limit),
+        );
     }
     if want("c") {
         phase("c", inproc::phase_c(&dir, &s.c, s.phase_limit));
@@ -187,7 +256,17 @@ fn run(args: Args) -> Result<bool> {
     if want("d") {
         phase("d", inproc::phase_d_inproc(&dir, s.d_agents, s.phase_limit));
         let bin = bin.as_deref().expect("resolved");
-        phase("d", http::phase_d_http(bin, &dir.join("d-http"), s.d_agents, s.d_requests, &master_args, s.phase_limit));
+        phase(
+            "d",
+            http::phase_d_http(
+                bin,
+                &dir.join("d-http"),
+                s.d_agents,
+                s.d_requests,
+                &master_args,
+                s.phase_limit,
+            ),
+        );
     }
 
     if args.keep_work_dir {
@@ -224,7 +303,10 @@ fn shoal_bin(given: Option<&Path>) -> Result<PathBuf> {
         return Ok(p.to_path_buf());
     }
     let exe = std::env::current_exe()?;
-    let exe_dir = exe.parent().context("the binary has no directory")?.to_path_buf();
+    let exe_dir = exe
+        .parent()
+        .context("the binary has no directory")?
+        .to_path_buf();
     let mut candidates = vec![exe_dir.join("shoal")];
     for profile in ["release", "debug"] {
         candidates.push(PathBuf::from("target").join(profile).join("shoal"));
@@ -236,16 +318,27 @@ fn shoal_bin(given: Option<&Path>) -> Result<PathBuf> {
     // profile into the same target dir.
     let cargo = std::env::var_os("CARGO");
     let profile = exe_dir.file_name().and_then(|n| n.to_str()).unwrap_or("");
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(|r| r.join("Cargo.toml"));
-    if let (Some(cargo), true, Some(manifest), Some(target)) =
-        (cargo, profile == "debug" || profile == "release", manifest, exe_dir.parent())
-    {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(|r| r.join("Cargo.toml"));
+    if let (Some(cargo), true, Some(manifest), Some(target)) = (
+        cargo,
+        profile == "debug" || profile == "release",
+        manifest,
+        exe_dir.parent(),
+    ) {
         let mut cmd = std::process::Command::new(cargo);
-        cmd.args(["build", "--quiet", "-p", "shoal", "--manifest-path"]).arg(&manifest).arg("--target-dir").arg(target);
+        cmd.args(["build", "--quiet", "-p", "shoal", "--manifest-path"])
+            .arg(&manifest)
+            .arg("--target-dir")
+            .arg(target);
         if profile == "release" {
             cmd.arg("--release");
         }
-        eprintln!("shoal-bench: {} not found; building it ({cmd:?}), not counted in any figure", exe_dir.join("shoal").display());
+        eprintln!(
+            "shoal-bench: {} not found; building it ({cmd:?}), not counted in any figure",
+            exe_dir.join("shoal").display()
+        );
         let status = cmd.status().context("running cargo build -p shoal")?;
         if status.success() && exe_dir.join("shoal").is_file() {
             return Ok(exe_dir.join("shoal"));

@@ -34,7 +34,12 @@ pub fn figure(name: &str, value: impl std::fmt::Display, note: &str) {
 /// `1234567` → `1,234,567`.
 pub fn int(n: u64) -> String {
     let s = n.to_string();
-    let groups: Vec<&str> = s.as_bytes().rchunks(3).rev().map(|g| std::str::from_utf8(g).expect("ASCII digits")).collect();
+    let groups: Vec<&str> = s
+        .as_bytes()
+        .rchunks(3)
+        .rev()
+        .map(|g| std::str::from_utf8(g).expect("ASCII digits"))
+        .collect();
     groups.join(",")
 }
 
@@ -122,7 +127,9 @@ impl Rng {
 
 /// Runs `fut` with a deadline; `what` names it in the error.
 pub async fn within<T>(what: &str, limit: Duration, fut: impl Future<Output = T>) -> Result<T> {
-    tokio::time::timeout(limit, fut).await.map_err(|_| anyhow!("{what}: no answer within {limit:?}"))
+    tokio::time::timeout(limit, fut)
+        .await
+        .map_err(|_| anyhow!("{what}: no answer within {limit:?}"))
 }
 
 /// A point in time after which a loop must stop.
@@ -134,7 +141,10 @@ pub struct Deadline {
 
 impl Deadline {
     pub fn after(limit: Duration) -> Deadline {
-        Deadline { until: Instant::now() + limit, limit }
+        Deadline {
+            until: Instant::now() + limit,
+            limit,
+        }
     }
     pub fn check(&self, what: &str) -> Result<()> {
         if Instant::now() > self.until {
@@ -150,7 +160,9 @@ impl Deadline {
 /// A fresh multi-threaded runtime for one phase. Dropping it (at the phase's end) stops
 /// every task the phase left behind, e.g. the background loops of an in-process master.
 pub fn runtime() -> Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
 }
 
 /// The 1-, 5- and 15-minute load averages, as /proc/loadavg gives them.

@@ -9,7 +9,11 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "shoal", version, about = "Shoal: a cluster manager with shared optimistic state and the Mesos scheduler API")]
+#[command(
+    name = "shoal",
+    version,
+    about = "Shoal: a cluster manager with shared optimistic state and the Mesos scheduler API"
+)]
 struct Cli {
     /// Log filter (RUST_LOG syntax), e.g. `info` or `shoal_master=debug`.
     #[arg(long, global = true, env = "SHOAL_LOG", default_value = "info")]
@@ -149,25 +153,38 @@ struct AgentArgs {
 fn parse_attributes(text: &str) -> anyhow::Result<BTreeMap<String, String>> {
     let mut out = BTreeMap::new();
     for part in text.split(';').map(str::trim).filter(|p| !p.is_empty()) {
-        let (k, v) = part.split_once(':').with_context(|| format!("attribute '{part}' must be name:value"))?;
+        let (k, v) = part
+            .split_once(':')
+            .with_context(|| format!("attribute '{part}' must be name:value"))?;
         out.insert(k.trim().to_string(), v.trim().to_string());
     }
     Ok(out)
 }
 
 async fn agent_config(a: &AgentArgs) -> anyhow::Result<shoal_agent::AgentConfig> {
-    std::fs::create_dir_all(&a.work_dir).with_context(|| format!("creating {}", a.work_dir.display()))?;
+    std::fs::create_dir_all(&a.work_dir)
+        .with_context(|| format!("creating {}", a.work_dir.display()))?;
     let resources = match &a.resources {
         Some(r) => shoal_core::ResourceSet::parse(r).context("--resources")?,
         None => shoal_agent::host::detect(&a.work_dir),
     };
-    let containerizers: Vec<String> = a.containerizers.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
-    if let Some(bad) = containerizers.iter().find(|c| *c != "docker" && *c != "process") {
+    let containerizers: Vec<String> = a
+        .containerizers
+        .split(',')
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect();
+    if let Some(bad) = containerizers
+        .iter()
+        .find(|c| *c != "docker" && *c != "process")
+    {
         anyhow::bail!("--containerizers: unknown executor '{bad}' (use docker, process)");
     }
     let hostname = match &a.hostname {
         Some(h) => h.clone(),
-        None => std::fs::read_to_string("/etc/hostname").map(|s| s.trim().to_string()).unwrap_or_else(|_| "localhost".into()),
+        None => std::fs::read_to_string("/etc/hostname")
+            .map(|s| s.trim().to_string())
+            .unwrap_or_else(|_| "localhost".into()),
     };
     let mut attributes = parse_attributes(&a.attributes)?;
     let mut domain = None;
@@ -217,12 +234,16 @@ struct ClientArgs {
 fn init_logging(filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("signal handler");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("signal handler");
     tokio::select! {
         _ = ctrl_c => {},
         _ = term.recv() => {},
@@ -231,19 +252,35 @@ async fn shutdown_signal() {
 
 async fn run_master(args: MasterArgs) -> anyhow::Result<()> {
     let store = shoal_master::open_store(&args.work_dir)?;
-    let config = shoal_master::CommitConfig { log_retain_entries: args.log_retain };
+    let config = shoal_master::CommitConfig {
+        log_retain_entries: args.log_retain,
+    };
     let core = shoal_master::MasterCore::start_with(store, config, args.timers.agent_timers())?;
     let compat = shoal_compat::Compat::start(core.clone(), args.timers.compat());
     let listener = shoal_master::bind(args.listen, &args.work_dir).await?;
-    shoal_master::serve(listener, core.router().merge(compat.router()), shutdown_signal()).await
+    shoal_master::serve(
+        listener,
+        core.router().merge(compat.router()),
+        shutdown_signal(),
+    )
+    .await
 }
 
 async fn docker_answers(socket: &str) -> bool {
-    let Ok(Ok(mut stream)) = tokio::time::timeout(Duration::from_millis(500), tokio::net::UnixStream::connect(socket)).await else {
+    let Ok(Ok(mut stream)) = tokio::time::timeout(
+        Duration::from_millis(500),
+        tokio::net::UnixStream::connect(socket),
+    )
+    .await
+    else {
         return false;
     };
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    if stream.write_all(b"GET /_ping HTTP/1.0\r\n\r\n").await.is_err() {
+    if stream
+        .write_all(b"GET /_ping HTTP/1.0\r\n\r\n")
+        .await
+        .is_err()
+    {
         return false;
     }
     let mut buf = [0u8; 64];
@@ -262,12 +299,20 @@ async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
     let master_dir = work_dir.join("master");
     std::fs::create_dir_all(&master_dir)?;
     let store = shoal_master::open_store(&master_dir)?;
-    let timers = shoal_master::agents::AgentTimers { kill_grace: Duration::from_secs(2), ..Default::default() };
-    let core = shoal_master::MasterCore::start_with(store, shoal_master::CommitConfig::default(), timers)?;
+    let timers = shoal_master::agents::AgentTimers {
+        kill_grace: Duration::from_secs(2),
+        ..Default::default()
+    };
+    let core =
+        shoal_master::MasterCore::start_with(store, shoal_master::CommitConfig::default(), timers)?;
     let compat = shoal_compat::Compat::start(core.clone(), shoal_compat::CompatConfig::default());
     let listener = shoal_master::bind(args.listen, &master_dir).await?;
     let addr = listener.local_addr()?;
-    let server = tokio::spawn(shoal_master::serve(listener, core.router().merge(compat.router()), shutdown_signal()));
+    let server = tokio::spawn(shoal_master::serve(
+        listener,
+        core.router().merge(compat.router()),
+        shutdown_signal(),
+    ));
 
     let docker = docker_answers("/var/run/docker.sock").await;
     let agent_args = AgentArgs {
@@ -276,7 +321,11 @@ async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
         resources: None,
         attributes: "zone:dev".into(),
         hostname: None,
-        containerizers: if docker { "docker,process".into() } else { "process".into() },
+        containerizers: if docker {
+            "docker,process".into()
+        } else {
+            "process".into()
+        },
         docker_socket: "/var/run/docker.sock".into(),
         heartbeat_interval: Duration::from_secs(2),
         reregister_backoff_max: Duration::from_secs(2),
@@ -285,9 +334,22 @@ async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
         gc_delay: Duration::from_secs(3600),
         ec2_metadata: None,
     };
-    let agent = tokio::spawn(shoal_agent::run(agent_config(&agent_args).await?, std::future::pending::<()>()));
-    eprintln!("shoal dev: master on http://{addr}  (UI and state: http://{addr}/ , work dir {})", work_dir.display());
-    eprintln!("shoal dev: agent with the {} executor", if docker { "Docker and process" } else { "process (dockerd does not answer)" });
+    let agent = tokio::spawn(shoal_agent::run(
+        agent_config(&agent_args).await?,
+        std::future::pending::<()>(),
+    ));
+    eprintln!(
+        "shoal dev: master on http://{addr}  (UI and state: http://{addr}/ , work dir {})",
+        work_dir.display()
+    );
+    eprintln!(
+        "shoal dev: agent with the {} executor",
+        if docker {
+            "Docker and process"
+        } else {
+            "process (dockerd does not answer)"
+        }
+    );
 
     if let Err(e) = sample_job(&format!("http://{addr}"), docker).await {
         eprintln!("shoal dev: the sample job failed: {e:#}");
@@ -305,25 +367,61 @@ async fn sample_job(address: &str, docker: bool) -> anyhow::Result<()> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     let agent = loop {
         let st = client.state().await?;
-        if let Some(a) = st.agents.iter().find(|a| a.state == shoal_core::AgentState::Active) {
+        if let Some(a) = st
+            .agents
+            .iter()
+            .find(|a| a.state == shoal_core::AgentState::Active)
+        {
             break (a.id.to_string(), st.version);
         }
-        anyhow::ensure!(tokio::time::Instant::now() < deadline, "no agent registered within 20 s");
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "no agent registered within 20 s"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     let res = shoal_core::ResourceSet::parse("cpus:0.1;mem:32")?;
-    let run = format!("{:x}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs());
+    let run = format!(
+        "{:x}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_secs()
+    );
     let mut tasks = vec![
-        command_task(&format!("hello-{run}"), "hello", &res, "echo hello from shoal on $(hostname); uname -sr"),
-        command_task(&format!("count-{run}"), "count", &res, "for i in 1 2 3; do echo tick $i; done"),
+        command_task(
+            &format!("hello-{run}"),
+            "hello",
+            &res,
+            "echo hello from shoal on $(hostname); uname -sr",
+        ),
+        command_task(
+            &format!("count-{run}"),
+            "count",
+            &res,
+            "for i in 1 2 3; do echo tick $i; done",
+        ),
     ];
     let image = "local/busybox:latest";
     if docker {
-        let mut t = command_task(&format!("docker-{run}"), "docker-hello", &res, "echo hello from a container; cat /etc/hostname");
-        t["container"] = serde_json::json!({"type": "DOCKER", "docker": {"image": image, "network": "BRIDGE"}});
+        let mut t = command_task(
+            &format!("docker-{run}"),
+            "docker-hello",
+            &res,
+            "echo hello from a container; cat /etc/hostname",
+        );
+        t["container"] =
+            serde_json::json!({"type": "DOCKER", "docker": {"image": image, "network": "BRIDGE"}});
         tasks.push(t);
     }
-    let ids: Vec<String> = tasks.iter().map(|t| t["task_id"]["value"].as_str().unwrap_or_default().to_string()).collect();
+    let ids: Vec<String> = tasks
+        .iter()
+        .map(|t| {
+            t["task_id"]["value"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        })
+        .collect();
     let answer = client
         .claim(&ClaimRequest {
             claim_id: format!("dev-sample-{run}"),
@@ -332,11 +430,25 @@ async fn sample_job(address: &str, docker: bool) -> anyhow::Result<()> {
             snapshot_version: agent.1,
             mode: shoal_core::CommitMode::AllOrNothing,
             check: shoal_core::ConflictCheck::Fine,
-            placements: tasks.into_iter().map(|t| PlacementRequest { agent_id: agent.0.clone(), task_info: t }).collect(),
+            placements: tasks
+                .into_iter()
+                .map(|t| PlacementRequest {
+                    agent_id: agent.0.clone(),
+                    task_info: t,
+                })
+                .collect(),
         })
         .await?;
-    anyhow::ensure!(answer.outcome.committed_version.is_some(), "the sample claim was not committed: {:?}", answer.outcome);
-    eprintln!("shoal dev: claimed {} tasks at version {:?}", ids.len(), answer.outcome.committed_version);
+    anyhow::ensure!(
+        answer.outcome.committed_version.is_some(),
+        "the sample claim was not committed: {:?}",
+        answer.outcome
+    );
+    eprintln!(
+        "shoal dev: claimed {} tasks at version {:?}",
+        ids.len(),
+        answer.outcome.committed_version
+    );
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
         let mut done = 0;
@@ -353,9 +465,21 @@ async fn sample_job(address: &str, docker: bool) -> anyhow::Result<()> {
     let http = reqwest_get_text;
     for id in &ids {
         let t = client.task(id).await?;
-        let out = http(&format!("{address}/files/read?path=/agents/{}/tasks/{id}/stdout", t.agent_id)).await.unwrap_or_default();
-        let data = serde_json::from_str::<serde_json::Value>(&out).ok().and_then(|v| v["data"].as_str().map(str::to_string)).unwrap_or_default();
-        eprintln!("  {id:<24} {:<14} {}", t.state.mesos_name(), t.status.message.clone().unwrap_or_default());
+        let out = http(&format!(
+            "{address}/files/read?path=/agents/{}/tasks/{id}/stdout",
+            t.agent_id
+        ))
+        .await
+        .unwrap_or_default();
+        let data = serde_json::from_str::<serde_json::Value>(&out)
+            .ok()
+            .and_then(|v| v["data"].as_str().map(str::to_string))
+            .unwrap_or_default();
+        eprintln!(
+            "  {id:<24} {:<14} {}",
+            t.state.mesos_name(),
+            t.status.message.clone().unwrap_or_default()
+        );
         for line in data.lines() {
             eprintln!("      | {line}");
         }
@@ -377,7 +501,10 @@ async fn run_state(args: ClientArgs) -> anyhow::Result<()> {
 fn main() {
     let cli = Cli::parse();
     init_logging(&cli.log_level);
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
     let result = rt.block_on(async move {
         match cli.command {
             Cmd::Master(a) => run_master(a).await,

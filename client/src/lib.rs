@@ -16,8 +16,8 @@ use futures::{Stream, StreamExt};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value as Json};
 use shoal_core::{
-    Agent, AgentId, AgentRegistration, Cell, CellConfig, ClaimOutcome, CommitMode, ConflictCheck, LogEntry, ResourceSet,
-    Role, StatusInfo, Task, TaskState, Version,
+    Agent, AgentId, AgentRegistration, Cell, CellConfig, ClaimOutcome, CommitMode, ConflictCheck,
+    LogEntry, ResourceSet, Role, StatusInfo, Task, TaskState, Version,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -26,7 +26,11 @@ pub enum ClientError {
     Http(#[from] reqwest::Error),
     /// The master answered with an error status.
     #[error("{status}: {message}")]
-    Api { status: u16, kind: String, message: String },
+    Api {
+        status: u16,
+        kind: String,
+        message: String,
+    },
     /// The watch cannot resume from that version any more: take a new snapshot.
     #[error("version {0} was compacted away: take a new snapshot")]
     Gone(Version),
@@ -49,7 +53,9 @@ impl State {
     /// The state as a [`Cell`], on which placements can be decided with the core's own code.
     pub fn into_cell(self) -> Cell {
         Cell::from_records(
-            CellConfig { cell_id: self.cell_id.into() },
+            CellConfig {
+                cell_id: self.cell_id.into(),
+            },
             self.version,
             self.agents,
             self.tasks,
@@ -118,7 +124,10 @@ impl Client {
         } else {
             format!("http://{}", address.trim_end_matches('/'))
         };
-        let http = reqwest::Client::builder().connect_timeout(Duration::from_secs(5)).pool_max_idle_per_host(64).build()?;
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .pool_max_idle_per_host(64)
+            .build()?;
         Ok(Client { http, base })
     }
 
@@ -140,25 +149,45 @@ impl Client {
         Err(ClientError::Api {
             status: code,
             kind: body["error"].as_str().unwrap_or("").to_string(),
-            message: body["message"].as_str().unwrap_or(status.canonical_reason().unwrap_or("")).to_string(),
+            message: body["message"]
+                .as_str()
+                .unwrap_or(status.canonical_reason().unwrap_or(""))
+                .to_string(),
         })
     }
 
     pub async fn state(&self) -> Result<State, ClientError> {
-        let resp = Self::check(self.http.get(self.url("/api/shoal/v1/state")).send().await?).await?;
+        let resp = Self::check(
+            self.http
+                .get(self.url("/api/shoal/v1/state"))
+                .send()
+                .await?,
+        )
+        .await?;
         let bytes = resp.bytes().await?;
         serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode(e.to_string()))
     }
 
     pub async fn state_json(&self, tasks: bool) -> Result<Json, ClientError> {
-        let resp = Self::check(self.http.get(self.url(&format!("/api/shoal/v1/state?tasks={tasks}"))).send().await?).await?;
+        let resp = Self::check(
+            self.http
+                .get(self.url(&format!("/api/shoal/v1/state?tasks={tasks}")))
+                .send()
+                .await?,
+        )
+        .await?;
         Ok(resp.json().await?)
     }
 
     /// Submits a claim. Conflicts are not errors: the answer says, per placement, what
     /// committed and why the rest did not.
     pub async fn claim(&self, claim: &ClaimRequest) -> Result<ClaimAnswer, ClientError> {
-        let resp = self.http.post(self.url("/api/shoal/v1/claims")).json(claim).send().await?;
+        let resp = self
+            .http
+            .post(self.url("/api/shoal/v1/claims"))
+            .json(claim)
+            .send()
+            .await?;
         if resp.status().as_u16() == 409 {
             let bytes = resp.bytes().await?;
             if let Ok(a) = serde_json::from_slice::<ClaimAnswer>(&bytes) {
@@ -176,66 +205,140 @@ impl Client {
     }
 
     pub async fn kill(&self, task_id: &str) -> Result<(), ClientError> {
-        Self::check(self.http.post(self.url(&format!("/api/shoal/v1/tasks/{task_id}/kill"))).send().await?).await?;
+        Self::check(
+            self.http
+                .post(self.url(&format!("/api/shoal/v1/tasks/{task_id}/kill")))
+                .send()
+                .await?,
+        )
+        .await?;
         Ok(())
     }
 
     pub async fn task(&self, task_id: &str) -> Result<Task, ClientError> {
-        Ok(Self::check(self.http.get(self.url(&format!("/api/shoal/v1/tasks/{task_id}"))).send().await?).await?.json().await?)
+        Ok(Self::check(
+            self.http
+                .get(self.url(&format!("/api/shoal/v1/tasks/{task_id}")))
+                .send()
+                .await?,
+        )
+        .await?
+        .json()
+        .await?)
     }
 
     pub async fn agent(&self, agent_id: &str) -> Result<Agent, ClientError> {
-        Ok(Self::check(self.http.get(self.url(&format!("/api/shoal/v1/agents/{agent_id}"))).send().await?).await?.json().await?)
+        Ok(Self::check(
+            self.http
+                .get(self.url(&format!("/api/shoal/v1/agents/{agent_id}")))
+                .send()
+                .await?,
+        )
+        .await?
+        .json()
+        .await?)
     }
 
     /// Registers an agent (or re-registers one with its id); returns its id.
     pub async fn register_agent(&self, reg: &AgentRegistration) -> Result<AgentId, ClientError> {
-        let resp = Self::check(self.http.post(self.url("/api/shoal/v1/agents")).json(reg).send().await?).await?;
+        let resp = Self::check(
+            self.http
+                .post(self.url("/api/shoal/v1/agents"))
+                .json(reg)
+                .send()
+                .await?,
+        )
+        .await?;
         let v: Json = resp.json().await?;
-        v["agent_id"].as_str().map(AgentId::new).ok_or_else(|| ClientError::Decode("no agent_id".into()))
+        v["agent_id"]
+            .as_str()
+            .map(AgentId::new)
+            .ok_or_else(|| ClientError::Decode("no agent_id".into()))
     }
 
     /// Reports a task's status as its agent.
-    pub async fn task_status(&self, agent_id: &str, task_id: &str, state: TaskState, status: &StatusInfo) -> Result<(), ClientError> {
+    pub async fn task_status(
+        &self,
+        agent_id: &str,
+        task_id: &str,
+        state: TaskState,
+        status: &StatusInfo,
+    ) -> Result<(), ClientError> {
         let body = json!({"task_id": task_id, "state": state, "status": status});
-        Self::check(self.http.post(self.url(&format!("/api/shoal/v1/agents/{agent_id}/status"))).json(&body).send().await?)
-            .await?;
+        Self::check(
+            self.http
+                .post(self.url(&format!("/api/shoal/v1/agents/{agent_id}/status")))
+                .json(&body)
+                .send()
+                .await?,
+        )
+        .await?;
         Ok(())
     }
 
     /// Sets a role's weight and quota.
-    pub async fn set_role(&self, name: &str, weight: f64, guarantee: &ResourceSet, limit: Option<&ResourceSet>) -> Result<(), ClientError> {
+    pub async fn set_role(
+        &self,
+        name: &str,
+        weight: f64,
+        guarantee: &ResourceSet,
+        limit: Option<&ResourceSet>,
+    ) -> Result<(), ClientError> {
         let body = json!({"weight": weight, "quota": {"guarantee": guarantee, "limit": limit}});
-        Self::check(self.http.put(self.url(&format!("/api/shoal/v1/roles/{name}"))).json(&body).send().await?).await?;
+        Self::check(
+            self.http
+                .put(self.url(&format!("/api/shoal/v1/roles/{name}")))
+                .json(&body)
+                .send()
+                .await?,
+        )
+        .await?;
         Ok(())
     }
 
     /// The log entries from version `from` on: first what is stored, then live commits.
-    pub async fn watch(&self, from: Version) -> Result<impl Stream<Item = Result<LogEntry, ClientError>>, ClientError> {
-        let resp = self.http.get(self.url(&format!("/api/shoal/v1/watch?from={from}"))).send().await?;
+    pub async fn watch(
+        &self,
+        from: Version,
+    ) -> Result<impl Stream<Item = Result<LogEntry, ClientError>>, ClientError> {
+        let resp = self
+            .http
+            .get(self.url(&format!("/api/shoal/v1/watch?from={from}")))
+            .send()
+            .await?;
         if resp.status().as_u16() == 410 {
             return Err(ClientError::Gone(from));
         }
         let resp = Self::check(resp).await?;
-        let state = (Box::pin(resp.bytes_stream()), Vec::<u8>::new(), VecDeque::new(), false);
-        Ok(futures::stream::unfold(state, |(mut chunks, mut buf, mut queue, done)| async move {
-            loop {
-                if let Some(item) = queue.pop_front() {
-                    return Some((item, (chunks, buf, queue, done)));
-                }
-                if done {
-                    return None;
-                }
-                match chunks.next().await {
-                    Some(Ok(chunk)) => {
-                        buf.extend_from_slice(&chunk);
-                        parse_lines(&mut buf, &mut queue);
+        let state = (
+            Box::pin(resp.bytes_stream()),
+            Vec::<u8>::new(),
+            VecDeque::new(),
+            false,
+        );
+        Ok(futures::stream::unfold(
+            state,
+            |(mut chunks, mut buf, mut queue, done)| async move {
+                loop {
+                    if let Some(item) = queue.pop_front() {
+                        return Some((item, (chunks, buf, queue, done)));
                     }
-                    Some(Err(e)) => return Some((Err(ClientError::Http(e)), (chunks, buf, queue, true))),
-                    None => return None,
+                    if done {
+                        return None;
+                    }
+                    match chunks.next().await {
+                        Some(Ok(chunk)) => {
+                            buf.extend_from_slice(&chunk);
+                            parse_lines(&mut buf, &mut queue);
+                        }
+                        Some(Err(e)) => {
+                            return Some((Err(ClientError::Http(e)), (chunks, buf, queue, true)))
+                        }
+                        None => return None,
+                    }
                 }
-            }
-        }))
+            },
+        ))
     }
 }
 
@@ -304,7 +407,11 @@ impl Mirror {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         });
-        Ok(Mirror { cell, changed, task: Arc::new(task) })
+        Ok(Mirror {
+            cell,
+            changed,
+            task: Arc::new(task),
+        })
     }
 
     /// A consistent snapshot (an O(1) clone).
@@ -330,4 +437,3 @@ impl Mirror {
         }
     }
 }
-

@@ -36,13 +36,19 @@ fn dominant_shares(cell: &Cell) -> BTreeMap<String, f64> {
     }
     let mut held_by_role: BTreeMap<String, ResourceSet> = BTreeMap::new();
     for h in cell.holds() {
-        let _ = held_by_role.entry(h.role.clone()).or_default().add(&h.resources.scalars_only());
+        let _ = held_by_role
+            .entry(h.role.clone())
+            .or_default()
+            .add(&h.resources.scalars_only());
     }
     let mut out = BTreeMap::new();
     for r in cell.roles() {
         let mut share: f64 = 0.0;
         for (name, m) in r.consumed.scalar_totals() {
-            let held = held_by_role.get(&r.name).map(|h| h.scalar(&name).as_f64()).unwrap_or(0.0);
+            let held = held_by_role
+                .get(&r.name)
+                .map(|h| h.scalar(&name).as_f64())
+                .unwrap_or(0.0);
             if let Some(t) = total.get(&name).filter(|t| **t > 0.0) {
                 share = share.max((m.as_f64() + held) / t);
             }
@@ -97,18 +103,31 @@ pub fn allocate(
         return Vec::new();
     }
     let mut shares = dominant_shares(cell);
-    let total_cpus: f64 = cell.agents().filter(|a| a.state != AgentState::Gone).map(|a| a.total.scalar("cpus").as_f64()).sum();
+    let total_cpus: f64 = cell
+        .agents()
+        .filter(|a| a.state != AgentState::Gone)
+        .map(|a| a.total.scalar("cpus").as_f64())
+        .sum();
     let mut outstanding: Vec<usize> = candidates.iter().map(|c| c.outstanding).collect();
-    let share_of = |shares: &BTreeMap<String, f64>, role: &str| shares.get(role).copied().unwrap_or(0.0);
-    let capped = |n: usize| config.offers_per_framework_max > 0 && n >= config.offers_per_framework_max;
+    let share_of =
+        |shares: &BTreeMap<String, f64>, role: &str| shares.get(role).copied().unwrap_or(0.0);
+    let capped =
+        |n: usize| config.offers_per_framework_max > 0 && n >= config.offers_per_framework_max;
     let mut queue: std::collections::BinaryHeap<Key> = candidates
         .iter()
         .enumerate()
         .filter(|(i, _)| !capped(outstanding[*i]))
-        .map(|(i, c)| Key { share: share_of(&shares, &c.role), outstanding: outstanding[i], index: i })
+        .map(|(i, c)| Key {
+            share: share_of(&shares, &c.role),
+            outstanding: outstanding[i],
+            index: i,
+        })
         .collect();
     let mut holds = Vec::new();
-    let mut agents: Vec<_> = cell.agents().filter(|a| a.state == AgentState::Active).collect();
+    let mut agents: Vec<_> = cell
+        .agents()
+        .filter(|a| a.state == AgentState::Active)
+        .collect();
     agents.sort_by(|a, b| a.id.cmp(&b.id));
     let mut skipped = Vec::new();
     for agent in agents {
@@ -123,12 +142,20 @@ pub fn allocate(
         let mut pick = None;
         while let Some(key) = queue.pop() {
             let c = &candidates[key.index];
-            let current = Key { share: share_of(&shares, &c.role), outstanding: outstanding[key.index], index: key.index };
+            let current = Key {
+                share: share_of(&shares, &c.role),
+                outstanding: outstanding[key.index],
+                index: key.index,
+            };
             if current != key {
                 queue.push(current); // its role's share moved this round: requeue
                 continue;
             }
-            if c.filtered_until.get(&agent.id).map(|t| *t > now).unwrap_or(false) {
+            if c.filtered_until
+                .get(&agent.id)
+                .map(|t| *t > now)
+                .unwrap_or(false)
+            {
                 skipped.push(key);
                 continue;
             }
@@ -138,12 +165,17 @@ pub fn allocate(
         queue.extend(skipped.drain(..));
         let Some(i) = pick else { continue };
         let c = &candidates[i];
-        let offered = ResourceSet::from_resources(free.iter().filter(|r| r.role == UNRESERVED || r.role == c.role).cloned())
-            .expect("a subset of a valid set");
+        let offered = ResourceSet::from_resources(
+            free.iter()
+                .filter(|r| r.role == UNRESERVED || r.role == c.role)
+                .cloned(),
+        )
+        .expect("a subset of a valid set");
         if !offered.is_empty() {
             // Count the offer towards the role's share for the rest of this round.
             if total_cpus > 0.0 {
-                *shares.entry(c.role.clone()).or_default() += offered.scalar("cpus").as_f64() / total_cpus;
+                *shares.entry(c.role.clone()).or_default() +=
+                    offered.scalar("cpus").as_f64() / total_cpus;
             }
             outstanding[i] += 1;
             holds.push(Hold {
@@ -156,7 +188,11 @@ pub fn allocate(
             });
         }
         if !capped(outstanding[i]) {
-            queue.push(Key { share: share_of(&shares, &c.role), outstanding: outstanding[i], index: i });
+            queue.push(Key {
+                share: share_of(&shares, &c.role),
+                outstanding: outstanding[i],
+                index: i,
+            });
         }
     }
     holds
@@ -168,7 +204,9 @@ mod tests {
     use shoal_core::{AgentRegistration, CellConfig, Command};
 
     fn cell(agents: usize) -> Cell {
-        let mut cell = Cell::new(CellConfig { cell_id: "c".into() });
+        let mut cell = Cell::new(CellConfig {
+            cell_id: "c".into(),
+        });
         for i in 0..agents {
             let reg = AgentRegistration {
                 agent_id: None,
@@ -184,7 +222,12 @@ mod tests {
     }
 
     fn cand(id: &str, role: &str) -> Candidate {
-        Candidate { framework_id: id.into(), role: role.into(), filtered_until: HashMap::new(), outstanding: 0 }
+        Candidate {
+            framework_id: id.into(),
+            role: role.into(),
+            filtered_until: HashMap::new(),
+            outstanding: 0,
+        }
     }
 
     #[test]
@@ -195,21 +238,56 @@ mod tests {
             n += 1;
             OfferId::new(format!("o{n}"))
         };
-        let holds = allocate(&cell, &[cand("a", "r1"), cand("b", "r2")], AllocatorConfig { offers_per_framework_max: 0 }, 5, &mut next);
+        let holds = allocate(
+            &cell,
+            &[cand("a", "r1"), cand("b", "r2")],
+            AllocatorConfig {
+                offers_per_framework_max: 0,
+            },
+            5,
+            &mut next,
+        );
         assert_eq!(holds.len(), 6);
         let a = holds.iter().filter(|h| h.framework_id == "a").count();
         assert_eq!(a, 3, "DRF alternates between equal roles");
 
-        let holds = allocate(&cell, &[cand("a", "r1"), cand("b", "r2")], AllocatorConfig { offers_per_framework_max: 1 }, 5, &mut next);
+        let holds = allocate(
+            &cell,
+            &[cand("a", "r1"), cand("b", "r2")],
+            AllocatorConfig {
+                offers_per_framework_max: 1,
+            },
+            5,
+            &mut next,
+        );
         assert_eq!(holds.len(), 2, "one offer each under a cap of 1");
 
         let mut filtered = cand("a", "r1");
         for ag in cell.agents() {
             filtered.filtered_until.insert(ag.id.clone(), 10);
         }
-        let holds = allocate(&cell, &[filtered.clone()], AllocatorConfig { offers_per_framework_max: 0 }, 5, &mut next);
-        assert!(holds.is_empty(), "declined agents are not offered again before the filter ends");
-        let holds = allocate(&cell, &[filtered], AllocatorConfig { offers_per_framework_max: 0 }, 10, &mut next);
+        let holds = allocate(
+            &cell,
+            &[filtered.clone()],
+            AllocatorConfig {
+                offers_per_framework_max: 0,
+            },
+            5,
+            &mut next,
+        );
+        assert!(
+            holds.is_empty(),
+            "declined agents are not offered again before the filter ends"
+        );
+        let holds = allocate(
+            &cell,
+            &[filtered],
+            AllocatorConfig {
+                offers_per_framework_max: 0,
+            },
+            10,
+            &mut next,
+        );
         assert_eq!(holds.len(), 6);
     }
 }

@@ -13,8 +13,8 @@ use axum::Router;
 use prost::Message as _;
 use serde_json::{json, Value as Json};
 use shoal_core::{
-    AgentId, Claim, ClaimId, CommitMode, ConflictCheck, Event as CellEvent, OfferId, Placement, Rejection, Reply, TaskId, TaskSpec,
-    TaskState,
+    AgentId, Claim, ClaimId, CommitMode, ConflictCheck, Event as CellEvent, OfferId, Placement,
+    Rejection, Reply, TaskId, TaskSpec, TaskState,
 };
 use shoal_master::{CommitError, MasterCore};
 use shoal_proto::mesos::v1::scheduler::{Call, Event};
@@ -76,7 +76,12 @@ fn now_ms() -> u64 {
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
-    (status, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], message.into()).into_response()
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        message.into(),
+    )
+        .into_response()
 }
 
 fn b64(bytes: &[u8]) -> String {
@@ -128,27 +133,35 @@ impl Compat {
     }
 
     fn next_id(&self, prefix: &str) -> String {
-        format!("{}-{prefix}{}", self.core.published.snapshot().cell_id(), self.seq.fetch_add(1, Ordering::Relaxed))
+        format!(
+            "{}-{prefix}{}",
+            self.core.published.snapshot().cell_id(),
+            self.seq.fetch_add(1, Ordering::Relaxed)
+        )
     }
 
     /// Encodes an event for a framework as one RecordIO record.
     fn record(encoding: Encoding, event: &Json) -> Option<Bytes> {
         let bytes = match encoding {
             Encoding::Json => serde_json::to_vec(event).ok()?,
-            Encoding::Protobuf => match shoal_proto::json::from_json_value::<Event>(event.clone()) {
-                Ok(e) => e.encode_to_vec(),
-                Err(err) => {
-                    tracing::warn!(error = %err, "event cannot be encoded as protobuf");
-                    return None;
+            Encoding::Protobuf => {
+                match shoal_proto::json::from_json_value::<Event>(event.clone()) {
+                    Ok(e) => e.encode_to_vec(),
+                    Err(err) => {
+                        tracing::warn!(error = %err, "event cannot be encoded as protobuf");
+                        return None;
+                    }
                 }
-            },
+            }
         };
         Some(shoal_proto::recordio::encode(&bytes))
     }
 
     fn send(&self, framework_id: &str, event: Json) -> bool {
         let fws = self.frameworks.lock().expect("frameworks lock");
-        let Some(f) = fws.get(framework_id) else { return false };
+        let Some(f) = fws.get(framework_id) else {
+            return false;
+        };
         let Some(tx) = &f.tx else { return false };
         match Self::record(f.encoding, &event) {
             Some(r) => tx.try_send(r).is_ok(),
@@ -158,12 +171,25 @@ impl Compat {
 
     /// A status update for a framework: as Mesos writes it, with the state the framework
     /// understands (TASK_LOST for the partition states if it is not partition-aware).
-    fn status_json(&self, f: &Framework, task_id: &TaskId, agent_id: &AgentId, state: TaskState, status: &shoal_core::StatusInfo, reason_override: Option<&str>, uuid: Option<&str>) -> Json {
+    fn status_json(
+        &self,
+        f: &Framework,
+        task_id: &TaskId,
+        agent_id: &AgentId,
+        state: TaskState,
+        status: &shoal_core::StatusInfo,
+        reason_override: Option<&str>,
+        uuid: Option<&str>,
+    ) -> Json {
         let state = if f.partition_aware {
             state
         } else {
             match state {
-                TaskState::Unreachable | TaskState::Gone | TaskState::GoneByOperator | TaskState::Dropped | TaskState::Unknown => TaskState::Lost,
+                TaskState::Unreachable
+                | TaskState::Gone
+                | TaskState::GoneByOperator
+                | TaskState::Dropped
+                | TaskState::Unknown => TaskState::Lost,
                 s => s,
             }
         };
@@ -177,7 +203,10 @@ impl Compat {
         if let Some(m) = &status.message {
             s["message"] = json!(m);
         }
-        if let Some(r) = reason_override.map(str::to_string).or_else(|| status.reason.clone()) {
+        if let Some(r) = reason_override
+            .map(str::to_string)
+            .or_else(|| status.reason.clone())
+        {
             s["reason"] = json!(r);
         }
         if let Some(h) = status.healthy {
@@ -191,7 +220,10 @@ impl Compat {
 }
 
 fn parse_call(headers: &HeaderMap, body: &Bytes) -> Result<(Json, Encoding), Response> {
-    let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
     let encoding = if ct.starts_with("application/json") {
         Encoding::Json
     } else if ct.starts_with("application/x-protobuf") {
@@ -200,10 +232,18 @@ fn parse_call(headers: &HeaderMap, body: &Bytes) -> Result<(Json, Encoding), Res
         return Err(error(StatusCode::UNSUPPORTED_MEDIA_TYPE, format!("Expecting 'Content-Type' of application/json or application/x-protobuf, got '{ct}'")));
     };
     let call: Call = match encoding {
-        Encoding::Json => shoal_proto::json::from_json_slice(body)
-            .map_err(|e| error(StatusCode::BAD_REQUEST, format!("Failed to parse body into Call: {e}")))?,
-        Encoding::Protobuf => Call::decode(body.as_ref())
-            .map_err(|e| error(StatusCode::BAD_REQUEST, format!("Failed to parse body into Call: {e}")))?,
+        Encoding::Json => shoal_proto::json::from_json_slice(body).map_err(|e| {
+            error(
+                StatusCode::BAD_REQUEST,
+                format!("Failed to parse body into Call: {e}"),
+            )
+        })?,
+        Encoding::Protobuf => Call::decode(body.as_ref()).map_err(|e| {
+            error(
+                StatusCode::BAD_REQUEST,
+                format!("Failed to parse body into Call: {e}"),
+            )
+        })?,
     };
     Ok((shoal_proto::json::to_json_value(&call), encoding))
 }
@@ -213,7 +253,10 @@ fn accepts(headers: &HeaderMap, fallback: Encoding) -> Option<Encoding> {
         return Some(fallback);
     };
     let mut out = None;
-    for part in accept.split(',').map(|p| p.split(';').next().unwrap_or("").trim()) {
+    for part in accept
+        .split(',')
+        .map(|p| p.split(';').next().unwrap_or("").trim())
+    {
         match part {
             "application/json" => return Some(Encoding::Json),
             "application/x-protobuf" => return Some(Encoding::Protobuf),
@@ -232,18 +275,34 @@ async fn scheduler(State(c): State<Arc<Compat>>, headers: HeaderMap, body: Bytes
     let kind = call["type"].as_str().unwrap_or("UNKNOWN").to_string();
     if kind == "SUBSCRIBE" {
         if headers.contains_key("mesos-stream-id") {
-            return error(StatusCode::BAD_REQUEST, "Subscribe calls should not include the 'Mesos-Stream-Id' header");
+            return error(
+                StatusCode::BAD_REQUEST,
+                "Subscribe calls should not include the 'Mesos-Stream-Id' header",
+            );
         }
         let Some(enc) = accepts(&headers, encoding) else {
-            return error(StatusCode::NOT_ACCEPTABLE, "Expecting 'Accept' to allow application/json or application/x-protobuf");
+            return error(
+                StatusCode::NOT_ACCEPTABLE,
+                "Expecting 'Accept' to allow application/json or application/x-protobuf",
+            );
         };
-        let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("127.0.0.1:5050").to_string();
+        let host = headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("127.0.0.1:5050")
+            .to_string();
         return subscribe(c, call, enc, &host);
     }
     let Some(fw_id) = call["framework_id"]["value"].as_str().map(str::to_string) else {
-        return error(StatusCode::BAD_REQUEST, "Expecting 'framework_id' to be present");
+        return error(
+            StatusCode::BAD_REQUEST,
+            "Expecting 'framework_id' to be present",
+        );
     };
-    let stream = headers.get("mesos-stream-id").and_then(|v| v.to_str().ok()).map(str::to_string);
+    let stream = headers
+        .get("mesos-stream-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
     {
         let fws = c.frameworks.lock().expect("frameworks lock");
         match fws.get(&fw_id) {
@@ -264,65 +323,140 @@ async fn scheduler(State(c): State<Arc<Compat>>, headers: HeaderMap, body: Bytes
             decline(&c, &fw_id, ids, &call["decline"]["filters"]).await;
         }
         "REVIVE" => {
-            if let Some(f) = c.frameworks.lock().expect("frameworks lock").get_mut(&fw_id) {
+            if let Some(f) = c
+                .frameworks
+                .lock()
+                .expect("frameworks lock")
+                .get_mut(&fw_id)
+            {
                 f.filters.clear();
                 f.suppressed = false;
             }
             c.wake.notify_one();
         }
         "SUPPRESS" => {
-            if let Some(f) = c.frameworks.lock().expect("frameworks lock").get_mut(&fw_id) {
+            if let Some(f) = c
+                .frameworks
+                .lock()
+                .expect("frameworks lock")
+                .get_mut(&fw_id)
+            {
                 f.suppressed = true;
             }
         }
         "KILL" => {
             if let Some(t) = call["kill"]["task_id"]["value"].as_str() {
                 let task_id = TaskId::new(t);
-                let owned = c.core.published.snapshot().task(&task_id).map(|t| t.owner == fw_id).unwrap_or(false);
+                let owned = c
+                    .core
+                    .published
+                    .snapshot()
+                    .task(&task_id)
+                    .map(|t| t.owner == fw_id)
+                    .unwrap_or(false);
                 if owned {
-                    let _ = c.core.committer.submit(shoal_core::Command::KillTask { task_id }).await;
+                    let _ = c
+                        .core
+                        .committer
+                        .submit(shoal_core::Command::KillTask { task_id })
+                        .await;
                 } else {
                     // Unknown task: Mesos answers with TASK_LOST (or TASK_UNKNOWN).
-                    reconcile_one(&c, &fw_id, &task_id, call["kill"]["agent_id"]["value"].as_str());
+                    reconcile_one(
+                        &c,
+                        &fw_id,
+                        &task_id,
+                        call["kill"]["agent_id"]["value"].as_str(),
+                    );
                 }
             }
         }
         "ACKNOWLEDGE" => {
             if let Some(u) = call["acknowledge"]["uuid"].as_str() {
-                if let Some(f) = c.frameworks.lock().expect("frameworks lock").get_mut(&fw_id) {
+                if let Some(f) = c
+                    .frameworks
+                    .lock()
+                    .expect("frameworks lock")
+                    .get_mut(&fw_id)
+                {
                     f.pending.remove(u);
                 }
             }
         }
         "RECONCILE" => reconcile(&c, &fw_id, &call["reconcile"]["tasks"]),
         "UPDATE_FRAMEWORK" => {
-            if let Some(f) = c.frameworks.lock().expect("frameworks lock").get_mut(&fw_id) {
+            if let Some(f) = c
+                .frameworks
+                .lock()
+                .expect("frameworks lock")
+                .get_mut(&fw_id)
+            {
                 f.info = call["update_framework"]["framework_info"].clone();
             }
         }
         // Accepted and ignored, as a master with nothing to do for them would.
-        "MESSAGE" | "REQUEST" | "SHUTDOWN" | "ACKNOWLEDGE_OPERATION_STATUS" | "RECONCILE_OPERATIONS" | "ACCEPT_INVERSE_OFFERS"
+        "MESSAGE"
+        | "REQUEST"
+        | "SHUTDOWN"
+        | "ACKNOWLEDGE_OPERATION_STATUS"
+        | "RECONCILE_OPERATIONS"
+        | "ACCEPT_INVERSE_OFFERS"
         | "DECLINE_INVERSE_OFFERS" => {}
-        other => return error(StatusCode::BAD_REQUEST, format!("Unknown call type {other}")),
+        other => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("Unknown call type {other}"),
+            )
+        }
     }
     StatusCode::ACCEPTED.into_response()
 }
 
 fn offer_ids(v: &Json) -> Vec<OfferId> {
-    v.as_array().map(|a| a.iter().filter_map(|o| o["value"].as_str()).map(OfferId::new).collect()).unwrap_or_default()
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|o| o["value"].as_str())
+                .map(OfferId::new)
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 fn subscribe(c: Arc<Compat>, call: Json, encoding: Encoding, host: &str) -> Response {
     let info = call["subscribe"]["framework_info"].clone();
     if info.is_null() {
-        return error(StatusCode::BAD_REQUEST, "Expecting 'subscribe.framework_info' to be present");
+        return error(
+            StatusCode::BAD_REQUEST,
+            "Expecting 'subscribe.framework_info' to be present",
+        );
     }
-    let role = info["roles"].as_array().and_then(|r| r.first()).and_then(|r| r.as_str()).or_else(|| info["role"].as_str()).unwrap_or("*").to_string();
-    let has_cap = |cap: &str| info["capabilities"].as_array().map(|caps| caps.iter().any(|c| c["type"] == cap)).unwrap_or(false);
+    let role = info["roles"]
+        .as_array()
+        .and_then(|r| r.first())
+        .and_then(|r| r.as_str())
+        .or_else(|| info["role"].as_str())
+        .unwrap_or("*")
+        .to_string();
+    let has_cap = |cap: &str| {
+        info["capabilities"]
+            .as_array()
+            .map(|caps| caps.iter().any(|c| c["type"] == cap))
+            .unwrap_or(false)
+    };
     let partition_aware = has_cap("PARTITION_AWARE");
     let killing_state = has_cap("TASK_KILLING_STATE");
-    let failover = Duration::from_secs_f64(info["failover_timeout"].as_f64().unwrap_or(0.0).max(0.0).min(c.config.failover_timeout_max.as_secs_f64()));
-    let id = info["id"]["value"].as_str().map(str::to_string).unwrap_or_else(|| c.next_id("F"));
+    let failover = Duration::from_secs_f64(
+        info["failover_timeout"]
+            .as_f64()
+            .unwrap_or(0.0)
+            .max(0.0)
+            .min(c.config.failover_timeout_max.as_secs_f64()),
+    );
+    let id = info["id"]["value"]
+        .as_str()
+        .map(str::to_string)
+        .unwrap_or_else(|| c.next_id("F"));
     let stream_id = uuid_string();
     let (tx, rx) = mpsc::channel::<Bytes>(crate_limits::EVENT_BUFFER);
     let mut info = info;
@@ -356,9 +490,16 @@ fn subscribe(c: Arc<Compat>, call: Json, encoding: Encoding, host: &str) -> Resp
         f.tx = Some(tx.clone());
         f.encoding = encoding;
         f.disconnected_at = None;
-        f.suppressed = call["subscribe"]["suppressed_roles"].as_array().map(|r| !r.is_empty()).unwrap_or(false);
+        f.suppressed = call["subscribe"]["suppressed_roles"]
+            .as_array()
+            .map(|r| !r.is_empty())
+            .unwrap_or(false);
         let offers = c.offers.lock().expect("offers lock");
-        old_offers = offers.iter().filter(|(_, fw)| **fw == id).map(|(o, _)| o.clone()).collect();
+        old_offers = offers
+            .iter()
+            .filter(|(_, fw)| **fw == id)
+            .map(|(o, _)| o.clone())
+            .collect();
     }
     tracing::info!(framework_id = %id, "framework subscribed");
     let subscribed = json!({
@@ -378,7 +519,14 @@ fn subscribe(c: Arc<Compat>, call: Json, encoding: Encoding, host: &str) -> Resp
     // Unacknowledged updates are sent again on the new stream.
     let resend: Vec<Json> = {
         let fws = c.frameworks.lock().expect("frameworks lock");
-        fws.get(&id).map(|f| f.pending.values().map(|(_, s, _)| json!({"type": "UPDATE", "update": {"status": s}})).collect()).unwrap_or_default()
+        fws.get(&id)
+            .map(|f| {
+                f.pending
+                    .values()
+                    .map(|(_, s, _)| json!({"type": "UPDATE", "update": {"status": s}}))
+                    .collect()
+            })
+            .unwrap_or_default()
     };
     for e in resend {
         if let Some(r) = Compat::record(encoding, &e) {
@@ -408,7 +556,9 @@ fn subscribe(c: Arc<Compat>, call: Json, encoding: Encoding, host: &str) -> Resp
         }
         disconnected(&c2, &id2, &stream2).await;
     });
-    let body = Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx).map(Ok::<Bytes, std::io::Error>));
+    let body = Body::from_stream(
+        tokio_stream::wrappers::ReceiverStream::new(rx).map(Ok::<Bytes, std::io::Error>),
+    );
     Response::builder()
         .status(StatusCode::OK)
         .header(header::CONTENT_TYPE, encoding.content_type())
@@ -439,7 +589,10 @@ fn master_info(c: &Compat, host: &str) -> Json {
         None => (host.to_string(), 5050),
     };
     // `ip` is the IPv4 address as a number in network order, as Mesos writes it.
-    let ip = hostname.parse::<std::net::Ipv4Addr>().map(|a| u32::from_le_bytes(a.octets())).unwrap_or(0);
+    let ip = hostname
+        .parse::<std::net::Ipv4Addr>()
+        .map(|a| u32::from_le_bytes(a.octets()))
+        .unwrap_or(0);
     json!({"id": id, "ip": ip, "port": port, "hostname": hostname, "version": crate::MESOS_VERSION,
            "address": {"hostname": hostname, "ip": hostname, "port": port}})
 }
@@ -453,7 +606,13 @@ async fn disconnected(c: &Arc<Compat>, fw_id: &str, stream_id: &str) {
         }
         f.tx = None;
         f.disconnected_at = Some(Instant::now());
-        c.offers.lock().expect("offers lock").iter().filter(|(_, fw)| *fw == fw_id).map(|(o, _)| o.clone()).collect()
+        c.offers
+            .lock()
+            .expect("offers lock")
+            .iter()
+            .filter(|(_, fw)| *fw == fw_id)
+            .map(|(o, _)| o.clone())
+            .collect()
     };
     tracing::info!(framework_id = %fw_id, "framework disconnected");
     release(c, offers).await;
@@ -472,17 +631,26 @@ async fn release(c: &Arc<Compat>, offers: Vec<OfferId>) {
             ours.insert(o.clone());
         }
     }
-    let _ = c.core.committer.submit(shoal_core::Command::ReleaseHolds { offer_ids: offers }).await;
+    let _ = c
+        .core
+        .committer
+        .submit(shoal_core::Command::ReleaseHolds { offer_ids: offers })
+        .await;
     c.wake.notify_one();
 }
 
 async fn decline(c: &Arc<Compat>, fw_id: &str, ids: Vec<OfferId>, filters: &Json) {
-    let refuse = filters["refuse_seconds"].as_f64().unwrap_or(DEFAULT_REFUSE_SECONDS).clamp(0.0, 365.0 * 86_400.0);
+    let refuse = filters["refuse_seconds"]
+        .as_f64()
+        .unwrap_or(DEFAULT_REFUSE_SECONDS)
+        .clamp(0.0, 365.0 * 86_400.0);
     let until = now_ms() + (refuse * 1000.0) as u64;
     let snap = c.core.published.snapshot();
     let mine: Vec<OfferId> = {
         let offers = c.offers.lock().expect("offers lock");
-        ids.into_iter().filter(|o| offers.get(o).map(|f| f == fw_id).unwrap_or(false)).collect()
+        ids.into_iter()
+            .filter(|o| offers.get(o).map(|f| f == fw_id).unwrap_or(false))
+            .collect()
     };
     if let Some(f) = c.frameworks.lock().expect("frameworks lock").get_mut(fw_id) {
         for o in &mine {
@@ -497,17 +665,35 @@ async fn decline(c: &Arc<Compat>, fw_id: &str, ids: Vec<OfferId>, filters: &Json
 async fn accept(c: &Arc<Compat>, fw_id: &str, accept: &Json) -> Response {
     let ids = offer_ids(&accept["offer_ids"]);
     let snap = c.core.published.snapshot();
-    let agent = ids.iter().find_map(|o| snap.hold(o)).map(|h| h.agent_id.clone());
+    let agent = ids
+        .iter()
+        .find_map(|o| snap.hold(o))
+        .map(|h| h.agent_id.clone());
     let mut tasks: Vec<Json> = Vec::new();
     for op in accept["operations"].as_array().cloned().unwrap_or_default() {
         match op["type"].as_str().unwrap_or("") {
-            "LAUNCH" => tasks.extend(op["launch"]["task_infos"].as_array().cloned().unwrap_or_default()),
+            "LAUNCH" => tasks.extend(
+                op["launch"]["task_infos"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default(),
+            ),
             "LAUNCH_GROUP" => {
-                let group = op["launch_group"]["task_group"]["tasks"].as_array().cloned().unwrap_or_default();
-                let group_id = group.first().and_then(|t| t["task_id"]["value"].as_str()).unwrap_or("group").to_string();
+                let group = op["launch_group"]["task_group"]["tasks"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default();
+                let group_id = group
+                    .first()
+                    .and_then(|t| t["task_id"]["value"].as_str())
+                    .unwrap_or("group")
+                    .to_string();
                 for mut t in group {
                     // The tasks of a group share a network namespace and die together.
-                    let mut labels = t["labels"]["labels"].as_array().cloned().unwrap_or_default();
+                    let mut labels = t["labels"]["labels"]
+                        .as_array()
+                        .cloned()
+                        .unwrap_or_default();
                     labels.push(json!({"key": "shoal.group", "value": group_id}));
                     t["labels"] = json!({"labels": labels});
                     tasks.push(t);
@@ -516,7 +702,13 @@ async fn accept(c: &Arc<Compat>, fw_id: &str, accept: &Json) -> Response {
             other => tracing::warn!(operation = other, "offer operation not supported; ignored"),
         }
     }
-    let role = c.frameworks.lock().expect("frameworks lock").get(fw_id).map(|f| f.role.clone()).unwrap_or_else(|| "*".into());
+    let role = c
+        .frameworks
+        .lock()
+        .expect("frameworks lock")
+        .get(fw_id)
+        .map(|f| f.role.clone())
+        .unwrap_or_else(|| "*".into());
     let mut placements = Vec::new();
     let mut invalid: Vec<(String, String)> = Vec::new();
     for mut t in tasks {
@@ -528,7 +720,10 @@ async fn accept(c: &Arc<Compat>, fw_id: &str, accept: &Json) -> Response {
             Ok(parts) => placements.push(Placement {
                 task_id: TaskId::new(&parts.task_id),
                 name: parts.name,
-                agent_id: parts.agent_id.map(AgentId::new).unwrap_or_else(|| AgentId::new("")),
+                agent_id: parts
+                    .agent_id
+                    .map(AgentId::new)
+                    .unwrap_or_else(|| AgentId::new("")),
                 resources: parts.resources,
                 spec: TaskSpec(t.to_string().into()),
             }),
@@ -536,7 +731,15 @@ async fn accept(c: &Arc<Compat>, fw_id: &str, accept: &Json) -> Response {
         }
     }
     for (task_id, why) in &invalid {
-        task_error(c, fw_id, task_id, agent.as_ref(), TaskState::Error, "REASON_TASK_INVALID", why);
+        task_error(
+            c,
+            fw_id,
+            task_id,
+            agent.as_ref(),
+            TaskState::Error,
+            "REASON_TASK_INVALID",
+            why,
+        );
     }
     {
         let mut mine = c.offers.lock().expect("offers lock");
@@ -557,16 +760,37 @@ async fn accept(c: &Arc<Compat>, fw_id: &str, accept: &Json) -> Response {
         check: ConflictCheck::Fine,
         placements: placements.clone(),
     };
-    let result = c.core.committer.submit(shoal_core::Command::AcceptHolds { framework_id: fw_id.to_string(), offer_ids: ids.clone(), claim }).await;
+    let result = c
+        .core
+        .committer
+        .submit(shoal_core::Command::AcceptHolds {
+            framework_id: fw_id.to_string(),
+            offer_ids: ids.clone(),
+            claim,
+        })
+        .await;
     match result {
         Ok(Reply::Claim { outcome }) => {
             for p in outcome.placements.iter().filter(|p| !p.committed) {
-                let why = serde_json::to_value(&p.rejected).map(|v| v.to_string()).unwrap_or_default();
+                let why = serde_json::to_value(&p.rejected)
+                    .map(|v| v.to_string())
+                    .unwrap_or_default();
                 let (state, reason) = match &p.rejected {
-                    Some(shoal_core::RejectReason::DuplicateTaskId) | Some(shoal_core::RejectReason::ReservationMismatch { .. }) => (TaskState::Error, "REASON_TASK_INVALID"),
+                    Some(shoal_core::RejectReason::DuplicateTaskId)
+                    | Some(shoal_core::RejectReason::ReservationMismatch { .. }) => {
+                        (TaskState::Error, "REASON_TASK_INVALID")
+                    }
                     _ => (TaskState::Error, "REASON_INVALID_OFFERS"),
                 };
-                task_error(c, fw_id, p.task_id.as_str(), agent.as_ref(), state, reason, &format!("task not launched: {why}"));
+                task_error(
+                    c,
+                    fw_id,
+                    p.task_id.as_str(),
+                    agent.as_ref(),
+                    state,
+                    reason,
+                    &format!("task not launched: {why}"),
+                );
             }
         }
         Ok(_) => {}
@@ -575,19 +799,31 @@ async fn accept(c: &Arc<Compat>, fw_id: &str, accept: &Json) -> Response {
             // tasks are dropped, as Mesos does for invalid offers.
             let msg = e.to_string();
             let state = match &e {
-                CommitError::Rejected(Rejection::NotFound(_)) | CommitError::Rejected(Rejection::Forbidden(_)) => TaskState::Dropped,
+                CommitError::Rejected(Rejection::NotFound(_))
+                | CommitError::Rejected(Rejection::Forbidden(_)) => TaskState::Dropped,
                 _ => TaskState::Error,
             };
             for p in &placements {
-                task_error(c, fw_id, p.task_id.as_str(), agent.as_ref(), state, "REASON_INVALID_OFFERS", &msg);
+                task_error(
+                    c,
+                    fw_id,
+                    p.task_id.as_str(),
+                    agent.as_ref(),
+                    state,
+                    "REASON_INVALID_OFFERS",
+                    &msg,
+                );
             }
         }
     }
     // What the accept left unused is declined with its filters (Mesos's default: 5 s).
-    let secs = accept["filters"]["refuse_seconds"].as_f64().unwrap_or(DEFAULT_REFUSE_SECONDS);
+    let secs = accept["filters"]["refuse_seconds"]
+        .as_f64()
+        .unwrap_or(DEFAULT_REFUSE_SECONDS);
     if let Some(a) = &agent {
         if let Some(f) = c.frameworks.lock().expect("frameworks lock").get_mut(fw_id) {
-            f.filters.insert(a.clone(), now_ms() + (secs.clamp(0.0, 1e7) * 1000.0) as u64);
+            f.filters
+                .insert(a.clone(), now_ms() + (secs.clamp(0.0, 1e7) * 1000.0) as u64);
         }
     }
     c.wake.notify_one();
@@ -595,12 +831,32 @@ async fn accept(c: &Arc<Compat>, fw_id: &str, accept: &Json) -> Response {
 }
 
 /// A master-generated update (not retried: no uuid), as Mesos sends for invalid launches.
-fn task_error(c: &Compat, fw_id: &str, task_id: &str, agent: Option<&AgentId>, state: TaskState, reason: &str, message: &str) {
-    let status = shoal_core::StatusInfo { message: Some(message.to_string()), source: Some("SOURCE_MASTER".into()), ..Default::default() };
+fn task_error(
+    c: &Compat,
+    fw_id: &str,
+    task_id: &str,
+    agent: Option<&AgentId>,
+    state: TaskState,
+    reason: &str,
+    message: &str,
+) {
+    let status = shoal_core::StatusInfo {
+        message: Some(message.to_string()),
+        source: Some("SOURCE_MASTER".into()),
+        ..Default::default()
+    };
     let json = {
         let fws = c.frameworks.lock().expect("frameworks lock");
         let Some(f) = fws.get(fw_id) else { return };
-        c.status_json(f, &TaskId::new(task_id), agent.unwrap_or(&AgentId::new("")), state, &status, Some(reason), None)
+        c.status_json(
+            f,
+            &TaskId::new(task_id),
+            agent.unwrap_or(&AgentId::new("")),
+            state,
+            &status,
+            Some(reason),
+            None,
+        )
     };
     c.send(fw_id, json!({"type": "UPDATE", "update": {"status": json}}));
 }
@@ -611,16 +867,40 @@ fn reconcile_one(c: &Compat, fw_id: &str, task_id: &TaskId, agent: Option<&str>)
         let fws = c.frameworks.lock().expect("frameworks lock");
         let Some(f) = fws.get(fw_id) else { return };
         match snap.task(task_id).filter(|t| t.owner == fw_id) {
-            Some(t) => c.status_json(f, &t.id, &t.agent_id, t.state, &t.status, Some("REASON_RECONCILIATION"), None),
+            Some(t) => c.status_json(
+                f,
+                &t.id,
+                &t.agent_id,
+                t.state,
+                &t.status,
+                Some("REASON_RECONCILIATION"),
+                None,
+            ),
             None => {
                 let agent = AgentId::new(agent.unwrap_or(""));
                 let state = if f.partition_aware {
-                    if snap.agent(&agent).is_some() { TaskState::Gone } else { TaskState::Unknown }
+                    if snap.agent(&agent).is_some() {
+                        TaskState::Gone
+                    } else {
+                        TaskState::Unknown
+                    }
                 } else {
                     TaskState::Lost
                 };
-                let status = shoal_core::StatusInfo { message: Some("Reconciliation: task is unknown".into()), source: Some("SOURCE_MASTER".into()), ..Default::default() };
-                let mut s = c.status_json(f, task_id, &agent, state, &status, Some("REASON_RECONCILIATION"), None);
+                let status = shoal_core::StatusInfo {
+                    message: Some("Reconciliation: task is unknown".into()),
+                    source: Some("SOURCE_MASTER".into()),
+                    ..Default::default()
+                };
+                let mut s = c.status_json(
+                    f,
+                    task_id,
+                    &agent,
+                    state,
+                    &status,
+                    Some("REASON_RECONCILIATION"),
+                    None,
+                );
                 s["state"] = json!(state.mesos_name());
                 s
             }
@@ -634,7 +914,11 @@ fn reconcile(c: &Compat, fw_id: &str, tasks: &Json) {
     if list.is_empty() {
         // Implicit: every non-terminal task of the framework.
         let snap = c.core.published.snapshot();
-        let ids: Vec<TaskId> = snap.tasks().filter(|t| t.owner == fw_id && !t.state.is_terminal()).map(|t| t.id.clone()).collect();
+        let ids: Vec<TaskId> = snap
+            .tasks()
+            .filter(|t| t.owner == fw_id && !t.state.is_terminal())
+            .map(|t| t.id.clone())
+            .collect();
         for id in ids {
             reconcile_one(c, fw_id, &id, None);
         }
@@ -659,11 +943,27 @@ async fn remove_framework(c: &Arc<Compat>, fw_id: &str) {
         return;
     }
     tracing::info!(framework_id = %fw_id, "framework removed; killing its tasks");
-    let offers: Vec<OfferId> = c.offers.lock().expect("offers lock").iter().filter(|(_, f)| *f == fw_id).map(|(o, _)| o.clone()).collect();
+    let offers: Vec<OfferId> = c
+        .offers
+        .lock()
+        .expect("offers lock")
+        .iter()
+        .filter(|(_, f)| *f == fw_id)
+        .map(|(o, _)| o.clone())
+        .collect();
     release(c, offers).await;
     let snap = c.core.published.snapshot();
-    for t in snap.tasks().filter(|t| t.owner == fw_id && !t.state.is_terminal()) {
-        let _ = c.core.committer.submit(shoal_core::Command::KillTask { task_id: t.id.clone() }).await;
+    for t in snap
+        .tasks()
+        .filter(|t| t.owner == fw_id && !t.state.is_terminal())
+    {
+        let _ = c
+            .core
+            .committer
+            .submit(shoal_core::Command::KillTask {
+                task_id: t.id.clone(),
+            })
+            .await;
     }
 }
 
@@ -688,13 +988,23 @@ async fn allocation_loop(c: Arc<Compat>) {
             continue;
         }
         let snap = c.core.published.snapshot();
-        let config = AllocatorConfig { offers_per_framework_max: c.config.offers_per_framework_max };
-        let holds = allocator::allocate(&snap, &candidates, config, now_ms(), || OfferId::new(c.next_id("O")));
+        let config = AllocatorConfig {
+            offers_per_framework_max: c.config.offers_per_framework_max,
+        };
+        let holds = allocator::allocate(&snap, &candidates, config, now_ms(), || {
+            OfferId::new(c.next_id("O"))
+        });
         if holds.is_empty() {
             continue;
         }
-        let by_id: HashMap<OfferId, shoal_core::Hold> = holds.iter().map(|h| (h.id.clone(), h.clone())).collect();
-        let placed = match c.core.committer.submit(shoal_core::Command::PlaceHolds { holds }).await {
+        let by_id: HashMap<OfferId, shoal_core::Hold> =
+            holds.iter().map(|h| (h.id.clone(), h.clone())).collect();
+        let placed = match c
+            .core
+            .committer
+            .submit(shoal_core::Command::PlaceHolds { holds })
+            .await
+        {
             Ok(Reply::Holds { placed, .. }) => placed,
             _ => continue,
         };
@@ -718,7 +1028,11 @@ async fn allocation_loop(c: Arc<Compat>) {
         }
         for (fw, offers) in per_fw {
             if !c.send(&fw, json!({"type": "OFFERS", "offers": {"offers": offers}})) {
-                let ids = offers.iter().filter_map(|o| o["id"]["value"].as_str()).map(OfferId::new).collect();
+                let ids = offers
+                    .iter()
+                    .filter_map(|o| o["id"]["value"].as_str())
+                    .map(OfferId::new)
+                    .collect();
                 release(&c, ids).await;
             }
         }
@@ -747,7 +1061,10 @@ async fn forward_loop(c: Arc<Compat>) {
         let entry = match rx.recv().await {
             Ok(e) => e,
             Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                tracing::warn!(missed = n, "status forwarder lagged; frameworks should reconcile");
+                tracing::warn!(
+                    missed = n,
+                    "status forwarder lagged; frameworks should reconcile"
+                );
                 continue;
             }
             Err(_) => return,
@@ -755,17 +1072,34 @@ async fn forward_loop(c: Arc<Compat>) {
         let snap = c.core.published.snapshot();
         for ev in &entry.events {
             match ev {
-                CellEvent::TaskStatusChanged { task_id, state, status } => {
-                    let Some(t) = snap.task(task_id) else { continue };
+                CellEvent::TaskStatusChanged {
+                    task_id,
+                    state,
+                    status,
+                } => {
+                    let Some(t) = snap.task(task_id) else {
+                        continue;
+                    };
                     let uuid = b64(uuid::Uuid::new_v4().as_bytes());
                     let (fw, json) = {
                         let mut fws = c.frameworks.lock().expect("frameworks lock");
-                        let Some(f) = fws.get_mut(&t.owner) else { continue };
+                        let Some(f) = fws.get_mut(&t.owner) else {
+                            continue;
+                        };
                         if *state == TaskState::Killing && !f.killing_state {
                             continue; // as Mesos: only for frameworks that declared TASK_KILLING_STATE
                         }
-                        let s = c.status_json(f, task_id, &t.agent_id, *state, status, None, Some(&uuid));
-                        f.pending.insert(uuid.clone(), (task_id.clone(), s.clone(), Instant::now()));
+                        let s = c.status_json(
+                            f,
+                            task_id,
+                            &t.agent_id,
+                            *state,
+                            status,
+                            None,
+                            Some(&uuid),
+                        );
+                        f.pending
+                            .insert(uuid.clone(), (task_id.clone(), s.clone(), Instant::now()));
                         (f.id.clone(), s)
                     };
                     c.send(&fw, json!({"type": "UPDATE", "update": {"status": json}}));
@@ -785,12 +1119,15 @@ async fn forward_loop(c: Arc<Compat>) {
                     }
                 }
                 CellEvent::HoldsCleared { .. } => {
-                    let all: Vec<(OfferId, String)> = c.offers.lock().expect("offers lock").drain().collect();
+                    let all: Vec<(OfferId, String)> =
+                        c.offers.lock().expect("offers lock").drain().collect();
                     for (o, fw) in all {
                         c.send(&fw, json!({"type": "RESCIND", "rescind": {"offer_id": {"value": o.as_str()}}}));
                     }
                 }
-                CellEvent::AgentRegistered { .. } | CellEvent::AgentResourcesUpdated { .. } => c.wake.notify_one(),
+                CellEvent::AgentRegistered { .. } | CellEvent::AgentResourcesUpdated { .. } => {
+                    c.wake.notify_one()
+                }
                 _ => {}
             }
         }
@@ -799,7 +1136,11 @@ async fn forward_loop(c: Arc<Compat>) {
 
 /// Offer timeouts, update retries, failover timeouts.
 async fn timers_loop(c: Arc<Compat>) {
-    let period = c.config.update_retry.min(Duration::from_millis(500)).max(Duration::from_millis(50));
+    let period = c
+        .config
+        .update_retry
+        .min(Duration::from_millis(500))
+        .max(Duration::from_millis(50));
     loop {
         tokio::time::sleep(period).await;
         // Offers held too long are rescinded.
@@ -811,11 +1152,18 @@ async fn timers_loop(c: Arc<Compat>) {
                 .lock()
                 .expect("offers lock")
                 .iter()
-                .filter(|(o, _)| snap.hold(o).map(|h| now.saturating_sub(h.created_at) >= timeout.as_millis() as u64).unwrap_or(false))
+                .filter(|(o, _)| {
+                    snap.hold(o)
+                        .map(|h| now.saturating_sub(h.created_at) >= timeout.as_millis() as u64)
+                        .unwrap_or(false)
+                })
                 .map(|(o, f)| (o.clone(), f.clone()))
                 .collect();
             for (o, fw) in &expired {
-                c.send(fw, json!({"type": "RESCIND", "rescind": {"offer_id": {"value": o.as_str()}}}));
+                c.send(
+                    fw,
+                    json!({"type": "RESCIND", "rescind": {"offer_id": {"value": o.as_str()}}}),
+                );
             }
             release(&c, expired.into_iter().map(|(o, _)| o).collect()).await;
         }
@@ -842,7 +1190,11 @@ async fn timers_loop(c: Arc<Compat>) {
             .lock()
             .expect("frameworks lock")
             .values()
-            .filter(|f| f.disconnected_at.map(|d| d.elapsed() >= f.failover_timeout).unwrap_or(false))
+            .filter(|f| {
+                f.disconnected_at
+                    .map(|d| d.elapsed() >= f.failover_timeout)
+                    .unwrap_or(false)
+            })
             .map(|f| f.id.clone())
             .collect();
         for fw in expired {

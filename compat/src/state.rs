@@ -25,7 +25,11 @@ fn scalars(set: &ResourceSet) -> Json {
     }
     for r in set.iter() {
         if let shoal_core::Value::Ranges(rs) = &r.value {
-            let text: Vec<String> = rs.as_slice().iter().map(|(b, e)| format!("{b}-{e}")).collect();
+            let text: Vec<String> = rs
+                .as_slice()
+                .iter()
+                .map(|(b, e)| format!("{b}-{e}"))
+                .collect();
             o.insert(r.name.clone(), json!(format!("[{}]", text.join(", "))));
         }
     }
@@ -41,14 +45,21 @@ fn summary<'a>(sets: impl Iterator<Item = &'a ResourceSet>) -> Json {
         let _ = sc.add(&set.scalars_only());
         for r in set.iter() {
             if let shoal_core::Value::Ranges(rs) = &r.value {
-                ranges.entry(r.name.clone()).or_default().extend_from_slice(rs.as_slice());
+                ranges
+                    .entry(r.name.clone())
+                    .or_default()
+                    .extend_from_slice(rs.as_slice());
             }
         }
     }
     let mut out = scalars(&sc);
     for (name, list) in ranges {
         if let Some(rs) = shoal_core::Ranges::new(list) {
-            let text: Vec<String> = rs.as_slice().iter().map(|(b, e)| format!("{b}-{e}")).collect();
+            let text: Vec<String> = rs
+                .as_slice()
+                .iter()
+                .map(|(b, e)| format!("{b}-{e}"))
+                .collect();
             out[name] = json!(format!("[{}]", text.join(", ")));
         }
     }
@@ -68,7 +79,10 @@ fn held_on(snap: &shoal_core::Cell, agent: &shoal_core::AgentId) -> ResourceSet 
 
 fn slaves(c: &Compat) -> Vec<Json> {
     let snap = c.core().published.snapshot();
-    let mut agents: Vec<_> = snap.agents().filter(|a| a.state != AgentState::Gone).collect();
+    let mut agents: Vec<_> = snap
+        .agents()
+        .filter(|a| a.state != AgentState::Gone)
+        .collect();
     agents.sort_by(|a, b| a.id.cmp(&b.id));
     agents
         .into_iter()
@@ -153,7 +167,11 @@ fn frameworks(c: &Compat) -> Vec<Json> {
 
 async fn state(State(c): State<Arc<Compat>>, headers: HeaderMap) -> Response {
     let snap = c.core().published.snapshot();
-    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("127.0.0.1:5050").to_string();
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("127.0.0.1:5050")
+        .to_string();
     let slaves = slaves(&c);
     let activated = slaves.iter().filter(|s| s["active"] == true).count();
     let started = c.started_ms() as f64 / 1000.0;
@@ -191,8 +209,16 @@ async fn master_slaves(State(c): State<Arc<Compat>>) -> Response {
 
 /// This master is always the leader (one master per cell for now): redirect to itself.
 async fn redirect(headers: HeaderMap) -> Response {
-    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("127.0.0.1:5050").to_string();
-    (StatusCode::TEMPORARY_REDIRECT, [(header::LOCATION, format!("//{host}"))]).into_response()
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("127.0.0.1:5050")
+        .to_string();
+    (
+        StatusCode::TEMPORARY_REDIRECT,
+        [(header::LOCATION, format!("//{host}"))],
+    )
+        .into_response()
 }
 
 pub fn router(c: Arc<Compat>) -> Router<Arc<Compat>> {

@@ -26,20 +26,44 @@ use crate::task::TaskState;
 #[serde(tag = "type", rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum Command {
     RegisterAgent(AgentRegistration),
-    UpdateAgentResources { agent_id: AgentId, total: ResourceSet },
-    SetAgentState { agent_id: AgentId, state: AgentState },
+    UpdateAgentResources {
+        agent_id: AgentId,
+        total: ResourceSet,
+    },
+    SetAgentState {
+        agent_id: AgentId,
+        state: AgentState,
+    },
     Claim(Claim),
-    KillTask { task_id: TaskId },
-    UpdateTaskStatus { task_id: TaskId, state: TaskState, status: StatusInfo },
-    ConfigureRole { name: String, weight: f64, quota: Quota },
+    KillTask {
+        task_id: TaskId,
+    },
+    UpdateTaskStatus {
+        task_id: TaskId,
+        state: TaskState,
+        status: StatusInfo,
+    },
+    ConfigureRole {
+        name: String,
+        weight: f64,
+        quota: Quota,
+    },
     /// Offers: hold resources for frameworks. Each hold that fits is placed (the others are
     /// refused in the reply); holds are the pessimistic half of the cell.
-    PlaceHolds { holds: Vec<Hold> },
+    PlaceHolds {
+        holds: Vec<Hold>,
+    },
     /// Release offers (decline, rescind, expiry). Unknown ids are ignored.
-    ReleaseHolds { offer_ids: Vec<OfferId> },
+    ReleaseHolds {
+        offer_ids: Vec<OfferId>,
+    },
     /// Use offers: their holds are released and the claim's placements (all on the offers'
     /// agent, within what the offers hold) commit in the same transaction.
-    AcceptHolds { framework_id: String, offer_ids: Vec<OfferId>, claim: Claim },
+    AcceptHolds {
+        framework_id: String,
+        offer_ids: Vec<OfferId>,
+        claim: Claim,
+    },
     /// Drop every hold (a new master's first command: holds do not survive a restart).
     ClearHolds,
 }
@@ -90,10 +114,17 @@ impl Rejection {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Reply {
-    Agent { agent_id: AgentId },
-    Claim { outcome: ClaimOutcome },
+    Agent {
+        agent_id: AgentId,
+    },
+    Claim {
+        outcome: ClaimOutcome,
+    },
     /// Which holds were placed; the others did not fit any more.
-    Holds { placed: Vec<OfferId>, refused: Vec<OfferId> },
+    Holds {
+        placed: Vec<OfferId>,
+        refused: Vec<OfferId>,
+    },
     Done,
 }
 
@@ -167,12 +198,23 @@ impl Cell {
         }
         for t in tasks {
             if !t.state.is_terminal() {
-                cell.live_tasks_by_agent.entry(t.agent_id.clone()).or_default().insert(t.id.clone());
+                cell.live_tasks_by_agent
+                    .entry(t.agent_id.clone())
+                    .or_default()
+                    .insert(t.id.clone());
                 if let Some(a) = cell.agents.get_mut(&t.agent_id) {
-                    Arc::make_mut(a).allocated.add(&t.resources).expect("stored resources are well typed");
+                    Arc::make_mut(a)
+                        .allocated
+                        .add(&t.resources)
+                        .expect("stored resources are well typed");
                 }
-                let role = cell.roles.entry(t.role.clone()).or_insert_with(|| Role::new(&t.role));
-                role.consumed.add(&t.resources.scalars_only()).expect("stored resources are well typed");
+                let role = cell
+                    .roles
+                    .entry(t.role.clone())
+                    .or_insert_with(|| Role::new(&t.role));
+                role.consumed
+                    .add(&t.resources.scalars_only())
+                    .expect("stored resources are well typed");
             }
             cell.tasks.insert(t.id.clone(), Arc::new(t));
         }
@@ -214,7 +256,11 @@ impl Cell {
     }
     /// The non-terminal tasks of one agent.
     pub fn live_tasks_on<'a>(&'a self, agent: &AgentId) -> impl Iterator<Item = &'a Task> + 'a {
-        self.live_tasks_by_agent.get(agent).into_iter().flat_map(|ids| ids.iter()).filter_map(|id| self.tasks.get(id).map(|t| t.as_ref()))
+        self.live_tasks_by_agent
+            .get(agent)
+            .into_iter()
+            .flat_map(|ids| ids.iter())
+            .filter_map(|id| self.tasks.get(id).map(|t| t.as_ref()))
     }
     pub fn role(&self, name: &str) -> Option<&Role> {
         self.roles.get(name)
@@ -237,12 +283,19 @@ impl Cell {
 
     /// Decides and applies one command: the whole commit path minus IO. Returns the log entry
     /// to persist (`None` when nothing changed) and the reply.
-    pub fn commit(&mut self, now: Timestamp, command: &Command) -> Result<(Option<LogEntry>, Reply), Rejection> {
+    pub fn commit(
+        &mut self,
+        now: Timestamp,
+        command: &Command,
+    ) -> Result<(Option<LogEntry>, Reply), Rejection> {
         let decision = self.decide(now, command)?;
         if decision.events.is_empty() {
             return Ok((None, decision.reply));
         }
-        let entry = LogEntry { version: self.version + 1, events: decision.events };
+        let entry = LogEntry {
+            version: self.version + 1,
+            events: decision.events,
+        };
         self.apply(&entry);
         Ok((Some(entry), decision.reply))
     }
@@ -253,7 +306,10 @@ impl Cell {
         match command {
             Command::RegisterAgent(reg) => self.decide_register(now, next, reg),
             Command::UpdateAgentResources { agent_id, total } => {
-                let agent = self.agents.get(agent_id).ok_or_else(|| not_found_agent(agent_id))?;
+                let agent = self
+                    .agents
+                    .get(agent_id)
+                    .ok_or_else(|| not_found_agent(agent_id))?;
                 if agent.state == AgentState::Gone {
                     return Err(Rejection::Forbidden(format!("agent {agent_id} is gone")));
                 }
@@ -264,16 +320,27 @@ impl Cell {
                     )));
                 }
                 Ok(Decision {
-                    events: vec![Event::AgentResourcesUpdated { agent_id: agent_id.clone(), total: total.clone() }],
+                    events: vec![Event::AgentResourcesUpdated {
+                        agent_id: agent_id.clone(),
+                        total: total.clone(),
+                    }],
                     reply: Reply::Done,
                 })
             }
-            Command::SetAgentState { agent_id, state } => self.decide_agent_state(now, agent_id, *state),
+            Command::SetAgentState { agent_id, state } => {
+                self.decide_agent_state(now, agent_id, *state)
+            }
             Command::Claim(claim) => self.decide_claim(next, claim),
             Command::KillTask { task_id } => {
-                let task = self.tasks.get(task_id).ok_or_else(|| not_found_task(task_id))?;
+                let task = self
+                    .tasks
+                    .get(task_id)
+                    .ok_or_else(|| not_found_task(task_id))?;
                 if task.state.is_terminal() || task.state == TaskState::Killing {
-                    return Ok(Decision { events: vec![], reply: Reply::Done });
+                    return Ok(Decision {
+                        events: vec![],
+                        reply: Reply::Done,
+                    });
                 }
                 let status = StatusInfo {
                     message: Some("kill requested".into()),
@@ -283,19 +350,40 @@ impl Cell {
                 };
                 // A task not yet launched (or on an agent that is not there) cannot be asked to
                 // stop: it is killed at once. Otherwise the agent is asked and reports back.
-                let agent_active =
-                    self.agents.get(&task.agent_id).map(|a| a.state == AgentState::Active).unwrap_or(false);
-                let state = if agent_active { TaskState::Killing } else { TaskState::Killed };
+                let agent_active = self
+                    .agents
+                    .get(&task.agent_id)
+                    .map(|a| a.state == AgentState::Active)
+                    .unwrap_or(false);
+                let state = if agent_active {
+                    TaskState::Killing
+                } else {
+                    TaskState::Killed
+                };
                 Ok(Decision {
-                    events: vec![Event::TaskStatusChanged { task_id: task_id.clone(), state, status }],
+                    events: vec![Event::TaskStatusChanged {
+                        task_id: task_id.clone(),
+                        state,
+                        status,
+                    }],
                     reply: Reply::Done,
                 })
             }
-            Command::UpdateTaskStatus { task_id, state, status } => {
-                let task = self.tasks.get(task_id).ok_or_else(|| not_found_task(task_id))?;
+            Command::UpdateTaskStatus {
+                task_id,
+                state,
+                status,
+            } => {
+                let task = self
+                    .tasks
+                    .get(task_id)
+                    .ok_or_else(|| not_found_task(task_id))?;
                 if task.state == *state && state.is_terminal() {
                     // A repeated terminal update (status updates are at-least-once): no change.
-                    return Ok(Decision { events: vec![], reply: Reply::Done });
+                    return Ok(Decision {
+                        events: vec![],
+                        reply: Reply::Done,
+                    });
                 }
                 if !task.state.can_become(*state) {
                     return Err(Rejection::Conflict(format!(
@@ -304,39 +392,75 @@ impl Cell {
                         state.mesos_name()
                     )));
                 }
-                let same_but_time = StatusInfo { timestamp: task.status.timestamp, ..status.clone() };
-                if task.state == *state && (task.status == *status || task.status == same_but_time) {
-                    return Ok(Decision { events: vec![], reply: Reply::Done });
+                let same_but_time = StatusInfo {
+                    timestamp: task.status.timestamp,
+                    ..status.clone()
+                };
+                if task.state == *state && (task.status == *status || task.status == same_but_time)
+                {
+                    return Ok(Decision {
+                        events: vec![],
+                        reply: Reply::Done,
+                    });
                 }
                 let mut status = status.clone();
                 if status.timestamp == 0 {
                     status.timestamp = now;
                 }
                 Ok(Decision {
-                    events: vec![Event::TaskStatusChanged { task_id: task_id.clone(), state: *state, status }],
+                    events: vec![Event::TaskStatusChanged {
+                        task_id: task_id.clone(),
+                        state: *state,
+                        status,
+                    }],
                     reply: Reply::Done,
                 })
             }
             Command::PlaceHolds { holds } => self.decide_place_holds(holds),
             Command::ReleaseHolds { offer_ids } => {
-                let known: Vec<OfferId> = offer_ids.iter().filter(|id| self.holds.contains_key(*id)).cloned().collect();
-                let events = if known.is_empty() { vec![] } else { vec![self.release_event(known)] };
-                Ok(Decision { events, reply: Reply::Done })
+                let known: Vec<OfferId> = offer_ids
+                    .iter()
+                    .filter(|id| self.holds.contains_key(*id))
+                    .cloned()
+                    .collect();
+                let events = if known.is_empty() {
+                    vec![]
+                } else {
+                    vec![self.release_event(known)]
+                };
+                Ok(Decision {
+                    events,
+                    reply: Reply::Done,
+                })
             }
             Command::ClearHolds => {
-                let mut agent_ids: Vec<AgentId> = self.holds.values().map(|h| h.agent_id.clone()).collect();
+                let mut agent_ids: Vec<AgentId> =
+                    self.holds.values().map(|h| h.agent_id.clone()).collect();
                 agent_ids.sort();
                 agent_ids.dedup();
                 // Always an event, even with no holds here: a new master commits it first so that
                 // watchers who saw holds of the previous master drop them too.
                 let events = vec![Event::HoldsCleared { agent_ids }];
-                Ok(Decision { events, reply: Reply::Done })
+                Ok(Decision {
+                    events,
+                    reply: Reply::Done,
+                })
             }
-            Command::AcceptHolds { framework_id, offer_ids, claim } => self.decide_accept(next, framework_id, offer_ids, claim),
-            Command::ConfigureRole { name, weight, quota } => {
+            Command::AcceptHolds {
+                framework_id,
+                offer_ids,
+                claim,
+            } => self.decide_accept(next, framework_id, offer_ids, claim),
+            Command::ConfigureRole {
+                name,
+                weight,
+                quota,
+            } => {
                 validate_role_name(name)?;
                 if !(weight.is_finite() && *weight > 0.0) {
-                    return Err(Rejection::Invalid(format!("role {name}: weight must be > 0")));
+                    return Err(Rejection::Invalid(format!(
+                        "role {name}: weight must be > 0"
+                    )));
                 }
                 if let Some(limit) = &quota.limit {
                     for (res, g) in quota.guarantee.scalar_totals() {
@@ -351,19 +475,30 @@ impl Cell {
                     }
                 }
                 Ok(Decision {
-                    events: vec![Event::RoleConfigured { name: name.clone(), weight: *weight, quota: quota.clone() }],
+                    events: vec![Event::RoleConfigured {
+                        name: name.clone(),
+                        weight: *weight,
+                        quota: quota.clone(),
+                    }],
                     reply: Reply::Done,
                 })
             }
         }
     }
 
-    fn decide_register(&self, now: Timestamp, next: Version, reg: &AgentRegistration) -> Result<Decision, Rejection> {
+    fn decide_register(
+        &self,
+        now: Timestamp,
+        next: Version,
+        reg: &AgentRegistration,
+    ) -> Result<Decision, Rejection> {
         if reg.hostname.is_empty() || reg.hostname.len() > limits::HOSTNAME_BYTES_MAX {
             return Err(Rejection::Invalid("hostname must be 1..=255 bytes".into()));
         }
         if reg.resources.is_empty() {
-            return Err(Rejection::Invalid("an agent must offer some resources".into()));
+            return Err(Rejection::Invalid(
+                "an agent must offer some resources".into(),
+            ));
         }
         let existing = reg.agent_id.as_ref().and_then(|id| self.agents.get(id));
         if let Some(a) = existing {
@@ -412,8 +547,14 @@ impl Cell {
         events.push(Event::AgentRegistered { agent });
         // A returning agent's tasks that were marked unreachable come back as running: the
         // agent's own status updates correct this when it knows better.
-        if existing.map(|a| a.state == AgentState::Unreachable).unwrap_or(false) {
-            for t in self.live_tasks_on(&id).filter(|t| t.state == TaskState::Unreachable) {
+        if existing
+            .map(|a| a.state == AgentState::Unreachable)
+            .unwrap_or(false)
+        {
+            for t in self
+                .live_tasks_on(&id)
+                .filter(|t| t.state == TaskState::Unreachable)
+            {
                 events.push(Event::TaskStatusChanged {
                     task_id: t.id.clone(),
                     state: TaskState::Running,
@@ -427,26 +568,45 @@ impl Cell {
                 });
             }
         }
-        Ok(Decision { events, reply: Reply::Agent { agent_id: id } })
+        Ok(Decision {
+            events,
+            reply: Reply::Agent { agent_id: id },
+        })
     }
 
-    fn decide_agent_state(&self, now: Timestamp, agent_id: &AgentId, state: AgentState) -> Result<Decision, Rejection> {
-        let agent = self.agents.get(agent_id).ok_or_else(|| not_found_agent(agent_id))?;
+    fn decide_agent_state(
+        &self,
+        now: Timestamp,
+        agent_id: &AgentId,
+        state: AgentState,
+    ) -> Result<Decision, Rejection> {
+        let agent = self
+            .agents
+            .get(agent_id)
+            .ok_or_else(|| not_found_agent(agent_id))?;
         if agent.state == state {
-            return Ok(Decision { events: vec![], reply: Reply::Done });
+            return Ok(Decision {
+                events: vec![],
+                reply: Reply::Done,
+            });
         }
         if agent.state == AgentState::Gone {
             return Err(Rejection::Forbidden(format!("agent {agent_id} is gone")));
         }
         let (task_state, reason) = match state {
             AgentState::Active => {
-                return Err(Rejection::Invalid("an agent becomes active by registering".into()));
+                return Err(Rejection::Invalid(
+                    "an agent becomes active by registering".into(),
+                ));
             }
             AgentState::Unreachable => (TaskState::Unreachable, "REASON_AGENT_UNREACHABLE"),
             AgentState::Gone => (TaskState::Gone, "REASON_AGENT_REMOVED"),
         };
         let mut events = Vec::new();
-        let mut live: Vec<&Task> = self.live_tasks_on(agent_id).filter(|t| t.state.can_become(task_state)).collect();
+        let mut live: Vec<&Task> = self
+            .live_tasks_on(agent_id)
+            .filter(|t| t.state.can_become(task_state))
+            .collect();
         live.sort_by(|a, b| a.id.cmp(&b.id));
         for t in live {
             if t.state == task_state {
@@ -465,12 +625,23 @@ impl Cell {
             });
         }
         // An agent going away rescinds its offers.
-        let offers: Vec<OfferId> = self.holds.values().filter(|h| h.agent_id == *agent_id).map(|h| h.id.clone()).collect();
+        let offers: Vec<OfferId> = self
+            .holds
+            .values()
+            .filter(|h| h.agent_id == *agent_id)
+            .map(|h| h.id.clone())
+            .collect();
         if !offers.is_empty() {
             events.push(self.release_event(offers));
         }
-        events.push(Event::AgentStateChanged { agent_id: agent_id.clone(), state });
-        Ok(Decision { events, reply: Reply::Done })
+        events.push(Event::AgentStateChanged {
+            agent_id: agent_id.clone(),
+            state,
+        });
+        Ok(Decision {
+            events,
+            reply: Reply::Done,
+        })
     }
 
     fn decide_place_holds(&self, holds: &[Hold]) -> Result<Decision, Rejection> {
@@ -484,7 +655,11 @@ impl Cell {
                 return Err(Rejection::Invalid(format!("offer {}: no resources", h.id)));
             }
             let fits = match self.agents.get(&h.agent_id) {
-                Some(a) if a.state == AgentState::Active && !self.holds.contains_key(&h.id) && seen.insert(&h.id) => {
+                Some(a)
+                    if a.state == AgentState::Active
+                        && !self.holds.contains_key(&h.id)
+                        && seen.insert(&h.id) =>
+                {
                     let mut wanted = h.resources.clone();
                     let ok = match scratch.get(&h.agent_id) {
                         Some(already) => wanted.add(already).is_ok(),
@@ -495,39 +670,73 @@ impl Cell {
                 _ => false,
             };
             if fits {
-                scratch.entry(&h.agent_id).or_default().add(&h.resources).expect("checked above");
+                scratch
+                    .entry(&h.agent_id)
+                    .or_default()
+                    .add(&h.resources)
+                    .expect("checked above");
                 placed.push(h.clone());
             } else {
                 refused.push(h.id.clone());
             }
         }
-        let reply = Reply::Holds { placed: placed.iter().map(|h| h.id.clone()).collect(), refused };
-        let events = if placed.is_empty() { vec![] } else { vec![Event::HoldsPlaced { holds: placed }] };
+        let reply = Reply::Holds {
+            placed: placed.iter().map(|h| h.id.clone()).collect(),
+            refused,
+        };
+        let events = if placed.is_empty() {
+            vec![]
+        } else {
+            vec![Event::HoldsPlaced { holds: placed }]
+        };
         Ok(Decision { events, reply })
     }
 
-    fn decide_accept(&self, next: Version, framework_id: &str, offer_ids: &[OfferId], claim: &Claim) -> Result<Decision, Rejection> {
+    fn decide_accept(
+        &self,
+        next: Version,
+        framework_id: &str,
+        offer_ids: &[OfferId],
+        claim: &Claim,
+    ) -> Result<Decision, Rejection> {
         if offer_ids.is_empty() {
             return Err(Rejection::Invalid("no offer ids".into()));
         }
         let mut held = ResourceSet::new();
         let mut agent: Option<&AgentId> = None;
         for id in offer_ids {
-            let h = self.holds.get(id).ok_or_else(|| Rejection::NotFound(format!("offer {id} is not outstanding")))?;
+            let h = self
+                .holds
+                .get(id)
+                .ok_or_else(|| Rejection::NotFound(format!("offer {id} is not outstanding")))?;
             if h.framework_id != framework_id {
-                return Err(Rejection::Forbidden(format!("offer {id} belongs to another framework")));
+                return Err(Rejection::Forbidden(format!(
+                    "offer {id} belongs to another framework"
+                )));
             }
             if agent.map(|a| *a != h.agent_id).unwrap_or(false) {
-                return Err(Rejection::Invalid("offers of one accept must be of one agent".into()));
+                return Err(Rejection::Invalid(
+                    "offers of one accept must be of one agent".into(),
+                ));
             }
             agent = Some(&h.agent_id);
-            held.add(&h.resources).map_err(|e| Rejection::Invalid(e.to_string()))?;
+            held.add(&h.resources)
+                .map_err(|e| Rejection::Invalid(e.to_string()))?;
         }
         let agent = agent.expect("at least one offer").clone();
         let release = self.release_event(offer_ids.to_vec());
         if claim.placements.is_empty() {
             // An accept that launches nothing releases the offers.
-            return Ok(Decision { events: vec![release], reply: Reply::Claim { outcome: ClaimOutcome { claim_id: claim.id.clone(), committed_version: None, placements: vec![] } } });
+            return Ok(Decision {
+                events: vec![release],
+                reply: Reply::Claim {
+                    outcome: ClaimOutcome {
+                        claim_id: claim.id.clone(),
+                        committed_version: None,
+                        placements: vec![],
+                    },
+                },
+            });
         }
         // Decide the claim on the cell as it is once the offers are released, and only
         // within what the offers held.
@@ -550,17 +759,34 @@ impl Cell {
         }
         within.placements.retain(|p| !outside.contains(&p.task_id));
         let mut decision = if within.placements.is_empty() {
-            Decision { events: vec![], reply: Reply::Claim { outcome: ClaimOutcome { claim_id: claim.id.clone(), committed_version: None, placements: vec![] } } }
+            Decision {
+                events: vec![],
+                reply: Reply::Claim {
+                    outcome: ClaimOutcome {
+                        claim_id: claim.id.clone(),
+                        committed_version: None,
+                        placements: vec![],
+                    },
+                },
+            }
         } else {
             released.decide_claim(next, &within)?
         };
-        let Reply::Claim { outcome } = &mut decision.reply else { unreachable!("a claim answers with a claim outcome") };
-        for p in claim.placements.iter().filter(|p| outside.contains(&p.task_id)) {
+        let Reply::Claim { outcome } = &mut decision.reply else {
+            unreachable!("a claim answers with a claim outcome")
+        };
+        for p in claim
+            .placements
+            .iter()
+            .filter(|p| outside.contains(&p.task_id))
+        {
             outcome.placements.push(PlacementOutcome {
                 task_id: p.task_id.clone(),
                 agent_id: p.agent_id.clone(),
                 committed: false,
-                rejected: Some(RejectReason::InsufficientResources { resource: "not in the accepted offers".into() }),
+                rejected: Some(RejectReason::InsufficientResources {
+                    resource: "not in the accepted offers".into(),
+                }),
             });
         }
         decision.events.insert(0, release);
@@ -571,7 +797,10 @@ impl Cell {
         validate_id("claim id", claim.id.as_str())?;
         validate_role_name(&claim.role)?;
         if claim.placements.is_empty() {
-            return Err(Rejection::Invalid(format!("claim {}: no placements", claim.id)));
+            return Err(Rejection::Invalid(format!(
+                "claim {}: no placements",
+                claim.id
+            )));
         }
         if claim.placements.len() > limits::CLAIM_PLACEMENTS_MAX {
             return Err(Rejection::Invalid(format!(
@@ -590,10 +819,16 @@ impl Cell {
         for p in &claim.placements {
             validate_id("task id", p.task_id.as_str())?;
             if p.resources.is_empty() {
-                return Err(Rejection::Invalid(format!("task {}: no resources", p.task_id)));
+                return Err(Rejection::Invalid(format!(
+                    "task {}: no resources",
+                    p.task_id
+                )));
             }
             if p.spec.0.len() > limits::TASK_SPEC_BYTES_MAX {
-                return Err(Rejection::Invalid(format!("task {}: task description too large", p.task_id)));
+                return Err(Rejection::Invalid(format!(
+                    "task {}: task description too large",
+                    p.task_id
+                )));
             }
         }
         Ok(())
@@ -602,7 +837,12 @@ impl Cell {
     fn decide_claim(&self, next: Version, claim: &Claim) -> Result<Decision, Rejection> {
         if let Some(outcome) = self.claims.get(&claim.id) {
             // Idempotent resubmission: the original outcome, nothing new.
-            return Ok(Decision { events: vec![], reply: Reply::Claim { outcome: outcome.as_ref().clone() } });
+            return Ok(Decision {
+                events: vec![],
+                reply: Reply::Claim {
+                    outcome: outcome.as_ref().clone(),
+                },
+            });
         }
         self.validate_claim(claim)?;
 
@@ -615,11 +855,26 @@ impl Cell {
 
         let mut outcomes = Vec::with_capacity(claim.placements.len());
         for p in &claim.placements {
-            let verdict = self.check_placement(claim, p, role, &scratch_agents, &scratch_role, &scratch_cluster, &headroom, &seen_tasks);
+            let verdict = self.check_placement(
+                claim,
+                p,
+                role,
+                &scratch_agents,
+                &scratch_role,
+                &scratch_cluster,
+                &headroom,
+                &seen_tasks,
+            );
             if verdict.is_none() {
                 seen_tasks.insert(&p.task_id);
-                scratch_agents.entry(&p.agent_id).or_default().add(&p.resources).expect("checked by check_placement");
-                scratch_role.add(&p.resources.scalars_only()).expect("scalars of one claim stay in range");
+                scratch_agents
+                    .entry(&p.agent_id)
+                    .or_default()
+                    .add(&p.resources)
+                    .expect("checked by check_placement");
+                scratch_role
+                    .add(&p.resources.scalars_only())
+                    .expect("scalars of one claim stay in range");
                 for (name, m) in p.resources.scalar_totals() {
                     *scratch_cluster.entry(name).or_default() += m.0;
                 }
@@ -648,7 +903,10 @@ impl Cell {
         if !committed_any {
             // Nothing committed: nothing is recorded, so the scheduler may retry the same id
             // on fresh state.
-            return Ok(Decision { events: vec![], reply: Reply::Claim { outcome } });
+            return Ok(Decision {
+                events: vec![],
+                reply: Reply::Claim { outcome },
+            });
         }
         let tasks = claim
             .placements
@@ -670,7 +928,10 @@ impl Cell {
             })
             .collect();
         Ok(Decision {
-            events: vec![Event::ClaimCommitted { outcome: outcome.clone(), tasks }],
+            events: vec![Event::ClaimCommitted {
+                outcome: outcome.clone(),
+                tasks,
+            }],
             reply: Reply::Claim { outcome },
         })
     }
@@ -697,10 +958,14 @@ impl Cell {
             return Some(RejectReason::AgentNotActive { state: agent.state });
         }
         if let Some(other) = p.resources.reserved_roles().find(|r| *r != claim.role) {
-            return Some(RejectReason::ReservationMismatch { role: other.to_string() });
+            return Some(RejectReason::ReservationMismatch {
+                role: other.to_string(),
+            });
         }
         if claim.check == ConflictCheck::Coarse && agent.version > claim.snapshot_version {
-            return Some(RejectReason::AgentVersionMoved { agent_version: agent.version });
+            return Some(RejectReason::AgentVersionMoved {
+                agent_version: agent.version,
+            });
         }
         let mut wanted = p.resources.clone();
         if let Some(already) = scratch_agents.get(&p.agent_id) {
@@ -719,7 +984,9 @@ impl Cell {
         let mut free = agent.total.clone();
         let _ = free.subtract(&agent.allocated);
         if !free.contains(&wanted) {
-            return Some(RejectReason::InsufficientResources { resource: free.first_missing(&wanted).unwrap_or_default() });
+            return Some(RejectReason::InsufficientResources {
+                resource: free.first_missing(&wanted).unwrap_or_default(),
+            });
         }
         if let Some(limit) = role.and_then(|r| r.quota.limit.as_ref()) {
             let consumed = role.map(|r| &r.consumed);
@@ -728,7 +995,8 @@ impl Cell {
                 if want == 0 {
                     continue;
                 }
-                let used = consumed.map(|c| c.scalar(&name).0).unwrap_or(0) + scratch_role.scalar(&name).0;
+                let used =
+                    consumed.map(|c| c.scalar(&name).0).unwrap_or(0) + scratch_role.scalar(&name).0;
                 if used + want > cap.0 {
                     return Some(RejectReason::QuotaLimit { resource: name });
                 }
@@ -751,7 +1019,9 @@ impl Cell {
             let allocated = self.cluster_allocated.get(name).copied().unwrap_or(0)
                 + scratch_cluster.get(name).copied().unwrap_or(0);
             if total - allocated - want < *held {
-                return Some(RejectReason::QuotaHeadroom { resource: name.clone() });
+                return Some(RejectReason::QuotaHeadroom {
+                    resource: name.clone(),
+                });
             }
         }
         None
@@ -775,7 +1045,11 @@ impl Cell {
     /// Folds a committed entry into the state. Infallible: `decide` validated everything;
     /// a broken invariant here is a bug, and the master stops rather than persist damage.
     pub fn apply(&mut self, entry: &LogEntry) {
-        assert_eq!(entry.version, self.version + 1, "log entries apply in order");
+        assert_eq!(
+            entry.version,
+            self.version + 1,
+            "log entries apply in order"
+        );
         let v = entry.version;
         for event in &entry.events {
             self.apply_event(v, event);
@@ -797,21 +1071,36 @@ impl Cell {
                 } else {
                     agent.allocated = ResourceSet::new();
                 }
-                assert!(agent.total.contains(&agent.allocated), "agent {} over-committed", agent.id);
+                assert!(
+                    agent.total.contains(&agent.allocated),
+                    "agent {} over-committed",
+                    agent.id
+                );
                 self.add_cluster(&agent.total, &agent.allocated, 1);
                 self.agents.insert(agent.id.clone(), Arc::new(agent));
             }
             Event::AgentResourcesUpdated { agent_id, total } => {
-                let old = self.agents.get(agent_id).expect("decided on a known agent").clone();
+                let old = self
+                    .agents
+                    .get(agent_id)
+                    .expect("decided on a known agent")
+                    .clone();
                 self.add_cluster(&old.total, &ResourceSet::new(), -1);
                 self.add_cluster(total, &ResourceSet::new(), 1);
                 let a = Arc::make_mut(self.agents.get_mut(agent_id).expect("known agent"));
                 a.total = total.clone();
                 a.version = v;
-                assert!(a.total.contains(&a.allocated), "agent {agent_id} over-committed");
+                assert!(
+                    a.total.contains(&a.allocated),
+                    "agent {agent_id} over-committed"
+                );
             }
             Event::AgentStateChanged { agent_id, state } => {
-                let a = self.agents.get(agent_id).expect("decided on a known agent").clone();
+                let a = self
+                    .agents
+                    .get(agent_id)
+                    .expect("decided on a known agent")
+                    .clone();
                 if *state == AgentState::Gone && a.state != AgentState::Gone {
                     self.add_cluster(&a.total, &a.allocated, -1);
                 }
@@ -823,43 +1112,77 @@ impl Cell {
                 for t in tasks {
                     let mut t = t.clone();
                     t.version = v;
-                    let a = Arc::make_mut(self.agents.get_mut(&t.agent_id).expect("decided on a known agent"));
+                    let a = Arc::make_mut(
+                        self.agents
+                            .get_mut(&t.agent_id)
+                            .expect("decided on a known agent"),
+                    );
                     a.allocated.add(&t.resources).expect("typed at validation");
                     a.version = v;
-                    assert!(a.total.contains(&a.allocated), "agent {} over-committed by claim {}", a.id, outcome.claim_id);
-                    let role = self.roles.entry(t.role.clone()).or_insert_with(|| Role::new(&t.role));
-                    role.consumed.add(&t.resources.scalars_only()).expect("typed at validation");
+                    assert!(
+                        a.total.contains(&a.allocated),
+                        "agent {} over-committed by claim {}",
+                        a.id,
+                        outcome.claim_id
+                    );
+                    let role = self
+                        .roles
+                        .entry(t.role.clone())
+                        .or_insert_with(|| Role::new(&t.role));
+                    role.consumed
+                        .add(&t.resources.scalars_only())
+                        .expect("typed at validation");
                     for (name, m) in t.resources.scalar_totals() {
                         *self.cluster_allocated.entry(name).or_default() += m.0;
                     }
-                    self.live_tasks_by_agent.entry(t.agent_id.clone()).or_default().insert(t.id.clone());
+                    self.live_tasks_by_agent
+                        .entry(t.agent_id.clone())
+                        .or_default()
+                        .insert(t.id.clone());
                     let previous = self.tasks.insert(t.id.clone(), Arc::new(t));
                     assert!(previous.is_none(), "duplicate task id committed");
                 }
-                self.claims.insert(outcome.claim_id.clone(), Arc::new(outcome.clone()));
+                self.claims
+                    .insert(outcome.claim_id.clone(), Arc::new(outcome.clone()));
             }
-            Event::TaskStatusChanged { task_id, state, status } => {
-                let task = Arc::make_mut(self.tasks.get_mut(task_id).expect("decided on a known task"));
+            Event::TaskStatusChanged {
+                task_id,
+                state,
+                status,
+            } => {
+                let task = Arc::make_mut(
+                    self.tasks
+                        .get_mut(task_id)
+                        .expect("decided on a known task"),
+                );
                 let was_terminal = task.state.is_terminal();
                 task.state = *state;
                 task.status = status.clone();
                 task.version = v;
                 if !was_terminal && state.is_terminal() {
                     // The one place resources are freed: on the first terminal state only.
-                    let (agent_id, role, res) = (task.agent_id.clone(), task.role.clone(), task.resources.clone());
+                    let (agent_id, role, res) = (
+                        task.agent_id.clone(),
+                        task.role.clone(),
+                        task.resources.clone(),
+                    );
                     if let Some(ids) = self.live_tasks_by_agent.get_mut(&agent_id) {
                         ids.remove(task_id);
                     }
                     let gone = match self.agents.get_mut(&agent_id).map(Arc::make_mut) {
                         Some(a) => {
-                            a.allocated.subtract(&res).expect("a live task's resources are allocated");
+                            a.allocated
+                                .subtract(&res)
+                                .expect("a live task's resources are allocated");
                             a.version = v;
                             a.state == AgentState::Gone
                         }
                         None => true,
                     };
                     if let Some(r) = self.roles.get_mut(&role) {
-                        r.consumed.subtract(&res.scalars_only()).expect("a live task's resources are consumed");
+                        r.consumed
+                            .subtract(&res.scalars_only())
+                            .expect("a live task's resources are consumed");
                     }
                     if !gone {
                         for (name, m) in res.scalar_totals() {
@@ -868,17 +1191,33 @@ impl Cell {
                     }
                 }
             }
-            Event::RoleConfigured { name, weight, quota } => {
-                let role = self.roles.entry(name.clone()).or_insert_with(|| Role::new(name));
+            Event::RoleConfigured {
+                name,
+                weight,
+                quota,
+            } => {
+                let role = self
+                    .roles
+                    .entry(name.clone())
+                    .or_insert_with(|| Role::new(name));
                 role.weight = *weight;
                 role.quota = quota.clone();
             }
             Event::HoldsPlaced { holds } => {
                 for h in holds {
-                    let a = Arc::make_mut(self.agents.get_mut(&h.agent_id).expect("decided on a known agent"));
+                    let a = Arc::make_mut(
+                        self.agents
+                            .get_mut(&h.agent_id)
+                            .expect("decided on a known agent"),
+                    );
                     a.allocated.add(&h.resources).expect("decided to fit");
                     a.version = v;
-                    assert!(a.total.contains(&a.allocated), "agent {} over-committed by offer {}", a.id, h.id);
+                    assert!(
+                        a.total.contains(&a.allocated),
+                        "agent {} over-committed by offer {}",
+                        a.id,
+                        h.id
+                    );
                     for (name, m) in h.resources.scalar_totals() {
                         *self.cluster_allocated.entry(name).or_default() += m.0;
                     }
@@ -904,16 +1243,25 @@ impl Cell {
 
     /// The event releasing these (outstanding) holds.
     fn release_event(&self, offer_ids: Vec<OfferId>) -> Event {
-        let mut agent_ids: Vec<AgentId> = offer_ids.iter().filter_map(|id| self.holds.get(id)).map(|h| h.agent_id.clone()).collect();
+        let mut agent_ids: Vec<AgentId> = offer_ids
+            .iter()
+            .filter_map(|id| self.holds.get(id))
+            .map(|h| h.agent_id.clone())
+            .collect();
         agent_ids.sort();
         agent_ids.dedup();
-        Event::HoldsReleased { offer_ids, agent_ids }
+        Event::HoldsReleased {
+            offer_ids,
+            agent_ids,
+        }
     }
 
     fn release_hold(&mut self, v: Version, h: &Hold) {
         let gone = match self.agents.get_mut(&h.agent_id).map(Arc::make_mut) {
             Some(a) => {
-                a.allocated.subtract(&h.resources).expect("a hold's resources are allocated");
+                a.allocated
+                    .subtract(&h.resources)
+                    .expect("a hold's resources are allocated");
                 a.version = v;
                 a.state == AgentState::Gone
             }
@@ -942,19 +1290,37 @@ impl Cell {
         let mut alloc: HashMap<&AgentId, ResourceSet> = HashMap::new();
         let mut consumed: HashMap<&str, ResourceSet> = HashMap::new();
         for h in self.holds.values() {
-            alloc.entry(&h.agent_id).or_default().add(&h.resources).map_err(|e| format!("offer {}: {e}", h.id))?;
+            alloc
+                .entry(&h.agent_id)
+                .or_default()
+                .add(&h.resources)
+                .map_err(|e| format!("offer {}: {e}", h.id))?;
         }
         for t in self.tasks.values().filter(|t| !t.state.is_terminal()) {
-            alloc.entry(&t.agent_id).or_default().add(&t.resources).map_err(|e| e.to_string())?;
-            consumed.entry(t.role.as_str()).or_default().add(&t.resources.scalars_only()).map_err(|e| e.to_string())?;
+            alloc
+                .entry(&t.agent_id)
+                .or_default()
+                .add(&t.resources)
+                .map_err(|e| e.to_string())?;
+            consumed
+                .entry(t.role.as_str())
+                .or_default()
+                .add(&t.resources.scalars_only())
+                .map_err(|e| e.to_string())?;
         }
         for a in self.agents.values() {
             let want = alloc.remove(&a.id).unwrap_or_default();
             if a.state != AgentState::Gone && want != a.allocated {
-                return Err(format!("agent {}: allocated {} but its tasks hold {}", a.id, a.allocated, want));
+                return Err(format!(
+                    "agent {}: allocated {} but its tasks hold {}",
+                    a.id, a.allocated, want
+                ));
             }
             if !a.total.contains(&a.allocated) {
-                return Err(format!("agent {} over-committed: {} > {}", a.id, a.allocated, a.total));
+                return Err(format!(
+                    "agent {} over-committed: {} > {}",
+                    a.id, a.allocated, a.total
+                ));
             }
         }
         if let Some((id, _)) = alloc.into_iter().next() {
@@ -963,7 +1329,10 @@ impl Cell {
         for r in self.roles.values() {
             let want = consumed.remove(r.name.as_str()).unwrap_or_default();
             if want != r.consumed {
-                return Err(format!("role {}: consumed {} but its tasks hold {}", r.name, r.consumed, want));
+                return Err(format!(
+                    "role {}: consumed {} but its tasks hold {}",
+                    r.name, r.consumed, want
+                ));
             }
         }
         Ok(())
@@ -973,7 +1342,12 @@ impl Cell {
     pub fn cluster_free(&self) -> BTreeMap<String, Milli> {
         self.cluster_total
             .iter()
-            .map(|(k, t)| (k.clone(), Milli(t - self.cluster_allocated.get(k).copied().unwrap_or(0))))
+            .map(|(k, t)| {
+                (
+                    k.clone(),
+                    Milli(t - self.cluster_allocated.get(k).copied().unwrap_or(0)),
+                )
+            })
             .collect()
     }
 }
@@ -1006,7 +1380,9 @@ fn validate_role_name(name: &str) -> Result<(), Rejection> {
         || name.starts_with('/')
         || name.ends_with('/')
         || name.len() > limits::ID_BYTES_MAX
-        || name.chars().any(|c| c.is_whitespace() || c.is_control() || c == '\\');
+        || name
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || c == '\\');
     if bad {
         return Err(Rejection::Invalid(format!("invalid role name '{name}'")));
     }
@@ -1018,7 +1394,9 @@ mod hold_tests {
     use super::*;
 
     fn cell_with_agent() -> (Cell, AgentId) {
-        let mut cell = Cell::new(CellConfig { cell_id: "c".into() });
+        let mut cell = Cell::new(CellConfig {
+            cell_id: "c".into(),
+        });
         let reg = AgentRegistration {
             agent_id: None,
             hostname: "h".into(),
@@ -1033,65 +1411,163 @@ mod hold_tests {
     }
 
     fn hold(id: &str, fw: &str, agent: &AgentId, res: &str) -> Hold {
-        Hold { id: OfferId::new(id), framework_id: fw.into(), role: "*".into(), agent_id: agent.clone(), resources: ResourceSet::parse(res).unwrap(), created_at: 1 }
+        Hold {
+            id: OfferId::new(id),
+            framework_id: fw.into(),
+            role: "*".into(),
+            agent_id: agent.clone(),
+            resources: ResourceSet::parse(res).unwrap(),
+            created_at: 1,
+        }
     }
 
     fn placement(task: &str, agent: &AgentId, res: &str) -> Placement {
-        Placement { task_id: TaskId::new(task), name: task.into(), agent_id: agent.clone(), resources: ResourceSet::parse(res).unwrap(), spec: TaskSpec::empty() }
+        Placement {
+            task_id: TaskId::new(task),
+            name: task.into(),
+            agent_id: agent.clone(),
+            resources: ResourceSet::parse(res).unwrap(),
+            spec: TaskSpec::empty(),
+        }
     }
 
     fn claim(id: &str, version: Version, placements: Vec<Placement>) -> Claim {
-        Claim { id: ClaimId::new(id), role: "*".into(), owner: "x".into(), snapshot_version: version, mode: CommitMode::Incremental, check: ConflictCheck::Fine, placements }
+        Claim {
+            id: ClaimId::new(id),
+            role: "*".into(),
+            owner: "x".into(),
+            snapshot_version: version,
+            mode: CommitMode::Incremental,
+            check: ConflictCheck::Fine,
+            placements,
+        }
     }
 
     #[test]
     fn held_resources_are_not_claimable_and_accept_turns_holds_into_tasks() {
         let (mut cell, a) = cell_with_agent();
-        let (_, reply) = cell.commit(2, &Command::PlaceHolds { holds: vec![hold("o1", "fw1", &a, "cpus:3;mem:512"), hold("o2", "fw2", &a, "cpus:2")] }).unwrap();
-        assert_eq!(reply, Reply::Holds { placed: vec![OfferId::new("o1")], refused: vec![OfferId::new("o2")] }, "one cpu left: o2 does not fit");
+        let (_, reply) = cell
+            .commit(
+                2,
+                &Command::PlaceHolds {
+                    holds: vec![
+                        hold("o1", "fw1", &a, "cpus:3;mem:512"),
+                        hold("o2", "fw2", &a, "cpus:2"),
+                    ],
+                },
+            )
+            .unwrap();
+        assert_eq!(
+            reply,
+            Reply::Holds {
+                placed: vec![OfferId::new("o1")],
+                refused: vec![OfferId::new("o2")]
+            },
+            "one cpu left: o2 does not fit"
+        );
         cell.check_invariants().unwrap();
 
         // A native claim cannot take held resources: the pessimistic contract.
         let v = cell.version();
-        let (_, reply) = cell.commit(3, &Command::Claim(claim("native", v, vec![placement("n1", &a, "cpus:2")]))).unwrap();
-        let Reply::Claim { outcome } = reply else { panic!() };
+        let (_, reply) = cell
+            .commit(
+                3,
+                &Command::Claim(claim("native", v, vec![placement("n1", &a, "cpus:2")])),
+            )
+            .unwrap();
+        let Reply::Claim { outcome } = reply else {
+            panic!()
+        };
         assert_eq!(outcome.committed_count(), 0);
 
         // Only the framework the offer was made to may use it.
         let c = claim("acc", v, vec![placement("t1", &a, "cpus:1;mem:128")]);
-        let wrong = cell.commit(4, &Command::AcceptHolds { framework_id: "fw2".into(), offer_ids: vec![OfferId::new("o1")], claim: c.clone() });
+        let wrong = cell.commit(
+            4,
+            &Command::AcceptHolds {
+                framework_id: "fw2".into(),
+                offer_ids: vec![OfferId::new("o1")],
+                claim: c.clone(),
+            },
+        );
         assert!(matches!(wrong, Err(Rejection::Forbidden(_))));
 
         // Accept: a task within the offer commits, one beyond it does not; the rest goes back.
         let mut c2 = c.clone();
         c2.placements.push(placement("t2", &a, "cpus:3"));
-        let (_, reply) = cell.commit(5, &Command::AcceptHolds { framework_id: "fw1".into(), offer_ids: vec![OfferId::new("o1")], claim: c2 }).unwrap();
-        let Reply::Claim { outcome } = reply else { panic!() };
+        let (_, reply) = cell
+            .commit(
+                5,
+                &Command::AcceptHolds {
+                    framework_id: "fw1".into(),
+                    offer_ids: vec![OfferId::new("o1")],
+                    claim: c2,
+                },
+            )
+            .unwrap();
+        let Reply::Claim { outcome } = reply else {
+            panic!()
+        };
         assert_eq!(outcome.committed_count(), 1);
         assert!(cell.hold(&OfferId::new("o1")).is_none());
-        assert_eq!(cell.agent(&a).unwrap().allocated, ResourceSet::parse("cpus:1;mem:128").unwrap());
+        assert_eq!(
+            cell.agent(&a).unwrap().allocated,
+            ResourceSet::parse("cpus:1;mem:128").unwrap()
+        );
         cell.check_invariants().unwrap();
 
         // A used offer cannot be used again.
-        let again = cell.commit(6, &Command::AcceptHolds { framework_id: "fw1".into(), offer_ids: vec![OfferId::new("o1")], claim: claim("acc2", v, vec![placement("t3", &a, "cpus:1")]) });
+        let again = cell.commit(
+            6,
+            &Command::AcceptHolds {
+                framework_id: "fw1".into(),
+                offer_ids: vec![OfferId::new("o1")],
+                claim: claim("acc2", v, vec![placement("t3", &a, "cpus:1")]),
+            },
+        );
         assert!(matches!(again, Err(Rejection::NotFound(_))));
     }
 
     #[test]
     fn agents_going_away_and_restarts_release_holds() {
         let (mut cell, a) = cell_with_agent();
-        cell.commit(2, &Command::PlaceHolds { holds: vec![hold("o1", "fw1", &a, "cpus:1;ports:[31000-31000]")] }).unwrap();
-        cell.commit(3, &Command::SetAgentState { agent_id: a.clone(), state: AgentState::Unreachable }).unwrap();
+        cell.commit(
+            2,
+            &Command::PlaceHolds {
+                holds: vec![hold("o1", "fw1", &a, "cpus:1;ports:[31000-31000]")],
+            },
+        )
+        .unwrap();
+        cell.commit(
+            3,
+            &Command::SetAgentState {
+                agent_id: a.clone(),
+                state: AgentState::Unreachable,
+            },
+        )
+        .unwrap();
         assert_eq!(cell.holds().count(), 0);
         assert!(cell.agent(&a).unwrap().allocated.is_empty());
         cell.check_invariants().unwrap();
 
         let (mut cell, a) = cell_with_agent();
-        cell.commit(2, &Command::PlaceHolds { holds: vec![hold("o1", "fw1", &a, "cpus:1")] }).unwrap();
+        cell.commit(
+            2,
+            &Command::PlaceHolds {
+                holds: vec![hold("o1", "fw1", &a, "cpus:1")],
+            },
+        )
+        .unwrap();
         cell.commit(3, &Command::ClearHolds).unwrap();
         assert_eq!(cell.holds().count(), 0);
         assert!(cell.agent(&a).unwrap().allocated.is_empty());
-        cell.commit(4, &Command::ReleaseHolds { offer_ids: vec![OfferId::new("o1")] }).unwrap();
+        cell.commit(
+            4,
+            &Command::ReleaseHolds {
+                offer_ids: vec![OfferId::new("o1")],
+            },
+        )
+        .unwrap();
         cell.check_invariants().unwrap();
     }
 }

@@ -29,7 +29,12 @@ pub struct Liveness {
 
 impl Liveness {
     pub fn new(config: LivenessConfig, now: Timestamp) -> Liveness {
-        Liveness { config, connected: HashMap::new(), away_since: HashMap::new(), started: now }
+        Liveness {
+            config,
+            connected: HashMap::new(),
+            away_since: HashMap::new(),
+            started: now,
+        }
     }
 
     pub fn connected(&mut self, agent: &AgentId) {
@@ -65,16 +70,26 @@ impl Liveness {
             }
             // Never seen by this master: away since it started, or since the agent
             // registered if that is later (a new agent whose connection is being set up).
-            let since = *self.away_since.entry(a.id.clone()).or_insert(self.started.max(a.registered_at));
+            let since = *self
+                .away_since
+                .entry(a.id.clone())
+                .or_insert(self.started.max(a.registered_at));
             let (state, at) = match a.state {
-                AgentState::Active => (AgentState::Unreachable, since + self.config.unreachable_after_ms),
-                AgentState::Unreachable => {
-                    (AgentState::Gone, since + self.config.unreachable_after_ms + self.config.gone_after_ms)
-                }
+                AgentState::Active => (
+                    AgentState::Unreachable,
+                    since + self.config.unreachable_after_ms,
+                ),
+                AgentState::Unreachable => (
+                    AgentState::Gone,
+                    since + self.config.unreachable_after_ms + self.config.gone_after_ms,
+                ),
                 AgentState::Gone => continue,
             };
             if now >= at {
-                due.push(Command::SetAgentState { agent_id: a.id.clone(), state });
+                due.push(Command::SetAgentState {
+                    agent_id: a.id.clone(),
+                    state,
+                });
             } else {
                 next = Some(next.map_or(at, |n| n.min(at)));
             }
@@ -91,7 +106,9 @@ mod tests {
 
     #[test]
     fn away_agents_become_unreachable_then_gone() {
-        let mut cell = Cell::new(CellConfig { cell_id: "c".into() });
+        let mut cell = Cell::new(CellConfig {
+            cell_id: "c".into(),
+        });
         let reg = AgentRegistration {
             agent_id: None,
             hostname: "h".into(),
@@ -102,7 +119,13 @@ mod tests {
         };
         cell.commit(0, &Command::RegisterAgent(reg)).unwrap();
         let a = cell.agents().next().unwrap().id.clone();
-        let mut l = Liveness::new(LivenessConfig { unreachable_after_ms: 100, gone_after_ms: 1000 }, 0);
+        let mut l = Liveness::new(
+            LivenessConfig {
+                unreachable_after_ms: 100,
+                gone_after_ms: 1000,
+            },
+            0,
+        );
         l.connected(&a);
         assert_eq!(l.tick(&cell, 500), (vec![], None));
         l.disconnected(&a, 500);
@@ -110,13 +133,25 @@ mod tests {
         assert!(due.is_empty());
         assert_eq!(next, Some(600));
         let (due, _) = l.tick(&cell, 600);
-        assert_eq!(due, vec![Command::SetAgentState { agent_id: a.clone(), state: AgentState::Unreachable }]);
+        assert_eq!(
+            due,
+            vec![Command::SetAgentState {
+                agent_id: a.clone(),
+                state: AgentState::Unreachable
+            }]
+        );
         cell.commit(600, &due[0]).unwrap();
         let (due, next) = l.tick(&cell, 700);
         assert!(due.is_empty());
         assert_eq!(next, Some(1600));
         let (due, _) = l.tick(&cell, 1600);
-        assert_eq!(due, vec![Command::SetAgentState { agent_id: a.clone(), state: AgentState::Gone }]);
+        assert_eq!(
+            due,
+            vec![Command::SetAgentState {
+                agent_id: a.clone(),
+                state: AgentState::Gone
+            }]
+        );
         // Coming back resets the clock.
         l.connected(&a);
         assert_eq!(l.tick(&cell, 5000), (vec![], None));

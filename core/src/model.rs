@@ -233,7 +233,12 @@ pub struct Role {
 
 impl Role {
     pub fn new(name: &str) -> Role {
-        Role { name: name.to_string(), weight: 1.0, quota: Quota::default(), consumed: ResourceSet::new() }
+        Role {
+            name: name.to_string(),
+            weight: 1.0,
+            quota: Quota::default(),
+            consumed: ResourceSet::new(),
+        }
     }
 }
 
@@ -289,18 +294,30 @@ pub struct Claim {
 #[serde(tag = "reason", rename_all = "snake_case")]
 pub enum RejectReason {
     UnknownAgent,
-    AgentNotActive { state: AgentState },
+    AgentNotActive {
+        state: AgentState,
+    },
     /// The agent does not have the resources free any more (fine-grained check).
-    InsufficientResources { resource: String },
+    InsufficientResources {
+        resource: String,
+    },
     /// The agent changed since the claim's snapshot (coarse-grained check).
-    AgentVersionMoved { agent_version: Version },
+    AgentVersionMoved {
+        agent_version: Version,
+    },
     DuplicateTaskId,
     /// Reserved resources of another role.
-    ReservationMismatch { role: String },
+    ReservationMismatch {
+        role: String,
+    },
     /// Committing it would take the role past its quota limit.
-    QuotaLimit { resource: String },
+    QuotaLimit {
+        resource: String,
+    },
     /// Committing it would eat into what other roles are guaranteed.
-    QuotaHeadroom { resource: String },
+    QuotaHeadroom {
+        resource: String,
+    },
     /// Another placement of the same all-or-nothing claim was rejected.
     GangAborted,
 }
@@ -336,17 +353,37 @@ impl ClaimOutcome {
 pub enum Event {
     /// A new agent, or a known one registering again with fresh information.
     AgentRegistered { agent: Agent },
-    AgentResourcesUpdated { agent_id: AgentId, total: ResourceSet },
-    AgentStateChanged { agent_id: AgentId, state: AgentState },
+    AgentResourcesUpdated {
+        agent_id: AgentId,
+        total: ResourceSet,
+    },
+    AgentStateChanged {
+        agent_id: AgentId,
+        state: AgentState,
+    },
     /// A claim committed these tasks (all in TASK_STAGING).
-    ClaimCommitted { outcome: ClaimOutcome, tasks: Vec<Task> },
-    TaskStatusChanged { task_id: TaskId, state: TaskState, status: StatusInfo },
-    RoleConfigured { name: String, weight: f64, quota: Quota },
+    ClaimCommitted {
+        outcome: ClaimOutcome,
+        tasks: Vec<Task>,
+    },
+    TaskStatusChanged {
+        task_id: TaskId,
+        state: TaskState,
+        status: StatusInfo,
+    },
+    RoleConfigured {
+        name: String,
+        weight: f64,
+        quota: Quota,
+    },
     /// Offers made: their resources are held.
     HoldsPlaced { holds: Vec<Hold> },
     /// Offers declined, rescinded, expired or used: their resources are free again.
     /// `agent_ids` are the agents whose resources came back.
-    HoldsReleased { offer_ids: Vec<OfferId>, agent_ids: Vec<AgentId> },
+    HoldsReleased {
+        offer_ids: Vec<OfferId>,
+        agent_ids: Vec<AgentId>,
+    },
     /// The master restarted: every hold is gone.
     HoldsCleared { agent_ids: Vec<AgentId> },
 }
@@ -374,18 +411,27 @@ mod tests {
             resources: ResourceSet::parse("cpus:1;ports:[1-2]").unwrap(),
             state: TaskState::Staging,
             status: StatusInfo::default(),
-            spec: TaskSpec(Arc::from(r#"{"command":{"value":"echo"},"task_id":{"value":"t1"}}"#)),
+            spec: TaskSpec(Arc::from(
+                r#"{"command":{"value":"echo"},"task_id":{"value":"t1"}}"#,
+            )),
             version: 3,
         };
         let entry = LogEntry {
             version: 3,
             events: vec![Event::ClaimCommitted {
-                outcome: ClaimOutcome { claim_id: ClaimId::new("c1"), committed_version: Some(3), placements: vec![] },
+                outcome: ClaimOutcome {
+                    claim_id: ClaimId::new("c1"),
+                    committed_version: Some(3),
+                    placements: vec![],
+                },
                 tasks: vec![task],
             }],
         };
         let json = serde_json::to_string(&entry).unwrap();
-        assert!(json.contains(r#""spec":{"command":{"value":"echo"}"#), "{json}");
+        assert!(
+            json.contains(r#""spec":{"command":{"value":"echo"}"#),
+            "{json}"
+        );
         let back: LogEntry = serde_json::from_str(&json).unwrap();
         assert_eq!(back, entry);
     }

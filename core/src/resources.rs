@@ -75,10 +75,15 @@ impl Ranges {
         self.0.iter().map(|(b, e)| e - b + 1).sum()
     }
     pub fn contains(&self, other: &Ranges) -> bool {
-        other.0.iter().all(|&(b, e)| self.0.iter().any(|&(sb, se)| sb <= b && e <= se))
+        other
+            .0
+            .iter()
+            .all(|&(b, e)| self.0.iter().any(|&(sb, se)| sb <= b && e <= se))
     }
     pub fn intersects(&self, other: &Ranges) -> bool {
-        self.0.iter().any(|&(sb, se)| other.0.iter().any(|&(b, e)| b <= se && sb <= e))
+        self.0
+            .iter()
+            .any(|&(sb, se)| other.0.iter().any(|&(b, e)| b <= se && sb <= e))
     }
     fn add(&self, other: &Ranges) -> Ranges {
         let mut all = self.0.clone();
@@ -206,7 +211,9 @@ impl ResourceSet {
         ResourceSet::default()
     }
 
-    pub fn from_resources(v: impl IntoIterator<Item = Resource>) -> Result<ResourceSet, ResourceError> {
+    pub fn from_resources(
+        v: impl IntoIterator<Item = Resource>,
+    ) -> Result<ResourceSet, ResourceError> {
         let mut out = ResourceSet::new();
         for r in v {
             if r.name.is_empty()
@@ -219,7 +226,10 @@ impl ResourceSet {
                 return Err(ResourceError::InvalidValue(r.name));
             }
             if let Value::Set(items) = &r.value {
-                if items.iter().any(|i| i.contains(RESERVED_CHARS) || i.trim() != i) {
+                if items
+                    .iter()
+                    .any(|i| i.contains(RESERVED_CHARS) || i.trim() != i)
+                {
                     return Err(ResourceError::InvalidValue(r.name));
                 }
             }
@@ -233,8 +243,12 @@ impl ResourceSet {
         let mut out = ResourceSet::new();
         for (name, v) in items {
             let m = Milli::from_f64(*v).expect("valid scalar");
-            out.add_one(Resource { name: name.to_string(), role: unreserved(), value: Value::Scalar(m) })
-                .expect("scalars have one type");
+            out.add_one(Resource {
+                name: name.to_string(),
+                role: unreserved(),
+                value: Value::Scalar(m),
+            })
+            .expect("scalars have one type");
         }
         out
     }
@@ -262,17 +276,27 @@ impl ResourceSet {
                 e.value = match (&e.value, &r.value) {
                     (Value::Scalar(a), Value::Scalar(b)) => {
                         let sum = a.0.checked_add(b.0).filter(|s| *s <= Milli::MAX.0);
-                        Value::Scalar(Milli(sum.ok_or_else(|| ResourceError::TooLarge(r.name.clone()))?))
+                        Value::Scalar(Milli(
+                            sum.ok_or_else(|| ResourceError::TooLarge(r.name.clone()))?,
+                        ))
                     }
-                    (Value::Ranges(a), Value::Ranges(b)) if a.intersects(b) => return Err(ResourceError::Overlap(r.name)),
+                    (Value::Ranges(a), Value::Ranges(b)) if a.intersects(b) => {
+                        return Err(ResourceError::Overlap(r.name))
+                    }
                     (Value::Ranges(a), Value::Ranges(b)) => Value::Ranges(a.add(b)),
-                    (Value::Set(a), Value::Set(b)) if !a.is_disjoint(b) => return Err(ResourceError::Overlap(r.name)),
+                    (Value::Set(a), Value::Set(b)) if !a.is_disjoint(b) => {
+                        return Err(ResourceError::Overlap(r.name))
+                    }
                     (Value::Set(a), Value::Set(b)) => Value::Set(a.union(b).cloned().collect()),
                     _ => return Err(ResourceError::TypeMismatch(r.name)),
                 };
             }
             Err(i) => {
-                if self.entries.iter().any(|e| e.name == r.name && e.value.kind() != r.value.kind()) {
+                if self
+                    .entries
+                    .iter()
+                    .any(|e| e.name == r.name && e.value.kind() != r.value.kind())
+                {
                     return Err(ResourceError::TypeMismatch(r.name));
                 }
                 self.entries.insert(i, r)
@@ -294,26 +318,38 @@ impl ResourceSet {
 
     /// Only the scalar entries (what quotas and cluster totals count).
     pub fn scalars_only(&self) -> ResourceSet {
-        ResourceSet { entries: self.entries.iter().filter(|e| matches!(e.value, Value::Scalar(_))).cloned().collect() }
+        ResourceSet {
+            entries: self
+                .entries
+                .iter()
+                .filter(|e| matches!(e.value, Value::Scalar(_)))
+                .cloned()
+                .collect(),
+        }
     }
 
     /// Whether every entry of `other` fits in `self` (same name and role).
     pub fn contains(&self, other: &ResourceSet) -> bool {
-        other.entries.iter().all(|r| match self.position(&r.name, &r.role) {
-            Err(_) => false,
-            Ok(i) => match (&self.entries[i].value, &r.value) {
-                (Value::Scalar(a), Value::Scalar(b)) => a.0 >= b.0,
-                (Value::Ranges(a), Value::Ranges(b)) => a.contains(b),
-                (Value::Set(a), Value::Set(b)) => b.is_subset(a),
-                _ => false,
-            },
-        })
+        other
+            .entries
+            .iter()
+            .all(|r| match self.position(&r.name, &r.role) {
+                Err(_) => false,
+                Ok(i) => match (&self.entries[i].value, &r.value) {
+                    (Value::Scalar(a), Value::Scalar(b)) => a.0 >= b.0,
+                    (Value::Ranges(a), Value::Ranges(b)) => a.contains(b),
+                    (Value::Set(a), Value::Set(b)) => b.is_subset(a),
+                    _ => false,
+                },
+            })
     }
 
     /// The first entry of `other` that does not fit in `self`, for error messages.
     pub fn first_missing(&self, other: &ResourceSet) -> Option<String> {
         other.entries.iter().find_map(|r| {
-            let single = ResourceSet { entries: vec![r.clone()] };
+            let single = ResourceSet {
+                entries: vec![r.clone()],
+            };
             (!self.contains(&single)).then(|| r.name.clone())
         })
     }
@@ -321,7 +357,9 @@ impl ResourceSet {
     /// `self - other`; `other` must be contained in `self`.
     pub fn subtract(&mut self, other: &ResourceSet) -> Result<(), ResourceError> {
         if !self.contains(other) {
-            return Err(ResourceError::InvalidValue(self.first_missing(other).unwrap_or_default()));
+            return Err(ResourceError::InvalidValue(
+                self.first_missing(other).unwrap_or_default(),
+            ));
         }
         for r in &other.entries {
             let i = self.position(&r.name, &r.role).expect("contained");
@@ -369,20 +407,30 @@ impl ResourceSet {
 
     /// Every role named in a reservation of this set (not `*`).
     pub fn reserved_roles(&self) -> impl Iterator<Item = &str> {
-        self.entries.iter().map(|e| e.role.as_str()).filter(|r| *r != UNRESERVED)
+        self.entries
+            .iter()
+            .map(|e| e.role.as_str())
+            .filter(|r| *r != UNRESERVED)
     }
 
     /// Parses the Mesos text form, e.g.
     /// `cpus:4;mem:8192;disk:20000;ports:[31000-32000];gpus:1;zones:{a,b};cpus(web):2`.
     pub fn parse(input: &str) -> Result<ResourceSet, ResourceError> {
-        let err = |why: &str| ResourceError::Parse { input: input.to_string(), why: why.to_string() };
+        let err = |why: &str| ResourceError::Parse {
+            input: input.to_string(),
+            why: why.to_string(),
+        };
         let mut out = ResourceSet::new();
         for part in input.split(';').map(str::trim).filter(|p| !p.is_empty()) {
-            let (key, val) = part.split_once(':').ok_or_else(|| err("expected name:value"))?;
+            let (key, val) = part
+                .split_once(':')
+                .ok_or_else(|| err("expected name:value"))?;
             let key = key.trim();
             let (name, role) = match key.split_once('(') {
                 Some((n, rest)) => {
-                    let role = rest.strip_suffix(')').ok_or_else(|| err("unclosed role parenthesis"))?;
+                    let role = rest
+                        .strip_suffix(')')
+                        .ok_or_else(|| err("unclosed role parenthesis"))?;
                     (n.trim(), role.trim())
                 }
                 None => (key, UNRESERVED),
@@ -392,23 +440,45 @@ impl ResourceSet {
             }
             let val = val.trim();
             let value = if let Some(inner) = val.strip_prefix('[') {
-                let inner = inner.strip_suffix(']').ok_or_else(|| err("unclosed range"))?;
+                let inner = inner
+                    .strip_suffix(']')
+                    .ok_or_else(|| err("unclosed range"))?;
                 let mut ranges = Vec::new();
                 for r in inner.split(',').map(str::trim).filter(|r| !r.is_empty()) {
-                    let (b, e) = r.split_once('-').ok_or_else(|| err("range must be begin-end"))?;
-                    let b: u64 = b.trim().parse().map_err(|_| err("range bound is not a number"))?;
-                    let e: u64 = e.trim().parse().map_err(|_| err("range bound is not a number"))?;
+                    let (b, e) = r
+                        .split_once('-')
+                        .ok_or_else(|| err("range must be begin-end"))?;
+                    let b: u64 = b
+                        .trim()
+                        .parse()
+                        .map_err(|_| err("range bound is not a number"))?;
+                    let e: u64 = e
+                        .trim()
+                        .parse()
+                        .map_err(|_| err("range bound is not a number"))?;
                     ranges.push((b, e));
                 }
                 Value::Ranges(Ranges::new(ranges).ok_or_else(|| err("range begins after it ends"))?)
             } else if let Some(inner) = val.strip_prefix('{') {
                 let inner = inner.strip_suffix('}').ok_or_else(|| err("unclosed set"))?;
-                Value::Set(inner.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect())
+                Value::Set(
+                    inner
+                        .split(',')
+                        .map(|s| s.trim().to_string())
+                        .filter(|s| !s.is_empty())
+                        .collect(),
+                )
             } else {
                 let v: f64 = val.parse().map_err(|_| err("scalar is not a number"))?;
-                Value::Scalar(Milli::from_f64(v).ok_or_else(|| err("scalar must be finite and >= 0"))?)
+                Value::Scalar(
+                    Milli::from_f64(v).ok_or_else(|| err("scalar must be finite and >= 0"))?,
+                )
             };
-            out.add_one(Resource { name: name.to_string(), role: role.to_string(), value })?;
+            out.add_one(Resource {
+                name: name.to_string(),
+                role: role.to_string(),
+                value,
+            })?;
         }
         Ok(out)
     }
@@ -456,7 +526,11 @@ impl fmt::Display for ResourceSet {
                     let parts: Vec<String> = r.0.iter().map(|(b, e)| format!("{b}-{e}")).collect();
                     write!(f, ":[{}]", parts.join(","))?
                 }
-                Value::Set(s) => write!(f, ":{{{}}}", s.iter().cloned().collect::<Vec<_>>().join(","))?,
+                Value::Set(s) => write!(
+                    f,
+                    ":{{{}}}",
+                    s.iter().cloned().collect::<Vec<_>>().join(",")
+                )?,
             }
         }
         Ok(())
@@ -469,9 +543,13 @@ mod tests {
 
     #[test]
     fn parse_and_print_round_trip() {
-        assert!(ResourceSet::parse("ports:[1-5];ports:[5-6]").is_err(), "a port listed twice");
+        assert!(
+            ResourceSet::parse("ports:[1-5];ports:[5-6]").is_err(),
+            "a port listed twice"
+        );
         assert!(ResourceSet::parse("mem:1e12;mem:1").is_err(), "too large");
-        let s = ResourceSet::parse("cpus:4;mem:8192;ports:[31000-32000];cpus(web):2;zones:{a,b}").unwrap();
+        let s = ResourceSet::parse("cpus:4;mem:8192;ports:[31000-32000];cpus(web):2;zones:{a,b}")
+            .unwrap();
         assert_eq!(s.scalar("cpus"), Milli(6000));
         let back = ResourceSet::parse(&s.to_string()).unwrap();
         assert_eq!(s, back);
@@ -513,12 +591,23 @@ mod tests {
         let list: ResourceSet =
             serde_json::from_str(r#"[{"name":"cpus","value":{"scalar":0.5}},{"name":"cpus","role":"web","value":{"scalar":1}}]"#).unwrap();
         assert_eq!(list.to_string(), "cpus:0.5;cpus(web):1");
-        assert!(serde_json::from_str::<ResourceSet>(r#"[{"name":"a;b","value":{"scalar":1}}]"#).is_err());
+        assert!(
+            serde_json::from_str::<ResourceSet>(r#"[{"name":"a;b","value":{"scalar":1}}]"#)
+                .is_err()
+        );
     }
 
     #[test]
     fn bad_text_is_an_error() {
-        for bad in ["cpus", "cpus:x", "ports:[5-1]", "cpus:-1", "cpus(:1", "cpus:1;cpus:[1-2]", "ports:[1-2"] {
+        for bad in [
+            "cpus",
+            "cpus:x",
+            "ports:[5-1]",
+            "cpus:-1",
+            "cpus(:1",
+            "cpus:1;cpus:[1-2]",
+            "ports:[1-2",
+        ] {
             assert!(ResourceSet::parse(bad).is_err(), "{bad}");
         }
     }

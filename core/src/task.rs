@@ -90,7 +90,11 @@ impl TaskState {
     }
 
     pub fn from_mesos_name(s: &str) -> Option<TaskState> {
-        let s = if s.starts_with("TASK_") { s.to_string() } else { format!("TASK_{s}") };
+        let s = if s.starts_with("TASK_") {
+            s.to_string()
+        } else {
+            format!("TASK_{s}")
+        };
         TaskState::ALL.into_iter().find(|t| t.mesos_name() == s)
     }
 
@@ -128,7 +132,10 @@ mod tests {
             let json = serde_json::to_string(&s).unwrap();
             assert_eq!(json, format!("\"{}\"", s.mesos_name()));
         }
-        assert_eq!(TaskState::from_mesos_name("RUNNING"), Some(TaskState::Running));
+        assert_eq!(
+            TaskState::from_mesos_name("RUNNING"),
+            Some(TaskState::Running)
+        );
     }
 
     #[test]

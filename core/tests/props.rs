@@ -30,7 +30,9 @@ const ROLES: [&str; 3] = ["web", "db", "batch"];
 // ---------------------------------------------------------------------------------------------
 
 fn config() -> CellConfig {
-    CellConfig { cell_id: "c".into() }
+    CellConfig {
+        cell_id: "c".into(),
+    }
 }
 
 fn rs(s: &str) -> ResourceSet {
@@ -38,11 +40,19 @@ fn rs(s: &str) -> ResourceSet {
 }
 
 fn scalar(name: &str, role: &str, milli: i64) -> Resource {
-    Resource { name: name.into(), role: role.into(), value: Value::Scalar(Milli(milli)) }
+    Resource {
+        name: name.into(),
+        role: role.into(),
+        value: Value::Scalar(Milli(milli)),
+    }
 }
 
 fn port_list(list: Vec<(u64, u64)>) -> Resource {
-    Resource { name: "ports".into(), role: UNRESERVED.into(), value: Value::Ranges(Ranges::new(list).unwrap()) }
+    Resource {
+        name: "ports".into(),
+        role: UNRESERVED.into(),
+        value: Value::Ranges(Ranges::new(list).unwrap()),
+    }
 }
 
 fn set(v: Vec<Resource>) -> ResourceSet {
@@ -64,7 +74,10 @@ fn scalar_of(s: &ResourceSet, name: &str, role: &str) -> i64 {
 fn first_ports(s: &ResourceSet, n: u64) -> Option<Vec<(u64, u64)>> {
     let mut out = Vec::new();
     let mut left = n;
-    for r in s.iter().filter(|r| r.name == "ports" && r.role == UNRESERVED) {
+    for r in s
+        .iter()
+        .filter(|r| r.name == "ports" && r.role == UNRESERVED)
+    {
         if let Value::Ranges(rg) = &r.value {
             for &(b, e) in rg.as_slice() {
                 if left == 0 {
@@ -84,7 +97,10 @@ fn scale(s: &ResourceSet, pct: i64) -> ResourceSet {
     set(s
         .iter()
         .map(|r| match r.value {
-            Value::Scalar(m) => Resource { value: Value::Scalar(Milli(m.0 * pct / 100)), ..r.clone() },
+            Value::Scalar(m) => Resource {
+                value: Value::Scalar(Milli(m.0 * pct / 100)),
+                ..r.clone()
+            },
             _ => r.clone(),
         })
         .collect())
@@ -108,20 +124,27 @@ fn minus_lenient(a: &ResourceSet, b: &ResourceSet) -> ResourceSet {
             Value::Scalar(_) => {
                 let have = scalar_of(&out, &r.name, &r.role);
                 if have > 0 {
-                    out.subtract(&set(vec![scalar(&r.name, &r.role, have)])).unwrap();
+                    out.subtract(&set(vec![scalar(&r.name, &r.role, have)]))
+                        .unwrap();
                 }
             }
             Value::Ranges(rg) => {
                 for &(lo, hi) in rg.as_slice() {
                     for p in lo..=hi {
-                        let one = Resource { value: Value::Ranges(Ranges::new(vec![(p, p)]).unwrap()), ..r.clone() };
+                        let one = Resource {
+                            value: Value::Ranges(Ranges::new(vec![(p, p)]).unwrap()),
+                            ..r.clone()
+                        };
                         let _ = out.subtract(&set(vec![one]));
                     }
                 }
             }
             Value::Set(items) => {
                 for i in items {
-                    let one = Resource { value: Value::Set([i.clone()].into()), ..r.clone() };
+                    let one = Resource {
+                        value: Value::Set([i.clone()].into()),
+                        ..r.clone()
+                    };
                     let _ = out.subtract(&set(vec![one]));
                 }
             }
@@ -151,8 +174,23 @@ fn placement(task: &str, agent: &AgentId, res: &str) -> Placement {
     }
 }
 
-fn claim_of(id: &str, role: &str, snap: Version, mode: CommitMode, check: ConflictCheck, placements: Vec<Placement>) -> Claim {
-    Claim { id: ClaimId::new(id), role: role.into(), owner: "test".into(), snapshot_version: snap, mode, check, placements }
+fn claim_of(
+    id: &str,
+    role: &str,
+    snap: Version,
+    mode: CommitMode,
+    check: ConflictCheck,
+    placements: Vec<Placement>,
+) -> Claim {
+    Claim {
+        id: ClaimId::new(id),
+        role: role.into(),
+        owner: "test".into(),
+        snapshot_version: snap,
+        mode,
+        check,
+        placements,
+    }
 }
 
 fn sorted_agents(cell: &Cell) -> Vec<&Agent> {
@@ -172,9 +210,15 @@ fn dump(cell: &Cell) -> Json {
     let mut claims: Vec<&ClaimOutcome> = cell.claims().collect();
     claims.sort_by(|a, b| a.claim_id.cmp(&b.claim_id));
     let roles: Vec<&Role> = cell.roles().collect();
-    let free: BTreeMap<String, Milli> = cell.cluster_free().into_iter().filter(|(_, m)| m.0 != 0).collect();
-    let headroom: BTreeMap<&str, BTreeMap<String, i64>> =
-        ROLES.iter().map(|r| (*r, cell.headroom_for_others(r))).collect();
+    let free: BTreeMap<String, Milli> = cell
+        .cluster_free()
+        .into_iter()
+        .filter(|(_, m)| m.0 != 0)
+        .collect();
+    let headroom: BTreeMap<&str, BTreeMap<String, i64>> = ROLES
+        .iter()
+        .map(|r| (*r, cell.headroom_for_others(r)))
+        .collect();
     json!({
         "cell_id": cell.cell_id(),
         "version": cell.version(),
@@ -204,8 +248,17 @@ fn check_all(cell: &Cell, limits: &BTreeMap<String, ResourceSet>) {
         held.entry(t.agent_id.clone())
             .or_default()
             .add(&t.resources)
-            .unwrap_or_else(|e| panic!("live tasks on agent {} hold a resource twice: {e}", t.agent_id));
-        role_held.entry(t.role.clone()).or_default().add(&t.resources.scalars_only()).unwrap();
+            .unwrap_or_else(|e| {
+                panic!(
+                    "live tasks on agent {} hold a resource twice: {e}",
+                    t.agent_id
+                )
+            });
+        role_held
+            .entry(t.role.clone())
+            .or_default()
+            .add(&t.resources.scalars_only())
+            .unwrap();
     }
     // Also count ports and set items task by task, independently of ResourceSet::add.
     let mut counts: HashMap<(AgentId, String, String), (u64, ResourceSet)> = HashMap::new();
@@ -216,7 +269,9 @@ fn check_all(cell: &Cell, limits: &BTreeMap<String, ResourceSet>) {
                 Value::Ranges(rg) => rg.count(),
                 Value::Set(items) => items.len() as u64,
             };
-            let e = counts.entry((t.agent_id.clone(), r.name.clone(), r.role.clone())).or_default();
+            let e = counts
+                .entry((t.agent_id.clone(), r.name.clone(), r.role.clone()))
+                .or_default();
             e.0 += n;
             // An overlap leaves the union short of `n`, which the assertion below reports.
             let _ = e.1.add(&ResourceSet::from_resources([r.clone()]).unwrap());
@@ -231,26 +286,50 @@ fn check_all(cell: &Cell, limits: &BTreeMap<String, ResourceSet>) {
                 Value::Scalar(_) => 0,
             })
             .sum();
-        assert_eq!(n, distinct, "agent {agent}: live tasks hold some {name}({role}) twice");
+        assert_eq!(
+            n, distinct,
+            "agent {agent}: live tasks hold some {name}({role}) twice"
+        );
     }
     for a in cell.agents() {
         let h = held.remove(&a.id).unwrap_or_default();
-        assert!(a.total.contains(&h), "agent {} over-committed: its tasks hold {h}, total {}", a.id, a.total);
-        assert_eq!(a.allocated, h, "agent {} ({:?}): allocated differs from its live tasks", a.id, a.state);
+        assert!(
+            a.total.contains(&h),
+            "agent {} over-committed: its tasks hold {h}, total {}",
+            a.id,
+            a.total
+        );
+        assert_eq!(
+            a.allocated, h,
+            "agent {} ({:?}): allocated differs from its live tasks",
+            a.id, a.state
+        );
         if a.state == AgentState::Gone {
             assert!(h.is_empty(), "live tasks on gone agent {}", a.id);
         }
     }
-    assert!(held.is_empty(), "live tasks on unknown agents: {:?}", held.keys().collect::<Vec<_>>());
+    assert!(
+        held.is_empty(),
+        "live tasks on unknown agents: {:?}",
+        held.keys().collect::<Vec<_>>()
+    );
     for r in cell.roles() {
         let h = role_held.remove(&r.name).unwrap_or_default();
         // Roles count scalars only: quotas are scalar, and the same port on two agents is
         // two different resources.
-        assert_eq!(r.consumed, h.scalars_only(), "role {}: consumed differs from its live tasks", r.name);
+        assert_eq!(
+            r.consumed,
+            h.scalars_only(),
+            "role {}: consumed differs from its live tasks",
+            r.name
+        );
     }
     assert!(role_held.is_empty(), "live tasks of unknown roles");
     for (name, limit) in limits {
-        let used = cell.role(name).map(|r| r.consumed.clone()).unwrap_or_default();
+        let used = cell
+            .role(name)
+            .map(|r| r.consumed.clone())
+            .unwrap_or_default();
         for (res, cap) in limit.scalar_totals() {
             assert!(
                 used.scalar(&res) <= cap,
@@ -276,9 +355,17 @@ fn check_replay(cell: &Cell, log: &[LogEntry]) {
         }
     }
     let live = dump(cell);
-    assert_eq!(dump(&direct), live, "replayed log differs from the live cell");
+    assert_eq!(
+        dump(&direct),
+        live,
+        "replayed log differs from the live cell"
+    );
     if LOG_JSON_ROUNDTRIP {
-        assert_eq!(dump(&via_json), live, "log replayed through JSON differs from the live cell");
+        assert_eq!(
+            dump(&via_json),
+            live,
+            "log replayed through JSON differs from the live cell"
+        );
     }
     direct.check_invariants().unwrap();
 }
@@ -288,19 +375,35 @@ fn check_replay(cell: &Cell, log: &[LogEntry]) {
 fn check_restart(cell: &Cell) {
     let agents: Vec<Agent> = cell
         .agents()
-        .map(|a| Agent { allocated: ResourceSet::new(), ..json_roundtrip(a) })
+        .map(|a| Agent {
+            allocated: ResourceSet::new(),
+            ..json_roundtrip(a)
+        })
         .collect();
     let tasks: Vec<Task> = cell.tasks().map(json_roundtrip).collect();
-    let roles: Vec<Role> = cell.roles().map(|r| Role { consumed: ResourceSet::new(), ..json_roundtrip(r) }).collect();
+    let roles: Vec<Role> = cell
+        .roles()
+        .map(|r| Role {
+            consumed: ResourceSet::new(),
+            ..json_roundtrip(r)
+        })
+        .collect();
     let claims: Vec<ClaimOutcome> = cell.claims().map(json_roundtrip).collect();
     let rebuilt = Cell::from_records(config(), cell.version(), agents, tasks, roles, claims);
-    assert_eq!(dump(&rebuilt), dump(cell), "from_records differs from the live cell");
+    assert_eq!(
+        dump(&rebuilt),
+        dump(cell),
+        "from_records differs from the live cell"
+    );
     rebuilt.check_invariants().unwrap();
 }
 
 /// Proptest cases per property: 64, or `SHOAL_PROPTEST_CASES` for a longer hunt.
 fn cases() -> u32 {
-    std::env::var("SHOAL_PROPTEST_CASES").ok().and_then(|s| s.parse().ok()).unwrap_or(64)
+    std::env::var("SHOAL_PROPTEST_CASES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(64)
 }
 
 type CommitResult = Result<(Option<LogEntry>, Reply), Rejection>;
@@ -337,9 +440,21 @@ impl Harness {
     }
 
     fn assert_unchanged(&self, before: &Cell, before_dump: Option<&Json>, what: &str) {
-        assert_eq!(self.cell.version(), before.version(), "{what}: version moved");
-        assert_eq!(self.cell.task_count(), before.task_count(), "{what}: tasks changed");
-        assert_eq!(self.cell.agent_count(), before.agent_count(), "{what}: agents changed");
+        assert_eq!(
+            self.cell.version(),
+            before.version(),
+            "{what}: version moved"
+        );
+        assert_eq!(
+            self.cell.task_count(),
+            before.task_count(),
+            "{what}: tasks changed"
+        );
+        assert_eq!(
+            self.cell.agent_count(),
+            before.agent_count(),
+            "{what}: agents changed"
+        );
         if let Some(d) = before_dump {
             assert_eq!(&dump(&self.cell), d, "{what}: state changed");
         }
@@ -360,7 +475,10 @@ impl Harness {
                 match entry {
                     None => assert!(d.events.is_empty()),
                     Some(e) => {
-                        assert_eq!(e.events, d.events, "decide and commit commit different events");
+                        assert_eq!(
+                            e.events, d.events,
+                            "decide and commit commit different events"
+                        );
                         assert_eq!(e.version, before.version() + 1);
                     }
                 }
@@ -368,7 +486,9 @@ impl Harness {
             _ => panic!("decide and commit disagree: {decided:?} vs {res:?}"),
         }
         match &res {
-            Err(_) | Ok((None, _)) => self.assert_unchanged(&before, before_dump.as_ref(), "rejection or no-op"),
+            Err(_) | Ok((None, _)) => {
+                self.assert_unchanged(&before, before_dump.as_ref(), "rejection or no-op")
+            }
             Ok((Some(e), _)) => {
                 assert_eq!(self.cell.version(), e.version);
                 assert!(!e.events.is_empty());
@@ -386,7 +506,11 @@ impl Harness {
 
     fn configure_role(&mut self, name: &str, weight: f64, quota: Quota) -> bool {
         let limit = quota.limit.clone();
-        let (_, res) = self.run(&Command::ConfigureRole { name: name.into(), weight, quota });
+        let (_, res) = self.run(&Command::ConfigureRole {
+            name: name.into(),
+            weight,
+            quota,
+        });
         match res {
             Ok((Some(_), Reply::Done)) => {
                 match limit {
@@ -400,7 +524,12 @@ impl Harness {
         }
     }
 
-    fn register(&mut self, id: Option<&AgentId>, host: &str, resources: ResourceSet) -> Option<AgentId> {
+    fn register(
+        &mut self,
+        id: Option<&AgentId>,
+        host: &str,
+        resources: ResourceSet,
+    ) -> Option<AgentId> {
         let existing = id.and_then(|i| self.cell.agent(i).cloned());
         let (before, res) = self.run(&register_cmd(id, host, resources.clone()));
         if resources.is_empty() {
@@ -419,11 +548,16 @@ impl Harness {
         }
         let (entry, reply) = res.expect("registration commits");
         assert!(entry.is_some());
-        let Reply::Agent { agent_id } = reply else { panic!("reply {reply:?}") };
+        let Reply::Agent { agent_id } = reply else {
+            panic!("reply {reply:?}")
+        };
         match id {
             Some(i) => assert_eq!(&agent_id, i),
             None => {
-                assert!(before.agent(&agent_id).is_none(), "a new agent took the id of {agent_id}");
+                assert!(
+                    before.agent(&agent_id).is_none(),
+                    "a new agent took the id of {agent_id}"
+                );
                 assert_eq!(self.cell.agent_count(), before.agent_count() + 1);
             }
         }
@@ -431,7 +565,10 @@ impl Harness {
         assert_eq!(a.state, AgentState::Active);
         assert_eq!(a.total, resources);
         assert_eq!(a.version, self.cell.version());
-        let was_unreachable = existing.as_ref().map(|a| a.state == AgentState::Unreachable).unwrap_or(false);
+        let was_unreachable = existing
+            .as_ref()
+            .map(|a| a.state == AgentState::Unreachable)
+            .unwrap_or(false);
         for t in before.tasks().filter(|t| t.agent_id == agent_id) {
             let now = self.cell.task(&t.id).unwrap();
             if was_unreachable && t.state == TaskState::Unreachable {
@@ -445,11 +582,18 @@ impl Harness {
 
     fn resize(&mut self, id: &AgentId, total: ResourceSet) {
         let a = self.cell.agent(id).cloned();
-        let (_, res) = self.run(&Command::UpdateAgentResources { agent_id: id.clone(), total: total.clone() });
+        let (_, res) = self.run(&Command::UpdateAgentResources {
+            agent_id: id.clone(),
+            total: total.clone(),
+        });
         match a {
             None => assert!(matches!(res, Err(Rejection::NotFound(_))), "{res:?}"),
-            Some(a) if a.state == AgentState::Gone => assert!(matches!(res, Err(Rejection::Forbidden(_))), "{res:?}"),
-            Some(a) if !total.contains(&a.allocated) => assert!(matches!(res, Err(Rejection::Conflict(_))), "{res:?}"),
+            Some(a) if a.state == AgentState::Gone => {
+                assert!(matches!(res, Err(Rejection::Forbidden(_))), "{res:?}")
+            }
+            Some(a) if !total.contains(&a.allocated) => {
+                assert!(matches!(res, Err(Rejection::Conflict(_))), "{res:?}")
+            }
             Some(_) => {
                 assert!(matches!(res, Ok((Some(_), Reply::Done))), "{res:?}");
                 let a = self.cell.agent(id).unwrap();
@@ -461,7 +605,10 @@ impl Harness {
 
     fn set_agent(&mut self, id: &AgentId, state: AgentState) {
         let a = self.cell.agent(id).cloned();
-        let (before, res) = self.run(&Command::SetAgentState { agent_id: id.clone(), state });
+        let (before, res) = self.run(&Command::SetAgentState {
+            agent_id: id.clone(),
+            state,
+        });
         let Some(a) = a else {
             assert!(matches!(res, Err(Rejection::NotFound(_))), "{res:?}");
             return;
@@ -482,11 +629,23 @@ impl Harness {
         let after = self.cell.agent(id).unwrap();
         assert_eq!(after.state, state);
         assert_eq!(after.version, self.cell.version());
-        let task_state = if state == AgentState::Gone { TaskState::Gone } else { TaskState::Unreachable };
+        let task_state = if state == AgentState::Gone {
+            TaskState::Gone
+        } else {
+            TaskState::Unreachable
+        };
         for t in before.tasks().filter(|t| t.agent_id == *id) {
             let now = self.cell.task(&t.id).unwrap();
-            let want = if t.state.is_terminal() { t.state } else { task_state };
-            assert_eq!(now.state, want, "task {} on agent {id} going {state:?}", t.id);
+            let want = if t.state.is_terminal() {
+                t.state
+            } else {
+                task_state
+            };
+            assert_eq!(
+                now.state, want,
+                "task {} on agent {id} going {state:?}",
+                t.id
+            );
         }
         if state == AgentState::Gone {
             assert!(after.allocated.is_empty());
@@ -496,11 +655,29 @@ impl Harness {
     /// Checks that a task that went terminal in the last commit freed its resources once.
     fn check_freed(&self, before: &Cell, t: &Task) {
         let after = self.cell.task(&t.id).unwrap();
-        let (ab, aa) = (before.agent(&t.agent_id).unwrap(), self.cell.agent(&t.agent_id).unwrap());
-        let (rb, ra) = (before.role(&t.role).unwrap(), self.cell.role(&t.role).unwrap());
+        let (ab, aa) = (
+            before.agent(&t.agent_id).unwrap(),
+            self.cell.agent(&t.agent_id).unwrap(),
+        );
+        let (rb, ra) = (
+            before.role(&t.role).unwrap(),
+            self.cell.role(&t.role).unwrap(),
+        );
         if !t.state.is_terminal() && after.state.is_terminal() {
-            assert_eq!(aa.allocated, minus(&ab.allocated, &t.resources), "agent {} after {} ended", aa.id, t.id);
-            assert_eq!(ra.consumed, minus(&rb.consumed, &t.resources.scalars_only()), "role {} after {} ended", ra.name, t.id);
+            assert_eq!(
+                aa.allocated,
+                minus(&ab.allocated, &t.resources),
+                "agent {} after {} ended",
+                aa.id,
+                t.id
+            );
+            assert_eq!(
+                ra.consumed,
+                minus(&rb.consumed, &t.resources.scalars_only()),
+                "role {} after {} ended",
+                ra.name,
+                t.id
+            );
         } else {
             assert_eq!(aa.allocated, ab.allocated);
             assert_eq!(ra.consumed, rb.consumed);
@@ -511,22 +688,39 @@ impl Harness {
     /// repeated terminal updates are no-ops; resources are freed on the first terminal state.
     fn status(&mut self, id: &TaskId, state: TaskState, status: StatusInfo) {
         let t = self.cell.task(id).cloned();
-        let (before, res) = self.run(&Command::UpdateTaskStatus { task_id: id.clone(), state, status: status.clone() });
+        let (before, res) = self.run(&Command::UpdateTaskStatus {
+            task_id: id.clone(),
+            state,
+            status: status.clone(),
+        });
         let Some(t) = t else {
             assert!(matches!(res, Err(Rejection::NotFound(_))), "{res:?}");
             return;
         };
         if t.state == state && state.is_terminal() {
-            assert!(matches!(res, Ok((None, Reply::Done))), "repeated terminal update: {res:?}");
+            assert!(
+                matches!(res, Ok((None, Reply::Done))),
+                "repeated terminal update: {res:?}"
+            );
         } else if !t.state.can_become(state) {
-            assert!(matches!(res, Err(Rejection::Conflict(_))), "{:?} -> {state:?}: {res:?}", t.state);
+            assert!(
+                matches!(res, Err(Rejection::Conflict(_))),
+                "{:?} -> {state:?}: {res:?}",
+                t.state
+            );
         } else {
             let (entry, _) = res.unwrap_or_else(|e| panic!("{:?} -> {state:?}: {e}", t.state));
             let now = self.cell.task(id).unwrap();
             assert_eq!(now.state, state);
             match entry {
                 // A repeat of the current status (its time aside) commits nothing.
-                None => assert!(t.state == state && StatusInfo { timestamp: t.status.timestamp, ..status.clone() } == t.status),
+                None => assert!(
+                    t.state == state
+                        && StatusInfo {
+                            timestamp: t.status.timestamp,
+                            ..status.clone()
+                        } == t.status
+                ),
                 Some(_) => {
                     assert_eq!(now.version, self.cell.version());
                     if status.timestamp != 0 {
@@ -540,7 +734,9 @@ impl Harness {
 
     fn kill(&mut self, id: &TaskId) {
         let t = self.cell.task(id).cloned();
-        let (before, res) = self.run(&Command::KillTask { task_id: id.clone() });
+        let (before, res) = self.run(&Command::KillTask {
+            task_id: id.clone(),
+        });
         let Some(t) = t else {
             assert!(matches!(res, Err(Rejection::NotFound(_))), "{res:?}");
             return;
@@ -550,8 +746,15 @@ impl Harness {
             return;
         }
         assert!(matches!(res, Ok((Some(_), Reply::Done))), "{res:?}");
-        let active = before.agent(&t.agent_id).map(|a| a.state == AgentState::Active).unwrap_or(false);
-        let want = if active { TaskState::Killing } else { TaskState::Killed };
+        let active = before
+            .agent(&t.agent_id)
+            .map(|a| a.state == AgentState::Active)
+            .unwrap_or(false);
+        let want = if active {
+            TaskState::Killing
+        } else {
+            TaskState::Killed
+        };
         assert_eq!(self.cell.task(id).unwrap().state, want);
         self.check_freed(&before, &t);
     }
@@ -564,8 +767,17 @@ impl Harness {
             // Property 5: a committed claim id returns the identical outcome, changes nothing.
             let (entry, reply) = res.expect("a resubmission is never rejected");
             assert!(entry.is_none(), "a resubmission committed something");
-            assert_eq!(reply, Reply::Claim { outcome: rec.clone() });
-            assert_eq!(self.outcomes.get(&claim.id), Some(&rec), "the stored outcome is not the first reply");
+            assert_eq!(
+                reply,
+                Reply::Claim {
+                    outcome: rec.clone()
+                }
+            );
+            assert_eq!(
+                self.outcomes.get(&claim.id),
+                Some(&rec),
+                "the stored outcome is not the first reply"
+            );
             return Some(rec);
         }
         let (entry, reply) = match res {
@@ -573,7 +785,9 @@ impl Harness {
             Err(e) => panic!("claim rejected with {e:?}"),
             Ok(ok) => ok,
         };
-        let Reply::Claim { outcome } = reply else { panic!("reply {reply:?}") };
+        let Reply::Claim { outcome } = reply else {
+            panic!("reply {reply:?}")
+        };
         check_outcome(&before, &self.cell, claim, &outcome, entry.as_ref());
         if outcome.committed_count() > 0 {
             self.outcomes.insert(claim.id.clone(), outcome.clone());
@@ -583,44 +797,78 @@ impl Harness {
 }
 
 /// Properties 2, 3 and 6 for a claim that `before` decided into `outcome`, leading to `after`.
-fn check_outcome(before: &Cell, after: &Cell, claim: &Claim, outcome: &ClaimOutcome, entry: Option<&LogEntry>) {
+fn check_outcome(
+    before: &Cell,
+    after: &Cell,
+    claim: &Claim,
+    outcome: &ClaimOutcome,
+    entry: Option<&LogEntry>,
+) {
     assert_eq!(outcome.claim_id, claim.id);
     assert_eq!(outcome.placements.len(), claim.placements.len());
     for (p, o) in claim.placements.iter().zip(&outcome.placements) {
         assert_eq!(o.task_id, p.task_id);
         assert_eq!(o.agent_id, p.agent_id);
-        assert_eq!(o.committed, o.rejected.is_none(), "committed xor reason: {o:?}");
+        assert_eq!(
+            o.committed,
+            o.rejected.is_none(),
+            "committed xor reason: {o:?}"
+        );
     }
     let n = outcome.committed_count();
-    let gang_aborted = outcome.placements.iter().filter(|o| o.rejected == Some(RejectReason::GangAborted)).count();
+    let gang_aborted = outcome
+        .placements
+        .iter()
+        .filter(|o| o.rejected == Some(RejectReason::GangAborted))
+        .count();
     match claim.mode {
         CommitMode::AllOrNothing => {
-            assert!(n == 0 || n == claim.placements.len(), "gang half in: {outcome:?}");
+            assert!(
+                n == 0 || n == claim.placements.len(),
+                "gang half in: {outcome:?}"
+            );
             if n == 0 {
-                assert!(gang_aborted < claim.placements.len(), "gang aborted with no cause: {outcome:?}");
+                assert!(
+                    gang_aborted < claim.placements.len(),
+                    "gang aborted with no cause: {outcome:?}"
+                );
             }
         }
-        CommitMode::Incremental => assert_eq!(gang_aborted, 0, "GangAborted in an incremental claim"),
+        CommitMode::Incremental => {
+            assert_eq!(gang_aborted, 0, "GangAborted in an incremental claim")
+        }
     }
     if n > 0 {
         let e = entry.expect("a committed claim writes a log entry");
         assert_eq!(e.version, after.version());
         assert_eq!(outcome.committed_version, Some(after.version()));
-        assert_eq!(after.claim(&claim.id), Some(outcome), "a committed claim is recorded");
+        assert_eq!(
+            after.claim(&claim.id),
+            Some(outcome),
+            "a committed claim is recorded"
+        );
     } else {
         assert!(entry.is_none());
         assert_eq!(outcome.committed_version, None);
         assert_eq!(after.version(), before.version());
-        assert!(after.claim(&claim.id).is_none(), "a claim that committed nothing is not recorded");
+        assert!(
+            after.claim(&claim.id).is_none(),
+            "a claim that committed nothing is not recorded"
+        );
     }
     // Property 3: exactly the committed placements became tasks.
     assert_eq!(after.task_count(), before.task_count() + n);
     let mut on_agent: HashMap<&AgentId, usize> = HashMap::new();
     for (p, o) in claim.placements.iter().zip(&outcome.placements) {
-        let earlier_same_agent = *on_agent.entry(&p.agent_id).and_modify(|c| *c += 1).or_insert(0);
+        let earlier_same_agent = *on_agent
+            .entry(&p.agent_id)
+            .and_modify(|c| *c += 1)
+            .or_insert(0);
         let pre = before.agent(&p.agent_id);
         if o.committed {
-            let t = after.task(&p.task_id).expect("committed placement is a task");
+            let t = after
+                .task(&p.task_id)
+                .expect("committed placement is a task");
             assert!(before.task(&p.task_id).is_none());
             assert_eq!(t.claim_id, claim.id);
             assert_eq!(t.agent_id, p.agent_id);
@@ -632,7 +880,10 @@ fn check_outcome(before: &Cell, after: &Cell, claim: &Claim, outcome: &ClaimOutc
             assert_eq!(pre.state, AgentState::Active);
             assert!(pre.free().contains(&p.resources));
             if claim.check == ConflictCheck::Coarse {
-                assert!(pre.version <= claim.snapshot_version, "coarse claim committed on a moved agent");
+                assert!(
+                    pre.version <= claim.snapshot_version,
+                    "coarse claim committed on a moved agent"
+                );
             }
             assert_eq!(after.agent(&p.agent_id).unwrap().version, after.version());
         } else if let Some(t) = after.task(&p.task_id) {
@@ -642,20 +893,34 @@ fn check_outcome(before: &Cell, after: &Cell, claim: &Claim, outcome: &ClaimOutc
         // Reasons match the state the claim was decided against.
         match &o.rejected {
             Some(RejectReason::UnknownAgent) => assert!(pre.is_none()),
-            Some(RejectReason::AgentNotActive { state }) => assert_eq!(Some(*state), pre.map(|a| a.state)),
+            Some(RejectReason::AgentNotActive { state }) => {
+                assert_eq!(Some(*state), pre.map(|a| a.state))
+            }
             Some(RejectReason::AgentVersionMoved { agent_version }) => {
                 // Property 6: only the coarse check looks at agent versions.
-                assert_eq!(claim.check, ConflictCheck::Coarse, "fine-grained claim rejected for a version move");
+                assert_eq!(
+                    claim.check,
+                    ConflictCheck::Coarse,
+                    "fine-grained claim rejected for a version move"
+                );
                 assert_eq!(Some(*agent_version), pre.map(|a| a.version));
                 assert!(*agent_version > claim.snapshot_version);
             }
             Some(RejectReason::InsufficientResources { .. }) if earlier_same_agent == 0 => {
-                assert!(!pre.unwrap().free().contains(&p.resources), "rejected though free: {p:?}");
+                assert!(
+                    !pre.unwrap().free().contains(&p.resources),
+                    "rejected though free: {p:?}"
+                );
             }
             Some(RejectReason::DuplicateTaskId) => {
                 assert!(
                     before.task(&p.task_id).is_some()
-                        || claim.placements.iter().filter(|q| q.task_id == p.task_id).count() > 1
+                        || claim
+                            .placements
+                            .iter()
+                            .filter(|q| q.task_id == p.task_id)
+                            .count()
+                            > 1
                 );
             }
             _ => {}
@@ -699,7 +964,10 @@ struct AgentSpec {
 impl AgentSpec {
     /// The resources of the `index`th agent.
     fn resources(&self, index: usize) -> ResourceSet {
-        let mut v = vec![scalar("cpus", UNRESERVED, self.cpus as i64 * 100), scalar("mem", UNRESERVED, self.mem as i64 * 1000)];
+        let mut v = vec![
+            scalar("cpus", UNRESERVED, self.cpus as i64 * 100),
+            scalar("mem", UNRESERVED, self.mem as i64 * 1000),
+        ];
         let base = 31000 + 100 * index as u64;
         if self.ports > 0 {
             v.push(port_list(vec![(base, base + self.ports - 1)]));
@@ -712,8 +980,18 @@ impl AgentSpec {
 }
 
 fn agent_spec() -> impl Strategy<Value = AgentSpec> {
-    (10u32..=80, 256u32..=4096, 0u64..=8, prop::option::weighted(0.4, (0usize..3, 5u32..=20)))
-        .prop_map(|(cpus, mem, ports, reserved)| AgentSpec { cpus, mem, ports, reserved })
+    (
+        10u32..=80,
+        256u32..=4096,
+        0u64..=8,
+        prop::option::weighted(0.4, (0usize..3, 5u32..=20)),
+    )
+        .prop_map(|(cpus, mem, ports, reserved)| AgentSpec {
+            cpus,
+            mem,
+            ports,
+            reserved,
+        })
 }
 
 #[derive(Clone, Debug)]
@@ -727,8 +1005,16 @@ struct RoleSpec {
 
 impl RoleSpec {
     fn quota(&self) -> Quota {
-        let s = |(c, m): (u32, u32)| set(vec![scalar("cpus", UNRESERVED, c as i64 * 100), scalar("mem", UNRESERVED, m as i64 * 1000)]);
-        Quota { guarantee: self.guarantee.map(s).unwrap_or_default(), limit: self.limit.map(s) }
+        let s = |(c, m): (u32, u32)| {
+            set(vec![
+                scalar("cpus", UNRESERVED, c as i64 * 100),
+                scalar("mem", UNRESERVED, m as i64 * 1000),
+            ])
+        };
+        Quota {
+            guarantee: self.guarantee.map(s).unwrap_or_default(),
+            limit: self.limit.map(s),
+        }
     }
 }
 
@@ -738,7 +1024,11 @@ fn role_spec() -> impl Strategy<Value = RoleSpec> {
         prop::option::weighted(0.6, (5u32..=60, 200u32..=6000)),
         prop::option::weighted(0.3, (1u32..=20, 100u32..=2000)),
     )
-        .prop_map(|(weight, limit, guarantee)| RoleSpec { weight, limit, guarantee })
+        .prop_map(|(weight, limit, guarantee)| RoleSpec {
+            weight,
+            limit,
+            guarantee,
+        })
 }
 
 /// One placement as a scheduler intends it, made concrete against its snapshot.
@@ -767,11 +1057,22 @@ fn pspec() -> impl Strategy<Value = PSpec> {
         prop::bool::weighted(0.7),
         prop::option::weighted(0.05, any::<usize>()),
     )
-        .prop_map(|(agent, cpus, mem, ports, reserved, fit, dup)| PSpec { agent, cpus, mem, ports, reserved, fit, dup })
+        .prop_map(|(agent, cpus, mem, ports, reserved, fit, dup)| PSpec {
+            agent,
+            cpus,
+            mem,
+            ports,
+            reserved,
+            fit,
+            dup,
+        })
 }
 
 fn mode() -> impl Strategy<Value = CommitMode> {
-    prop_oneof![Just(CommitMode::AllOrNothing), Just(CommitMode::Incremental)]
+    prop_oneof![
+        Just(CommitMode::AllOrNothing),
+        Just(CommitMode::Incremental)
+    ]
 }
 
 fn check() -> impl Strategy<Value = ConflictCheck> {
@@ -783,14 +1084,25 @@ fn task_state() -> impl Strategy<Value = TaskState> {
 }
 
 fn terminal_state() -> impl Strategy<Value = TaskState> {
-    prop::sample::select(TaskState::ALL.into_iter().filter(|s| s.is_terminal()).collect::<Vec<_>>())
+    prop::sample::select(
+        TaskState::ALL
+            .into_iter()
+            .filter(|s| s.is_terminal())
+            .collect::<Vec<_>>(),
+    )
 }
 
 #[derive(Clone, Debug)]
 enum Op {
     /// Scheduler `n` refreshes its snapshot.
     Snapshot(usize),
-    Claim { sched: usize, role: usize, mode: CommitMode, check: ConflictCheck, placements: Vec<PSpec> },
+    Claim {
+        sched: usize,
+        role: usize,
+        mode: CommitMode,
+        check: ConflictCheck,
+        placements: Vec<PSpec>,
+    },
     Resubmit(usize),
     Status(usize, TaskState, bool),
     Kill(usize),
@@ -816,13 +1128,23 @@ fn op() -> impl Strategy<Value = Op> {
 }
 
 /// A scheduler's claim, decided against its (possibly stale) snapshot.
-fn build_claim(snap: &Cell, id: String, role: &str, mode: CommitMode, check: ConflictCheck, specs: &[PSpec], next_task: &mut u64) -> Claim {
+fn build_claim(
+    snap: &Cell,
+    id: String,
+    role: &str,
+    mode: CommitMode,
+    check: ConflictCheck,
+    specs: &[PSpec],
+    next_task: &mut u64,
+) -> Claim {
     let agents = sorted_agents(snap);
     let mut planned: HashMap<AgentId, ResourceSet> = HashMap::new();
     let mut placements = Vec::new();
     for s in specs {
         let task_id = match s.dup {
-            Some(k) if snap.task_count() > 0 => sorted_tasks(snap)[k % snap.task_count()].id.clone(),
+            Some(k) if snap.task_count() > 0 => {
+                sorted_tasks(snap)[k % snap.task_count()].id.clone()
+            }
             _ => {
                 *next_task += 1;
                 TaskId::new(format!("t{next_task}"))
@@ -833,16 +1155,38 @@ fn build_claim(snap: &Cell, id: String, role: &str, mode: CommitMode, check: Con
                 let a = agents[k % agents.len()];
                 let none = ResourceSet::new();
                 let p = planned.get(&a.id).unwrap_or(&none);
-                (a.id.clone(), minus_lenient(&a.free(), p), minus_lenient(&a.total, p))
+                (
+                    a.id.clone(),
+                    minus_lenient(&a.free(), p),
+                    minus_lenient(&a.total, p),
+                )
             }
-            _ => (AgentId::new("ghost"), ResourceSet::new(), ResourceSet::new()),
+            _ => (
+                AgentId::new("ghost"),
+                ResourceSet::new(),
+                ResourceSet::new(),
+            ),
         };
-        let fit = |want: i64, have: i64| if s.fit && have > 0 { want.min(have) } else { want };
+        let fit = |want: i64, have: i64| {
+            if s.fit && have > 0 {
+                want.min(have)
+            } else {
+                want
+            }
+        };
         let want_cpus = s.cpus as i64 * 100;
         let cpu_role = if s.reserved { role } else { UNRESERVED };
-        let mut v = vec![scalar("cpus", cpu_role, fit(want_cpus, scalar_of(&avail, "cpus", cpu_role)))];
+        let mut v = vec![scalar(
+            "cpus",
+            cpu_role,
+            fit(want_cpus, scalar_of(&avail, "cpus", cpu_role)),
+        )];
         if s.mem > 0 {
-            v.push(scalar("mem", UNRESERVED, fit(s.mem as i64 * 1000, scalar_of(&avail, "mem", UNRESERVED))));
+            v.push(scalar(
+                "mem",
+                UNRESERVED,
+                fit(s.mem as i64 * 1000, scalar_of(&avail, "mem", UNRESERVED)),
+            ));
         }
         if s.ports > 0 {
             // Not enough free: ask for ports someone else may hold (never ports this claim
@@ -855,14 +1199,32 @@ fn build_claim(snap: &Cell, id: String, role: &str, mode: CommitMode, check: Con
         let resources = set(v);
         // A scheduler may ask for what it already planned (the commit path must refuse it).
         let _ = planned.entry(agent_id.clone()).or_default().add(&resources);
-        placements.push(Placement { task_id, name: "task".into(), agent_id, resources, spec: TaskSpec::empty() });
+        placements.push(Placement {
+            task_id,
+            name: "task".into(),
+            agent_id,
+            resources,
+            spec: TaskSpec::empty(),
+        });
     }
-    Claim { id: ClaimId::new(id), role: role.into(), owner: "sched".into(), snapshot_version: snap.version(), mode, check, placements }
+    Claim {
+        id: ClaimId::new(id),
+        role: role.into(),
+        owner: "sched".into(),
+        snapshot_version: snap.version(),
+        mode,
+        check,
+        placements,
+    }
 }
 
 fn status_info(fresh: bool, n: u64) -> StatusInfo {
     if fresh {
-        StatusInfo { message: Some(format!("update {n}")), timestamp: NOW + n, ..StatusInfo::default() }
+        StatusInfo {
+            message: Some(format!("update {n}")),
+            timestamp: NOW + n,
+            ..StatusInfo::default()
+        }
     } else {
         StatusInfo::default()
     }
@@ -875,7 +1237,8 @@ fn run_scenario(agents: &[AgentSpec], roles: &[RoleSpec], ops: &[Op]) {
         h.configure_role(ROLES[i], r.weight as f64 / 10.0, r.quota());
     }
     for (i, a) in agents.iter().enumerate() {
-        h.register(None, &format!("host{i}"), a.resources(i)).expect("agent registers");
+        h.register(None, &format!("host{i}"), a.resources(i))
+            .expect("agent registers");
     }
     let mut scheds = vec![h.cell.clone(); 3];
     let mut submitted: Vec<Claim> = Vec::new();
@@ -883,9 +1246,23 @@ fn run_scenario(agents: &[AgentSpec], roles: &[RoleSpec], ops: &[Op]) {
     for (step, op) in ops.iter().enumerate() {
         match op {
             Op::Snapshot(s) => scheds[*s] = h.cell.clone(),
-            Op::Claim { sched, role, mode, check, placements } => {
+            Op::Claim {
+                sched,
+                role,
+                mode,
+                check,
+                placements,
+            } => {
                 let id = format!("claim{step}");
-                let claim = build_claim(&scheds[*sched], id, ROLES[*role], *mode, *check, placements, &mut next_task);
+                let claim = build_claim(
+                    &scheds[*sched],
+                    id,
+                    ROLES[*role],
+                    *mode,
+                    *check,
+                    placements,
+                    &mut next_task,
+                );
                 h.claim(&claim);
                 submitted.push(claim);
             }
@@ -909,7 +1286,14 @@ fn run_scenario(agents: &[AgentSpec], roles: &[RoleSpec], ops: &[Op]) {
             }
             Op::SetAgent(k, gone) => {
                 let id = sorted_agents(&h.cell)[k % h.cell.agent_count()].id.clone();
-                h.set_agent(&id, if *gone { AgentState::Gone } else { AgentState::Unreachable });
+                h.set_agent(
+                    &id,
+                    if *gone {
+                        AgentState::Gone
+                    } else {
+                        AgentState::Unreachable
+                    },
+                );
             }
             Op::Reregister(k, kind) => {
                 let a = sorted_agents(&h.cell)[k % h.cell.agent_count()].clone();
@@ -1147,21 +1531,45 @@ proptest! {
 }
 
 fn res_name() -> impl Strategy<Value = String> {
-    prop::sample::select(vec!["cpus", "mem", "ports", "zones", "", " gpus ", "c(pus", "x)", "a[", "disk"]).prop_map(String::from)
+    prop::sample::select(vec![
+        "cpus", "mem", "ports", "zones", "", " gpus ", "c(pus", "x)", "a[", "disk",
+    ])
+    .prop_map(String::from)
 }
 
 fn res_role() -> impl Strategy<Value = Option<String>> {
-    prop::option::weighted(0.3, prop::sample::select(vec!["web", "", " db ", "a(b)", "(", "*"]).prop_map(String::from))
+    prop::option::weighted(
+        0.3,
+        prop::sample::select(vec!["web", "", " db ", "a(b)", "(", "*"]).prop_map(String::from),
+    )
 }
 
 fn res_value() -> impl Strategy<Value = String> {
     prop_oneof![
         (0u64..10_000_000).prop_map(|n| format!("{}", n as f64 / 1000.0)),
-        prop::sample::select(vec!["-1", "NaN", "inf", "1e300", "1e12", "abc", "", "0", " 2 ", "0.0005"]).prop_map(String::from),
+        prop::sample::select(vec![
+            "-1", "NaN", "inf", "1e300", "1e12", "abc", "", "0", " 2 ", "0.0005"
+        ])
+        .prop_map(String::from),
         prop::collection::vec((0u64..70_000, 0u64..70_000), 0..4).prop_map(|v| {
-            format!("[{}]", v.iter().map(|(b, e)| format!("{b}-{e}")).collect::<Vec<_>>().join(","))
+            format!(
+                "[{}]",
+                v.iter()
+                    .map(|(b, e)| format!("{b}-{e}"))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            )
         }),
-        prop::sample::select(vec!["[1-", "[a]", "[5-1]", "[0-18446744073709551615]", "[1-2,,3-4]", "[ 1 - 2 ]", "[-]"]).prop_map(String::from),
+        prop::sample::select(vec![
+            "[1-",
+            "[a]",
+            "[5-1]",
+            "[0-18446744073709551615]",
+            "[1-2,,3-4]",
+            "[ 1 - 2 ]",
+            "[-]"
+        ])
+        .prop_map(String::from),
         prop::collection::vec("[a-c]{0,2}", 0..4).prop_map(|v| format!("{{{}}}", v.join(","))),
         prop::sample::select(vec!["{", "{}", "{a}}", "}", "{a,,b}"]).prop_map(String::from),
     ]
@@ -1172,7 +1580,9 @@ fn res_value() -> impl Strategy<Value = String> {
 // ---------------------------------------------------------------------------------------------
 
 fn two_agents(h: &mut Harness) -> (AgentId, AgentId) {
-    let a = h.register(None, "a", rs("cpus:4;mem:1024;ports:[31000-31009]")).unwrap();
+    let a = h
+        .register(None, "a", rs("cpus:4;mem:1024;ports:[31000-31009]"))
+        .unwrap();
     let b = h.register(None, "b", rs("cpus:2;mem:512")).unwrap();
     (a, b)
 }
@@ -1182,20 +1592,42 @@ fn gang_claim_is_all_in_or_all_out() {
     let mut h = Harness::new(true);
     let (a, b) = two_agents(&mut h);
     let v = h.cell.version();
-    let c = claim_of("g1", "web", v, CommitMode::AllOrNothing, ConflictCheck::Fine, vec![
-        placement("t1", &a, "cpus:1"),
-        placement("t2", &b, "cpus:3"),
-        placement("t3", &a, "cpus:1"),
-    ]);
+    let c = claim_of(
+        "g1",
+        "web",
+        v,
+        CommitMode::AllOrNothing,
+        ConflictCheck::Fine,
+        vec![
+            placement("t1", &a, "cpus:1"),
+            placement("t2", &b, "cpus:3"),
+            placement("t3", &a, "cpus:1"),
+        ],
+    );
     let out = h.claim(&c).unwrap();
     assert_eq!(out.committed_count(), 0);
     assert_eq!(out.placements[0].rejected, Some(RejectReason::GangAborted));
-    assert_eq!(out.placements[1].rejected, Some(RejectReason::InsufficientResources { resource: "cpus".into() }));
+    assert_eq!(
+        out.placements[1].rejected,
+        Some(RejectReason::InsufficientResources {
+            resource: "cpus".into()
+        })
+    );
     assert_eq!(out.placements[2].rejected, Some(RejectReason::GangAborted));
     assert_eq!(h.cell.task_count(), 0);
-    let c = Claim { id: ClaimId::new("i1"), mode: CommitMode::Incremental, ..c };
+    let c = Claim {
+        id: ClaimId::new("i1"),
+        mode: CommitMode::Incremental,
+        ..c
+    };
     let out = h.claim(&c).unwrap();
-    assert_eq!(out.placements.iter().map(|o| o.committed).collect::<Vec<_>>(), [true, false, true]);
+    assert_eq!(
+        out.placements
+            .iter()
+            .map(|o| o.committed)
+            .collect::<Vec<_>>(),
+        [true, false, true]
+    );
     assert_eq!(h.cell.task_count(), 2);
     check_replay(&h.cell, &h.log);
     check_restart(&h.cell);
@@ -1206,21 +1638,57 @@ fn claim_ids_are_idempotent_once_committed() {
     let mut h = Harness::new(true);
     let (a, _) = two_agents(&mut h);
     let v = h.cell.version();
-    let c = claim_of("c1", "web", v, CommitMode::AllOrNothing, ConflictCheck::Fine, vec![placement("t1", &a, "cpus:1")]);
+    let c = claim_of(
+        "c1",
+        "web",
+        v,
+        CommitMode::AllOrNothing,
+        ConflictCheck::Fine,
+        vec![placement("t1", &a, "cpus:1")],
+    );
     let first = h.claim(&c).unwrap();
     assert_eq!(first.committed_count(), 1);
-    h.status(&TaskId::new("t1"), TaskState::Finished, StatusInfo::default());
+    h.status(
+        &TaskId::new("t1"),
+        TaskState::Finished,
+        StatusInfo::default(),
+    );
     // Later, with a different body under the same id: still the original outcome, nothing new.
     let version = h.cell.version();
-    let again = claim_of("c1", "db", 0, CommitMode::Incremental, ConflictCheck::Coarse, vec![placement("t9", &a, "cpus:1")]);
+    let again = claim_of(
+        "c1",
+        "db",
+        0,
+        CommitMode::Incremental,
+        ConflictCheck::Coarse,
+        vec![placement("t9", &a, "cpus:1")],
+    );
     assert_eq!(h.claim(&again).unwrap(), first);
     assert_eq!(h.cell.version(), version);
     assert!(h.cell.task(&TaskId::new("t9")).is_none());
 
     // A claim that committed nothing is not recorded: the same id may be retried.
-    let big = claim_of("c2", "web", version, CommitMode::Incremental, ConflictCheck::Fine, vec![placement("t2", &a, "cpus:4")]);
-    h.status(&TaskId::new("t1"), TaskState::Finished, StatusInfo::default());
-    let c3 = claim_of("c3", "web", version, CommitMode::Incremental, ConflictCheck::Fine, vec![placement("t3", &a, "cpus:1")]);
+    let big = claim_of(
+        "c2",
+        "web",
+        version,
+        CommitMode::Incremental,
+        ConflictCheck::Fine,
+        vec![placement("t2", &a, "cpus:4")],
+    );
+    h.status(
+        &TaskId::new("t1"),
+        TaskState::Finished,
+        StatusInfo::default(),
+    );
+    let c3 = claim_of(
+        "c3",
+        "web",
+        version,
+        CommitMode::Incremental,
+        ConflictCheck::Fine,
+        vec![placement("t3", &a, "cpus:1")],
+    );
     h.claim(&c3).unwrap();
     let out = h.claim(&big).unwrap();
     assert_eq!(out.committed_count(), 0);
@@ -1238,14 +1706,46 @@ fn oversized_claims_and_specs_are_invalid() {
     let mut h = Harness::new(false);
     let (a, _) = two_agents(&mut h);
     let v = h.cell.version();
-    let many: Vec<Placement> = (0..=shoal_core::limits::CLAIM_PLACEMENTS_MAX).map(|i| placement(&format!("t{i}"), &a, "cpus:0.001")).collect();
-    let c = claim_of("many", "web", v, CommitMode::Incremental, ConflictCheck::Fine, many);
-    assert!(matches!(h.cell.commit(NOW, &Command::Claim(c)), Err(Rejection::Invalid(_))));
+    let many: Vec<Placement> = (0..=shoal_core::limits::CLAIM_PLACEMENTS_MAX)
+        .map(|i| placement(&format!("t{i}"), &a, "cpus:0.001"))
+        .collect();
+    let c = claim_of(
+        "many",
+        "web",
+        v,
+        CommitMode::Incremental,
+        ConflictCheck::Fine,
+        many,
+    );
+    assert!(matches!(
+        h.cell.commit(NOW, &Command::Claim(c)),
+        Err(Rejection::Invalid(_))
+    ));
     let mut p = placement("big", &a, "cpus:1");
-    p.spec = TaskSpec(format!("\"{}\"", "x".repeat(shoal_core::limits::TASK_SPEC_BYTES_MAX)).into());
-    let c = claim_of("big", "web", v, CommitMode::Incremental, ConflictCheck::Fine, vec![p]);
+    p.spec = TaskSpec(
+        format!(
+            "\"{}\"",
+            "x".repeat(shoal_core::limits::TASK_SPEC_BYTES_MAX)
+        )
+        .into(),
+    );
+    let c = claim_of(
+        "big",
+        "web",
+        v,
+        CommitMode::Incremental,
+        ConflictCheck::Fine,
+        vec![p],
+    );
     assert!(h.claim(&c).is_none());
-    let c = claim_of("ahead", "web", v + 1, CommitMode::Incremental, ConflictCheck::Fine, vec![placement("t", &a, "cpus:1")]);
+    let c = claim_of(
+        "ahead",
+        "web",
+        v + 1,
+        CommitMode::Incremental,
+        ConflictCheck::Fine,
+        vec![placement("t", &a, "cpus:1")],
+    );
     assert!(h.claim(&c).is_none());
     assert_eq!(h.cell.version(), v);
 }
@@ -1254,26 +1754,71 @@ fn oversized_claims_and_specs_are_invalid() {
 fn quota_limit_and_guarantees_hold() {
     let mut h = Harness::new(true);
     let (a, b) = two_agents(&mut h);
-    assert!(h.configure_role("web", 1.0, Quota { guarantee: ResourceSet::new(), limit: Some(rs("cpus:2")) }));
-    assert!(h.configure_role("db", 1.0, Quota { guarantee: rs("cpus:2"), limit: None }));
-    assert!(!h.configure_role("bad", 1.0, Quota { guarantee: rs("cpus:3"), limit: Some(rs("cpus:2")) }));
+    assert!(h.configure_role(
+        "web",
+        1.0,
+        Quota {
+            guarantee: ResourceSet::new(),
+            limit: Some(rs("cpus:2"))
+        }
+    ));
+    assert!(h.configure_role(
+        "db",
+        1.0,
+        Quota {
+            guarantee: rs("cpus:2"),
+            limit: None
+        }
+    ));
+    assert!(!h.configure_role(
+        "bad",
+        1.0,
+        Quota {
+            guarantee: rs("cpus:3"),
+            limit: Some(rs("cpus:2"))
+        }
+    ));
     assert!(!h.configure_role("zero", 0.0, Quota::default()));
     let v = h.cell.version();
-    let c = claim_of("w", "web", v, CommitMode::Incremental, ConflictCheck::Fine, vec![
-        placement("w1", &a, "cpus:1.5"),
-        placement("w2", &b, "cpus:1"),
-        placement("w3", &b, "cpus:0.5"),
-    ]);
+    let c = claim_of(
+        "w",
+        "web",
+        v,
+        CommitMode::Incremental,
+        ConflictCheck::Fine,
+        vec![
+            placement("w1", &a, "cpus:1.5"),
+            placement("w2", &b, "cpus:1"),
+            placement("w3", &b, "cpus:0.5"),
+        ],
+    );
     let out = h.claim(&c).unwrap();
-    assert_eq!(out.placements[1].rejected, Some(RejectReason::QuotaLimit { resource: "cpus".into() }));
+    assert_eq!(
+        out.placements[1].rejected,
+        Some(RejectReason::QuotaLimit {
+            resource: "cpus".into()
+        })
+    );
     assert_eq!(out.committed_count(), 2);
     // 6 cpus in the cell, web holds 2, db is guaranteed 2: batch may take 2 at most.
-    let c = claim_of("b", "batch", v, CommitMode::Incremental, ConflictCheck::Fine, vec![
-        placement("b1", &a, "cpus:2"),
-        placement("b2", &b, "cpus:0.5"),
-    ]);
+    let c = claim_of(
+        "b",
+        "batch",
+        v,
+        CommitMode::Incremental,
+        ConflictCheck::Fine,
+        vec![
+            placement("b1", &a, "cpus:2"),
+            placement("b2", &b, "cpus:0.5"),
+        ],
+    );
     let out = h.claim(&c).unwrap();
-    assert_eq!(out.placements[1].rejected, Some(RejectReason::QuotaHeadroom { resource: "cpus".into() }));
+    assert_eq!(
+        out.placements[1].rejected,
+        Some(RejectReason::QuotaHeadroom {
+            resource: "cpus".into()
+        })
+    );
     check_replay(&h.cell, &h.log);
     check_restart(&h.cell);
 }
@@ -1283,17 +1828,31 @@ fn agent_lifecycle_frees_and_restores() {
     let mut h = Harness::new(true);
     let (a, _) = two_agents(&mut h);
     let v = h.cell.version();
-    let c = claim_of("c", "web", v, CommitMode::Incremental, ConflictCheck::Fine, vec![
-        placement("t1", &a, "cpus:1;ports:[31000-31001]"),
-        placement("t2", &a, "cpus:1"),
-    ]);
+    let c = claim_of(
+        "c",
+        "web",
+        v,
+        CommitMode::Incremental,
+        ConflictCheck::Fine,
+        vec![
+            placement("t1", &a, "cpus:1;ports:[31000-31001]"),
+            placement("t2", &a, "cpus:1"),
+        ],
+    );
     h.claim(&c).unwrap();
-    h.status(&TaskId::new("t2"), TaskState::Running, StatusInfo::default());
+    h.status(
+        &TaskId::new("t2"),
+        TaskState::Running,
+        StatusInfo::default(),
+    );
     h.set_agent(&a, AgentState::Unreachable);
     h.kill(&TaskId::new("t1")); // not reachable: killed at once
     h.register(Some(&a), "a", rs("cpus:0.5")); // does not cover t2: conflict
     h.register(Some(&a), "a", rs("cpus:4;mem:1024;ports:[31000-31009]"));
-    assert_eq!(h.cell.task(&TaskId::new("t2")).unwrap().state, TaskState::Running);
+    assert_eq!(
+        h.cell.task(&TaskId::new("t2")).unwrap().state,
+        TaskState::Running
+    );
     h.set_agent(&a, AgentState::Active); // only by registering
     h.set_agent(&a, AgentState::Gone);
     h.set_agent(&a, AgentState::Unreachable); // gone is final
@@ -1311,12 +1870,20 @@ fn agent_lifecycle_frees_and_restores() {
 #[test]
 fn regression_mixed_types_in_one_claim_panic_decide() {
     let mut cell = Cell::new(config());
-    cell.commit(NOW, &register_cmd(None, "a", rs("cpus:4"))).unwrap();
+    cell.commit(NOW, &register_cmd(None, "a", rs("cpus:4")))
+        .unwrap();
     let a = AgentId::new("c-S1");
-    let c = claim_of("c", "web", 1, CommitMode::Incremental, ConflictCheck::Fine, vec![
-        placement("t1", &a, "cpus:1"),
-        placement("t2", &a, "cpus:[1-2]"),
-    ]);
+    let c = claim_of(
+        "c",
+        "web",
+        1,
+        CommitMode::Incremental,
+        ConflictCheck::Fine,
+        vec![
+            placement("t1", &a, "cpus:1"),
+            placement("t2", &a, "cpus:[1-2]"),
+        ],
+    );
     // Expected: the second placement is rejected (or the claim is Invalid); not a panic.
     let res = cell.commit(NOW, &Command::Claim(c));
     assert!(res.is_ok() || matches!(res, Err(Rejection::Invalid(_))));
@@ -1326,12 +1893,28 @@ fn regression_mixed_types_in_one_claim_panic_decide() {
 #[test]
 fn regression_mixed_types_across_agents_panic_apply() {
     let mut cell = Cell::new(config());
-    cell.commit(NOW, &register_cmd(None, "a", rs("foo:4"))).unwrap();
-    cell.commit(NOW, &register_cmd(None, "b", rs("foo:[1-10]"))).unwrap();
+    cell.commit(NOW, &register_cmd(None, "a", rs("foo:4")))
+        .unwrap();
+    cell.commit(NOW, &register_cmd(None, "b", rs("foo:[1-10]")))
+        .unwrap();
     let (a, b) = (AgentId::new("c-S1"), AgentId::new("c-S2"));
-    let c1 = claim_of("c1", "web", 2, CommitMode::Incremental, ConflictCheck::Fine, vec![placement("t1", &a, "foo:1")]);
+    let c1 = claim_of(
+        "c1",
+        "web",
+        2,
+        CommitMode::Incremental,
+        ConflictCheck::Fine,
+        vec![placement("t1", &a, "foo:1")],
+    );
     cell.commit(NOW, &Command::Claim(c1)).unwrap();
-    let c2 = claim_of("c2", "web", 3, CommitMode::Incremental, ConflictCheck::Fine, vec![placement("t2", &b, "foo:[1-2]")]);
+    let c2 = claim_of(
+        "c2",
+        "web",
+        3,
+        CommitMode::Incremental,
+        ConflictCheck::Fine,
+        vec![placement("t2", &b, "foo:[1-2]")],
+    );
     let res = cell.commit(NOW, &Command::Claim(c2)); // panics here
     assert!(res.is_ok() || res.is_err());
     cell.check_invariants().unwrap();
@@ -1341,11 +1924,17 @@ fn regression_mixed_types_across_agents_panic_apply() {
 fn regression_scalar_sums_overflow() {
     let text = vec!["cpus:1000000000000"; 10].join(";");
     let parsed = std::panic::catch_unwind(|| ResourceSet::parse(&text));
-    assert!(matches!(parsed, Ok(Err(_))), "parse must refuse (or saturate), not panic/wrap: {parsed:?}");
+    assert!(
+        matches!(parsed, Ok(Err(_))),
+        "parse must refuse (or saturate), not panic/wrap: {parsed:?}"
+    );
     // The same through the cell: ten agents of 1e15 mem overflow cluster_total.
     let mut cell = Cell::new(config());
     for i in 0..10 {
-        let r = cell.commit(NOW, &register_cmd(None, &format!("h{i}"), rs("mem:1000000000000")));
+        let r = cell.commit(
+            NOW,
+            &register_cmd(None, &format!("h{i}"), rs("mem:1000000000000")),
+        );
         assert!(r.is_ok() || r.is_err());
     }
     assert!(cell.cluster_free().values().all(|m| m.0 >= 0));
@@ -1354,16 +1943,37 @@ fn regression_scalar_sums_overflow() {
 #[test]
 fn regression_one_claim_books_one_port_twice() {
     let mut cell = Cell::new(config());
-    cell.commit(NOW, &register_cmd(None, "a", rs("cpus:1;ports:[31000-31000]"))).unwrap();
+    cell.commit(
+        NOW,
+        &register_cmd(None, "a", rs("cpus:1;ports:[31000-31000]")),
+    )
+    .unwrap();
     let a = AgentId::new("c-S1");
-    let c = claim_of("c", "web", 1, CommitMode::Incremental, ConflictCheck::Fine, vec![
-        placement("t1", &a, "ports:[31000-31000]"),
-        placement("t2", &a, "ports:[31000-31000]"),
-    ]);
+    let c = claim_of(
+        "c",
+        "web",
+        1,
+        CommitMode::Incremental,
+        ConflictCheck::Fine,
+        vec![
+            placement("t1", &a, "ports:[31000-31000]"),
+            placement("t2", &a, "ports:[31000-31000]"),
+        ],
+    );
     let (_, reply) = cell.commit(NOW, &Command::Claim(c)).unwrap();
-    let Reply::Claim { outcome } = reply else { panic!() };
-    assert_eq!(outcome.committed_count(), 1, "port 31000 was booked twice: {outcome:?}");
-    let finish = |t: &str| Command::UpdateTaskStatus { task_id: TaskId::new(t), state: TaskState::Finished, status: StatusInfo::default() };
+    let Reply::Claim { outcome } = reply else {
+        panic!()
+    };
+    assert_eq!(
+        outcome.committed_count(),
+        1,
+        "port 31000 was booked twice: {outcome:?}"
+    );
+    let finish = |t: &str| Command::UpdateTaskStatus {
+        task_id: TaskId::new(t),
+        state: TaskState::Finished,
+        status: StatusInfo::default(),
+    };
     cell.commit(NOW, &finish("t1")).unwrap();
     cell.check_invariants().unwrap();
     let _ = cell.commit(NOW, &finish("t2"));
@@ -1373,16 +1983,35 @@ fn regression_one_claim_books_one_port_twice() {
 #[test]
 fn regression_same_port_on_two_agents_breaks_role_consumed() {
     let mut cell = Cell::new(config());
-    cell.commit(NOW, &register_cmd(None, "a", rs("cpus:1;ports:[31000-31000]"))).unwrap();
-    cell.commit(NOW, &register_cmd(None, "b", rs("cpus:1;ports:[31000-31000]"))).unwrap();
+    cell.commit(
+        NOW,
+        &register_cmd(None, "a", rs("cpus:1;ports:[31000-31000]")),
+    )
+    .unwrap();
+    cell.commit(
+        NOW,
+        &register_cmd(None, "b", rs("cpus:1;ports:[31000-31000]")),
+    )
+    .unwrap();
     let (a, b) = (AgentId::new("c-S1"), AgentId::new("c-S2"));
-    let c = claim_of("c", "web", 2, CommitMode::AllOrNothing, ConflictCheck::Fine, vec![
-        placement("t1", &a, "ports:[31000-31000]"),
-        placement("t2", &b, "ports:[31000-31000]"),
-    ]);
+    let c = claim_of(
+        "c",
+        "web",
+        2,
+        CommitMode::AllOrNothing,
+        ConflictCheck::Fine,
+        vec![
+            placement("t1", &a, "ports:[31000-31000]"),
+            placement("t2", &b, "ports:[31000-31000]"),
+        ],
+    );
     cell.commit(NOW, &Command::Claim(c)).unwrap();
     cell.check_invariants().unwrap();
-    let finish = |t: &str| Command::UpdateTaskStatus { task_id: TaskId::new(t), state: TaskState::Finished, status: StatusInfo::default() };
+    let finish = |t: &str| Command::UpdateTaskStatus {
+        task_id: TaskId::new(t),
+        state: TaskState::Finished,
+        status: StatusInfo::default(),
+    };
     cell.commit(NOW, &finish("t1")).unwrap();
     cell.check_invariants().unwrap(); // fails: role web consumed {} but its tasks hold ports:[31000-31000]
     cell.commit(NOW, &finish("t2")).unwrap(); // panics: "a live task's resources are consumed"
@@ -1394,8 +2023,16 @@ fn regression_same_port_on_two_agents_breaks_role_consumed() {
 #[test]
 fn log_entries_and_commands_read_back_from_json() {
     let mut cell = Cell::new(config());
-    cell.commit(NOW, &register_cmd(None, "a", rs("cpus:1"))).unwrap();
-    let c = claim_of("c", "web", 1, CommitMode::AllOrNothing, ConflictCheck::Fine, vec![placement("t1", &AgentId::new("c-S1"), "cpus:1")]);
+    cell.commit(NOW, &register_cmd(None, "a", rs("cpus:1")))
+        .unwrap();
+    let c = claim_of(
+        "c",
+        "web",
+        1,
+        CommitMode::AllOrNothing,
+        ConflictCheck::Fine,
+        vec![placement("t1", &AgentId::new("c-S1"), "cpus:1")],
+    );
     let cmd = Command::Claim(c);
     let text = serde_json::to_string(&cmd).unwrap();
     let back: Result<Command, _> = serde_json::from_str(&text);
@@ -1411,12 +2048,27 @@ fn log_entries_and_commands_read_back_from_json() {
 fn regression_generated_agent_id_collides_with_chosen_id() {
     let mut cell = Cell::new(config());
     let chosen = AgentId::new("c-S3");
-    cell.commit(NOW, &register_cmd(Some(&chosen), "one", rs("cpus:4"))).unwrap(); // v1
-    let c = claim_of("c", "web", 1, CommitMode::Incremental, ConflictCheck::Fine, vec![placement("t", &chosen, "cpus:4")]);
+    cell.commit(NOW, &register_cmd(Some(&chosen), "one", rs("cpus:4")))
+        .unwrap(); // v1
+    let c = claim_of(
+        "c",
+        "web",
+        1,
+        CommitMode::Incremental,
+        ConflictCheck::Fine,
+        vec![placement("t", &chosen, "cpus:4")],
+    );
     cell.commit(NOW, &Command::Claim(c)).unwrap(); // v2
-    // v3: a brand-new agent, no id: gets "c-S3" and panics (allocated cpus:4 > total cpus:1).
-    let (_, reply) = cell.commit(NOW, &register_cmd(None, "two", rs("cpus:1"))).unwrap();
-    assert_ne!(reply, Reply::Agent { agent_id: chosen.clone() });
+                                                   // v3: a brand-new agent, no id: gets "c-S3" and panics (allocated cpus:4 > total cpus:1).
+    let (_, reply) = cell
+        .commit(NOW, &register_cmd(None, "two", rs("cpus:1")))
+        .unwrap();
+    assert_ne!(
+        reply,
+        Reply::Agent {
+            agent_id: chosen.clone()
+        }
+    );
     assert_eq!(cell.agent_count(), 2);
     assert_eq!(cell.agent(&chosen).unwrap().hostname, "one");
 }
@@ -1470,7 +2122,10 @@ struct SeedGuard(u64);
 impl Drop for SeedGuard {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            eprintln!("simulation failed with seed {0}: replay with SHOAL_SIM_SEED={0}", self.0);
+            eprintln!(
+                "simulation failed with seed {0}: replay with SHOAL_SIM_SEED={0}",
+                self.0
+            );
         }
     }
 }
@@ -1497,7 +2152,10 @@ struct SimStats {
 
 fn sim_claim(rng: &mut Rng, sched: &SimSched, id: String, next_task: &mut u64) -> Option<Claim> {
     let snap = &sched.snapshot;
-    let agents: Vec<&Agent> = sorted_agents(snap).into_iter().filter(|a| a.state == AgentState::Active).collect();
+    let agents: Vec<&Agent> = sorted_agents(snap)
+        .into_iter()
+        .filter(|a| a.state == AgentState::Active)
+        .collect();
     if agents.is_empty() {
         return None;
     }
@@ -1516,8 +2174,14 @@ fn sim_claim(rng: &mut Rng, sched: &SimSched, id: String, next_task: &mut u64) -
             if let Some(p) = planned.get(&a.id) {
                 avail = minus_lenient(&avail, p);
             }
-            let cpu_role = if scalar_of(&avail, "cpus", sched.role) >= cpus { sched.role } else { UNRESERVED };
-            if scalar_of(&avail, "cpus", cpu_role) < cpus || scalar_of(&avail, "mem", UNRESERVED) < mem {
+            let cpu_role = if scalar_of(&avail, "cpus", sched.role) >= cpus {
+                sched.role
+            } else {
+                UNRESERVED
+            };
+            if scalar_of(&avail, "cpus", cpu_role) < cpus
+                || scalar_of(&avail, "mem", UNRESERVED) < mem
+            {
                 continue;
             }
             let ports = if nports > 0 {
@@ -1528,7 +2192,10 @@ fn sim_claim(rng: &mut Rng, sched: &SimSched, id: String, next_task: &mut u64) -
             } else {
                 None
             };
-            let mut v = vec![scalar("cpus", cpu_role, cpus), scalar("mem", UNRESERVED, mem)];
+            let mut v = vec![
+                scalar("cpus", cpu_role, cpus),
+                scalar("mem", UNRESERVED, mem),
+            ];
             if let Some(p) = ports {
                 v.push(port_list(p));
             }
@@ -1538,11 +2205,17 @@ fn sim_claim(rng: &mut Rng, sched: &SimSched, id: String, next_task: &mut u64) -
         if chosen.is_none() && rng.chance(20) {
             // A scheduler that asks for more than it saw free.
             let a = rng.pick(&agents).unwrap();
-            chosen = Some((a.id.clone(), set(vec![scalar("cpus", UNRESERVED, cpus), scalar("mem", UNRESERVED, mem)])));
+            chosen = Some((
+                a.id.clone(),
+                set(vec![
+                    scalar("cpus", UNRESERVED, cpus),
+                    scalar("mem", UNRESERVED, mem),
+                ]),
+            ));
         }
         if let Some((agent_id, resources)) = chosen {
             // A scheduler may ask for what it already planned (the commit path must refuse it).
-        let _ = planned.entry(agent_id.clone()).or_default().add(&resources);
+            let _ = planned.entry(agent_id.clone()).or_default().add(&resources);
             *next_task += 1;
             placements.push(Placement {
                 task_id: TaskId::new(format!("t{next_task}")),
@@ -1602,10 +2275,34 @@ fn simulate(seed: u64, steps: usize) -> SimStats {
     let mut h = Harness::new(false);
     // check_invariants after every step; the independent recomputation (as costly again in a
     // debug build) every 10th command and at the end.
-    h.check_every = std::env::var("SHOAL_SIM_CHECK_EVERY").ok().and_then(|s| s.parse().ok()).unwrap_or(10);
-    h.configure_role("web", 1.0, Quota { guarantee: ResourceSet::new(), limit: Some(rs("cpus:120;mem:200000")) });
-    h.configure_role("batch", 0.5, Quota { guarantee: ResourceSet::new(), limit: Some(rs("cpus:150")) });
-    h.configure_role("db", 2.0, Quota { guarantee: rs("cpus:40;mem:40000"), limit: None });
+    h.check_every = std::env::var("SHOAL_SIM_CHECK_EVERY")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10);
+    h.configure_role(
+        "web",
+        1.0,
+        Quota {
+            guarantee: ResourceSet::new(),
+            limit: Some(rs("cpus:120;mem:200000")),
+        },
+    );
+    h.configure_role(
+        "batch",
+        0.5,
+        Quota {
+            guarantee: ResourceSet::new(),
+            limit: Some(rs("cpus:150")),
+        },
+    );
+    h.configure_role(
+        "db",
+        2.0,
+        Quota {
+            guarantee: rs("cpus:40;mem:40000"),
+            limit: None,
+        },
+    );
     h.configure_role("ml", 1.0, Quota::default());
     // Disjoint port numbers per agent: see `bug_same_port_on_two_agents_breaks_role_consumed`.
     let agent_resources = |rng: &mut Rng, index: u64| {
@@ -1631,7 +2328,12 @@ fn simulate(seed: u64, steps: usize) -> SimStats {
         ("ml", CommitMode::Incremental, ConflictCheck::Coarse),
     ]
     .into_iter()
-    .map(|(role, mode, check)| SimSched { role, mode, check, snapshot: h.cell.clone() })
+    .map(|(role, mode, check)| SimSched {
+        role,
+        mode,
+        check,
+        snapshot: h.cell.clone(),
+    })
     .collect();
     let mut live: Vec<TaskId> = Vec::new();
     let mut claims: Vec<Claim> = Vec::new();
@@ -1642,7 +2344,9 @@ fn simulate(seed: u64, steps: usize) -> SimStats {
         let roll = rng.below(100);
         if roll < 30 {
             let s = rng.below(scheds.len() as u64) as usize;
-            if let Some(claim) = sim_claim(&mut rng, &scheds[s], format!("s{s}-{step}"), &mut next_task) {
+            if let Some(claim) =
+                sim_claim(&mut rng, &scheds[s], format!("s{s}-{step}"), &mut next_task)
+            {
                 stats.claims += 1;
                 let out = h.claim(&claim).expect("well-formed claim");
                 stats.placements_committed += out.committed_count() as u64;
@@ -1652,7 +2356,12 @@ fn simulate(seed: u64, steps: usize) -> SimStats {
                     .iter()
                     .filter(|o| matches!(o.rejected, Some(RejectReason::AgentVersionMoved { .. })))
                     .count() as u64;
-                live.extend(out.placements.iter().filter(|o| o.committed).map(|o| o.task_id.clone()));
+                live.extend(
+                    out.placements
+                        .iter()
+                        .filter(|o| o.committed)
+                        .map(|o| o.task_id.clone()),
+                );
                 // A rejected scheduler looks again; others keep their stale view for a while.
                 if out.committed_count() < out.placements.len() || rng.chance(25) {
                     scheds[s].snapshot = h.cell.clone();
@@ -1700,7 +2409,10 @@ fn simulate(seed: u64, steps: usize) -> SimStats {
                 }
                 7 => h.resize(&a.id, scale(&a.total, 50 + rng.below(101) as i64)),
                 _ => {
-                    let alive = agents.iter().filter(|x| x.state != AgentState::Gone).count();
+                    let alive = agents
+                        .iter()
+                        .filter(|x| x.state != AgentState::Gone)
+                        .count();
                     if alive < 50 {
                         let r = agent_resources(&mut rng, 50 + step as u64);
                         h.register(None, &format!("new{step}"), r);
@@ -1715,7 +2427,11 @@ fn simulate(seed: u64, steps: usize) -> SimStats {
     check_replay(&h.cell, &h.log);
     check_restart(&h.cell);
     // Drain: every task ends; nothing stays allocated or consumed.
-    let ids: Vec<TaskId> = sorted_tasks(&h.cell).iter().filter(|t| !t.state.is_terminal()).map(|t| t.id.clone()).collect();
+    let ids: Vec<TaskId> = sorted_tasks(&h.cell)
+        .iter()
+        .filter(|t| !t.state.is_terminal())
+        .map(|t| t.id.clone())
+        .collect();
     for id in ids {
         h.status(&id, TaskState::Finished, StatusInfo::default());
     }
@@ -1727,10 +2443,22 @@ fn simulate(seed: u64, steps: usize) -> SimStats {
 
 #[test]
 fn simulation_with_stale_schedulers() {
-    let seed = std::env::var("SHOAL_SIM_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(0x5EED_C0DE);
-    let steps = std::env::var("SHOAL_SIM_STEPS").ok().and_then(|s| s.parse().ok()).unwrap_or(5_000);
+    let seed = std::env::var("SHOAL_SIM_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x5EED_C0DE);
+    let steps = std::env::var("SHOAL_SIM_STEPS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5_000);
     let stats = simulate(seed, steps);
     eprintln!("simulation seed {seed}: {stats:?}");
-    assert!(stats.placements_committed > 500, "the simulation barely placed anything: {stats:?}");
-    assert!(stats.placements_rejected > 0 && stats.version_moved > 0, "no conflicts exercised: {stats:?}");
+    assert!(
+        stats.placements_committed > 500,
+        "the simulation barely placed anything: {stats:?}"
+    );
+    assert!(
+        stats.placements_rejected > 0 && stats.version_moved > 0,
+        "no conflicts exercised: {stats:?}"
+    );
 }

@@ -82,7 +82,11 @@ pub struct AgentHub {
 }
 
 impl AgentHub {
-    pub fn start(committer: Committer, published: Arc<Published>, timers: AgentTimers) -> Arc<AgentHub> {
+    pub fn start(
+        committer: Committer,
+        published: Arc<Published>,
+        timers: AgentTimers,
+    ) -> Arc<AgentHub> {
         let hub = Arc::new(AgentHub {
             committer,
             published,
@@ -113,24 +117,48 @@ impl AgentHub {
     }
 
     pub fn is_connected(&self, agent: &AgentId) -> bool {
-        self.connections.lock().expect("hub lock").contains_key(agent)
+        self.connections
+            .lock()
+            .expect("hub lock")
+            .contains_key(agent)
     }
 
     /// Asks an agent for a sandbox file listing or contents (the Mesos `/files` endpoints).
-    pub async fn files(&self, agent: &AgentId, op: &str, task_id: &TaskId, path: &str, offset: u64, length: Option<u64>) -> (u16, serde_json::Value) {
+    pub async fn files(
+        &self,
+        agent: &AgentId,
+        op: &str,
+        task_id: &TaskId,
+        path: &str,
+        offset: u64,
+        length: Option<u64>,
+    ) -> (u16, serde_json::Value) {
         let request_id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         self.files.lock().expect("hub lock").insert(request_id, tx);
-        let msg = MasterMessage::FilesRequest { request_id, op: op.into(), task_id: task_id.clone(), path: path.into(), offset, length };
+        let msg = MasterMessage::FilesRequest {
+            request_id,
+            op: op.into(),
+            task_id: task_id.clone(),
+            path: path.into(),
+            offset,
+            length,
+        };
         if !self.send(agent, msg) {
             self.files.lock().expect("hub lock").remove(&request_id);
-            return (503, json!({"error": "unavailable", "message": format!("agent {agent} is not connected")}));
+            return (
+                503,
+                json!({"error": "unavailable", "message": format!("agent {agent} is not connected")}),
+            );
         }
         match tokio::time::timeout(Duration::from_secs(10), rx).await {
             Ok(Ok(answer)) => answer,
             _ => {
                 self.files.lock().expect("hub lock").remove(&request_id);
-                (504, json!({"error": "timeout", "message": format!("agent {agent} did not answer")}))
+                (
+                    504,
+                    json!({"error": "timeout", "message": format!("agent {agent} did not answer")}),
+                )
             }
         }
     }
@@ -153,10 +181,20 @@ async fn dispatch(hub: Arc<AgentHub>) {
                                 hub.send(agent, MasterMessage::Launch { tasks });
                             }
                         }
-                        Event::TaskStatusChanged { task_id, state: TaskState::Killing, .. } => {
+                        Event::TaskStatusChanged {
+                            task_id,
+                            state: TaskState::Killing,
+                            ..
+                        } => {
                             if let Some(t) = hub.published.snapshot().task(task_id) {
                                 let grace = Some(hub.timers.kill_grace.as_millis() as u64);
-                                hub.send(&t.agent_id, MasterMessage::Kill { task_id: task_id.clone(), grace_ms: grace });
+                                hub.send(
+                                    &t.agent_id,
+                                    MasterMessage::Kill {
+                                        task_id: task_id.clone(),
+                                        grace_ms: grace,
+                                    },
+                                );
                             }
                         }
                         _ => {}
@@ -165,10 +203,20 @@ async fn dispatch(hub: Arc<AgentHub>) {
             }
             Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
                 // Missed entries: re-send what every connected agent should be running.
-                let agents: Vec<AgentId> = hub.connections.lock().expect("hub lock").keys().cloned().collect();
+                let agents: Vec<AgentId> = hub
+                    .connections
+                    .lock()
+                    .expect("hub lock")
+                    .keys()
+                    .cloned()
+                    .collect();
                 let snap = hub.published.snapshot();
                 for a in agents {
-                    let tasks: Vec<Task> = snap.live_tasks_on(&a).filter(|t| t.state == TaskState::Staging).cloned().collect();
+                    let tasks: Vec<Task> = snap
+                        .live_tasks_on(&a)
+                        .filter(|t| t.state == TaskState::Staging)
+                        .cloned()
+                        .collect();
                     if !tasks.is_empty() {
                         hub.send(&a, MasterMessage::Launch { tasks });
                     }
@@ -186,7 +234,10 @@ async fn liveness(hub: Arc<AgentHub>) {
     loop {
         let (due, next) = {
             let snap = hub.published.snapshot();
-            hub.liveness.lock().expect("hub lock").tick(&snap, wall_clock_ms())
+            hub.liveness
+                .lock()
+                .expect("hub lock")
+                .tick(&snap, wall_clock_ms())
         };
         for command in due {
             tracing::warn!(?command, "agent stayed away");
@@ -197,7 +248,9 @@ async fn liveness(hub: Arc<AgentHub>) {
         // Look again at the next deadline, when an agent registers or changes state, or when
         // an agent connects or disconnects — not on every commit (claims and status updates
         // change nothing here, and a tick walks every agent).
-        let wait = next.map(|at| Duration::from_millis(at.saturating_sub(wall_clock_ms()).max(1))).unwrap_or(Duration::from_secs(60));
+        let wait = next
+            .map(|at| Duration::from_millis(at.saturating_sub(wall_clock_ms()).max(1)))
+            .unwrap_or(Duration::from_secs(60));
         let until = tokio::time::Instant::now() + wait;
         loop {
             tokio::select! {
@@ -217,15 +270,24 @@ async fn liveness(hub: Arc<AgentHub>) {
 #[derive(Deserialize)]
 pub struct ConnectQuery {}
 
-pub async fn connect(ws: WebSocketUpgrade, State(hub): State<Arc<AgentHub>>, Query(_q): Query<ConnectQuery>) -> Response {
-    ws.max_message_size(64 << 20).on_upgrade(move |socket| serve_agent(hub, socket))
+pub async fn connect(
+    ws: WebSocketUpgrade,
+    State(hub): State<Arc<AgentHub>>,
+    Query(_q): Query<ConnectQuery>,
+) -> Response {
+    ws.max_message_size(64 << 20)
+        .on_upgrade(move |socket| serve_agent(hub, socket))
 }
 
 async fn recv_msg(socket: &mut WebSocket) -> Option<Result<AgentMessage, String>> {
     loop {
         match socket.recv().await? {
-            Ok(Message::Text(t)) => return Some(serde_json::from_str(t.as_str()).map_err(|e| e.to_string())),
-            Ok(Message::Binary(b)) => return Some(serde_json::from_slice(&b).map_err(|e| e.to_string())),
+            Ok(Message::Text(t)) => {
+                return Some(serde_json::from_str(t.as_str()).map_err(|e| e.to_string()))
+            }
+            Ok(Message::Binary(b)) => {
+                return Some(serde_json::from_slice(&b).map_err(|e| e.to_string()))
+            }
             Ok(Message::Close(_)) | Err(_) => return None,
             Ok(_) => continue,
         }
@@ -240,9 +302,19 @@ async fn send_msg(socket: &mut WebSocket, msg: &MasterMessage) -> bool {
 async fn serve_agent(hub: Arc<AgentHub>, mut socket: WebSocket) {
     let first = tokio::time::timeout(Duration::from_secs(10), recv_msg(&mut socket)).await;
     let (registration, known) = match first {
-        Ok(Some(Ok(AgentMessage::Register { registration, known }))) => (registration, known),
+        Ok(Some(Ok(AgentMessage::Register {
+            registration,
+            known,
+        }))) => (registration, known),
         Ok(Some(Ok(_))) | Ok(Some(Err(_))) => {
-            send_msg(&mut socket, &MasterMessage::Error { message: "the first message must be REGISTER".into(), forget_id: false }).await;
+            send_msg(
+                &mut socket,
+                &MasterMessage::Error {
+                    message: "the first message must be REGISTER".into(),
+                    forget_id: false,
+                },
+            )
+            .await;
             return;
         }
         _ => return,
@@ -253,17 +325,33 @@ async fn serve_agent(hub: Arc<AgentHub>, mut socket: WebSocket) {
     if let Some(id) = &returning {
         hub.liveness.lock().expect("hub lock").connected(id);
     }
-    let registered = hub.committer.submit(Command::RegisterAgent(registration)).await;
+    let registered = hub
+        .committer
+        .submit(Command::RegisterAgent(registration))
+        .await;
     if let (Some(id), Err(_)) = (&returning, &registered) {
-        hub.liveness.lock().expect("hub lock").disconnected(id, wall_clock_ms());
+        hub.liveness
+            .lock()
+            .expect("hub lock")
+            .disconnected(id, wall_clock_ms());
     }
     let agent_id = match registered {
         Ok(Reply::Agent { agent_id }) => agent_id,
         Ok(_) => return,
         Err(e) => {
-            let forget_id = matches!(&e, CommitError::Rejected(shoal_core::Rejection::Forbidden(_)));
+            let forget_id = matches!(
+                &e,
+                CommitError::Rejected(shoal_core::Rejection::Forbidden(_))
+            );
             tracing::warn!(error = %e, "agent registration refused");
-            send_msg(&mut socket, &MasterMessage::Error { message: e.to_string(), forget_id }).await;
+            send_msg(
+                &mut socket,
+                &MasterMessage::Error {
+                    message: e.to_string(),
+                    forget_id,
+                },
+            )
+            .await;
             return;
         }
     };
@@ -272,11 +360,25 @@ async fn serve_agent(hub: Arc<AgentHub>, mut socket: WebSocket) {
     tracing::info!("agent connected");
     let (tx, mut rx) = mpsc::channel::<MasterMessage>(crate::limits::AGENT_OUTBOX_MAX);
     let serial = hub.next_id.fetch_add(1, Ordering::Relaxed);
-    hub.connections.lock().expect("hub lock").insert(agent_id.clone(), Connection { tx: tx.clone(), serial });
+    hub.connections.lock().expect("hub lock").insert(
+        agent_id.clone(),
+        Connection {
+            tx: tx.clone(),
+            serial,
+        },
+    );
     hub.liveness.lock().expect("hub lock").connected(&agent_id);
     hub.liveness_changed.notify_one();
     let hb = hub.timers.heartbeat_interval.as_millis() as u64;
-    if !send_msg(&mut socket, &MasterMessage::Registered { agent_id: agent_id.clone(), heartbeat_interval_ms: hb }).await {
+    if !send_msg(
+        &mut socket,
+        &MasterMessage::Registered {
+            agent_id: agent_id.clone(),
+            heartbeat_interval_ms: hb,
+        },
+    )
+    .await
+    {
         drop_connection(&hub, &agent_id, serial);
         return;
     }
@@ -306,16 +408,33 @@ fn drop_connection(hub: &AgentHub, agent_id: &AgentId, serial: u64) {
     let mut conns = hub.connections.lock().expect("hub lock");
     if conns.get(agent_id).map(|c| c.serial) == Some(serial) {
         conns.remove(agent_id);
-        hub.liveness.lock().expect("hub lock").disconnected(agent_id, wall_clock_ms());
+        hub.liveness
+            .lock()
+            .expect("hub lock")
+            .disconnected(agent_id, wall_clock_ms());
         hub.liveness_changed.notify_one();
     }
 }
 
-async fn handle(hub: &Arc<AgentHub>, agent_id: &AgentId, msg: AgentMessage, tx: &mpsc::Sender<MasterMessage>) {
+async fn handle(
+    hub: &Arc<AgentHub>,
+    agent_id: &AgentId,
+    msg: AgentMessage,
+    tx: &mpsc::Sender<MasterMessage>,
+) {
     match msg {
         AgentMessage::Heartbeat | AgentMessage::Register { .. } => {}
-        AgentMessage::StatusUpdate { update_id, task_id, state, status } => {
-            let owned = hub.published.snapshot().task(&task_id).map(|t| t.agent_id == *agent_id);
+        AgentMessage::StatusUpdate {
+            update_id,
+            task_id,
+            state,
+            status,
+        } => {
+            let owned = hub
+                .published
+                .snapshot()
+                .task(&task_id)
+                .map(|t| t.agent_id == *agent_id);
             if owned == Some(false) {
                 tracing::warn!(%task_id, "status update for a task of another agent; dropped");
                 let _ = tx.try_send(MasterMessage::StatusAck { update_id });
@@ -323,7 +442,14 @@ async fn handle(hub: &Arc<AgentHub>, agent_id: &AgentId, msg: AgentMessage, tx: 
             }
             // Enqueue in arrival order (the commit queue is FIFO, so updates of one task
             // commit in order), and acknowledge when durable, without waiting here.
-            let rx = hub.committer.enqueue(Command::UpdateTaskStatus { task_id: task_id.clone(), state, status }).await;
+            let rx = hub
+                .committer
+                .enqueue(Command::UpdateTaskStatus {
+                    task_id: task_id.clone(),
+                    state,
+                    status,
+                })
+                .await;
             let tx = tx.clone();
             tokio::spawn(async move {
                 match rx.await {
@@ -340,7 +466,11 @@ async fn handle(hub: &Arc<AgentHub>, agent_id: &AgentId, msg: AgentMessage, tx: 
                 }
             });
         }
-        AgentMessage::FilesReply { request_id, status, body } => {
+        AgentMessage::FilesReply {
+            request_id,
+            status,
+            body,
+        } => {
             if let Some(w) = hub.files.lock().expect("hub lock").remove(&request_id) {
                 let _ = w.send((status, body));
             }
@@ -348,7 +478,12 @@ async fn handle(hub: &Arc<AgentHub>, agent_id: &AgentId, msg: AgentMessage, tx: 
     }
 }
 
-async fn reconcile(hub: &Arc<AgentHub>, agent_id: &AgentId, known: &[TaskId], tx: &mpsc::Sender<MasterMessage>) {
+async fn reconcile(
+    hub: &Arc<AgentHub>,
+    agent_id: &AgentId,
+    known: &[TaskId],
+    tx: &mpsc::Sender<MasterMessage>,
+) {
     let snap = hub.published.snapshot();
     let known: HashSet<&TaskId> = known.iter().collect();
     let mut launch = Vec::new();
@@ -357,7 +492,12 @@ async fn reconcile(hub: &Arc<AgentHub>, agent_id: &AgentId, known: &[TaskId], tx
         match t.state {
             TaskState::Staging if !known.contains(&t.id) => launch.push(t.clone()),
             TaskState::Killing => {
-                let _ = tx.send(MasterMessage::Kill { task_id: t.id.clone(), grace_ms: Some(hub.timers.kill_grace.as_millis() as u64) }).await;
+                let _ = tx
+                    .send(MasterMessage::Kill {
+                        task_id: t.id.clone(),
+                        grace_ms: Some(hub.timers.kill_grace.as_millis() as u64),
+                    })
+                    .await;
             }
             TaskState::Staging => {}
             _ if !known.contains(&t.id) => lost.push(t.id.clone()),
@@ -365,9 +505,17 @@ async fn reconcile(hub: &Arc<AgentHub>, agent_id: &AgentId, known: &[TaskId], tx
         }
     }
     for id in known {
-        let wanted = snap.task(id).map(|t| t.agent_id == *agent_id && !t.state.is_terminal()).unwrap_or(false);
+        let wanted = snap
+            .task(id)
+            .map(|t| t.agent_id == *agent_id && !t.state.is_terminal())
+            .unwrap_or(false);
         if !wanted {
-            let _ = tx.send(MasterMessage::Kill { task_id: id.clone(), grace_ms: Some(0) }).await;
+            let _ = tx
+                .send(MasterMessage::Kill {
+                    task_id: id.clone(),
+                    grace_ms: Some(0),
+                })
+                .await;
         }
     }
     if !launch.is_empty() {
@@ -380,7 +528,14 @@ async fn reconcile(hub: &Arc<AgentHub>, agent_id: &AgentId, known: &[TaskId], tx
             source: Some("SOURCE_MASTER".into()),
             ..StatusInfo::default()
         };
-        let _ = hub.committer.submit(Command::UpdateTaskStatus { task_id, state: TaskState::Gone, status }).await;
+        let _ = hub
+            .committer
+            .submit(Command::UpdateTaskStatus {
+                task_id,
+                state: TaskState::Gone,
+                status,
+            })
+            .await;
     }
 }
 
@@ -409,14 +564,23 @@ fn split_files_path(path: &str) -> Option<(AgentId, TaskId, String)> {
 
 async fn files_op(hub: Arc<AgentHub>, op: &str, q: FilesQuery) -> Response {
     let Some((agent, task, file)) = split_files_path(&q.path) else {
-        return (StatusCode::BAD_REQUEST, "path must be /agents/<agent_id>/tasks/<task_id>[/<file>]").into_response();
+        return (
+            StatusCode::BAD_REQUEST,
+            "path must be /agents/<agent_id>/tasks/<task_id>[/<file>]",
+        )
+            .into_response();
     };
-    let (status, body) = hub.files(&agent, op, &task, &file, q.offset.unwrap_or(0), q.length).await;
+    let (status, body) = hub
+        .files(&agent, op, &task, &file, q.offset.unwrap_or(0), q.length)
+        .await;
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
     (status, axum::Json(body)).into_response()
 }
 
-pub async fn files_browse(State(hub): State<Arc<AgentHub>>, Query(q): Query<FilesQuery>) -> Response {
+pub async fn files_browse(
+    State(hub): State<Arc<AgentHub>>,
+    Query(q): Query<FilesQuery>,
+) -> Response {
     files_op(hub, "browse", q).await
 }
 
@@ -426,18 +590,31 @@ pub async fn files_read(State(hub): State<Arc<AgentHub>>, Query(q): Query<FilesQ
 
 /// `POST /api/shoal/v1/agents/{id}/heartbeat`: an agent without a live connection (a
 /// simulated one) says it is alive, which keeps it from being marked unreachable.
-pub async fn heartbeat(State(hub): State<Arc<AgentHub>>, axum::extract::Path(id): axum::extract::Path<String>) -> Response {
+pub async fn heartbeat(
+    State(hub): State<Arc<AgentHub>>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Response {
     let agent = AgentId::new(&id);
     if hub.published.snapshot().agent(&agent).is_none() {
-        return (StatusCode::NOT_FOUND, axum::Json(json!({"error": "not_found", "message": format!("agent {id}")}))).into_response();
+        return (
+            StatusCode::NOT_FOUND,
+            axum::Json(json!({"error": "not_found", "message": format!("agent {id}")})),
+        )
+            .into_response();
     }
-    hub.liveness.lock().expect("hub lock").heartbeat(&agent, wall_clock_ms());
+    hub.liveness
+        .lock()
+        .expect("hub lock")
+        .heartbeat(&agent, wall_clock_ms());
     StatusCode::ACCEPTED.into_response()
 }
 
 pub fn router(hub: Arc<AgentHub>) -> axum::Router {
     axum::Router::new()
-        .route("/api/shoal/v1/agents/{id}/heartbeat", axum::routing::post(heartbeat))
+        .route(
+            "/api/shoal/v1/agents/{id}/heartbeat",
+            axum::routing::post(heartbeat),
+        )
         .route("/api/shoal/v1/agent/connect", axum::routing::get(connect))
         .route("/files/browse", axum::routing::get(files_browse))
         .route("/files/read", axum::routing::get(files_read))

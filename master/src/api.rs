@@ -13,8 +13,8 @@ use axum::Router;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value as Json};
 use shoal_core::{
-    AgentId, AgentRegistration, AgentState, Claim, ClaimId, CommitMode, ConflictCheck, Placement, Quota, Reply,
-    ResourceSet, StatusInfo, TaskId, TaskSpec, TaskState, Version,
+    AgentId, AgentRegistration, AgentState, Claim, ClaimId, CommitMode, ConflictCheck, Placement,
+    Quota, Reply, ResourceSet, StatusInfo, TaskId, TaskSpec, TaskState, Version,
 };
 use tokio::sync::broadcast::error::RecvError;
 
@@ -37,16 +37,27 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/shoal/v1/claims/{id}", get(get_claim))
         .route("/api/shoal/v1/tasks/{id}", get(get_task))
         .route("/api/shoal/v1/tasks/{id}/kill", post(kill_task))
-        .route("/api/shoal/v1/agents", get(list_agents).post(register_agent))
+        .route(
+            "/api/shoal/v1/agents",
+            get(list_agents).post(register_agent),
+        )
         .route("/api/shoal/v1/agents/{id}", get(get_agent))
-        .route("/api/shoal/v1/agents/{id}/resources", put(update_agent_resources))
+        .route(
+            "/api/shoal/v1/agents/{id}/resources",
+            put(update_agent_resources),
+        )
         .route("/api/shoal/v1/agents/{id}/status", post(agent_status))
         .route("/api/shoal/v1/agents/{id}/gone", post(mark_agent_gone))
-        .route("/api/shoal/v1/agents/{id}/unreachable", post(mark_agent_unreachable))
+        .route(
+            "/api/shoal/v1/agents/{id}/unreachable",
+            post(mark_agent_unreachable),
+        )
         .route("/api/shoal/v1/roles", get(list_roles))
         .route("/api/shoal/v1/roles/{name}", get(get_role).put(put_role))
         .route("/api/shoal/v1/stats", get(stats))
-        .layer(axum::extract::DefaultBodyLimit::max(limits::REQUEST_BODY_BYTES_MAX))
+        .layer(axum::extract::DefaultBodyLimit::max(
+            limits::REQUEST_BODY_BYTES_MAX,
+        ))
         .with_state(state)
 }
 
@@ -59,10 +70,18 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn bad_request(message: impl Into<String>) -> ApiError {
-        ApiError { status: StatusCode::BAD_REQUEST, kind: "invalid", message: message.into() }
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            kind: "invalid",
+            message: message.into(),
+        }
     }
     pub fn not_found(message: impl Into<String>) -> ApiError {
-        ApiError { status: StatusCode::NOT_FOUND, kind: "not_found", message: message.into() }
+        ApiError {
+            status: StatusCode::NOT_FOUND,
+            kind: "not_found",
+            message: message.into(),
+        }
     }
 }
 
@@ -84,13 +103,22 @@ impl From<CommitError> for ApiError {
             },
             CommitError::Unavailable(m) => m.clone(),
         };
-        ApiError { status: StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), kind, message }
+        ApiError {
+            status: StatusCode::from_u16(e.http_status())
+                .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            kind,
+            message,
+        }
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, axum::Json(json!({"error": self.kind, "message": self.message}))).into_response()
+        (
+            self.status,
+            axum::Json(json!({"error": self.kind, "message": self.message})),
+        )
+            .into_response()
     }
 }
 
@@ -98,14 +126,19 @@ type ApiResult<T> = Result<T, ApiError>;
 
 /// Parses a JSON body with a 400 (not axum's 422) for anything malformed.
 pub fn parse_body<T: for<'de> Deserialize<'de>>(body: &Bytes) -> ApiResult<T> {
-    serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("malformed JSON body: {e}")))
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("malformed JSON body: {e}")))
 }
 
 fn json_ok<T: Serialize>(status: StatusCode, v: &T) -> Response {
     match serde_json::to_vec(v) {
         Ok(body) => (status, [(header::CONTENT_TYPE, "application/json")], body).into_response(),
-        Err(e) => ApiError { status: StatusCode::INTERNAL_SERVER_ERROR, kind: "internal", message: e.to_string() }
-            .into_response(),
+        Err(e) => ApiError {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            kind: "internal",
+            message: e.to_string(),
+        }
+        .into_response(),
     }
 }
 
@@ -118,7 +151,10 @@ struct StateQuery {
 
 async fn get_state(State(s): State<ApiState>, Query(q): Query<StateQuery>) -> Response {
     let snap = s.published.snapshot();
-    let floor = s.published.log_floor.load(std::sync::atomic::Ordering::Acquire);
+    let floor = s
+        .published
+        .log_floor
+        .load(std::sync::atomic::Ordering::Acquire);
     let with_tasks = q.tasks.unwrap_or(true);
     // Serializing a large cell takes a while: do it off the async workers.
     let body = tokio::task::spawn_blocking(move || {
@@ -144,8 +180,12 @@ async fn get_state(State(s): State<ApiState>, Query(q): Query<StateQuery>) -> Re
     .await;
     match body {
         Ok(Ok(b)) => ([(header::CONTENT_TYPE, "application/json")], b).into_response(),
-        _ => ApiError { status: StatusCode::INTERNAL_SERVER_ERROR, kind: "internal", message: "snapshot failed".into() }
-            .into_response(),
+        _ => ApiError {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            kind: "internal",
+            message: "snapshot failed".into(),
+        }
+        .into_response(),
     }
 }
 
@@ -157,21 +197,32 @@ struct WatchQuery {
 /// A stream of log entries from `from` on, one JSON object per line, catching up from the
 /// store's log and then following live commits. 410 when `from` is below the log floor.
 async fn watch(State(s): State<ApiState>, Query(q): Query<WatchQuery>) -> Response {
-    let floor = s.published.log_floor.load(std::sync::atomic::Ordering::Acquire);
+    let floor = s
+        .published
+        .log_floor
+        .load(std::sync::atomic::Ordering::Acquire);
     let current = s.published.snapshot().version();
     if q.from < floor.max(1) {
         return ApiError {
             status: StatusCode::GONE,
             kind: "gone",
-            message: format!("version {} is below the log floor {floor}: take a new snapshot", q.from),
+            message: format!(
+                "version {} is below the log floor {floor}: take a new snapshot",
+                q.from
+            ),
         }
         .into_response();
     }
     if q.from > current + 1 {
-        return ApiError::bad_request(format!("version {} is ahead of the cell ({current})", q.from)).into_response();
+        return ApiError::bad_request(format!(
+            "version {} is ahead of the cell ({current})",
+            q.from
+        ))
+        .into_response();
     }
     let mut live = s.published.entries.subscribe();
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(limits::WATCH_STREAM_BUFFER);
+    let (tx, rx) =
+        tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(limits::WATCH_STREAM_BUFFER);
     let published = s.published.clone();
     tokio::spawn(async move {
         let mut next = q.from;
@@ -180,7 +231,10 @@ async fn watch(State(s): State<ApiState>, Query(q): Query<WatchQuery>) -> Respon
             while next <= published.snapshot().version() {
                 let store = published.store.clone();
                 let from = next;
-                let read = tokio::task::spawn_blocking(move || store.read_log(from, limits::WATCH_READ_BATCH)).await;
+                let read = tokio::task::spawn_blocking(move || {
+                    store.read_log(from, limits::WATCH_READ_BATCH)
+                })
+                .await;
                 let entries = match read {
                     Ok(Ok(e)) if !e.is_empty() && e[0].version == from => e,
                     _ => break 'outer, // compacted under us or store error: the client resumes.
@@ -192,7 +246,11 @@ async fn watch(State(s): State<ApiState>, Query(q): Query<WatchQuery>) -> Respon
                     }
                 }
             }
-            let wait = tokio::time::timeout(Duration::from_secs(limits::WATCH_KEEPALIVE_SECS), live.recv()).await;
+            let wait = tokio::time::timeout(
+                Duration::from_secs(limits::WATCH_KEEPALIVE_SECS),
+                live.recv(),
+            )
+            .await;
             match wait {
                 Err(_) => {
                     if tx.send(Ok(Bytes::from_static(b"\n"))).await.is_err() {
@@ -258,7 +316,8 @@ pub fn claim_from_request(req: ClaimRequest) -> ApiResult<Claim> {
     }
     let mut placements = Vec::with_capacity(req.placements.len());
     for (i, p) in req.placements.into_iter().enumerate() {
-        let parts = mesos_json::task_info_parts(&p.task_info).map_err(|e| ApiError::bad_request(format!("placements[{i}]: {e}")))?;
+        let parts = mesos_json::task_info_parts(&p.task_info)
+            .map_err(|e| ApiError::bad_request(format!("placements[{i}]: {e}")))?;
         let agent_id = p
             .agent_id
             .or(parts.agent_id)
@@ -286,12 +345,23 @@ async fn post_claim(State(s): State<ApiState>, body: Bytes) -> Response {
     let result: ApiResult<Response> = async {
         let req: ClaimRequest = parse_body(&body)?;
         let claim = claim_from_request(req)?;
-        let reply = s.committer.submit(shoal_core::Command::Claim(claim)).await?;
+        let reply = s
+            .committer
+            .submit(shoal_core::Command::Claim(claim))
+            .await?;
         let current_version = s.published.snapshot().version();
         let Reply::Claim { outcome } = reply else {
-            return Err(ApiError { status: StatusCode::INTERNAL_SERVER_ERROR, kind: "internal", message: "unexpected reply".into() });
+            return Err(ApiError {
+                status: StatusCode::INTERNAL_SERVER_ERROR,
+                kind: "internal",
+                message: "unexpected reply".into(),
+            });
         };
-        let status = if outcome.committed_version.is_some() { StatusCode::OK } else { StatusCode::CONFLICT };
+        let status = if outcome.committed_version.is_some() {
+            StatusCode::OK
+        } else {
+            StatusCode::CONFLICT
+        };
         let mut body = serde_json::to_value(&outcome).unwrap_or_default();
         body["current_version"] = json!(current_version);
         Ok(json_ok(status, &body))
@@ -315,7 +385,13 @@ async fn get_task(State(s): State<ApiState>, Path(id): Path<String>) -> Response
 }
 
 async fn kill_task(State(s): State<ApiState>, Path(id): Path<String>) -> Response {
-    match s.committer.submit(shoal_core::Command::KillTask { task_id: TaskId::new(&id) }).await {
+    match s
+        .committer
+        .submit(shoal_core::Command::KillTask {
+            task_id: TaskId::new(&id),
+        })
+        .await
+    {
         Ok(_) => StatusCode::ACCEPTED.into_response(),
         Err(e) => ApiError::from(e).into_response(),
     }
@@ -325,7 +401,10 @@ async fn list_agents(State(s): State<ApiState>) -> Response {
     let snap = s.published.snapshot();
     let mut agents: Vec<_> = snap.agents().collect();
     agents.sort_by(|a, b| a.id.cmp(&b.id));
-    json_ok(StatusCode::OK, &json!({"version": snap.version(), "agents": agents}))
+    json_ok(
+        StatusCode::OK,
+        &json!({"version": snap.version(), "agents": agents}),
+    )
 }
 
 async fn get_agent(State(s): State<ApiState>, Path(id): Path<String>) -> Response {
@@ -338,7 +417,10 @@ async fn get_agent(State(s): State<ApiState>, Path(id): Path<String>) -> Respons
 async fn register_agent(State(s): State<ApiState>, body: Bytes) -> Response {
     let result: ApiResult<Response> = async {
         let reg: AgentRegistration = parse_body(&body)?;
-        let reply = s.committer.submit(shoal_core::Command::RegisterAgent(reg)).await?;
+        let reply = s
+            .committer
+            .submit(shoal_core::Command::RegisterAgent(reg))
+            .await?;
         Ok(json_ok(StatusCode::OK, &reply))
     }
     .await;
@@ -350,10 +432,19 @@ struct ResourcesBody {
     total: ResourceSet,
 }
 
-async fn update_agent_resources(State(s): State<ApiState>, Path(id): Path<String>, body: Bytes) -> Response {
+async fn update_agent_resources(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Response {
     let result: ApiResult<Response> = async {
         let b: ResourcesBody = parse_body(&body)?;
-        s.committer.submit(shoal_core::Command::UpdateAgentResources { agent_id: AgentId::new(&id), total: b.total }).await?;
+        s.committer
+            .submit(shoal_core::Command::UpdateAgentResources {
+                agent_id: AgentId::new(&id),
+                total: b.total,
+            })
+            .await?;
         Ok(StatusCode::ACCEPTED.into_response())
     }
     .await;
@@ -375,11 +466,20 @@ async fn agent_status(State(s): State<ApiState>, Path(id): Path<String>, body: B
         let snap = s.published.snapshot();
         match snap.task(&task_id) {
             Some(t) if t.agent_id.as_str() != id => {
-                return Err(ApiError::bad_request(format!("task {} is not on agent {id}", b.task_id)));
+                return Err(ApiError::bad_request(format!(
+                    "task {} is not on agent {id}",
+                    b.task_id
+                )));
             }
             _ => {}
         }
-        s.committer.submit(shoal_core::Command::UpdateTaskStatus { task_id, state: b.state, status: b.status }).await?;
+        s.committer
+            .submit(shoal_core::Command::UpdateTaskStatus {
+                task_id,
+                state: b.state,
+                status: b.status,
+            })
+            .await?;
         Ok(StatusCode::ACCEPTED.into_response())
     }
     .await;
@@ -387,7 +487,14 @@ async fn agent_status(State(s): State<ApiState>, Path(id): Path<String>, body: B
 }
 
 async fn set_agent_state(s: &ApiState, id: String, state: AgentState) -> Response {
-    match s.committer.submit(shoal_core::Command::SetAgentState { agent_id: AgentId::new(&id), state }).await {
+    match s
+        .committer
+        .submit(shoal_core::Command::SetAgentState {
+            agent_id: AgentId::new(&id),
+            state,
+        })
+        .await
+    {
         Ok(_) => StatusCode::ACCEPTED.into_response(),
         Err(e) => ApiError::from(e).into_response(),
     }
@@ -429,7 +536,13 @@ fn one() -> f64 {
 async fn put_role(State(s): State<ApiState>, Path(name): Path<String>, body: Bytes) -> Response {
     let result: ApiResult<Response> = async {
         let b: RoleBody = parse_body(&body)?;
-        s.committer.submit(shoal_core::Command::ConfigureRole { name, weight: b.weight, quota: b.quota }).await?;
+        s.committer
+            .submit(shoal_core::Command::ConfigureRole {
+                name,
+                weight: b.weight,
+                quota: b.quota,
+            })
+            .await?;
         Ok(StatusCode::ACCEPTED.into_response())
     }
     .await;

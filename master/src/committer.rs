@@ -22,7 +22,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
-use shoal_core::{AgentId, Cell, Command, Event, LogEntry, Rejection, Reply, TaskId, Timestamp, Version};
+use shoal_core::{
+    AgentId, Cell, Command, Event, LogEntry, Rejection, Reply, TaskId, Timestamp, Version,
+};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::limits;
@@ -85,7 +87,8 @@ impl Committer {
     /// Submits a command and waits until it is durable (or refused).
     pub async fn submit(&self, command: Command) -> Result<Reply, CommitError> {
         let rx = self.enqueue(command).await;
-        rx.await.map_err(|_| CommitError::Unavailable("the commit path stopped".into()))?
+        rx.await
+            .map_err(|_| CommitError::Unavailable("the commit path stopped".into()))?
     }
 
     /// Queues a command and returns where its answer will arrive. Commands queued one after
@@ -93,7 +96,9 @@ impl Committer {
     pub async fn enqueue(&self, command: Command) -> oneshot::Receiver<Result<Reply, CommitError>> {
         let (reply, rx) = oneshot::channel();
         if let Err(e) = self.tx.send(CommitRequest { command, reply }).await {
-            let _ = e.0.reply.send(Err(CommitError::Unavailable("the master is stopping".into())));
+            let _ = e.0.reply.send(Err(CommitError::Unavailable(
+                "the master is stopping".into(),
+            )));
         }
         rx
     }
@@ -108,7 +113,9 @@ pub struct CommitConfig {
 
 impl Default for CommitConfig {
     fn default() -> Self {
-        CommitConfig { log_retain_entries: limits::LOG_RETAIN_ENTRIES }
+        CommitConfig {
+            log_retain_entries: limits::LOG_RETAIN_ENTRIES,
+        }
     }
 }
 
@@ -185,7 +192,10 @@ fn run(
             cell = next;
         }
         published.stats.groups.fetch_add(1, Ordering::Relaxed);
-        published.stats.commands.fetch_add(answers.len() as u64, Ordering::Relaxed);
+        published
+            .stats
+            .commands
+            .fetch_add(answers.len() as u64, Ordering::Relaxed);
         // The new snapshot is published before the answers go out, so a scheduler that reads
         // right after its acknowledgement sees its own commit (read-your-writes).
         if !entries.is_empty() {
@@ -197,12 +207,20 @@ fn run(
         for e in entries {
             let _ = published.entries.send(e);
         }
-        tracing::trace!(elapsed_us = started.elapsed().as_micros() as u64, "commit group");
+        tracing::trace!(
+            elapsed_us = started.elapsed().as_micros() as u64,
+            "commit group"
+        );
     }
 }
 
 /// The records the group's entries changed, read from the cell as of the group's end.
-fn write_batch(cell: &Cell, entries: &[Arc<LogEntry>], published: &Published, retain: u64) -> WriteBatch {
+fn write_batch(
+    cell: &Cell,
+    entries: &[Arc<LogEntry>],
+    published: &Published,
+    retain: u64,
+) -> WriteBatch {
     let mut agents: BTreeSet<AgentId> = BTreeSet::new();
     let mut tasks: BTreeSet<TaskId> = BTreeSet::new();
     let mut roles: BTreeSet<String> = BTreeSet::new();
@@ -213,7 +231,8 @@ fn write_batch(cell: &Cell, entries: &[Arc<LogEntry>], published: &Published, re
                 Event::AgentRegistered { agent } => {
                     agents.insert(agent.id.clone());
                 }
-                Event::AgentResourcesUpdated { agent_id, .. } | Event::AgentStateChanged { agent_id, .. } => {
+                Event::AgentResourcesUpdated { agent_id, .. }
+                | Event::AgentStateChanged { agent_id, .. } => {
                     agents.insert(agent_id.clone());
                 }
                 Event::ClaimCommitted { outcome, tasks: ts } => {
@@ -246,14 +265,21 @@ fn write_batch(cell: &Cell, entries: &[Arc<LogEntry>], published: &Published, re
     let version = cell.version();
     let floor = published.log_floor.load(Ordering::Acquire);
     // Trim in steps of an eighth of the window, so that most commits delete nothing.
-    let trim_log_below: Option<Version> =
-        (version.saturating_sub(floor) >= retain + retain.div_ceil(8)).then(|| version + 1 - retain);
+    let trim_log_below: Option<Version> = (version.saturating_sub(floor)
+        >= retain + retain.div_ceil(8))
+    .then(|| version + 1 - retain);
     WriteBatch {
         cell_id: cell.cell_id().to_string(),
         version,
         entries: entries.to_vec(),
-        agents: agents.iter().filter_map(|id| cell.agent(id).cloned()).collect(),
-        tasks: tasks.iter().filter_map(|id| cell.task(id).cloned()).collect(),
+        agents: agents
+            .iter()
+            .filter_map(|id| cell.agent(id).cloned())
+            .collect(),
+        tasks: tasks
+            .iter()
+            .filter_map(|id| cell.task(id).cloned())
+            .collect(),
         roles: roles.iter().filter_map(|n| cell.role(n).cloned()).collect(),
         claims,
         trim_log_below,

@@ -35,22 +35,31 @@ pub struct MasterConfig {
 
 /// The wall clock, in milliseconds since the epoch: the only clock the core is ever told.
 pub fn wall_clock_ms() -> Timestamp {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// Loads the cell from a store (a new cell id is chosen for an empty store) and checks it.
 pub fn load_cell(store: &dyn Store) -> anyhow::Result<Cell> {
     let stored = store.load().context("loading the store")?;
-    let cell_id = stored.cell_id.clone().unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let cell_id = stored
+        .cell_id
+        .clone()
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     let cell = Cell::from_records(
-        CellConfig { cell_id: Arc::from(cell_id) },
+        CellConfig {
+            cell_id: Arc::from(cell_id),
+        },
         stored.version,
         stored.agents,
         stored.tasks,
         stored.roles,
         stored.claims,
     );
-    cell.check_invariants().map_err(|e| anyhow::anyhow!("stored state violates an invariant: {e}"))?;
+    cell.check_invariants()
+        .map_err(|e| anyhow::anyhow!("stored state violates an invariant: {e}"))?;
     Ok(cell)
 }
 
@@ -66,7 +75,11 @@ impl MasterCore {
     /// Starts the commit path over a store.
     /// Must run inside a tokio runtime (the agent hub spawns its loops).
     pub fn start(store: Arc<dyn Store>) -> anyhow::Result<MasterCore> {
-        MasterCore::start_with(store, committer::CommitConfig::default(), agents::AgentTimers::default())
+        MasterCore::start_with(
+            store,
+            committer::CommitConfig::default(),
+            agents::AgentTimers::default(),
+        )
     }
 
     pub fn start_with(
@@ -75,8 +88,15 @@ impl MasterCore {
         timers: agents::AgentTimers,
     ) -> anyhow::Result<MasterCore> {
         let cell = load_cell(store.as_ref())?;
-        tracing::info!(cell_id = cell.cell_id(), version = cell.version(), agents = cell.agent_count(), tasks = cell.task_count(), "cell loaded");
-        let (committer, published, _thread) = committer::start(cell, store, Arc::new(wall_clock_ms), config);
+        tracing::info!(
+            cell_id = cell.cell_id(),
+            version = cell.version(),
+            agents = cell.agent_count(),
+            tasks = cell.task_count(),
+            "cell loaded"
+        );
+        let (committer, published, _thread) =
+            committer::start(cell, store, Arc::new(wall_clock_ms), config);
         if published.snapshot().version() > 0 {
             // Holds (offers) do not survive a restart: say so to watchers first.
             let c = committer.clone();
@@ -87,7 +107,11 @@ impl MasterCore {
             });
         }
         let agents = agents::AgentHub::start(committer.clone(), published.clone(), timers);
-        Ok(MasterCore { committer, published, agents })
+        Ok(MasterCore {
+            committer,
+            published,
+            agents,
+        })
     }
 
     /// The native API plus `/health` and `/version`.
@@ -107,7 +131,8 @@ impl MasterCore {
 
 /// Opens the embedded store under `work_dir` (one file, `shoal.redb`).
 pub fn open_store(work_dir: &std::path::Path) -> anyhow::Result<Arc<dyn Store>> {
-    std::fs::create_dir_all(work_dir).with_context(|| format!("creating {}", work_dir.display()))?;
+    std::fs::create_dir_all(work_dir)
+        .with_context(|| format!("creating {}", work_dir.display()))?;
     let path = work_dir.join("shoal.redb");
     let store = RedbStore::open(&path).with_context(|| format!("opening {}", path.display()))?;
     Ok(Arc::new(store))
@@ -115,8 +140,13 @@ pub fn open_store(work_dir: &std::path::Path) -> anyhow::Result<Arc<dyn Store>> 
 
 /// Binds `addr` and writes the bound address to `<work_dir>/master.addr` (so `127.0.0.1:0`
 /// can be used by tests that run in parallel).
-pub async fn bind(addr: SocketAddr, work_dir: &std::path::Path) -> anyhow::Result<tokio::net::TcpListener> {
-    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
+pub async fn bind(
+    addr: SocketAddr,
+    work_dir: &std::path::Path,
+) -> anyhow::Result<tokio::net::TcpListener> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding {addr}"))?;
     let bound = listener.local_addr()?;
     let tmp = work_dir.join("master.addr.tmp");
     std::fs::write(&tmp, bound.to_string())?;
@@ -131,6 +161,8 @@ pub async fn serve(
     router: Router,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    axum::serve(listener, router).with_graceful_shutdown(shutdown).await?;
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown)
+        .await?;
     Ok(())
 }

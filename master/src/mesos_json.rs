@@ -2,10 +2,10 @@
 //! and writing resources the way Mesos writes them.
 
 use serde::Deserialize;
-use serde_json::Value as Json;
-use shoal_core::{Milli, Ranges, Resource, ResourceSet, Value, UNRESERVED};
 #[cfg(test)]
 use serde_json::json;
+use serde_json::Value as Json;
+use shoal_core::{Milli, Ranges, Resource, ResourceSet, Value, UNRESERVED};
 
 #[derive(Deserialize)]
 struct IdJson {
@@ -80,7 +80,8 @@ pub struct TaskInfoParts {
 
 /// Converts Mesos `Resource` messages (JSON) into a [`ResourceSet`].
 pub fn resources_from_json(v: &Json) -> Result<ResourceSet, String> {
-    let list: Vec<ResourceJson> = serde_json::from_value(v.clone()).map_err(|e| format!("resources: {e}"))?;
+    let list: Vec<ResourceJson> =
+        serde_json::from_value(v.clone()).map_err(|e| format!("resources: {e}"))?;
     convert_resources(list)
 }
 
@@ -102,26 +103,46 @@ fn convert_resources(list: Vec<ResourceJson>) -> Result<ResourceSet, String> {
         } else {
             "SCALAR"
         });
-        let value = match kind {
-            "SCALAR" => {
-                let v = r.scalar.ok_or_else(|| format!("resource {}: SCALAR without scalar", r.name))?.value;
-                Value::Scalar(Milli::from_f64(v).ok_or_else(|| format!("resource {}: invalid scalar {v}", r.name))?)
-            }
-            "RANGES" => {
-                let ranges = r.ranges.unwrap_or_default().range.into_iter().map(|x| (x.begin, x.end)).collect();
-                Value::Ranges(Ranges::new(ranges).ok_or_else(|| format!("resource {}: range begins after it ends", r.name))?)
-            }
-            "SET" => Value::Set(r.set.unwrap_or_default().item.into_iter().collect()),
-            other => return Err(format!("resource {}: unsupported type {other}", r.name)),
-        };
-        out.push(Resource { name: r.name, role, value });
+        let value =
+            match kind {
+                "SCALAR" => {
+                    let v = r
+                        .scalar
+                        .ok_or_else(|| format!("resource {}: SCALAR without scalar", r.name))?
+                        .value;
+                    Value::Scalar(
+                        Milli::from_f64(v)
+                            .ok_or_else(|| format!("resource {}: invalid scalar {v}", r.name))?,
+                    )
+                }
+                "RANGES" => {
+                    let ranges = r
+                        .ranges
+                        .unwrap_or_default()
+                        .range
+                        .into_iter()
+                        .map(|x| (x.begin, x.end))
+                        .collect();
+                    Value::Ranges(Ranges::new(ranges).ok_or_else(|| {
+                        format!("resource {}: range begins after it ends", r.name)
+                    })?)
+                }
+                "SET" => Value::Set(r.set.unwrap_or_default().item.into_iter().collect()),
+                other => return Err(format!("resource {}: unsupported type {other}", r.name)),
+            };
+        out.push(Resource {
+            name: r.name,
+            role,
+            value,
+        });
     }
     ResourceSet::from_resources(out).map_err(|e| e.to_string())
 }
 
 /// Reads a TaskInfo's id, name, agent and resources. Never panics on input.
 pub fn task_info_parts(task_info: &Json) -> Result<TaskInfoParts, String> {
-    let t: TaskInfoJson = serde_json::from_value(task_info.clone()).map_err(|e| format!("task_info: {e}"))?;
+    let t: TaskInfoJson =
+        serde_json::from_value(task_info.clone()).map_err(|e| format!("task_info: {e}"))?;
     let resources = convert_resources(t.resources)?;
     Ok(TaskInfoParts {
         name: t.name.unwrap_or_else(|| t.task_id.value.clone()),
@@ -154,7 +175,10 @@ mod tests {
         });
         let p = task_info_parts(&t).unwrap();
         assert_eq!(p.task_id, "t1");
-        assert_eq!(p.resources.to_string(), "cpus:0.5;disk(web):10;mem:64;ports:[31000-31001]");
+        assert_eq!(
+            p.resources.to_string(),
+            "cpus:0.5;disk(web):10;mem:64;ports:[31000-31001]"
+        );
         let back = resources_from_json(&resources_to_json(&p.resources)).unwrap();
         assert_eq!(back, p.resources);
     }

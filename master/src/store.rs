@@ -35,7 +35,15 @@ macro_rules! backend_err {
         }
     )*};
 }
-backend_err!(redb::Error, redb::DatabaseError, redb::TransactionError, redb::TableError, redb::StorageError, redb::CommitError, redb::SetDurabilityError);
+backend_err!(
+    redb::Error,
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError,
+    redb::SetDurabilityError
+);
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
@@ -113,7 +121,11 @@ impl RedbStore {
     }
 }
 
-fn load_table<T: DeserializeOwned>(txn: &redb::ReadTransaction, def: TableDefinition<&str, &[u8]>, what: &str) -> StoreResult<Vec<T>> {
+fn load_table<T: DeserializeOwned>(
+    txn: &redb::ReadTransaction,
+    def: TableDefinition<&str, &[u8]>,
+    what: &str,
+) -> StoreResult<Vec<T>> {
     let table = txn.open_table(def)?;
     let mut out = Vec::new();
     for row in table.iter()? {
@@ -128,7 +140,10 @@ impl Store for RedbStore {
         let txn = self.db.begin_read()?;
         let meta = txn.open_table(META)?;
         let cell_id = match meta.get("cell_id")? {
-            Some(v) => Some(String::from_utf8(v.value().to_vec()).map_err(|e| StoreError::Corrupt(e.to_string()))?),
+            Some(v) => Some(
+                String::from_utf8(v.value().to_vec())
+                    .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+            ),
             None => None,
         };
         let version = match meta.get("version")? {
@@ -277,7 +292,9 @@ impl MemStore {
     }
     fn check_up(inner: &MemInner) -> StoreResult<()> {
         if inner.down {
-            return Err(StoreError::Backend("the disk is gone (simulated crash)".into()));
+            return Err(StoreError::Backend(
+                "the disk is gone (simulated crash)".into(),
+            ));
         }
         Ok(())
     }
@@ -319,7 +336,13 @@ impl Store for MemStore {
         Ok(())
     }
     fn read_log(&self, from: Version, max: usize) -> StoreResult<Vec<LogEntry>> {
-        Ok(self.view().log.range(from..).take(max).map(|(_, e)| e.clone()).collect())
+        Ok(self
+            .view()
+            .log
+            .range(from..)
+            .take(max)
+            .map(|(_, e)| e.clone())
+            .collect())
     }
     fn log_floor(&self) -> StoreResult<Version> {
         Ok(self.view().log.keys().next().copied().unwrap_or(0))

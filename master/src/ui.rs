@@ -9,7 +9,10 @@ use axum::response::Html;
 use crate::committer::Published;
 
 fn esc(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
 }
 
 pub async fn index(State(p): State<Arc<Published>>) -> Html<String> {
@@ -40,7 +43,10 @@ pub async fn index(State(p): State<Arc<Published>>) -> Html<String> {
     }
     html.push_str("</table><h2>Tasks (newest first)</h2><table><tr><th>id</th><th>state</th><th>agent</th><th>resources</th><th>message</th><th>logs</th></tr>");
     for t in tasks.into_iter().take(500) {
-        let logs = format!("/files/read?path=/agents/{}/tasks/{}/stdout", t.agent_id, t.id);
+        let logs = format!(
+            "/files/read?path=/agents/{}/tasks/{}/stdout",
+            t.agent_id, t.id
+        );
         html.push_str(&format!(
             "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td><a href=\"{}\">stdout</a></td></tr>",
             esc(t.id.as_str()),

@@ -39,15 +39,25 @@ async fn acknowledged_claims_survive_crashes_that_drop_unsynced_writes() {
         cell.check_invariants().expect("invariants after reload");
         // Every claim acknowledged before any crash is there, exactly as answered.
         for (id, outcome) in &acked {
-            let stored = cell.claim(&ClaimId::new(id)).unwrap_or_else(|| panic!("acknowledged claim {id} lost"));
+            let stored = cell
+                .claim(&ClaimId::new(id))
+                .unwrap_or_else(|| panic!("acknowledged claim {id} lost"));
             assert_eq!(stored, outcome, "claim {id} changed");
             for p in outcome.placements.iter().filter(|p| p.committed) {
-                let t = cell.task(&p.task_id).unwrap_or_else(|| panic!("task {} of claim {id} lost", p.task_id));
+                let t = cell
+                    .task(&p.task_id)
+                    .unwrap_or_else(|| panic!("task {} of claim {id} lost", p.task_id));
                 assert_eq!(t.agent_id, p.agent_id);
             }
         }
-        let (committer, published, thread) =
-            committer::start(cell, Arc::new(store.clone()), clock(), CommitConfig { log_retain_entries: 50 });
+        let (committer, published, thread) = committer::start(
+            cell,
+            Arc::new(store.clone()),
+            clock(),
+            CommitConfig {
+                log_retain_entries: 50,
+            },
+        );
         if agents.is_empty() {
             for i in 0..6 {
                 let reply = committer
@@ -61,7 +71,9 @@ async fn acknowledged_claims_survive_crashes_that_drop_unsynced_writes() {
                     }))
                     .await
                     .expect("register");
-                let Reply::Agent { agent_id } = reply else { panic!("{reply:?}") };
+                let Reply::Agent { agent_id } = reply else {
+                    panic!("{reply:?}")
+                };
                 agents.push(agent_id);
             }
         }
@@ -87,7 +99,11 @@ async fn acknowledged_claims_survive_crashes_that_drop_unsynced_writes() {
                             spec: TaskSpec::empty(),
                         })
                         .collect();
-                    let mode = if rng.next() % 2 == 0 { CommitMode::AllOrNothing } else { CommitMode::Incremental };
+                    let mode = if rng.next() % 2 == 0 {
+                        CommitMode::AllOrNothing
+                    } else {
+                        CommitMode::Incremental
+                    };
                     let claim = Claim {
                         id: ClaimId::new(format!("c-r{round}-s{s}-n{n}")),
                         role: "*".into(),
@@ -98,7 +114,10 @@ async fn acknowledged_claims_survive_crashes_that_drop_unsynced_writes() {
                         placements,
                     };
                     // Tasks also finish, so resources are freed and re-used across crashes.
-                    if let Some(t) = snap.tasks().find(|t| t.state == TaskState::Staging && rng.next() % 3 == 0) {
+                    if let Some(t) = snap
+                        .tasks()
+                        .find(|t| t.state == TaskState::Staging && rng.next() % 3 == 0)
+                    {
                         let _ = committer
                             .submit(Command::UpdateTaskStatus {
                                 task_id: t.id.clone(),
@@ -127,7 +146,10 @@ async fn acknowledged_claims_survive_crashes_that_drop_unsynced_writes() {
         let target = start + 20 + round * 15;
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         while published.snapshot().version() < target {
-            assert!(std::time::Instant::now() < deadline, "no progress before the crash");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no progress before the crash"
+            );
             tokio::time::sleep(Duration::from_micros(200)).await;
         }
         store.crash();
@@ -145,10 +167,20 @@ async fn acknowledged_claims_survive_crashes_that_drop_unsynced_writes() {
     let cell = shoal_master::load_cell(&store).expect("final load");
     cell.check_invariants().expect("no double booking");
     for id in acked.keys() {
-        assert!(cell.claim(&ClaimId::new(id)).is_some(), "acknowledged claim {id} lost");
+        assert!(
+            cell.claim(&ClaimId::new(id)).is_some(),
+            "acknowledged claim {id} lost"
+        );
     }
-    assert!(acked.len() > 50, "the test must commit a good number of claims (got {})", acked.len());
-    assert!(total_unacked > 0, "the crashes must have hit claims in flight");
+    assert!(
+        acked.len() > 50,
+        "the test must commit a good number of claims (got {})",
+        acked.len()
+    );
+    assert!(
+        total_unacked > 0,
+        "the crashes must have hit claims in flight"
+    );
     // A watch can resume from the floor: the log holds consecutive versions up to the cell's.
     let floor = store.log_floor().unwrap();
     let log = store.read_log(floor, usize::MAX).unwrap();
@@ -156,25 +188,45 @@ async fn acknowledged_claims_survive_crashes_that_drop_unsynced_writes() {
     for w in log.windows(2) {
         assert_eq!(w[1].version, w[0].version + 1);
     }
-    println!("{} claims acknowledged and kept across 8 crashes; {} refused in flight", acked.len(), total_unacked);
+    println!(
+        "{} claims acknowledged and kept across 8 crashes; {} refused in flight",
+        acked.len(),
+        total_unacked
+    );
 }
 
 #[test]
 fn a_store_failure_changes_nothing_and_is_not_acknowledged() {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
         let store = MemStore::new();
         let cell = shoal_master::load_cell(&store).unwrap();
-        let (committer, published, _t) = committer::start(cell, Arc::new(store.clone()), clock(), CommitConfig::default());
+        let (committer, published, _t) = committer::start(
+            cell,
+            Arc::new(store.clone()),
+            clock(),
+            CommitConfig::default(),
+        );
         store.crash();
         let r = committer
-            .submit(Command::ConfigureRole { name: "a".into(), weight: 2.0, quota: Quota::default() })
+            .submit(Command::ConfigureRole {
+                name: "a".into(),
+                weight: 2.0,
+                quota: Quota::default(),
+            })
             .await;
         assert!(matches!(r, Err(CommitError::Unavailable(_))), "{r:?}");
         assert_eq!(published.snapshot().version(), 0, "nothing published");
         store.reboot();
         committer
-            .submit(Command::ConfigureRole { name: "a".into(), weight: 2.0, quota: Quota::default() })
+            .submit(Command::ConfigureRole {
+                name: "a".into(),
+                weight: 2.0,
+                quota: Quota::default(),
+            })
             .await
             .expect("commits after the store is back");
         assert_eq!(published.snapshot().version(), 1);

@@ -159,8 +159,9 @@ impl Decoder {
                 State::Header => {
                     let newline = self.buffer.iter().position(|&b| b == b'\n');
                     let header_len = newline.unwrap_or(self.buffer.len());
-                    if let Some(&byte) =
-                        self.buffer[..header_len].iter().find(|b| !b.is_ascii_digit())
+                    if let Some(&byte) = self.buffer[..header_len]
+                        .iter()
+                        .find(|b| !b.is_ascii_digit())
                     {
                         return Err(RecordIoError::InvalidHeaderByte { byte });
                     }
@@ -229,11 +230,14 @@ mod tests {
         for byte in stream.iter() {
             records.extend(decoder.decode(std::slice::from_ref(byte)).unwrap());
         }
-        assert_eq!(records, vec![
-            Bytes::from_static(b"hello"),
-            Bytes::new(),
-            Bytes::from_static(b"world\nwith newline"),
-        ]);
+        assert_eq!(
+            records,
+            vec![
+                Bytes::from_static(b"hello"),
+                Bytes::new(),
+                Bytes::from_static(b"world\nwith newline"),
+            ]
+        );
         decoder.finish().unwrap();
     }
 
@@ -242,25 +246,50 @@ mod tests {
         let mut decoder = Decoder::new();
         assert_eq!(decoder.decode(b"1").unwrap(), Vec::<Bytes>::new());
         assert_eq!(decoder.decode(b"0\nabcde").unwrap(), Vec::<Bytes>::new());
-        assert!(matches!(decoder.finish(), Err(RecordIoError::Truncated { buffered: 5 })));
-        assert_eq!(decoder.decode(b"fghij").unwrap(), vec![Bytes::from_static(b"abcdefghij")]);
+        assert!(matches!(
+            decoder.finish(),
+            Err(RecordIoError::Truncated { buffered: 5 })
+        ));
+        assert_eq!(
+            decoder.decode(b"fghij").unwrap(),
+            vec![Bytes::from_static(b"abcdefghij")]
+        );
         decoder.finish().unwrap();
     }
 
     #[test]
     fn rejects_bad_headers() {
         for (input, expected) in [
-            (&b"+5\nhello"[..], RecordIoError::InvalidHeaderByte { byte: b'+' }),
-            (b"-5\nhello", RecordIoError::InvalidHeaderByte { byte: b'-' }),
-            (b" 5\nhello", RecordIoError::InvalidHeaderByte { byte: b' ' }),
-            (b"5\r\nhello", RecordIoError::InvalidHeaderByte { byte: b'\r' }),
+            (
+                &b"+5\nhello"[..],
+                RecordIoError::InvalidHeaderByte { byte: b'+' },
+            ),
+            (
+                b"-5\nhello",
+                RecordIoError::InvalidHeaderByte { byte: b'-' },
+            ),
+            (
+                b" 5\nhello",
+                RecordIoError::InvalidHeaderByte { byte: b' ' },
+            ),
+            (
+                b"5\r\nhello",
+                RecordIoError::InvalidHeaderByte { byte: b'\r' },
+            ),
             (b"0x10\n", RecordIoError::InvalidHeaderByte { byte: b'x' }),
-            (b"{\"type\":\"HEARTBEAT\"}", RecordIoError::InvalidHeaderByte { byte: b'{' }),
+            (
+                b"{\"type\":\"HEARTBEAT\"}",
+                RecordIoError::InvalidHeaderByte { byte: b'{' },
+            ),
             (b"\nhello", RecordIoError::EmptyHeader),
             (b"123456789012345678901\n", RecordIoError::HeaderTooLong),
         ] {
             let mut decoder = Decoder::new();
-            assert_eq!(decoder.decode(input), Err(expected.clone()), "input {input:?}");
+            assert_eq!(
+                decoder.decode(input),
+                Err(expected.clone()),
+                "input {input:?}"
+            );
             // The decoder stays failed.
             assert_eq!(decoder.decode(b"1\na"), Err(expected.clone()));
             assert_eq!(decoder.finish(), Err(expected));
@@ -289,7 +318,10 @@ mod tests {
         // Exactly the limit is fine (announced, not yet received).
         let mut decoder = Decoder::new();
         let header = format!("{MAX_RECORD_BYTES}\n");
-        assert_eq!(decoder.decode(header.as_bytes()).unwrap(), Vec::<Bytes>::new());
+        assert_eq!(
+            decoder.decode(header.as_bytes()).unwrap(),
+            Vec::<Bytes>::new()
+        );
 
         // 20 digits that overflow u64 are "too large", not a panic.
         let mut decoder = Decoder::new();
@@ -302,7 +334,10 @@ mod tests {
         );
 
         let mut decoder = Decoder::with_max_record_bytes(4);
-        assert_eq!(decoder.decode(b"4\nabcd").unwrap(), vec![Bytes::from_static(b"abcd")]);
+        assert_eq!(
+            decoder.decode(b"4\nabcd").unwrap(),
+            vec![Bytes::from_static(b"abcd")]
+        );
         assert_eq!(
             decoder.decode(b"5\nabcde"),
             Err(RecordIoError::RecordTooLarge { length: 5, max: 4 })
@@ -312,7 +347,10 @@ mod tests {
     #[test]
     fn accepts_leading_zeros() {
         let mut decoder = Decoder::new();
-        assert_eq!(decoder.decode(b"003\nabc").unwrap(), vec![Bytes::from_static(b"abc")]);
+        assert_eq!(
+            decoder.decode(b"003\nabc").unwrap(),
+            vec![Bytes::from_static(b"abc")]
+        );
     }
 
     proptest! {

@@ -10,16 +10,28 @@ pub fn shoal_bin() -> PathBuf {
     if let Ok(p) = std::env::var("SHOAL_BIN") {
         return PathBuf::from(p);
     }
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf();
-    let target = std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| root.join("target"));
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf();
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| root.join("target"));
     let bin = target.join("debug").join("shoal");
-    assert!(bin.exists(), "{} not built: run `cargo build -p shoal` first", bin.display());
+    assert!(
+        bin.exists(),
+        "{} not built: run `cargo build -p shoal` first",
+        bin.display()
+    );
     bin
 }
 
 /// A name unique to this test run (hostnames, task ids), so tests running in parallel never meet.
 pub fn unique(name: &str) -> String {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
     format!("{name}-{}-{nanos:x}", std::process::id())
 }
 
@@ -55,14 +67,23 @@ impl MasterProc {
     pub fn start(work_dir: &Path, extra: &[&str]) -> MasterProc {
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         let (child, addr) = Self::spawn(work_dir, &extra);
-        MasterProc { work_dir: work_dir.to_path_buf(), addr, child, extra }
+        MasterProc {
+            work_dir: work_dir.to_path_buf(),
+            addr,
+            child,
+            extra,
+        }
     }
 
     fn spawn(work_dir: &Path, extra: &[String]) -> (Child, String) {
         std::fs::create_dir_all(work_dir).unwrap();
         let addr_file = work_dir.join("master.addr");
         let _ = std::fs::remove_file(&addr_file);
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(work_dir.join("master.log")).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(work_dir.join("master.log"))
+            .unwrap();
         let child = Command::new(shoal_bin())
             .args(["master", "--listen", "127.0.0.1:0", "--work-dir"])
             .arg(work_dir)
@@ -78,7 +99,11 @@ impl MasterProc {
                     return (child, format!("http://{a}"));
                 }
             }
-            assert!(Instant::now() < until, "master did not write {}", addr_file.display());
+            assert!(
+                Instant::now() < until,
+                "master did not write {}",
+                addr_file.display()
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
     }
@@ -125,13 +150,22 @@ impl AgentProc {
     pub fn start(master: &str, work_dir: &Path, extra: &[&str]) -> AgentProc {
         std::fs::create_dir_all(work_dir).unwrap();
         let work_dir = work_dir.canonicalize().unwrap();
-        let mut a = AgentProc { work_dir, master: master.to_string(), child: None, args: extra.iter().map(|s| s.to_string()).collect() };
+        let mut a = AgentProc {
+            work_dir,
+            master: master.to_string(),
+            child: None,
+            args: extra.iter().map(|s| s.to_string()).collect(),
+        };
         a.spawn();
         a
     }
 
     fn spawn(&mut self) {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.work_dir.join("agent.log")).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.work_dir.join("agent.log"))
+            .unwrap();
         let child = Command::new(shoal_bin())
             .args(["agent", "--master", &self.master, "--work-dir"])
             .arg(&self.work_dir)
@@ -150,7 +184,10 @@ impl AgentProc {
 
     /// The id the master gave this agent (written by the agent once registered).
     pub fn agent_id(&self) -> Option<String> {
-        std::fs::read_to_string(self.work_dir.join("state").join("agent_id")).ok().map(|s| s.trim().to_string()).filter(|s| !s.is_empty())
+        std::fs::read_to_string(self.work_dir.join("state").join("agent_id"))
+            .ok()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
     }
 
     /// The agent's log so far (for failure messages).
@@ -179,8 +216,12 @@ impl AgentProc {
         let tasks = self.work_dir.join("state").join("process").join("tasks");
         if let Ok(rd) = std::fs::read_dir(&tasks) {
             for e in rd.flatten() {
-                let Ok(data) = std::fs::read(e.path().join("record.json")) else { continue };
-                let Ok(rec) = serde_json::from_slice::<serde_json::Value>(&data) else { continue };
+                let Ok(data) = std::fs::read(e.path().join("record.json")) else {
+                    continue;
+                };
+                let Ok(rec) = serde_json::from_slice::<serde_json::Value>(&data) else {
+                    continue;
+                };
                 if let Some(pgid) = rec["pgid"].as_i64().filter(|p| *p > 1) {
                     if Path::new(&format!("/proc/{pgid}")).exists() {
                         // SAFETY: plain kill(2) of a process group the agent started.
@@ -190,7 +231,14 @@ impl AgentProc {
             }
         }
         let out = Command::new("docker")
-            .args(["ps", "-a", "--filter", "label=shoal.managed=true", "--format", "{{.ID}} {{.Label \"shoal.sandbox\"}}"])
+            .args([
+                "ps",
+                "-a",
+                "--filter",
+                "label=shoal.managed=true",
+                "--format",
+                "{{.ID}} {{.Label \"shoal.sandbox\"}}",
+            ])
             .stderr(Stdio::null())
             .output();
         if let Ok(out) = out {
@@ -202,7 +250,12 @@ impl AgentProc {
                 .map(|(id, _)| id.to_string())
                 .collect();
             if !ids.is_empty() {
-                let _ = Command::new("docker").args(["rm", "-f"]).args(&ids).stdout(Stdio::null()).stderr(Stdio::null()).status();
+                let _ = Command::new("docker")
+                    .args(["rm", "-f"])
+                    .args(&ids)
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status();
             }
         }
     }
@@ -219,10 +272,18 @@ impl Drop for AgentProc {
 /// works (`SHOAL_TEST_DOCKER=1`); otherwise only when `docker info` succeeds. Prints why
 /// when they are skipped.
 pub fn docker_enabled(test: &str) -> bool {
-    if std::env::var("CI").as_deref() == Ok("true") || std::env::var("SHOAL_TEST_DOCKER").as_deref() == Ok("1") {
+    if std::env::var("CI").as_deref() == Ok("true")
+        || std::env::var("SHOAL_TEST_DOCKER").as_deref() == Ok("1")
+    {
         return true;
     }
-    let ok = Command::new("docker").arg("info").stdout(Stdio::null()).stderr(Stdio::null()).status().map(|s| s.success()).unwrap_or(false);
+    let ok = Command::new("docker")
+        .arg("info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
     if !ok {
         eprintln!("skipping {test}: `docker info` fails and CI is not \"true\"");
     }
@@ -305,7 +366,13 @@ impl ScriptRun {
 
 /// Runs `python tests/frameworks/<script> <args...>` with a timeout (SIGKILL then); its output
 /// goes to `<log_dir>/<script>.<n>.log` and into the returned [`ScriptRun`].
-pub fn run_script(python: &Path, script: &str, args: &[&str], timeout: Duration, log_dir: &Path) -> ScriptRun {
+pub fn run_script(
+    python: &Path,
+    script: &str,
+    args: &[&str],
+    timeout: Duration,
+    log_dir: &Path,
+) -> ScriptRun {
     std::fs::create_dir_all(log_dir).unwrap();
     let mut n = 0;
     let log_path = loop {
@@ -340,7 +407,12 @@ pub fn run_script(python: &Path, script: &str, args: &[&str], timeout: Duration,
         std::thread::sleep(Duration::from_millis(20));
     };
     let output = std::fs::read_to_string(&log_path).unwrap_or_default();
-    ScriptRun { script: script.to_string(), status, output, elapsed: started.elapsed() }
+    ScriptRun {
+        script: script.to_string(),
+        status,
+        output,
+        elapsed: started.elapsed(),
+    }
 }
 
 // ---------------------------------------------------------------- offers and native claims together
@@ -355,7 +427,12 @@ pub struct BackgroundScript {
 
 /// Starts `python tests/frameworks/<script> <args...>` without waiting for it; its output goes
 /// to `<log_dir>/<script>.<n>.log` (as [`run_script`]).
-pub fn spawn_script(python: &Path, script: &str, args: &[&str], log_dir: &Path) -> BackgroundScript {
+pub fn spawn_script(
+    python: &Path,
+    script: &str,
+    args: &[&str],
+    log_dir: &Path,
+) -> BackgroundScript {
     std::fs::create_dir_all(log_dir).unwrap();
     let mut n = 0;
     let log_path = loop {
@@ -377,7 +454,12 @@ pub fn spawn_script(python: &Path, script: &str, args: &[&str], log_dir: &Path) 
         .stderr(log)
         .spawn()
         .unwrap_or_else(|e| panic!("spawn {} {script}: {e}", python.display()));
-    BackgroundScript { script: script.to_string(), child: Some(child), log_path, started: Instant::now() }
+    BackgroundScript {
+        script: script.to_string(),
+        child: Some(child),
+        log_path,
+        started: Instant::now(),
+    }
 }
 
 impl BackgroundScript {
@@ -388,7 +470,9 @@ impl BackgroundScript {
 
     /// Whether it is still running.
     pub fn running(&mut self) -> bool {
-        self.child.as_mut().is_some_and(|c| c.try_wait().ok().flatten().is_none())
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().ok().flatten().is_none())
     }
 
     /// Waits (blocking) until it exits, at most `timeout` (SIGKILL then).
@@ -406,7 +490,12 @@ impl BackgroundScript {
             }
             std::thread::sleep(Duration::from_millis(20));
         };
-        ScriptRun { script: self.script.clone(), status, output: self.output(), elapsed: self.started.elapsed() }
+        ScriptRun {
+            script: self.script.clone(),
+            status,
+            output: self.output(),
+            elapsed: self.started.elapsed(),
+        }
     }
 }
 
@@ -420,7 +509,12 @@ impl Drop for BackgroundScript {
 }
 
 /// Starts an agent for the Mesos tests: process executor, fast timers, `resources`.
-pub fn start_mesos_agent(master: &str, work_dir: &Path, hostname: &str, resources: &str) -> AgentProc {
+pub fn start_mesos_agent(
+    master: &str,
+    work_dir: &Path,
+    hostname: &str,
+    resources: &str,
+) -> AgentProc {
     AgentProc::start(
         master,
         work_dir,
@@ -444,43 +538,67 @@ pub fn start_mesos_agent(master: &str, work_dir: &Path, hostname: &str, resource
 }
 
 /// Waits until an active agent is registered for each of `hostnames`; their ids, in order.
-pub async fn wait_agents_active(client: &shoal_client::Client, hostnames: &[&str], deadline: Duration) -> Result<Vec<String>, String> {
+pub async fn wait_agents_active(
+    client: &shoal_client::Client,
+    hostnames: &[&str],
+    deadline: Duration,
+) -> Result<Vec<String>, String> {
     let until = Instant::now() + deadline;
     loop {
         if let Ok(st) = client.state().await {
             let ids: Vec<Option<String>> = hostnames
                 .iter()
-                .map(|h| st.agents.iter().find(|a| a.hostname == *h && a.state == shoal_core::AgentState::Active).map(|a| a.id.to_string()))
+                .map(|h| {
+                    st.agents
+                        .iter()
+                        .find(|a| a.hostname == *h && a.state == shoal_core::AgentState::Active)
+                        .map(|a| a.id.to_string())
+                })
                 .collect();
             if ids.iter().all(Option::is_some) {
                 return Ok(ids.into_iter().flatten().collect());
             }
         }
         if Instant::now() > until {
-            return Err(format!("agents {hostnames:?} not all active within {deadline:?}"));
+            return Err(format!(
+                "agents {hostnames:?} not all active within {deadline:?}"
+            ));
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
 /// Per agent, the sum of the resources of its non-terminal tasks.
-pub fn live_task_resources(state: &shoal_client::State) -> Result<std::collections::BTreeMap<String, shoal_core::ResourceSet>, String> {
-    let mut out: std::collections::BTreeMap<String, shoal_core::ResourceSet> = std::collections::BTreeMap::new();
+pub fn live_task_resources(
+    state: &shoal_client::State,
+) -> Result<std::collections::BTreeMap<String, shoal_core::ResourceSet>, String> {
+    let mut out: std::collections::BTreeMap<String, shoal_core::ResourceSet> =
+        std::collections::BTreeMap::new();
     for t in state.tasks.iter().filter(|t| !t.state.is_terminal()) {
-        out.entry(t.agent_id.to_string()).or_default().add(&t.resources).map_err(|e| format!("task {}: {e}", t.id))?;
+        out.entry(t.agent_id.to_string())
+            .or_default()
+            .add(&t.resources)
+            .map_err(|e| format!("task {}: {e}", t.id))?;
     }
     Ok(out)
 }
 
 /// Per agent, what is allocated but not to a live task: what offers (holds) hold. The native
 /// state shows no holds, but an agent's `allocated` counts them. Empty sets are left out.
-pub fn held_resources(state: &shoal_client::State) -> Result<std::collections::BTreeMap<String, shoal_core::ResourceSet>, String> {
+pub fn held_resources(
+    state: &shoal_client::State,
+) -> Result<std::collections::BTreeMap<String, shoal_core::ResourceSet>, String> {
     let tasks = live_task_resources(state)?;
     let mut out = std::collections::BTreeMap::new();
     for a in &state.agents {
         let mut held = a.allocated.clone();
         let used = tasks.get(a.id.as_str()).cloned().unwrap_or_default();
-        held.subtract(&used).map_err(|_| format!("agent {}: live tasks {used} exceed allocated {}", a.id, a.allocated))?;
+        held.subtract(&used).map_err(|_| {
+            format!(
+                "agent {}: live tasks {used} exceed allocated {}",
+                a.id, a.allocated
+            )
+        })?;
         if !held.is_empty() {
             out.insert(a.id.to_string(), held);
         }
@@ -494,11 +612,18 @@ pub fn held_resources(state: &shoal_client::State) -> Result<std::collections::B
 pub fn check_no_double_booking(state: &shoal_client::State) -> Result<(), String> {
     for a in &state.agents {
         if !a.total.contains(&a.allocated) {
-            return Err(format!("version {}: agent {} allocated {} > total {}", state.version, a.id, a.allocated, a.total));
+            return Err(format!(
+                "version {}: agent {} allocated {} > total {}",
+                state.version, a.id, a.allocated, a.total
+            ));
         }
     }
     held_resources(state).map_err(|e| format!("version {}: {e}", state.version))?;
-    state.clone().into_cell().check_invariants().map_err(|e| format!("version {}: {e}", state.version))
+    state
+        .clone()
+        .into_cell()
+        .check_invariants()
+        .map_err(|e| format!("version {}: {e}", state.version))
 }
 
 // ---------------------------------------------------------------- Mesos wire: RecordIO, JSON subscriptions, JSON shapes
@@ -513,8 +638,13 @@ pub struct RecordIoReader {
 impl RecordIoReader {
     pub fn new(resp: reqwest::Response) -> RecordIoReader {
         use futures::StreamExt as _;
-        let body = resp.bytes_stream().map(|r| r.map(|b| b.to_vec()).map_err(|e| e.to_string()));
-        RecordIoReader { body: Box::pin(body), buf: Vec::new() }
+        let body = resp
+            .bytes_stream()
+            .map(|r| r.map(|b| b.to_vec()).map_err(|e| e.to_string()));
+        RecordIoReader {
+            body: Box::pin(body),
+            buf: Vec::new(),
+        }
     }
 
     /// The next record; `Ok(None)` when the stream ended cleanly between records.
@@ -522,11 +652,16 @@ impl RecordIoReader {
         use futures::StreamExt as _;
         loop {
             if let Some(nl) = self.buf.iter().position(|b| *b == b'\n') {
-                let header = std::str::from_utf8(&self.buf[..nl]).map_err(|_| format!("RecordIO length is not text: {:?}", &self.buf[..nl]))?;
+                let header = std::str::from_utf8(&self.buf[..nl])
+                    .map_err(|_| format!("RecordIO length is not text: {:?}", &self.buf[..nl]))?;
                 if header.is_empty() || !header.bytes().all(|b| b.is_ascii_digit()) {
-                    return Err(format!("RecordIO length is not a decimal number: {header:?}"));
+                    return Err(format!(
+                        "RecordIO length is not a decimal number: {header:?}"
+                    ));
                 }
-                let len: usize = header.parse().map_err(|e| format!("RecordIO length {header:?}: {e}"))?;
+                let len: usize = header
+                    .parse()
+                    .map_err(|e| format!("RecordIO length {header:?}: {e}"))?;
                 if len == 0 {
                     return Err("RecordIO record of length 0 (Mesos never sends one)".into());
                 }
@@ -536,13 +671,22 @@ impl RecordIoReader {
                     return Ok(Some(record));
                 }
             } else if self.buf.len() > 20 {
-                return Err(format!("no newline after {} bytes of RecordIO length: {:?}", self.buf.len(), String::from_utf8_lossy(&self.buf[..20])));
+                return Err(format!(
+                    "no newline after {} bytes of RecordIO length: {:?}",
+                    self.buf.len(),
+                    String::from_utf8_lossy(&self.buf[..20])
+                ));
             }
             match self.body.next().await {
                 Some(Ok(chunk)) => self.buf.extend_from_slice(&chunk),
                 Some(Err(e)) => return Err(format!("reading the event stream: {e}")),
                 None if self.buf.is_empty() => return Ok(None),
-                None => return Err(format!("event stream ended inside a record ({} bytes pending)", self.buf.len())),
+                None => {
+                    return Err(format!(
+                        "event stream ended inside a record ({} bytes pending)",
+                        self.buf.len()
+                    ))
+                }
             }
         }
     }
@@ -565,13 +709,21 @@ pub struct JsonSubscription {
 impl JsonSubscription {
     /// Subscribes with `framework_info` to the master at `master` (`http://host:port`) and reads
     /// the first event, which must be SUBSCRIBED.
-    pub async fn subscribe(master: &str, framework_info: serde_json::Value, deadline: Duration) -> Result<JsonSubscription, String> {
+    pub async fn subscribe(
+        master: &str,
+        framework_info: serde_json::Value,
+        deadline: Duration,
+    ) -> Result<JsonSubscription, String> {
         let url = format!("{master}/api/v1/scheduler");
         let http = reqwest::Client::new();
         let body = serde_json::json!({"type": "SUBSCRIBE", "subscribe": {"framework_info": framework_info}});
         let resp = tokio::time::timeout(
             deadline,
-            http.post(&url).header("Content-Type", "application/json").header("Accept", "application/json").body(body.to_string()).send(),
+            http.post(&url)
+                .header("Content-Type", "application/json")
+                .header("Accept", "application/json")
+                .body(body.to_string())
+                .send(),
         )
         .await
         .map_err(|_| format!("SUBSCRIBE: no response within {deadline:?}"))?
@@ -581,18 +733,35 @@ impl JsonSubscription {
             let text = resp.text().await.unwrap_or_default();
             return Err(format!("SUBSCRIBE answered {status}: {text}"));
         }
-        let header = |name: &str| resp.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+        let header = |name: &str| {
+            resp.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string()
+        };
         let stream_id = header("Mesos-Stream-Id");
         let content_type = header("Content-Type");
         if stream_id.is_empty() {
             return Err("SUBSCRIBE answered 200 without a Mesos-Stream-Id header".into());
         }
-        let mut sub = JsonSubscription { framework_id: String::new(), stream_id, content_type, events: Vec::new(), url, http, reader: RecordIoReader::new(resp) };
+        let mut sub = JsonSubscription {
+            framework_id: String::new(),
+            stream_id,
+            content_type,
+            events: Vec::new(),
+            url,
+            http,
+            reader: RecordIoReader::new(resp),
+        };
         let first = sub.next_event(deadline).await?;
         if first["type"] != "SUBSCRIBED" {
             return Err(format!("first event is not SUBSCRIBED: {first}"));
         }
-        sub.framework_id = first["subscribed"]["framework_id"]["value"].as_str().ok_or_else(|| format!("SUBSCRIBED without framework_id.value: {first}"))?.to_string();
+        sub.framework_id = first["subscribed"]["framework_id"]["value"]
+            .as_str()
+            .ok_or_else(|| format!("SUBSCRIBED without framework_id.value: {first}"))?
+            .to_string();
         Ok(sub)
     }
 
@@ -600,20 +769,41 @@ impl JsonSubscription {
     pub async fn next_event(&mut self, deadline: Duration) -> Result<serde_json::Value, String> {
         let record = tokio::time::timeout(deadline, self.reader.next())
             .await
-            .map_err(|_| format!("no event within {deadline:?} (events so far: {})", self.event_types()))??
-            .ok_or_else(|| format!("the event stream ended (events so far: {})", self.event_types()))?;
-        let event: serde_json::Value =
-            serde_json::from_slice(&record).map_err(|e| format!("event is not JSON ({e}): {}", String::from_utf8_lossy(&record)))?;
+            .map_err(|_| {
+                format!(
+                    "no event within {deadline:?} (events so far: {})",
+                    self.event_types()
+                )
+            })??
+            .ok_or_else(|| {
+                format!(
+                    "the event stream ended (events so far: {})",
+                    self.event_types()
+                )
+            })?;
+        let event: serde_json::Value = serde_json::from_slice(&record).map_err(|e| {
+            format!(
+                "event is not JSON ({e}): {}",
+                String::from_utf8_lossy(&record)
+            )
+        })?;
         self.events.push(event.clone());
         Ok(event)
     }
 
     /// Reads events until one of type `ty` (others are kept in `events` only).
-    pub async fn wait_for(&mut self, ty: &str, deadline: Duration) -> Result<serde_json::Value, String> {
+    pub async fn wait_for(
+        &mut self,
+        ty: &str,
+        deadline: Duration,
+    ) -> Result<serde_json::Value, String> {
         let until = Instant::now() + deadline;
         loop {
             let left = until.saturating_duration_since(Instant::now());
-            let e = self.next_event(left).await.map_err(|e| format!("waiting for {ty}: {e}"))?;
+            let e = self
+                .next_event(left)
+                .await
+                .map_err(|e| format!("waiting for {ty}: {e}"))?;
             if e["type"] == ty {
                 return Ok(e);
             }
@@ -622,7 +812,11 @@ impl JsonSubscription {
 
     /// The types of the events read so far, e.g. `SUBSCRIBED, HEARTBEAT, OFFERS`.
     pub fn event_types(&self) -> String {
-        self.events.iter().map(|e| e["type"].as_str().unwrap_or("?").to_string()).collect::<Vec<_>>().join(", ")
+        self.events
+            .iter()
+            .map(|e| e["type"].as_str().unwrap_or("?").to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 
     /// Sends a call (JSON) on its own connection, with this framework's id and stream id; the
@@ -659,15 +853,27 @@ pub fn json_type(v: &serde_json::Value) -> &'static str {
 /// Every field path of a JSON value with the types seen there: `a.b` for object members,
 /// `a[]` for the elements of an array (all elements merged), e.g. `offers.offers[].id.value`.
 /// The root itself is not listed.
-pub fn json_shape(v: &serde_json::Value) -> std::collections::BTreeMap<String, std::collections::BTreeSet<&'static str>> {
-    fn walk(v: &serde_json::Value, path: &str, out: &mut std::collections::BTreeMap<String, std::collections::BTreeSet<&'static str>>) {
+pub fn json_shape(
+    v: &serde_json::Value,
+) -> std::collections::BTreeMap<String, std::collections::BTreeSet<&'static str>> {
+    fn walk(
+        v: &serde_json::Value,
+        path: &str,
+        out: &mut std::collections::BTreeMap<String, std::collections::BTreeSet<&'static str>>,
+    ) {
         if !path.is_empty() {
-            out.entry(path.to_string()).or_default().insert(json_type(v));
+            out.entry(path.to_string())
+                .or_default()
+                .insert(json_type(v));
         }
         match v {
             serde_json::Value::Object(m) => {
                 for (k, child) in m {
-                    let p = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+                    let p = if path.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{path}.{k}")
+                    };
                     walk(child, &p, out);
                 }
             }
@@ -731,8 +937,14 @@ impl ShapeReport {
 /// Checks that every field path of `reference` is in `actual` with the same JSON type (values
 /// may differ; `actual` may have more). `skip` is `(rule, why)`: rule `a.b` skips that path and
 /// everything below it, `a.b.*` only what is below it.
-pub fn compare_shape(reference: &serde_json::Value, actual: &serde_json::Value, skip: &[(&str, &str)]) -> ShapeReport {
-    let below = |p: &str, base: &str| p.starts_with(&format!("{base}.")) || p.starts_with(&format!("{base}[]"));
+pub fn compare_shape(
+    reference: &serde_json::Value,
+    actual: &serde_json::Value,
+    skip: &[(&str, &str)],
+) -> ShapeReport {
+    let below = |p: &str, base: &str| {
+        p.starts_with(&format!("{base}.")) || p.starts_with(&format!("{base}[]"))
+    };
     let reference = json_shape(reference);
     let actual = json_shape(actual);
     let mut report = ShapeReport::default();
@@ -749,7 +961,10 @@ pub fn compare_shape(reference: &serde_json::Value, actual: &serde_json::Value, 
         }
         report.checked += 1;
         match actual.get(path) {
-            None => missing.push((path.clone(), types.iter().copied().collect::<Vec<_>>().join("|"))),
+            None => missing.push((
+                path.clone(),
+                types.iter().copied().collect::<Vec<_>>().join("|"),
+            )),
             Some(real) => {
                 if !types.iter().all(|t| real.contains(t)) {
                     report.wrong_type.push(format!(
@@ -766,13 +981,24 @@ pub fn compare_shape(reference: &serde_json::Value, actual: &serde_json::Value, 
         if missing.iter().any(|(other, _)| below(path, other)) {
             continue;
         }
-        let under: Vec<String> = missing.iter().filter(|(other, _)| below(other, path)).map(|(other, t)| format!("{}:{t}", &other[path.len()..])).collect();
-        let more = if under.is_empty() { String::new() } else { format!("; with {}", under.join(" ")) };
+        let under: Vec<String> = missing
+            .iter()
+            .filter(|(other, _)| below(other, path))
+            .map(|(other, t)| format!("{}:{t}", &other[path.len()..]))
+            .collect();
+        let more = if under.is_empty() {
+            String::new()
+        } else {
+            format!("; with {}", under.join(" "))
+        };
         report.missing.push(format!("{path} ({types}{more})"));
     }
     for ((rule, why), n) in skip.iter().zip(skipped) {
         if n > 0 {
-            report.skipped.push(format!("{rule} ({n} path{}): {why}", if n == 1 { "" } else { "s" }));
+            report.skipped.push(format!(
+                "{rule} ({n} path{}): {why}",
+                if n == 1 { "" } else { "s" }
+            ));
         }
     }
     report
@@ -809,5 +1035,10 @@ pub fn run_command(mut cmd: Command, name: &str, timeout: Duration, log_dir: &Pa
         std::thread::sleep(Duration::from_millis(20));
     };
     let output = std::fs::read_to_string(&log_path).unwrap_or_default();
-    ScriptRun { script: name.to_string(), status, output, elapsed: started.elapsed() }
+    ScriptRun {
+        script: name.to_string(),
+        status,
+        output,
+        elapsed: started.elapsed(),
+    }
 }

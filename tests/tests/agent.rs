@@ -12,7 +12,7 @@ use futures::StreamExt;
 use serde_json::{json, Value as Json};
 use shoal_client::{command_task, ClaimRequest, Client, PlacementRequest};
 use shoal_core::{AgentState, CommitMode, ConflictCheck, Event, ResourceSet, Task, TaskState};
-use shoal_tests::{unique, docker_enabled, wait_until, AgentProc, MasterProc};
+use shoal_tests::{docker_enabled, unique, wait_until, AgentProc, MasterProc};
 
 const IMAGE: &str = "local/busybox:latest";
 const GRACE: Duration = Duration::from_secs(1);
@@ -32,7 +32,6 @@ struct TestCell {
     _dir: tempfile::TempDir,
 }
 
-
 async fn start_cell(name: &str, unreachable_timeout: &str) -> TestCell {
     let dir = tempfile::tempdir().unwrap();
     let master = start_master(dir.path(), unreachable_timeout);
@@ -40,7 +39,14 @@ async fn start_cell(name: &str, unreachable_timeout: &str) -> TestCell {
     let hostname = unique(name);
     let agent = start_agent(&master, dir.path(), &hostname);
     let agent_id = wait_agent_active(&client, &hostname, &agent).await;
-    TestCell { master, agent, client, agent_id, hostname, _dir: dir }
+    TestCell {
+        master,
+        agent,
+        client,
+        agent_id,
+        hostname,
+        _dir: dir,
+    }
 }
 
 fn start_master(dir: &std::path::Path, unreachable_timeout: &str) -> MasterProc {
@@ -89,11 +95,19 @@ async fn wait_agent_active(client: &Client, hostname: &str, agent: &AgentProc) -
     let until = Instant::now() + Duration::from_secs(20);
     loop {
         if let Ok(st) = client.state().await {
-            if let Some(a) = st.agents.iter().find(|a| a.hostname == hostname && a.state == AgentState::Active) {
+            if let Some(a) = st
+                .agents
+                .iter()
+                .find(|a| a.hostname == hostname && a.state == AgentState::Active)
+            {
                 return a.id.to_string();
             }
         }
-        assert!(Instant::now() < until, "agent {hostname} did not become active; its log:\n{}", agent.log());
+        assert!(
+            Instant::now() < until,
+            "agent {hostname} did not become active; its log:\n{}",
+            agent.log()
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -111,7 +125,10 @@ fn docker_task(id: &str, resources: &str, shell: &str) -> Json {
 /// Places tasks on the agent with one all-or-nothing claim; asserts they committed.
 async fn launch(cell: &TestCell, tasks: Vec<Json>) {
     let version = cell.client.state().await.unwrap().version;
-    let ids: Vec<String> = tasks.iter().map(|t| t["task_id"]["value"].as_str().unwrap().to_string()).collect();
+    let ids: Vec<String> = tasks
+        .iter()
+        .map(|t| t["task_id"]["value"].as_str().unwrap().to_string())
+        .collect();
     let claim = ClaimRequest {
         claim_id: format!("claim-{}", ids.join("+")),
         role: "*".into(),
@@ -119,10 +136,20 @@ async fn launch(cell: &TestCell, tasks: Vec<Json>) {
         snapshot_version: version,
         mode: CommitMode::AllOrNothing,
         check: ConflictCheck::Fine,
-        placements: tasks.into_iter().map(|t| PlacementRequest { agent_id: cell.agent_id.clone(), task_info: t }).collect(),
+        placements: tasks
+            .into_iter()
+            .map(|t| PlacementRequest {
+                agent_id: cell.agent_id.clone(),
+                task_info: t,
+            })
+            .collect(),
     };
     let answer = cell.client.claim(&claim).await.unwrap();
-    assert!(answer.outcome.committed_version.is_some(), "claim for {ids:?} not committed: {:?}", answer.outcome);
+    assert!(
+        answer.outcome.committed_version.is_some(),
+        "claim for {ids:?} not committed: {:?}",
+        answer.outcome
+    );
 }
 
 /// Waits until the task is in `state`; returns it. Fails early (with the agent's log) when the
@@ -155,14 +182,25 @@ async fn history(client: &Client, id: &str) -> Vec<TaskState> {
     let mut out = Vec::new();
     let mut last = 0;
     while last < version {
-        let e = tokio::time::timeout(Duration::from_secs(10), stream.next()).await.expect("watch stalled").unwrap().unwrap();
+        let e = tokio::time::timeout(Duration::from_secs(10), stream.next())
+            .await
+            .expect("watch stalled")
+            .unwrap()
+            .unwrap();
         last = e.version;
         for ev in e.events {
             match ev {
                 Event::ClaimCommitted { tasks, .. } => {
-                    out.extend(tasks.iter().filter(|t| t.id.as_str() == id).map(|t| t.state));
+                    out.extend(
+                        tasks
+                            .iter()
+                            .filter(|t| t.id.as_str() == id)
+                            .map(|t| t.state),
+                    );
                 }
-                Event::TaskStatusChanged { task_id, state, .. } if task_id.as_str() == id => out.push(state),
+                Event::TaskStatusChanged { task_id, state, .. } if task_id.as_str() == id => {
+                    out.push(state)
+                }
                 _ => {}
             }
         }
@@ -172,9 +210,19 @@ async fn history(client: &Client, id: &str) -> Vec<TaskState> {
 
 /// `GET {master}/files/{op}?path=/agents/<agent>/tasks/<task>[/<file>]`: (status, JSON body).
 async fn files(cell: &TestCell, op: &str, task: &str, file: &str) -> (u16, Json) {
-    let path = format!("/agents/{}/tasks/{task}{}", cell.agent_id, if file.is_empty() { String::new() } else { format!("/{file}") });
+    let path = format!(
+        "/agents/{}/tasks/{task}{}",
+        cell.agent_id,
+        if file.is_empty() {
+            String::new()
+        } else {
+            format!("/{file}")
+        }
+    );
     // Task ids and file names here need no escaping.
-    let resp = reqwest::get(format!("{}/files/{op}?path={path}", cell.master.addr)).await.unwrap();
+    let resp = reqwest::get(format!("{}/files/{op}?path={path}", cell.master.addr))
+        .await
+        .unwrap();
     let status = resp.status().as_u16();
     (status, resp.json().await.unwrap_or(Json::Null))
 }
@@ -189,7 +237,10 @@ async fn wait_file_contains(cell: &TestCell, task: &str, file: &str, needle: &st
             return;
         }
         last = json!({"status": status, "body": body, "previous": last["body"]});
-        assert!(Instant::now() < until, "{task}/{file} never contained {needle:?}; last answer {last}");
+        assert!(
+            Instant::now() < until,
+            "{task}/{file} never contained {needle:?}; last answer {last}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -198,10 +249,19 @@ async fn wait_file_contains(cell: &TestCell, task: &str, file: &str, needle: &st
 async fn wait_agent_idle(cell: &TestCell) {
     let c = cell.client.clone();
     let id = cell.agent_id.clone();
-    wait_until("agent resources to be freed", Duration::from_secs(5), || {
-        let (c, id) = (c.clone(), id.clone());
-        async move { c.agent(&id).await.map(|a| a.allocated.is_empty()).unwrap_or(false) }
-    })
+    wait_until(
+        "agent resources to be freed",
+        Duration::from_secs(5),
+        || {
+            let (c, id) = (c.clone(), id.clone());
+            async move {
+                c.agent(&id)
+                    .await
+                    .map(|a| a.allocated.is_empty())
+                    .unwrap_or(false)
+            }
+        },
+    )
     .await;
 }
 
@@ -212,24 +272,47 @@ async fn kill_and_check(cell: &TestCell, id: &str) {
     cell.client.kill(id).await.unwrap();
     let t = wait_task(cell, id, TaskState::Killed, GRACE + Duration::from_secs(5)).await;
     let took = start.elapsed();
-    assert!(took < GRACE + Duration::from_secs(4), "{id} took {took:?} to be killed ({:?})", t.status);
+    assert!(
+        took < GRACE + Duration::from_secs(4),
+        "{id} took {took:?} to be killed ({:?})",
+        t.status
+    );
     let h = history(&cell.client, id).await;
-    let killing = h.iter().position(|s| *s == TaskState::Killing).unwrap_or_else(|| panic!("{id}: no TASK_KILLING in {h:?}"));
+    let killing = h
+        .iter()
+        .position(|s| *s == TaskState::Killing)
+        .unwrap_or_else(|| panic!("{id}: no TASK_KILLING in {h:?}"));
     let killed = h.iter().position(|s| *s == TaskState::Killed).unwrap();
     assert!(killing < killed, "{id}: {h:?}");
-    assert_eq!(h.iter().filter(|s| s.is_terminal()).count(), 1, "{id}: {h:?}");
+    assert_eq!(
+        h.iter().filter(|s| s.is_terminal()).count(),
+        1,
+        "{id}: {h:?}"
+    );
 }
 
 /// Lifecycle shared by the process and Docker executors: exit 0, exit N, kill, files, resources.
 async fn lifecycle(cell: &TestCell, docker: bool, prefix: &str) {
     let make = if docker { docker_task } else { shell_task };
-    let (ok, bad, long) = (format!("{prefix}-ok"), format!("{prefix}-bad"), format!("{prefix}-long"));
+    let (ok, bad, long) = (
+        format!("{prefix}-ok"),
+        format!("{prefix}-bad"),
+        format!("{prefix}-long"),
+    );
     let code = if docker { 1 } else { 3 };
     launch(
         cell,
         vec![
-            make(&ok, "cpus:0.1;mem:32", "echo hello from $0; echo out-marker-42; exit 0"),
-            make(&bad, "cpus:0.1;mem:32", &format!("echo err-marker-7 >&2; exit {code}")),
+            make(
+                &ok,
+                "cpus:0.1;mem:32",
+                "echo hello from $0; echo out-marker-42; exit 0",
+            ),
+            make(
+                &bad,
+                "cpus:0.1;mem:32",
+                &format!("echo err-marker-7 >&2; exit {code}"),
+            ),
             make(&long, "cpus:0.1;mem:32", "sleep 1000"),
         ],
     )
@@ -242,7 +325,10 @@ async fn lifecycle(cell: &TestCell, docker: bool, prefix: &str) {
 
     wait_task(cell, &long, TaskState::Running, Duration::from_secs(20)).await;
     let allocated = cell.client.agent(&cell.agent_id).await.unwrap().allocated;
-    assert!(allocated.contains(&ResourceSet::parse("cpus:0.1;mem:32").unwrap()), "running task not booked: {allocated}");
+    assert!(
+        allocated.contains(&ResourceSet::parse("cpus:0.1;mem:32").unwrap()),
+        "running task not booked: {allocated}"
+    );
     kill_and_check(cell, &long).await;
     wait_agent_idle(cell).await;
 
@@ -251,13 +337,25 @@ async fn lifecycle(cell: &TestCell, docker: bool, prefix: &str) {
     wait_file_contains(cell, &bad, "stderr", "err-marker-7").await;
     let (status, listing) = files(cell, "browse", &ok, "").await;
     assert_eq!(status, 200, "{listing}");
-    let names: Vec<&str> = listing.as_array().unwrap().iter().filter_map(|e| e["path"].as_str()).collect();
-    assert!(names.contains(&"/stdout") && names.contains(&"/stderr"), "browse: {listing}");
+    let names: Vec<&str> = listing
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["path"].as_str())
+        .collect();
+    assert!(
+        names.contains(&"/stdout") && names.contains(&"/stderr"),
+        "browse: {listing}"
+    );
     let (status, _) = files(cell, "read", &ok, "../../state/agent_id").await;
     assert!(status >= 400, "a read outside the sandbox must be refused");
     for id in [&ok, &bad, &long] {
         let h = history(&cell.client, id).await;
-        assert_eq!(h.iter().filter(|s| s.is_terminal()).count(), 1, "{id}: {h:?}");
+        assert_eq!(
+            h.iter().filter(|s| s.is_terminal()).count(),
+            1,
+            "{id}: {h:?}"
+        );
     }
 }
 
@@ -283,15 +381,25 @@ async fn docker_http_server_is_reachable_on_its_mapped_port() {
     }
     let cell = start_cell("web", SLOW_UNREACHABLE).await;
     let id = unique("web");
-    let mut t = shell_task(&id, "cpus:0.1;mem:32;ports:[31050-31050]", "echo web-up; exec httpd -f -p 80 -h /etc");
+    let mut t = shell_task(
+        &id,
+        "cpus:0.1;mem:32;ports:[31050-31050]",
+        "echo web-up; exec httpd -f -p 80 -h /etc",
+    );
     t["container"] = json!({"type": "DOCKER", "docker": {"image": IMAGE, "network": "BRIDGE",
         "port_mappings": [{"host_port": 31050, "container_port": 80, "protocol": "tcp"}]}});
     launch(&cell, vec![t]).await;
     wait_task(&cell, &id, TaskState::Running, Duration::from_secs(20)).await;
     let allocated = cell.client.agent(&cell.agent_id).await.unwrap().allocated;
-    assert!(allocated.contains(&ResourceSet::parse("ports:[31050-31050]").unwrap()), "port not booked: {allocated}");
+    assert!(
+        allocated.contains(&ResourceSet::parse("ports:[31050-31050]").unwrap()),
+        "port not booked: {allocated}"
+    );
 
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(2)).build().unwrap();
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
     let until = Instant::now() + Duration::from_secs(15);
     let body = loop {
         let last = match http.get("http://127.0.0.1:31050/hostname").send().await {
@@ -299,7 +407,10 @@ async fn docker_http_server_is_reachable_on_its_mapped_port() {
             Ok(r) => format!("status {}", r.status()),
             Err(e) => e.to_string(),
         };
-        assert!(Instant::now() < until, "httpd never answered on 127.0.0.1:31050: {last}");
+        assert!(
+            Instant::now() < until,
+            "httpd never answered on 127.0.0.1:31050: {last}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert!(!body.trim().is_empty(), "empty /etc/hostname served");
@@ -310,7 +421,12 @@ async fn docker_http_server_is_reachable_on_its_mapped_port() {
     // The port is closed once the container is gone.
     wait_until("the mapped port to close", Duration::from_secs(10), || {
         let http = http.clone();
-        async move { http.get("http://127.0.0.1:31050/hostname").send().await.is_err() }
+        async move {
+            http.get("http://127.0.0.1:31050/hostname")
+                .send()
+                .await
+                .is_err()
+        }
     })
     .await;
 }
@@ -337,19 +453,34 @@ async fn restarted_agent_reattaches_and_reports_what_ended_meanwhile_once() {
         vec![
             shell_task("long", "cpus:0.1;mem:32", "sleep 1000"),
             // Writes its pid, then ends (with 7) while the agent is down.
-            shell_task("short", "cpus:0.1;mem:32", "echo $$ > pid; sleep 2; echo bye; exit 7"),
+            shell_task(
+                "short",
+                "cpus:0.1;mem:32",
+                "echo $$ > pid; sleep 2; echo bye; exit 7",
+            ),
         ],
     )
     .await;
     wait_task(&cell, "long", TaskState::Running, Duration::from_secs(10)).await;
     wait_task(&cell, "short", TaskState::Running, Duration::from_secs(10)).await;
-    let pid_file = cell.agent.work_dir.join("sandboxes").join("short").join("pid");
+    let pid_file = cell
+        .agent
+        .work_dir
+        .join("sandboxes")
+        .join("short")
+        .join("pid");
     let mut pid = None;
-    wait_until("the short task to write its pid", Duration::from_secs(5), || {
-        pid = std::fs::read_to_string(&pid_file).ok().and_then(|s| s.trim().parse::<i32>().ok());
-        let found = pid.is_some();
-        async move { found }
-    })
+    wait_until(
+        "the short task to write its pid",
+        Duration::from_secs(5),
+        || {
+            pid = std::fs::read_to_string(&pid_file)
+                .ok()
+                .and_then(|s| s.trim().parse::<i32>().ok());
+            let found = pid.is_some();
+            async move { found }
+        },
+    )
     .await;
     let pid = pid.unwrap();
     // Its supervisor: the parent of the task process.
@@ -357,10 +488,14 @@ async fn restarted_agent_reattaches_and_reports_what_ended_meanwhile_once() {
 
     cell.agent.kill9();
     // The short task really ends (and its supervisor records it) while no agent runs.
-    wait_until("the short task and its supervisor to exit", Duration::from_secs(10), || {
-        let gone = live_proc(pid).is_none() && live_proc(supervisor).is_none();
-        async move { gone }
-    })
+    wait_until(
+        "the short task and its supervisor to exit",
+        Duration::from_secs(10),
+        || {
+            let gone = live_proc(pid).is_none() && live_proc(supervisor).is_none();
+            async move { gone }
+        },
+    )
     .await;
 
     let addr = cell.master.addr.clone();
@@ -387,8 +522,16 @@ async fn restarted_agent_reattaches_and_reports_what_ended_meanwhile_once() {
     })
     .await;
     let h = history(&cell.client, "short").await;
-    assert_eq!(h.iter().filter(|s| **s == TaskState::Failed).count(), 1, "short: {h:?}");
-    assert_eq!(h.iter().filter(|s| s.is_terminal()).count(), 1, "short: {h:?}");
+    assert_eq!(
+        h.iter().filter(|s| **s == TaskState::Failed).count(),
+        1,
+        "short: {h:?}"
+    );
+    assert_eq!(
+        h.iter().filter(|s| s.is_terminal()).count(),
+        1,
+        "short: {h:?}"
+    );
     let st = cell.client.state().await.unwrap();
     assert_eq!(st.agents.len(), 1, "no duplicate agent: {:?}", st.agents);
 }
@@ -397,24 +540,48 @@ async fn restarted_agent_reattaches_and_reports_what_ended_meanwhile_once() {
 async fn agent_away_is_unreachable_then_returns_with_its_tasks() {
     let mut cell = start_cell("away", FAST_UNREACHABLE).await;
     let res = ResourceSet::parse("cpus:0.5;mem:64;ports:[31007-31007]").unwrap();
-    launch(&cell, vec![shell_task("svc", "cpus:0.5;mem:64;ports:[31007-31007]", "sleep 1000")]).await;
+    launch(
+        &cell,
+        vec![shell_task(
+            "svc",
+            "cpus:0.5;mem:64;ports:[31007-31007]",
+            "sleep 1000",
+        )],
+    )
+    .await;
     wait_task(&cell, "svc", TaskState::Running, Duration::from_secs(10)).await;
 
     cell.agent.kill9();
     let c = cell.client.clone();
     let agent_id = cell.agent_id.clone();
     let started = Instant::now();
-    wait_until("the agent to be marked unreachable", Duration::from_secs(10), || {
-        let (c, a) = (c.clone(), agent_id.clone());
-        async move { c.agent(&a).await.map(|a| a.state == AgentState::Unreachable).unwrap_or(false) }
-    })
+    wait_until(
+        "the agent to be marked unreachable",
+        Duration::from_secs(10),
+        || {
+            let (c, a) = (c.clone(), agent_id.clone());
+            async move {
+                c.agent(&a)
+                    .await
+                    .map(|a| a.state == AgentState::Unreachable)
+                    .unwrap_or(false)
+            }
+        },
+    )
     .await;
     let away = started.elapsed();
-    assert!(away >= Duration::from_millis(900), "marked unreachable after only {away:?}");
+    assert!(
+        away >= Duration::from_millis(900),
+        "marked unreachable after only {away:?}"
+    );
     let t = cell.client.task("svc").await.unwrap();
     assert_eq!(t.state, TaskState::Unreachable, "{:?}", t.status);
     let a = cell.client.agent(&cell.agent_id).await.unwrap();
-    assert!(a.allocated.contains(&res), "resources of an unreachable task must stay booked: {}", a.allocated);
+    assert!(
+        a.allocated.contains(&res),
+        "resources of an unreachable task must stay booked: {}",
+        a.allocated
+    );
 
     let addr = cell.master.addr.clone();
     cell.agent.restart(&addr);
@@ -436,10 +603,14 @@ async fn agent_registering_on_a_long_running_master_stays_active() {
     let master = start_master(dir.path(), FAST_UNREACHABLE);
     // The precondition is the master's uptime: longer than the unreachable timeout.
     let up = Instant::now();
-    wait_until("the master to be up for 1.5 s", Duration::from_secs(5), || {
-        let done = up.elapsed() >= Duration::from_millis(1500);
-        async move { done }
-    })
+    wait_until(
+        "the master to be up for 1.5 s",
+        Duration::from_secs(5),
+        || {
+            let done = up.elapsed() >= Duration::from_millis(1500);
+            async move { done }
+        },
+    )
     .await;
     // A few agents (the fault is a race: each registration is a chance to hit it).
     let client = master.client();
@@ -449,7 +620,16 @@ async fn agent_registering_on_a_long_running_master_stays_active() {
         let agent = AgentProc::start(
             &master.addr,
             &dir.path().join(format!("agent{i}")),
-            &["--hostname", &hostname, "--containerizers", "process", "--heartbeat-interval", "200ms", "--resources", "cpus:1;mem:64"],
+            &[
+                "--hostname",
+                &hostname,
+                "--containerizers",
+                "process",
+                "--heartbeat-interval",
+                "200ms",
+                "--resources",
+                "cpus:1;mem:64",
+            ],
         );
         agents.push((hostname, agent));
     }
@@ -457,7 +637,16 @@ async fn agent_registering_on_a_long_running_master_stays_active() {
     let c = client.clone();
     wait_until("the agents to register", Duration::from_secs(20), || {
         let (c, hostnames) = (c.clone(), hostnames.clone());
-        async move { c.state().await.map(|st| hostnames.iter().all(|h| st.agents.iter().any(|a| &a.hostname == h))).unwrap_or(false) }
+        async move {
+            c.state()
+                .await
+                .map(|st| {
+                    hostnames
+                        .iter()
+                        .all(|h| st.agents.iter().any(|a| &a.hostname == h))
+                })
+                .unwrap_or(false)
+        }
     })
     .await;
     // Connected and heartbeating, they are and stay ACTIVE over several timeouts.
@@ -470,7 +659,8 @@ async fn agent_registering_on_a_long_running_master_stays_active() {
                 "connected agent {} is {:?}; master log:\n{}",
                 a.hostname,
                 a.state,
-                std::fs::read_to_string(dir.path().join("master").join("master.log")).unwrap_or_default()
+                std::fs::read_to_string(dir.path().join("master").join("master.log"))
+                    .unwrap_or_default()
             );
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -483,7 +673,8 @@ async fn bad_tasks_fail_clearly_and_the_agent_keeps_working() {
     let docker = docker_enabled("bad_tasks_fail_clearly_and_the_agent_keeps_working (Docker part)");
 
     let mut nobin = shell_task("nobin", "cpus:0.1;mem:32", "/nonexistent");
-    nobin["command"] = json!({"shell": false, "value": "/nonexistent", "arguments": ["/nonexistent", "x"]});
+    nobin["command"] =
+        json!({"shell": false, "value": "/nonexistent", "arguments": ["/nonexistent", "x"]});
     let mut uris = shell_task("uris", "cpus:0.1;mem:32", "true");
     uris["command"]["uris"] = json!([{"value": "http://127.0.0.1:1/file.tgz"}]);
     let mut tasks = vec![nobin, uris];
@@ -497,20 +688,40 @@ async fn bad_tasks_fail_clearly_and_the_agent_keeps_working() {
 
     let t = wait_task(&cell, "nobin", TaskState::Failed, Duration::from_secs(10)).await;
     let msg = t.status.message.clone().unwrap_or_default();
-    assert!(msg.contains("/nonexistent"), "message should name the program: {:?}", t.status);
+    assert!(
+        msg.contains("/nonexistent"),
+        "message should name the program: {:?}",
+        t.status
+    );
     let t = wait_task(&cell, "uris", TaskState::Error, Duration::from_secs(10)).await;
-    assert!(t.status.message.as_deref().unwrap_or("").contains("uris"), "{:?}", t.status);
+    assert!(
+        t.status.message.as_deref().unwrap_or("").contains("uris"),
+        "{:?}",
+        t.status
+    );
     if docker {
         let t = wait_task(&cell, &noimage, TaskState::Failed, Duration::from_secs(60)).await;
         assert!(
-            t.status.message.as_deref().unwrap_or("").contains("local/does-not-exist"),
+            t.status
+                .message
+                .as_deref()
+                .unwrap_or("")
+                .contains("local/does-not-exist"),
             "message should name the image: {:?}",
             t.status
         );
     }
 
     // The agent still runs tasks.
-    launch(&cell, vec![shell_task("after", "cpus:0.1;mem:32", "echo still-here; exit 0")]).await;
+    launch(
+        &cell,
+        vec![shell_task(
+            "after",
+            "cpus:0.1;mem:32",
+            "echo still-here; exit 0",
+        )],
+    )
+    .await;
     wait_task(&cell, "after", TaskState::Finished, Duration::from_secs(10)).await;
     wait_file_contains(&cell, "after", "stdout", "still-here").await;
     wait_agent_idle(&cell).await;
@@ -519,7 +730,14 @@ async fn bad_tasks_fail_clearly_and_the_agent_keeps_working() {
 /// `docker ps` of this task's containers: (id, running).
 fn task_containers(task: &str) -> Vec<(String, bool)> {
     let out = std::process::Command::new("docker")
-        .args(["ps", "-a", "--filter", &format!("label=shoal.task_id={task}"), "--format", "{{.ID}} {{.State}}"])
+        .args([
+            "ps",
+            "-a",
+            "--filter",
+            &format!("label=shoal.task_id={task}"),
+            "--format",
+            "{{.ID}} {{.State}}",
+        ])
         .output()
         .expect("docker ps");
     String::from_utf8_lossy(&out.stdout)
@@ -538,7 +756,10 @@ async fn restarted_agent_reattaches_to_its_containers() {
     let (long, short) = (unique("dlong"), unique("dshort"));
     launch(
         &cell,
-        vec![docker_task(&long, "cpus:0.1;mem:32", "sleep 1000"), docker_task(&short, "cpus:0.1;mem:32", "sleep 2; echo bye; exit 7")],
+        vec![
+            docker_task(&long, "cpus:0.1;mem:32", "sleep 1000"),
+            docker_task(&short, "cpus:0.1;mem:32", "sleep 2; echo bye; exit 7"),
+        ],
     )
     .await;
     wait_task(&cell, &long, TaskState::Running, Duration::from_secs(20)).await;
@@ -546,10 +767,14 @@ async fn restarted_agent_reattaches_to_its_containers() {
 
     cell.agent.kill9();
     let s = short.clone();
-    wait_until("the short container to exit", Duration::from_secs(10), || {
-        let c = task_containers(&s);
-        async move { !c.is_empty() && c.iter().all(|(_, running)| !running) }
-    })
+    wait_until(
+        "the short container to exit",
+        Duration::from_secs(10),
+        || {
+            let c = task_containers(&s);
+            async move { !c.is_empty() && c.iter().all(|(_, running)| !running) }
+        },
+    )
     .await;
 
     let addr = cell.master.addr.clone();
@@ -561,7 +786,14 @@ async fn restarted_agent_reattaches_to_its_containers() {
     wait_task(&cell, &long, TaskState::Running, Duration::from_secs(10)).await;
     wait_file_contains(&cell, &short, "stdout", "bye").await;
     kill_and_check(&cell, &long).await;
-    assert!(task_containers(&long).iter().all(|(_, running)| !running), "the killed container still runs");
+    assert!(
+        task_containers(&long).iter().all(|(_, running)| !running),
+        "the killed container still runs"
+    );
     let h = history(&cell.client, &short).await;
-    assert_eq!(h.iter().filter(|s| s.is_terminal()).count(), 1, "{short}: {h:?}");
+    assert_eq!(
+        h.iter().filter(|s| s.is_terminal()).count(),
+        1,
+        "{short}: {h:?}"
+    );
 }

@@ -21,7 +21,12 @@ fn registration(host: &str, resources: &str) -> AgentRegistration {
     }
 }
 
-fn claim(id: &str, version: u64, mode: CommitMode, placements: Vec<(String, String, &str)>) -> ClaimRequest {
+fn claim(
+    id: &str,
+    version: u64,
+    mode: CommitMode,
+    placements: Vec<(String, String, &str)>,
+) -> ClaimRequest {
     ClaimRequest {
         claim_id: id.into(),
         role: "*".into(),
@@ -46,7 +51,13 @@ async fn acknowledged_claims_survive_sigkill_and_watch_resumes() {
     let client = master.client();
     let mut agents = Vec::new();
     for i in 0..10 {
-        agents.push(client.register_agent(&registration(&format!("h{i}"), "cpus:4;mem:4096")).await.unwrap().to_string());
+        agents.push(
+            client
+                .register_agent(&registration(&format!("h{i}"), "cpus:4;mem:4096"))
+                .await
+                .unwrap()
+                .to_string(),
+        );
     }
 
     // Four schedulers claim concurrently; the master is SIGKILLed while they do.
@@ -62,9 +73,23 @@ async fn acknowledged_claims_survive_sigkill_and_watch_resumes() {
                     Err(_) => break,
                 };
                 let placements = (0..2)
-                    .map(|k| (agents[(n * 3 + k + s) % agents.len()].clone(), format!("s{s}-n{n}-k{k}"), "cpus:0.01;mem:1"))
+                    .map(|k| {
+                        (
+                            agents[(n * 3 + k + s) % agents.len()].clone(),
+                            format!("s{s}-n{n}-k{k}"),
+                            "cpus:0.01;mem:1",
+                        )
+                    })
                     .collect();
-                match client.claim(&claim(&format!("c-s{s}-n{n}"), version, CommitMode::AllOrNothing, placements)).await {
+                match client
+                    .claim(&claim(
+                        &format!("c-s{s}-n{n}"),
+                        version,
+                        CommitMode::AllOrNothing,
+                        placements,
+                    ))
+                    .await
+                {
                     Ok(a) => {
                         if a.outcome.committed_version.is_some() {
                             acked.push(a.outcome)
@@ -78,7 +103,12 @@ async fn acknowledged_claims_survive_sigkill_and_watch_resumes() {
     }
     wait_until("some claims to commit", Duration::from_secs(30), || {
         let c = client.clone();
-        async move { c.state().await.map(|s| s.tasks.len() >= 100).unwrap_or(false) }
+        async move {
+            c.state()
+                .await
+                .map(|s| s.tasks.len() >= 100)
+                .unwrap_or(false)
+        }
     })
     .await;
     master.kill9();
@@ -86,37 +116,71 @@ async fn acknowledged_claims_survive_sigkill_and_watch_resumes() {
     for h in handles {
         acked.extend(h.await.unwrap());
     }
-    assert!(acked.len() >= 50, "only {} claims acknowledged", acked.len());
+    assert!(
+        acked.len() >= 50,
+        "only {} claims acknowledged",
+        acked.len()
+    );
 
     master.restart();
     let client = master.client();
     let state = client.state().await.unwrap();
-    let tasks: HashMap<_, _> = state.tasks.iter().map(|t| (t.id.to_string(), t.clone())).collect();
+    let tasks: HashMap<_, _> = state
+        .tasks
+        .iter()
+        .map(|t| (t.id.to_string(), t.clone()))
+        .collect();
     for outcome in &acked {
         for p in &outcome.placements {
-            let t = tasks.get(p.task_id.as_str()).unwrap_or_else(|| panic!("acknowledged task {} lost", p.task_id));
+            let t = tasks
+                .get(p.task_id.as_str())
+                .unwrap_or_else(|| panic!("acknowledged task {} lost", p.task_id));
             assert_eq!(t.agent_id, p.agent_id);
         }
     }
     // No resource double-booked: the core's own invariant check on the reloaded state.
     let version = state.version;
-    state.clone().into_cell().check_invariants().expect("no over-commit after restart");
+    state
+        .clone()
+        .into_cell()
+        .check_invariants()
+        .expect("no over-commit after restart");
 
     // The watch resumes across the restart from any retained version.
     let stream = client.watch(1).await.unwrap();
     futures::pin_mut!(stream);
     let mut last = 0;
     while last < version {
-        let e = tokio::time::timeout(Duration::from_secs(10), stream.next()).await.expect("watch stalled").unwrap().unwrap();
-        assert_eq!(e.version, last + 1, "watch must deliver consecutive versions");
+        let e = tokio::time::timeout(Duration::from_secs(10), stream.next())
+            .await
+            .expect("watch stalled")
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            e.version,
+            last + 1,
+            "watch must deliver consecutive versions"
+        );
         last = e.version;
     }
     // And it follows new commits live.
-    let one = claim("after-restart", version, CommitMode::AllOrNothing, vec![(agents[0].clone(), "late".into(), "cpus:0.01")]);
+    let one = claim(
+        "after-restart",
+        version,
+        CommitMode::AllOrNothing,
+        vec![(agents[0].clone(), "late".into(), "cpus:0.01")],
+    );
     client.claim(&one).await.unwrap();
-    let e = tokio::time::timeout(Duration::from_secs(10), stream.next()).await.expect("live entry").unwrap().unwrap();
+    let e = tokio::time::timeout(Duration::from_secs(10), stream.next())
+        .await
+        .expect("live entry")
+        .unwrap()
+        .unwrap();
     assert_eq!(e.version, version + 1);
-    println!("{} acknowledged claims kept across SIGKILL; watch resumed at version {version}", acked.len());
+    println!(
+        "{} acknowledged claims kept across SIGKILL; watch resumed at version {version}",
+        acked.len()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -124,7 +188,11 @@ async fn claims_commit_atomically_idempotently_and_within_quota() {
     let dir = tempfile::tempdir().unwrap();
     let master = MasterProc::start(dir.path(), &["--log-retain", "4"]);
     let client = master.client();
-    let a = client.register_agent(&registration("a", "cpus:2;mem:1024;ports:[31000-31001]")).await.unwrap().to_string();
+    let a = client
+        .register_agent(&registration("a", "cpus:2;mem:1024;ports:[31000-31001]"))
+        .await
+        .unwrap()
+        .to_string();
     let v = client.state().await.unwrap().version;
 
     // A gang that does not fit commits nothing.
@@ -132,7 +200,10 @@ async fn claims_commit_atomically_idempotently_and_within_quota() {
         "gang",
         v,
         CommitMode::AllOrNothing,
-        vec![(a.clone(), "g1".into(), "cpus:1.5"), (a.clone(), "g2".into(), "cpus:1")],
+        vec![
+            (a.clone(), "g1".into(), "cpus:1.5"),
+            (a.clone(), "g2".into(), "cpus:1"),
+        ],
     );
     let ans = client.claim(&gang).await.unwrap();
     assert_eq!(ans.outcome.committed_version, None);
@@ -144,7 +215,10 @@ async fn claims_commit_atomically_idempotently_and_within_quota() {
         "inc",
         v,
         CommitMode::Incremental,
-        vec![(a.clone(), "i1".into(), "cpus:1.5;ports:[31000-31000]"), (a.clone(), "i2".into(), "cpus:1")],
+        vec![
+            (a.clone(), "i1".into(), "cpus:1.5;ports:[31000-31000]"),
+            (a.clone(), "i2".into(), "cpus:1"),
+        ],
     );
     let first = client.claim(&inc).await.unwrap();
     assert_eq!(first.outcome.committed_count(), 1);
@@ -153,40 +227,94 @@ async fn claims_commit_atomically_idempotently_and_within_quota() {
     assert_eq!(client.state().await.unwrap().tasks.len(), 1);
 
     // A duplicate task id is rejected with that reason.
-    let dup = claim("dup", v, CommitMode::Incremental, vec![(a.clone(), "i1".into(), "cpus:0.1")]);
+    let dup = claim(
+        "dup",
+        v,
+        CommitMode::Incremental,
+        vec![(a.clone(), "i1".into(), "cpus:0.1")],
+    );
     let ans = client.claim(&dup).await.unwrap();
-    assert_eq!(serde_json::to_value(&ans.outcome.placements[0].rejected).unwrap()["reason"], "duplicate_task_id");
+    assert_eq!(
+        serde_json::to_value(&ans.outcome.placements[0].rejected).unwrap()["reason"],
+        "duplicate_task_id"
+    );
 
     // Coarse-grained: the agent moved since version v, so even a fitting placement is refused.
-    let mut coarse = claim("coarse", v, CommitMode::Incremental, vec![(a.clone(), "c1".into(), "cpus:0.1")]);
+    let mut coarse = claim(
+        "coarse",
+        v,
+        CommitMode::Incremental,
+        vec![(a.clone(), "c1".into(), "cpus:0.1")],
+    );
     coarse.check = ConflictCheck::Coarse;
     let ans = client.claim(&coarse).await.unwrap();
-    assert_eq!(serde_json::to_value(&ans.outcome.placements[0].rejected).unwrap()["reason"], "agent_version_moved");
+    assert_eq!(
+        serde_json::to_value(&ans.outcome.placements[0].rejected).unwrap()["reason"],
+        "agent_version_moved"
+    );
 
     // Quota: a role's limit is enforced on the commit path, with the reason.
-    client.set_role("team-a", 2.0, &ResourceSet::new(), Some(&ResourceSet::parse("cpus:0.2").unwrap())).await.unwrap();
-    let mut over = claim("over", client.state().await.unwrap().version, CommitMode::Incremental, vec![(a.clone(), "q1".into(), "cpus:0.3")]);
+    client
+        .set_role(
+            "team-a",
+            2.0,
+            &ResourceSet::new(),
+            Some(&ResourceSet::parse("cpus:0.2").unwrap()),
+        )
+        .await
+        .unwrap();
+    let mut over = claim(
+        "over",
+        client.state().await.unwrap().version,
+        CommitMode::Incremental,
+        vec![(a.clone(), "q1".into(), "cpus:0.3")],
+    );
     over.role = "team-a".into();
     let ans = client.claim(&over).await.unwrap();
-    assert_eq!(serde_json::to_value(&ans.outcome.placements[0].rejected).unwrap()["reason"], "quota_limit");
+    assert_eq!(
+        serde_json::to_value(&ans.outcome.placements[0].rejected).unwrap()["reason"],
+        "quota_limit"
+    );
 
     // A task reaching a terminal state frees its resources once; kill of a live task works.
-    client.task_status(&a, "i1", TaskState::Running, &Default::default()).await.unwrap();
+    client
+        .task_status(&a, "i1", TaskState::Running, &Default::default())
+        .await
+        .unwrap();
     client.kill("i1").await.unwrap();
     assert_eq!(client.task("i1").await.unwrap().state, TaskState::Killing);
-    client.task_status(&a, "i1", TaskState::Killed, &Default::default()).await.unwrap();
-    client.task_status(&a, "i1", TaskState::Killed, &Default::default()).await.unwrap(); // at-least-once duplicate
+    client
+        .task_status(&a, "i1", TaskState::Killed, &Default::default())
+        .await
+        .unwrap();
+    client
+        .task_status(&a, "i1", TaskState::Killed, &Default::default())
+        .await
+        .unwrap(); // at-least-once duplicate
     let agent = client.agent(&a).await.unwrap();
-    assert!(agent.allocated.is_empty(), "resources freed: {}", agent.allocated);
+    assert!(
+        agent.allocated.is_empty(),
+        "resources freed: {}",
+        agent.allocated
+    );
     // An illegal transition is refused and changes nothing.
-    let err = client.task_status(&a, "i1", TaskState::Running, &Default::default()).await.unwrap_err();
+    let err = client
+        .task_status(&a, "i1", TaskState::Running, &Default::default())
+        .await
+        .unwrap_err();
     assert!(matches!(err, ClientError::Api { status: 409, .. }), "{err}");
 
     // With --log-retain 4, an old version is compacted away: 410, and the client re-snapshots.
     for i in 0..12 {
-        client.set_role("churn", 1.0 + i as f64, &ResourceSet::new(), None).await.unwrap();
+        client
+            .set_role("churn", 1.0 + i as f64, &ResourceSet::new(), None)
+            .await
+            .unwrap();
     }
-    assert!(matches!(client.watch(1).await.err(), Some(ClientError::Gone(1))));
+    assert!(matches!(
+        client.watch(1).await.err(),
+        Some(ClientError::Gone(1))
+    ));
     let floor = client.state().await.unwrap().log_floor;
     assert!(client.watch(floor).await.is_ok());
 }
@@ -196,36 +324,92 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let master = MasterProc::start(dir.path(), &[]);
     let client = master.client();
-    let a = client.register_agent(&registration("a", "cpus:1;mem:128")).await.unwrap().to_string();
+    let a = client
+        .register_agent(&registration("a", "cpus:1;mem:128"))
+        .await
+        .unwrap()
+        .to_string();
     let before = client.state().await.unwrap().version;
     let http = reqwest::Client::new();
     let url = |p: &str| format!("{}{p}", master.addr);
 
     let cases: Vec<(&str, &str, serde_json::Value, u16)> = vec![
-        ("POST", "/api/shoal/v1/claims", json!("not json at all"), 400),
-        ("POST", "/api/shoal/v1/claims", json!({"claim_id": "x"}), 400),
-        ("POST", "/api/shoal/v1/claims", json!({"claim_id": "", "snapshot_version": 0, "placements": [
-            {"agent_id": a, "task_info": {"task_id": {"value": "t"}, "resources": [{"name": "cpus", "type": "SCALAR", "scalar": {"value": 0.1}}]}}]}), 400),
-        ("POST", "/api/shoal/v1/claims", json!({"claim_id": "y", "snapshot_version": 0, "placements": [
-            {"agent_id": a, "task_info": {"task_id": {"value": "t"}, "resources": [{"name": "cpus", "type": "SCALAR", "scalar": {"value": -1}}]}}]}), 400),
-        ("POST", "/api/shoal/v1/claims", json!({"claim_id": "z", "snapshot_version": 99999, "placements": [
-            {"agent_id": a, "task_info": {"task_id": {"value": "t"}, "resources": [{"name": "cpus", "type": "SCALAR", "scalar": {"value": 0.1}}]}}]}), 400),
-        ("POST", "/api/shoal/v1/claims", json!({"claim_id": "empty", "snapshot_version": 0, "placements": []}), 400),
+        (
+            "POST",
+            "/api/shoal/v1/claims",
+            json!("not json at all"),
+            400,
+        ),
+        (
+            "POST",
+            "/api/shoal/v1/claims",
+            json!({"claim_id": "x"}),
+            400,
+        ),
+        (
+            "POST",
+            "/api/shoal/v1/claims",
+            json!({"claim_id": "", "snapshot_version": 0, "placements": [
+            {"agent_id": a, "task_info": {"task_id": {"value": "t"}, "resources": [{"name": "cpus", "type": "SCALAR", "scalar": {"value": 0.1}}]}}]}),
+            400,
+        ),
+        (
+            "POST",
+            "/api/shoal/v1/claims",
+            json!({"claim_id": "y", "snapshot_version": 0, "placements": [
+            {"agent_id": a, "task_info": {"task_id": {"value": "t"}, "resources": [{"name": "cpus", "type": "SCALAR", "scalar": {"value": -1}}]}}]}),
+            400,
+        ),
+        (
+            "POST",
+            "/api/shoal/v1/claims",
+            json!({"claim_id": "z", "snapshot_version": 99999, "placements": [
+            {"agent_id": a, "task_info": {"task_id": {"value": "t"}, "resources": [{"name": "cpus", "type": "SCALAR", "scalar": {"value": 0.1}}]}}]}),
+            400,
+        ),
+        (
+            "POST",
+            "/api/shoal/v1/claims",
+            json!({"claim_id": "empty", "snapshot_version": 0, "placements": []}),
+            400,
+        ),
         ("POST", "/api/shoal/v1/tasks/nope/kill", json!(null), 404),
         ("GET", "/api/shoal/v1/tasks/nope", json!(null), 404),
         ("GET", "/api/shoal/v1/agents/nope", json!(null), 404),
-        ("POST", "/api/shoal/v1/agents", json!({"hostname": "", "resources": "cpus:1"}), 400),
-        ("POST", "/api/shoal/v1/agents", json!({"hostname": "h", "resources": "cpus:x"}), 400),
-        ("POST", "/api/shoal/v1/agents/nope/status", json!({"task_id": "t", "state": "TASK_RUNNING"}), 404),
+        (
+            "POST",
+            "/api/shoal/v1/agents",
+            json!({"hostname": "", "resources": "cpus:1"}),
+            400,
+        ),
+        (
+            "POST",
+            "/api/shoal/v1/agents",
+            json!({"hostname": "h", "resources": "cpus:x"}),
+            400,
+        ),
+        (
+            "POST",
+            "/api/shoal/v1/agents/nope/status",
+            json!({"task_id": "t", "state": "TASK_RUNNING"}),
+            404,
+        ),
         ("PUT", "/api/shoal/v1/roles/r", json!({"weight": -1}), 400),
-        ("PUT", "/api/shoal/v1/roles/r", json!({"quota": {"guarantee": "cpus:4", "limit": "cpus:2"}}), 400),
+        (
+            "PUT",
+            "/api/shoal/v1/roles/r",
+            json!({"quota": {"guarantee": "cpus:4", "limit": "cpus:2"}}),
+            400,
+        ),
         ("GET", "/api/shoal/v1/watch?from=0", json!(null), 410),
     ];
     for (method, path, body, want) in cases {
         let req = match method {
             "GET" => http.get(url(path)),
             "PUT" => http.put(url(path)).json(&body),
-            _ if body.is_string() => http.post(url(path)).body(body.as_str().unwrap().to_string()),
+            _ if body.is_string() => http
+                .post(url(path))
+                .body(body.as_str().unwrap().to_string()),
             _ => http.post(url(path)).json(&body),
         };
         let resp = req.send().await.unwrap();
@@ -233,15 +417,27 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() {
         let text = resp.text().await.unwrap();
         assert_eq!(status, want, "{method} {path} {body}: {text}");
         if want != 410 || !text.is_empty() {
-            let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_else(|_| panic!("{path}: error body is JSON: {text}"));
-            assert!(v["message"].as_str().map(|m| !m.is_empty()).unwrap_or(false), "{path}: {text}");
+            let v: serde_json::Value = serde_json::from_str(&text)
+                .unwrap_or_else(|_| panic!("{path}: error body is JSON: {text}"));
+            assert!(
+                v["message"]
+                    .as_str()
+                    .map(|m| !m.is_empty())
+                    .unwrap_or(false),
+                "{path}: {text}"
+            );
         }
     }
     // An oversized claim is refused before anything is decided.
     let many: Vec<_> = (0..10_001)
         .map(|i| json!({"agent_id": a, "task_info": {"task_id": {"value": format!("t{i}")}, "resources": [{"name": "cpus", "type": "SCALAR", "scalar": {"value": 0.001}}]}}))
         .collect();
-    let resp = http.post(url("/api/shoal/v1/claims")).json(&json!({"claim_id": "big", "snapshot_version": 0, "placements": many})).send().await.unwrap();
+    let resp = http
+        .post(url("/api/shoal/v1/claims"))
+        .json(&json!({"claim_id": "big", "snapshot_version": 0, "placements": many}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status().as_u16(), 400);
     let after = client.state().await.unwrap();
     assert_eq!(after.version, before, "bad input changed nothing");

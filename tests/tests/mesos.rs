@@ -19,7 +19,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value as Json;
 use shoal_core::AgentState;
-use shoal_tests::{unique, docker_enabled, run_script, shoal_bin, tail, test_python, wait_until, AgentProc, MasterProc, ScriptRun};
+use shoal_tests::{
+    docker_enabled, run_script, shoal_bin, tail, test_python, unique, wait_until, AgentProc,
+    MasterProc, ScriptRun,
+};
 
 /// Master flags for the scheduler API, passed on top of the liveness ones below.
 ///
@@ -29,7 +32,14 @@ use shoal_tests::{unique, docker_enabled, run_script, shoal_bin, tail, test_pyth
 /// `--scheduler-heartbeat-interval 1s` (HEARTBEAT events), `--status-update-retry 500ms`
 /// (unacknowledged updates are resent quickly, so launch.py can see an ignored ACKNOWLEDGE).
 /// Left at their defaults: `--offer-timeout` (never), `--offers-per-framework-max`.
-const MESOS_MASTER_FLAGS: &[&str] = &["--allocation-interval", "100ms", "--scheduler-heartbeat-interval", "1s", "--status-update-retry", "500ms"];
+const MESOS_MASTER_FLAGS: &[&str] = &[
+    "--allocation-interval",
+    "100ms",
+    "--scheduler-heartbeat-interval",
+    "1s",
+    "--status-update-retry",
+    "500ms",
+];
 
 const AGENT_RESOURCES: &str = "cpus:2;mem:1024;ports:[31000-31100]";
 const IMAGE: &str = "local/busybox:latest";
@@ -45,14 +55,27 @@ struct MesosCell {
     dir: tempfile::TempDir,
 }
 
-
 impl MesosCell {
     /// Starts a master (liveness flags + `master_flags`) and an agent with `containerizers`,
     /// and waits until the agent is active.
-    async fn start(name: &str, python: PathBuf, containerizers: &str, master_flags: &[&str]) -> MesosCell {
+    async fn start(
+        name: &str,
+        python: PathBuf,
+        containerizers: &str,
+        master_flags: &[&str],
+    ) -> MesosCell {
         check_master_flags(master_flags);
         let dir = tempfile::tempdir().unwrap();
-        let mut flags = vec!["--agent-heartbeat-interval", "200ms", "--agent-ping-timeout", "2s", "--agent-unreachable-timeout", "30s", "--kill-grace", "1s"];
+        let mut flags = vec![
+            "--agent-heartbeat-interval",
+            "200ms",
+            "--agent-ping-timeout",
+            "2s",
+            "--agent-unreachable-timeout",
+            "30s",
+            "--kill-grace",
+            "1s",
+        ];
         flags.extend_from_slice(master_flags);
         let master = MasterProc::start(&dir.path().join("master"), &flags);
         let hostname = unique(name);
@@ -80,7 +103,11 @@ impl MesosCell {
         let until = Instant::now() + Duration::from_secs(20);
         let agent_id = loop {
             if let Ok(st) = client.state().await {
-                if let Some(a) = st.agents.iter().find(|a| a.hostname == hostname && a.state == AgentState::Active) {
+                if let Some(a) = st
+                    .agents
+                    .iter()
+                    .find(|a| a.hostname == hostname && a.state == AgentState::Active)
+                {
                     break a.id.to_string();
                 }
             }
@@ -92,7 +119,13 @@ impl MesosCell {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         };
-        MesosCell { master, agent, agent_id, python, dir }
+        MesosCell {
+            master,
+            agent,
+            agent_id,
+            python,
+            dir,
+        }
     }
 
     /// Runs `tests/frameworks/<script> <master> <args...>`.
@@ -100,7 +133,9 @@ impl MesosCell {
         let mut all = vec![self.master.host_port()];
         all.extend_from_slice(args);
         let logs = self.dir.path().join("frameworks");
-        tokio::task::block_in_place(|| run_script(&self.python, script, &all, SCRIPT_TIMEOUT, &logs))
+        tokio::task::block_in_place(|| {
+            run_script(&self.python, script, &all, SCRIPT_TIMEOUT, &logs)
+        })
     }
 
     /// The script's output and the ends of the master's and agent's logs.
@@ -126,7 +161,9 @@ impl MesosCell {
 
     /// The task as the native API shows it (`GET /api/shoal/v1/tasks/<id>`), when it answers 200.
     async fn task(&self, id: &str) -> Option<Json> {
-        let resp = reqwest::get(format!("{}/api/shoal/v1/tasks/{id}", self.master.addr)).await.ok()?;
+        let resp = reqwest::get(format!("{}/api/shoal/v1/tasks/{id}", self.master.addr))
+            .await
+            .ok()?;
         if resp.status().as_u16() != 200 {
             return None;
         }
@@ -138,14 +175,17 @@ impl MesosCell {
         let until = Instant::now() + deadline;
         loop {
             let t = self.task(id).await;
-            let now = t.as_ref().and_then(|t| t["state"].as_str().map(str::to_string));
+            let now = t
+                .as_ref()
+                .and_then(|t| t["state"].as_str().map(str::to_string));
             if now.as_deref() == Some(state) {
                 return;
             }
             if Instant::now() > until {
                 panic!(
                     "task {id}: wanted {state} within {deadline:?} (native API), last seen {}\n{}",
-                    t.map(|t| t.to_string()).unwrap_or_else(|| "no task (not 200)".into()),
+                    t.map(|t| t.to_string())
+                        .unwrap_or_else(|| "no task (not 200)".into()),
                     self.report(after)
                 );
             }
@@ -155,7 +195,10 @@ impl MesosCell {
 
     /// Waits until the task's stdout, read through the master, contains `needle`.
     async fn wait_stdout_contains(&self, id: &str, needle: &str, after: &ScriptRun) {
-        let url = format!("{}/files/read?path=/agents/{}/tasks/{id}/stdout", self.master.addr, self.agent_id);
+        let url = format!(
+            "{}/files/read?path=/agents/{}/tasks/{id}/stdout",
+            self.master.addr, self.agent_id
+        );
         let mut last = String::new();
         let until = Instant::now() + Duration::from_secs(10);
         loop {
@@ -167,7 +210,11 @@ impl MesosCell {
                 }
                 last = format!("{status} {body}");
             }
-            assert!(Instant::now() < until, "{id}/stdout never contained {needle:?}; last answer {last}\n{}", self.report(after));
+            assert!(
+                Instant::now() < until,
+                "{id}/stdout never contained {needle:?}; last answer {last}\n{}",
+                self.report(after)
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -176,10 +223,19 @@ impl MesosCell {
 /// Fails clearly (instead of with a master that never starts) when `shoal master` does not
 /// know one of `flags`.
 fn check_master_flags(flags: &[&str]) {
-    let help = std::process::Command::new(shoal_bin()).args(["master", "--help"]).output().expect("shoal master --help");
+    let help = std::process::Command::new(shoal_bin())
+        .args(["master", "--help"])
+        .output()
+        .expect("shoal master --help");
     let help = String::from_utf8_lossy(&help.stdout);
-    let known = |f: &str| help.split(|c: char| c.is_whitespace() || c == ',' || c == '=').any(|w| w == f);
-    let unknown: Vec<&&str> = flags.iter().filter(|f| f.starts_with("--") && !known(f)).collect();
+    let known = |f: &str| {
+        help.split(|c: char| c.is_whitespace() || c == ',' || c == '=')
+            .any(|w| w == f)
+    };
+    let unknown: Vec<&&str> = flags
+        .iter()
+        .filter(|f| f.starts_with("--") && !known(f))
+        .collect();
     assert!(unknown.is_empty(), "`shoal master` does not know {unknown:?} (see MESOS_MASTER_FLAGS in tests/tests/mesos.rs); its --help:\n{help}");
 }
 
@@ -191,76 +247,122 @@ async fn cell(test: &str, containerizers: &str) -> Option<MesosCell> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mesos_launch_with_explicit_acknowledgements() {
-    let Some(cell) = cell("mesos_launch", "process").await else { return };
+    let Some(cell) = cell("mesos_launch", "process").await else {
+        return;
+    };
     let id = unique("launch");
     let run = cell.run_ok("launch.py", &["--task-id", &id]);
-    cell.wait_task_state(&id, "TASK_FINISHED", Duration::from_secs(5), &run).await;
+    cell.wait_task_state(&id, "TASK_FINISHED", Duration::from_secs(5), &run)
+        .await;
     cell.wait_stdout_contains(&id, "hello", &run).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mesos_decline_filter_holds_the_agent_back_for_refuse_seconds() {
-    let Some(cell) = cell("mesos_decline", "process").await else { return };
+    let Some(cell) = cell("mesos_decline", "process").await else {
+        return;
+    };
     cell.run_ok("decline.py", &["--refuse", "1.5"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mesos_suppress_stops_offers_and_revive_brings_them_back() {
-    let Some(cell) = cell("mesos_suppress", "process").await else { return };
+    let Some(cell) = cell("mesos_suppress", "process").await else {
+        return;
+    };
     cell.run_ok("suppress_revive.py", &["--quiet", "1"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mesos_kill_ends_a_running_task() {
-    let Some(cell) = cell("mesos_kill", "process").await else { return };
+    let Some(cell) = cell("mesos_kill", "process").await else {
+        return;
+    };
     let id = unique("kill");
     let run = cell.run_ok("kill.py", &["--task-id", &id]);
-    cell.wait_task_state(&id, "TASK_KILLED", Duration::from_secs(5), &run).await;
+    cell.wait_task_state(&id, "TASK_KILLED", Duration::from_secs(5), &run)
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mesos_reconcile_explicit_and_implicit() {
-    let Some(cell) = cell("mesos_reconcile", "process").await else { return };
+    let Some(cell) = cell("mesos_reconcile", "process").await else {
+        return;
+    };
     let id = unique("rec");
     cell.run_ok("reconcile.py", &["--task-id", &id]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mesos_framework_failover_keeps_its_tasks() {
-    let Some(cell) = cell("mesos_failover", "process").await else { return };
+    let Some(cell) = cell("mesos_failover", "process").await else {
+        return;
+    };
     let id = unique("fo");
     let state_file = cell.dir.path().join("failover.json");
     let state = state_file.to_str().unwrap();
-    let first = cell.run_ok("failover.py", &["launch", state, "--task-id", &id, "--failover-timeout", "30"]);
+    let first = cell.run_ok(
+        "failover.py",
+        &[
+            "launch",
+            state,
+            "--task-id",
+            &id,
+            "--failover-timeout",
+            "30",
+        ],
+    );
     // Disconnected, within its failover timeout: the task keeps running.
-    cell.wait_task_state(&id, "TASK_RUNNING", Duration::from_secs(2), &first).await;
-    let second = cell.run_ok("failover.py", &["resume", state, "--failover-timeout", "30"]);
-    cell.wait_task_state(&id, "TASK_KILLED", Duration::from_secs(5), &second).await;
+    cell.wait_task_state(&id, "TASK_RUNNING", Duration::from_secs(2), &first)
+        .await;
+    let second = cell.run_ok(
+        "failover.py",
+        &["resume", state, "--failover-timeout", "30"],
+    );
+    cell.wait_task_state(&id, "TASK_KILLED", Duration::from_secs(5), &second)
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mesos_teardown_kills_the_frameworks_tasks() {
-    let Some(cell) = cell("mesos_teardown", "process").await else { return };
+    let Some(cell) = cell("mesos_teardown", "process").await else {
+        return;
+    };
     let id = unique("td");
     let run = cell.run_ok("teardown.py", &["--task-id", &id]);
-    cell.wait_task_state(&id, "TASK_KILLED", Duration::from_secs(10), &run).await;
+    cell.wait_task_state(&id, "TASK_KILLED", Duration::from_secs(10), &run)
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mesos_docker_task_serves_on_its_mapped_port() {
-    let Some(python) = test_python("mesos_docker_task_serves_on_its_mapped_port") else { return };
+    let Some(python) = test_python("mesos_docker_task_serves_on_its_mapped_port") else {
+        return;
+    };
     if !docker_enabled("mesos_docker_task_serves_on_its_mapped_port") {
         return;
     }
     let cell = MesosCell::start("mesos_docker", python, "docker", MESOS_MASTER_FLAGS).await;
     let id = unique("web");
-    let run = cell.run_ok("docker.py", &["--task-id", &id, "--image", IMAGE, "--port", "31050"]);
-    cell.wait_task_state(&id, "TASK_KILLED", Duration::from_secs(5), &run).await;
+    let run = cell.run_ok(
+        "docker.py",
+        &["--task-id", &id, "--image", IMAGE, "--port", "31050"],
+    );
+    cell.wait_task_state(&id, "TASK_KILLED", Duration::from_secs(5), &run)
+        .await;
     // The port closes once the container is gone.
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(2)).build().unwrap();
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
     wait_until("the mapped port to close", Duration::from_secs(10), || {
         let http = http.clone();
-        async move { http.get("http://127.0.0.1:31050/hostname").send().await.is_err() }
+        async move {
+            http.get("http://127.0.0.1:31050/hostname")
+                .send()
+                .await
+                .is_err()
+        }
     })
     .await;
 }

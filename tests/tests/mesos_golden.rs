@@ -22,7 +22,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value as Json};
 use shoal_core::AgentState;
-use shoal_tests::{unique, compare_shape, run_command, tail, AgentProc, JsonSubscription, MasterProc, ScriptRun};
+use shoal_tests::{
+    compare_shape, run_command, tail, unique, AgentProc, JsonSubscription, MasterProc, ScriptRun,
+};
 
 const AGENT_RESOURCES: &str = "cpus:2;mem:1024;ports:[31000-31100]";
 /// A TEXT attribute, as in the OFFERS example of the docs.
@@ -44,7 +46,6 @@ const MASTER_FLAGS: &[&str] = &[
 ];
 /// How long one step of a scenario may take.
 const STEP: Duration = Duration::from_secs(10);
-
 
 /// A master (with [`MASTER_FLAGS`] and `extra`) and one agent, on one temporary directory.
 struct Cell {
@@ -87,7 +88,11 @@ impl Cell {
         let until = Instant::now() + Duration::from_secs(20);
         let agent_id = loop {
             if let Ok(st) = client.state().await {
-                if let Some(a) = st.agents.iter().find(|a| a.hostname == hostname && a.state == AgentState::Active) {
+                if let Some(a) = st
+                    .agents
+                    .iter()
+                    .find(|a| a.hostname == hostname && a.state == AgentState::Active)
+                {
                     break a.id.to_string();
                 }
             }
@@ -100,33 +105,57 @@ impl Cell {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         };
-        Ok(Cell { master, agent, agent_id, dir })
+        Ok(Cell {
+            master,
+            agent,
+            agent_id,
+            dir,
+        })
     }
 
     /// The ends of the master's and agent's logs.
     fn logs(&self) -> String {
-        format!("----- master log (end) -----\n{}----- agent log (end) -----\n{}", tail(&self.master.log(), 80), tail(&self.agent.log(), 40))
+        format!(
+            "----- master log (end) -----\n{}----- agent log (end) -----\n{}",
+            tail(&self.master.log(), 80),
+            tail(&self.agent.log(), 40)
+        )
     }
 }
 
 /// A reference document from `tests/fixtures/mesos/`.
 fn fixture(name: &str) -> Json {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures").join("mesos").join(name);
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join("mesos")
+        .join(name);
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: not JSON: {e}", path.display()))
 }
 
 /// Compares `actual` with the fixture and fails listing what is missing.
-fn assert_shape(what: &str, fixture_name: &str, reference: &Json, actual: &Json, skip: &[(&str, &str)]) {
+fn assert_shape(
+    what: &str,
+    fixture_name: &str,
+    reference: &Json,
+    actual: &Json,
+    skip: &[(&str, &str)],
+) {
     let report = compare_shape(reference, actual, skip);
     let text = report.render(&format!("{what} vs tests/fixtures/mesos/{fixture_name}"));
-    assert!(report.ok(), "{text}\n----- what Shoal sent -----\n{}", serde_json::to_string_pretty(actual).unwrap());
+    assert!(
+        report.ok(),
+        "{text}\n----- what Shoal sent -----\n{}",
+        serde_json::to_string_pretty(actual).unwrap()
+    );
     eprintln!("{text}");
 }
 
 /// A command task taking a little of `offer`'s cpus and mem (with the offer's role).
 fn task_info(task_id: &str, offer: &Json, command: &str) -> Json {
-    let role = offer["resources"][0]["allocation_info"]["role"].as_str().unwrap_or("*");
+    let role = offer["resources"][0]["allocation_info"]["role"]
+        .as_str()
+        .unwrap_or("*");
     let scalar = |name: &str, value: f64| json!({"name": name, "type": "SCALAR", "scalar": {"value": value}, "role": "*", "allocation_info": {"role": role}});
     json!({
         "name": task_id,
@@ -166,8 +195,18 @@ async fn acknowledge(sub: &JsonSubscription, update: &Json) -> Result<(), String
 
 /// Runs `scenario` once per test binary on its own runtime; its result is shared by the tests
 /// that compare parts of it.
-fn once<T: Send + Sync + 'static>(cell: &'static OnceLock<Result<T, String>>, scenario: impl std::future::Future<Output = Result<T, String>>) -> &'static T {
-    let result = cell.get_or_init(|| tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap().block_on(scenario));
+fn once<T: Send + Sync + 'static>(
+    cell: &'static OnceLock<Result<T, String>>,
+    scenario: impl std::future::Future<Output = Result<T, String>>,
+) -> &'static T {
+    let result = cell.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(scenario)
+    });
     match result {
         Ok(t) => t,
         Err(e) => panic!("the scenario failed before anything could be compared:\n{e}"),
@@ -185,22 +224,49 @@ struct Events {
 /// 500 ms: SUBSCRIBED, HEARTBEAT, OFFERS (left unanswered), RESCIND (its timeout), OFFERS
 /// again (accepted at once with a command task), UPDATE.
 async fn capture_events() -> Result<Events, String> {
-    let cell = Cell::start("golden-events", &["--scheduler-heartbeat-interval", "300ms", "--offer-timeout", "500ms"]).await?;
+    let cell = Cell::start(
+        "golden-events",
+        &[
+            "--scheduler-heartbeat-interval",
+            "300ms",
+            "--offer-timeout",
+            "500ms",
+        ],
+    )
+    .await?;
     let steps = async {
-        let mut sub = JsonSubscription::subscribe(&cell.master.addr, json!({"user": "golden", "name": "golden events"}), STEP).await?;
+        let mut sub = JsonSubscription::subscribe(
+            &cell.master.addr,
+            json!({"user": "golden", "name": "golden events"}),
+            STEP,
+        )
+        .await?;
         if sub.content_type != "application/json" {
-            return Err(format!("SUBSCRIBE answered Content-Type {:?}, wanted application/json", sub.content_type));
+            return Err(format!(
+                "SUBSCRIBE answered Content-Type {:?}, wanted application/json",
+                sub.content_type
+            ));
         }
         sub.wait_for("HEARTBEAT", STEP).await?;
         let offers = sub.wait_for("OFFERS", STEP).await?;
         let rescind = sub.wait_for("RESCIND", STEP).await?;
-        let offered: Vec<&Json> = offers["offers"]["offers"].as_array().map(|a| a.iter().map(|o| &o["id"]).collect()).unwrap_or_default();
+        let offered: Vec<&Json> = offers["offers"]["offers"]
+            .as_array()
+            .map(|a| a.iter().map(|o| &o["id"]).collect())
+            .unwrap_or_default();
         if !offered.contains(&&rescind["rescind"]["offer_id"]) {
-            return Err(format!("RESCIND of an offer never made: {rescind} (offers: {offers})"));
+            return Err(format!(
+                "RESCIND of an offer never made: {rescind} (offers: {offers})"
+            ));
         }
         let again = sub.wait_for("OFFERS", STEP).await?;
         let offer = &again["offers"]["offers"][0];
-        launch(&sub, offer, task_info(&unique("golden-update"), offer, "echo golden")).await?;
+        launch(
+            &sub,
+            offer,
+            task_info(&unique("golden-update"), offer, "echo golden"),
+        )
+        .await?;
         let update = sub.wait_for("UPDATE", STEP).await?;
         acknowledge(&sub, &update).await?;
         let mut by_type = std::collections::BTreeMap::new();
@@ -211,7 +277,9 @@ async fn capture_events() -> Result<Events, String> {
         }
         Ok(Events { by_type })
     };
-    steps.await.map_err(|e: String| format!("{e}\n{}", cell.logs()))
+    steps
+        .await
+        .map_err(|e: String| format!("{e}\n{}", cell.logs()))
 }
 
 fn events() -> &'static Events {
@@ -221,8 +289,19 @@ fn events() -> &'static Events {
 
 fn assert_event(ty: &str, fixture_name: &str, transform: fn(Json) -> Json, skip: &[(&str, &str)]) {
     let events = events();
-    let actual = events.by_type.get(ty).unwrap_or_else(|| panic!("no {ty} event was captured (got {:?})", events.by_type.keys()));
-    assert_shape(ty, fixture_name, &transform(fixture(fixture_name)), actual, skip);
+    let actual = events.by_type.get(ty).unwrap_or_else(|| {
+        panic!(
+            "no {ty} event was captured (got {:?})",
+            events.by_type.keys()
+        )
+    });
+    assert_shape(
+        ty,
+        fixture_name,
+        &transform(fixture(fixture_name)),
+        actual,
+        skip,
+    );
 }
 
 fn as_documented(doc: Json) -> Json {
@@ -248,27 +327,52 @@ const SKIP_UPDATE: &[(&str, &str)] = &[(
 
 #[test]
 fn golden_subscribed_event() {
-    assert_event("SUBSCRIBED", "scheduler-event-subscribed.json", as_documented, &[]);
+    assert_event(
+        "SUBSCRIBED",
+        "scheduler-event-subscribed.json",
+        as_documented,
+        &[],
+    );
 }
 
 #[test]
 fn golden_heartbeat_event() {
-    assert_event("HEARTBEAT", "scheduler-event-heartbeat.json", as_documented, &[]);
+    assert_event(
+        "HEARTBEAT",
+        "scheduler-event-heartbeat.json",
+        as_documented,
+        &[],
+    );
 }
 
 #[test]
 fn golden_offers_event() {
-    assert_event("OFFERS", "scheduler-event-offers.json", offers_as_on_the_wire, SKIP_OFFERS);
+    assert_event(
+        "OFFERS",
+        "scheduler-event-offers.json",
+        offers_as_on_the_wire,
+        SKIP_OFFERS,
+    );
 }
 
 #[test]
 fn golden_rescind_event() {
-    assert_event("RESCIND", "scheduler-event-rescind.json", as_documented, &[]);
+    assert_event(
+        "RESCIND",
+        "scheduler-event-rescind.json",
+        as_documented,
+        &[],
+    );
 }
 
 #[test]
 fn golden_update_event() {
-    assert_event("UPDATE", "scheduler-event-update.json", as_documented, SKIP_UPDATE);
+    assert_event(
+        "UPDATE",
+        "scheduler-event-update.json",
+        as_documented,
+        SKIP_UPDATE,
+    );
 }
 
 // ---------------------------------------------------------------- /master/state
@@ -285,14 +389,26 @@ struct MasterState {
 async fn capture_state() -> Result<MasterState, String> {
     let cell = Cell::start("golden-state", &[]).await?;
     let steps = async {
-        let mut sub = JsonSubscription::subscribe(&cell.master.addr, json!({"user": "golden", "name": "golden state"}), STEP).await?;
+        let mut sub = JsonSubscription::subscribe(
+            &cell.master.addr,
+            json!({"user": "golden", "name": "golden state"}),
+            STEP,
+        )
+        .await?;
         let offers = sub.wait_for("OFFERS", STEP).await?;
         let offer = &offers["offers"]["offers"][0];
-        launch(&sub, offer, task_info(&unique("golden-state"), offer, "sleep 60")).await?;
+        launch(
+            &sub,
+            offer,
+            task_info(&unique("golden-state"), offer, "sleep 60"),
+        )
+        .await?;
         let launched_at = sub.events.len();
         let until = Instant::now() + STEP;
         loop {
-            let update = sub.wait_for("UPDATE", until.saturating_duration_since(Instant::now())).await?;
+            let update = sub
+                .wait_for("UPDATE", until.saturating_duration_since(Instant::now()))
+                .await?;
             acknowledge(&sub, &update).await?;
             match update["update"]["status"]["state"].as_str() {
                 Some("TASK_RUNNING") => break,
@@ -301,17 +417,31 @@ async fn capture_state() -> Result<MasterState, String> {
             }
         }
         // The rest of the agent, offered again (perhaps already); left outstanding.
-        if !sub.events[launched_at..].iter().any(|e| e["type"] == "OFFERS") {
+        if !sub.events[launched_at..]
+            .iter()
+            .any(|e| e["type"] == "OFFERS")
+        {
             sub.wait_for("OFFERS", STEP).await?;
         }
-        let resp = reqwest::get(format!("{}/master/state", cell.master.addr)).await.map_err(|e| format!("GET /master/state: {e}"))?;
+        let resp = reqwest::get(format!("{}/master/state", cell.master.addr))
+            .await
+            .map_err(|e| format!("GET /master/state: {e}"))?;
         if resp.status().as_u16() != 200 {
             return Err(format!("GET /master/state answered {}", resp.status()));
         }
-        let state: Json = resp.json().await.map_err(|e| format!("/master/state is not JSON: {e}"))?;
-        Ok(MasterState { state, agent_id: cell.agent_id.clone(), framework_id: sub.framework_id.clone() })
+        let state: Json = resp
+            .json()
+            .await
+            .map_err(|e| format!("/master/state is not JSON: {e}"))?;
+        Ok(MasterState {
+            state,
+            agent_id: cell.agent_id.clone(),
+            framework_id: sub.framework_id.clone(),
+        })
     };
-    steps.await.map_err(|e: String| format!("{e}\n{}", cell.logs()))
+    steps
+        .await
+        .map_err(|e: String| format!("{e}\n{}", cell.logs()))
 }
 
 fn master_state() -> &'static MasterState {
@@ -323,18 +453,36 @@ fn master_state() -> &'static MasterState {
 /// (`Master::ReadOnlyHandler::state` in src/master/readonly_handler.cpp), and the flag names.
 const SKIP_STATE: &[(&str, &str)] = &[
     ("git_sha", "conditional: only when Mesos was built from git"),
-    ("git_branch", "conditional: only when Mesos was built from git"),
-    ("git_tag", "conditional: only when Mesos was built from a git tag"),
+    (
+        "git_branch",
+        "conditional: only when Mesos was built from git",
+    ),
+    (
+        "git_tag",
+        "conditional: only when Mesos was built from a git tag",
+    ),
     ("cluster", "conditional: only with --cluster"),
     ("log_dir", "conditional: only with --log_dir"),
-    ("external_log_file", "conditional: only with --external_log_file"),
-    ("flags.*", "the names of Mesos's own master flags; only `flags` (an object) is checked"),
+    (
+        "external_log_file",
+        "conditional: only with --external_log_file",
+    ),
+    (
+        "flags.*",
+        "the names of Mesos's own master flags; only `flags` (an object) is checked",
+    ),
 ];
 
 #[test]
 fn golden_master_state_top_level() {
     let s = master_state();
-    assert_shape("/master/state", "master-state.json", &fixture("master-state.json"), &s.state, SKIP_STATE);
+    assert_shape(
+        "/master/state",
+        "master-state.json",
+        &fixture("master-state.json"),
+        &s.state,
+        SKIP_STATE,
+    );
 }
 
 #[test]
@@ -344,7 +492,13 @@ fn golden_master_state_slave() {
         .as_array()
         .and_then(|a| a.iter().find(|x| x["id"] == s.agent_id.as_str()))
         .unwrap_or_else(|| panic!("/master/state has no slave {}: {}", s.agent_id, s.state));
-    assert_shape("/master/state slaves[]", "master-state-slave.json", &fixture("master-state-slave.json"), slave, &[]);
+    assert_shape(
+        "/master/state slaves[]",
+        "master-state-slave.json",
+        &fixture("master-state-slave.json"),
+        slave,
+        &[],
+    );
 }
 
 #[test]
@@ -353,8 +507,19 @@ fn golden_master_state_framework() {
     let framework = s.state["frameworks"]
         .as_array()
         .and_then(|a| a.iter().find(|x| x["id"] == s.framework_id.as_str()))
-        .unwrap_or_else(|| panic!("/master/state has no framework {}: {}", s.framework_id, s.state));
-    assert_shape("/master/state frameworks[]", "master-state-framework.json", &fixture("master-state-framework.json"), framework, &[]);
+        .unwrap_or_else(|| {
+            panic!(
+                "/master/state has no framework {}: {}",
+                s.framework_id, s.state
+            )
+        });
+    assert_shape(
+        "/master/state frameworks[]",
+        "master-state-framework.json",
+        &fixture("master-state-framework.json"),
+        framework,
+        &[],
+    );
 }
 
 // ---------------------------------------------------------------- mesos-go, protobuf
@@ -365,12 +530,20 @@ const HTTPSCHED: &str = "src/github.com/mesos/mesos-go/api/v1/lib/httpcli/httpsc
 
 /// Why the Go framework tests cannot run here, if they cannot.
 fn go_missing() -> Option<String> {
-    if !Command::new("go").arg("version").output().map(|o| o.status.success()).unwrap_or(false) {
+    if !Command::new("go")
+        .arg("version")
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+    {
         return Some("`go version` does not run (apt-get install golang-go)".into());
     }
     let httpsched = Path::new(GOCODE).join(HTTPSCHED);
     if !httpsched.is_dir() {
-        return Some(format!("{} is missing (apt-get install golang-github-mesos-mesos-go-dev)", httpsched.display()));
+        return Some(format!(
+            "{} is missing (apt-get install golang-github-mesos-mesos-go-dev)",
+            httpsched.display()
+        ));
     }
     None
 }
@@ -388,8 +561,15 @@ fn go_framework(test: &str, name: &'static str) -> Option<PathBuf> {
         return None;
     }
     let built = BUILT.get_or_init(|| {
-        let out = tempfile::Builder::new().prefix("shoal-go-frameworks-").tempdir().map_err(|e| e.to_string())?.keep();
-        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("frameworks").join("go").join(name);
+        let out = tempfile::Builder::new()
+            .prefix("shoal-go-frameworks-")
+            .tempdir()
+            .map_err(|e| e.to_string())?
+            .keep();
+        let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("frameworks")
+            .join("go")
+            .join(name);
         let bin = out.join(name);
         let mut cmd = Command::new("go");
         cmd.args(["build", "-o"])
@@ -397,14 +577,22 @@ fn go_framework(test: &str, name: &'static str) -> Option<PathBuf> {
             .arg(".")
             .current_dir(&src)
             .env("GO111MODULE", "off")
-            .env("GOPATH", format!("{}:{GOCODE}", out.join("gopath").display()))
+            .env(
+                "GOPATH",
+                format!("{}:{GOCODE}", out.join("gopath").display()),
+            )
             .env("GOPROXY", "off")
             .env("GOFLAGS", "")
             .env("CGO_ENABLED", "0");
         if std::env::var_os("HOME").is_none() && std::env::var_os("GOCACHE").is_none() {
             cmd.env("GOCACHE", out.join("gocache"));
         }
-        let run = run_command(cmd, &format!("go-build-{name}"), Duration::from_secs(600), &out);
+        let run = run_command(
+            cmd,
+            &format!("go-build-{name}"),
+            Duration::from_secs(600),
+            &out,
+        );
         if run.success() {
             eprintln!("built {} in {:?}", bin.display(), run.elapsed);
             Ok(bin)
@@ -419,33 +607,63 @@ fn go_framework(test: &str, name: &'static str) -> Option<PathBuf> {
 }
 
 fn report(cell: &Cell, run: &ScriptRun) -> String {
-    format!("{}\n----- {} output -----\n{}{}", run.outcome(), run.script, run.output, cell.logs())
+    format!(
+        "{}\n----- {} output -----\n{}{}",
+        run.outcome(),
+        run.script,
+        run.output,
+        cell.logs()
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mesos_go_protobuf_framework_launches_and_acknowledges() {
     let test = "mesos_go_protobuf_framework_launches_and_acknowledges";
-    let Some(bin) = tokio::task::block_in_place(|| go_framework(test, "protolaunch")) else { return };
-    let cell = Cell::start("golden-go", &["--scheduler-heartbeat-interval", "1s"]).await.unwrap_or_else(|e| panic!("{e}"));
+    let Some(bin) = tokio::task::block_in_place(|| go_framework(test, "protolaunch")) else {
+        return;
+    };
+    let cell = Cell::start("golden-go", &["--scheduler-heartbeat-interval", "1s"])
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     let task_id = unique("go-proto");
     let mut cmd = Command::new(&bin);
-    cmd.args(["-task-id", &task_id, "-deadline", "30s", cell.master.host_port()]);
+    cmd.args([
+        "-task-id",
+        &task_id,
+        "-deadline",
+        "30s",
+        cell.master.host_port(),
+    ]);
     let logs = cell.dir.path().join("frameworks");
-    let run = tokio::task::block_in_place(|| run_command(cmd, "protolaunch", Duration::from_secs(45), &logs));
+    let run = tokio::task::block_in_place(|| {
+        run_command(cmd, "protolaunch", Duration::from_secs(45), &logs)
+    });
     assert!(run.success(), "{}", report(&cell, &run));
     eprintln!("{}\n{}", run.outcome(), run.output);
     // What outlives the framework, through the native API: the task finished, its stdout says hi.
     let until = Instant::now() + Duration::from_secs(10);
     loop {
-        let task: Json = match reqwest::get(format!("{}/api/shoal/v1/tasks/{task_id}", cell.master.addr)).await {
+        let task: Json = match reqwest::get(format!(
+            "{}/api/shoal/v1/tasks/{task_id}",
+            cell.master.addr
+        ))
+        .await
+        {
             Ok(r) if r.status().as_u16() == 200 => r.json().await.unwrap_or(Json::Null),
             _ => Json::Null,
         };
-        let stdout: Json = match reqwest::get(format!("{}/files/read?path=/agents/{}/tasks/{task_id}/stdout", cell.master.addr, cell.agent_id)).await {
+        let stdout: Json = match reqwest::get(format!(
+            "{}/files/read?path=/agents/{}/tasks/{task_id}/stdout",
+            cell.master.addr, cell.agent_id
+        ))
+        .await
+        {
             Ok(r) if r.status().as_u16() == 200 => r.json().await.unwrap_or(Json::Null),
             _ => Json::Null,
         };
-        if task["state"] == "TASK_FINISHED" && stdout["data"].as_str().is_some_and(|d| d.contains("hi")) {
+        if task["state"] == "TASK_FINISHED"
+            && stdout["data"].as_str().is_some_and(|d| d.contains("hi"))
+        {
             break;
         }
         assert!(Instant::now() < until, "task {task_id}: wanted TASK_FINISHED with stdout \"hi\"; native API: {task}; stdout: {stdout}\n{}", report(&cell, &run));

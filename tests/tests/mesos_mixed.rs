@@ -20,9 +20,9 @@ use std::time::{Duration, Instant};
 use serde_json::Value as Json;
 use shoal_client::{command_task, ClaimRequest, PlacementRequest};
 use shoal_core::{CommitMode, ConflictCheck, ResourceSet, TaskState};
-use shoal_tests::{unique, 
-    check_no_double_booking, held_resources, spawn_script, start_mesos_agent, tail, test_python, wait_agents_active, wait_until, AgentProc,
-    BackgroundScript, MasterProc, ScriptRun,
+use shoal_tests::{
+    check_no_double_booking, held_resources, spawn_script, start_mesos_agent, tail, test_python,
+    unique, wait_agents_active, wait_until, AgentProc, BackgroundScript, MasterProc, ScriptRun,
 };
 
 /// Liveness and Mesos API timers as in tests/tests/mesos.rs.
@@ -45,7 +45,6 @@ const MASTER_FLAGS: &[&str] = &[
 
 const SCRIPT_TIMEOUT: Duration = Duration::from_secs(40);
 
-
 struct Cell {
     master: MasterProc,
     agents: Vec<AgentProc>,
@@ -55,20 +54,49 @@ struct Cell {
 }
 
 impl Cell {
-    async fn start(name: &str, python: PathBuf, master_flags: &[&str], agents: usize, resources: &str) -> Cell {
+    async fn start(
+        name: &str,
+        python: PathBuf,
+        master_flags: &[&str],
+        agents: usize,
+        resources: &str,
+    ) -> Cell {
         let dir = tempfile::tempdir().unwrap();
         let mut flags = MASTER_FLAGS.to_vec();
         flags.extend_from_slice(master_flags);
         let master = MasterProc::start(&dir.path().join("master"), &flags);
-        let hostnames: Vec<String> = (0..agents).map(|i| unique(&format!("{name}-a{i}"))).collect();
-        let procs: Vec<AgentProc> =
-            hostnames.iter().enumerate().map(|(i, h)| start_mesos_agent(&master.addr, &dir.path().join(format!("agent{i}")), h, resources)).collect();
+        let hostnames: Vec<String> = (0..agents)
+            .map(|i| unique(&format!("{name}-a{i}")))
+            .collect();
+        let procs: Vec<AgentProc> = hostnames
+            .iter()
+            .enumerate()
+            .map(|(i, h)| {
+                start_mesos_agent(
+                    &master.addr,
+                    &dir.path().join(format!("agent{i}")),
+                    h,
+                    resources,
+                )
+            })
+            .collect();
         let names: Vec<&str> = hostnames.iter().map(String::as_str).collect();
-        let agent_ids = match wait_agents_active(&master.client(), &names, Duration::from_secs(20)).await {
-            Ok(ids) => ids,
-            Err(e) => panic!("{e}\nmaster log:\n{}\nagent log:\n{}", tail(&master.log(), 100), tail(&procs[0].log(), 60)),
-        };
-        Cell { master, agents: procs, agent_ids, python, dir }
+        let agent_ids =
+            match wait_agents_active(&master.client(), &names, Duration::from_secs(20)).await {
+                Ok(ids) => ids,
+                Err(e) => panic!(
+                    "{e}\nmaster log:\n{}\nagent log:\n{}",
+                    tail(&master.log(), 100),
+                    tail(&procs[0].log(), 60)
+                ),
+            };
+        Cell {
+            master,
+            agents: procs,
+            agent_ids,
+            python,
+            dir,
+        }
     }
 
     fn log_dir(&self) -> PathBuf {
@@ -90,9 +118,15 @@ impl Cell {
         for (what, output) in runs {
             out.push_str(&format!("----- {what} -----\n{output}"));
         }
-        out.push_str(&format!("----- master log (end) -----\n{}", tail(&self.master.log(), 120)));
+        out.push_str(&format!(
+            "----- master log (end) -----\n{}",
+            tail(&self.master.log(), 120)
+        ));
         for (i, a) in self.agents.iter().enumerate() {
-            out.push_str(&format!("----- agent {i} log (end) -----\n{}", tail(&a.log(), 30)));
+            out.push_str(&format!(
+                "----- agent {i} log (end) -----\n{}",
+                tail(&a.log(), 30)
+            ));
         }
         out
     }
@@ -106,7 +140,10 @@ async fn wait_file(path: &str, deadline: Duration, script: &BackgroundScript, ce
     let until = Instant::now() + deadline;
     while !Path::new(path).exists() {
         if Instant::now() > until {
-            panic!("{path} not written within {deadline:?}\n{}", cell.report(&[(&script.script, script.output())]));
+            panic!(
+                "{path} not written within {deadline:?}\n{}",
+                cell.report(&[(&script.script, script.output())])
+            );
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -114,8 +151,19 @@ async fn wait_file(path: &str, deadline: Duration, script: &BackgroundScript, ce
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mesos_offer_cap_keeps_a_silent_framework_from_starving_another() {
-    let Some(python) = test_python("mesos_offer_cap_keeps_a_silent_framework_from_starving_another") else { return };
-    let cell = Cell::start("starve", python, &["--offers-per-framework-max", "1"], 3, "cpus:1;mem:256").await;
+    let Some(python) =
+        test_python("mesos_offer_cap_keeps_a_silent_framework_from_starving_another")
+    else {
+        return;
+    };
+    let cell = Cell::start(
+        "starve",
+        python,
+        &["--offers-per-framework-max", "1"],
+        3,
+        "cpus:1;mem:256",
+    )
+    .await;
     let client = cell.master.client();
     let (ready, stop) = (cell.path("hog.ready"), cell.path("hog.stop"));
 
@@ -134,7 +182,11 @@ async fn mesos_offer_cap_keeps_a_silent_framework_from_starving_another() {
                         Ok(held) => {
                             most_held.fetch_max(held.len(), Ordering::Relaxed);
                             if held.len() > l2.load(Ordering::Relaxed) {
-                                violations.push(format!("version {}: {} agents held: {held:?}", st.version, held.len()));
+                                violations.push(format!(
+                                    "version {}: {} agents held: {held:?}",
+                                    st.version,
+                                    held.len()
+                                ));
                             }
                         }
                         Err(e) => violations.push(e),
@@ -147,13 +199,21 @@ async fn mesos_offer_cap_keeps_a_silent_framework_from_starving_another() {
         (h, limit)
     };
 
-    let hog = cell.spawn("hog.py", &["--cap", "1", "--ready-file", &ready, "--stop-file", &stop]);
+    let hog = cell.spawn(
+        "hog.py",
+        &["--cap", "1", "--ready-file", &ready, "--stop-file", &stop],
+    );
     wait_file(&ready, Duration::from_secs(15), &hog, &cell).await;
     // Ten allocation rounds with the hog alone: it keeps one agent, two stay free.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let st = client.state().await.unwrap();
     let held = held_resources(&st).unwrap();
-    assert_eq!(held.len(), 1, "the hog should hold exactly one agent: {held:?}\n{}", cell.report(&[("hog.py", hog.output())]));
+    assert_eq!(
+        held.len(),
+        1,
+        "the hog should hold exactly one agent: {held:?}\n{}",
+        cell.report(&[("hog.py", hog.output())])
+    );
 
     // The second framework may hold one more.
     watcher.1.store(2, Ordering::Relaxed);
@@ -164,14 +224,35 @@ async fn mesos_offer_cap_keeps_a_silent_framework_from_starving_another() {
     let hog = cell.wait(hog);
     done.store(true, Ordering::Relaxed);
     let violations = watcher.0.await.unwrap();
-    let report = || cell.report(&[(&starved.outcome(), starved.output.clone()), (&hog.outcome(), hog.output.clone())]);
-    assert!(starved.success(), "the second framework starved or failed\n{}", report());
+    let report = || {
+        cell.report(&[
+            (&starved.outcome(), starved.output.clone()),
+            (&hog.outcome(), hog.output.clone()),
+        ])
+    };
+    assert!(
+        starved.success(),
+        "the second framework starved or failed\n{}",
+        report()
+    );
     assert!(hog.success(), "the hog failed\n{}", report());
-    assert!(hog.output.contains("MAX_OUTSTANDING 1"), "the hog held more than one offer at once\n{}", report());
-    assert!(violations.is_empty(), "more agents held than the cap allows: {violations:?}\n{}", report());
+    assert!(
+        hog.output.contains("MAX_OUTSTANDING 1"),
+        "the hog held more than one offer at once\n{}",
+        report()
+    );
+    assert!(
+        violations.is_empty(),
+        "more agents held than the cap allows: {violations:?}\n{}",
+        report()
+    );
     eprintln!(
         "starved.py: {}\nmost agents held at once: {}",
-        starved.output.lines().find(|l| l.contains("FIRST_OFFER_AFTER")).unwrap_or("?"),
+        starved
+            .output
+            .lines()
+            .find(|l| l.contains("FIRST_OFFER_AFTER"))
+            .unwrap_or("?"),
         most_held.load(Ordering::Relaxed)
     );
     let t = client.task(&task).await.unwrap();
@@ -180,7 +261,12 @@ async fn mesos_offer_cap_keeps_a_silent_framework_from_starving_another() {
 
 /// The outcome of one native claim, with its HTTP status.
 async fn claim_raw(http: &reqwest::Client, base: &str, claim: &ClaimRequest) -> (u16, Json) {
-    let resp = http.post(format!("{base}/api/shoal/v1/claims")).json(claim).send().await.expect("claim");
+    let resp = http
+        .post(format!("{base}/api/shoal/v1/claims"))
+        .json(claim)
+        .send()
+        .await
+        .expect("claim");
     let status = resp.status().as_u16();
     (status, resp.json().await.unwrap_or(Json::Null))
 }
@@ -194,13 +280,19 @@ fn native_claim(id: &str, agent_id: &str, version: u64) -> ClaimRequest {
         snapshot_version: version,
         mode: CommitMode::Incremental,
         check: ConflictCheck::Fine,
-        placements: vec![PlacementRequest { agent_id: agent_id.to_string(), task_info: command_task(id, id, &res, "sleep 0.2") }],
+        placements: vec![PlacementRequest {
+            agent_id: agent_id.to_string(),
+            task_info: command_task(id, id, &res, "sleep 0.2"),
+        }],
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mesos_offers_and_native_claims_never_double_book_an_agent() {
-    let Some(python) = test_python("mesos_offers_and_native_claims_never_double_book_an_agent") else { return };
+    let Some(python) = test_python("mesos_offers_and_native_claims_never_double_book_an_agent")
+    else {
+        return;
+    };
     let cell = Cell::start("mixed", python, &[], 1, "cpus:1;mem:256").await;
     let agent = cell.agent_ids[0].clone();
     let client = cell.master.client();
@@ -232,7 +324,18 @@ async fn mesos_offers_and_native_claims_never_double_book_an_agent() {
 
     let busy = cell.spawn(
         "busy.py",
-        &["--task-id", &prefix, "--hold-file", &hold_file, "--released-file", &released_file, "--hold", "1.0", "--duration", "5"],
+        &[
+            "--task-id",
+            &prefix,
+            "--hold-file",
+            &hold_file,
+            "--released-file",
+            &released_file,
+            "--hold",
+            "1.0",
+            "--duration",
+            "5",
+        ],
     );
 
     // Phase 1: the framework holds its offer (the whole agent); a native claim is refused.
@@ -242,10 +345,23 @@ async fn mesos_offers_and_native_claims_never_double_book_an_agent() {
     let id = unique("nat-held");
     let (status, body) = claim_raw(&http, &base, &native_claim(&id, &agent, st.version)).await;
     let late = Path::new(&released_file).exists();
-    assert!(!late, "timing: the claim returned after the framework released its offer; raise --hold\n{}", cell.report(&[("busy.py", busy.output())]));
-    assert!(held.contains_key(&agent), "the offer should hold the agent: {held:?}");
-    assert_eq!(status, 409, "a claim on held resources must be refused with 409: {body}");
-    assert_eq!(body["placements"][0]["rejected"]["reason"], "insufficient_resources", "{body}");
+    assert!(
+        !late,
+        "timing: the claim returned after the framework released its offer; raise --hold\n{}",
+        cell.report(&[("busy.py", busy.output())])
+    );
+    assert!(
+        held.contains_key(&agent),
+        "the offer should hold the agent: {held:?}"
+    );
+    assert_eq!(
+        status, 409,
+        "a claim on held resources must be refused with 409: {body}"
+    );
+    assert_eq!(
+        body["placements"][0]["rejected"]["reason"], "insufficient_resources",
+        "{body}"
+    );
     assert_eq!(body["placements"][0]["committed"], false, "{body}");
 
     // Phase 2: native claims for 5 s, one task each on a fresh snapshot, while the framework
@@ -258,11 +374,17 @@ async fn mesos_offers_and_native_claims_never_double_book_an_agent() {
         let st = client.state().await.unwrap();
         n += 1;
         let id = format!("{prefix}-nat-{n}");
-        let answer = client.claim(&native_claim(&id, &agent, st.version)).await.unwrap();
+        let answer = client
+            .claim(&native_claim(&id, &agent, st.version))
+            .await
+            .unwrap();
         match answer.outcome.placements.first() {
             Some(p) if p.committed => native.push(id),
             Some(p) => {
-                let why = serde_json::to_value(&p.rejected).unwrap()["reason"].as_str().unwrap_or("?").to_string();
+                let why = serde_json::to_value(&p.rejected).unwrap()["reason"]
+                    .as_str()
+                    .unwrap_or("?")
+                    .to_string();
                 *refused.entry(why).or_default() += 1;
             }
             None => panic!("claim {id}: no placement in the answer"),
@@ -276,7 +398,13 @@ async fn mesos_offers_and_native_claims_never_double_book_an_agent() {
     // The native tasks end too.
     wait_until("the native tasks to end", Duration::from_secs(15), || {
         let client = client.clone();
-        async move { client.state().await.map(|st| st.tasks.iter().all(|t| t.state.is_terminal())).unwrap_or(false) }
+        async move {
+            client
+                .state()
+                .await
+                .map(|st| st.tasks.iter().all(|t| t.state.is_terminal()))
+                .unwrap_or(false)
+        }
     })
     .await;
     done.store(true, Ordering::Relaxed);
@@ -285,20 +413,54 @@ async fn mesos_offers_and_native_claims_never_double_book_an_agent() {
     let polls = polls.load(Ordering::Relaxed);
 
     let st = client.state().await.unwrap();
-    let by_native: Vec<_> = st.tasks.iter().filter(|t| t.owner == "mixed-native").collect();
-    let by_framework: Vec<_> = st.tasks.iter().filter(|t| t.owner != "mixed-native").collect();
+    let by_native: Vec<_> = st
+        .tasks
+        .iter()
+        .filter(|t| t.owner == "mixed-native")
+        .collect();
+    let by_framework: Vec<_> = st
+        .tasks
+        .iter()
+        .filter(|t| t.owner != "mixed-native")
+        .collect();
     eprintln!(
         "native: {} committed, refused {refused:?}; framework: {} tasks; {polls} state polls in {elapsed:?}\n{}",
         native.len(),
         by_framework.len(),
         busy.output.lines().find(|l| l.contains("LAUNCHED")).unwrap_or("?")
     );
-    assert!(violations.is_empty(), "double-booking seen ({} times), first: {}\n{}", violations.len(), violations[0], report());
-    assert!(!native.is_empty(), "no native claim committed in 5 s (refused: {refused:?})\n{}", report());
-    assert!(!by_framework.is_empty(), "the framework launched nothing\n{}", report());
+    assert!(
+        violations.is_empty(),
+        "double-booking seen ({} times), first: {}\n{}",
+        violations.len(),
+        violations[0],
+        report()
+    );
+    assert!(
+        !native.is_empty(),
+        "no native claim committed in 5 s (refused: {refused:?})\n{}",
+        report()
+    );
+    assert!(
+        !by_framework.is_empty(),
+        "the framework launched nothing\n{}",
+        report()
+    );
     assert_eq!(by_native.len(), native.len(), "native tasks in the state");
     for t in by_native.iter().chain(by_framework.iter()) {
-        assert_eq!(t.state, TaskState::Finished, "task {} ({}) ended {:?}: {:?}\n{}", t.id, t.owner, t.state, t.status, report());
+        assert_eq!(
+            t.state,
+            TaskState::Finished,
+            "task {} ({}) ended {:?}: {:?}\n{}",
+            t.id,
+            t.owner,
+            t.state,
+            t.status,
+            report()
+        );
     }
-    assert!(polls as f64 / elapsed.as_secs_f64() >= 10.0, "only {polls} state polls in {elapsed:?}");
+    assert!(
+        polls as f64 / elapsed.as_secs_f64() >= 10.0,
+        "only {polls} state polls in {elapsed:?}"
+    );
 }

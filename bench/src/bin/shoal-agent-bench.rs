@@ -30,7 +30,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, Context, Result};
 use bollard::models::{ContainerCreateBody, HostConfig};
-use bollard::query_parameters::{CreateContainerOptions, ListContainersOptions, RemoveContainerOptions};
+use bollard::query_parameters::{
+    CreateContainerOptions, ListContainersOptions, RemoveContainerOptions,
+};
 use bollard::Docker;
 use clap::Parser;
 use futures::StreamExt;
@@ -56,7 +58,10 @@ const TARGET_TASKS_PER_S: f64 = 100.0;
 const SETTLE: Duration = Duration::from_millis(100);
 
 #[derive(Parser)]
-#[command(name = "shoal-agent-bench", about = "Shoal's agent benchmark: figures next to a baseline measured in the same run")]
+#[command(
+    name = "shoal-agent-bench",
+    about = "Shoal's agent benchmark: figures next to a baseline measured in the same run"
+)]
 struct Args {
     /// A tiny scale that finishes in under a minute in a debug build.
     #[arg(long)]
@@ -97,7 +102,10 @@ fn main() {
     };
     // shoal_tests::{MasterProc, AgentProc} run `$SHOAL_BIN`; set before any thread starts.
     std::env::set_var("SHOAL_BIN", &bin);
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
     match rt.block_on(run(args, bin)) {
         Ok(()) => {}
         Err(e) => {
@@ -118,11 +126,19 @@ fn find_shoal_bin(arg: Option<&Path>) -> Result<PathBuf> {
         return Ok(p.canonicalize()?);
     }
     let mut candidates = Vec::new();
-    if let Some(dir) = std::env::current_exe().ok().and_then(|e| e.parent().map(Path::to_path_buf)) {
+    if let Some(dir) = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(Path::to_path_buf))
+    {
         candidates.push(dir.join("shoal"));
     }
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf();
-    let target = std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| root.join("target"));
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf();
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| root.join("target"));
     candidates.push(target.join("release").join("shoal"));
     candidates.push(target.join("debug").join("shoal"));
     for c in &candidates {
@@ -135,26 +151,55 @@ fn find_shoal_bin(arg: Option<&Path>) -> Result<PathBuf> {
 
 /// The directory for work dirs: next to this binary (in the target dir, on a real disk).
 fn work_parent() -> PathBuf {
-    std::env::current_exe().ok().and_then(|e| e.parent().map(Path::to_path_buf)).unwrap_or_else(std::env::temp_dir)
+    std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(Path::to_path_buf))
+        .unwrap_or_else(std::env::temp_dir)
 }
 
 async fn run(args: Args, bin: PathBuf) -> Result<()> {
     let started = Instant::now();
     let scale = if args.smoke {
-        Scale { docker_runs: 5, process_tasks: 100, run_limit: Duration::from_secs(50) }
+        Scale {
+            docker_runs: 5,
+            process_tasks: 100,
+            run_limit: Duration::from_secs(50),
+        }
     } else {
-        Scale { docker_runs: 30, process_tasks: 500, run_limit: Duration::from_secs(600) }
+        Scale {
+            docker_runs: 30,
+            process_tasks: 500,
+            run_limit: Duration::from_secs(600),
+        }
     };
     let run_until = started + scale.run_limit;
     let want_docker = args.only.iter().any(|o| o == "docker");
     let want_process = args.only.iter().any(|o| o == "process");
 
-    println!("shoal-agent-bench ({} scale)", if args.smoke { "smoke" } else { "full" });
+    println!(
+        "shoal-agent-bench ({} scale)",
+        if args.smoke { "smoke" } else { "full" }
+    );
     param("shoal binary", bin.display());
-    param("build of this binary", if cfg!(debug_assertions) { "debug" } else { "release" });
-    param("cpus", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0));
+    param(
+        "build of this binary",
+        if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        },
+    );
+    param(
+        "cpus",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0),
+    );
     if let Ok(l) = std::fs::read_to_string("/proc/loadavg") {
-        param("load average at start", l.split_whitespace().take(3).collect::<Vec<_>>().join(" "));
+        param(
+            "load average at start",
+            l.split_whitespace().take(3).collect::<Vec<_>>().join(" "),
+        );
     }
 
     // Docker: answering or not decides phase 1 (and the agent's executors).
@@ -176,7 +221,10 @@ async fn run(args: Args, bin: PathBuf) -> Result<()> {
         None
     };
 
-    let dir = tempfile::Builder::new().prefix("shoal-agent-bench-").tempdir_in(work_parent()).context("creating the work dir")?;
+    let dir = tempfile::Builder::new()
+        .prefix("shoal-agent-bench-")
+        .tempdir_in(work_parent())
+        .context("creating the work dir")?;
     param("work dir", dir.path().display());
     let sync = fdatasync_median(dir.path())?;
     param("fdatasync on the work dir's disk (median of 20)", ms(sync));
@@ -199,7 +247,14 @@ async fn run(args: Args, bin: PathBuf) -> Result<()> {
     }
     if result.is_err() {
         let log = cell.agent.log();
-        let tail: Vec<&str> = log.lines().rev().take(30).collect::<Vec<_>>().into_iter().rev().collect();
+        let tail: Vec<&str> = log
+            .lines()
+            .rev()
+            .take(30)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
         eprintln!("the agent's log (last 30 lines):\n{}", tail.join("\n"));
     }
     drop(cell);
@@ -214,12 +269,23 @@ async fn run(args: Args, bin: PathBuf) -> Result<()> {
 
 async fn connect_docker() -> Result<(Docker, String)> {
     let probe = async {
-        let d = Docker::connect_with_unix(DOCKER_SOCKET, 30, bollard::API_DEFAULT_VERSION)?.negotiate_version().await?;
+        let d = Docker::connect_with_unix(DOCKER_SOCKET, 30, bollard::API_DEFAULT_VERSION)?
+            .negotiate_version()
+            .await?;
         let v = d.version().await?;
-        d.inspect_image(IMAGE).await.with_context(|| format!("image {IMAGE} (build it with scripts/busybox-image)"))?;
+        d.inspect_image(IMAGE)
+            .await
+            .with_context(|| format!("image {IMAGE} (build it with scripts/busybox-image)"))?;
         let info = d.info().await?;
         let driver = info.driver.unwrap_or_default();
-        Ok::<_, anyhow::Error>((d, format!("{} (API {}, storage driver {driver})", v.version.unwrap_or_default(), v.api_version.unwrap_or_default())))
+        Ok::<_, anyhow::Error>((
+            d,
+            format!(
+                "{} (API {}, storage driver {driver})",
+                v.version.unwrap_or_default(),
+                v.api_version.unwrap_or_default()
+            ),
+        ))
     };
     match tokio::time::timeout(Duration::from_secs(5), probe).await {
         Ok(r) => r,
@@ -254,7 +320,14 @@ impl Cell {
             ],
         );
         let client = master.client();
-        let prefix = format!("ab{}-{:x}", std::process::id(), std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() & 0xffffff);
+        let prefix = format!(
+            "ab{}-{:x}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)?
+                .as_millis()
+                & 0xffffff
+        );
         let hostname = format!("{prefix}-agent");
         let agent = AgentProc::start(
             &master.addr,
@@ -279,17 +352,31 @@ impl Cell {
         let until = Instant::now() + Duration::from_secs(20);
         let agent_id = loop {
             if let Ok(st) = client.state().await {
-                if let Some(a) = st.agents.iter().find(|a| a.hostname == hostname && a.state == AgentState::Active) {
+                if let Some(a) = st
+                    .agents
+                    .iter()
+                    .find(|a| a.hostname == hostname && a.state == AgentState::Active)
+                {
                     break a.id.as_str().to_string();
                 }
             }
             if Instant::now() > until {
-                bail!("the agent did not become active within 20 s; its log:\n{}", agent.log());
+                bail!(
+                    "the agent did not become active within 20 s; its log:\n{}",
+                    agent.log()
+                );
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         };
         let watch = Watcher::start(&client).await?;
-        Ok(Cell { _master: master, agent, client, agent_id, prefix, watch })
+        Ok(Cell {
+            _master: master,
+            agent,
+            client,
+            agent_id,
+            prefix,
+            watch,
+        })
     }
 
     async fn claim(&self, claim_id: &str, tasks: Vec<serde_json::Value>) -> Result<()> {
@@ -300,10 +387,20 @@ impl Cell {
             snapshot_version: self.watch.version(),
             mode: CommitMode::AllOrNothing,
             check: ConflictCheck::Fine,
-            placements: tasks.into_iter().map(|t| PlacementRequest { agent_id: self.agent_id.clone(), task_info: t }).collect(),
+            placements: tasks
+                .into_iter()
+                .map(|t| PlacementRequest {
+                    agent_id: self.agent_id.clone(),
+                    task_info: t,
+                })
+                .collect(),
         };
         let answer = self.client.claim(&claim).await?;
-        anyhow::ensure!(answer.outcome.committed_version.is_some(), "claim {claim_id} was not committed: {:?}", answer.outcome);
+        anyhow::ensure!(
+            answer.outcome.committed_version.is_some(),
+            "claim {claim_id} was not committed: {:?}",
+            answer.outcome
+        );
         Ok(())
     }
 }
@@ -349,7 +446,12 @@ impl Watcher {
                 v.store(entry.version, Ordering::Release);
             }
         });
-        Ok(Watcher { rx, version, seen: HashMap::new(), handle })
+        Ok(Watcher {
+            rx,
+            version,
+            seen: HashMap::new(),
+            handle,
+        })
     }
 
     fn version(&self) -> u64 {
@@ -358,11 +460,18 @@ impl Watcher {
 
     /// When the task was first seen in a state matching `pred`.
     fn first(&self, task: &str, pred: impl Fn(TaskState) -> bool) -> Option<(TaskState, Instant)> {
-        self.seen.get(task).and_then(|h| h.iter().find(|(s, _)| pred(*s)).copied())
+        self.seen
+            .get(task)
+            .and_then(|h| h.iter().find(|(s, _)| pred(*s)).copied())
     }
 
     /// Takes what the stream delivered until `done` holds; fails at `until`.
-    async fn wait(&mut self, what: &str, until: Instant, done: impl Fn(&Watcher) -> bool) -> Result<()> {
+    async fn wait(
+        &mut self,
+        what: &str,
+        until: Instant,
+        done: impl Fn(&Watcher) -> bool,
+    ) -> Result<()> {
         loop {
             if done(self) {
                 return Ok(());
@@ -395,7 +504,10 @@ fn baseline_body() -> ContainerCreateBody {
         image: Some(IMAGE.into()),
         entrypoint: Some(vec!["/bin/sh".into(), "-c".into()]),
         cmd: Some(vec![DOCKER_CMD.into()]),
-        labels: Some(HashMap::from([("shoal-agent-bench".to_string(), std::process::id().to_string())])),
+        labels: Some(HashMap::from([(
+            "shoal-agent-bench".to_string(),
+            std::process::id().to_string(),
+        )])),
         attach_stdout: Some(false),
         attach_stderr: Some(false),
         tty: Some(false),
@@ -428,21 +540,46 @@ async fn shoal_docker_run(cell: &mut Cell, id: &str, run_until: Instant) -> Resu
     let answered = t0.elapsed();
     let until = (t0 + Duration::from_secs(30)).min(run_until);
     let wanted = |s: TaskState| s == TaskState::Running || s.is_terminal();
-    cell.watch.wait(&format!("{id} to be TASK_RUNNING"), until, |w| w.first(id, wanted).is_some()).await?;
+    cell.watch
+        .wait(&format!("{id} to be TASK_RUNNING"), until, |w| {
+            w.first(id, wanted).is_some()
+        })
+        .await?;
     let (state, at) = cell.watch.first(id, wanted).expect("waited for it");
     if state != TaskState::Running {
         let t = cell.client.task(id).await?;
-        bail!("{id} ended as {} before running: {:?}", state.mesos_name(), t.status);
+        bail!(
+            "{id} ended as {} before running: {:?}",
+            state.mesos_name(),
+            t.status
+        );
     }
     let total = at - t0;
-    let starting = cell.watch.first(id, |s| s == TaskState::Starting).map(|(_, s)| s - t0);
+    let starting = cell
+        .watch
+        .first(id, |s| s == TaskState::Starting)
+        .map(|(_, s)| s - t0);
 
     let k0 = Instant::now();
     cell.client.kill(id).await?;
     let until = (k0 + Duration::from_secs(15)).min(run_until);
-    cell.watch.wait(&format!("{id} to end after the kill"), until, |w| w.first(id, |s| s.is_terminal()).is_some()).await?;
-    let (_, ended) = cell.watch.first(id, |s| s.is_terminal()).expect("waited for it");
-    Ok(ShoalRun { id: id.to_string(), wall0, total, answered, starting, kill: ended - k0 })
+    cell.watch
+        .wait(&format!("{id} to end after the kill"), until, |w| {
+            w.first(id, |s| s.is_terminal()).is_some()
+        })
+        .await?;
+    let (_, ended) = cell
+        .watch
+        .first(id, |s| s.is_terminal())
+        .expect("waited for it");
+    Ok(ShoalRun {
+        id: id.to_string(),
+        wall0,
+        total,
+        answered,
+        starting,
+        kill: ended - k0,
+    })
 }
 
 struct BaselineRun {
@@ -450,34 +587,62 @@ struct BaselineRun {
     running: Duration,
 }
 
-async fn baseline_docker_run(docker: &Docker, name: &str, run_until: Instant) -> Result<BaselineRun> {
+async fn baseline_docker_run(
+    docker: &Docker,
+    name: &str,
+    run_until: Instant,
+) -> Result<BaselineRun> {
     let body = baseline_body();
-    let opts = CreateContainerOptions { name: Some(name.to_string()), ..Default::default() };
+    let opts = CreateContainerOptions {
+        name: Some(name.to_string()),
+        ..Default::default()
+    };
     let t0 = Instant::now();
-    let created = docker.create_container(Some(opts), body).await.context("docker create")?;
+    let created = docker
+        .create_container(Some(opts), body)
+        .await
+        .context("docker create")?;
     let res = async {
-        docker.start_container(&created.id, None).await.context("docker start")?;
+        docker
+            .start_container(&created.id, None)
+            .await
+            .context("docker start")?;
         let started = t0.elapsed();
         let until = (Instant::now() + Duration::from_secs(10)).min(run_until);
         loop {
-            let i = docker.inspect_container(&created.id, None).await.context("docker inspect")?;
+            let i = docker
+                .inspect_container(&created.id, None)
+                .await
+                .context("docker inspect")?;
             if i.state.as_ref().and_then(|s| s.running) == Some(true) {
                 break;
             }
             if Instant::now() > until {
-                bail!("container {name} not running 10 s after its start: {:?}", i.state);
+                bail!(
+                    "container {name} not running 10 s after its start: {:?}",
+                    i.state
+                );
             }
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
-        Ok(BaselineRun { started, running: t0.elapsed() })
+        Ok(BaselineRun {
+            started,
+            running: t0.elapsed(),
+        })
     }
     .await;
     // Stopped like Shoal's (killed, then waited for), and removed at the end like Shoal's, so
     // that Docker's teardown work weighs the same on the runs that follow either.
-    docker.kill_container(&created.id, None).await.context("docker kill")?;
+    docker
+        .kill_container(&created.id, None)
+        .await
+        .context("docker kill")?;
     let until = (Instant::now() + Duration::from_secs(10)).min(run_until);
     loop {
-        let i = docker.inspect_container(&created.id, None).await.context("docker inspect")?;
+        let i = docker
+            .inspect_container(&created.id, None)
+            .await
+            .context("docker inspect")?;
         if i.state.as_ref().and_then(|s| s.running) != Some(true) || Instant::now() > until {
             break;
         }
@@ -486,9 +651,17 @@ async fn baseline_docker_run(docker: &Docker, name: &str, run_until: Instant) ->
     res
 }
 
-async fn docker_phase(cell: &mut Cell, docker: &Docker, runs: usize, run_until: Instant) -> Result<()> {
+async fn docker_phase(
+    cell: &mut Cell,
+    docker: &Docker,
+    runs: usize,
+    run_until: Instant,
+) -> Result<()> {
     title(&format!("(1) Docker launch latency: {runs} interleaved runs (+1 warm-up each), {DOCKER_CMD:?} on {IMAGE}"));
-    param("task resources (baseline: the same limits)", DOCKER_TASK_RES);
+    param(
+        "task resources (baseline: the same limits)",
+        DOCKER_TASK_RES,
+    );
     let mut shoal = Vec::new();
     let mut base = Vec::new();
     for i in 0..=runs {
@@ -521,25 +694,60 @@ async fn docker_phase(cell: &mut Cell, docker: &Docker, runs: usize, run_until: 
     let total: Vec<Duration> = shoal.iter().map(|r| r.total).collect();
     let b_start: Vec<Duration> = base.iter().map(|r| r.started).collect();
     let b_run: Vec<Duration> = base.iter().map(|r| r.running).collect();
-    let paired: Vec<f64> = shoal.iter().zip(&base).map(|(s, b)| s.total.as_secs_f64() - b.started.as_secs_f64()).collect();
-    figure("Shoal: POST claim -> TASK_RUNNING in watch", dist(&total), "");
-    figure("baseline: bollard create+start returned", dist(&b_start), "");
+    let paired: Vec<f64> = shoal
+        .iter()
+        .zip(&base)
+        .map(|(s, b)| s.total.as_secs_f64() - b.started.as_secs_f64())
+        .collect();
+    figure(
+        "Shoal: POST claim -> TASK_RUNNING in watch",
+        dist(&total),
+        "",
+    );
+    figure(
+        "baseline: bollard create+start returned",
+        dist(&b_start),
+        "",
+    );
     figure("baseline: ... + inspect says Running", dist(&b_run), "");
     let added = med(&total).as_secs_f64() - med(&b_start).as_secs_f64();
-    let verdict = if added * 1e3 <= TARGET_ADDED_MS { "meets" } else { "misses" };
+    let verdict = if added * 1e3 <= TARGET_ADDED_MS {
+        "meets"
+    } else {
+        "misses"
+    };
     figure(
         "added by Shoal (median - median create+start)",
         format!("{:.1} ms", added * 1e3),
         &format!("target <= {TARGET_ADDED_MS} ms: {verdict}"),
     );
-    figure("added by Shoal (median of paired differences)", format!("{:.1} ms", median_f64(&paired) * 1e3), "");
+    figure(
+        "added by Shoal (median of paired differences)",
+        format!("{:.1} ms", median_f64(&paired) * 1e3),
+        "",
+    );
     println!("  where Shoal's time goes (medians):");
-    figure("  POST claim -> answer (committed, fsynced)", ms(med(&shoal.iter().map(|r| r.answered).collect::<Vec<_>>())), "");
+    figure(
+        "  POST claim -> answer (committed, fsynced)",
+        ms(med(&shoal.iter().map(|r| r.answered).collect::<Vec<_>>())),
+        "",
+    );
     let starting: Vec<Duration> = shoal.iter().filter_map(|r| r.starting).collect();
     if !starting.is_empty() {
-        figure("  POST claim -> TASK_STARTING in watch", ms(med(&starting)), "");
-        let st_run: Vec<Duration> = shoal.iter().filter_map(|r| r.starting.map(|s| r.total.saturating_sub(s))).collect();
-        figure("  TASK_STARTING -> TASK_RUNNING in watch", ms(med(&st_run)), "");
+        figure(
+            "  POST claim -> TASK_STARTING in watch",
+            ms(med(&starting)),
+            "",
+        );
+        let st_run: Vec<Duration> = shoal
+            .iter()
+            .filter_map(|r| r.starting.map(|s| r.total.saturating_sub(s)))
+            .collect();
+        figure(
+            "  TASK_STARTING -> TASK_RUNNING in watch",
+            ms(med(&st_run)),
+            "",
+        );
     }
     let log = agent_log_times(&cell.agent.log(), "docker task running");
     let mut to_agent = Vec::new();
@@ -551,10 +759,22 @@ async fn docker_phase(cell: &mut Cell, docker: &Docker, runs: usize, run_until: 
         }
     }
     if !to_agent.is_empty() {
-        figure("  POST claim -> agent log: container started", ms(med(&to_agent)), "(wall clock, log timestamps)");
-        figure("  container started -> TASK_RUNNING in watch", ms(med(&report)), "(journal fsync, WS, master commit)");
+        figure(
+            "  POST claim -> agent log: container started",
+            ms(med(&to_agent)),
+            "(wall clock, log timestamps)",
+        );
+        figure(
+            "  container started -> TASK_RUNNING in watch",
+            ms(med(&report)),
+            "(journal fsync, WS, master commit)",
+        );
     }
-    figure("  docker inspect image (executor, before create)", ms(med(&inspect)), "");
+    figure(
+        "  docker inspect image (executor, before create)",
+        ms(med(&inspect)),
+        "",
+    );
     if !starting.is_empty() {
         // The executor starts its Docker calls when it sends TASK_STARTING; that status then
         // takes the same report path as TASK_RUNNING later. So what Shoal adds around Docker
@@ -565,7 +785,11 @@ async fn docker_phase(cell: &mut Cell, docker: &Docker, runs: usize, run_until: 
             "(POST -> TASK_STARTING + inspect image; free of dockerd's variance)",
         );
     }
-    figure("  kill -> TASK_KILLED (grace 200 ms)", ms(med(&shoal.iter().map(|r| r.kill).collect::<Vec<_>>())), "");
+    figure(
+        "  kill -> TASK_KILLED (grace 200 ms)",
+        ms(med(&shoal.iter().map(|r| r.kill).collect::<Vec<_>>())),
+        "",
+    );
     Ok(())
 }
 
@@ -577,49 +801,99 @@ async fn process_phase(cell: &mut Cell, n: usize, run_until: Instant) -> Result<
     let wall0 = SystemTime::now();
     let t0 = Instant::now();
     for (k, chunk) in ids.chunks(CLAIM_SIZE).enumerate() {
-        let tasks = chunk.iter().map(|id| command_task(id, id, &res, "true")).collect();
-        cell.claim(&format!("{}-pclaim{k}", cell.prefix), tasks).await?;
+        let tasks = chunk
+            .iter()
+            .map(|id| command_task(id, id, &res, "true"))
+            .collect();
+        cell.claim(&format!("{}-pclaim{k}", cell.prefix), tasks)
+            .await?;
     }
     let answered = t0.elapsed();
     let until = (t0 + Duration::from_secs(if n <= 100 { 30 } else { 120 })).min(run_until);
     let up = |s: TaskState| s == TaskState::Running || s.is_terminal();
     let ids_ref = &ids;
     cell.watch
-        .wait(&format!("{n} tasks to be TASK_RUNNING or ended"), until, |w| ids_ref.iter().all(|id| w.first(id, up).is_some()))
+        .wait(
+            &format!("{n} tasks to be TASK_RUNNING or ended"),
+            until,
+            |w| ids_ref.iter().all(|id| w.first(id, up).is_some()),
+        )
         .await?;
-    let running_at = ids.iter().filter_map(|id| cell.watch.first(id, up)).map(|(_, at)| at).max().expect("n > 0");
-    let start_all = ids.iter().filter_map(|id| cell.watch.first(id, |s| s == TaskState::Starting)).map(|(_, at)| at).max();
+    let running_at = ids
+        .iter()
+        .filter_map(|id| cell.watch.first(id, up))
+        .map(|(_, at)| at)
+        .max()
+        .expect("n > 0");
+    let start_all = ids
+        .iter()
+        .filter_map(|id| cell.watch.first(id, |s| s == TaskState::Starting))
+        .map(|(_, at)| at)
+        .max();
     let shoal_time = running_at - t0;
     // Then until all ended (information: the journal and the master also carry FINISHED).
     let ended_wait = cell
         .watch
-        .wait(&format!("{n} tasks to end"), (Instant::now() + Duration::from_secs(60)).min(run_until), |w| {
-            ids_ref.iter().all(|id| w.first(id, |s| s.is_terminal()).is_some())
-        })
+        .wait(
+            &format!("{n} tasks to end"),
+            (Instant::now() + Duration::from_secs(60)).min(run_until),
+            |w| {
+                ids_ref
+                    .iter()
+                    .all(|id| w.first(id, |s| s.is_terminal()).is_some())
+            },
+        )
         .await;
-    let saw_running = ids.iter().filter(|id| cell.watch.first(id, |s| s == TaskState::Running).is_some()).count();
-    let finished = ids.iter().filter(|id| cell.watch.first(id, |s| s == TaskState::Finished).is_some()).count();
+    let saw_running = ids
+        .iter()
+        .filter(|id| cell.watch.first(id, |s| s == TaskState::Running).is_some())
+        .count();
+    let finished = ids
+        .iter()
+        .filter(|id| cell.watch.first(id, |s| s == TaskState::Finished).is_some())
+        .count();
 
     // Baseline: spawn + wait, one after the other, from this process.
     let b0 = Instant::now();
     for _ in 0..n {
-        let st = std::process::Command::new("sh").args(["-c", "true"]).status().context("sh -c true")?;
+        let st = std::process::Command::new("sh")
+            .args(["-c", "true"])
+            .status()
+            .context("sh -c true")?;
         anyhow::ensure!(st.success(), "sh -c true: {st}");
-        anyhow::ensure!(Instant::now() < run_until, "the run's time limit passed in the baseline");
+        anyhow::ensure!(
+            Instant::now() < run_until,
+            "the run's time limit passed in the baseline"
+        );
     }
     let base_time = b0.elapsed();
 
     let shoal_rate = n as f64 / shoal_time.as_secs_f64();
-    let verdict = if shoal_rate >= TARGET_TASKS_PER_S { "meets" } else { "misses" };
+    let verdict = if shoal_rate >= TARGET_TASKS_PER_S {
+        "meets"
+    } else {
+        "misses"
+    };
     figure(
         "Shoal: first POST -> all TASK_RUNNING/ended",
         rate(shoal_rate),
-        &format!("{} for {n}; target >= {TARGET_TASKS_PER_S}/s: {verdict}", ms(shoal_time)),
+        &format!(
+            "{} for {n}; target >= {TARGET_TASKS_PER_S}/s: {verdict}",
+            ms(shoal_time)
+        ),
     );
-    figure("baseline: spawn+wait `sh -c true`, sequential", rate(n as f64 / base_time.as_secs_f64()), &format!("{} for {n}", ms(base_time)));
+    figure(
+        "baseline: spawn+wait `sh -c true`, sequential",
+        rate(n as f64 / base_time.as_secs_f64()),
+        &format!("{} for {n}", ms(base_time)),
+    );
     println!("  where Shoal's time goes:");
     figure("  all claims answered", ms(answered), "");
-    let first_running = ids.iter().filter_map(|id| cell.watch.first(id, |s| s == TaskState::Running)).map(|(_, at)| at).min();
+    let first_running = ids
+        .iter()
+        .filter_map(|id| cell.watch.first(id, |s| s == TaskState::Running))
+        .map(|(_, at)| at)
+        .min();
     if let Some(f) = first_running {
         figure("  first TASK_RUNNING in watch", ms(f - t0), "");
     }
@@ -627,41 +901,88 @@ async fn process_phase(cell: &mut Cell, n: usize, run_until: Instant) -> Result<
         figure("  all TASK_STARTING in watch", ms(s - t0), "");
     }
     let log = agent_log_times(&cell.agent.log(), "process task running");
-    let spawned: Vec<Duration> = ids.iter().filter_map(|id| log.get(id)).filter_map(|t| t.duration_since(wall0).ok()).collect();
+    let spawned: Vec<Duration> = ids
+        .iter()
+        .filter_map(|id| log.get(id))
+        .filter_map(|t| t.duration_since(wall0).ok())
+        .collect();
     if spawned.len() == n {
-        figure("  agent log: all processes started", ms(*spawned.iter().max().expect("n > 0")), "(wall clock, log timestamps)");
+        figure(
+            "  agent log: all processes started",
+            ms(*spawned.iter().max().expect("n > 0")),
+            "(wall clock, log timestamps)",
+        );
     }
     figure("  all TASK_RUNNING/ended in watch", ms(shoal_time), "");
     match ended_wait {
         Ok(()) => {
-            let end = ids.iter().filter_map(|id| cell.watch.first(id, |s| s.is_terminal())).map(|(_, at)| at).max().expect("n > 0");
+            let end = ids
+                .iter()
+                .filter_map(|id| cell.watch.first(id, |s| s.is_terminal()))
+                .map(|(_, at)| at)
+                .max()
+                .expect("n > 0");
             figure("  all ended in watch", ms(end - t0), "");
         }
         Err(e) => figure("  all ended in watch", "n/a", &format!("{e:#}")),
     }
-    figure("  TASK_RUNNING seen / TASK_FINISHED", format!("{saw_running} / {finished}"), &format!("of {n}"));
+    figure(
+        "  TASK_RUNNING seen / TASK_FINISHED",
+        format!("{saw_running} / {finished}"),
+        &format!("of {n}"),
+    );
     Ok(())
 }
 
 /// Removes the baseline's containers and the agent's containers of this run.
 async fn cleanup_docker(docker: &Docker, cell: &Cell) {
-    let filters = HashMap::from([("label".to_string(), vec![format!("shoal-agent-bench={}", std::process::id())])]);
+    let filters = HashMap::from([(
+        "label".to_string(),
+        vec![format!("shoal-agent-bench={}", std::process::id())],
+    )]);
     let mut ids = Vec::new();
-    if let Ok(list) = docker.list_containers(Some(ListContainersOptions { all: true, filters: Some(filters), ..Default::default() })).await {
+    if let Ok(list) = docker
+        .list_containers(Some(ListContainersOptions {
+            all: true,
+            filters: Some(filters),
+            ..Default::default()
+        }))
+        .await
+    {
         ids.extend(list.into_iter().filter_map(|c| c.id));
     }
     let filters = HashMap::from([("label".to_string(), vec!["shoal.managed=true".to_string()])]);
     let root = cell.agent.work_dir.to_string_lossy().to_string();
-    if let Ok(list) = docker.list_containers(Some(ListContainersOptions { all: true, filters: Some(filters), ..Default::default() })).await {
+    if let Ok(list) = docker
+        .list_containers(Some(ListContainersOptions {
+            all: true,
+            filters: Some(filters),
+            ..Default::default()
+        }))
+        .await
+    {
         ids.extend(
             list.into_iter()
-                .filter(|c| c.labels.as_ref().and_then(|l| l.get("shoal.sandbox")).is_some_and(|s| s.starts_with(&root)))
+                .filter(|c| {
+                    c.labels
+                        .as_ref()
+                        .and_then(|l| l.get("shoal.sandbox"))
+                        .is_some_and(|s| s.starts_with(&root))
+                })
                 .filter_map(|c| c.id),
         );
     }
     for id in ids {
-        let rm = RemoveContainerOptions { force: true, v: true, ..Default::default() };
-        let _ = tokio::time::timeout(Duration::from_secs(10), docker.remove_container(&id, Some(rm))).await;
+        let rm = RemoveContainerOptions {
+            force: true,
+            v: true,
+            ..Default::default()
+        };
+        let _ = tokio::time::timeout(
+            Duration::from_secs(10),
+            docker.remove_container(&id, Some(rm)),
+        )
+        .await;
     }
 }
 
@@ -689,9 +1010,17 @@ fn agent_log_times(log: &str, message: &str) -> HashMap<String, SystemTime> {
     let mut out = HashMap::new();
     for line in log.lines().filter(|l| l.contains(message)) {
         let line = strip_ansi(line);
-        let Some(ts) = line.split_whitespace().next().and_then(parse_rfc3339) else { continue };
-        let Some(rest) = line.split_once(" task_id=").map(|(_, r)| r) else { continue };
-        let id = rest.split_whitespace().next().unwrap_or("").trim_matches('"');
+        let Some(ts) = line.split_whitespace().next().and_then(parse_rfc3339) else {
+            continue;
+        };
+        let Some(rest) = line.split_once(" task_id=").map(|(_, r)| r) else {
+            continue;
+        };
+        let id = rest
+            .split_whitespace()
+            .next()
+            .unwrap_or("")
+            .trim_matches('"');
         out.entry(id.to_string()).or_insert(ts);
     }
     out

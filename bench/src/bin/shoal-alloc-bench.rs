@@ -15,7 +15,9 @@ use shoal_compat::allocator::{allocate, AllocatorConfig, Candidate};
 use shoal_core::{AgentRegistration, AgentState, Cell, CellConfig, Command, OfferId, ResourceSet};
 
 fn cell(agents: usize) -> Cell {
-    let mut cell = Cell::new(CellConfig { cell_id: "bench".into() });
+    let mut cell = Cell::new(CellConfig {
+        cell_id: "bench".into(),
+    });
     for i in 0..agents {
         let reg = AgentRegistration {
             agent_id: None,
@@ -23,9 +25,11 @@ fn cell(agents: usize) -> Cell {
             port: 0,
             attributes: Default::default(),
             domain: None,
-            resources: ResourceSet::parse("cpus:16;mem:65536;disk:100000;ports:[31000-32000]").expect("valid"),
+            resources: ResourceSet::parse("cpus:16;mem:65536;disk:100000;ports:[31000-32000]")
+                .expect("valid"),
         };
-        cell.commit(1, &Command::RegisterAgent(reg)).expect("register");
+        cell.commit(1, &Command::RegisterAgent(reg))
+            .expect("register");
     }
     cell
 }
@@ -60,16 +64,38 @@ fn median(mut v: Vec<Duration>) -> Duration {
 
 fn main() {
     let smoke = std::env::args().any(|a| a == "--smoke");
-    let (agents, frameworks, runs) = if smoke { (1_000, 100, 5) } else { (10_000, 1_000, 11) };
-    println!("shoal-alloc-bench: {} scale, {} build", if smoke { "smoke" } else { "full" }, if cfg!(debug_assertions) { "debug" } else { "release" });
+    let (agents, frameworks, runs) = if smoke {
+        (1_000, 100, 5)
+    } else {
+        (10_000, 1_000, 11)
+    };
+    println!(
+        "shoal-alloc-bench: {} scale, {} build",
+        if smoke { "smoke" } else { "full" },
+        if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        }
+    );
     println!("  agents x frameworks           {agents} x {frameworks} (each framework its own role, weight 1)");
     let t = Instant::now();
     let cell = cell(agents);
-    println!("  cell built                    {:.3} s", t.elapsed().as_secs_f64());
+    println!(
+        "  cell built                    {:.3} s",
+        t.elapsed().as_secs_f64()
+    );
     let candidates: Vec<Candidate> = (0..frameworks)
-        .map(|i| Candidate { framework_id: format!("fw{i}"), role: format!("role{i}"), filtered_until: HashMap::new(), outstanding: 0 })
+        .map(|i| Candidate {
+            framework_id: format!("fw{i}"),
+            role: format!("role{i}"),
+            filtered_until: HashMap::new(),
+            outstanding: 0,
+        })
         .collect();
-    let config = AllocatorConfig { offers_per_framework_max: 0 };
+    let config = AllocatorConfig {
+        offers_per_framework_max: 0,
+    };
     let mut times = Vec::new();
     let mut offers = 0;
     for _ in 0..runs {
@@ -92,8 +118,18 @@ fn main() {
     let ours = median(times);
     let base = median(naive_times);
     println!("  offers per cycle              {offers}");
-    println!("  one allocation cycle          {:.1} ms median of {runs}   target <= 100 ms -> {}", ours.as_secs_f64() * 1e3,
-        if ours <= Duration::from_millis(100) { "MET" } else { "NOT MET" });
-    println!("  BASELINE naive scan           {:.1} ms median (every framework per agent, same cell)", base.as_secs_f64() * 1e3);
+    println!(
+        "  one allocation cycle          {:.1} ms median of {runs}   target <= 100 ms -> {}",
+        ours.as_secs_f64() * 1e3,
+        if ours <= Duration::from_millis(100) {
+            "MET"
+        } else {
+            "NOT MET"
+        }
+    );
+    println!(
+        "  BASELINE naive scan           {:.1} ms median (every framework per agent, same cell)",
+        base.as_secs_f64() * 1e3
+    );
     println!("  reference: Mesos's HierarchicalAllocator benchmark, same shape: ~1,060 ms (published, not run here)");
 }

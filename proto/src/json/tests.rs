@@ -221,8 +221,8 @@ fn task_info_round_trips() {
         json!({"name": "", "task_id": {"value": ""}, "agent_id": {"value": ""}})
     );
     // JSON that lacks them is rejected, like Mesos does.
-    let err = from_json_value::<TaskInfo>(json!({"name": "t", "agent_id": {"value": "a"}}))
-        .unwrap_err();
+    let err =
+        from_json_value::<TaskInfo>(json!({"name": "t", "agent_id": {"value": "a"}})).unwrap_err();
     assert_eq!(err.path(), "task_id");
     assert_eq!(err.message(), "missing required field");
 }
@@ -389,7 +389,9 @@ fn sample_status() -> TaskStatus {
         agent_id: Some(AgentId { value: "a1".into() }),
         executor_id: Some(ExecutorId { value: "e1".into() }),
         timestamp: Some(1_700_000_000.25),
-        uuid: Some(vec![0xde, 0xad, 0xbe, 0xef, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]),
+        uuid: Some(vec![
+            0xde, 0xad, 0xbe, 0xef, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11,
+        ]),
         healthy: Some(true),
         labels: Some(labels(&[("k", "v")])),
         container_status: Some(ContainerStatus {
@@ -610,7 +612,10 @@ fn golden_offers_event() {
     assert_eq!(offer.attributes.len(), 1);
     assert_eq!(offer.attributes[0].name, "os");
     assert_eq!(offer.attributes[0].r#type(), value::Type::Text);
-    assert_eq!(offer.attributes[0].text.as_ref().unwrap().value, "ubuntu16.04");
+    assert_eq!(
+        offer.attributes[0].text.as_ref().unwrap().value,
+        "ubuntu16.04"
+    );
     assert_eq!(offer.executor_ids[0].value, "12214-23523-my-executor");
     round_trip(&event);
 
@@ -749,7 +754,11 @@ fn bytes_are_base64() {
     for text in ["+//+AQ==", "+//+AQ", "-__-AQ==", "-__-AQ"] {
         let mut v = value.clone();
         v["uuid"] = json!(text);
-        assert_eq!(from_json_value::<call::Acknowledge>(v).unwrap(), ack, "{text}");
+        assert_eq!(
+            from_json_value::<call::Acknowledge>(v).unwrap(),
+            ack,
+            "{text}"
+        );
     }
     let mut v = value;
     v["uuid"] = json!("not base64!");
@@ -769,17 +778,20 @@ fn doubles_and_numeric_leniency() {
     let neg: value::Scalar = from_json_str(r#"{"value":"-Infinity"}"#).unwrap();
     assert_eq!(neg.value, f64::NEG_INFINITY);
     assert_eq!(
-        from_json_str::<value::Scalar>(r#"{"value":"0.5"}"#).unwrap().value,
+        from_json_str::<value::Scalar>(r#"{"value":"0.5"}"#)
+            .unwrap()
+            .value,
         0.5
     );
     assert_eq!(
-        from_json_str::<value::Scalar>(r#"{"value":3}"#).unwrap().value,
+        from_json_str::<value::Scalar>(r#"{"value":3}"#)
+            .unwrap()
+            .value,
         3.0
     );
 
     // Integral floats and numeric strings for integer fields.
-    let m: MasterInfo =
-        from_json_str(r#"{"id":"m","ip":"16777343","port":5050.0}"#).unwrap();
+    let m: MasterInfo = from_json_str(r#"{"id":"m","ip":"16777343","port":5050.0}"#).unwrap();
     assert_eq!((m.ip, m.port), (16777343, 5050));
 
     for (input, path) in [
@@ -889,7 +901,10 @@ fn errors_name_the_field_path() {
                  "limits": {"cpus": "Infinity"}}]}}]}}),
             "accept.operations[0].launch.task_infos[0].limits[\"cpus\"]",
         ),
-        (json!({"accept": {"offer_ids": {"value": "o"}}}), "accept.offer_ids"),
+        (
+            json!({"accept": {"offer_ids": {"value": "o"}}}),
+            "accept.offer_ids",
+        ),
         (json!({"framework_id": "fw"}), "framework_id"),
         (json!({"framework_id": {}}), "framework_id.value"),
     ];
@@ -921,7 +936,8 @@ fn malformed_json_is_an_error() {
         let err = from_json_slice::<Call>(input).unwrap_err();
         assert_eq!(err.path(), "");
         assert!(
-            err.to_string().starts_with("invalid JSON for mesos.v1.scheduler.Call"),
+            err.to_string()
+                .starts_with("invalid JSON for mesos.v1.scheduler.Call"),
             "{err}"
         );
     }
@@ -963,7 +979,10 @@ fn deep_nesting_is_rejected_without_panicking() {
 
 #[test]
 fn required_enums_without_zero_default_to_their_first_value() {
-    assert_eq!(ContainerInfo::default().r#type(), container_info::Type::Docker);
+    assert_eq!(
+        ContainerInfo::default().r#type(),
+        container_info::Type::Docker
+    );
     assert_eq!(Image::default().r#type(), image::Type::Appc);
     assert_eq!(Volume::default().mode(), volume::Mode::Rw);
     round_trip(&ContainerInfo::default());
@@ -973,15 +992,15 @@ fn required_enums_without_zero_default_to_their_first_value() {
 
 #[test]
 fn every_message_type_is_reflectable() {
-    assert_eq!(TaskInfo::default().descriptor().full_name(), "mesos.v1.TaskInfo");
+    assert_eq!(
+        TaskInfo::default().descriptor().full_name(),
+        "mesos.v1.TaskInfo"
+    );
     assert_eq!(
         call::Subscribe::default().descriptor().full_name(),
         "mesos.v1.scheduler.Call.Subscribe"
     );
-    assert_eq!(
-        Image::default().descriptor().full_name(),
-        "mesos.v1.Image"
-    );
+    assert_eq!(Image::default().descriptor().full_name(), "mesos.v1.Image");
     assert_eq!(
         image::Docker::default().descriptor().full_name(),
         "mesos.v1.Image.Docker"
@@ -993,7 +1012,12 @@ fn every_message_type_is_reflectable() {
     // Every message in the pool can go through JSON dynamically.
     for desc in crate::DESCRIPTOR_POOL.all_messages() {
         let empty = DynamicMessage::new(desc.clone());
-        assert_eq!(dynamic_to_json_value(&empty), json!({}), "{}", desc.full_name());
+        assert_eq!(
+            dynamic_to_json_value(&empty),
+            json!({}),
+            "{}",
+            desc.full_name()
+        );
     }
 }
 
@@ -1002,14 +1026,63 @@ fn every_message_type_is_reflectable() {
 // ---------------------------------------------------------------------
 
 const KEYS: &[&str] = &[
-    "type", "subscribe", "framework_info", "framework_id", "user", "name", "roles",
-    "capabilities", "accept", "offer_ids", "operations", "launch", "launch_group", "task_infos",
-    "task_group", "tasks", "executor", "executor_id", "value", "task_id", "agent_id", "resources",
-    "scalar", "ranges", "range", "begin", "end", "limits", "uuid", "data", "filters",
-    "refuse_seconds", "kill", "reconcile", "container", "docker", "port_mappings", "host_port",
-    "labels", "key", "offer_constraints", "role_constraints", "groups", "attribute_constraints",
-    "selector", "predicate", "exists", "attribute_name", "offers", "update", "status", "state",
-    "parent", "nanoseconds", "unreachable_time", "container_status", "network_infos",
+    "type",
+    "subscribe",
+    "framework_info",
+    "framework_id",
+    "user",
+    "name",
+    "roles",
+    "capabilities",
+    "accept",
+    "offer_ids",
+    "operations",
+    "launch",
+    "launch_group",
+    "task_infos",
+    "task_group",
+    "tasks",
+    "executor",
+    "executor_id",
+    "value",
+    "task_id",
+    "agent_id",
+    "resources",
+    "scalar",
+    "ranges",
+    "range",
+    "begin",
+    "end",
+    "limits",
+    "uuid",
+    "data",
+    "filters",
+    "refuse_seconds",
+    "kill",
+    "reconcile",
+    "container",
+    "docker",
+    "port_mappings",
+    "host_port",
+    "labels",
+    "key",
+    "offer_constraints",
+    "role_constraints",
+    "groups",
+    "attribute_constraints",
+    "selector",
+    "predicate",
+    "exists",
+    "attribute_name",
+    "offers",
+    "update",
+    "status",
+    "state",
+    "parent",
+    "nanoseconds",
+    "unreachable_time",
+    "container_status",
+    "network_infos",
 ];
 
 fn arb_json() -> impl Strategy<Value = Json> {
@@ -1021,8 +1094,19 @@ fn arb_json() -> impl Strategy<Value = Json> {
         any::<f64>().prop_map(|f| Number::from_f64(f).map_or(Json::Null, Json::Number)),
         "[a-zA-Z0-9_+/=. -]{0,12}".prop_map(Json::String),
         prop::sample::select(vec![
-            "TASK_RUNNING", "SUBSCRIBE", "ACCEPT", "LAUNCH", "SCALAR", "DOCKER", "Infinity",
-            "NaN", "-1", "1e400", "true", "AAAA", "18446744073709551616",
+            "TASK_RUNNING",
+            "SUBSCRIBE",
+            "ACCEPT",
+            "LAUNCH",
+            "SCALAR",
+            "DOCKER",
+            "Infinity",
+            "NaN",
+            "-1",
+            "1e400",
+            "true",
+            "AAAA",
+            "18446744073709551616",
         ])
         .prop_map(|s| Json::String(s.to_owned())),
     ];
@@ -1148,7 +1232,11 @@ fn call_and_event_types_match_mesos() {
         ("UPDATE_FRAMEWORK", 17),
     ];
     for (name, number) in calls {
-        assert_eq!(call::Type::from_str_name(name).unwrap() as i32, number, "{name}");
+        assert_eq!(
+            call::Type::from_str_name(name).unwrap() as i32,
+            number,
+            "{name}"
+        );
     }
     let events = [
         ("SUBSCRIBED", 1),
@@ -1164,7 +1252,11 @@ fn call_and_event_types_match_mesos() {
         ("UPDATE_OPERATION_STATUS", 11),
     ];
     for (name, number) in events {
-        assert_eq!(event::Type::from_str_name(name).unwrap() as i32, number, "{name}");
+        assert_eq!(
+            event::Type::from_str_name(name).unwrap() as i32,
+            number,
+            "{name}"
+        );
     }
     // Payload field numbers.
     let call_desc = Call::default().descriptor();
@@ -1188,11 +1280,27 @@ fn call_and_event_types_match_mesos() {
         ("reconcile_operations", 18),
         ("update_framework", 19),
     ] {
-        assert_eq!(call_desc.get_field_by_name(field).unwrap().number(), number, "{field}");
+        assert_eq!(
+            call_desc.get_field_by_name(field).unwrap().number(),
+            number,
+            "{field}"
+        );
     }
     let subscribe = call::Subscribe::default().descriptor();
-    assert_eq!(subscribe.get_field_by_name("suppressed_roles").unwrap().number(), 2);
-    assert_eq!(subscribe.get_field_by_name("offer_constraints").unwrap().number(), 3);
+    assert_eq!(
+        subscribe
+            .get_field_by_name("suppressed_roles")
+            .unwrap()
+            .number(),
+        2
+    );
+    assert_eq!(
+        subscribe
+            .get_field_by_name("offer_constraints")
+            .unwrap()
+            .number(),
+        3
+    );
 }
 
 #[test]
