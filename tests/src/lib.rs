@@ -364,6 +364,24 @@ impl ScriptRun {
     }
 }
 
+/// Waits for `child` to exit until `until`; past it, SIGKILLs it and returns `None`.
+fn wait_or_kill(
+    child: &mut std::process::Child,
+    until: Instant,
+) -> Option<std::process::ExitStatus> {
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return Some(s);
+        }
+        if Instant::now() > until {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Runs `python tests/frameworks/<script> <args...>` with a timeout (SIGKILL then); its output
 /// goes to `<log_dir>/<script>.<n>.log` and into the returned [`ScriptRun`].
 pub fn run_script(
@@ -395,17 +413,7 @@ pub fn run_script(
         .stderr(log)
         .spawn()
         .unwrap_or_else(|e| panic!("spawn {} {script}: {e}", python.display()));
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break Some(s);
-        }
-        if started.elapsed() > timeout {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = wait_or_kill(&mut child, started + timeout);
     let output = std::fs::read_to_string(&log_path).unwrap_or_default();
     ScriptRun {
         script: script.to_string(),
@@ -478,18 +486,7 @@ impl BackgroundScript {
     /// Waits (blocking) until it exits, at most `timeout` (SIGKILL then).
     pub fn wait(mut self, timeout: Duration) -> ScriptRun {
         let mut child = self.child.take().expect("not waited yet");
-        let until = Instant::now() + timeout;
-        let status = loop {
-            if let Some(s) = child.try_wait().unwrap() {
-                break Some(s);
-            }
-            if Instant::now() > until {
-                let _ = child.kill();
-                let _ = child.wait();
-                break None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
+        let status = wait_or_kill(&mut child, Instant::now() + timeout);
         ScriptRun {
             script: self.script.clone(),
             status,
@@ -1023,17 +1020,7 @@ pub fn run_command(mut cmd: Command, name: &str, timeout: Duration, log_dir: &Pa
         .stderr(log)
         .spawn()
         .unwrap_or_else(|e| panic!("spawn {name}: {e}"));
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break Some(s);
-        }
-        if started.elapsed() > timeout {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = wait_or_kill(&mut child, started + timeout);
     let output = std::fs::read_to_string(&log_path).unwrap_or_default();
     ScriptRun {
         script: name.to_string(),
