@@ -551,6 +551,26 @@ pub trait Executor: Send + Sync {
     fn tasks(&self) -> Vec<String>;
 }
 
+/// The entries a kill of `task_id` reaches: the task itself, then the other members of its
+/// group (pods die together). `None` when the task is not tracked.
+pub(crate) fn kill_targets<'a, E>(
+    tasks: &'a std::collections::HashMap<String, E>,
+    task_id: &str,
+    group_of: impl Fn(&E) -> Option<&String>,
+) -> Option<Vec<&'a E>> {
+    let entry = tasks.get(task_id)?;
+    let mut out = vec![entry];
+    if let Some(g) = group_of(entry) {
+        out.extend(
+            tasks
+                .iter()
+                .filter(|(id, e)| id.as_str() != task_id && group_of(e) == Some(g))
+                .map(|(_, e)| e),
+        );
+    }
+    Some(out)
+}
+
 /// Group policy (pure): after a member of a group ended with `update`, must
 /// the other members be killed? Yes when it did not finish successfully or when
 /// it owned the group's network namespace.

@@ -199,16 +199,10 @@ impl Executor for ProcessExecutor {
 
     async fn kill(&self, task_id: &str, grace: Option<Duration>) -> Result<(), ExecutorError> {
         let tasks = self.inner.lock();
-        let entry = tasks
-            .get(task_id)
+        let targets = super::kill_targets(&tasks, task_id, |e| e.group.as_ref())
             .ok_or_else(|| ExecutorError::UnknownTask(task_id.to_string()))?;
-        let _ = entry.control.send(Control::Kill { grace });
-        if let Some(g) = &entry.group {
-            for (id, e) in tasks.iter() {
-                if id != task_id && e.group.as_ref() == Some(g) {
-                    let _ = e.control.send(Control::Kill { grace });
-                }
-            }
+        for e in targets {
+            let _ = e.control.send(Control::Kill { grace });
         }
         Ok(())
     }
