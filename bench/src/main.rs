@@ -349,3 +349,8 @@ fn shoal_bin(given: Option<&Path>) -> Result<PathBuf> {
         exe.display()
     )
 }
+
+/// mimalloc: the commit path allocates many small, short-lived records; glibc's allocator
+/// spent a third of the commit loop consolidating free chunks (see BENCHMARKS.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;

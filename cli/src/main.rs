@@ -521,3 +521,8 @@ fn main() {
         std::process::exit(1);
     }
 }
+
+/// mimalloc: the commit path allocates many small, short-lived records; glibc's allocator
+/// spent a third of the commit loop consolidating free chunks (see BENCHMARKS.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;

@@ -31,7 +31,7 @@ fn dominant_shares(cell: &Cell) -> BTreeMap<String, f64> {
     let mut total: BTreeMap<String, f64> = BTreeMap::new();
     for a in cell.agents().filter(|a| a.state != AgentState::Gone) {
         for (name, m) in a.total.scalar_totals() {
-            *total.entry(name).or_default() += m.as_f64();
+            *total.entry(name.to_string()).or_default() += m.as_f64();
         }
     }
     let mut held_by_role: BTreeMap<String, ResourceSet> = BTreeMap::new();
@@ -49,7 +49,7 @@ fn dominant_shares(cell: &Cell) -> BTreeMap<String, f64> {
                 .get(&r.name)
                 .map(|h| h.scalar(&name).as_f64())
                 .unwrap_or(0.0);
-            if let Some(t) = total.get(&name).filter(|t| **t > 0.0) {
+            if let Some(t) = total.get(name.as_str()).filter(|t| **t > 0.0) {
                 share = share.max((m.as_f64() + held) / t);
             }
         }

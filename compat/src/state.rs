@@ -21,7 +21,7 @@ fn scalars(set: &ResourceSet) -> Json {
         o.insert(name.to_string(), json!(0.0));
     }
     for (name, m) in set.scalar_totals() {
-        o.insert(name, json!(m.as_f64()));
+        o.insert(name.to_string(), json!(m.as_f64()));
     }
     for r in set.iter() {
         if let shoal_core::Value::Ranges(rs) = &r.value {
@@ -30,7 +30,7 @@ fn scalars(set: &ResourceSet) -> Json {
                 .iter()
                 .map(|(b, e)| format!("{b}-{e}"))
                 .collect();
-            o.insert(r.name.clone(), json!(format!("[{}]", text.join(", "))));
+            o.insert(r.name.to_string(), json!(format!("[{}]", text.join(", "))));
         }
     }
     Json::Object(o)
@@ -46,7 +46,7 @@ fn summary<'a>(sets: impl Iterator<Item = &'a ResourceSet>) -> Json {
         for r in set.iter() {
             if let shoal_core::Value::Ranges(rs) = &r.value {
                 ranges
-                    .entry(r.name.clone())
+                    .entry(r.name.to_string())
                     .or_default()
                     .extend_from_slice(rs.as_slice());
             }

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::limits;
 use crate::model::*;
-use crate::resources::{Milli, ResourceSet, UNRESERVED};
+use crate::resources::{Milli, Name, ResourceSet, UNRESERVED};
 use crate::task::TaskState;
 
 /// A mutation of the cell. Each one commits atomically or not at all.
@@ -157,8 +157,8 @@ pub struct Cell {
     /// Index: the non-terminal tasks of each agent (so agent-wide changes do not scan the cell).
     live_tasks_by_agent: PMap<AgentId, imbl::HashSet<TaskId>>,
     /// Sum of scalar totals and allocations over agents that are not gone, for quota headroom.
-    cluster_total: OrdMap<String, i64>,
-    cluster_allocated: OrdMap<String, i64>,
+    cluster_total: OrdMap<Name, i64>,
+    cluster_allocated: OrdMap<Name, i64>,
 }
 
 impl Cell {
@@ -849,7 +849,7 @@ impl Cell {
         let role = self.roles.get(&claim.role);
         let mut scratch_agents: HashMap<&AgentId, ResourceSet> = HashMap::new();
         let mut scratch_role = ResourceSet::new();
-        let mut scratch_cluster: BTreeMap<String, i64> = BTreeMap::new();
+        let mut scratch_cluster: BTreeMap<Name, i64> = BTreeMap::new();
         let mut seen_tasks: HashSet<&TaskId> = HashSet::new();
         let headroom = self.headroom_for_others(&claim.role);
 
@@ -913,18 +913,20 @@ impl Cell {
             .iter()
             .zip(&outcome.placements)
             .filter(|(_, o)| o.committed)
-            .map(|(p, _)| Task {
-                id: p.task_id.clone(),
-                name: p.name.clone(),
-                agent_id: p.agent_id.clone(),
-                role: claim.role.clone(),
-                owner: claim.owner.clone(),
-                claim_id: claim.id.clone(),
-                resources: p.resources.clone(),
-                state: TaskState::Staging,
-                status: StatusInfo::default(),
-                spec: p.spec.clone(),
-                version: next,
+            .map(|(p, _)| {
+                Arc::new(Task {
+                    id: p.task_id.clone(),
+                    name: p.name.clone(),
+                    agent_id: p.agent_id.clone(),
+                    role: claim.role.clone(),
+                    owner: claim.owner.clone(),
+                    claim_id: claim.id.clone(),
+                    resources: p.resources.clone(),
+                    state: TaskState::Staging,
+                    status: StatusInfo::default(),
+                    spec: p.spec.clone(),
+                    version: next,
+                })
             })
             .collect();
         Ok(Decision {
@@ -944,8 +946,8 @@ impl Cell {
         role: Option<&Role>,
         scratch_agents: &HashMap<&AgentId, ResourceSet>,
         scratch_role: &ResourceSet,
-        scratch_cluster: &BTreeMap<String, i64>,
-        headroom: &BTreeMap<String, i64>,
+        scratch_cluster: &BTreeMap<Name, i64>,
+        headroom: &BTreeMap<Name, i64>,
         seen_tasks: &HashSet<&TaskId>,
     ) -> Option<RejectReason> {
         if self.tasks.contains_key(&p.task_id) || seen_tasks.contains(&p.task_id) {
@@ -967,10 +969,12 @@ impl Cell {
                 agent_version: agent.version,
             });
         }
-        let mut wanted = p.resources.clone();
+        let mut combined;
+        let mut wanted = &p.resources;
         if let Some(already) = scratch_agents.get(&p.agent_id) {
             // Two placements of one claim asking for the same port, or one name with two types.
-            if let Err(e) = wanted.add(already) {
+            combined = p.resources.clone();
+            if let Err(e) = combined.add(already) {
                 let resource = match e {
                     crate::resources::ResourceError::Overlap(n)
                     | crate::resources::ResourceError::TypeMismatch(n)
@@ -980,12 +984,12 @@ impl Cell {
                 };
                 return Some(RejectReason::InsufficientResources { resource });
             }
+            wanted = &combined;
         }
-        let mut free = agent.total.clone();
-        let _ = free.subtract(&agent.allocated);
-        if !free.contains(&wanted) {
+        if !agent.total.fits_beside(&agent.allocated, wanted) {
+            let free = agent.free();
             return Some(RejectReason::InsufficientResources {
-                resource: free.first_missing(&wanted).unwrap_or_default(),
+                resource: free.first_missing(wanted).unwrap_or_default(),
             });
         }
         if let Some(limit) = role.and_then(|r| r.quota.limit.as_ref()) {
@@ -998,7 +1002,9 @@ impl Cell {
                 let used =
                     consumed.map(|c| c.scalar(&name).0).unwrap_or(0) + scratch_role.scalar(&name).0;
                 if used + want > cap.0 {
-                    return Some(RejectReason::QuotaLimit { resource: name });
+                    return Some(RejectReason::QuotaLimit {
+                        resource: name.to_string(),
+                    });
                 }
             }
         }
@@ -1020,7 +1026,7 @@ impl Cell {
                 + scratch_cluster.get(name).copied().unwrap_or(0);
             if total - allocated - want < *held {
                 return Some(RejectReason::QuotaHeadroom {
-                    resource: name.clone(),
+                    resource: name.to_string(),
                 });
             }
         }
@@ -1029,7 +1035,7 @@ impl Cell {
 
     /// What must stay free for roles other than `role` to reach their guarantees: per scalar,
     /// the sum of `guarantee - consumed` over those roles (where positive).
-    pub fn headroom_for_others(&self, role: &str) -> BTreeMap<String, i64> {
+    pub fn headroom_for_others(&self, role: &str) -> BTreeMap<Name, i64> {
         let mut out = BTreeMap::new();
         for r in self.roles.values().filter(|r| r.name != role) {
             for (name, g) in r.quota.guarantee.scalar_totals() {
@@ -1110,8 +1116,14 @@ impl Cell {
             }
             Event::ClaimCommitted { outcome, tasks } => {
                 for t in tasks {
-                    let mut t = t.clone();
-                    t.version = v;
+                    // Decided with `version = v` already: share the record, do not copy it.
+                    let t = if t.version == v {
+                        Arc::clone(t)
+                    } else {
+                        let mut copy = Task::clone(t);
+                        copy.version = v;
+                        Arc::new(copy)
+                    };
                     let a = Arc::make_mut(
                         self.agents
                             .get_mut(&t.agent_id)
@@ -1125,12 +1137,12 @@ impl Cell {
                         a.id,
                         outcome.claim_id
                     );
-                    let role = self
-                        .roles
-                        .entry(t.role.clone())
-                        .or_insert_with(|| Role::new(&t.role));
+                    if !self.roles.contains_key(&t.role) {
+                        self.roles.insert(t.role.clone(), Role::new(&t.role));
+                    }
+                    let role = self.roles.get_mut(&t.role).expect("inserted above");
                     role.consumed
-                        .add(&t.resources.scalars_only())
+                        .add_scalars(&t.resources)
                         .expect("typed at validation");
                     for (name, m) in t.resources.scalar_totals() {
                         *self.cluster_allocated.entry(name).or_default() += m.0;
@@ -1139,7 +1151,7 @@ impl Cell {
                         .entry(t.agent_id.clone())
                         .or_default()
                         .insert(t.id.clone());
-                    let previous = self.tasks.insert(t.id.clone(), Arc::new(t));
+                    let previous = self.tasks.insert(t.id.clone(), t);
                     assert!(previous.is_none(), "duplicate task id committed");
                 }
                 self.claims
@@ -1344,7 +1356,7 @@ impl Cell {
             .iter()
             .map(|(k, t)| {
                 (
-                    k.clone(),
+                    k.to_string(),
                     Milli(t - self.cluster_allocated.get(k).copied().unwrap_or(0)),
                 )
             })

@@ -14,5 +14,5 @@ pub mod task;
 
 pub use cell::{AgentRegistration, Cell, CellConfig, Command, Decision, Rejection, Reply};
 pub use model::*;
-pub use resources::{Milli, Ranges, Resource, ResourceSet, Value, UNRESERVED};
+pub use resources::{Milli, Name, Ranges, Resource, ResourceSet, Value, UNRESERVED};
 pub use task::TaskState;

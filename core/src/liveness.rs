@@ -55,6 +55,15 @@ impl Liveness {
         }
     }
 
+    /// No deadline is ever closer than this after a change (an agent registering, leaving
+    /// or changing state): the shell may wait until then instead of walking every agent at
+    /// each change.
+    pub fn shortest_timeout_ms(&self) -> u64 {
+        self.config
+            .unreachable_after_ms
+            .min(self.config.gone_after_ms)
+    }
+
     pub fn is_connected(&self, agent: &AgentId) -> bool {
         self.connected.contains_key(agent)
     }

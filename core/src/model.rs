@@ -364,7 +364,8 @@ pub enum Event {
     /// A claim committed these tasks (all in TASK_STAGING).
     ClaimCommitted {
         outcome: ClaimOutcome,
-        tasks: Vec<Task>,
+        /// Shared with the cell's own records: applying the entry copies no task.
+        tasks: Vec<Arc<Task>>,
     },
     TaskStatusChanged {
         task_id: TaskId,
@@ -424,7 +425,7 @@ mod tests {
                     committed_version: Some(3),
                     placements: vec![],
                 },
-                tasks: vec![task],
+                tasks: vec![Arc::new(task)],
             }],
         };
         let json = serde_json::to_string(&entry).unwrap();

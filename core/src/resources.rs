@@ -144,14 +144,18 @@ impl Value {
 /// One named resource, reserved to `role` or unreserved (`role == "*"`).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Resource {
-    pub name: String,
+    pub name: Name,
     #[serde(default = "unreserved")]
-    pub role: String,
+    pub role: Name,
     pub value: Value,
 }
 
-fn unreserved() -> String {
-    UNRESERVED.to_string()
+/// A resource name or role: short strings kept inline (no heap allocation up to 24 bytes), so
+/// copying a resource set on the commit path allocates nothing per entry.
+pub type Name = compact_str::CompactString;
+
+fn unreserved() -> Name {
+    Name::const_new(UNRESERVED)
 }
 
 /// A bag of resources: at most one entry per (name, role), sorted, with no empty entries.
@@ -223,14 +227,14 @@ impl ResourceSet {
                 || r.name.contains(RESERVED_CHARS)
                 || r.role.contains(RESERVED_CHARS)
             {
-                return Err(ResourceError::InvalidValue(r.name));
+                return Err(ResourceError::InvalidValue(r.name.to_string()));
             }
             if let Value::Set(items) = &r.value {
                 if items
                     .iter()
                     .any(|i| i.contains(RESERVED_CHARS) || i.trim() != i)
                 {
-                    return Err(ResourceError::InvalidValue(r.name));
+                    return Err(ResourceError::InvalidValue(r.name.to_string()));
                 }
             }
             out.add_one(r)?;
@@ -244,7 +248,7 @@ impl ResourceSet {
         for (name, v) in items {
             let m = Milli::from_f64(*v).expect("valid scalar");
             out.add_one(Resource {
-                name: name.to_string(),
+                name: Name::new(name),
                 role: unreserved(),
                 value: Value::Scalar(m),
             })
@@ -277,18 +281,18 @@ impl ResourceSet {
                     (Value::Scalar(a), Value::Scalar(b)) => {
                         let sum = a.0.checked_add(b.0).filter(|s| *s <= Milli::MAX.0);
                         Value::Scalar(Milli(
-                            sum.ok_or_else(|| ResourceError::TooLarge(r.name.clone()))?,
+                            sum.ok_or_else(|| ResourceError::TooLarge(r.name.to_string()))?,
                         ))
                     }
                     (Value::Ranges(a), Value::Ranges(b)) if a.intersects(b) => {
-                        return Err(ResourceError::Overlap(r.name))
+                        return Err(ResourceError::Overlap(r.name.to_string()))
                     }
                     (Value::Ranges(a), Value::Ranges(b)) => Value::Ranges(a.add(b)),
                     (Value::Set(a), Value::Set(b)) if !a.is_disjoint(b) => {
-                        return Err(ResourceError::Overlap(r.name))
+                        return Err(ResourceError::Overlap(r.name.to_string()))
                     }
                     (Value::Set(a), Value::Set(b)) => Value::Set(a.union(b).cloned().collect()),
-                    _ => return Err(ResourceError::TypeMismatch(r.name)),
+                    _ => return Err(ResourceError::TypeMismatch(r.name.to_string())),
                 };
             }
             Err(i) => {
@@ -297,7 +301,7 @@ impl ResourceSet {
                     .iter()
                     .any(|e| e.name == r.name && e.value.kind() != r.value.kind())
                 {
-                    return Err(ResourceError::TypeMismatch(r.name));
+                    return Err(ResourceError::TypeMismatch(r.name.to_string()));
                 }
                 self.entries.insert(i, r)
             }
@@ -308,12 +312,81 @@ impl ResourceSet {
     /// `self + other`, all or nothing: on an error (types that differ, ports or set items
     /// counted twice, an amount too large) `self` is unchanged.
     pub fn add(&mut self, other: &ResourceSet) -> Result<(), ResourceError> {
+        if self.add_scalars_in_place(other) {
+            return Ok(());
+        }
         let mut next = self.clone();
         for r in &other.entries {
             next.add_one(r.clone())?;
         }
         *self = next;
         Ok(())
+    }
+
+    /// The common case of `add` without copying: every entry of `other` is a scalar that
+    /// `self` already has and the sums stay in range. Checks everything before changing
+    /// anything; returns false (and changes nothing) otherwise.
+    fn add_scalars_in_place(&mut self, other: &ResourceSet) -> bool {
+        for r in &other.entries {
+            let Value::Scalar(b) = r.value else {
+                return false;
+            };
+            let Ok(i) = self.position(&r.name, &r.role) else {
+                return false;
+            };
+            match self.entries[i].value {
+                Value::Scalar(a) if a.0.checked_add(b.0).is_some_and(|s| s <= Milli::MAX.0) => {}
+                _ => return false,
+            }
+        }
+        for r in &other.entries {
+            let i = self.position(&r.name, &r.role).expect("checked above");
+            if let (Value::Scalar(a), Value::Scalar(b)) = (&mut self.entries[i].value, &r.value) {
+                a.0 += b.0;
+            }
+        }
+        true
+    }
+
+    /// Whether `wanted` fits in `self - allocated` (`allocated` contained in `self`), without
+    /// building the difference: scalars must be left over, ports and set items must be in
+    /// `self` and not in `allocated`.
+    pub fn fits_beside(&self, allocated: &ResourceSet, wanted: &ResourceSet) -> bool {
+        wanted.entries.iter().all(|r| {
+            let Ok(i) = self.position(&r.name, &r.role) else {
+                return false;
+            };
+            let used = allocated
+                .position(&r.name, &r.role)
+                .ok()
+                .map(|j| &allocated.entries[j].value);
+            match (&self.entries[i].value, &r.value, used) {
+                (Value::Scalar(t), Value::Scalar(w), None) => t.0 >= w.0,
+                (Value::Scalar(t), Value::Scalar(w), Some(Value::Scalar(u))) => t.0 - u.0 >= w.0,
+                (Value::Ranges(t), Value::Ranges(w), None) => t.contains(w),
+                (Value::Ranges(t), Value::Ranges(w), Some(Value::Ranges(u))) => {
+                    t.contains(w) && !u.intersects(w)
+                }
+                (Value::Set(t), Value::Set(w), None) => w.is_subset(t),
+                (Value::Set(t), Value::Set(w), Some(Value::Set(u))) => {
+                    w.is_subset(t) && w.is_disjoint(u)
+                }
+                _ => false,
+            }
+        })
+    }
+
+    /// `self + other.scalars_only()`, without the copy when `other` has only scalars.
+    pub fn add_scalars(&mut self, other: &ResourceSet) -> Result<(), ResourceError> {
+        if other
+            .entries
+            .iter()
+            .all(|e| matches!(e.value, Value::Scalar(_)))
+        {
+            self.add(other)
+        } else {
+            self.add(&other.scalars_only())
+        }
     }
 
     /// Only the scalar entries (what quotas and cluster totals count).
@@ -350,7 +423,7 @@ impl ResourceSet {
             let single = ResourceSet {
                 entries: vec![r.clone()],
             };
-            (!self.contains(&single)).then(|| r.name.clone())
+            (!self.contains(&single)).then(|| r.name.to_string())
         })
     }
 
@@ -392,8 +465,8 @@ impl ResourceSet {
     }
 
     /// The scalar entries summed over roles: `[(name, amount)]`, sorted by name.
-    pub fn scalar_totals(&self) -> Vec<(String, Milli)> {
-        let mut out: Vec<(String, Milli)> = Vec::new();
+    pub fn scalar_totals(&self) -> Vec<(Name, Milli)> {
+        let mut out: Vec<(Name, Milli)> = Vec::new();
         for e in &self.entries {
             if let Value::Scalar(m) = e.value {
                 match out.last_mut() {
@@ -475,8 +548,8 @@ impl ResourceSet {
                 )
             };
             out.add_one(Resource {
-                name: name.to_string(),
-                role: role.to_string(),
+                name: Name::new(name),
+                role: Name::new(role),
                 value,
             })?;
         }

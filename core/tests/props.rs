@@ -215,7 +215,7 @@ fn dump(cell: &Cell) -> Json {
         .into_iter()
         .filter(|(_, m)| m.0 != 0)
         .collect();
-    let headroom: BTreeMap<&str, BTreeMap<String, i64>> = ROLES
+    let headroom: BTreeMap<&str, BTreeMap<Name, i64>> = ROLES
         .iter()
         .map(|r| (*r, cell.headroom_for_others(r)))
         .collect();
@@ -261,7 +261,7 @@ fn check_all(cell: &Cell, limits: &BTreeMap<String, ResourceSet>) {
             .unwrap();
     }
     // Also count ports and set items task by task, independently of ResourceSet::add.
-    let mut counts: HashMap<(AgentId, String, String), (u64, ResourceSet)> = HashMap::new();
+    let mut counts: HashMap<(AgentId, Name, Name), (u64, ResourceSet)> = HashMap::new();
     for t in cell.tasks().filter(|t| !t.state.is_terminal()) {
         for r in t.resources.iter() {
             let n = match &r.value {
@@ -1392,7 +1392,7 @@ proptest! {
             total.add(&a.total).unwrap();
         }
         let free: BTreeMap<String, Milli> = h.cell.cluster_free().into_iter().filter(|(_, m)| m.0 != 0).collect();
-        let want: BTreeMap<String, Milli> = total.scalar_totals().into_iter().collect();
+        let want: BTreeMap<String, Milli> = total.scalar_totals().into_iter().map(|(n, m)| (n.to_string(), m)).collect();
         prop_assert_eq!(free, want);
         check_replay(&h.cell, &h.log);
         check_restart(&h.cell);

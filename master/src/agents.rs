@@ -175,7 +175,10 @@ async fn dispatch(hub: Arc<AgentHub>) {
                         Event::ClaimCommitted { tasks, .. } => {
                             let mut by_agent: HashMap<&AgentId, Vec<Task>> = HashMap::new();
                             for t in tasks {
-                                by_agent.entry(&t.agent_id).or_default().push(t.clone());
+                                by_agent
+                                    .entry(&t.agent_id)
+                                    .or_default()
+                                    .push(Task::clone(t));
                             }
                             for (agent, tasks) in by_agent {
                                 hub.send(agent, MasterMessage::Launch { tasks });
@@ -231,6 +234,13 @@ async fn dispatch(hub: Arc<AgentHub>) {
 /// [`Liveness`], which decides what is due and when to look again.
 async fn liveness(hub: Arc<AgentHub>) {
     let mut changed = hub.published.entries.subscribe();
+    let shortest = Duration::from_millis(
+        hub.liveness
+            .lock()
+            .expect("hub lock")
+            .shortest_timeout_ms()
+            .max(1),
+    );
     loop {
         let (due, next) = {
             let snap = hub.published.snapshot();
@@ -245,23 +255,25 @@ async fn liveness(hub: Arc<AgentHub>) {
                 tracing::warn!(error = %e, "could not change agent state");
             }
         }
-        // Look again at the next deadline, when an agent registers or changes state, or when
-        // an agent connects or disconnects — not on every commit (claims and status updates
-        // change nothing here, and a tick walks every agent).
+        // A tick walks every agent, so it runs only when a deadline is due. A change (an agent
+        // registering, changing state, connecting or disconnecting) can only add deadlines at
+        // least `shortest` away: it brings the next look forward to then, no walk now.
         let wait = next
             .map(|at| Duration::from_millis(at.saturating_sub(wall_clock_ms()).max(1)))
             .unwrap_or(Duration::from_secs(60));
-        let until = tokio::time::Instant::now() + wait;
+        let mut until = tokio::time::Instant::now() + wait;
         loop {
-            tokio::select! {
+            let bring_forward = tokio::select! {
                 _ = tokio::time::sleep_until(until) => break,
-                _ = hub.liveness_changed.notified() => break,
+                _ = hub.liveness_changed.notified() => true,
                 entry = changed.recv() => match entry {
-                    Ok(e) if e.events.iter().any(|ev| matches!(ev, Event::AgentRegistered { .. } | Event::AgentStateChanged { .. })) => break,
-                    Ok(_) => continue,
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => break,
+                    Ok(e) => e.events.iter().any(|ev| matches!(ev, Event::AgentRegistered { .. } | Event::AgentStateChanged { .. })),
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => true,
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
                 },
+            };
+            if bring_forward {
+                until = until.min(tokio::time::Instant::now() + shortest);
             }
         }
     }

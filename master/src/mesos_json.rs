@@ -131,8 +131,8 @@ fn convert_resources(list: Vec<ResourceJson>) -> Result<ResourceSet, String> {
                 other => return Err(format!("resource {}: unsupported type {other}", r.name)),
             };
         out.push(Resource {
-            name: r.name,
-            role,
+            name: r.name.into(),
+            role: role.into(),
             value,
         });
     }

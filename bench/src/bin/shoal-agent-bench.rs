@@ -1122,3 +1122,8 @@ fn median_f64(xs: &[f64]) -> f64 {
 fn dist(xs: &[Duration]) -> String {
     format!("{} (p90 {})", ms(med(xs)), ms(pctl(xs, 0.9)))
 }
+
+/// mimalloc: the commit path allocates many small, short-lived records; glibc's allocator
+/// spent a third of the commit loop consolidating free chunks (see BENCHMARKS.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;

@@ -133,3 +133,8 @@ fn main() {
     );
     println!("  reference: Mesos's HierarchicalAllocator benchmark, same shape: ~1,060 ms (published, not run here)");
 }
+
+/// mimalloc: the commit path allocates many small, short-lived records; glibc's allocator
+/// spent a third of the commit loop consolidating free chunks (see BENCHMARKS.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
