@@ -217,6 +217,8 @@ pub struct ScaleB {
     pub tasks_per_job: usize,
     pub clients: usize,
     pub claim: usize,
+    /// Claims each client keeps in flight (it decides the next while earlier ones commit).
+    pub inflight: usize,
 }
 
 /// Each agent fits 120 tasks; 1,000,000 tasks on 10,000 agents fill them to ~83 %.
@@ -267,11 +269,19 @@ async fn local_view(client: &Client, cpu: i64, mem: i64) -> Result<(Vec<Slot>, u
     Ok((view, version))
 }
 
+/// Work of one client not yet placed: tasks of one job.
+struct Batch {
+    job: usize,
+    tasks: Vec<usize>,
+}
+
 /// One scheduler client: takes jobs from the shared counter and places each job's tasks in
-/// claims of `claim`, first fit on its local view from its own offset. The view starts
-/// from a state read and is kept up from the claim answers: a placement refused on an agent
-/// marks that agent full (the client does not know by how much it is off); the view is read
-/// again only when nothing fits in it.
+/// claims of `claim`, first fit on its local view from its own offset, with up to
+/// `scale.inflight` claims in flight (it decides the next claim on its view while earlier
+/// ones commit, as an Omega scheduler does). The view starts from a state read and is kept
+/// up from the claim answers: a placement refused on an agent marks that agent full (the
+/// client does not know by how much it is off) and the task is tried again; the view is read
+/// again only when nothing fits in it and no claim is in flight.
 #[allow(clippy::too_many_arguments)]
 async fn client_b(
     addr: String,
@@ -292,17 +302,32 @@ async fn client_b(
     let start = s * view.len() / scale.clients;
     let mut cursor = start;
     let mut out = ClientOut::default();
+    // Tasks to place, oldest first: refused tasks go back to the front.
+    let mut work: std::collections::VecDeque<Batch> = Default::default();
+    let mut inflight = futures::stream::FuturesUnordered::new();
+    let mut claim_no = 0u64;
+    let mut jobs_left = true;
     loop {
-        let job = next_job.fetch_add(1, Ordering::Relaxed);
-        if job >= scale.jobs {
-            return Ok(out);
-        }
-        let mut pending: Vec<usize> = (0..scale.tasks_per_job).rev().collect();
-        let mut claim_no = 0;
-        while !pending.is_empty() {
-            dl.check("scheduler client")?;
+        dl.check("scheduler client")?;
+        // Decide claims while there is room in flight and work to do.
+        while inflight.len() < scale.inflight.max(1) {
+            if work.is_empty() && jobs_left {
+                let job = next_job.fetch_add(1, Ordering::Relaxed);
+                if job >= scale.jobs {
+                    jobs_left = false;
+                } else {
+                    work.push_back(Batch {
+                        job,
+                        tasks: (0..scale.tasks_per_job).rev().collect(),
+                    });
+                }
+            }
+            let Some(batch) = work.front_mut() else {
+                break;
+            };
+            let job = batch.job;
             // First fit from the cursor (the first agent that had room last time).
-            let want = pending.len().min(scale.claim);
+            let want = batch.tasks.len().min(scale.claim);
             let mut chosen: Vec<(usize, usize)> = Vec::with_capacity(want);
             let mut scanned = 0;
             let mut i = cursor;
@@ -313,16 +338,22 @@ async fn client_b(
                     let fit = view[i].free.min((want - chosen.len()) as i64);
                     view[i].free -= fit;
                     for _ in 0..fit {
-                        chosen.push((i, pending.pop().expect("pending task")));
+                        chosen.push((i, batch.tasks.pop().expect("pending task")));
                     }
                 }
                 i = (i + 1) % view.len();
                 scanned += 1;
             }
+            if batch.tasks.is_empty() {
+                work.pop_front();
+            }
             if let Some(f) = first_with_room {
                 cursor = f;
             }
             if chosen.is_empty() {
+                if !inflight.is_empty() {
+                    break; // answers may say more about the view
+                }
                 out.refreshes += 1;
                 if out.refreshes > 50 {
                     bail!(
@@ -346,7 +377,7 @@ async fn client_b(
                 })
                 .collect();
             let req = ClaimRequest {
-                claim_id: format!("{run}-j{job}-c{claim_no}"),
+                claim_id: format!("{run}-j{job}-s{s}-c{claim_no}"),
                 role: "*".into(),
                 owner: format!("bench-client-{s}"),
                 snapshot_version: version,
@@ -354,48 +385,65 @@ async fn client_b(
                 check: ConflictCheck::Fine,
                 placements,
             };
-            let answer = within("POST /claims", Duration::from_secs(60), client.claim(&req))
-                .await?
-                .map_err(|e| anyhow!("POST /claims: {e}"))?;
-            out.claims += 1;
-            out.attempted += chosen.len() as u64;
-            if let Some(v) = answer.outcome.committed_version {
-                if answer.current_version < v {
-                    out.stale_answers += 1;
-                }
-            }
-            version = version.max(answer.current_version);
-            if answer.outcome.placements.len() != chosen.len() {
-                bail!(
-                    "the answer has {} placements, the claim {}",
-                    answer.outcome.placements.len(),
-                    chosen.len()
-                );
-            }
-            for (o, &(i, k)) in answer.outcome.placements.iter().zip(&chosen) {
-                if o.committed {
-                    out.committed += 1;
-                    if out.sample.len() < 64 && (k % 97 == 0) {
-                        out.sample.push(o.task_id.to_string());
-                    }
-                } else {
-                    *out.reasons.entry(reason_name(&o.rejected)).or_default() += 1;
-                    if let Some(
-                        RejectReason::UnknownAgent
-                        | RejectReason::AgentNotActive { .. }
-                        | RejectReason::InsufficientResources { .. },
-                    ) = &o.rejected
-                    {
-                        view[i].free = 0;
-                    }
-                    if let Some(RejectReason::DuplicateTaskId) = &o.rejected {
-                        bail!("task {} was refused as a duplicate", o.task_id);
-                    }
-                    pending.push(k);
-                }
-            }
-            placed.fetch_add(answer.outcome.committed_count() as u64, Ordering::Relaxed);
+            let client = &client;
+            inflight.push(async move {
+                let answer =
+                    within("POST /claims", Duration::from_secs(60), client.claim(&req)).await;
+                (job, chosen, answer)
+            });
         }
+        let Some((job, chosen, answer)) = futures::StreamExt::next(&mut inflight).await else {
+            if work.is_empty() && !jobs_left {
+                return Ok(out);
+            }
+            continue;
+        };
+        let answer = answer?.map_err(|e| anyhow!("POST /claims: {e}"))?;
+        out.claims += 1;
+        out.attempted += chosen.len() as u64;
+        if let Some(v) = answer.outcome.committed_version {
+            if answer.current_version < v {
+                out.stale_answers += 1;
+            }
+        }
+        version = version.max(answer.current_version);
+        if answer.outcome.placements.len() != chosen.len() {
+            bail!(
+                "the answer has {} placements, the claim {}",
+                answer.outcome.placements.len(),
+                chosen.len()
+            );
+        }
+        let mut refused = Vec::new();
+        for (o, &(i, k)) in answer.outcome.placements.iter().zip(&chosen) {
+            if o.committed {
+                out.committed += 1;
+                if out.sample.len() < 64 && (k % 97 == 0) {
+                    out.sample.push(o.task_id.to_string());
+                }
+            } else {
+                *out.reasons.entry(reason_name(&o.rejected)).or_default() += 1;
+                if let Some(
+                    RejectReason::UnknownAgent
+                    | RejectReason::AgentNotActive { .. }
+                    | RejectReason::InsufficientResources { .. },
+                ) = &o.rejected
+                {
+                    view[i].free = 0;
+                }
+                if let Some(RejectReason::DuplicateTaskId) = &o.rejected {
+                    bail!("task {} was refused as a duplicate", o.task_id);
+                }
+                refused.push(k);
+            }
+        }
+        if !refused.is_empty() {
+            work.push_front(Batch {
+                job,
+                tasks: refused,
+            });
+        }
+        placed.fetch_add(answer.outcome.committed_count() as u64, Ordering::Relaxed);
     }
 }
 
@@ -435,8 +483,8 @@ pub fn phase_b(
     param(
         "scheduler clients",
         format!(
-            "{}, each its own shoal_client::Client, one claim in flight each",
-            scale.clients
+            "{}, each its own shoal_client::Client, up to {} claims in flight each",
+            scale.clients, scale.inflight
         ),
     );
     param(

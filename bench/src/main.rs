@@ -48,6 +48,9 @@ struct Args {
     /// Override the number of jobs of phase (b) (1,000 tasks each at full scale).
     #[arg(long = "b-jobs")]
     b_jobs: Option<usize>,
+    /// (b): claims each scheduler client keeps in flight.
+    #[arg(long = "b-inflight", default_value_t = 4)]
+    b_inflight: usize,
     /// An extra argument for `shoal master` (repeat for several).
     #[arg(long = "master-arg", allow_hyphen_values = true)]
     master_arg: Vec<String>,
@@ -67,7 +70,7 @@ struct Scale {
     run_limit: Duration,
 }
 
-fn scale(smoke: bool, b_jobs: Option<usize>) -> Scale {
+fn scale(smoke: bool, b_jobs: Option<usize>, b_inflight: usize) -> Scale {
     if smoke {
         Scale {
             a: inproc::ScaleA {
@@ -82,6 +85,7 @@ fn scale(smoke: bool, b_jobs: Option<usize>) -> Scale {
                 tasks_per_job: 200,
                 clients: 8,
                 claim: 100,
+                inflight: b_inflight,
             },
             c: inproc::ScaleC {
                 agents: 500,
@@ -110,6 +114,7 @@ fn scale(smoke: bool, b_jobs: Option<usize>) -> Scale {
                 tasks_per_job: 1_000,
                 clients: 8,
                 claim: 100,
+                inflight: b_inflight,
             },
             c: inproc::ScaleC {
                 agents: 5_000,
@@ -142,7 +147,7 @@ fn main() {
 /// Returns whether every phase ran.
 fn run(args: Args) -> Result<bool> {
     let started = Instant::now();
-    let s = scale(args.smoke, args.b_jobs);
+    let s = scale(args.smoke, args.b_jobs, args.b_inflight);
     for p in &args.only {
         if !["a", "b", "c", "d"].contains(&p.as_str()) {
             bail!("unknown phase '{p}' (phases: a, b, c, d)");
