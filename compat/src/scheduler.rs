@@ -14,13 +14,13 @@ use prost::Message as _;
 use serde_json::{json, Value as Json};
 use shoal_core::{
     AgentId, Claim, ClaimId, CommitMode, ConflictCheck, Event as CellEvent, OfferId, Placement,
-    Rejection, Reply, TaskId, TaskSpec, TaskState,
+    Rejection, Reply, ResourceSet, TaskId, TaskSpec, TaskState,
 };
 use shoal_master::{CommitError, MasterCore};
 use shoal_proto::mesos::v1::scheduler::{Call, Event};
 use tokio::sync::mpsc;
 
-use crate::allocator::{self, AllocatorConfig, Candidate};
+use crate::allocator::{self, AllocatorConfig, Candidate, OfferFilter};
 use crate::CompatConfig;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -51,7 +51,8 @@ struct Framework {
     encoding: Encoding,
     disconnected_at: Option<Instant>,
     failover_timeout: Duration,
-    filters: HashMap<AgentId, u64>,
+    /// Refused-offer filters (DECLINE, and what an ACCEPT left unused), per agent.
+    filters: HashMap<AgentId, OfferFilter>,
     suppressed: bool,
     /// Status updates sent and not yet acknowledged: uuid (base64) → (task, status, last sent).
     pending: BTreeMap<String, (TaskId, Json, Instant)>,
@@ -571,6 +572,8 @@ use tokio_stream::StreamExt as _;
 
 /// Mesos's `Filters.refuse_seconds` default, for DECLINE and for what an ACCEPT leaves unused.
 const DEFAULT_REFUSE_SECONDS: f64 = 5.0;
+/// The longest filter installed (Mesos caps `refuse_seconds` at a year too).
+const MAX_REFUSE_SECONDS: f64 = 365.0 * 86_400.0;
 
 mod crate_limits {
     /// Events buffered per subscription before the framework counts as too slow.
@@ -639,12 +642,41 @@ async fn release(c: &Arc<Compat>, offers: Vec<OfferId>) {
     c.wake.notify_one();
 }
 
-async fn decline(c: &Arc<Compat>, fw_id: &str, ids: Vec<OfferId>, filters: &Json) {
+/// Installs Mesos's refused-offer filter for what a framework declined (or left unused) on an
+/// agent: `refuse_seconds` from `filters` (default 5 s); none for 0 s or nothing refused.
+fn install_filter(c: &Compat, fw_id: &str, agent: &AgentId, refused: ResourceSet, filters: &Json) {
     let refuse = filters["refuse_seconds"]
         .as_f64()
         .unwrap_or(DEFAULT_REFUSE_SECONDS)
-        .clamp(0.0, 365.0 * 86_400.0);
+        .clamp(0.0, MAX_REFUSE_SECONDS);
+    if refuse <= 0.0 || refused.is_empty() {
+        return;
+    }
     let until = now_ms() + (refuse * 1000.0) as u64;
+    if let Some(f) = c.frameworks.lock().expect("frameworks lock").get_mut(fw_id) {
+        f.filters
+            .insert(agent.clone(), OfferFilter { until, refused });
+    }
+}
+
+/// The resources `offers` hold, per agent (offers this framework does not hold are left out).
+fn held_by_agent(
+    snap: &shoal_core::Cell,
+    fw_id: &str,
+    offers: &[OfferId],
+) -> HashMap<AgentId, ResourceSet> {
+    let mut out: HashMap<AgentId, ResourceSet> = HashMap::new();
+    for h in offers
+        .iter()
+        .filter_map(|o| snap.hold(o))
+        .filter(|h| h.framework_id == fw_id)
+    {
+        let _ = out.entry(h.agent_id.clone()).or_default().add(&h.resources);
+    }
+    out
+}
+
+async fn decline(c: &Arc<Compat>, fw_id: &str, ids: Vec<OfferId>, filters: &Json) {
     let snap = c.core.published.snapshot();
     let mine: Vec<OfferId> = {
         let offers = c.offers.lock().expect("offers lock");
@@ -652,12 +684,8 @@ async fn decline(c: &Arc<Compat>, fw_id: &str, ids: Vec<OfferId>, filters: &Json
             .filter(|o| offers.get(o).map(|f| f == fw_id).unwrap_or(false))
             .collect()
     };
-    if let Some(f) = c.frameworks.lock().expect("frameworks lock").get_mut(fw_id) {
-        for o in &mine {
-            if let Some(h) = snap.hold(o) {
-                f.filters.insert(h.agent_id.clone(), until);
-            }
-        }
+    for (agent, refused) in held_by_agent(&snap, fw_id, &mine) {
+        install_filter(c, fw_id, &agent, refused, filters);
     }
     release(c, mine).await;
 }
@@ -760,6 +788,8 @@ async fn accept(c: &Arc<Compat>, fw_id: &str, accept: &Json) -> Response {
         check: ConflictCheck::Fine,
         placements: placements.clone(),
     };
+    let held = held_by_agent(&snap, fw_id, &ids);
+    let mut used = ResourceSet::new();
     let result = c
         .core
         .committer
@@ -771,6 +801,11 @@ async fn accept(c: &Arc<Compat>, fw_id: &str, accept: &Json) -> Response {
         .await;
     match result {
         Ok(Reply::Claim { outcome }) => {
+            for p in outcome.placements.iter().filter(|p| p.committed) {
+                if let Some(placed) = placements.iter().find(|x| x.task_id == p.task_id) {
+                    let _ = used.add(&placed.resources);
+                }
+            }
             for p in outcome.placements.iter().filter(|p| !p.committed) {
                 let why = serde_json::to_value(&p.rejected)
                     .map(|v| v.to_string())
@@ -817,13 +852,9 @@ async fn accept(c: &Arc<Compat>, fw_id: &str, accept: &Json) -> Response {
         }
     }
     // What the accept left unused is declined with its filters (Mesos's default: 5 s).
-    let secs = accept["filters"]["refuse_seconds"]
-        .as_f64()
-        .unwrap_or(DEFAULT_REFUSE_SECONDS);
-    if let Some(a) = &agent {
-        if let Some(f) = c.frameworks.lock().expect("frameworks lock").get_mut(fw_id) {
-            f.filters
-                .insert(a.clone(), now_ms() + (secs.clamp(0.0, 1e7) * 1000.0) as u64);
+    for (agent, mut unused) in held {
+        if unused.subtract(&used).is_ok() {
+            install_filter(c, fw_id, &agent, unused, &accept["filters"]);
         }
     }
     c.wake.notify_one();
@@ -979,7 +1010,7 @@ async fn allocation_loop(c: Arc<Compat>) {
                 .map(|f| Candidate {
                     framework_id: f.id.clone(),
                     role: f.role.clone(),
-                    filtered_until: f.filters.clone(),
+                    filters: f.filters.clone(),
                     outstanding: offers.values().filter(|o| **o == f.id).count(),
                 })
                 .collect()
@@ -994,6 +1025,12 @@ async fn allocation_loop(c: Arc<Compat>) {
         let holds = allocator::allocate(&snap, &candidates, config, now_ms(), || {
             OfferId::new(c.next_id("O"))
         });
+        tracing::debug!(
+            frameworks = candidates.len(),
+            offers = holds.len(),
+            version = snap.version(),
+            "allocation round"
+        );
         if holds.is_empty() {
             continue;
         }
@@ -1077,6 +1114,10 @@ async fn forward_loop(c: Arc<Compat>) {
                     state,
                     status,
                 } => {
+                    if state.is_terminal() {
+                        // Resources were freed (a framework's task or a native one): offer them.
+                        c.wake.notify_one();
+                    }
                     let Some(t) = snap.task(task_id) else {
                         continue;
                     };
@@ -1103,9 +1144,6 @@ async fn forward_loop(c: Arc<Compat>) {
                         (f.id.clone(), s)
                     };
                     c.send(&fw, json!({"type": "UPDATE", "update": {"status": json}}));
-                    if state.is_terminal() {
-                        c.wake.notify_one();
-                    }
                 }
                 CellEvent::HoldsReleased { offer_ids, .. } => {
                     for o in offer_ids {
