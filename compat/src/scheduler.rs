@@ -395,12 +395,14 @@ async fn scheduler(State(c): State<Arc<Compat>>, headers: HeaderMap, body: Bytes
                 f.info = call["update_framework"]["framework_info"].clone();
             }
         }
+        "RECONCILE_OPERATIONS" => {
+            reconcile_operations(&c, &fw_id, &call["reconcile_operations"]["operations"])
+        }
         // Accepted and ignored, as a master with nothing to do for them would.
         "MESSAGE"
         | "REQUEST"
         | "SHUTDOWN"
         | "ACKNOWLEDGE_OPERATION_STATUS"
-        | "RECONCILE_OPERATIONS"
         | "ACCEPT_INVERSE_OFFERS"
         | "DECLINE_INVERSE_OFFERS" => {}
         other => {
@@ -698,14 +700,14 @@ async fn accept(c: &Arc<Compat>, fw_id: &str, accept: &Json) -> Response {
         .find_map(|o| snap.hold(o))
         .map(|h| h.agent_id.clone());
     let mut tasks: Vec<Json> = Vec::new();
+    let mut invalid: Vec<(String, String)> = Vec::new();
     for op in accept["operations"].as_array().cloned().unwrap_or_default() {
-        match op["type"].as_str().unwrap_or("") {
-            "LAUNCH" => tasks.extend(
-                op["launch"]["task_infos"]
-                    .as_array()
-                    .cloned()
-                    .unwrap_or_default(),
-            ),
+        let ty = op["type"].as_str().unwrap_or("UNKNOWN");
+        let launched: Vec<Json> = match ty {
+            "LAUNCH" => op["launch"]["task_infos"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default(),
             "LAUNCH_GROUP" => {
                 let group = op["launch_group"]["task_group"]["tasks"]
                     .as_array()
@@ -716,19 +718,36 @@ async fn accept(c: &Arc<Compat>, fw_id: &str, accept: &Json) -> Response {
                     .and_then(|t| t["task_id"]["value"].as_str())
                     .unwrap_or("group")
                     .to_string();
-                for mut t in group {
-                    // The tasks of a group share a network namespace and die together.
-                    let mut labels = t["labels"]["labels"]
-                        .as_array()
-                        .cloned()
-                        .unwrap_or_default();
-                    labels.push(json!({"key": "shoal.group", "value": group_id}));
-                    t["labels"] = json!({"labels": labels});
-                    tasks.push(t);
-                }
+                group
+                    .into_iter()
+                    .map(|mut t| {
+                        // The tasks of a group share a network namespace and die together.
+                        let mut labels = t["labels"]["labels"]
+                            .as_array()
+                            .cloned()
+                            .unwrap_or_default();
+                        labels.push(json!({"key": "shoal.group", "value": group_id}));
+                        t["labels"] = json!({"labels": labels});
+                        t
+                    })
+                    .collect()
             }
-            other => tracing::warn!(operation = other, "offer operation not supported; ignored"),
+            _ => {
+                drop_operation(c, fw_id, ty, &op);
+                continue;
+            }
+        };
+        if op["id"].is_object() {
+            // As Mesos: LAUNCH and LAUNCH_GROUP take no operation feedback; their tasks fail.
+            for t in &launched {
+                invalid.push((
+                    t["task_id"]["value"].as_str().unwrap_or("").to_string(),
+                    format!("The 'id' field was set in a {ty} operation, but operation feedback is not supported for {ty}"),
+                ));
+            }
+            continue;
         }
+        tasks.extend(launched);
     }
     let role = c
         .frameworks
@@ -738,7 +757,6 @@ async fn accept(c: &Arc<Compat>, fw_id: &str, accept: &Json) -> Response {
         .map(|f| f.role.clone())
         .unwrap_or_else(|| "*".into());
     let mut placements = Vec::new();
-    let mut invalid: Vec<(String, String)> = Vec::new();
     for mut t in tasks {
         let task_id = t["task_id"]["value"].as_str().unwrap_or("").to_string();
         if let Some(a) = &agent {
@@ -788,7 +806,7 @@ async fn accept(c: &Arc<Compat>, fw_id: &str, accept: &Json) -> Response {
         check: ConflictCheck::Fine,
         placements: placements.clone(),
     };
-    let held = held_by_agent(&snap, fw_id, &ids);
+    let mut held = held_by_agent(&snap, fw_id, &ids);
     let mut used = ResourceSet::new();
     let result = c
         .core
@@ -849,6 +867,14 @@ async fn accept(c: &Arc<Compat>, fw_id: &str, accept: &Json) -> Response {
                     &msg,
                 );
             }
+            // The valid offers among them go back (the accept as a whole was refused).
+            let valid: Vec<OfferId> = ids
+                .iter()
+                .filter(|o| snap.hold(o).is_some_and(|h| h.framework_id == fw_id))
+                .cloned()
+                .collect();
+            release(c, valid).await;
+            held.clear(); // no filter for offers that went back unused
         }
     }
     // What the accept left unused is declined with its filters (Mesos's default: 5 s).
@@ -859,6 +885,53 @@ async fn accept(c: &Arc<Compat>, fw_id: &str, accept: &Json) -> Response {
     }
     c.wake.notify_one();
     StatusCode::ACCEPTED.into_response()
+}
+
+/// An offer operation this master refuses (RESERVE, UNRESERVE, CREATE, DESTROY, GROW_VOLUME,
+/// SHRINK_VOLUME, CREATE_DISK, DESTROY_DISK, UNKNOWN): dropped as Mesos drops an invalid
+/// operation. The framework learns of it only if it set the operation's `id`: then it gets
+/// UPDATE_OPERATION_STATUS with OPERATION_ERROR (no uuid: nothing to acknowledge). The
+/// resources the operation would have used stay unused in the ACCEPT and go back like the rest.
+fn drop_operation(c: &Compat, fw_id: &str, ty: &str, op: &Json) {
+    let message = format!(
+        "Dropping {ty} operation: Shoal agents have no dynamic reservations, persistent volumes \
+         or resource providers, so only LAUNCH and LAUNCH_GROUP are carried out"
+    );
+    tracing::warn!(framework_id = %fw_id, operation = ty, "{message}");
+    if op["id"].is_object() {
+        let status =
+            json!({"operation_id": op["id"], "state": "OPERATION_ERROR", "message": message});
+        c.send(
+            fw_id,
+            json!({"type": "UPDATE_OPERATION_STATUS", "update_operation_status": {"status": status}}),
+        );
+    }
+}
+
+/// RECONCILE_OPERATIONS: this master carries out no operation with feedback, so every operation
+/// asked about is unknown (or, on an agent that is unreachable or gone, reported as such, as
+/// Mesos does); an implicit reconciliation has nothing to report.
+fn reconcile_operations(c: &Compat, fw_id: &str, operations: &Json) {
+    let snap = c.core.published.snapshot();
+    for op in operations.as_array().into_iter().flatten() {
+        let agent = op["agent_id"]["value"]
+            .as_str()
+            .and_then(|a| snap.agent(&AgentId::new(a)));
+        let state = match agent.map(|a| a.state) {
+            Some(shoal_core::AgentState::Unreachable) => "OPERATION_UNREACHABLE",
+            Some(shoal_core::AgentState::Gone) => "OPERATION_GONE_BY_OPERATOR",
+            _ => "OPERATION_UNKNOWN",
+        };
+        let mut status = json!({"operation_id": op["operation_id"], "state": state,
+                                "message": "Reconciliation: operation is unknown"});
+        if !op["agent_id"].is_null() {
+            status["agent_id"] = op["agent_id"].clone();
+        }
+        c.send(
+            fw_id,
+            json!({"type": "UPDATE_OPERATION_STATUS", "update_operation_status": {"status": status}}),
+        );
+    }
 }
 
 /// A master-generated update (not retried: no uuid), as Mesos sends for invalid launches.

@@ -221,6 +221,27 @@ async fn redirect(headers: HeaderMap) -> Response {
         .into_response()
 }
 
+/// `/version` as Mesos writes it (pymesos, for one, reads `version` to pick its behaviour:
+/// below 1.0 it treats every OFFERS event as inverse offers too).
+async fn version() -> Response {
+    AxJson(json!({
+        "version": crate::MESOS_VERSION,
+        "git_tag": crate::MESOS_VERSION,
+        "git_sha": "",
+        "git_branch": "",
+        "build_date": "",
+        "build_time": 0.0,
+        "build_user": "shoal",
+        "shoal_version": env!("CARGO_PKG_VERSION"),
+    }))
+    .into_response()
+}
+
+/// `/master/health`: 200 with an empty body while the master serves.
+async fn health() -> StatusCode {
+    StatusCode::OK
+}
+
 pub fn router(c: Arc<Compat>) -> Router<Arc<Compat>> {
     let _ = c;
     Router::new()
@@ -232,4 +253,6 @@ pub fn router(c: Arc<Compat>) -> Router<Arc<Compat>> {
         .route("/master/slaves", get(master_slaves))
         .route("/master/redirect", get(redirect))
         .route("/redirect", get(redirect))
+        .route("/version", get(version))
+        .route("/master/health", get(health))
 }

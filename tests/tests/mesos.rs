@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 use serde_json::Value as Json;
 use shoal_core::AgentState;
 use shoal_tests::{
-    docker_enabled, run_script, shoal_bin, tail, test_python, unique, wait_until, AgentProc,
-    MasterProc, ScriptRun,
+    check_no_double_booking, docker_enabled, run_script, shoal_bin, tail, test_python, unique,
+    wait_until, AgentProc, MasterProc, ScriptRun,
 };
 
 /// Master flags for the scheduler API, passed on top of the liveness ones below.
@@ -362,6 +362,35 @@ async fn mesos_docker_task_serves_on_its_mapped_port() {
                 .send()
                 .await
                 .is_err()
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mesos_refused_offer_operations_are_answered_as_mesos_does() {
+    let Some(cell) = cell("mesos_operations", "process").await else {
+        return;
+    };
+    let id = unique("ops");
+    let run = cell.run_ok("operations.py", &["--task-id", &id]);
+    cell.wait_task_state(&id, "TASK_FINISHED", Duration::from_secs(5), &run)
+        .await;
+    // The task of the LAUNCH with an operation id never reached the cell.
+    assert!(
+        cell.task(&format!("{id}-with-id")).await.is_none(),
+        "{}",
+        cell.report(&run)
+    );
+    // The master kept working and holds nothing for the framework once it tore down.
+    let client = cell.master.client();
+    wait_until("the agent to hold nothing", Duration::from_secs(5), || {
+        let client = client.clone();
+        async move {
+            client.state().await.is_ok_and(|st| {
+                check_no_double_booking(&st).is_ok()
+                    && st.agents.iter().all(|a| a.allocated.is_empty())
+            })
         }
     })
     .await;
