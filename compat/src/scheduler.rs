@@ -67,6 +67,9 @@ pub struct Compat {
     offers: Mutex<HashMap<OfferId, String>>,
     /// Offers we released ourselves (accept, decline, timeout): no RESCIND for those.
     released_by_us: Mutex<HashSet<OfferId>>,
+    /// Frameworks removed (TEARDOWN, failover timeout), newest last: they may not subscribe
+    /// again. Bounded by `crate_limits::REMOVED_FRAMEWORKS_MAX`; in memory only, as in Mesos.
+    removed: Mutex<RemovedFrameworks>,
     seq: AtomicU64,
     wake: tokio::sync::Notify,
     started_ms: u64,
@@ -99,6 +102,7 @@ impl Compat {
             frameworks: Mutex::new(HashMap::new()),
             offers: Mutex::new(HashMap::new()),
             released_by_us: Mutex::new(HashSet::new()),
+            removed: Mutex::new(RemovedFrameworks::default()),
             seq: AtomicU64::new(1),
             wake: tokio::sync::Notify::new(),
             started_ms: now_ms(),
@@ -323,27 +327,27 @@ async fn scheduler(State(c): State<Arc<Compat>>, headers: HeaderMap, body: Bytes
             let ids: Vec<OfferId> = offer_ids(&call["decline"]["offer_ids"]);
             decline(&c, &fw_id, ids, &call["decline"]["filters"]).await;
         }
-        "REVIVE" => {
+        // Per role, as Mesos: no roles means all of the framework's roles.
+        "REVIVE" | "SUPPRESS" => {
+            let revive = kind == "REVIVE";
+            let roles = &call[if revive { "revive" } else { "suppress" }]["roles"];
             if let Some(f) = c
                 .frameworks
                 .lock()
                 .expect("frameworks lock")
                 .get_mut(&fw_id)
             {
-                f.filters.clear();
-                f.suppressed = false;
+                let mine = roles.as_array().is_none_or(|r| {
+                    r.is_empty() || r.iter().any(|x| x.as_str() == Some(f.role.as_str()))
+                });
+                if mine {
+                    if revive {
+                        f.filters.clear();
+                    }
+                    f.suppressed = !revive;
+                }
             }
             c.wake.notify_one();
-        }
-        "SUPPRESS" => {
-            if let Some(f) = c
-                .frameworks
-                .lock()
-                .expect("frameworks lock")
-                .get_mut(&fw_id)
-            {
-                f.suppressed = true;
-            }
         }
         "KILL" => {
             if let Some(t) = call["kill"]["task_id"]["value"].as_str() {
@@ -386,14 +390,26 @@ async fn scheduler(State(c): State<Arc<Compat>>, headers: HeaderMap, body: Bytes
         }
         "RECONCILE" => reconcile(&c, &fw_id, &call["reconcile"]["tasks"]),
         "UPDATE_FRAMEWORK" => {
+            let update = &call["update_framework"];
+            let mut info = update["framework_info"].clone();
+            if info["id"]["value"].as_str() != Some(fw_id.as_str()) {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "'framework_id' differs from 'update_framework.framework_info.id'",
+                );
+            }
+            info["id"] = json!({"value": fw_id});
+            let settings = Settings::of(&c.config, &info, &update["suppressed_roles"]);
             if let Some(f) = c
                 .frameworks
                 .lock()
                 .expect("frameworks lock")
                 .get_mut(&fw_id)
             {
-                f.info = call["update_framework"]["framework_info"].clone();
+                f.info = info;
+                settings.apply(f);
             }
+            c.wake.notify_one();
         }
         "RECONCILE_OPERATIONS" => {
             reconcile_operations(&c, &fw_id, &call["reconcile_operations"]["operations"])
@@ -426,6 +442,69 @@ fn offer_ids(v: &Json) -> Vec<OfferId> {
         .unwrap_or_default()
 }
 
+/// What SUBSCRIBE and UPDATE_FRAMEWORK set from a `FrameworkInfo` (and its suppressed roles).
+struct Settings {
+    role: String,
+    partition_aware: bool,
+    killing_state: bool,
+    failover_timeout: Duration,
+    suppressed: bool,
+}
+
+impl Settings {
+    fn of(config: &CompatConfig, info: &Json, suppressed_roles: &Json) -> Settings {
+        // Offers are made for the first role (MULTI_ROLE frameworks get their first role's).
+        let role = info["roles"]
+            .as_array()
+            .and_then(|r| r.first())
+            .and_then(|r| r.as_str())
+            .or_else(|| info["role"].as_str())
+            .unwrap_or("*")
+            .to_string();
+        let has_cap = |cap: &str| {
+            info["capabilities"]
+                .as_array()
+                .is_some_and(|caps| caps.iter().any(|c| c["type"] == cap))
+        };
+        let suppressed = suppressed_roles
+            .as_array()
+            .is_some_and(|r| r.iter().any(|x| x.as_str() == Some(role.as_str())));
+        Settings {
+            partition_aware: has_cap("PARTITION_AWARE"),
+            killing_state: has_cap("TASK_KILLING_STATE"),
+            failover_timeout: Duration::from_secs_f64(
+                info["failover_timeout"]
+                    .as_f64()
+                    .unwrap_or(0.0)
+                    .max(0.0)
+                    .min(config.failover_timeout_max.as_secs_f64()),
+            ),
+            suppressed,
+            role,
+        }
+    }
+
+    fn apply(self, f: &mut Framework) {
+        f.role = self.role;
+        f.partition_aware = self.partition_aware;
+        f.killing_state = self.killing_state;
+        f.failover_timeout = self.failover_timeout;
+        f.suppressed = self.suppressed;
+    }
+}
+
+/// The answer to a SUBSCRIBE of a framework this master removed (TEARDOWN, or its failover
+/// timeout passed): as Mesos, a stream with one ERROR event, then closed.
+fn removed_framework(encoding: Encoding) -> Response {
+    let event = json!({"type": "ERROR", "error": {"message": "Framework has been removed"}});
+    let body = Compat::record(encoding, &event).unwrap_or_default();
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, encoding.content_type())
+        .body(Body::from(body))
+        .expect("a valid response")
+}
+
 fn subscribe(c: Arc<Compat>, call: Json, encoding: Encoding, host: &str) -> Response {
     let info = call["subscribe"]["framework_info"].clone();
     if info.is_null() {
@@ -434,28 +513,22 @@ fn subscribe(c: Arc<Compat>, call: Json, encoding: Encoding, host: &str) -> Resp
             "Expecting 'subscribe.framework_info' to be present",
         );
     }
-    let role = info["roles"]
-        .as_array()
-        .and_then(|r| r.first())
-        .and_then(|r| r.as_str())
-        .or_else(|| info["role"].as_str())
-        .unwrap_or("*")
-        .to_string();
-    let has_cap = |cap: &str| {
-        info["capabilities"]
-            .as_array()
-            .map(|caps| caps.iter().any(|c| c["type"] == cap))
-            .unwrap_or(false)
-    };
-    let partition_aware = has_cap("PARTITION_AWARE");
-    let killing_state = has_cap("TASK_KILLING_STATE");
-    let failover = Duration::from_secs_f64(
-        info["failover_timeout"]
-            .as_f64()
-            .unwrap_or(0.0)
-            .max(0.0)
-            .min(c.config.failover_timeout_max.as_secs_f64()),
-    );
+    let settings = Settings::of(&c.config, &info, &call["subscribe"]["suppressed_roles"]);
+    if let Some(given) = info["id"]["value"].as_str() {
+        if call["framework_id"]["value"].as_str() != Some(given) {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "'framework_id' differs from 'subscribe.framework_info.id'",
+            );
+        }
+        if c.removed.lock().expect("removed lock").contains(given) {
+            tracing::info!(
+                framework_id = given,
+                "refusing the subscription of a removed framework"
+            );
+            return removed_framework(encoding);
+        }
+    }
     let id = info["id"]["value"]
         .as_str()
         .map(str::to_string)
@@ -470,14 +543,14 @@ fn subscribe(c: Arc<Compat>, call: Json, encoding: Encoding, host: &str) -> Resp
         let f = fws.entry(id.clone()).or_insert_with(|| Framework {
             id: id.clone(),
             info: info.clone(),
-            role: role.clone(),
-            partition_aware,
-            killing_state,
+            role: settings.role.clone(),
+            partition_aware: false,
+            killing_state: false,
             stream_id: String::new(),
             tx: None,
             encoding,
             disconnected_at: None,
-            failover_timeout: failover,
+            failover_timeout: Duration::ZERO,
             filters: HashMap::new(),
             suppressed: false,
             pending: BTreeMap::new(),
@@ -485,18 +558,11 @@ fn subscribe(c: Arc<Compat>, call: Json, encoding: Encoding, host: &str) -> Resp
         // A re-subscription replaces the old stream (failover); its offers are rescinded
         // and made anew, as Mesos does.
         f.info = info;
-        f.role = role;
-        f.partition_aware = partition_aware;
-        f.killing_state = killing_state;
-        f.failover_timeout = failover;
+        settings.apply(f);
         f.stream_id = stream_id.clone();
         f.tx = Some(tx.clone());
         f.encoding = encoding;
         f.disconnected_at = None;
-        f.suppressed = call["subscribe"]["suppressed_roles"]
-            .as_array()
-            .map(|r| !r.is_empty())
-            .unwrap_or(false);
         let offers = c.offers.lock().expect("offers lock");
         old_offers = offers
             .iter()
@@ -580,6 +646,32 @@ const MAX_REFUSE_SECONDS: f64 = 365.0 * 86_400.0;
 mod crate_limits {
     /// Events buffered per subscription before the framework counts as too slow.
     pub const EVENT_BUFFER: usize = 4_096;
+    /// Removed framework ids remembered (Mesos keeps `--max_completed_frameworks`, 50).
+    pub const REMOVED_FRAMEWORKS_MAX: usize = 1_000;
+}
+
+/// The ids of removed frameworks, oldest forgotten first.
+#[derive(Default)]
+struct RemovedFrameworks {
+    ids: HashSet<String>,
+    order: std::collections::VecDeque<String>,
+}
+
+impl RemovedFrameworks {
+    fn contains(&self, id: &str) -> bool {
+        self.ids.contains(id)
+    }
+
+    fn insert(&mut self, id: &str) {
+        if self.ids.insert(id.to_string()) {
+            self.order.push_back(id.to_string());
+        }
+        while self.order.len() > crate_limits::REMOVED_FRAMEWORKS_MAX {
+            if let Some(old) = self.order.pop_front() {
+                self.ids.remove(&old);
+            }
+        }
+    }
 }
 
 fn uuid_string() -> String {
@@ -1046,6 +1138,7 @@ async fn remove_framework(c: &Arc<Compat>, fw_id: &str) {
     if removed.is_none() {
         return;
     }
+    c.removed.lock().expect("removed lock").insert(fw_id);
     tracing::info!(framework_id = %fw_id, "framework removed; killing its tasks");
     let offers: Vec<OfferId> = c
         .offers
@@ -1238,6 +1331,21 @@ async fn forward_loop(c: Arc<Compat>) {
                 }
                 CellEvent::AgentRegistered { .. } | CellEvent::AgentResourcesUpdated { .. } => {
                     c.wake.notify_one()
+                }
+                CellEvent::AgentStateChanged { agent_id, state }
+                    if *state != shoal_core::AgentState::Active =>
+                {
+                    // As Mesos's "agent lost": FAILURE (no executor id) to every framework.
+                    let ids: Vec<String> = c
+                        .frameworks
+                        .lock()
+                        .expect("frameworks lock")
+                        .keys()
+                        .cloned()
+                        .collect();
+                    for fw in ids {
+                        c.send(&fw, json!({"type": "FAILURE", "failure": {"agent_id": {"value": agent_id.as_str()}}}));
+                    }
                 }
                 _ => {}
             }

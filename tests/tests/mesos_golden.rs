@@ -21,106 +21,23 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value as Json};
-use shoal_core::AgentState;
 use shoal_tests::{
-    compare_shape, run_command, tail, unique, AgentProc, JsonSubscription, MasterProc, ScriptRun,
+    compare_shape, run_command, unique, JsonSubscription, MesosAgentSpec, MesosCell, ScriptRun,
 };
 
 const AGENT_RESOURCES: &str = "cpus:2;mem:1024;ports:[31000-31100]";
 /// A TEXT attribute, as in the OFFERS example of the docs.
 const AGENT_ATTRIBUTES: &str = "os:debian";
-/// Liveness and Mesos API flags of every master here (as in `tests/tests/mesos.rs`).
-const MASTER_FLAGS: &[&str] = &[
-    "--agent-heartbeat-interval",
-    "200ms",
-    "--agent-ping-timeout",
-    "2s",
-    "--agent-unreachable-timeout",
-    "30s",
-    "--kill-grace",
-    "1s",
-    "--allocation-interval",
-    "100ms",
-    "--status-update-retry",
-    "500ms",
-];
 /// How long one step of a scenario may take.
 const STEP: Duration = Duration::from_secs(10);
 
-/// A master (with [`MASTER_FLAGS`] and `extra`) and one agent, on one temporary directory.
-struct Cell {
-    master: MasterProc,
-    agent: AgentProc,
-    agent_id: String,
-    dir: tempfile::TempDir,
-}
-
-impl Cell {
-    async fn start(name: &str, extra: &[&str]) -> Result<Cell, String> {
-        let dir = tempfile::tempdir().unwrap();
-        let mut flags = MASTER_FLAGS.to_vec();
-        flags.extend_from_slice(extra);
-        let master = MasterProc::start(&dir.path().join("master"), &flags);
-        let hostname = unique(name);
-        let agent = AgentProc::start(
-            &master.addr,
-            &dir.path().join("agent"),
-            &[
-                "--hostname",
-                &hostname,
-                "--containerizers",
-                "process",
-                "--heartbeat-interval",
-                "200ms",
-                "--status-retry",
-                "200ms",
-                "--reregister-backoff-max",
-                "200ms",
-                "--kill-grace",
-                "1s",
-                "--resources",
-                AGENT_RESOURCES,
-                "--attributes",
-                AGENT_ATTRIBUTES,
-            ],
-        );
-        let client = master.client();
-        let until = Instant::now() + Duration::from_secs(20);
-        let agent_id = loop {
-            if let Ok(st) = client.state().await {
-                if let Some(a) = st
-                    .agents
-                    .iter()
-                    .find(|a| a.hostname == hostname && a.state == AgentState::Active)
-                {
-                    break a.id.to_string();
-                }
-            }
-            if Instant::now() > until {
-                return Err(format!(
-                    "agent {hostname} did not become active\n----- agent log (end) -----\n{}----- master log (end) -----\n{}",
-                    tail(&agent.log(), 60),
-                    tail(&master.log(), 60)
-                ));
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
-        Ok(Cell {
-            master,
-            agent,
-            agent_id,
-            dir,
-        })
-    }
-
-    /// The ends of the master's and agent's logs.
-    fn logs(&self) -> String {
-        format!(
-            "----- master log (end) -----\n{}----- agent log (end) -----\n{}",
-            tail(&self.master.log(), 80),
-            tail(&self.agent.log(), 40)
-        )
-    }
+/// A master and one agent (process executor, with [`AGENT_ATTRIBUTES`]).
+async fn start_cell(name: &str, extra_master_flags: &[&str]) -> Result<MesosCell, String> {
+    let agent = MesosAgentSpec {
+        attributes: AGENT_ATTRIBUTES,
+        ..MesosAgentSpec::process(AGENT_RESOURCES)
+    };
+    MesosCell::start(name, extra_master_flags, &[agent]).await
 }
 
 /// A reference document from `tests/fixtures/mesos/`.
@@ -224,7 +141,7 @@ struct Events {
 /// 500 ms: SUBSCRIBED, HEARTBEAT, OFFERS (left unanswered), RESCIND (its timeout), OFFERS
 /// again (accepted at once with a command task), UPDATE.
 async fn capture_events() -> Result<Events, String> {
-    let cell = Cell::start(
+    let cell = start_cell(
         "golden-events",
         &[
             "--scheduler-heartbeat-interval",
@@ -279,7 +196,7 @@ async fn capture_events() -> Result<Events, String> {
     };
     steps
         .await
-        .map_err(|e: String| format!("{e}\n{}", cell.logs()))
+        .map_err(|e: String| format!("{e}\n{}", cell.logs(80, 40)))
 }
 
 fn events() -> &'static Events {
@@ -387,7 +304,7 @@ struct MasterState {
 /// A connected framework with one running command task (`sleep 60`) and one outstanding offer
 /// (the rest of the agent), then `GET /master/state`.
 async fn capture_state() -> Result<MasterState, String> {
-    let cell = Cell::start("golden-state", &[]).await?;
+    let cell = start_cell("golden-state", &[]).await?;
     let steps = async {
         let mut sub = JsonSubscription::subscribe(
             &cell.master.addr,
@@ -435,13 +352,13 @@ async fn capture_state() -> Result<MasterState, String> {
             .map_err(|e| format!("/master/state is not JSON: {e}"))?;
         Ok(MasterState {
             state,
-            agent_id: cell.agent_id.clone(),
+            agent_id: cell.agent_ids[0].clone(),
             framework_id: sub.framework_id.clone(),
         })
     };
     steps
         .await
-        .map_err(|e: String| format!("{e}\n{}", cell.logs()))
+        .map_err(|e: String| format!("{e}\n{}", cell.logs(80, 40)))
 }
 
 fn master_state() -> &'static MasterState {
@@ -606,13 +523,13 @@ fn go_framework(test: &str, name: &'static str) -> Option<PathBuf> {
     }
 }
 
-fn report(cell: &Cell, run: &ScriptRun) -> String {
+fn report(cell: &MesosCell, run: &ScriptRun) -> String {
     format!(
         "{}\n----- {} output -----\n{}{}",
         run.outcome(),
         run.script,
         run.output,
-        cell.logs()
+        cell.logs(80, 40)
     )
 }
 
@@ -622,7 +539,7 @@ async fn mesos_go_protobuf_framework_launches_and_acknowledges() {
     let Some(bin) = tokio::task::block_in_place(|| go_framework(test, "protolaunch")) else {
         return;
     };
-    let cell = Cell::start("golden-go", &["--scheduler-heartbeat-interval", "1s"])
+    let cell = start_cell("golden-go", &[])
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     let task_id = unique("go-proto");
@@ -654,7 +571,7 @@ async fn mesos_go_protobuf_framework_launches_and_acknowledges() {
         };
         let stdout: Json = match reqwest::get(format!(
             "{}/files/read?path=/agents/{}/tasks/{task_id}/stdout",
-            cell.master.addr, cell.agent_id
+            cell.master.addr, cell.agent_ids[0]
         ))
         .await
         {

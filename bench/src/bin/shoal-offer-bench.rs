@@ -499,7 +499,7 @@ async fn run(args: Args, bin: PathBuf) -> Result<()> {
         &master.addr,
         &dir.path().join("agent"),
         &hostname,
-        AGENT_RES,
+        shoal_tests::MesosAgentSpec::process(AGENT_RES),
     );
     let client = master.client();
     let agent_id = wait_agents_active(&client, &[&hostname], Duration::from_secs(20))
