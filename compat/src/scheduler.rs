@@ -921,8 +921,11 @@ async fn accept(c: &Arc<Compat>, fw_id: &str, accept: &Json) -> Response {
                     .map(|v| v.to_string())
                     .unwrap_or_default();
                 let (state, reason) = match &p.rejected {
+                    // As Mesos's task validation: a duplicate id, or resources the offers
+                    // do not hold ("Task uses more resources than available").
                     Some(shoal_core::RejectReason::DuplicateTaskId)
-                    | Some(shoal_core::RejectReason::ReservationMismatch { .. }) => {
+                    | Some(shoal_core::RejectReason::ReservationMismatch { .. })
+                    | Some(shoal_core::RejectReason::InsufficientResources { .. }) => {
                         (TaskState::Error, "REASON_TASK_INVALID")
                     }
                     _ => (TaskState::Error, "REASON_INVALID_OFFERS"),

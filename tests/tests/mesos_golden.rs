@@ -14,6 +14,8 @@
 //!   lists the missing paths. Paths a real Mesos master would not send in the scenario driven
 //!   here, and errors of the documentation, are skipped (the `SKIP_*` tables; each skip is
 //!   printed with its reason).
+//! - **Bad input**: the status codes and updates a Mesos master answers bad input with, driven
+//!   by hand (see [`mesos_bad_input_gets_mesos_answers_and_the_master_keeps_working`]).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -86,9 +88,18 @@ fn task_info(task_id: &str, offer: &Json, command: &str) -> Json {
 /// ACCEPTs `offer` with one LAUNCH of `task`; what it leaves unused may be offered again at
 /// once (`refuse_seconds: 0`; Mesos's default filter is 5 s).
 async fn launch(sub: &JsonSubscription, offer: &Json, task: Json) -> Result<(), String> {
+    launch_tasks(sub, offer, vec![task]).await
+}
+
+/// [`launch`] with several tasks in the one LAUNCH.
+async fn launch_tasks(
+    sub: &JsonSubscription,
+    offer: &Json,
+    tasks: Vec<Json>,
+) -> Result<(), String> {
     let call = json!({"type": "ACCEPT", "accept": {
         "offer_ids": [offer["id"]],
-        "operations": [{"type": "LAUNCH", "launch": {"task_infos": [task]}}],
+        "operations": [{"type": "LAUNCH", "launch": {"task_infos": tasks}}],
         "filters": {"refuse_seconds": 0.0},
     }});
     match sub.call(call).await? {
@@ -586,4 +597,299 @@ async fn mesos_go_protobuf_framework_launches_and_acknowledges() {
         assert!(Instant::now() < until, "task {task_id}: wanted TASK_FINISHED with stdout \"hi\"; native API: {task}; stdout: {stdout}\n{}", report(&cell, &run));
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+// ---------------------------------------------------------------- bad input
+
+/// Bad input gets the answer a Mesos master gives, changes nothing, and the master keeps
+/// working: garbage bodies (400), a body type other than JSON or protobuf (415), a SUBSCRIBE
+/// that accepts neither (406) or carries a stream id (400), calls of a framework that is not
+/// subscribed (403), without or with another stream's `Mesos-Stream-Id` (400); ACCEPTs of
+/// another framework's offer or of an unknown one (TASK_LOST, REASON_INVALID_OFFERS, no uuid),
+/// of resources the offer does not hold and of a task id in use (TASK_ERROR,
+/// REASON_TASK_INVALID). Then a task still runs to TASK_FINISHED, no agent is double-booked,
+/// and after TEARDOWN the framework's SUBSCRIBE gets the ERROR event "Framework has been
+/// removed".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mesos_bad_input_gets_mesos_answers_and_the_master_keeps_working() {
+    let cell = start_cell("bad-input", &[])
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    if let Err(e) = bad_input(&cell).await {
+        panic!("{e}\n{}", cell.logs(120, 30));
+    }
+}
+
+/// One raw `POST /api/v1/scheduler`: the status and body.
+async fn post(
+    url: &str,
+    content_type: &str,
+    accept: Option<&str>,
+    stream_id: Option<&str>,
+    body: Vec<u8>,
+) -> Result<(u16, String), String> {
+    let mut req = reqwest::Client::new()
+        .post(url)
+        .header("Content-Type", content_type)
+        .timeout(STEP)
+        .body(body);
+    if let Some(a) = accept {
+        req = req.header("Accept", a);
+    }
+    if let Some(s) = stream_id {
+        req = req.header("Mesos-Stream-Id", s);
+    }
+    let resp = req.send().await.map_err(|e| format!("POST {url}: {e}"))?;
+    let status = resp.status().as_u16();
+    Ok((status, resp.text().await.unwrap_or_default()))
+}
+
+fn expect_status(what: &str, got: (u16, String), want: u16) -> Result<(), String> {
+    if got.0 == want {
+        eprintln!("{what}: {} {}", got.0, got.1.trim());
+        Ok(())
+    } else {
+        Err(format!("{what}: wanted {want}, got {} {}", got.0, got.1))
+    }
+}
+
+/// A hand-driven framework: updates with a uuid are acknowledged as they are read, offers
+/// read while waiting for something else are kept for [`Driven::offer`].
+struct Driven {
+    sub: JsonSubscription,
+    offers: std::collections::VecDeque<Json>,
+}
+
+impl Driven {
+    /// The next event other than HEARTBEAT (OFFERS are queued, UPDATEs acknowledged).
+    async fn step(&mut self, what: &str, until: Instant) -> Result<Json, String> {
+        loop {
+            let e = self
+                .sub
+                .next_event(until.saturating_duration_since(Instant::now()))
+                .await
+                .map_err(|e| format!("waiting for {what}: {e}"))?;
+            match e["type"].as_str() {
+                Some("OFFERS") => self.offers.extend(
+                    e["offers"]["offers"]
+                        .as_array()
+                        .cloned()
+                        .unwrap_or_default(),
+                ),
+                Some("UPDATE") => {
+                    acknowledge(&self.sub, &e).await?;
+                    return Ok(e);
+                }
+                Some("HEARTBEAT") => {}
+                _ => return Ok(e),
+            }
+            if what == "an offer" && !self.offers.is_empty() {
+                return Ok(e);
+            }
+        }
+    }
+
+    /// The next update of `task_id`: its status.
+    async fn update(&mut self, task_id: &str) -> Result<Json, String> {
+        let until = Instant::now() + STEP;
+        loop {
+            let e = self.step(&format!("an update of {task_id}"), until).await?;
+            if e["update"]["status"]["task_id"]["value"] == task_id {
+                return Ok(e["update"]["status"].clone());
+            }
+        }
+    }
+
+    /// The oldest offer not used yet.
+    async fn offer(&mut self) -> Result<Json, String> {
+        let until = Instant::now() + STEP;
+        while self.offers.is_empty() {
+            self.step("an offer", until).await?;
+        }
+        Ok(self.offers.pop_front().expect("not empty"))
+    }
+}
+
+/// Checks a master-generated update for a refused task.
+fn expect_refused(task: &str, s: &Json, state: &str, reason: &str) -> Result<(), String> {
+    if s["state"] == state
+        && s["reason"] == reason
+        && s["uuid"].is_null()
+        && s["source"] == "SOURCE_MASTER"
+    {
+        eprintln!("{task}: {state} {reason}: {}", s["message"]);
+        Ok(())
+    } else {
+        Err(format!(
+            "{task}: wanted {state} {reason} from the master without uuid, got {s}"
+        ))
+    }
+}
+
+async fn bad_input(cell: &MesosCell) -> Result<(), String> {
+    let url = format!("{}/api/v1/scheduler", cell.master.addr);
+    let info = json!({"user": "test", "name": "bad-input"});
+    let subscribe = json!({"type": "SUBSCRIBE", "subscribe": {"framework_info": info}});
+    let subscribe = subscribe.to_string().into_bytes();
+    let kill = |fw: &str| {
+        json!({"type": "KILL", "framework_id": {"value": fw}, "kill": {"task_id": {"value": "t"}}})
+            .to_string()
+            .into_bytes()
+    };
+    let json_ct = "application/json";
+    expect_status(
+        "garbage JSON",
+        post(&url, json_ct, None, None, b"{not json".to_vec()).await?,
+        400,
+    )?;
+    expect_status(
+        "garbage protobuf",
+        post(
+            &url,
+            "application/x-protobuf",
+            None,
+            None,
+            vec![0xff, 0xff, 0xff],
+        )
+        .await?,
+        400,
+    )?;
+    expect_status(
+        "a text/plain body",
+        post(&url, "text/plain", None, None, subscribe.clone()).await?,
+        415,
+    )?;
+    expect_status(
+        "SUBSCRIBE accepting only text/html",
+        post(&url, json_ct, Some("text/html"), None, subscribe.clone()).await?,
+        406,
+    )?;
+    expect_status(
+        "SUBSCRIBE with a Mesos-Stream-Id",
+        post(&url, json_ct, None, Some("s"), subscribe.clone()).await?,
+        400,
+    )?;
+    expect_status(
+        "KILL before SUBSCRIBE",
+        post(&url, json_ct, None, Some("s"), kill("nobody")).await?,
+        403,
+    )?;
+
+    let mut me = Driven {
+        sub: JsonSubscription::subscribe(&cell.master.addr, info.clone(), STEP).await?,
+        offers: Default::default(),
+    };
+    let fw = me.sub.framework_id.clone();
+    expect_status(
+        "KILL without Mesos-Stream-Id",
+        post(&url, json_ct, None, None, kill(&fw)).await?,
+        400,
+    )?;
+    expect_status(
+        "KILL with another stream's id",
+        post(&url, json_ct, None, Some("not-the-stream"), kill(&fw)).await?,
+        400,
+    )?;
+    let offer = me.offer().await?;
+
+    // Another framework accepting our offer, and we an offer that does not exist: the tasks
+    // are lost (neither framework is partition-aware), our offer stays ours.
+    let mut other = Driven {
+        sub: JsonSubscription::subscribe(
+            &cell.master.addr,
+            json!({"user": "test", "name": "bad-input-other"}),
+            STEP,
+        )
+        .await?,
+        offers: Default::default(),
+    };
+    let stolen = unique("stolen");
+    launch(&other.sub, &offer, task_info(&stolen, &offer, "echo no")).await?;
+    let s = other.update(&stolen).await?;
+    expect_refused(&stolen, &s, "TASK_LOST", "REASON_INVALID_OFFERS")?;
+    let mut unknown = offer.clone();
+    unknown["id"]["value"] = json!("no-such-offer");
+    let ghost = unique("ghost");
+    launch(&me.sub, &unknown, task_info(&ghost, &unknown, "echo no")).await?;
+    let s = me.update(&ghost).await?;
+    expect_refused(&ghost, &s, "TASK_LOST", "REASON_INVALID_OFFERS")?;
+
+    // More than the offer holds, next to a task that fits: the first is refused, the second runs.
+    let (big, keep) = (unique("big"), unique("keep"));
+    let mut too_big = task_info(&big, &offer, "echo no");
+    too_big["resources"][0]["scalar"]["value"] = json!(100.0);
+    launch_tasks(
+        &me.sub,
+        &offer,
+        vec![too_big, task_info(&keep, &offer, "sleep 60")],
+    )
+    .await?;
+    let s = me.update(&big).await?;
+    expect_refused(&big, &s, "TASK_ERROR", "REASON_TASK_INVALID")?;
+    let s = me.update(&keep).await?;
+    if s["state"] != "TASK_STARTING" && s["state"] != "TASK_RUNNING" {
+        return Err(format!("{keep} did not start: {s}"));
+    }
+
+    // Its id again, from the next offer: refused; the running task is untouched.
+    let offer = me.offer().await?;
+    launch(&me.sub, &offer, task_info(&keep, &offer, "echo duplicate")).await?;
+    let s = me.update(&keep).await?;
+    let s = if s["state"] == "TASK_RUNNING" {
+        me.update(&keep).await?
+    } else {
+        s
+    };
+    expect_refused(&keep, &s, "TASK_ERROR", "REASON_TASK_INVALID")?;
+
+    // The master keeps working: a task runs to the end, nothing is double-booked.
+    let offer = me.offer().await?;
+    let ok = unique("ok");
+    launch(&me.sub, &offer, task_info(&ok, &offer, "echo ok")).await?;
+    loop {
+        let s = me.update(&ok).await?;
+        match s["state"].as_str() {
+            Some("TASK_FINISHED") => break,
+            Some("TASK_STAGING" | "TASK_STARTING" | "TASK_RUNNING") => {}
+            _ => return Err(format!("{ok}: {s}")),
+        }
+    }
+    let state = cell
+        .master
+        .client()
+        .state()
+        .await
+        .map_err(|e| e.to_string())?;
+    shoal_tests::check_no_double_booking(&state)?;
+    let kept = state.tasks.iter().find(|t| t.id.as_str() == keep);
+    if kept.map(|t| t.state.mesos_name()) != Some("TASK_RUNNING") {
+        return Err(format!("{keep} should still run: {kept:?}"));
+    }
+
+    // TEARDOWN; the framework's calls are refused from then on, and so is its SUBSCRIBE.
+    let (status, body) = me.sub.call(json!({"type": "TEARDOWN"})).await?;
+    expect_status("TEARDOWN", (status, body), 202)?;
+    expect_status(
+        "KILL after TEARDOWN",
+        post(&url, json_ct, None, Some(&me.sub.stream_id), kill(&fw)).await?,
+        403,
+    )?;
+    let mut again = json!({"type": "SUBSCRIBE", "framework_id": {"value": fw}, "subscribe": {"framework_info": info}});
+    again["subscribe"]["framework_info"]["id"] = json!({"value": fw});
+    let (status, body) = post(
+        &url,
+        json_ct,
+        Some(json_ct),
+        None,
+        again.to_string().into_bytes(),
+    )
+    .await?;
+    if status != 200 || !body.contains("\"ERROR\"") || !body.contains("Framework has been removed")
+    {
+        return Err(format!(
+            "SUBSCRIBE after TEARDOWN: wanted an ERROR event, got {status} {body}"
+        ));
+    }
+    eprintln!("SUBSCRIBE after TEARDOWN: {status} {}", body.trim());
+    Ok(())
 }
