@@ -1,6 +1,6 @@
 //! `POST /api/v1/scheduler`: subscriptions, calls, events.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -21,6 +21,7 @@ use shoal_proto::mesos::v1::scheduler::{Call, Event};
 use tokio::sync::mpsc;
 
 use crate::allocator::{self, AllocatorConfig, Candidate, OfferFilter};
+use crate::updates::UpdateStreams;
 use crate::CompatConfig;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -54,8 +55,8 @@ struct Framework {
     /// Refused-offer filters (DECLINE, and what an ACCEPT left unused), per agent.
     filters: HashMap<AgentId, OfferFilter>,
     suppressed: bool,
-    /// Status updates sent and not yet acknowledged: uuid (base64) → (task, status, last sent).
-    pending: BTreeMap<String, (TaskId, Json, Instant)>,
+    /// Status updates not yet acknowledged, per task (see `updates`).
+    pending: UpdateStreams,
 }
 
 /// The Mesos scheduler API's state: subscribed frameworks and their offers.
@@ -377,15 +378,16 @@ async fn scheduler(State(c): State<Arc<Compat>>, headers: HeaderMap, body: Bytes
             }
         }
         "ACKNOWLEDGE" => {
-            if let Some(u) = call["acknowledge"]["uuid"].as_str() {
-                if let Some(f) = c
-                    .frameworks
+            let next = call["acknowledge"]["uuid"].as_str().and_then(|u| {
+                c.frameworks
                     .lock()
                     .expect("frameworks lock")
                     .get_mut(&fw_id)
-                {
-                    f.pending.remove(u);
-                }
+                    .and_then(|f| f.pending.acknowledge(u, Instant::now()))
+            });
+            // The task's next update, held back until this one was acknowledged.
+            if let Some(s) = next {
+                c.send(&fw_id, json!({"type": "UPDATE", "update": {"status": s}}));
             }
         }
         "RECONCILE" => reconcile(&c, &fw_id, &call["reconcile"]["tasks"]),
@@ -553,7 +555,7 @@ fn subscribe(c: Arc<Compat>, call: Json, encoding: Encoding, host: &str) -> Resp
             failover_timeout: Duration::ZERO,
             filters: HashMap::new(),
             suppressed: false,
-            pending: BTreeMap::new(),
+            pending: UpdateStreams::default(),
         });
         // A re-subscription replaces the old stream (failover); its offers are rescinded
         // and made anew, as Mesos does.
@@ -587,12 +589,13 @@ fn subscribe(c: Arc<Compat>, call: Json, encoding: Encoding, host: &str) -> Resp
     }
     // Unacknowledged updates are sent again on the new stream.
     let resend: Vec<Json> = {
-        let fws = c.frameworks.lock().expect("frameworks lock");
-        fws.get(&id)
+        let mut fws = c.frameworks.lock().expect("frameworks lock");
+        fws.get_mut(&id)
             .map(|f| {
                 f.pending
-                    .values()
-                    .map(|(_, s, _)| json!({"type": "UPDATE", "update": {"status": s}}))
+                    .due(Duration::ZERO, Instant::now())
+                    .into_iter()
+                    .map(|s| json!({"type": "UPDATE", "update": {"status": s}}))
                     .collect()
             })
             .unwrap_or_default()
@@ -1291,7 +1294,7 @@ async fn forward_loop(c: Arc<Compat>) {
                         continue;
                     };
                     let uuid = b64(uuid::Uuid::new_v4().as_bytes());
-                    let (fw, json) = {
+                    let (fw, now) = {
                         let mut fws = c.frameworks.lock().expect("frameworks lock");
                         let Some(f) = fws.get_mut(&t.owner) else {
                             continue;
@@ -1308,11 +1311,13 @@ async fn forward_loop(c: Arc<Compat>) {
                             None,
                             Some(&uuid),
                         );
-                        f.pending
-                            .insert(uuid.clone(), (task_id.clone(), s.clone(), Instant::now()));
-                        (f.id.clone(), s)
+                        let now = f.pending.push(task_id.clone(), uuid, s, Instant::now());
+                        (f.id.clone(), now)
                     };
-                    c.send(&fw, json!({"type": "UPDATE", "update": {"status": json}}));
+                    // Sent now unless an earlier update of the task awaits its acknowledgement.
+                    if let Some(s) = now {
+                        c.send(&fw, json!({"type": "UPDATE", "update": {"status": s}}));
+                    }
                 }
                 CellEvent::HoldsReleased { offer_ids, .. } => {
                     for o in offer_ids {
@@ -1394,11 +1399,8 @@ async fn timers_loop(c: Arc<Compat>) {
             let mut fws = c.frameworks.lock().expect("frameworks lock");
             let mut out = Vec::new();
             for f in fws.values_mut().filter(|f| f.tx.is_some()) {
-                for (_, (_, s, last)) in f.pending.iter_mut() {
-                    if last.elapsed() >= c.config.update_retry {
-                        *last = Instant::now();
-                        out.push((f.id.clone(), s.clone()));
-                    }
+                for s in f.pending.due(c.config.update_retry, Instant::now()) {
+                    out.push((f.id.clone(), s));
                 }
             }
             out
