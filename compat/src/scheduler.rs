@@ -71,6 +71,8 @@ pub struct Compat {
     /// Frameworks removed (TEARDOWN, failover timeout), newest last: they may not subscribe
     /// again. Bounded by `crate_limits::REMOVED_FRAMEWORKS_MAX`; in memory only, as in Mesos.
     removed: Mutex<RemovedFrameworks>,
+    /// A fresh id per master start; prefixes the ids this master hands out.
+    run_id: String,
     seq: AtomicU64,
     wake: tokio::sync::Notify,
     started_ms: u64,
@@ -104,6 +106,7 @@ impl Compat {
             offers: Mutex::new(HashMap::new()),
             released_by_us: Mutex::new(HashSet::new()),
             removed: Mutex::new(RemovedFrameworks::default()),
+            run_id: uuid_string(),
             seq: AtomicU64::new(1),
             wake: tokio::sync::Notify::new(),
             started_ms: now_ms(),
@@ -138,10 +141,12 @@ impl Compat {
             .collect()
     }
 
+    /// A framework, offer or accept id: unique to this master's run (as Mesos prefixes them
+    /// with its master id), so ids handed out before a restart are never handed out again.
     fn next_id(&self, prefix: &str) -> String {
         format!(
             "{}-{prefix}{}",
-            self.core.published.snapshot().cell_id(),
+            self.run_id,
             self.seq.fetch_add(1, Ordering::Relaxed)
         )
     }

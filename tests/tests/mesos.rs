@@ -306,3 +306,58 @@ async fn mesos_refused_offer_operations_are_answered_as_mesos_does() {
     })
     .await;
 }
+
+/// After a master failover Mesos accepts the framework's SUBSCRIBE with its old id (its
+/// tasks are known from the agents); here the tasks are in the master's store, so the
+/// re-subscribed framework finds its task running, can kill it, and tears down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mesos_framework_resubscribes_after_a_master_restart_and_finds_its_tasks() {
+    let Some(mut cell) = cell("mesos_master_restart", "process").await else {
+        return;
+    };
+    let id = unique("mr");
+    let state_file = cell.dir.path().join("failover.json");
+    let state = state_file.to_str().unwrap().to_string();
+    let first = cell.run_ok(
+        "failover.py",
+        &[
+            "launch",
+            &state,
+            "--task-id",
+            &id,
+            "--failover-timeout",
+            "30",
+        ],
+    );
+    cell.wait_task_state(&id, "TASK_RUNNING", Duration::from_secs(2), &first)
+        .await;
+    // The master restarts (SIGKILL, same work dir, a new port); the agent follows it.
+    cell.cell.master.restart();
+    let addr = cell.master.addr.clone();
+    cell.cell.agents[0].restart(&addr);
+    let client = cell.master.client();
+    let agent_id = cell.agent_id().to_string();
+    wait_until(
+        "the agent to be active again",
+        Duration::from_secs(20),
+        || {
+            let (client, agent_id) = (client.clone(), agent_id.clone());
+            async move {
+                client.state().await.is_ok_and(|st| {
+                    st.agents.iter().any(|a| {
+                        a.id.as_str() == agent_id && a.state == shoal_core::AgentState::Active
+                    })
+                })
+            }
+        },
+    )
+    .await;
+    cell.wait_task_state(&id, "TASK_RUNNING", Duration::from_secs(5), &first)
+        .await;
+    let second = cell.run_ok(
+        "failover.py",
+        &["resume", &state, "--failover-timeout", "30"],
+    );
+    cell.wait_task_state(&id, "TASK_KILLED", Duration::from_secs(5), &second)
+        .await;
+}
