@@ -807,6 +807,12 @@ async fn bad_input(cell: &MesosCell) -> Result<(), String> {
     launch(&other.sub, &offer, task_info(&stolen, &offer, "echo no")).await?;
     let s = other.update(&stolen).await?;
     expect_refused(&stolen, &s, "TASK_LOST", "REASON_INVALID_OFFERS")?;
+    // (Gone again, so that the agent's next offers come to us.)
+    expect_status(
+        "TEARDOWN of the other",
+        other.sub.call(json!({"type": "TEARDOWN"})).await?,
+        202,
+    )?;
     let mut unknown = offer.clone();
     unknown["id"]["value"] = json!("no-such-offer");
     let ghost = unique("ghost");
