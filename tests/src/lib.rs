@@ -969,6 +969,55 @@ impl JsonSubscription {
 
     /// Sends a call (JSON) on its own connection, with this framework's id and stream id; the
     /// HTTP status and body.
+    pub async fn call(&self, call: serde_json::Value) -> Result<(u16, String), String> {
+        self.caller().call(call).await
+    }
+
+    /// What sends this framework's calls, apart from the subscription.
+    pub fn caller(&self) -> JsonCaller {
+        JsonCaller {
+            framework_id: self.framework_id.clone(),
+            stream_id: self.stream_id.clone(),
+            url: self.url.clone(),
+            http: self.http.clone(),
+        }
+    }
+
+    /// Hands the rest of the event stream to a task that stamps every event with the instant
+    /// it arrived (for latency measurements); it ends with the stream or the receiver.
+    pub fn stamped_events(
+        mut self,
+    ) -> (
+        tokio::sync::mpsc::UnboundedReceiver<(Instant, serde_json::Value)>,
+        tokio::task::JoinHandle<()>,
+    ) {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let handle = tokio::spawn(async move {
+            while let Ok(Some(r)) = self.reader.next().await {
+                let at = Instant::now();
+                let Ok(e) = serde_json::from_slice(&r) else {
+                    return;
+                };
+                if tx.send((at, e)).is_err() {
+                    return;
+                }
+            }
+        });
+        (rx, handle)
+    }
+}
+
+/// Sends the calls of a subscribed framework ([`JsonSubscription::caller`]).
+#[derive(Clone)]
+pub struct JsonCaller {
+    pub framework_id: String,
+    pub stream_id: String,
+    url: String,
+    http: reqwest::Client,
+}
+
+impl JsonCaller {
+    /// Sends a call (JSON) with the framework's id and stream id; the HTTP status and body.
     pub async fn call(&self, mut call: serde_json::Value) -> Result<(u16, String), String> {
         call["framework_id"] = serde_json::json!({"value": self.framework_id});
         let resp = self

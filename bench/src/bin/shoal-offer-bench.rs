@@ -46,7 +46,7 @@ use futures::StreamExt;
 use serde_json::{json, Value as Json};
 use shoal_client::{command_task, ClaimRequest, Client, PlacementRequest};
 use shoal_core::{CommitMode, ConflictCheck, Event, ResourceSet, TaskState};
-use shoal_tests::{wait_agents_active, MasterProc, RecordIoReader};
+use shoal_tests::{wait_agents_active, JsonCaller, JsonSubscription, MasterProc};
 use tokio::sync::mpsc;
 use util::{figure, loadavg, met, ms, param, title};
 
@@ -116,10 +116,7 @@ type Stamped<T> = (Instant, T);
 
 /// A framework on the v1 scheduler API: a reader task stamps events as they arrive.
 struct Framework {
-    http: reqwest::Client,
-    url: String,
-    id: String,
-    stream_id: String,
+    caller: JsonCaller,
     events: mpsc::UnboundedReceiver<Stamped<Json>>,
     /// Events read while waiting for another one, kept for a later `wait`.
     unclaimed: Vec<Stamped<Json>>,
@@ -134,81 +131,27 @@ impl Drop for Framework {
 
 impl Framework {
     async fn subscribe(master: &str) -> Result<Framework> {
-        let http = reqwest::Client::new();
-        let url = format!("{master}/api/v1/scheduler");
-        let body = json!({"type": "SUBSCRIBE", "subscribe": {"framework_info": {
-            "user": "bench", "name": "shoal-offer-bench", "roles": ["*"],
-            "capabilities": [{"type": "MULTI_ROLE"}],
-        }}});
-        let resp = http
-            .post(&url)
-            .header("Content-Type", "application/json")
-            .header("Accept", "application/json")
-            .body(body.to_string())
-            .send()
+        let info = json!({"user": "bench", "name": "shoal-offer-bench", "roles": ["*"],
+                          "capabilities": [{"type": "MULTI_ROLE"}]});
+        let sub = JsonSubscription::subscribe(master, info, STEP)
             .await
-            .context("SUBSCRIBE")?;
-        anyhow::ensure!(
-            resp.status().as_u16() == 200,
-            "SUBSCRIBE answered {}",
-            resp.status()
-        );
-        let stream_id = resp
-            .headers()
-            .get("Mesos-Stream-Id")
-            .and_then(|v| v.to_str().ok())
-            .context("no Mesos-Stream-Id")?
-            .to_string();
-        let (tx, mut events) = mpsc::unbounded_channel();
-        let reader = tokio::spawn(async move {
-            let mut records = RecordIoReader::new(resp);
-            while let Ok(Some(r)) = records.next().await {
-                let at = Instant::now();
-                let Ok(e) = serde_json::from_slice::<Json>(&r) else {
-                    return;
-                };
-                if tx.send((at, e)).is_err() {
-                    return;
-                }
-            }
-        });
-        let (_, first) = tokio::time::timeout(STEP, events.recv())
-            .await
-            .context("no SUBSCRIBED event")?
-            .context("the event stream ended")?;
-        let id = first["subscribed"]["framework_id"]["value"]
-            .as_str()
-            .with_context(|| format!("first event is not SUBSCRIBED: {first}"))?
-            .to_string();
+            .map_err(anyhow::Error::msg)?;
+        let caller = sub.caller();
+        let (events, reader) = sub.stamped_events();
         Ok(Framework {
-            http,
-            url,
-            id,
-            stream_id,
+            caller,
             events,
             unclaimed: Vec::new(),
             reader,
         })
     }
 
-    async fn call(&self, mut call: Json) -> Result<()> {
-        call["framework_id"] = json!({"value": self.id});
-        let resp = self
-            .http
-            .post(&self.url)
-            .header("Content-Type", "application/json")
-            .header("Mesos-Stream-Id", &self.stream_id)
-            .body(call.to_string())
-            .send()
-            .await?;
-        anyhow::ensure!(
-            resp.status().as_u16() == 202,
-            "{} answered {}: {}",
-            call["type"],
-            resp.status(),
-            resp.text().await.unwrap_or_default()
-        );
-        Ok(())
+    async fn call(&self, call: Json) -> Result<()> {
+        let ty = call["type"].clone();
+        match self.caller.call(call).await.map_err(anyhow::Error::msg)? {
+            (202, _) => Ok(()),
+            (status, body) => bail!("{ty} answered {status}: {body}"),
+        }
     }
 
     /// The first event matching `pred`, read before or now (UPDATEs are acknowledged as they
@@ -449,26 +392,7 @@ async fn one_run(
 async fn run(args: Args, bin: PathBuf) -> Result<()> {
     let started = Instant::now();
     let runs = args.runs.unwrap_or(if args.smoke { 5 } else { 40 });
-    println!(
-        "shoal-offer-bench ({} scale)",
-        if args.smoke { "smoke" } else { "full" }
-    );
-    param("shoal binary", bin.display());
-    param(
-        "build of this binary",
-        if cfg!(debug_assertions) {
-            "debug"
-        } else {
-            "release"
-        },
-    );
-    param(
-        "cpus",
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(0),
-    );
-    param("load average at start", loadavg());
+    util::header("shoal-offer-bench", args.smoke, &bin);
     param("runs", runs);
     param("master --allocation-interval", ALLOCATION_INTERVAL);
 
