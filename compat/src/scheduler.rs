@@ -57,6 +57,9 @@ struct Framework {
     suppressed: bool,
     /// Status updates not yet acknowledged, per task (see `updates`).
     pending: UpdateStreams,
+    /// Ends the current subscription's stream: sent a message when a newer subscription
+    /// takes over, dropped when the framework is removed.
+    stop_stream: Option<tokio::sync::oneshot::Sender<&'static str>>,
 }
 
 /// The Mesos scheduler API's state: subscribed frameworks and their offers.
@@ -542,6 +545,7 @@ fn subscribe(c: Arc<Compat>, call: Json, encoding: Encoding, host: &str) -> Resp
         .unwrap_or_else(|| c.next_id("F"));
     let stream_id = uuid_string();
     let (tx, rx) = mpsc::channel::<Bytes>(crate_limits::EVENT_BUFFER);
+    let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel::<&'static str>();
     let mut info = info;
     info["id"] = json!({"value": id});
     let old_offers: Vec<OfferId>;
@@ -561,6 +565,7 @@ fn subscribe(c: Arc<Compat>, call: Json, encoding: Encoding, host: &str) -> Resp
             filters: HashMap::new(),
             suppressed: false,
             pending: UpdateStreams::default(),
+            stop_stream: None,
         });
         // A re-subscription replaces the old stream (failover); its offers are rescinded
         // and made anew, as Mesos does.
@@ -568,6 +573,9 @@ fn subscribe(c: Arc<Compat>, call: Json, encoding: Encoding, host: &str) -> Resp
         settings.apply(f);
         f.stream_id = stream_id.clone();
         f.tx = Some(tx.clone());
+        if let Some(old) = f.stop_stream.replace(stop_tx) {
+            let _ = old.send("Framework failed over");
+        }
         f.encoding = encoding;
         f.disconnected_at = None;
         let offers = c.offers.lock().expect("offers lock");
@@ -629,8 +637,20 @@ fn subscribe(c: Arc<Compat>, call: Json, encoding: Encoding, host: &str) -> Resp
                     }
                 }
                 _ = tx.closed() => break,
+                // A newer subscription took over (an ERROR, then the stream ends, as Mesos
+                // does), or the framework was removed (the stream just ends).
+                stop = &mut stop_rx => {
+                    if let Ok(message) = stop {
+                        let error = json!({"type": "ERROR", "error": {"message": message}});
+                        if let Some(r) = Compat::record(encoding, &error) {
+                            let _ = tx.send(r).await;
+                        }
+                    }
+                    break;
+                }
             }
         }
+        drop(tx);
         disconnected(&c2, &id2, &stream2).await;
     });
     let body = Body::from_stream(

@@ -864,7 +864,12 @@ impl JsonSubscription {
     ) -> Result<JsonSubscription, String> {
         let url = format!("{master}/api/v1/scheduler");
         let http = reqwest::Client::new();
-        let body = serde_json::json!({"type": "SUBSCRIBE", "subscribe": {"framework_info": framework_info}});
+        let mut body = serde_json::json!({"type": "SUBSCRIBE", "subscribe": {"framework_info": framework_info}});
+        // A framework subscribing again with its id names it in the call too (Mesos checks
+        // that the two agree).
+        if !body["subscribe"]["framework_info"]["id"].is_null() {
+            body["framework_id"] = body["subscribe"]["framework_info"]["id"].clone();
+        }
         let resp = tokio::time::timeout(
             deadline,
             http.post(&url)

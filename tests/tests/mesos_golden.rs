@@ -607,9 +607,10 @@ async fn mesos_go_protobuf_framework_launches_and_acknowledges() {
 /// subscribed (403), without or with another stream's `Mesos-Stream-Id` (400); ACCEPTs of
 /// another framework's offer or of an unknown one (TASK_LOST, REASON_INVALID_OFFERS, no uuid),
 /// of resources the offer does not hold and of a task id in use (TASK_ERROR,
-/// REASON_TASK_INVALID). Then a task still runs to TASK_FINISHED, no agent is double-booked,
-/// and after TEARDOWN the framework's SUBSCRIBE gets the ERROR event "Framework has been
-/// removed".
+/// REASON_TASK_INVALID). Then a task still runs to TASK_FINISHED and no agent is
+/// double-booked; a second subscription with the framework's id takes over (the first stream
+/// gets ERROR "Framework failed over" and ends); after TEARDOWN the stream ends and the
+/// framework's SUBSCRIBE gets the ERROR event "Framework has been removed".
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mesos_bad_input_gets_mesos_answers_and_the_master_keeps_working() {
     let cell = start_cell("bad-input", &[])
@@ -872,12 +873,36 @@ async fn bad_input(cell: &MesosCell) -> Result<(), String> {
         return Err(format!("{keep} should still run: {kept:?}"));
     }
 
-    // TEARDOWN; the framework's calls are refused from then on, and so is its SUBSCRIBE.
-    let (status, body) = me.sub.call(json!({"type": "TEARDOWN"})).await?;
+    // A second subscription with our id takes over: the first gets the ERROR event "Framework
+    // failed over" and its stream ends.
+    let mut again = info.clone();
+    again["id"] = json!({"value": fw});
+    let mut me2 = JsonSubscription::subscribe(&cell.master.addr, again, STEP).await?;
+    let e = me.sub.wait_for("ERROR", STEP).await?;
+    if e["error"]["message"] != "Framework failed over" {
+        return Err(format!("the old subscription got {e}"));
+    }
+    let ended = me.sub.next_event(STEP).await;
+    if !ended.as_ref().is_err_and(|e| e.contains("ended")) {
+        return Err(format!("the old stream should have ended: {ended:?}"));
+    }
+    eprintln!("failover: the old stream got {e} and ended");
+
+    // TEARDOWN: the stream ends; the framework's calls are refused from then on, and so is
+    // its SUBSCRIBE.
+    let (status, body) = me2.call(json!({"type": "TEARDOWN"})).await?;
     expect_status("TEARDOWN", (status, body), 202)?;
+    loop {
+        match me2.next_event(STEP).await {
+            Ok(e) if e["type"] != "ERROR" => continue,
+            Ok(e) => return Err(format!("after TEARDOWN: {e}")),
+            Err(e) if e.contains("ended") => break,
+            Err(e) => return Err(format!("after TEARDOWN the stream should end: {e}")),
+        }
+    }
     expect_status(
         "KILL after TEARDOWN",
-        post(&url, json_ct, None, Some(&me.sub.stream_id), kill(&fw)).await?,
+        post(&url, json_ct, None, Some(&me2.stream_id), kill(&fw)).await?,
         403,
     )?;
     let mut again = json!({"type": "SUBSCRIBE", "framework_id": {"value": fw}, "subscribe": {"framework_info": info}});
