@@ -42,7 +42,9 @@ impl Encoding {
 struct Framework {
     id: String,
     info: Json,
-    role: String,
+    /// Its roles (MULTI_ROLE `roles`, else the legacy `role`; never empty): offers are made
+    /// for each role that is not suppressed.
+    roles: Vec<String>,
     partition_aware: bool,
     /// Declared TASK_KILLING_STATE: only such frameworks are sent TASK_KILLING.
     killing_state: bool,
@@ -54,7 +56,8 @@ struct Framework {
     failover_timeout: Duration,
     /// Refused-offer filters (DECLINE, and what an ACCEPT left unused), per agent.
     filters: HashMap<AgentId, OfferFilter>,
-    suppressed: bool,
+    /// Roles suppressed (SUPPRESS, `suppressed_roles`): no offers for them until REVIVE.
+    suppressed: HashSet<String>,
     /// Status updates not yet acknowledged, per task (see `updates`).
     pending: UpdateStreams,
     /// Ends the current subscription's stream: sent a message when a newer subscription
@@ -135,12 +138,19 @@ impl Compat {
         self.started_ms
     }
 
-    pub(crate) fn framework_summaries(&self) -> Vec<(String, Json, bool, String)> {
+    pub(crate) fn framework_summaries(&self) -> Vec<(String, Json, bool, Vec<String>)> {
         self.frameworks
             .lock()
             .expect("frameworks lock")
             .values()
-            .map(|f| (f.id.clone(), f.info.clone(), f.tx.is_some(), f.role.clone()))
+            .map(|f| {
+                (
+                    f.id.clone(),
+                    f.info.clone(),
+                    f.tx.is_some(),
+                    f.roles.clone(),
+                )
+            })
             .collect()
     }
 
@@ -346,14 +356,28 @@ async fn scheduler(State(c): State<Arc<Compat>>, headers: HeaderMap, body: Bytes
                 .expect("frameworks lock")
                 .get_mut(&fw_id)
             {
-                let mine = roles.as_array().is_none_or(|r| {
-                    r.is_empty() || r.iter().any(|x| x.as_str() == Some(f.role.as_str()))
-                });
-                if mine {
+                let named: Vec<String> = roles
+                    .as_array()
+                    .map(|r| {
+                        r.iter()
+                            .filter_map(|x| x.as_str().map(str::to_string))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let affected: Vec<String> = if named.is_empty() {
+                    f.roles.clone()
+                } else {
+                    named.into_iter().filter(|r| f.roles.contains(r)).collect()
+                };
+                if revive && !affected.is_empty() {
+                    f.filters.clear();
+                }
+                for r in affected {
                     if revive {
-                        f.filters.clear();
+                        f.suppressed.remove(&r);
+                    } else {
+                        f.suppressed.insert(r);
                     }
-                    f.suppressed = !revive;
                 }
             }
             c.wake.notify_one();
@@ -454,31 +478,44 @@ fn offer_ids(v: &Json) -> Vec<OfferId> {
 
 /// What SUBSCRIBE and UPDATE_FRAMEWORK set from a `FrameworkInfo` (and its suppressed roles).
 struct Settings {
-    role: String,
+    roles: Vec<String>,
     partition_aware: bool,
     killing_state: bool,
     failover_timeout: Duration,
-    suppressed: bool,
+    suppressed: HashSet<String>,
 }
 
 impl Settings {
     fn of(config: &CompatConfig, info: &Json, suppressed_roles: &Json) -> Settings {
-        // Offers are made for the first role (MULTI_ROLE frameworks get their first role's).
-        let role = info["roles"]
+        let mut roles: Vec<String> = info["roles"]
             .as_array()
-            .and_then(|r| r.first())
-            .and_then(|r| r.as_str())
-            .or_else(|| info["role"].as_str())
-            .unwrap_or("*")
-            .to_string();
+            .map(|r| {
+                r.iter()
+                    .filter_map(|x| x.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default();
+        roles.dedup();
+        if roles.is_empty() {
+            roles.push(info["role"].as_str().unwrap_or("*").to_string());
+        }
         let has_cap = |cap: &str| {
             info["capabilities"]
                 .as_array()
                 .is_some_and(|caps| caps.iter().any(|c| c["type"] == cap))
         };
-        let suppressed = suppressed_roles
+        let suppressed: HashSet<String> = suppressed_roles
             .as_array()
-            .is_some_and(|r| r.iter().any(|x| x.as_str() == Some(role.as_str())));
+            .map(|r| {
+                r.iter()
+                    .filter_map(|x| x.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let suppressed = suppressed
+            .into_iter()
+            .filter(|r| roles.contains(r))
+            .collect();
         Settings {
             partition_aware: has_cap("PARTITION_AWARE"),
             killing_state: has_cap("TASK_KILLING_STATE"),
@@ -490,12 +527,12 @@ impl Settings {
                     .min(config.failover_timeout_max.as_secs_f64()),
             ),
             suppressed,
-            role,
+            roles,
         }
     }
 
     fn apply(self, f: &mut Framework) {
-        f.role = self.role;
+        f.roles = self.roles;
         f.partition_aware = self.partition_aware;
         f.killing_state = self.killing_state;
         f.failover_timeout = self.failover_timeout;
@@ -554,7 +591,7 @@ fn subscribe(c: Arc<Compat>, call: Json, encoding: Encoding, host: &str) -> Resp
         let f = fws.entry(id.clone()).or_insert_with(|| Framework {
             id: id.clone(),
             info: info.clone(),
-            role: settings.role.clone(),
+            roles: settings.roles.clone(),
             partition_aware: false,
             killing_state: false,
             stream_id: String::new(),
@@ -563,7 +600,7 @@ fn subscribe(c: Arc<Compat>, call: Json, encoding: Encoding, host: &str) -> Resp
             disconnected_at: None,
             failover_timeout: Duration::ZERO,
             filters: HashMap::new(),
-            suppressed: false,
+            suppressed: HashSet::new(),
             pending: UpdateStreams::default(),
             stop_stream: None,
         });
@@ -869,12 +906,11 @@ async fn accept(c: &Arc<Compat>, fw_id: &str, accept: &Json) -> Response {
         }
         tasks.extend(launched);
     }
-    let role = c
-        .frameworks
-        .lock()
-        .expect("frameworks lock")
-        .get(fw_id)
-        .map(|f| f.role.clone())
+    // The tasks take the role the offers were made for.
+    let role = ids
+        .iter()
+        .find_map(|o| snap.hold(o))
+        .map(|h| h.role.clone())
         .unwrap_or_else(|| "*".into());
     let mut placements = Vec::new();
     for mut t in tasks {
@@ -1202,13 +1238,21 @@ async fn allocation_loop(c: Arc<Compat>) {
         let candidates: Vec<Candidate> = {
             let fws = c.frameworks.lock().expect("frameworks lock");
             let offers = c.offers.lock().expect("offers lock");
+            // One candidate per role that is not suppressed (the offer cap counts all of a
+            // framework's offers at the start of the round).
             fws.values()
-                .filter(|f| f.tx.is_some() && !f.suppressed)
-                .map(|f| Candidate {
-                    framework_id: f.id.clone(),
-                    role: f.role.clone(),
-                    filters: f.filters.clone(),
-                    outstanding: offers.values().filter(|o| **o == f.id).count(),
+                .filter(|f| f.tx.is_some())
+                .flat_map(|f| {
+                    let outstanding = offers.values().filter(|o| **o == f.id).count();
+                    f.roles
+                        .iter()
+                        .filter(|r| !f.suppressed.contains(*r))
+                        .map(move |r| Candidate {
+                            framework_id: f.id.clone(),
+                            role: r.clone(),
+                            filters: f.filters.clone(),
+                            outstanding,
+                        })
                 })
                 .collect()
         };

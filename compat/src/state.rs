@@ -112,7 +112,7 @@ fn frameworks(c: &Compat) -> Vec<Json> {
     let snap = c.core().published.snapshot();
     c.framework_summaries()
         .into_iter()
-        .map(|(id, info, active, role)| {
+        .map(|(id, info, active, roles)| {
             let mut used: Vec<&ResourceSet> = Vec::new();
             let tasks: Vec<Json> = snap
                 .tasks()
@@ -141,8 +141,8 @@ fn frameworks(c: &Compat) -> Vec<Json> {
                 "hostname": info["hostname"].as_str().unwrap_or(""),
                 "webui_url": info["webui_url"].as_str().unwrap_or(""),
                 "principal": info["principal"].as_str().unwrap_or(""),
-                "role": role,
-                "roles": [role],
+                "role": roles.first().cloned().unwrap_or_else(|| "*".into()),
+                "roles": roles,
                 "capabilities": info["capabilities"].as_array().map(|c| c.iter().filter_map(|x| x["type"].as_str()).map(|s| json!(s)).collect::<Vec<_>>()).unwrap_or_default(),
                 "checkpoint": info["checkpoint"].as_bool().unwrap_or(false),
                 "active": active,

@@ -924,3 +924,73 @@ async fn bad_input(cell: &MesosCell) -> Result<(), String> {
     eprintln!("SUBSCRIBE after TEARDOWN: {status} {}", body.trim());
     Ok(())
 }
+
+/// A MULTI_ROLE framework is offered resources for each of its roles that is not suppressed,
+/// and its tasks take the role of the offer they were launched from.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mesos_multi_role_framework_gets_offers_per_role() {
+    let cell = start_cell("multi-role", &[])
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    if let Err(e) = multi_role(&cell).await {
+        panic!("{e}\n{}", cell.logs(120, 30));
+    }
+}
+
+async fn multi_role(cell: &MesosCell) -> Result<(), String> {
+    let info = json!({"user": "test", "name": "multi-role", "roles": ["ra", "rb"],
+                      "capabilities": [{"type": "MULTI_ROLE"}]});
+    let mut me = Driven {
+        sub: JsonSubscription::subscribe(&cell.master.addr, info, STEP).await?,
+        offers: Default::default(),
+    };
+    let first = me.offer().await?;
+    let role = first["allocation_info"]["role"].clone();
+    if role != "ra" && role != "rb" {
+        return Err(format!("an offer for none of the roles: {first}"));
+    }
+    // That role suppressed, the agent comes back for the other one.
+    let (status, body) = me
+        .sub
+        .call(json!({"type": "SUPPRESS", "suppress": {"roles": [role]}}))
+        .await?;
+    expect_status("SUPPRESS", (status, body), 202)?;
+    let call = json!({"type": "DECLINE", "decline": {"offer_ids": [first["id"]], "filters": {"refuse_seconds": 0.0}}});
+    expect_status("DECLINE", me.sub.call(call).await?, 202)?;
+    let second = me.offer().await?;
+    let other = &second["allocation_info"]["role"];
+    if *other == role || second["resources"][0]["allocation_info"]["role"] != *other {
+        return Err(format!(
+            "wanted an offer for the other role than {role}: {second}"
+        ));
+    }
+    let task = unique("multi");
+    launch(&me.sub, &second, task_info(&task, &second, "sleep 30")).await?;
+    let s = me.update(&task).await?;
+    if s["state"] != "TASK_STARTING" && s["state"] != "TASK_RUNNING" {
+        return Err(format!("{task}: {s}"));
+    }
+    let t = cell
+        .master
+        .client()
+        .task(&task)
+        .await
+        .map_err(|e| e.to_string())?;
+    if Some(t.role.as_str()) != other.as_str() {
+        return Err(format!(
+            "{task} has role {}, its offer was for {other}",
+            t.role
+        ));
+    }
+    let frameworks: Json = reqwest::get(format!("{}/master/frameworks", cell.master.addr))
+        .await
+        .map_err(|e| e.to_string())?
+        .json()
+        .await
+        .map_err(|e| e.to_string())?;
+    if frameworks["frameworks"][0]["roles"] != json!(["ra", "rb"]) {
+        return Err(format!("/master/frameworks: {frameworks}"));
+    }
+    eprintln!("offers for {role} then {other}; {task} runs with role {other}");
+    Ok(())
+}
