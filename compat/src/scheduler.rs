@@ -409,6 +409,26 @@ async fn scheduler(State(c): State<Arc<Compat>>, headers: HeaderMap, body: Bytes
                 }
             }
         }
+        // Every Shoal task runs under its own command executor, whose id in Mesos is the
+        // task's id: shutting that executor down kills the task. Other executors: none.
+        "SHUTDOWN" => {
+            if let Some(e) = call["shutdown"]["executor_id"]["value"].as_str() {
+                let task_id = TaskId::new(e);
+                let live = c
+                    .core
+                    .published
+                    .snapshot()
+                    .task(&task_id)
+                    .is_some_and(|t| t.owner == fw_id && !t.state.is_terminal());
+                if live {
+                    let _ = c
+                        .core
+                        .committer
+                        .submit(shoal_core::Command::KillTask { task_id })
+                        .await;
+                }
+            }
+        }
         "ACKNOWLEDGE" => {
             let next = call["acknowledge"]["uuid"].as_str().and_then(|u| {
                 c.frameworks
@@ -449,9 +469,11 @@ async fn scheduler(State(c): State<Arc<Compat>>, headers: HeaderMap, body: Bytes
             reconcile_operations(&c, &fw_id, &call["reconcile_operations"]["operations"])
         }
         // Accepted and ignored, as a master with nothing to do for them would.
+        // MESSAGE: Shoal tasks have no executor to deliver to (Mesos delivers best effort).
+        // REQUEST: Mesos's allocator ignores it too. ACKNOWLEDGE_OPERATION_STATUS: no
+        // operation status this master sends carries a uuid.
         "MESSAGE"
         | "REQUEST"
-        | "SHUTDOWN"
         | "ACKNOWLEDGE_OPERATION_STATUS"
         | "ACCEPT_INVERSE_OFFERS"
         | "DECLINE_INVERSE_OFFERS" => {}

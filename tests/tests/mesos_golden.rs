@@ -994,3 +994,61 @@ async fn multi_role(cell: &MesosCell) -> Result<(), String> {
     eprintln!("offers for {role} then {other}; {task} runs with role {other}");
     Ok(())
 }
+
+/// SHUTDOWN of a task's (command) executor kills the task; an agent that goes away has its
+/// offers rescinded and every framework gets FAILURE with its id, as Mesos's "agent lost".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mesos_shutdown_and_a_lost_agent() {
+    let mut cell = start_cell(
+        "agent-lost",
+        &[
+            "--agent-ping-timeout",
+            "500ms",
+            "--agent-unreachable-timeout",
+            "1s",
+        ],
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    if let Err(e) = shutdown_and_agent_lost(&mut cell).await {
+        panic!("{e}\n{}", cell.logs(120, 30));
+    }
+}
+
+async fn shutdown_and_agent_lost(cell: &mut MesosCell) -> Result<(), String> {
+    let info = json!({"user": "test", "name": "agent-lost"});
+    let mut me = Driven {
+        sub: JsonSubscription::subscribe(&cell.master.addr, info, STEP).await?,
+        offers: Default::default(),
+    };
+    let offer = me.offer().await?;
+    let task = unique("shut");
+    launch(&me.sub, &offer, task_info(&task, &offer, "sleep 60")).await?;
+    while me.update(&task).await?["state"] != "TASK_RUNNING" {}
+    let agent = offer["agent_id"].clone();
+    let call = json!({"type": "SHUTDOWN", "shutdown": {"executor_id": {"value": task}, "agent_id": agent}});
+    expect_status("SHUTDOWN", me.sub.call(call).await?, 202)?;
+    loop {
+        let s = me.update(&task).await?;
+        match s["state"].as_str() {
+            Some("TASK_KILLED") => break,
+            Some("TASK_RUNNING" | "TASK_KILLING") => {}
+            _ => return Err(format!("{task} after SHUTDOWN: {s}")),
+        }
+    }
+    // Hold an offer of the agent, then lose the agent.
+    let held = me.offer().await?;
+    cell.agents[0].kill9();
+    let until = Instant::now() + STEP;
+    let (mut rescinded, mut failure) = (false, false);
+    while !(rescinded && failure) {
+        let e = me.step("RESCIND and FAILURE", until).await?;
+        match e["type"].as_str() {
+            Some("RESCIND") => rescinded |= e["rescind"]["offer_id"] == held["id"],
+            Some("FAILURE") => failure |= e["failure"]["agent_id"] == agent,
+            _ => {}
+        }
+    }
+    eprintln!("agent lost: its offer rescinded, FAILURE sent");
+    Ok(())
+}
