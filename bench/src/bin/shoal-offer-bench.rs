@@ -227,9 +227,12 @@ impl Framework {
     }
 }
 
+/// One watch entry as the bench keeps it: arrival, version, the task states it carries.
+type WatchEntry = (Instant, u64, Vec<(String, TaskState)>);
+
 /// The native watch: task states, stamped on arrival.
 struct Watch {
-    rx: mpsc::UnboundedReceiver<(Instant, u64, Vec<(String, TaskState)>)>,
+    rx: mpsc::UnboundedReceiver<WatchEntry>,
     version: u64,
     seen: HashMap<(String, TaskState), Instant>,
     handle: tokio::task::JoinHandle<()>,
