@@ -570,6 +570,8 @@ fn removed_framework(encoding: Encoding) -> Response {
     Response::builder()
         .status(StatusCode::OK)
         .header(header::CONTENT_TYPE, encoding.content_type())
+        // Mesos names the stream before it refuses the subscription.
+        .header("Mesos-Stream-Id", uuid_string())
         .body(Body::from(body))
         .expect("a valid response")
 }

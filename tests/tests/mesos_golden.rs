@@ -1052,3 +1052,62 @@ async fn shutdown_and_agent_lost(cell: &mut MesosCell) -> Result<(), String> {
     eprintln!("agent lost: its offer rescinded, FAILURE sent");
     Ok(())
 }
+
+/// A framework that disconnects and stays away past its `failover_timeout` is removed: its
+/// tasks are killed, and its SUBSCRIBE is refused with "Framework has been removed".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mesos_failover_timeout_removes_a_framework_that_stays_away() {
+    let cell = start_cell("failover-timeout", &[])
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    if let Err(e) = failover_timeout(&cell).await {
+        panic!("{e}\n{}", cell.logs(120, 30));
+    }
+}
+
+async fn failover_timeout(cell: &MesosCell) -> Result<(), String> {
+    let info = json!({"user": "test", "name": "away", "failover_timeout": 1.0});
+    let mut me = Driven {
+        sub: JsonSubscription::subscribe(&cell.master.addr, info.clone(), STEP).await?,
+        offers: Default::default(),
+    };
+    let fw = me.sub.framework_id.clone();
+    let offer = me.offer().await?;
+    let task = unique("away");
+    launch(&me.sub, &offer, task_info(&task, &offer, "sleep 60")).await?;
+    while me.update(&task).await?["state"] != "TASK_RUNNING" {}
+    let gone = Instant::now();
+    drop(me); // the connection closes: disconnected, within its failover timeout for 1 s
+    let client = cell.master.client();
+    let until = Instant::now() + STEP;
+    loop {
+        let t = client.task(&task).await.map_err(|e| e.to_string())?;
+        if t.state.is_terminal() {
+            if t.state.mesos_name() != "TASK_KILLED" {
+                return Err(format!("{task} ended as {}", t.state.mesos_name()));
+            }
+            if gone.elapsed() < Duration::from_millis(900) {
+                return Err(format!(
+                    "{task} killed {:?} after the disconnection, before the failover timeout",
+                    gone.elapsed()
+                ));
+            }
+            eprintln!("{task} killed {:?} after the disconnection", gone.elapsed());
+            break;
+        }
+        if Instant::now() > until {
+            return Err(format!(
+                "{task} still {} after the failover timeout",
+                t.state.mesos_name()
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut again = info;
+    again["id"] = json!({"value": fw});
+    match JsonSubscription::subscribe(&cell.master.addr, again, STEP).await {
+        Err(e) if e.contains("Framework has been removed") => Ok(()),
+        Err(e) => Err(format!("SUBSCRIBE after the failover timeout: {e}")),
+        Ok(_) => Err("SUBSCRIBE after the failover timeout was accepted".into()),
+    }
+}
