@@ -661,6 +661,14 @@ fn subscribe(c: Arc<Compat>, call: Json, encoding: Encoding, host: &str) -> Resp
     if let Some(r) = Compat::record(encoding, &json!({"type": "HEARTBEAT"})) {
         let _ = tx.try_send(r);
     }
+    // The offers of the previous subscription are rescinded (and made anew), as Mesos does
+    // when a framework fails over.
+    for o in &old_offers {
+        let rescind = json!({"type": "RESCIND", "rescind": {"offer_id": {"value": o.as_str()}}});
+        if let Some(r) = Compat::record(encoding, &rescind) {
+            let _ = tx.try_send(r);
+        }
+    }
     // Unacknowledged updates are sent again on the new stream.
     let resend: Vec<Json> = {
         let mut fws = c.frameworks.lock().expect("frameworks lock");

@@ -887,6 +887,19 @@ async fn bad_input(cell: &MesosCell) -> Result<(), String> {
         return Err(format!("the old stream should have ended: {ended:?}"));
     }
     eprintln!("failover: the old stream got {e} and ended");
+    // Offers the old subscription held are rescinded on the new one.
+    let held: Vec<Json> = me.offers.iter().map(|o| o["id"].clone()).collect();
+    if !held.is_empty() {
+        let until = Instant::now() + STEP;
+        loop {
+            let left = until.saturating_duration_since(Instant::now());
+            let e = me2.next_event(left).await?;
+            if e["type"] == "RESCIND" && held.contains(&e["rescind"]["offer_id"]) {
+                eprintln!("failover: {e}");
+                break;
+            }
+        }
+    }
 
     // TEARDOWN: the stream ends; the framework's calls are refused from then on, and so is
     // its SUBSCRIBE.
