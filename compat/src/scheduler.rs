@@ -356,14 +356,7 @@ async fn scheduler(State(c): State<Arc<Compat>>, headers: HeaderMap, body: Bytes
                 .expect("frameworks lock")
                 .get_mut(&fw_id)
             {
-                let named: Vec<String> = roles
-                    .as_array()
-                    .map(|r| {
-                        r.iter()
-                            .filter_map(|x| x.as_str().map(str::to_string))
-                            .collect()
-                    })
-                    .unwrap_or_default();
+                let named: Vec<String> = strings(roles);
                 let affected: Vec<String> = if named.is_empty() {
                     f.roles.clone()
                 } else {
@@ -487,6 +480,15 @@ async fn scheduler(State(c): State<Arc<Compat>>, headers: HeaderMap, body: Bytes
     StatusCode::ACCEPTED.into_response()
 }
 
+/// The strings of a JSON array (e.g. role names); nothing for anything else.
+fn strings<T: FromIterator<String>>(v: &Json) -> T {
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|x| x.as_str().map(str::to_string))
+        .collect()
+}
+
 fn offer_ids(v: &Json) -> Vec<OfferId> {
     v.as_array()
         .map(|a| {
@@ -509,14 +511,7 @@ struct Settings {
 
 impl Settings {
     fn of(config: &CompatConfig, info: &Json, suppressed_roles: &Json) -> Settings {
-        let mut roles: Vec<String> = info["roles"]
-            .as_array()
-            .map(|r| {
-                r.iter()
-                    .filter_map(|x| x.as_str().map(str::to_string))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let mut roles: Vec<String> = strings(&info["roles"]);
         roles.dedup();
         if roles.is_empty() {
             roles.push(info["role"].as_str().unwrap_or("*").to_string());
@@ -526,14 +521,7 @@ impl Settings {
                 .as_array()
                 .is_some_and(|caps| caps.iter().any(|c| c["type"] == cap))
         };
-        let suppressed: HashSet<String> = suppressed_roles
-            .as_array()
-            .map(|r| {
-                r.iter()
-                    .filter_map(|x| x.as_str().map(str::to_string))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let suppressed: HashSet<String> = strings(suppressed_roles);
         let suppressed = suppressed
             .into_iter()
             .filter(|r| roles.contains(r))
