@@ -165,6 +165,23 @@ pub fn runtime() -> Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
+/// The first lines of a benchmark's output: name and scale, the `shoal` binary under test,
+/// this binary's build, the cpus and the load (other work on the machine skews figures).
+#[allow(dead_code)] // used by the binaries under src/bin/
+pub fn header(name: &str, smoke: bool, shoal_bin: &std::path::Path) {
+    println!("{name} ({} scale)", if smoke { "smoke" } else { "full" });
+    param("shoal binary", shoal_bin.display());
+    let build = if cfg!(debug_assertions) {
+        "debug"
+    } else {
+        "release"
+    };
+    param("build of this binary", build);
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    param("cpus", cpus);
+    param("load average at start", loadavg());
+}
+
 /// The 1-, 5- and 15-minute load averages, as /proc/loadavg gives them.
 pub fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")

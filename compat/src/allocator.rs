@@ -12,10 +12,26 @@ use shoal_core::{AgentId, AgentState, Cell, Hold, OfferId, ResourceSet, Timestam
 pub struct Candidate {
     pub framework_id: String,
     pub role: String,
-    /// Agents this framework declined, with when the filter ends.
-    pub filtered_until: HashMap<AgentId, Timestamp>,
+    /// Offer filters (DECLINE, or what an ACCEPT left unused), per agent.
+    pub filters: HashMap<AgentId, OfferFilter>,
     /// Offers it holds now (the cap below bounds them).
     pub outstanding: usize,
+}
+
+/// Mesos's refused-offer filter: until `until`, this agent is not offered to the framework
+/// again unless it has more to offer than what was refused (an offer that the refused
+/// resources contain is filtered; one with anything more is not).
+#[derive(Clone, Debug)]
+pub struct OfferFilter {
+    pub until: Timestamp,
+    pub refused: ResourceSet,
+}
+
+impl OfferFilter {
+    /// Whether this filter holds `offered` back at `now`.
+    pub fn filters(&self, offered: &ResourceSet, now: Timestamp) -> bool {
+        self.until > now && self.refused.contains(offered)
+    }
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -86,6 +102,17 @@ impl PartialOrd for Key {
     }
 }
 
+/// What of an agent's free resources a framework of `role` may be offered: the unreserved
+/// ones and those reserved to its role.
+fn offerable(free: &ResourceSet, role: &str) -> ResourceSet {
+    ResourceSet::from_resources(
+        free.iter()
+            .filter(|r| r.role == UNRESERVED || r.role == role)
+            .cloned(),
+    )
+    .expect("a subset of a valid set")
+}
+
 /// One allocation round: each active agent's unreserved free resources (plus what is
 /// reserved to the chosen framework's role) go, whole, to the eligible framework whose role
 /// has the lowest dominant share. `next_offer_id` names the holds.
@@ -151,26 +178,20 @@ pub fn allocate(
                 queue.push(current); // its role's share moved this round: requeue
                 continue;
             }
-            if c.filtered_until
+            let offered = offerable(&free, &c.role);
+            if c.filters
                 .get(&agent.id)
-                .map(|t| *t > now)
-                .unwrap_or(false)
+                .is_some_and(|f| f.filters(&offered, now))
             {
                 skipped.push(key);
                 continue;
             }
-            pick = Some(key.index);
+            pick = Some((key.index, offered));
             break;
         }
         queue.extend(skipped.drain(..));
-        let Some(i) = pick else { continue };
+        let Some((i, offered)) = pick else { continue };
         let c = &candidates[i];
-        let offered = ResourceSet::from_resources(
-            free.iter()
-                .filter(|r| r.role == UNRESERVED || r.role == c.role)
-                .cloned(),
-        )
-        .expect("a subset of a valid set");
         if !offered.is_empty() {
             // Count the offer towards the role's share for the rest of this round.
             if total_cpus > 0.0 {
@@ -225,7 +246,7 @@ mod tests {
         Candidate {
             framework_id: id.into(),
             role: role.into(),
-            filtered_until: HashMap::new(),
+            filters: HashMap::new(),
             outstanding: 0,
         }
     }
@@ -264,7 +285,13 @@ mod tests {
 
         let mut filtered = cand("a", "r1");
         for ag in cell.agents() {
-            filtered.filtered_until.insert(ag.id.clone(), 10);
+            filtered.filters.insert(
+                ag.id.clone(),
+                OfferFilter {
+                    until: 10,
+                    refused: ag.total.clone(),
+                },
+            );
         }
         let holds = allocate(
             &cell,
@@ -289,5 +316,39 @@ mod tests {
             &mut next,
         );
         assert_eq!(holds.len(), 6);
+    }
+
+    #[test]
+    fn a_filter_holds_back_only_what_it_refused_or_less() {
+        let cell = cell(1);
+        let agent = cell.agents().next().unwrap().id.clone();
+        let mut n = 0;
+        let mut next = || {
+            n += 1;
+            OfferId::new(format!("o{n}"))
+        };
+        let config = AllocatorConfig {
+            offers_per_framework_max: 0,
+        };
+        let mut c = cand("a", "r1");
+        // What an ACCEPT left unused: half the agent. The whole agent is more: offered.
+        c.filters.insert(
+            agent.clone(),
+            OfferFilter {
+                until: 10,
+                refused: ResourceSet::parse("cpus:2;mem:2048").unwrap(),
+            },
+        );
+        let holds = allocate(&cell, &[c.clone()], config, 5, &mut next);
+        assert_eq!(holds.len(), 1, "more than was refused is offered");
+        // A decline of the whole agent: nothing more is free, so it stays filtered.
+        c.filters.insert(
+            agent,
+            OfferFilter {
+                until: 10,
+                refused: ResourceSet::parse("cpus:4;mem:4096").unwrap(),
+            },
+        );
+        assert!(allocate(&cell, &[c], config, 5, &mut next).is_empty());
     }
 }

@@ -12,6 +12,7 @@
 pub mod allocator;
 mod scheduler;
 mod state;
+mod updates;
 
 use std::time::Duration;
 

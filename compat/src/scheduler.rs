@@ -1,6 +1,6 @@
 //! `POST /api/v1/scheduler`: subscriptions, calls, events.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -14,13 +14,14 @@ use prost::Message as _;
 use serde_json::{json, Value as Json};
 use shoal_core::{
     AgentId, Claim, ClaimId, CommitMode, ConflictCheck, Event as CellEvent, OfferId, Placement,
-    Rejection, Reply, TaskId, TaskSpec, TaskState,
+    Rejection, Reply, ResourceSet, TaskId, TaskSpec, TaskState,
 };
 use shoal_master::{CommitError, MasterCore};
 use shoal_proto::mesos::v1::scheduler::{Call, Event};
 use tokio::sync::mpsc;
 
-use crate::allocator::{self, AllocatorConfig, Candidate};
+use crate::allocator::{self, AllocatorConfig, Candidate, OfferFilter};
+use crate::updates::UpdateStreams;
 use crate::CompatConfig;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -41,7 +42,9 @@ impl Encoding {
 struct Framework {
     id: String,
     info: Json,
-    role: String,
+    /// Its roles (MULTI_ROLE `roles`, else the legacy `role`; never empty): offers are made
+    /// for each role that is not suppressed.
+    roles: Vec<String>,
     partition_aware: bool,
     /// Declared TASK_KILLING_STATE: only such frameworks are sent TASK_KILLING.
     killing_state: bool,
@@ -51,10 +54,15 @@ struct Framework {
     encoding: Encoding,
     disconnected_at: Option<Instant>,
     failover_timeout: Duration,
-    filters: HashMap<AgentId, u64>,
-    suppressed: bool,
-    /// Status updates sent and not yet acknowledged: uuid (base64) → (task, status, last sent).
-    pending: BTreeMap<String, (TaskId, Json, Instant)>,
+    /// Refused-offer filters (DECLINE, and what an ACCEPT left unused), per agent.
+    filters: HashMap<AgentId, OfferFilter>,
+    /// Roles suppressed (SUPPRESS, `suppressed_roles`): no offers for them until REVIVE.
+    suppressed: HashSet<String>,
+    /// Status updates not yet acknowledged, per task (see `updates`).
+    pending: UpdateStreams,
+    /// Ends the current subscription's stream: sent a message when a newer subscription
+    /// takes over, dropped when the framework is removed.
+    stop_stream: Option<tokio::sync::oneshot::Sender<&'static str>>,
 }
 
 /// The Mesos scheduler API's state: subscribed frameworks and their offers.
@@ -66,6 +74,11 @@ pub struct Compat {
     offers: Mutex<HashMap<OfferId, String>>,
     /// Offers we released ourselves (accept, decline, timeout): no RESCIND for those.
     released_by_us: Mutex<HashSet<OfferId>>,
+    /// Frameworks removed (TEARDOWN, failover timeout), newest last: they may not subscribe
+    /// again. Bounded by `crate_limits::REMOVED_FRAMEWORKS_MAX`; in memory only, as in Mesos.
+    removed: Mutex<RemovedFrameworks>,
+    /// A fresh id per master start; prefixes the ids this master hands out.
+    run_id: String,
     seq: AtomicU64,
     wake: tokio::sync::Notify,
     started_ms: u64,
@@ -98,6 +111,8 @@ impl Compat {
             frameworks: Mutex::new(HashMap::new()),
             offers: Mutex::new(HashMap::new()),
             released_by_us: Mutex::new(HashSet::new()),
+            removed: Mutex::new(RemovedFrameworks::default()),
+            run_id: uuid_string(),
             seq: AtomicU64::new(1),
             wake: tokio::sync::Notify::new(),
             started_ms: now_ms(),
@@ -123,19 +138,28 @@ impl Compat {
         self.started_ms
     }
 
-    pub(crate) fn framework_summaries(&self) -> Vec<(String, Json, bool, String)> {
+    pub(crate) fn framework_summaries(&self) -> Vec<(String, Json, bool, Vec<String>)> {
         self.frameworks
             .lock()
             .expect("frameworks lock")
             .values()
-            .map(|f| (f.id.clone(), f.info.clone(), f.tx.is_some(), f.role.clone()))
+            .map(|f| {
+                (
+                    f.id.clone(),
+                    f.info.clone(),
+                    f.tx.is_some(),
+                    f.roles.clone(),
+                )
+            })
             .collect()
     }
 
+    /// A framework, offer or accept id: unique to this master's run (as Mesos prefixes them
+    /// with its master id), so ids handed out before a restart are never handed out again.
     fn next_id(&self, prefix: &str) -> String {
         format!(
             "{}-{prefix}{}",
-            self.core.published.snapshot().cell_id(),
+            self.run_id,
             self.seq.fetch_add(1, Ordering::Relaxed)
         )
     }
@@ -322,27 +346,34 @@ async fn scheduler(State(c): State<Arc<Compat>>, headers: HeaderMap, body: Bytes
             let ids: Vec<OfferId> = offer_ids(&call["decline"]["offer_ids"]);
             decline(&c, &fw_id, ids, &call["decline"]["filters"]).await;
         }
-        "REVIVE" => {
+        // Per role, as Mesos: no roles means all of the framework's roles.
+        "REVIVE" | "SUPPRESS" => {
+            let revive = kind == "REVIVE";
+            let roles = &call[if revive { "revive" } else { "suppress" }]["roles"];
             if let Some(f) = c
                 .frameworks
                 .lock()
                 .expect("frameworks lock")
                 .get_mut(&fw_id)
             {
-                f.filters.clear();
-                f.suppressed = false;
+                let named: Vec<String> = strings(roles);
+                let affected: Vec<String> = if named.is_empty() {
+                    f.roles.clone()
+                } else {
+                    named.into_iter().filter(|r| f.roles.contains(r)).collect()
+                };
+                if revive && !affected.is_empty() {
+                    f.filters.clear();
+                }
+                for r in affected {
+                    if revive {
+                        f.suppressed.remove(&r);
+                    } else {
+                        f.suppressed.insert(r);
+                    }
+                }
             }
             c.wake.notify_one();
-        }
-        "SUPPRESS" => {
-            if let Some(f) = c
-                .frameworks
-                .lock()
-                .expect("frameworks lock")
-                .get_mut(&fw_id)
-            {
-                f.suppressed = true;
-            }
         }
         "KILL" => {
             if let Some(t) = call["kill"]["task_id"]["value"].as_str() {
@@ -371,35 +402,72 @@ async fn scheduler(State(c): State<Arc<Compat>>, headers: HeaderMap, body: Bytes
                 }
             }
         }
+        // Every Shoal task runs under its own command executor, whose id in Mesos is the
+        // task's id: shutting that executor down kills the task. Other executors: none.
+        "SHUTDOWN" => {
+            if let Some(e) = call["shutdown"]["executor_id"]["value"].as_str() {
+                let task_id = TaskId::new(e);
+                let live = c
+                    .core
+                    .published
+                    .snapshot()
+                    .task(&task_id)
+                    .is_some_and(|t| t.owner == fw_id && !t.state.is_terminal());
+                if live {
+                    let _ = c
+                        .core
+                        .committer
+                        .submit(shoal_core::Command::KillTask { task_id })
+                        .await;
+                }
+            }
+        }
         "ACKNOWLEDGE" => {
-            if let Some(u) = call["acknowledge"]["uuid"].as_str() {
-                if let Some(f) = c
-                    .frameworks
+            let next = call["acknowledge"]["uuid"].as_str().and_then(|u| {
+                c.frameworks
                     .lock()
                     .expect("frameworks lock")
                     .get_mut(&fw_id)
-                {
-                    f.pending.remove(u);
-                }
+                    .and_then(|f| f.pending.acknowledge(u, Instant::now()))
+            });
+            // The task's next update, held back until this one was acknowledged.
+            if let Some(s) = next {
+                c.send(&fw_id, json!({"type": "UPDATE", "update": {"status": s}}));
             }
         }
         "RECONCILE" => reconcile(&c, &fw_id, &call["reconcile"]["tasks"]),
         "UPDATE_FRAMEWORK" => {
+            let update = &call["update_framework"];
+            let mut info = update["framework_info"].clone();
+            if info["id"]["value"].as_str() != Some(fw_id.as_str()) {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "'framework_id' differs from 'update_framework.framework_info.id'",
+                );
+            }
+            info["id"] = json!({"value": fw_id});
+            let settings = Settings::of(&c.config, &info, &update["suppressed_roles"]);
             if let Some(f) = c
                 .frameworks
                 .lock()
                 .expect("frameworks lock")
                 .get_mut(&fw_id)
             {
-                f.info = call["update_framework"]["framework_info"].clone();
+                f.info = info;
+                settings.apply(f);
             }
+            c.wake.notify_one();
+        }
+        "RECONCILE_OPERATIONS" => {
+            reconcile_operations(&c, &fw_id, &call["reconcile_operations"]["operations"])
         }
         // Accepted and ignored, as a master with nothing to do for them would.
+        // MESSAGE: Shoal tasks have no executor to deliver to (Mesos delivers best effort).
+        // REQUEST: Mesos's allocator ignores it too. ACKNOWLEDGE_OPERATION_STATUS: no
+        // operation status this master sends carries a uuid.
         "MESSAGE"
         | "REQUEST"
-        | "SHUTDOWN"
         | "ACKNOWLEDGE_OPERATION_STATUS"
-        | "RECONCILE_OPERATIONS"
         | "ACCEPT_INVERSE_OFFERS"
         | "DECLINE_INVERSE_OFFERS" => {}
         other => {
@@ -410,6 +478,15 @@ async fn scheduler(State(c): State<Arc<Compat>>, headers: HeaderMap, body: Bytes
         }
     }
     StatusCode::ACCEPTED.into_response()
+}
+
+/// The strings of a JSON array (e.g. role names); nothing for anything else.
+fn strings<T: FromIterator<String>>(v: &Json) -> T {
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|x| x.as_str().map(str::to_string))
+        .collect()
 }
 
 fn offer_ids(v: &Json) -> Vec<OfferId> {
@@ -423,6 +500,70 @@ fn offer_ids(v: &Json) -> Vec<OfferId> {
         .unwrap_or_default()
 }
 
+/// What SUBSCRIBE and UPDATE_FRAMEWORK set from a `FrameworkInfo` (and its suppressed roles).
+struct Settings {
+    roles: Vec<String>,
+    partition_aware: bool,
+    killing_state: bool,
+    failover_timeout: Duration,
+    suppressed: HashSet<String>,
+}
+
+impl Settings {
+    fn of(config: &CompatConfig, info: &Json, suppressed_roles: &Json) -> Settings {
+        let mut roles: Vec<String> = strings(&info["roles"]);
+        roles.dedup();
+        if roles.is_empty() {
+            roles.push(info["role"].as_str().unwrap_or("*").to_string());
+        }
+        let has_cap = |cap: &str| {
+            info["capabilities"]
+                .as_array()
+                .is_some_and(|caps| caps.iter().any(|c| c["type"] == cap))
+        };
+        let suppressed: HashSet<String> = strings(suppressed_roles);
+        let suppressed = suppressed
+            .into_iter()
+            .filter(|r| roles.contains(r))
+            .collect();
+        Settings {
+            partition_aware: has_cap("PARTITION_AWARE"),
+            killing_state: has_cap("TASK_KILLING_STATE"),
+            failover_timeout: Duration::from_secs_f64(
+                info["failover_timeout"]
+                    .as_f64()
+                    .unwrap_or(0.0)
+                    .max(0.0)
+                    .min(config.failover_timeout_max.as_secs_f64()),
+            ),
+            suppressed,
+            roles,
+        }
+    }
+
+    fn apply(self, f: &mut Framework) {
+        f.roles = self.roles;
+        f.partition_aware = self.partition_aware;
+        f.killing_state = self.killing_state;
+        f.failover_timeout = self.failover_timeout;
+        f.suppressed = self.suppressed;
+    }
+}
+
+/// The answer to a SUBSCRIBE of a framework this master removed (TEARDOWN, or its failover
+/// timeout passed): as Mesos, a stream with one ERROR event, then closed.
+fn removed_framework(encoding: Encoding) -> Response {
+    let event = json!({"type": "ERROR", "error": {"message": "Framework has been removed"}});
+    let body = Compat::record(encoding, &event).unwrap_or_default();
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, encoding.content_type())
+        // Mesos names the stream before it refuses the subscription.
+        .header("Mesos-Stream-Id", uuid_string())
+        .body(Body::from(body))
+        .expect("a valid response")
+}
+
 fn subscribe(c: Arc<Compat>, call: Json, encoding: Encoding, host: &str) -> Response {
     let info = call["subscribe"]["framework_info"].clone();
     if info.is_null() {
@@ -431,34 +572,29 @@ fn subscribe(c: Arc<Compat>, call: Json, encoding: Encoding, host: &str) -> Resp
             "Expecting 'subscribe.framework_info' to be present",
         );
     }
-    let role = info["roles"]
-        .as_array()
-        .and_then(|r| r.first())
-        .and_then(|r| r.as_str())
-        .or_else(|| info["role"].as_str())
-        .unwrap_or("*")
-        .to_string();
-    let has_cap = |cap: &str| {
-        info["capabilities"]
-            .as_array()
-            .map(|caps| caps.iter().any(|c| c["type"] == cap))
-            .unwrap_or(false)
-    };
-    let partition_aware = has_cap("PARTITION_AWARE");
-    let killing_state = has_cap("TASK_KILLING_STATE");
-    let failover = Duration::from_secs_f64(
-        info["failover_timeout"]
-            .as_f64()
-            .unwrap_or(0.0)
-            .max(0.0)
-            .min(c.config.failover_timeout_max.as_secs_f64()),
-    );
+    let settings = Settings::of(&c.config, &info, &call["subscribe"]["suppressed_roles"]);
+    if let Some(given) = info["id"]["value"].as_str() {
+        if call["framework_id"]["value"].as_str() != Some(given) {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "'framework_id' differs from 'subscribe.framework_info.id'",
+            );
+        }
+        if c.removed.lock().expect("removed lock").contains(given) {
+            tracing::info!(
+                framework_id = given,
+                "refusing the subscription of a removed framework"
+            );
+            return removed_framework(encoding);
+        }
+    }
     let id = info["id"]["value"]
         .as_str()
         .map(str::to_string)
         .unwrap_or_else(|| c.next_id("F"));
     let stream_id = uuid_string();
     let (tx, rx) = mpsc::channel::<Bytes>(crate_limits::EVENT_BUFFER);
+    let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel::<&'static str>();
     let mut info = info;
     info["id"] = json!({"value": id});
     let old_offers: Vec<OfferId>;
@@ -467,33 +603,30 @@ fn subscribe(c: Arc<Compat>, call: Json, encoding: Encoding, host: &str) -> Resp
         let f = fws.entry(id.clone()).or_insert_with(|| Framework {
             id: id.clone(),
             info: info.clone(),
-            role: role.clone(),
-            partition_aware,
-            killing_state,
+            roles: settings.roles.clone(),
+            partition_aware: false,
+            killing_state: false,
             stream_id: String::new(),
             tx: None,
             encoding,
             disconnected_at: None,
-            failover_timeout: failover,
+            failover_timeout: Duration::ZERO,
             filters: HashMap::new(),
-            suppressed: false,
-            pending: BTreeMap::new(),
+            suppressed: HashSet::new(),
+            pending: UpdateStreams::default(),
+            stop_stream: None,
         });
         // A re-subscription replaces the old stream (failover); its offers are rescinded
         // and made anew, as Mesos does.
         f.info = info;
-        f.role = role;
-        f.partition_aware = partition_aware;
-        f.killing_state = killing_state;
-        f.failover_timeout = failover;
+        settings.apply(f);
         f.stream_id = stream_id.clone();
         f.tx = Some(tx.clone());
+        if let Some(old) = f.stop_stream.replace(stop_tx) {
+            let _ = old.send("Framework failed over");
+        }
         f.encoding = encoding;
         f.disconnected_at = None;
-        f.suppressed = call["subscribe"]["suppressed_roles"]
-            .as_array()
-            .map(|r| !r.is_empty())
-            .unwrap_or(false);
         let offers = c.offers.lock().expect("offers lock");
         old_offers = offers
             .iter()
@@ -516,14 +649,23 @@ fn subscribe(c: Arc<Compat>, call: Json, encoding: Encoding, host: &str) -> Resp
     if let Some(r) = Compat::record(encoding, &json!({"type": "HEARTBEAT"})) {
         let _ = tx.try_send(r);
     }
+    // The offers of the previous subscription are rescinded (and made anew), as Mesos does
+    // when a framework fails over.
+    for o in &old_offers {
+        let rescind = json!({"type": "RESCIND", "rescind": {"offer_id": {"value": o.as_str()}}});
+        if let Some(r) = Compat::record(encoding, &rescind) {
+            let _ = tx.try_send(r);
+        }
+    }
     // Unacknowledged updates are sent again on the new stream.
     let resend: Vec<Json> = {
-        let fws = c.frameworks.lock().expect("frameworks lock");
-        fws.get(&id)
+        let mut fws = c.frameworks.lock().expect("frameworks lock");
+        fws.get_mut(&id)
             .map(|f| {
                 f.pending
-                    .values()
-                    .map(|(_, s, _)| json!({"type": "UPDATE", "update": {"status": s}}))
+                    .due(Duration::ZERO, Instant::now())
+                    .into_iter()
+                    .map(|s| json!({"type": "UPDATE", "update": {"status": s}}))
                     .collect()
             })
             .unwrap_or_default()
@@ -552,8 +694,20 @@ fn subscribe(c: Arc<Compat>, call: Json, encoding: Encoding, host: &str) -> Resp
                     }
                 }
                 _ = tx.closed() => break,
+                // A newer subscription took over (an ERROR, then the stream ends, as Mesos
+                // does), or the framework was removed (the stream just ends).
+                stop = &mut stop_rx => {
+                    if let Ok(message) = stop {
+                        let error = json!({"type": "ERROR", "error": {"message": message}});
+                        if let Some(r) = Compat::record(encoding, &error) {
+                            let _ = tx.send(r).await;
+                        }
+                    }
+                    break;
+                }
             }
         }
+        drop(tx);
         disconnected(&c2, &id2, &stream2).await;
     });
     let body = Body::from_stream(
@@ -571,10 +725,38 @@ use tokio_stream::StreamExt as _;
 
 /// Mesos's `Filters.refuse_seconds` default, for DECLINE and for what an ACCEPT leaves unused.
 const DEFAULT_REFUSE_SECONDS: f64 = 5.0;
+/// The longest filter installed (Mesos caps `refuse_seconds` at a year too).
+const MAX_REFUSE_SECONDS: f64 = 365.0 * 86_400.0;
 
 mod crate_limits {
     /// Events buffered per subscription before the framework counts as too slow.
     pub const EVENT_BUFFER: usize = 4_096;
+    /// Removed framework ids remembered (Mesos keeps `--max_completed_frameworks`, 50).
+    pub const REMOVED_FRAMEWORKS_MAX: usize = 1_000;
+}
+
+/// The ids of removed frameworks, oldest forgotten first.
+#[derive(Default)]
+struct RemovedFrameworks {
+    ids: HashSet<String>,
+    order: std::collections::VecDeque<String>,
+}
+
+impl RemovedFrameworks {
+    fn contains(&self, id: &str) -> bool {
+        self.ids.contains(id)
+    }
+
+    fn insert(&mut self, id: &str) {
+        if self.ids.insert(id.to_string()) {
+            self.order.push_back(id.to_string());
+        }
+        while self.order.len() > crate_limits::REMOVED_FRAMEWORKS_MAX {
+            if let Some(old) = self.order.pop_front() {
+                self.ids.remove(&old);
+            }
+        }
+    }
 }
 
 fn uuid_string() -> String {
@@ -639,12 +821,41 @@ async fn release(c: &Arc<Compat>, offers: Vec<OfferId>) {
     c.wake.notify_one();
 }
 
-async fn decline(c: &Arc<Compat>, fw_id: &str, ids: Vec<OfferId>, filters: &Json) {
+/// Installs Mesos's refused-offer filter for what a framework declined (or left unused) on an
+/// agent: `refuse_seconds` from `filters` (default 5 s); none for 0 s or nothing refused.
+fn install_filter(c: &Compat, fw_id: &str, agent: &AgentId, refused: ResourceSet, filters: &Json) {
     let refuse = filters["refuse_seconds"]
         .as_f64()
         .unwrap_or(DEFAULT_REFUSE_SECONDS)
-        .clamp(0.0, 365.0 * 86_400.0);
+        .clamp(0.0, MAX_REFUSE_SECONDS);
+    if refuse <= 0.0 || refused.is_empty() {
+        return;
+    }
     let until = now_ms() + (refuse * 1000.0) as u64;
+    if let Some(f) = c.frameworks.lock().expect("frameworks lock").get_mut(fw_id) {
+        f.filters
+            .insert(agent.clone(), OfferFilter { until, refused });
+    }
+}
+
+/// The resources `offers` hold, per agent (offers this framework does not hold are left out).
+fn held_by_agent(
+    snap: &shoal_core::Cell,
+    fw_id: &str,
+    offers: &[OfferId],
+) -> HashMap<AgentId, ResourceSet> {
+    let mut out: HashMap<AgentId, ResourceSet> = HashMap::new();
+    for h in offers
+        .iter()
+        .filter_map(|o| snap.hold(o))
+        .filter(|h| h.framework_id == fw_id)
+    {
+        let _ = out.entry(h.agent_id.clone()).or_default().add(&h.resources);
+    }
+    out
+}
+
+async fn decline(c: &Arc<Compat>, fw_id: &str, ids: Vec<OfferId>, filters: &Json) {
     let snap = c.core.published.snapshot();
     let mine: Vec<OfferId> = {
         let offers = c.offers.lock().expect("offers lock");
@@ -652,12 +863,8 @@ async fn decline(c: &Arc<Compat>, fw_id: &str, ids: Vec<OfferId>, filters: &Json
             .filter(|o| offers.get(o).map(|f| f == fw_id).unwrap_or(false))
             .collect()
     };
-    if let Some(f) = c.frameworks.lock().expect("frameworks lock").get_mut(fw_id) {
-        for o in &mine {
-            if let Some(h) = snap.hold(o) {
-                f.filters.insert(h.agent_id.clone(), until);
-            }
-        }
+    for (agent, refused) in held_by_agent(&snap, fw_id, &mine) {
+        install_filter(c, fw_id, &agent, refused, filters);
     }
     release(c, mine).await;
 }
@@ -670,14 +877,14 @@ async fn accept(c: &Arc<Compat>, fw_id: &str, accept: &Json) -> Response {
         .find_map(|o| snap.hold(o))
         .map(|h| h.agent_id.clone());
     let mut tasks: Vec<Json> = Vec::new();
+    let mut invalid: Vec<(String, String)> = Vec::new();
     for op in accept["operations"].as_array().cloned().unwrap_or_default() {
-        match op["type"].as_str().unwrap_or("") {
-            "LAUNCH" => tasks.extend(
-                op["launch"]["task_infos"]
-                    .as_array()
-                    .cloned()
-                    .unwrap_or_default(),
-            ),
+        let ty = op["type"].as_str().unwrap_or("UNKNOWN");
+        let launched: Vec<Json> = match ty {
+            "LAUNCH" => op["launch"]["task_infos"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default(),
             "LAUNCH_GROUP" => {
                 let group = op["launch_group"]["task_group"]["tasks"]
                     .as_array()
@@ -688,29 +895,44 @@ async fn accept(c: &Arc<Compat>, fw_id: &str, accept: &Json) -> Response {
                     .and_then(|t| t["task_id"]["value"].as_str())
                     .unwrap_or("group")
                     .to_string();
-                for mut t in group {
-                    // The tasks of a group share a network namespace and die together.
-                    let mut labels = t["labels"]["labels"]
-                        .as_array()
-                        .cloned()
-                        .unwrap_or_default();
-                    labels.push(json!({"key": "shoal.group", "value": group_id}));
-                    t["labels"] = json!({"labels": labels});
-                    tasks.push(t);
-                }
+                group
+                    .into_iter()
+                    .map(|mut t| {
+                        // The tasks of a group share a network namespace and die together.
+                        let mut labels = t["labels"]["labels"]
+                            .as_array()
+                            .cloned()
+                            .unwrap_or_default();
+                        labels.push(json!({"key": "shoal.group", "value": group_id}));
+                        t["labels"] = json!({"labels": labels});
+                        t
+                    })
+                    .collect()
             }
-            other => tracing::warn!(operation = other, "offer operation not supported; ignored"),
+            _ => {
+                drop_operation(c, fw_id, ty, &op);
+                continue;
+            }
+        };
+        if op["id"].is_object() {
+            // As Mesos: LAUNCH and LAUNCH_GROUP take no operation feedback; their tasks fail.
+            for t in &launched {
+                invalid.push((
+                    t["task_id"]["value"].as_str().unwrap_or("").to_string(),
+                    format!("The 'id' field was set in a {ty} operation, but operation feedback is not supported for {ty}"),
+                ));
+            }
+            continue;
         }
+        tasks.extend(launched);
     }
-    let role = c
-        .frameworks
-        .lock()
-        .expect("frameworks lock")
-        .get(fw_id)
-        .map(|f| f.role.clone())
+    // The tasks take the role the offers were made for.
+    let role = ids
+        .iter()
+        .find_map(|o| snap.hold(o))
+        .map(|h| h.role.clone())
         .unwrap_or_else(|| "*".into());
     let mut placements = Vec::new();
-    let mut invalid: Vec<(String, String)> = Vec::new();
     for mut t in tasks {
         let task_id = t["task_id"]["value"].as_str().unwrap_or("").to_string();
         if let Some(a) = &agent {
@@ -760,6 +982,8 @@ async fn accept(c: &Arc<Compat>, fw_id: &str, accept: &Json) -> Response {
         check: ConflictCheck::Fine,
         placements: placements.clone(),
     };
+    let mut held = held_by_agent(&snap, fw_id, &ids);
+    let mut used = ResourceSet::new();
     let result = c
         .core
         .committer
@@ -771,13 +995,21 @@ async fn accept(c: &Arc<Compat>, fw_id: &str, accept: &Json) -> Response {
         .await;
     match result {
         Ok(Reply::Claim { outcome }) => {
+            for p in outcome.placements.iter().filter(|p| p.committed) {
+                if let Some(placed) = placements.iter().find(|x| x.task_id == p.task_id) {
+                    let _ = used.add(&placed.resources);
+                }
+            }
             for p in outcome.placements.iter().filter(|p| !p.committed) {
                 let why = serde_json::to_value(&p.rejected)
                     .map(|v| v.to_string())
                     .unwrap_or_default();
                 let (state, reason) = match &p.rejected {
+                    // As Mesos's task validation: a duplicate id, or resources the offers
+                    // do not hold ("Task uses more resources than available").
                     Some(shoal_core::RejectReason::DuplicateTaskId)
-                    | Some(shoal_core::RejectReason::ReservationMismatch { .. }) => {
+                    | Some(shoal_core::RejectReason::ReservationMismatch { .. })
+                    | Some(shoal_core::RejectReason::InsufficientResources { .. }) => {
                         (TaskState::Error, "REASON_TASK_INVALID")
                     }
                     _ => (TaskState::Error, "REASON_INVALID_OFFERS"),
@@ -814,20 +1046,71 @@ async fn accept(c: &Arc<Compat>, fw_id: &str, accept: &Json) -> Response {
                     &msg,
                 );
             }
+            // The valid offers among them go back (the accept as a whole was refused).
+            let valid: Vec<OfferId> = ids
+                .iter()
+                .filter(|o| snap.hold(o).is_some_and(|h| h.framework_id == fw_id))
+                .cloned()
+                .collect();
+            release(c, valid).await;
+            held.clear(); // no filter for offers that went back unused
         }
     }
     // What the accept left unused is declined with its filters (Mesos's default: 5 s).
-    let secs = accept["filters"]["refuse_seconds"]
-        .as_f64()
-        .unwrap_or(DEFAULT_REFUSE_SECONDS);
-    if let Some(a) = &agent {
-        if let Some(f) = c.frameworks.lock().expect("frameworks lock").get_mut(fw_id) {
-            f.filters
-                .insert(a.clone(), now_ms() + (secs.clamp(0.0, 1e7) * 1000.0) as u64);
+    for (agent, mut unused) in held {
+        if unused.subtract(&used).is_ok() {
+            install_filter(c, fw_id, &agent, unused, &accept["filters"]);
         }
     }
     c.wake.notify_one();
     StatusCode::ACCEPTED.into_response()
+}
+
+/// An offer operation this master refuses (RESERVE, UNRESERVE, CREATE, DESTROY, GROW_VOLUME,
+/// SHRINK_VOLUME, CREATE_DISK, DESTROY_DISK, UNKNOWN): dropped as Mesos drops an invalid
+/// operation. The framework learns of it only if it set the operation's `id`: then it gets
+/// UPDATE_OPERATION_STATUS with OPERATION_ERROR (no uuid: nothing to acknowledge). The
+/// resources the operation would have used stay unused in the ACCEPT and go back like the rest.
+fn drop_operation(c: &Compat, fw_id: &str, ty: &str, op: &Json) {
+    let message = format!(
+        "Dropping {ty} operation: Shoal agents have no dynamic reservations, persistent volumes \
+         or resource providers, so only LAUNCH and LAUNCH_GROUP are carried out"
+    );
+    tracing::warn!(framework_id = %fw_id, operation = ty, "{message}");
+    if op["id"].is_object() {
+        let status =
+            json!({"operation_id": op["id"], "state": "OPERATION_ERROR", "message": message});
+        c.send(
+            fw_id,
+            json!({"type": "UPDATE_OPERATION_STATUS", "update_operation_status": {"status": status}}),
+        );
+    }
+}
+
+/// RECONCILE_OPERATIONS: this master carries out no operation with feedback, so every operation
+/// asked about is unknown (or, on an agent that is unreachable or gone, reported as such, as
+/// Mesos does); an implicit reconciliation has nothing to report.
+fn reconcile_operations(c: &Compat, fw_id: &str, operations: &Json) {
+    let snap = c.core.published.snapshot();
+    for op in operations.as_array().into_iter().flatten() {
+        let agent = op["agent_id"]["value"]
+            .as_str()
+            .and_then(|a| snap.agent(&AgentId::new(a)));
+        let state = match agent.map(|a| a.state) {
+            Some(shoal_core::AgentState::Unreachable) => "OPERATION_UNREACHABLE",
+            Some(shoal_core::AgentState::Gone) => "OPERATION_GONE_BY_OPERATOR",
+            _ => "OPERATION_UNKNOWN",
+        };
+        let mut status = json!({"operation_id": op["operation_id"], "state": state,
+                                "message": "Reconciliation: operation is unknown"});
+        if !op["agent_id"].is_null() {
+            status["agent_id"] = op["agent_id"].clone();
+        }
+        c.send(
+            fw_id,
+            json!({"type": "UPDATE_OPERATION_STATUS", "update_operation_status": {"status": status}}),
+        );
+    }
 }
 
 /// A master-generated update (not retried: no uuid), as Mesos sends for invalid launches.
@@ -942,6 +1225,7 @@ async fn remove_framework(c: &Arc<Compat>, fw_id: &str) {
     if removed.is_none() {
         return;
     }
+    c.removed.lock().expect("removed lock").insert(fw_id);
     tracing::info!(framework_id = %fw_id, "framework removed; killing its tasks");
     let offers: Vec<OfferId> = c
         .offers
@@ -974,13 +1258,21 @@ async fn allocation_loop(c: Arc<Compat>) {
         let candidates: Vec<Candidate> = {
             let fws = c.frameworks.lock().expect("frameworks lock");
             let offers = c.offers.lock().expect("offers lock");
+            // One candidate per role that is not suppressed (the offer cap counts all of a
+            // framework's offers at the start of the round).
             fws.values()
-                .filter(|f| f.tx.is_some() && !f.suppressed)
-                .map(|f| Candidate {
-                    framework_id: f.id.clone(),
-                    role: f.role.clone(),
-                    filtered_until: f.filters.clone(),
-                    outstanding: offers.values().filter(|o| **o == f.id).count(),
+                .filter(|f| f.tx.is_some())
+                .flat_map(|f| {
+                    let outstanding = offers.values().filter(|o| **o == f.id).count();
+                    f.roles
+                        .iter()
+                        .filter(|r| !f.suppressed.contains(*r))
+                        .map(move |r| Candidate {
+                            framework_id: f.id.clone(),
+                            role: r.clone(),
+                            filters: f.filters.clone(),
+                            outstanding,
+                        })
                 })
                 .collect()
         };
@@ -994,6 +1286,12 @@ async fn allocation_loop(c: Arc<Compat>) {
         let holds = allocator::allocate(&snap, &candidates, config, now_ms(), || {
             OfferId::new(c.next_id("O"))
         });
+        tracing::debug!(
+            frameworks = candidates.len(),
+            offers = holds.len(),
+            version = snap.version(),
+            "allocation round"
+        );
         if holds.is_empty() {
             continue;
         }
@@ -1077,11 +1375,15 @@ async fn forward_loop(c: Arc<Compat>) {
                     state,
                     status,
                 } => {
+                    if state.is_terminal() {
+                        // Resources were freed (a framework's task or a native one): offer them.
+                        c.wake.notify_one();
+                    }
                     let Some(t) = snap.task(task_id) else {
                         continue;
                     };
                     let uuid = b64(uuid::Uuid::new_v4().as_bytes());
-                    let (fw, json) = {
+                    let (fw, now) = {
                         let mut fws = c.frameworks.lock().expect("frameworks lock");
                         let Some(f) = fws.get_mut(&t.owner) else {
                             continue;
@@ -1098,13 +1400,12 @@ async fn forward_loop(c: Arc<Compat>) {
                             None,
                             Some(&uuid),
                         );
-                        f.pending
-                            .insert(uuid.clone(), (task_id.clone(), s.clone(), Instant::now()));
-                        (f.id.clone(), s)
+                        let now = f.pending.push(task_id.clone(), uuid, s, Instant::now());
+                        (f.id.clone(), now)
                     };
-                    c.send(&fw, json!({"type": "UPDATE", "update": {"status": json}}));
-                    if state.is_terminal() {
-                        c.wake.notify_one();
+                    // Sent now unless an earlier update of the task awaits its acknowledgement.
+                    if let Some(s) = now {
+                        c.send(&fw, json!({"type": "UPDATE", "update": {"status": s}}));
                     }
                 }
                 CellEvent::HoldsReleased { offer_ids, .. } => {
@@ -1127,6 +1428,21 @@ async fn forward_loop(c: Arc<Compat>) {
                 }
                 CellEvent::AgentRegistered { .. } | CellEvent::AgentResourcesUpdated { .. } => {
                     c.wake.notify_one()
+                }
+                CellEvent::AgentStateChanged { agent_id, state }
+                    if *state != shoal_core::AgentState::Active =>
+                {
+                    // As Mesos's "agent lost": FAILURE (no executor id) to every framework.
+                    let ids: Vec<String> = c
+                        .frameworks
+                        .lock()
+                        .expect("frameworks lock")
+                        .keys()
+                        .cloned()
+                        .collect();
+                    for fw in ids {
+                        c.send(&fw, json!({"type": "FAILURE", "failure": {"agent_id": {"value": agent_id.as_str()}}}));
+                    }
                 }
                 _ => {}
             }
@@ -1172,11 +1488,8 @@ async fn timers_loop(c: Arc<Compat>) {
             let mut fws = c.frameworks.lock().expect("frameworks lock");
             let mut out = Vec::new();
             for f in fws.values_mut().filter(|f| f.tx.is_some()) {
-                for (_, (_, s, last)) in f.pending.iter_mut() {
-                    if last.elapsed() >= c.config.update_retry {
-                        *last = Instant::now();
-                        out.push((f.id.clone(), s.clone()));
-                    }
+                for s in f.pending.due(c.config.update_retry, Instant::now()) {
+                    out.push((f.id.clone(), s));
                 }
             }
             out

@@ -112,7 +112,7 @@ fn frameworks(c: &Compat) -> Vec<Json> {
     let snap = c.core().published.snapshot();
     c.framework_summaries()
         .into_iter()
-        .map(|(id, info, active, role)| {
+        .map(|(id, info, active, roles)| {
             let mut used: Vec<&ResourceSet> = Vec::new();
             let tasks: Vec<Json> = snap
                 .tasks()
@@ -141,8 +141,8 @@ fn frameworks(c: &Compat) -> Vec<Json> {
                 "hostname": info["hostname"].as_str().unwrap_or(""),
                 "webui_url": info["webui_url"].as_str().unwrap_or(""),
                 "principal": info["principal"].as_str().unwrap_or(""),
-                "role": role,
-                "roles": [role],
+                "role": roles.first().cloned().unwrap_or_else(|| "*".into()),
+                "roles": roles,
                 "capabilities": info["capabilities"].as_array().map(|c| c.iter().filter_map(|x| x["type"].as_str()).map(|s| json!(s)).collect::<Vec<_>>()).unwrap_or_default(),
                 "checkpoint": info["checkpoint"].as_bool().unwrap_or(false),
                 "active": active,
@@ -221,6 +221,27 @@ async fn redirect(headers: HeaderMap) -> Response {
         .into_response()
 }
 
+/// `/version` as Mesos writes it (pymesos, for one, reads `version` to pick its behaviour:
+/// below 1.0 it treats every OFFERS event as inverse offers too).
+async fn version() -> Response {
+    AxJson(json!({
+        "version": crate::MESOS_VERSION,
+        "git_tag": crate::MESOS_VERSION,
+        "git_sha": "",
+        "git_branch": "",
+        "build_date": "",
+        "build_time": 0.0,
+        "build_user": "shoal",
+        "shoal_version": env!("CARGO_PKG_VERSION"),
+    }))
+    .into_response()
+}
+
+/// `/master/health`: 200 with an empty body while the master serves.
+async fn health() -> StatusCode {
+    StatusCode::OK
+}
+
 pub fn router(c: Arc<Compat>) -> Router<Arc<Compat>> {
     let _ = c;
     Router::new()
@@ -232,4 +253,6 @@ pub fn router(c: Arc<Compat>) -> Router<Arc<Compat>> {
         .route("/master/slaves", get(master_slaves))
         .route("/master/redirect", get(redirect))
         .route("/redirect", get(redirect))
+        .route("/version", get(version))
+        .route("/master/health", get(health))
 }

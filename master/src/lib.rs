@@ -114,18 +114,19 @@ impl MasterCore {
         })
     }
 
-    /// The native API plus `/health` and `/version`.
+    /// The native API plus `/health` (`/version` is the Mesos one, in `shoal-compat`).
     pub fn router(&self) -> Router {
-        api::router(api::ApiState { committer: self.committer.clone(), published: self.published.clone() })
-            .merge(agents::router(self.agents.clone()))
-            .merge(Router::new().route("/", get(ui::index)).with_state(self.published.clone()))
-            .route("/health", get(|| async { "OK" }))
-            .route(
-                "/version",
-                get(|| async {
-                    axum::Json(serde_json::json!({"version": env!("CARGO_PKG_VERSION"), "build_user": "shoal", "git_sha": ""}))
-                }),
-            )
+        api::router(api::ApiState {
+            committer: self.committer.clone(),
+            published: self.published.clone(),
+        })
+        .merge(agents::router(self.agents.clone()))
+        .merge(
+            Router::new()
+                .route("/", get(ui::index))
+                .with_state(self.published.clone()),
+        )
+        .route("/health", get(|| async { "OK" }))
     }
 }
 

@@ -236,6 +236,7 @@ class Framework(Scheduler):
         self.subscribed = False
         self.heartbeats = 0
         self.acked = []  # (task id, state, uuid) of every acknowledgement sent
+        self.operation_updates = []  # every UPDATE_OPERATION_STATUS status, in order
         info = {
             "user": getpass.getuser(),
             "name": "shoal-test-%s" % name,
@@ -305,6 +306,14 @@ class Framework(Scheduler):
             self.acked.append((status.task_id.value, status.state, status.uuid))
             log("  acknowledged %s %s" % (status.task_id.value, status.state))
         self._push("update", status)
+
+    def operationStatusUpdate(self, driver, status):
+        log(
+            "UPDATE_OPERATION_STATUS %s %s uuid=%s message=%r"
+            % (status.get("operation_id", {}).get("value"), status.get("state"), "yes" if "uuid" in status else "no", status.get("message") or "")
+        )
+        self.operation_updates.append(status)
+        self._push("operation", status)
 
     def error(self, driver, message):
         fail("ERROR event from the master: %s" % message)
@@ -418,6 +427,12 @@ class Framework(Scheduler):
     def launch(self, offer, tasks):
         log("ACCEPT offer %s: LAUNCH %s" % (offer.id.value, [t["task_id"]["value"] for t in tasks]))
         self.driver.launchTasks(offer.id, tasks)
+
+    def accept(self, offer, operations, refuse=None):
+        """ACCEPT `offer` with any offer operations (dicts as Mesos's JSON writes them)."""
+        filters = None if refuse is None else {"refuse_seconds": refuse}
+        log("ACCEPT offer %s: %s filters %s" % (offer.id.value, [(o["type"], o.get("id", {}).get("value")) for o in operations], filters))
+        self.driver.acceptOffers([offer.id], operations, filters)
 
     def kill(self, task_id):
         log("KILL %s" % task_id)

@@ -505,12 +505,57 @@ impl Drop for BackgroundScript {
     }
 }
 
-/// Starts an agent for the Mesos tests: process executor, fast timers, `resources`.
+/// Master flags of the Mesos tests: fast liveness (agent heartbeats every 200 ms, unreachable
+/// after 30 s) and fast scheduler-API timers: an allocation round every 100 ms (offers come
+/// quickly after a DECLINE's filter expires, a REVIVE, a freed resource), HEARTBEAT events
+/// every second, unacknowledged status updates resent every 500 ms. Left at their defaults:
+/// `--offer-timeout` (never), `--offers-per-framework-max`.
+pub const MESOS_MASTER_FLAGS: &[&str] = &[
+    "--agent-heartbeat-interval",
+    "200ms",
+    "--agent-ping-timeout",
+    "2s",
+    "--agent-unreachable-timeout",
+    "30s",
+    "--kill-grace",
+    "1s",
+    "--allocation-interval",
+    "100ms",
+    "--scheduler-heartbeat-interval",
+    "1s",
+    "--status-update-retry",
+    "500ms",
+];
+
+/// One agent of a [`MesosCell`].
+#[derive(Clone, Copy, Debug)]
+pub struct MesosAgentSpec<'a> {
+    /// `--resources`, Mesos text form.
+    pub resources: &'a str,
+    /// `--containerizers`: `process` or `docker`.
+    pub containerizers: &'a str,
+    /// `--attributes` (empty: none).
+    pub attributes: &'a str,
+}
+
+impl MesosAgentSpec<'_> {
+    /// A process-executor agent with `resources`.
+    pub fn process(resources: &str) -> MesosAgentSpec<'_> {
+        MesosAgentSpec {
+            resources,
+            containerizers: "process",
+            attributes: "",
+        }
+    }
+}
+
+/// Starts an agent for the Mesos tests: fast timers, the executors, resources and attributes
+/// of `spec`.
 pub fn start_mesos_agent(
     master: &str,
     work_dir: &Path,
     hostname: &str,
-    resources: &str,
+    spec: MesosAgentSpec<'_>,
 ) -> AgentProc {
     AgentProc::start(
         master,
@@ -519,7 +564,7 @@ pub fn start_mesos_agent(
             "--hostname",
             hostname,
             "--containerizers",
-            "process",
+            spec.containerizers,
             "--heartbeat-interval",
             "200ms",
             "--status-retry",
@@ -529,9 +574,115 @@ pub fn start_mesos_agent(
             "--kill-grace",
             "1s",
             "--resources",
-            resources,
+            spec.resources,
+            "--attributes",
+            spec.attributes,
         ],
     )
+}
+
+/// A master (with [`MESOS_MASTER_FLAGS`] and more) and its agents, on one temporary
+/// directory, for the Mesos API tests.
+pub struct MesosCell {
+    pub master: MasterProc,
+    pub agents: Vec<AgentProc>,
+    /// The agents' ids, in the order of `agents`.
+    pub agent_ids: Vec<String>,
+    pub dir: tempfile::TempDir,
+}
+
+impl MesosCell {
+    /// Starts the master ([`MESOS_MASTER_FLAGS`], overridden or extended by
+    /// `extra_master_flags`) and one agent per
+    /// spec (hostnames unique to `name`), and waits until every agent is active.
+    pub async fn start(
+        name: &str,
+        extra_master_flags: &[&str],
+        agents: &[MesosAgentSpec<'_>],
+    ) -> Result<MesosCell, String> {
+        let dir = tempfile::tempdir().map_err(|e| format!("temporary dir: {e}"))?;
+        // MESOS_MASTER_FLAGS is flag/value pairs; a flag given again in `extra_master_flags`
+        // replaces ours (clap refuses a flag given twice).
+        let mut flags: Vec<&str> = MESOS_MASTER_FLAGS
+            .chunks(2)
+            .filter(|pair| !extra_master_flags.contains(&pair[0]))
+            .flatten()
+            .copied()
+            .collect();
+        flags.extend_from_slice(extra_master_flags);
+        check_master_flags(&flags)?;
+        let master = MasterProc::start(&dir.path().join("master"), &flags);
+        let hostnames: Vec<String> = (0..agents.len())
+            .map(|i| unique(&format!("{name}-a{i}")))
+            .collect();
+        let procs: Vec<AgentProc> = agents
+            .iter()
+            .zip(&hostnames)
+            .enumerate()
+            .map(|(i, (spec, h))| {
+                start_mesos_agent(
+                    &master.addr,
+                    &dir.path().join(format!("agent{i}")),
+                    h,
+                    *spec,
+                )
+            })
+            .collect();
+        let names: Vec<&str> = hostnames.iter().map(String::as_str).collect();
+        let cell = MesosCell {
+            master,
+            agents: procs,
+            agent_ids: Vec::new(),
+            dir,
+        };
+        match wait_agents_active(&cell.master.client(), &names, Duration::from_secs(20)).await {
+            Ok(ids) => Ok(MesosCell {
+                agent_ids: ids,
+                ..cell
+            }),
+            Err(e) => Err(format!("{e}\n{}", cell.logs(100, 60))),
+        }
+    }
+
+    /// The ends of the master's log (`master_lines`) and of each agent's (`agent_lines`).
+    pub fn logs(&self, master_lines: usize, agent_lines: usize) -> String {
+        let mut out = format!(
+            "----- master log (end) -----\n{}",
+            tail(&self.master.log(), master_lines)
+        );
+        for (i, a) in self.agents.iter().enumerate() {
+            out.push_str(&format!(
+                "----- agent {i} log (end) -----\n{}",
+                tail(&a.log(), agent_lines)
+            ));
+        }
+        out
+    }
+}
+
+/// Fails clearly (instead of with a master that never starts) when `shoal master` does not
+/// know one of `flags`.
+fn check_master_flags(flags: &[&str]) -> Result<(), String> {
+    let help = Command::new(shoal_bin())
+        .args(["master", "--help"])
+        .output()
+        .map_err(|e| format!("shoal master --help: {e}"))?;
+    let help = String::from_utf8_lossy(&help.stdout);
+    let known = |f: &str| {
+        help.split(|c: char| c.is_whitespace() || c == ',' || c == '=')
+            .any(|w| w == f)
+    };
+    let unknown: Vec<&&str> = flags
+        .iter()
+        .filter(|f| f.starts_with("--") && !known(f))
+        .collect();
+    if unknown.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "`shoal master` does not know {unknown:?}; its --help:\n{help}"
+        ))
+    }
 }
 
 /// Waits until an active agent is registered for each of `hostnames`; their ids, in order.
@@ -713,7 +864,12 @@ impl JsonSubscription {
     ) -> Result<JsonSubscription, String> {
         let url = format!("{master}/api/v1/scheduler");
         let http = reqwest::Client::new();
-        let body = serde_json::json!({"type": "SUBSCRIBE", "subscribe": {"framework_info": framework_info}});
+        let mut body = serde_json::json!({"type": "SUBSCRIBE", "subscribe": {"framework_info": framework_info}});
+        // A framework subscribing again with its id names it in the call too (Mesos checks
+        // that the two agree).
+        if !body["subscribe"]["framework_info"]["id"].is_null() {
+            body["framework_id"] = body["subscribe"]["framework_info"]["id"].clone();
+        }
         let resp = tokio::time::timeout(
             deadline,
             http.post(&url)
@@ -818,6 +974,55 @@ impl JsonSubscription {
 
     /// Sends a call (JSON) on its own connection, with this framework's id and stream id; the
     /// HTTP status and body.
+    pub async fn call(&self, call: serde_json::Value) -> Result<(u16, String), String> {
+        self.caller().call(call).await
+    }
+
+    /// What sends this framework's calls, apart from the subscription.
+    pub fn caller(&self) -> JsonCaller {
+        JsonCaller {
+            framework_id: self.framework_id.clone(),
+            stream_id: self.stream_id.clone(),
+            url: self.url.clone(),
+            http: self.http.clone(),
+        }
+    }
+
+    /// Hands the rest of the event stream to a task that stamps every event with the instant
+    /// it arrived (for latency measurements); it ends with the stream or the receiver.
+    pub fn stamped_events(
+        mut self,
+    ) -> (
+        tokio::sync::mpsc::UnboundedReceiver<(Instant, serde_json::Value)>,
+        tokio::task::JoinHandle<()>,
+    ) {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let handle = tokio::spawn(async move {
+            while let Ok(Some(r)) = self.reader.next().await {
+                let at = Instant::now();
+                let Ok(e) = serde_json::from_slice(&r) else {
+                    return;
+                };
+                if tx.send((at, e)).is_err() {
+                    return;
+                }
+            }
+        });
+        (rx, handle)
+    }
+}
+
+/// Sends the calls of a subscribed framework ([`JsonSubscription::caller`]).
+#[derive(Clone)]
+pub struct JsonCaller {
+    pub framework_id: String,
+    pub stream_id: String,
+    url: String,
+    http: reqwest::Client,
+}
+
+impl JsonCaller {
+    /// Sends a call (JSON) with the framework's id and stream id; the HTTP status and body.
     pub async fn call(&self, mut call: serde_json::Value) -> Result<(u16, String), String> {
         call["framework_id"] = serde_json::json!({"value": self.framework_id});
         let resp = self

@@ -18,114 +18,44 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use serde_json::Value as Json;
-use shoal_core::AgentState;
 use shoal_tests::{
-    docker_enabled, run_script, shoal_bin, tail, test_python, unique, wait_until, AgentProc,
-    MasterProc, ScriptRun,
+    check_no_double_booking, docker_enabled, run_script, test_python, unique, wait_until,
+    MesosAgentSpec, MesosCell, ScriptRun,
 };
-
-/// Master flags for the scheduler API, passed on top of the liveness ones below.
-///
-/// TODO(compat): assumed before the API was committed (they match the work-in-progress
-/// `shoal master --help`; re-check when it lands): `--allocation-interval 100ms` (offers come
-/// quickly after a DECLINE's filter expires, a REVIVE, a freed resource),
-/// `--scheduler-heartbeat-interval 1s` (HEARTBEAT events), `--status-update-retry 500ms`
-/// (unacknowledged updates are resent quickly, so launch.py can see an ignored ACKNOWLEDGE).
-/// Left at their defaults: `--offer-timeout` (never), `--offers-per-framework-max`.
-const MESOS_MASTER_FLAGS: &[&str] = &[
-    "--allocation-interval",
-    "100ms",
-    "--scheduler-heartbeat-interval",
-    "1s",
-    "--status-update-retry",
-    "500ms",
-];
 
 const AGENT_RESOURCES: &str = "cpus:2;mem:1024;ports:[31000-31100]";
 const IMAGE: &str = "local/busybox:latest";
 /// How long one framework script may run (each also has its own, shorter, deadline).
 const SCRIPT_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// A master and one agent on one temporary directory, and the Python to run frameworks with.
-struct MesosCell {
-    master: MasterProc,
-    agent: AgentProc,
-    agent_id: String,
+/// A master and one agent ([`MesosCell`]), and the Python to run frameworks with.
+struct Cell {
+    cell: MesosCell,
     python: PathBuf,
-    dir: tempfile::TempDir,
 }
 
-impl MesosCell {
-    /// Starts a master (liveness flags + `master_flags`) and an agent with `containerizers`,
-    /// and waits until the agent is active.
-    async fn start(
-        name: &str,
-        python: PathBuf,
-        containerizers: &str,
-        master_flags: &[&str],
-    ) -> MesosCell {
-        check_master_flags(master_flags);
-        let dir = tempfile::tempdir().unwrap();
-        let mut flags = vec![
-            "--agent-heartbeat-interval",
-            "200ms",
-            "--agent-ping-timeout",
-            "2s",
-            "--agent-unreachable-timeout",
-            "30s",
-            "--kill-grace",
-            "1s",
-        ];
-        flags.extend_from_slice(master_flags);
-        let master = MasterProc::start(&dir.path().join("master"), &flags);
-        let hostname = unique(name);
-        let agent = AgentProc::start(
-            &master.addr,
-            &dir.path().join("agent"),
-            &[
-                "--hostname",
-                &hostname,
-                "--containerizers",
-                containerizers,
-                "--heartbeat-interval",
-                "200ms",
-                "--status-retry",
-                "200ms",
-                "--reregister-backoff-max",
-                "200ms",
-                "--kill-grace",
-                "1s",
-                "--resources",
-                AGENT_RESOURCES,
-            ],
-        );
-        let client = master.client();
-        let until = Instant::now() + Duration::from_secs(20);
-        let agent_id = loop {
-            if let Ok(st) = client.state().await {
-                if let Some(a) = st
-                    .agents
-                    .iter()
-                    .find(|a| a.hostname == hostname && a.state == AgentState::Active)
-                {
-                    break a.id.to_string();
-                }
-            }
-            assert!(
-                Instant::now() < until,
-                "agent {hostname} did not become active; agent log:\n{}\nmaster log:\n{}",
-                tail(&agent.log(), 100),
-                tail(&master.log(), 100)
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
+impl std::ops::Deref for Cell {
+    type Target = MesosCell;
+    fn deref(&self) -> &MesosCell {
+        &self.cell
+    }
+}
+
+impl Cell {
+    /// Starts a master and an agent with `containerizers`, and waits until it is active.
+    async fn start(name: &str, python: PathBuf, containerizers: &str) -> Cell {
+        let agent = MesosAgentSpec {
+            containerizers,
+            ..MesosAgentSpec::process(AGENT_RESOURCES)
         };
-        MesosCell {
-            master,
-            agent,
-            agent_id,
-            python,
-            dir,
-        }
+        let cell = MesosCell::start(name, &[], &[agent])
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        Cell { cell, python }
+    }
+
+    fn agent_id(&self) -> &str {
+        &self.agent_ids[0]
     }
 
     /// Runs `tests/frameworks/<script> <master> <args...>`.
@@ -141,12 +71,11 @@ impl MesosCell {
     /// The script's output and the ends of the master's and agent's logs.
     fn report(&self, run: &ScriptRun) -> String {
         format!(
-            "{}\n----- {} output -----\n{}----- master log (end) -----\n{}----- agent log (end) -----\n{}",
+            "{}\n----- {} output -----\n{}{}",
             run.outcome(),
             run.script,
             run.output,
-            tail(&self.master.log(), 150),
-            tail(&self.agent.log(), 80)
+            self.logs(150, 80)
         )
     }
 
@@ -197,7 +126,8 @@ impl MesosCell {
     async fn wait_stdout_contains(&self, id: &str, needle: &str, after: &ScriptRun) {
         let url = format!(
             "{}/files/read?path=/agents/{}/tasks/{id}/stdout",
-            self.master.addr, self.agent_id
+            self.master.addr,
+            self.agent_id()
         );
         let mut last = String::new();
         let until = Instant::now() + Duration::from_secs(10);
@@ -220,29 +150,10 @@ impl MesosCell {
     }
 }
 
-/// Fails clearly (instead of with a master that never starts) when `shoal master` does not
-/// know one of `flags`.
-fn check_master_flags(flags: &[&str]) {
-    let help = std::process::Command::new(shoal_bin())
-        .args(["master", "--help"])
-        .output()
-        .expect("shoal master --help");
-    let help = String::from_utf8_lossy(&help.stdout);
-    let known = |f: &str| {
-        help.split(|c: char| c.is_whitespace() || c == ',' || c == '=')
-            .any(|w| w == f)
-    };
-    let unknown: Vec<&&str> = flags
-        .iter()
-        .filter(|f| f.starts_with("--") && !known(f))
-        .collect();
-    assert!(unknown.is_empty(), "`shoal master` does not know {unknown:?} (see MESOS_MASTER_FLAGS in tests/tests/mesos.rs); its --help:\n{help}");
-}
-
 /// The cell for one test, or `None` (printed) when the framework tests are skipped.
-async fn cell(test: &str, containerizers: &str) -> Option<MesosCell> {
+async fn cell(test: &str, containerizers: &str) -> Option<Cell> {
     let python = test_python(test)?;
-    Some(MesosCell::start(test, python, containerizers, MESOS_MASTER_FLAGS).await)
+    Some(Cell::start(test, python, containerizers).await)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -342,7 +253,7 @@ async fn mesos_docker_task_serves_on_its_mapped_port() {
     if !docker_enabled("mesos_docker_task_serves_on_its_mapped_port") {
         return;
     }
-    let cell = MesosCell::start("mesos_docker", python, "docker", MESOS_MASTER_FLAGS).await;
+    let cell = Cell::start("mesos_docker", python, "docker").await;
     let id = unique("web");
     let run = cell.run_ok(
         "docker.py",
@@ -365,4 +276,88 @@ async fn mesos_docker_task_serves_on_its_mapped_port() {
         }
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mesos_refused_offer_operations_are_answered_as_mesos_does() {
+    let Some(cell) = cell("mesos_operations", "process").await else {
+        return;
+    };
+    let id = unique("ops");
+    let run = cell.run_ok("operations.py", &["--task-id", &id]);
+    cell.wait_task_state(&id, "TASK_FINISHED", Duration::from_secs(5), &run)
+        .await;
+    // The task of the LAUNCH with an operation id never reached the cell.
+    assert!(
+        cell.task(&format!("{id}-with-id")).await.is_none(),
+        "{}",
+        cell.report(&run)
+    );
+    // The master kept working and holds nothing for the framework once it tore down.
+    let client = cell.master.client();
+    wait_until("the agent to hold nothing", Duration::from_secs(5), || {
+        let client = client.clone();
+        async move {
+            client.state().await.is_ok_and(|st| {
+                check_no_double_booking(&st).is_ok()
+                    && st.agents.iter().all(|a| a.allocated.is_empty())
+            })
+        }
+    })
+    .await;
+}
+
+/// After a master failover Mesos accepts the framework's SUBSCRIBE with its old id (its
+/// tasks are known from the agents); here the tasks are in the master's store, so the
+/// re-subscribed framework finds its task running, can kill it, and tears down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mesos_framework_resubscribes_after_a_master_restart_and_finds_its_tasks() {
+    let Some(mut cell) = cell("mesos_master_restart", "process").await else {
+        return;
+    };
+    let id = unique("mr");
+    let state_file = cell.dir.path().join("failover.json");
+    let state = state_file.to_str().unwrap().to_string();
+    let first = cell.run_ok(
+        "failover.py",
+        &[
+            "launch",
+            &state,
+            "--task-id",
+            &id,
+            "--failover-timeout",
+            "30",
+        ],
+    );
+    cell.wait_task_state(&id, "TASK_RUNNING", Duration::from_secs(2), &first)
+        .await;
+    // The master restarts (SIGKILL, same work dir, a new port); the agent follows it.
+    cell.cell.master.restart();
+    let addr = cell.master.addr.clone();
+    cell.cell.agents[0].restart(&addr);
+    let client = cell.master.client();
+    let agent_id = cell.agent_id().to_string();
+    wait_until(
+        "the agent to be active again",
+        Duration::from_secs(20),
+        || {
+            let (client, agent_id) = (client.clone(), agent_id.clone());
+            async move {
+                client.state().await.is_ok_and(|st| {
+                    st.agents.iter().any(|a| {
+                        a.id.as_str() == agent_id && a.state == shoal_core::AgentState::Active
+                    })
+                })
+            }
+        },
+    )
+    .await;
+    cell.wait_task_state(&id, "TASK_RUNNING", Duration::from_secs(5), &first)
+        .await;
+    let second = cell.run_ok(
+        "failover.py",
+        &["resume", &state, "--failover-timeout", "30"],
+    );
+    cell.wait_task_state(&id, "TASK_KILLED", Duration::from_secs(5), &second)
+        .await;
 }

@@ -14,6 +14,8 @@
 //!   lists the missing paths. Paths a real Mesos master would not send in the scenario driven
 //!   here, and errors of the documentation, are skipped (the `SKIP_*` tables; each skip is
 //!   printed with its reason).
+//! - **Bad input**: the status codes and updates a Mesos master answers bad input with, driven
+//!   by hand (see [`mesos_bad_input_gets_mesos_answers_and_the_master_keeps_working`]).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -21,106 +23,23 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value as Json};
-use shoal_core::AgentState;
 use shoal_tests::{
-    compare_shape, run_command, tail, unique, AgentProc, JsonSubscription, MasterProc, ScriptRun,
+    compare_shape, run_command, unique, JsonSubscription, MesosAgentSpec, MesosCell, ScriptRun,
 };
 
 const AGENT_RESOURCES: &str = "cpus:2;mem:1024;ports:[31000-31100]";
 /// A TEXT attribute, as in the OFFERS example of the docs.
 const AGENT_ATTRIBUTES: &str = "os:debian";
-/// Liveness and Mesos API flags of every master here (as in `tests/tests/mesos.rs`).
-const MASTER_FLAGS: &[&str] = &[
-    "--agent-heartbeat-interval",
-    "200ms",
-    "--agent-ping-timeout",
-    "2s",
-    "--agent-unreachable-timeout",
-    "30s",
-    "--kill-grace",
-    "1s",
-    "--allocation-interval",
-    "100ms",
-    "--status-update-retry",
-    "500ms",
-];
 /// How long one step of a scenario may take.
 const STEP: Duration = Duration::from_secs(10);
 
-/// A master (with [`MASTER_FLAGS`] and `extra`) and one agent, on one temporary directory.
-struct Cell {
-    master: MasterProc,
-    agent: AgentProc,
-    agent_id: String,
-    dir: tempfile::TempDir,
-}
-
-impl Cell {
-    async fn start(name: &str, extra: &[&str]) -> Result<Cell, String> {
-        let dir = tempfile::tempdir().unwrap();
-        let mut flags = MASTER_FLAGS.to_vec();
-        flags.extend_from_slice(extra);
-        let master = MasterProc::start(&dir.path().join("master"), &flags);
-        let hostname = unique(name);
-        let agent = AgentProc::start(
-            &master.addr,
-            &dir.path().join("agent"),
-            &[
-                "--hostname",
-                &hostname,
-                "--containerizers",
-                "process",
-                "--heartbeat-interval",
-                "200ms",
-                "--status-retry",
-                "200ms",
-                "--reregister-backoff-max",
-                "200ms",
-                "--kill-grace",
-                "1s",
-                "--resources",
-                AGENT_RESOURCES,
-                "--attributes",
-                AGENT_ATTRIBUTES,
-            ],
-        );
-        let client = master.client();
-        let until = Instant::now() + Duration::from_secs(20);
-        let agent_id = loop {
-            if let Ok(st) = client.state().await {
-                if let Some(a) = st
-                    .agents
-                    .iter()
-                    .find(|a| a.hostname == hostname && a.state == AgentState::Active)
-                {
-                    break a.id.to_string();
-                }
-            }
-            if Instant::now() > until {
-                return Err(format!(
-                    "agent {hostname} did not become active\n----- agent log (end) -----\n{}----- master log (end) -----\n{}",
-                    tail(&agent.log(), 60),
-                    tail(&master.log(), 60)
-                ));
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
-        Ok(Cell {
-            master,
-            agent,
-            agent_id,
-            dir,
-        })
-    }
-
-    /// The ends of the master's and agent's logs.
-    fn logs(&self) -> String {
-        format!(
-            "----- master log (end) -----\n{}----- agent log (end) -----\n{}",
-            tail(&self.master.log(), 80),
-            tail(&self.agent.log(), 40)
-        )
-    }
+/// A master and one agent (process executor, with [`AGENT_ATTRIBUTES`]).
+async fn start_cell(name: &str, extra_master_flags: &[&str]) -> Result<MesosCell, String> {
+    let agent = MesosAgentSpec {
+        attributes: AGENT_ATTRIBUTES,
+        ..MesosAgentSpec::process(AGENT_RESOURCES)
+    };
+    MesosCell::start(name, extra_master_flags, &[agent]).await
 }
 
 /// A reference document from `tests/fixtures/mesos/`.
@@ -169,9 +88,18 @@ fn task_info(task_id: &str, offer: &Json, command: &str) -> Json {
 /// ACCEPTs `offer` with one LAUNCH of `task`; what it leaves unused may be offered again at
 /// once (`refuse_seconds: 0`; Mesos's default filter is 5 s).
 async fn launch(sub: &JsonSubscription, offer: &Json, task: Json) -> Result<(), String> {
+    launch_tasks(sub, offer, vec![task]).await
+}
+
+/// [`launch`] with several tasks in the one LAUNCH.
+async fn launch_tasks(
+    sub: &JsonSubscription,
+    offer: &Json,
+    tasks: Vec<Json>,
+) -> Result<(), String> {
     let call = json!({"type": "ACCEPT", "accept": {
         "offer_ids": [offer["id"]],
-        "operations": [{"type": "LAUNCH", "launch": {"task_infos": [task]}}],
+        "operations": [{"type": "LAUNCH", "launch": {"task_infos": tasks}}],
         "filters": {"refuse_seconds": 0.0},
     }});
     match sub.call(call).await? {
@@ -224,7 +152,7 @@ struct Events {
 /// 500 ms: SUBSCRIBED, HEARTBEAT, OFFERS (left unanswered), RESCIND (its timeout), OFFERS
 /// again (accepted at once with a command task), UPDATE.
 async fn capture_events() -> Result<Events, String> {
-    let cell = Cell::start(
+    let cell = start_cell(
         "golden-events",
         &[
             "--scheduler-heartbeat-interval",
@@ -279,7 +207,7 @@ async fn capture_events() -> Result<Events, String> {
     };
     steps
         .await
-        .map_err(|e: String| format!("{e}\n{}", cell.logs()))
+        .map_err(|e: String| format!("{e}\n{}", cell.logs(80, 40)))
 }
 
 fn events() -> &'static Events {
@@ -387,7 +315,7 @@ struct MasterState {
 /// A connected framework with one running command task (`sleep 60`) and one outstanding offer
 /// (the rest of the agent), then `GET /master/state`.
 async fn capture_state() -> Result<MasterState, String> {
-    let cell = Cell::start("golden-state", &[]).await?;
+    let cell = start_cell("golden-state", &[]).await?;
     let steps = async {
         let mut sub = JsonSubscription::subscribe(
             &cell.master.addr,
@@ -435,13 +363,13 @@ async fn capture_state() -> Result<MasterState, String> {
             .map_err(|e| format!("/master/state is not JSON: {e}"))?;
         Ok(MasterState {
             state,
-            agent_id: cell.agent_id.clone(),
+            agent_id: cell.agent_ids[0].clone(),
             framework_id: sub.framework_id.clone(),
         })
     };
     steps
         .await
-        .map_err(|e: String| format!("{e}\n{}", cell.logs()))
+        .map_err(|e: String| format!("{e}\n{}", cell.logs(80, 40)))
 }
 
 fn master_state() -> &'static MasterState {
@@ -606,13 +534,13 @@ fn go_framework(test: &str, name: &'static str) -> Option<PathBuf> {
     }
 }
 
-fn report(cell: &Cell, run: &ScriptRun) -> String {
+fn report(cell: &MesosCell, run: &ScriptRun) -> String {
     format!(
         "{}\n----- {} output -----\n{}{}",
         run.outcome(),
         run.script,
         run.output,
-        cell.logs()
+        cell.logs(80, 40)
     )
 }
 
@@ -622,7 +550,7 @@ async fn mesos_go_protobuf_framework_launches_and_acknowledges() {
     let Some(bin) = tokio::task::block_in_place(|| go_framework(test, "protolaunch")) else {
         return;
     };
-    let cell = Cell::start("golden-go", &["--scheduler-heartbeat-interval", "1s"])
+    let cell = start_cell("golden-go", &[])
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     let task_id = unique("go-proto");
@@ -654,7 +582,7 @@ async fn mesos_go_protobuf_framework_launches_and_acknowledges() {
         };
         let stdout: Json = match reqwest::get(format!(
             "{}/files/read?path=/agents/{}/tasks/{task_id}/stdout",
-            cell.master.addr, cell.agent_id
+            cell.master.addr, cell.agent_ids[0]
         ))
         .await
         {
@@ -668,5 +596,531 @@ async fn mesos_go_protobuf_framework_launches_and_acknowledges() {
         }
         assert!(Instant::now() < until, "task {task_id}: wanted TASK_FINISHED with stdout \"hi\"; native API: {task}; stdout: {stdout}\n{}", report(&cell, &run));
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+// ---------------------------------------------------------------- bad input
+
+/// Bad input gets the answer a Mesos master gives, changes nothing, and the master keeps
+/// working: garbage bodies (400), a body type other than JSON or protobuf (415), a SUBSCRIBE
+/// that accepts neither (406) or carries a stream id (400), calls of a framework that is not
+/// subscribed (403), without or with another stream's `Mesos-Stream-Id` (400); ACCEPTs of
+/// another framework's offer or of an unknown one (TASK_LOST, REASON_INVALID_OFFERS, no uuid),
+/// of resources the offer does not hold and of a task id in use (TASK_ERROR,
+/// REASON_TASK_INVALID). Then a task still runs to TASK_FINISHED and no agent is
+/// double-booked; a second subscription with the framework's id takes over (the first stream
+/// gets ERROR "Framework failed over" and ends); after TEARDOWN the stream ends and the
+/// framework's SUBSCRIBE gets the ERROR event "Framework has been removed".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mesos_bad_input_gets_mesos_answers_and_the_master_keeps_working() {
+    let cell = start_cell("bad-input", &[])
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    if let Err(e) = bad_input(&cell).await {
+        panic!("{e}\n{}", cell.logs(120, 30));
+    }
+}
+
+/// One raw `POST /api/v1/scheduler`: the status and body.
+async fn post(
+    url: &str,
+    content_type: &str,
+    accept: Option<&str>,
+    stream_id: Option<&str>,
+    body: Vec<u8>,
+) -> Result<(u16, String), String> {
+    let mut req = reqwest::Client::new()
+        .post(url)
+        .header("Content-Type", content_type)
+        .timeout(STEP)
+        .body(body);
+    if let Some(a) = accept {
+        req = req.header("Accept", a);
+    }
+    if let Some(s) = stream_id {
+        req = req.header("Mesos-Stream-Id", s);
+    }
+    let resp = req.send().await.map_err(|e| format!("POST {url}: {e}"))?;
+    let status = resp.status().as_u16();
+    Ok((status, resp.text().await.unwrap_or_default()))
+}
+
+fn expect_status(what: &str, got: (u16, String), want: u16) -> Result<(), String> {
+    if got.0 == want {
+        eprintln!("{what}: {} {}", got.0, got.1.trim());
+        Ok(())
+    } else {
+        Err(format!("{what}: wanted {want}, got {} {}", got.0, got.1))
+    }
+}
+
+/// A hand-driven framework: updates with a uuid are acknowledged as they are read, offers
+/// read while waiting for something else are kept for [`Driven::offer`].
+struct Driven {
+    sub: JsonSubscription,
+    offers: std::collections::VecDeque<Json>,
+}
+
+impl Driven {
+    /// The next event other than HEARTBEAT (OFFERS are queued, UPDATEs acknowledged).
+    async fn step(&mut self, what: &str, until: Instant) -> Result<Json, String> {
+        loop {
+            let e = self
+                .sub
+                .next_event(until.saturating_duration_since(Instant::now()))
+                .await
+                .map_err(|e| format!("waiting for {what}: {e}"))?;
+            match e["type"].as_str() {
+                Some("OFFERS") => self.offers.extend(
+                    e["offers"]["offers"]
+                        .as_array()
+                        .cloned()
+                        .unwrap_or_default(),
+                ),
+                Some("UPDATE") => {
+                    acknowledge(&self.sub, &e).await?;
+                    return Ok(e);
+                }
+                Some("HEARTBEAT") => {}
+                _ => return Ok(e),
+            }
+            if what == "an offer" && !self.offers.is_empty() {
+                return Ok(e);
+            }
+        }
+    }
+
+    /// The next update of `task_id`: its status.
+    async fn update(&mut self, task_id: &str) -> Result<Json, String> {
+        let until = Instant::now() + STEP;
+        loop {
+            let e = self.step(&format!("an update of {task_id}"), until).await?;
+            if e["update"]["status"]["task_id"]["value"] == task_id {
+                return Ok(e["update"]["status"].clone());
+            }
+        }
+    }
+
+    /// The oldest offer not used yet.
+    async fn offer(&mut self) -> Result<Json, String> {
+        let until = Instant::now() + STEP;
+        while self.offers.is_empty() {
+            self.step("an offer", until).await?;
+        }
+        Ok(self.offers.pop_front().expect("not empty"))
+    }
+}
+
+/// Checks a master-generated update for a refused task.
+fn expect_refused(task: &str, s: &Json, state: &str, reason: &str) -> Result<(), String> {
+    if s["state"] == state
+        && s["reason"] == reason
+        && s["uuid"].is_null()
+        && s["source"] == "SOURCE_MASTER"
+    {
+        eprintln!("{task}: {state} {reason}: {}", s["message"]);
+        Ok(())
+    } else {
+        Err(format!(
+            "{task}: wanted {state} {reason} from the master without uuid, got {s}"
+        ))
+    }
+}
+
+async fn bad_input(cell: &MesosCell) -> Result<(), String> {
+    let url = format!("{}/api/v1/scheduler", cell.master.addr);
+    let info = json!({"user": "test", "name": "bad-input"});
+    let subscribe = json!({"type": "SUBSCRIBE", "subscribe": {"framework_info": info}});
+    let subscribe = subscribe.to_string().into_bytes();
+    let kill = |fw: &str| {
+        json!({"type": "KILL", "framework_id": {"value": fw}, "kill": {"task_id": {"value": "t"}}})
+            .to_string()
+            .into_bytes()
+    };
+    let json_ct = "application/json";
+    expect_status(
+        "garbage JSON",
+        post(&url, json_ct, None, None, b"{not json".to_vec()).await?,
+        400,
+    )?;
+    expect_status(
+        "garbage protobuf",
+        post(
+            &url,
+            "application/x-protobuf",
+            None,
+            None,
+            vec![0xff, 0xff, 0xff],
+        )
+        .await?,
+        400,
+    )?;
+    expect_status(
+        "a text/plain body",
+        post(&url, "text/plain", None, None, subscribe.clone()).await?,
+        415,
+    )?;
+    expect_status(
+        "SUBSCRIBE accepting only text/html",
+        post(&url, json_ct, Some("text/html"), None, subscribe.clone()).await?,
+        406,
+    )?;
+    expect_status(
+        "SUBSCRIBE with a Mesos-Stream-Id",
+        post(&url, json_ct, None, Some("s"), subscribe.clone()).await?,
+        400,
+    )?;
+    expect_status(
+        "KILL before SUBSCRIBE",
+        post(&url, json_ct, None, Some("s"), kill("nobody")).await?,
+        403,
+    )?;
+
+    let mut me = Driven {
+        sub: JsonSubscription::subscribe(&cell.master.addr, info.clone(), STEP).await?,
+        offers: Default::default(),
+    };
+    let fw = me.sub.framework_id.clone();
+    expect_status(
+        "KILL without Mesos-Stream-Id",
+        post(&url, json_ct, None, None, kill(&fw)).await?,
+        400,
+    )?;
+    expect_status(
+        "KILL with another stream's id",
+        post(&url, json_ct, None, Some("not-the-stream"), kill(&fw)).await?,
+        400,
+    )?;
+    let offer = me.offer().await?;
+
+    // Another framework accepting our offer, and we an offer that does not exist: the tasks
+    // are lost (neither framework is partition-aware), our offer stays ours.
+    let mut other = Driven {
+        sub: JsonSubscription::subscribe(
+            &cell.master.addr,
+            json!({"user": "test", "name": "bad-input-other"}),
+            STEP,
+        )
+        .await?,
+        offers: Default::default(),
+    };
+    let stolen = unique("stolen");
+    launch(&other.sub, &offer, task_info(&stolen, &offer, "echo no")).await?;
+    let s = other.update(&stolen).await?;
+    expect_refused(&stolen, &s, "TASK_LOST", "REASON_INVALID_OFFERS")?;
+    // (Gone again, so that the agent's next offers come to us.)
+    expect_status(
+        "TEARDOWN of the other",
+        other.sub.call(json!({"type": "TEARDOWN"})).await?,
+        202,
+    )?;
+    let mut unknown = offer.clone();
+    unknown["id"]["value"] = json!("no-such-offer");
+    let ghost = unique("ghost");
+    launch(&me.sub, &unknown, task_info(&ghost, &unknown, "echo no")).await?;
+    let s = me.update(&ghost).await?;
+    expect_refused(&ghost, &s, "TASK_LOST", "REASON_INVALID_OFFERS")?;
+
+    // More than the offer holds, next to a task that fits: the first is refused, the second runs.
+    let (big, keep) = (unique("big"), unique("keep"));
+    let mut too_big = task_info(&big, &offer, "echo no");
+    too_big["resources"][0]["scalar"]["value"] = json!(100.0);
+    launch_tasks(
+        &me.sub,
+        &offer,
+        vec![too_big, task_info(&keep, &offer, "sleep 60")],
+    )
+    .await?;
+    let s = me.update(&big).await?;
+    expect_refused(&big, &s, "TASK_ERROR", "REASON_TASK_INVALID")?;
+    let s = me.update(&keep).await?;
+    if s["state"] != "TASK_STARTING" && s["state"] != "TASK_RUNNING" {
+        return Err(format!("{keep} did not start: {s}"));
+    }
+
+    // Its id again, from the next offer: refused; the running task is untouched.
+    let offer = me.offer().await?;
+    launch(&me.sub, &offer, task_info(&keep, &offer, "echo duplicate")).await?;
+    let s = me.update(&keep).await?;
+    let s = if s["state"] == "TASK_RUNNING" {
+        me.update(&keep).await?
+    } else {
+        s
+    };
+    expect_refused(&keep, &s, "TASK_ERROR", "REASON_TASK_INVALID")?;
+
+    // The master keeps working: a task runs to the end, nothing is double-booked.
+    let offer = me.offer().await?;
+    let ok = unique("ok");
+    launch(&me.sub, &offer, task_info(&ok, &offer, "echo ok")).await?;
+    loop {
+        let s = me.update(&ok).await?;
+        match s["state"].as_str() {
+            Some("TASK_FINISHED") => break,
+            Some("TASK_STAGING" | "TASK_STARTING" | "TASK_RUNNING") => {}
+            _ => return Err(format!("{ok}: {s}")),
+        }
+    }
+    let state = cell
+        .master
+        .client()
+        .state()
+        .await
+        .map_err(|e| e.to_string())?;
+    shoal_tests::check_no_double_booking(&state)?;
+    let kept = state.tasks.iter().find(|t| t.id.as_str() == keep);
+    if kept.map(|t| t.state.mesos_name()) != Some("TASK_RUNNING") {
+        return Err(format!("{keep} should still run: {kept:?}"));
+    }
+
+    // A second subscription with our id takes over: the first gets the ERROR event "Framework
+    // failed over" and its stream ends.
+    let mut again = info.clone();
+    again["id"] = json!({"value": fw});
+    let mut me2 = JsonSubscription::subscribe(&cell.master.addr, again, STEP).await?;
+    let e = me.sub.wait_for("ERROR", STEP).await?;
+    if e["error"]["message"] != "Framework failed over" {
+        return Err(format!("the old subscription got {e}"));
+    }
+    let ended = me.sub.next_event(STEP).await;
+    if !ended.as_ref().is_err_and(|e| e.contains("ended")) {
+        return Err(format!("the old stream should have ended: {ended:?}"));
+    }
+    eprintln!("failover: the old stream got {e} and ended");
+    // Offers the old subscription held are rescinded on the new one.
+    let held: Vec<Json> = me.offers.iter().map(|o| o["id"].clone()).collect();
+    if !held.is_empty() {
+        let until = Instant::now() + STEP;
+        loop {
+            let left = until.saturating_duration_since(Instant::now());
+            let e = me2.next_event(left).await?;
+            if e["type"] == "RESCIND" && held.contains(&e["rescind"]["offer_id"]) {
+                eprintln!("failover: {e}");
+                break;
+            }
+        }
+    }
+
+    // TEARDOWN: the stream ends; the framework's calls are refused from then on, and so is
+    // its SUBSCRIBE.
+    let (status, body) = me2.call(json!({"type": "TEARDOWN"})).await?;
+    expect_status("TEARDOWN", (status, body), 202)?;
+    loop {
+        match me2.next_event(STEP).await {
+            Ok(e) if e["type"] != "ERROR" => continue,
+            Ok(e) => return Err(format!("after TEARDOWN: {e}")),
+            Err(e) if e.contains("ended") => break,
+            Err(e) => return Err(format!("after TEARDOWN the stream should end: {e}")),
+        }
+    }
+    expect_status(
+        "KILL after TEARDOWN",
+        post(&url, json_ct, None, Some(&me2.stream_id), kill(&fw)).await?,
+        403,
+    )?;
+    let mut again = json!({"type": "SUBSCRIBE", "framework_id": {"value": fw}, "subscribe": {"framework_info": info}});
+    again["subscribe"]["framework_info"]["id"] = json!({"value": fw});
+    let (status, body) = post(
+        &url,
+        json_ct,
+        Some(json_ct),
+        None,
+        again.to_string().into_bytes(),
+    )
+    .await?;
+    if status != 200 || !body.contains("\"ERROR\"") || !body.contains("Framework has been removed")
+    {
+        return Err(format!(
+            "SUBSCRIBE after TEARDOWN: wanted an ERROR event, got {status} {body}"
+        ));
+    }
+    eprintln!("SUBSCRIBE after TEARDOWN: {status} {}", body.trim());
+    Ok(())
+}
+
+/// A MULTI_ROLE framework is offered resources for each of its roles that is not suppressed,
+/// and its tasks take the role of the offer they were launched from.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mesos_multi_role_framework_gets_offers_per_role() {
+    let cell = start_cell("multi-role", &[])
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    if let Err(e) = multi_role(&cell).await {
+        panic!("{e}\n{}", cell.logs(120, 30));
+    }
+}
+
+async fn multi_role(cell: &MesosCell) -> Result<(), String> {
+    let info = json!({"user": "test", "name": "multi-role", "roles": ["ra", "rb"],
+                      "capabilities": [{"type": "MULTI_ROLE"}]});
+    let mut me = Driven {
+        sub: JsonSubscription::subscribe(&cell.master.addr, info, STEP).await?,
+        offers: Default::default(),
+    };
+    let first = me.offer().await?;
+    let role = first["allocation_info"]["role"].clone();
+    if role != "ra" && role != "rb" {
+        return Err(format!("an offer for none of the roles: {first}"));
+    }
+    // That role suppressed, the agent comes back for the other one.
+    let (status, body) = me
+        .sub
+        .call(json!({"type": "SUPPRESS", "suppress": {"roles": [role]}}))
+        .await?;
+    expect_status("SUPPRESS", (status, body), 202)?;
+    let call = json!({"type": "DECLINE", "decline": {"offer_ids": [first["id"]], "filters": {"refuse_seconds": 0.0}}});
+    expect_status("DECLINE", me.sub.call(call).await?, 202)?;
+    let second = me.offer().await?;
+    let other = &second["allocation_info"]["role"];
+    if *other == role || second["resources"][0]["allocation_info"]["role"] != *other {
+        return Err(format!(
+            "wanted an offer for the other role than {role}: {second}"
+        ));
+    }
+    let task = unique("multi");
+    launch(&me.sub, &second, task_info(&task, &second, "sleep 30")).await?;
+    let s = me.update(&task).await?;
+    if s["state"] != "TASK_STARTING" && s["state"] != "TASK_RUNNING" {
+        return Err(format!("{task}: {s}"));
+    }
+    let t = cell
+        .master
+        .client()
+        .task(&task)
+        .await
+        .map_err(|e| e.to_string())?;
+    if Some(t.role.as_str()) != other.as_str() {
+        return Err(format!(
+            "{task} has role {}, its offer was for {other}",
+            t.role
+        ));
+    }
+    let frameworks: Json = reqwest::get(format!("{}/master/frameworks", cell.master.addr))
+        .await
+        .map_err(|e| e.to_string())?
+        .json()
+        .await
+        .map_err(|e| e.to_string())?;
+    if frameworks["frameworks"][0]["roles"] != json!(["ra", "rb"]) {
+        return Err(format!("/master/frameworks: {frameworks}"));
+    }
+    eprintln!("offers for {role} then {other}; {task} runs with role {other}");
+    Ok(())
+}
+
+/// SHUTDOWN of a task's (command) executor kills the task; an agent that goes away has its
+/// offers rescinded and every framework gets FAILURE with its id, as Mesos's "agent lost".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mesos_shutdown_and_a_lost_agent() {
+    let mut cell = start_cell(
+        "agent-lost",
+        &[
+            "--agent-ping-timeout",
+            "500ms",
+            "--agent-unreachable-timeout",
+            "1s",
+        ],
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    if let Err(e) = shutdown_and_agent_lost(&mut cell).await {
+        panic!("{e}\n{}", cell.logs(120, 30));
+    }
+}
+
+async fn shutdown_and_agent_lost(cell: &mut MesosCell) -> Result<(), String> {
+    let info = json!({"user": "test", "name": "agent-lost"});
+    let mut me = Driven {
+        sub: JsonSubscription::subscribe(&cell.master.addr, info, STEP).await?,
+        offers: Default::default(),
+    };
+    let offer = me.offer().await?;
+    let task = unique("shut");
+    launch(&me.sub, &offer, task_info(&task, &offer, "sleep 60")).await?;
+    while me.update(&task).await?["state"] != "TASK_RUNNING" {}
+    let agent = offer["agent_id"].clone();
+    let call = json!({"type": "SHUTDOWN", "shutdown": {"executor_id": {"value": task}, "agent_id": agent}});
+    expect_status("SHUTDOWN", me.sub.call(call).await?, 202)?;
+    loop {
+        let s = me.update(&task).await?;
+        match s["state"].as_str() {
+            Some("TASK_KILLED") => break,
+            Some("TASK_RUNNING" | "TASK_KILLING") => {}
+            _ => return Err(format!("{task} after SHUTDOWN: {s}")),
+        }
+    }
+    // Hold an offer of the agent, then lose the agent.
+    let held = me.offer().await?;
+    cell.agents[0].kill9();
+    let until = Instant::now() + STEP;
+    let (mut rescinded, mut failure) = (false, false);
+    while !(rescinded && failure) {
+        let e = me.step("RESCIND and FAILURE", until).await?;
+        match e["type"].as_str() {
+            Some("RESCIND") => rescinded |= e["rescind"]["offer_id"] == held["id"],
+            Some("FAILURE") => failure |= e["failure"]["agent_id"] == agent,
+            _ => {}
+        }
+    }
+    eprintln!("agent lost: its offer rescinded, FAILURE sent");
+    Ok(())
+}
+
+/// A framework that disconnects and stays away past its `failover_timeout` is removed: its
+/// tasks are killed, and its SUBSCRIBE is refused with "Framework has been removed".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mesos_failover_timeout_removes_a_framework_that_stays_away() {
+    let cell = start_cell("failover-timeout", &[])
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    if let Err(e) = failover_timeout(&cell).await {
+        panic!("{e}\n{}", cell.logs(120, 30));
+    }
+}
+
+async fn failover_timeout(cell: &MesosCell) -> Result<(), String> {
+    let info = json!({"user": "test", "name": "away", "failover_timeout": 1.0});
+    let mut me = Driven {
+        sub: JsonSubscription::subscribe(&cell.master.addr, info.clone(), STEP).await?,
+        offers: Default::default(),
+    };
+    let fw = me.sub.framework_id.clone();
+    let offer = me.offer().await?;
+    let task = unique("away");
+    launch(&me.sub, &offer, task_info(&task, &offer, "sleep 60")).await?;
+    while me.update(&task).await?["state"] != "TASK_RUNNING" {}
+    let gone = Instant::now();
+    drop(me); // the connection closes: disconnected, within its failover timeout for 1 s
+    let client = cell.master.client();
+    let until = Instant::now() + STEP;
+    loop {
+        let t = client.task(&task).await.map_err(|e| e.to_string())?;
+        if t.state.is_terminal() {
+            if t.state.mesos_name() != "TASK_KILLED" {
+                return Err(format!("{task} ended as {}", t.state.mesos_name()));
+            }
+            if gone.elapsed() < Duration::from_millis(900) {
+                return Err(format!(
+                    "{task} killed {:?} after the disconnection, before the failover timeout",
+                    gone.elapsed()
+                ));
+            }
+            eprintln!("{task} killed {:?} after the disconnection", gone.elapsed());
+            break;
+        }
+        if Instant::now() > until {
+            return Err(format!(
+                "{task} still {} after the failover timeout",
+                t.state.mesos_name()
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut again = info;
+    again["id"] = json!({"value": fw});
+    match JsonSubscription::subscribe(&cell.master.addr, again, STEP).await {
+        Err(e) if e.contains("Framework has been removed") => Ok(()),
+        Err(e) => Err(format!("SUBSCRIBE after the failover timeout: {e}")),
+        Ok(_) => Err("SUBSCRIBE after the failover timeout was accepted".into()),
     }
 }

@@ -21,36 +21,23 @@ use serde_json::Value as Json;
 use shoal_client::{command_task, ClaimRequest, PlacementRequest};
 use shoal_core::{CommitMode, ConflictCheck, ResourceSet, TaskState};
 use shoal_tests::{
-    check_no_double_booking, held_resources, spawn_script, start_mesos_agent, tail, test_python,
-    unique, wait_agents_active, wait_until, AgentProc, BackgroundScript, MasterProc, ScriptRun,
+    check_no_double_booking, held_resources, spawn_script, test_python, unique, wait_until,
+    BackgroundScript, MesosAgentSpec, MesosCell, ScriptRun,
 };
-
-/// Liveness and Mesos API timers as in tests/tests/mesos.rs.
-const MASTER_FLAGS: &[&str] = &[
-    "--agent-heartbeat-interval",
-    "200ms",
-    "--agent-ping-timeout",
-    "2s",
-    "--agent-unreachable-timeout",
-    "30s",
-    "--kill-grace",
-    "1s",
-    "--allocation-interval",
-    "100ms",
-    "--scheduler-heartbeat-interval",
-    "1s",
-    "--status-update-retry",
-    "500ms",
-];
 
 const SCRIPT_TIMEOUT: Duration = Duration::from_secs(40);
 
+/// A [`MesosCell`] with `agents` equal process agents, and the Python to run frameworks with.
 struct Cell {
-    master: MasterProc,
-    agents: Vec<AgentProc>,
-    agent_ids: Vec<String>,
+    cell: MesosCell,
     python: PathBuf,
-    dir: tempfile::TempDir,
+}
+
+impl std::ops::Deref for Cell {
+    type Target = MesosCell;
+    fn deref(&self) -> &MesosCell {
+        &self.cell
+    }
 }
 
 impl Cell {
@@ -61,42 +48,11 @@ impl Cell {
         agents: usize,
         resources: &str,
     ) -> Cell {
-        let dir = tempfile::tempdir().unwrap();
-        let mut flags = MASTER_FLAGS.to_vec();
-        flags.extend_from_slice(master_flags);
-        let master = MasterProc::start(&dir.path().join("master"), &flags);
-        let hostnames: Vec<String> = (0..agents)
-            .map(|i| unique(&format!("{name}-a{i}")))
-            .collect();
-        let procs: Vec<AgentProc> = hostnames
-            .iter()
-            .enumerate()
-            .map(|(i, h)| {
-                start_mesos_agent(
-                    &master.addr,
-                    &dir.path().join(format!("agent{i}")),
-                    h,
-                    resources,
-                )
-            })
-            .collect();
-        let names: Vec<&str> = hostnames.iter().map(String::as_str).collect();
-        let agent_ids =
-            match wait_agents_active(&master.client(), &names, Duration::from_secs(20)).await {
-                Ok(ids) => ids,
-                Err(e) => panic!(
-                    "{e}\nmaster log:\n{}\nagent log:\n{}",
-                    tail(&master.log(), 100),
-                    tail(&procs[0].log(), 60)
-                ),
-            };
-        Cell {
-            master,
-            agents: procs,
-            agent_ids,
-            python,
-            dir,
-        }
+        let specs = vec![MesosAgentSpec::process(resources); agents];
+        let cell = MesosCell::start(name, master_flags, &specs)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        Cell { cell, python }
     }
 
     fn log_dir(&self) -> PathBuf {
@@ -118,16 +74,7 @@ impl Cell {
         for (what, output) in runs {
             out.push_str(&format!("----- {what} -----\n{output}"));
         }
-        out.push_str(&format!(
-            "----- master log (end) -----\n{}",
-            tail(&self.master.log(), 120)
-        ));
-        for (i, a) in self.agents.iter().enumerate() {
-            out.push_str(&format!(
-                "----- agent {i} log (end) -----\n{}",
-                tail(&a.log(), 30)
-            ));
-        }
+        out.push_str(&self.logs(120, 30));
         out
     }
 

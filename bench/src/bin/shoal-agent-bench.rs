@@ -28,6 +28,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+#[path = "../util.rs"]
+#[allow(dead_code)]
+mod util;
+
 use anyhow::{bail, Context, Result};
 use bollard::models::{ContainerCreateBody, HostConfig};
 use bollard::query_parameters::{
@@ -176,31 +180,7 @@ async fn run(args: Args, bin: PathBuf) -> Result<()> {
     let want_docker = args.only.iter().any(|o| o == "docker");
     let want_process = args.only.iter().any(|o| o == "process");
 
-    println!(
-        "shoal-agent-bench ({} scale)",
-        if args.smoke { "smoke" } else { "full" }
-    );
-    param("shoal binary", bin.display());
-    param(
-        "build of this binary",
-        if cfg!(debug_assertions) {
-            "debug"
-        } else {
-            "release"
-        },
-    );
-    param(
-        "cpus",
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(0),
-    );
-    if let Ok(l) = std::fs::read_to_string("/proc/loadavg") {
-        param(
-            "load average at start",
-            l.split_whitespace().take(3).collect::<Vec<_>>().join(" "),
-        );
-    }
+    util::header("shoal-agent-bench", args.smoke, &bin);
 
     // Docker: answering or not decides phase 1 (and the agent's executors).
     let docker = if want_docker {

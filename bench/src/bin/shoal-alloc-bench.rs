@@ -43,7 +43,7 @@ fn naive(cell: &Cell, candidates: &[Candidate]) -> usize {
         let free = a.free();
         let pick = candidates
             .iter()
-            .filter(|c| c.filtered_until.get(&a.id).is_none())
+            .filter(|c| c.filters.get(&a.id).is_none())
             .min_by(|x, y| {
                 let sx = shares.get(x.role.as_str()).copied().unwrap_or(0.0);
                 let sy = shares.get(y.role.as_str()).copied().unwrap_or(0.0);
@@ -89,7 +89,7 @@ fn main() {
         .map(|i| Candidate {
             framework_id: format!("fw{i}"),
             role: format!("role{i}"),
-            filtered_until: HashMap::new(),
+            filters: HashMap::new(),
             outstanding: 0,
         })
         .collect();
