@@ -11,6 +11,23 @@ use clap::{Args, Subcommand};
 use serde_json::{json, Value as Json};
 use shoal_core::jobs::{parse_job_file, CompiledJob, JobFormat, JobSpec};
 
+/// `println!` that ignores a closed stdout (`shoal job status | head`) instead of panicking.
+macro_rules! say {
+    () => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock());
+    }};
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
+fn say_raw(data: &str) {
+    use std::io::Write as _;
+    let _ = std::io::stdout().lock().write_all(data.as_bytes());
+}
+
 #[derive(Args, Clone)]
 pub struct MasterArg {
     /// The master's URL.
@@ -87,7 +104,7 @@ pub async fn run(cmd: JobCmd) -> anyhow::Result<i32> {
             let spec = read_job_file(&file)?;
             let plan = api.post("/api/shoal/v1/jobs/plan", &json!(spec)).await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&plan)?);
+                say!("{}", serde_json::to_string_pretty(&plan)?);
             } else {
                 print_plan(&plan);
             }
@@ -99,7 +116,7 @@ pub async fn run(cmd: JobCmd) -> anyhow::Result<i32> {
                 None => {
                     let list = api.get("/api/shoal/v1/jobs").await?;
                     if json {
-                        println!("{}", serde_json::to_string_pretty(&list)?);
+                        say!("{}", serde_json::to_string_pretty(&list)?);
                     } else {
                         print_jobs(&list);
                     }
@@ -107,7 +124,7 @@ pub async fn run(cmd: JobCmd) -> anyhow::Result<i32> {
                 Some(id) => {
                     let job = api.get(&format!("/api/shoal/v1/jobs/{id}")).await?;
                     if json {
-                        println!("{}", serde_json::to_string_pretty(&job)?);
+                        say!("{}", serde_json::to_string_pretty(&job)?);
                     } else {
                         print_job(&job);
                     }
@@ -120,9 +137,9 @@ pub async fn run(cmd: JobCmd) -> anyhow::Result<i32> {
             api.post(&format!("/api/shoal/v1/jobs/{id}/stop"), &Json::Null)
                 .await?;
             if json {
-                println!("{}", json!({"job_id": id, "stopping": true}));
+                say!("{}", json!({"job_id": id, "stopping": true}));
             } else {
-                println!("Stopping job {id}: running tasks are killed, the others skipped.");
+                say!("Stopping job {id}: running tasks are killed, the others skipped.");
             }
             Ok(0)
         }
@@ -137,9 +154,9 @@ pub async fn run(cmd: JobCmd) -> anyhow::Result<i32> {
             let data =
                 task_output(&api, &id, &task, if stderr { "stderr" } else { "stdout" }).await?;
             if json {
-                println!("{}", json!({"job_id": id, "task": task, "data": data}));
+                say!("{}", json!({"job_id": id, "task": task, "data": data}));
             } else {
-                print!("{data}");
+                say_raw(&data);
             }
             Ok(0)
         }
@@ -221,14 +238,14 @@ async fn run_job(api: &Api, file: &Path, wait: bool, json_out: bool) -> anyhow::
     let id = answer["job_id"].as_str().unwrap_or_default().to_string();
     if !wait {
         if json_out {
-            println!("{}", serde_json::to_string_pretty(&answer)?);
+            say!("{}", serde_json::to_string_pretty(&answer)?);
         } else if answer["created"].as_bool() == Some(true) {
-            println!(
+            say!(
                 "Job {id} submitted ({} tasks). Follow it with: shoal job status {id}",
                 spec.tasks.len()
             );
         } else {
-            println!("Job {id} was already submitted with this file; nothing changed.");
+            say!("Job {id} was already submitted with this file; nothing changed.");
         }
         return Ok(0);
     }
@@ -261,7 +278,7 @@ async fn run_job(api: &Api, file: &Path, wait: bool, json_out: bool) -> anyhow::
     };
     bar.finish_and_clear();
     if json_out {
-        println!("{}", serde_json::to_string_pretty(&job)?);
+        say!("{}", serde_json::to_string_pretty(&job)?);
     } else {
         print_job(&job);
     }
@@ -318,7 +335,7 @@ fn table(header: &[&str], rows: &[Vec<String>]) {
                 s.push_str(&format!("{c:<w$}  ", w = widths[i]));
             }
         }
-        println!("{}", s.trim_end());
+        say!("{}", s.trim_end());
     };
     line(header.to_vec());
     for r in rows {
@@ -362,13 +379,13 @@ fn print_jobs(list: &Json) {
 }
 
 fn print_job(job: &Json) {
-    println!("ID       = {}", text(&job["id"]));
-    println!("State    = {}", text(&job["state"]));
-    println!("Team     = {}", text(&job["team"]));
+    say!("ID       = {}", text(&job["id"]));
+    say!("State    = {}", text(&job["state"]));
+    say!("Team     = {}", text(&job["team"]));
     if !job["message"].is_null() {
-        println!("Message  = {}", text(&job["message"]));
+        say!("Message  = {}", text(&job["message"]));
     }
-    println!();
+    say!();
     let rows: Vec<Vec<String>> = job["tasks"]
         .as_array()
         .map(|a| a.as_slice())
@@ -389,13 +406,13 @@ fn print_job(job: &Json) {
 
 fn print_plan(plan: &Json) {
     if plan["exists"] == true {
-        println!(
+        say!(
             "Job {} exists already ({}); submitting this file again changes nothing.",
             text(&plan["job_id"]),
             text(&plan["state"])
         );
     } else {
-        println!("Job {}: would be placed now:", text(&plan["job_id"]));
+        say!("Job {}: would be placed now:", text(&plan["job_id"]));
     }
     let rows: Vec<Vec<String>> = plan["tasks"]
         .as_array()

@@ -66,7 +66,7 @@ pub struct MasterProc {
 impl MasterProc {
     pub fn start(work_dir: &Path, extra: &[&str]) -> MasterProc {
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-        let (child, addr) = Self::spawn(work_dir, &extra);
+        let (child, addr) = Self::spawn(work_dir, "127.0.0.1:0", &extra);
         MasterProc {
             work_dir: work_dir.to_path_buf(),
             addr,
@@ -75,7 +75,7 @@ impl MasterProc {
         }
     }
 
-    fn spawn(work_dir: &Path, extra: &[String]) -> (Child, String) {
+    fn spawn(work_dir: &Path, listen: &str, extra: &[String]) -> (Child, String) {
         std::fs::create_dir_all(work_dir).unwrap();
         let addr_file = work_dir.join("master.addr");
         let _ = std::fs::remove_file(&addr_file);
@@ -85,7 +85,7 @@ impl MasterProc {
             .open(work_dir.join("master.log"))
             .unwrap();
         let child = Command::new(shoal_bin())
-            .args(["master", "--listen", "127.0.0.1:0", "--work-dir"])
+            .args(["master", "--listen", listen, "--work-dir"])
             .arg(work_dir)
             .args(extra)
             .stdout(Stdio::null())
@@ -121,7 +121,17 @@ impl MasterProc {
     /// Starts the master again on the same work dir (a new port).
     pub fn restart(&mut self) {
         self.kill9();
-        let (child, addr) = Self::spawn(&self.work_dir, &self.extra);
+        let (child, addr) = Self::spawn(&self.work_dir, "127.0.0.1:0", &self.extra);
+        self.child = child;
+        self.addr = addr;
+    }
+
+    /// Starts the master again on the same work dir and the same address, so that agents
+    /// joined to it come back on their own (as after a master crash on a fixed port).
+    pub fn restart_same_addr(&mut self) {
+        self.kill9();
+        let listen = self.addr.trim_start_matches("http://").to_string();
+        let (child, addr) = Self::spawn(&self.work_dir, &listen, &self.extra);
         self.child = child;
         self.addr = addr;
     }
