@@ -2,7 +2,8 @@
 //! runs in dependency order (through `shoal job run --wait`), a flaky task succeeds on retry,
 //! an always-failing task fails the job after its retries with its dependents skipped, bad job
 //! files are refused with the field named and change nothing, and a job resumes after the
-//! master is SIGKILLed twice: every task runs exactly once.
+//! master is SIGKILLed twice: every task runs exactly once. One job runs a task in Docker
+//! (skipped, with a printed reason, only outside CI when `docker info` fails).
 
 use std::time::{Duration, Instant};
 
@@ -26,6 +27,10 @@ impl Drop for JobCell {
 }
 
 async fn start_cell(name: &str) -> JobCell {
+    start_cell_with(name, "process").await
+}
+
+async fn start_cell_with(name: &str, containerizers: &str) -> JobCell {
     let dir = tempfile::tempdir().unwrap();
     let master = MasterProc::start(
         &dir.path().join("master"),
@@ -48,7 +53,7 @@ async fn start_cell(name: &str) -> JobCell {
             "--hostname",
             &hostname,
             "--containerizers",
-            "process",
+            containerizers,
             "--heartbeat-interval",
             "200ms",
             "--status-retry",
@@ -445,4 +450,37 @@ async fn a_job_resumes_after_master_kill_9_and_runs_each_task_once() {
         .count();
     assert_eq!(ours, names.len(), "one attempt per task in the cell");
     shoal_tests::check_no_double_booking(&state).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_runs_a_task_in_docker_with_its_environment_and_port() {
+    if !shoal_tests::docker_enabled("a_job_runs_a_task_in_docker_with_its_environment_and_port") {
+        return;
+    }
+    let cell = start_cell_with("jobs-docker", "docker,process").await;
+    let file = r#"
+name = "boxed"
+
+[[tasks]]
+name = "inside"
+image = "local/busybox:latest"
+command = "echo in=$SHOAL_JOB_TASK greeting=$GREETING port=$PORT_WEB"
+resources = "cpus:0.1;mem:32"
+env = { GREETING = "hi" }
+ports = ["web"]
+constraints = [{ attribute = "zone", value = "test" }]
+
+[[tasks]]
+name = "outside"
+command = "echo after the container"
+resources = "cpus:0.1;mem:16"
+depends_on = ["inside"]
+"#;
+    let (status, answer) = cell.submit(file.to_string()).await;
+    assert_eq!(status, 201, "{answer}");
+    let job = cell.wait_job_end("boxed", Duration::from_secs(120)).await;
+    assert_eq!(job["state"], "COMPLETE", "{job:#}");
+    let (code, out, err) = cell.cli(&["logs", "boxed", "inside"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, "in=inside greeting=hi port=32000\n");
 }
