@@ -103,34 +103,18 @@ pub async fn run(cmd: JobCmd) -> anyhow::Result<i32> {
             let api = Api::new(&master.master)?;
             let spec = read_job_file(&file)?;
             let plan = api.post("/api/shoal/v1/jobs/plan", &json!(spec)).await?;
-            if json {
-                say!("{}", serde_json::to_string_pretty(&plan)?);
-            } else {
-                print_plan(&plan);
-            }
-            Ok(0)
+            show(json, &plan, print_plan)
         }
         JobCmd::Status { id, json, master } => {
             let api = Api::new(&master.master)?;
             match id {
-                None => {
-                    let list = api.get("/api/shoal/v1/jobs").await?;
-                    if json {
-                        say!("{}", serde_json::to_string_pretty(&list)?);
-                    } else {
-                        print_jobs(&list);
-                    }
-                }
-                Some(id) => {
-                    let job = api.get(&format!("/api/shoal/v1/jobs/{id}")).await?;
-                    if json {
-                        say!("{}", serde_json::to_string_pretty(&job)?);
-                    } else {
-                        print_job(&job);
-                    }
-                }
+                None => show(json, &api.get("/api/shoal/v1/jobs").await?, print_jobs),
+                Some(id) => show(
+                    json,
+                    &api.get(&format!("/api/shoal/v1/jobs/{id}")).await?,
+                    print_job,
+                ),
             }
-            Ok(0)
         }
         JobCmd::Stop { id, json, master } => {
             let api = Api::new(&master.master)?;
@@ -163,6 +147,16 @@ pub async fn run(cmd: JobCmd) -> anyhow::Result<i32> {
     }
 }
 
+/// Prints an answer as JSON (`--json`) or with `human`.
+fn show(json: bool, v: &Json, human: fn(&Json)) -> anyhow::Result<i32> {
+    if json {
+        say!("{}", serde_json::to_string_pretty(v)?);
+    } else {
+        human(v);
+    }
+    Ok(0)
+}
+
 /// Reads and checks a job file here, so that mistakes are reported before the master is
 /// asked (the master checks again, and also against its agents).
 fn read_job_file(path: &Path) -> anyhow::Result<JobSpec> {
@@ -187,11 +181,7 @@ struct Api {
 
 impl Api {
     fn new(master: &str) -> anyhow::Result<Api> {
-        let base = if master.starts_with("http://") || master.starts_with("https://") {
-            master.trim_end_matches('/').to_string()
-        } else {
-            format!("http://{}", master.trim_end_matches('/'))
-        };
+        let base = shoal_client::Client::new(master)?.base().to_string();
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
             .timeout(Duration::from_secs(30))
@@ -277,11 +267,7 @@ async fn run_job(api: &Api, file: &Path, wait: bool, json_out: bool) -> anyhow::
         tokio::time::sleep(Duration::from_millis(250)).await;
     };
     bar.finish_and_clear();
-    if json_out {
-        say!("{}", serde_json::to_string_pretty(&job)?);
-    } else {
-        print_job(&job);
-    }
+    show(json_out, &job, print_job)?;
     Ok(if job["state"] == "COMPLETE" { 0 } else { 1 })
 }
 
@@ -343,6 +329,13 @@ fn table(header: &[&str], rows: &[Vec<String>]) {
     }
 }
 
+/// One table row per element of a JSON array.
+fn rows(list: &Json, row: impl Fn(&Json) -> Vec<String>) -> Vec<Vec<String>> {
+    list.as_array()
+        .map(|a| a.iter().map(row).collect())
+        .unwrap_or_default()
+}
+
 fn text(v: &Json) -> String {
     match v {
         Json::String(s) => s.clone(),
@@ -352,24 +345,18 @@ fn text(v: &Json) -> String {
 }
 
 fn print_jobs(list: &Json) {
-    let rows: Vec<Vec<String>> = list["jobs"]
-        .as_array()
-        .map(|a| a.as_slice())
-        .unwrap_or_default()
-        .iter()
-        .map(|j| {
-            let c = |s: &str| j["counts"][s].as_u64().unwrap_or(0);
-            vec![
-                text(&j["id"]),
-                text(&j["state"]),
-                text(&j["team"]),
-                format!("{}/{}", c("FINISHED"), j["total"].as_u64().unwrap_or(0)),
-                c("RUNNING").to_string(),
-                c("FAILED").to_string(),
-                c("SKIPPED").to_string(),
-            ]
-        })
-        .collect();
+    let rows = rows(&list["jobs"], |j| {
+        let c = |s: &str| j["counts"][s].as_u64().unwrap_or(0);
+        vec![
+            text(&j["id"]),
+            text(&j["state"]),
+            text(&j["team"]),
+            format!("{}/{}", c("FINISHED"), j["total"].as_u64().unwrap_or(0)),
+            c("RUNNING").to_string(),
+            c("FAILED").to_string(),
+            c("SKIPPED").to_string(),
+        ]
+    });
     table(
         &[
             "ID", "STATE", "TEAM", "FINISHED", "RUNNING", "FAILED", "SKIPPED",
@@ -386,21 +373,15 @@ fn print_job(job: &Json) {
         say!("Message  = {}", text(&job["message"]));
     }
     say!();
-    let rows: Vec<Vec<String>> = job["tasks"]
-        .as_array()
-        .map(|a| a.as_slice())
-        .unwrap_or_default()
-        .iter()
-        .map(|t| {
-            vec![
-                text(&t["name"]),
-                text(&t["state"]),
-                t["attempts"].as_u64().unwrap_or(0).to_string(),
-                text(&t["agent_id"]),
-                text(&t["message"]),
-            ]
-        })
-        .collect();
+    let rows = rows(&job["tasks"], |t| {
+        vec![
+            text(&t["name"]),
+            text(&t["state"]),
+            t["attempts"].as_u64().unwrap_or(0).to_string(),
+            text(&t["agent_id"]),
+            text(&t["message"]),
+        ]
+    });
     table(&["TASK", "STATE", "ATTEMPTS", "AGENT", "MESSAGE"], &rows);
 }
 
@@ -414,20 +395,14 @@ fn print_plan(plan: &Json) {
     } else {
         say!("Job {}: would be placed now:", text(&plan["job_id"]));
     }
-    let rows: Vec<Vec<String>> = plan["tasks"]
-        .as_array()
-        .map(|a| a.as_slice())
-        .unwrap_or_default()
-        .iter()
-        .map(|t| {
-            vec![
-                text(&t["name"]),
-                text(&t["resources"]),
-                text(&t["plan"]),
-                text(&t["hostname"]),
-                text(&t["agent_id"]),
-            ]
-        })
-        .collect();
+    let rows = rows(&plan["tasks"], |t| {
+        vec![
+            text(&t["name"]),
+            text(&t["resources"]),
+            text(&t["plan"]),
+            text(&t["hostname"]),
+            text(&t["agent_id"]),
+        ]
+    });
     table(&["TASK", "RESOURCES", "PLAN", "HOST", "AGENT"], &rows);
 }

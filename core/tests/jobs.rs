@@ -233,10 +233,9 @@ impl Sim {
         self.crashes += 1;
     }
 
-    /// One round: the scheduler steps and its actions commit (with a crash at `crash_at`:
-    /// 0 after the claims, 1 after the kills, 2 after the updates); then the executor moves
-    /// every live task one state on.
-    fn round(&mut self, script: &Script, crash_at: Option<u8>) {
+    /// The scheduler steps and its actions commit, with a crash at `crash_at` (0 after the
+    /// claims, 1 after the kills, 2 after the updates). Whether it crashed.
+    fn schedule(&mut self, crash_at: Option<u8>) -> bool {
         for e in std::mem::take(&mut self.pending) {
             self.sched.observe(&e);
         }
@@ -244,31 +243,36 @@ impl Sim {
         for claim in &actions.claims {
             let reply = self.commit(&Command::Claim(claim.clone())).unwrap();
             let Reply::Claim { outcome } = reply else {
-                panic!()
+                panic!("{reply:?}")
             };
             self.sched.claimed(claim, Some(&outcome), self.now);
         }
-        if crash_at == Some(0) {
-            return self.crash();
-        }
-        for k in &actions.kills {
-            self.commit(&Command::KillTask { task_id: k.clone() })
-                .unwrap();
-        }
-        if crash_at == Some(1) {
-            return self.crash();
-        }
-        for u in &actions.updates {
-            self.commit(&Command::UpdateJob(u.clone())).unwrap();
+        let kills = actions
+            .kills
+            .iter()
+            .map(|k| Command::KillTask { task_id: k.clone() });
+        let updates = actions
+            .updates
+            .iter()
+            .map(|u| Command::UpdateJob(u.clone()));
+        for (phase, cmds) in [(1u8, kills.collect::<Vec<_>>()), (2, updates.collect())] {
+            if crash_at == Some(phase - 1) {
+                self.crash();
+                return true;
+            }
+            for c in &cmds {
+                self.commit(c).unwrap();
+            }
         }
         if crash_at == Some(2) {
-            return self.crash();
+            self.crash();
+            return true;
         }
-        self.execute(script);
-        self.now += 100;
+        false
     }
 
-    fn execute(&mut self, script: &Script) {
+    /// Moves every live task with `next` (its new state, or none), committing the status.
+    fn advance(&mut self, mut next: impl FnMut(&Task) -> Option<TaskState>) {
         let live: Vec<Task> = self
             .cell
             .tasks()
@@ -276,34 +280,55 @@ impl Sim {
             .cloned()
             .collect();
         for t in live {
-            let (name, attempt) = {
-                let mut p = t.id.as_str().split('.');
-                let _job = p.next();
-                (
-                    p.next().unwrap().to_string(),
-                    p.next().unwrap().parse::<u32>().unwrap(),
-                )
-            };
-            let next = match t.state {
+            if let Some(state) = next(&t) {
+                self.commit(&Command::UpdateTaskStatus {
+                    task_id: t.id.clone(),
+                    state,
+                    status: StatusInfo::default(),
+                })
+                .unwrap();
+            }
+        }
+    }
+
+    /// One round: the scheduler steps (see [`Sim::schedule`]); then the executor moves every
+    /// live task one state on.
+    fn round(&mut self, script: &Script, crash_at: Option<u8>) {
+        if self.schedule(crash_at) {
+            return;
+        }
+        self.execute(script);
+        self.now += 100;
+    }
+
+    fn execute(&mut self, script: &Script) {
+        let now = self.now;
+        let mut started = Vec::new();
+        let mut finished = Vec::new();
+        self.advance(|t| {
+            let mut p = t.id.as_str().split('.').skip(1);
+            let name = p.next().unwrap();
+            let attempt: u32 = p.next().unwrap().parse().unwrap();
+            match t.state {
                 TaskState::Staging => {
-                    self.started.insert(t.id.clone(), self.now);
-                    self.starts.push(t.id.clone());
-                    TaskState::Running
+                    started.push(t.id.clone());
+                    Some(TaskState::Running)
                 }
-                TaskState::Running if script(&name, attempt) => TaskState::Failed,
+                TaskState::Running if script(name, attempt) => Some(TaskState::Failed),
                 TaskState::Running => {
-                    self.finished_ok.insert(t.id.clone(), self.now);
-                    TaskState::Finished
+                    finished.push(t.id.clone());
+                    Some(TaskState::Finished)
                 }
-                TaskState::Killing => TaskState::Killed,
-                _ => continue,
-            };
-            self.commit(&Command::UpdateTaskStatus {
-                task_id: t.id.clone(),
-                state: next,
-                status: StatusInfo::default(),
-            })
-            .unwrap();
+                TaskState::Killing => Some(TaskState::Killed),
+                _ => None,
+            }
+        });
+        for id in started {
+            self.started.insert(id.clone(), now);
+            self.starts.push(id);
+        }
+        for id in finished {
+            self.finished_ok.insert(id, now);
         }
     }
 
@@ -414,42 +439,12 @@ fn a_timed_out_attempt_is_killed_and_retried() {
         if sim.done(&job) {
             break;
         }
-        for e in std::mem::take(&mut sim.pending) {
-            sim.sched.observe(&e);
-        }
-        let a = sim.sched.step(&sim.cell, sim.now);
-        for c in &a.claims {
-            let Reply::Claim { outcome } = sim.commit(&Command::Claim(c.clone())).unwrap() else {
-                panic!()
-            };
-            sim.sched.claimed(c, Some(&outcome), sim.now);
-        }
-        for k in &a.kills {
-            sim.commit(&Command::KillTask { task_id: k.clone() })
-                .unwrap();
-        }
-        for u in &a.updates {
-            sim.commit(&Command::UpdateJob(u.clone())).unwrap();
-        }
-        let live: Vec<Task> = sim
-            .cell
-            .tasks()
-            .filter(|t| !t.state.is_terminal())
-            .cloned()
-            .collect();
-        for t in live {
-            let next = match t.state {
-                TaskState::Staging => TaskState::Running,
-                TaskState::Killing => TaskState::Killed,
-                _ => continue,
-            };
-            sim.commit(&Command::UpdateTaskStatus {
-                task_id: t.id.clone(),
-                state: next,
-                status: StatusInfo::default(),
-            })
-            .unwrap();
-        }
+        sim.schedule(None);
+        sim.advance(|t| match t.state {
+            TaskState::Staging => Some(TaskState::Running),
+            TaskState::Killing => Some(TaskState::Killed),
+            _ => None,
+        });
         sim.now += 100;
     }
     let ts = job_tasks(&sim.cell, &job);
@@ -521,34 +516,8 @@ fn stopping_a_job_kills_its_attempts_and_skips_the_rest() {
     }))
     .unwrap();
     for _ in 0..20 {
-        for e in std::mem::take(&mut sim.pending) {
-            sim.sched.observe(&e);
-        }
-        let actions = sim.sched.step(&sim.cell, sim.now);
-        assert!(actions.claims.is_empty());
-        for k in &actions.kills {
-            sim.commit(&Command::KillTask { task_id: k.clone() })
-                .unwrap();
-        }
-        for u in &actions.updates {
-            sim.commit(&Command::UpdateJob(u.clone())).unwrap();
-        }
-        let live: Vec<Task> = sim
-            .cell
-            .tasks()
-            .filter(|t| !t.state.is_terminal())
-            .cloned()
-            .collect();
-        for t in live {
-            if t.state == TaskState::Killing {
-                sim.commit(&Command::UpdateTaskStatus {
-                    task_id: t.id.clone(),
-                    state: TaskState::Killed,
-                    status: StatusInfo::default(),
-                })
-                .unwrap();
-            }
-        }
+        sim.schedule(None);
+        sim.advance(|t| (t.state == TaskState::Killing).then_some(TaskState::Killed));
         sim.now += 100;
     }
     let ts = job_tasks(&sim.cell, &job);

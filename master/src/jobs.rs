@@ -60,31 +60,7 @@ fn parse_spec(body: &Bytes) -> Result<JobSpec, ApiError> {
         .map_err(|e| ApiError::bad_request(format!("invalid job file: {e}")))
 }
 
-/// A job's record as the API shows it: the tasks in file order, with counts per state.
-pub fn job_json(job: &Job) -> Json {
-    let tasks: Vec<Json> = job
-        .spec
-        .tasks
-        .iter()
-        .filter_map(|t| job.tasks.get(&t.name))
-        .map(|t| json!(t))
-        .collect();
-    json!({
-        "id": job.id,
-        "name": job.spec.name,
-        "team": job.spec.team.clone().unwrap_or_else(|| "*".into()),
-        "state": job.state,
-        "message": job.message,
-        "submitted_at": job.submitted_at,
-        "finished_at": job.finished_at,
-        "version": job.version,
-        "counts": job.counts(),
-        "total": job.tasks.len(),
-        "tasks": tasks,
-        "spec": job.spec,
-    })
-}
-
+/// A job's summary: its state and how many of its tasks are in each state.
 fn summary_json(job: &Job) -> Json {
     json!({
         "id": job.id,
@@ -97,6 +73,22 @@ fn summary_json(job: &Job) -> Json {
         "counts": job.counts(),
         "total": job.tasks.len(),
     })
+}
+
+/// A job's record as the API shows it: the summary plus the file and the tasks, in file order.
+pub fn job_json(job: &Job) -> Json {
+    let tasks: Vec<Json> = job
+        .spec
+        .tasks
+        .iter()
+        .filter_map(|t| job.tasks.get(&t.name))
+        .map(|t| json!(t))
+        .collect();
+    let mut v = summary_json(job);
+    v["version"] = json!(job.version);
+    v["tasks"] = json!(tasks);
+    v["spec"] = json!(job.spec);
+    v
 }
 
 async fn submit_job(State(s): State<ApiState>, body: Bytes) -> Response {

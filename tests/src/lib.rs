@@ -515,6 +515,49 @@ impl Drop for BackgroundScript {
     }
 }
 
+/// Liveness flags for a test master: fast agent heartbeats, agents unreachable only after
+/// 30 s (a slow start on a busy machine does not trip liveness), a 1 s kill grace.
+pub const FAST_MASTER_FLAGS: &[&str] = &[
+    "--agent-heartbeat-interval",
+    "200ms",
+    "--agent-ping-timeout",
+    "2s",
+    "--agent-unreachable-timeout",
+    "30s",
+    "--kill-grace",
+    "1s",
+];
+
+/// Starts an agent with fast timers (heartbeats, status retries, re-registration, kill grace),
+/// the given executors and `resources`, plus `extra` flags.
+pub fn start_fast_agent(
+    master: &str,
+    work_dir: &Path,
+    hostname: &str,
+    containerizers: &str,
+    resources: &str,
+    extra: &[&str],
+) -> AgentProc {
+    let mut args = vec![
+        "--hostname",
+        hostname,
+        "--containerizers",
+        containerizers,
+        "--heartbeat-interval",
+        "200ms",
+        "--status-retry",
+        "200ms",
+        "--reregister-backoff-max",
+        "200ms",
+        "--kill-grace",
+        "1s",
+        "--resources",
+        resources,
+    ];
+    args.extend_from_slice(extra);
+    AgentProc::start(master, work_dir, &args)
+}
+
 /// Starts an agent for the Mesos tests: process executor, fast timers, `resources`.
 pub fn start_mesos_agent(
     master: &str,
@@ -522,26 +565,7 @@ pub fn start_mesos_agent(
     hostname: &str,
     resources: &str,
 ) -> AgentProc {
-    AgentProc::start(
-        master,
-        work_dir,
-        &[
-            "--hostname",
-            hostname,
-            "--containerizers",
-            "process",
-            "--heartbeat-interval",
-            "200ms",
-            "--status-retry",
-            "200ms",
-            "--reregister-backoff-max",
-            "200ms",
-            "--kill-grace",
-            "1s",
-            "--resources",
-            resources,
-        ],
-    )
+    start_fast_agent(master, work_dir, hostname, "process", resources, &[])
 }
 
 /// Waits until an active agent is registered for each of `hostnames`; their ids, in order.

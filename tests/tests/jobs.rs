@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value as Json};
 use shoal_client::Client;
-use shoal_tests::{unique, wait_until, AgentProc, MasterProc};
+use shoal_tests::{start_fast_agent, unique, wait_until, AgentProc, MasterProc, FAST_MASTER_FLAGS};
 
 /// A master and one agent (process executor), each on its own work dir.
 struct JobCell {
@@ -32,41 +32,15 @@ async fn start_cell(name: &str) -> JobCell {
 
 async fn start_cell_with(name: &str, containerizers: &str) -> JobCell {
     let dir = tempfile::tempdir().unwrap();
-    let master = MasterProc::start(
-        &dir.path().join("master"),
-        &[
-            "--agent-heartbeat-interval",
-            "200ms",
-            "--agent-ping-timeout",
-            "2s",
-            "--agent-unreachable-timeout",
-            "30s",
-            "--kill-grace",
-            "1s",
-        ],
-    );
+    let master = MasterProc::start(&dir.path().join("master"), FAST_MASTER_FLAGS);
     let hostname = unique(name);
-    let agent = AgentProc::start(
+    let agent = start_fast_agent(
         &master.addr,
         &dir.path().join("agent"),
-        &[
-            "--hostname",
-            &hostname,
-            "--containerizers",
-            containerizers,
-            "--heartbeat-interval",
-            "200ms",
-            "--status-retry",
-            "200ms",
-            "--reregister-backoff-max",
-            "200ms",
-            "--kill-grace",
-            "1s",
-            "--attributes",
-            "zone:test",
-            "--resources",
-            "cpus:4;mem:4096;ports:[32000-32100]",
-        ],
+        &hostname,
+        containerizers,
+        "cpus:4;mem:4096;ports:[32000-32100]",
+        &["--attributes", "zone:test"],
     );
     let client = master.client();
     if let Err(e) =
