@@ -703,3 +703,31 @@ proptest! {
         prop_assert_eq!(sim.cell.job(&job).unwrap().state, want);
     }
 }
+
+#[test]
+fn job_events_round_trip_through_json_and_mirror_the_cell() {
+    // A watcher folding the master's log entries (as JSON) ends with the same jobs.
+    let mut sim = Sim::new(cell_with_agents(&["cpus:4;mem:1024"]));
+    let mut mirror = sim.cell.clone();
+    let job = sim.submit(&format!(
+        "name = \"m\"\n{}{}",
+        task("a", &[], "env = { X = \"1\" }\nports = []"),
+        task("b", &["a"], "retries = 1")
+    ));
+    let mut entries = Vec::new();
+    for _ in 0..20 {
+        entries.extend(sim.pending.iter().cloned());
+        sim.round(&|name, attempt| name == "b" && attempt == 1, None);
+    }
+    entries.extend(sim.pending.iter().cloned());
+    assert!(sim.done(&job));
+    for e in entries {
+        let json = serde_json::to_string(&e).unwrap();
+        let back: LogEntry = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, e);
+        mirror.apply(&back);
+    }
+    assert_eq!(mirror.version(), sim.cell.version());
+    assert_eq!(mirror.job(&job), sim.cell.job(&job));
+    assert_eq!(mirror.job(&job).unwrap().state, JobState::Complete);
+}

@@ -458,3 +458,39 @@ depends_on = ["inside"]
     assert_eq!(code, 0, "{err}");
     assert_eq!(out, "in=inside greeting=hi port=32000\n");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_of_hundreds_of_short_tasks_runs_each_once() {
+    let cell = start_cell("jobs-many").await;
+    let markers = cell.path("many.markers");
+    let n = 300;
+    let mut tasks: Vec<Json> = (0..n)
+        .map(|i| {
+            json!({"name": format!("t{i}"), "command": format!("echo t{i} >> {markers}"),
+                   "resources": "cpus:0.01;mem:1"})
+        })
+        .collect();
+    tasks.push(
+        json!({"name": "last", "command": format!("echo last >> {markers}"),
+                      "resources": "cpus:0.01;mem:1", "depends_on": ["t0", format!("t{}", n - 1)]}),
+    );
+    let (status, answer) = cell
+        .submit(json!({"name": "many", "tasks": tasks}).to_string())
+        .await;
+    assert_eq!(status, 201, "{answer}");
+    let started = Instant::now();
+    let job = cell.wait_job_end("many", Duration::from_secs(180)).await;
+    assert_eq!(job["state"], "COMPLETE", "{}", job["counts"]);
+    eprintln!("{} tasks in {:?}", n + 1, started.elapsed());
+    let text = std::fs::read_to_string(&markers).unwrap();
+    let mut lines: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        lines.last(),
+        Some(&"last"),
+        "last runs after its dependencies"
+    );
+    lines.sort();
+    lines.dedup();
+    assert_eq!(lines.len(), n + 1, "each task ran once");
+    assert_eq!(text.lines().count(), n + 1, "each task ran once");
+}
