@@ -1032,6 +1032,7 @@ impl BatchScheduler {
                 }
                 Event::AgentRegistered { .. }
                 | Event::AgentResourcesUpdated { .. }
+                | Event::RoleConfigured { .. }
                 | Event::HoldsReleased { .. }
                 | Event::HoldsCleared { .. } => {
                     self.room = true;
@@ -1106,18 +1107,18 @@ impl BatchScheduler {
     /// Committed placements are running; a placement refused as a duplicate id is an attempt
     /// a previous master committed (it is adopted); the others are queued again.
     pub fn claimed(&mut self, claim: &Claim, outcome: Option<&ClaimOutcome>, now: Timestamp) {
-        let mut results: HashMap<&TaskId, (bool, bool)> = HashMap::new();
+        let mut results: HashMap<&TaskId, (bool, Option<&RejectReason>)> = HashMap::new();
         if let Some(o) = outcome {
             for p in &o.placements {
-                let dup = matches!(p.rejected, Some(RejectReason::DuplicateTaskId));
-                results.insert(&p.task_id, (p.committed, dup));
+                results.insert(&p.task_id, (p.committed, p.rejected.as_ref()));
             }
         }
         for p in &claim.placements {
             let Some((job, idx)) = self.placing_of(&p.task_id) else {
                 continue;
             };
-            let (committed, dup) = results.get(&p.task_id).copied().unwrap_or((false, false));
+            let (committed, rejected) = results.get(&p.task_id).copied().unwrap_or((false, None));
+            let dup = matches!(rejected, Some(RejectReason::DuplicateTaskId));
             let run = self.jobs.get_mut(&job).expect("placing job");
             run.tasks[idx].placing = false;
             let stopped = run.state.is_terminal();
@@ -1138,6 +1139,30 @@ impl BatchScheduler {
             } else if run.tasks[idx].rec.state == JobTaskState::Queued {
                 let key = ready_key(run, &job, idx);
                 self.ready.insert(key);
+                // Say why it waits (recorded once per reason, not once per try).
+                let why = match rejected {
+                    Some(r) => serde_json::to_value(r)
+                        .ok()
+                        .and_then(|v| {
+                            v.as_object().map(|o| {
+                                o.values()
+                                    .map(|x| {
+                                        x.as_str()
+                                            .map(str::to_string)
+                                            .unwrap_or_else(|| x.to_string())
+                                    })
+                                    .collect::<Vec<_>>()
+                                    .join(" ")
+                            })
+                        })
+                        .unwrap_or_default(),
+                    None => "the claim was not committed".into(),
+                };
+                let message = Some(format!("waiting for room: {why}"));
+                if run.tasks[idx].rec.message != message {
+                    run.tasks[idx].rec.message = message;
+                    self.mark(&job, idx);
+                }
             }
         }
     }
@@ -1176,6 +1201,13 @@ impl BatchScheduler {
         }
         t.rec.started_at = now;
         t.killed_for = None;
+        if t.rec
+            .message
+            .as_deref()
+            .is_some_and(|m| m.starts_with("waiting for room"))
+        {
+            t.rec.message = None;
+        }
         if let Some(ms) = run.job.tasks[idx].timeout_ms {
             self.deadlines
                 .insert((now.saturating_add(ms), task_id.clone()));

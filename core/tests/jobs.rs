@@ -731,3 +731,38 @@ fn job_events_round_trip_through_json_and_mirror_the_cell() {
     assert_eq!(mirror.job(&job), sim.cell.job(&job));
     assert_eq!(mirror.job(&job).unwrap().state, JobState::Complete);
 }
+
+#[test]
+fn a_task_beyond_its_team_quota_waits_and_says_why() {
+    let mut sim = Sim::new(cell_with_agents(&["cpus:4;mem:1024"]));
+    let quota = |cpus: &str| Command::ConfigureRole {
+        name: "team-a".into(),
+        weight: 1.0,
+        quota: Quota {
+            guarantee: ResourceSet::new(),
+            limit: Some(ResourceSet::parse(cpus).unwrap()),
+        },
+    };
+    sim.commit(&quota("cpus:0.5")).unwrap();
+    let job = sim.submit(&format!(
+        "name = \"q\"\nteam = \"team-a\"\n{}",
+        task("a", &[], "")
+    ));
+    for _ in 0..5 {
+        sim.round(&|_, _| false, None);
+    }
+    let ts = job_tasks(&sim.cell, &job);
+    assert_eq!(ts["a"].state, JobTaskState::Queued);
+    assert_eq!(
+        ts["a"].message.as_deref(),
+        Some("waiting for room: quota_limit cpus")
+    );
+    sim.commit(&quota("cpus:2")).unwrap();
+    sim.run_until_done(&job, &|_, _| false, 20);
+    let ts = job_tasks(&sim.cell, &job);
+    assert_eq!(
+        (ts["a"].state, ts["a"].message.as_deref()),
+        (JobTaskState::Finished, None)
+    );
+    assert_eq!(sim.cell.task(&TaskId::new("q.a.1")).unwrap().role, "team-a");
+}
