@@ -417,8 +417,7 @@ impl CompiledJob {
             let mut deps = Vec::new();
             for d in &t.depends_on {
                 match index.get(d) {
-                    Some(&j) if d == &t.name => {
-                        let _ = j;
+                    Some(_) if d == &t.name => {
                         err(at("depends_on"), format!("dependency cycle: {d} -> {d}"));
                     }
                     Some(&j) if !deps.contains(&j) => deps.push(j),
@@ -444,14 +443,11 @@ impl CompiledJob {
         }
         if let Some(cycle) = find_cycle(&tasks) {
             let names: Vec<&str> = cycle.iter().map(|&i| tasks[i].name.as_str()).collect();
-            let first = names[0];
-            // Self-loops were reported above.
-            if names.len() > 2 {
-                err(
-                    format!("tasks[{first}].depends_on"),
-                    format!("dependency cycle: {}", names.join(" -> ")),
-                );
-            }
+            // Self-loops were reported above and are not in `deps`: this one has two tasks or more.
+            err(
+                format!("tasks[{}].depends_on", names[0]),
+                format!("dependency cycle: {}", names.join(" -> ")),
+            );
         }
         if !errors.is_empty() {
             return Err(JobErrors(errors));
@@ -525,10 +521,10 @@ fn find_cycle(tasks: &[CompiledTask]) -> Option<Vec<usize>> {
                         colour[d] = 1;
                         path.push((d, 0));
                     }
-                    1 if d != node => {
+                    1 => {
                         let pos = path.iter().position(|(x, _)| *x == d).expect("on the path");
-                        // The path goes from dependents to dependencies; name it in run order
-                        // reversed: `a -> b` reads "a depends on b".
+                        // The path goes from dependents to their dependencies: `a -> b` reads
+                        // "a depends on b".
                         let mut cycle: Vec<usize> = path[pos..].iter().map(|(x, _)| *x).collect();
                         cycle.push(d);
                         return Some(cycle);
@@ -548,7 +544,7 @@ fn find_cycle(tasks: &[CompiledTask]) -> Option<Vec<usize>> {
 fn agent_can_hold(agent: &Agent, task: &CompiledTask, def: &TaskDef) -> bool {
     agent.state != AgentState::Gone
         && agent.total.contains(&task.resources)
-        && free_ports(&agent.total).len() as u64 >= def.ports.len() as u64
+        && port_count(&agent.total) >= def.ports.len() as u64
         && def.constraints.iter().all(|c| c.matches(agent))
 }
 
@@ -603,11 +599,18 @@ pub fn check_fits<'a>(
     }
 }
 
-/// The first `n` free ports of a resource set (unreserved `ports` ranges), lowest first.
-fn free_ports(res: &ResourceSet) -> Vec<u64> {
-    free_ports_upto(res, u64::MAX)
+/// How many unreserved ports a resource set has.
+fn port_count(res: &ResourceSet) -> u64 {
+    res.iter()
+        .filter(|r| r.name == "ports" && r.role == UNRESERVED)
+        .map(|r| match &r.value {
+            Value::Ranges(ranges) => ranges.count(),
+            _ => 0,
+        })
+        .sum()
 }
 
+/// The first `n` unreserved ports of a resource set, lowest first.
 fn free_ports_upto(res: &ResourceSet, n: u64) -> Vec<u64> {
     let mut out = Vec::new();
     for r in res
@@ -1433,7 +1436,7 @@ impl BatchScheduler {
         };
         let (state, message) = match cell.task(task_id) {
             Some(t) if !t.state.is_terminal() => {
-                if t.agent_id.as_str() != "" {
+                if !t.agent_id.as_str().is_empty() {
                     let run = self.jobs.get_mut(&job).expect("tracked job");
                     if run.tasks[idx].rec.agent_id.as_ref() != Some(&t.agent_id) {
                         run.tasks[idx].rec.agent_id = Some(t.agent_id.clone());
@@ -1569,9 +1572,7 @@ impl BatchScheduler {
                 {
                     continue;
                 }
-                if !def.ports.is_empty()
-                    && (free_ports_upto(free, def.ports.len() as u64).len() < def.ports.len())
-                {
+                if port_count(free) < def.ports.len() as u64 {
                     continue;
                 }
                 let cpus = free.scalar("cpus").0;
