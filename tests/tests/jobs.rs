@@ -2,7 +2,9 @@
 //! runs in dependency order (through `shoal job run --wait`), a flaky task succeeds on retry,
 //! an always-failing task fails the job after its retries with its dependents skipped, bad job
 //! files are refused with the field named and change nothing, and a job resumes after the
-//! master is SIGKILLed twice: every task runs exactly once. One job runs a task in Docker
+//! master is SIGKILLed twice: every task runs exactly once. A job of hundreds of short tasks
+//! runs each once; a stopped job's running task is killed and the rest skipped. One job runs a
+//! task in Docker
 //! (skipped, with a printed reason, only outside CI when `docker info` fails).
 
 use std::time::{Duration, Instant};
@@ -493,4 +495,52 @@ async fn a_job_of_hundreds_of_short_tasks_runs_each_once() {
     lines.dedup();
     assert_eq!(lines.len(), n + 1, "each task ran once");
     assert_eq!(text.lines().count(), n + 1, "each task ran once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_a_job_kills_its_running_task_and_skips_the_rest() {
+    let cell = start_cell("jobs-stop").await;
+    let file = format!(
+        "name = \"stoppable\"\n\n{}{}",
+        toml_task("long", &[], "sleep 600"),
+        toml_task("next", &["long"], "echo never"),
+    );
+    let (status, answer) = cell.submit(file).await;
+    assert_eq!(status, 201, "{answer}");
+    let c = &cell;
+    wait_until("long running", Duration::from_secs(30), || async move {
+        c.client
+            .task("stoppable.long.1")
+            .await
+            .is_ok_and(|t| t.state.mesos_name() == "TASK_RUNNING")
+    })
+    .await;
+    let (code, out, err) = cell.cli(&["stop", "stoppable"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    let job = cell.wait_job_end("stoppable", Duration::from_secs(5)).await;
+    assert_eq!(job["state"], "STOPPED", "{job:#}");
+    wait_until("long killed", Duration::from_secs(30), || async move {
+        c.client
+            .task("stoppable.long.1")
+            .await
+            .is_ok_and(|t| t.state.mesos_name() == "TASK_KILLED")
+    })
+    .await;
+    let c = &cell;
+    wait_until(
+        "the records settle",
+        Duration::from_secs(10),
+        || async move {
+            let job = c.job("stoppable").await.unwrap();
+            task(&job, "long")["state"] == "FAILED" && task(&job, "next")["state"] == "SKIPPED"
+        },
+    )
+    .await;
+    let job = cell.job("stoppable").await.unwrap();
+    assert_eq!(task(&job, "next")["message"], "job stopped");
+    assert!(cell.client.task("stoppable.next.1").await.is_err());
+    // Unknown jobs are 404.
+    let (code, _, err) = cell.cli(&["stop", "nope"]).await;
+    assert_ne!(code, 0);
+    assert!(err.contains("404"), "{err}");
 }
