@@ -4,8 +4,7 @@
 //! files are refused with the field named and change nothing, and a job resumes after the
 //! master is SIGKILLed twice: every task runs exactly once. A job of hundreds of short tasks
 //! runs each once; a stopped job's running task is killed and the rest skipped. One job runs a
-//! task in Docker
-//! (skipped, with a printed reason, only outside CI when `docker info` fails).
+//! task in Docker (skipped, with a printed reason, only outside CI when `docker info` fails).
 
 use std::time::{Duration, Instant};
 
