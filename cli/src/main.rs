@@ -8,6 +8,8 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
+mod job;
+
 #[derive(Parser)]
 #[command(
     name = "shoal",
@@ -32,6 +34,11 @@ enum Cmd {
     Dev(DevArgs),
     /// Print the cell's state (agents, tasks, roles) as JSON.
     State(ClientArgs),
+    /// Batch jobs: run, plan, status, stop, logs.
+    Job {
+        #[command(subcommand)]
+        cmd: job::JobCmd,
+    },
 }
 
 #[derive(Args)]
@@ -514,6 +521,11 @@ fn main() {
             },
             Cmd::Dev(a) => run_dev(a).await,
             Cmd::State(a) => run_state(a).await,
+            Cmd::Job { cmd } => match job::run(cmd).await {
+                Ok(0) => Ok(()),
+                Ok(code) => std::process::exit(code),
+                Err(e) => Err(e),
+            },
         }
     });
     if let Err(e) = result {

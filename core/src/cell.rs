@@ -66,6 +66,12 @@ pub enum Command {
     },
     /// Drop every hold (a new master's first command: holds do not survive a restart).
     ClearHolds,
+    /// Submit a job file (validated here; idempotent by job id).
+    SubmitJob {
+        spec: crate::jobs::JobSpec,
+    },
+    /// Change a job's record: its state (a stop, or its end) and its tasks' records.
+    UpdateJob(crate::jobs::JobUpdate),
 }
 
 /// What an agent says about itself when it registers.
@@ -125,6 +131,11 @@ pub enum Reply {
         placed: Vec<OfferId>,
         refused: Vec<OfferId>,
     },
+    /// A job submission: its id, and whether it is new (`false`: the same file was there).
+    Job {
+        job_id: String,
+        created: bool,
+    },
     Done,
 }
 
@@ -159,6 +170,8 @@ pub struct Cell {
     /// Sum of scalar totals and allocations over agents that are not gone, for quota headroom.
     cluster_total: OrdMap<Name, i64>,
     cluster_allocated: OrdMap<Name, i64>,
+    /// Jobs of the batch scheduler, by id (see `jobs.rs`).
+    jobs: PMap<String, Arc<crate::jobs::Job>>,
 }
 
 impl Cell {
@@ -174,7 +187,21 @@ impl Cell {
             live_tasks_by_agent: PMap::new(),
             cluster_total: OrdMap::new(),
             cluster_allocated: OrdMap::new(),
+            jobs: PMap::new(),
         }
+    }
+
+    /// Adds stored jobs to a cell rebuilt with [`Cell::from_records`].
+    pub fn restore_jobs(&mut self, jobs: impl IntoIterator<Item = crate::jobs::Job>) {
+        for j in jobs {
+            self.jobs.insert(j.id.clone(), Arc::new(j));
+        }
+    }
+    pub fn job(&self, id: &str) -> Option<&crate::jobs::Job> {
+        self.jobs.get(id).map(|j| j.as_ref())
+    }
+    pub fn jobs(&self) -> impl Iterator<Item = &crate::jobs::Job> {
+        self.jobs.values().map(|j| j.as_ref())
     }
 
     /// Rebuilds a cell from stored records (the derived fields are recomputed here).
@@ -451,6 +478,17 @@ impl Cell {
                 offer_ids,
                 claim,
             } => self.decide_accept(next, framework_id, offer_ids, claim),
+            Command::SubmitJob { spec } => {
+                let (events, job_id, created) = crate::jobs::decide_submit(self, now, next, spec)?;
+                Ok(Decision {
+                    events,
+                    reply: Reply::Job { job_id, created },
+                })
+            }
+            Command::UpdateJob(update) => Ok(Decision {
+                events: crate::jobs::decide_update(self, update)?,
+                reply: Reply::Done,
+            }),
             Command::ConfigureRole {
                 name,
                 weight,
@@ -1249,6 +1287,9 @@ impl Cell {
                 for h in &holds {
                     self.release_hold(v, h);
                 }
+            }
+            Event::JobSubmitted { .. } | Event::JobUpdated { .. } => {
+                crate::jobs::apply_event(&mut self.jobs, v, event)
             }
         }
     }

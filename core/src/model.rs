@@ -387,6 +387,20 @@ pub enum Event {
     },
     /// The master restarted: every hold is gone.
     HoldsCleared { agent_ids: Vec<AgentId> },
+    /// A job was submitted: its record, every task waiting or queued.
+    JobSubmitted { job: Box<crate::jobs::Job> },
+    /// A job's state or some of its tasks' records changed (`tasks` are the new records).
+    JobUpdated {
+        job_id: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        state: Option<crate::jobs::JobState>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        message: Option<String>,
+        #[serde(default)]
+        finished_at: Timestamp,
+        #[serde(default)]
+        tasks: Vec<crate::jobs::JobTask>,
+    },
 }
 
 /// One committed mutation: its version and its events.

@@ -225,6 +225,8 @@ fn write_batch(
     let mut tasks: BTreeSet<TaskId> = BTreeSet::new();
     let mut roles: BTreeSet<String> = BTreeSet::new();
     let mut claims = Vec::new();
+    let mut jobs: BTreeSet<&str> = BTreeSet::new();
+    let mut job_tasks: BTreeSet<(&str, &str)> = BTreeSet::new();
     for e in entries {
         for ev in &e.events {
             match ev {
@@ -259,6 +261,21 @@ fn write_batch(
                 Event::HoldsReleased { agent_ids, .. } | Event::HoldsCleared { agent_ids } => {
                     agents.extend(agent_ids.iter().cloned());
                 }
+                Event::JobSubmitted { job } => {
+                    jobs.insert(&job.id);
+                    job_tasks.extend(job.tasks.keys().map(|n| (job.id.as_str(), n.as_str())));
+                }
+                Event::JobUpdated {
+                    job_id,
+                    state,
+                    tasks: ts,
+                    ..
+                } => {
+                    if state.is_some() {
+                        jobs.insert(job_id);
+                    }
+                    job_tasks.extend(ts.iter().map(|t| (job_id.as_str(), t.name.as_str())));
+                }
             }
         }
     }
@@ -282,6 +299,14 @@ fn write_batch(
             .collect(),
         roles: roles.iter().filter_map(|n| cell.role(n).cloned()).collect(),
         claims,
+        jobs: jobs.iter().filter_map(|id| cell.job(id).cloned()).collect(),
+        job_tasks: job_tasks
+            .iter()
+            .filter_map(|(j, t)| {
+                let task = cell.job(j)?.tasks.get(*t)?.clone();
+                Some((j.to_string(), task))
+            })
+            .collect(),
         trim_log_below,
     }
 }

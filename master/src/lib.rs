@@ -8,6 +8,7 @@
 pub mod agents;
 pub mod api;
 pub mod committer;
+pub mod jobs;
 pub mod limits;
 pub mod mesos_json;
 pub mod store;
@@ -48,7 +49,7 @@ pub fn load_cell(store: &dyn Store) -> anyhow::Result<Cell> {
         .cell_id
         .clone()
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-    let cell = Cell::from_records(
+    let mut cell = Cell::from_records(
         CellConfig {
             cell_id: Arc::from(cell_id),
         },
@@ -58,6 +59,7 @@ pub fn load_cell(store: &dyn Store) -> anyhow::Result<Cell> {
         stored.roles,
         stored.claims,
     );
+    cell.restore_jobs(stored.jobs);
     cell.check_invariants()
         .map_err(|e| anyhow::anyhow!("stored state violates an invariant: {e}"))?;
     Ok(cell)
@@ -107,6 +109,7 @@ impl MasterCore {
             });
         }
         let agents = agents::AgentHub::start(committer.clone(), published.clone(), timers);
+        jobs::start(committer.clone(), published.clone());
         Ok(MasterCore {
             committer,
             published,
@@ -120,6 +123,10 @@ impl MasterCore {
             committer: self.committer.clone(),
             published: self.published.clone(),
         })
+        .merge(jobs::router(api::ApiState {
+            committer: self.committer.clone(),
+            published: self.published.clone(),
+        }))
         .merge(agents::router(self.agents.clone()))
         .merge(
             Router::new()

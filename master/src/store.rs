@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex};
 
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::de::DeserializeOwned;
+use shoal_core::jobs::{Job, JobTask};
 use shoal_core::{Agent, ClaimOutcome, LogEntry, Role, Task, Version};
 
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +57,8 @@ pub struct StoredCell {
     pub tasks: Vec<Task>,
     pub roles: Vec<Role>,
     pub claims: Vec<ClaimOutcome>,
+    /// Jobs with their tasks' records.
+    pub jobs: Vec<Job>,
 }
 
 /// One group commit: the new log entries and the records they changed, as of their end.
@@ -68,6 +71,10 @@ pub struct WriteBatch {
     pub tasks: Vec<Task>,
     pub roles: Vec<Role>,
     pub claims: Vec<ClaimOutcome>,
+    /// Jobs whose own record changed (written without their tasks), and changed task records
+    /// by job id: a job's tasks are records of their own, so one task's change writes one row.
+    pub jobs: Vec<Job>,
+    pub job_tasks: Vec<(String, JobTask)>,
     /// Drop log entries below this version (the new floor), if set.
     pub trim_log_below: Option<Version>,
 }
@@ -90,6 +97,32 @@ const TASKS: TableDefinition<&str, &[u8]> = TableDefinition::new("tasks");
 const ROLES: TableDefinition<&str, &[u8]> = TableDefinition::new("roles");
 const CLAIMS: TableDefinition<&str, &[u8]> = TableDefinition::new("claims");
 const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
+const JOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("jobs");
+/// Key: `<job id>/<task name>` (neither has a slash).
+const JOB_TASKS: TableDefinition<&str, &[u8]> = TableDefinition::new("job_tasks");
+
+fn job_task_key(job: &str, task: &str) -> String {
+    format!("{job}/{task}")
+}
+
+/// A job as stored: its record without the tasks (they have rows of their own).
+fn job_header(job: &Job) -> Job {
+    Job {
+        tasks: Default::default(),
+        ..job.clone()
+    }
+}
+
+/// Puts stored jobs and their task rows back together.
+fn assemble_jobs(headers: Vec<Job>, tasks: Vec<(String, JobTask)>) -> Vec<Job> {
+    let mut jobs: BTreeMap<String, Job> = headers.into_iter().map(|j| (j.id.clone(), j)).collect();
+    for (job_id, t) in tasks {
+        if let Some(j) = jobs.get_mut(&job_id) {
+            j.tasks.insert(t.name.clone(), t);
+        }
+    }
+    jobs.into_values().collect()
+}
 
 fn encode<T: serde::Serialize>(v: &T) -> Vec<u8> {
     serde_json::to_vec(v).expect("records serialize")
@@ -115,6 +148,8 @@ impl RedbStore {
             txn.open_table(ROLES)?;
             txn.open_table(CLAIMS)?;
             txn.open_table(LOG)?;
+            txn.open_table(JOBS)?;
+            txn.open_table(JOB_TASKS)?;
         }
         txn.commit()?;
         Ok(RedbStore { db })
@@ -157,6 +192,17 @@ impl Store for RedbStore {
             tasks: load_table(&txn, TASKS, "task")?,
             roles: load_table(&txn, ROLES, "role")?,
             claims: load_table(&txn, CLAIMS, "claim")?,
+            jobs: {
+                let headers = load_table(&txn, JOBS, "job")?;
+                let table = txn.open_table(JOB_TASKS)?;
+                let mut tasks = Vec::new();
+                for row in table.iter()? {
+                    let (k, v) = row?;
+                    let job_id = k.value().split('/').next().unwrap_or_default().to_string();
+                    tasks.push((job_id, decode("job task", v.value())?));
+                }
+                assemble_jobs(headers, tasks)
+            },
         })
     }
 
@@ -182,6 +228,14 @@ impl Store for RedbStore {
             let mut claims = txn.open_table(CLAIMS)?;
             for c in &batch.claims {
                 claims.insert(c.claim_id.as_str(), encode(c).as_slice())?;
+            }
+            let mut jobs = txn.open_table(JOBS)?;
+            for j in &batch.jobs {
+                jobs.insert(j.id.as_str(), encode(&job_header(j)).as_slice())?;
+            }
+            let mut job_tasks = txn.open_table(JOB_TASKS)?;
+            for (job_id, t) in &batch.job_tasks {
+                job_tasks.insert(job_task_key(job_id, &t.name).as_str(), encode(t).as_slice())?;
             }
             let mut log = txn.open_table(LOG)?;
             for e in &batch.entries {
@@ -248,6 +302,8 @@ struct MemImage {
     tasks: BTreeMap<String, Task>,
     roles: BTreeMap<String, Role>,
     claims: BTreeMap<String, ClaimOutcome>,
+    jobs: BTreeMap<String, Job>,
+    job_tasks: BTreeMap<String, (String, JobTask)>,
     log: BTreeMap<Version, LogEntry>,
 }
 
@@ -266,6 +322,13 @@ impl MemImage {
         }
         for c in &b.claims {
             self.claims.insert(c.claim_id.to_string(), c.clone());
+        }
+        for j in &b.jobs {
+            self.jobs.insert(j.id.clone(), job_header(j));
+        }
+        for (job_id, t) in &b.job_tasks {
+            self.job_tasks
+                .insert(job_task_key(job_id, &t.name), (job_id.clone(), t.clone()));
         }
         for e in &b.entries {
             self.log.insert(e.version, e.as_ref().clone());
@@ -318,6 +381,10 @@ impl Store for MemStore {
             tasks: img.tasks.into_values().collect(),
             roles: img.roles.into_values().collect(),
             claims: img.claims.into_values().collect(),
+            jobs: assemble_jobs(
+                img.jobs.into_values().collect(),
+                img.job_tasks.into_values().collect(),
+            ),
         })
     }
     fn write(&self, batch: &WriteBatch) -> StoreResult<()> {

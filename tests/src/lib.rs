@@ -66,7 +66,7 @@ pub struct MasterProc {
 impl MasterProc {
     pub fn start(work_dir: &Path, extra: &[&str]) -> MasterProc {
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-        let (child, addr) = Self::spawn(work_dir, &extra);
+        let (child, addr) = Self::spawn(work_dir, "127.0.0.1:0", &extra);
         MasterProc {
             work_dir: work_dir.to_path_buf(),
             addr,
@@ -75,7 +75,7 @@ impl MasterProc {
         }
     }
 
-    fn spawn(work_dir: &Path, extra: &[String]) -> (Child, String) {
+    fn spawn(work_dir: &Path, listen: &str, extra: &[String]) -> (Child, String) {
         std::fs::create_dir_all(work_dir).unwrap();
         let addr_file = work_dir.join("master.addr");
         let _ = std::fs::remove_file(&addr_file);
@@ -85,7 +85,7 @@ impl MasterProc {
             .open(work_dir.join("master.log"))
             .unwrap();
         let child = Command::new(shoal_bin())
-            .args(["master", "--listen", "127.0.0.1:0", "--work-dir"])
+            .args(["master", "--listen", listen, "--work-dir"])
             .arg(work_dir)
             .args(extra)
             .stdout(Stdio::null())
@@ -121,7 +121,17 @@ impl MasterProc {
     /// Starts the master again on the same work dir (a new port).
     pub fn restart(&mut self) {
         self.kill9();
-        let (child, addr) = Self::spawn(&self.work_dir, &self.extra);
+        let (child, addr) = Self::spawn(&self.work_dir, "127.0.0.1:0", &self.extra);
+        self.child = child;
+        self.addr = addr;
+    }
+
+    /// Starts the master again on the same work dir and the same address, so that agents
+    /// joined to it come back on their own (as after a master crash on a fixed port).
+    pub fn restart_same_addr(&mut self) {
+        self.kill9();
+        let listen = self.addr.trim_start_matches("http://").to_string();
+        let (child, addr) = Self::spawn(&self.work_dir, &listen, &self.extra);
         self.child = child;
         self.addr = addr;
     }
@@ -505,12 +515,9 @@ impl Drop for BackgroundScript {
     }
 }
 
-/// Master flags of the Mesos tests: fast liveness (agent heartbeats every 200 ms, unreachable
-/// after 30 s) and fast scheduler-API timers: an allocation round every 100 ms (offers come
-/// quickly after a DECLINE's filter expires, a REVIVE, a freed resource), HEARTBEAT events
-/// every second, unacknowledged status updates resent every 500 ms. Left at their defaults:
-/// `--offer-timeout` (never), `--offers-per-framework-max`.
-pub const MESOS_MASTER_FLAGS: &[&str] = &[
+/// Liveness flags for a test master: fast agent heartbeats, agents unreachable only after
+/// 30 s (a slow start on a busy machine does not trip liveness), a 1 s kill grace.
+pub const FAST_MASTER_FLAGS: &[&str] = &[
     "--agent-heartbeat-interval",
     "200ms",
     "--agent-ping-timeout",
@@ -519,6 +526,13 @@ pub const MESOS_MASTER_FLAGS: &[&str] = &[
     "30s",
     "--kill-grace",
     "1s",
+];
+
+/// Scheduler-API timers of the Mesos tests: an allocation round every 100 ms (offers come
+/// quickly after a DECLINE's filter expires, a REVIVE, a freed resource), HEARTBEAT events
+/// every second, unacknowledged status updates resent every 500 ms. Left at their defaults:
+/// `--offer-timeout` (never), `--offers-per-framework-max`.
+pub const MESOS_API_FLAGS: &[&str] = &[
     "--allocation-interval",
     "100ms",
     "--scheduler-heartbeat-interval",
@@ -526,6 +540,11 @@ pub const MESOS_MASTER_FLAGS: &[&str] = &[
     "--status-update-retry",
     "500ms",
 ];
+
+/// Master flags of the Mesos tests: [`FAST_MASTER_FLAGS`] and [`MESOS_API_FLAGS`].
+pub fn mesos_master_flags() -> Vec<&'static str> {
+    [FAST_MASTER_FLAGS, MESOS_API_FLAGS].concat()
+}
 
 /// One agent of a [`MesosCell`].
 #[derive(Clone, Copy, Debug)]
@@ -549,6 +568,36 @@ impl MesosAgentSpec<'_> {
     }
 }
 
+/// Starts an agent with fast timers (heartbeats, status retries, re-registration, kill grace),
+/// the given executors and `resources`, plus `extra` flags.
+pub fn start_fast_agent(
+    master: &str,
+    work_dir: &Path,
+    hostname: &str,
+    containerizers: &str,
+    resources: &str,
+    extra: &[&str],
+) -> AgentProc {
+    let mut args = vec![
+        "--hostname",
+        hostname,
+        "--containerizers",
+        containerizers,
+        "--heartbeat-interval",
+        "200ms",
+        "--status-retry",
+        "200ms",
+        "--reregister-backoff-max",
+        "200ms",
+        "--kill-grace",
+        "1s",
+        "--resources",
+        resources,
+    ];
+    args.extend_from_slice(extra);
+    AgentProc::start(master, work_dir, &args)
+}
+
 /// Starts an agent for the Mesos tests: fast timers, the executors, resources and attributes
 /// of `spec`.
 pub fn start_mesos_agent(
@@ -557,31 +606,21 @@ pub fn start_mesos_agent(
     hostname: &str,
     spec: MesosAgentSpec<'_>,
 ) -> AgentProc {
-    AgentProc::start(
+    let mut extra = Vec::new();
+    if !spec.attributes.is_empty() {
+        extra.extend(["--attributes", spec.attributes]);
+    }
+    start_fast_agent(
         master,
         work_dir,
-        &[
-            "--hostname",
-            hostname,
-            "--containerizers",
-            spec.containerizers,
-            "--heartbeat-interval",
-            "200ms",
-            "--status-retry",
-            "200ms",
-            "--reregister-backoff-max",
-            "200ms",
-            "--kill-grace",
-            "1s",
-            "--resources",
-            spec.resources,
-            "--attributes",
-            spec.attributes,
-        ],
+        hostname,
+        spec.containerizers,
+        spec.resources,
+        &extra,
     )
 }
 
-/// A master (with [`MESOS_MASTER_FLAGS`] and more) and its agents, on one temporary
+/// A master (with [`mesos_master_flags()`] and more) and its agents, on one temporary
 /// directory, for the Mesos API tests.
 pub struct MesosCell {
     pub master: MasterProc,
@@ -592,7 +631,7 @@ pub struct MesosCell {
 }
 
 impl MesosCell {
-    /// Starts the master ([`MESOS_MASTER_FLAGS`], overridden or extended by
+    /// Starts the master ([`mesos_master_flags()`], overridden or extended by
     /// `extra_master_flags`) and one agent per
     /// spec (hostnames unique to `name`), and waits until every agent is active.
     pub async fn start(
@@ -601,9 +640,9 @@ impl MesosCell {
         agents: &[MesosAgentSpec<'_>],
     ) -> Result<MesosCell, String> {
         let dir = tempfile::tempdir().map_err(|e| format!("temporary dir: {e}"))?;
-        // MESOS_MASTER_FLAGS is flag/value pairs; a flag given again in `extra_master_flags`
+        // mesos_master_flags() is flag/value pairs; a flag given again in `extra_master_flags`
         // replaces ours (clap refuses a flag given twice).
-        let mut flags: Vec<&str> = MESOS_MASTER_FLAGS
+        let mut flags: Vec<&str> = mesos_master_flags()
             .chunks(2)
             .filter(|pair| !extra_master_flags.contains(&pair[0]))
             .flatten()

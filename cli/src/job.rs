@@ -1,0 +1,408 @@
+//! `shoal job run|plan|status|stop|logs`: the client verbs for batch jobs, in Nomad's style.
+//! Every verb talks to the master's native API (`/api/shoal/v1/jobs…`) and takes `--json`
+//! for machine output; the exit code is not 0 when the verb (or, with `--wait`, the job)
+//! failed.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Args, Subcommand};
+use serde_json::{json, Value as Json};
+use shoal_core::jobs::{parse_job_file, CompiledJob, JobFormat, JobSpec};
+
+/// `println!` that ignores a closed stdout (`shoal job status | head`) instead of panicking.
+macro_rules! say {
+    () => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock());
+    }};
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
+fn say_raw(data: &str) {
+    use std::io::Write as _;
+    let _ = std::io::stdout().lock().write_all(data.as_bytes());
+}
+
+#[derive(Args, Clone)]
+pub struct MasterArg {
+    /// The master's URL.
+    #[arg(
+        long,
+        alias = "address",
+        env = "SHOAL_ADDR",
+        default_value = "http://127.0.0.1:5050"
+    )]
+    master: String,
+}
+
+#[derive(Subcommand)]
+pub enum JobCmd {
+    /// Submit a job file (TOML or JSON) and, with --wait, follow it until it ends.
+    Run {
+        file: PathBuf,
+        /// Show live progress until the job ends; the exit code is 0 only if it completed.
+        #[arg(long)]
+        wait: bool,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        master: MasterArg,
+    },
+    /// Show what the scheduler would place now for a job file, without placing anything.
+    Plan {
+        file: PathBuf,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        master: MasterArg,
+    },
+    /// List jobs, or show one job and its tasks.
+    Status {
+        id: Option<String>,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        master: MasterArg,
+    },
+    /// Stop a job: running tasks are killed, the others skipped.
+    Stop {
+        id: String,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        master: MasterArg,
+    },
+    /// Print a task's output (its latest attempt's sandbox stdout, or stderr).
+    Logs {
+        id: String,
+        task: String,
+        #[arg(long)]
+        stderr: bool,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        master: MasterArg,
+    },
+}
+
+/// Runs a job verb; the process exit code.
+pub async fn run(cmd: JobCmd) -> anyhow::Result<i32> {
+    match cmd {
+        JobCmd::Run {
+            file,
+            wait,
+            json,
+            master,
+        } => run_job(&Api::new(&master.master)?, &file, wait, json).await,
+        JobCmd::Plan { file, json, master } => {
+            let api = Api::new(&master.master)?;
+            let spec = read_job_file(&file)?;
+            let plan = api.post("/api/shoal/v1/jobs/plan", &json!(spec)).await?;
+            show(json, &plan, print_plan)
+        }
+        JobCmd::Status { id, json, master } => {
+            let api = Api::new(&master.master)?;
+            match id {
+                None => show(json, &api.get("/api/shoal/v1/jobs").await?, print_jobs),
+                Some(id) => show(
+                    json,
+                    &api.get(&format!("/api/shoal/v1/jobs/{id}")).await?,
+                    print_job,
+                ),
+            }
+        }
+        JobCmd::Stop { id, json, master } => {
+            let api = Api::new(&master.master)?;
+            api.post(&format!("/api/shoal/v1/jobs/{id}/stop"), &Json::Null)
+                .await?;
+            if json {
+                say!("{}", json!({"job_id": id, "stopping": true}));
+            } else {
+                say!("Stopping job {id}: running tasks are killed, the others skipped.");
+            }
+            Ok(0)
+        }
+        JobCmd::Logs {
+            id,
+            task,
+            stderr,
+            json,
+            master,
+        } => {
+            let api = Api::new(&master.master)?;
+            let data =
+                task_output(&api, &id, &task, if stderr { "stderr" } else { "stdout" }).await?;
+            if json {
+                say!("{}", json!({"job_id": id, "task": task, "data": data}));
+            } else {
+                say_raw(&data);
+            }
+            Ok(0)
+        }
+    }
+}
+
+/// Prints an answer as JSON (`--json`) or with `human`.
+fn show(json: bool, v: &Json, human: fn(&Json)) -> anyhow::Result<i32> {
+    if json {
+        say!("{}", serde_json::to_string_pretty(v)?);
+    } else {
+        human(v);
+    }
+    Ok(0)
+}
+
+/// Reads and checks a job file here, so that mistakes are reported before the master is
+/// asked (the master checks again, and also against its agents).
+fn read_job_file(path: &Path) -> anyhow::Result<JobSpec> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let format = match path.extension().and_then(|e| e.to_str()) {
+        Some("json") => JobFormat::Json,
+        Some("toml") => JobFormat::Toml,
+        _ => JobFormat::sniff(&text),
+    };
+    let spec =
+        parse_job_file(&text, format).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    CompiledJob::compile(&spec)
+        .map_err(|e| anyhow::anyhow!("{}: invalid job: {e}", path.display()))?;
+    Ok(spec)
+}
+
+struct Api {
+    http: reqwest::Client,
+    base: String,
+}
+
+impl Api {
+    fn new(master: &str) -> anyhow::Result<Api> {
+        let base = shoal_client::Client::new(master)?.base().to_string();
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(30))
+            .build()?;
+        Ok(Api { http, base })
+    }
+
+    async fn answer(resp: reqwest::Response) -> anyhow::Result<Json> {
+        let status = resp.status();
+        let body: Json = resp.json().await.unwrap_or(Json::Null);
+        if !status.is_success() {
+            let message = body["message"].as_str().unwrap_or("").to_string();
+            bail!("{} ({})", message, status.as_u16());
+        }
+        Ok(body)
+    }
+
+    async fn get(&self, path: &str) -> anyhow::Result<Json> {
+        let resp = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .with_context(|| format!("reaching the master at {}", self.base))?;
+        Self::answer(resp).await
+    }
+
+    async fn post(&self, path: &str, body: &Json) -> anyhow::Result<Json> {
+        let mut req = self.http.post(format!("{}{path}", self.base));
+        if !body.is_null() {
+            req = req.json(body);
+        }
+        let resp = req
+            .send()
+            .await
+            .with_context(|| format!("reaching the master at {}", self.base))?;
+        Self::answer(resp).await
+    }
+}
+
+async fn run_job(api: &Api, file: &Path, wait: bool, json_out: bool) -> anyhow::Result<i32> {
+    let spec = read_job_file(file)?;
+    let answer = api.post("/api/shoal/v1/jobs", &json!(spec)).await?;
+    let id = answer["job_id"].as_str().unwrap_or_default().to_string();
+    if !wait {
+        if json_out {
+            say!("{}", serde_json::to_string_pretty(&answer)?);
+        } else if answer["created"].as_bool() == Some(true) {
+            say!(
+                "Job {id} submitted ({} tasks). Follow it with: shoal job status {id}",
+                spec.tasks.len()
+            );
+        } else {
+            say!("Job {id} was already submitted with this file; nothing changed.");
+        }
+        return Ok(0);
+    }
+    let bar = indicatif::ProgressBar::new(spec.tasks.len() as u64);
+    if json_out {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar.set_prefix(format!("job {id}"));
+    let job = loop {
+        let job = api.get(&format!("/api/shoal/v1/jobs/{id}")).await?;
+        let count = |s: &str| job["counts"][s].as_u64().unwrap_or(0);
+        bar.set_position(count("FINISHED") + count("FAILED") + count("SKIPPED"));
+        bar.set_message(format!(
+            "running {}, queued {}, waiting {}, failed {}, skipped {}",
+            count("RUNNING"),
+            count("QUEUED"),
+            count("WAITING"),
+            count("FAILED"),
+            count("SKIPPED")
+        ));
+        if job["state"] != "RUNNING" {
+            break job;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    bar.finish_and_clear();
+    show(json_out, &job, print_job)?;
+    Ok(if job["state"] == "COMPLETE" { 0 } else { 1 })
+}
+
+/// The output of a job task's latest attempt, through the master's `/files/read` proxy.
+async fn task_output(api: &Api, id: &str, task: &str, file: &str) -> anyhow::Result<String> {
+    let job = api.get(&format!("/api/shoal/v1/jobs/{id}")).await?;
+    let Some(rec) = job["tasks"]
+        .as_array()
+        .and_then(|ts| ts.iter().find(|t| t["name"] == task))
+    else {
+        bail!("job {id} has no task {task}");
+    };
+    let (Some(task_id), Some(agent_id)) = (rec["task_id"].as_str(), rec["agent_id"].as_str())
+    else {
+        bail!("task {task} of job {id} has not run yet ({})", rec["state"]);
+    };
+    let mut out = Vec::new();
+    let mut offset = 0u64;
+    const CHUNK: u64 = 1 << 20;
+    loop {
+        let path = format!("/agents/{agent_id}/tasks/{task_id}/{file}");
+        let v = api
+            .get(&format!(
+                "/files/read?path={path}&offset={offset}&length={CHUNK}"
+            ))
+            .await?;
+        let data = v["data"].as_str().unwrap_or_default();
+        if data.is_empty() {
+            break;
+        }
+        out.extend_from_slice(data.as_bytes());
+        offset += data.len() as u64;
+    }
+    Ok(String::from_utf8_lossy(&out).into_owned())
+}
+
+/// Prints rows as a space-aligned table with a header.
+fn table(header: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            widths[i] = widths[i].max(c.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let mut s = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                s.push_str(c);
+            } else {
+                s.push_str(&format!("{c:<w$}  ", w = widths[i]));
+            }
+        }
+        say!("{}", s.trim_end());
+    };
+    line(header.to_vec());
+    for r in rows {
+        line(r.iter().map(String::as_str).collect());
+    }
+}
+
+/// One table row per element of a JSON array.
+fn rows(list: &Json, row: impl Fn(&Json) -> Vec<String>) -> Vec<Vec<String>> {
+    list.as_array()
+        .map(|a| a.iter().map(row).collect())
+        .unwrap_or_default()
+}
+
+fn text(v: &Json) -> String {
+    match v {
+        Json::String(s) => s.clone(),
+        Json::Null => String::new(),
+        other => other.to_string(),
+    }
+}
+
+fn print_jobs(list: &Json) {
+    let rows = rows(&list["jobs"], |j| {
+        let c = |s: &str| j["counts"][s].as_u64().unwrap_or(0);
+        vec![
+            text(&j["id"]),
+            text(&j["state"]),
+            text(&j["team"]),
+            format!("{}/{}", c("FINISHED"), j["total"].as_u64().unwrap_or(0)),
+            c("RUNNING").to_string(),
+            c("FAILED").to_string(),
+            c("SKIPPED").to_string(),
+        ]
+    });
+    table(
+        &[
+            "ID", "STATE", "TEAM", "FINISHED", "RUNNING", "FAILED", "SKIPPED",
+        ],
+        &rows,
+    );
+}
+
+fn print_job(job: &Json) {
+    say!("ID       = {}", text(&job["id"]));
+    say!("State    = {}", text(&job["state"]));
+    say!("Team     = {}", text(&job["team"]));
+    if !job["message"].is_null() {
+        say!("Message  = {}", text(&job["message"]));
+    }
+    say!();
+    let rows = rows(&job["tasks"], |t| {
+        vec![
+            text(&t["name"]),
+            text(&t["state"]),
+            t["attempts"].as_u64().unwrap_or(0).to_string(),
+            text(&t["agent_id"]),
+            text(&t["message"]),
+        ]
+    });
+    table(&["TASK", "STATE", "ATTEMPTS", "AGENT", "MESSAGE"], &rows);
+}
+
+fn print_plan(plan: &Json) {
+    if plan["exists"] == true {
+        say!(
+            "Job {} exists already ({}); submitting this file again changes nothing.",
+            text(&plan["job_id"]),
+            text(&plan["state"])
+        );
+    } else {
+        say!("Job {}: would be placed now:", text(&plan["job_id"]));
+    }
+    let rows = rows(&plan["tasks"], |t| {
+        vec![
+            text(&t["name"]),
+            text(&t["resources"]),
+            text(&t["plan"]),
+            text(&t["hostname"]),
+            text(&t["agent_id"]),
+        ]
+    });
+    table(&["TASK", "RESOURCES", "PLAN", "HOST", "AGENT"], &rows);
+}

@@ -1,0 +1,545 @@
+//! Batch jobs on the real `shoal master` and `shoal agent` (process executor): a diamond DAG
+//! runs in dependency order (through `shoal job run --wait`), a flaky task succeeds on retry,
+//! an always-failing task fails the job after its retries with its dependents skipped, bad job
+//! files are refused with the field named and change nothing, and a job resumes after the
+//! master is SIGKILLed twice: every task runs exactly once. A job of hundreds of short tasks
+//! runs each once; a stopped job's running task is killed and the rest skipped. One job runs a
+//! task in Docker (skipped, with a printed reason, only outside CI when `docker info` fails).
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value as Json};
+use shoal_client::Client;
+use shoal_tests::{start_fast_agent, unique, wait_until, AgentProc, MasterProc, FAST_MASTER_FLAGS};
+
+/// A master and one agent (process executor), each on its own work dir.
+struct JobCell {
+    master: MasterProc,
+    agent: AgentProc,
+    client: Client,
+    http: reqwest::Client,
+    dir: tempfile::TempDir,
+}
+
+impl Drop for JobCell {
+    fn drop(&mut self) {
+        self.agent.cleanup_tasks();
+    }
+}
+
+async fn start_cell(name: &str) -> JobCell {
+    start_cell_with(name, "process").await
+}
+
+async fn start_cell_with(name: &str, containerizers: &str) -> JobCell {
+    let dir = tempfile::tempdir().unwrap();
+    let master = MasterProc::start(&dir.path().join("master"), FAST_MASTER_FLAGS);
+    let hostname = unique(name);
+    let agent = start_fast_agent(
+        &master.addr,
+        &dir.path().join("agent"),
+        &hostname,
+        containerizers,
+        "cpus:4;mem:4096;ports:[32000-32100]",
+        &["--attributes", "zone:test"],
+    );
+    let client = master.client();
+    if let Err(e) =
+        shoal_tests::wait_agents_active(&client, &[&hostname], Duration::from_secs(20)).await
+    {
+        panic!("{e}; agent log:\n{}", agent.log());
+    }
+    JobCell {
+        master,
+        agent,
+        client,
+        http: reqwest::Client::new(),
+        dir,
+    }
+}
+
+impl JobCell {
+    /// POSTs a job file (the body as is); the HTTP status and the JSON answer.
+    async fn submit(&self, body: String) -> (u16, Json) {
+        let resp = self
+            .http
+            .post(format!("{}/api/shoal/v1/jobs", self.master.addr))
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Json::Null))
+    }
+
+    async fn job(&self, id: &str) -> Option<Json> {
+        let resp = self
+            .http
+            .get(format!("{}/api/shoal/v1/jobs/{id}", self.master.addr))
+            .send()
+            .await
+            .ok()?;
+        resp.status().is_success().then_some(())?;
+        resp.json().await.ok()
+    }
+
+    /// Waits until the job is no longer RUNNING; its record.
+    async fn wait_job_end(&self, id: &str, deadline: Duration) -> Json {
+        let until = Instant::now() + deadline;
+        loop {
+            if let Some(job) = self.job(id).await {
+                if job["state"] != "RUNNING" {
+                    return job;
+                }
+                assert!(
+                    Instant::now() < until,
+                    "job {id} still running after {deadline:?}: {job:#}\nagent log:\n{}",
+                    self.agent.log()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Runs `shoal job <args> --master <addr>`; exit code, stdout, stderr.
+    async fn cli(&self, args: &[&str]) -> (i32, String, String) {
+        let run = tokio::process::Command::new(shoal_tests::shoal_bin())
+            .arg("job")
+            .args(args)
+            .args(["--master", &self.master.addr])
+            .kill_on_drop(true)
+            .output();
+        let out = tokio::time::timeout(Duration::from_secs(90), run)
+            .await
+            .expect("shoal job finished within 90 s")
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    fn path(&self, name: &str) -> String {
+        self.dir.path().join(name).to_string_lossy().into_owned()
+    }
+}
+
+fn task<'a>(job: &'a Json, name: &str) -> &'a Json {
+    job["tasks"]
+        .as_array()
+        .and_then(|ts| ts.iter().find(|t| t["name"] == name))
+        .unwrap_or_else(|| panic!("no task {name} in {job:#}"))
+}
+
+/// A task running `shell` with small resources, as a TOML `[[tasks]]` table.
+fn toml_task(name: &str, deps: &[&str], shell: &str) -> String {
+    format!(
+        "[[tasks]]\nname = \"{name}\"\ncommand = '''{shell}'''\nresources = \"cpus:0.1;mem:16\"\ndepends_on = {deps:?}\n\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_diamond_dag_runs_in_dependency_order() {
+    let cell = start_cell("jobs-diamond").await;
+    let log = cell.path("order.log");
+    let body =
+        |name: &str| format!("echo start-{name} >> {log}; sleep 0.3; echo end-{name} >> {log}");
+    let file = format!(
+        "name = \"diamond\"\n\n{}{}{}{}",
+        toml_task("a", &[], &body("a")),
+        toml_task("b", &["a"], &body("b")),
+        toml_task("c", &["a"], &body("c")),
+        toml_task("d", &["b", "c"], &body("d")),
+    );
+    let path = cell.path("diamond.toml");
+    std::fs::write(&path, file).unwrap();
+
+    // The plan places only `a` now.
+    let (code, out, err) = cell.cli(&["plan", &path, "--json"]).await;
+    assert_eq!(code, 0, "plan failed: {out}{err}");
+    let plan: Json = serde_json::from_str(&out).unwrap();
+    let planned: Vec<&str> = plan["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["plan"] == "place")
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(planned, ["a"], "{plan:#}");
+    assert!(
+        cell.job("diamond").await.is_none(),
+        "a plan submits nothing"
+    );
+
+    let (code, out, err) = cell.cli(&["run", &path, "--wait", "--json"]).await;
+    assert_eq!(code, 0, "shoal job run --wait failed:\n{out}\n{err}");
+    let job: Json = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(job["state"], "COMPLETE", "{job:#}");
+    for t in ["a", "b", "c", "d"] {
+        assert_eq!(task(&job, t)["state"], "FINISHED", "{job:#}");
+        assert_eq!(task(&job, t)["attempts"], 1, "{job:#}");
+    }
+
+    let lines: Vec<String> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    let at = |l: &str| {
+        lines
+            .iter()
+            .position(|x| x == l)
+            .unwrap_or_else(|| panic!("no '{l}' in {lines:?}"))
+    };
+    assert_eq!(lines.len(), 8, "each task ran once: {lines:?}");
+    assert!(
+        at("end-a") < at("start-b") && at("end-a") < at("start-c"),
+        "{lines:?}"
+    );
+    assert!(
+        at("end-b") < at("start-d") && at("end-c") < at("start-d"),
+        "{lines:?}"
+    );
+
+    // Its output is readable through the master.
+    let (code, out, err) = cell.cli(&["logs", "diamond", "d"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.is_empty(), "d writes to the log file only: {out:?}");
+    // Submitting the same file again is idempotent.
+    let (code, out, _) = cell.cli(&["run", &path]).await;
+    assert_eq!(code, 0);
+    assert!(out.contains("already submitted"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flaky_task_succeeds_on_retry() {
+    let cell = start_cell("jobs-flaky").await;
+    let marker = cell.path("flaky.marker");
+    let spec = json!({
+        "name": "flaky",
+        "tasks": [{
+            "name": "flaky",
+            "command": format!("if [ -e {marker} ]; then echo second time lucky; else touch {marker}; exit 1; fi"),
+            "resources": "cpus:0.1;mem:16",
+            "retries": 2,
+            "backoff": "200ms",
+        }, {
+            "name": "after",
+            "command": "echo after",
+            "resources": "cpus:0.1;mem:16",
+            "depends_on": ["flaky"],
+        }]
+    });
+    let (status, answer) = cell.submit(spec.to_string()).await;
+    assert_eq!(status, 201, "{answer}");
+    let job = cell.wait_job_end("flaky", Duration::from_secs(60)).await;
+    assert_eq!(job["state"], "COMPLETE", "{job:#}");
+    let flaky = task(&job, "flaky");
+    assert_eq!(flaky["attempts"], 2, "{job:#}");
+    assert_eq!(flaky["task_id"], "flaky.flaky.2");
+    assert_eq!(task(&job, "after")["state"], "FINISHED");
+    let first = cell.client.task("flaky.flaky.1").await.unwrap();
+    assert_eq!(first.state.mesos_name(), "TASK_FAILED");
+    let second = cell.client.task("flaky.flaky.2").await.unwrap();
+    assert_eq!(second.state.mesos_name(), "TASK_FINISHED");
+    let (code, out, _) = cell.cli(&["logs", "flaky", "flaky"]).await;
+    assert_eq!(code, 0);
+    assert_eq!(out, "second time lucky\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_always_failing_task_fails_the_job_after_its_retries_and_skips_its_dependents() {
+    let cell = start_cell("jobs-failing").await;
+    let file = format!(
+        "name = \"failing\"\n\n{}retries = 2\nbackoff = \"100ms\"\n\n{}{}{}",
+        toml_task("broken", &[], "echo no luck >&2; exit 3"),
+        toml_task("mid", &["broken"], "echo mid"),
+        toml_task("last", &["mid"], "echo last"),
+        toml_task("other", &[], "echo independent"),
+    );
+    let (status, answer) = cell.submit(file).await;
+    assert_eq!(status, 201, "{answer}");
+    let job = cell.wait_job_end("failing", Duration::from_secs(60)).await;
+    assert_eq!(job["state"], "FAILED", "{job:#}");
+    assert!(
+        job["message"].as_str().unwrap_or("").contains("broken"),
+        "{job:#}"
+    );
+    let broken = task(&job, "broken");
+    assert_eq!(broken["state"], "FAILED", "{job:#}");
+    assert_eq!(broken["attempts"], 3, "1 attempt + 2 retries: {job:#}");
+    let why = broken["message"].as_str().unwrap();
+    assert!(why.contains("exit code 3"), "{why}");
+    for name in ["mid", "last"] {
+        let t = task(&job, name);
+        assert_eq!(t["state"], "SKIPPED", "{job:#}");
+        assert_eq!(t["attempts"], 0);
+        let why = t["message"].as_str().unwrap_or("");
+        assert!(why.contains("broken failed"), "{name}: {why}");
+    }
+    assert_eq!(task(&job, "other")["state"], "FINISHED", "{job:#}");
+
+    // Exactly three attempts of `broken` are in the cell, and none of the skipped tasks.
+    let state = cell.client.state().await.unwrap();
+    let mut attempts: Vec<String> = state
+        .tasks
+        .iter()
+        .filter(|t| t.id.as_str().starts_with("failing."))
+        .map(|t| format!("{} {}", t.id, t.state.mesos_name()))
+        .collect();
+    attempts.sort();
+    assert_eq!(
+        attempts,
+        [
+            "failing.broken.1 TASK_FAILED",
+            "failing.broken.2 TASK_FAILED",
+            "failing.broken.3 TASK_FAILED",
+            "failing.other.1 TASK_FINISHED"
+        ]
+    );
+    let (code, out, _) = cell.cli(&["status", "failing"]).await;
+    assert_eq!(code, 0);
+    assert!(out.contains("dependency broken failed"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_job_files_are_refused_with_the_field_named_and_change_nothing() {
+    let cell = start_cell("jobs-bad").await;
+    let ok = |name: &str, deps: &[&str]| toml_task(name, deps, "true");
+    let cases: Vec<(&str, String, &str)> = vec![
+        (
+            "cycle",
+            format!("name = \"cyc\"\n{}{}{}", ok("a", &["b"]), ok("b", &["a"]), ok("c", &[])),
+            "tasks[a].depends_on: dependency cycle: a -> b -> a",
+        ),
+        (
+            "unknown dependency",
+            format!("name = \"unknown\"\n{}", ok("a", &["nope"])),
+            "tasks[a].depends_on: unknown task 'nope'",
+        ),
+        (
+            "impossible resources",
+            "name = \"huge\"\n[[tasks]]\nname = \"big\"\ncommand = \"true\"\nresources = \"cpus:64;mem:16\"\n".to_string(),
+            "tasks[big].resources: cpus:64;mem:16 fits no agent",
+        ),
+        (
+            "no agent matches",
+            format!("name = \"nowhere\"\n{}constraints = [{{ attribute = \"zone\", value = \"mars\" }}]\n", ok("a", &[])),
+            "tasks[a].constraints: no agent of the cell matches them",
+        ),
+        (
+            "bad duration",
+            format!("name = \"slow\"\n{}timeout = \"ten minutes\"\n", ok("a", &[])),
+            "tasks[a].timeout: 'ten minutes'",
+        ),
+        (
+            "unknown field",
+            "name = \"typo\"\n[[tasks]]\nname = \"a\"\ncommand = \"true\"\nresources = \"cpus:0.1\"\ndependson = [\"b\"]\n".to_string(),
+            "unknown field `dependson`",
+        ),
+        ("not TOML", "name = ".to_string(), "invalid job file"),
+    ];
+    let before = cell.client.state().await.unwrap().version;
+    for (what, file, expected) in &cases {
+        let (status, answer) = cell.submit(file.clone()).await;
+        assert_eq!(status, 400, "{what}: {answer}");
+        let message = answer["message"].as_str().unwrap_or("");
+        assert!(
+            message.contains(expected),
+            "{what}: {message:?} lacks {expected:?}"
+        );
+    }
+    // Nothing changed: no job, no new version.
+    let after = cell.client.state().await.unwrap().version;
+    assert_eq!(before, after, "a refused job file commits nothing");
+    let (code, out, _) = cell.cli(&["status", "--json"]).await;
+    assert_eq!(code, 0);
+    let list: Json = serde_json::from_str(&out).unwrap();
+    assert_eq!(list["jobs"], json!([]), "{list}");
+
+    // The CLI refuses the cyclic file before asking the master, naming the cycle.
+    let path = cell.path("cyclic.toml");
+    std::fs::write(&path, &cases[0].1).unwrap();
+    let (code, out, err) = cell.cli(&["run", &path]).await;
+    assert_ne!(code, 0, "{out}");
+    assert!(err.contains("dependency cycle: a -> b -> a"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_resumes_after_master_kill_9_and_runs_each_task_once() {
+    let mut cell = start_cell("jobs-resume").await;
+    let markers = cell.path("markers");
+    // Each task appends its name first, then works a while: a task run twice leaves two lines.
+    let body = format!("echo $SHOAL_JOB_TASK >> {markers}; sleep 1");
+    let names = ["a", "b1", "b2", "b3", "c", "d"];
+    let file = format!(
+        "name = \"resume\"\n\n{}{}{}{}{}{}",
+        toml_task("a", &[], &body),
+        toml_task("b1", &["a"], &body),
+        toml_task("b2", &["a"], &body),
+        toml_task("b3", &["a"], &body),
+        toml_task("c", &["b1", "b2", "b3"], &body),
+        toml_task("d", &["c"], &body),
+    );
+    let (status, answer) = cell.submit(file).await;
+    assert_eq!(status, 201, "{answer}");
+
+    // Crash the master while the b's run, and again while c runs.
+    for (running, finished) in [("b2", "a"), ("c", "b3")] {
+        let c = &cell;
+        wait_until(
+            &format!("{running} running after {finished} finished"),
+            Duration::from_secs(60),
+            || async move {
+                match c.job("resume").await {
+                    Some(job) => {
+                        task(&job, running)["state"] == "RUNNING"
+                            && task(&job, finished)["state"] == "FINISHED"
+                    }
+                    None => false,
+                }
+            },
+        )
+        .await;
+        cell.master.restart_same_addr();
+        cell.client = cell.master.client();
+    }
+
+    let job = cell.wait_job_end("resume", Duration::from_secs(90)).await;
+    assert_eq!(job["state"], "COMPLETE", "{job:#}");
+    let lines = std::fs::read_to_string(&markers).unwrap();
+    let mut seen: Vec<&str> = lines.lines().collect();
+    seen.sort();
+    let mut want = names.to_vec();
+    want.sort();
+    assert_eq!(seen, want, "exactly one marker per task");
+    for n in names {
+        assert_eq!(task(&job, n)["attempts"], 1, "{job:#}");
+    }
+    let state = cell.client.state().await.unwrap();
+    let ours = state
+        .tasks
+        .iter()
+        .filter(|t| t.id.as_str().starts_with("resume."))
+        .count();
+    assert_eq!(ours, names.len(), "one attempt per task in the cell");
+    shoal_tests::check_no_double_booking(&state).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_runs_a_task_in_docker_with_its_environment_and_port() {
+    if !shoal_tests::docker_enabled("a_job_runs_a_task_in_docker_with_its_environment_and_port") {
+        return;
+    }
+    let cell = start_cell_with("jobs-docker", "docker,process").await;
+    let file = r#"
+name = "boxed"
+
+[[tasks]]
+name = "inside"
+image = "local/busybox:latest"
+command = "echo in=$SHOAL_JOB_TASK greeting=$GREETING port=$PORT_WEB"
+resources = "cpus:0.1;mem:32"
+env = { GREETING = "hi" }
+ports = ["web"]
+constraints = [{ attribute = "zone", value = "test" }]
+
+[[tasks]]
+name = "outside"
+command = "echo after the container"
+resources = "cpus:0.1;mem:16"
+depends_on = ["inside"]
+"#;
+    let (status, answer) = cell.submit(file.to_string()).await;
+    assert_eq!(status, 201, "{answer}");
+    let job = cell.wait_job_end("boxed", Duration::from_secs(120)).await;
+    assert_eq!(job["state"], "COMPLETE", "{job:#}");
+    let (code, out, err) = cell.cli(&["logs", "boxed", "inside"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, "in=inside greeting=hi port=32000\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_of_hundreds_of_short_tasks_runs_each_once() {
+    let cell = start_cell("jobs-many").await;
+    let markers = cell.path("many.markers");
+    let n = 300;
+    let mut tasks: Vec<Json> = (0..n)
+        .map(|i| {
+            json!({"name": format!("t{i}"), "command": format!("echo t{i} >> {markers}"),
+                   "resources": "cpus:0.01;mem:1"})
+        })
+        .collect();
+    tasks.push(
+        json!({"name": "last", "command": format!("echo last >> {markers}"),
+                      "resources": "cpus:0.01;mem:1", "depends_on": ["t0", format!("t{}", n - 1)]}),
+    );
+    let (status, answer) = cell
+        .submit(json!({"name": "many", "tasks": tasks}).to_string())
+        .await;
+    assert_eq!(status, 201, "{answer}");
+    let started = Instant::now();
+    let job = cell.wait_job_end("many", Duration::from_secs(180)).await;
+    assert_eq!(job["state"], "COMPLETE", "{}", job["counts"]);
+    eprintln!("{} tasks in {:?}", n + 1, started.elapsed());
+    let text = std::fs::read_to_string(&markers).unwrap();
+    let mut lines: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        lines.last(),
+        Some(&"last"),
+        "last runs after its dependencies"
+    );
+    lines.sort();
+    lines.dedup();
+    assert_eq!(lines.len(), n + 1, "each task ran once");
+    assert_eq!(text.lines().count(), n + 1, "each task ran once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_a_job_kills_its_running_task_and_skips_the_rest() {
+    let cell = start_cell("jobs-stop").await;
+    let file = format!(
+        "name = \"stoppable\"\n\n{}{}",
+        toml_task("long", &[], "sleep 600"),
+        toml_task("next", &["long"], "echo never"),
+    );
+    let (status, answer) = cell.submit(file).await;
+    assert_eq!(status, 201, "{answer}");
+    let c = &cell;
+    wait_until("long running", Duration::from_secs(30), || async move {
+        c.client
+            .task("stoppable.long.1")
+            .await
+            .is_ok_and(|t| t.state.mesos_name() == "TASK_RUNNING")
+    })
+    .await;
+    let (code, out, err) = cell.cli(&["stop", "stoppable"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    let job = cell.wait_job_end("stoppable", Duration::from_secs(5)).await;
+    assert_eq!(job["state"], "STOPPED", "{job:#}");
+    wait_until("long killed", Duration::from_secs(30), || async move {
+        c.client
+            .task("stoppable.long.1")
+            .await
+            .is_ok_and(|t| t.state.mesos_name() == "TASK_KILLED")
+    })
+    .await;
+    let c = &cell;
+    wait_until(
+        "the records settle",
+        Duration::from_secs(10),
+        || async move {
+            let job = c.job("stoppable").await.unwrap();
+            task(&job, "long")["state"] == "FAILED" && task(&job, "next")["state"] == "SKIPPED"
+        },
+    )
+    .await;
+    let job = cell.job("stoppable").await.unwrap();
+    assert_eq!(task(&job, "next")["message"], "job stopped");
+    assert!(cell.client.task("stoppable.next.1").await.is_err());
+    // Unknown jobs are 404.
+    let (code, _, err) = cell.cli(&["stop", "nope"]).await;
+    assert_ne!(code, 0);
+    assert!(err.contains("404"), "{err}");
+}
