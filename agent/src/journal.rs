@@ -3,6 +3,8 @@
 //!
 //! Updates are written and synced *before* they are sent, in groups (many updates, one
 //! fdatasync), so a crash loses none and the journal does not cap launches at the fsync rate.
+//! Launch records are written before the tasks start and synced once per launch message,
+//! while the executors start them (so always before any status of those tasks is sent).
 //! On start the journal is replayed: tasks launched without a terminal update are the ones to
 //! re-attach to; updates without an acknowledgement are resent, in order.
 
@@ -109,13 +111,15 @@ impl Journal {
         Ok(())
     }
 
-    /// Records a launch, durably, before the executor is asked to start it.
+    /// Records a launch, durably.
     pub fn launched(&mut self, task_id: &TaskId, kind: ExecutorKind) -> std::io::Result<()> {
-        self.launched_many([(task_id.clone(), kind)])
+        self.write_launches([(task_id.clone(), kind)])?;
+        self.sync()
     }
 
-    /// Records a group of launches with one sync.
-    pub fn launched_many(
+    /// Writes a group of launch records, not synced yet: [`Journal::sync`] (or the next
+    /// [`Journal::record`]) makes them durable.
+    pub fn write_launches(
         &mut self,
         tasks: impl IntoIterator<Item = (TaskId, ExecutorKind)>,
     ) -> std::io::Result<()> {
@@ -127,7 +131,6 @@ impl Journal {
             return Ok(());
         }
         self.write(&recs)?;
-        self.file.sync_data()?;
         for r in recs {
             if let Record::Launch { task_id, kind } = r {
                 self.live.insert(task_id, kind);
@@ -164,6 +167,11 @@ impl Journal {
             self.pending.insert(u.id, u.clone());
         }
         Ok(out)
+    }
+
+    /// Makes everything written so far durable.
+    pub fn sync(&mut self) -> std::io::Result<()> {
+        self.file.sync_data()
     }
 
     /// The master has the update: forget it. Not synced: losing an ack only means a resend.

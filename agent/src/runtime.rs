@@ -241,8 +241,14 @@ pub async fn run(
                             .into_iter()
                             .filter_map(|task| prepare(&config, &sandboxes, &process, process_enabled, docker.as_ref(), &ev_tx, task))
                             .collect();
-                        // One journal sync for the whole message, before anything starts.
-                        journal.launched_many(ready.iter().map(|(id, kind, _, _)| (id.clone(), *kind)))?;
+                        // The launch records are written before anything starts and synced
+                        // (once for the whole message) while the executors start the tasks:
+                        // the sync stays off the launch path. A crash before the sync at worst
+                        // loses the records of tasks whose TASK_STARTING was not sent yet
+                        // (statuses are synced behind them): the restarted agent kills those
+                        // tasks as unknown, and the master, seeing them still staging,
+                        // launches them again.
+                        journal.write_launches(ready.iter().map(|(id, kind, _, _)| (id.clone(), *kind)))?;
                         let mut last_beat = Instant::now();
                         for (task_id, _, exec, spec) in ready {
                             if let Err(e) = exec.launch(spec).await {
@@ -254,6 +260,7 @@ pub async fn run(
                                 last_beat = Instant::now();
                             }
                         }
+                        journal.sync()?;
                     }
                     MasterMessage::Kill { task_id, grace_ms } => {
                         let kind = journal.live.get(&task_id).copied();
@@ -484,7 +491,8 @@ async fn connection(
     );
     let mut backoff = Duration::from_millis(50);
     loop {
-        match tokio_tungstenite::connect_async(&url).await {
+        // No Nagle: statuses are small messages that must not wait for an earlier one's ACK.
+        match tokio_tungstenite::connect_async_with_config(&url, None, true).await {
             Ok((ws, _)) => {
                 backoff = Duration::from_millis(50);
                 // What was queued for an older connection is stale; the agent loop re-sends.
