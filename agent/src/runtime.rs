@@ -136,9 +136,14 @@ pub async fn run(
         match exec.recover(&ids).await {
             Ok(found) => {
                 for r in found {
-                    if r.update.is_terminal() {
-                        let (state, status) = translate(&r.update);
-                        recovered_updates.push((TaskId::new(&r.task_id), state, status));
+                    let task_id = TaskId::new(&r.task_id);
+                    let (state, status) = translate(&r.update);
+                    // A RUNNING that was sent but not synced before a crash (or never sent)
+                    // is reported again; a repeated one changes nothing in the master.
+                    let unrecorded_running = state == TaskState::Running
+                        && journal.states.get(&task_id) != Some(&TaskState::Running);
+                    if r.update.is_terminal() || unrecorded_running {
+                        recovered_updates.push((task_id, state, status));
                     }
                 }
             }
@@ -184,11 +189,21 @@ pub async fn run(
                     let (state, status) = translate(&e.update);
                     (TaskId::new(&e.task_id), state, status)
                 }).collect();
-                let recorded = journal.record(updates)?;
+                // Non-terminal updates go out while the group syncs; terminal ones only
+                // once durable (see the journal's docs).
+                let recorded = journal.write_updates(updates)?;
+                let (early, late): (Vec<_>, Vec<_>) = recorded.into_iter().partition(|u| !u.state.is_terminal());
                 if registered {
-                    for u in recorded {
+                    for u in early {
                         last_sent.insert(u.id, Instant::now());
-                        let _ = out_tx.send(AgentMessage::StatusUpdate { update_id: u.id, task_id: u.task_id, state: u.state, status: u.status }).await;
+                        let _ = out_tx.send(status_update(u)).await;
+                    }
+                }
+                journal.sync()?;
+                if registered {
+                    for u in late {
+                        last_sent.insert(u.id, Instant::now());
+                        let _ = out_tx.send(status_update(u)).await;
                     }
                 }
             }
@@ -220,7 +235,7 @@ pub async fn run(
                         last_sent.clear();
                         for u in journal.pending.values() {
                             last_sent.insert(u.id, Instant::now());
-                            let _ = out_tx.send(AgentMessage::StatusUpdate { update_id: u.id, task_id: u.task_id.clone(), state: u.state, status: u.status.clone() }).await;
+                            let _ = out_tx.send(status_update(u.clone())).await;
                         }
                     }
                     MasterMessage::Error { message, forget_id } => {
@@ -300,7 +315,7 @@ pub async fn run(
                     for id in stale {
                         if let Some(u) = journal.pending.get(&id) {
                             last_sent.insert(id, now);
-                            let _ = out_tx.try_send(AgentMessage::StatusUpdate { update_id: u.id, task_id: u.task_id.clone(), state: u.state, status: u.status.clone() });
+                            let _ = out_tx.try_send(status_update(u.clone()));
                         }
                     }
                 }
@@ -318,6 +333,15 @@ pub async fn run(
     }
     conn.abort();
     Ok(())
+}
+
+fn status_update(u: crate::journal::Update) -> AgentMessage {
+    AgentMessage::StatusUpdate {
+        update_id: u.id,
+        task_id: u.task_id,
+        state: u.state,
+        status: u.status,
+    }
 }
 
 fn status_msg(message: &str, reason: Option<&str>) -> StatusInfo {
