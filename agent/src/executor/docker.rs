@@ -836,13 +836,14 @@ async fn run_new(
             format!("sandbox {} is not a directory", spec.sandbox.display()),
         ));
     }
+    // Small local file operations, done in place: a trip through the blocking pool per
+    // file would sit on the launch path.
     for name in ["stdout", "stderr"] {
         let p = spec.sandbox.join(name);
-        if let Err(e) = tokio::fs::OpenOptions::new()
+        if let Err(e) = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&p)
-            .await
         {
             return end(failed(
                 FailReason::LaunchFailed,
@@ -850,7 +851,7 @@ async fn run_new(
             ));
         }
     }
-    let _ = tokio::fs::remove_file(inner.kill_marker(&task_id)).await;
+    let _ = std::fs::remove_file(inner.kill_marker(&task_id));
 
     // Pulling the image and waiting for the group's network can be interrupted
     // by a kill; creating and starting the container cannot (a kill that comes
