@@ -125,12 +125,7 @@ impl Journal {
     }
 
     fn write(&mut self, recs: &[Record]) -> std::io::Result<()> {
-        let mut buf = Vec::new();
-        for r in recs {
-            serde_json::to_writer(&mut buf, r).map_err(std::io::Error::other)?;
-            buf.push(b'\n');
-        }
-        self.file.write_all(&buf)?;
+        self.file.write_all(&encode(recs)?)?;
         self.records += recs.len();
         Ok(())
     }
@@ -229,34 +224,17 @@ impl Journal {
         let tmp = self.path.with_extension("tmp");
         {
             let mut f = File::create(&tmp)?;
-            let mut buf = Vec::new();
-            for (task_id, kind) in &self.live {
-                serde_json::to_writer(
-                    &mut buf,
-                    &Record::Launch {
-                        task_id: task_id.clone(),
-                        kind: *kind,
-                    },
-                )
-                .map_err(std::io::Error::other)?;
-                buf.push(b'\n');
-            }
-            for (task_id, state) in &self.states {
-                serde_json::to_writer(
-                    &mut buf,
-                    &Record::Seen {
-                        task_id: task_id.clone(),
-                        state: *state,
-                    },
-                )
-                .map_err(std::io::Error::other)?;
-                buf.push(b'\n');
-            }
-            for u in self.pending.values() {
-                serde_json::to_writer(&mut buf, &Record::Update(u.clone()))
-                    .map_err(std::io::Error::other)?;
-                buf.push(b'\n');
-            }
+            let launches = self.live.iter().map(|(task_id, kind)| Record::Launch {
+                task_id: task_id.clone(),
+                kind: *kind,
+            });
+            let states = self.states.iter().map(|(task_id, state)| Record::Seen {
+                task_id: task_id.clone(),
+                state: *state,
+            });
+            let updates = self.pending.values().cloned().map(Record::Update);
+            let recs: Vec<Record> = launches.chain(states).chain(updates).collect();
+            let buf = encode(&recs)?;
             f.write_all(&buf)?;
             f.sync_all()?;
         }
@@ -268,6 +246,16 @@ impl Journal {
         self.records = needed;
         Ok(())
     }
+}
+
+/// Records as JSON lines.
+fn encode(recs: &[Record]) -> std::io::Result<Vec<u8>> {
+    let mut buf = Vec::new();
+    for r in recs {
+        serde_json::to_writer(&mut buf, r).map_err(std::io::Error::other)?;
+        buf.push(b'\n');
+    }
+    Ok(buf)
 }
 
 #[cfg(test)]

@@ -21,6 +21,8 @@ use tokio::sync::mpsc;
 
 const IMAGE: &str = "local/busybox:latest";
 const T: Duration = Duration::from_secs(30);
+/// Needs more than 16 MiB: dd's 64 MiB block buffer, filled from /dev/zero.
+const MEMORY_HOG: &str = "exec dd if=/dev/zero of=/dev/null bs=64M count=20";
 
 /// Collects an executor's events and waits on them with deadlines.
 struct Events {
@@ -653,12 +655,7 @@ async fn process_over_its_memory_limit_fails_as_oom() {
         eprintln!("process_over_its_memory_limit_fails_as_oom: not checked, process limits are not enforced here: {reason}");
         return;
     }
-    // dd's 64 MiB block buffer does not fit in 16 MiB.
-    let mut spec = shell_task(
-        dir.path(),
-        "hog",
-        "echo start; exec dd if=/dev/zero of=/dev/null bs=64M count=20",
-    );
+    let mut spec = shell_task(dir.path(), "hog", MEMORY_HOG);
     spec.limits.mem_mb = 16;
     let sandbox = spec.sandbox.clone();
     ex.launch(spec).await.expect("launch");
@@ -1168,11 +1165,7 @@ async fn docker_oom_is_reported() {
     let Some((ex, mut ev, _cleanup)) = docker_executor(dir.path(), "oom").await else {
         return;
     };
-    let mut spec = docker_task(
-        dir.path(),
-        "hog",
-        "dd if=/dev/zero of=/dev/null bs=64M count=20",
-    );
+    let mut spec = docker_task(dir.path(), "hog", MEMORY_HOG);
     spec.limits.mem_mb = 16;
     ex.launch(spec).await.expect("launch");
     match ev.terminal("hog", T).await {
