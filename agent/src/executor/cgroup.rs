@@ -9,6 +9,9 @@
 //! * otherwise, or when the parent cannot be created (read-only mount, no permission), limits
 //!   are **off**: the reason is logged once and tasks run unlimited.
 //!
+//! The parents exist while task cgroups are in them: made by the first task cgroup, removed
+//! (when empty) as the executor is dropped.
+//!
 //! `<key>` is derived from the executor's state directory, so two agents on one host never
 //! share task cgroups and a restarted agent finds its own.
 //!
@@ -64,12 +67,18 @@ impl Cgroups {
         found
     }
 
+    /// Finds the hierarchies and checks that the parents can be made (made, then removed
+    /// again when empty: task cgroups make them again when needed).
     fn probe(root: &Path, key: &str) -> Cgroups {
-        let make = |dir: PathBuf| -> Result<PathBuf, String> {
-            std::fs::create_dir_all(&dir)
-                .map(|()| dir.clone())
-                .map_err(|e| format!("cannot create {}: {e}", dir.display()))
-        };
+        let found = Self::find(root, key);
+        if let Err(reason) = found.make_parents() {
+            return Cgroups::Off { reason };
+        }
+        found.remove_parents_if_empty();
+        found
+    }
+
+    fn find(root: &Path, key: &str) -> Cgroups {
         if let Ok(controllers) = std::fs::read_to_string(root.join("cgroup.controllers")) {
             let has = |c: &str| controllers.split_whitespace().any(|x| x == c);
             if !has("memory") || !has("cpu") {
@@ -81,60 +90,70 @@ impl Cgroups {
                     ),
                 };
             }
-            let shoal = root.join("shoal");
-            let parent = shoal.join(key);
-            if let Err(reason) = make(parent.clone()) {
-                return Cgroups::Off { reason };
-            }
-            // Controllers must be enabled on every level above a task cgroup; this fails
-            // harmlessly when they already are.
-            for dir in [root, shoal.as_path(), parent.as_path()] {
-                let _ = std::fs::write(dir.join("cgroup.subtree_control"), "+memory +cpu");
-            }
-            let enabled =
-                std::fs::read_to_string(parent.join("cgroup.subtree_control")).unwrap_or_default();
-            if !(enabled.contains("memory") && enabled.contains("cpu")) {
-                return Cgroups::Off {
-                    reason: format!(
-                        "cannot enable the memory and cpu controllers in {} (enabled: {:?})",
-                        parent.display(),
-                        enabled.trim()
-                    ),
-                };
-            }
-            return Cgroups::V2 { parent };
+            return Cgroups::V2 {
+                parent: root.join("shoal").join(key),
+            };
         }
-        let v1 = |controller: &str, probe_file: &str| -> Result<Option<PathBuf>, String> {
+        let v1 = |controller: &str, probe_file: &str| {
             let mount = root.join(controller);
-            if !mount.join(probe_file).exists() {
-                return Ok(None);
-            }
-            make(mount.join("shoal").join(key)).map(Some)
+            mount
+                .join(probe_file)
+                .exists()
+                .then(|| mount.join("shoal").join(key))
         };
         match (
             v1("memory", "memory.limit_in_bytes"),
             v1("cpu", "cpu.cfs_quota_us"),
         ) {
-            (Ok(None), Ok(None)) => Cgroups::Off {
+            (None, None) => Cgroups::Off {
                 reason: format!(
                     "no cgroup v2 hierarchy with memory and cpu and no v1 memory or cpu hierarchy under {}",
                     root.display()
                 ),
             },
-            (Err(reason), _) | (_, Err(reason)) => Cgroups::Off { reason },
-            (Ok(memory), Ok(cpu)) => Cgroups::V1 { memory, cpu },
+            (memory, cpu) => Cgroups::V1 { memory, cpu },
         }
+    }
+
+    fn parents(&self) -> Vec<&PathBuf> {
+        match self {
+            Cgroups::V2 { parent } => vec![parent],
+            Cgroups::V1 { memory, cpu } => memory.iter().chain(cpu).collect(),
+            Cgroups::Off { .. } => Vec::new(),
+        }
+    }
+
+    /// Makes the parents of the task cgroups (v2: with the memory and cpu controllers
+    /// enabled on every level above a task cgroup).
+    fn make_parents(&self) -> Result<(), String> {
+        for p in self.parents() {
+            std::fs::create_dir_all(p)
+                .map_err(|e| format!("cannot create {}: {e}", p.display()))?;
+        }
+        if let Cgroups::V2 { parent } = self {
+            let shoal = parent.parent().unwrap_or(parent);
+            let root = shoal.parent().unwrap_or(shoal);
+            // Fails harmlessly where they already are enabled.
+            for dir in [root, shoal, parent.as_path()] {
+                let _ = std::fs::write(dir.join("cgroup.subtree_control"), "+memory +cpu");
+            }
+            let enabled =
+                std::fs::read_to_string(parent.join("cgroup.subtree_control")).unwrap_or_default();
+            if !(enabled.contains("memory") && enabled.contains("cpu")) {
+                return Err(format!(
+                    "cannot enable the memory and cpu controllers in {} (enabled: {:?})",
+                    parent.display(),
+                    enabled.trim()
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Removes the parents made by [`Cgroups::detect`]; the kernel refuses while a task
     /// cgroup is still in them, so this never disturbs running tasks.
     pub fn remove_parents_if_empty(&self) {
-        let parents: Vec<&PathBuf> = match self {
-            Cgroups::V2 { parent } => vec![parent],
-            Cgroups::V1 { memory, cpu } => memory.iter().chain(cpu).collect(),
-            Cgroups::Off { .. } => Vec::new(),
-        };
-        for p in parents {
+        for p in self.parents() {
             let _ = std::fs::remove_dir(p);
         }
     }
@@ -193,6 +212,9 @@ impl Cgroups {
                     ));
                 }
             }
+        }
+        if self.parents().iter().any(|p| !p.exists()) {
+            self.make_parents()?;
         }
         let mut made = TaskCgroups {
             dirs: Vec::new(),
