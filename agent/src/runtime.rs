@@ -36,6 +36,8 @@ pub struct AgentConfig {
     pub domain: Option<shoal_core::FaultDomain>,
     /// Which executors to offer: `docker`, `process`.
     pub containerizers: Vec<String>,
+    /// Put process tasks into cgroups with their limits where the host allows.
+    pub process_cgroups: bool,
     pub docker_socket: String,
     pub heartbeat_interval: Duration,
     pub reregister_backoff_max: Duration,
@@ -70,10 +72,9 @@ pub async fn run(
         .filter(|a| !a.as_str().is_empty());
 
     let (ev_tx, mut ev_rx) = mpsc::unbounded_channel::<ExecutorEvent>();
-    let process: Arc<dyn Executor> = Arc::new(ProcessExecutor::new(
-        ProcessConfig::new(state_dir.join("process")),
-        ev_tx.clone(),
-    )?);
+    let mut process_config = ProcessConfig::new(state_dir.join("process"));
+    process_config.cgroups = config.process_cgroups;
+    let process: Arc<dyn Executor> = Arc::new(ProcessExecutor::new(process_config, ev_tx.clone())?);
     let docker: Option<Arc<dyn Executor>> = if config.containerizers.iter().any(|c| c == "docker") {
         // Containers are labelled with an owner key kept in the work dir: stable across
         // restarts (unlike the hostname, or an agent id that may not be assigned yet) and

@@ -56,6 +56,8 @@ pub struct ProcessConfig {
     /// `cpu/` below it); limits are applied under `shoal/<key>/` when writable.
     /// Default `/sys/fs/cgroup`.
     pub cgroup_root: PathBuf,
+    /// `false`: never use cgroups (tasks run without limits). Default `true`.
+    pub cgroups: bool,
 }
 
 impl ProcessConfig {
@@ -63,6 +65,7 @@ impl ProcessConfig {
         ProcessConfig {
             state_dir: state_dir.into(),
             cgroup_root: PathBuf::from("/sys/fs/cgroup"),
+            cgroups: true,
         }
     }
 }
@@ -124,7 +127,13 @@ impl ProcessExecutor {
             .map_err(|e| ExecutorError::io(format!("create {}", dir.display()), e))?;
         // The key tells this executor's cgroups apart from other agents' on the host.
         let key = format!("{:016x}", util::fnv64(&[&cfg.state_dir.to_string_lossy()]));
-        let cgroups = Cgroups::detect(&cfg.cgroup_root, &key);
+        let cgroups = if cfg.cgroups {
+            Cgroups::detect(&cfg.cgroup_root, &key)
+        } else {
+            let reason = "cgroups are turned off (--process-isolation none)".to_string();
+            tracing::info!(%reason, "process task limits are not enforced");
+            Cgroups::Off { reason }
+        };
         Ok(ProcessExecutor {
             inner: Arc::new(Inner {
                 cfg,

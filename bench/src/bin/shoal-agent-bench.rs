@@ -8,7 +8,7 @@
 //! target/debug/shoal-agent-bench --smoke        # tiny scale, < 60 s in a debug build
 //! target/release/shoal-agent-bench              # the full scale (build with --release)
 //! shoal-agent-bench [--smoke] [--shoal-bin PATH] [--only docker,process] [--keep-work-dir]
-//!                   [--process-tasks N] [--claim-size N]
+//!                   [--process-tasks N] [--claim-size N] [--process-isolation cgroups|none]
 //! ```
 //!
 //! A real `shoal master` and `shoal agent` run on loopback (fast timers), their work dirs on
@@ -89,6 +89,9 @@ struct Args {
     /// Placements per claim in phase 2 (one claim = one LAUNCH message to the agent).
     #[arg(long = "claim-size", default_value_t = CLAIM_SIZE)]
     claim_size: usize,
+    /// The agent's `--process-isolation`: cgroups (limits where the host allows) or none.
+    #[arg(long = "process-isolation", default_value = "cgroups", value_parser = ["cgroups", "none"])]
+    process_isolation: String,
 }
 
 struct Scale {
@@ -242,7 +245,8 @@ async fn run(args: Args, bin: PathBuf) -> Result<()> {
     let sync = fdatasync_median(dir.path())?;
     param("fdatasync on the work dir's disk (median of 20)", ms(sync));
 
-    let mut cell = Cell::start(dir.path(), docker.is_some()).await?;
+    param("agent --process-isolation", &args.process_isolation);
+    let mut cell = Cell::start(dir.path(), docker.is_some(), &args.process_isolation).await?;
     param("cell started in", ms(started.elapsed()));
 
     let result = async {
@@ -319,7 +323,7 @@ struct Cell {
 }
 
 impl Cell {
-    async fn start(dir: &Path, docker: bool) -> Result<Cell> {
+    async fn start(dir: &Path, docker: bool, process_isolation: &str) -> Result<Cell> {
         let master = MasterProc::start(
             &dir.join("master"),
             &[
@@ -361,6 +365,8 @@ impl Cell {
                 "200ms",
                 "--kill-grace",
                 "200ms",
+                "--process-isolation",
+                process_isolation,
                 "--resources",
                 AGENT_RES,
             ],
