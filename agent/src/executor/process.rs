@@ -105,6 +105,11 @@ struct Entry {
 struct Inner {
     cfg: ProcessConfig,
     cgroups: Cgroups,
+    /// Bounds the launches in progress (preparation, fork, record): a LAUNCH of a thousand
+    /// tasks must not grow the blocking pool to hundreds of threads, each fork of the agent
+    /// then copying more mappings while holding its memory map lock, stalling every thread
+    /// of the agent (its heartbeats and status reports included).
+    launch_slots: tokio::sync::Semaphore,
     events: mpsc::UnboundedSender<ExecutorEvent>,
     tasks: Mutex<HashMap<String, Entry>>,
 }
@@ -138,6 +143,9 @@ impl ProcessExecutor {
             inner: Arc::new(Inner {
                 cfg,
                 cgroups,
+                launch_slots: tokio::sync::Semaphore::new(
+                    std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 8)),
+                ),
                 events,
                 tasks: Mutex::new(HashMap::new()),
             }),
@@ -369,6 +377,8 @@ async fn run_new(inner: Arc<Inner>, spec: LaunchSpec, mut rx: mpsc::UnboundedRec
         );
         return;
     }
+    // Released once the task runs (or failed to start).
+    let slot = inner.launch_slots.acquire().await;
     let task_dir = inner.task_dir(&task_id);
     let prepared = {
         let spec = spec.clone();
@@ -440,6 +450,7 @@ async fn run_new(inner: Arc<Inner>, spec: LaunchSpec, mut rx: mpsc::UnboundedRec
             format!("cannot save the task record: {e}"),
         );
     }
+    drop(slot);
     tracing::info!(task_id = %task_id, pid = spawned.pgid, supervisor = spawned.supervisor_pid, "process task running");
     inner.send(&task_id, TaskUpdate::Running { healthy: None });
     watch(inner, record, rx).await;
