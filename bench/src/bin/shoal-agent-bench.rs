@@ -815,7 +815,7 @@ async fn docker_phase(
         figure(
             "  container started -> TASK_RUNNING in watch",
             ms(med(&report)),
-            "(journal fsync, WS, master commit)",
+            "(WS, master commit and fsync, watch)",
         );
     }
     let before: Vec<Duration> = to_agent
