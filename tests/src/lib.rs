@@ -246,6 +246,25 @@ impl AgentProc {
                 std::thread::sleep(Duration::from_millis(10));
             }
         }
+        // Cgroups of a task the agent was killed before recording (its orphaned task may
+        // still be on its way out).
+        let state = self.work_dir.join("state").join("process");
+        if let Ok(state) = state.canonicalize() {
+            use shoal_agent::executor::{cgroup::Cgroups, process::cgroup_key};
+            let cg = Cgroups::detect(Path::new("/sys/fs/cgroup"), &cgroup_key(&state));
+            let parents: Vec<PathBuf> = match &cg {
+                Cgroups::V2 { parent } => vec![parent.clone()],
+                Cgroups::V1 { memory, cpu } => memory.iter().chain(cpu).cloned().collect(),
+                Cgroups::Off { .. } => Vec::new(),
+            };
+            loop {
+                cg.sweep();
+                if parents.iter().all(|p| !p.exists()) || Instant::now() > until {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
         let out = Command::new("docker")
             .args([
                 "ps",

@@ -158,6 +158,20 @@ impl Cgroups {
         }
     }
 
+    /// Removes task cgroups left empty in the parents (an agent that died between making a
+    /// task's cgroups and recording them), then the parents when empty. Busy cgroups (tasks
+    /// still in them) are refused by the kernel and stay.
+    pub fn sweep(&self) {
+        for p in self.parents() {
+            for e in std::fs::read_dir(p).into_iter().flatten().flatten() {
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    let _ = std::fs::remove_dir(e.path());
+                }
+            }
+        }
+        self.remove_parents_if_empty();
+    }
+
     /// Makes the cgroups of a task and writes its limits (blocking). `Ok(None)` when there
     /// is nothing to limit or limits are off; `Err` when a cgroup cannot be set up (what was
     /// made is removed again).

@@ -130,10 +130,11 @@ impl ProcessExecutor {
         let dir = cfg.state_dir.join("tasks");
         std::fs::create_dir_all(&dir)
             .map_err(|e| ExecutorError::io(format!("create {}", dir.display()), e))?;
-        // The key tells this executor's cgroups apart from other agents' on the host.
-        let key = format!("{:016x}", util::fnv64(&[&cfg.state_dir.to_string_lossy()]));
         let cgroups = if cfg.cgroups {
-            Cgroups::detect(&cfg.cgroup_root, &key)
+            let c = Cgroups::detect(&cfg.cgroup_root, &cgroup_key(&cfg.state_dir));
+            // Before any task starts: what is empty now is a leftover of an earlier run.
+            c.sweep();
+            c
         } else {
             let reason = "cgroups are turned off (--process-isolation none)".to_string();
             tracing::info!(%reason, "process task limits are not enforced");
@@ -151,6 +152,12 @@ impl ProcessExecutor {
             }),
         })
     }
+}
+
+/// The key of an executor's cgroups (`shoal/<key>/`): tells them apart from other agents'
+/// on the host, stable across restarts on the same state dir.
+pub fn cgroup_key(state_dir: &Path) -> String {
+    format!("{:016x}", util::fnv64(&[&state_dir.to_string_lossy()]))
 }
 
 impl ProcessExecutor {
