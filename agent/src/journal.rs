@@ -1,8 +1,13 @@
 //! The agent's journal: what it launched and every status update until the master
 //! acknowledged it, in one append-only file under the work dir.
 //!
-//! Updates are written and synced *before* they are sent, in groups (many updates, one
-//! fdatasync), so a crash loses none and the journal does not cap launches at the fsync rate.
+//! Updates are written in groups (many updates, one fdatasync), so the journal does not cap
+//! launches at the fsync rate. Terminal updates are synced *before* they are sent, so a
+//! crash loses none. Non-terminal ones (STARTING, RUNNING) may go out while their group
+//! syncs: one lost in a crash is derived again at recovery, from the executor's finding
+//! against the last state replayed here ([`Journal::states`]). Launch records are written
+//! before the tasks start and synced once per launch message, while the executors start them
+//! (so always before any status of those tasks is sent).
 //! On start the journal is replayed: tasks launched without a terminal update are the ones to
 //! re-attach to; updates without an acknowledgement are resent, in order.
 
@@ -33,9 +38,19 @@ pub struct Update {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(tag = "t", rename_all = "lowercase")]
 enum Record {
-    Launch { task_id: TaskId, kind: ExecutorKind },
+    Launch {
+        task_id: TaskId,
+        kind: ExecutorKind,
+    },
     Update(Update),
-    Ack { id: u64 },
+    /// The last non-terminal state of a live task (written by compaction only).
+    Seen {
+        task_id: TaskId,
+        state: TaskState,
+    },
+    Ack {
+        id: u64,
+    },
 }
 
 /// Rewrite the file when it holds this many more records than live state needs.
@@ -48,6 +63,8 @@ pub struct Journal {
     next_id: u64,
     /// Tasks launched and not ended (no terminal update recorded).
     pub live: HashMap<TaskId, ExecutorKind>,
+    /// The last state recorded for a live task (none: launched, no update yet).
+    pub states: HashMap<TaskId, TaskState>,
     /// Updates not yet acknowledged, by id (so in order).
     pub pending: BTreeMap<u64, Update>,
 }
@@ -57,6 +74,7 @@ impl Journal {
         std::fs::create_dir_all(dir)?;
         let path = dir.join("journal.jsonl");
         let mut live = HashMap::new();
+        let mut states = HashMap::new();
         let mut pending = BTreeMap::new();
         let mut next_id = 1;
         let mut records = 0;
@@ -70,14 +88,21 @@ impl Journal {
                 records += 1;
                 match rec {
                     Record::Launch { task_id, kind } => {
+                        states.remove(&task_id);
                         live.insert(task_id, kind);
                     }
                     Record::Update(u) => {
                         next_id = next_id.max(u.id + 1);
                         if u.state.is_terminal() {
                             live.remove(&u.task_id);
+                            states.remove(&u.task_id);
+                        } else {
+                            states.insert(u.task_id.clone(), u.state);
                         }
                         pending.insert(u.id, u);
+                    }
+                    Record::Seen { task_id, state } => {
+                        states.insert(task_id, state);
                     }
                     Record::Ack { id } => {
                         pending.remove(&id);
@@ -92,6 +117,7 @@ impl Journal {
             records,
             next_id,
             live,
+            states,
             pending,
         };
         j.compact_if_needed()?;
@@ -99,23 +125,20 @@ impl Journal {
     }
 
     fn write(&mut self, recs: &[Record]) -> std::io::Result<()> {
-        let mut buf = Vec::new();
-        for r in recs {
-            serde_json::to_writer(&mut buf, r).map_err(std::io::Error::other)?;
-            buf.push(b'\n');
-        }
-        self.file.write_all(&buf)?;
+        self.file.write_all(&encode(recs)?)?;
         self.records += recs.len();
         Ok(())
     }
 
-    /// Records a launch, durably, before the executor is asked to start it.
+    /// Records a launch, durably.
     pub fn launched(&mut self, task_id: &TaskId, kind: ExecutorKind) -> std::io::Result<()> {
-        self.launched_many([(task_id.clone(), kind)])
+        self.write_launches([(task_id.clone(), kind)])?;
+        self.sync()
     }
 
-    /// Records a group of launches with one sync.
-    pub fn launched_many(
+    /// Writes a group of launch records, not synced yet: [`Journal::sync`] (or the next
+    /// [`Journal::record`]) makes them durable.
+    pub fn write_launches(
         &mut self,
         tasks: impl IntoIterator<Item = (TaskId, ExecutorKind)>,
     ) -> std::io::Result<()> {
@@ -127,9 +150,9 @@ impl Journal {
             return Ok(());
         }
         self.write(&recs)?;
-        self.file.sync_data()?;
         for r in recs {
             if let Record::Launch { task_id, kind } = r {
+                self.states.remove(&task_id);
                 self.live.insert(task_id, kind);
             }
         }
@@ -138,6 +161,17 @@ impl Journal {
 
     /// Records a group of updates with one sync; returns them with their ids.
     pub fn record(
+        &mut self,
+        updates: Vec<(TaskId, TaskState, StatusInfo)>,
+    ) -> std::io::Result<Vec<Update>> {
+        let out = self.write_updates(updates)?;
+        self.sync()?;
+        Ok(out)
+    }
+
+    /// Writes a group of updates, not synced yet (see the module docs for what may be sent
+    /// before [`Journal::sync`]); returns them with their ids.
+    pub fn write_updates(
         &mut self,
         updates: Vec<(TaskId, TaskState, StatusInfo)>,
     ) -> std::io::Result<Vec<Update>> {
@@ -156,14 +190,21 @@ impl Journal {
             .collect();
         let recs: Vec<Record> = out.iter().cloned().map(Record::Update).collect();
         self.write(&recs)?;
-        self.file.sync_data()?;
         for u in &out {
             if u.state.is_terminal() {
                 self.live.remove(&u.task_id);
+                self.states.remove(&u.task_id);
+            } else if self.live.contains_key(&u.task_id) {
+                self.states.insert(u.task_id.clone(), u.state);
             }
             self.pending.insert(u.id, u.clone());
         }
         Ok(out)
+    }
+
+    /// Makes everything written so far durable.
+    pub fn sync(&mut self) -> std::io::Result<()> {
+        self.file.sync_data()
     }
 
     /// The master has the update: forget it. Not synced: losing an ack only means a resend.
@@ -176,30 +217,24 @@ impl Journal {
     }
 
     fn compact_if_needed(&mut self) -> std::io::Result<()> {
-        let needed = self.live.len() + self.pending.len();
+        let needed = self.live.len() + self.states.len() + self.pending.len();
         if self.records < needed + COMPACT_AFTER_RECORDS {
             return Ok(());
         }
         let tmp = self.path.with_extension("tmp");
         {
             let mut f = File::create(&tmp)?;
-            let mut buf = Vec::new();
-            for (task_id, kind) in &self.live {
-                serde_json::to_writer(
-                    &mut buf,
-                    &Record::Launch {
-                        task_id: task_id.clone(),
-                        kind: *kind,
-                    },
-                )
-                .map_err(std::io::Error::other)?;
-                buf.push(b'\n');
-            }
-            for u in self.pending.values() {
-                serde_json::to_writer(&mut buf, &Record::Update(u.clone()))
-                    .map_err(std::io::Error::other)?;
-                buf.push(b'\n');
-            }
+            let launches = self.live.iter().map(|(task_id, kind)| Record::Launch {
+                task_id: task_id.clone(),
+                kind: *kind,
+            });
+            let states = self.states.iter().map(|(task_id, state)| Record::Seen {
+                task_id: task_id.clone(),
+                state: *state,
+            });
+            let updates = self.pending.values().cloned().map(Record::Update);
+            let recs: Vec<Record> = launches.chain(states).chain(updates).collect();
+            let buf = encode(&recs)?;
             f.write_all(&buf)?;
             f.sync_all()?;
         }
@@ -211,6 +246,16 @@ impl Journal {
         self.records = needed;
         Ok(())
     }
+}
+
+/// Records as JSON lines.
+fn encode(recs: &[Record]) -> std::io::Result<Vec<u8>> {
+    let mut buf = Vec::new();
+    for r in recs {
+        serde_json::to_writer(&mut buf, r).map_err(std::io::Error::other)?;
+        buf.push(b'\n');
+    }
+    Ok(buf)
 }
 
 #[cfg(test)]
@@ -241,5 +286,34 @@ mod tests {
         assert_eq!(j.pending.len(), 1);
         assert_eq!(j.pending.values().next().unwrap().task_id.as_str(), "b");
         assert_eq!(j.next_id, 3);
+        assert_eq!(j.states.get(&TaskId::new("a")), Some(&TaskState::Running));
+        assert_eq!(j.states.len(), 1);
+    }
+
+    #[test]
+    fn compaction_keeps_live_states() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut j = Journal::open(dir.path()).unwrap();
+            j.launched(&TaskId::new("a"), ExecutorKind::Process)
+                .unwrap();
+            j.launched(&TaskId::new("b"), ExecutorKind::Process)
+                .unwrap();
+            let ups = j
+                .record(vec![(
+                    TaskId::new("a"),
+                    TaskState::Running,
+                    StatusInfo::default(),
+                )])
+                .unwrap();
+            j.acked(ups[0].id).unwrap();
+            j.records = COMPACT_AFTER_RECORDS + 10;
+            j.compact_if_needed().unwrap();
+        }
+        let j = Journal::open(dir.path()).unwrap();
+        assert_eq!(j.live.len(), 2);
+        assert!(j.pending.is_empty());
+        assert_eq!(j.states.get(&TaskId::new("a")), Some(&TaskState::Running));
+        assert_eq!(j.states.get(&TaskId::new("b")), None);
     }
 }

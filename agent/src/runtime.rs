@@ -36,6 +36,8 @@ pub struct AgentConfig {
     pub domain: Option<shoal_core::FaultDomain>,
     /// Which executors to offer: `docker`, `process`.
     pub containerizers: Vec<String>,
+    /// Put process tasks into cgroups with their limits where the host allows.
+    pub process_cgroups: bool,
     pub docker_socket: String,
     pub heartbeat_interval: Duration,
     pub reregister_backoff_max: Duration,
@@ -70,10 +72,9 @@ pub async fn run(
         .filter(|a| !a.as_str().is_empty());
 
     let (ev_tx, mut ev_rx) = mpsc::unbounded_channel::<ExecutorEvent>();
-    let process: Arc<dyn Executor> = Arc::new(ProcessExecutor::new(
-        ProcessConfig::new(state_dir.join("process")),
-        ev_tx.clone(),
-    )?);
+    let mut process_config = ProcessConfig::new(state_dir.join("process"));
+    process_config.cgroups = config.process_cgroups;
+    let process: Arc<dyn Executor> = Arc::new(ProcessExecutor::new(process_config, ev_tx.clone())?);
     let docker: Option<Arc<dyn Executor>> = if config.containerizers.iter().any(|c| c == "docker") {
         // Containers are labelled with an owner key kept in the work dir: stable across
         // restarts (unlike the hostname, or an agent id that may not be assigned yet) and
@@ -136,9 +137,14 @@ pub async fn run(
         match exec.recover(&ids).await {
             Ok(found) => {
                 for r in found {
-                    if r.update.is_terminal() {
-                        let (state, status) = translate(&r.update);
-                        recovered_updates.push((TaskId::new(&r.task_id), state, status));
+                    let task_id = TaskId::new(&r.task_id);
+                    let (state, status) = translate(&r.update);
+                    // A RUNNING that was sent but not synced before a crash (or never sent)
+                    // is reported again; a repeated one changes nothing in the master.
+                    let unrecorded_running = state == TaskState::Running
+                        && journal.states.get(&task_id) != Some(&TaskState::Running);
+                    if r.update.is_terminal() || unrecorded_running {
+                        recovered_updates.push((task_id, state, status));
                     }
                 }
             }
@@ -184,11 +190,21 @@ pub async fn run(
                     let (state, status) = translate(&e.update);
                     (TaskId::new(&e.task_id), state, status)
                 }).collect();
-                let recorded = journal.record(updates)?;
+                // Non-terminal updates go out while the group syncs; terminal ones only
+                // once durable (see the journal's docs).
+                let recorded = journal.write_updates(updates)?;
+                let (early, late): (Vec<_>, Vec<_>) = recorded.into_iter().partition(|u| !u.state.is_terminal());
                 if registered {
-                    for u in recorded {
+                    for u in early {
                         last_sent.insert(u.id, Instant::now());
-                        let _ = out_tx.send(AgentMessage::StatusUpdate { update_id: u.id, task_id: u.task_id, state: u.state, status: u.status }).await;
+                        let _ = out_tx.send(status_update(u)).await;
+                    }
+                }
+                journal.sync()?;
+                if registered {
+                    for u in late {
+                        last_sent.insert(u.id, Instant::now());
+                        let _ = out_tx.send(status_update(u)).await;
                     }
                 }
             }
@@ -220,7 +236,7 @@ pub async fn run(
                         last_sent.clear();
                         for u in journal.pending.values() {
                             last_sent.insert(u.id, Instant::now());
-                            let _ = out_tx.send(AgentMessage::StatusUpdate { update_id: u.id, task_id: u.task_id.clone(), state: u.state, status: u.status.clone() }).await;
+                            let _ = out_tx.send(status_update(u.clone())).await;
                         }
                     }
                     MasterMessage::Error { message, forget_id } => {
@@ -241,8 +257,14 @@ pub async fn run(
                             .into_iter()
                             .filter_map(|task| prepare(&config, &sandboxes, &process, process_enabled, docker.as_ref(), &ev_tx, task))
                             .collect();
-                        // One journal sync for the whole message, before anything starts.
-                        journal.launched_many(ready.iter().map(|(id, kind, _, _)| (id.clone(), *kind)))?;
+                        // The launch records are written before anything starts and synced
+                        // (once for the whole message) while the executors start the tasks:
+                        // the sync stays off the launch path. A crash before the sync at worst
+                        // loses the records of tasks whose TASK_STARTING was not sent yet
+                        // (statuses are synced behind them): the restarted agent kills those
+                        // tasks as unknown, and the master, seeing them still staging,
+                        // launches them again.
+                        journal.write_launches(ready.iter().map(|(id, kind, _, _)| (id.clone(), *kind)))?;
                         let mut last_beat = Instant::now();
                         for (task_id, _, exec, spec) in ready {
                             if let Err(e) = exec.launch(spec).await {
@@ -254,6 +276,7 @@ pub async fn run(
                                 last_beat = Instant::now();
                             }
                         }
+                        journal.sync()?;
                     }
                     MasterMessage::Kill { task_id, grace_ms } => {
                         let kind = journal.live.get(&task_id).copied();
@@ -293,7 +316,7 @@ pub async fn run(
                     for id in stale {
                         if let Some(u) = journal.pending.get(&id) {
                             last_sent.insert(id, now);
-                            let _ = out_tx.try_send(AgentMessage::StatusUpdate { update_id: u.id, task_id: u.task_id.clone(), state: u.state, status: u.status.clone() });
+                            let _ = out_tx.try_send(status_update(u.clone()));
                         }
                     }
                 }
@@ -311,6 +334,15 @@ pub async fn run(
     }
     conn.abort();
     Ok(())
+}
+
+fn status_update(u: crate::journal::Update) -> AgentMessage {
+    AgentMessage::StatusUpdate {
+        update_id: u.id,
+        task_id: u.task_id,
+        state: u.state,
+        status: u.status,
+    }
 }
 
 fn status_msg(message: &str, reason: Option<&str>) -> StatusInfo {
@@ -484,7 +516,8 @@ async fn connection(
     );
     let mut backoff = Duration::from_millis(50);
     loop {
-        match tokio_tungstenite::connect_async(&url).await {
+        // No Nagle: statuses are small messages that must not wait for an earlier one's ACK.
+        match tokio_tungstenite::connect_async_with_config(&url, None, true).await {
             Ok((ws, _)) => {
                 backoff = Duration::from_millis(50);
                 // What was queued for an older connection is stale; the agent loop re-sends.

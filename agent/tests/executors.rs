@@ -10,6 +10,7 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use shoal_agent::executor::cgroup::Cgroups;
 use shoal_agent::executor::docker::{DockerConfig, DockerExecutor};
 use shoal_agent::executor::process::{ProcessConfig, ProcessExecutor};
 use shoal_agent::executor::{
@@ -20,6 +21,8 @@ use tokio::sync::mpsc;
 
 const IMAGE: &str = "local/busybox:latest";
 const T: Duration = Duration::from_secs(30);
+/// Needs more than 16 MiB: dd's 64 MiB block buffer, filled from /dev/zero.
+const MEMORY_HOG: &str = "exec dd if=/dev/zero of=/dev/null bs=64M count=20";
 
 /// Collects an executor's events and waits on them with deadlines.
 struct Events {
@@ -565,6 +568,110 @@ async fn process_group_is_killed_together() {
     ev.terminal("loner", T).await;
 }
 
+/// The cgroup dirs the process executor makes for a task (memory first), or why limits are
+/// not enforced on this host. Tests of limits print the reason and pass then: limits apply
+/// "where the host allows" (a CI host without writable cgroups included).
+fn task_cgroups(ex: &ProcessExecutor, task: &str) -> Result<Vec<PathBuf>, String> {
+    match ex.cgroups() {
+        Cgroups::Off { reason } => Err(reason.clone()),
+        Cgroups::V2 { parent } => Ok(vec![parent.join(task)]),
+        Cgroups::V1 { memory, cpu } => match (memory, cpu) {
+            (Some(m), Some(c)) => Ok(vec![m.join(task), c.join(task)]),
+            _ => Err(format!(
+                "cgroup v1 without a memory or cpu hierarchy: {memory:?} {cpu:?}"
+            )),
+        },
+    }
+}
+
+#[tokio::test]
+async fn process_limits_use_cgroups_where_the_host_allows() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let _leftovers = KillLeftovers(dir.path().join("state"));
+    let (ex, mut ev) = process_executor(dir.path());
+    let cgroups = match task_cgroups(&ex, "limited") {
+        Ok(c) => c,
+        Err(reason) => {
+            eprintln!("process_limits_use_cgroups_where_the_host_allows: not checked, process limits are not enforced here: {reason}");
+            return;
+        }
+    };
+    let mut spec = shell_task(dir.path(), "limited", "echo $$ > pid; exec sleep 1000");
+    spec.limits = Limits {
+        cpus: 0.5,
+        mem_mb: 32,
+    };
+    let pid_file = spec.sandbox.join("pid");
+    ex.launch(spec).await.expect("launch");
+    ev.running("limited").await;
+    wait_until("the task wrote its pid", T, || {
+        !read(pid_file.clone()).trim().is_empty()
+    })
+    .await;
+    let pid = read(pid_file).trim().to_string();
+    let file = |d: &PathBuf, f: &str| read(d.join(f)).trim().to_string();
+    for d in &cgroups {
+        assert!(
+            file(d, "cgroup.procs").lines().any(|l| l == pid),
+            "task {pid} is not in {}",
+            d.display()
+        );
+    }
+    match ex.cgroups() {
+        Cgroups::V2 { .. } => {
+            assert_eq!(file(&cgroups[0], "memory.max"), "33554432");
+            assert_eq!(file(&cgroups[0], "cpu.max"), "50000 100000");
+        }
+        _ => {
+            assert_eq!(file(&cgroups[0], "memory.limit_in_bytes"), "33554432");
+            if cgroups[0].join("memory.memsw.limit_in_bytes").exists() {
+                assert_eq!(file(&cgroups[0], "memory.memsw.limit_in_bytes"), "33554432");
+            }
+            assert_eq!(file(&cgroups[1], "cpu.cfs_quota_us"), "50000");
+            assert_eq!(file(&cgroups[1], "cpu.cfs_period_us"), "100000");
+            assert_eq!(file(&cgroups[1], "cpu.shares"), "512");
+        }
+    }
+    // The supervisor stays outside: it must survive the task's OOM killer.
+    ex.kill("limited", Some(Duration::ZERO))
+        .await
+        .expect("kill");
+    assert!(matches!(
+        ev.terminal("limited", T).await,
+        TaskUpdate::Killed { .. }
+    ));
+    wait_until("the task's cgroups to be removed", T, || {
+        cgroups.iter().all(|d| !d.exists())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn process_over_its_memory_limit_fails_as_oom() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let _leftovers = KillLeftovers(dir.path().join("state"));
+    let (ex, mut ev) = process_executor(dir.path());
+    if let Err(reason) = task_cgroups(&ex, "hog") {
+        eprintln!("process_over_its_memory_limit_fails_as_oom: not checked, process limits are not enforced here: {reason}");
+        return;
+    }
+    let mut spec = shell_task(dir.path(), "hog", MEMORY_HOG);
+    spec.limits.mem_mb = 16;
+    let sandbox = spec.sandbox.clone();
+    ex.launch(spec).await.expect("launch");
+    match ev.terminal("hog", T).await {
+        TaskUpdate::Failed {
+            reason: FailReason::Oom,
+            message,
+            ..
+        } => assert!(message.contains("memory limit"), "{message}"),
+        u => panic!(
+            "expected an OOM failure, got {u:?}; stderr: {}",
+            read(sandbox.join("stderr"))
+        ),
+    }
+}
+
 // ---------------------------------------------------------------- docker
 
 /// Connects to Docker, or explains why the test is skipped (never in CI).
@@ -1058,11 +1165,7 @@ async fn docker_oom_is_reported() {
     let Some((ex, mut ev, _cleanup)) = docker_executor(dir.path(), "oom").await else {
         return;
     };
-    let mut spec = docker_task(
-        dir.path(),
-        "hog",
-        "dd if=/dev/zero of=/dev/null bs=64M count=20",
-    );
+    let mut spec = docker_task(dir.path(), "hog", MEMORY_HOG);
     spec.limits.mem_mb = 16;
     ex.launch(spec).await.expect("launch");
     match ev.terminal("hog", T).await {

@@ -133,6 +133,10 @@ struct AgentArgs {
     /// Executors to offer, comma-separated: docker, process.
     #[arg(long, default_value = "docker,process")]
     containerizers: String,
+    /// Limits of process tasks: `cgroups` (memory and CPU through cgroup v2 or v1 where the
+    /// host allows; otherwise the reason is logged and tasks run without) or `none`.
+    #[arg(long, default_value = "cgroups", value_parser = ["cgroups", "none"])]
+    process_isolation: String,
     /// The Docker daemon's socket.
     #[arg(long, default_value = "/var/run/docker.sock")]
     docker_socket: String,
@@ -212,6 +216,7 @@ async fn agent_config(a: &AgentArgs) -> anyhow::Result<shoal_agent::AgentConfig>
         attributes,
         domain,
         containerizers,
+        process_cgroups: a.process_isolation == "cgroups",
         docker_socket: a.docker_socket.clone(),
         heartbeat_interval: a.heartbeat_interval,
         reregister_backoff_max: a.reregister_backoff_max,
@@ -333,6 +338,7 @@ async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
         } else {
             "process".into()
         },
+        process_isolation: "cgroups".into(),
         docker_socket: "/var/run/docker.sock".into(),
         heartbeat_interval: Duration::from_secs(2),
         reregister_backoff_max: Duration::from_secs(2),

@@ -220,10 +220,11 @@ impl AgentProc {
         self.spawn();
     }
 
-    /// Best effort: SIGKILLs the process groups of tasks the process executor recorded, and
-    /// removes containers whose sandbox is under this work dir.
+    /// Best effort: SIGKILLs the process groups of tasks the process executor recorded (and
+    /// removes their cgroups), and removes containers whose sandbox is under this work dir.
     pub fn cleanup_tasks(&self) {
         let tasks = self.work_dir.join("state").join("process").join("tasks");
+        let mut cgroups: Vec<PathBuf> = Vec::new();
         if let Ok(rd) = std::fs::read_dir(&tasks) {
             for e in rd.flatten() {
                 let Ok(data) = std::fs::read(e.path().join("record.json")) else {
@@ -238,6 +239,40 @@ impl AgentProc {
                         unsafe { libc::kill(-(pgid as i32), libc::SIGKILL) };
                     }
                 }
+                if let Some(dirs) = rec["cgroups"].as_array() {
+                    cgroups.extend(dirs.iter().filter_map(|d| d.as_str()).map(PathBuf::from));
+                }
+            }
+        }
+        // The task cgroups, then their parents (refused while another agent's are in them);
+        // a cgroup can go once the killed processes are reaped.
+        let parents: Vec<PathBuf> = cgroups
+            .iter()
+            .filter_map(|c| c.parent().map(Path::to_path_buf))
+            .collect();
+        let until = Instant::now() + Duration::from_secs(2);
+        for dir in cgroups.iter().chain(&parents) {
+            while dir.exists() && std::fs::remove_dir(dir).is_err() && Instant::now() < until {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        // Cgroups of a task the agent was killed before recording (its orphaned task may
+        // still be on its way out).
+        let state = self.work_dir.join("state").join("process");
+        if let Ok(state) = state.canonicalize() {
+            use shoal_agent::executor::{cgroup::Cgroups, process::cgroup_key};
+            let cg = Cgroups::detect(Path::new("/sys/fs/cgroup"), &cgroup_key(&state));
+            let parents: Vec<PathBuf> = match &cg {
+                Cgroups::V2 { parent } => vec![parent.clone()],
+                Cgroups::V1 { memory, cpu } => memory.iter().chain(cpu).cloned().collect(),
+                Cgroups::Off { .. } => Vec::new(),
+            };
+            loop {
+                cg.sweep();
+                if parents.iter().all(|p| !p.exists()) || Instant::now() > until {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(10));
             }
         }
         let out = Command::new("docker")

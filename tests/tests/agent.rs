@@ -1,6 +1,7 @@
 //! The real `shoal agent` against the real `shoal master`, on loopback with fast timers: task
 //! lifecycles in the process and Docker executors, sandbox files through the master, a
-//! published container port, agent SIGKILL and restart (re-attach, statuses reported exactly
+//! published container port, a container over its memory limit (OOM), a two-container pod
+//! sharing localhost and dying together, agent SIGKILL and restart (re-attach, statuses reported exactly
 //! once), an agent that stays away (unreachable, then back with the same id), and bad input.
 //!
 //! Docker tests skip themselves (with a printed reason) only outside CI when `docker info`
@@ -796,4 +797,119 @@ async fn restarted_agent_reattaches_to_its_containers() {
         1,
         "{short}: {h:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_task_over_its_memory_limit_fails_as_oom() {
+    if !docker_enabled("docker_task_over_its_memory_limit_fails_as_oom") {
+        return;
+    }
+    let cell = start_cell("oom", SLOW_UNREACHABLE).await;
+    let id = unique("hog");
+    // dd's 64 MiB block buffer does not fit in 16 MiB (swap is limited to the same).
+    launch(
+        &cell,
+        vec![docker_task(
+            &id,
+            "cpus:0.1;mem:16",
+            "echo hog-start; exec dd if=/dev/zero of=/dev/null bs=64M count=20",
+        )],
+    )
+    .await;
+    let t = wait_task(&cell, &id, TaskState::Failed, Duration::from_secs(30)).await;
+    assert_eq!(
+        t.status.reason.as_deref(),
+        Some("REASON_CONTAINER_LIMITATION_MEMORY"),
+        "{:?}",
+        t.status
+    );
+    let msg = t.status.message.clone().unwrap_or_default();
+    assert!(
+        msg.contains("memory limit") && msg.contains("OOM"),
+        "the message should say OOM: {:?}",
+        t.status
+    );
+    wait_file_contains(&cell, &id, "stdout", "hog-start").await;
+    let h = history(&cell.client, &id).await;
+    assert_eq!(
+        h.iter().filter(|s| s.is_terminal()).collect::<Vec<_>>(),
+        vec![&TaskState::Failed],
+        "{id}: {h:?}"
+    );
+    wait_agent_idle(&cell).await;
+}
+
+/// A task of a pod: the label `shoal.group` (what a Mesos LAUNCH_GROUP becomes) names it.
+fn pod_task(id: &str, pod: &str, shell: &str) -> Json {
+    let mut t = docker_task(id, "cpus:0.1;mem:32", shell);
+    t["labels"] = json!({"labels": [{"key": "shoal.group", "value": pod}]});
+    t
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_pod_shares_localhost_and_dies_together() {
+    if !docker_enabled("docker_pod_shares_localhost_and_dies_together") {
+        return;
+    }
+    let cell = start_cell("pod", SLOW_UNREACHABLE).await;
+    let pod = unique("pod");
+    let (server, client) = (format!("{pod}-server"), format!("{pod}-client"));
+    launch(
+        &cell,
+        vec![
+            // Serves /etc on the pod's loopback only.
+            pod_task(&server, &pod, "exec httpd -f -p 127.0.0.1:8080 -h /etc"),
+            // Reaches it over localhost: the pod's network namespace is shared.
+            pod_task(
+                &client,
+                &pod,
+                "while true; do \
+                   if wget -q -O - http://127.0.0.1:8080/hostname >/dev/null 2>&1; then \
+                     echo reached-server-over-localhost; fi; \
+                   sleep 0.2; done",
+            ),
+        ],
+    )
+    .await;
+    wait_task(&cell, &server, TaskState::Running, Duration::from_secs(30)).await;
+    wait_task(&cell, &client, TaskState::Running, Duration::from_secs(30)).await;
+    wait_file_contains(&cell, &client, "stdout", "reached-server-over-localhost").await;
+
+    // Killing one member kills the pod: both end TASK_KILLED in the master's state.
+    let start = Instant::now();
+    cell.client.kill(&client).await.unwrap();
+    let t = wait_task(
+        &cell,
+        &client,
+        TaskState::Killed,
+        GRACE + Duration::from_secs(10),
+    )
+    .await;
+    assert!(t.status.message.is_some(), "{:?}", t.status);
+    let t = wait_task(
+        &cell,
+        &server,
+        TaskState::Killed,
+        GRACE + Duration::from_secs(10),
+    )
+    .await;
+    assert!(
+        start.elapsed() < GRACE + Duration::from_secs(8),
+        "the pod took {:?} to die ({:?})",
+        start.elapsed(),
+        t.status
+    );
+    for id in [&server, &client] {
+        assert!(
+            task_containers(id).iter().all(|(_, running)| !running),
+            "a container of {id} still runs"
+        );
+        let h = history(&cell.client, id).await;
+        assert_eq!(
+            h.iter().filter(|s| s.is_terminal()).count(),
+            1,
+            "{id}: {h:?}"
+        );
+    }
+    wait_agent_idle(&cell).await;
 }

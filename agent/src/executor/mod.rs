@@ -39,6 +39,7 @@
 //! followers, health checks) but leaves the tasks themselves running, which is
 //! exactly what a crash of the agent does.
 
+pub mod cgroup;
 pub mod docker;
 pub mod health;
 pub mod process;
@@ -332,9 +333,9 @@ impl Protocol {
 /// Resource limits. Zero means "no limit".
 #[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
 pub struct Limits {
-    /// CPU shares in cores (Docker: NanoCpus; process: cgroup v2 `cpu.max`).
+    /// CPU shares in cores (Docker: NanoCpus; process: a CFS quota and shares, see `cgroup`).
     pub cpus: f64,
-    /// Memory limit in MiB (Docker: memory and memory+swap; process: `memory.max`).
+    /// Memory limit in MiB (Docker: memory and memory+swap; process: the cgroup memory limit).
     pub mem_mb: u64,
 }
 

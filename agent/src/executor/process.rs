@@ -19,9 +19,12 @@
 //!
 //! Killing sends SIGTERM to the task's process group and SIGKILL after the
 //! grace period; the supervisor, in another process group, survives and
-//! records the status. Limits use cgroup v2 when `<cgroup_root>` is a writable
-//! cgroup2 mount (best effort; otherwise a warning is logged and the task runs
-//! unlimited).
+//! records the status.
+//!
+//! Limits (memory, CPU) use cgroups where the host allows (v2, or v1 memory and
+//! cpu hierarchies, writable): see the `cgroup` module. Where it does not, the
+//! reason is logged once when the executor is built and tasks run unlimited.
+//! A task killed by the OOM killer in its cgroup ends `Failed { reason: Oom }`.
 
 use std::collections::HashMap;
 use std::ffi::{CString, OsStr, OsString};
@@ -35,13 +38,13 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 
+use super::cgroup::{self, Cgroups};
 use super::health::{self, ProbeFuture};
 use super::supervisor::{self, ExitRecord, SupervisorPlan};
 use super::util::{self, escape_id};
 use super::{
     group_kills_peers, CommandSpec, ContainerSpec, Executor, ExecutorError, ExecutorEvent,
-    FailReason, GcReport, HealthCheckKind, HealthCheckSpec, LaunchSpec, Limits, RecoveredTask,
-    TaskUpdate,
+    FailReason, GcReport, HealthCheckKind, HealthCheckSpec, LaunchSpec, RecoveredTask, TaskUpdate,
 };
 
 /// Configuration of a [`ProcessExecutor`].
@@ -49,9 +52,12 @@ use super::{
 pub struct ProcessConfig {
     /// Where the executor keeps its per-task records (must survive agent restarts).
     pub state_dir: PathBuf,
-    /// A cgroup v2 mount point; limits are applied under `<cgroup_root>/shoal/`
-    /// when it is writable. Default `/sys/fs/cgroup`.
+    /// Where the cgroup hierarchies are mounted (v2 directly, or v1 `memory/` and
+    /// `cpu/` below it); limits are applied under `shoal/<key>/` when writable.
+    /// Default `/sys/fs/cgroup`.
     pub cgroup_root: PathBuf,
+    /// `false`: never use cgroups (tasks run without limits). Default `true`.
+    pub cgroups: bool,
 }
 
 impl ProcessConfig {
@@ -59,6 +65,7 @@ impl ProcessConfig {
         ProcessConfig {
             state_dir: state_dir.into(),
             cgroup_root: PathBuf::from("/sys/fs/cgroup"),
+            cgroups: true,
         }
     }
 }
@@ -78,8 +85,9 @@ pub struct TaskRecord {
     pub supervisor_start: u64,
     /// Process group of the task (= pid of the task process).
     pub pgid: i32,
-    /// The task's cgroup, when limits were applied.
-    pub cgroup: Option<PathBuf>,
+    /// The task's cgroups (one per hierarchy), when limits were applied.
+    #[serde(default)]
+    pub cgroups: Vec<PathBuf>,
     /// A kill was requested: the end is reported as `Killed`.
     pub kill_requested: bool,
 }
@@ -96,6 +104,12 @@ struct Entry {
 
 struct Inner {
     cfg: ProcessConfig,
+    cgroups: Cgroups,
+    /// Bounds the launches in progress (preparation, fork, record): a LAUNCH of a thousand
+    /// tasks must not grow the blocking pool to hundreds of threads, each fork of the agent
+    /// then copying more mappings while holding its memory map lock, stalling every thread
+    /// of the agent (its heartbeats and status reports included).
+    launch_slots: tokio::sync::Semaphore,
     events: mpsc::UnboundedSender<ExecutorEvent>,
     tasks: Mutex<HashMap<String, Entry>>,
 }
@@ -116,13 +130,40 @@ impl ProcessExecutor {
         let dir = cfg.state_dir.join("tasks");
         std::fs::create_dir_all(&dir)
             .map_err(|e| ExecutorError::io(format!("create {}", dir.display()), e))?;
+        let cgroups = if cfg.cgroups {
+            let c = Cgroups::detect(&cfg.cgroup_root, &cgroup_key(&cfg.state_dir));
+            // Before any task starts: what is empty now is a leftover of an earlier run.
+            c.sweep();
+            c
+        } else {
+            let reason = "cgroups are turned off (--process-isolation none)".to_string();
+            tracing::info!(%reason, "process task limits are not enforced");
+            Cgroups::Off { reason }
+        };
         Ok(ProcessExecutor {
             inner: Arc::new(Inner {
                 cfg,
+                cgroups,
+                launch_slots: tokio::sync::Semaphore::new(
+                    std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 8)),
+                ),
                 events,
                 tasks: Mutex::new(HashMap::new()),
             }),
         })
+    }
+}
+
+/// The key of an executor's cgroups (`shoal/<key>/`): tells them apart from other agents'
+/// on the host, stable across restarts on the same state dir.
+pub fn cgroup_key(state_dir: &Path) -> String {
+    format!("{:016x}", util::fnv64(&[&state_dir.to_string_lossy()]))
+}
+
+impl ProcessExecutor {
+    /// Where task limits go (or why they are not enforced).
+    pub fn cgroups(&self) -> &Cgroups {
+        &self.inner.cgroups
     }
 }
 
@@ -133,6 +174,8 @@ impl Drop for ProcessExecutor {
                 a.abort();
             }
         }
+        // Only succeeds when no task cgroup is left in it (tasks keep running).
+        self.inner.cgroups.remove_parents_if_empty();
     }
 }
 
@@ -341,14 +384,16 @@ async fn run_new(inner: Arc<Inner>, spec: LaunchSpec, mut rx: mpsc::UnboundedRec
         );
         return;
     }
+    // Released once the task runs (or failed to start).
+    let slot = inner.launch_slots.acquire().await;
     let task_dir = inner.task_dir(&task_id);
-    let cgroup_root = inner.cfg.cgroup_root.clone();
     let prepared = {
         let spec = spec.clone();
         let task_dir = task_dir.clone();
-        tokio::task::spawn_blocking(move || prepare(&spec, &task_dir, &cgroup_root)).await
+        let inner = inner.clone();
+        tokio::task::spawn_blocking(move || prepare(&spec, &task_dir, &inner.cgroups)).await
     };
-    let Prepared { plan, cgroup, env } = match prepared {
+    let Prepared { plan, cgroups, env } = match prepared {
         Ok(Ok(p)) => p,
         Ok(Err(message)) => return fail(&inner, FailReason::LaunchFailed, message),
         Err(e) => {
@@ -360,6 +405,7 @@ async fn run_new(inner: Arc<Inner>, spec: LaunchSpec, mut rx: mpsc::UnboundedRec
         }
     };
     if let Ok(Control::Kill { .. }) = rx.try_recv() {
+        cgroup::remove(&cgroups);
         let message = "killed before it started".to_string();
         inner.finish(
             &task_id,
@@ -372,11 +418,12 @@ async fn run_new(inner: Arc<Inner>, spec: LaunchSpec, mut rx: mpsc::UnboundedRec
     let spawned = match tokio::task::spawn_blocking(move || supervisor::spawn(plan)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
+            cgroup::remove(&cgroups);
             return fail(
                 &inner,
                 FailReason::LaunchFailed,
                 format!("cannot start the command: {e}"),
-            )
+            );
         }
         Err(e) => {
             return fail(
@@ -397,7 +444,7 @@ async fn run_new(inner: Arc<Inner>, spec: LaunchSpec, mut rx: mpsc::UnboundedRec
         supervisor_pid: spawned.supervisor_pid,
         supervisor_start,
         pgid: spawned.pgid,
-        cgroup,
+        cgroups,
         kill_requested: false,
     };
     if let Err(e) = save_record(&task_dir, &record) {
@@ -410,6 +457,7 @@ async fn run_new(inner: Arc<Inner>, spec: LaunchSpec, mut rx: mpsc::UnboundedRec
             format!("cannot save the task record: {e}"),
         );
     }
+    drop(slot);
     tracing::info!(task_id = %task_id, pid = spawned.pgid, supervisor = spawned.supervisor_pid, "process task running");
     inner.send(&task_id, TaskUpdate::Running { healthy: None });
     watch(inner, record, rx).await;
@@ -572,10 +620,8 @@ fn conclude(task_dir: &Path, record: &TaskRecord) -> TaskUpdate {
     let exit = std::fs::read_to_string(task_dir.join("exit_status"))
         .ok()
         .and_then(|s| ExitRecord::parse(&s));
-    let oom = record.cgroup.as_deref().is_some_and(cgroup_oom_killed);
-    if let Some(cg) = &record.cgroup {
-        let _ = std::fs::remove_dir(cg);
-    }
+    let oom = cgroup::oom_killed(&record.cgroups);
+    cgroup::remove(&record.cgroups);
     classify(exit, record.kill_requested, oom)
 }
 
@@ -637,8 +683,8 @@ fn gc_records(
             .or_else(|| util::file_age(&tdir.join("record.json")))
             .or_else(|| util::file_age(&tdir));
         if age.is_some_and(|a| a >= older_than) {
-            if let Some(cg) = record.as_ref().and_then(|r| r.cgroup.as_ref()) {
-                let _ = std::fs::remove_dir(cg);
+            if let Some(r) = &record {
+                cgroup::remove(&r.cgroups);
             }
             match std::fs::remove_dir_all(&tdir) {
                 Ok(()) => report.removed.push(record.map_or_else(
@@ -654,17 +700,17 @@ fn gc_records(
     Ok(report)
 }
 
-/// Prepares everything for the supervisor (blocking IO): state dir, sandbox
-/// files, program path, environment, cgroup. Errors are user-facing messages.
-/// What [`prepare`] produces: the supervisor plan, the task's cgroup (when
+/// What [`prepare`] produces: the supervisor plan, the task's cgroups (when
 /// limits apply) and the task's extra environment (kept for health checks).
 struct Prepared {
     plan: SupervisorPlan,
-    cgroup: Option<PathBuf>,
+    cgroups: Vec<PathBuf>,
     env: Vec<(String, String)>,
 }
 
-fn prepare(spec: &LaunchSpec, task_dir: &Path, cgroup_root: &Path) -> Result<Prepared, String> {
+/// Prepares everything for the supervisor (blocking IO): state dir, sandbox
+/// files, program path, environment, cgroups. Errors are user-facing messages.
+fn prepare(spec: &LaunchSpec, task_dir: &Path, cgroups: &Cgroups) -> Result<Prepared, String> {
     let cmd = spec
         .command
         .as_ref()
@@ -729,18 +775,24 @@ fn prepare(spec: &LaunchSpec, task_dir: &Path, cgroup_root: &Path) -> Result<Pre
         })
         .collect::<Result<Vec<_>, _>>()?;
 
-    let (cgroup, cgroup_procs) =
-        match setup_cgroup(cgroup_root, &escape_id(&spec.task_id), &spec.limits) {
-            Some((p, fd)) => (Some(p), Some(fd)),
-            None => (None, None),
-        };
+    let program = cstr(program.as_os_str().as_bytes())?;
+    let workdir = cstr(spec.sandbox.as_os_str().as_bytes())?;
+    let status_path = cstr(task_dir.join("exit_status").as_os_str().as_bytes())?;
+    let status_tmp = cstr(task_dir.join("exit_status.tmp").as_os_str().as_bytes())?;
+    // Last, so that no error after it leaves a cgroup behind.
+    let (cgroup_dirs, cgroup_procs) = match cgroups.create(&escape_id(&spec.task_id), &spec.limits)
+    {
+        Ok(Some(made)) => (made.dirs, made.procs),
+        Ok(None) => (Vec::new(), Vec::new()),
+        Err(e) => return Err(format!("cannot apply the task's limits: {e}")),
+    };
     let plan = SupervisorPlan {
-        program: cstr(program.as_os_str().as_bytes())?,
+        program,
         argv: plan_argv,
         envp,
-        workdir: cstr(spec.sandbox.as_os_str().as_bytes())?,
-        status_path: cstr(task_dir.join("exit_status").as_os_str().as_bytes())?,
-        status_tmp: cstr(task_dir.join("exit_status.tmp").as_os_str().as_bytes())?,
+        workdir,
+        status_path,
+        status_tmp,
         stdin,
         stdout,
         stderr,
@@ -748,7 +800,7 @@ fn prepare(spec: &LaunchSpec, task_dir: &Path, cgroup_root: &Path) -> Result<Pre
     };
     Ok(Prepared {
         plan,
-        cgroup,
+        cgroups: cgroup_dirs,
         env: cmd.env.clone(),
     })
 }
@@ -797,61 +849,6 @@ pub(crate) fn resolve_program(
         }
     }
     Err(format!("program {:?} not found in PATH", cmd.value))
-}
-
-/// Best-effort cgroup v2 limits: returns the cgroup dir and its open
-/// `cgroup.procs`, or `None` (logged) when limits cannot be applied.
-fn setup_cgroup(root: &Path, key: &str, limits: &Limits) -> Option<(PathBuf, OwnedFd)> {
-    if limits.cpus <= 0.0 && limits.mem_mb == 0 {
-        return None;
-    }
-    if !root.join("cgroup.controllers").exists() {
-        tracing::warn!(root = %root.display(), "no cgroup v2 hierarchy; process limits are not enforced");
-        return None;
-    }
-    let parent = root.join("shoal");
-    let dir = parent.join(key);
-    let attempt = || -> std::io::Result<OwnedFd> {
-        std::fs::create_dir_all(&dir)?;
-        // Enabling controllers fails harmlessly when they already are.
-        let _ = std::fs::write(root.join("cgroup.subtree_control"), "+memory +cpu");
-        let _ = std::fs::write(parent.join("cgroup.subtree_control"), "+memory +cpu");
-        if limits.mem_mb > 0 {
-            std::fs::write(
-                dir.join("memory.max"),
-                (limits.mem_mb * 1024 * 1024).to_string(),
-            )?;
-            let _ = std::fs::write(dir.join("memory.swap.max"), "0");
-        }
-        if limits.cpus > 0.0 {
-            let quota = ((limits.cpus * 100_000.0) as u64).max(1000);
-            std::fs::write(dir.join("cpu.max"), format!("{quota} 100000"))?;
-        }
-        let f = std::fs::OpenOptions::new()
-            .write(true)
-            .open(dir.join("cgroup.procs"))?;
-        Ok(OwnedFd::from(f))
-    };
-    match attempt() {
-        Ok(fd) => Some((dir, fd)),
-        Err(e) => {
-            tracing::warn!(cgroup = %dir.display(), error = %e, "cannot set up cgroup; process limits are not enforced");
-            let _ = std::fs::remove_dir(&dir);
-            None
-        }
-    }
-}
-
-fn cgroup_oom_killed(dir: &Path) -> bool {
-    std::fs::read_to_string(dir.join("memory.events"))
-        .ok()
-        .is_some_and(|s| {
-            s.lines().any(|l| {
-                l.strip_prefix("oom_kill ")
-                    .and_then(|n| n.trim().parse::<u64>().ok())
-                    .is_some_and(|n| n > 0)
-            })
-        })
 }
 
 fn signal_group(pgid: i32, sig: libc::c_int) {

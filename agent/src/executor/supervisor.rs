@@ -21,8 +21,8 @@
 //!
 //! The agent learns the task's pid (= its process group id) and any exec
 //! failure through a close-on-exec pipe: 5-byte messages `b'P' | pid`,
-//! `b'E' | errno` (execve failed), `b'C' | errno` (chdir failed) or
-//! `b'F' | errno` (fork failed), each an `i32` in native byte order; EOF comes
+//! `b'E' | errno` (execve failed), `b'C' | errno` (chdir failed),
+//! `b'G' | errno` (joining the task's cgroups failed) or `b'F' | errno` (fork failed), each an `i32` in native byte order; EOF comes
 //! when the supervisor closed its end and the task exec'd (or died).
 
 use std::ffi::CString;
@@ -41,8 +41,9 @@ pub(crate) struct SupervisorPlan {
     pub stdin: OwnedFd,
     pub stdout: OwnedFd,
     pub stderr: OwnedFd,
-    /// `cgroup.procs` of the task's cgroup (v2), opened for writing.
-    pub cgroup_procs: Option<OwnedFd>,
+    /// `cgroup.procs` of the task's cgroups, opened for writing: the task process
+    /// joins them before it execs.
+    pub cgroup_procs: Vec<OwnedFd>,
 }
 
 /// A started task.
@@ -86,13 +87,18 @@ fn errno() -> i32 {
 }
 
 /// Moves `fd` to a number >= 3 (keeping close-on-exec) so that the children's
-/// `dup2` onto 0..=3 can never clobber a source fd still needed.
+/// `dup2` onto 0..=2 can never clobber a source fd still needed.
 fn above_stdio(fd: OwnedFd) -> io::Result<OwnedFd> {
-    if fd.as_raw_fd() >= 3 {
+    at_least(fd, 3)
+}
+
+/// Moves `fd` to a number >= `min` (close-on-exec).
+fn at_least(fd: OwnedFd, min: RawFd) -> io::Result<OwnedFd> {
+    if fd.as_raw_fd() >= min {
         return Ok(fd);
     }
     // SAFETY: plain fcntl on an fd we own.
-    let n = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 4) };
+    let n = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, min.max(4)) };
     if n < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -107,10 +113,15 @@ pub(crate) fn spawn(plan: SupervisorPlan) -> Result<Spawned, SpawnError> {
     let stdin = above_stdio(plan.stdin).map_err(os("dup"))?;
     let stdout = above_stdio(plan.stdout).map_err(os("dup"))?;
     let stderr = above_stdio(plan.stderr).map_err(os("dup"))?;
-    let cgroup = match plan.cgroup_procs {
-        Some(fd) => Some(above_stdio(fd).map_err(os("dup"))?),
-        None => None,
-    };
+    // Above PIPE_FD (the supervisor keeps them open, and only them, for the task).
+    let cgroups = plan
+        .cgroup_procs
+        .into_iter()
+        .map(|fd| at_least(fd, PIPE_FD + 1))
+        .collect::<io::Result<Vec<_>>>()
+        .map_err(os("dup"))?;
+    let mut cgroup_fds: Vec<RawFd> = cgroups.iter().map(|f| f.as_raw_fd()).collect();
+    cgroup_fds.sort_unstable();
 
     let mut fds = [0 as RawFd; 2];
     // SAFETY: fds is a valid 2-element array.
@@ -147,7 +158,8 @@ pub(crate) fn spawn(plan: SupervisorPlan) -> Result<Spawned, SpawnError> {
         stdout: stdout.as_raw_fd(),
         stderr: stderr.as_raw_fd(),
         pipe: wr.as_raw_fd(),
-        cgroup: cgroup.as_ref().map_or(-1, |f| f.as_raw_fd()),
+        cgroups: cgroup_fds.as_ptr(),
+        cgroups_len: cgroup_fds.len(),
         max_fd,
     };
 
@@ -165,7 +177,7 @@ pub(crate) fn spawn(plan: SupervisorPlan) -> Result<Spawned, SpawnError> {
         unsafe { supervisor_main(&args) }
     }
     drop(wr);
-    drop((stdin, stdout, stderr, cgroup));
+    drop((stdin, stdout, stderr, cgroups));
 
     let bytes = read_to_eof(&rd);
     let reap = || {
@@ -197,6 +209,7 @@ pub(crate) fn spawn(plan: SupervisorPlan) -> Result<Spawned, SpawnError> {
             b'E' => "execve",
             b'C' => "chdir into the sandbox",
             b'F' => "fork",
+            b'G' => "join the task's cgroup",
             _ => "unknown step",
         };
         // The supervisor exits right after recording exit status 127.
@@ -254,7 +267,9 @@ struct ChildArgs {
     stdout: RawFd,
     stderr: RawFd,
     pipe: RawFd,
-    cgroup: RawFd,
+    /// `cgroup.procs` fds (`cgroups_len` of them, ascending, all above `PIPE_FD`).
+    cgroups: *const RawFd,
+    cgroups_len: usize,
     max_fd: i32,
 }
 
@@ -315,12 +330,26 @@ unsafe fn write_all(fd: RawFd, mut data: &[u8]) {
     }
 }
 
+/// Closes the fds `from..=to` (async-signal-safe).
+unsafe fn close_fds(from: RawFd, to: RawFd, max_fd: RawFd) {
+    if from > to {
+        return;
+    }
+    if libc::syscall(
+        libc::SYS_close_range,
+        from as libc::c_uint,
+        to as libc::c_uint,
+        0 as libc::c_uint,
+    ) != 0
+    {
+        for fd in from..=to.min(max_fd - 1) {
+            libc::close(fd);
+        }
+    }
+}
+
 unsafe fn supervisor_main(a: &ChildArgs) -> ! {
     libc::setsid();
-    if a.cgroup >= 0 {
-        // "0" moves the writing process; the task inherits the cgroup.
-        libc::write(a.cgroup, b"0".as_ptr().cast(), 1);
-    }
     libc::dup2(a.stdin, 0);
     libc::dup2(a.stdout, 1);
     libc::dup2(a.stderr, 2);
@@ -328,17 +357,14 @@ unsafe fn supervisor_main(a: &ChildArgs) -> ! {
         libc::dup2(a.pipe, PIPE_FD);
     }
     libc::fcntl(PIPE_FD, libc::F_SETFD, libc::FD_CLOEXEC);
-    if libc::syscall(
-        libc::SYS_close_range,
-        (PIPE_FD + 1) as libc::c_uint,
-        libc::c_uint::MAX,
-        0 as libc::c_uint,
-    ) != 0
-    {
-        for fd in (PIPE_FD + 1)..a.max_fd {
-            libc::close(fd);
-        }
+    // Close everything above PIPE_FD but the task's cgroup fds (close-on-exec already).
+    let mut from = PIPE_FD + 1;
+    for i in 0..a.cgroups_len {
+        let keep = *a.cgroups.add(i);
+        close_fds(from, keep - 1, a.max_fd);
+        from = keep + 1;
     }
+    close_fds(from, libc::c_int::MAX, a.max_fd);
     // Drop the agent's signal handlers (they would write into the agent's fds).
     for sig in 1..65 {
         if sig != libc::SIGKILL && sig != libc::SIGSTOP {
@@ -355,6 +381,14 @@ unsafe fn supervisor_main(a: &ChildArgs) -> ! {
     let task = libc::fork();
     if task == 0 {
         libc::setpgid(0, 0);
+        // "0" moves the writing process: the task joins its cgroups (the supervisor
+        // stays out, neither charged nor a candidate of the task's OOM killer).
+        for i in 0..a.cgroups_len {
+            if libc::write(*a.cgroups.add(i), b"0".as_ptr().cast(), 1) != 1 {
+                send_msg(b'G', *libc::__errno_location());
+                libc::_exit(127);
+            }
+        }
         for sig in IGNORED_IN_SUPERVISOR {
             set_disposition(sig, libc::SIG_DFL);
         }
