@@ -55,6 +55,9 @@ pub struct Params {
     pub max_attempts: u32,
     pub retry_delay_s: f64,
     pub allocation_interval_s: f64,
+    /// How long the service framework's declines keep an agent out of its offers (Mesos's
+    /// `Filters.refuse_seconds`, 5 s by default; the paper's simulator has none: 0).
+    pub decline_filter_s: f64,
     pub seed: u64,
 }
 
@@ -123,6 +126,9 @@ pub struct RunResult {
     pub service: SchedStats,
     pub tasks_committed: u64,
     pub commands: u64,
+    /// Allocation rounds run and offers (holds) they made.
+    pub rounds: u64,
+    pub offers: u64,
     pub wall_s: f64,
 }
 
@@ -339,6 +345,10 @@ struct Sim<'a> {
     tasks_committed: u64,
     commands: u64,
     spec: TaskSpec,
+    rounds: u64,
+    holds_offered: u64,
+    /// The service framework as the allocator sees it (its decline filters).
+    framework: Candidate,
 }
 
 /// Runs one configuration from the pre-filled cell.
@@ -385,6 +395,14 @@ pub fn run(
         tasks_committed: 0,
         commands: 0,
         spec: TaskSpec::empty(),
+        rounds: 0,
+        holds_offered: 0,
+        framework: Candidate {
+            framework_id: FRAMEWORK.into(),
+            role: role(Kind::Service).into(),
+            filtered_until: HashMap::new(),
+            outstanding: 0,
+        },
     };
     for j in 0..sim.jobs.len() {
         let at = sim.jobs[j].spec.submit_s;
@@ -406,6 +424,8 @@ pub fn run(
         service,
         tasks_committed: sim.tasks_committed,
         commands: sim.commands,
+        rounds: sim.rounds,
+        offers: sim.holds_offered,
         wall_s: started.elapsed().as_secs_f64(),
     }
 }
@@ -486,14 +506,12 @@ impl Sim<'_> {
         let think = self.t_job[k] + self.p.t_task_s * job.unscheduled as f64;
         let n = job.unscheduled;
         let want = self.want[k];
-        let free = |i: usize| -> (i64, i64) {
+        let has_free = |i: usize, (c, m): (i64, i64)| -> bool {
             let a = snapshot.agent(&self.ids[i]).expect("registered agent");
-            (
-                a.total.scalar("cpus").0 - a.allocated.scalar("cpus").0,
-                a.total.scalar("mem").0 - a.allocated.scalar("mem").0,
-            )
+            a.total.scalar("cpus").0 - a.allocated.scalar("cpus").0 >= c
+                && a.total.scalar("mem").0 - a.allocated.scalar("mem").0 >= m
         };
-        let placed = place(&mut self.rng, self.ids.len(), free, want, n);
+        let placed = place(&mut self.rng, self.ids.len(), has_free, want, n);
         let mut placements: Vec<(usize, u32)> = Vec::new();
         for i in placed {
             match placements.last_mut() {
@@ -610,12 +628,9 @@ impl Sim<'_> {
     /// The service framework wants offers again: allocation rounds run until it has nothing
     /// left to place.
     fn revive(&mut self) {
-        if !self.rounds_running {
-            self.rounds_running = true;
-            let now = self.now;
-            self.at(now, Ev::AllocationRound);
+        if !self.scheds[Kind::Service as usize].busy {
+            self.next_round(0.0);
         }
-        self.start_offer_cycle();
     }
 
     fn service_holds(&self) -> Vec<(OfferId, usize)> {
@@ -628,32 +643,48 @@ impl Sim<'_> {
 
     fn decline_all(&mut self) {
         let offer_ids: Vec<OfferId> = self.service_holds().into_iter().map(|(o, _)| o).collect();
-        if !offer_ids.is_empty() {
-            self.commit(&Command::ReleaseHolds { offer_ids });
-        }
+        self.decline(offer_ids);
     }
 
-    /// One round of the compat allocator (every allocation interval while the framework has
-    /// jobs to place or is deciding): the free resources go to the framework as holds.
+    /// Declines offers, as a Mesos framework does: they are released and their agents are
+    /// filtered out of its offers for `decline_filter_s` (none when 0, as in the paper).
+    fn decline(&mut self, offer_ids: Vec<OfferId>) {
+        if offer_ids.is_empty() {
+            return;
+        }
+        let until = ms(self.now + self.p.decline_filter_s);
+        for o in &offer_ids {
+            if let Some(h) = self.cell.hold(o) {
+                self.framework
+                    .filtered_until
+                    .insert(h.agent_id.clone(), until);
+            }
+        }
+        self.commit(&Command::ReleaseHolds { offer_ids });
+    }
+
+    /// One round of the compat allocator for a framework waiting for offers: the free
+    /// resources go to it as holds (every agent's, or up to the cap). A framework deciding on
+    /// offers gets no more until it answers (a simplification in Mesos's favour: Mesos keeps
+    /// offering to it, and those offers sit idle until it is done).
     fn allocation_round(&mut self) {
+        self.rounds_running = false;
         let s = &self.scheds[Kind::Service as usize];
-        if s.queue.is_empty() && !s.busy {
-            // Nothing to place: the framework declines what it holds and is not offered more.
-            self.rounds_running = false;
+        if s.busy {
+            return;
+        }
+        if s.queue.is_empty() {
             self.decline_all();
             return;
         }
         let cap = self.offers_mode().unwrap_or(0);
-        let candidate = Candidate {
-            framework_id: FRAMEWORK.into(),
-            role: role(Kind::Service).into(),
-            filtered_until: HashMap::new(),
-            outstanding: self.service_holds().len(),
-        };
+        self.framework.outstanding = self.service_holds().len();
+        let now = ms(self.now);
+        self.framework.filtered_until.retain(|_, until| *until > now);
         let mut seq = self.offer_seq;
         let holds = allocate(
             &self.cell,
-            std::slice::from_ref(&candidate),
+            std::slice::from_ref(&self.framework),
             AllocatorConfig {
                 offers_per_framework_max: cap,
             },
@@ -664,12 +695,24 @@ impl Sim<'_> {
             },
         );
         self.offer_seq = seq;
+        self.rounds += 1;
+        self.holds_offered += holds.len() as u64;
         if !holds.is_empty() {
             self.commit(&Command::PlaceHolds { holds });
         }
         self.start_offer_cycle();
-        let at = self.now + self.p.allocation_interval_s;
-        self.at(at, Ev::AllocationRound);
+        if !self.scheds[Kind::Service as usize].busy {
+            // Nothing usable: the next round comes after the allocation interval.
+            self.next_round(self.p.allocation_interval_s);
+        }
+    }
+
+    fn next_round(&mut self, after_s: f64) {
+        if !self.rounds_running {
+            self.rounds_running = true;
+            let at = self.now + after_s;
+            self.at(at, Ev::AllocationRound);
+        }
     }
 
     /// The framework decides on the offers it holds: every queued job in turn (each taking
@@ -708,7 +751,8 @@ impl Sim<'_> {
             job.first_attempt.get_or_insert(self.now + think_total);
             think_total += self.t_job[k] + self.p.t_task_s * job.unscheduled as f64;
             let n = job.unscheduled;
-            let placed = place(&mut self.rng, view.len(), |i| (view[i].1, view[i].2), want, n);
+            let has_free = |i: usize, (c, m): (i64, i64)| view[i].1 >= c && view[i].2 >= m;
+            let placed = place(&mut self.rng, view.len(), has_free, want, n);
             for i in placed {
                 view[i].1 -= want.0;
                 view[i].2 -= want.1;
@@ -763,9 +807,7 @@ impl Sim<'_> {
                 rejected_jobs.extend(tasks.iter().map(|&(j, _)| j));
             }
         }
-        if !unused.is_empty() {
-            self.commit(&Command::ReleaseHolds { offer_ids: unused });
-        }
+        self.decline(unused);
         rejected_jobs.sort_unstable();
         rejected_jobs.dedup();
         self.scheds[k].conflicts += rejected_jobs.len() as u64;
@@ -777,7 +819,7 @@ impl Sim<'_> {
         if self.scheds[k].queue.is_empty() {
             self.decline_all();
         } else {
-            self.start_offer_cycle();
+            self.next_round(self.p.allocation_interval_s);
         }
     }
 
@@ -817,37 +859,47 @@ fn role(kind: Kind) -> &'static str {
     }
 }
 
-/// Randomized first fit: for each of `n` tasks, probe random agents for room (with what this
-/// decision placed already); after a run of misses, scan from a random start. Stops at the
-/// first task that fits nowhere.
+/// Randomized first fit: for each of `n` tasks, probe random agents for room (`has_free(agent,
+/// amount)`, with what this decision placed already). After the first task that 32 probes miss, the agents with room
+/// are listed once (one pass) and the remaining tasks fit into them from a random start.
+/// Stops at the first task that fits nowhere.
 fn place(
     rng: &mut ChaCha8Rng,
     agents: usize,
-    free: impl Fn(usize) -> (i64, i64),
+    has_free: impl Fn(usize, (i64, i64)) -> bool,
     want: (i64, i64),
     n: u32,
 ) -> Vec<usize> {
     let mut used: HashMap<usize, (i64, i64)> = HashMap::new();
     let fits = |i: usize, used: &HashMap<usize, (i64, i64)>| {
-        let (c, m) = free(i);
         let (uc, um) = used.get(&i).copied().unwrap_or((0, 0));
-        c - uc >= want.0 && m - um >= want.1
+        has_free(i, (want.0 + uc, want.1 + um))
     };
     let mut out = Vec::with_capacity(n as usize);
+    // Agents with room, listed when probing stops paying off, and where to go on from.
+    let mut listed: Option<(Vec<usize>, usize)> = None;
     'tasks: for _ in 0..n {
-        for _ in 0..32 {
-            let i = rng.random_range(0..agents);
-            if fits(i, &used) {
-                let u = used.entry(i).or_default();
-                u.0 += want.0;
-                u.1 += want.1;
-                out.push(i);
-                continue 'tasks;
+        if listed.is_none() {
+            for _ in 0..32 {
+                let i = rng.random_range(0..agents);
+                if fits(i, &used) {
+                    let u = used.entry(i).or_default();
+                    u.0 += want.0;
+                    u.1 += want.1;
+                    out.push(i);
+                    continue 'tasks;
+                }
             }
+            let start = rng.random_range(0..agents.max(1));
+            let room = (0..agents)
+                .map(|d| (start + d) % agents)
+                .filter(|&i| fits(i, &used))
+                .collect();
+            listed = Some((room, 0));
         }
-        let start = rng.random_range(0..agents);
-        for d in 0..agents {
-            let i = (start + d) % agents;
+        let (room, at) = listed.as_mut().expect("listed above");
+        while *at < room.len() {
+            let i = room[*at];
             if fits(i, &used) {
                 let u = used.entry(i).or_default();
                 u.0 += want.0;
@@ -855,6 +907,7 @@ fn place(
                 out.push(i);
                 continue 'tasks;
             }
+            *at += 1;
         }
         break;
     }
