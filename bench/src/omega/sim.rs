@@ -21,8 +21,8 @@ use rand_chacha::ChaCha8Rng;
 use shoal_compat::allocator::{allocate, AllocatorConfig, Candidate};
 use shoal_core::{
     AgentId, AgentRegistration, Cell, CellConfig, Claim, ClaimId, Command, CommitMode,
-    ConflictCheck, OfferId, Placement, Reply, ResourceSet, StatusInfo, TaskId, TaskSpec,
-    TaskState, Timestamp,
+    ConflictCheck, OfferId, Placement, Reply, ResourceSet, StatusInfo, TaskId, TaskSpec, TaskState,
+    Timestamp,
 };
 
 /// One workload: Poisson arrivals, exponential job sizes and durations, one task shape.
@@ -361,14 +361,19 @@ pub fn run(
     t_job_service_s: f64,
 ) -> RunResult {
     let started = std::time::Instant::now();
-    let shape = |w: &Workload| ResourceSet::scalars(&[("cpus", w.task_cpus), ("mem", w.task_mem_mb)]);
+    let shape =
+        |w: &Workload| ResourceSet::scalars(&[("cpus", w.task_cpus), ("mem", w.task_mem_mb)]);
     let mut sim = Sim {
         p,
         mode,
         t_job: [p.t_job_batch_s, t_job_service_s],
         cell: base.clone(),
         ids,
-        index: ids.iter().enumerate().map(|(i, a)| (a.clone(), i)).collect(),
+        index: ids
+            .iter()
+            .enumerate()
+            .map(|(i, a)| (a.clone(), i))
+            .collect(),
         now: 0.0,
         seq: 0,
         heap: BinaryHeap::new(),
@@ -680,7 +685,9 @@ impl Sim<'_> {
         let cap = self.offers_mode().unwrap_or(0);
         self.framework.outstanding = self.service_holds().len();
         let now = ms(self.now);
-        self.framework.filtered_until.retain(|_, until| *until > now);
+        self.framework
+            .filtered_until
+            .retain(|_, until| *until > now);
         let mut seq = self.offer_seq;
         let holds = allocate(
             &self.cell,
