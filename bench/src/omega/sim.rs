@@ -866,10 +866,10 @@ fn role(kind: Kind) -> &'static str {
     }
 }
 
-/// Randomized first fit: for each of `n` tasks, probe random agents for room (`has_free(agent,
-/// amount)`, with what this decision placed already). After the first task that 32 probes miss, the agents with room
-/// are listed once (one pass) and the remaining tasks fit into them from a random start.
-/// Stops at the first task that fits nowhere.
+/// Randomized first fit: for each of `n` tasks, probe random agents for room
+/// (`has_free(agent, amount)`, with what this decision placed already). After the first task
+/// that 32 probes miss, the agents with room are listed once (one pass) and the remaining
+/// tasks fit into them from a random start. Stops at the first task that fits nowhere.
 fn place(
     rng: &mut ChaCha8Rng,
     agents: usize,
@@ -883,6 +883,9 @@ fn place(
         has_free(i, (want.0 + uc, want.1 + um))
     };
     let mut out = Vec::with_capacity(n as usize);
+    if agents == 0 {
+        return out;
+    }
     // Agents with room, listed when probing stops paying off, and where to go on from.
     let mut listed: Option<(Vec<usize>, usize)> = None;
     'tasks: for _ in 0..n {
@@ -890,14 +893,11 @@ fn place(
             for _ in 0..32 {
                 let i = rng.random_range(0..agents);
                 if fits(i, &used) {
-                    let u = used.entry(i).or_default();
-                    u.0 += want.0;
-                    u.1 += want.1;
-                    out.push(i);
+                    take(&mut used, &mut out, i, want);
                     continue 'tasks;
                 }
             }
-            let start = rng.random_range(0..agents.max(1));
+            let start = rng.random_range(0..agents);
             let room = (0..agents)
                 .map(|d| (start + d) % agents)
                 .filter(|&i| fits(i, &used))
@@ -908,10 +908,7 @@ fn place(
         while *at < room.len() {
             let i = room[*at];
             if fits(i, &used) {
-                let u = used.entry(i).or_default();
-                u.0 += want.0;
-                u.1 += want.1;
-                out.push(i);
+                take(&mut used, &mut out, i, want);
                 continue 'tasks;
             }
             *at += 1;
@@ -920,4 +917,12 @@ fn place(
     }
     out.sort_unstable();
     out
+}
+
+/// Books one task of `want` on agent `i` for the decision under way.
+fn take(used: &mut HashMap<usize, (i64, i64)>, out: &mut Vec<usize>, i: usize, want: (i64, i64)) {
+    let u = used.entry(i).or_default();
+    u.0 += want.0;
+    u.1 += want.1;
+    out.push(i);
 }
