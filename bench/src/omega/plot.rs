@@ -58,7 +58,8 @@ pub fn draw(path: &Path, results: &[RunResult], t_jobs: &[f64]) -> Result<(), St
         .map(|m| Line {
             label: m.label(),
             color: color(m),
-            dashed: false,
+            // The capped line lies on the shared-state one: dashed, so both show.
+            dashed: matches!(m, Mode::Offers { cap } if *cap > 0),
             points: series(*m, &|r| r.batch.wait_mean_s),
         })
         .collect();
@@ -80,7 +81,7 @@ pub fn draw(path: &Path, results: &[RunResult], t_jobs: &[f64]) -> Result<(), St
             });
         }
     }
-    let conflicts: Vec<Line> = shared
+    let mut conflicts: Vec<Line> = shared
         .iter()
         .map(|m| Line {
             label: m.label().replace("shared state, ", "service: "),
@@ -89,6 +90,12 @@ pub fn draw(path: &Path, results: &[RunResult], t_jobs: &[f64]) -> Result<(), St
             points: series(*m, &|r| r.service.conflicts_per_job()),
         })
         .collect();
+    conflicts.push(Line {
+        label: "one conflict per job".into(),
+        color: RGBColor(150, 150, 150),
+        dashed: true,
+        points: t_jobs.iter().map(|&t| (t, 1.0)).collect(),
+    });
 
     let x_max = t_jobs.iter().copied().fold(1.0, f64::max) * 2.0;
     let x_min = t_jobs.iter().copied().fold(x_max, f64::min) / 2.0;
@@ -153,7 +160,8 @@ fn panel(
         legend(&mut c)
     } else {
         let mut c = chart
-            .build_cartesian_2d((x.0..x.1).log_scale(), 0.0..(y_max * 1.15).max(1.0))
+            // Headroom above 1 for the legend.
+            .build_cartesian_2d((x.0..x.1).log_scale(), 0.0..(y_max * 1.75).max(1.75))
             .map_err(err)?;
         c.configure_mesh().x_desc(x_desc).draw().map_err(err)?;
         for l in lines {
