@@ -39,6 +39,17 @@ pub struct AllocatorConfig {
     /// At most this many outstanding offers per framework (0: no cap). A framework that
     /// holds its offers and never answers cannot starve the others past this.
     pub offers_per_framework_max: usize,
+    /// Where in the id-ordered agent list this round starts (taken modulo the number of
+    /// agents). Callers vary it every round — [`round_start`] spreads rounds over the list —
+    /// so that under a cap the same low-id agents are not offered round after round while the
+    /// rest wait (Mesos shuffles its agents every round for the same reason).
+    pub first_agent: u64,
+}
+
+/// A start position for allocation round `round` that spreads consecutive rounds over the
+/// agent list (Fibonacci hashing): deterministic, so simulations replay exactly.
+pub fn round_start(round: u64) -> u64 {
+    round.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 16
 }
 
 /// The dominant share of each role: max over scalars of consumed / cluster total, divided by
@@ -156,6 +167,10 @@ pub fn allocate(
         .filter(|a| a.state == AgentState::Active)
         .collect();
     agents.sort_by(|a, b| a.id.cmp(&b.id));
+    if !agents.is_empty() {
+        let start = (config.first_agent % agents.len() as u64) as usize;
+        agents.rotate_left(start);
+    }
     let mut skipped = Vec::new();
     for agent in agents {
         if queue.is_empty() {
@@ -264,6 +279,7 @@ mod tests {
             &[cand("a", "r1"), cand("b", "r2")],
             AllocatorConfig {
                 offers_per_framework_max: 0,
+                first_agent: 0,
             },
             5,
             &mut next,
@@ -277,6 +293,7 @@ mod tests {
             &[cand("a", "r1"), cand("b", "r2")],
             AllocatorConfig {
                 offers_per_framework_max: 1,
+                first_agent: 0,
             },
             5,
             &mut next,
@@ -298,6 +315,7 @@ mod tests {
             &[filtered.clone()],
             AllocatorConfig {
                 offers_per_framework_max: 0,
+                first_agent: 0,
             },
             5,
             &mut next,
@@ -311,6 +329,7 @@ mod tests {
             &[filtered],
             AllocatorConfig {
                 offers_per_framework_max: 0,
+                first_agent: 0,
             },
             10,
             &mut next,
@@ -329,6 +348,7 @@ mod tests {
         };
         let config = AllocatorConfig {
             offers_per_framework_max: 0,
+            first_agent: 0,
         };
         let mut c = cand("a", "r1");
         // What an ACCEPT left unused: half the agent. The whole agent is more: offered.

@@ -1253,6 +1253,7 @@ async fn remove_framework(c: &Arc<Compat>, fw_id: &str) {
 
 /// Allocation rounds: on a timer and whenever resources may have been freed.
 async fn allocation_loop(c: Arc<Compat>) {
+    let mut round: u64 = 0;
     loop {
         let _ = tokio::time::timeout(c.config.allocation_interval, c.wake.notified()).await;
         let candidates: Vec<Candidate> = {
@@ -1280,8 +1281,10 @@ async fn allocation_loop(c: Arc<Compat>) {
             continue;
         }
         let snap = c.core.published.snapshot();
+        round += 1;
         let config = AllocatorConfig {
             offers_per_framework_max: c.config.offers_per_framework_max,
+            first_agent: allocator::round_start(round),
         };
         let holds = allocator::allocate(&snap, &candidates, config, now_ms(), || {
             OfferId::new(c.next_id("O"))

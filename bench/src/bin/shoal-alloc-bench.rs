@@ -95,6 +95,7 @@ fn main() {
         .collect();
     let config = AllocatorConfig {
         offers_per_framework_max: 0,
+        first_agent: 0,
     };
     let mut times = Vec::new();
     let mut offers = 0;

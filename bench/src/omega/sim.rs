@@ -696,6 +696,7 @@ impl Sim<'_> {
             std::slice::from_ref(&self.framework),
             AllocatorConfig {
                 offers_per_framework_max: cap,
+                first_agent: shoal_compat::allocator::round_start(self.rounds),
             },
             ms(self.now),
             || {
