@@ -267,6 +267,47 @@ mod tests {
     }
 
     #[test]
+    fn capped_rounds_start_at_different_agents() {
+        let cell = cell(64);
+        let mut n = 0;
+        let mut next = || {
+            n += 1;
+            OfferId::new(format!("o{n}"))
+        };
+        let offered = |first_agent: u64, next: &mut dyn FnMut() -> OfferId| -> Vec<AgentId> {
+            allocate(
+                &cell,
+                &[cand("a", "r1")],
+                AllocatorConfig {
+                    offers_per_framework_max: 4,
+                    first_agent,
+                },
+                5,
+                next,
+            )
+            .into_iter()
+            .map(|h| h.agent_id)
+            .collect()
+        };
+        let mut seen = std::collections::BTreeSet::new();
+        for round in 1..=8 {
+            let agents = offered(round_start(round), &mut next);
+            assert_eq!(agents.len(), 4, "the cap bounds each round");
+            seen.extend(agents);
+        }
+        assert!(
+            seen.len() > 16,
+            "eight capped rounds reach many agents, not the same four: {}",
+            seen.len()
+        );
+        assert_eq!(
+            offered(7, &mut next),
+            offered(7 + 64, &mut next),
+            "the start is taken modulo the number of agents"
+        );
+    }
+
+    #[test]
     fn spreads_agents_fairly_respects_caps_and_filters() {
         let cell = cell(6);
         let mut n = 0;
