@@ -40,6 +40,12 @@ pub struct MasterArg {
     master: String,
 }
 
+impl MasterArg {
+    pub fn url(&self) -> &str {
+        &self.master
+    }
+}
+
 #[derive(Subcommand)]
 pub enum JobCmd {
     /// Submit a job file (TOML or JSON) and, with --wait, follow it until it ends.

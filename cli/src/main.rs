@@ -9,6 +9,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
 mod job;
+mod quota;
 
 #[derive(Parser)]
 #[command(
@@ -38,6 +39,11 @@ enum Cmd {
     Job {
         #[command(subcommand)]
         cmd: job::JobCmd,
+    },
+    /// Teams: set and list each role's weight, guarantee and limit.
+    Quota {
+        #[command(subcommand)]
+        cmd: quota::QuotaCmd,
     },
 }
 
@@ -527,6 +533,7 @@ fn main() {
             },
             Cmd::Dev(a) => run_dev(a).await,
             Cmd::State(a) => run_state(a).await,
+            Cmd::Quota { cmd } => quota::run(cmd).await,
             Cmd::Job { cmd } => match job::run(cmd).await {
                 Ok(0) => Ok(()),
                 Ok(code) => std::process::exit(code),

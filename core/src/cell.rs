@@ -1425,8 +1425,11 @@ fn validate_id(what: &str, id: &str) -> Result<(), Rejection> {
 
 fn validate_role_name(name: &str) -> Result<(), Rejection> {
     // Mesos role names: not empty, not `.`/`..`, no leading `-`, no slashes at the ends,
-    // no whitespace or control characters. `*` is the default role.
+    // no whitespace or control characters. `*` is the default role. Also none of the
+    // characters the resource text form uses as syntax (`cpus(role):1;mem:2`), so a role can
+    // always be written in a reservation.
     let bad = name.is_empty()
+        || name.contains(crate::resources::RESERVED_CHARS)
         || name == "."
         || name == ".."
         || name.starts_with('-')

@@ -208,7 +208,7 @@ impl From<ResourceSet> for String {
 }
 
 /// Characters the text form uses as syntax: names and roles may not contain them.
-const RESERVED_CHARS: &[char] = &[';', ':', '(', ')', '[', ']', '{', '}', ','];
+pub(crate) const RESERVED_CHARS: &[char] = &[';', ':', '(', ')', '[', ']', '{', '}', ','];
 
 impl ResourceSet {
     pub fn new() -> ResourceSet {

@@ -444,3 +444,84 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() {
     assert!(after.tasks.is_empty());
     let _ = Client::new(&master.addr).unwrap();
 }
+
+/// `shoal quota set|list`: a team's weight, guarantee and limit reach the cell, the limit is
+/// enforced on claims, and a bad role name or resource text is refused with nothing changed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quota_cli_sets_and_lists_team_quotas() {
+    let dir = tempfile::tempdir().unwrap();
+    let master = MasterProc::start(dir.path(), &[]);
+    let url = if master.addr.starts_with("http") {
+        master.addr.clone()
+    } else {
+        format!("http://{}", master.addr)
+    };
+    let shoal = |args: &[&str]| {
+        std::process::Command::new(shoal_tests::shoal_bin())
+            .args(args)
+            .args(["--master", &url])
+            .output()
+            .expect("run shoal")
+    };
+    let out = shoal(&[
+        "quota",
+        "set",
+        "team-a",
+        "--weight",
+        "2",
+        "--guarantee",
+        "cpus:1",
+        "--limit",
+        "cpus:2;mem:512",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = shoal(&["quota", "list", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let roles: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let a = roles
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "team-a")
+        .expect("team-a listed");
+    assert_eq!(a["weight"], json!(2.0));
+    assert_eq!(a["quota"]["limit"], json!("cpus:2;mem:512"));
+    assert_eq!(a["quota"]["guarantee"], json!("cpus:1"));
+    let table = shoal(&["quota", "list"]);
+    assert!(String::from_utf8_lossy(&table.stdout).contains("team-a"));
+
+    // The limit holds on the commit path: 3 cpus for team-a do not commit.
+    let client = master.client();
+    let agent = client
+        .register_agent(&registration("q", "cpus:4;mem:4096"))
+        .await
+        .unwrap()
+        .to_string();
+    let v = client.state().await.unwrap().version;
+    let mut over = claim(
+        "over-limit",
+        v,
+        CommitMode::Incremental,
+        vec![(agent.clone(), "q1".into(), "cpus:3")],
+    );
+    over.role = "team-a".into();
+    let ans = client.claim(&over).await.unwrap();
+    assert_eq!(ans.outcome.committed_version, None, "{ans:?}");
+
+    // Bad input: refused, nothing changed.
+    let before = client.state().await.unwrap().version;
+    let out = shoal(&["quota", "set", "bad;name"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid role name"));
+    let out = shoal(&["quota", "set", "team-b", "--limit", "cpus:-1"]);
+    assert!(!out.status.success());
+    assert_eq!(client.state().await.unwrap().version, before);
+}

@@ -1,0 +1,94 @@
+//! `shoal quota set|list`: teams (roles) with a weight for fair sharing, a guarantee and a
+//! limit, on the master's `/api/shoal/v1/roles`.
+
+use clap::Subcommand;
+use shoal_core::ResourceSet;
+
+use crate::job::MasterArg;
+
+#[derive(Subcommand)]
+pub enum QuotaCmd {
+    /// Set a team's weight, guarantee and limit (what is not given is reset: weight 1,
+    /// no guarantee, no limit).
+    Set {
+        /// The team (a role).
+        role: String,
+        /// Weight for fair sharing (DRF divides a role's share by it).
+        #[arg(long, default_value_t = 1.0)]
+        weight: f64,
+        /// Resources the team is guaranteed, e.g. "cpus:8;mem:16384".
+        #[arg(long, value_parser = parse_resources)]
+        guarantee: Option<ResourceSet>,
+        /// Resources the team may never exceed, e.g. "cpus:16;mem:32768".
+        #[arg(long, value_parser = parse_resources)]
+        limit: Option<ResourceSet>,
+        #[command(flatten)]
+        master: MasterArg,
+    },
+    /// List the teams: weight, guarantee, limit and what each consumes now.
+    List {
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        master: MasterArg,
+    },
+}
+
+fn parse_resources(s: &str) -> Result<ResourceSet, String> {
+    ResourceSet::parse(s).map_err(|e| e.to_string())
+}
+
+pub async fn run(cmd: QuotaCmd) -> anyhow::Result<()> {
+    match cmd {
+        QuotaCmd::Set {
+            role,
+            weight,
+            guarantee,
+            limit,
+            master,
+        } => {
+            if !(weight.is_finite() && weight > 0.0) {
+                anyhow::bail!("--weight must be a positive number, not {weight}");
+            }
+            let client = shoal_client::Client::new(master.url())?;
+            client
+                .set_role(
+                    &role,
+                    weight,
+                    &guarantee.unwrap_or_default(),
+                    limit.as_ref(),
+                )
+                .await?;
+            println!("role {role}: weight {weight}");
+        }
+        QuotaCmd::List { json, master } => {
+            let client = shoal_client::Client::new(master.url())?;
+            let state = client.state().await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&state.roles)?);
+            } else {
+                println!(
+                    "{:<16} {:>6}  {:<24} {:<24} CONSUMED",
+                    "ROLE", "WEIGHT", "GUARANTEE", "LIMIT"
+                );
+                for r in &state.roles {
+                    let limit = r
+                        .quota
+                        .limit
+                        .as_ref()
+                        .map_or("-".to_string(), |l| l.to_string());
+                    let guarantee = if r.quota.guarantee.is_empty() {
+                        "-".to_string()
+                    } else {
+                        r.quota.guarantee.to_string()
+                    };
+                    println!(
+                        "{:<16} {:>6}  {:<24} {:<24} {}",
+                        r.name, r.weight, guarantee, limit, r.consumed
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
+}
