@@ -427,15 +427,9 @@ fn wait_or_kill(
     }
 }
 
-/// Runs `python tests/frameworks/<script> <args...>` with a timeout (SIGKILL then); its output
-/// goes to `<log_dir>/<script>.<n>.log` and into the returned [`ScriptRun`].
-pub fn run_script(
-    python: &Path,
-    script: &str,
-    args: &[&str],
-    timeout: Duration,
-    log_dir: &Path,
-) -> ScriptRun {
+/// Starts `python tests/frameworks/<script> <args...>`, its output going to a fresh
+/// `<log_dir>/<script>.<n>.log`: the child and the log's path.
+fn spawn_framework(python: &Path, script: &str, args: &[&str], log_dir: &Path) -> (Child, PathBuf) {
     std::fs::create_dir_all(log_dir).unwrap();
     let mut n = 0;
     let log_path = loop {
@@ -446,8 +440,7 @@ pub fn run_script(
         n += 1;
     };
     let log = std::fs::File::create(&log_path).unwrap();
-    let started = Instant::now();
-    let mut child = Command::new(python)
+    let child = Command::new(python)
         .arg(frameworks_dir().join(script))
         .args(args)
         .current_dir(frameworks_dir())
@@ -458,6 +451,20 @@ pub fn run_script(
         .stderr(log)
         .spawn()
         .unwrap_or_else(|e| panic!("spawn {} {script}: {e}", python.display()));
+    (child, log_path)
+}
+
+/// Runs `python tests/frameworks/<script> <args...>` with a timeout (SIGKILL then); its output
+/// goes to `<log_dir>/<script>.<n>.log` and into the returned [`ScriptRun`].
+pub fn run_script(
+    python: &Path,
+    script: &str,
+    args: &[&str],
+    timeout: Duration,
+    log_dir: &Path,
+) -> ScriptRun {
+    let started = Instant::now();
+    let (mut child, log_path) = spawn_framework(python, script, args, log_dir);
     let status = wait_or_kill(&mut child, started + timeout);
     let output = std::fs::read_to_string(&log_path).unwrap_or_default();
     ScriptRun {
@@ -486,27 +493,7 @@ pub fn spawn_script(
     args: &[&str],
     log_dir: &Path,
 ) -> BackgroundScript {
-    std::fs::create_dir_all(log_dir).unwrap();
-    let mut n = 0;
-    let log_path = loop {
-        let p = log_dir.join(format!("{script}.{n}.log"));
-        if !p.exists() {
-            break p;
-        }
-        n += 1;
-    };
-    let log = std::fs::File::create(&log_path).unwrap();
-    let child = Command::new(python)
-        .arg(frameworks_dir().join(script))
-        .args(args)
-        .current_dir(frameworks_dir())
-        .env("PYTHONUNBUFFERED", "1")
-        .env("PYTHONDONTWRITEBYTECODE", "1")
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawn {} {script}: {e}", python.display()));
+    let (child, log_path) = spawn_framework(python, script, args, log_dir);
     BackgroundScript {
         script: script.to_string(),
         child: Some(child),
