@@ -66,7 +66,7 @@ fn dominant_shares(cell: &Cell) -> BTreeMap<String, f64> {
         let _ = held_by_role
             .entry(h.role.clone())
             .or_default()
-            .add(&h.resources.scalars_only());
+            .add_scalars(&h.resources);
     }
     let mut out = BTreeMap::new();
     for r in cell.roles() {

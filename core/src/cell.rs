@@ -240,7 +240,7 @@ impl Cell {
                     .entry(t.role.clone())
                     .or_insert_with(|| Role::new(&t.role));
                 role.consumed
-                    .add(&t.resources.scalars_only())
+                    .add_scalars(&t.resources)
                     .expect("stored resources are well typed");
             }
             cell.tasks.insert(t.id.clone(), Arc::new(t));
@@ -698,12 +698,15 @@ impl Cell {
                         && !self.holds.contains_key(&h.id)
                         && seen.insert(&h.id) =>
                 {
-                    let mut wanted = h.resources.clone();
-                    let ok = match scratch.get(&h.agent_id) {
-                        Some(already) => wanted.add(already).is_ok(),
-                        None => true,
-                    };
-                    ok && a.free().contains(&wanted)
+                    // The same in-place fit check as a claim's placements.
+                    match scratch.get(&h.agent_id) {
+                        Some(already) => {
+                            let mut wanted = h.resources.clone();
+                            wanted.add(already).is_ok()
+                                && a.total.fits_beside(&a.allocated, &wanted)
+                        }
+                        None => a.total.fits_beside(&a.allocated, &h.resources),
+                    }
                 }
                 _ => false,
             };
@@ -911,7 +914,7 @@ impl Cell {
                     .add(&p.resources)
                     .expect("checked by check_placement");
                 scratch_role
-                    .add(&p.resources.scalars_only())
+                    .add_scalars(&p.resources)
                     .expect("scalars of one claim stay in range");
                 for (name, m) in p.resources.scalar_totals() {
                     *scratch_cluster.entry(name).or_default() += m.0;
@@ -1358,7 +1361,7 @@ impl Cell {
             consumed
                 .entry(t.role.as_str())
                 .or_default()
-                .add(&t.resources.scalars_only())
+                .add_scalars(&t.resources)
                 .map_err(|e| e.to_string())?;
         }
         for a in self.agents.values() {
