@@ -512,7 +512,8 @@ async fn process_command_health_check() {
         shell: "test -f healthy".into(),
     });
     hc.interval = Duration::from_millis(100);
-    hc.consecutive_failures = 2;
+    // Unhealthy at the first failure; killed only after this many in a row.
+    hc.consecutive_failures = 1000;
     spec.health_check = Some(hc);
     let sb = spec.sandbox.clone();
     ex.launch(spec).await.expect("launch");
@@ -534,6 +535,35 @@ async fn process_command_health_check() {
         ev.terminal("hc", T).await,
         TaskUpdate::Killed { .. }
     ));
+}
+
+#[tokio::test]
+async fn process_failing_health_check_kills_the_task() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let _leftovers = KillLeftovers(dir.path().join("state"));
+    let (ex, mut ev) = process_executor(dir.path());
+    let mut spec = shell_task(dir.path(), "hk", "sleep 1000");
+    let mut hc = HealthCheckSpec::new(HealthCheckKind::Command {
+        shell: "false".into(),
+    });
+    hc.interval = Duration::from_millis(100);
+    hc.consecutive_failures = 3;
+    spec.health_check = Some(hc);
+    spec.kill_grace = Duration::from_millis(200);
+    ex.launch(spec).await.expect("launch");
+    ev.until("hk", T, |u| {
+        *u == TaskUpdate::Running {
+            healthy: Some(false),
+        }
+    })
+    .await;
+    match ev.terminal("hk", T).await {
+        TaskUpdate::Killed { message } => assert!(
+            message.contains("3 consecutive failed health checks"),
+            "{message}"
+        ),
+        other => panic!("expected a kill, got {other:?}"),
+    }
 }
 
 #[tokio::test]

@@ -24,6 +24,8 @@ macro_rules! say {
     }};
 }
 
+pub(crate) use say;
+
 fn say_raw(data: &str) {
     use std::io::Write as _;
     let _ = std::io::stdout().lock().write_all(data.as_bytes());
@@ -38,7 +40,7 @@ pub struct MasterArg {
         env = "SHOAL_ADDR",
         default_value = "http://127.0.0.1:5050"
     )]
-    master: String,
+    pub(crate) master: String,
 }
 
 impl MasterArg {
@@ -186,7 +188,7 @@ pub async fn run(cmd: JobCmd) -> anyhow::Result<i32> {
 }
 
 /// Prints an answer as JSON (`--json`) or with `human`.
-fn show(json: bool, v: &Json, human: fn(&Json)) -> anyhow::Result<i32> {
+pub(crate) fn show(json: bool, v: &Json, human: fn(&Json)) -> anyhow::Result<i32> {
     if json {
         say!("{}", serde_json::to_string_pretty(v)?);
     } else {
@@ -234,13 +236,13 @@ fn read_job_file(path: &Path, format: Option<FileFormat>) -> anyhow::Result<JobS
     Ok(spec)
 }
 
-struct Api {
+pub(crate) struct Api {
     http: reqwest::Client,
     base: String,
 }
 
 impl Api {
-    fn new(master: &str) -> anyhow::Result<Api> {
+    pub(crate) fn new(master: &str) -> anyhow::Result<Api> {
         let base = shoal_client::Client::new(master)?.base().to_string();
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
@@ -259,7 +261,7 @@ impl Api {
         Ok(body)
     }
 
-    async fn get(&self, path: &str) -> anyhow::Result<Json> {
+    pub(crate) async fn get(&self, path: &str) -> anyhow::Result<Json> {
         let resp = self
             .http
             .get(format!("{}{path}", self.base))
@@ -269,7 +271,7 @@ impl Api {
         Self::answer(resp).await
     }
 
-    async fn post(&self, path: &str, body: &Json) -> anyhow::Result<Json> {
+    pub(crate) async fn post(&self, path: &str, body: &Json) -> anyhow::Result<Json> {
         let mut req = self.http.post(format!("{}{path}", self.base));
         if !body.is_null() {
             req = req.json(body);
@@ -364,7 +366,7 @@ async fn task_output(api: &Api, id: &str, task: &str, file: &str) -> anyhow::Res
 }
 
 /// Prints rows as a space-aligned table with a header.
-fn table(header: &[&str], rows: &[Vec<String>]) {
+pub(crate) fn table(header: &[&str], rows: &[Vec<String>]) {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for r in rows {
         for (i, c) in r.iter().enumerate() {
@@ -389,13 +391,13 @@ fn table(header: &[&str], rows: &[Vec<String>]) {
 }
 
 /// One table row per element of a JSON array.
-fn rows(list: &Json, row: impl Fn(&Json) -> Vec<String>) -> Vec<Vec<String>> {
+pub(crate) fn rows(list: &Json, row: impl Fn(&Json) -> Vec<String>) -> Vec<Vec<String>> {
     list.as_array()
         .map(|a| a.iter().map(row).collect())
         .unwrap_or_default()
 }
 
-fn text(v: &Json) -> String {
+pub(crate) fn text(v: &Json) -> String {
     match v {
         Json::String(s) => s.clone(),
         Json::Null => String::new(),

@@ -9,6 +9,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
 mod job;
+mod service;
 mod quota;
 
 #[derive(Parser)]
@@ -39,6 +40,11 @@ enum Cmd {
     Job {
         #[command(subcommand)]
         cmd: job::JobCmd,
+    },
+    /// Long-running services: run, status, scale, stop.
+    Service {
+        #[command(subcommand)]
+        cmd: service::ServiceCmd,
     },
     /// Teams: set and list each role's weight, guarantee and limit.
     Quota {
@@ -535,6 +541,11 @@ fn main() {
             Cmd::State(a) => run_state(a).await,
             Cmd::Quota { cmd } => quota::run(cmd).await,
             Cmd::Job { cmd } => match job::run(cmd).await {
+                Ok(0) => Ok(()),
+                Ok(code) => std::process::exit(code),
+                Err(e) => Err(e),
+            },
+            Cmd::Service { cmd } => match service::run(cmd).await {
                 Ok(0) => Ok(()),
                 Ok(code) => std::process::exit(code),
                 Err(e) => Err(e),

@@ -72,6 +72,13 @@ pub enum Command {
     },
     /// Change a job's record: its state (a stop, or its end) and its tasks' records.
     UpdateJob(crate::jobs::JobUpdate),
+    /// Submit a service file: a new service, or a new spec version of one (idempotent when
+    /// the file is the same).
+    SubmitService {
+        spec: crate::services::ServiceSpec,
+    },
+    /// Change a service's record: its count (a scale), its state (a stop) and its instances.
+    UpdateService(crate::services::ServiceUpdate),
 }
 
 /// What an agent says about itself when it registers.
@@ -136,6 +143,12 @@ pub enum Reply {
         job_id: String,
         created: bool,
     },
+    /// A service submission: whether it is new, and whether anything changed.
+    Service {
+        service_id: String,
+        created: bool,
+        changed: bool,
+    },
     Done,
 }
 
@@ -172,6 +185,8 @@ pub struct Cell {
     cluster_allocated: OrdMap<Name, i64>,
     /// Jobs of the batch scheduler, by id (see `jobs.rs`).
     jobs: PMap<String, Arc<crate::jobs::Job>>,
+    /// Services of the service scheduler, by id (see `services.rs`).
+    services: PMap<String, Arc<crate::services::Service>>,
 }
 
 impl Cell {
@@ -188,6 +203,7 @@ impl Cell {
             cluster_total: OrdMap::new(),
             cluster_allocated: OrdMap::new(),
             jobs: PMap::new(),
+            services: PMap::new(),
         }
     }
 
@@ -196,6 +212,21 @@ impl Cell {
         for j in jobs {
             self.jobs.insert(j.id.clone(), Arc::new(j));
         }
+    }
+    /// Adds stored services to a cell rebuilt with [`Cell::from_records`].
+    pub fn restore_services(
+        &mut self,
+        services: impl IntoIterator<Item = crate::services::Service>,
+    ) {
+        for s in services {
+            self.services.insert(s.id.clone(), Arc::new(s));
+        }
+    }
+    pub fn service(&self, id: &str) -> Option<&crate::services::Service> {
+        self.services.get(id).map(|s| s.as_ref())
+    }
+    pub fn services(&self) -> impl Iterator<Item = &crate::services::Service> {
+        self.services.values().map(|s| s.as_ref())
     }
     pub fn job(&self, id: &str) -> Option<&crate::jobs::Job> {
         self.jobs.get(id).map(|j| j.as_ref())
@@ -489,6 +520,22 @@ impl Cell {
                 events: crate::jobs::decide_update(self, update)?,
                 reply: Reply::Done,
             }),
+            Command::SubmitService { spec } => {
+                let (events, service_id, created, changed) =
+                    crate::services::decide_submit(self, now, next, spec)?;
+                Ok(Decision {
+                    events,
+                    reply: Reply::Service {
+                        service_id,
+                        created,
+                        changed,
+                    },
+                })
+            }
+            Command::UpdateService(update) => Ok(Decision {
+                events: crate::services::decide_update(self, now, update)?,
+                reply: Reply::Done,
+            }),
             Command::ConfigureRole {
                 name,
                 weight,
@@ -598,6 +645,8 @@ impl Cell {
                     state: TaskState::Running,
                     status: StatusInfo {
                         message: Some("agent re-registered".into()),
+                        // The last health verdict still holds: the agent reports changes only.
+                        healthy: t.status.healthy,
                         source: Some("SOURCE_MASTER".into()),
                         reason: Some("REASON_AGENT_REREGISTERED".into()),
                         timestamp: now,
@@ -1293,6 +1342,9 @@ impl Cell {
             }
             Event::JobSubmitted { .. } | Event::JobUpdated { .. } => {
                 crate::jobs::apply_event(&mut self.jobs, v, event)
+            }
+            Event::ServiceSubmitted { .. } | Event::ServiceUpdated { .. } => {
+                crate::services::apply_event(&mut self.services, v, event)
             }
         }
     }

@@ -113,6 +113,9 @@ pub struct Constraint {
     pub attribute: String,
     #[serde(default)]
     pub operator: ConstraintOp,
+    /// The value to compare with (`equals`, `not_equals`) or the count (`max_per`); `unique`
+    /// takes none.
+    #[serde(default)]
     pub value: String,
 }
 
@@ -122,19 +125,32 @@ pub enum ConstraintOp {
     #[default]
     Equals,
     NotEquals,
+    /// Services only: no two instances on agents with the same value of the attribute.
+    Unique,
+    /// Services only: at most `value` instances per value of the attribute.
+    MaxPer,
 }
 
 impl Constraint {
+    /// Whether the agent matches on its own. `unique` and `max_per` depend on where the
+    /// other instances of a service run: they match every agent here, and the service
+    /// scheduler counts them (`services.rs`).
     pub fn matches(&self, agent: &Agent) -> bool {
-        let value = if self.attribute == "hostname" {
-            Some(agent.hostname.as_str())
-        } else {
-            agent.attributes.get(&self.attribute).map(String::as_str)
-        };
+        let value = attribute_value(agent, &self.attribute);
         match self.operator {
             ConstraintOp::Equals => value == Some(self.value.as_str()),
             ConstraintOp::NotEquals => value != Some(self.value.as_str()),
+            ConstraintOp::Unique | ConstraintOp::MaxPer => true,
         }
+    }
+}
+
+/// An agent's value of an attribute; `hostname` is the agent's hostname.
+pub fn attribute_value<'a>(agent: &'a Agent, attribute: &str) -> Option<&'a str> {
+    if attribute == "hostname" {
+        Some(agent.hostname.as_str())
+    } else {
+        agent.attributes.get(attribute).map(String::as_str)
     }
 }
 
@@ -285,25 +301,12 @@ impl CompiledJob {
                 format!("'{id}' must be 1..={JOB_NAME_BYTES_MAX} letters, digits, '-' or '_'"),
             );
         }
-        let role = spec.team.clone().unwrap_or_else(|| UNRESERVED.to_string());
-        if role.is_empty()
-            || role.starts_with('-')
-            || role
-                .chars()
-                .any(|c| c.is_whitespace() || c.is_control() || c == '/')
-        {
-            err(
-                "team".into(),
-                format!("'{role}' is not a valid team (role) name"),
-            );
-        }
+        let role = check_team_and_priority(
+            spec.team.as_deref(),
+            spec.priority,
+            &mut err,
+        );
         let job_priority = spec.priority.unwrap_or(PRIORITY_DEFAULT);
-        if !(0..=PRIORITY_MAX).contains(&job_priority) {
-            err(
-                "priority".into(),
-                format!("{job_priority} is not within 0..={PRIORITY_MAX}"),
-            );
-        }
         if spec.tasks.is_empty() {
             err("tasks".into(), "a job needs at least one task".into());
         }
@@ -336,60 +339,7 @@ impl CompiledJob {
         let mut tasks = Vec::with_capacity(spec.tasks.len());
         for t in &spec.tasks {
             let at = |f: &str| format!("tasks[{}].{f}", t.name);
-            if t.command.is_none() && t.image.is_none() {
-                err(at("command"), "a task needs a command or an image".into());
-            }
-            if t.image.as_deref() == Some("") {
-                err(at("image"), "empty image name".into());
-            }
-            let resources = match ResourceSet::parse(&t.resources) {
-                Ok(r) if r.scalar("cpus").0 > 0 || r.scalar("mem").0 > 0 => {
-                    if r.iter().any(|x| x.name == "ports") {
-                        err(
-                            at("resources"),
-                            "ask for ports with `ports = [\"name\"]`, not in resources".into(),
-                        );
-                    }
-                    r
-                }
-                Ok(_) => {
-                    err(
-                        at("resources"),
-                        format!("'{}' asks for no cpus or mem", t.resources),
-                    );
-                    ResourceSet::new()
-                }
-                Err(e) => {
-                    err(at("resources"), e.to_string());
-                    ResourceSet::new()
-                }
-            };
-            let mut seen_ports = HashSet::new();
-            for p in &t.ports {
-                let (name, container_port) = split_port(p);
-                if !valid_name(name) || !seen_ports.insert(name) {
-                    err(
-                        at("ports"),
-                        format!("'{p}' must be a unique name of letters, digits, '-' or '_'"),
-                    );
-                }
-                match container_port {
-                    Some(Err(())) => err(
-                        at("ports"),
-                        format!("'{p}': the container port must be a number from 1 to 65535"),
-                    ),
-                    Some(Ok(_)) if t.image.is_none() => err(
-                        at("ports"),
-                        format!("'{p}': a container port needs an `image`"),
-                    ),
-                    _ => {}
-                }
-            }
-            for k in t.env.keys() {
-                if k.is_empty() || k.contains('=') || k.contains('\0') {
-                    err(at("env"), format!("'{k}' is not a valid variable name"));
-                }
-            }
+            let resources = check_task_fields(&t.fields(), &at, &mut err);
             if t.retries > TASK_RETRIES_MAX {
                 err(
                     at("retries"),
@@ -426,6 +376,12 @@ impl CompiledJob {
             for c in &t.constraints {
                 if c.attribute.is_empty() {
                     err(at("constraints"), "a constraint needs an attribute".into());
+                }
+                if matches!(c.operator, ConstraintOp::Unique | ConstraintOp::MaxPer) {
+                    err(
+                        at("constraints"),
+                        "`unique` and `max_per` apply to services only".into(),
+                    );
                 }
             }
             let mut deps = Vec::new();
@@ -485,43 +441,15 @@ impl CompiledJob {
         ports: &[u64],
     ) -> TaskSpec {
         let def = &self.spec.tasks[idx];
-        let mut vars: Vec<serde_json::Value> = def
-            .env
-            .iter()
-            .map(|(k, v)| json!({"name": k, "value": v}))
-            .collect();
-        let mut port_mappings = Vec::new();
-        for (i, (spec, port)) in def.ports.iter().zip(ports).enumerate() {
-            let (name, container_port) = split_port(spec);
-            if let Some(Ok(container_port)) = container_port {
-                port_mappings.push(
-                    json!({"host_port": port, "container_port": container_port, "protocol": "tcp"}),
-                );
-            }
-            vars.push(
-                json!({"name": format!("PORT_{}", name.to_uppercase()), "value": port.to_string()}),
-            );
-            vars.push(json!({"name": format!("PORT{i}"), "value": port.to_string()}));
-        }
-        vars.push(json!({"name": "SHOAL_JOB", "value": self.id}));
-        vars.push(json!({"name": "SHOAL_JOB_TASK", "value": def.name}));
-        let mut info = json!({
-            "name": format!("{}.{}", self.id, def.name),
-            "task_id": {"value": task_id.as_str()},
-            "agent_id": {"value": agent.as_str()},
-            "resources": resources.to_mesos_json(),
-            "command": {"shell": true, "value": def.command.clone().unwrap_or_default(), "environment": {"variables": vars}},
-        });
-        if let Some(image) = &def.image {
-            info["container"] = if port_mappings.is_empty() {
-                json!({"type": "DOCKER", "docker": {"image": image, "network": "HOST"}})
-            } else {
-                json!({"type": "DOCKER", "docker": {"image": image, "network": "BRIDGE", "port_mappings": port_mappings}})
-            };
-            if def.command.is_none() {
-                info["command"]["shell"] = json!(false);
-            }
-        }
+        let info = task_info_json(
+            &format!("{}.{}", self.id, def.name),
+            task_id,
+            agent,
+            resources,
+            ports,
+            &def.fields(),
+            &[("SHOAL_JOB", &self.id), ("SHOAL_JOB_TASK", &def.name)],
+        );
         TaskSpec(Arc::from(info.to_string()))
     }
 }
@@ -535,6 +463,173 @@ fn split_port(spec: &str) -> (&str, Option<Result<u16, ()>>) {
             Some(port.parse::<u16>().ok().filter(|&p| p > 0).ok_or(())),
         ),
     }
+}
+
+/// Checks a file's `team` (a role name; `*` when not given) and `priority`; returns the role.
+pub(crate) fn check_team_and_priority(
+    team: Option<&str>,
+    priority: Option<i64>,
+    err: &mut dyn FnMut(String, String),
+) -> String {
+    let role = team.unwrap_or(UNRESERVED).to_string();
+    if role.is_empty()
+        || role.starts_with('-')
+        || role
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || c == '/')
+    {
+        err(
+            "team".into(),
+            format!("'{role}' is not a valid team (role) name"),
+        );
+    }
+    let priority = priority.unwrap_or(PRIORITY_DEFAULT);
+    if !(0..=PRIORITY_MAX).contains(&priority) {
+        err(
+            "priority".into(),
+            format!("{priority} is not within 0..={PRIORITY_MAX}"),
+        );
+    }
+    role
+}
+
+/// The fields a job's task and a service's task have in common: what runs, with what.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct TaskFields<'a> {
+    pub image: Option<&'a str>,
+    pub command: Option<&'a str>,
+    pub resources: &'a str,
+    pub env: &'a BTreeMap<String, String>,
+    pub ports: &'a [String],
+}
+
+impl TaskDef {
+    pub(crate) fn fields(&self) -> TaskFields<'_> {
+        TaskFields {
+            image: self.image.as_deref(),
+            command: self.command.as_deref(),
+            resources: &self.resources,
+            env: &self.env,
+            ports: &self.ports,
+        }
+    }
+}
+
+/// Checks the common fields of a task (errors go to `err` with the field named by `at`) and
+/// returns its parsed resources (empty when they are wrong).
+pub(crate) fn check_task_fields(
+    t: &TaskFields,
+    at: &dyn Fn(&str) -> String,
+    err: &mut dyn FnMut(String, String),
+) -> ResourceSet {
+    if t.command.is_none() && t.image.is_none() {
+        err(at("command"), "a task needs a command or an image".into());
+    }
+    if t.image == Some("") {
+        err(at("image"), "empty image name".into());
+    }
+    let resources = match ResourceSet::parse(t.resources) {
+        Ok(r) if r.scalar("cpus").0 > 0 || r.scalar("mem").0 > 0 => {
+            if r.iter().any(|x| x.name == "ports") {
+                err(
+                    at("resources"),
+                    "ask for ports with `ports = [\"name\"]`, not in resources".into(),
+                );
+            }
+            r
+        }
+        Ok(_) => {
+            err(
+                at("resources"),
+                format!("'{}' asks for no cpus or mem", t.resources),
+            );
+            ResourceSet::new()
+        }
+        Err(e) => {
+            err(at("resources"), e.to_string());
+            ResourceSet::new()
+        }
+    };
+    let mut seen_ports = HashSet::new();
+    for p in t.ports {
+        let (name, container_port) = split_port(p);
+        if !valid_name(name) || !seen_ports.insert(name) {
+            err(
+                at("ports"),
+                format!("'{p}' must be a unique name of letters, digits, '-' or '_'"),
+            );
+        }
+        match container_port {
+            Some(Err(())) => err(
+                at("ports"),
+                format!("'{p}': the container port must be a number from 1 to 65535"),
+            ),
+            Some(Ok(_)) if t.image.is_none() => err(
+                at("ports"),
+                format!("'{p}': a container port needs an `image`"),
+            ),
+            _ => {}
+        }
+    }
+    for k in t.env.keys() {
+        if k.is_empty() || k.contains('=') || k.contains('\0') {
+            err(at("env"), format!("'{k}' is not a valid variable name"));
+        }
+    }
+    resources
+}
+
+/// A task's Mesos `TaskInfo` (JSON): its command (`sh -c`) or image (Docker: the host network,
+/// or the bridge network when a port maps to a container port),
+/// its environment with the ports it was given (`PORT_<NAME>`, `PORT<i>`) and `extra_env`.
+pub(crate) fn task_info_json(
+    name: &str,
+    task_id: &TaskId,
+    agent: &AgentId,
+    resources: &ResourceSet,
+    ports: &[u64],
+    def: &TaskFields,
+    extra_env: &[(&str, &str)],
+) -> serde_json::Value {
+    let mut vars: Vec<serde_json::Value> = def
+        .env
+        .iter()
+        .map(|(k, v)| json!({"name": k, "value": v}))
+        .collect();
+    let mut port_mappings = Vec::new();
+    for (i, (spec, port)) in def.ports.iter().zip(ports).enumerate() {
+        let (name, container_port) = split_port(spec);
+        if let Some(Ok(container_port)) = container_port {
+            port_mappings.push(
+                json!({"host_port": port, "container_port": container_port, "protocol": "tcp"}),
+            );
+        }
+        vars.push(
+            json!({"name": format!("PORT_{}", name.to_uppercase()), "value": port.to_string()}),
+        );
+        vars.push(json!({"name": format!("PORT{i}"), "value": port.to_string()}));
+    }
+    for (k, v) in extra_env {
+        vars.push(json!({"name": k, "value": v}));
+    }
+    let mut info = json!({
+        "name": name,
+        "task_id": {"value": task_id.as_str()},
+        "agent_id": {"value": agent.as_str()},
+        "resources": resources.to_mesos_json(),
+        "command": {"shell": true, "value": def.command.unwrap_or_default(), "environment": {"variables": vars}},
+    });
+    if let Some(image) = def.image {
+        info["container"] = if port_mappings.is_empty() {
+            json!({"type": "DOCKER", "docker": {"image": image, "network": "HOST"}})
+        } else {
+            json!({"type": "DOCKER", "docker": {"image": image, "network": "BRIDGE", "port_mappings": port_mappings}})
+        };
+        if def.command.is_none() {
+            info["command"]["shell"] = json!(false);
+        }
+    }
+    info
 }
 
 /// A cycle of the dependency graph, as task indices `a, b, …, a`, if there is one.
@@ -635,7 +730,7 @@ pub fn check_fits<'a>(
 }
 
 /// How many unreserved ports a resource set has.
-fn port_count(res: &ResourceSet) -> u64 {
+pub(crate) fn port_count(res: &ResourceSet) -> u64 {
     res.iter()
         .filter(|r| r.name == "ports" && r.role == UNRESERVED)
         .map(|r| match &r.value {
@@ -646,7 +741,7 @@ fn port_count(res: &ResourceSet) -> u64 {
 }
 
 /// The first `n` unreserved ports of a resource set, lowest first.
-fn free_ports_upto(res: &ResourceSet, n: u64) -> Vec<u64> {
+pub(crate) fn free_ports_upto(res: &ResourceSet, n: u64) -> Vec<u64> {
     let mut out = Vec::new();
     for r in res
         .iter()
@@ -665,7 +760,7 @@ fn free_ports_upto(res: &ResourceSet, n: u64) -> Vec<u64> {
     out
 }
 
-fn with_ports(res: &ResourceSet, ports: &[u64]) -> ResourceSet {
+pub(crate) fn with_ports(res: &ResourceSet, ports: &[u64]) -> ResourceSet {
     if ports.is_empty() {
         return res.clone();
     }
@@ -1720,7 +1815,7 @@ fn ready_key(run: &JobRun, job: &str, idx: usize) -> ReadyKey {
 }
 
 /// Why an attempt ended, from its last status.
-fn describe_end(t: &Task) -> String {
+pub(crate) fn describe_end(t: &Task) -> String {
     let mut s = t.state.mesos_name().to_string();
     if let Some(code) = t.status.exit_code {
         s.push_str(&format!(", exit code {code}"));
@@ -1731,7 +1826,7 @@ fn describe_end(t: &Task) -> String {
     s
 }
 
-fn fmt_ms(ms: u64) -> String {
+pub(crate) fn fmt_ms(ms: u64) -> String {
     if ms.is_multiple_of(1000) {
         format!("{}s", ms / 1000)
     } else {

@@ -12,6 +12,7 @@ pub mod limits;
 pub mod liveness;
 pub mod model;
 pub mod resources;
+pub mod services;
 pub mod task;
 
 pub use cell::{AgentRegistration, Cell, CellConfig, Command, Decision, Rejection, Reply};

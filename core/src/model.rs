@@ -401,6 +401,31 @@ pub enum Event {
         #[serde(default)]
         tasks: Vec<crate::jobs::JobTask>,
     },
+    /// A service was submitted: its record, with no instances yet.
+    ServiceSubmitted {
+        service: Box<crate::services::Service>,
+    },
+    /// A service's spec, count, state or some of its instances changed (`instances`: the new
+    /// records; `removed`: indices of instances that are gone).
+    ServiceUpdated {
+        service_id: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        spec: Option<Arc<crate::services::ServiceSpec>>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        spec_version: Option<u32>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        count: Option<u32>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        state: Option<crate::services::ServiceState>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        message: Option<String>,
+        #[serde(default)]
+        updated_at: Timestamp,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        instances: Vec<crate::services::Instance>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        removed: Vec<u32>,
+    },
 }
 
 /// One committed mutation: its version and its events.

@@ -16,7 +16,7 @@
 //! it was: nothing unpersisted is ever acknowledged or published. Readers load the published
 //! snapshot (an `Arc` of a persistent structure) and never block the committer.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -227,6 +227,9 @@ fn write_batch(
     let mut claims = Vec::new();
     let mut jobs: BTreeSet<&str> = BTreeSet::new();
     let mut job_tasks: BTreeSet<(&str, &str)> = BTreeSet::new();
+    let mut services: BTreeSet<&str> = BTreeSet::new();
+    // Per instance (service, index): written (true) or removed (false), as of the last event.
+    let mut instances: BTreeMap<(&str, u32), bool> = BTreeMap::new();
     for e in entries {
         for ev in &e.events {
             match ev {
@@ -276,6 +279,30 @@ fn write_batch(
                     }
                     job_tasks.extend(ts.iter().map(|t| (job_id.as_str(), t.name.as_str())));
                 }
+                Event::ServiceSubmitted { service } => {
+                    services.insert(&service.id);
+                }
+                Event::ServiceUpdated {
+                    service_id,
+                    spec,
+                    count,
+                    state,
+                    message,
+                    instances: is,
+                    removed,
+                    ..
+                } => {
+                    if spec.is_some() || count.is_some() || state.is_some() || message.is_some() {
+                        services.insert(service_id);
+                    }
+                    // As `apply` does: removals first, then the written records.
+                    for i in removed {
+                        instances.insert((service_id.as_str(), *i), false);
+                    }
+                    for i in is {
+                        instances.insert((service_id.as_str(), i.index), true);
+                    }
+                }
             }
         }
     }
@@ -306,6 +333,23 @@ fn write_batch(
                 let task = cell.job(j)?.tasks.get(*t)?.clone();
                 Some((j.to_string(), task))
             })
+            .collect(),
+        services: services
+            .iter()
+            .filter_map(|id| cell.service(id).cloned())
+            .collect(),
+        service_instances: instances
+            .iter()
+            .filter(|(_, written)| **written)
+            .filter_map(|((id, index), _)| {
+                let i = cell.service(id)?.instances.get(index)?.clone();
+                Some((id.to_string(), i))
+            })
+            .collect(),
+        service_instances_removed: instances
+            .iter()
+            .filter(|(_, written)| !**written)
+            .map(|((id, index), _)| (id.to_string(), *index))
             .collect(),
         trim_log_below,
     }

@@ -1,23 +1,9 @@
-//! Jobs in the master: the native job endpoints and the thin async driver of the core's
-//! [`BatchScheduler`].
-//!
-//! The driver is a native scheduler like any other: it reads published snapshots and the
-//! commit broadcast, and submits `Command::Claim`, `Command::KillTask` and
-//! `Command::UpdateJob` through the committer, exactly as the HTTP handlers do. It never
-//! touches the cell another way. Its loop:
-//!
-//! 1. fold every committed entry waiting in the broadcast into the scheduler (`observe`);
-//! 2. `step` on the newest snapshot at the wall-clock time;
-//! 3. submit the claims (and report each outcome back with `claimed`), the kills and the job
-//!    record updates, in that order, each waiting for its acknowledgement;
-//! 4. if the scheduler has more to do, go to 1; else sleep until the next commit, the
-//!    scheduler's wake-up time, or the nudge interval, whichever comes first.
-//!
-//! If the driver falls behind the broadcast it rebuilds the scheduler from the snapshot
-//! (`BatchScheduler::recover`), as a new master does at start.
+//! Jobs in the master: the native job endpoints, and the core's [`BatchScheduler`] run by the
+//! built-in schedulers' driver (`driver.rs`): it submits `Command::Claim`, `Command::KillTask`
+//! and `Command::UpdateJob` through the committer, exactly as the HTTP handlers do, and never
+//! touches the cell another way.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -30,15 +16,11 @@ use shoal_core::jobs::{
     parse_job_file, Actions, BatchScheduler, Job, JobFormat, JobSpec, JobState, JobUpdate,
 };
 use shoal_core::{Cell, Command, Reply};
-use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 
 use crate::api::{ApiError, ApiState};
 use crate::committer::{CommitError, Committer, Published};
+use crate::driver::{self, BuiltIn, Step};
 use crate::{limits, wall_clock_ms};
-
-/// How often an idle driver asks for a placement pass anyway (claims refused for reasons
-/// that pass without a commit the scheduler would notice).
-const NUDGE_INTERVAL: Duration = Duration::from_secs(1);
 
 pub fn router(state: ApiState) -> Router {
     Router::new()
@@ -222,87 +204,45 @@ async fn plan_job(State(s): State<ApiState>, body: Bytes) -> Response {
     }
 }
 
+/// The batch scheduler as the driver (`driver.rs`) runs it: claims, then kills, then job
+/// record updates.
+impl BuiltIn for BatchScheduler {
+    const NAME: &'static str = "batch";
+    fn recover(cell: &Cell) -> Self {
+        BatchScheduler::recover(cell)
+    }
+    fn observe(&mut self, entry: &shoal_core::LogEntry) {
+        BatchScheduler::observe(self, entry)
+    }
+    fn step(&mut self, cell: &Cell, now: u64) -> Step {
+        let Actions {
+            claims,
+            kills,
+            updates,
+            wake_at,
+        } = BatchScheduler::step(self, cell, now);
+        let mut commands: Vec<Command> = claims.into_iter().map(Command::Claim).collect();
+        commands.extend(kills.into_iter().map(|task_id| Command::KillTask { task_id }));
+        commands.extend(updates.into_iter().map(Command::UpdateJob));
+        Step { commands, wake_at }
+    }
+    fn claimed(
+        &mut self,
+        claim: &shoal_core::Claim,
+        outcome: Option<&shoal_core::ClaimOutcome>,
+        now: u64,
+    ) {
+        BatchScheduler::claimed(self, claim, outcome, now)
+    }
+    fn has_work(&self) -> bool {
+        BatchScheduler::has_work(self)
+    }
+    fn nudge(&mut self) {
+        BatchScheduler::nudge(self)
+    }
+}
+
 /// Starts the batch scheduler's driver. Needs a tokio runtime.
 pub fn start(committer: Committer, published: Arc<Published>) {
-    tokio::spawn(drive(committer, published));
-}
-
-async fn drive(committer: Committer, published: Arc<Published>) {
-    let mut rx = published.entries.subscribe();
-    let mut sched = BatchScheduler::recover(&published.snapshot());
-    loop {
-        // 1. Everything committed so far.
-        loop {
-            match rx.try_recv() {
-                Ok(entry) => sched.observe(&entry),
-                Err(TryRecvError::Empty) => break,
-                Err(TryRecvError::Lagged(missed)) => {
-                    tracing::warn!(missed, "batch scheduler fell behind; rebuilding it");
-                    sched = BatchScheduler::recover(&published.snapshot());
-                }
-                Err(TryRecvError::Closed) => return,
-            }
-        }
-        // 2. and 3.
-        let now = wall_clock_ms();
-        let actions = sched.step(&published.snapshot(), now);
-        let wake_at = actions.wake_at;
-        execute(&committer, &mut sched, actions, now).await;
-        if sched.has_work() {
-            continue;
-        }
-        // 4.
-        let mut wait = NUDGE_INTERVAL;
-        if let Some(at) = wake_at {
-            wait = wait.min(Duration::from_millis(at.saturating_sub(wall_clock_ms())));
-        }
-        tokio::select! {
-            r = rx.recv() => match r {
-                Ok(entry) => sched.observe(&entry),
-                Err(RecvError::Lagged(_)) => {
-                    sched = BatchScheduler::recover(&published.snapshot());
-                }
-                Err(RecvError::Closed) => return,
-            },
-            _ = tokio::time::sleep(wait) => sched.nudge(),
-        }
-    }
-}
-
-async fn execute(committer: &Committer, sched: &mut BatchScheduler, actions: Actions, now: u64) {
-    let Actions {
-        claims,
-        kills,
-        updates,
-        ..
-    } = actions;
-    // Queue everything first (one commit group), then wait for the answers.
-    let mut claim_rx = Vec::with_capacity(claims.len());
-    for c in claims {
-        let rx = committer.enqueue(Command::Claim(c.clone())).await;
-        claim_rx.push((c, rx));
-    }
-    let mut other_rx = Vec::new();
-    for task_id in kills {
-        other_rx.push(committer.enqueue(Command::KillTask { task_id }).await);
-    }
-    for u in updates {
-        other_rx.push(committer.enqueue(Command::UpdateJob(u)).await);
-    }
-    for (claim, rx) in claim_rx {
-        match rx.await {
-            Ok(Ok(Reply::Claim { outcome })) => sched.claimed(&claim, Some(&outcome), now),
-            other => {
-                tracing::warn!(claim = %claim.id, answer = ?other.map(|r| r.map(|_| ())), "batch claim not committed");
-                sched.claimed(&claim, None, now);
-            }
-        }
-    }
-    for rx in other_rx {
-        match rx.await {
-            Ok(Ok(_)) | Ok(Err(CommitError::Rejected(shoal_core::Rejection::NotFound(_)))) => {}
-            Ok(Err(e)) => tracing::warn!(error = %e, "batch scheduler command refused"),
-            Err(_) => tracing::warn!("batch scheduler command dropped"),
-        }
-    }
+    driver::start::<BatchScheduler>(committer, published);
 }

@@ -8,9 +8,11 @@
 pub mod agents;
 pub mod api;
 pub mod committer;
+pub mod driver;
 pub mod jobs;
 pub mod limits;
 pub mod mesos_json;
+pub mod services;
 pub mod store;
 pub mod ui;
 
@@ -60,6 +62,7 @@ pub fn load_cell(store: &dyn Store) -> anyhow::Result<Cell> {
         stored.claims,
     );
     cell.restore_jobs(stored.jobs);
+    cell.restore_services(stored.services);
     cell.check_invariants()
         .map_err(|e| anyhow::anyhow!("stored state violates an invariant: {e}"))?;
     Ok(cell)
@@ -110,6 +113,7 @@ impl MasterCore {
         }
         let agents = agents::AgentHub::start(committer.clone(), published.clone(), timers);
         jobs::start(committer.clone(), published.clone());
+        services::start(committer.clone(), published.clone());
         Ok(MasterCore {
             committer,
             published,
@@ -124,6 +128,10 @@ impl MasterCore {
             published: self.published.clone(),
         })
         .merge(jobs::router(api::ApiState {
+            committer: self.committer.clone(),
+            published: self.published.clone(),
+        }))
+        .merge(services::router(api::ApiState {
             committer: self.committer.clone(),
             published: self.published.clone(),
         }))

@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::de::DeserializeOwned;
 use shoal_core::jobs::{Job, JobTask};
+use shoal_core::services::{Instance, Service};
 use shoal_core::{Agent, ClaimOutcome, LogEntry, Role, Task, Version};
 
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +60,8 @@ pub struct StoredCell {
     pub claims: Vec<ClaimOutcome>,
     /// Jobs with their tasks' records.
     pub jobs: Vec<Job>,
+    /// Services with their instances' records.
+    pub services: Vec<Service>,
 }
 
 /// One group commit: the new log entries and the records they changed, as of their end.
@@ -75,6 +78,11 @@ pub struct WriteBatch {
     /// by job id: a job's tasks are records of their own, so one task's change writes one row.
     pub jobs: Vec<Job>,
     pub job_tasks: Vec<(String, JobTask)>,
+    /// Services whose own record changed (written without their instances), changed instance
+    /// records by service id, and removed instances (service id, index): one row per instance.
+    pub services: Vec<Service>,
+    pub service_instances: Vec<(String, Instance)>,
+    pub service_instances_removed: Vec<(String, u32)>,
     /// Drop log entries below this version (the new floor), if set.
     pub trim_log_below: Option<Version>,
 }
@@ -101,8 +109,36 @@ const JOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("jobs");
 /// Key: `<job id>/<task name>` (neither has a slash).
 const JOB_TASKS: TableDefinition<&str, &[u8]> = TableDefinition::new("job_tasks");
 
+/// Key: `<service id>/<index>` (service ids have no slash).
+const SERVICES: TableDefinition<&str, &[u8]> = TableDefinition::new("services");
+const SERVICE_INSTANCES: TableDefinition<&str, &[u8]> = TableDefinition::new("service_instances");
+
 fn job_task_key(job: &str, task: &str) -> String {
     format!("{job}/{task}")
+}
+
+fn instance_key(service: &str, index: u32) -> String {
+    format!("{service}/{index}")
+}
+
+/// A service as stored: its record without the instances (they have rows of their own).
+fn service_header(s: &Service) -> Service {
+    Service {
+        instances: Default::default(),
+        ..s.clone()
+    }
+}
+
+/// Puts stored services and their instance rows back together.
+fn assemble_services(headers: Vec<Service>, instances: Vec<(String, Instance)>) -> Vec<Service> {
+    let mut services: BTreeMap<String, Service> =
+        headers.into_iter().map(|s| (s.id.clone(), s)).collect();
+    for (id, i) in instances {
+        if let Some(s) = services.get_mut(&id) {
+            s.instances.insert(i.index, i);
+        }
+    }
+    services.into_values().collect()
 }
 
 /// A job as stored: its record without the tasks (they have rows of their own).
@@ -150,6 +186,8 @@ impl RedbStore {
             txn.open_table(LOG)?;
             txn.open_table(JOBS)?;
             txn.open_table(JOB_TASKS)?;
+            txn.open_table(SERVICES)?;
+            txn.open_table(SERVICE_INSTANCES)?;
         }
         txn.commit()?;
         Ok(RedbStore { db })
@@ -203,6 +241,17 @@ impl Store for RedbStore {
                 }
                 assemble_jobs(headers, tasks)
             },
+            services: {
+                let headers = load_table(&txn, SERVICES, "service")?;
+                let table = txn.open_table(SERVICE_INSTANCES)?;
+                let mut instances = Vec::new();
+                for row in table.iter()? {
+                    let (k, v) = row?;
+                    let id = k.value().split('/').next().unwrap_or_default().to_string();
+                    instances.push((id, decode("service instance", v.value())?));
+                }
+                assemble_services(headers, instances)
+            },
         })
     }
 
@@ -236,6 +285,17 @@ impl Store for RedbStore {
             let mut job_tasks = txn.open_table(JOB_TASKS)?;
             for (job_id, t) in &batch.job_tasks {
                 job_tasks.insert(job_task_key(job_id, &t.name).as_str(), encode(t).as_slice())?;
+            }
+            let mut services = txn.open_table(SERVICES)?;
+            for sv in &batch.services {
+                services.insert(sv.id.as_str(), encode(&service_header(sv)).as_slice())?;
+            }
+            let mut instances = txn.open_table(SERVICE_INSTANCES)?;
+            for (id, i) in &batch.service_instances {
+                instances.insert(instance_key(id, i.index).as_str(), encode(i).as_slice())?;
+            }
+            for (id, index) in &batch.service_instances_removed {
+                instances.remove(instance_key(id, *index).as_str())?;
             }
             let mut log = txn.open_table(LOG)?;
             for e in &batch.entries {
@@ -304,6 +364,8 @@ struct MemImage {
     claims: BTreeMap<String, ClaimOutcome>,
     jobs: BTreeMap<String, Job>,
     job_tasks: BTreeMap<String, (String, JobTask)>,
+    services: BTreeMap<String, Service>,
+    service_instances: BTreeMap<String, (String, Instance)>,
     log: BTreeMap<Version, LogEntry>,
 }
 
@@ -329,6 +391,16 @@ impl MemImage {
         for (job_id, t) in &b.job_tasks {
             self.job_tasks
                 .insert(job_task_key(job_id, &t.name), (job_id.clone(), t.clone()));
+        }
+        for sv in &b.services {
+            self.services.insert(sv.id.clone(), service_header(sv));
+        }
+        for (id, i) in &b.service_instances {
+            self.service_instances
+                .insert(instance_key(id, i.index), (id.clone(), i.clone()));
+        }
+        for (id, index) in &b.service_instances_removed {
+            self.service_instances.remove(&instance_key(id, *index));
         }
         for e in &b.entries {
             self.log.insert(e.version, e.as_ref().clone());
@@ -384,6 +456,10 @@ impl Store for MemStore {
             jobs: assemble_jobs(
                 img.jobs.into_values().collect(),
                 img.job_tasks.into_values().collect(),
+            ),
+            services: assemble_services(
+                img.services.into_values().collect(),
+                img.service_instances.into_values().collect(),
             ),
         })
     }

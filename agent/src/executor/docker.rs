@@ -1091,10 +1091,30 @@ async fn watch_container(inner: Arc<Inner>, a: Attached, mut rx: mpsc::Unbounded
     let mut kill_requested = inner.kill_marker(&a.task_id).exists();
     let mut kill_deadline: Option<tokio::time::Instant> = None;
     let mut control_open = true;
+    // Set when the health checks failed too often: the task is killed, and says why.
+    let mut health_kill: Option<String> = None;
     let outcome = loop {
-        tokio::select! {
+        let msg = tokio::select! {
             r = &mut exited => break r,
-            msg = rx.recv(), if control_open => match msg {
+            msg = rx.recv(), if control_open => msg,
+            () = async { if let Some(d) = kill_deadline { tokio::time::sleep_until(d).await } }, if kill_deadline.is_some() => {
+                tracing::info!(task_id = %a.task_id, "grace period over; SIGKILL");
+                signal_container(&docker, &cid, "SIGKILL").await;
+                kill_deadline = None;
+                continue;
+            }
+            Some(h) = hrx.recv() => match h {
+                health::HealthEvent::Healthy(v) => {
+                    inner.send(&a.task_id, TaskUpdate::Running { healthy: Some(v) });
+                    continue;
+                }
+                health::HealthEvent::Kill(why) => {
+                    health_kill = Some(why);
+                    Some(Control::Kill { grace: None })
+                }
+            },
+        };
+        match msg {
                 Some(Control::Kill { grace }) => {
                     let grace = grace.unwrap_or(a.kill_grace);
                     if !kill_requested {
@@ -1112,13 +1132,6 @@ async fn watch_container(inner: Arc<Inner>, a: Attached, mut rx: mpsc::Unbounded
                     }
                 }
                 None => control_open = false,
-            },
-            () = async { if let Some(d) = kill_deadline { tokio::time::sleep_until(d).await } }, if kill_deadline.is_some() => {
-                tracing::info!(task_id = %a.task_id, "grace period over; SIGKILL");
-                signal_container(&docker, &cid, "SIGKILL").await;
-                kill_deadline = None;
-            }
-            Some(v) = hrx.recv() => inner.send(&a.task_id, TaskUpdate::Running { healthy: Some(v) }),
         }
     };
     drop(health_task);
@@ -1144,7 +1157,12 @@ async fn watch_container(inner: Arc<Inner>, a: Attached, mut rx: mpsc::Unbounded
             },
         },
     };
-    inner.finish(&a.task_id, a.group.as_deref(), a.owns_network, update);
+    inner.finish(
+        &a.task_id,
+        a.group.as_deref(),
+        a.owns_network,
+        util::health_killed(update, health_kill),
+    );
 }
 
 async fn signal_container(docker: &Docker, cid: &str, signal: &str) {

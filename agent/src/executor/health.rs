@@ -11,11 +11,12 @@ use tokio::sync::mpsc;
 
 use super::HealthCheckSpec;
 
-/// Turns probe results into health verdicts.
+/// Turns probe results into health verdicts, as Mesos's health checker does.
 ///
 /// * a success makes the task healthy;
 /// * failures during the grace period are ignored until the first success;
-/// * after `consecutive_failures` failures in a row (at least 1) the task is unhealthy.
+/// * any other failure makes the task unhealthy, and after `consecutive_failures` failures
+///   in a row (at least 1) the task is to be killed ([`exhausted`](Self::exhausted)).
 ///
 /// [`observe`](Self::observe) returns the new verdict only when it changed.
 #[derive(Debug, Clone)]
@@ -43,6 +44,11 @@ impl HealthTracker {
         self.healthy
     }
 
+    /// Whether the failures in a row reached the threshold: the task is to be killed.
+    pub fn exhausted(&self) -> bool {
+        self.failures >= self.threshold
+    }
+
     /// Feeds one probe result; `since_start` is the task's age.
     pub fn observe(&mut self, ok: bool, since_start: Duration) -> Option<bool> {
         let verdict = if ok {
@@ -54,9 +60,6 @@ impl HealthTracker {
                 return None;
             }
             self.failures = self.failures.saturating_add(1);
-            if self.failures < self.threshold {
-                return None;
-            }
             false
         };
         if self.healthy == Some(verdict) {
@@ -71,13 +74,24 @@ impl HealthTracker {
 /// A boxed probe: `Ok` = healthy, `Err(why)` = not.
 pub(crate) type ProbeFuture = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
 
-/// Runs the checks until dropped; sends each change of verdict on `tx`.
+/// What the health checks of a task tell its watcher.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum HealthEvent {
+    /// The verdict changed.
+    Healthy(bool),
+    /// The checks failed `consecutive_failures` times in a row: kill the task (the checks
+    /// stop). The text says why, for the task's final status.
+    Kill(String),
+}
+
+/// Runs the checks until dropped or until they ask for the task to be killed; sends each
+/// change of verdict on `tx`.
 pub(crate) async fn run<F>(
     spec: HealthCheckSpec,
     task_id: String,
     started: Instant,
     mut probe: F,
-    tx: mpsc::UnboundedSender<bool>,
+    tx: mpsc::UnboundedSender<HealthEvent>,
 ) where
     F: FnMut() -> ProbeFuture + Send,
 {
@@ -97,9 +111,18 @@ pub(crate) async fn run<F>(
         };
         if let Some(v) = tracker.observe(ok, started.elapsed()) {
             tracing::info!(task_id = %task_id, healthy = v, "health changed");
-            if tx.send(v).is_err() {
+            if tx.send(HealthEvent::Healthy(v)).is_err() {
                 return;
             }
+        }
+        if tracker.exhausted() {
+            let why = format!(
+                "killed after {} consecutive failed health checks",
+                spec.consecutive_failures.max(1)
+            );
+            tracing::info!(task_id = %task_id, "{why}");
+            let _ = tx.send(HealthEvent::Kill(why));
+            return;
         }
         tokio::time::sleep(spec.interval).await;
     }
@@ -215,10 +238,12 @@ mod tests {
         let s = Duration::from_secs(1);
         assert_eq!(t.observe(true, s), Some(true));
         assert_eq!(t.observe(true, s), None);
-        assert_eq!(t.observe(false, s), None);
         assert_eq!(t.observe(false, s), Some(false));
+        assert!(!t.exhausted());
         assert_eq!(t.observe(false, s), None);
+        assert!(t.exhausted(), "two failures in a row: kill");
         assert_eq!(t.observe(true, s), Some(true));
+        assert!(!t.exhausted());
         assert_eq!(t.healthy(), Some(true));
     }
 
@@ -237,6 +262,7 @@ mod tests {
     fn zero_threshold_means_one() {
         let mut t = HealthTracker::new(&spec(0, 0));
         assert_eq!(t.observe(false, Duration::ZERO), Some(false));
+        assert!(t.exhausted());
     }
 
     #[test]

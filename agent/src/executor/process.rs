@@ -488,36 +488,49 @@ async fn watch(
 
     let mut kill_deadline: Option<tokio::time::Instant> = None;
     let mut control_open = true;
+    // Set when the health checks failed too often: the task is killed, and says why.
+    let mut health_kill: Option<String> = None;
     loop {
-        tokio::select! {
+        let msg = tokio::select! {
             () = &mut exited => break,
-            msg = rx.recv(), if control_open => match msg {
-                Some(Control::Kill { grace }) => {
-                    let grace = grace.unwrap_or(record.kill_grace);
-                    if !record.kill_requested {
-                        record.kill_requested = true;
-                        if let Err(e) = save_record(&task_dir, &record) {
-                            tracing::warn!(task_id = %task_id, error = %e, "cannot persist kill request");
-                        }
-                    }
-                    tracing::info!(task_id = %task_id, ?grace, "killing process task");
-                    if grace.is_zero() {
-                        signal_group(record.pgid, libc::SIGKILL);
-                        kill_deadline = None;
-                    } else {
-                        signal_group(record.pgid, libc::SIGTERM);
-                        let d = tokio::time::Instant::now() + grace;
-                        kill_deadline = Some(kill_deadline.map_or(d, |old| old.min(d)));
-                    }
-                }
-                None => control_open = false,
-            },
+            msg = rx.recv(), if control_open => msg,
             () = async { if let Some(d) = kill_deadline { tokio::time::sleep_until(d).await } }, if kill_deadline.is_some() => {
                 tracing::info!(task_id = %task_id, "grace period over; SIGKILL");
                 signal_group(record.pgid, libc::SIGKILL);
                 kill_deadline = None;
+                continue;
             }
-            Some(v) = hrx.recv() => inner.send(&task_id, TaskUpdate::Running { healthy: Some(v) }),
+            Some(h) = hrx.recv() => match h {
+                health::HealthEvent::Healthy(v) => {
+                    inner.send(&task_id, TaskUpdate::Running { healthy: Some(v) });
+                    continue;
+                }
+                health::HealthEvent::Kill(why) => {
+                    health_kill = Some(why);
+                    Some(Control::Kill { grace: None })
+                }
+            },
+        };
+        match msg {
+            Some(Control::Kill { grace }) => {
+                let grace = grace.unwrap_or(record.kill_grace);
+                if !record.kill_requested {
+                    record.kill_requested = true;
+                    if let Err(e) = save_record(&task_dir, &record) {
+                        tracing::warn!(task_id = %task_id, error = %e, "cannot persist kill request");
+                    }
+                }
+                tracing::info!(task_id = %task_id, ?grace, "killing process task");
+                if grace.is_zero() {
+                    signal_group(record.pgid, libc::SIGKILL);
+                    kill_deadline = None;
+                } else {
+                    signal_group(record.pgid, libc::SIGTERM);
+                    let d = tokio::time::Instant::now() + grace;
+                    kill_deadline = Some(kill_deadline.map_or(d, |old| old.min(d)));
+                }
+            }
+            None => control_open = false,
         }
     }
     drop(health_task);
@@ -533,7 +546,12 @@ async fn watch(
                 message: format!("cannot read the exit status: {e}"),
             })
     };
-    inner.finish(&task_id, record.group.as_deref(), false, update);
+    inner.finish(
+        &task_id,
+        record.group.as_deref(),
+        false,
+        util::health_killed(update, health_kill),
+    );
 }
 
 /// Builds the probe of a health check of a host process.

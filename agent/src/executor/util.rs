@@ -3,6 +3,7 @@
 use std::io::Write;
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use super::TaskUpdate;
 
 /// A file-name-safe, reversible-enough encoding of a task id: bytes outside
 /// `[A-Za-z0-9._-]` become `%XX`; a leading `.` is escaped too.
@@ -274,5 +275,13 @@ mod tests {
         assert!(me.is_running());
         assert!(me.ppid > 0);
         assert!(read_proc_stat(-1).is_none());
+    }
+}
+
+/// A task's final update when its health checks got it killed: killed, and why.
+pub(crate) fn health_killed(update: TaskUpdate, why: Option<String>) -> TaskUpdate {
+    match (update, why) {
+        (TaskUpdate::Killed { .. }, Some(message)) => TaskUpdate::Killed { message },
+        (update, _) => update,
     }
 }

@@ -1,0 +1,130 @@
+//! The thin async driver of the built-in schedulers (batch and service).
+//!
+//! A built-in scheduler is a native scheduler like any other: it reads published snapshots and
+//! the commit broadcast, and submits commands (claims, kills, record updates) through the
+//! committer, exactly as the HTTP handlers do. It never touches the cell another way. The
+//! driver's loop:
+//!
+//! 1. fold every committed entry waiting in the broadcast into the scheduler (`observe`);
+//! 2. `step` on the newest snapshot at the wall-clock time;
+//! 3. submit the commands of the step in the order the scheduler gave them (one commit group
+//!    when they fit), then wait for every answer, reporting claim outcomes back (`claimed`);
+//! 4. if the scheduler has more to do, go to 1; else sleep until the next commit, the
+//!    scheduler's wake-up time, or the nudge interval, whichever comes first.
+//!
+//! If the driver falls behind the broadcast it rebuilds the scheduler from the snapshot
+//! (`recover`), as a new master does at start.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use shoal_core::{Cell, Claim, ClaimOutcome, Command, LogEntry, Reply, Timestamp};
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
+
+use crate::committer::{CommitError, Committer, Published};
+use crate::wall_clock_ms;
+
+/// How often an idle driver asks for a placement pass anyway (claims refused for reasons
+/// that pass without a commit the scheduler would notice).
+const NUDGE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// What a step decided: commands in the order they are to be submitted, and when to step
+/// again at the latest.
+pub struct Step {
+    pub commands: Vec<Command>,
+    pub wake_at: Option<Timestamp>,
+}
+
+/// A sans-IO scheduler of the core, as the driver runs it.
+pub trait BuiltIn: Send + 'static {
+    /// Its name in logs.
+    const NAME: &'static str;
+    fn recover(cell: &Cell) -> Self;
+    fn observe(&mut self, entry: &LogEntry);
+    fn step(&mut self, cell: &Cell, now: Timestamp) -> Step;
+    fn claimed(&mut self, claim: &Claim, outcome: Option<&ClaimOutcome>, now: Timestamp);
+    fn has_work(&self) -> bool;
+    fn nudge(&mut self);
+}
+
+/// Starts a built-in scheduler's driver. Needs a tokio runtime.
+pub fn start<S: BuiltIn>(committer: Committer, published: Arc<Published>) {
+    tokio::spawn(drive::<S>(committer, published));
+}
+
+async fn drive<S: BuiltIn>(committer: Committer, published: Arc<Published>) {
+    let mut rx = published.entries.subscribe();
+    let mut sched = S::recover(&published.snapshot());
+    loop {
+        // 1. Everything committed so far.
+        loop {
+            match rx.try_recv() {
+                Ok(entry) => sched.observe(&entry),
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Lagged(missed)) => {
+                    tracing::warn!(missed, scheduler = S::NAME, "fell behind; rebuilding it");
+                    sched = S::recover(&published.snapshot());
+                }
+                Err(TryRecvError::Closed) => return,
+            }
+        }
+        // 2. and 3.
+        let now = wall_clock_ms();
+        let step = sched.step(&published.snapshot(), now);
+        let wake_at = step.wake_at;
+        execute(&committer, &mut sched, step.commands, now).await;
+        if sched.has_work() {
+            continue;
+        }
+        // 4.
+        let mut wait = NUDGE_INTERVAL;
+        if let Some(at) = wake_at {
+            wait = wait.min(Duration::from_millis(at.saturating_sub(wall_clock_ms())));
+        }
+        tokio::select! {
+            r = rx.recv() => match r {
+                Ok(entry) => sched.observe(&entry),
+                Err(RecvError::Lagged(_)) => {
+                    sched = S::recover(&published.snapshot());
+                }
+                Err(RecvError::Closed) => return,
+            },
+            _ = tokio::time::sleep(wait) => sched.nudge(),
+        }
+    }
+}
+
+async fn execute<S: BuiltIn>(
+    committer: &Committer,
+    sched: &mut S,
+    commands: Vec<Command>,
+    now: Timestamp,
+) {
+    // Queue everything first (one commit group), then wait for the answers.
+    let mut pending = Vec::with_capacity(commands.len());
+    for c in commands {
+        let claim = match &c {
+            Command::Claim(claim) => Some(claim.clone()),
+            _ => None,
+        };
+        pending.push((claim, committer.enqueue(c).await));
+    }
+    for (claim, rx) in pending {
+        let answer = rx.await;
+        match (claim, answer) {
+            (Some(claim), Ok(Ok(Reply::Claim { outcome }))) => {
+                sched.claimed(&claim, Some(&outcome), now)
+            }
+            (Some(claim), other) => {
+                tracing::warn!(scheduler = S::NAME, claim = %claim.id, answer = ?other.map(|r| r.map(|_| ())), "claim not committed");
+                sched.claimed(&claim, None, now);
+            }
+            (None, Ok(Ok(_)))
+            | (None, Ok(Err(CommitError::Rejected(shoal_core::Rejection::NotFound(_))))) => {}
+            (None, Ok(Err(e))) => {
+                tracing::warn!(scheduler = S::NAME, error = %e, "command refused")
+            }
+            (None, Err(_)) => tracing::warn!(scheduler = S::NAME, "command dropped"),
+        }
+    }
+}
