@@ -9,8 +9,8 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
 mod job;
-mod service;
 mod quota;
+mod service;
 
 #[derive(Parser)]
 #[command(

@@ -282,7 +282,14 @@ fn print_service(svc: &Json) {
     });
     table(
         &[
-            "INDEX", "STATE", "VERSION", "TASK", "TASK STATE", "HEALTH", "HOST", "MESSAGE",
+            "INDEX",
+            "STATE",
+            "VERSION",
+            "TASK",
+            "TASK STATE",
+            "HEALTH",
+            "HOST",
+            "MESSAGE",
         ],
         &rows,
     );

@@ -301,11 +301,7 @@ impl CompiledJob {
                 format!("'{id}' must be 1..={JOB_NAME_BYTES_MAX} letters, digits, '-' or '_'"),
             );
         }
-        let role = check_team_and_priority(
-            spec.team.as_deref(),
-            spec.priority,
-            &mut err,
-        );
+        let role = check_team_and_priority(spec.team.as_deref(), spec.priority, &mut err);
         let job_priority = spec.priority.unwrap_or(PRIORITY_DEFAULT);
         if spec.tasks.is_empty() {
             err("tasks".into(), "a job needs at least one task".into());

@@ -390,7 +390,10 @@ impl CompiledService {
         }
         for c in &spec.constraints {
             if c.attribute.is_empty() {
-                err("constraints".into(), "a constraint needs an attribute".into());
+                err(
+                    "constraints".into(),
+                    "a constraint needs an attribute".into(),
+                );
             }
             if c.operator == ConstraintOp::MaxPer && c.value.parse::<u32>().map_or(true, |n| n == 0)
             {
@@ -724,7 +727,10 @@ pub(crate) fn decide_update(
         .collect();
     let count = update.count.filter(|n| *n != svc.count);
     let state = update.state.filter(|s| *s != svc.state);
-    let message = update.message.clone().filter(|m| svc.message.as_ref() != Some(m));
+    let message = update
+        .message
+        .clone()
+        .filter(|m| svc.message.as_ref() != Some(m));
     if count.is_none()
         && state.is_none()
         && message.is_none()
@@ -845,7 +851,9 @@ impl Service {
             }
             let task_id = instance_task_id(&self.id, i.index, i.generation);
             if i.state == InstanceState::Running
-                && cell.task(&task_id).is_some_and(|t| task_available(t, has_check))
+                && cell
+                    .task(&task_id)
+                    .is_some_and(|t| task_available(t, has_check))
             {
                 c.available += 1;
                 if i.spec_version == self.spec_version {
@@ -928,8 +936,7 @@ impl ServiceScheduler {
         let mut s = ServiceScheduler::new();
         s.dirty = cell.services().map(|svc| svc.id.clone()).collect();
         for t in cell.tasks() {
-            if t.owner != SERVICE_OWNER || t.state.is_terminal() || t.state == TaskState::Killing
-            {
+            if t.owner != SERVICE_OWNER || t.state.is_terminal() || t.state == TaskState::Killing {
                 continue;
             }
             let known = parse_task_id(&t.id).is_some_and(|(svc, index, gen)| {
@@ -1063,7 +1070,6 @@ impl ServiceScheduler {
         let Some(c) = self.compiled(svc) else {
             return; // A stored spec that no longer validates: left alone (its record says so).
         };
-        let has_check = c.health.is_some();
         let cur = svc.spec_version;
         let mut inst: BTreeMap<u32, Instance> =
             svc.instances.iter().map(|(k, v)| (*k, v.clone())).collect();
@@ -1152,7 +1158,16 @@ impl ServiceScheduler {
                 removed.push(k);
             }
         } else {
-            self.converge(cell, svc, &c, now, &mut inst, &mut changed, &mut removed, &mut kills);
+            self.converge(
+                cell,
+                svc,
+                &c,
+                now,
+                &mut inst,
+                &mut changed,
+                &mut removed,
+                &mut kills,
+            );
             self.place(cell, svc, &c, now, &mut inst, &mut changed, actions);
         }
         let mut removed_set: Vec<u32> = removed;
@@ -1164,7 +1179,10 @@ impl ServiceScheduler {
         if !changed.is_empty() || !removed_set.is_empty() {
             actions.updates.push(ServiceUpdate {
                 service_id: id.to_string(),
-                instances: changed.iter().filter_map(|k| inst.get(k).cloned()).collect(),
+                instances: changed
+                    .iter()
+                    .filter_map(|k| inst.get(k).cloned())
+                    .collect(),
                 removed: removed_set,
                 ..ServiceUpdate::default()
             });
@@ -1274,11 +1292,7 @@ impl ServiceScheduler {
                 avail -= 1;
             }
             let i = inst.get_mut(&k).expect("listed");
-            stop(
-                i,
-                kills,
-                &format!("replaced by spec version {cur}"),
-            );
+            stop(i, kills, &format!("replaced by spec version {cur}"));
             changed.insert(k);
         }
 

@@ -157,7 +157,10 @@ impl Sim {
         for t in tasks {
             let checked = t.spec.0.contains("health_check");
             let sick = self.unhealthy.get(&t.id).copied().unwrap_or(false)
-                || self.sick_marker.as_ref().is_some_and(|m| t.spec.0.contains(m.as_str()));
+                || self
+                    .sick_marker
+                    .as_ref()
+                    .is_some_and(|m| t.spec.0.contains(m.as_str()));
             let healthy = checked.then_some(!sick);
             let next = match t.state {
                 TaskState::Staging => Some((TaskState::Running, healthy)),
@@ -266,7 +269,10 @@ fn binpack_fills_the_fullest_agent_and_spread_balances_zones() {
     );
 
     let mut sim = Sim::new(&agents);
-    sim.submit(&service("count = 4\nplacement = \"spread\"\nspread_by = \"zone\"").replace("count = 3\n", ""));
+    sim.submit(
+        &service("count = 4\nplacement = \"spread\"\nspread_by = \"zone\"")
+            .replace("count = 3\n", ""),
+    );
     sim.settle(100, 5, |_| {});
     let zones: Vec<String> = sim
         .live_tasks("web")
@@ -277,7 +283,10 @@ fn binpack_fills_the_fullest_agent_and_spread_balances_zones() {
     assert_eq!(zones.iter().filter(|z| *z == "b").count(), 2, "{zones:?}");
     // Within zone a, the tie goes to the emptier agent: one instance each on h1 and h2.
     let hosts = sim.hosts("web");
-    assert!(hosts.contains(&"h1".into()) && hosts.contains(&"h2".into()), "{hosts:?}");
+    assert!(
+        hosts.contains(&"h1".into()) && hosts.contains(&"h2".into()),
+        "{hosts:?}"
+    );
 }
 
 #[test]
@@ -292,7 +301,11 @@ fn unique_and_max_per_constraints_hold() {
         "count = 4\nplacement = \"binpack\"\nconstraints = [{ attribute = \"hostname\", operator = \"unique\" }]",
     ).replace("count = 3\n", ""));
     sim.settle(100, 5, |_| {});
-    assert_eq!(sim.hosts("web"), vec!["h1", "h2", "h3"], "unique: one per host, the 4th waits");
+    assert_eq!(
+        sim.hosts("web"),
+        vec!["h1", "h2", "h3"],
+        "unique: one per host, the 4th waits"
+    );
     let pending = sim.svc("web").counts(&sim.cell).pending;
     assert_eq!(pending, 1);
 
@@ -309,7 +322,10 @@ fn unique_and_max_per_constraints_hold() {
 #[test]
 fn ended_instances_restart_with_a_doubling_backoff() {
     let mut sim = Sim::new(&[("h1", "cpus:4;mem:1024", "")]);
-    sim.submit(&service("count = 1\n[restart]\nbackoff = \"1s\"\nmax_backoff = \"3s\"").replace("count = 3\n", ""));
+    sim.submit(
+        &service("count = 1\n[restart]\nbackoff = \"1s\"\nmax_backoff = \"3s\"")
+            .replace("count = 3\n", ""),
+    );
     sim.settle(10, 4, |_| {});
     let mut last = sim.live_tasks("web")[0].id.clone();
     assert_eq!(last.as_str(), "web.0.1");
@@ -380,8 +396,21 @@ fn a_rolling_update_respects_surge_and_unavailable() {
         let mut min_avail = usize::MAX;
         sim.settle(100, 40, |s| {
             if s.live_tasks("web").len() > 4 + surge as usize {
-                eprintln!("tasks: {:?}", s.live_tasks("web").iter().map(|t| (t.id.to_string(), t.state)).collect::<Vec<_>>());
-                eprintln!("records: {:?}", s.svc("web").instances.values().map(|i| (i.index, i.generation, i.spec_version, i.state)).collect::<Vec<_>>());
+                eprintln!(
+                    "tasks: {:?}",
+                    s.live_tasks("web")
+                        .iter()
+                        .map(|t| (t.id.to_string(), t.state))
+                        .collect::<Vec<_>>()
+                );
+                eprintln!(
+                    "records: {:?}",
+                    s.svc("web")
+                        .instances
+                        .values()
+                        .map(|i| (i.index, i.generation, i.spec_version, i.state))
+                        .collect::<Vec<_>>()
+                );
             }
             max_live = max_live.max(s.live_tasks("web").len());
             min_avail = min_avail.min(s.available("web"));
@@ -396,9 +425,17 @@ fn a_rolling_update_respects_surge_and_unavailable() {
             "unavailable {unavailable}: {min_avail} available"
         );
         let svc = sim.svc("web");
-        assert!(svc.settled(&sim.cell), "surge {surge} unavailable {unavailable}: {:?}", svc.counts(&sim.cell));
+        assert!(
+            svc.settled(&sim.cell),
+            "surge {surge} unavailable {unavailable}: {:?}",
+            svc.counts(&sim.cell)
+        );
         for t in sim.live_tasks("web") {
-            assert!(t.spec.0.contains("\"value\":\"2\""), "{} runs the old spec", t.id);
+            assert!(
+                t.spec.0.contains("\"value\":\"2\""),
+                "{} runs the old spec",
+                t.id
+            );
         }
     }
 }
@@ -486,7 +523,10 @@ fn a_rebuilt_scheduler_adopts_and_never_starts_an_instance_twice() {
     // Rebuild the scheduler after every step, before its actions are carried out, between
     // its record updates and its claims, and between the claims and the agents.
     for crash_at in 0..4 {
-        let mut sim = Sim::new(&[("h1", "cpus:16;mem:4096", ""), ("h2", "cpus:16;mem:4096", "")]);
+        let mut sim = Sim::new(&[
+            ("h1", "cpus:16;mem:4096", ""),
+            ("h2", "cpus:16;mem:4096", ""),
+        ]);
         sim.submit(&service("count = 4\n[update]\nmax_surge = 2").replace("count = 3\n", ""));
         let mut started: HashMap<String, u32> = HashMap::new();
         for round in 0..30 {

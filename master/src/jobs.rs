@@ -222,7 +222,11 @@ impl BuiltIn for BatchScheduler {
             wake_at,
         } = BatchScheduler::step(self, cell, now);
         let mut commands: Vec<Command> = claims.into_iter().map(Command::Claim).collect();
-        commands.extend(kills.into_iter().map(|task_id| Command::KillTask { task_id }));
+        commands.extend(
+            kills
+                .into_iter()
+                .map(|task_id| Command::KillTask { task_id }),
+        );
         commands.extend(updates.into_iter().map(Command::UpdateJob));
         Step { commands, wake_at }
     }

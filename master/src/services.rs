@@ -15,8 +15,8 @@ use axum::Router;
 use serde::Deserialize;
 use serde_json::{json, Value as Json};
 use shoal_core::services::{
-    instance_task_id, parse_service_file, Service, ServiceActions, ServiceScheduler,
-    ServiceSpec, ServiceState, ServiceUpdate,
+    instance_task_id, parse_service_file, Service, ServiceActions, ServiceScheduler, ServiceSpec,
+    ServiceState, ServiceUpdate,
 };
 use shoal_core::{Cell, Command, Reply};
 
@@ -43,7 +43,8 @@ pub fn router(state: ApiState) -> Router {
 fn parse_spec(body: &Bytes) -> Result<ServiceSpec, ApiError> {
     let text = std::str::from_utf8(body)
         .map_err(|_| ApiError::bad_request("the service file is not UTF-8 text"))?;
-    parse_service_file(text).map_err(|e| ApiError::bad_request(format!("invalid service file: {e}")))
+    parse_service_file(text)
+        .map_err(|e| ApiError::bad_request(format!("invalid service file: {e}")))
 }
 
 /// A service's summary: its state and how its instances stand.
@@ -95,10 +96,7 @@ pub fn service_json(svc: &Service, cell: &Cell) -> Json {
 async fn submit_service(State(s): State<ApiState>, body: Bytes) -> Response {
     let result: Result<Response, ApiError> = async {
         let spec = parse_spec(&body)?;
-        let reply = s
-            .committer
-            .submit(Command::SubmitService { spec })
-            .await?;
+        let reply = s.committer.submit(Command::SubmitService { spec }).await?;
         let Reply::Service {
             service_id,
             created,
@@ -158,16 +156,11 @@ struct ScaleBody {
     count: u32,
 }
 
-async fn scale_service(
-    State(s): State<ApiState>,
-    Path(id): Path<String>,
-    body: Bytes,
-) -> Response {
+async fn scale_service(State(s): State<ApiState>, Path(id): Path<String>, body: Bytes) -> Response {
     let body: ScaleBody = match serde_json::from_slice(&body) {
         Ok(b) => b,
         Err(e) => {
-            return ApiError::bad_request(format!("expected {{\"count\": N}}: {e}"))
-                .into_response()
+            return ApiError::bad_request(format!("expected {{\"count\": N}}: {e}")).into_response()
         }
     };
     let update = ServiceUpdate {
@@ -212,7 +205,11 @@ impl BuiltIn for ServiceScheduler {
         } = ServiceScheduler::step(self, cell, now);
         let mut commands: Vec<Command> = updates.into_iter().map(Command::UpdateService).collect();
         commands.extend(claims.into_iter().map(Command::Claim));
-        commands.extend(kills.into_iter().map(|task_id| Command::KillTask { task_id }));
+        commands.extend(
+            kills
+                .into_iter()
+                .map(|task_id| Command::KillTask { task_id }),
+        );
         Step { commands, wake_at }
     }
     fn claimed(

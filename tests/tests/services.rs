@@ -11,12 +11,15 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use serde_json::Value as Json;
-use shoal_tests::{shoal_bin, start_fast_agent, unique, wait_until, AgentProc, MasterProc, FAST_MASTER_FLAGS};
+use shoal_tests::{
+    shoal_bin, start_fast_agent, unique, wait_until, AgentProc, MasterProc, FAST_MASTER_FLAGS,
+};
 
 /// A master and two agents (process executor), zones `a` and `b`.
 struct ServiceCell {
     master: MasterProc,
     agents: Vec<AgentProc>,
+    hosts: Vec<String>,
     http: reqwest::Client,
     _dir: tempfile::TempDir,
 }
@@ -41,22 +44,35 @@ async fn start_cell(name: &str) -> ServiceCell {
             &dir.path().join(format!("agent{i}")),
             &hostname,
             "process",
-            &format!("cpus:4;mem:4096;ports:[{}-{}]", 33000 + i * 100, 33099 + i * 100),
+            &format!(
+                "cpus:4;mem:4096;ports:[{}-{}]",
+                33000 + i * 100,
+                33099 + i * 100
+            ),
             &["--attributes", &format!("zone:{zone}")],
         ));
         hosts.push(hostname);
     }
-    let hosts: Vec<&str> = hosts.iter().map(String::as_str).collect();
-    if let Err(e) =
-        shoal_tests::wait_agents_active(&master.client(), &hosts, Duration::from_secs(20)).await
-    {
-        panic!("{e}; agent log:\n{}", agents[0].log());
-    }
-    ServiceCell {
+    let cell = ServiceCell {
         master,
         agents,
+        hosts,
         http: reqwest::Client::new(),
         _dir: dir,
+    };
+    cell.wait_agents().await;
+    cell
+}
+
+impl ServiceCell {
+    async fn wait_agents(&self) {
+        let hosts: Vec<&str> = self.hosts.iter().map(String::as_str).collect();
+        if let Err(e) =
+            shoal_tests::wait_agents_active(&self.master.client(), &hosts, Duration::from_secs(20))
+                .await
+        {
+            panic!("{e}; agent log:\n{}", self.agents[0].log());
+        }
     }
 }
 
@@ -98,12 +114,20 @@ impl ServiceCell {
                 .as_array()?
                 .iter()
                 .filter(|t| {
-                    t["id"].as_str().unwrap_or("").starts_with(&format!("{id}."))
+                    t["id"]
+                        .as_str()
+                        .unwrap_or("")
+                        .starts_with(&format!("{id}."))
                         && !matches!(
                             t["state"].as_str(),
                             Some(
-                                "TASK_FINISHED" | "TASK_FAILED" | "TASK_KILLED" | "TASK_ERROR"
-                                    | "TASK_DROPPED" | "TASK_GONE" | "TASK_GONE_BY_OPERATOR"
+                                "TASK_FINISHED"
+                                    | "TASK_FAILED"
+                                    | "TASK_KILLED"
+                                    | "TASK_ERROR"
+                                    | "TASK_DROPPED"
+                                    | "TASK_GONE"
+                                    | "TASK_GONE_BY_OPERATOR"
                             )
                         )
                 })
@@ -211,12 +235,17 @@ async fn a_service_keeps_count_through_a_crash_a_master_restart_and_a_rolling_up
     std::fs::write(&file, service_file(name, 3, "1")).unwrap();
 
     // 1. `shoal service run --wait` returns once 3 healthy instances run.
-    let (code, out, err) = cell.cli(&["service", "run", file.to_str().unwrap(), "--wait", "--json"]);
+    let (code, out, err) =
+        cell.cli(&["service", "run", file.to_str().unwrap(), "--wait", "--json"]);
     assert_eq!(code, 0, "shoal service run --wait failed:\n{out}\n{err}");
     let svc: Json = serde_json::from_str(&out).unwrap();
     assert_eq!(svc["counts"]["available"], 3, "{svc}");
     let tasks = cell.live_tasks(name).await.unwrap();
-    assert_eq!(available(&tasks), 3, "healthy is in the state's task JSON: {tasks:?}");
+    assert_eq!(
+        available(&tasks),
+        3,
+        "healthy is in the state's task JSON: {tasks:?}"
+    );
     // Spread over the zones: two in one, one in the other.
     let zones: Vec<String> = svc["instances"]
         .as_array()
@@ -230,24 +259,24 @@ async fn a_service_keeps_count_through_a_crash_a_master_restart_and_a_rolling_up
     // 2. A crashed instance is replaced.
     let victim = tasks[0].0.clone();
     cell.kill9_task(&victim);
-    wait_until("the crashed instance replaced", Duration::from_secs(30), || async {
-        cell.live_tasks(name).await.is_some_and(|t| {
-            available(&t) == 3 && t.len() == 3 && !t.iter().any(|x| x.0 == victim)
-        })
-    })
+    wait_until(
+        "the crashed instance replaced",
+        Duration::from_secs(30),
+        || async {
+            cell.live_tasks(name).await.is_some_and(|t| {
+                available(&t) == 3 && t.len() == 3 && !t.iter().any(|x| x.0 == victim)
+            })
+        },
+    )
     .await;
     let before = ids(&cell.live_tasks(name).await.unwrap());
 
     // 3. Master SIGKILL and restart: the same 3 tasks, adopted, nothing started twice.
     cell.master.restart_same_addr();
-    wait_until("the agents back", Duration::from_secs(20), || async {
-        cell.get("/api/shoal/v1/agents")
-            .await
-            .and_then(|a| a.as_array().map(|a| a.iter().filter(|x| x["state"] == "ACTIVE").count()))
-            == Some(2)
-    })
-    .await;
-    let svc = cell.wait_settled(name, "the service settled after the restart").await;
+    cell.wait_agents().await;
+    let svc = cell
+        .wait_settled(name, "the service settled after the restart")
+        .await;
     assert_eq!(svc["counts"]["instances"], 3);
     // Give the scheduler time to do something wrong, then look again.
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -272,11 +301,20 @@ async fn a_service_keeps_count_through_a_crash_a_master_restart_and_a_rolling_up
         if svc["settled"] == true {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "the update did not finish: {svc}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the update did not finish: {svc}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(min_available >= 2, "{min_available} healthy during the update");
-    assert!(max_live <= 4, "{max_live} tasks during the update (surge 1)");
+    assert!(
+        min_available >= 2,
+        "{min_available} healthy during the update"
+    );
+    assert!(
+        max_live <= 4,
+        "{max_live} tasks during the update (surge 1)"
+    );
     let updated = ids(&cell.live_tasks(name).await.unwrap());
     assert_eq!(updated.len(), 3);
     assert!(updated.is_disjoint(&after), "every instance replaced");
@@ -286,7 +324,10 @@ async fn a_service_keeps_count_through_a_crash_a_master_restart_and_a_rolling_up
     let (status, answer) = cell
         .post("/api/shoal/v1/services", service_file(name, 3, "2"))
         .await;
-    assert_eq!((status, answer["changed"].clone()), (200, Json::Bool(false)));
+    assert_eq!(
+        (status, answer["changed"].clone()),
+        (200, Json::Bool(false))
+    );
 
     // 5. Scale up and down, and stop.
     let (code, out, err) = cell.cli(&["service", "scale", name, "5", "--wait", "--json"]);
@@ -327,16 +368,23 @@ backoff = "100ms"
     assert_eq!(status, 201, "{answer}");
     // The agent kills the first task after two failed checks; the instance comes back as the
     // next generation.
-    wait_until("the unhealthy task killed and replaced", Duration::from_secs(30), || async {
-        cell.service("sick")
-            .await
-            .is_some_and(|s| s["instances"][0]["generation"].as_u64().unwrap_or(0) >= 2)
-    })
+    wait_until(
+        "the unhealthy task killed and replaced",
+        Duration::from_secs(30),
+        || async {
+            cell.service("sick")
+                .await
+                .is_some_and(|s| s["instances"][0]["generation"].as_u64().unwrap_or(0) >= 2)
+        },
+    )
     .await;
     let first = cell.get("/api/shoal/v1/tasks/sick.0.1").await.unwrap();
     assert_eq!(first["state"], "TASK_KILLED", "{first}");
     let message = first["status"]["message"].as_str().unwrap_or("");
-    assert!(message.contains("consecutive failed health checks"), "{first}");
+    assert!(
+        message.contains("consecutive failed health checks"),
+        "{first}"
+    );
 
     // Bad files: 400, the field named, nothing changes.
     let cases = [
@@ -370,7 +418,10 @@ backoff = "100ms"
         .await;
     assert_eq!(status, 404);
     let (status, _) = cell
-        .post("/api/shoal/v1/services/sick/scale", "{\"count\": -1}".into())
+        .post(
+            "/api/shoal/v1/services/sick/scale",
+            "{\"count\": -1}".into(),
+        )
         .await;
     assert_eq!(status, 400);
 }

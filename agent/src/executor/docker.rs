@@ -1115,23 +1115,27 @@ async fn watch_container(inner: Arc<Inner>, a: Attached, mut rx: mpsc::Unbounded
             },
         };
         match msg {
-                Some(Control::Kill { grace }) => {
-                    let grace = grace.unwrap_or(a.kill_grace);
-                    if !kill_requested {
-                        kill_requested = true;
-                        if let Err(e) = std::fs::write(inner.kill_marker(&a.task_id), b"") {
-                            tracing::warn!(task_id = %a.task_id, error = %e, "cannot persist kill request");
-                        }
-                    }
-                    tracing::info!(task_id = %a.task_id, ?grace, "killing container");
-                    let sig = if grace.is_zero() { "SIGKILL" } else { "SIGTERM" };
-                    signal_container(&docker, &cid, sig).await;
-                    if !grace.is_zero() {
-                        let d = tokio::time::Instant::now() + grace;
-                        kill_deadline = Some(kill_deadline.map_or(d, |old| old.min(d)));
+            Some(Control::Kill { grace }) => {
+                let grace = grace.unwrap_or(a.kill_grace);
+                if !kill_requested {
+                    kill_requested = true;
+                    if let Err(e) = std::fs::write(inner.kill_marker(&a.task_id), b"") {
+                        tracing::warn!(task_id = %a.task_id, error = %e, "cannot persist kill request");
                     }
                 }
-                None => control_open = false,
+                tracing::info!(task_id = %a.task_id, ?grace, "killing container");
+                let sig = if grace.is_zero() {
+                    "SIGKILL"
+                } else {
+                    "SIGTERM"
+                };
+                signal_container(&docker, &cid, sig).await;
+                if !grace.is_zero() {
+                    let d = tokio::time::Instant::now() + grace;
+                    kill_deadline = Some(kill_deadline.map_or(d, |old| old.min(d)));
+                }
+            }
+            None => control_open = false,
         }
     };
     drop(health_task);

@@ -1,9 +1,9 @@
 //! Small plain helpers shared by the executors (no async, little IO).
 
+use super::TaskUpdate;
 use std::io::Write;
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use super::TaskUpdate;
 
 /// A file-name-safe, reversible-enough encoding of a task id: bytes outside
 /// `[A-Za-z0-9._-]` become `%XX`; a leading `.` is escaped too.
