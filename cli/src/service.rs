@@ -129,15 +129,9 @@ pub async fn run(cmd: ServiceCmd) -> anyhow::Result<i32> {
                 &json!({ "count": count }),
             )
             .await?;
-            if wait {
-                return follow(&api, &id, &timeout, json).await;
-            }
-            if json {
-                say!("{}", json!({"service_id": id, "count": count}));
-            } else {
-                say!("Service {id} scales to {count} instances.");
-            }
-            Ok(0)
+            let human = format!("Service {id} scales to {count} instances.");
+            let machine = json!({"service_id": id, "count": count});
+            done(&api, &id, (wait, &timeout), json, machine, human).await
         }
         ServiceCmd::Stop {
             id,
@@ -149,17 +143,31 @@ pub async fn run(cmd: ServiceCmd) -> anyhow::Result<i32> {
             let api = Api::new(&master.master)?;
             api.post(&format!("/api/shoal/v1/services/{id}/stop"), &Json::Null)
                 .await?;
-            if wait {
-                return follow(&api, &id, &timeout, json).await;
-            }
-            if json {
-                say!("{}", json!({"service_id": id, "stopping": true}));
-            } else {
-                say!("Stopping service {id}: its instances are killed.");
-            }
-            Ok(0)
+            let human = format!("Stopping service {id}: its instances are killed.");
+            let machine = json!({"service_id": id, "stopping": true});
+            done(&api, &id, (wait, &timeout), json, machine, human).await
         }
     }
+}
+
+/// The end of a verb that changed a service: follow it (`--wait`), or say what was asked.
+async fn done(
+    api: &Api,
+    id: &str,
+    (wait, timeout): (bool, &str),
+    json: bool,
+    machine: Json,
+    human: String,
+) -> anyhow::Result<i32> {
+    if wait {
+        return follow(api, id, timeout, json).await;
+    }
+    if json {
+        say!("{machine}");
+    } else {
+        say!("{human}");
+    }
+    Ok(0)
 }
 
 /// Reads and checks a service file here, so that mistakes are reported before the master is

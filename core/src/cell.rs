@@ -75,7 +75,7 @@ pub enum Command {
     /// Submit a service file: a new service, or a new spec version of one (idempotent when
     /// the file is the same).
     SubmitService {
-        spec: crate::services::ServiceSpec,
+        spec: Box<crate::services::ServiceSpec>,
     },
     /// Change a service's record: its count (a scale), its state (a stop) and its instances.
     UpdateService(crate::services::ServiceUpdate),

@@ -1043,21 +1043,33 @@ pub struct JobUpdate {
 // ---------------------------------------------------------------------------------------------
 // The batch scheduler
 
-/// What the batch scheduler wants done after a step.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct Actions {
+/// What a built-in scheduler wants done after a step (`U`: its record updates; the service
+/// scheduler's are `ServiceUpdate`s).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Actions<U = JobUpdate> {
     /// Claims to submit (incremental, fine-grained), one per job; report each outcome with
     /// [`BatchScheduler::claimed`].
     pub claims: Vec<Claim>,
     /// Tasks to kill (timed out, or of a stopped job).
     pub kills: Vec<TaskId>,
     /// Job records to update.
-    pub updates: Vec<JobUpdate>,
+    pub updates: Vec<U>,
     /// Step again at this time at the latest (a backoff ends or a timeout is due).
     pub wake_at: Option<Timestamp>,
 }
 
-impl Actions {
+impl<U> Default for Actions<U> {
+    fn default() -> Self {
+        Actions {
+            claims: Vec::new(),
+            kills: Vec::new(),
+            updates: Vec::new(),
+            wake_at: None,
+        }
+    }
+}
+
+impl<U> Actions<U> {
     pub fn is_empty(&self) -> bool {
         self.claims.is_empty() && self.kills.is_empty() && self.updates.is_empty()
     }

@@ -30,7 +30,7 @@ use crate::cell::{Cell, Rejection};
 use crate::jobs::{
     attribute_value, check_task_fields, check_team_and_priority, describe_end, fmt_ms,
     free_ports_upto, parse_duration_ms, port_count, task_info_json, valid_name, with_ports,
-    Constraint, ConstraintOp, FieldError, JobErrors, TaskFields, JOB_NAME_BYTES_MAX,
+    Actions, Constraint, ConstraintOp, FieldError, JobErrors, TaskFields, JOB_NAME_BYTES_MAX,
 };
 use crate::model::*;
 use crate::resources::ResourceSet;
@@ -883,25 +883,11 @@ impl Service {
 // ---------------------------------------------------------------------------------------------
 // The service scheduler
 
-/// What the service scheduler wants done after a step. Submit the record updates first, then
-/// the claims (so an instance's record is always committed no later than its task), then the
-/// kills.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct ServiceActions {
-    pub updates: Vec<ServiceUpdate>,
-    /// Incremental, fine-grained claims, one per service; report each outcome with
-    /// [`ServiceScheduler::claimed`].
-    pub claims: Vec<Claim>,
-    pub kills: Vec<TaskId>,
-    /// Step again at this time at the latest (a restart backoff ends).
-    pub wake_at: Option<Timestamp>,
-}
-
-impl ServiceActions {
-    pub fn is_empty(&self) -> bool {
-        self.claims.is_empty() && self.kills.is_empty() && self.updates.is_empty()
-    }
-}
+/// What the service scheduler wants done after a step: its record updates, claims (one per
+/// service; report each outcome with [`ServiceScheduler::claimed`]), kills, and when a restart
+/// backoff ends. Submit the record updates first, then the claims (so an instance's record is
+/// always committed no later than its task), then the kills.
+pub type ServiceActions = Actions<ServiceUpdate>;
 
 /// The built-in service scheduler: see the module docs. A step reconciles only the services
 /// whose records or tasks changed (or whose timer is due), each in time proportional to its

@@ -123,8 +123,10 @@ impl Sim {
     }
 
     fn submit(&mut self, text: &str) -> Reply {
-        self.commit(Command::SubmitService { spec: spec(text) })
-            .unwrap()
+        self.commit(Command::SubmitService {
+            spec: Box::new(spec(text)),
+        })
+        .unwrap()
     }
 
     /// One scheduler step and its actions, in the driver's order.

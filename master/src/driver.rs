@@ -47,6 +47,66 @@ pub trait BuiltIn: Send + 'static {
     fn nudge(&mut self);
 }
 
+impl Step {
+    /// The commands of a core scheduler's actions: record updates first or last, claims before
+    /// kills.
+    pub fn of<U>(
+        actions: shoal_core::jobs::Actions<U>,
+        update: fn(U) -> Command,
+        records_first: bool,
+    ) -> Step {
+        let updates = actions.updates.into_iter().map(update);
+        let claims = actions.claims.into_iter().map(Command::Claim);
+        let kills = actions
+            .kills
+            .into_iter()
+            .map(|task_id| Command::KillTask { task_id });
+        let commands = if records_first {
+            updates.chain(claims).chain(kills).collect()
+        } else {
+            claims.chain(kills).chain(updates).collect()
+        };
+        Step {
+            commands,
+            wake_at: actions.wake_at,
+        }
+    }
+}
+
+/// Implements [`BuiltIn`] for a core scheduler whose inherent methods have the trait's
+/// names; `$records_first`: whether its record updates go before its claims.
+macro_rules! built_in {
+    ($ty:ty, $name:literal, $update:expr, $records_first:expr) => {
+        impl $crate::driver::BuiltIn for $ty {
+            const NAME: &'static str = $name;
+            fn recover(cell: &shoal_core::Cell) -> Self {
+                <$ty>::recover(cell)
+            }
+            fn observe(&mut self, entry: &shoal_core::LogEntry) {
+                <$ty>::observe(self, entry)
+            }
+            fn step(&mut self, cell: &shoal_core::Cell, now: u64) -> $crate::driver::Step {
+                $crate::driver::Step::of(<$ty>::step(self, cell, now), $update, $records_first)
+            }
+            fn claimed(
+                &mut self,
+                claim: &shoal_core::Claim,
+                outcome: Option<&shoal_core::ClaimOutcome>,
+                now: u64,
+            ) {
+                <$ty>::claimed(self, claim, outcome, now)
+            }
+            fn has_work(&self) -> bool {
+                <$ty>::has_work(self)
+            }
+            fn nudge(&mut self) {
+                <$ty>::nudge(self)
+            }
+        }
+    };
+}
+pub(crate) use built_in;
+
 /// Starts a built-in scheduler's driver. Needs a tokio runtime.
 pub fn start<S: BuiltIn>(committer: Committer, published: Arc<Published>) {
     tokio::spawn(drive::<S>(committer, published));

@@ -13,13 +13,13 @@ use axum::routing::{get, post};
 use axum::Router;
 use serde_json::{json, Value as Json};
 use shoal_core::jobs::{
-    parse_job_file, Actions, BatchScheduler, Job, JobFormat, JobSpec, JobState, JobUpdate,
+    parse_job_file, BatchScheduler, Job, JobFormat, JobSpec, JobState, JobUpdate,
 };
 use shoal_core::{Cell, Command, Reply};
 
 use crate::api::{ApiError, ApiState};
 use crate::committer::{CommitError, Committer, Published};
-use crate::driver::{self, BuiltIn, Step};
+use crate::driver;
 use crate::{limits, wall_clock_ms};
 
 pub fn router(state: ApiState) -> Router {
@@ -204,47 +204,8 @@ async fn plan_job(State(s): State<ApiState>, body: Bytes) -> Response {
     }
 }
 
-/// The batch scheduler as the driver (`driver.rs`) runs it: claims, then kills, then job
-/// record updates.
-impl BuiltIn for BatchScheduler {
-    const NAME: &'static str = "batch";
-    fn recover(cell: &Cell) -> Self {
-        BatchScheduler::recover(cell)
-    }
-    fn observe(&mut self, entry: &shoal_core::LogEntry) {
-        BatchScheduler::observe(self, entry)
-    }
-    fn step(&mut self, cell: &Cell, now: u64) -> Step {
-        let Actions {
-            claims,
-            kills,
-            updates,
-            wake_at,
-        } = BatchScheduler::step(self, cell, now);
-        let mut commands: Vec<Command> = claims.into_iter().map(Command::Claim).collect();
-        commands.extend(
-            kills
-                .into_iter()
-                .map(|task_id| Command::KillTask { task_id }),
-        );
-        commands.extend(updates.into_iter().map(Command::UpdateJob));
-        Step { commands, wake_at }
-    }
-    fn claimed(
-        &mut self,
-        claim: &shoal_core::Claim,
-        outcome: Option<&shoal_core::ClaimOutcome>,
-        now: u64,
-    ) {
-        BatchScheduler::claimed(self, claim, outcome, now)
-    }
-    fn has_work(&self) -> bool {
-        BatchScheduler::has_work(self)
-    }
-    fn nudge(&mut self) {
-        BatchScheduler::nudge(self)
-    }
-}
+// The batch scheduler as the driver runs it: claims, then kills, then job record updates.
+driver::built_in!(BatchScheduler, "batch", Command::UpdateJob, false);
 
 /// Starts the batch scheduler's driver. Needs a tokio runtime.
 pub fn start(committer: Committer, published: Arc<Published>) {

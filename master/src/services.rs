@@ -15,14 +15,14 @@ use axum::Router;
 use serde::Deserialize;
 use serde_json::{json, Value as Json};
 use shoal_core::services::{
-    instance_task_id, parse_service_file, Service, ServiceActions, ServiceScheduler, ServiceSpec,
-    ServiceState, ServiceUpdate,
+    instance_task_id, parse_service_file, Service, ServiceScheduler, ServiceSpec, ServiceState,
+    ServiceUpdate,
 };
 use shoal_core::{Cell, Command, Reply};
 
 use crate::api::{ApiError, ApiState};
 use crate::committer::{Committer, Published};
-use crate::driver::{self, BuiltIn, Step};
+use crate::driver;
 use crate::limits;
 
 pub fn router(state: ApiState) -> Router {
@@ -96,7 +96,12 @@ pub fn service_json(svc: &Service, cell: &Cell) -> Json {
 async fn submit_service(State(s): State<ApiState>, body: Bytes) -> Response {
     let result: Result<Response, ApiError> = async {
         let spec = parse_spec(&body)?;
-        let reply = s.committer.submit(Command::SubmitService { spec }).await?;
+        let reply = s
+            .committer
+            .submit(Command::SubmitService {
+                spec: Box::new(spec),
+            })
+            .await?;
         let Reply::Service {
             service_id,
             created,
@@ -187,46 +192,8 @@ async fn stop_service(State(s): State<ApiState>, Path(id): Path<String>) -> Resp
     }
 }
 
-/// The service scheduler as the driver runs it: record updates, then claims, then kills.
-impl BuiltIn for ServiceScheduler {
-    const NAME: &'static str = "service";
-    fn recover(cell: &Cell) -> Self {
-        ServiceScheduler::recover(cell)
-    }
-    fn observe(&mut self, entry: &shoal_core::LogEntry) {
-        ServiceScheduler::observe(self, entry)
-    }
-    fn step(&mut self, cell: &Cell, now: u64) -> Step {
-        let ServiceActions {
-            updates,
-            claims,
-            kills,
-            wake_at,
-        } = ServiceScheduler::step(self, cell, now);
-        let mut commands: Vec<Command> = updates.into_iter().map(Command::UpdateService).collect();
-        commands.extend(claims.into_iter().map(Command::Claim));
-        commands.extend(
-            kills
-                .into_iter()
-                .map(|task_id| Command::KillTask { task_id }),
-        );
-        Step { commands, wake_at }
-    }
-    fn claimed(
-        &mut self,
-        claim: &shoal_core::Claim,
-        outcome: Option<&shoal_core::ClaimOutcome>,
-        now: u64,
-    ) {
-        ServiceScheduler::claimed(self, claim, outcome, now)
-    }
-    fn has_work(&self) -> bool {
-        ServiceScheduler::has_work(self)
-    }
-    fn nudge(&mut self) {
-        ServiceScheduler::nudge(self)
-    }
-}
+// The service scheduler as the driver runs it: record updates, then claims, then kills.
+driver::built_in!(ServiceScheduler, "service", Command::UpdateService, true);
 
 /// Starts the service scheduler's driver. Needs a tokio runtime.
 pub fn start(committer: Committer, published: Arc<Published>) {
