@@ -451,7 +451,7 @@ impl CompiledJob {
 }
 
 /// A `ports` entry as its name and, for `name:80`, the container port (`Err` if not a port).
-fn split_port(spec: &str) -> (&str, Option<Result<u16, ()>>) {
+pub(crate) fn split_port(spec: &str) -> (&str, Option<Result<u16, ()>>) {
     match spec.split_once(':') {
         None => (spec, None),
         Some((name, port)) => (

@@ -29,8 +29,9 @@ use serde_json::json;
 use crate::cell::{Cell, Rejection};
 use crate::jobs::{
     attribute_value, check_task_fields, check_team_and_priority, describe_end, fmt_ms,
-    free_ports_upto, parse_duration_ms, port_count, task_info_json, valid_name, with_ports,
-    Actions, Constraint, ConstraintOp, FieldError, JobErrors, TaskFields, JOB_NAME_BYTES_MAX,
+    free_ports_upto, parse_duration_ms, port_count, split_port, task_info_json, valid_name,
+    with_ports, Actions, Constraint, ConstraintOp, FieldError, JobErrors, TaskFields,
+    JOB_NAME_BYTES_MAX,
 };
 use crate::model::*;
 use crate::resources::ResourceSet;
@@ -287,13 +288,15 @@ impl CompiledService {
                 },
                 HealthCheckType::Http | HealthCheckType::Tcp => {
                     match &h.port {
-                        Some(p) => match spec.task.ports.iter().position(|x| x == p) {
-                            Some(i) => port_index = i,
-                            None => err(
-                                "health_check.port".into(),
-                                format!("'{p}' is not one of the task's ports"),
-                            ),
-                        },
+                        Some(p) => {
+                            match spec.task.ports.iter().position(|x| split_port(x).0 == p) {
+                                Some(i) => port_index = i,
+                                None => err(
+                                    "health_check.port".into(),
+                                    format!("'{p}' is not one of the task's ports"),
+                                ),
+                            }
+                        }
                         None if spec.task.ports.is_empty() => err(
                             "health_check.port".into(),
                             "an http or tcp check needs a port: name one in task.ports".into(),
@@ -451,7 +454,18 @@ impl CompiledService {
             &[("SHOAL_SERVICE", &self.id), ("SHOAL_INSTANCE", &index_text)],
         );
         if let Some(h) = &self.health {
-            let port = ports.get(h.port_index).copied().unwrap_or(0);
+            // A port mapped to a container port is probed inside the container (its network
+            // namespace), on the container port; otherwise on the host port.
+            let port = match self
+                .spec
+                .task
+                .ports
+                .get(h.port_index)
+                .map(|p| split_port(p).1)
+            {
+                Some(Some(Ok(container_port))) => u64::from(container_port),
+                _ => ports.get(h.port_index).copied().unwrap_or(0),
+            };
             let mut check = json!({
                 "delay_seconds": 0.0,
                 "interval_seconds": h.interval_ms as f64 / 1000.0,

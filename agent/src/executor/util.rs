@@ -221,6 +221,14 @@ pub(crate) fn signal_name(sig: i32) -> String {
     name.to_string()
 }
 
+/// A task's final update when its health checks got it killed: killed, and why.
+pub(crate) fn health_killed(update: TaskUpdate, why: Option<String>) -> TaskUpdate {
+    match (update, why) {
+        (TaskUpdate::Killed { .. }, Some(message)) => TaskUpdate::Killed { message },
+        (update, _) => update,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -275,13 +283,5 @@ mod tests {
         assert!(me.is_running());
         assert!(me.ppid > 0);
         assert!(read_proc_stat(-1).is_none());
-    }
-}
-
-/// A task's final update when its health checks got it killed: killed, and why.
-pub(crate) fn health_killed(update: TaskUpdate, why: Option<String>) -> TaskUpdate {
-    match (update, why) {
-        (TaskUpdate::Killed { .. }, Some(message)) => TaskUpdate::Killed { message },
-        (update, _) => update,
     }
 }
