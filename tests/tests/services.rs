@@ -312,6 +312,7 @@ async fn a_service_keeps_count_through_a_crash_a_master_restart_and_a_rolling_up
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    eprintln!("rolling update: at least {min_available} healthy, at most {max_live} tasks");
     assert!(
         min_available >= 2,
         "{min_available} healthy during the update"
