@@ -97,7 +97,7 @@ async fn submit_job(State(s): State<ApiState>, body: Bytes) -> Response {
     result.unwrap_or_else(|e| e.into_response())
 }
 
-fn internal(message: &str) -> ApiError {
+pub(crate) fn internal(message: &str) -> ApiError {
     ApiError {
         status: StatusCode::INTERNAL_SERVER_ERROR,
         kind: "internal",

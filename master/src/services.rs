@@ -23,6 +23,7 @@ use shoal_core::{Cell, Command, Reply};
 use crate::api::{ApiError, ApiState};
 use crate::committer::{Committer, Published};
 use crate::driver;
+use crate::jobs::internal;
 use crate::limits;
 
 pub fn router(state: ApiState) -> Router {
@@ -129,14 +130,6 @@ async fn submit_service(State(s): State<ApiState>, body: Bytes) -> Response {
     }
     .await;
     result.unwrap_or_else(|e| e.into_response())
-}
-
-fn internal(message: &str) -> ApiError {
-    ApiError {
-        status: StatusCode::INTERNAL_SERVER_ERROR,
-        kind: "internal",
-        message: message.into(),
-    }
 }
 
 async fn list_services(State(s): State<ApiState>) -> Response {
