@@ -7,12 +7,20 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use clap::Subcommand;
+use clap::{Subcommand, ValueEnum};
 use serde_json::{json, Value as Json};
+use shoal_core::imports::import_marathon_service;
 use shoal_core::jobs::parse_duration_ms;
 use shoal_core::services::{parse_service_file, CompiledService, ServiceSpec};
 
 use crate::job::{rows, say, show, table, text, Api, MasterArg};
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum ServiceFormat {
+    Toml,
+    Json,
+    Marathon,
+}
 
 #[derive(Subcommand)]
 pub enum ServiceCmd {
@@ -20,6 +28,10 @@ pub enum ServiceCmd {
     /// update). The same file again changes nothing.
     Run {
         file: PathBuf,
+        /// The file's format: Shoal's service file (TOML or JSON, told apart by the text), or
+        /// `marathon` for a Marathon app definition.
+        #[arg(long, value_enum)]
+        format: Option<ServiceFormat>,
         /// Follow the service until `count` healthy instances of this version run.
         #[arg(long)]
         wait: bool,
@@ -71,13 +83,14 @@ pub async fn run(cmd: ServiceCmd) -> anyhow::Result<i32> {
     match cmd {
         ServiceCmd::Run {
             file,
+            format,
             wait,
             timeout,
             json,
             master,
         } => {
             let api = Api::new(&master.master)?;
-            let spec = read_service_file(&file)?;
+            let spec = read_service_file(&file, format)?;
             let answer = api.post("/api/shoal/v1/services", &json!(spec)).await?;
             let id = text(&answer["service_id"]);
             if wait {
@@ -172,10 +185,20 @@ async fn done(
 
 /// Reads and checks a service file here, so that mistakes are reported before the master is
 /// asked (the master checks again, and also against its agents).
-fn read_service_file(path: &Path) -> anyhow::Result<ServiceSpec> {
+fn read_service_file(path: &Path, format: Option<ServiceFormat>) -> anyhow::Result<ServiceSpec> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let spec = parse_service_file(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let spec = if let Some(ServiceFormat::Marathon) = format {
+        let import = import_marathon_service(&text).map_err(|e| {
+            anyhow::anyhow!("{}: cannot run this app as a service: {e}", path.display())
+        })?;
+        for note in &import.notes {
+            eprintln!("note: {note}");
+        }
+        import.spec
+    } else {
+        parse_service_file(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
+    };
     CompiledService::compile(&spec)
         .map_err(|e| anyhow::anyhow!("{}: invalid service: {e}", path.display()))?;
     Ok(spec)

@@ -16,6 +16,10 @@ use std::collections::BTreeMap;
 use serde_json::{Map, Value};
 
 use crate::jobs::{valid_name, Constraint, ConstraintOp, FieldError, JobErrors, JobSpec, TaskDef};
+use crate::services::{
+    HealthCheckDef, HealthCheckType, PlacementStrategy, RestartDef, ServiceSpec, ServiceTask,
+    UpdateDef,
+};
 
 /// Which definition a file holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -46,7 +50,7 @@ pub fn import_job(text: &str, format: ImportFormat) -> Result<Import, JobErrors>
     let spec = match format {
         ImportFormat::Marathon => {
             let app = value.get("app").filter(|_| value.get("id").is_none());
-            marathon_app(&mut cx, app.unwrap_or(&value))
+            marathon_read(&mut cx, app.unwrap_or(&value), Target::Job).map(MarathonApp::into_job)
         }
         ImportFormat::Ecs => {
             let def = value
@@ -62,6 +66,42 @@ pub fn import_job(text: &str, format: ImportFormat) -> Result<Import, JobErrors>
         }),
         _ => Err(JobErrors(cx.errors)),
     }
+}
+
+/// A Marathon app converted to a service file, and what was accepted without effect.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ServiceImport {
+    pub spec: ServiceSpec,
+    pub notes: Vec<String>,
+}
+
+/// Reads a Marathon app definition (JSON) as a service file: `instances` becomes `count`, and
+/// the app's health check, upgrade strategy, backoff and `UNIQUE` / `MAX_PER` / `GROUP_BY`
+/// constraints carry over.
+pub fn import_marathon_service(text: &str) -> Result<ServiceImport, JobErrors> {
+    let value: Value = serde_json::from_str(text).map_err(|e| {
+        JobErrors(vec![FieldError {
+            field: "(file)".into(),
+            message: format!("not JSON: {e}"),
+        }])
+    })?;
+    let mut cx = Context::default();
+    let app = value.get("app").filter(|_| value.get("id").is_none());
+    let read = marathon_read(&mut cx, app.unwrap_or(&value), Target::Service);
+    match read {
+        Some(app) if cx.errors.is_empty() => Ok(ServiceImport {
+            spec: app.into_service(),
+            notes: cx.notes,
+        }),
+        _ => Err(JobErrors(cx.errors)),
+    }
+}
+
+/// What a Marathon app is read as: the fields that matter differ.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Target {
+    Job,
+    Service,
 }
 
 #[derive(Default)]
@@ -317,7 +357,75 @@ fn env_map(cx: &mut Context, field: &str, value: Option<&Value>) -> BTreeMap<Str
 const MARATHON_CPUS: f64 = 1.0;
 const MARATHON_MEM: f64 = 128.0;
 
-fn marathon_app(cx: &mut Context, value: &Value) -> Option<JobSpec> {
+/// A Marathon app as read, before it becomes a job or a service.
+struct MarathonApp {
+    name: String,
+    team: Option<String>,
+    instances: usize,
+    task: ServiceTask,
+    backoff: Option<String>,
+    max_backoff: Option<String>,
+    constraints: Vec<Constraint>,
+    spread_by: Option<String>,
+    health_check: Option<HealthCheckDef>,
+    update: Option<UpdateDef>,
+}
+
+impl MarathonApp {
+    fn into_job(self) -> JobSpec {
+        let task = |name: String| TaskDef {
+            name,
+            image: self.task.image.clone(),
+            command: self.task.command.clone(),
+            resources: self.task.resources.clone(),
+            env: self.task.env.clone(),
+            ports: self.task.ports.clone(),
+            depends_on: Vec::new(),
+            retries: 0,
+            backoff: self.backoff.clone(),
+            timeout: None,
+            priority: None,
+            constraints: self.constraints.clone(),
+        };
+        let tasks = if self.instances == 1 {
+            vec![task(self.name.clone())]
+        } else {
+            (0..self.instances)
+                .map(|i| task(format!("{}-{i}", self.name)))
+                .collect()
+        };
+        JobSpec {
+            name: self.name,
+            id: None,
+            team: self.team,
+            priority: None,
+            tasks,
+        }
+    }
+
+    fn into_service(self) -> ServiceSpec {
+        let restart = (self.backoff.is_some() || self.max_backoff.is_some()).then(|| RestartDef {
+            backoff: self.backoff,
+            max_backoff: self.max_backoff,
+        });
+        ServiceSpec {
+            name: self.name,
+            id: None,
+            team: self.team,
+            priority: None,
+            count: self.instances as u32,
+            task: self.task,
+            health_check: self.health_check,
+            restart,
+            update: self.update,
+            placement: PlacementStrategy::Spread,
+            spread_by: self.spread_by,
+            constraints: self.constraints,
+        }
+    }
+}
+
+fn marathon_read(cx: &mut Context, value: &Value, target: Target) -> Option<MarathonApp> {
     let mut app = Object::new(cx, "", value)?;
     let id = app.string(cx, "id");
     let Some(id) = id else {
@@ -481,6 +589,7 @@ fn marathon_app(cx: &mut Context, value: &Value) -> Option<JobSpec> {
     }
 
     let mut constraints = Vec::new();
+    let mut spread_by: Option<String> = None;
     for (i, c) in app.array(cx, "constraints").iter().enumerate() {
         let at = format!("constraints[{i}]");
         let parts: Vec<&str> = c
@@ -504,13 +613,30 @@ fn marathon_app(cx: &mut Context, value: &Value) -> Option<JobSpec> {
                 operator: ConstraintOp::NotEquals,
                 value: value.to_string(),
             }),
+            [attr, "UNIQUE"] if target == Target::Service => constraints.push(Constraint {
+                attribute: attr.to_string(),
+                operator: ConstraintOp::Unique,
+                value: String::new(),
+            }),
+            [attr, "MAX_PER", value] if target == Target::Service => constraints.push(Constraint {
+                attribute: attr.to_string(),
+                operator: ConstraintOp::MaxPer,
+                value: value.to_string(),
+            }),
+            [attr, "GROUP_BY", ..] if target == Target::Service && spread_by.is_none() => {
+                spread_by = Some(attr.to_string())
+            }
             [_, "LIKE" | "UNLIKE", _] => cx.unsupported(
                 &at,
                 "regular expressions (a literal value is read as equals / not_equals)",
             ),
             [_, op, ..] => cx.unsupported(
                 &at,
-                &format!("operator {op} (a job supports CLUSTER, IS, LIKE and UNLIKE)"),
+                &if target == Target::Job {
+                    format!("operator {op} (a job supports CLUSTER, IS, LIKE and UNLIKE; run the app as a service for the others)")
+                } else {
+                    format!("operator {op} (a service supports CLUSTER, IS, LIKE, UNLIKE, UNIQUE, MAX_PER and one GROUP_BY)")
+                },
             ),
             _ => cx.error(&at, "must be [attribute, operator, value]"),
         }
@@ -519,26 +645,65 @@ fn marathon_app(cx: &mut Context, value: &Value) -> Option<JobSpec> {
     app.note(
         cx,
         "labels",
-        "a job's tasks carry no labels (SHOAL_JOB and SHOAL_JOB_TASK are in their environment)",
+        "tasks carry no labels (their environment names their job or service)",
     );
-    for (key, why) in [
-        (
-            "upgradeStrategy",
-            "a job's tasks are never upgraded in place",
-        ),
-        (
-            "unreachableStrategy",
-            "a job's task that is lost for good is retried like a failed one",
-        ),
-        ("killSelection", "a job is not scaled down"),
-        ("backoffFactor", "a job doubles its backoff for each retry"),
-        (
-            "maxLaunchDelaySeconds",
-            "a job's backoff is capped at 10 minutes",
-        ),
-        ("description", "metadata"),
-    ] {
-        app.note(cx, key, why);
+    let mut max_backoff = None;
+    let mut health_check = None;
+    let mut update = None;
+    if target == Target::Service {
+        max_backoff = app
+            .number(cx, "maxLaunchDelaySeconds")
+            .map(|s| format!("{}ms", (s * 1000.0).round() as u64));
+        let checks = app.array(cx, "healthChecks");
+        if let Some(first) = checks.first() {
+            health_check = marathon_health_check(cx, first, &ports);
+        }
+        for i in 1..checks.len() {
+            cx.unsupported(
+                &format!("healthChecks[{i}]"),
+                "a service has one health check",
+            );
+        }
+        if let Some(u) = app.take("upgradeStrategy") {
+            update = marathon_upgrade(cx, u, instances);
+        }
+        for (key, why) in [
+            (
+                "unreachableStrategy",
+                "an instance on a lost agent is replaced when its task ends",
+            ),
+            (
+                "killSelection",
+                "scaling down stops the highest instance indices",
+            ),
+            (
+                "backoffFactor",
+                "a service doubles its backoff for each failure in a row",
+            ),
+            ("description", "metadata"),
+        ] {
+            app.note(cx, key, why);
+        }
+    } else {
+        for (key, why) in [
+            (
+                "upgradeStrategy",
+                "a job's tasks are never upgraded in place",
+            ),
+            (
+                "unreachableStrategy",
+                "a job's task that is lost for good is retried like a failed one",
+            ),
+            ("killSelection", "a job is not scaled down"),
+            ("backoffFactor", "a job doubles its backoff for each retry"),
+            (
+                "maxLaunchDelaySeconds",
+                "a job's backoff is capped at 10 minutes",
+            ),
+            ("description", "metadata"),
+        ] {
+            app.note(cx, key, why);
+        }
     }
     // Written by `GET /v2/apps/{id}`: the app's status, not what to run.
     app.skip(&[
@@ -582,40 +747,144 @@ fn marathon_app(cx: &mut Context, value: &Value) -> Option<JobSpec> {
             ("ipAddress", "no per-task IP addresses"),
         ],
     );
-    if instances > 1 {
+    if instances > 1 && target == Target::Job {
         cx.notes.push(format!(
-            "instances: {instances} tasks, each run to completion once (Marathon would restart them)"
+            "instances: {instances} tasks, each run to completion once (Marathon would restart them; \
+             shoal service run --format marathon keeps them running)"
         ));
     }
-
     let resources = resource_text(&[("cpus", cpus), ("mem", mem), ("disk", disk), ("gpus", gpus)]);
-    let task = |name: String| TaskDef {
+    Some(MarathonApp {
         name,
-        image: image.clone(),
-        command: command.clone(),
-        resources: resources.clone(),
-        env: env.clone(),
-        ports: ports.clone(),
-        depends_on: Vec::new(),
-        retries: 0,
-        backoff: backoff.clone(),
-        timeout: None,
-        priority: None,
-        constraints: constraints.clone(),
-    };
-    let tasks = if instances == 1 {
-        vec![task(name.clone())]
-    } else {
-        (0..instances)
-            .map(|i| task(format!("{name}-{i}")))
-            .collect()
-    };
-    Some(JobSpec {
-        name,
-        id: None,
         team,
-        priority: None,
-        tasks,
+        instances,
+        task: ServiceTask {
+            image,
+            command,
+            resources,
+            env,
+            ports,
+        },
+        backoff,
+        max_backoff,
+        constraints,
+        spread_by,
+        health_check,
+        update,
+    })
+}
+
+/// A Marathon health check as the service file's: Marathon's defaults where it gives none.
+fn marathon_health_check(
+    cx: &mut Context,
+    value: &Value,
+    ports: &[String],
+) -> Option<HealthCheckDef> {
+    let mut hc = Object::new(cx, "healthChecks[0]", value)?;
+    let kind = match hc.string(cx, "protocol").unwrap_or("HTTP") {
+        "HTTP" | "MESOS_HTTP" => HealthCheckType::Http,
+        "TCP" | "MESOS_TCP" => HealthCheckType::Tcp,
+        "COMMAND" => HealthCheckType::Command,
+        other => {
+            cx.unsupported(
+                "healthChecks[0].protocol",
+                &format!("{other} (HTTP, MESOS_HTTP, TCP, MESOS_TCP or COMMAND)"),
+            );
+            return None;
+        }
+    };
+    let command = match hc.take("command") {
+        Some(c) => match c.get("value").and_then(Value::as_str) {
+            Some(v) => Some(v.to_string()),
+            None => {
+                cx.error("healthChecks[0].command", "must be {\"value\": \"…\"}");
+                None
+            }
+        },
+        None => None,
+    };
+    if kind == HealthCheckType::Command && command.is_none() {
+        cx.error("healthChecks[0].command", "a COMMAND check needs a command");
+    }
+    let path = hc.string(cx, "path").map(str::to_string);
+    let port = if kind == HealthCheckType::Command {
+        None
+    } else {
+        let index = hc.number(cx, "portIndex").unwrap_or(0.0) as usize;
+        match ports.get(index) {
+            Some(p) => Some(p.split(':').next().unwrap_or(p).to_string()),
+            None => {
+                cx.error(
+                    "healthChecks[0].portIndex",
+                    format!("the app has no port {index} to check"),
+                );
+                None
+            }
+        }
+    };
+    let seconds = |hc: &mut Object, cx: &mut Context, key: &'static str, default: f64| {
+        format!(
+            "{}ms",
+            (hc.number(cx, key).unwrap_or(default) * 1000.0).round() as u64
+        )
+    };
+    let grace_period = seconds(&mut hc, cx, "gracePeriodSeconds", 300.0);
+    let interval = seconds(&mut hc, cx, "intervalSeconds", 60.0);
+    let timeout = seconds(&mut hc, cx, "timeoutSeconds", 20.0);
+    let failures = hc.number(cx, "maxConsecutiveFailures").unwrap_or(3.0) as u32;
+    if failures == 0 {
+        cx.unsupported(
+            "healthChecks[0].maxConsecutiveFailures",
+            "0 (never kill): the agent kills a task after its failures in a row",
+        );
+    }
+    hc.note(cx, "delaySeconds", "the check starts with the task");
+    hc.note(cx, "ignoreHttp1xx", "1xx answers count as failures");
+    hc.finish(cx, &[("port", "a fixed port (give portIndex)")]);
+    Some(HealthCheckDef {
+        kind,
+        command,
+        path,
+        port,
+        interval: Some(interval),
+        timeout: Some(timeout),
+        grace_period: Some(grace_period),
+        max_consecutive_failures: Some(failures),
+    })
+}
+
+/// Marathon's upgrade strategy (fractions of `instances`) as surge and unavailable counts.
+fn marathon_upgrade(cx: &mut Context, value: &Value, instances: usize) -> Option<UpdateDef> {
+    let mut u = Object::new(cx, "upgradeStrategy", value)?;
+    let fraction = |u: &mut Object, cx: &mut Context, key: &'static str| match u.map.get(key) {
+        None | Some(Value::Null) => 1.0,
+        Some(v) => match v.as_f64() {
+            Some(f) if (0.0..=1.0).contains(&f) => f,
+            _ => {
+                cx.error(
+                    &format!("upgradeStrategy.{key}"),
+                    format!("{v} is not within 0..=1"),
+                );
+                1.0
+            }
+        },
+    };
+    let min_health = fraction(&mut u, cx, "minimumHealthCapacity");
+    let over = fraction(&mut u, cx, "maximumOverCapacity");
+    u.skip(&["minimumHealthCapacity", "maximumOverCapacity"]);
+    u.finish(cx, &[]);
+    let n = instances as f64;
+    let max_unavailable = (n * (1.0 - min_health)).floor() as u32;
+    let mut max_surge = (n * over).floor() as u32;
+    if max_unavailable == 0 && max_surge == 0 {
+        cx.notes.push(
+            "upgradeStrategy: neither surge nor unavailable instances allowed; an update starts one extra instance at a time".into(),
+        );
+        max_surge = 1;
+    }
+    Some(UpdateDef {
+        max_surge: Some(max_surge),
+        max_unavailable: Some(max_unavailable),
     })
 }
 
@@ -1053,6 +1322,69 @@ mod tests {
         ] {
             assert!(marathon(text).is_err(), "{text}");
         }
+    }
+
+    #[test]
+    fn marathon_app_becomes_a_service_with_its_health_check_and_upgrade_strategy() {
+        let i = import_marathon_service(
+            r#"{"id": "/web", "cmd": "serve $PORT0", "cpus": 0.5, "mem": 64, "instances": 4,
+                "portDefinitions": [{"port": 0, "name": "http"}, {"port": 0, "name": "admin"}],
+                "healthChecks": [{"protocol": "MESOS_HTTP", "path": "/health", "portIndex": 1,
+                    "gracePeriodSeconds": 5, "intervalSeconds": 2, "timeoutSeconds": 1,
+                    "maxConsecutiveFailures": 2, "delaySeconds": 15}],
+                "upgradeStrategy": {"minimumHealthCapacity": 0.5, "maximumOverCapacity": 0.25},
+                "constraints": [["hostname", "UNIQUE"], ["rack", "MAX_PER", "2"],
+                                ["zone", "GROUP_BY", "3"]],
+                "backoffSeconds": 1, "maxLaunchDelaySeconds": 60, "killSelection": "YOUNGEST_FIRST"}"#,
+        )
+        .unwrap();
+        let spec = &i.spec;
+        assert_eq!(spec.count, 4);
+        assert_eq!(spec.task.ports, vec!["http", "admin"]);
+        let hc = spec.health_check.as_ref().unwrap();
+        assert_eq!(hc.kind, HealthCheckType::Http);
+        assert_eq!(hc.port.as_deref(), Some("admin"));
+        assert_eq!(hc.path.as_deref(), Some("/health"));
+        assert_eq!(hc.grace_period.as_deref(), Some("5000ms"));
+        assert_eq!(hc.max_consecutive_failures, Some(2));
+        let u = spec.update.as_ref().unwrap();
+        assert_eq!((u.max_surge, u.max_unavailable), (Some(1), Some(2)));
+        assert_eq!(spec.spread_by.as_deref(), Some("zone"));
+        assert_eq!(spec.constraints[0].operator, ConstraintOp::Unique);
+        assert_eq!(spec.constraints[1].operator, ConstraintOp::MaxPer);
+        let r = spec.restart.as_ref().unwrap();
+        assert_eq!(r.max_backoff.as_deref(), Some("60000ms"));
+        assert!(i
+            .notes
+            .iter()
+            .any(|n| n.starts_with("killSelection ignored")));
+        assert!(i
+            .notes
+            .iter()
+            .any(|n| n.starts_with("healthChecks[0].delaySeconds ignored")));
+        crate::services::CompiledService::compile(spec).unwrap();
+    }
+
+    #[test]
+    fn marathon_service_refuses_what_a_service_cannot_do() {
+        let e = import_marathon_service(
+            r#"{"id": "a", "cmd": "x", "healthChecks": [{"protocol": "HTTPS"}, {"protocol": "TCP"}],
+                "constraints": [["rack", "LIKE", "r[0-9]"]], "taskKillGracePeriodSeconds": 5}"#,
+        )
+        .unwrap_err();
+        let f = fields(e);
+        for want in [
+            "healthChecks[0].protocol",
+            "healthChecks[1]",
+            "constraints[0]",
+            "taskKillGracePeriodSeconds",
+        ] {
+            assert!(f.contains(&want.to_string()), "{want} not in {f:?}");
+        }
+        // A job refuses the service-only operators, and says where they work.
+        let e = marathon(r#"{"id": "a", "cmd": "x", "constraints": [["hostname", "UNIQUE"]]}"#)
+            .unwrap_err();
+        assert!(e.to_string().contains("run the app as a service"), "{e}");
     }
 
     #[test]

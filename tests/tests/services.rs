@@ -463,3 +463,67 @@ grace_period = "5s"
     assert_eq!(status, 202);
     cell.wait_settled("httpd", "the containers stopped").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_marathon_app_runs_as_a_service_with_its_health_check() {
+    let cell = start_cell("svc-marathon").await;
+    let app = serde_json::json!({
+        "id": "/shop/cart", "cmd": "while true; do sleep 1; done",
+        "cpus": 0.1, "mem": 16, "instances": 2,
+        "portDefinitions": [{"port": 0, "name": "http"}],
+        "healthChecks": [{"protocol": "COMMAND", "command": {"value": "test -n \"$PORT_HTTP\""},
+                          "gracePeriodSeconds": 5, "intervalSeconds": 0.2, "timeoutSeconds": 2}],
+        "upgradeStrategy": {"minimumHealthCapacity": 0.5, "maximumOverCapacity": 0.5},
+        "constraints": [["zone", "GROUP_BY"]],
+        "labels": {"HAPROXY_GROUP": "external"}, "version": "2026-11-01T00:00:00.000Z"
+    });
+    let path = cell._dir.path().join("cart.json");
+    std::fs::write(&path, app.to_string()).unwrap();
+    let path = path.to_string_lossy().into_owned();
+    let (code, out, err) = cell.cli(&[
+        "service",
+        "run",
+        &path,
+        "--format",
+        "marathon",
+        "--wait",
+        "--timeout",
+        "40s",
+        "--json",
+    ]);
+    assert_eq!(
+        code, 0,
+        "shoal service run --format marathon failed:\n{out}\n{err}"
+    );
+    assert!(err.contains("note: labels ignored"), "{err}");
+    let tasks = cell.live_tasks("shop-cart").await.unwrap();
+    assert_eq!(available(&tasks), 2, "{tasks:?}");
+    let service = cell.service("shop-cart").await.unwrap();
+    assert_eq!(service["spec"]["spread_by"], "zone", "{service:#}");
+    assert_eq!(
+        service["spec"]["update"]["max_unavailable"], 1,
+        "{service:#}"
+    );
+
+    // What a service cannot do is named, and nothing is submitted.
+    let bad = serde_json::json!({"id": "bad", "cmd": "true",
+        "healthChecks": [{"protocol": "HTTPS"}], "container": {"volumes": [{"containerPath": "/d"}]}});
+    std::fs::write(cell._dir.path().join("bad.json"), bad.to_string()).unwrap();
+    let bad_path = cell
+        ._dir
+        .path()
+        .join("bad.json")
+        .to_string_lossy()
+        .into_owned();
+    let (code, _, err) = cell.cli(&["service", "run", &bad_path, "--format", "marathon"]);
+    assert_ne!(code, 0);
+    for field in ["healthChecks[0].protocol", "container.volumes"] {
+        assert!(
+            err.contains(&format!("{field}: unsupported field")),
+            "{field}: {err}"
+        );
+    }
+    assert!(cell.service("bad").await.is_none());
+    let (code, _, err) = cell.cli(&["service", "stop", "shop-cart", "--wait"]);
+    assert_eq!(code, 0, "{err}");
+}
