@@ -31,54 +31,44 @@ pub enum ImportFormat {
     Ecs,
 }
 
-/// A converted definition: the job file, and what was accepted without effect.
+/// A converted definition: the job or service file, and what was accepted without effect.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Import {
-    pub spec: JobSpec,
+pub struct Import<S = JobSpec> {
+    pub spec: S,
     pub notes: Vec<String>,
 }
 
 /// Reads a Marathon app definition or an ECS task definition (JSON) as a job file.
 pub fn import_job(text: &str, format: ImportFormat) -> Result<Import, JobErrors> {
-    let value: Value = serde_json::from_str(text).map_err(|e| {
-        JobErrors(vec![FieldError {
-            field: "(file)".into(),
-            message: format!("not JSON: {e}"),
-        }])
-    })?;
-    let mut cx = Context::default();
-    let spec = match format {
+    convert(text, |cx, value| match format {
         ImportFormat::Marathon => {
             let app = value.get("app").filter(|_| value.get("id").is_none());
-            marathon_read(&mut cx, app.unwrap_or(&value), Target::Job).map(MarathonApp::into_job)
+            marathon_read(cx, app.unwrap_or(value), Target::Job).map(MarathonApp::into_job)
         }
         ImportFormat::Ecs => {
             let def = value
                 .get("taskDefinition")
                 .filter(|_| value.get("family").is_none());
-            ecs_task_definition(&mut cx, def.unwrap_or(&value))
+            ecs_task_definition(cx, def.unwrap_or(value))
         }
-    };
-    match spec {
-        Some(spec) if cx.errors.is_empty() => Ok(Import {
-            spec,
-            notes: cx.notes,
-        }),
-        _ => Err(JobErrors(cx.errors)),
-    }
-}
-
-/// A Marathon app converted to a service file, and what was accepted without effect.
-#[derive(Clone, Debug, PartialEq)]
-pub struct ServiceImport {
-    pub spec: ServiceSpec,
-    pub notes: Vec<String>,
+    })
 }
 
 /// Reads a Marathon app definition (JSON) as a service file: `instances` becomes `count`, and
 /// the app's health check, upgrade strategy, backoff and `UNIQUE` / `MAX_PER` / `GROUP_BY`
 /// constraints carry over.
-pub fn import_marathon_service(text: &str) -> Result<ServiceImport, JobErrors> {
+pub fn import_marathon_service(text: &str) -> Result<Import<ServiceSpec>, JobErrors> {
+    convert(text, |cx, value| {
+        let app = value.get("app").filter(|_| value.get("id").is_none());
+        marathon_read(cx, app.unwrap_or(value), Target::Service).map(MarathonApp::into_service)
+    })
+}
+
+/// Parses the JSON and runs one conversion; every error it found, or the result and its notes.
+fn convert<S>(
+    text: &str,
+    read: impl FnOnce(&mut Context, &Value) -> Option<S>,
+) -> Result<Import<S>, JobErrors> {
     let value: Value = serde_json::from_str(text).map_err(|e| {
         JobErrors(vec![FieldError {
             field: "(file)".into(),
@@ -86,11 +76,9 @@ pub fn import_marathon_service(text: &str) -> Result<ServiceImport, JobErrors> {
         }])
     })?;
     let mut cx = Context::default();
-    let app = value.get("app").filter(|_| value.get("id").is_none());
-    let read = marathon_read(&mut cx, app.unwrap_or(&value), Target::Service);
-    match read {
-        Some(app) if cx.errors.is_empty() => Ok(ServiceImport {
-            spec: app.into_service(),
+    match read(&mut cx, &value) {
+        Some(spec) if cx.errors.is_empty() => Ok(Import {
+            spec,
             notes: cx.notes,
         }),
         _ => Err(JobErrors(cx.errors)),
@@ -404,10 +392,11 @@ impl MarathonApp {
     }
 
     fn into_service(self) -> ServiceSpec {
-        let restart = (self.backoff.is_some() || self.max_backoff.is_some()).then(|| RestartDef {
-            backoff: self.backoff,
-            max_backoff: self.max_backoff,
-        });
+        let restart =
+            (self.backoff.is_some() || self.max_backoff.is_some()).then_some(RestartDef {
+                backoff: self.backoff,
+                max_backoff: self.max_backoff,
+            });
         ServiceSpec {
             name: self.name,
             id: None,
