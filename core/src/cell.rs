@@ -374,11 +374,19 @@ impl Cell {
                         reply: Reply::Done,
                     });
                 }
-                let status = StatusInfo {
-                    message: Some("kill requested".into()),
-                    source: Some("SOURCE_MASTER".into()),
-                    timestamp: now,
-                    ..StatusInfo::default()
+                let status = if task.preempted_by.is_some() {
+                    // Killed again (it was lost meanwhile): still for the preemption.
+                    StatusInfo {
+                        timestamp: now,
+                        ..task.status.clone()
+                    }
+                } else {
+                    StatusInfo {
+                        message: Some("kill requested".into()),
+                        source: Some("SOURCE_MASTER".into()),
+                        timestamp: now,
+                        ..StatusInfo::default()
+                    }
                 };
                 // A task not yet launched (or on an agent that is not there) cannot be asked to
                 // stop: it is killed at once. Otherwise the agent is asked and reports back.

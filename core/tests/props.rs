@@ -2963,3 +2963,106 @@ fn an_evicted_task_on_an_agent_that_comes_back_is_killed_not_run() {
     check_replay(&h.cell, &h.log);
     check_restart(&h.cell);
 }
+
+#[derive(Clone, Debug)]
+enum PreemptOp {
+    /// On agent `agent`, role `role` claims `cpus` at priority `priority` (tenfold), evicting
+    /// `victims` of the live tasks there (lowest priority first, rotated by `skip`).
+    Claim {
+        agent: usize,
+        role: usize,
+        priority: i64,
+        cpus: i64,
+        victims: usize,
+        skip: usize,
+    },
+    /// Task `n` (of the sorted tasks) reports this state.
+    Status(usize, TaskState),
+    Kill(usize),
+}
+
+fn preempt_op() -> impl Strategy<Value = PreemptOp> {
+    prop_oneof![
+        6 => (any::<usize>(), 0usize..3, 0i64..4, 1i64..=3, 0usize..4, 0usize..3).prop_map(
+            |(agent, role, priority, cpus, victims, skip)| PreemptOp::Claim {
+                agent, role, priority: priority * 10, cpus, victims, skip
+            }),
+        3 => (any::<usize>(), task_state()).prop_map(|(n, s)| PreemptOp::Status(n, s)),
+        1 => any::<usize>().prop_map(PreemptOp::Kill),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(cases()))]
+
+    /// Property 9 on full cells: evicting claims of every kind (allowed or not, fitting or
+    /// not) keep every invariant; evictions and placements are all-or-nothing; victims are
+    /// always of a lower priority or allowed by the guarantee rule; no team other than the
+    /// claimant is taken below its guarantee; an evicted task's end frees nothing again.
+    #[test]
+    fn preemption_keeps_every_invariant(
+        agents in 1usize..4,
+        guarantees in prop::collection::vec((0i64..=2, prop::bool::weighted(0.8)), 3),
+        fill in prop::collection::vec((0usize..3, 0i64..4), 12),
+        ops in prop::collection::vec(preempt_op(), 1..40),
+    ) {
+        let mut h = Harness::new(false);
+        for (i, (g, preemptible)) in guarantees.iter().enumerate() {
+            let quota = Quota {
+                guarantee: set(vec![scalar("cpus", UNRESERVED, g * 1000)]),
+                limit: None,
+            };
+            h.configure_role_preemptible(ROLES[i], 1.0, quota, *preemptible);
+        }
+        let ids: Vec<AgentId> = (0..agents)
+            .map(|i| h.register(None, &format!("h{i}"), rs("cpus:4;mem:1024")).unwrap())
+            .collect();
+        // Fill the cell: a cpu per task, random roles and priorities.
+        for (k, (role, priority)) in fill.iter().enumerate() {
+            let a = &ids[k % ids.len()];
+            let v = h.cell.version();
+            let c = Claim {
+                priority: priority * 10,
+                ..claim_of(&format!("fill{k}"), ROLES[*role], v, CommitMode::AllOrNothing,
+                    ConflictCheck::Fine, vec![placement(&format!("f{k}"), a, "cpus:1;mem:16")])
+            };
+            h.claim(&c);
+        }
+        for (step, op) in ops.iter().enumerate() {
+            match op {
+                PreemptOp::Claim { agent, role, priority, cpus, victims, skip } => {
+                    let a = &ids[agent % ids.len()];
+                    let mut live: Vec<&Task> = h.cell.live_tasks_on(a).filter(|t| t.holds_resources()).collect();
+                    live.sort_by_key(|t| (t.priority, t.id.clone()));
+                    let n = live.len().max(1);
+                    let evictions: Vec<TaskId> = (0..*victims)
+                        .filter_map(|i| live.get((i + skip) % n).map(|t| t.id.clone()))
+                        .collect::<std::collections::BTreeSet<_>>()
+                        .into_iter()
+                        .collect();
+                    let v = h.cell.version();
+                    let c = Claim {
+                        priority: *priority,
+                        evictions,
+                        ..claim_of(&format!("p{step}"), ROLES[*role], v, CommitMode::AllOrNothing,
+                            ConflictCheck::Fine,
+                            vec![placement(&format!("p{step}"), a, &format!("cpus:{cpus};mem:16"))])
+                    };
+                    h.claim(&c);
+                }
+                PreemptOp::Status(_, _) | PreemptOp::Kill(_) if h.cell.task_count() == 0 => {}
+                PreemptOp::Status(n, state) => {
+                    let id = sorted_tasks(&h.cell)[n % h.cell.task_count()].id.clone();
+                    h.status(&id, *state, status_info(true, step as u64));
+                }
+                PreemptOp::Kill(n) => {
+                    let id = sorted_tasks(&h.cell)[n % h.cell.task_count()].id.clone();
+                    h.kill(&id);
+                }
+            }
+        }
+        check_all(&h.cell, &h.limits);
+        check_replay(&h.cell, &h.log);
+        check_restart(&h.cell);
+    }
+}
