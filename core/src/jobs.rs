@@ -1634,11 +1634,16 @@ impl BatchScheduler {
             };
             let ports = free_ports_upto(&agents[i].1, def.ports.len() as u64);
             let resources = with_ports(&ctask.resources, &ports);
-            if agents[i].1.subtract(&resources).is_err() {
+            // A task its team's quota refuses now (limit, or another team's guarantee held
+            // back) is still claimed, so that its record says why it waits, but it takes no
+            // room from the tasks after it in this step.
+            let quota_ok =
+                !victims.is_empty() || preemption.quota_allows(&run.job.role, &resources);
+            if quota_ok && agents[i].1.subtract(&resources).is_err() {
                 misses += 1;
                 continue;
             }
-            if victims.is_empty() {
+            if victims.is_empty() && quota_ok {
                 preemption.added(&run.job.role, &resources);
             }
             let task_id = attempt_task_id(job, &ctask.name, run.tasks[idx].rec.attempts + 1);
@@ -1761,7 +1766,10 @@ impl BatchScheduler {
     }
 }
 
-/// The scheduler's choice of victims for a task that fits nowhere, by the rules the cell
+/// One step's books of the roles and the cell (what it placed and evicted so far), for the
+/// quota checks the cell will make and for the choice of victims.
+///
+/// Victims for a task that fits nowhere are chosen by the rules the cell
 /// checks (`Cell::decide`): a victim is an attempt of a batch job (the scheduler evicts only
 /// work it can queue again), its role is preemptible, and the victim has a strictly lower
 /// priority than the task (**priority rule**), or the task's team stays within its guarantee
@@ -1775,6 +1783,8 @@ struct Preemption<'c> {
     evicted: HashSet<TaskId>,
     /// Per role: scalars placed (+) and evicted (-) in this step so far.
     moved: HashMap<String, BTreeMap<String, i64>>,
+    /// Free scalars of the cell, less what this step placed.
+    cluster_free: BTreeMap<String, i64>,
 }
 
 impl<'c> Preemption<'c> {
@@ -1783,7 +1793,33 @@ impl<'c> Preemption<'c> {
             cell,
             evicted: HashSet::new(),
             moved: HashMap::new(),
+            cluster_free: cell
+                .cluster_free()
+                .into_iter()
+                .map(|(k, v)| (k, v.0))
+                .collect(),
         }
+    }
+
+    /// Whether the cell's quota checks would let `role` take `res` now: its limit, and the
+    /// headroom other teams' unmet guarantees hold back.
+    fn quota_allows(&self, role: &str, res: &ResourceSet) -> bool {
+        if let Some(limit) = self.cell.role(role).and_then(|r| r.quota.limit.as_ref()) {
+            for (name, cap) in limit.scalar_totals() {
+                let want = res.scalar(&name).0;
+                if want > 0 && self.consumed(role, &name) + want > cap.0 {
+                    return false;
+                }
+            }
+        }
+        for (name, held) in self.cell.headroom_for_others(role) {
+            let want = res.scalar(&name).0;
+            let free = self.cluster_free.get(name.as_str()).copied().unwrap_or(0);
+            if want > 0 && free - want < held {
+                return false;
+            }
+        }
+        true
     }
 
     /// What `role` consumes of `name`, with this step's placements and evictions.
@@ -1805,6 +1841,7 @@ impl<'c> Preemption<'c> {
         let m = self.moved.entry(role.to_string()).or_default();
         for (name, v) in res.scalar_totals() {
             *m.entry(name.to_string()).or_default() += v.0;
+            *self.cluster_free.entry(name.to_string()).or_default() -= v.0;
         }
     }
 
@@ -1815,6 +1852,7 @@ impl<'c> Preemption<'c> {
             let m = self.moved.entry(t.role.clone()).or_default();
             for (name, v) in t.resources.scalar_totals() {
                 *m.entry(name.to_string()).or_default() -= v.0;
+                *self.cluster_free.entry(name.to_string()).or_default() += v.0;
             }
         }
     }
