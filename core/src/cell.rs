@@ -899,12 +899,12 @@ impl Cell {
             )));
         }
         if claim.placements.len() > limits::CLAIM_PLACEMENTS_MAX {
-            return Err(Rejection::Invalid(format!(
-                "claim {}: {} placements is more than the {} allowed in one claim",
-                claim.id,
+            return Err(too_many(
+                &claim.id,
                 claim.placements.len(),
-                limits::CLAIM_PLACEMENTS_MAX
-            )));
+                "placements",
+                limits::CLAIM_PLACEMENTS_MAX,
+            ));
         }
         if claim.snapshot_version > self.version {
             return Err(Rejection::Invalid(format!(
@@ -928,12 +928,12 @@ impl Cell {
                 )));
             }
             if claim.evictions.len() > limits::CLAIM_EVICTIONS_MAX {
-                return Err(Rejection::Invalid(format!(
-                    "claim {}: {} evictions is more than the {} allowed in one claim",
-                    claim.id,
+                return Err(too_many(
+                    &claim.id,
                     claim.evictions.len(),
-                    limits::CLAIM_EVICTIONS_MAX
-                )));
+                    "evictions",
+                    limits::CLAIM_EVICTIONS_MAX,
+                ));
             }
             let mut seen = HashSet::new();
             for id in &claim.evictions {
@@ -1709,6 +1709,13 @@ impl Cell {
 
 fn not_found_agent(id: &AgentId) -> Rejection {
     Rejection::NotFound(format!("agent {id}"))
+}
+
+/// A claim carrying more placements or evictions than one claim may.
+fn too_many(claim: &ClaimId, n: usize, what: &str, max: usize) -> Rejection {
+    Rejection::Invalid(format!(
+        "claim {claim}: {n} {what} is more than the {max} allowed in one claim"
+    ))
 }
 
 fn not_found_task(id: &TaskId) -> Rejection {

@@ -768,6 +768,11 @@ fn a_task_beyond_its_team_quota_waits_and_says_why() {
     assert_eq!(sim.cell.task(&TaskId::new("q.a.1")).unwrap().role, "team-a");
 }
 
+/// Tasks of the shape [`task`] makes, with no dependencies and nothing extra.
+fn plain_tasks(names: &[&str]) -> String {
+    names.iter().map(|n| task(n, &[], "")).collect()
+}
+
 /// The scheduler steps; then every live task moves on: staging ones run, killed ones end,
 /// running ones finish only when `finishes` says so.
 fn round_with(sim: &mut Sim, finishes: &dyn Fn(&Task) -> bool) {
@@ -781,6 +786,11 @@ fn round_with(sim: &mut Sim, finishes: &dyn Fn(&Task) -> bool) {
     sim.now += 100;
 }
 
+/// The tasks a claim evicted.
+fn evicted(cell: &Cell) -> Vec<&Task> {
+    cell.tasks().filter(|t| t.preempted_by.is_some()).collect()
+}
+
 fn live_of(cell: &Cell, job: &str) -> Vec<Task> {
     cell.tasks()
         .filter(|t| t.holds_resources() && t.id.as_str().starts_with(&format!("{job}.")))
@@ -792,11 +802,8 @@ fn live_of(cell: &Cell, job: &str) -> Vec<Task> {
 fn a_high_priority_job_preempts_low_priority_work_which_runs_again_without_a_retry() {
     let mut sim = Sim::new(cell_with_agents(&["cpus:2;mem:1024", "cpus:2;mem:1024"]));
     let low = sim.submit(&format!(
-        "name = \"low\"\npriority = 10\n{}{}{}{}",
-        task("l1", &[], ""),
-        task("l2", &[], ""),
-        task("l3", &[], ""),
-        task("l4", &[], "")
+        "name = \"low\"\npriority = 10\n{}",
+        plain_tasks(&["l1", "l2", "l3", "l4"])
     ));
     let low_runs_on = std::cell::Cell::new(false);
     let finishes = |t: &Task| !t.id.as_str().starts_with("low.") || low_runs_on.get();
@@ -805,20 +812,15 @@ fn a_high_priority_job_preempts_low_priority_work_which_runs_again_without_a_ret
     }
     assert_eq!(live_of(&sim.cell, &low).len(), 4, "low fills the cell");
     let high = sim.submit(&format!(
-        "name = \"high\"\npriority = 90\n{}{}",
-        task("h1", &[], ""),
-        task("h2", &[], "")
+        "name = \"high\"\npriority = 90\n{}",
+        plain_tasks(&["h1", "h2"])
     ));
     for _ in 0..6 {
         round_with(&mut sim, &finishes);
     }
     assert_eq!(sim.cell.job(&high).unwrap().state, JobState::Complete);
     // Exactly two low attempts were evicted, with the reason, and are queued again.
-    let evicted: Vec<&Task> = sim
-        .cell
-        .tasks()
-        .filter(|t| t.preempted_by.is_some())
-        .collect();
+    let evicted = evicted(&sim.cell);
     assert_eq!(evicted.len(), 2, "{evicted:#?}");
     for t in &evicted {
         assert!(t.id.as_str().starts_with("low."));
@@ -872,11 +874,7 @@ fn the_victims_are_the_fewest_of_the_lowest_priority() {
         task("h", &[], "")
     ));
     round_with(&mut sim, &never);
-    let evicted: Vec<&Task> = sim
-        .cell
-        .tasks()
-        .filter(|t| t.preempted_by.is_some())
-        .collect();
+    let evicted = evicted(&sim.cell);
     assert_eq!(evicted.len(), 1, "{evicted:#?}");
     assert!(evicted[0].id.as_str().starts_with("low."));
     let h = sim.cell.task(&TaskId::new("high.h.1")).unwrap();
@@ -915,11 +913,8 @@ fn a_team_below_its_guarantee_preempts_teams_above_theirs() {
     sim.commit(&role("team-a", "cpus:1", Some("cpus:4")))
         .unwrap();
     let a = sim.submit(&format!(
-        "name = \"a\"\nteam = \"team-a\"\n{}{}{}{}",
-        task("a1", &[], ""),
-        task("a2", &[], ""),
-        task("a3", &[], ""),
-        task("a4", &[], "")
+        "name = \"a\"\nteam = \"team-a\"\n{}",
+        plain_tasks(&["a1", "a2", "a3", "a4"])
     ));
     let never = |_: &Task| false;
     for _ in 0..3 {
@@ -929,10 +924,8 @@ fn a_team_below_its_guarantee_preempts_teams_above_theirs() {
     // Team B arrives with a guarantee of 2 cpus, at the same priority as A.
     sim.commit(&role("team-b", "cpus:2", None)).unwrap();
     let b = sim.submit(&format!(
-        "name = \"b\"\nteam = \"team-b\"\n{}{}{}",
-        task("b1", &[], ""),
-        task("b2", &[], ""),
-        task("b3", &[], "")
+        "name = \"b\"\nteam = \"team-b\"\n{}",
+        plain_tasks(&["b1", "b2", "b3"])
     ));
     for _ in 0..4 {
         round_with(&mut sim, &never);

@@ -2842,91 +2842,39 @@ fn evictions_that_are_not_allowed_evict_nothing() {
 fn a_team_below_its_guarantee_evicts_teams_above_theirs_only() {
     let (mut h, a) = full_cell();
     // batch holds 2 cpus and is guaranteed 1; analytics is guaranteed 1 and holds nothing.
-    assert!(h.configure_role(
-        "batch",
-        1.0,
-        Quota {
-            guarantee: rs("cpus:1"),
-            limit: None
-        }
-    ));
-    assert!(h.configure_role(
-        "analytics",
-        1.0,
-        Quota {
-            guarantee: rs("cpus:1"),
-            limit: None
-        }
-    ));
-    let v = h.cell.version();
-    // Priority 0 against 10: only the guarantee rule allows it. Evicting both would take
-    // batch below its guarantee.
-    let out = h
-        .claim(&evicting(
-            "g1",
-            "analytics",
-            v,
-            0,
-            vec![placement("an1", &a, "cpus:1")],
-            &["low1", "low2"],
-        ))
-        .unwrap();
+    let cpus = |n: &str| Quota {
+        guarantee: rs(n),
+        limit: None,
+    };
+    assert!(h.configure_role("batch", 1.0, cpus("cpus:1")));
+    assert!(h.configure_role("analytics", 1.0, cpus("cpus:1")));
+    // Claims at priority 0 against 10: only the guarantee rule may allow them.
+    let mut try_evict = |id: &str, role: &str, task: &str, res: &str, victims: &[&str]| {
+        let v = h.cell.version();
+        let c = evicting(id, role, v, 0, vec![placement(task, &a, res)], victims);
+        h.claim(&c).unwrap()
+    };
+    // Evicting both would take batch below its guarantee.
+    let out = try_evict("g1", "analytics", "an1", "cpus:1", &["low1", "low2"]);
     assert!(
         matches!(&out.placements[0].rejected, Some(RejectReason::EvictionRefused { why, .. }) if why.contains("below its guarantee")),
         "{out:?}"
     );
-    // Beyond its guarantee it may not evict.
-    let out = h
-        .claim(&evicting(
-            "g2",
-            "analytics",
-            v,
-            0,
-            vec![placement("an1", &a, "cpus:2")],
-            &["low1"],
-        ))
-        .unwrap();
+    // Beyond its own guarantee it may not evict.
+    let out = try_evict("g2", "analytics", "an1", "cpus:2", &["low1"]);
     assert_eq!(out.committed_count(), 0);
-    let out = h
-        .claim(&evicting(
-            "g3",
-            "analytics",
-            v,
-            0,
-            vec![placement("an1", &a, "cpus:1")],
-            &["low2"],
-        ))
-        .unwrap();
+    let out = try_evict("g3", "analytics", "an1", "cpus:1", &["low2"]);
     assert_eq!(out.committed_count(), 1);
+    // Now analytics is at its guarantee: it can evict no more by the guarantee rule, and
+    // batch, at its own guarantee, cannot take it back by it either.
+    let out = try_evict("g4", "analytics", "an2", "cpus:1", &["low1"]);
+    assert_eq!(out.committed_count(), 0);
+    let out = try_evict("g5", "batch", "b2", "cpus:1", &["an1"]);
+    assert_eq!(out.committed_count(), 0);
     assert_eq!(
         h.cell.role("batch").unwrap().consumed.scalar("cpus"),
         Milli(1000)
     );
-    // Now analytics is at its guarantee: it can evict no more by the guarantee rule, and
-    // batch, at its own guarantee, cannot take it back by it either.
-    let v = h.cell.version();
-    let out = h
-        .claim(&evicting(
-            "g4",
-            "analytics",
-            v,
-            0,
-            vec![placement("an2", &a, "cpus:1")],
-            &["low1"],
-        ))
-        .unwrap();
-    assert_eq!(out.committed_count(), 0);
-    let out = h
-        .claim(&evicting(
-            "g5",
-            "batch",
-            v,
-            0,
-            vec![placement("b2", &a, "cpus:1")],
-            &["an1"],
-        ))
-        .unwrap();
-    assert_eq!(out.committed_count(), 0);
     check_replay(&h.cell, &h.log);
     check_restart(&h.cell);
 }
