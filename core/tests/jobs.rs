@@ -888,13 +888,7 @@ fn the_victims_are_the_fewest_of_the_lowest_priority() {
     for _ in 0..3 {
         round_with(&mut sim, &never);
     }
-    assert_eq!(
-        sim.cell
-            .tasks()
-            .filter(|t| t.preempted_by.is_some())
-            .count(),
-        1
-    );
+    assert_eq!(evicted(&sim.cell).len(), 1);
     assert!(sim.cell.task(&TaskId::new("late.x.1")).is_none());
 }
 
