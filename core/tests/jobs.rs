@@ -820,9 +820,9 @@ fn a_high_priority_job_preempts_low_priority_work_which_runs_again_without_a_ret
     }
     assert_eq!(sim.cell.job(&high).unwrap().state, JobState::Complete);
     // Exactly two low attempts were evicted, with the reason, and are queued again.
-    let evicted = evicted(&sim.cell);
-    assert_eq!(evicted.len(), 2, "{evicted:#?}");
-    for t in &evicted {
+    let victims = evicted(&sim.cell);
+    assert_eq!(victims.len(), 2, "{victims:#?}");
+    for t in &victims {
         assert!(t.id.as_str().starts_with("low."));
         assert_eq!(t.state, TaskState::Killed);
         assert_eq!(t.status.reason.as_deref(), Some(REASON_PREEMPTED));
@@ -874,11 +874,11 @@ fn the_victims_are_the_fewest_of_the_lowest_priority() {
         task("h", &[], "")
     ));
     round_with(&mut sim, &never);
-    let evicted = evicted(&sim.cell);
-    assert_eq!(evicted.len(), 1, "{evicted:#?}");
-    assert!(evicted[0].id.as_str().starts_with("low."));
+    let victims = evicted(&sim.cell);
+    assert_eq!(victims.len(), 1, "{victims:#?}");
+    assert!(victims[0].id.as_str().starts_with("low."));
     let h = sim.cell.task(&TaskId::new("high.h.1")).unwrap();
-    assert_eq!(h.agent_id, evicted[0].agent_id);
+    assert_eq!(h.agent_id, victims[0].agent_id);
     assert_eq!(h.priority, 50);
     // Nothing of a higher or equal priority is evicted: a second job at 10 waits.
     sim.submit(&format!(
