@@ -7,8 +7,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use clap::{Args, Subcommand};
+use clap::{Args, Subcommand, ValueEnum};
 use serde_json::{json, Value as Json};
+use shoal_core::imports::{import_job, ImportFormat};
 use shoal_core::jobs::{parse_job_file, CompiledJob, JobFormat, JobSpec};
 
 /// `println!` that ignores a closed stdout (`shoal job status | head`) instead of panicking.
@@ -46,11 +47,31 @@ impl MasterArg {
     }
 }
 
+/// How the file given to `run` and `plan` is written.
+#[derive(Args, Clone)]
+pub struct FormatArg {
+    /// The file's format; by default JSON for `*.json` or text starting with `{`, else TOML.
+    /// `marathon` reads a Marathon app definition, `ecs` an ECS task definition (JSON).
+    #[arg(long, value_enum)]
+    format: Option<FileFormat>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum FileFormat {
+    Toml,
+    Json,
+    Marathon,
+    Ecs,
+}
+
 #[derive(Subcommand)]
 pub enum JobCmd {
-    /// Submit a job file (TOML or JSON) and, with --wait, follow it until it ends.
+    /// Submit a job file (TOML or JSON, or a Marathon app / ECS task definition with
+    /// --format) and, with --wait, follow it until it ends.
     Run {
         file: PathBuf,
+        #[command(flatten)]
+        format: FormatArg,
         /// Show live progress until the job ends; the exit code is 0 only if it completed.
         #[arg(long)]
         wait: bool,
@@ -62,6 +83,8 @@ pub enum JobCmd {
     /// Show what the scheduler would place now for a job file, without placing anything.
     Plan {
         file: PathBuf,
+        #[command(flatten)]
+        format: FormatArg,
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -101,13 +124,22 @@ pub async fn run(cmd: JobCmd) -> anyhow::Result<i32> {
     match cmd {
         JobCmd::Run {
             file,
+            format,
             wait,
             json,
             master,
-        } => run_job(&Api::new(&master.master)?, &file, wait, json).await,
-        JobCmd::Plan { file, json, master } => {
+        } => {
+            let spec = read_job_file(&file, format.format)?;
+            run_job(&Api::new(&master.master)?, spec, wait, json).await
+        }
+        JobCmd::Plan {
+            file,
+            format,
+            json,
+            master,
+        } => {
             let api = Api::new(&master.master)?;
-            let spec = read_job_file(&file)?;
+            let spec = read_job_file(&file, format.format)?;
             let plan = api.post("/api/shoal/v1/jobs/plan", &json!(spec)).await?;
             show(json, &plan, print_plan)
         }
@@ -164,17 +196,39 @@ fn show(json: bool, v: &Json, human: fn(&Json)) -> anyhow::Result<i32> {
 }
 
 /// Reads and checks a job file here, so that mistakes are reported before the master is
-/// asked (the master checks again, and also against its agents).
-fn read_job_file(path: &Path) -> anyhow::Result<JobSpec> {
+/// asked (the master checks again, and also against its agents). A Marathon app or an ECS
+/// task definition is converted to a job file here; what it had that a job does without is
+/// printed as notes on stderr.
+fn read_job_file(path: &Path, format: Option<FileFormat>) -> anyhow::Result<JobSpec> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let format = match path.extension().and_then(|e| e.to_str()) {
-        Some("json") => JobFormat::Json,
-        Some("toml") => JobFormat::Toml,
-        _ => JobFormat::sniff(&text),
+    let format = format.unwrap_or(match path.extension().and_then(|e| e.to_str()) {
+        Some("json") => FileFormat::Json,
+        Some("toml") => FileFormat::Toml,
+        _ => match JobFormat::sniff(&text) {
+            JobFormat::Json => FileFormat::Json,
+            JobFormat::Toml => FileFormat::Toml,
+        },
+    });
+    let imported = |f| {
+        let import = import_job(&text, f).map_err(|e| {
+            anyhow::anyhow!(
+                "{}: cannot run this definition as a job: {e}",
+                path.display()
+            )
+        })?;
+        for note in &import.notes {
+            eprintln!("note: {note}");
+        }
+        anyhow::Ok(import.spec)
     };
-    let spec =
-        parse_job_file(&text, format).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let spec = match format {
+        FileFormat::Toml => parse_job_file(&text, JobFormat::Toml),
+        FileFormat::Json => parse_job_file(&text, JobFormat::Json),
+        FileFormat::Marathon => Ok(imported(ImportFormat::Marathon)?),
+        FileFormat::Ecs => Ok(imported(ImportFormat::Ecs)?),
+    }
+    .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     CompiledJob::compile(&spec)
         .map_err(|e| anyhow::anyhow!("{}: invalid job: {e}", path.display()))?;
     Ok(spec)
@@ -228,8 +282,7 @@ impl Api {
     }
 }
 
-async fn run_job(api: &Api, file: &Path, wait: bool, json_out: bool) -> anyhow::Result<i32> {
-    let spec = read_job_file(file)?;
+async fn run_job(api: &Api, spec: JobSpec, wait: bool, json_out: bool) -> anyhow::Result<i32> {
     let answer = api.post("/api/shoal/v1/jobs", &json!(spec)).await?;
     let id = answer["job_id"].as_str().unwrap_or_default().to_string();
     if !wait {

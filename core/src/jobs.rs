@@ -87,6 +87,8 @@ pub struct TaskDef {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
     /// Named host ports, each given as `PORT_<NAME>` (and `PORT0`, `PORT1`, …) in the environment.
+    /// `name:80` (with `image`) maps the host port to the container's port 80 and runs the
+    /// container on Docker's bridge network instead of the host's.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -233,7 +235,7 @@ pub fn parse_duration_ms(text: &str) -> Result<u64, String> {
     Ok(total)
 }
 
-fn valid_name(s: &str) -> bool {
+pub(crate) fn valid_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= JOB_NAME_BYTES_MAX
         && s.chars()
@@ -366,11 +368,23 @@ impl CompiledJob {
             };
             let mut seen_ports = HashSet::new();
             for p in &t.ports {
-                if !valid_name(p) || !seen_ports.insert(p) {
+                let (name, container_port) = split_port(p);
+                if !valid_name(name) || !seen_ports.insert(name) {
                     err(
                         at("ports"),
                         format!("'{p}' must be a unique name of letters, digits, '-' or '_'"),
                     );
+                }
+                match container_port {
+                    Some(Err(())) => err(
+                        at("ports"),
+                        format!("'{p}': the container port must be a number from 1 to 65535"),
+                    ),
+                    Some(Ok(_)) if t.image.is_none() => err(
+                        at("ports"),
+                        format!("'{p}': a container port needs an `image`"),
+                    ),
+                    _ => {}
                 }
             }
             for k in t.env.keys() {
@@ -478,7 +492,14 @@ impl CompiledJob {
             .iter()
             .map(|(k, v)| json!({"name": k, "value": v}))
             .collect();
-        for (i, (name, port)) in def.ports.iter().zip(ports).enumerate() {
+        let mut port_mappings = Vec::new();
+        for (i, (spec, port)) in def.ports.iter().zip(ports).enumerate() {
+            let (name, container_port) = split_port(spec);
+            if let Some(Ok(container_port)) = container_port {
+                port_mappings.push(
+                    json!({"host_port": port, "container_port": container_port, "protocol": "tcp"}),
+                );
+            }
             vars.push(
                 json!({"name": format!("PORT_{}", name.to_uppercase()), "value": port.to_string()}),
             );
@@ -494,13 +515,27 @@ impl CompiledJob {
             "command": {"shell": true, "value": def.command.clone().unwrap_or_default(), "environment": {"variables": vars}},
         });
         if let Some(image) = &def.image {
-            info["container"] =
-                json!({"type": "DOCKER", "docker": {"image": image, "network": "HOST"}});
+            info["container"] = if port_mappings.is_empty() {
+                json!({"type": "DOCKER", "docker": {"image": image, "network": "HOST"}})
+            } else {
+                json!({"type": "DOCKER", "docker": {"image": image, "network": "BRIDGE", "port_mappings": port_mappings}})
+            };
             if def.command.is_none() {
                 info["command"]["shell"] = json!(false);
             }
         }
         TaskSpec(Arc::from(info.to_string()))
+    }
+}
+
+/// A `ports` entry as its name and, for `name:80`, the container port (`Err` if not a port).
+fn split_port(spec: &str) -> (&str, Option<Result<u16, ()>>) {
+    match spec.split_once(':') {
+        None => (spec, None),
+        Some((name, port)) => (
+            name,
+            Some(port.parse::<u16>().ok().filter(|&p| p > 0).ok_or(())),
+        ),
     }
 }
 

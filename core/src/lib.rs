@@ -6,6 +6,7 @@
 
 pub mod agent_protocol;
 pub mod cell;
+pub mod imports;
 pub mod jobs;
 pub mod limits;
 pub mod liveness;

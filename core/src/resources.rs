@@ -22,7 +22,7 @@ impl Milli {
     pub const MAX: Milli = Milli(1_000_000_000_000_000);
 
     pub fn from_f64(v: f64) -> Option<Milli> {
-        if !v.is_finite() || v < 0.0 || v > 1e12 {
+        if !v.is_finite() || !(0.0..=1e12).contains(&v) {
             return None;
         }
         Some(Milli((v * 1000.0).round() as i64))

@@ -84,7 +84,9 @@ impl MasterProc {
             .append(true)
             .open(work_dir.join("master.log"))
             .unwrap();
-        let child = Command::new(shoal_bin())
+        // Returned to `MasterProc`, whose `Drop` kills and reaps it.
+        #[allow(clippy::zombie_processes)]
+        let mut child = Command::new(shoal_bin())
             .args(["master", "--listen", listen, "--work-dir"])
             .arg(work_dir)
             .args(extra)
@@ -99,11 +101,11 @@ impl MasterProc {
                     return (child, format!("http://{a}"));
                 }
             }
-            assert!(
-                Instant::now() < until,
-                "master did not write {}",
-                addr_file.display()
-            );
+            if Instant::now() >= until {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("master did not write {}", addr_file.display());
+            }
             std::thread::sleep(Duration::from_millis(10));
         }
     }

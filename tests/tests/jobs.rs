@@ -764,3 +764,142 @@ async fn queued_tasks_start_highest_priority_first_when_the_cell_is_short() {
         assert_eq!(t["attempts"], 1, "nothing was preempted: {t:#}");
     }
 }
+
+/// A file under the repository's `examples/jobs/`.
+fn example(name: &str) -> String {
+    format!("{}/../examples/jobs/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_marathon_app_runs_as_a_job_and_unsupported_fields_are_named() {
+    let cell = start_cell("jobs-marathon").await;
+    let log = cell.path("hello.log");
+    let app = json!({
+        "id": "/imports/hello",
+        "cmd": format!("echo $SHOAL_JOB_TASK port=$PORT_HTTP $GREETING >> {log}"),
+        "cpus": 0.1, "mem": 16, "instances": 2,
+        "env": {"GREETING": "hi"},
+        "portDefinitions": [{"port": 0, "name": "http"}],
+        "labels": {"owner": "web"},
+        "upgradeStrategy": {"minimumHealthCapacity": 1, "maximumOverCapacity": 1},
+        "healthChecks": [], "user": null, "version": "2026-11-01T00:00:00.000Z"
+    });
+    let path = cell.path("app.json");
+    std::fs::write(&path, app.to_string()).unwrap();
+    let (code, out, err) = cell
+        .cli(&["run", &path, "--format", "marathon", "--wait", "--json"])
+        .await;
+    assert_eq!(
+        code, 0,
+        "shoal job run --format marathon failed:\n{out}\n{err}"
+    );
+    assert!(err.contains("note: labels ignored"), "{err}");
+    assert!(err.contains("note: upgradeStrategy ignored"), "{err}");
+    let job: Json = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(job["state"], "COMPLETE", "{job:#}");
+    let mut lines: Vec<String> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            l.split(" port=").next().unwrap().to_string() + " " + l.rsplit(' ').next().unwrap()
+        })
+        .collect();
+    lines.sort();
+    assert_eq!(lines, ["imports-hello-0 hi", "imports-hello-1 hi"]);
+
+    // Every unsupported field is named, and nothing is submitted.
+    let bad = json!({
+        "id": "bad", "cmd": "true",
+        "healthChecks": [{"protocol": "HTTP", "path": "/"}],
+        "container": {"type": "DOCKER", "volumes": [{"containerPath": "/data"}],
+                      "docker": {"image": "local/busybox:latest"}},
+        "fetch": [{"uri": "https://example.com/x.tgz"}]
+    });
+    let path = cell.path("bad.json");
+    std::fs::write(&path, bad.to_string()).unwrap();
+    let (code, _, err) = cell.cli(&["run", &path, "--format", "marathon"]).await;
+    assert_ne!(code, 0);
+    for field in ["healthChecks", "container.volumes", "fetch"] {
+        assert!(
+            err.contains(&format!("{field}: unsupported field")),
+            "{field}: {err}"
+        );
+    }
+    assert!(
+        cell.job("bad").await.is_none(),
+        "a refused import submits nothing"
+    );
+
+    // The shipped examples convert and plan.
+    for (file, format) in [
+        ("marathon-app.json", "marathon"),
+        ("ecs-taskdef.json", "ecs"),
+    ] {
+        let (code, out, err) = cell
+            .cli(&["plan", &example(file), "--format", format])
+            .await;
+        assert_eq!(code, 0, "{file}: {out}{err}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ecs_task_definition_runs_its_containers_in_order_with_a_mapped_port() {
+    if !shoal_tests::docker_enabled(
+        "an_ecs_task_definition_runs_its_containers_in_order_with_a_mapped_port",
+    ) {
+        return;
+    }
+    let cell = start_cell_with("jobs-ecs", "docker,process").await;
+    // `serve` answers one CGI request on its container port 8080 (bridge network, host port
+    // picked by Shoal), then ends; `report` runs after it succeeded.
+    let serve = "mkdir -p /w/cgi-bin && printf '#!/bin/sh\\necho Content-Type: text/plain\\necho\\necho served $PORT_WEB\\ntouch /w/done\\n' > /w/cgi-bin/done && chmod +x /w/cgi-bin/done && httpd -p 8080 -h /w && until [ -f /w/done ]; do sleep 0.1; done; sleep 0.2";
+    let def = json!({"taskDefinition": {
+    "family": "etl", "networkMode": "bridge", "cpu": "256", "memory": "64",
+    "revision": 1, "status": "ACTIVE",
+    "containerDefinitions": [
+        {"name": "serve", "image": "local/busybox:latest",
+         "entryPoint": ["sh", "-c"], "command": [serve],
+         "portMappings": [{"containerPort": 8080, "hostPort": 0, "name": "web"}]},
+        {"name": "report", "image": "local/busybox:latest",
+         "command": ["echo", "reported", "$STAGE"],
+         "environment": [{"name": "STAGE", "value": "done"}],
+         "dependsOn": [{"containerName": "serve", "condition": "SUCCESS"}],
+         "logConfiguration": {"logDriver": "awslogs"}}
+    ]}});
+    let path = cell.path("taskdef.json");
+    std::fs::write(&path, def.to_string()).unwrap();
+    let (code, out, err) = cell.cli(&["run", &path, "--format", "ecs"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(err.contains("logConfiguration ignored"), "{err}");
+
+    // The container's port 8080 is reachable on the host port Shoal picked (the agent's
+    // lowest, the only job of this cell).
+    let until = Instant::now() + Duration::from_secs(60);
+    let answer = loop {
+        match cell
+            .http
+            .get("http://127.0.0.1:32000/cgi-bin/done")
+            .send()
+            .await
+        {
+            Ok(r) if r.status().is_success() => break r.text().await.unwrap_or_default(),
+            _ => {}
+        }
+        assert!(
+            Instant::now() < until,
+            "serve never answered on 127.0.0.1:32000: {:#}\nagent log:\n{}",
+            cell.job("etl").await.unwrap_or_default(),
+            cell.agent.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(answer.trim(), "served 32000");
+    let job = cell.wait_job_end("etl", Duration::from_secs(60)).await;
+    assert_eq!(job["state"], "COMPLETE", "{job:#}");
+    let (code, out, err) = cell.cli(&["logs", "etl", "report"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        out, "reported $STAGE\n",
+        "exec-form words are not expanded by a shell"
+    );
+}

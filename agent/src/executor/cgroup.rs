@@ -186,7 +186,8 @@ impl Cgroups {
         let mem_bytes = limits.mem_mb.saturating_mul(1024 * 1024);
         let quota = ((limits.cpus * CPU_PERIOD_US as f64) as u64).max(1000);
         // (file, value, required) per hierarchy.
-        let mut plan: Vec<(PathBuf, Vec<(&str, String, bool)>)> = Vec::new();
+        type Writes<'a> = Vec<(&'a str, String, bool)>;
+        let mut plan: Vec<(PathBuf, Writes)> = Vec::new();
         match self {
             Cgroups::Off { .. } => return Ok(None),
             Cgroups::V2 { parent } => {
