@@ -116,6 +116,8 @@ fn claim(
     placements: Vec<Placement>,
 ) -> Claim {
     Claim {
+        priority: 0,
+        evictions: vec![],
         id: ClaimId::new(id),
         role: "*".into(),
         owner: "shoal-bench".into(),

@@ -8,8 +8,8 @@ use crate::job::MasterArg;
 
 #[derive(Subcommand)]
 pub enum QuotaCmd {
-    /// Set a team's weight, guarantee and limit (what is not given is reset: weight 1,
-    /// no guarantee, no limit).
+    /// Set a team's weight, guarantee, limit and whether its tasks may be preempted (what is
+    /// not given is reset: weight 1, no guarantee, no limit, preemptible).
     Set {
         /// The team (a role).
         role: String,
@@ -22,6 +22,10 @@ pub enum QuotaCmd {
         /// Resources the team may never exceed, e.g. "cpus:16;mem:32768".
         #[arg(long, value_parser = parse_resources)]
         limit: Option<ResourceSet>,
+        /// Whether claims may evict the team's tasks (a higher priority, or a team below its
+        /// guarantee; see docs/jobs.md).
+        #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+        preemptible: bool,
         #[command(flatten)]
         master: MasterArg,
     },
@@ -45,6 +49,7 @@ pub async fn run(cmd: QuotaCmd) -> anyhow::Result<()> {
             weight,
             guarantee,
             limit,
+            preemptible,
             master,
         } => {
             if !(weight.is_finite() && weight > 0.0) {
@@ -52,14 +57,15 @@ pub async fn run(cmd: QuotaCmd) -> anyhow::Result<()> {
             }
             let client = shoal_client::Client::new(master.url())?;
             client
-                .set_role(
+                .configure_role(
                     &role,
                     weight,
                     &guarantee.unwrap_or_default(),
                     limit.as_ref(),
+                    preemptible,
                 )
                 .await?;
-            println!("role {role}: weight {weight}");
+            println!("role {role}: weight {weight}, preemptible {preemptible}");
         }
         QuotaCmd::List { json, master } => {
             let client = shoal_client::Client::new(master.url())?;
@@ -68,8 +74,8 @@ pub async fn run(cmd: QuotaCmd) -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string_pretty(&state.roles)?);
             } else {
                 println!(
-                    "{:<16} {:>6}  {:<24} {:<24} CONSUMED",
-                    "ROLE", "WEIGHT", "GUARANTEE", "LIMIT"
+                    "{:<16} {:>6}  {:<24} {:<24} {:<11} CONSUMED",
+                    "ROLE", "WEIGHT", "GUARANTEE", "LIMIT", "PREEMPTIBLE"
                 );
                 for r in &state.roles {
                     let limit = r
@@ -82,9 +88,10 @@ pub async fn run(cmd: QuotaCmd) -> anyhow::Result<()> {
                     } else {
                         r.quota.guarantee.to_string()
                     };
+                    let preemptible = if r.preemptible { "yes" } else { "no" };
                     println!(
-                        "{:<16} {:>6}  {:<24} {:<24} {}",
-                        r.name, r.weight, guarantee, limit, r.consumed
+                        "{:<16} {:>6}  {:<24} {:<24} {:<11} {}",
+                        r.name, r.weight, guarantee, limit, preemptible, r.consumed
                     );
                 }
             }

@@ -284,7 +284,21 @@ impl Client {
         guarantee: &ResourceSet,
         limit: Option<&ResourceSet>,
     ) -> Result<(), ClientError> {
-        let body = json!({"weight": weight, "quota": {"guarantee": guarantee, "limit": limit}});
+        self.configure_role(name, weight, guarantee, limit, true)
+            .await
+    }
+
+    /// Like [`Client::set_role`], and whether claims may evict the role's tasks.
+    pub async fn configure_role(
+        &self,
+        name: &str,
+        weight: f64,
+        guarantee: &ResourceSet,
+        limit: Option<&ResourceSet>,
+        preemptible: bool,
+    ) -> Result<(), ClientError> {
+        let body = json!({"weight": weight, "quota": {"guarantee": guarantee, "limit": limit},
+                          "preemptible": preemptible});
         Self::check(
             self.http
                 .put(self.url(&format!("/api/shoal/v1/roles/{name}")))

@@ -974,6 +974,8 @@ async fn accept(c: &Arc<Compat>, fw_id: &str, accept: &Json) -> Response {
         }
     }
     let claim = Claim {
+        priority: 0,
+        evictions: vec![],
         id: ClaimId::new(c.next_id("A")),
         role,
         owner: fw_id.to_string(),

@@ -45,6 +45,8 @@ fn main() {
         .enumerate()
         .map(|(c, chunk)| {
             Command::Claim(Claim {
+                priority: 0,
+                evictions: vec![],
                 id: ClaimId::new(format!("c{c}")),
                 role: "*".into(),
                 owner: "loop".into(),

@@ -47,6 +47,9 @@ pub enum Command {
         name: String,
         weight: f64,
         quota: Quota,
+        /// Whether claims may evict the role's tasks (see [`Cell::decide`]); default true.
+        #[serde(default = "crate::model::yes")]
+        preemptible: bool,
     },
     /// Offers: hold resources for frameworks. Each hold that fits is placed (the others are
     /// refused in the reply); holds are the pessimistic half of the cell.
@@ -260,6 +263,8 @@ impl Cell {
                     .entry(t.agent_id.clone())
                     .or_default()
                     .insert(t.id.clone());
+            }
+            if t.holds_resources() {
                 if let Some(a) = cell.agents.get_mut(&t.agent_id) {
                     Arc::make_mut(a)
                         .allocated
@@ -388,7 +393,7 @@ impl Cell {
             Command::SetAgentState { agent_id, state } => {
                 self.decide_agent_state(now, agent_id, *state)
             }
-            Command::Claim(claim) => self.decide_claim(next, claim),
+            Command::Claim(claim) => self.decide_claim(now, next, claim),
             Command::KillTask { task_id } => {
                 let task = self
                     .tasks
@@ -400,11 +405,19 @@ impl Cell {
                         reply: Reply::Done,
                     });
                 }
-                let status = StatusInfo {
-                    message: Some("kill requested".into()),
-                    source: Some("SOURCE_MASTER".into()),
-                    timestamp: now,
-                    ..StatusInfo::default()
+                let status = if task.preempted_by.is_some() {
+                    // Killed again (it was lost meanwhile): still for the preemption.
+                    StatusInfo {
+                        timestamp: now,
+                        ..task.status.clone()
+                    }
+                } else {
+                    StatusInfo {
+                        message: Some("kill requested".into()),
+                        source: Some("SOURCE_MASTER".into()),
+                        timestamp: now,
+                        ..StatusInfo::default()
+                    }
                 };
                 // A task not yet launched (or on an agent that is not there) cannot be asked to
                 // stop: it is killed at once. Otherwise the agent is asked and reports back.
@@ -436,6 +449,17 @@ impl Cell {
                     .tasks
                     .get(task_id)
                     .ok_or_else(|| not_found_task(task_id))?;
+                // An evicted task is being killed: it holds no resources any more, so it must
+                // not run on. Any live state it reports (but lost or unreachable) is recorded
+                // as TASK_KILLING, which sends the kill again.
+                let state = &if task.preempted_by.is_some()
+                    && !state.is_terminal()
+                    && !matches!(state, TaskState::Lost | TaskState::Unreachable)
+                {
+                    TaskState::Killing
+                } else {
+                    *state
+                };
                 if task.state == *state && state.is_terminal() {
                     // A repeated terminal update (status updates are at-least-once): no change.
                     return Ok(Decision {
@@ -464,6 +488,14 @@ impl Cell {
                 let mut status = status.clone();
                 if status.timestamp == 0 {
                     status.timestamp = now;
+                }
+                if task.preempted_by.is_some()
+                    && (*state == TaskState::Killed || !state.is_terminal())
+                {
+                    // An evicted task keeps the preemption's reason and message to its end
+                    // (TASK_KILLED), whatever its executor says about the kill.
+                    status.reason = task.status.reason.clone();
+                    status.message = task.status.message.clone();
                 }
                 Ok(Decision {
                     events: vec![Event::TaskStatusChanged {
@@ -508,7 +540,7 @@ impl Cell {
                 framework_id,
                 offer_ids,
                 claim,
-            } => self.decide_accept(next, framework_id, offer_ids, claim),
+            } => self.decide_accept(now, next, framework_id, offer_ids, claim),
             Command::SubmitJob { spec } => {
                 let (events, job_id, created) = crate::jobs::decide_submit(self, now, next, spec)?;
                 Ok(Decision {
@@ -540,6 +572,7 @@ impl Cell {
                 name,
                 weight,
                 quota,
+                preemptible,
             } => {
                 validate_role_name(name)?;
                 if !(weight.is_finite() && *weight > 0.0) {
@@ -564,6 +597,7 @@ impl Cell {
                         name: name.clone(),
                         weight: *weight,
                         quota: quota.clone(),
+                        preemptible: *preemptible,
                     }],
                     reply: Reply::Done,
                 })
@@ -640,18 +674,32 @@ impl Cell {
                 .live_tasks_on(&id)
                 .filter(|t| t.state == TaskState::Unreachable)
             {
+                // An evicted task comes back to be killed, with its preemption's status.
+                let (state, status) = match t.preempted_by {
+                    Some(_) => (
+                        TaskState::Killing,
+                        StatusInfo {
+                            timestamp: now,
+                            ..t.status.clone()
+                        },
+                    ),
+                    None => (
+                        TaskState::Running,
+                        StatusInfo {
+                            message: Some("agent re-registered".into()),
+                            // The last health verdict still holds: the agent reports changes only.
+                            healthy: t.status.healthy,
+                            source: Some("SOURCE_MASTER".into()),
+                            reason: Some("REASON_AGENT_REREGISTERED".into()),
+                            timestamp: now,
+                            ..StatusInfo::default()
+                        },
+                    ),
+                };
                 events.push(Event::TaskStatusChanged {
                     task_id: t.id.clone(),
-                    state: TaskState::Running,
-                    status: StatusInfo {
-                        message: Some("agent re-registered".into()),
-                        // The last health verdict still holds: the agent reports changes only.
-                        healthy: t.status.healthy,
-                        source: Some("SOURCE_MASTER".into()),
-                        reason: Some("REASON_AGENT_REREGISTERED".into()),
-                        timestamp: now,
-                        ..StatusInfo::default()
-                    },
+                    state,
+                    status,
                 });
             }
         }
@@ -699,16 +747,22 @@ impl Cell {
             if t.state == task_state {
                 continue;
             }
+            let mut status = StatusInfo {
+                message: Some(format!("agent {agent_id} is {state:?}").to_lowercase()),
+                reason: Some(reason.into()),
+                source: Some("SOURCE_MASTER".into()),
+                timestamp: now,
+                ..StatusInfo::default()
+            };
+            if t.preempted_by.is_some() {
+                // An evicted task keeps saying why it was killed.
+                status.message = t.status.message.clone();
+                status.reason = t.status.reason.clone();
+            }
             events.push(Event::TaskStatusChanged {
                 task_id: t.id.clone(),
                 state: task_state,
-                status: StatusInfo {
-                    message: Some(format!("agent {agent_id} is {state:?}").to_lowercase()),
-                    reason: Some(reason.into()),
-                    source: Some("SOURCE_MASTER".into()),
-                    timestamp: now,
-                    ..StatusInfo::default()
-                },
+                status,
             });
         }
         // An agent going away rescinds its offers.
@@ -784,6 +838,7 @@ impl Cell {
 
     fn decide_accept(
         &self,
+        now: Timestamp,
         next: Version,
         framework_id: &str,
         offer_ids: &[OfferId],
@@ -860,7 +915,7 @@ impl Cell {
                 },
             }
         } else {
-            released.decide_claim(next, &within)?
+            released.decide_claim(now, next, &within)?
         };
         let Reply::Claim { outcome } = &mut decision.reply else {
             unreachable!("a claim answers with a claim outcome")
@@ -893,18 +948,54 @@ impl Cell {
             )));
         }
         if claim.placements.len() > limits::CLAIM_PLACEMENTS_MAX {
-            return Err(Rejection::Invalid(format!(
-                "claim {}: {} placements is more than the {} allowed in one claim",
-                claim.id,
+            return Err(too_many(
+                &claim.id,
                 claim.placements.len(),
-                limits::CLAIM_PLACEMENTS_MAX
-            )));
+                "placements",
+                limits::CLAIM_PLACEMENTS_MAX,
+            ));
         }
         if claim.snapshot_version > self.version {
             return Err(Rejection::Invalid(format!(
                 "claim {}: snapshot version {} is ahead of the cell ({})",
                 claim.id, claim.snapshot_version, self.version
             )));
+        }
+        if !(0..=limits::PRIORITY_MAX).contains(&claim.priority) {
+            return Err(Rejection::Invalid(format!(
+                "claim {}: priority {} is not within 0..={}",
+                claim.id,
+                claim.priority,
+                limits::PRIORITY_MAX
+            )));
+        }
+        if !claim.evictions.is_empty() {
+            if claim.mode != CommitMode::AllOrNothing {
+                return Err(Rejection::Invalid(format!(
+                    "claim {}: evictions need mode all_or_nothing",
+                    claim.id
+                )));
+            }
+            if claim.evictions.len() > limits::CLAIM_EVICTIONS_MAX {
+                return Err(too_many(
+                    &claim.id,
+                    claim.evictions.len(),
+                    "evictions",
+                    limits::CLAIM_EVICTIONS_MAX,
+                ));
+            }
+            let mut seen = HashSet::new();
+            for id in &claim.evictions {
+                if !seen.insert(id) {
+                    return Err(Rejection::Invalid(format!(
+                        "claim {}: task {id} is evicted twice",
+                        claim.id
+                    )));
+                }
+                if !self.tasks.contains_key(id) {
+                    return Err(not_found_task(id));
+                }
+            }
         }
         for p in &claim.placements {
             validate_id("task id", p.task_id.as_str())?;
@@ -924,7 +1015,12 @@ impl Cell {
         Ok(())
     }
 
-    fn decide_claim(&self, next: Version, claim: &Claim) -> Result<Decision, Rejection> {
+    fn decide_claim(
+        &self,
+        now: Timestamp,
+        next: Version,
+        claim: &Claim,
+    ) -> Result<Decision, Rejection> {
         if let Some(outcome) = self.claims.get(&claim.id) {
             // Idempotent resubmission: the original outcome, nothing new.
             return Ok(Decision {
@@ -935,7 +1031,167 @@ impl Cell {
             });
         }
         self.validate_claim(claim)?;
+        if claim.evictions.is_empty() {
+            return Ok(self.decide_placements(next, claim));
+        }
+        if let Err((task_id, why)) = self.check_evictions(claim) {
+            let reason = RejectReason::EvictionRefused { task_id, why };
+            return Ok(Decision {
+                events: vec![],
+                reply: Reply::Claim {
+                    outcome: ClaimOutcome {
+                        claim_id: claim.id.clone(),
+                        committed_version: None,
+                        placements: claim
+                            .placements
+                            .iter()
+                            .map(|p| PlacementOutcome {
+                                task_id: p.task_id.clone(),
+                                agent_id: p.agent_id.clone(),
+                                committed: false,
+                                rejected: Some(reason.clone()),
+                            })
+                            .collect(),
+                    },
+                },
+            });
+        }
+        // The placements are decided on the cell as it is once the victims' resources are
+        // free (an O(1) copy): every check — fit, limit, headroom — sees the evictions.
+        let mut after = self.clone();
+        for id in &claim.evictions {
+            after.release_preempted(next, id, &claim.id);
+        }
+        // The coarse check compares agents' versions with the claim's snapshot: the claim's
+        // own evictions are not a change it missed.
+        for id in &claim.evictions {
+            let agent_id = &self.tasks[id].agent_id;
+            if let (Some(was), Some(a)) =
+                (self.agents.get(agent_id), after.agents.get_mut(agent_id))
+            {
+                Arc::make_mut(a).version = was.version;
+            }
+        }
+        let mut decision = after.decide_placements(next, claim);
+        if decision.events.is_empty() {
+            // Nothing placed: nothing is evicted either.
+            return Ok(decision);
+        }
+        // The kills come first in the entry, so an agent hears of them before the launches.
+        let first = claim.placements.first().map(|p| p.task_id.as_str());
+        let message = format!(
+            "preempted by claim {} of {} (role {}, priority {}) for task {}",
+            claim.id,
+            if claim.owner.is_empty() {
+                "?"
+            } else {
+                &claim.owner
+            },
+            claim.role,
+            claim.priority,
+            first.unwrap_or("?"),
+        );
+        let kills = claim.evictions.iter().map(|id| Event::TaskStatusChanged {
+            task_id: id.clone(),
+            state: TaskState::Killing,
+            status: StatusInfo {
+                message: Some(message.clone()),
+                reason: Some(REASON_PREEMPTED.into()),
+                source: Some("SOURCE_MASTER".into()),
+                timestamp: now,
+                ..StatusInfo::default()
+            },
+        });
+        decision.events.splice(0..0, kills);
+        Ok(decision)
+    }
 
+    /// Checks a claim's evictions against the current state: each victim is running (or
+    /// about to) on an agent the claim places on, its role is preemptible, and either its
+    /// priority is strictly below the claim's (the **priority rule**) or the claim's role is
+    /// below its guarantee even with the claim and the victim's role is another one (the
+    /// **guarantee rule**). In both cases no role other than the claim's own is taken below
+    /// its guarantee by the evictions. Returns the first victim refused and why.
+    fn check_evictions(&self, claim: &Claim) -> Result<(), (TaskId, String)> {
+        let agents: HashSet<&AgentId> = claim.placements.iter().map(|p| &p.agent_id).collect();
+        let claimant_below_guarantee = self.below_guarantee_with(claim);
+        let mut evicted: HashMap<&str, ResourceSet> = HashMap::new();
+        for id in &claim.evictions {
+            let t = self.tasks.get(id).expect("checked by validate_claim");
+            let refuse = |why: String| Err((id.clone(), why));
+            if !matches!(
+                t.state,
+                TaskState::Staging | TaskState::Starting | TaskState::Running
+            ) || t.preempted_by.is_some()
+            {
+                return refuse(format!("it is {}", t.state.mesos_name()));
+            }
+            if !agents.contains(&t.agent_id) {
+                return refuse(format!(
+                    "it is on agent {}, where the claim places nothing",
+                    t.agent_id
+                ));
+            }
+            let role = self.roles.get(&t.role);
+            if role.is_some_and(|r| !r.preemptible) {
+                return refuse(format!("role {} is not preemptible", t.role));
+            }
+            let by_priority = t.priority < claim.priority;
+            let by_guarantee = claimant_below_guarantee && t.role != claim.role;
+            if !by_priority && !by_guarantee {
+                return refuse(format!(
+                    "its priority {} is not below the claim's {}, and role {} is not below its \
+                     guarantee or the task is its own",
+                    t.priority, claim.priority, claim.role
+                ));
+            }
+            if t.role == claim.role {
+                continue;
+            }
+            let gone = evicted.entry(t.role.as_str()).or_default();
+            gone.add_scalars(&t.resources)
+                .expect("a live task's resources are consumed");
+            if let Some(r) = role {
+                for (name, g) in r.quota.guarantee.scalar_totals() {
+                    let left = r.consumed.scalar(&name).0 - gone.scalar(&name).0;
+                    if t.resources.scalar(&name).0 > 0 && left < g.0 {
+                        return refuse(format!(
+                            "it would take role {} below its guarantee of {name}",
+                            t.role
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether `claim.role` has a guarantee that the claim's placements ask for, and stays
+    /// within it on every guaranteed resource even with all of them.
+    fn below_guarantee_with(&self, claim: &Claim) -> bool {
+        let Some(role) = self.roles.get(&claim.role) else {
+            return false;
+        };
+        let mut wanted = ResourceSet::new();
+        for p in &claim.placements {
+            if wanted.add_scalars(&p.resources).is_err() {
+                return false;
+            }
+        }
+        let mut asks = false;
+        for (name, g) in role.quota.guarantee.scalar_totals() {
+            let want = wanted.scalar(&name).0;
+            asks |= want > 0;
+            if role.consumed.scalar(&name).0 + want > g.0 {
+                return false;
+            }
+        }
+        asks
+    }
+
+    /// The placements of a claim, checked against this cell (its evictions, if any, already
+    /// released here).
+    fn decide_placements(&self, next: Version, claim: &Claim) -> Decision {
         let role = self.roles.get(&claim.role);
         let mut scratch_agents: HashMap<&AgentId, ResourceSet> = HashMap::new();
         let mut scratch_role = ResourceSet::new();
@@ -993,10 +1249,10 @@ impl Cell {
         if !committed_any {
             // Nothing committed: nothing is recorded, so the scheduler may retry the same id
             // on fresh state.
-            return Ok(Decision {
+            return Decision {
                 events: vec![],
                 reply: Reply::Claim { outcome },
-            });
+            };
         }
         let tasks = claim
             .placements
@@ -1016,16 +1272,19 @@ impl Cell {
                     status: StatusInfo::default(),
                     spec: p.spec.clone(),
                     version: next,
+                    priority: claim.priority,
+                    preempted_by: None,
                 })
             })
             .collect();
-        Ok(Decision {
+        Decision {
             events: vec![Event::ClaimCommitted {
                 outcome: outcome.clone(),
                 tasks,
+                evictions: claim.evictions.clone(),
             }],
             reply: Reply::Claim { outcome },
-        })
+        }
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -1204,7 +1463,14 @@ impl Cell {
                 a.state = *state;
                 a.version = v;
             }
-            Event::ClaimCommitted { outcome, tasks } => {
+            Event::ClaimCommitted {
+                outcome,
+                tasks,
+                evictions,
+            } => {
+                for id in evictions {
+                    self.release_preempted(v, id, &outcome.claim_id);
+                }
                 for t in tasks {
                     // Decided with `version = v` already: share the record, do not copy it.
                     let t = if t.version == v {
@@ -1257,12 +1523,12 @@ impl Cell {
                         .get_mut(task_id)
                         .expect("decided on a known task"),
                 );
+                let held = task.holds_resources();
                 let was_terminal = task.state.is_terminal();
                 task.state = *state;
                 task.status = status.clone();
                 task.version = v;
                 if !was_terminal && state.is_terminal() {
-                    // The one place resources are freed: on the first terminal state only.
                     let (agent_id, role, res) = (
                         task.agent_id.clone(),
                         task.role.clone(),
@@ -1271,25 +1537,10 @@ impl Cell {
                     if let Some(ids) = self.live_tasks_by_agent.get_mut(&agent_id) {
                         ids.remove(task_id);
                     }
-                    let gone = match self.agents.get_mut(&agent_id).map(Arc::make_mut) {
-                        Some(a) => {
-                            a.allocated
-                                .subtract(&res)
-                                .expect("a live task's resources are allocated");
-                            a.version = v;
-                            a.state == AgentState::Gone
-                        }
-                        None => true,
-                    };
-                    if let Some(r) = self.roles.get_mut(&role) {
-                        r.consumed
-                            .subtract(&res.scalars_only())
-                            .expect("a live task's resources are consumed");
-                    }
-                    if !gone {
-                        for (name, m) in res.scalar_totals() {
-                            *self.cluster_allocated.entry(name).or_default() -= m.0;
-                        }
+                    // One of the two places resources are freed: on the first terminal state
+                    // only, and not for an evicted task (freed when it was evicted).
+                    if held {
+                        self.free_resources(v, &agent_id, &role, &res);
                     }
                 }
             }
@@ -1297,6 +1548,7 @@ impl Cell {
                 name,
                 weight,
                 quota,
+                preemptible,
             } => {
                 let role = self
                     .roles
@@ -1304,6 +1556,7 @@ impl Cell {
                     .or_insert_with(|| Role::new(name));
                 role.weight = *weight;
                 role.quota = quota.clone();
+                role.preemptible = *preemptible;
             }
             Event::HoldsPlaced { holds } => {
                 for h in holds {
@@ -1347,6 +1600,52 @@ impl Cell {
                 crate::services::apply_event(&mut self.services, v, event)
             }
         }
+    }
+
+    /// Takes a live task's resources off its agent, role and the cell's sums.
+    fn free_resources(&mut self, v: Version, agent_id: &AgentId, role: &str, res: &ResourceSet) {
+        let gone = match self.agents.get_mut(agent_id).map(Arc::make_mut) {
+            Some(a) => {
+                a.allocated
+                    .subtract(res)
+                    .expect("a live task's resources are allocated");
+                a.version = v;
+                a.state == AgentState::Gone
+            }
+            None => true,
+        };
+        if let Some(r) = self.roles.get_mut(role) {
+            r.consumed
+                .subtract(&res.scalars_only())
+                .expect("a live task's resources are consumed");
+        }
+        if !gone {
+            for (name, m) in res.scalar_totals() {
+                *self.cluster_allocated.entry(name).or_default() -= m.0;
+            }
+        }
+    }
+
+    /// Evicts a task for `claim`: the other place resources are freed. The task stays live
+    /// (it is being killed) but holds nothing from now on.
+    fn release_preempted(&mut self, v: Version, task_id: &TaskId, claim: &ClaimId) {
+        let task = Arc::make_mut(
+            self.tasks
+                .get_mut(task_id)
+                .expect("decided on a known task"),
+        );
+        assert!(
+            task.holds_resources(),
+            "evicting task {task_id} that holds nothing"
+        );
+        task.preempted_by = Some(claim.clone());
+        task.version = v;
+        let (agent_id, role, res) = (
+            task.agent_id.clone(),
+            task.role.clone(),
+            task.resources.clone(),
+        );
+        self.free_resources(v, &agent_id, &role, &res);
     }
 
     /// The event releasing these (outstanding) holds.
@@ -1404,7 +1703,7 @@ impl Cell {
                 .add(&h.resources)
                 .map_err(|e| format!("offer {}: {e}", h.id))?;
         }
-        for t in self.tasks.values().filter(|t| !t.state.is_terminal()) {
+        for t in self.tasks.values().filter(|t| t.holds_resources()) {
             alloc
                 .entry(&t.agent_id)
                 .or_default()
@@ -1462,6 +1761,13 @@ impl Cell {
 
 fn not_found_agent(id: &AgentId) -> Rejection {
     Rejection::NotFound(format!("agent {id}"))
+}
+
+/// A claim carrying more placements or evictions than one claim may.
+fn too_many(claim: &ClaimId, n: usize, what: &str, max: usize) -> Rejection {
+    Rejection::Invalid(format!(
+        "claim {claim}: {n} {what} is more than the {max} allowed in one claim"
+    ))
 }
 
 fn not_found_task(id: &TaskId) -> Rejection {
@@ -1551,6 +1857,8 @@ mod hold_tests {
             mode: CommitMode::Incremental,
             check: ConflictCheck::Fine,
             placements,
+            priority: 0,
+            evictions: vec![],
         }
     }
 

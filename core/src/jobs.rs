@@ -39,12 +39,14 @@ pub const BACKOFF_MAX_MS: u64 = 10 * 60 * 1000;
 pub const BACKOFF_DEFAULT_MS: u64 = 1000;
 /// Job priority when the file gives none; priorities go from 0 to [`PRIORITY_MAX`].
 pub const PRIORITY_DEFAULT: i64 = 50;
-pub const PRIORITY_MAX: i64 = 1000;
+pub const PRIORITY_MAX: i64 = crate::limits::PRIORITY_MAX;
 /// Most placements the scheduler decides in one step (over all jobs).
 pub const PLACEMENTS_PER_STEP_MAX: usize = 2000;
 /// Queued tasks the scheduler tries and fails to place in one step before it gives up until
 /// the cell changes: bounds the cost of a step when the cell is full.
 pub const PLACEMENT_MISSES_PER_STEP_MAX: usize = 64;
+/// Tasks the scheduler places by evicting others in one step (each is a claim of its own).
+pub const PREEMPTIONS_PER_STEP_MAX: usize = 64;
 /// The owner written on every task the batch scheduler places.
 pub const BATCH_OWNER: &str = "shoal-batch";
 
@@ -844,6 +846,13 @@ pub struct JobTask {
     /// Why it failed, was retried or skipped.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// Attempts that ended because a claim evicted them: they use no retry.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub preemptions: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// A job and the state of its tasks.
@@ -929,6 +938,7 @@ pub(crate) fn decide_submit(
                     started_at: 0,
                     finished_at: 0,
                     message: None,
+                    preemptions: 0,
                 },
             )
         })
@@ -1047,7 +1057,9 @@ pub struct JobUpdate {
 /// scheduler's are `ServiceUpdate`s).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Actions<U = JobUpdate> {
-    /// Claims to submit (incremental, fine-grained), one per job; report each outcome with
+    /// Claims to submit (fine-grained). The batch scheduler makes one incremental claim per
+    /// job and priority, and one all-or-nothing claim per task placed by evicting others;
+    /// report each outcome with
     /// [`BatchScheduler::claimed`].
     pub claims: Vec<Claim>,
     /// Tasks to kill (timed out, or of a stopped job).
@@ -1419,6 +1431,7 @@ impl BatchScheduler {
                     started_at: 0,
                     finished_at: 0,
                     message: None,
+                    preemptions: 0,
                 }),
                 waiting_deps: 0,
                 placing: false,
@@ -1572,6 +1585,9 @@ impl BatchScheduler {
         let Some((job, idx)) = self.by_task.get(task_id).cloned() else {
             return;
         };
+        let preempted = cell
+            .task(task_id)
+            .is_some_and(|t| t.preempted_by.is_some() && t.state != TaskState::Finished);
         let (state, message) = match cell.task(task_id) {
             Some(t) if !t.state.is_terminal() => {
                 if !t.agent_id.as_str().is_empty() {
@@ -1624,8 +1640,22 @@ impl BatchScheduler {
             return;
         }
         let why = killed_for.unwrap_or(message);
-        if !stopped && attempts <= ctask.retries {
-            let shift = attempts.saturating_sub(1).min(20);
+        if !stopped && preempted {
+            // Evicted by a higher-priority claim or a team below its guarantee: queued again
+            // at once, and it uses no retry (as in Borg and Nomad).
+            t.rec.preemptions += 1;
+            t.rec.state = JobTaskState::Queued;
+            t.rec.not_before = now;
+            t.rec.message = Some(format!(
+                "attempt {attempts} was preempted ({why}); queued again, no retry used"
+            ));
+            self.mark(&job, idx);
+            self.enqueue(&job, idx, now);
+            return;
+        }
+        let failures = attempts.saturating_sub(t.rec.preemptions);
+        if !stopped && failures <= ctask.retries {
+            let shift = failures.saturating_sub(1).min(20);
             let wait = ctask
                 .backoff_ms
                 .saturating_mul(1 << shift)
@@ -1645,8 +1675,8 @@ impl BatchScheduler {
             why
         } else {
             format!(
-                "failed after {attempts} attempt{} ({why})",
-                if attempts == 1 { "" } else { "s" }
+                "failed after {failures} attempt{} ({why})",
+                if failures == 1 { "" } else { "s" }
             )
         });
         run.open -= 1;
@@ -1682,7 +1712,9 @@ impl BatchScheduler {
         }
     }
 
-    /// Places ready tasks, highest priority first, on the agents with the most free cpus.
+    /// Places ready tasks, highest priority first, on the agents with the most free cpus. A
+    /// task that fits nowhere may evict others (see [`Preemption`]): it is then claimed alone,
+    /// all-or-nothing with its evictions.
     fn place(&mut self, cell: &Cell, now: Timestamp, actions: &mut Actions) {
         let mut agents: Vec<(&Agent, ResourceSet)> = cell
             .agents()
@@ -1693,7 +1725,10 @@ impl BatchScheduler {
         if agents.is_empty() {
             return;
         }
-        let mut claims: BTreeMap<String, Vec<Placement>> = BTreeMap::new();
+        // One incremental claim per job and priority (a claim's tasks share its priority).
+        let mut claims: BTreeMap<(String, i64), Vec<Placement>> = BTreeMap::new();
+        let mut preempting: Vec<(String, i64, Placement, Vec<TaskId>)> = Vec::new();
+        let mut preemption = Preemption::new(cell);
         let mut misses = 0;
         let mut placed = 0;
         let mut taken: Vec<ReadyKey> = Vec::new();
@@ -1718,28 +1753,58 @@ impl BatchScheduler {
                     best = Some((i, cpus));
                 }
             }
+            let mut victims = Vec::new();
+            if best.is_none() && preempting.len() < PREEMPTIONS_PER_STEP_MAX {
+                let role = &run.job.role;
+                if let Some((i, v)) = preemption.choose(&agents, role, ctask, def) {
+                    let a = &mut agents[i].1;
+                    for t in &v {
+                        a.add(&t.resources)
+                            .expect("a victim's resources are not free");
+                    }
+                    preemption.take(role, ctask, &v);
+                    victims = v.iter().map(|t| t.id.clone()).collect();
+                    best = Some((i, 0));
+                }
+            }
             let Some((i, _)) = best else {
                 misses += 1;
                 continue;
             };
             let ports = free_ports_upto(&agents[i].1, def.ports.len() as u64);
             let resources = with_ports(&ctask.resources, &ports);
-            if agents[i].1.subtract(&resources).is_err() {
+            // A task its team's quota refuses now (limit, or another team's guarantee held
+            // back) is still claimed, so that its record says why it waits, but it takes no
+            // room from the tasks after it in this step.
+            let quota_ok =
+                !victims.is_empty() || preemption.quota_allows(&run.job.role, &resources);
+            if quota_ok && agents[i].1.subtract(&resources).is_err() {
                 misses += 1;
                 continue;
+            }
+            if victims.is_empty() && quota_ok {
+                preemption.added(&run.job.role, &resources);
             }
             let task_id = attempt_task_id(job, &ctask.name, run.tasks[idx].rec.attempts + 1);
             let agent_id = agents[i].0.id.clone();
             let spec = run
                 .job
                 .task_info(idx, &task_id, &agent_id, &resources, &ports);
-            claims.entry(job.clone()).or_default().push(Placement {
+            let placement = Placement {
                 task_id,
                 name: format!("{}.{}", job, ctask.name),
                 agent_id,
                 resources,
                 spec,
-            });
+            };
+            if victims.is_empty() {
+                claims
+                    .entry((job.clone(), ctask.priority))
+                    .or_default()
+                    .push(placement);
+            } else {
+                preempting.push((job.clone(), ctask.priority, placement, victims));
+            }
             taken.push(key.clone());
             placed += 1;
         }
@@ -1747,17 +1812,44 @@ impl BatchScheduler {
             self.ready.remove(&key);
             self.jobs.get_mut(&key.2).expect("known job").tasks[key.3].placing = true;
         }
-        for (job, placements) in claims {
-            self.claim_seq += 1;
+        let mut push = |s: &mut Self,
+                        job: &str,
+                        placements: Vec<Placement>,
+                        mode: CommitMode,
+                        priority: i64,
+                        evictions: Vec<TaskId>| {
+            s.claim_seq += 1;
             actions.claims.push(Claim {
-                id: ClaimId::new(format!("batch.{job}.{now}.{}", self.claim_seq)),
-                role: self.jobs[&job].job.role.clone(),
+                id: ClaimId::new(format!("batch.{job}.{now}.{}", s.claim_seq)),
+                role: s.jobs[job].job.role.clone(),
                 owner: BATCH_OWNER.into(),
                 snapshot_version: cell.version(),
-                mode: CommitMode::Incremental,
+                mode,
                 check: ConflictCheck::Fine,
                 placements,
+                priority,
+                evictions,
             });
+        };
+        for ((job, priority), placements) in claims {
+            push(
+                self,
+                &job,
+                placements,
+                CommitMode::Incremental,
+                priority,
+                vec![],
+            );
+        }
+        for (job, priority, placement, victims) in preempting {
+            push(
+                self,
+                &job,
+                vec![placement],
+                CommitMode::AllOrNothing,
+                priority,
+                victims,
+            );
         }
         // Stopped at the cap: place more at the next step.
         if placed >= PLACEMENTS_PER_STEP_MAX {
@@ -1810,6 +1902,196 @@ impl BatchScheduler {
             }
         }
         out
+    }
+}
+
+/// One step's books of the roles and the cell (what it placed and evicted so far), for the
+/// quota checks the cell will make and for the choice of victims.
+///
+/// Victims for a task that fits nowhere are chosen by the rules the cell
+/// checks (`Cell::decide`): a victim is an attempt of a batch job (the scheduler evicts only
+/// work it can queue again), its role is preemptible, and the victim has a strictly lower
+/// priority than the task (**priority rule**), or the task's team stays within its guarantee
+/// with the task and the victim is of another team (**guarantee rule**); no other team is
+/// taken below its guarantee. Per agent, victims are taken lowest priority first (then the
+/// largest first) until the task fits; the agent whose victims have the lowest top priority,
+/// then the fewest victims, wins.
+struct Preemption<'c> {
+    cell: &'c Cell,
+    /// Tasks already chosen as victims in this step.
+    evicted: HashSet<TaskId>,
+    /// Per role: scalars placed (+) and evicted (-) in this step so far.
+    moved: HashMap<String, BTreeMap<String, i64>>,
+    /// Free scalars of the cell, less what this step placed.
+    cluster_free: BTreeMap<String, i64>,
+}
+
+impl<'c> Preemption<'c> {
+    fn new(cell: &'c Cell) -> Preemption<'c> {
+        Preemption {
+            cell,
+            evicted: HashSet::new(),
+            moved: HashMap::new(),
+            cluster_free: cell
+                .cluster_free()
+                .into_iter()
+                .map(|(k, v)| (k, v.0))
+                .collect(),
+        }
+    }
+
+    /// Whether the cell's quota checks would let `role` take `res` now: its limit, and the
+    /// headroom other teams' unmet guarantees hold back.
+    fn quota_allows(&self, role: &str, res: &ResourceSet) -> bool {
+        if let Some(limit) = self.cell.role(role).and_then(|r| r.quota.limit.as_ref()) {
+            for (name, cap) in limit.scalar_totals() {
+                let want = res.scalar(&name).0;
+                if want > 0 && self.consumed(role, &name) + want > cap.0 {
+                    return false;
+                }
+            }
+        }
+        for (name, held) in self.cell.headroom_for_others(role) {
+            let want = res.scalar(&name).0;
+            let free = self.cluster_free.get(name.as_str()).copied().unwrap_or(0);
+            if want > 0 && free - want < held {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// What `role` consumes of `name`, with this step's placements and evictions.
+    fn consumed(&self, role: &str, name: &str) -> i64 {
+        let base = self
+            .cell
+            .role(role)
+            .map(|r| r.consumed.scalar(name).0)
+            .unwrap_or(0);
+        base + self
+            .moved
+            .get(role)
+            .and_then(|m| m.get(name))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    fn added(&mut self, role: &str, res: &ResourceSet) {
+        let m = self.moved.entry(role.to_string()).or_default();
+        for (name, v) in res.scalar_totals() {
+            *m.entry(name.to_string()).or_default() += v.0;
+            *self.cluster_free.entry(name.to_string()).or_default() -= v.0;
+        }
+    }
+
+    fn take(&mut self, role: &str, task: &CompiledTask, victims: &[&Task]) {
+        self.added(role, &task.resources);
+        for t in victims {
+            self.evicted.insert(t.id.clone());
+            let m = self.moved.entry(t.role.clone()).or_default();
+            for (name, v) in t.resources.scalar_totals() {
+                *m.entry(name.to_string()).or_default() -= v.0;
+                *self.cluster_free.entry(name.to_string()).or_default() += v.0;
+            }
+        }
+    }
+
+    /// Whether `role` stays within its guarantee with `res` more, on every guaranteed
+    /// resource, and `res` asks for one of them.
+    fn below_guarantee_with(&self, role: &str, res: &ResourceSet) -> bool {
+        let Some(r) = self.cell.role(role) else {
+            return false;
+        };
+        let mut asks = false;
+        for (name, g) in r.quota.guarantee.scalar_totals() {
+            let want = res.scalar(&name).0;
+            asks |= want > 0;
+            if self.consumed(role, &name) + want > g.0 {
+                return false;
+            }
+        }
+        asks
+    }
+
+    fn choose(
+        &self,
+        agents: &[(&'c Agent, ResourceSet)],
+        role: &str,
+        task: &CompiledTask,
+        def: &TaskDef,
+    ) -> Option<(usize, Vec<&'c Task>)> {
+        let by_guarantee = self.below_guarantee_with(role, &task.resources);
+        if task.priority == 0 && !by_guarantee {
+            return None;
+        }
+        let mut best: Option<((i64, usize), usize, Vec<&'c Task>)> = None;
+        for (i, (a, free)) in agents.iter().enumerate() {
+            if !def.constraints.iter().all(|c| c.matches(a)) {
+                continue;
+            }
+            let mut candidates: Vec<&'c Task> = self
+                .cell
+                .live_tasks_on(&a.id)
+                .filter(|t| {
+                    t.holds_resources()
+                        && t.owner == BATCH_OWNER
+                        && matches!(
+                            t.state,
+                            TaskState::Staging | TaskState::Starting | TaskState::Running
+                        )
+                        && !self.evicted.contains(&t.id)
+                        && self.cell.role(&t.role).is_none_or(|r| r.preemptible)
+                        && (t.priority < task.priority || (by_guarantee && t.role != role))
+                })
+                .collect();
+            candidates.sort_by_key(|t| {
+                (
+                    t.priority,
+                    Reverse(t.resources.scalar("cpus").0),
+                    t.id.clone(),
+                )
+            });
+            let mut avail = free.clone();
+            let mut chosen: Vec<&'c Task> = Vec::new();
+            let mut gone: HashMap<&str, BTreeMap<String, i64>> = HashMap::new();
+            for t in candidates {
+                if avail.contains(&task.resources) && port_count(&avail) >= def.ports.len() as u64 {
+                    break;
+                }
+                if t.role != role {
+                    // No other team goes below its guarantee.
+                    let g = gone.entry(t.role.as_str()).or_default();
+                    let floor_kept = self.cell.role(&t.role).is_none_or(|r| {
+                        r.quota.guarantee.scalar_totals().iter().all(|(name, min)| {
+                            let want = t.resources.scalar(name).0;
+                            let before = g.get(name.as_str()).copied().unwrap_or(0);
+                            want == 0 || self.consumed(&t.role, name) - before - want >= min.0
+                        })
+                    });
+                    if !floor_kept {
+                        continue;
+                    }
+                    for (name, v) in t.resources.scalar_totals() {
+                        *g.entry(name.to_string()).or_default() += v.0;
+                    }
+                }
+                if avail.add(&t.resources).is_err() {
+                    continue;
+                }
+                chosen.push(t);
+            }
+            let fits =
+                avail.contains(&task.resources) && port_count(&avail) >= def.ports.len() as u64;
+            if !fits || chosen.is_empty() {
+                continue;
+            }
+            let top = chosen.iter().map(|t| t.priority).max().unwrap_or(0);
+            let key = (top, chosen.len());
+            if best.as_ref().is_none_or(|(k, _, _)| key < *k) {
+                best = Some((key, i, chosen));
+            }
+        }
+        best.map(|(_, i, v)| (i, v))
     }
 }
 

@@ -8,3 +8,7 @@ pub const ID_BYTES_MAX: usize = 256;
 pub const HOSTNAME_BYTES_MAX: usize = 255;
 /// Largest task description (TaskInfo JSON) one placement may carry, in bytes.
 pub const TASK_SPEC_BYTES_MAX: usize = 1 << 20;
+/// Most tasks one claim may evict.
+pub const CLAIM_EVICTIONS_MAX: usize = 1_000;
+/// Highest priority of a claim (and of a job's task); the lowest is 0.
+pub const PRIORITY_MAX: i64 = 1000;

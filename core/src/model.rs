@@ -206,6 +206,33 @@ pub struct Task {
     pub spec: TaskSpec,
     /// The cell version of the task's last change.
     pub version: Version,
+    /// The priority of the claim that placed it (0 to [`crate::limits::PRIORITY_MAX`]; native
+    /// claims and Mesos frameworks place at 0 unless they say otherwise).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub priority: i64,
+    /// Set when a claim evicted it: its resources moved to that claim at the commit, so the
+    /// task keeps none while it is killed, and its terminal state frees nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preempted_by: Option<ClaimId>,
+}
+
+impl Task {
+    /// Whether the task's resources are booked in the cell: live and not evicted.
+    pub fn holds_resources(&self) -> bool {
+        !self.state.is_terminal() && self.preempted_by.is_none()
+    }
+}
+
+/// The Mesos `TaskStatus.Reason` of a task evicted by a claim (its TASK_KILLING and its final
+/// TASK_KILLED).
+pub const REASON_PREEMPTED: &str = "REASON_CONTAINER_PREEMPTED";
+
+fn is_zero(p: &i64) -> bool {
+    *p == 0
+}
+
+pub(crate) fn yes() -> bool {
+    true
 }
 
 /// Quota of a role: what it is guaranteed and what it may never exceed (scalars only, as in
@@ -226,6 +253,10 @@ pub struct Role {
     pub weight: f64,
     #[serde(default)]
     pub quota: Quota,
+    /// Whether claims may evict the role's tasks (a higher priority, or a team below its
+    /// guarantee). On by default.
+    #[serde(default = "yes")]
+    pub preemptible: bool,
     /// Derived: the resources of the role's live tasks.
     #[serde(default)]
     pub consumed: ResourceSet,
@@ -237,6 +268,7 @@ impl Role {
             name: name.to_string(),
             weight: 1.0,
             quota: Quota::default(),
+            preemptible: true,
             consumed: ResourceSet::new(),
         }
     }
@@ -287,6 +319,14 @@ pub struct Claim {
     #[serde(default)]
     pub check: ConflictCheck,
     pub placements: Vec<Placement>,
+    /// The priority of its tasks (0 to [`crate::limits::PRIORITY_MAX`], default 0): a claim
+    /// may evict tasks of a strictly lower priority.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub priority: i64,
+    /// Live tasks to preempt, on the agents the claim places on, in the same transaction
+    /// (all-or-nothing claims only). See `Cell::decide` for when an eviction is allowed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub evictions: Vec<TaskId>,
 }
 
 /// Why one placement was not committed.
@@ -320,6 +360,11 @@ pub enum RejectReason {
     },
     /// Another placement of the same all-or-nothing claim was rejected.
     GangAborted,
+    /// One of the claim's evictions is not allowed (or no longer possible): nothing commits.
+    EvictionRefused {
+        task_id: TaskId,
+        why: String,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -366,6 +411,10 @@ pub enum Event {
         outcome: ClaimOutcome,
         /// Shared with the cell's own records: applying the entry copies no task.
         tasks: Vec<Arc<Task>>,
+        /// Tasks the claim evicted (already gone TASK_KILLING earlier in the same entry):
+        /// their resources move to the claim.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        evictions: Vec<TaskId>,
     },
     TaskStatusChanged {
         task_id: TaskId,
@@ -376,6 +425,8 @@ pub enum Event {
         name: String,
         weight: f64,
         quota: Quota,
+        #[serde(default = "yes")]
+        preemptible: bool,
     },
     /// Offers made: their resources are held.
     HoldsPlaced { holds: Vec<Hold> },
@@ -455,6 +506,8 @@ mod tests {
                 r#"{"command":{"value":"echo"},"task_id":{"value":"t1"}}"#,
             )),
             version: 3,
+            priority: 0,
+            preempted_by: None,
         };
         let entry = LogEntry {
             version: 3,
@@ -465,6 +518,7 @@ mod tests {
                     placements: vec![],
                 },
                 tasks: vec![Arc::new(task)],
+                evictions: vec![],
             }],
         };
         let json = serde_json::to_string(&entry).unwrap();

@@ -1407,6 +1407,9 @@ impl ServiceScheduler {
             mode: CommitMode::Incremental,
             check: ConflictCheck::Fine,
             placements,
+            // Recorded on the tasks; a service places without evicting anything.
+            priority: c.spec.priority.unwrap_or(crate::jobs::PRIORITY_DEFAULT),
+            evictions: Vec::new(),
         });
     }
 }

@@ -742,6 +742,7 @@ fn a_task_beyond_its_team_quota_waits_and_says_why() {
             guarantee: ResourceSet::new(),
             limit: Some(ResourceSet::parse(cpus).unwrap()),
         },
+        preemptible: true,
     };
     sim.commit(&quota("cpus:0.5")).unwrap();
     let job = sim.submit(&format!(
@@ -765,4 +766,174 @@ fn a_task_beyond_its_team_quota_waits_and_says_why() {
         (JobTaskState::Finished, None)
     );
     assert_eq!(sim.cell.task(&TaskId::new("q.a.1")).unwrap().role, "team-a");
+}
+
+/// Tasks of the shape [`task`] makes, with no dependencies and nothing extra.
+fn plain_tasks(names: &[&str]) -> String {
+    names.iter().map(|n| task(n, &[], "")).collect()
+}
+
+/// The scheduler steps; then every live task moves on: staging ones run, killed ones end,
+/// running ones finish only when `finishes` says so.
+fn round_with(sim: &mut Sim, finishes: &dyn Fn(&Task) -> bool) {
+    sim.schedule(None);
+    sim.advance(|t| match t.state {
+        TaskState::Staging => Some(TaskState::Running),
+        TaskState::Killing => Some(TaskState::Killed),
+        TaskState::Running if finishes(t) => Some(TaskState::Finished),
+        _ => None,
+    });
+    sim.now += 100;
+}
+
+/// The tasks a claim evicted.
+fn evicted(cell: &Cell) -> Vec<&Task> {
+    cell.tasks().filter(|t| t.preempted_by.is_some()).collect()
+}
+
+fn live_of(cell: &Cell, job: &str) -> Vec<Task> {
+    cell.tasks()
+        .filter(|t| t.holds_resources() && t.id.as_str().starts_with(&format!("{job}.")))
+        .cloned()
+        .collect()
+}
+
+#[test]
+fn a_high_priority_job_preempts_low_priority_work_which_runs_again_without_a_retry() {
+    let mut sim = Sim::new(cell_with_agents(&["cpus:2;mem:1024", "cpus:2;mem:1024"]));
+    let low = sim.submit(&format!(
+        "name = \"low\"\npriority = 10\n{}",
+        plain_tasks(&["l1", "l2", "l3", "l4"])
+    ));
+    let low_runs_on = std::cell::Cell::new(false);
+    let finishes = |t: &Task| !t.id.as_str().starts_with("low.") || low_runs_on.get();
+    for _ in 0..3 {
+        round_with(&mut sim, &finishes);
+    }
+    assert_eq!(live_of(&sim.cell, &low).len(), 4, "low fills the cell");
+    let high = sim.submit(&format!(
+        "name = \"high\"\npriority = 90\n{}",
+        plain_tasks(&["h1", "h2"])
+    ));
+    for _ in 0..6 {
+        round_with(&mut sim, &finishes);
+    }
+    assert_eq!(sim.cell.job(&high).unwrap().state, JobState::Complete);
+    // Exactly two low attempts were evicted, with the reason, and are queued again.
+    let victims = evicted(&sim.cell);
+    assert_eq!(victims.len(), 2, "{victims:#?}");
+    for t in &victims {
+        assert!(t.id.as_str().starts_with("low."));
+        assert_eq!(t.state, TaskState::Killed);
+        assert_eq!(t.status.reason.as_deref(), Some(REASON_PREEMPTED));
+        let m = t.status.message.as_deref().unwrap();
+        assert!(
+            m.contains("batch.high.") && m.contains("priority 90"),
+            "{m}"
+        );
+    }
+    let ts = job_tasks(&sim.cell, &low);
+    let preempted: Vec<&JobTask> = ts.values().filter(|t| t.preemptions == 1).collect();
+    assert_eq!(preempted.len(), 2);
+    for t in &preempted {
+        assert!(t.message.as_deref().unwrap().contains("preempted"), "{t:?}");
+    }
+    // The low job's tasks have no retries, yet the preempted ones run again and finish.
+    low_runs_on.set(true);
+    for _ in 0..10 {
+        round_with(&mut sim, &finishes);
+    }
+    let j = sim.cell.job(&low).unwrap();
+    assert_eq!(j.state, JobState::Complete, "{j:#?}");
+    for t in preempted {
+        assert_eq!(j.tasks[&t.name].attempts, 2);
+    }
+}
+
+#[test]
+fn the_victims_are_the_fewest_of_the_lowest_priority() {
+    // h0 holds one priority-30 task of 2 cpus; h1 two priority-10 tasks of 1 cpu.
+    let mut sim = Sim::new(cell_with_agents(&["cpus:2;mem:1024", "cpus:2;mem:1024"]));
+    let on =
+        |host: &str| format!("constraints = [{{ attribute = \"hostname\", value = \"{host}\" }}]");
+    sim.submit(&format!(
+        "name = \"mid\"\npriority = 30\n[[tasks]]\nname = \"m\"\ncommand = \"true\"\nresources = \"cpus:2;mem:16\"\n{}\n",
+        on("h0")
+    ));
+    sim.submit(&format!(
+        "name = \"low\"\npriority = 10\n{}{}",
+        task("l1", &[], &on("h1")),
+        task("l2", &[], &on("h1"))
+    ));
+    let never = |_: &Task| false;
+    for _ in 0..3 {
+        round_with(&mut sim, &never);
+    }
+    sim.submit(&format!(
+        "name = \"high\"\npriority = 50\n{}",
+        task("h", &[], "")
+    ));
+    round_with(&mut sim, &never);
+    let victims = evicted(&sim.cell);
+    assert_eq!(victims.len(), 1, "{victims:#?}");
+    assert!(victims[0].id.as_str().starts_with("low."));
+    let h = sim.cell.task(&TaskId::new("high.h.1")).unwrap();
+    assert_eq!(h.agent_id, victims[0].agent_id);
+    assert_eq!(h.priority, 50);
+    // Nothing of a higher or equal priority is evicted: a second job at 10 waits.
+    sim.submit(&format!(
+        "name = \"late\"\npriority = 10\n{}",
+        task("x", &[], "")
+    ));
+    for _ in 0..3 {
+        round_with(&mut sim, &never);
+    }
+    assert_eq!(evicted(&sim.cell).len(), 1);
+    assert!(sim.cell.task(&TaskId::new("late.x.1")).is_none());
+}
+
+#[test]
+fn a_team_below_its_guarantee_preempts_teams_above_theirs() {
+    let mut sim = Sim::new(cell_with_agents(&["cpus:4;mem:1024"]));
+    let role = |name: &str, g: &str, l: Option<&str>| Command::ConfigureRole {
+        name: name.into(),
+        weight: 1.0,
+        quota: Quota {
+            guarantee: ResourceSet::parse(g).unwrap(),
+            limit: l.map(|l| ResourceSet::parse(l).unwrap()),
+        },
+        preemptible: true,
+    };
+    sim.commit(&role("team-a", "cpus:1", Some("cpus:4")))
+        .unwrap();
+    let a = sim.submit(&format!(
+        "name = \"a\"\nteam = \"team-a\"\n{}",
+        plain_tasks(&["a1", "a2", "a3", "a4"])
+    ));
+    let never = |_: &Task| false;
+    for _ in 0..3 {
+        round_with(&mut sim, &never);
+    }
+    assert_eq!(live_of(&sim.cell, &a).len(), 4);
+    // Team B arrives with a guarantee of 2 cpus, at the same priority as A.
+    sim.commit(&role("team-b", "cpus:2", None)).unwrap();
+    let b = sim.submit(&format!(
+        "name = \"b\"\nteam = \"team-b\"\n{}",
+        plain_tasks(&["b1", "b2", "b3"])
+    ));
+    for _ in 0..4 {
+        round_with(&mut sim, &never);
+        let a_cpus = sim.cell.role("team-a").unwrap().consumed.scalar("cpus");
+        assert!(a_cpus >= Milli(1000), "team A below its guarantee");
+    }
+    // B got its guarantee (two tasks), not more: b3 waits; A keeps two.
+    assert_eq!(live_of(&sim.cell, &b).len(), 2);
+    assert_eq!(live_of(&sim.cell, &a).len(), 2);
+    let ts = job_tasks(&sim.cell, &b);
+    assert!(
+        ts.values()
+            .filter(|t| t.state == JobTaskState::Queued)
+            .count()
+            == 1
+    );
 }

@@ -183,6 +183,8 @@ fn claim_of(
     placements: Vec<Placement>,
 ) -> Claim {
     Claim {
+        priority: 0,
+        evictions: vec![],
         id: ClaimId::new(id),
         role: role.into(),
         owner: "test".into(),
@@ -244,7 +246,8 @@ fn check_all(cell: &Cell, limits: &BTreeMap<String, ResourceSet>) {
     }
     let mut held: HashMap<AgentId, ResourceSet> = HashMap::new();
     let mut role_held: BTreeMap<String, ResourceSet> = BTreeMap::new();
-    for t in cell.tasks().filter(|t| !t.state.is_terminal()) {
+    // Evicted tasks (being killed) hold nothing: their resources moved to the evicting claim.
+    for t in cell.tasks().filter(|t| t.holds_resources()) {
         held.entry(t.agent_id.clone())
             .or_default()
             .add(&t.resources)
@@ -262,7 +265,7 @@ fn check_all(cell: &Cell, limits: &BTreeMap<String, ResourceSet>) {
     }
     // Also count ports and set items task by task, independently of ResourceSet::add.
     let mut counts: HashMap<(AgentId, Name, Name), (u64, ResourceSet)> = HashMap::new();
-    for t in cell.tasks().filter(|t| !t.state.is_terminal()) {
+    for t in cell.tasks().filter(|t| t.holds_resources()) {
         for r in t.resources.iter() {
             let n = match &r.value {
                 Value::Scalar(_) => continue,
@@ -505,11 +508,22 @@ impl Harness {
     }
 
     fn configure_role(&mut self, name: &str, weight: f64, quota: Quota) -> bool {
+        self.configure_role_preemptible(name, weight, quota, true)
+    }
+
+    fn configure_role_preemptible(
+        &mut self,
+        name: &str,
+        weight: f64,
+        quota: Quota,
+        preemptible: bool,
+    ) -> bool {
         let limit = quota.limit.clone();
         let (_, res) = self.run(&Command::ConfigureRole {
             name: name.into(),
             weight,
             quota,
+            preemptible,
         });
         match res {
             Ok((Some(_), Reply::Done)) => {
@@ -572,7 +586,13 @@ impl Harness {
         for t in before.tasks().filter(|t| t.agent_id == agent_id) {
             let now = self.cell.task(&t.id).unwrap();
             if was_unreachable && t.state == TaskState::Unreachable {
-                assert_eq!(now.state, TaskState::Running);
+                // An evicted task comes back to be killed.
+                let want = if t.preempted_by.is_some() {
+                    TaskState::Killing
+                } else {
+                    TaskState::Running
+                };
+                assert_eq!(now.state, want);
             } else {
                 assert_eq!(now.state, t.state);
             }
@@ -663,7 +683,9 @@ impl Harness {
             before.role(&t.role).unwrap(),
             self.cell.role(&t.role).unwrap(),
         );
-        if !t.state.is_terminal() && after.state.is_terminal() {
+        // Property 4: only the first terminal state frees, and only what the task still holds
+        // (an evicted task's resources moved to the evicting claim).
+        if t.holds_resources() && after.state.is_terminal() {
             assert_eq!(
                 aa.allocated,
                 minus(&ab.allocated, &t.resources),
@@ -697,6 +719,16 @@ impl Harness {
             assert!(matches!(res, Err(Rejection::NotFound(_))), "{res:?}");
             return;
         };
+        let evicted = t.preempted_by.is_some();
+        // An evicted task reporting itself live is recorded as being killed.
+        let state = if evicted
+            && !state.is_terminal()
+            && !matches!(state, TaskState::Lost | TaskState::Unreachable)
+        {
+            TaskState::Killing
+        } else {
+            state
+        };
         if t.state == state && state.is_terminal() {
             assert!(
                 matches!(res, Ok((None, Reply::Done))),
@@ -716,11 +748,15 @@ impl Harness {
                 // A repeat of the current status (its time aside) commits nothing.
                 None => assert!(
                     t.state == state
-                        && StatusInfo {
-                            timestamp: t.status.timestamp,
-                            ..status.clone()
-                        } == t.status
+                        && (evicted
+                            || StatusInfo {
+                                timestamp: t.status.timestamp,
+                                ..status.clone()
+                            } == t.status)
                 ),
+                Some(_) if evicted && (state == TaskState::Killed || !state.is_terminal()) => {
+                    assert_eq!(now.status.reason.as_deref(), Some(REASON_PREEMPTED));
+                }
                 Some(_) => {
                     assert_eq!(now.version, self.cell.version());
                     if status.timestamp != 0 {
@@ -856,6 +892,7 @@ fn check_outcome(
             "a claim that committed nothing is not recorded"
         );
     }
+    check_evictions(before, after, claim, n > 0);
     // Property 3: exactly the committed placements became tasks.
     assert_eq!(after.task_count(), before.task_count() + n);
     let mut on_agent: HashMap<&AgentId, usize> = HashMap::new();
@@ -878,7 +915,14 @@ fn check_outcome(
             assert_eq!(t.version, after.version());
             let pre = pre.expect("committed on a known agent");
             assert_eq!(pre.state, AgentState::Active);
-            assert!(pre.free().contains(&p.resources));
+            // Free before, or freed by the claim's evictions on that agent.
+            let mut free = pre.free();
+            for v in claim.evictions.iter().filter_map(|id| before.task(id)) {
+                if v.agent_id == p.agent_id {
+                    free.add(&v.resources).unwrap();
+                }
+            }
+            assert!(free.contains(&p.resources));
             if claim.check == ConflictCheck::Coarse {
                 assert!(
                     pre.version <= claim.snapshot_version,
@@ -936,9 +980,86 @@ fn check_outcome(
                         o.rejected,
                         Some(RejectReason::AgentVersionMoved { .. })
                             | Some(RejectReason::DuplicateTaskId)
+                            | Some(RejectReason::EvictionRefused { .. })
                             | Some(RejectReason::ReservationMismatch { .. })
                     ),
                     "coarse placement on moved agent: {o:?}"
+                );
+            }
+        }
+    }
+}
+
+/// Property 9 (preemption): evictions commit together with the placements or not at all; every
+/// victim was a live task holding resources on an agent the claim places on, of a preemptible
+/// role, and of a lower priority than the claim or evicted under the guarantee rule (the
+/// claimant stays within its guarantee, the victim is of another role); no role other than the
+/// claimant is taken below its guarantee; a victim is TASK_KILLING with the preemption reason
+/// and holds nothing any more.
+fn check_evictions(before: &Cell, after: &Cell, claim: &Claim, committed: bool) {
+    if !committed {
+        for id in &claim.evictions {
+            assert_eq!(
+                before.task(id),
+                after.task(id),
+                "a refused claim evicted {id}"
+            );
+        }
+        return;
+    }
+    let agents: Vec<&AgentId> = claim.placements.iter().map(|p| &p.agent_id).collect();
+    let mut wanted = ResourceSet::new();
+    for p in &claim.placements {
+        wanted.add_scalars(&p.resources).unwrap();
+    }
+    let claimant = before.role(&claim.role);
+    let within_guarantee = claimant.is_some_and(|r| {
+        let g = r.quota.guarantee.scalar_totals();
+        g.iter().any(|(n, _)| wanted.scalar(n).0 > 0)
+            && g.iter()
+                .all(|(n, m)| r.consumed.scalar(n).0 + wanted.scalar(n).0 <= m.0)
+    });
+    let mut victim_roles: BTreeMap<String, ResourceSet> = BTreeMap::new();
+    for id in &claim.evictions {
+        let was = before.task(id).expect("a victim existed");
+        let now = after.task(id).unwrap();
+        assert!(was.holds_resources(), "victim {id} held nothing: {was:?}");
+        assert!(matches!(
+            was.state,
+            TaskState::Staging | TaskState::Starting | TaskState::Running
+        ));
+        assert!(
+            agents.contains(&&was.agent_id),
+            "victim {id} on another agent"
+        );
+        assert!(before.role(&was.role).is_none_or(|r| r.preemptible));
+        assert!(
+            was.priority < claim.priority || (within_guarantee && was.role != claim.role),
+            "victim {id} (priority {}, role {}) evicted by claim of priority {}, role {}",
+            was.priority,
+            was.role,
+            claim.priority,
+            claim.role
+        );
+        assert_eq!(now.state, TaskState::Killing);
+        assert_eq!(now.preempted_by.as_ref(), Some(&claim.id));
+        assert_eq!(now.status.reason.as_deref(), Some(REASON_PREEMPTED));
+        assert!(!now.holds_resources());
+        if was.role != claim.role {
+            victim_roles
+                .entry(was.role.clone())
+                .or_default()
+                .add_scalars(&was.resources)
+                .unwrap();
+        }
+    }
+    for (role, gone) in victim_roles {
+        let r = after.role(&role).unwrap();
+        for (name, g) in r.quota.guarantee.scalar_totals() {
+            if gone.scalar(&name).0 > 0 {
+                assert!(
+                    r.consumed.scalar(&name) >= g,
+                    "role {role} evicted below its guarantee of {name}"
                 );
             }
         }
@@ -1001,6 +1122,7 @@ struct RoleSpec {
     /// (tenths of a cpu, mem)
     limit: Option<(u32, u32)>,
     guarantee: Option<(u32, u32)>,
+    preemptible: bool,
 }
 
 impl RoleSpec {
@@ -1023,11 +1145,13 @@ fn role_spec() -> impl Strategy<Value = RoleSpec> {
         1u32..=40,
         prop::option::weighted(0.6, (5u32..=60, 200u32..=6000)),
         prop::option::weighted(0.3, (1u32..=20, 100u32..=2000)),
+        prop::bool::weighted(0.8),
     )
-        .prop_map(|(weight, limit, guarantee)| RoleSpec {
+        .prop_map(|(weight, limit, guarantee, preemptible)| RoleSpec {
             weight,
             limit,
             guarantee,
+            preemptible,
         })
 }
 
@@ -1102,6 +1226,10 @@ enum Op {
         mode: CommitMode,
         check: ConflictCheck,
         placements: Vec<PSpec>,
+        /// Tenfold: 0, 10 or 20.
+        priority: i64,
+        /// Victims among the live tasks of the placements' agents (in the snapshot).
+        evict: Vec<usize>,
     },
     Resubmit(usize),
     Status(usize, TaskState, bool),
@@ -1116,8 +1244,10 @@ enum Op {
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         2 => (0usize..3).prop_map(Op::Snapshot),
-        7 => (0usize..3, 0usize..3, mode(), check(), prop::collection::vec(pspec(), 1..5))
-            .prop_map(|(sched, role, mode, check, placements)| Op::Claim { sched, role, mode, check, placements }),
+        7 => (0usize..3, 0usize..3, mode(), check(), prop::collection::vec(pspec(), 1..5),
+              0i64..3, prop::collection::vec(any::<usize>(), 0..3))
+            .prop_map(|(sched, role, mode, check, placements, priority, evict)| Op::Claim {
+                sched, role, mode, check, placements, priority: priority * 10, evict }),
         1 => any::<usize>().prop_map(Op::Resubmit),
         5 => (any::<usize>(), task_state(), any::<bool>()).prop_map(|(t, s, f)| Op::Status(t, s, f)),
         1 => any::<usize>().prop_map(Op::Kill),
@@ -1128,6 +1258,7 @@ fn op() -> impl Strategy<Value = Op> {
 }
 
 /// A scheduler's claim, decided against its (possibly stale) snapshot.
+#[allow(clippy::too_many_arguments)]
 fn build_claim(
     snap: &Cell,
     id: String,
@@ -1136,6 +1267,8 @@ fn build_claim(
     check: ConflictCheck,
     specs: &[PSpec],
     next_task: &mut u64,
+    priority: i64,
+    evict: &[usize],
 ) -> Claim {
     let agents = sorted_agents(snap);
     let mut planned: HashMap<AgentId, ResourceSet> = HashMap::new();
@@ -1207,12 +1340,34 @@ fn build_claim(
             spec: TaskSpec::empty(),
         });
     }
+    // Victims: live tasks on the placements' agents, as the snapshot shows them.
+    let mut candidates: Vec<&Task> = sorted_tasks(snap)
+        .into_iter()
+        .filter(|t| t.holds_resources() && placements.iter().any(|p| p.agent_id == t.agent_id))
+        .collect();
+    candidates.sort_by(|a, b| a.id.cmp(&b.id));
+    let mut evictions: Vec<TaskId> = Vec::new();
+    if !candidates.is_empty() {
+        for k in evict {
+            let id = candidates[k % candidates.len()].id.clone();
+            if !evictions.contains(&id) {
+                evictions.push(id);
+            }
+        }
+    }
     Claim {
+        priority,
+        // Evictions need an all-or-nothing claim (an incremental one is refused as invalid).
+        mode: if evictions.is_empty() || evict.len() != 1 {
+            mode
+        } else {
+            CommitMode::AllOrNothing
+        },
+        evictions,
         id: ClaimId::new(id),
         role: role.into(),
         owner: "sched".into(),
         snapshot_version: snap.version(),
-        mode,
         check,
         placements,
     }
@@ -1234,7 +1389,7 @@ fn status_info(fresh: bool, n: u64) -> StatusInfo {
 fn run_scenario(agents: &[AgentSpec], roles: &[RoleSpec], ops: &[Op]) {
     let mut h = Harness::new(true);
     for (i, r) in roles.iter().enumerate() {
-        h.configure_role(ROLES[i], r.weight as f64 / 10.0, r.quota());
+        h.configure_role_preemptible(ROLES[i], r.weight as f64 / 10.0, r.quota(), r.preemptible);
     }
     for (i, a) in agents.iter().enumerate() {
         h.register(None, &format!("host{i}"), a.resources(i))
@@ -1252,6 +1407,8 @@ fn run_scenario(agents: &[AgentSpec], roles: &[RoleSpec], ops: &[Op]) {
                 mode,
                 check,
                 placements,
+                priority,
+                evict,
             } => {
                 let id = format!("claim{step}");
                 let claim = build_claim(
@@ -1262,6 +1419,8 @@ fn run_scenario(agents: &[AgentSpec], roles: &[RoleSpec], ops: &[Op]) {
                     *check,
                     placements,
                     &mut next_task,
+                    *priority,
+                    evict,
                 );
                 h.claim(&claim);
                 submitted.push(claim);
@@ -1486,6 +1645,8 @@ proptest! {
         let gone = h.register(None, "g", rs("cpus:4;mem:1024")).unwrap();
         h.set_agent(&gone, AgentState::Gone);
         let claim = Claim {
+            priority: 0,
+            evictions: vec![],
             id: ClaimId::new(&id),
             role: role.to_string(),
             owner: String::new(),
@@ -2227,6 +2388,8 @@ fn sim_claim(rng: &mut Rng, sched: &SimSched, id: String, next_task: &mut u64) -
         }
     }
     (!placements.is_empty()).then(|| Claim {
+        priority: 0,
+        evictions: vec![],
         id: ClaimId::new(id),
         role: sched.role.into(),
         owner: sched.role.into(),
@@ -2461,4 +2624,393 @@ fn simulation_with_stale_schedulers() {
         stats.placements_rejected > 0 && stats.version_moved > 0,
         "no conflicts exercised: {stats:?}"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Preemption
+// ---------------------------------------------------------------------------------------------
+
+fn evicting(
+    id: &str,
+    role: &str,
+    snap: Version,
+    priority: i64,
+    placements: Vec<Placement>,
+    victims: &[&str],
+) -> Claim {
+    Claim {
+        priority,
+        evictions: victims.iter().map(|v| TaskId::new(*v)).collect(),
+        ..claim_of(
+            id,
+            role,
+            snap,
+            CommitMode::AllOrNothing,
+            ConflictCheck::Fine,
+            placements,
+        )
+    }
+}
+
+/// One agent of 2 cpus full of `batch` work at priority 10: `low1` and `low2`, a cpu each.
+fn full_cell() -> (Harness, AgentId) {
+    let mut h = Harness::new(true);
+    let a = h
+        .register(None, "a", rs("cpus:2;mem:512;ports:[31000-31001]"))
+        .unwrap();
+    let v = h.cell.version();
+    let c = Claim {
+        priority: 10,
+        ..claim_of(
+            "low",
+            "batch",
+            v,
+            CommitMode::AllOrNothing,
+            ConflictCheck::Fine,
+            vec![
+                placement("low1", &a, "cpus:1;mem:128;ports:[31000-31000]"),
+                placement("low2", &a, "cpus:1;mem:128"),
+            ],
+        )
+    };
+    assert_eq!(h.claim(&c).unwrap().committed_count(), 2);
+    h.status(
+        &TaskId::new("low1"),
+        TaskState::Running,
+        StatusInfo::default(),
+    );
+    (h, a)
+}
+
+#[test]
+fn a_higher_priority_claim_evicts_and_places_in_one_transaction() {
+    let (mut h, a) = full_cell();
+    let v = h.cell.version();
+    // Without the eviction it does not fit.
+    let plain = Claim {
+        priority: 20,
+        ..claim_of(
+            "p",
+            "web",
+            v,
+            CommitMode::AllOrNothing,
+            ConflictCheck::Fine,
+            vec![placement("high", &a, "cpus:1;mem:128;ports:[31000-31000]")],
+        )
+    };
+    assert_eq!(h.claim(&plain).unwrap().committed_count(), 0);
+    let c = evicting("e", "web", v, 20, plain.placements.clone(), &["low1"]);
+    let before = h.cell.clone();
+    let out = h.claim(&c).unwrap();
+    assert_eq!(out.committed_count(), 1);
+    // The kill comes before the launch in the one entry.
+    let entry = h.log.last().unwrap();
+    assert!(
+        matches!(&entry.events[0], Event::TaskStatusChanged { task_id, state: TaskState::Killing, .. } if task_id.as_str() == "low1")
+    );
+    assert!(
+        matches!(&entry.events[1], Event::ClaimCommitted { evictions, .. } if evictions.len() == 1)
+    );
+    let low1 = h.cell.task(&TaskId::new("low1")).unwrap().clone();
+    let msg = low1.status.message.clone().unwrap();
+    assert!(
+        msg.contains("claim e") && msg.contains("priority 20") && msg.contains("high"),
+        "{msg}"
+    );
+    // The victim's resources moved to the new task: the agent's books are unchanged.
+    assert_eq!(
+        h.cell.agent(&a).unwrap().allocated,
+        before.agent(&a).unwrap().allocated
+    );
+    assert_eq!(h.cell.role("batch").unwrap().consumed, rs("cpus:1;mem:128"));
+    // Its end frees nothing more, and keeps the preemption's reason and message.
+    let alloc = h.cell.agent(&a).unwrap().allocated.clone();
+    h.status(&low1.id, TaskState::Running, StatusInfo::default());
+    assert_eq!(
+        h.cell.task(&low1.id).unwrap().state,
+        TaskState::Killing,
+        "an evicted task is not running"
+    );
+    h.status(
+        &low1.id,
+        TaskState::Killed,
+        StatusInfo {
+            message: Some("killed by signal".into()),
+            ..StatusInfo::default()
+        },
+    );
+    let end = h.cell.task(&low1.id).unwrap();
+    assert_eq!(end.status.reason.as_deref(), Some(REASON_PREEMPTED));
+    assert_eq!(end.status.message.as_deref(), Some(msg.as_str()));
+    assert_eq!(h.cell.agent(&a).unwrap().allocated, alloc);
+    check_replay(&h.cell, &h.log);
+    check_restart(&h.cell);
+}
+
+#[test]
+fn evictions_that_are_not_allowed_evict_nothing() {
+    let (mut h, a) = full_cell();
+    let v = h.cell.version();
+    let p = || vec![placement("high", &a, "cpus:1")];
+    let refused = |h: &mut Harness, c: Claim| {
+        let out = h.claim(&c).unwrap();
+        assert_eq!(out.committed_count(), 0, "{c:?}");
+        assert!(
+            matches!(
+                out.placements[0].rejected,
+                Some(RejectReason::EvictionRefused { .. })
+            ),
+            "{out:?}"
+        );
+    };
+    // Same priority, and a lower one.
+    refused(&mut h, evicting("e1", "web", v, 10, p(), &["low1"]));
+    refused(&mut h, evicting("e2", "web", v, 5, p(), &["low1"]));
+    // A victim on another agent.
+    let b = h.register(None, "b", rs("cpus:1;mem:128")).unwrap();
+    let v = h.cell.version();
+    refused(
+        &mut h,
+        evicting(
+            "e3",
+            "web",
+            v,
+            20,
+            vec![placement("high", &b, "cpus:2")],
+            &["low1"],
+        ),
+    );
+    // A role that is not preemptible.
+    assert!(h.configure_role_preemptible("batch", 1.0, Quota::default(), false));
+    let v = h.cell.version();
+    refused(&mut h, evicting("e4", "web", v, 20, p(), &["low1"]));
+    assert!(h.configure_role("batch", 1.0, Quota::default()));
+    // A victim already ended.
+    h.status(
+        &TaskId::new("low2"),
+        TaskState::Finished,
+        StatusInfo::default(),
+    );
+    let v = h.cell.version();
+    refused(&mut h, evicting("e5", "web", v, 20, p(), &["low2"]));
+    // Not enough room even with the evictions: the gang fails, nothing is evicted.
+    let out = h
+        .claim(&evicting(
+            "e6",
+            "web",
+            v,
+            20,
+            vec![placement("huge", &a, "cpus:3")],
+            &["low1"],
+        ))
+        .unwrap();
+    assert_eq!(out.committed_count(), 0);
+    assert_eq!(
+        h.cell.task(&TaskId::new("low1")).unwrap().state,
+        TaskState::Running
+    );
+    // Bad input: 400 or 404, nothing changes.
+    let (_, r) = h.run(&Command::Claim(Claim {
+        mode: CommitMode::Incremental,
+        ..evicting("e7", "web", v, 20, p(), &["low1"])
+    }));
+    assert!(matches!(r, Err(Rejection::Invalid(_))), "{r:?}");
+    let (_, r) = h.run(&Command::Claim(evicting(
+        "e8",
+        "web",
+        v,
+        20,
+        p(),
+        &["low1", "low1"],
+    )));
+    assert!(matches!(r, Err(Rejection::Invalid(_))), "{r:?}");
+    let (_, r) = h.run(&Command::Claim(evicting(
+        "e9",
+        "web",
+        v,
+        20,
+        p(),
+        &["nobody"],
+    )));
+    assert!(matches!(r, Err(Rejection::NotFound(_))), "{r:?}");
+    let (_, r) = h.run(&Command::Claim(evicting("e10", "web", v, 1001, p(), &[])));
+    assert!(matches!(r, Err(Rejection::Invalid(_))), "{r:?}");
+    check_replay(&h.cell, &h.log);
+}
+
+#[test]
+fn a_team_below_its_guarantee_evicts_teams_above_theirs_only() {
+    let (mut h, a) = full_cell();
+    // batch holds 2 cpus and is guaranteed 1; analytics is guaranteed 1 and holds nothing.
+    let cpus = |n: &str| Quota {
+        guarantee: rs(n),
+        limit: None,
+    };
+    assert!(h.configure_role("batch", 1.0, cpus("cpus:1")));
+    assert!(h.configure_role("analytics", 1.0, cpus("cpus:1")));
+    // Claims at priority 0 against 10: only the guarantee rule may allow them.
+    let mut try_evict = |id: &str, role: &str, task: &str, res: &str, victims: &[&str]| {
+        let v = h.cell.version();
+        let c = evicting(id, role, v, 0, vec![placement(task, &a, res)], victims);
+        h.claim(&c).unwrap()
+    };
+    // Evicting both would take batch below its guarantee.
+    let out = try_evict("g1", "analytics", "an1", "cpus:1", &["low1", "low2"]);
+    assert!(
+        matches!(&out.placements[0].rejected, Some(RejectReason::EvictionRefused { why, .. }) if why.contains("below its guarantee")),
+        "{out:?}"
+    );
+    // Beyond its own guarantee it may not evict.
+    let out = try_evict("g2", "analytics", "an1", "cpus:2", &["low1"]);
+    assert_eq!(out.committed_count(), 0);
+    let out = try_evict("g3", "analytics", "an1", "cpus:1", &["low2"]);
+    assert_eq!(out.committed_count(), 1);
+    // Now analytics is at its guarantee: it can evict no more by the guarantee rule, and
+    // batch, at its own guarantee, cannot take it back by it either.
+    let out = try_evict("g4", "analytics", "an2", "cpus:1", &["low1"]);
+    assert_eq!(out.committed_count(), 0);
+    let out = try_evict("g5", "batch", "b2", "cpus:1", &["an1"]);
+    assert_eq!(out.committed_count(), 0);
+    assert_eq!(
+        h.cell.role("batch").unwrap().consumed.scalar("cpus"),
+        Milli(1000)
+    );
+    check_replay(&h.cell, &h.log);
+    check_restart(&h.cell);
+}
+
+#[test]
+fn an_evicted_task_on_an_agent_that_comes_back_is_killed_not_run() {
+    let (mut h, a) = full_cell();
+    let v = h.cell.version();
+    let c = evicting(
+        "e",
+        "web",
+        v,
+        20,
+        vec![placement("high", &a, "cpus:1")],
+        &["low2"],
+    );
+    assert_eq!(h.claim(&c).unwrap().committed_count(), 1);
+    h.set_agent(&a, AgentState::Unreachable);
+    let low2 = h.cell.task(&TaskId::new("low2")).unwrap();
+    assert_eq!(low2.state, TaskState::Unreachable);
+    assert_eq!(low2.status.reason.as_deref(), Some(REASON_PREEMPTED));
+    h.register(Some(&a), "a", rs("cpus:2;mem:512;ports:[31000-31001]"))
+        .unwrap();
+    assert_eq!(
+        h.cell.task(&TaskId::new("low2")).unwrap().state,
+        TaskState::Killing
+    );
+    assert_eq!(
+        h.cell.task(&TaskId::new("low1")).unwrap().state,
+        TaskState::Running
+    );
+    h.set_agent(&a, AgentState::Gone);
+    assert!(h.cell.agent(&a).unwrap().allocated.is_empty());
+    check_replay(&h.cell, &h.log);
+    check_restart(&h.cell);
+}
+
+#[derive(Clone, Debug)]
+enum PreemptOp {
+    /// On agent `agent`, role `role` claims `cpus` at priority `priority` (tenfold), evicting
+    /// `victims` of the live tasks there (lowest priority first, rotated by `skip`).
+    Claim {
+        agent: usize,
+        role: usize,
+        priority: i64,
+        cpus: i64,
+        victims: usize,
+        skip: usize,
+    },
+    /// Task `n` (of the sorted tasks) reports this state.
+    Status(usize, TaskState),
+    Kill(usize),
+}
+
+fn preempt_op() -> impl Strategy<Value = PreemptOp> {
+    prop_oneof![
+        6 => (any::<usize>(), 0usize..3, 0i64..4, 1i64..=3, 0usize..4, 0usize..3).prop_map(
+            |(agent, role, priority, cpus, victims, skip)| PreemptOp::Claim {
+                agent, role, priority: priority * 10, cpus, victims, skip
+            }),
+        3 => (any::<usize>(), task_state()).prop_map(|(n, s)| PreemptOp::Status(n, s)),
+        1 => any::<usize>().prop_map(PreemptOp::Kill),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(cases()))]
+
+    /// Property 9 on full cells: evicting claims of every kind (allowed or not, fitting or
+    /// not) keep every invariant; evictions and placements are all-or-nothing; victims are
+    /// always of a lower priority or allowed by the guarantee rule; no team other than the
+    /// claimant is taken below its guarantee; an evicted task's end frees nothing again.
+    #[test]
+    fn preemption_keeps_every_invariant(
+        agents in 1usize..4,
+        guarantees in prop::collection::vec((0i64..=2, prop::bool::weighted(0.8)), 3),
+        fill in prop::collection::vec((0usize..3, 0i64..4), 12),
+        ops in prop::collection::vec(preempt_op(), 1..40),
+    ) {
+        let mut h = Harness::new(false);
+        for (i, (g, preemptible)) in guarantees.iter().enumerate() {
+            let quota = Quota {
+                guarantee: set(vec![scalar("cpus", UNRESERVED, g * 1000)]),
+                limit: None,
+            };
+            h.configure_role_preemptible(ROLES[i], 1.0, quota, *preemptible);
+        }
+        let ids: Vec<AgentId> = (0..agents)
+            .map(|i| h.register(None, &format!("h{i}"), rs("cpus:4;mem:1024")).unwrap())
+            .collect();
+        // Fill the cell: a cpu per task, random roles and priorities.
+        for (k, (role, priority)) in fill.iter().enumerate() {
+            let a = &ids[k % ids.len()];
+            let v = h.cell.version();
+            let c = Claim {
+                priority: priority * 10,
+                ..claim_of(&format!("fill{k}"), ROLES[*role], v, CommitMode::AllOrNothing,
+                    ConflictCheck::Fine, vec![placement(&format!("f{k}"), a, "cpus:1;mem:16")])
+            };
+            h.claim(&c);
+        }
+        for (step, op) in ops.iter().enumerate() {
+            match op {
+                PreemptOp::Claim { agent, role, priority, cpus, victims, skip } => {
+                    let a = &ids[agent % ids.len()];
+                    let mut live: Vec<&Task> = h.cell.live_tasks_on(a).filter(|t| t.holds_resources()).collect();
+                    live.sort_by_key(|t| (t.priority, t.id.clone()));
+                    let n = live.len().max(1);
+                    let evictions: Vec<TaskId> = (0..*victims)
+                        .filter_map(|i| live.get((i + skip) % n).map(|t| t.id.clone()))
+                        .collect::<std::collections::BTreeSet<_>>()
+                        .into_iter()
+                        .collect();
+                    let v = h.cell.version();
+                    let c = Claim {
+                        priority: *priority,
+                        evictions,
+                        ..claim_of(&format!("p{step}"), ROLES[*role], v, CommitMode::AllOrNothing,
+                            ConflictCheck::Fine,
+                            vec![placement(&format!("p{step}"), a, &format!("cpus:{cpus};mem:16"))])
+                    };
+                    h.claim(&c);
+                }
+                PreemptOp::Status(_, _) | PreemptOp::Kill(_) if h.cell.task_count() == 0 => {}
+                PreemptOp::Status(n, state) => {
+                    let id = sorted_tasks(&h.cell)[n % h.cell.task_count()].id.clone();
+                    h.status(&id, *state, status_info(true, step as u64));
+                }
+                PreemptOp::Kill(n) => {
+                    let id = sorted_tasks(&h.cell)[n % h.cell.task_count()].id.clone();
+                    h.kill(&id);
+                }
+            }
+        }
+        check_all(&h.cell, &h.limits);
+        check_replay(&h.cell, &h.log);
+        check_restart(&h.cell);
+    }
 }

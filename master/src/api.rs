@@ -292,6 +292,12 @@ pub struct ClaimRequest {
     #[serde(default)]
     pub check: ConflictCheck,
     pub placements: Vec<PlacementRequest>,
+    /// 0 (the default) to 1000: the claim may evict tasks of a lower priority.
+    #[serde(default)]
+    pub priority: i64,
+    /// Task ids to preempt in the same transaction (all-or-nothing claims only).
+    #[serde(default)]
+    pub evictions: Vec<String>,
 }
 
 fn default_role() -> String {
@@ -338,6 +344,8 @@ pub fn claim_from_request(req: ClaimRequest) -> ApiResult<Claim> {
         mode: req.mode,
         check: req.check,
         placements,
+        priority: req.priority,
+        evictions: req.evictions.iter().map(TaskId::new).collect(),
     })
 }
 
@@ -527,6 +535,12 @@ struct RoleBody {
     weight: f64,
     #[serde(default)]
     quota: Quota,
+    #[serde(default = "yes")]
+    preemptible: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn one() -> f64 {
@@ -541,6 +555,7 @@ async fn put_role(State(s): State<ApiState>, Path(name): Path<String>, body: Byt
                 name,
                 weight: b.weight,
                 quota: b.quota,
+                preemptible: b.preemptible,
             })
             .await?;
         Ok(StatusCode::ACCEPTED.into_response())

@@ -240,7 +240,9 @@ fn write_batch(
                 | Event::AgentStateChanged { agent_id, .. } => {
                     agents.insert(agent_id.clone());
                 }
-                Event::ClaimCommitted { outcome, tasks: ts } => {
+                Event::ClaimCommitted {
+                    outcome, tasks: ts, ..
+                } => {
                     claims.push(outcome.clone());
                     for t in ts {
                         tasks.insert(t.id.clone());

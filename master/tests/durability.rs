@@ -105,6 +105,8 @@ async fn acknowledged_claims_survive_crashes_that_drop_unsynced_writes() {
                         CommitMode::Incremental
                     };
                     let claim = Claim {
+                        priority: 0,
+                        evictions: vec![],
                         id: ClaimId::new(format!("c-r{round}-s{s}-n{n}")),
                         role: "*".into(),
                         owner: format!("s{s}"),
@@ -216,6 +218,7 @@ fn a_store_failure_changes_nothing_and_is_not_acknowledged() {
                 name: "a".into(),
                 weight: 2.0,
                 quota: Quota::default(),
+                preemptible: true,
             })
             .await;
         assert!(matches!(r, Err(CommitError::Unavailable(_))), "{r:?}");
@@ -226,6 +229,7 @@ fn a_store_failure_changes_nothing_and_is_not_acknowledged() {
                 name: "a".into(),
                 weight: 2.0,
                 quota: Quota::default(),
+                preemptible: true,
             })
             .await
             .expect("commits after the store is back");

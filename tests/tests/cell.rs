@@ -373,6 +373,29 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() {
             json!({"claim_id": "empty", "snapshot_version": 0, "placements": []}),
             400,
         ),
+        // Preemption: an unknown victim, evictions in an incremental claim, a priority out
+        // of range.
+        (
+            "POST",
+            "/api/shoal/v1/claims",
+            json!({"claim_id": "ev1", "snapshot_version": 0, "priority": 10, "evictions": ["nope"], "placements": [
+            {"agent_id": a, "task_info": {"task_id": {"value": "t"}, "resources": [{"name": "cpus", "type": "SCALAR", "scalar": {"value": 0.1}}]}}]}),
+            404,
+        ),
+        (
+            "POST",
+            "/api/shoal/v1/claims",
+            json!({"claim_id": "ev2", "snapshot_version": 0, "mode": "incremental", "evictions": ["nope"], "placements": [
+            {"agent_id": a, "task_info": {"task_id": {"value": "t"}, "resources": [{"name": "cpus", "type": "SCALAR", "scalar": {"value": 0.1}}]}}]}),
+            400,
+        ),
+        (
+            "POST",
+            "/api/shoal/v1/claims",
+            json!({"claim_id": "ev3", "snapshot_version": 0, "priority": 1001, "placements": [
+            {"agent_id": a, "task_info": {"task_id": {"value": "t"}, "resources": [{"name": "cpus", "type": "SCALAR", "scalar": {"value": 0.1}}]}}]}),
+            400,
+        ),
         ("POST", "/api/shoal/v1/tasks/nope/kill", json!(null), 404),
         ("GET", "/api/shoal/v1/tasks/nope", json!(null), 404),
         ("GET", "/api/shoal/v1/agents/nope", json!(null), 404),
@@ -495,8 +518,21 @@ async fn quota_cli_sets_and_lists_team_quotas() {
     assert_eq!(a["weight"], json!(2.0));
     assert_eq!(a["quota"]["limit"], json!("cpus:2;mem:512"));
     assert_eq!(a["quota"]["guarantee"], json!("cpus:1"));
+    assert_eq!(a["preemptible"], json!(true));
+    let out = shoal(&["quota", "set", "team-c", "--preemptible", "false"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let table = shoal(&["quota", "list"]);
-    assert!(String::from_utf8_lossy(&table.stdout).contains("team-a"));
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        table.contains("team-a") && table.contains("PREEMPTIBLE"),
+        "{table}"
+    );
+    let c = table.lines().find(|l| l.starts_with("team-c")).unwrap();
+    assert!(c.contains(" no "), "{c}");
 
     // The limit holds on the commit path: 3 cpus for team-a do not commit.
     let client = master.client();

@@ -223,6 +223,8 @@ pub fn prefilled_cell(p: &Params) -> (Cell, Vec<AgentId>, f64) {
         }
         claims += 1;
         let claim = Claim {
+            priority: 0,
+            evictions: vec![],
             id: ClaimId::new(format!("prefill-{claims}")),
             role: "prefill".into(),
             owner: "prefill".into(),
@@ -556,6 +558,8 @@ impl Sim<'_> {
             let attempt = self.jobs[j].attempts;
             let (list, owners) = self.placements(kind, placements.iter().map(|&(a, c)| (a, j, c)));
             let claim = Claim {
+                priority: 0,
+                evictions: vec![],
                 id: ClaimId::new(format!("j{j}-a{attempt}")),
                 role: role(kind).into(),
                 owner: role(kind).into(),
@@ -800,6 +804,8 @@ impl Sim<'_> {
                 self.placements(Kind::Service, tasks.iter().map(|&(j, c)| (agent, j, c)));
             self.offer_seq += 1;
             let claim = Claim {
+                priority: 0,
+                evictions: vec![],
                 id: ClaimId::new(format!("accept-{}", self.offer_seq)),
                 role: role(Kind::Service).into(),
                 owner: FRAMEWORK.into(),
