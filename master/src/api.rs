@@ -14,8 +14,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use serde_json::value::RawValue;
 use shoal_core::{
-    AgentId, AgentRegistration, AgentState, Claim, ClaimId, ClaimOutcome, CommitMode, ConflictCheck, Placement,
-    Quota, Reply, ResourceSet, StatusInfo, TaskId, TaskSpec, TaskState, Version,
+    AgentId, AgentRegistration, AgentState, Claim, ClaimId, ClaimOutcome, CommitMode,
+    ConflictCheck, Placement, Quota, Reply, ResourceSet, StatusInfo, TaskId, TaskSpec, TaskState,
+    Version,
 };
 use tokio::sync::broadcast::error::RecvError;
 

@@ -213,8 +213,12 @@ fn decide(
                 Err(rejection) => answers.push((req.reply, Err(CommitError::Rejected(rejection)))),
             }
         }
-        let change = (!entries.is_empty())
-            .then(|| (write_batch(&cell, &entries, &published, retain), cell.clone()));
+        let change = (!entries.is_empty()).then(|| {
+            (
+                write_batch(&cell, &entries, &published, retain),
+                cell.clone(),
+            )
+        });
         let group = Decided {
             failures: seen_failures,
             change,

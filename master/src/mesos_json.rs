@@ -162,8 +162,7 @@ fn parts_of(t: TaskInfoJson) -> Result<TaskInfoParts, String> {
 /// its parts the canonical text the cell keeps as the task's spec (compact, keys sorted:
 /// what `serde_json::Value` writes). Text that is already canonical is kept as it is.
 pub fn task_info_from_raw(raw: &RawValue) -> Result<(TaskInfoParts, Cow<'_, str>), String> {
-    let t: TaskInfoJson =
-        serde_json::from_str(raw.get()).map_err(|e| format!("task_info: {e}"))?;
+    let t: TaskInfoJson = serde_json::from_str(raw.get()).map_err(|e| format!("task_info: {e}"))?;
     let parts = parts_of(t)?;
     Ok((parts, canonical_json(raw)?))
 }
@@ -189,7 +188,10 @@ impl<'de> Deserialize<'de> for Members<'de> {
             fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
                 f.write_str("a JSON object")
             }
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut m: A) -> Result<Self::Value, A::Error> {
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut m: A,
+            ) -> Result<Self::Value, A::Error> {
                 let mut out = Vec::with_capacity(m.size_hint().unwrap_or(4));
                 while let Some(kv) = m.next_entry::<&'de str, &'de RawValue>()? {
                     out.push(kv);
@@ -295,7 +297,9 @@ mod tests {
             assert_eq!(parts.resources, from_value.resources);
         }
         // A number no f64 holds, in a field the cell does not read: still refused.
-        if let Ok(raw) = serde_json::from_str::<Box<RawValue>>(r#"{"a":1e999,"task_id":{"value":"t"}}"#) {
+        if let Ok(raw) =
+            serde_json::from_str::<Box<RawValue>>(r#"{"a":1e999,"task_id":{"value":"t"}}"#)
+        {
             assert!(task_info_from_raw(&raw).is_err());
         }
     }

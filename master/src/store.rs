@@ -19,13 +19,13 @@ use std::sync::{Arc, Mutex};
 
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::de::DeserializeOwned;
-use shoal_core::jobs::{Job, JobTask};
 use serde::{Deserialize, Serialize};
+use shoal_core::jobs::{Job, JobTask};
+use shoal_core::{Agent, ClaimOutcome, LogEntry, Role, Task, Version};
 use shoal_core::{
     AgentId, ClaimId, Event, PlacementOutcome, RejectReason, ResourceSet, StatusInfo, TaskId,
     TaskSpec, TaskState,
 };
-use shoal_core::{Agent, ClaimOutcome, LogEntry, Role, Task, Version};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -443,9 +443,10 @@ pub mod rows {
                         task_id: p.task_id.as_str().into(),
                         agent_id: p.agent_id.as_str().into(),
                         committed: p.committed,
-                        rejected: p.rejected.as_ref().map(|r| {
-                            serde_json::to_string(r).expect("reasons serialize")
-                        }),
+                        rejected: p
+                            .rejected
+                            .as_ref()
+                            .map(|r| serde_json::to_string(r).expect("reasons serialize")),
                     })
                     .collect(),
             }
@@ -458,7 +459,8 @@ pub mod rows {
             for p in self.placements {
                 let rejected = match p.rejected {
                     Some(r) => Some(
-                        serde_json::from_str::<RejectReason>(&r).map_err(|e| corrupt("claim", e))?,
+                        serde_json::from_str::<RejectReason>(&r)
+                            .map_err(|e| corrupt("claim", e))?,
                     ),
                     None => None,
                 };
@@ -508,7 +510,9 @@ pub mod rows {
                             tasks: tasks.iter().map(|t| TaskRow::from(t.as_ref())).collect(),
                         },
                         other => EventRow::Json(
-                            serde_json::to_string(other).expect("events serialize").into(),
+                            serde_json::to_string(other)
+                                .expect("events serialize")
+                                .into(),
                         ),
                     })
                     .collect(),
