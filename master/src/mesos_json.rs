@@ -284,11 +284,12 @@ mod tests {
         ] {
             let raw: Box<RawValue> = serde_json::from_str(text).unwrap();
             let value: Json = serde_json::from_str(text).unwrap();
+            let canonical = value.to_string();
             let (parts, spec) = task_info_from_raw(&raw).unwrap();
-            assert_eq!(spec, value.to_string(), "{text}");
+            assert_eq!(spec, canonical, "{text}");
             assert_eq!(
                 matches!(spec, Cow::Borrowed(_)),
-                text == value.to_string(),
+                text == canonical,
                 "{text}"
             );
             let from_value = task_info_parts(&value).unwrap();
