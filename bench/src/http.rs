@@ -10,8 +10,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use futures::StreamExt;
+use serde::Serialize;
+use serde_json::value::RawValue;
 use serde_json::Value as Json;
-use shoal_client::{command_task, ClaimRequest, Client, PlacementRequest};
+use shoal_client::Client;
 use shoal_core::{Agent, AgentState, CommitMode, ConflictCheck, RejectReason, ResourceSet};
 
 use crate::inproc::{reason_name, registration};
@@ -269,6 +271,41 @@ async fn local_view(client: &Client, cpu: i64, mem: i64) -> Result<(Vec<Slot>, u
     Ok((view, version))
 }
 
+/// A claim as `POST /claims` reads it, with each TaskInfo written from borrowed parts
+/// (no `serde_json::Value` per task): the clients must not be what the benchmark measures.
+#[derive(Serialize)]
+struct BenchClaim<'a> {
+    claim_id: String,
+    role: &'a str,
+    owner: String,
+    snapshot_version: u64,
+    mode: CommitMode,
+    check: ConflictCheck,
+    placements: Vec<BenchPlacement<'a>>,
+}
+
+#[derive(Serialize)]
+struct BenchPlacement<'a> {
+    agent_id: &'a str,
+    task_info: BenchTaskInfo<'a>,
+}
+
+/// A Mesos `TaskInfo` running `true`; its fields in sorted order, so that its text is
+/// canonical and the master keeps it as sent.
+#[derive(Serialize)]
+struct BenchTaskInfo<'a> {
+    agent_id: IdRef<'a>,
+    command: &'a RawValue,
+    name: &'a str,
+    resources: &'a RawValue,
+    task_id: IdRef<'a>,
+}
+
+#[derive(Serialize)]
+struct IdRef<'a> {
+    value: &'a str,
+}
+
 /// Work of one client not yet placed: tasks of one job.
 struct Batch {
     job: usize,
@@ -295,6 +332,10 @@ async fn client_b(
 ) -> Result<ClientOut> {
     let client = Client::new(&addr).map_err(|e| anyhow!("{e}"))?;
     let (cpu, mem) = (task.scalar("cpus").0, task.scalar("mem").0);
+    // What every TaskInfo of the run shares, written once.
+    let resources = serde_json::value::to_raw_value(&task.to_mesos_json())?;
+    let command =
+        serde_json::value::to_raw_value(&serde_json::json!({"shell": true, "value": "true"}))?;
     let (mut view, mut version) = local_view(&client, cpu, mem).await?;
     if view.is_empty() {
         bail!("no agents");
@@ -366,29 +407,42 @@ async fn client_b(
                 continue;
             }
             claim_no += 1;
-            let placements = chosen
+            let ids: Vec<String> = chosen
                 .iter()
-                .map(|&(i, k)| {
-                    let id = format!("{run}-j{job}-t{k}");
-                    PlacementRequest {
-                        agent_id: view[i].id.clone(),
-                        task_info: command_task(&id, &id, &task, "true"),
-                    }
-                })
+                .map(|&(_, k)| format!("{run}-j{job}-t{k}"))
                 .collect();
-            let req = ClaimRequest {
+            let req = BenchClaim {
                 claim_id: format!("{run}-j{job}-s{s}-c{claim_no}"),
-                role: "*".into(),
+                role: "*",
                 owner: format!("bench-client-{s}"),
                 snapshot_version: version,
                 mode: CommitMode::Incremental,
                 check: ConflictCheck::Fine,
-                placements,
+                placements: chosen
+                    .iter()
+                    .zip(&ids)
+                    .map(|(&(i, _), id)| BenchPlacement {
+                        agent_id: &view[i].id,
+                        task_info: BenchTaskInfo {
+                            agent_id: IdRef { value: "" },
+                            command: &command,
+                            name: id,
+                            resources: &resources,
+                            task_id: IdRef { value: id },
+                        },
+                    })
+                    .collect(),
             };
+            // Written now: the view it borrows from changes while the claim is in flight.
+            let req = serde_json::value::to_raw_value(&req)?;
             let client = &client;
             inflight.push(async move {
-                let answer =
-                    within("POST /claims", Duration::from_secs(60), client.claim(&req)).await;
+                let answer = within(
+                    "POST /claims",
+                    Duration::from_secs(60),
+                    client.claim_with(&req),
+                )
+                .await;
                 (job, chosen, answer)
             });
         }

@@ -182,6 +182,15 @@ impl Client {
     /// Submits a claim. Conflicts are not errors: the answer says, per placement, what
     /// committed and why the rest did not.
     pub async fn claim(&self, claim: &ClaimRequest) -> Result<ClaimAnswer, ClientError> {
+        self.claim_with(claim).await
+    }
+
+    /// Submits a claim given as any value that serializes as a [`ClaimRequest`] does — for
+    /// schedulers that write their TaskInfos with types of their own instead of a `Value`.
+    pub async fn claim_with<T: Serialize + ?Sized>(
+        &self,
+        claim: &T,
+    ) -> Result<ClaimAnswer, ClientError> {
         let resp = self
             .http
             .post(self.url("/api/shoal/v1/claims"))

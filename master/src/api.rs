@@ -11,10 +11,12 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::Router;
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value as Json};
+use serde_json::json;
+use serde_json::value::RawValue;
 use shoal_core::{
-    AgentId, AgentRegistration, AgentState, Claim, ClaimId, CommitMode, ConflictCheck, Placement,
-    Quota, Reply, ResourceSet, StatusInfo, TaskId, TaskSpec, TaskState, Version,
+    AgentId, AgentRegistration, AgentState, Claim, ClaimId, ClaimOutcome, CommitMode,
+    ConflictCheck, Placement, Quota, Reply, ResourceSet, StatusInfo, TaskId, TaskSpec, TaskState,
+    Version,
 };
 use tokio::sync::broadcast::error::RecvError;
 
@@ -125,7 +127,7 @@ impl IntoResponse for ApiError {
 type ApiResult<T> = Result<T, ApiError>;
 
 /// Parses a JSON body with a 400 (not axum's 422) for anything malformed.
-pub fn parse_body<T: for<'de> Deserialize<'de>>(body: &Bytes) -> ApiResult<T> {
+pub fn parse_body<'a, T: Deserialize<'a>>(body: &'a Bytes) -> ApiResult<T> {
     serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request(format!("malformed JSON body: {e}")))
 }
@@ -278,9 +280,10 @@ fn line(e: &shoal_core::LogEntry) -> Bytes {
     Bytes::from(v)
 }
 
-/// A native claim as sent over HTTP: each placement carries a Mesos `TaskInfo`.
+/// A native claim as sent over HTTP: each placement carries a Mesos `TaskInfo`. It is read
+/// straight from the request's bytes: each TaskInfo stays text until its parts are read.
 #[derive(Deserialize)]
-pub struct ClaimRequest {
+pub struct ClaimRequest<'a> {
     pub claim_id: String,
     #[serde(default = "default_role")]
     pub role: String,
@@ -291,7 +294,8 @@ pub struct ClaimRequest {
     pub mode: CommitMode,
     #[serde(default)]
     pub check: ConflictCheck,
-    pub placements: Vec<PlacementRequest>,
+    #[serde(borrow)]
+    pub placements: Vec<PlacementRequest<'a>>,
     /// 0 (the default) to 1000: the claim may evict tasks of a lower priority.
     #[serde(default)]
     pub priority: i64,
@@ -305,15 +309,16 @@ fn default_role() -> String {
 }
 
 #[derive(Deserialize)]
-pub struct PlacementRequest {
+pub struct PlacementRequest<'a> {
     /// The agent; may instead be given as `task_info.agent_id`.
     #[serde(default)]
     pub agent_id: Option<String>,
-    pub task_info: Json,
+    #[serde(borrow)]
+    pub task_info: &'a RawValue,
 }
 
 /// Turns a claim request into the core's claim (reading each TaskInfo).
-pub fn claim_from_request(req: ClaimRequest) -> ApiResult<Claim> {
+pub fn claim_from_request(req: ClaimRequest<'_>) -> ApiResult<Claim> {
     if req.placements.len() > shoal_core::limits::CLAIM_PLACEMENTS_MAX {
         return Err(ApiError::bad_request(format!(
             "a claim may carry at most {} placements",
@@ -322,7 +327,7 @@ pub fn claim_from_request(req: ClaimRequest) -> ApiResult<Claim> {
     }
     let mut placements = Vec::with_capacity(req.placements.len());
     for (i, p) in req.placements.into_iter().enumerate() {
-        let parts = mesos_json::task_info_parts(&p.task_info)
+        let (parts, spec) = mesos_json::task_info_from_raw(p.task_info)
             .map_err(|e| ApiError::bad_request(format!("placements[{i}]: {e}")))?;
         let agent_id = p
             .agent_id
@@ -333,7 +338,7 @@ pub fn claim_from_request(req: ClaimRequest) -> ApiResult<Claim> {
             name: parts.name,
             agent_id: AgentId::new(&agent_id),
             resources: parts.resources,
-            spec: TaskSpec(Arc::from(p.task_info.to_string())),
+            spec: TaskSpec(Arc::from(spec)),
         });
     }
     Ok(Claim {
@@ -347,6 +352,14 @@ pub fn claim_from_request(req: ClaimRequest) -> ApiResult<Claim> {
         priority: req.priority,
         evictions: req.evictions.iter().map(TaskId::new).collect(),
     })
+}
+
+/// The answer to a claim: its outcome and the version the cell is at.
+#[derive(Serialize)]
+struct ClaimAnswer<'a> {
+    #[serde(flatten)]
+    outcome: &'a ClaimOutcome,
+    current_version: Version,
 }
 
 async fn post_claim(State(s): State<ApiState>, body: Bytes) -> Response {
@@ -370,9 +383,13 @@ async fn post_claim(State(s): State<ApiState>, body: Bytes) -> Response {
         } else {
             StatusCode::CONFLICT
         };
-        let mut body = serde_json::to_value(&outcome).unwrap_or_default();
-        body["current_version"] = json!(current_version);
-        Ok(json_ok(status, &body))
+        Ok(json_ok(
+            status,
+            &ClaimAnswer {
+                outcome: &outcome,
+                current_version,
+            },
+        ))
     }
     .await;
     result.unwrap_or_else(|e| e.into_response())

@@ -1,20 +1,24 @@
 //! The one commit path of the master.
 //!
-//! A single committer thread owns the cell and the store's write side. Every mutation —
-//! a native claim, a kill, an agent registration, a status update, a role's quota — reaches
-//! it as a [`CommitRequest`]. It takes whatever requests are waiting (group commit), and for
-//! the group:
+//! Every mutation — a native claim, a kill, an agent registration, a status update, a role's
+//! quota — reaches the committer as a [`CommitRequest`]. Two threads carry it, one stage
+//! each, so that deciding the next group overlaps writing and syncing the previous one:
 //!
-//! 1. **validates and applies** each command on a copy of the cell (`Cell::commit`, the
-//!    sans-IO core; a rejected command changes nothing);
-//! 2. **persists** the log entries and the records they changed in one store write, then
-//!    one sync (fsync);
-//! 3. **publishes** the new snapshot to readers, then **acknowledges** every request of the
-//!    group — only now, after the sync — and streams the entries to watchers.
+//! 1. the **decider** takes whatever requests are waiting (group commit), **validates and
+//!    applies** each command to its cell (`Cell::commit`, the sans-IO core; a rejected
+//!    command changes nothing), collects the records the group changed, and hands the group
+//!    to the writer, in order;
+//! 2. the **writer** takes every group waiting for it, **persists** each group's log entries
+//!    and records (one store write each), then **syncs** once (fsync) for all of them; then
+//!    it **publishes** the newest snapshot to readers, **acknowledges** every request of the
+//!    groups in order — only now, after the sync — and streams the entries to watchers.
 //!
-//! If the store fails, the copy is dropped, the group is answered 503, and the cell stays as
-//! it was: nothing unpersisted is ever acknowledged or published. Readers load the published
-//! snapshot (an `Arc` of a persistent structure) and never block the committer.
+//! The decider may run ahead of what is durable, never its answers: every answer, a
+//! rejection too, is sent by the writer after the sync of its own group and of every group
+//! before it. If the store fails, the failing groups and every group decided on top of them
+//! are answered 503, and the decider goes back to the last published (durable) cell: nothing
+//! unpersisted is ever acknowledged or published. Readers load the published snapshot (an
+//! `Arc` of a persistent structure) and never block the committer.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -119,7 +123,8 @@ impl Default for CommitConfig {
     }
 }
 
-/// Starts the committer thread over a loaded cell. `clock` gives the time the core is told.
+/// Starts the commit path (its decider and writer threads) over a loaded cell. `clock`
+/// gives the time the core is told.
 pub fn start(
     cell: Cell,
     store: Arc<dyn Store>,
@@ -136,23 +141,51 @@ pub fn start(
         log_floor: AtomicU64::new(floor),
         stats: CommitStats::default(),
     });
+    let failures = Arc::new(AtomicU64::new(0));
+    let (decided_tx, decided_rx) = std::sync::mpsc::sync_channel(limits::COMMIT_PIPELINE_GROUPS);
+    let writer = {
+        let (p, failures) = (published.clone(), failures.clone());
+        std::thread::Builder::new()
+            .name("shoal-writer".into())
+            .spawn(move || write_groups(store, decided_rx, p, failures))
+            .expect("spawn the commit writer thread")
+    };
     let p = published.clone();
     let handle = std::thread::Builder::new()
         .name("shoal-committer".into())
-        .spawn(move || run(cell, store, rx, p, clock, config))
+        .spawn(move || {
+            decide(cell, rx, decided_tx, p, failures, clock, config);
+            let _ = writer.join();
+        })
         .expect("spawn committer thread");
     (Committer { tx }, published, handle)
 }
 
-fn run(
+/// A group the decider has applied, on its way to the writer.
+struct Decided {
+    /// The count of store failures the group was decided after: a group decided before a
+    /// failure may depend on what failed, and is refused.
+    failures: u64,
+    /// The store write and the cell after the group (`None`: nothing changed).
+    change: Option<(WriteBatch, Cell)>,
+    answers: Vec<(ReplyTo, Result<Reply, CommitError>)>,
+    entries: Vec<Arc<LogEntry>>,
+}
+
+type ReplyTo = oneshot::Sender<Result<Reply, CommitError>>;
+
+/// The decider: applies each group to its cell and hands it to the writer.
+fn decide(
     mut cell: Cell,
-    store: Arc<dyn Store>,
     mut rx: mpsc::Receiver<CommitRequest>,
+    decided: std::sync::mpsc::SyncSender<Decided>,
     published: Arc<Published>,
+    failures: Arc<AtomicU64>,
     clock: Arc<dyn Fn() -> Timestamp + Send + Sync>,
     config: CommitConfig,
 ) {
     let retain = config.log_retain_entries.max(1);
+    let mut seen_failures = failures.load(Ordering::Acquire);
     while let Some(first) = rx.blocking_recv() {
         let mut group = vec![first];
         while group.len() < limits::COMMIT_GROUP_MAX {
@@ -161,13 +194,18 @@ fn run(
                 Err(_) => break,
             }
         }
-        let started = Instant::now();
+        let failed = failures.load(Ordering::Acquire);
+        if failed != seen_failures {
+            // A group failed to persist: go back to what is durable (the writer publishes
+            // nothing after a failure until groups decided after it arrive).
+            cell = Cell::clone(&*published.snapshot());
+            seen_failures = failed;
+        }
         let now = clock();
-        let mut next = cell.clone();
         let mut entries: Vec<Arc<LogEntry>> = Vec::new();
         let mut answers = Vec::with_capacity(group.len());
         for req in group {
-            match next.commit(now, &req.command) {
+            match cell.commit(now, &req.command) {
                 Ok((entry, reply)) => {
                     entries.extend(entry.map(Arc::new));
                     answers.push((req.reply, Ok(reply)));
@@ -175,42 +213,97 @@ fn run(
                 Err(rejection) => answers.push((req.reply, Err(CommitError::Rejected(rejection)))),
             }
         }
-        if !entries.is_empty() {
-            let batch = write_batch(&next, &entries, &published, retain);
-            let persisted = store.write(&batch).and_then(|_| store.sync());
-            if let Err(e) = persisted {
-                tracing::error!(error = %e, "store write failed; the group is refused and the cell unchanged");
-                for (reply, _) in answers {
-                    let _ = reply.send(Err(CommitError::Unavailable(e.to_string())));
-                }
-                continue;
-            }
-            if let Some(floor) = batch.trim_log_below {
-                published.log_floor.store(floor, Ordering::Release);
-            }
-            published.stats.syncs.fetch_add(1, Ordering::Relaxed);
-            cell = next;
+        let change = (!entries.is_empty()).then(|| {
+            (
+                write_batch(&cell, &entries, &published, retain),
+                cell.clone(),
+            )
+        });
+        let group = Decided {
+            failures: seen_failures,
+            change,
+            answers,
+            entries,
+        };
+        if decided.send(group).is_err() {
+            return;
         }
-        published.stats.groups.fetch_add(1, Ordering::Relaxed);
-        published
-            .stats
-            .commands
-            .fetch_add(answers.len() as u64, Ordering::Relaxed);
+    }
+}
+
+/// The writer: persists the groups waiting for it with one sync, then publishes and answers
+/// them in order.
+fn write_groups(
+    store: Arc<dyn Store>,
+    decided: std::sync::mpsc::Receiver<Decided>,
+    published: Arc<Published>,
+    failures: Arc<AtomicU64>,
+) {
+    while let Ok(first) = decided.recv() {
+        let started = Instant::now();
+        let mut groups = vec![first];
+        groups.extend(decided.try_iter().take(limits::COMMIT_PIPELINE_GROUPS));
+        let failed = failures.load(Ordering::Relaxed);
+        // Groups decided before a failure are refused (they may build on what failed).
+        let (stale, mut groups): (Vec<_>, Vec<_>) =
+            groups.into_iter().partition(|g| g.failures != failed);
+        refuse(stale, "an earlier commit group failed to persist; retry");
+        let mut persisted = Ok(());
+        let mut trim = None;
+        let mut writes = 0;
+        for (batch, _) in groups.iter().filter_map(|g| g.change.as_ref()) {
+            persisted = store.write(batch);
+            if persisted.is_err() {
+                break;
+            }
+            trim = batch.trim_log_below.or(trim);
+            writes += 1;
+        }
+        if writes > 0 && persisted.is_ok() {
+            persisted = store.sync();
+        }
+        if let Err(e) = persisted {
+            tracing::error!(error = %e, "store write failed; the groups are refused and the cell goes back to what is durable");
+            failures.fetch_add(1, Ordering::Release);
+            refuse(groups, &e.to_string());
+            continue;
+        }
+        if let Some(floor) = trim {
+            published.log_floor.store(floor, Ordering::Release);
+        }
+        if writes > 0 {
+            published.stats.syncs.fetch_add(1, Ordering::Relaxed);
+        }
         // The new snapshot is published before the answers go out, so a scheduler that reads
         // right after its acknowledgement sees its own commit (read-your-writes).
-        if !entries.is_empty() {
-            published.snapshot.store(Arc::new(cell.clone()));
+        if let Some((_, cell)) = groups.iter_mut().rev().find_map(|g| g.change.take()) {
+            published.snapshot.store(Arc::new(cell));
         }
-        for (reply, answer) in answers {
-            let _ = reply.send(answer);
-        }
-        for e in entries {
-            let _ = published.entries.send(e);
+        let stats = &published.stats;
+        for g in groups {
+            stats.groups.fetch_add(1, Ordering::Relaxed);
+            stats
+                .commands
+                .fetch_add(g.answers.len() as u64, Ordering::Relaxed);
+            for (reply, answer) in g.answers {
+                let _ = reply.send(answer);
+            }
+            for e in g.entries {
+                let _ = published.entries.send(e);
+            }
         }
         tracing::trace!(
             elapsed_us = started.elapsed().as_micros() as u64,
-            "commit group"
+            "commit groups written"
         );
+    }
+}
+
+fn refuse(groups: Vec<Decided>, why: &str) {
+    for g in groups {
+        for (reply, _) in g.answers {
+            let _ = reply.send(Err(CommitError::Unavailable(why.to_string())));
+        }
     }
 }
 

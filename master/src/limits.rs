@@ -4,6 +4,9 @@
 pub const COMMIT_QUEUE_MAX: usize = 16_384;
 /// Most commands committed in one group (one store write, one sync).
 pub const COMMIT_GROUP_MAX: usize = 1_024;
+/// Groups decided ahead of the writer (applied, waiting for their write and sync); the
+/// writer also persists at most this many more groups with one sync.
+pub const COMMIT_PIPELINE_GROUPS: usize = 8;
 /// Log entries kept for watches to resume from; older ones are compacted away.
 pub const LOG_RETAIN_ENTRIES: u64 = 100_000;
 /// Live entries buffered per watcher before it falls back to reading the store.

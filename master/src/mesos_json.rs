@@ -1,9 +1,12 @@
 //! Reading the parts of a Mesos `TaskInfo` (in Mesos's JSON encoding) that the cell needs,
 //! and writing resources the way Mesos writes them.
 
+use std::borrow::Cow;
+
 use serde::Deserialize;
 #[cfg(test)]
 use serde_json::json;
+use serde_json::value::RawValue;
 use serde_json::Value as Json;
 use shoal_core::{Milli, Ranges, Resource, ResourceSet, Value, UNRESERVED};
 
@@ -141,8 +144,11 @@ fn convert_resources(list: Vec<ResourceJson>) -> Result<ResourceSet, String> {
 
 /// Reads a TaskInfo's id, name, agent and resources. Never panics on input.
 pub fn task_info_parts(task_info: &Json) -> Result<TaskInfoParts, String> {
-    let t: TaskInfoJson =
-        serde_json::from_value(task_info.clone()).map_err(|e| format!("task_info: {e}"))?;
+    let t = TaskInfoJson::deserialize(task_info).map_err(|e| format!("task_info: {e}"))?;
+    parts_of(t)
+}
+
+fn parts_of(t: TaskInfoJson) -> Result<TaskInfoParts, String> {
     let resources = convert_resources(t.resources)?;
     Ok(TaskInfoParts {
         name: t.name.unwrap_or_else(|| t.task_id.value.clone()),
@@ -150,6 +156,84 @@ pub fn task_info_parts(task_info: &Json) -> Result<TaskInfoParts, String> {
         agent_id: t.agent_id.map(|a| a.value),
         resources,
     })
+}
+
+/// Reads a TaskInfo straight from its JSON text (no `Value` in between), and returns with
+/// its parts the canonical text the cell keeps as the task's spec (compact, keys sorted:
+/// what `serde_json::Value` writes). Text that is already canonical is kept as it is.
+pub fn task_info_from_raw(raw: &RawValue) -> Result<(TaskInfoParts, Cow<'_, str>), String> {
+    let t: TaskInfoJson = serde_json::from_str(raw.get()).map_err(|e| format!("task_info: {e}"))?;
+    let parts = parts_of(t)?;
+    Ok((parts, canonical_json(raw)?))
+}
+
+/// The canonical text of a JSON value: compact, object keys sorted (as `serde_json::Value`
+/// writes it, so it survives a round trip through `Value` unchanged).
+pub fn canonical_json(raw: &RawValue) -> Result<Cow<'_, str>, String> {
+    if is_canonical(raw) {
+        return Ok(Cow::Borrowed(raw.get()));
+    }
+    let v: Json = serde_json::from_str(raw.get()).map_err(|e| format!("task_info: {e}"))?;
+    Ok(Cow::Owned(v.to_string()))
+}
+
+/// An object's members in the order written, values left unparsed.
+struct Members<'a>(Vec<(&'a str, &'a RawValue)>);
+
+impl<'de> Deserialize<'de> for Members<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Members<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut m: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut out = Vec::with_capacity(m.size_hint().unwrap_or(4));
+                while let Some(kv) = m.next_entry::<&'de str, &'de RawValue>()? {
+                    out.push(kv);
+                }
+                Ok(Members(out))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+/// Whether `raw` is exactly what `Value` would write for it: no whitespace, object keys in
+/// strictly increasing order, strings without escapes (a borrowed `&str` only parses when
+/// there are none), numbers as serde_json writes them. Anything unsure answers `false`, and
+/// the caller writes the canonical text through `Value`.
+fn is_canonical(raw: &RawValue) -> bool {
+    let s = raw.get();
+    let len_of = |parts: usize, inner: usize| 2 + inner + parts.saturating_sub(1);
+    match s.as_bytes().first() {
+        Some(b'{') => {
+            let Ok(Members(m)) = serde_json::from_str::<Members>(s) else {
+                return false;
+            };
+            let inner: usize = m.iter().map(|(k, v)| k.len() + 3 + v.get().len()).sum();
+            len_of(m.len(), inner) == s.len()
+                && m.windows(2).all(|w| w[0].0 < w[1].0)
+                && m.iter().all(|(_, v)| is_canonical(v))
+        }
+        Some(b'[') => {
+            let Ok(items) = serde_json::from_str::<Vec<&RawValue>>(s) else {
+                return false;
+            };
+            let inner: usize = items.iter().map(|v| v.get().len()).sum();
+            len_of(items.len(), inner) == s.len() && items.iter().all(|v| is_canonical(v))
+        }
+        Some(b'"') => serde_json::from_str::<&str>(s).is_ok(),
+        Some(b't' | b'f' | b'n') => matches!(s, "true" | "false" | "null"),
+        Some(_) => serde_json::from_str::<serde_json::Number>(s)
+            .and_then(|n| serde_json::to_string(&n))
+            .is_ok_and(|t| t == s),
+        None => false,
+    }
 }
 
 /// Writes a [`ResourceSet`] as Mesos `Resource` messages (JSON).
@@ -184,6 +268,44 @@ mod tests {
     }
 
     #[test]
+    fn raw_task_infos_read_like_values_and_keep_canonical_text() {
+        for text in [
+            r#"{"agent_id":{"value":""},"command":{"shell":true,"value":"true"},"name":"t","resources":[{"name":"cpus","scalar":{"value":0.1},"type":"SCALAR"}],"task_id":{"value":"t"}}"#,
+            r#"{"task_id":{"value":"t"},"name":"t"}"#,
+            r#"{ "name": "t", "task_id": {"value": "t"}}"#,
+            r#"{"a":1.50,"task_id":{"value":"t"}}"#,
+            r#"{"a":1e3,"task_id":{"value":"t"}}"#,
+            r#"{"a":-0,"task_id":{"value":"t"}}"#,
+            r#"{"a":"A","task_id":{"value":"t"}}"#,
+            r#"{"a":"x"y","b":[1,2.5,true,null,{}],"task_id":{"value":"t"}}"#,
+            r#"{"b":1,"b":2,"task_id":{"value":"t"}}"#,
+            r#"{"a":[1, 2],"task_id":{"value":"t"}}"#,
+            r#"{"a":{"z":1,"y":2},"task_id":{"value":"t"}}"#,
+        ] {
+            let raw: Box<RawValue> = serde_json::from_str(text).unwrap();
+            let value: Json = serde_json::from_str(text).unwrap();
+            let canonical = value.to_string();
+            let (parts, spec) = task_info_from_raw(&raw).unwrap();
+            assert_eq!(spec, canonical, "{text}");
+            assert_eq!(
+                matches!(spec, Cow::Borrowed(_)),
+                text == canonical,
+                "{text}"
+            );
+            let from_value = task_info_parts(&value).unwrap();
+            assert_eq!(parts.task_id, from_value.task_id);
+            assert_eq!(parts.name, from_value.name);
+            assert_eq!(parts.resources, from_value.resources);
+        }
+        // A number no f64 holds, in a field the cell does not read: still refused.
+        if let Ok(raw) =
+            serde_json::from_str::<Box<RawValue>>(r#"{"a":1e999,"task_id":{"value":"t"}}"#)
+        {
+            assert!(task_info_from_raw(&raw).is_err());
+        }
+    }
+
+    #[test]
     fn bad_task_infos_are_errors() {
         for bad in [
             json!({}),
@@ -193,6 +315,8 @@ mod tests {
             json!({"task_id": {"value": "x"}, "resources": [{"name": "cpus", "scalar": {"value": -1}}]}),
         ] {
             assert!(task_info_parts(&bad).is_err(), "{bad}");
+            let raw = RawValue::from_string(bad.to_string()).unwrap();
+            assert!(task_info_from_raw(&raw).is_err(), "{bad}");
         }
     }
 }

@@ -7,18 +7,26 @@
 //! store can drop whatever was written but not synced when it simulates a crash.
 //!
 //! The default backend is [redb](https://docs.rs/redb): one file, ACID, copy-on-write
-//! B-trees with MVCC readers, pure Rust. Records are JSON, the same encoding the native API
-//! serves.
+//! B-trees with MVCC readers, pure Rust. The hot rows — tasks, claim outcomes and the log
+//! entries of claims — are written in a compact binary form ([postcard], see [`rows`]); the
+//! other records are JSON, the same encoding the native API serves. Rows written as JSON by
+//! earlier versions are still read.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 use shoal_core::jobs::{Job, JobTask};
 use shoal_core::services::{Instance, Service};
 use shoal_core::{Agent, ClaimOutcome, LogEntry, Role, Task, Version};
+use shoal_core::{
+    AgentId, ClaimId, Event, PlacementOutcome, RejectReason, ResourceSet, StatusInfo, TaskId,
+    TaskSpec, TaskState,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -194,16 +202,16 @@ impl RedbStore {
     }
 }
 
-fn load_table<T: DeserializeOwned>(
+fn load_table<T>(
     txn: &redb::ReadTransaction,
     def: TableDefinition<&str, &[u8]>,
-    what: &str,
+    decode: impl Fn(&[u8]) -> StoreResult<T>,
 ) -> StoreResult<Vec<T>> {
     let table = txn.open_table(def)?;
     let mut out = Vec::new();
     for row in table.iter()? {
         let (_, v) = row?;
-        out.push(decode(what, v.value())?);
+        out.push(decode(v.value())?);
     }
     Ok(out)
 }
@@ -226,12 +234,12 @@ impl Store for RedbStore {
         Ok(StoredCell {
             cell_id,
             version,
-            agents: load_table(&txn, AGENTS, "agent")?,
-            tasks: load_table(&txn, TASKS, "task")?,
-            roles: load_table(&txn, ROLES, "role")?,
-            claims: load_table(&txn, CLAIMS, "claim")?,
+            agents: load_table(&txn, AGENTS, |v| decode("agent", v))?,
+            tasks: load_table(&txn, TASKS, rows::decode_task)?,
+            roles: load_table(&txn, ROLES, |v| decode("role", v))?,
+            claims: load_table(&txn, CLAIMS, rows::decode_claim)?,
             jobs: {
-                let headers = load_table(&txn, JOBS, "job")?;
+                let headers = load_table(&txn, JOBS, |v| decode("job", v))?;
                 let table = txn.open_table(JOB_TASKS)?;
                 let mut tasks = Vec::new();
                 for row in table.iter()? {
@@ -242,7 +250,7 @@ impl Store for RedbStore {
                 assemble_jobs(headers, tasks)
             },
             services: {
-                let headers = load_table(&txn, SERVICES, "service")?;
+                let headers = load_table(&txn, SERVICES, |v| decode("service", v))?;
                 let table = txn.open_table(SERVICE_INSTANCES)?;
                 let mut instances = Vec::new();
                 for row in table.iter()? {
@@ -266,9 +274,11 @@ impl Store for RedbStore {
             for a in &batch.agents {
                 agents.insert(a.id.as_str(), encode(a).as_slice())?;
             }
+            let mut buf = Vec::new();
             let mut tasks = txn.open_table(TASKS)?;
             for t in &batch.tasks {
-                tasks.insert(t.id.as_str(), encode(t).as_slice())?;
+                buf = rows::encode(&rows::TaskRow::from(t), buf);
+                tasks.insert(t.id.as_str(), buf.as_slice())?;
             }
             let mut roles = txn.open_table(ROLES)?;
             for r in &batch.roles {
@@ -276,7 +286,8 @@ impl Store for RedbStore {
             }
             let mut claims = txn.open_table(CLAIMS)?;
             for c in &batch.claims {
-                claims.insert(c.claim_id.as_str(), encode(c).as_slice())?;
+                buf = rows::encode(&rows::ClaimRow::from(c), buf);
+                claims.insert(c.claim_id.as_str(), buf.as_slice())?;
             }
             let mut jobs = txn.open_table(JOBS)?;
             for j in &batch.jobs {
@@ -299,7 +310,8 @@ impl Store for RedbStore {
             }
             let mut log = txn.open_table(LOG)?;
             for e in &batch.entries {
-                log.insert(e.version, encode(e.as_ref()).as_slice())?;
+                buf = rows::encode(&rows::LogRow::from(e.as_ref()), buf);
+                log.insert(e.version, buf.as_slice())?;
             }
             if let Some(floor) = batch.trim_log_below {
                 log.retain_in(..floor, |_, _| false)?;
@@ -321,8 +333,8 @@ impl Store for RedbStore {
         let log = txn.open_table(LOG)?;
         let mut out = Vec::new();
         for row in log.range(from..)? {
-            let (_, v) = row?;
-            out.push(decode("log entry", v.value())?);
+            let (k, v) = row?;
+            out.push(rows::decode_log_entry(k.value(), v.value())?);
             if out.len() >= max {
                 break;
             }
@@ -335,6 +347,292 @@ impl Store for RedbStore {
         let log = txn.open_table(LOG)?;
         let first = log.first()?.map(|(k, _)| k.value());
         Ok(first.unwrap_or(0))
+    }
+}
+
+/// The binary rows of the hot tables: tasks, claim outcomes and log entries, in [postcard]
+/// behind a leading format byte. The records' own serde form is made for JSON (skipped
+/// fields, internally tagged enums, text resources) and postcard can only read a fixed
+/// layout, so each row has a mirror type here; a JSON row (first byte `{`) is read as JSON.
+pub mod rows {
+    use super::*;
+
+    /// The first byte of a binary row.
+    const FORMAT_V1: u8 = 1;
+
+    /// Encodes `row` into `buf` (cleared first), returning it for reuse.
+    pub fn encode<T: Serialize>(row: &T, mut buf: Vec<u8>) -> Vec<u8> {
+        buf.clear();
+        buf.push(FORMAT_V1);
+        postcard::to_extend(row, buf).expect("rows serialize")
+    }
+
+    /// The row's binary body, or `None` for a JSON row.
+    fn binary<'a, T: Deserialize<'a>>(what: &str, bytes: &'a [u8]) -> StoreResult<Option<T>> {
+        match bytes.split_first() {
+            Some((&FORMAT_V1, body)) => postcard::from_bytes(body)
+                .map(Some)
+                .map_err(|e| StoreError::Corrupt(format!("{what}: {e}"))),
+            Some((b'{', _)) => Ok(None),
+            _ => Err(StoreError::Corrupt(format!("{what}: unknown row format"))),
+        }
+    }
+
+    fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
+        StoreError::Corrupt(format!("{what}: {e}"))
+    }
+
+    #[derive(Serialize, Deserialize)]
+    pub struct StatusRow<'a> {
+        #[serde(borrow)]
+        message: Option<Cow<'a, str>>,
+        #[serde(borrow)]
+        reason: Option<Cow<'a, str>>,
+        #[serde(borrow)]
+        source: Option<Cow<'a, str>>,
+        healthy: Option<bool>,
+        exit_code: Option<i32>,
+        timestamp: u64,
+    }
+
+    #[derive(Serialize, Deserialize)]
+    pub struct TaskRow<'a> {
+        #[serde(borrow)]
+        id: Cow<'a, str>,
+        #[serde(borrow)]
+        name: Cow<'a, str>,
+        #[serde(borrow)]
+        agent_id: Cow<'a, str>,
+        #[serde(borrow)]
+        role: Cow<'a, str>,
+        #[serde(borrow)]
+        owner: Cow<'a, str>,
+        #[serde(borrow)]
+        claim_id: Cow<'a, str>,
+        /// The text form (`cpus:0.1;mem:100`).
+        resources: String,
+        state: TaskState,
+        #[serde(borrow)]
+        status: StatusRow<'a>,
+        #[serde(borrow)]
+        spec: Cow<'a, str>,
+        version: u64,
+        priority: i64,
+        #[serde(borrow)]
+        preempted_by: Option<Cow<'a, str>>,
+    }
+
+    impl<'a> From<&'a Task> for TaskRow<'a> {
+        fn from(t: &'a Task) -> TaskRow<'a> {
+            let s = &t.status;
+            TaskRow {
+                id: t.id.as_str().into(),
+                name: t.name.as_str().into(),
+                agent_id: t.agent_id.as_str().into(),
+                role: t.role.as_str().into(),
+                owner: t.owner.as_str().into(),
+                claim_id: t.claim_id.as_str().into(),
+                resources: t.resources.to_string(),
+                state: t.state,
+                status: StatusRow {
+                    message: s.message.as_deref().map(Cow::Borrowed),
+                    reason: s.reason.as_deref().map(Cow::Borrowed),
+                    source: s.source.as_deref().map(Cow::Borrowed),
+                    healthy: s.healthy,
+                    exit_code: s.exit_code,
+                    timestamp: s.timestamp,
+                },
+                spec: Cow::Borrowed(&t.spec.0),
+                version: t.version,
+                priority: t.priority,
+                preempted_by: t.preempted_by.as_ref().map(|c| Cow::Borrowed(c.as_str())),
+            }
+        }
+    }
+
+    impl TaskRow<'_> {
+        fn into_task(self) -> StoreResult<Task> {
+            let s = self.status;
+            Ok(Task {
+                resources: ResourceSet::parse(&self.resources).map_err(|e| corrupt("task", e))?,
+                id: TaskId::new(self.id),
+                name: self.name.into_owned(),
+                agent_id: AgentId::new(self.agent_id),
+                role: self.role.into_owned(),
+                owner: self.owner.into_owned(),
+                claim_id: ClaimId::new(self.claim_id),
+                state: self.state,
+                status: StatusInfo {
+                    message: s.message.map(Cow::into_owned),
+                    reason: s.reason.map(Cow::into_owned),
+                    source: s.source.map(Cow::into_owned),
+                    healthy: s.healthy,
+                    exit_code: s.exit_code,
+                    timestamp: s.timestamp,
+                },
+                spec: TaskSpec(self.spec.into()),
+                version: self.version,
+                priority: self.priority,
+                preempted_by: self.preempted_by.map(ClaimId::new),
+            })
+        }
+    }
+
+    #[derive(Serialize, Deserialize)]
+    pub struct PlacementRow<'a> {
+        #[serde(borrow)]
+        task_id: Cow<'a, str>,
+        #[serde(borrow)]
+        agent_id: Cow<'a, str>,
+        committed: bool,
+        /// The reason as JSON (its serde form is an internally tagged enum).
+        rejected: Option<String>,
+    }
+
+    #[derive(Serialize, Deserialize)]
+    pub struct ClaimRow<'a> {
+        #[serde(borrow)]
+        claim_id: Cow<'a, str>,
+        committed_version: Option<u64>,
+        #[serde(borrow)]
+        placements: Vec<PlacementRow<'a>>,
+    }
+
+    impl<'a> From<&'a ClaimOutcome> for ClaimRow<'a> {
+        fn from(c: &'a ClaimOutcome) -> ClaimRow<'a> {
+            ClaimRow {
+                claim_id: c.claim_id.as_str().into(),
+                committed_version: c.committed_version,
+                placements: c
+                    .placements
+                    .iter()
+                    .map(|p| PlacementRow {
+                        task_id: p.task_id.as_str().into(),
+                        agent_id: p.agent_id.as_str().into(),
+                        committed: p.committed,
+                        rejected: p
+                            .rejected
+                            .as_ref()
+                            .map(|r| serde_json::to_string(r).expect("reasons serialize")),
+                    })
+                    .collect(),
+            }
+        }
+    }
+
+    impl ClaimRow<'_> {
+        fn into_outcome(self) -> StoreResult<ClaimOutcome> {
+            let mut placements = Vec::with_capacity(self.placements.len());
+            for p in self.placements {
+                let rejected = match p.rejected {
+                    Some(r) => Some(
+                        serde_json::from_str::<RejectReason>(&r)
+                            .map_err(|e| corrupt("claim", e))?,
+                    ),
+                    None => None,
+                };
+                placements.push(PlacementOutcome {
+                    task_id: TaskId::new(p.task_id),
+                    agent_id: AgentId::new(p.agent_id),
+                    committed: p.committed,
+                    rejected,
+                });
+            }
+            Ok(ClaimOutcome {
+                claim_id: ClaimId::new(self.claim_id),
+                committed_version: self.committed_version,
+                placements,
+            })
+        }
+    }
+
+    /// A log entry's event: a claim's commit in binary, anything else as its JSON.
+    #[derive(Serialize, Deserialize)]
+    pub enum EventRow<'a> {
+        ClaimCommitted {
+            #[serde(borrow)]
+            outcome: ClaimRow<'a>,
+            #[serde(borrow)]
+            tasks: Vec<TaskRow<'a>>,
+            #[serde(borrow)]
+            evictions: Vec<Cow<'a, str>>,
+        },
+        Json(#[serde(borrow)] Cow<'a, str>),
+    }
+
+    /// A log entry (its version is the row's key).
+    #[derive(Serialize, Deserialize)]
+    pub struct LogRow<'a> {
+        #[serde(borrow)]
+        events: Vec<EventRow<'a>>,
+    }
+
+    impl<'a> From<&'a LogEntry> for LogRow<'a> {
+        fn from(e: &'a LogEntry) -> LogRow<'a> {
+            LogRow {
+                events: e
+                    .events
+                    .iter()
+                    .map(|ev| match ev {
+                        Event::ClaimCommitted {
+                            outcome,
+                            tasks,
+                            evictions,
+                        } => EventRow::ClaimCommitted {
+                            outcome: outcome.into(),
+                            tasks: tasks.iter().map(|t| TaskRow::from(t.as_ref())).collect(),
+                            evictions: evictions.iter().map(|t| t.as_str().into()).collect(),
+                        },
+                        other => EventRow::Json(
+                            serde_json::to_string(other)
+                                .expect("events serialize")
+                                .into(),
+                        ),
+                    })
+                    .collect(),
+            }
+        }
+    }
+
+    pub fn decode_task(bytes: &[u8]) -> StoreResult<Task> {
+        match binary::<TaskRow>("task", bytes)? {
+            Some(row) => row.into_task(),
+            None => decode("task", bytes),
+        }
+    }
+
+    pub fn decode_claim(bytes: &[u8]) -> StoreResult<ClaimOutcome> {
+        match binary::<ClaimRow>("claim", bytes)? {
+            Some(row) => row.into_outcome(),
+            None => decode("claim", bytes),
+        }
+    }
+
+    pub fn decode_log_entry(version: Version, bytes: &[u8]) -> StoreResult<LogEntry> {
+        let Some(row) = binary::<LogRow>("log entry", bytes)? else {
+            return decode("log entry", bytes);
+        };
+        let mut events = Vec::with_capacity(row.events.len());
+        for ev in row.events {
+            events.push(match ev {
+                EventRow::ClaimCommitted {
+                    outcome,
+                    tasks,
+                    evictions,
+                } => Event::ClaimCommitted {
+                    outcome: outcome.into_outcome()?,
+                    tasks: tasks
+                        .into_iter()
+                        .map(|t| t.into_task().map(Arc::new))
+                        .collect::<StoreResult<_>>()?,
+                    evictions: evictions.into_iter().map(TaskId::new).collect(),
+                },
+                EventRow::Json(text) => {
+                    serde_json::from_str(&text).map_err(|e| corrupt("log entry", e))?
+                }
+            });
+        }
+        Ok(LogEntry { version, events })
     }
 }
 
@@ -489,5 +787,72 @@ impl Store for MemStore {
     }
     fn log_floor(&self) -> StoreResult<Version> {
         Ok(self.view().log.keys().next().copied().unwrap_or(0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every field of a task and of a claim's commit survives the binary rows: a preempted
+    /// task, its priority, and the evictions of the claim that preempted it.
+    #[test]
+    fn binary_rows_keep_every_field_of_tasks_and_commits() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbStore::open(&dir.path().join("cell.redb")).unwrap();
+        let task = Task {
+            id: TaskId::new("low.t1.1"),
+            name: "low.t1".into(),
+            agent_id: AgentId::new("a1"),
+            role: "batch".into(),
+            owner: "shoal-batch".into(),
+            claim_id: ClaimId::new("c1"),
+            resources: ResourceSet::parse("cpus:1;mem:32;ports:[31000-31000]").unwrap(),
+            state: TaskState::Killing,
+            status: StatusInfo {
+                message: Some("preempted by claim c2".into()),
+                reason: Some("REASON_CONTAINER_PREEMPTED".into()),
+                source: Some("SOURCE_MASTER".into()),
+                healthy: Some(true),
+                exit_code: None,
+                timestamp: 7,
+            },
+            spec: TaskSpec(r#"{"name":"t1","task_id":{"value":"low.t1.1"}}"#.into()),
+            version: 9,
+            priority: 10,
+            preempted_by: Some(ClaimId::new("c2")),
+        };
+        let outcome = ClaimOutcome {
+            claim_id: ClaimId::new("c2"),
+            committed_version: Some(9),
+            placements: vec![PlacementOutcome {
+                task_id: TaskId::new("high.t1.1"),
+                agent_id: AgentId::new("a1"),
+                committed: true,
+                rejected: None,
+            }],
+        };
+        let entry = LogEntry {
+            version: 9,
+            events: vec![Event::ClaimCommitted {
+                outcome: outcome.clone(),
+                tasks: vec![Arc::new(task.clone())],
+                evictions: vec![TaskId::new("low.t1.1")],
+            }],
+        };
+        let batch = WriteBatch {
+            cell_id: "cell".into(),
+            version: 9,
+            entries: vec![Arc::new(entry.clone())],
+            tasks: vec![task.clone()],
+            claims: vec![outcome.clone()],
+            ..WriteBatch::default()
+        };
+        store.write(&batch).unwrap();
+        store.sync().unwrap();
+        let loaded = store.load().unwrap();
+        assert_eq!(loaded.tasks, vec![task]);
+        assert_eq!(loaded.claims, vec![outcome]);
+        assert_eq!(store.read_log(9, 10).unwrap(), vec![entry]);
     }
 }

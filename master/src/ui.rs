@@ -20,7 +20,7 @@ pub async fn index(State(p): State<Arc<Published>>) -> Html<String> {
     let mut agents: Vec<_> = snap.agents().collect();
     agents.sort_by(|a, b| a.id.cmp(&b.id));
     let mut tasks: Vec<_> = snap.tasks().collect();
-    tasks.sort_by(|a, b| b.version.cmp(&a.version));
+    tasks.sort_by_key(|t| std::cmp::Reverse(t.version));
     let mut html = format!(
         "<!doctype html><html><head><meta charset=utf-8><meta http-equiv=refresh content=2><title>Shoal</title>\
          <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}td,th{{padding:2px 10px;border-bottom:1px solid #ddd;text-align:left}}</style>\
