@@ -26,6 +26,9 @@ pub enum QuotaCmd {
         /// guarantee; see docs/jobs.md).
         #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
         preemptible: bool,
+        /// Print the team as the master now has it, as JSON.
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         master: MasterArg,
     },
@@ -50,6 +53,7 @@ pub async fn run(cmd: QuotaCmd) -> anyhow::Result<()> {
             guarantee,
             limit,
             preemptible,
+            json,
             master,
         } => {
             if !(weight.is_finite() && weight > 0.0) {
@@ -65,7 +69,13 @@ pub async fn run(cmd: QuotaCmd) -> anyhow::Result<()> {
                     preemptible,
                 )
                 .await?;
-            println!("role {role}: weight {weight}, preemptible {preemptible}");
+            if json {
+                let state = client.state().await?;
+                let configured = state.roles.iter().find(|r| r.name == role);
+                println!("{}", serde_json::to_string_pretty(&configured)?);
+            } else {
+                println!("role {role}: weight {weight}, preemptible {preemptible}");
+            }
         }
         QuotaCmd::List { json, master } => {
             let client = shoal_client::Client::new(master.url())?;

@@ -519,12 +519,15 @@ async fn quota_cli_sets_and_lists_team_quotas() {
     assert_eq!(a["quota"]["limit"], json!("cpus:2;mem:512"));
     assert_eq!(a["quota"]["guarantee"], json!("cpus:1"));
     assert_eq!(a["preemptible"], json!(true));
-    let out = shoal(&["quota", "set", "team-c", "--preemptible", "false"]);
+    let out = shoal(&["quota", "set", "team-c", "--preemptible", "false", "--json"]);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    let c: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(c["name"], "team-c", "{c}");
+    assert_eq!(c["preemptible"], json!(false), "{c}");
     let table = shoal(&["quota", "list"]);
     let table = String::from_utf8_lossy(&table.stdout);
     assert!(
