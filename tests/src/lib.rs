@@ -1297,3 +1297,23 @@ pub fn run_command(mut cmd: Command, name: &str, timeout: Duration, log_dir: &Pa
         elapsed: started.elapsed(),
     }
 }
+
+/// POSTs a body as is; the HTTP status and the JSON answer (null when it is not JSON).
+pub async fn post_json(
+    http: &reqwest::Client,
+    url: &str,
+    body: String,
+) -> (u16, serde_json::Value) {
+    let resp = http.post(url).body(body).send().await.unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(serde_json::Value::Null))
+}
+
+/// GETs a JSON answer; `None` unless the status is a success.
+pub async fn get_json(http: &reqwest::Client, url: &str) -> Option<serde_json::Value> {
+    let resp = http.get(url).send().await.ok()?;
+    if !resp.status().is_success() {
+        return None;
+    }
+    resp.json().await.ok()
+}

@@ -68,26 +68,13 @@ async fn start_cell_sized(name: &str, containerizers: &str, resources: &str) -> 
 impl JobCell {
     /// POSTs a job file (the body as is); the HTTP status and the JSON answer.
     async fn submit(&self, body: String) -> (u16, Json) {
-        let resp = self
-            .http
-            .post(format!("{}/api/shoal/v1/jobs", self.master.addr))
-            .body(body)
-            .send()
-            .await
-            .unwrap();
-        let status = resp.status().as_u16();
-        (status, resp.json().await.unwrap_or(Json::Null))
+        let url = format!("{}/api/shoal/v1/jobs", self.master.addr);
+        shoal_tests::post_json(&self.http, &url, body).await
     }
 
     async fn job(&self, id: &str) -> Option<Json> {
-        let resp = self
-            .http
-            .get(format!("{}/api/shoal/v1/jobs/{id}", self.master.addr))
-            .send()
-            .await
-            .ok()?;
-        resp.status().is_success().then_some(())?;
-        resp.json().await.ok()
+        let url = format!("{}/api/shoal/v1/jobs/{id}", self.master.addr);
+        shoal_tests::get_json(&self.http, &url).await
     }
 
     /// Waits until the job is no longer RUNNING; its record.

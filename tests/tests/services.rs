@@ -83,28 +83,13 @@ impl ServiceCell {
 
 impl ServiceCell {
     async fn post(&self, path: &str, body: String) -> (u16, Json) {
-        let resp = self
-            .http
-            .post(format!("{}{path}", self.master.addr))
-            .body(body)
-            .send()
-            .await
-            .unwrap();
-        let status = resp.status().as_u16();
-        (status, resp.json().await.unwrap_or(Json::Null))
+        let url = format!("{}{path}", self.master.addr);
+        shoal_tests::post_json(&self.http, &url, body).await
     }
 
     async fn get(&self, path: &str) -> Option<Json> {
-        let resp = self
-            .http
-            .get(format!("{}{path}", self.master.addr))
-            .send()
-            .await
-            .ok()?;
-        if !resp.status().is_success() {
-            return None;
-        }
-        resp.json().await.ok()
+        let url = format!("{}{path}", self.master.addr);
+        shoal_tests::get_json(&self.http, &url).await
     }
 
     async fn service(&self, id: &str) -> Option<Json> {
