@@ -302,6 +302,10 @@ impl Cell {
     pub fn agent(&self, id: &AgentId) -> Option<&Agent> {
         self.agents.get(id).map(|a| a.as_ref())
     }
+    /// The agent's record as the cell shares it.
+    pub fn agent_record(&self, id: &AgentId) -> Option<&Arc<Agent>> {
+        self.agents.get(id)
+    }
     pub fn agents(&self) -> impl Iterator<Item = &Agent> {
         self.agents.values().map(|a| a.as_ref())
     }
@@ -310,6 +314,10 @@ impl Cell {
     }
     pub fn task(&self, id: &TaskId) -> Option<&Task> {
         self.tasks.get(id).map(|t| t.as_ref())
+    }
+    /// The task's record as the cell shares it (a copy of the `Arc`, not of the task).
+    pub fn task_record(&self, id: &TaskId) -> Option<&Arc<Task>> {
+        self.tasks.get(id)
     }
     pub fn tasks(&self) -> impl Iterator<Item = &Task> {
         self.tasks.values().map(|t| t.as_ref())

@@ -221,6 +221,28 @@ impl Task {
     pub fn holds_resources(&self) -> bool {
         !self.state.is_terminal() && self.preempted_by.is_none()
     }
+
+    /// The task as the claim that placed it committed it at `version`: what the claim fixed
+    /// (ids, name, role, owner, resources, spec, priority) with the state a commit starts
+    /// from. Everything else is what later changes add; a stored log entry of the commit is
+    /// rebuilt from the task's current record with this.
+    pub fn as_placed(&self, version: Version) -> Task {
+        Task {
+            id: self.id.clone(),
+            name: self.name.clone(),
+            agent_id: self.agent_id.clone(),
+            role: self.role.clone(),
+            owner: self.owner.clone(),
+            claim_id: self.claim_id.clone(),
+            resources: self.resources.clone(),
+            state: TaskState::Staging,
+            status: StatusInfo::default(),
+            spec: self.spec.clone(),
+            version,
+            priority: self.priority,
+            preempted_by: None,
+        }
+    }
 }
 
 /// The Mesos `TaskStatus.Reason` of a task evicted by a claim (its TASK_KILLING and its final

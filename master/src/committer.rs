@@ -6,10 +6,11 @@
 //!
 //! 1. the **decider** takes whatever requests are waiting (group commit), **validates and
 //!    applies** each command to its cell (`Cell::commit`, the sans-IO core; a rejected
-//!    command changes nothing), collects the records the group changed, and hands the group
-//!    to the writer, in order;
-//! 2. the **writer** takes every group waiting for it, **persists** each group's log entries
-//!    and records (one store write each), then **syncs** once (fsync) for all of them; then
+//!    command changes nothing), and whenever the writer waits (or nothing else is queued) hands
+//!    it, in order, what it applied since the last hand-over: the log entries, the records
+//!    they changed and a snapshot of the cell;
+//! 2. the **writer** takes every hand-over waiting for it, **persists** each (one store write
+//!    each), then **syncs** once (fsync) for all of them; then
 //!    it **publishes** the newest snapshot to readers, **acknowledges** every request of the
 //!    groups in order — only now, after the sync — and streams the entries to watchers.
 //!
@@ -21,7 +22,7 @@
 //! `Arc` of a persistent structure) and never block the committer.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -32,7 +33,7 @@ use shoal_core::{
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::limits;
-use crate::store::{Store, WriteBatch};
+use crate::store::{ClaimCommit, Store, WriteBatch};
 
 /// Why a command did not commit.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -141,24 +142,33 @@ pub fn start(
         log_floor: AtomicU64::new(floor),
         stats: CommitStats::default(),
     });
-    let failures = Arc::new(AtomicU64::new(0));
+    let signals = Arc::new(Signals::default());
     let (decided_tx, decided_rx) = std::sync::mpsc::sync_channel(limits::COMMIT_PIPELINE_GROUPS);
     let writer = {
-        let (p, failures) = (published.clone(), failures.clone());
+        let (p, signals) = (published.clone(), signals.clone());
         std::thread::Builder::new()
             .name("shoal-writer".into())
-            .spawn(move || write_groups(store, decided_rx, p, failures))
+            .spawn(move || write_groups(store, decided_rx, p, signals))
             .expect("spawn the commit writer thread")
     };
     let p = published.clone();
     let handle = std::thread::Builder::new()
         .name("shoal-committer".into())
         .spawn(move || {
-            decide(cell, rx, decided_tx, p, failures, clock, config);
+            decide(cell, rx, decided_tx, p, signals, clock, config);
             let _ = writer.join();
         })
         .expect("spawn committer thread");
     (Committer { tx }, published, handle)
+}
+
+/// What the writer tells the decider.
+#[derive(Default)]
+struct Signals {
+    /// Store writes that failed so far.
+    failures: AtomicU64,
+    /// Set while the writer waits for the decider's next hand-over.
+    writer_waits: AtomicBool,
 }
 
 /// A group the decider has applied, on its way to the writer.
@@ -174,19 +184,68 @@ struct Decided {
 
 type ReplyTo = oneshot::Sender<Result<Reply, CommitError>>;
 
-/// The decider: applies each group to its cell and hands it to the writer.
+/// Commands the decider has applied and not yet handed to the writer.
+#[derive(Default)]
+struct Applied {
+    answers: Vec<(ReplyTo, Result<Reply, CommitError>)>,
+    entries: Vec<Arc<LogEntry>>,
+}
+
+/// The decider: applies each group of waiting commands to its cell as it arrives, and hands
+/// what it has applied to the writer whenever the writer waits (or nothing else is waiting):
+/// while the writer syncs, the groups decided meanwhile gather into its next write. A
+/// snapshot of the cell is taken only at the hand-over, so the persistent maps copy the
+/// nodes a write changes once per sync, not once per group.
 fn decide(
     mut cell: Cell,
     mut rx: mpsc::Receiver<CommitRequest>,
     decided: std::sync::mpsc::SyncSender<Decided>,
     published: Arc<Published>,
-    failures: Arc<AtomicU64>,
+    signals: Arc<Signals>,
     clock: Arc<dyn Fn() -> Timestamp + Send + Sync>,
     config: CommitConfig,
 ) {
     let retain = config.log_retain_entries.max(1);
-    let mut seen_failures = failures.load(Ordering::Acquire);
-    while let Some(first) = rx.blocking_recv() {
+    let mut seen_failures = signals.failures.load(Ordering::Acquire);
+    let mut applied = Applied::default();
+    let hand_over = |applied: &mut Applied, cell: &Cell, seen_failures: u64| {
+        let Applied { answers, entries } = std::mem::take(applied);
+        let change = (!entries.is_empty()).then(|| {
+            (
+                write_batch(cell, &entries, &published, retain),
+                cell.clone(),
+            )
+        });
+        decided
+            .send(Decided {
+                failures: seen_failures,
+                change,
+                answers,
+                entries,
+            })
+            .is_ok()
+    };
+    loop {
+        let first = if applied.answers.is_empty() {
+            match rx.blocking_recv() {
+                Some(r) => r,
+                None => return,
+            }
+        } else {
+            match rx.try_recv() {
+                Ok(r) => r,
+                // Nothing more to decide now: the writer gets what there is (waiting for it
+                // if it is still busy).
+                Err(e) => {
+                    if !hand_over(&mut applied, &cell, seen_failures)
+                        || e == mpsc::error::TryRecvError::Disconnected
+                    {
+                        return;
+                    }
+                    continue;
+                }
+            }
+        };
         let mut group = vec![first];
         while group.len() < limits::COMMIT_GROUP_MAX {
             match rx.try_recv() {
@@ -194,38 +253,34 @@ fn decide(
                 Err(_) => break,
             }
         }
-        let failed = failures.load(Ordering::Acquire);
+        let failed = signals.failures.load(Ordering::Acquire);
         if failed != seen_failures {
-            // A group failed to persist: go back to what is durable (the writer publishes
-            // nothing after a failure until groups decided after it arrive).
+            // A write failed: what was applied on top of it is refused, and the decider goes
+            // back to what is durable (the writer publishes nothing after a failure until
+            // groups decided after it arrive).
+            refuse_answers(
+                std::mem::take(&mut applied).answers,
+                "an earlier commit group failed to persist; retry",
+            );
             cell = Cell::clone(&*published.snapshot());
             seen_failures = failed;
         }
         let now = clock();
-        let mut entries: Vec<Arc<LogEntry>> = Vec::new();
-        let mut answers = Vec::with_capacity(group.len());
         for req in group {
             match cell.commit(now, &req.command) {
                 Ok((entry, reply)) => {
-                    entries.extend(entry.map(Arc::new));
-                    answers.push((req.reply, Ok(reply)));
+                    applied.entries.extend(entry.map(Arc::new));
+                    applied.answers.push((req.reply, Ok(reply)));
                 }
-                Err(rejection) => answers.push((req.reply, Err(CommitError::Rejected(rejection)))),
+                Err(rejection) => applied
+                    .answers
+                    .push((req.reply, Err(CommitError::Rejected(rejection)))),
             }
         }
-        let change = (!entries.is_empty()).then(|| {
-            (
-                write_batch(&cell, &entries, &published, retain),
-                cell.clone(),
-            )
-        });
-        let group = Decided {
-            failures: seen_failures,
-            change,
-            answers,
-            entries,
-        };
-        if decided.send(group).is_err() {
+        if (signals.writer_waits.load(Ordering::Acquire)
+            || applied.answers.len() >= limits::COMMIT_GROUP_MAX)
+            && !hand_over(&mut applied, &cell, seen_failures)
+        {
             return;
         }
     }
@@ -237,13 +292,19 @@ fn write_groups(
     store: Arc<dyn Store>,
     decided: std::sync::mpsc::Receiver<Decided>,
     published: Arc<Published>,
-    failures: Arc<AtomicU64>,
+    signals: Arc<Signals>,
 ) {
-    while let Ok(first) = decided.recv() {
+    loop {
+        signals.writer_waits.store(true, Ordering::Release);
+        let first = decided.recv();
+        signals.writer_waits.store(false, Ordering::Release);
+        let Ok(first) = first else {
+            return;
+        };
         let started = Instant::now();
         let mut groups = vec![first];
         groups.extend(decided.try_iter().take(limits::COMMIT_PIPELINE_GROUPS));
-        let failed = failures.load(Ordering::Relaxed);
+        let failed = signals.failures.load(Ordering::Relaxed);
         // Groups decided before a failure are refused (they may build on what failed).
         let (stale, mut groups): (Vec<_>, Vec<_>) =
             groups.into_iter().partition(|g| g.failures != failed);
@@ -264,7 +325,7 @@ fn write_groups(
         }
         if let Err(e) = persisted {
             tracing::error!(error = %e, "store write failed; the groups are refused and the cell goes back to what is durable");
-            failures.fetch_add(1, Ordering::Release);
+            signals.failures.fetch_add(1, Ordering::Release);
             refuse(groups, &e.to_string());
             continue;
         }
@@ -301,9 +362,13 @@ fn write_groups(
 
 fn refuse(groups: Vec<Decided>, why: &str) {
     for g in groups {
-        for (reply, _) in g.answers {
-            let _ = reply.send(Err(CommitError::Unavailable(why.to_string())));
-        }
+        refuse_answers(g.answers, why);
+    }
+}
+
+fn refuse_answers(answers: Vec<(ReplyTo, Result<Reply, CommitError>)>, why: &str) {
+    for (reply, _) in answers {
+        let _ = reply.send(Err(CommitError::Unavailable(why.to_string())));
     }
 }
 
@@ -336,7 +401,10 @@ fn write_batch(
                 Event::ClaimCommitted {
                     outcome, tasks: ts, ..
                 } => {
-                    claims.push(outcome.clone());
+                    claims.push(ClaimCommit {
+                        outcome: outcome.clone(),
+                        tasks: ts.clone(),
+                    });
                     for t in ts {
                         tasks.insert(t.id.clone());
                         agents.insert(t.agent_id.clone());
@@ -413,11 +481,11 @@ fn write_batch(
         entries: entries.to_vec(),
         agents: agents
             .iter()
-            .filter_map(|id| cell.agent(id).cloned())
+            .filter_map(|id| cell.agent_record(id).cloned())
             .collect(),
         tasks: tasks
             .iter()
-            .filter_map(|id| cell.task(id).cloned())
+            .filter_map(|id| cell.task_record(id).cloned())
             .collect(),
         roles: roles.iter().filter_map(|n| cell.role(n).cloned()).collect(),
         claims,

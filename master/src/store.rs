@@ -13,7 +13,7 @@
 //! earlier versions are still read.
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -78,10 +78,11 @@ pub struct WriteBatch {
     pub cell_id: String,
     pub version: Version,
     pub entries: Vec<Arc<LogEntry>>,
-    pub agents: Vec<Agent>,
-    pub tasks: Vec<Task>,
+    /// Records shared with the cell they were read from (writing copies no record).
+    pub agents: Vec<Arc<Agent>>,
+    pub tasks: Vec<Arc<Task>>,
     pub roles: Vec<Role>,
-    pub claims: Vec<ClaimOutcome>,
+    pub claims: Vec<ClaimCommit>,
     /// Jobs whose own record changed (written without their tasks), and changed task records
     /// by job id: a job's tasks are records of their own, so one task's change writes one row.
     pub jobs: Vec<Job>,
@@ -93,6 +94,13 @@ pub struct WriteBatch {
     pub service_instances_removed: Vec<(String, u32)>,
     /// Drop log entries below this version (the new floor), if set.
     pub trim_log_below: Option<Version>,
+}
+
+/// A claim's commit: its outcome and its tasks as placed (shared with its log entry).
+#[derive(Debug, Clone)]
+pub struct ClaimCommit {
+    pub outcome: ClaimOutcome,
+    pub tasks: Vec<Arc<Task>>,
 }
 
 pub trait Store: Send + Sync + 'static {
@@ -231,13 +239,25 @@ impl Store for RedbStore {
             Some(v) => decode("version", v.value())?,
             None => 0,
         };
+        // Tasks as their claims placed them, then the rows of those that changed since.
+        let mut claims = Vec::new();
+        let mut tasks = BTreeMap::new();
+        for (outcome, placed) in load_table(&txn, CLAIMS, rows::decode_claim_commit)? {
+            tasks.extend(placed.into_iter().flatten().map(|t| (t.id.clone(), t)));
+            claims.push(outcome);
+        }
+        tasks.extend(
+            load_table(&txn, TASKS, rows::decode_task)?
+                .into_iter()
+                .map(|t| (t.id.clone(), t)),
+        );
         Ok(StoredCell {
             cell_id,
             version,
             agents: load_table(&txn, AGENTS, |v| decode("agent", v))?,
-            tasks: load_table(&txn, TASKS, rows::decode_task)?,
+            tasks: tasks.into_values().collect(),
             roles: load_table(&txn, ROLES, |v| decode("role", v))?,
-            claims: load_table(&txn, CLAIMS, rows::decode_claim)?,
+            claims,
             jobs: {
                 let headers = load_table(&txn, JOBS, |v| decode("job", v))?;
                 let table = txn.open_table(JOB_TASKS)?;
@@ -274,20 +294,29 @@ impl Store for RedbStore {
             for a in &batch.agents {
                 agents.insert(a.id.as_str(), encode(a).as_slice())?;
             }
+            // A claim's row holds its tasks as placed: a task is written once when it is
+            // placed, and gets a row of its own only when it changes.
             let mut buf = Vec::new();
+            let mut placed: HashMap<&str, &Arc<Task>> = HashMap::new();
+            let mut claims = txn.open_table(CLAIMS)?;
+            for c in &batch.claims {
+                buf = rows::encode_claim_commit(c, buf);
+                claims.insert(c.outcome.claim_id.as_str(), buf.as_slice())?;
+                placed.extend(c.tasks.iter().map(|t| (t.id.as_str(), t)));
+            }
             let mut tasks = txn.open_table(TASKS)?;
             for t in &batch.tasks {
-                buf = rows::encode(&rows::TaskRow::from(t), buf);
-                tasks.insert(t.id.as_str(), buf.as_slice())?;
+                let as_placed = placed
+                    .get(t.id.as_str())
+                    .is_some_and(|p| Arc::ptr_eq(p, t) || p == &t);
+                if !as_placed {
+                    buf = rows::encode(&rows::TaskRow::from(t.as_ref()), buf);
+                    tasks.insert(t.id.as_str(), buf.as_slice())?;
+                }
             }
             let mut roles = txn.open_table(ROLES)?;
             for r in &batch.roles {
                 roles.insert(r.name.as_str(), encode(r).as_slice())?;
-            }
-            let mut claims = txn.open_table(CLAIMS)?;
-            for c in &batch.claims {
-                buf = rows::encode(&rows::ClaimRow::from(c), buf);
-                claims.insert(c.claim_id.as_str(), buf.as_slice())?;
             }
             let mut jobs = txn.open_table(JOBS)?;
             for j in &batch.jobs {
@@ -331,10 +360,14 @@ impl Store for RedbStore {
     fn read_log(&self, from: Version, max: usize) -> StoreResult<Vec<LogEntry>> {
         let txn = self.db.begin_read()?;
         let log = txn.open_table(LOG)?;
+        let mut records = StoredRecords {
+            claims: txn.open_table(CLAIMS)?,
+            tasks: txn.open_table(TASKS)?,
+        };
         let mut out = Vec::new();
         for row in log.range(from..)? {
             let (k, v) = row?;
-            out.push(rows::decode_log_entry(k.value(), v.value())?);
+            out.push(rows::decode_log_entry(k.value(), v.value(), &mut records)?);
             if out.len() >= max {
                 break;
             }
@@ -350,6 +383,27 @@ impl Store for RedbStore {
     }
 }
 
+/// The claim and task rows a log entry refers to, read in the log read's transaction.
+struct StoredRecords {
+    claims: redb::ReadOnlyTable<&'static str, &'static [u8]>,
+    tasks: redb::ReadOnlyTable<&'static str, &'static [u8]>,
+}
+
+impl rows::Records for StoredRecords {
+    fn claim(&mut self, id: &str) -> StoreResult<Option<(ClaimOutcome, Option<Vec<Task>>)>> {
+        self.claims
+            .get(id)?
+            .map(|v| rows::decode_claim_commit(v.value()))
+            .transpose()
+    }
+    fn task(&mut self, id: &str) -> StoreResult<Option<Task>> {
+        self.tasks
+            .get(id)?
+            .map(|v| rows::decode_task(v.value()))
+            .transpose()
+    }
+}
+
 /// The binary rows of the hot tables: tasks, claim outcomes and log entries, in [postcard]
 /// behind a leading format byte. The records' own serde form is made for JSON (skipped
 /// fields, internally tagged enums, text resources) and postcard can only read a fixed
@@ -359,11 +413,17 @@ pub mod rows {
 
     /// The first byte of a binary row.
     const FORMAT_V1: u8 = 1;
+    /// The first byte of a claim's row that holds its tasks as placed ([`ClaimCommitRow`]).
+    const FORMAT_CLAIM_WITH_TASKS: u8 = 2;
 
     /// Encodes `row` into `buf` (cleared first), returning it for reuse.
-    pub fn encode<T: Serialize>(row: &T, mut buf: Vec<u8>) -> Vec<u8> {
+    pub fn encode<T: Serialize>(row: &T, buf: Vec<u8>) -> Vec<u8> {
+        encode_as(FORMAT_V1, row, buf)
+    }
+
+    fn encode_as<T: Serialize>(format: u8, row: &T, mut buf: Vec<u8>) -> Vec<u8> {
         buf.clear();
-        buf.push(FORMAT_V1);
+        buf.push(format);
         postcard::to_extend(row, buf).expect("rows serialize")
     }
 
@@ -546,6 +606,37 @@ pub mod rows {
         }
     }
 
+    /// A claim's row: its outcome and its tasks as placed.
+    #[derive(Serialize, Deserialize)]
+    pub struct ClaimCommitRow<'a> {
+        #[serde(borrow)]
+        outcome: ClaimRow<'a>,
+        #[serde(borrow)]
+        tasks: Vec<TaskRow<'a>>,
+    }
+
+    pub fn encode_claim_commit(c: &ClaimCommit, buf: Vec<u8>) -> Vec<u8> {
+        let row = ClaimCommitRow {
+            outcome: (&c.outcome).into(),
+            tasks: c.tasks.iter().map(|t| TaskRow::from(t.as_ref())).collect(),
+        };
+        encode_as(FORMAT_CLAIM_WITH_TASKS, &row, buf)
+    }
+
+    /// A claim's outcome and, in rows that hold them, its tasks as placed.
+    pub fn decode_claim_commit(bytes: &[u8]) -> StoreResult<(ClaimOutcome, Option<Vec<Task>>)> {
+        let Some((&FORMAT_CLAIM_WITH_TASKS, body)) = bytes.split_first() else {
+            return Ok((decode_claim(bytes)?, None));
+        };
+        let row: ClaimCommitRow = postcard::from_bytes(body).map_err(|e| corrupt("claim", e))?;
+        let tasks = row
+            .tasks
+            .into_iter()
+            .map(TaskRow::into_task)
+            .collect::<StoreResult<_>>()?;
+        Ok((row.outcome.into_outcome()?, Some(tasks)))
+    }
+
     /// A log entry's event: a claim's commit in binary, anything else as its JSON.
     #[derive(Serialize, Deserialize)]
     pub enum EventRow<'a> {
@@ -558,6 +649,16 @@ pub mod rows {
             evictions: Vec<Cow<'a, str>>,
         },
         Json(#[serde(borrow)] Cow<'a, str>),
+        /// A claim's commit by reference: its outcome is the claim's row and its tasks are
+        /// the task rows of the committed placements, as placed (see [`Task::as_placed`]).
+        /// Each is written once, in the same store write as the entry, and never removed, so
+        /// the entry holds only what the rows do not.
+        ClaimCommittedRef {
+            #[serde(borrow)]
+            claim_id: Cow<'a, str>,
+            #[serde(borrow)]
+            evictions: Vec<Cow<'a, str>>,
+        },
     }
 
     /// A log entry (its version is the row's key).
@@ -575,12 +676,9 @@ pub mod rows {
                     .iter()
                     .map(|ev| match ev {
                         Event::ClaimCommitted {
-                            outcome,
-                            tasks,
-                            evictions,
-                        } => EventRow::ClaimCommitted {
-                            outcome: outcome.into(),
-                            tasks: tasks.iter().map(|t| TaskRow::from(t.as_ref())).collect(),
+                            outcome, evictions, ..
+                        } => EventRow::ClaimCommittedRef {
+                            claim_id: outcome.claim_id.as_str().into(),
                             evictions: evictions.iter().map(|t| t.as_str().into()).collect(),
                         },
                         other => EventRow::Json(
@@ -608,7 +706,18 @@ pub mod rows {
         }
     }
 
-    pub fn decode_log_entry(version: Version, bytes: &[u8]) -> StoreResult<LogEntry> {
+    /// Where a log entry's references are read: the stored claim (its outcome and, if its
+    /// row holds them, its tasks as placed) and task of these ids.
+    pub trait Records {
+        fn claim(&mut self, id: &str) -> StoreResult<Option<(ClaimOutcome, Option<Vec<Task>>)>>;
+        fn task(&mut self, id: &str) -> StoreResult<Option<Task>>;
+    }
+
+    pub fn decode_log_entry(
+        version: Version,
+        bytes: &[u8],
+        records: &mut dyn Records,
+    ) -> StoreResult<LogEntry> {
         let Some(row) = binary::<LogRow>("log entry", bytes)? else {
             return decode("log entry", bytes);
         };
@@ -629,6 +738,39 @@ pub mod rows {
                 },
                 EventRow::Json(text) => {
                     serde_json::from_str(&text).map_err(|e| corrupt("log entry", e))?
+                }
+                EventRow::ClaimCommittedRef {
+                    claim_id,
+                    evictions,
+                } => {
+                    let missing = |what: &str, id: &str| {
+                        corrupt(
+                            "log entry",
+                            format!("{what} {id} of version {version} is not stored"),
+                        )
+                    };
+                    let (outcome, placed) = records
+                        .claim(&claim_id)?
+                        .ok_or_else(|| missing("claim", &claim_id))?;
+                    let tasks = match placed {
+                        Some(placed) => placed.into_iter().map(Arc::new).collect(),
+                        // A claim row of an older store: its tasks have rows of their own.
+                        None => {
+                            let mut tasks = Vec::new();
+                            for p in outcome.placements.iter().filter(|p| p.committed) {
+                                let task = records
+                                    .task(p.task_id.as_str())?
+                                    .ok_or_else(|| missing("task", p.task_id.as_str()))?;
+                                tasks.push(Arc::new(task.as_placed(version)));
+                            }
+                            tasks
+                        }
+                    };
+                    Event::ClaimCommitted {
+                        outcome,
+                        tasks,
+                        evictions: evictions.into_iter().map(TaskId::new).collect(),
+                    }
                 }
             });
         }
@@ -672,16 +814,17 @@ impl MemImage {
         self.cell_id = Some(b.cell_id.clone());
         self.version = b.version;
         for a in &b.agents {
-            self.agents.insert(a.id.to_string(), a.clone());
+            self.agents.insert(a.id.to_string(), Agent::clone(a));
         }
         for t in &b.tasks {
-            self.tasks.insert(t.id.to_string(), t.clone());
+            self.tasks.insert(t.id.to_string(), Task::clone(t));
         }
         for r in &b.roles {
             self.roles.insert(r.name.clone(), r.clone());
         }
         for c in &b.claims {
-            self.claims.insert(c.claim_id.to_string(), c.clone());
+            self.claims
+                .insert(c.outcome.claim_id.to_string(), c.outcome.clone());
         }
         for j in &b.jobs {
             self.jobs.insert(j.id.clone(), job_header(j));
@@ -795,7 +938,8 @@ mod tests {
     use super::*;
 
     /// Every field of a task and of a claim's commit survives the binary rows: a preempted
-    /// task, its priority, and the evictions of the claim that preempted it.
+    /// task, its priority, and the evictions of the claim that preempted it; the log entry of
+    /// the commit reads back as committed after its task has changed.
     #[test]
     fn binary_rows_keep_every_field_of_tasks_and_commits() {
         let dir = tempfile::tempdir().unwrap();
@@ -825,18 +969,40 @@ mod tests {
         let outcome = ClaimOutcome {
             claim_id: ClaimId::new("c2"),
             committed_version: Some(9),
-            placements: vec![PlacementOutcome {
-                task_id: TaskId::new("high.t1.1"),
-                agent_id: AgentId::new("a1"),
-                committed: true,
-                rejected: None,
-            }],
+            placements: vec![
+                PlacementOutcome {
+                    task_id: TaskId::new("high.t1.1"),
+                    agent_id: AgentId::new("a1"),
+                    committed: true,
+                    rejected: None,
+                },
+                PlacementOutcome {
+                    task_id: TaskId::new("high.t2.1"),
+                    agent_id: AgentId::new("a1"),
+                    committed: true,
+                    rejected: None,
+                },
+            ],
+        };
+        let placed = Task {
+            id: TaskId::new("high.t1.1"),
+            name: "high.t1".into(),
+            claim_id: ClaimId::new("c2"),
+            priority: 50,
+            ..task.clone()
+        }
+        .as_placed(9);
+        // Placed with it, and never changed: it has no row of its own.
+        let unchanged = Task {
+            id: TaskId::new("high.t2.1"),
+            name: "high.t2".into(),
+            ..placed.clone()
         };
         let entry = LogEntry {
             version: 9,
             events: vec![Event::ClaimCommitted {
                 outcome: outcome.clone(),
-                tasks: vec![Arc::new(task.clone())],
+                tasks: vec![Arc::new(placed.clone()), Arc::new(unchanged.clone())],
                 evictions: vec![TaskId::new("low.t1.1")],
             }],
         };
@@ -844,14 +1010,40 @@ mod tests {
             cell_id: "cell".into(),
             version: 9,
             entries: vec![Arc::new(entry.clone())],
-            tasks: vec![task.clone()],
-            claims: vec![outcome.clone()],
+            tasks: vec![
+                Arc::new(task.clone()),
+                Arc::new(placed.clone()),
+                Arc::new(unchanged.clone()),
+            ],
+            claims: vec![ClaimCommit {
+                outcome: outcome.clone(),
+                tasks: vec![Arc::new(placed.clone()), Arc::new(unchanged.clone())],
+            }],
             ..WriteBatch::default()
         };
         store.write(&batch).unwrap();
+        // The placed task runs later: its row changes, the log entry of its commit does not.
+        let running = Task {
+            state: TaskState::Running,
+            status: StatusInfo {
+                source: Some("SOURCE_EXECUTOR".into()),
+                timestamp: 11,
+                ..StatusInfo::default()
+            },
+            version: 10,
+            ..placed.clone()
+        };
+        store
+            .write(&WriteBatch {
+                cell_id: "cell".into(),
+                version: 10,
+                tasks: vec![Arc::new(running.clone())],
+                ..WriteBatch::default()
+            })
+            .unwrap();
         store.sync().unwrap();
         let loaded = store.load().unwrap();
-        assert_eq!(loaded.tasks, vec![task]);
+        assert_eq!(loaded.tasks, vec![running, unchanged, task]);
         assert_eq!(loaded.claims, vec![outcome]);
         assert_eq!(store.read_log(9, 10).unwrap(), vec![entry]);
     }
