@@ -187,6 +187,9 @@ fn decode<T: DeserializeOwned>(what: &str, bytes: &[u8]) -> StoreResult<T> {
 /// The embedded store: one redb file.
 pub struct RedbStore {
     db: Database,
+    /// The buffer rows are encoded in, kept between writes: a claim's row is tens of KiB,
+    /// and a buffer grown afresh at each write took new pages from the kernel each time.
+    scratch: Mutex<Vec<u8>>,
 }
 
 impl RedbStore {
@@ -206,7 +209,10 @@ impl RedbStore {
             txn.open_table(SERVICE_INSTANCES)?;
         }
         txn.commit()?;
-        Ok(RedbStore { db })
+        Ok(RedbStore {
+            db,
+            scratch: Mutex::default(),
+        })
     }
 }
 
@@ -296,7 +302,8 @@ impl Store for RedbStore {
             }
             // A claim's row holds its tasks as placed: a task is written once when it is
             // placed, and gets a row of its own only when it changes.
-            let mut buf = Vec::new();
+            let mut scratch = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
+            let mut buf = std::mem::take(&mut *scratch);
             let mut placed: HashMap<&str, &Arc<Task>> = HashMap::new();
             let mut claims = txn.open_table(CLAIMS)?;
             for c in &batch.claims {
@@ -342,6 +349,7 @@ impl Store for RedbStore {
                 buf = rows::encode(&rows::LogRow::from(e.as_ref()), buf);
                 log.insert(e.version, buf.as_slice())?;
             }
+            *scratch = buf;
             if let Some(floor) = batch.trim_log_below {
                 log.retain_in(..floor, |_, _| false)?;
             }
