@@ -2,7 +2,10 @@
 //! placements spread over them, optionally holding a snapshot (a `Cell::clone`) every few
 //! claims as the master's committer does when it publishes.
 //!
-//! `cargo run --release -p shoal-core --example commit_loop -- [agents] [placements] [snapshot_every]`
+//! `cargo run --release -p shoal-core --example commit_loop -- [agents] [placements] [snapshot_every] [random_ids]`
+//!
+//! Task ids are `t0`, `t1`, … (a claim's ids are neighbours, as a job's are), or with
+//! `random_ids` 1 spread over the whole key space (as UUIDs are).
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -17,6 +20,7 @@ fn main() {
     let agents = args.first().copied().unwrap_or(10_000);
     let placements = args.get(1).copied().unwrap_or(200_000);
     let snapshot_every = args.get(2).copied().unwrap_or(0);
+    let random_ids = args.get(3).copied().unwrap_or(0) == 1;
     let agent_res = ResourceSet::parse("cpus:32;mem:65536").unwrap();
     let task_res = ResourceSet::parse("cpus:1;mem:1024").unwrap();
 
@@ -56,7 +60,11 @@ fn main() {
                 placements: chunk
                     .iter()
                     .map(|&i| Placement {
-                        task_id: TaskId::new(format!("t{i}")),
+                        task_id: TaskId::new(if random_ids {
+                            format!("t{:016x}", (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15))
+                        } else {
+                            format!("t{i}")
+                        }),
                         name: String::new(),
                         agent_id: ids[i % agents].clone(),
                         resources: task_res.clone(),

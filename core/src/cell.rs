@@ -177,7 +177,10 @@ pub struct Cell {
     // Records sit behind `Arc`s: after a snapshot is published, the first write to a map node
     // copies the node, and copying pointers is far cheaper than deep-copying the records.
     agents: PMap<AgentId, Arc<Agent>>,
-    tasks: PMap<TaskId, Arc<Task>>,
+    /// Ordered by id (a B-tree): the tasks of one claim or job have neighbouring ids, so a
+    /// write after a snapshot copies one leaf for many of them; with ids spread over the key
+    /// space (UUIDs) it costs what a hash trie does (`examples/commit_loop.rs`).
+    tasks: OrdMap<TaskId, Arc<Task>>,
     roles: OrdMap<String, Role>,
     claims: PMap<ClaimId, Arc<ClaimOutcome>>,
     holds: PMap<OfferId, Hold>,
@@ -198,7 +201,7 @@ impl Cell {
             cell_id: config.cell_id,
             version: 0,
             agents: PMap::new(),
-            tasks: PMap::new(),
+            tasks: OrdMap::new(),
             roles: OrdMap::new(),
             claims: PMap::new(),
             holds: PMap::new(),
