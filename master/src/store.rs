@@ -11,6 +11,11 @@
 //! entries of claims — are written in a compact binary form ([postcard], see [`rows`]); the
 //! other records are JSON, the same encoding the native API serves. Rows written as JSON by
 //! earlier versions are still read.
+//!
+//! A task is written once when it is placed, inside its claim's row (the claim's outcome and
+//! its tasks as placed); it gets a row of its own in the task table only when it changes, and
+//! loading lays those rows over the placed tasks. A claim's log entry names the claim and is
+//! rebuilt from its row. No row is ever removed, so every reference resolves.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
@@ -645,9 +650,10 @@ pub mod rows {
         Ok((row.outcome.into_outcome()?, Some(tasks)))
     }
 
-    /// A log entry's event: a claim's commit in binary, anything else as its JSON.
+    /// A log entry's event: a claim's commit by reference, anything else as its JSON.
     #[derive(Serialize, Deserialize)]
     pub enum EventRow<'a> {
+        /// A claim's commit with its records in full, as earlier versions wrote it (read only).
         ClaimCommitted {
             #[serde(borrow)]
             outcome: ClaimRow<'a>,
@@ -657,10 +663,10 @@ pub mod rows {
             evictions: Vec<Cow<'a, str>>,
         },
         Json(#[serde(borrow)] Cow<'a, str>),
-        /// A claim's commit by reference: its outcome is the claim's row and its tasks are
-        /// the task rows of the committed placements, as placed (see [`Task::as_placed`]).
-        /// Each is written once, in the same store write as the entry, and never removed, so
-        /// the entry holds only what the rows do not.
+        /// A claim's commit by reference: its outcome and its tasks as placed are the claim's
+        /// row (in a claim row of an older store without tasks, the task rows of the committed
+        /// placements, as placed: [`Task::as_placed`]). The row is written in the same store
+        /// write as the entry and never removed, so the entry holds only what the row does not.
         ClaimCommittedRef {
             #[serde(borrow)]
             claim_id: Cow<'a, str>,
