@@ -194,7 +194,9 @@ impl Compat {
     }
 
     /// A status update for a framework: as Mesos writes it, with the state the framework
-    /// understands (TASK_LOST for the partition states if it is not partition-aware).
+    /// understands (TASK_LOST for the partition states if it is not partition-aware). The
+    /// arguments are the fields of Mesos's `TaskStatus` that vary by caller.
+    #[allow(clippy::too_many_arguments)]
     fn status_json(
         &self,
         f: &Framework,
@@ -243,7 +245,9 @@ impl Compat {
     }
 }
 
-fn parse_call(headers: &HeaderMap, body: &Bytes) -> Result<(Json, Encoding), Response> {
+/// The call, or the answer to send instead (boxed: a `Response` is large and this is the
+/// rare path).
+fn parse_call(headers: &HeaderMap, body: &Bytes) -> Result<(Json, Encoding), Box<Response>> {
     let ct = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -253,20 +257,20 @@ fn parse_call(headers: &HeaderMap, body: &Bytes) -> Result<(Json, Encoding), Res
     } else if ct.starts_with("application/x-protobuf") {
         Encoding::Protobuf
     } else {
-        return Err(error(StatusCode::UNSUPPORTED_MEDIA_TYPE, format!("Expecting 'Content-Type' of application/json or application/x-protobuf, got '{ct}'")));
+        return Err(Box::new(error(StatusCode::UNSUPPORTED_MEDIA_TYPE, format!("Expecting 'Content-Type' of application/json or application/x-protobuf, got '{ct}'"))));
     };
     let call: Call = match encoding {
         Encoding::Json => shoal_proto::json::from_json_slice(body).map_err(|e| {
-            error(
+            Box::new(error(
                 StatusCode::BAD_REQUEST,
                 format!("Failed to parse body into Call: {e}"),
-            )
+            ))
         })?,
         Encoding::Protobuf => Call::decode(body.as_ref()).map_err(|e| {
-            error(
+            Box::new(error(
                 StatusCode::BAD_REQUEST,
                 format!("Failed to parse body into Call: {e}"),
-            )
+            ))
         })?,
     };
     Ok((shoal_proto::json::to_json_value(&call), encoding))
@@ -294,7 +298,7 @@ fn accepts(headers: &HeaderMap, fallback: Encoding) -> Option<Encoding> {
 async fn scheduler(State(c): State<Arc<Compat>>, headers: HeaderMap, body: Bytes) -> Response {
     let (call, encoding) = match parse_call(&headers, &body) {
         Ok(x) => x,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let kind = call["type"].as_str().unwrap_or("UNKNOWN").to_string();
     if kind == "SUBSCRIBE" {

@@ -42,7 +42,7 @@ fn summary<'a>(sets: impl Iterator<Item = &'a ResourceSet>) -> Json {
     let mut sc = ResourceSet::new();
     let mut ranges: std::collections::BTreeMap<String, Vec<(u64, u64)>> = Default::default();
     for set in sets {
-        let _ = sc.add_scalars(&set);
+        let _ = sc.add_scalars(set);
         for r in set.iter() {
             if let shoal_core::Value::Ranges(rs) = &r.value {
                 ranges

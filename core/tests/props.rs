@@ -7,6 +7,7 @@
 //! - `check_invariants()` and an independent recomputation: per agent, the resources of its
 //!   live tasks are contained in its total and equal `allocated`; per role, `consumed` equals
 //!   the sum of its live tasks and stays within the quota limit set before the claims.
+//!
 //! At the end of a scenario the log is replayed onto a fresh cell (directly and through JSON)
 //! and the records are reloaded with `Cell::from_records`: both must equal the live cell.
 //!
@@ -499,7 +500,7 @@ impl Harness {
             }
         }
         self.commands += 1;
-        if self.commands % self.check_every == 0 {
+        if self.commands.is_multiple_of(self.check_every) {
             check_all(&self.cell, &self.limits);
         } else if let Err(e) = self.cell.check_invariants() {
             panic!("check_invariants at version {}: {e}", self.cell.version());
@@ -2083,7 +2084,7 @@ fn regression_mixed_types_across_agents_panic_apply() {
 
 #[test]
 fn regression_scalar_sums_overflow() {
-    let text = vec!["cpus:1000000000000"; 10].join(";");
+    let text = ["cpus:1000000000000"; 10].join(";");
     let parsed = std::panic::catch_unwind(|| ResourceSet::parse(&text));
     assert!(
         matches!(parsed, Ok(Err(_))),

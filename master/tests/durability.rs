@@ -99,7 +99,7 @@ async fn acknowledged_claims_survive_crashes_that_drop_unsynced_writes() {
                             spec: TaskSpec::empty(),
                         })
                         .collect();
-                    let mode = if rng.next() % 2 == 0 {
+                    let mode = if rng.next().is_multiple_of(2) {
                         CommitMode::AllOrNothing
                     } else {
                         CommitMode::Incremental
@@ -118,7 +118,7 @@ async fn acknowledged_claims_survive_crashes_that_drop_unsynced_writes() {
                     // Tasks also finish, so resources are freed and re-used across crashes.
                     if let Some(t) = snap
                         .tasks()
-                        .find(|t| t.state == TaskState::Staging && rng.next() % 3 == 0)
+                        .find(|t| t.state == TaskState::Staging && rng.next().is_multiple_of(3))
                     {
                         let _ = committer
                             .submit(Command::UpdateTaskStatus {

@@ -43,7 +43,7 @@ fn naive(cell: &Cell, candidates: &[Candidate]) -> usize {
         let free = a.free();
         let pick = candidates
             .iter()
-            .filter(|c| c.filters.get(&a.id).is_none())
+            .filter(|c| !c.filters.contains_key(&a.id))
             .min_by(|x, y| {
                 let sx = shares.get(x.role.as_str()).copied().unwrap_or(0.0);
                 let sy = shares.get(y.role.as_str()).copied().unwrap_or(0.0);

@@ -286,6 +286,9 @@ impl Ord for Due {
     }
 }
 
+/// One agent's offers, and the tasks (job, count) placed on them.
+type AgentAccepts = (Vec<OfferId>, Vec<(usize, u32)>);
+
 #[derive(Debug)]
 enum Ev {
     Arrive(usize),
@@ -302,7 +305,7 @@ enum Ev {
     /// The service framework answers the offers it decided on.
     OffersAnswered {
         /// Per agent: its offers and the tasks (job, count) placed there.
-        accepts: BTreeMap<usize, (Vec<OfferId>, Vec<(usize, u32)>)>,
+        accepts: BTreeMap<usize, AgentAccepts>,
         jobs: Vec<usize>,
     },
 }
@@ -786,11 +789,7 @@ impl Sim<'_> {
         self.at(at, Ev::OffersAnswered { accepts, jobs });
     }
 
-    fn offers_answered(
-        &mut self,
-        accepts: BTreeMap<usize, (Vec<OfferId>, Vec<(usize, u32)>)>,
-        jobs: Vec<usize>,
-    ) {
+    fn offers_answered(&mut self, accepts: BTreeMap<usize, AgentAccepts>, jobs: Vec<usize>) {
         let k = Kind::Service as usize;
         self.scheds[k].busy = false;
         let mut unused = Vec::new();
