@@ -6,7 +6,8 @@
 //! - a rejection or a no-op changed nothing (version, counts, and a JSON dump when `deep`);
 //! - `check_invariants()` and an independent recomputation: per agent, the resources of its
 //!   live tasks are contained in its total and equal `allocated`; per role, `consumed` equals
-//!   the sum of its live tasks and stays within the quota limit set before the claims.
+//!   the sum of its live tasks and stays within the quota limit set before the claims;
+//! - every task a claim commits is in its placed form (`Task::as_placed`).
 //!
 //! At the end of a scenario the log is replayed onto a fresh cell (directly and through JSON)
 //! and the records are reloaded with `Cell::from_records`: both must equal the live cell.
@@ -496,6 +497,19 @@ impl Harness {
             Ok((Some(e), _)) => {
                 assert_eq!(self.cell.version(), e.version);
                 assert!(!e.events.is_empty());
+                // The store keeps a claim's tasks once, as placed, and rebuilds a task's
+                // later form from its own row: a committed task is its placed form.
+                for ev in &e.events {
+                    if let Event::ClaimCommitted { tasks, .. } = ev {
+                        for t in tasks {
+                            assert_eq!(
+                                **t,
+                                t.as_placed(e.version),
+                                "a task as its claim placed it"
+                            );
+                        }
+                    }
+                }
                 self.log.push(e.clone());
             }
         }
