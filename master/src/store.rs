@@ -790,6 +790,125 @@ pub mod rows {
         }
         Ok(LogEntry { version, events })
     }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+        use shoal_core::{AgentId, ClaimId, ResourceSet, StatusInfo, TaskSpec, TaskState};
+
+        fn placed(id: &str, claim: &str, version: Version) -> Task {
+            Task {
+                id: TaskId::new(id),
+                name: id.into(),
+                agent_id: AgentId::new("a1"),
+                role: "*".into(),
+                owner: "s1".into(),
+                claim_id: ClaimId::new(claim),
+                resources: ResourceSet::parse("cpus:1;mem:32").unwrap(),
+                state: TaskState::Staging,
+                status: StatusInfo::default(),
+                spec: TaskSpec(format!(r#"{{"name":"{id}"}}"#).into()),
+                version,
+                priority: 0,
+                preempted_by: None,
+            }
+        }
+
+        fn committed(claim: &str, version: Version, tasks: &[&Task]) -> ClaimOutcome {
+            ClaimOutcome {
+                claim_id: ClaimId::new(claim),
+                committed_version: Some(version),
+                placements: tasks
+                    .iter()
+                    .map(|t| PlacementOutcome {
+                        task_id: t.id.clone(),
+                        agent_id: t.agent_id.clone(),
+                        committed: true,
+                        rejected: None,
+                    })
+                    .collect(),
+            }
+        }
+
+        /// A store written before claims' rows held their tasks still loads, and its log
+        /// still reads: claim rows without tasks, a row per task, log entries holding the
+        /// tasks in full (c1), or naming a claim whose row has no tasks (c2, whose task ran
+        /// since: the entry gives it as placed).
+        #[test]
+        fn rows_of_earlier_versions_still_read() {
+            let dir = tempfile::tempdir().unwrap();
+            let store = RedbStore::open(&dir.path().join("cell.redb")).unwrap();
+            let t1 = placed("t1", "c1", 3);
+            let c1 = committed("c1", 3, &[&t1]);
+            let t2 = placed("t2", "c2", 4);
+            let c2 = committed("c2", 4, &[&t2]);
+            let t2_running = Task {
+                state: TaskState::Running,
+                version: 5,
+                ..t2.clone()
+            };
+            let txn = store.db.begin_write().unwrap();
+            {
+                let mut meta = txn.open_table(META).unwrap();
+                meta.insert("cell_id", b"cell".as_slice()).unwrap();
+                meta.insert("version", crate::store::encode(&5u64).as_slice())
+                    .unwrap();
+                let mut tasks = txn.open_table(TASKS).unwrap();
+                for t in [&t1, &t2_running] {
+                    tasks
+                        .insert(
+                            t.id.as_str(),
+                            encode(&TaskRow::from(t), Vec::new()).as_slice(),
+                        )
+                        .unwrap();
+                }
+                let mut claims = txn.open_table(CLAIMS).unwrap();
+                for c in [&c1, &c2] {
+                    claims
+                        .insert(
+                            c.claim_id.as_str(),
+                            encode(&ClaimRow::from(c), Vec::new()).as_slice(),
+                        )
+                        .unwrap();
+                }
+                let mut log = txn.open_table(LOG).unwrap();
+                let full = LogRow {
+                    events: vec![EventRow::ClaimCommitted {
+                        outcome: (&c1).into(),
+                        tasks: vec![TaskRow::from(&t1)],
+                        evictions: vec![],
+                    }],
+                };
+                log.insert(3, encode(&full, Vec::new()).as_slice()).unwrap();
+                let by_ref = LogRow {
+                    events: vec![EventRow::ClaimCommittedRef {
+                        claim_id: "c2".into(),
+                        evictions: vec![],
+                    }],
+                };
+                log.insert(4, encode(&by_ref, Vec::new()).as_slice())
+                    .unwrap();
+            }
+            txn.commit().unwrap();
+
+            let loaded = store.load().unwrap();
+            assert_eq!(loaded.version, 5);
+            assert_eq!(loaded.tasks, vec![t1.clone(), t2_running]);
+            assert_eq!(loaded.claims, vec![c1.clone(), c2.clone()]);
+            let entry = |version, outcome: &ClaimOutcome, task: &Task| LogEntry {
+                version,
+                events: vec![Event::ClaimCommitted {
+                    outcome: outcome.clone(),
+                    tasks: vec![Arc::new(task.clone())],
+                    evictions: vec![],
+                }],
+            };
+            assert_eq!(
+                store.read_log(3, 10).unwrap(),
+                vec![entry(3, &c1, &t1), entry(4, &c2, &t2)]
+            );
+        }
+    }
 }
 
 /// An in-memory store that behaves like a disk behind a page cache: what was written but not
