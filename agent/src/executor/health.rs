@@ -84,6 +84,26 @@ pub(crate) enum HealthEvent {
     Kill(String),
 }
 
+/// What a task's watch loop does with a health event: a changed verdict is reported with
+/// `report`; checks that failed too often leave why in `killed` (for the task's final status)
+/// and return true: kill the task now, without a grace period.
+pub(crate) fn must_kill(
+    event: HealthEvent,
+    report: impl FnOnce(bool),
+    killed: &mut Option<String>,
+) -> bool {
+    match event {
+        HealthEvent::Healthy(v) => {
+            report(v);
+            false
+        }
+        HealthEvent::Kill(why) => {
+            *killed = Some(why);
+            true
+        }
+    }
+}
+
 /// Runs the checks until dropped or until they ask for the task to be killed; sends each
 /// change of verdict on `tx`.
 pub(crate) async fn run<F>(

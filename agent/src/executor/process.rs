@@ -500,16 +500,13 @@ async fn watch(
                 kill_deadline = None;
                 continue;
             }
-            Some(h) = hrx.recv() => match h {
-                health::HealthEvent::Healthy(v) => {
-                    inner.send(&task_id, TaskUpdate::Running { healthy: Some(v) });
+            Some(h) = hrx.recv() => {
+                let report = |v| inner.send(&task_id, TaskUpdate::Running { healthy: Some(v) });
+                if !health::must_kill(h, report, &mut health_kill) {
                     continue;
                 }
-                health::HealthEvent::Kill(why) => {
-                    health_kill = Some(why);
-                    Some(Control::Kill { grace: None })
-                }
-            },
+                Some(Control::Kill { grace: None })
+            }
         };
         match msg {
             Some(Control::Kill { grace }) => {
