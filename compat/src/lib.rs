@@ -10,6 +10,7 @@
 //! formats (JSON and protobuf, RecordIO); the allocator ([`allocator`]) is sans-IO.
 
 pub mod allocator;
+pub mod limits;
 mod scheduler;
 mod state;
 mod updates;

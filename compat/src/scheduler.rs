@@ -21,6 +21,7 @@ use shoal_proto::mesos::v1::scheduler::{Call, Event};
 use tokio::sync::mpsc;
 
 use crate::allocator::{self, AllocatorConfig, Candidate, OfferFilter};
+use crate::limits;
 use crate::updates::UpdateStreams;
 use crate::CompatConfig;
 
@@ -75,7 +76,7 @@ pub struct Compat {
     /// Offers we released ourselves (accept, decline, timeout): no RESCIND for those.
     released_by_us: Mutex<HashSet<OfferId>>,
     /// Frameworks removed (TEARDOWN, failover timeout), newest last: they may not subscribe
-    /// again. Bounded by `crate_limits::REMOVED_FRAMEWORKS_MAX`; in memory only, as in Mesos.
+    /// again. Bounded by `limits::REMOVED_FRAMEWORKS_MAX`; in memory only, as in Mesos.
     removed: Mutex<RemovedFrameworks>,
     /// A fresh id per master start; prefixes the ids this master hands out.
     run_id: String,
@@ -597,7 +598,7 @@ fn subscribe(c: Arc<Compat>, call: Json, encoding: Encoding, host: &str) -> Resp
         .map(str::to_string)
         .unwrap_or_else(|| c.next_id("F"));
     let stream_id = uuid_string();
-    let (tx, rx) = mpsc::channel::<Bytes>(crate_limits::EVENT_BUFFER);
+    let (tx, rx) = mpsc::channel::<Bytes>(limits::EVENT_BUFFER);
     let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel::<&'static str>();
     let mut info = info;
     info["id"] = json!({"value": id});
@@ -732,13 +733,6 @@ const DEFAULT_REFUSE_SECONDS: f64 = 5.0;
 /// The longest filter installed (Mesos caps `refuse_seconds` at a year too).
 const MAX_REFUSE_SECONDS: f64 = 365.0 * 86_400.0;
 
-mod crate_limits {
-    /// Events buffered per subscription before the framework counts as too slow.
-    pub const EVENT_BUFFER: usize = 4_096;
-    /// Removed framework ids remembered (Mesos keeps `--max_completed_frameworks`, 50).
-    pub const REMOVED_FRAMEWORKS_MAX: usize = 1_000;
-}
-
 /// The ids of removed frameworks, oldest forgotten first.
 #[derive(Default)]
 struct RemovedFrameworks {
@@ -755,7 +749,7 @@ impl RemovedFrameworks {
         if self.ids.insert(id.to_string()) {
             self.order.push_back(id.to_string());
         }
-        while self.order.len() > crate_limits::REMOVED_FRAMEWORKS_MAX {
+        while self.order.len() > limits::REMOVED_FRAMEWORKS_MAX {
             if let Some(old) = self.order.pop_front() {
                 self.ids.remove(&old);
             }
