@@ -1315,16 +1315,10 @@ async fn allocation_loop(c: Arc<Compat>) {
             for id in placed {
                 let h = &by_id[&id];
                 offers.insert(id.clone(), h.framework_id.clone());
-                let agent = snap.agent(&h.agent_id);
-                per_fw.entry(h.framework_id.clone()).or_default().push(json!({
-                    "allocation_info": {"role": h.role},
-                    "id": {"value": id.as_str()},
-                    "framework_id": {"value": h.framework_id},
-                    "agent_id": {"value": h.agent_id.as_str()},
-                    "hostname": agent.map(|a| a.hostname.clone()).unwrap_or_default(),
-                    "resources": resources_with_roles(&h.resources, &h.role),
-                    "attributes": agent.map(|a| a.attributes.iter().map(|(k, v)| json!({"name": k, "type": "TEXT", "text": {"value": v}})).collect::<Vec<_>>()).unwrap_or_default(),
-                }));
+                per_fw
+                    .entry(h.framework_id.clone())
+                    .or_default()
+                    .push(offer_json(h, snap.agent(&h.agent_id)));
             }
         }
         for (fw, offers) in per_fw {
@@ -1338,6 +1332,46 @@ async fn allocation_loop(c: Arc<Compat>) {
             }
         }
     }
+}
+
+/// The address of an agent in its offers' `url`, as Mesos's master fills `Offer.url` from
+/// the agent's libprocess address (`http://<ip>:<port>/slave(1)`). Shoal agents dial out to
+/// the master and resolve nothing for it, so `ip` is the agent's hostname when that is an IP
+/// address, 127.0.0.1 for `localhost`, and otherwise 0.0.0.0 (the unspecified address:
+/// libmesos's driver needs an IPv4 address there and aborts on an offer without one); `port`
+/// is the agent's own HTTP port (0: it serves none).
+fn agent_address(hostname: &str, port: u16) -> Json {
+    let ip = match hostname.parse::<std::net::IpAddr>() {
+        Ok(ip) => ip.to_string(),
+        Err(_) if hostname.eq_ignore_ascii_case("localhost") => "127.0.0.1".into(),
+        Err(_) => "0.0.0.0".into(),
+    };
+    json!({"hostname": hostname, "ip": ip, "port": port})
+}
+
+/// One offer as Mesos's master writes it (`Master::offer`): with the agent's `url`, and its
+/// `domain` when the agent has one.
+fn offer_json(h: &shoal_core::Hold, agent: Option<&shoal_core::Agent>) -> Json {
+    let hostname = agent.map(|a| a.hostname.as_str()).unwrap_or("");
+    let mut offer = json!({
+        "allocation_info": {"role": h.role},
+        "id": {"value": h.id.as_str()},
+        "framework_id": {"value": h.framework_id},
+        "agent_id": {"value": h.agent_id.as_str()},
+        "hostname": hostname,
+        "url": {
+            "scheme": "http",
+            "address": agent_address(hostname, agent.map(|a| a.port).unwrap_or(0)),
+            "path": "/slave(1)",
+        },
+        "resources": resources_with_roles(&h.resources, &h.role),
+        "attributes": agent.map(|a| a.attributes.iter().map(|(k, v)| json!({"name": k, "type": "TEXT", "text": {"value": v}})).collect::<Vec<_>>()).unwrap_or_default(),
+    });
+    if let Some(d) = agent.and_then(|a| a.domain.as_ref()) {
+        offer["domain"] =
+            json!({"fault_domain": {"region": {"name": d.region}, "zone": {"name": d.zone}}});
+    }
+    offer
 }
 
 /// Resources as Mesos writes them in offers: with `allocation_info` for the role.
@@ -1515,6 +1549,93 @@ async fn timers_loop(c: Arc<Compat>) {
             .collect();
         for fw in expired {
             remove_framework(&c, &fw).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shoal_core::{Agent, AgentState, FaultDomain, Hold};
+
+    fn agent(hostname: &str, domain: Option<FaultDomain>) -> Agent {
+        Agent {
+            id: AgentId::new("A1"),
+            hostname: hostname.into(),
+            port: 0,
+            attributes: Default::default(),
+            domain,
+            total: ResourceSet::parse("cpus:2;mem:1024").unwrap(),
+            allocated: ResourceSet::new(),
+            state: AgentState::Active,
+            version: 1,
+            registered_at: 1,
+        }
+    }
+
+    fn hold() -> Hold {
+        Hold {
+            id: OfferId::new("O1"),
+            framework_id: "F1".into(),
+            role: "*".into(),
+            agent_id: AgentId::new("A1"),
+            resources: ResourceSet::parse("cpus:2;mem:1024").unwrap(),
+            created_at: 1,
+        }
+    }
+
+    #[test]
+    fn offers_carry_no_url() {
+        let domain = FaultDomain {
+            region: "eu-west-1".into(),
+            zone: "eu-west-1a".into(),
+        };
+        let offer = offer_json(&hold(), Some(&agent("10.0.0.5", Some(domain))));
+        assert_eq!(
+            offer["url"],
+            json!({"scheme": "http", "address": {"hostname": "10.0.0.5", "ip": "10.0.0.5", "port": 0}, "path": "/slave(1)"})
+        );
+        assert_eq!(
+            offer["domain"],
+            json!({"fault_domain": {"region": {"name": "eu-west-1"}, "zone": {"name": "eu-west-1a"}}})
+        );
+        assert!(offer_json(&hold(), Some(&agent("h", None)))
+            .get("domain")
+            .is_none());
+
+        // The same offer in protobuf, as libmesos's driver reads it.
+        let event = json!({"type": "OFFERS", "offers": {"offers": [offer]}});
+        let record = Compat::record(Encoding::Protobuf, &event).expect("encodes");
+        let mut decoder = shoal_proto::recordio::Decoder::new();
+        let records = decoder.decode(&record).unwrap();
+        let event = Event::decode(records[0].as_ref()).unwrap();
+        let offer = &event.offers.unwrap().offers[0];
+        let url = offer.url.as_ref().expect("Offer.url in protobuf");
+        assert_eq!(url.scheme, "http");
+        assert_eq!(url.path.as_deref(), Some("/slave(1)"));
+        assert_eq!(url.address.ip.as_deref(), Some("10.0.0.5"));
+        assert_eq!(url.address.hostname.as_deref(), Some("10.0.0.5"));
+        let fault = offer
+            .domain
+            .as_ref()
+            .unwrap()
+            .fault_domain
+            .as_ref()
+            .unwrap();
+        assert_eq!(fault.zone.name, "eu-west-1a");
+    }
+
+    #[test]
+    fn offer_url_ip_is_always_an_ip_address() {
+        for (hostname, ip) in [
+            ("192.168.1.7", "192.168.1.7"),
+            ("::1", "::1"),
+            ("localhost", "127.0.0.1"),
+            ("node-7.example", "0.0.0.0"),
+            ("", "0.0.0.0"),
+        ] {
+            assert_eq!(agent_address(hostname, 5051)["ip"], ip, "{hostname}");
+            assert_eq!(agent_address(hostname, 5051)["hostname"], hostname);
         }
     }
 }
