@@ -91,9 +91,15 @@ struct MasterTimers {
     /// Mesos API: an allocation round (offers) this often, and whenever resources free up.
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     allocation_interval: Duration,
-    /// Mesos API: rescind offers held longer than this (default: never, as Mesos).
-    #[arg(long, value_parser = humantime::parse_duration)]
-    offer_timeout: Option<Duration>,
+    /// Mesos API: rescind offers held longer than this (0s: never, as Mesos by default). A
+    /// framework that lets an offer time out without making any call gets no offers until
+    /// its next call.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    offer_timeout: Duration,
+    /// Mesos API: frameworks known at once (subscribed, or disconnected within their failover
+    /// timeout); a SUBSCRIBE of one more is refused with 503.
+    #[arg(long, default_value_t = shoal_compat::limits::FRAMEWORKS_MAX)]
+    frameworks_max: usize,
     /// Mesos API: outstanding offers one framework may hold (0: no cap).
     #[arg(long, default_value_t = 64)]
     offers_per_framework_max: usize,
@@ -107,7 +113,8 @@ impl MasterTimers {
         shoal_compat::CompatConfig {
             heartbeat_interval: self.scheduler_heartbeat_interval,
             allocation_interval: self.allocation_interval,
-            offer_timeout: self.offer_timeout,
+            offer_timeout: (!self.offer_timeout.is_zero()).then_some(self.offer_timeout),
+            frameworks_max: self.frameworks_max,
             offers_per_framework_max: self.offers_per_framework_max,
             update_retry: self.status_update_retry,
             ..Default::default()

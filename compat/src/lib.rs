@@ -10,6 +10,7 @@
 //! formats (JSON and protobuf, RecordIO); the allocator ([`allocator`]) is sans-IO.
 
 pub mod allocator;
+pub mod limits;
 mod scheduler;
 mod state;
 mod updates;
@@ -29,14 +30,18 @@ pub struct CompatConfig {
     pub heartbeat_interval: Duration,
     /// An allocation round this often (and whenever resources are freed).
     pub allocation_interval: Duration,
-    /// Rescind offers held longer than this (`None`: never, as Mesos by default).
+    /// Rescind offers held longer than this (`None`: never, as Mesos by default; Shoal's
+    /// default is [`limits::OFFER_TIMEOUT_SECS`]). A framework that let an offer time out
+    /// without making any call meanwhile gets no offers until its next call.
     pub offer_timeout: Option<Duration>,
     /// At most this many outstanding offers per framework (0: no cap).
     pub offers_per_framework_max: usize,
     /// Resend unacknowledged status updates this often.
     pub update_retry: Duration,
-    /// Upper bound of a framework's `failover_timeout`.
+    /// Upper bound of a framework's `failover_timeout` (larger ones are capped).
     pub failover_timeout_max: Duration,
+    /// Frameworks known at once; a SUBSCRIBE of one more is refused with 503.
+    pub frameworks_max: usize,
 }
 
 impl Default for CompatConfig {
@@ -44,10 +49,11 @@ impl Default for CompatConfig {
         CompatConfig {
             heartbeat_interval: Duration::from_secs(15),
             allocation_interval: Duration::from_secs(1),
-            offer_timeout: None,
+            offer_timeout: Some(Duration::from_secs(limits::OFFER_TIMEOUT_SECS)),
             offers_per_framework_max: 64,
             update_retry: Duration::from_secs(10),
-            failover_timeout_max: Duration::from_secs(7 * 24 * 3600),
+            failover_timeout_max: Duration::from_secs(limits::FAILOVER_TIMEOUT_SECS_MAX),
+            frameworks_max: limits::FRAMEWORKS_MAX,
         }
     }
 }

@@ -21,6 +21,7 @@ use shoal_proto::mesos::v1::scheduler::{Call, Event};
 use tokio::sync::mpsc;
 
 use crate::allocator::{self, AllocatorConfig, Candidate, OfferFilter};
+use crate::limits;
 use crate::updates::UpdateStreams;
 use crate::CompatConfig;
 
@@ -63,6 +64,13 @@ struct Framework {
     /// Ends the current subscription's stream: sent a message when a newer subscription
     /// takes over, dropped when the framework is removed.
     stop_stream: Option<tokio::sync::oneshot::Sender<&'static str>>,
+    /// When it last made a call on its current subscription (wall clock, ms); `None` until
+    /// its first. A call needs the framework id, which only the stream tells a new
+    /// framework, so a call shows that it reads its stream.
+    last_call_ms: Option<u64>,
+    /// An offer of it timed out with no call from it meanwhile: it does not read its stream,
+    /// so it gets no offers until its next call.
+    withheld: bool,
 }
 
 /// The Mesos scheduler API's state: subscribed frameworks and their offers.
@@ -75,8 +83,13 @@ pub struct Compat {
     /// Offers we released ourselves (accept, decline, timeout): no RESCIND for those.
     released_by_us: Mutex<HashSet<OfferId>>,
     /// Frameworks removed (TEARDOWN, failover timeout), newest last: they may not subscribe
-    /// again. Bounded by `crate_limits::REMOVED_FRAMEWORKS_MAX`; in memory only, as in Mesos.
+    /// again. Bounded by `limits::REMOVED_FRAMEWORKS_MAX`; in memory only, as in Mesos.
     removed: Mutex<RemovedFrameworks>,
+    /// Agents whose offer timed out unanswered, until when (wall clock, ms): meanwhile they
+    /// are offered only to frameworks that have made a call on their subscription, so a row
+    /// of new frameworks that never read cannot pass an agent from one to the next while
+    /// native claims and answering frameworks wait.
+    probation: Mutex<HashMap<AgentId, u64>>,
     /// A fresh id per master start; prefixes the ids this master hands out.
     run_id: String,
     seq: AtomicU64,
@@ -112,6 +125,7 @@ impl Compat {
             offers: Mutex::new(HashMap::new()),
             released_by_us: Mutex::new(HashSet::new()),
             removed: Mutex::new(RemovedFrameworks::default()),
+            probation: Mutex::new(HashMap::new()),
             run_id: uuid_string(),
             seq: AtomicU64::new(1),
             wake: tokio::sync::Notify::new(),
@@ -332,10 +346,16 @@ async fn scheduler(State(c): State<Arc<Compat>>, headers: HeaderMap, body: Bytes
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
     {
-        let fws = c.frameworks.lock().expect("frameworks lock");
-        match fws.get(&fw_id) {
+        let mut fws = c.frameworks.lock().expect("frameworks lock");
+        match fws.get_mut(&fw_id) {
             Some(f) if f.tx.is_some() => match stream {
-                Some(s) if s == f.stream_id => {}
+                Some(s) if s == f.stream_id => {
+                    // It reads its stream: offers resume if they were withheld.
+                    f.last_call_ms = Some(now_ms());
+                    if std::mem::take(&mut f.withheld) {
+                        c.wake.notify_one();
+                    }
+                }
                 Some(_) => return error(StatusCode::BAD_REQUEST, "The stream ID included in this request didn't match the stream ID currently associated with framework"),
                 None => return error(StatusCode::BAD_REQUEST, "All non-subscribe calls should include the 'Mesos-Stream-Id' header"),
             },
@@ -450,7 +470,11 @@ async fn scheduler(State(c): State<Arc<Compat>>, headers: HeaderMap, body: Bytes
                 );
             }
             info["id"] = json!({"value": fw_id});
+            if let Err(why) = check_framework_info(&info) {
+                return error(StatusCode::BAD_REQUEST, why);
+            }
             let settings = Settings::of(&c.config, &info, &update["suppressed_roles"]);
+            settings.cap_failover_timeout(&mut info);
             if let Some(f) = c
                 .frameworks
                 .lock()
@@ -545,6 +569,17 @@ impl Settings {
         }
     }
 
+    /// Writes the `failover_timeout` in force into `info`, so what the state endpoints
+    /// report is what holds.
+    fn cap_failover_timeout(&self, info: &mut Json) {
+        if info
+            .get("failover_timeout")
+            .is_some_and(|t| t.as_f64() != Some(self.failover_timeout.as_secs_f64()))
+        {
+            info["failover_timeout"] = json!(self.failover_timeout.as_secs_f64());
+        }
+    }
+
     fn apply(self, f: &mut Framework) {
         f.roles = self.roles;
         f.partition_aware = self.partition_aware;
@@ -552,6 +587,50 @@ impl Settings {
         f.failover_timeout = self.failover_timeout;
         f.suppressed = self.suppressed;
     }
+}
+
+/// The bounds of a FrameworkInfo (SUBSCRIBE, UPDATE_FRAMEWORK): its size, its name, its
+/// roles. A framework outside them is refused with 400 and this message, as Mesos refuses a
+/// call that fails validation.
+fn check_framework_info(info: &Json) -> Result<(), String> {
+    let name = info["name"].as_str().unwrap_or("");
+    if name.len() > limits::FRAMEWORK_NAME_BYTES_MAX {
+        return Err(format!(
+            "Failed to validate scheduler::Call: 'framework_info.name' is {} bytes; at most {} are accepted",
+            name.len(),
+            limits::FRAMEWORK_NAME_BYTES_MAX
+        ));
+    }
+    let roles: Vec<String> = strings(&info["roles"]);
+    if roles.len() > limits::FRAMEWORK_ROLES_MAX {
+        return Err(format!(
+            "Failed to validate scheduler::Call: 'framework_info.roles' has {} roles; at most {} are accepted",
+            roles.len(),
+            limits::FRAMEWORK_ROLES_MAX
+        ));
+    }
+    let legacy = info["role"].as_str().map(str::to_string);
+    if let Some(r) = roles
+        .iter()
+        .chain(legacy.iter())
+        .find(|r| r.len() > limits::FRAMEWORK_ROLE_BYTES_MAX)
+    {
+        return Err(format!(
+            "Failed to validate scheduler::Call: a role in 'framework_info.roles' (or 'role') is {} bytes; at most {} are accepted",
+            r.len(),
+            limits::FRAMEWORK_ROLE_BYTES_MAX
+        ));
+    }
+    let bytes = serde_json::to_vec(info)
+        .map(|v| v.len())
+        .unwrap_or(usize::MAX);
+    if bytes > limits::FRAMEWORK_INFO_BYTES_MAX {
+        return Err(format!(
+            "Failed to validate scheduler::Call: 'framework_info' is {bytes} bytes; at most {} are accepted",
+            limits::FRAMEWORK_INFO_BYTES_MAX
+        ));
+    }
+    Ok(())
 }
 
 /// The answer to a SUBSCRIBE of a framework this master removed (TEARDOWN, or its failover
@@ -576,6 +655,10 @@ fn subscribe(c: Arc<Compat>, call: Json, encoding: Encoding, host: &str) -> Resp
             "Expecting 'subscribe.framework_info' to be present",
         );
     }
+    if let Err(why) = check_framework_info(&info) {
+        tracing::info!("refusing a subscription: {why}");
+        return error(StatusCode::BAD_REQUEST, why);
+    }
     let settings = Settings::of(&c.config, &info, &call["subscribe"]["suppressed_roles"]);
     if let Some(given) = info["id"]["value"].as_str() {
         if call["framework_id"]["value"].as_str() != Some(given) {
@@ -597,13 +680,32 @@ fn subscribe(c: Arc<Compat>, call: Json, encoding: Encoding, host: &str) -> Resp
         .map(str::to_string)
         .unwrap_or_else(|| c.next_id("F"));
     let stream_id = uuid_string();
-    let (tx, rx) = mpsc::channel::<Bytes>(crate_limits::EVENT_BUFFER);
+    let (tx, rx) = mpsc::channel::<Bytes>(limits::EVENT_BUFFER);
     let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel::<&'static str>();
     let mut info = info;
     info["id"] = json!({"value": id});
+    settings.cap_failover_timeout(&mut info);
     let old_offers: Vec<OfferId>;
     {
         let mut fws = c.frameworks.lock().expect("frameworks lock");
+        if !fws.contains_key(&id) && fws.len() >= c.config.frameworks_max {
+            drop(fws);
+            tracing::warn!(
+                frameworks_max = c.config.frameworks_max,
+                "refusing a subscription: too many frameworks"
+            );
+            let mut r = error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "Too many frameworks: this master keeps at most {} (subscribed or within \
+                     their failover timeout); retry later",
+                    c.config.frameworks_max
+                ),
+            );
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("5"));
+            return r;
+        }
         let f = fws.entry(id.clone()).or_insert_with(|| Framework {
             id: id.clone(),
             info: info.clone(),
@@ -619,6 +721,8 @@ fn subscribe(c: Arc<Compat>, call: Json, encoding: Encoding, host: &str) -> Resp
             suppressed: HashSet::new(),
             pending: UpdateStreams::default(),
             stop_stream: None,
+            last_call_ms: None,
+            withheld: false,
         });
         // A re-subscription replaces the old stream (failover); its offers are rescinded
         // and made anew, as Mesos does.
@@ -631,6 +735,8 @@ fn subscribe(c: Arc<Compat>, call: Json, encoding: Encoding, host: &str) -> Resp
         }
         f.encoding = encoding;
         f.disconnected_at = None;
+        f.last_call_ms = None;
+        f.withheld = false;
         let offers = c.offers.lock().expect("offers lock");
         old_offers = offers
             .iter()
@@ -732,13 +838,6 @@ const DEFAULT_REFUSE_SECONDS: f64 = 5.0;
 /// The longest filter installed (Mesos caps `refuse_seconds` at a year too).
 const MAX_REFUSE_SECONDS: f64 = 365.0 * 86_400.0;
 
-mod crate_limits {
-    /// Events buffered per subscription before the framework counts as too slow.
-    pub const EVENT_BUFFER: usize = 4_096;
-    /// Removed framework ids remembered (Mesos keeps `--max_completed_frameworks`, 50).
-    pub const REMOVED_FRAMEWORKS_MAX: usize = 1_000;
-}
-
 /// The ids of removed frameworks, oldest forgotten first.
 #[derive(Default)]
 struct RemovedFrameworks {
@@ -755,7 +854,7 @@ impl RemovedFrameworks {
         if self.ids.insert(id.to_string()) {
             self.order.push_back(id.to_string());
         }
-        while self.order.len() > crate_limits::REMOVED_FRAMEWORKS_MAX {
+        while self.order.len() > limits::REMOVED_FRAMEWORKS_MAX {
             if let Some(old) = self.order.pop_front() {
                 self.ids.remove(&old);
             }
@@ -1262,22 +1361,31 @@ async fn allocation_loop(c: Arc<Compat>) {
     let mut round: u64 = 0;
     loop {
         let _ = tokio::time::timeout(c.config.allocation_interval, c.wake.notified()).await;
+        let snap = c.core.published.snapshot();
+        let probation: HashMap<AgentId, u64> = {
+            let now = now_ms();
+            let mut p = c.probation.lock().expect("probation lock");
+            p.retain(|_, until| *until > now);
+            p.clone()
+        };
         let candidates: Vec<Candidate> = {
             let fws = c.frameworks.lock().expect("frameworks lock");
             let offers = c.offers.lock().expect("offers lock");
             // One candidate per role that is not suppressed (the offer cap counts all of a
-            // framework's offers at the start of the round).
+            // framework's offers at the start of the round). Frameworks that do not read
+            // their stream get none.
             fws.values()
-                .filter(|f| f.tx.is_some())
+                .filter(|f| f.tx.as_ref().is_some_and(reads_its_stream) && !f.withheld)
                 .flat_map(|f| {
                     let outstanding = offers.values().filter(|o| **o == f.id).count();
+                    let filters = offer_filters(f, &snap, &probation);
                     f.roles
                         .iter()
                         .filter(|r| !f.suppressed.contains(*r))
                         .map(move |r| Candidate {
                             framework_id: f.id.clone(),
                             role: r.clone(),
-                            filters: f.filters.clone(),
+                            filters: filters.clone(),
                             outstanding,
                         })
                 })
@@ -1286,7 +1394,6 @@ async fn allocation_loop(c: Arc<Compat>) {
         if candidates.is_empty() {
             continue;
         }
-        let snap = c.core.published.snapshot();
         round += 1;
         let config = AllocatorConfig {
             offers_per_framework_max: c.config.offers_per_framework_max,
@@ -1321,16 +1428,10 @@ async fn allocation_loop(c: Arc<Compat>) {
             for id in placed {
                 let h = &by_id[&id];
                 offers.insert(id.clone(), h.framework_id.clone());
-                let agent = snap.agent(&h.agent_id);
-                per_fw.entry(h.framework_id.clone()).or_default().push(json!({
-                    "allocation_info": {"role": h.role},
-                    "id": {"value": id.as_str()},
-                    "framework_id": {"value": h.framework_id},
-                    "agent_id": {"value": h.agent_id.as_str()},
-                    "hostname": agent.map(|a| a.hostname.clone()).unwrap_or_default(),
-                    "resources": resources_with_roles(&h.resources, &h.role),
-                    "attributes": agent.map(|a| a.attributes.iter().map(|(k, v)| json!({"name": k, "type": "TEXT", "text": {"value": v}})).collect::<Vec<_>>()).unwrap_or_default(),
-                }));
+                per_fw
+                    .entry(h.framework_id.clone())
+                    .or_default()
+                    .push(offer_json(h, snap.agent(&h.agent_id)));
             }
         }
         for (fw, offers) in per_fw {
@@ -1344,6 +1445,78 @@ async fn allocation_loop(c: Arc<Compat>) {
             }
         }
     }
+}
+
+/// Whether a framework's stream is being read: fewer than
+/// [`limits::OFFERS_WITHHELD_EVENTS_UNREAD`] events wait in its buffer.
+fn reads_its_stream(tx: &mpsc::Sender<Bytes>) -> bool {
+    tx.max_capacity() - tx.capacity() < limits::OFFERS_WITHHELD_EVENTS_UNREAD
+}
+
+/// The framework's offer filters for this round: its refused-offer filters and, unless it
+/// has made a call on its subscription, the agents on probation (filtered whole).
+fn offer_filters(
+    f: &Framework,
+    snap: &shoal_core::Cell,
+    probation: &HashMap<AgentId, u64>,
+) -> HashMap<AgentId, OfferFilter> {
+    let mut filters = f.filters.clone();
+    if f.last_call_ms.is_none() {
+        for (agent, until) in probation {
+            if let Some(a) = snap.agent(agent) {
+                // All the agent has contains whatever it could offer.
+                let refused = a.total.clone();
+                filters.insert(
+                    agent.clone(),
+                    OfferFilter {
+                        until: *until,
+                        refused,
+                    },
+                );
+            }
+        }
+    }
+    filters
+}
+
+/// The address of an agent in its offers' `url`, as Mesos's master fills `Offer.url` from
+/// the agent's libprocess address (`http://<ip>:<port>/slave(1)`). Shoal agents dial out to
+/// the master and resolve nothing for it, so `ip` is the agent's hostname when that is an IP
+/// address, 127.0.0.1 for `localhost`, and otherwise 0.0.0.0 (the unspecified address:
+/// libmesos's driver needs an IPv4 address there and aborts on an offer without one); `port`
+/// is the agent's own HTTP port (0: it serves none).
+fn agent_address(hostname: &str, port: u16) -> Json {
+    let ip = match hostname.parse::<std::net::IpAddr>() {
+        Ok(ip) => ip.to_string(),
+        Err(_) if hostname.eq_ignore_ascii_case("localhost") => "127.0.0.1".into(),
+        Err(_) => "0.0.0.0".into(),
+    };
+    json!({"hostname": hostname, "ip": ip, "port": port})
+}
+
+/// One offer as Mesos's master writes it (`Master::offer`): with the agent's `url`, and its
+/// `domain` when the agent has one.
+fn offer_json(h: &shoal_core::Hold, agent: Option<&shoal_core::Agent>) -> Json {
+    let hostname = agent.map(|a| a.hostname.as_str()).unwrap_or("");
+    let mut offer = json!({
+        "allocation_info": {"role": h.role},
+        "id": {"value": h.id.as_str()},
+        "framework_id": {"value": h.framework_id},
+        "agent_id": {"value": h.agent_id.as_str()},
+        "hostname": hostname,
+        "url": {
+            "scheme": "http",
+            "address": agent_address(hostname, agent.map(|a| a.port).unwrap_or(0)),
+            "path": "/slave(1)",
+        },
+        "resources": resources_with_roles(&h.resources, &h.role),
+        "attributes": agent.map(|a| a.attributes.iter().map(|(k, v)| json!({"name": k, "type": "TEXT", "text": {"value": v}})).collect::<Vec<_>>()).unwrap_or_default(),
+    });
+    if let Some(d) = agent.and_then(|a| a.domain.as_ref()) {
+        offer["domain"] =
+            json!({"fault_domain": {"region": {"name": d.region}, "zone": {"name": d.zone}}});
+    }
+    offer
 }
 
 /// Resources as Mesos writes them in offers: with `allocation_info` for the role.
@@ -1459,6 +1632,34 @@ async fn forward_loop(c: Arc<Compat>) {
     }
 }
 
+/// An offer timed out: when its framework made no call since it was made, the framework is
+/// not reading its stream. It gets no offers until its next call, and the agent goes on
+/// probation for one more offer timeout (see `Compat::probation`).
+fn unanswered(
+    c: &Compat,
+    snap: &shoal_core::Cell,
+    offer: &OfferId,
+    fw_id: &str,
+    timeout: Duration,
+) {
+    let Some(hold) = snap.hold(offer) else { return };
+    {
+        let mut fws = c.frameworks.lock().expect("frameworks lock");
+        let Some(f) = fws.get_mut(fw_id) else { return };
+        if f.last_call_ms.is_some_and(|t| t >= hold.created_at) {
+            return;
+        }
+        if !f.withheld {
+            tracing::info!(framework_id = %fw_id, offer_id = %offer.as_str(), "offer timed out unanswered: no offers to this framework until its next call");
+        }
+        f.withheld = true;
+    }
+    c.probation.lock().expect("probation lock").insert(
+        hold.agent_id.clone(),
+        now_ms().saturating_add(timeout.as_millis() as u64),
+    );
+}
+
 /// Offer timeouts, update retries, failover timeouts.
 async fn timers_loop(c: Arc<Compat>) {
     let period = c
@@ -1489,6 +1690,7 @@ async fn timers_loop(c: Arc<Compat>) {
                     fw,
                     json!({"type": "RESCIND", "rescind": {"offer_id": {"value": o.as_str()}}}),
                 );
+                unanswered(&c, &snap, o, fw, timeout);
             }
             release(&c, expired.into_iter().map(|(o, _)| o).collect()).await;
         }
@@ -1522,5 +1724,134 @@ async fn timers_loop(c: Arc<Compat>) {
         for fw in expired {
             remove_framework(&c, &fw).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shoal_core::{Agent, AgentState, FaultDomain, Hold};
+
+    fn agent(hostname: &str, domain: Option<FaultDomain>) -> Agent {
+        Agent {
+            id: AgentId::new("A1"),
+            hostname: hostname.into(),
+            port: 0,
+            attributes: Default::default(),
+            domain,
+            total: ResourceSet::parse("cpus:2;mem:1024").unwrap(),
+            allocated: ResourceSet::new(),
+            state: AgentState::Active,
+            version: 1,
+            registered_at: 1,
+        }
+    }
+
+    fn hold() -> Hold {
+        Hold {
+            id: OfferId::new("O1"),
+            framework_id: "F1".into(),
+            role: "*".into(),
+            agent_id: AgentId::new("A1"),
+            resources: ResourceSet::parse("cpus:2;mem:1024").unwrap(),
+            created_at: 1,
+        }
+    }
+
+    #[test]
+    fn offers_carry_no_url() {
+        let domain = FaultDomain {
+            region: "eu-west-1".into(),
+            zone: "eu-west-1a".into(),
+        };
+        let offer = offer_json(&hold(), Some(&agent("10.0.0.5", Some(domain))));
+        assert_eq!(
+            offer["url"],
+            json!({"scheme": "http", "address": {"hostname": "10.0.0.5", "ip": "10.0.0.5", "port": 0}, "path": "/slave(1)"})
+        );
+        assert_eq!(
+            offer["domain"],
+            json!({"fault_domain": {"region": {"name": "eu-west-1"}, "zone": {"name": "eu-west-1a"}}})
+        );
+        assert!(offer_json(&hold(), Some(&agent("h", None)))
+            .get("domain")
+            .is_none());
+
+        // The same offer in protobuf, as libmesos's driver reads it.
+        let event = json!({"type": "OFFERS", "offers": {"offers": [offer]}});
+        let record = Compat::record(Encoding::Protobuf, &event).expect("encodes");
+        let mut decoder = shoal_proto::recordio::Decoder::new();
+        let records = decoder.decode(&record).unwrap();
+        let event = Event::decode(records[0].as_ref()).unwrap();
+        let offer = &event.offers.unwrap().offers[0];
+        let url = offer.url.as_ref().expect("Offer.url in protobuf");
+        assert_eq!(url.scheme, "http");
+        assert_eq!(url.path.as_deref(), Some("/slave(1)"));
+        assert_eq!(url.address.ip.as_deref(), Some("10.0.0.5"));
+        assert_eq!(url.address.hostname.as_deref(), Some("10.0.0.5"));
+        let fault = offer
+            .domain
+            .as_ref()
+            .unwrap()
+            .fault_domain
+            .as_ref()
+            .unwrap();
+        assert_eq!(fault.zone.name, "eu-west-1a");
+    }
+
+    #[test]
+    fn offer_url_ip_is_always_an_ip_address() {
+        for (hostname, ip) in [
+            ("192.168.1.7", "192.168.1.7"),
+            ("::1", "::1"),
+            ("localhost", "127.0.0.1"),
+            ("node-7.example", "0.0.0.0"),
+            ("", "0.0.0.0"),
+        ] {
+            assert_eq!(agent_address(hostname, 5051)["ip"], ip, "{hostname}");
+            assert_eq!(agent_address(hostname, 5051)["hostname"], hostname);
+        }
+    }
+
+    #[test]
+    fn unbounded_framework_info_is_kept() {
+        let ok = json!({"user": "u", "name": "marathon", "roles": ["a", "b"], "failover_timeout": 604800.0});
+        assert_eq!(check_framework_info(&ok), Ok(()));
+        let name = json!({"user": "u", "name": "n".repeat(limits::FRAMEWORK_NAME_BYTES_MAX + 1)});
+        assert!(check_framework_info(&name)
+            .unwrap_err()
+            .contains("'framework_info.name'"));
+        let huge = json!({"user": "u", "name": "n", "labels": {"labels": [{"key": "k", "value": "v".repeat(limits::FRAMEWORK_INFO_BYTES_MAX)}]}});
+        assert!(check_framework_info(&huge)
+            .unwrap_err()
+            .contains("'framework_info' is"));
+        let role = json!({"user": "u", "role": "r".repeat(limits::FRAMEWORK_ROLE_BYTES_MAX + 1)});
+        assert!(check_framework_info(&role)
+            .unwrap_err()
+            .contains("a role in 'framework_info.roles'"));
+        let roles: Vec<String> = (0..=limits::FRAMEWORK_ROLES_MAX)
+            .map(|i| format!("r{i}"))
+            .collect();
+        assert!(check_framework_info(&json!({"user": "u", "roles": roles}))
+            .unwrap_err()
+            .contains("roles"));
+
+        // failover_timeout: capped (and written back), never refused.
+        let config = CompatConfig::default();
+        for (given, held) in [
+            (json!(1e308), limits::FAILOVER_TIMEOUT_SECS_MAX as f64),
+            (json!(-5.0), 0.0),
+            (json!(604800.0), 604800.0),
+        ] {
+            let mut info = json!({"user": "u", "failover_timeout": given});
+            let s = Settings::of(&config, &info, &Json::Null);
+            assert_eq!(s.failover_timeout.as_secs_f64(), held);
+            s.cap_failover_timeout(&mut info);
+            assert_eq!(info["failover_timeout"].as_f64(), Some(held));
+        }
+        assert!(
+            config.failover_timeout_max >= Duration::from_secs(28 * 86_400),
+            "at least four weeks"
+        );
     }
 }

@@ -555,7 +555,7 @@ pub const FAST_MASTER_FLAGS: &[&str] = &[
 /// Scheduler-API timers of the Mesos tests: an allocation round every 100 ms (offers come
 /// quickly after a DECLINE's filter expires, a REVIVE, a freed resource), HEARTBEAT events
 /// every second, unacknowledged status updates resent every 500 ms. Left at their defaults:
-/// `--offer-timeout` (never), `--offers-per-framework-max`.
+/// `--offer-timeout` (60 s), `--offers-per-framework-max`.
 pub const MESOS_API_FLAGS: &[&str] = &[
     "--allocation-interval",
     "100ms",

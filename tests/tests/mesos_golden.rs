@@ -149,8 +149,8 @@ struct Events {
 }
 
 /// One subscription to a master that heartbeats every 300 ms and rescinds offers after
-/// 500 ms: SUBSCRIBED, HEARTBEAT, OFFERS (left unanswered), RESCIND (its timeout), OFFERS
-/// again (accepted at once with a command task), UPDATE.
+/// 500 ms: SUBSCRIBED, HEARTBEAT, OFFERS (left unanswered), RESCIND (its timeout), a REVIVE,
+/// OFFERS again (accepted at once with a command task), UPDATE.
 async fn capture_events() -> Result<Events, String> {
     let cell = start_cell(
         "golden-events",
@@ -186,6 +186,12 @@ async fn capture_events() -> Result<Events, String> {
             return Err(format!(
                 "RESCIND of an offer never made: {rescind} (offers: {offers})"
             ));
+        }
+        // A framework that let an offer time out without a call gets no offers until its
+        // next call: REVIVE, as a framework that wants offers again does.
+        match sub.call(json!({"type": "REVIVE"})).await? {
+            (202, _) => {}
+            (status, body) => return Err(format!("REVIVE answered {status}: {body}")),
         }
         let again = sub.wait_for("OFFERS", STEP).await?;
         let offer = &again["offers"]["offers"][0];
@@ -236,10 +242,19 @@ fn as_documented(doc: Json) -> Json {
     doc
 }
 
-/// Erratum of the docs' OFFERS example (see tests/fixtures/mesos/README.md): the proto has
-/// `Event.offers: Event.Offers { repeated Offer offers }`, so the array is under `offers.offers`.
+/// Errata of the docs' OFFERS example (see tests/fixtures/mesos/README.md): the proto has
+/// `Event.offers: Event.Offers { repeated Offer offers }`, so the array is under `offers.offers`;
+/// and every offer carries `url`, which the example leaves out but Mesos's master always sets
+/// (`Master::offer` in src/master/master.cpp; libmesos's driver aborts without it).
 fn offers_as_on_the_wire(mut doc: Json) -> Json {
-    let list = doc["offers"].take();
+    let mut list = doc["offers"].take();
+    for offer in list.as_array_mut().into_iter().flatten() {
+        offer["url"] = json!({
+            "scheme": "http",
+            "address": {"hostname": "agent.host", "ip": "10.0.0.5", "port": 5051},
+            "path": "/slave(1)",
+        });
+    }
     doc["offers"] = json!({"offers": list});
     doc
 }

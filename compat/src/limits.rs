@@ -1,0 +1,33 @@
+//! Every bound of the Mesos scheduler API, named in one place, units last.
+
+/// Events buffered per subscription before the framework counts as too slow.
+pub const EVENT_BUFFER: usize = 4_096;
+/// Removed framework ids remembered (Mesos keeps `--max_completed_frameworks`, 50).
+pub const REMOVED_FRAMEWORKS_MAX: usize = 1_000;
+
+/// The offer timeout when `--offer-timeout` is not given. Mesos leaves offers unbounded by
+/// default, so one framework that never answers holds what it was offered forever; Shoal
+/// rescinds them after a minute. Long enough for a framework that answers at all (Marathon,
+/// Spark and pymesos answer within seconds), short enough that an agent is not out of use
+/// for long; Mesos's documentation suggests setting `--offer_timeout` for exactly this.
+pub const OFFER_TIMEOUT_SECS: u64 = 60;
+/// A framework with this many events unread in its buffer gets no offers: it is not reading
+/// its stream, and what it was offered would only wait there.
+pub const OFFERS_WITHHELD_EVENTS_UNREAD: usize = EVENT_BUFFER / 2;
+
+/// Frameworks known at once (subscribed, or disconnected within their failover timeout), by
+/// default (`--frameworks-max`). Mesos has no bound; each costs at most its FrameworkInfo
+/// ([`FRAMEWORK_INFO_BYTES_MAX`]) and its stream's buffer.
+pub const FRAMEWORKS_MAX: usize = 1_000;
+/// Largest FrameworkInfo, in bytes of its JSON encoding (Marathon's is about 1 KiB; labels and
+/// capabilities of any real framework fit many times over).
+pub const FRAMEWORK_INFO_BYTES_MAX: usize = 64 << 10;
+/// Longest framework name, in bytes.
+pub const FRAMEWORK_NAME_BYTES_MAX: usize = 1_024;
+/// Longest role name a framework may subscribe with, in bytes.
+pub const FRAMEWORK_ROLE_BYTES_MAX: usize = 512;
+/// Most roles of one (MULTI_ROLE) framework.
+pub const FRAMEWORK_ROLES_MAX: usize = 128;
+/// Upper bound of a framework's `failover_timeout`: four weeks (Marathon asks for one week,
+/// other frameworks for "forever"); a larger value is capped to this, not refused.
+pub const FAILOVER_TIMEOUT_SECS_MAX: u64 = 28 * 86_400;
