@@ -10,7 +10,10 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value as Json};
 use shoal_client::{command_task, Client};
 use shoal_core::{AgentState, ResourceSet, TaskState};
-use shoal_tests::{unique, AgentProc, MasterProc};
+use shoal_tests::{mesos_master_flags, unique, AgentProc, JsonSubscription, MasterProc};
+
+/// How long one step of a Mesos scheduler exchange may take.
+const STEP: Duration = Duration::from_secs(10);
 
 struct Cell {
     master: MasterProc,
@@ -23,7 +26,7 @@ struct Cell {
 
 async fn start_cell(name: &str) -> Cell {
     let dir = tempfile::tempdir().unwrap();
-    let master = MasterProc::start(&dir.path().join("master"), &["--kill-grace", "1s"]);
+    let master = MasterProc::start(&dir.path().join("master"), &mesos_master_flags());
     let hostname = unique(name);
     let agent = AgentProc::start(
         &master.addr,
@@ -294,4 +297,56 @@ async fn a_100kb_role_and_a_1mb_claim_owner_get_400() {
         );
     }
     assert_eq!(cell.client.state().await.unwrap().version, before);
+}
+
+#[tokio::test]
+async fn mesos_framework_task_and_executor_ids_mesos_refuses_are_refused() {
+    let cell = start_cell("ids-mesos").await;
+    for id in ["..", "a/b"] {
+        let info = json!({"user": "o", "name": "o", "id": {"value": id}});
+        let err = JsonSubscription::subscribe(&cell.master.addr, info, STEP)
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("framework id {id:?} subscribed"));
+        assert!(
+            err.contains("answered 400") && err.contains("framework id"),
+            "{err}"
+        );
+    }
+    let mut sub =
+        JsonSubscription::subscribe(&cell.master.addr, json!({"user": "o", "name": "o"}), STEP)
+            .await
+            .unwrap();
+    let offers = sub.wait_for("OFFERS", STEP).await.unwrap();
+    let offer = &offers["offers"]["offers"][0];
+    let role = offer["resources"][0]["allocation_info"]["role"]
+        .as_str()
+        .unwrap_or("*");
+    let scalar = |name: &str, value: f64| json!({"name": name, "type": "SCALAR", "scalar": {"value": value}, "role": "*", "allocation_info": {"role": role}});
+    let task = |id: &str| {
+        json!({"name": id, "task_id": {"value": id}, "agent_id": offer["agent_id"],
+            "resources": [scalar("cpus", 0.1), scalar("mem", 16.0)],
+            "command": {"value": "sleep 20", "shell": true}})
+    };
+    let mut with_executor = task("e1");
+    with_executor["executor"] =
+        json!({"executor_id": {"value": ".."}, "command": {"value": "sleep 20"}});
+    let call = json!({"type": "ACCEPT", "accept": {
+        "offer_ids": [offer["id"]],
+        "operations": [{"type": "LAUNCH", "launch": {"task_infos": [task(".."), task("a/b/../c"), with_executor]}}],
+    }});
+    let (status, body) = sub.call(call).await.unwrap();
+    assert_eq!(status, 202, "{body}");
+    let mut errors = std::collections::BTreeMap::new();
+    while errors.len() < 3 {
+        let update = sub.wait_for("UPDATE", STEP).await.unwrap();
+        let s = &update["update"]["status"];
+        let id = s["task_id"]["value"].as_str().unwrap().to_string();
+        assert_eq!(s["state"], "TASK_ERROR", "{update}");
+        errors.insert(id, s["message"].as_str().unwrap_or("").to_string());
+    }
+    assert!(errors[".."].contains("task id"), "{errors:?}");
+    assert!(errors["a/b/../c"].contains("task id"), "{errors:?}");
+    assert!(errors["e1"].contains("executor id"), "{errors:?}");
+    assert!(cell.client.state().await.unwrap().tasks.is_empty());
 }
