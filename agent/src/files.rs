@@ -1,6 +1,6 @@
 //! The agent's side of the Mesos `/files` endpoints: listing and reading a task's sandbox.
 //!
-//! Every `/files` endpoint resolves its path through [`sandbox_path`], the one check that a
+//! Every `/files` endpoint opens its path through [`open_in_sandbox`], the one check that a
 //! path is inside the sandbox of a task this agent has: an unknown task (or an id Mesos would
 //! refuse) is 404 or 400, and `..`, absolute paths and symlinks out of the sandbox are 400.
 
@@ -79,14 +79,55 @@ impl FilesError {
     }
 }
 
-/// The one check of every `/files` endpoint: resolves `rel` (relative to the sandbox, a
-/// leading `/` allowed) inside the sandbox of `task_id` under `sandboxes`, and returns the
-/// canonical path, which is the sandbox itself or strictly inside it.
+/// The one check of every `/files` endpoint: opens `rel` (relative to the sandbox, a leading
+/// `/` allowed) inside the sandbox of `task_id` under `sandboxes`, a file or a directory, and
+/// returns it with its canonical path, which is the sandbox itself or strictly inside it.
 ///
 /// A task id that is not a valid id is 400; a task without a sandbox here is 404; a path with
 /// any component but a plain name (`..`, `.`, a root) is 400; a missing file is 404; a path
-/// whose canonical form (symlinks followed) leaves the sandbox is 400.
-pub fn sandbox_path(sandboxes: &Path, task_id: &str, rel: &str) -> Result<PathBuf, FilesError> {
+/// whose canonical form (symlinks followed) leaves the sandbox is 400. The open file is checked
+/// again by the path the kernel gives it, so a symlink the task swaps in between the check and
+/// the open is refused too.
+pub fn open_in_sandbox(
+    sandboxes: &Path,
+    task_id: &str,
+    rel: &str,
+) -> Result<(std::fs::File, PathBuf), FilesError> {
+    let (canon_root, canon) = sandbox_path(sandboxes, task_id, rel)?;
+    // Non-blocking, so a FIFO the task made cannot hold the agent up; only plain files and
+    // directories are served.
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(&canon)
+        .map_err(|e| FilesError::NotFound(format!("cannot open {rel:?}: {e}")))?;
+    let kind = file
+        .metadata()
+        .map_err(|e| FilesError::NotFound(format!("cannot open {rel:?}: {e}")))?
+        .file_type();
+    if !(kind.is_file() || kind.is_dir()) {
+        return Err(FilesError::Invalid(format!(
+            "{rel:?} is not a plain file or a directory"
+        )));
+    }
+    use std::os::fd::AsRawFd;
+    let opened = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd()))
+        .map_err(|e| FilesError::NotFound(format!("cannot open {rel:?}: {e}")))?;
+    if !opened.starts_with(&canon_root) {
+        return Err(FilesError::Invalid(format!(
+            "path {rel:?} leaves the sandbox of {task_id}"
+        )));
+    }
+    Ok((file, canon))
+}
+
+/// The lexical and canonical part of [`open_in_sandbox`]: the canonical sandbox and path.
+fn sandbox_path(
+    sandboxes: &Path,
+    task_id: &str,
+    rel: &str,
+) -> Result<(PathBuf, PathBuf), FilesError> {
     shoal_core::cell::validate_id("task id", task_id).map_err(|e| match e {
         shoal_core::Rejection::Invalid(why) => FilesError::Invalid(why),
         other => FilesError::Invalid(other.to_string()),
@@ -120,7 +161,7 @@ pub fn sandbox_path(sandboxes: &Path, task_id: &str, rel: &str) -> Result<PathBu
             "path {rel:?} leaves the sandbox of {task_id}"
         )));
     }
-    Ok(canon)
+    Ok((canon_root, canon))
 }
 
 /// Answers `browse` (a listing, as Mesos's `/files/browse`) or `read` (`{"data", "offset"}`,
@@ -133,14 +174,16 @@ pub fn serve(
     offset: u64,
     length: Option<u64>,
 ) -> (u16, Json) {
-    let canon = match sandbox_path(sandboxes, task_id, rel) {
-        Ok(p) => p,
+    let (file, _) = match open_in_sandbox(sandboxes, task_id, rel) {
+        Ok(opened) => opened,
         Err(e) => return (e.http_status(), e.body()),
     };
     let rel = Path::new(rel.trim_start_matches('/'));
     match op {
         "browse" => {
-            let Ok(dir) = std::fs::read_dir(&canon) else {
+            // The directory that was opened and checked, not whatever the path names now.
+            use std::os::fd::AsRawFd;
+            let Ok(dir) = std::fs::read_dir(format!("/proc/self/fd/{}", file.as_raw_fd())) else {
                 return (
                     400,
                     json!({"error": "invalid", "message": "not a directory"}),
@@ -164,12 +207,7 @@ pub fn serve(
         }
         "read" => {
             use std::io::{Read, Seek, SeekFrom};
-            let Ok(mut f) = std::fs::File::open(&canon) else {
-                return (
-                    404,
-                    json!({"error": "not_found", "message": "cannot open the file"}),
-                );
-            };
+            let mut f = file;
             let size = f.metadata().map(|m| m.len()).unwrap_or(0);
             let want = length.unwrap_or(READ_BYTES_MAX).min(READ_BYTES_MAX);
             if offset >= size || want == 0 {
@@ -214,7 +252,7 @@ mod tests {
     #[test]
     fn files_outside_a_sandbox_are_refused() {
         let (_dir, sandboxes) = work_dir();
-        let status = |task: &str, rel: &str| match sandbox_path(&sandboxes, task, rel) {
+        let status = |task: &str, rel: &str| match open_in_sandbox(&sandboxes, task, rel) {
             Ok(_) => 200,
             Err(e) => e.http_status(),
         };
@@ -235,6 +273,11 @@ mod tests {
         std::os::unix::fs::symlink("../../state", sandboxes.join("t1/up")).unwrap();
         assert_eq!(status("t1", "up/agent_id"), 400);
         assert_eq!(status("t1", "up"), 400);
+        // A FIFO would block the agent's loop on open.
+        let fifo = std::ffi::CString::new(sandboxes.join("t1/fifo").to_str().unwrap()).unwrap();
+        // SAFETY: mkfifo(3) with a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+        assert_eq!(status("t1", "fifo"), 400);
         let (code, body) = serve(&sandboxes, "read", "..", "state/agent_id", 0, None);
         assert_eq!(code, 400);
         assert!(!body.to_string().contains("secret"));

@@ -576,7 +576,7 @@ fn split_files_path(path: &str) -> Option<(AgentId, TaskId, String)> {
 
 /// Checks a `/files` request against the cell before it goes to the agent: both ids must be
 /// valid ids (400) and the task must be one the cell placed on that agent (404). The path
-/// inside the sandbox is checked by the agent (`shoal_agent::files::sandbox_path`, the one
+/// inside the sandbox is checked by the agent (`shoal_agent::files::open_in_sandbox`, the one
 /// check of every `/files` endpoint), which answers 400 for anything outside it.
 fn files_target(
     hub: &AgentHub,
