@@ -327,7 +327,7 @@ pub async fn run(
                         tracing::debug!(error = %e, "gc failed");
                     }
                 }
-                let live: std::collections::HashSet<String> = journal.live.keys().map(sandbox_name).collect();
+                let live: std::collections::HashSet<String> = journal.live.keys().flat_map(|t| [sandbox_name(t), crate::files::legacy_sandbox_name(t.as_str())]).collect();
                 gc_sandboxes(&sandboxes, &live, config.gc_delay);
             }
         }

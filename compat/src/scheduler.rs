@@ -661,6 +661,11 @@ fn subscribe(c: Arc<Compat>, call: Json, encoding: Encoding, host: &str) -> Resp
     }
     let settings = Settings::of(&c.config, &info, &call["subscribe"]["suppressed_roles"]);
     if let Some(given) = info["id"]["value"].as_str() {
+        if let Err(shoal_core::Rejection::Invalid(why)) =
+            shoal_core::cell::validate_id("framework id", given)
+        {
+            return error(StatusCode::BAD_REQUEST, why);
+        }
         if call["framework_id"]["value"].as_str() != Some(given) {
             return error(
                 StatusCode::BAD_REQUEST,
@@ -1038,6 +1043,15 @@ async fn accept(c: &Arc<Compat>, fw_id: &str, accept: &Json) -> Response {
     let mut placements = Vec::new();
     for mut t in tasks {
         let task_id = t["task_id"]["value"].as_str().unwrap_or("").to_string();
+        // As Mesos: a task or executor id it would refuse fails that task (TASK_ERROR).
+        let executor = t["executor"]["executor_id"]["value"].as_str();
+        let checked = shoal_core::cell::validate_id("task id", &task_id).and_then(|()| {
+            executor.map_or(Ok(()), |e| shoal_core::cell::validate_id("executor id", e))
+        });
+        if let Err(shoal_core::Rejection::Invalid(why)) = checked {
+            invalid.push((task_id, why));
+            continue;
+        }
         if let Some(a) = &agent {
             t["agent_id"] = json!({"value": a.as_str()});
         }

@@ -27,8 +27,7 @@ use crate::model::*;
 use crate::resources::{Ranges, Resource, ResourceSet, Value, UNRESERVED};
 use crate::task::TaskState;
 
-/// Longest job id or task name, in bytes.
-pub const JOB_NAME_BYTES_MAX: usize = 64;
+pub use crate::limits::JOB_NAME_BYTES_MAX;
 /// Most tasks one job may have.
 pub const JOB_TASKS_MAX: usize = 10_000;
 /// Most retries of one task.
@@ -251,11 +250,14 @@ pub fn parse_duration_ms(text: &str) -> Result<u64, String> {
     Ok(total)
 }
 
+/// A job, service or job task name: 1..=`JOB_NAME_BYTES_MAX` letters, digits, `-` or `_`
+/// (narrower than the cell's ids, which it also passes, so it can join a task id).
 pub(crate) fn valid_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= JOB_NAME_BYTES_MAX
         && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        && crate::cell::validate_id("name", s).is_ok()
 }
 
 /// A task of a validated job, with everything parsed.
@@ -470,15 +472,18 @@ pub(crate) fn check_team_and_priority(
     err: &mut dyn FnMut(String, String),
 ) -> String {
     let role = team.unwrap_or(UNRESERVED).to_string();
-    if role.is_empty()
-        || role.starts_with('-')
-        || role
+    if role.contains('/') || crate::cell::validate_role_name(&role).is_err() {
+        let shown: String = role
             .chars()
-            .any(|c| c.is_whitespace() || c.is_control() || c == '/')
-    {
+            .take(crate::limits::ROLE_NAME_BYTES_MAX)
+            .collect();
         err(
             "team".into(),
-            format!("'{role}' is not a valid team (role) name"),
+            format!(
+                "{shown:?} is not a valid team (role) name: at most {} bytes, no whitespace, \
+                 '/' or control characters, not '.', '..' or starting with '-'",
+                crate::limits::ROLE_NAME_BYTES_MAX
+            ),
         );
     }
     let priority = priority.unwrap_or(PRIORITY_DEFAULT);

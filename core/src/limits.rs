@@ -2,8 +2,15 @@
 
 /// Most placements one claim may carry.
 pub const CLAIM_PLACEMENTS_MAX: usize = 10_000;
-/// Longest id (task, claim, agent) or role name, in bytes.
-pub const ID_BYTES_MAX: usize = 256;
+/// Longest id (task, executor, framework, agent, claim, offer, job, service), in bytes:
+/// Mesos's `NAME_MAX`, as an id names a directory.
+pub const ID_BYTES_MAX: usize = 255;
+/// Longest role (team) name, in bytes (Mesos sets none; a role is in every offer and record).
+pub const ROLE_NAME_BYTES_MAX: usize = 255;
+/// Longest claim owner (the scheduler or framework that placed a task), in bytes.
+pub const CLAIM_OWNER_BYTES_MAX: usize = 255;
+/// Longest job or service name, in bytes.
+pub const JOB_NAME_BYTES_MAX: usize = 64;
 /// Longest agent hostname, in bytes.
 pub const HOSTNAME_BYTES_MAX: usize = 255;
 /// Largest task description (TaskInfo JSON) one placement may carry, in bytes.

@@ -937,3 +937,30 @@ fn a_team_below_its_guarantee_preempts_teams_above_theirs() {
             == 1
     );
 }
+
+#[test]
+fn a_job_or_service_with_a_100kb_team_is_refused() {
+    let team = "t".repeat(100 << 10);
+    let job = format!("name = \"j\"\nteam = \"{team}\"\n{}", task("a", &[], ""));
+    let got = errors(&job);
+    assert!(
+        got.contains("team:") && got.len() < 2_000,
+        "{}",
+        &got[..200.min(got.len())]
+    );
+    let service = format!(
+        "name = \"s\"\nteam = \"{team}\"\ncount = 1\n[task]\ncommand = \"x\"\nresources = \"cpus:1;mem:64\"\n"
+    );
+    let service = shoal_core::services::parse_service_file(&service).unwrap();
+    let got = shoal_core::services::CompiledService::compile(&service)
+        .expect_err("accepted")
+        .to_string();
+    assert!(got.contains("team:"), "{}", &got[..200.min(got.len())]);
+    // A 255-byte team is still a team.
+    let team = "t".repeat(limits::ROLE_NAME_BYTES_MAX);
+    CompiledJob::compile(&spec(&format!(
+        "name = \"j\"\nteam = \"{team}\"\n{}",
+        task("a", &[], "")
+    )))
+    .unwrap();
+}

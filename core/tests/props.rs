@@ -3029,3 +3029,87 @@ proptest! {
         check_restart(&h.cell);
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Ids and names (issue: sandbox escape through ids; unbounded role and owner)
+// ---------------------------------------------------------------------------------------------
+
+/// A cell with one agent, and a claim of one task on it with the given id, role and owner.
+fn one_task_claim(h: &mut Harness, task: &str, role: &str, owner: &str) -> Command {
+    let first = h.cell.agents().next().map(|a| a.id.clone());
+    let a = match first {
+        Some(a) => a,
+        None => h.register(None, "h", rs("cpus:4;mem:1024")).unwrap(),
+    };
+    let v = h.cell.version();
+    let mut c = claim_of(
+        &format!("c{v}"),
+        role,
+        v,
+        CommitMode::AllOrNothing,
+        ConflictCheck::Fine,
+        vec![placement(task, &a, "cpus:1;mem:16")],
+    );
+    c.owner = owner.into();
+    Command::Claim(c)
+}
+
+/// The reason text of a rejection that must be `Invalid` (400).
+fn invalid(h: &mut Harness, cmd: &Command) -> String {
+    match h.run(cmd).1 {
+        Err(Rejection::Invalid(why)) => why,
+        other => panic!("accepted or refused otherwise: {other:?}"),
+    }
+}
+
+#[test]
+fn task_ids_dot_dotdot_and_slashes_are_refused() {
+    let mut h = Harness::new(true);
+    let long = "x".repeat(limits::ID_BYTES_MAX + 1);
+    for id in [
+        "..",
+        ".",
+        "a/b/../c",
+        "a/b",
+        "a\\b",
+        "a\nb",
+        "",
+        long.as_str(),
+    ] {
+        let cmd = one_task_claim(&mut h, id, "*", "o");
+        let why = invalid(&mut h, &cmd);
+        assert!(why.contains("task id"), "{id:?}: {why}");
+    }
+    // What Mesos allows: whitespace, dots inside, 255 bytes.
+    let max = "y".repeat(limits::ID_BYTES_MAX);
+    for id in ["a b", "a.b", "..a", "a..", max.as_str()] {
+        let cmd = one_task_claim(&mut h, id, "*", "o");
+        assert!(h.run(&cmd).1.is_ok(), "{id:?} refused");
+    }
+    for id in ["..", "a/b", "a\\b", "a\u{7}"] {
+        assert!(
+            shoal_core::cell::validate_id("executor id", id).is_err(),
+            "{id:?}"
+        );
+    }
+}
+
+#[test]
+fn a_100kb_role_and_a_1mb_owner_are_refused() {
+    let mut h = Harness::new(true);
+    let role = "r".repeat(100 << 10);
+    let cmd = one_task_claim(&mut h, "t1", &role, "o");
+    assert!(invalid(&mut h, &cmd).contains("role name"));
+    let cmd = Command::ConfigureRole {
+        name: role.clone(),
+        weight: 1.0,
+        quota: Default::default(),
+        preemptible: false,
+    };
+    assert!(invalid(&mut h, &cmd).contains("role name"));
+    let owner = "o".repeat(1 << 20);
+    let cmd = one_task_claim(&mut h, "t1", "*", &owner);
+    assert!(invalid(&mut h, &cmd).contains("claim owner"));
+    let cmd = one_task_claim(&mut h, "t1", &"r".repeat(limits::ROLE_NAME_BYTES_MAX), "o");
+    assert!(h.run(&cmd).1.is_ok());
+}

@@ -574,13 +574,46 @@ fn split_files_path(path: &str) -> Option<(AgentId, TaskId, String)> {
     Some((AgentId::new(agent), TaskId::new(task), file.to_string()))
 }
 
-async fn files_op(hub: Arc<AgentHub>, op: &str, q: FilesQuery) -> Response {
-    let Some((agent, task, file)) = split_files_path(&q.path) else {
-        return (
+/// Checks a `/files` request against the cell before it goes to the agent: both ids must be
+/// valid ids (400) and the task must be one the cell placed on that agent (404). The path
+/// inside the sandbox is checked by the agent (`shoal_agent::files::open_in_sandbox`, the one
+/// check of every `/files` endpoint), which answers 400 for anything outside it.
+fn files_target(
+    hub: &AgentHub,
+    path: &str,
+) -> Result<(AgentId, TaskId, String), (StatusCode, String)> {
+    let Some((agent, task, file)) = split_files_path(path) else {
+        return Err((
             StatusCode::BAD_REQUEST,
-            "path must be /agents/<agent_id>/tasks/<task_id>[/<file>]",
-        )
-            .into_response();
+            "path must be /agents/<agent_id>/tasks/<task_id>[/<file>]".into(),
+        ));
+    };
+    for (what, id) in [("agent id", agent.as_str()), ("task id", task.as_str())] {
+        if let Err(shoal_core::Rejection::Invalid(why)) = shoal_core::cell::validate_id(what, id) {
+            return Err((StatusCode::BAD_REQUEST, why));
+        }
+    }
+    match hub.published.snapshot().task(&task) {
+        Some(t) if t.agent_id == agent => Ok((agent, task, file)),
+        _ => Err((
+            StatusCode::NOT_FOUND,
+            format!("agent {agent} has no task {task}"),
+        )),
+    }
+}
+
+async fn files_op(hub: Arc<AgentHub>, op: &str, q: FilesQuery) -> Response {
+    let (agent, task, file) = match files_target(&hub, &q.path) {
+        Ok(target) => target,
+        Err((status, message)) => {
+            let error = if status == StatusCode::NOT_FOUND {
+                "not_found"
+            } else {
+                "invalid"
+            };
+            let body = json!({"error": error, "message": message});
+            return (status, axum::Json(body)).into_response();
+        }
     };
     let (status, body) = hub
         .files(&agent, op, &task, &file, q.offset.unwrap_or(0), q.length)

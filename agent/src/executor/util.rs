@@ -5,20 +5,7 @@ use std::io::Write;
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// A file-name-safe, reversible-enough encoding of a task id: bytes outside
-/// `[A-Za-z0-9._-]` become `%XX`; a leading `.` is escaped too.
-pub(crate) fn escape_id(id: &str) -> String {
-    let mut out = String::with_capacity(id.len());
-    for (i, b) in id.bytes().enumerate() {
-        let keep = b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || (b == b'.' && i > 0);
-        if keep {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
+pub(crate) use crate::files::escape_id;
 
 /// FNV-1a, 64 bit: a stable hash for names (not for security).
 pub(crate) fn fnv64(parts: &[&str]) -> u64 {
