@@ -24,8 +24,6 @@ pub const FRAMEWORKS_MAX: usize = 1_000;
 pub const FRAMEWORK_INFO_BYTES_MAX: usize = 64 << 10;
 /// Longest framework name, in bytes.
 pub const FRAMEWORK_NAME_BYTES_MAX: usize = 1_024;
-/// Longest role name a framework may subscribe with, in bytes.
-pub const FRAMEWORK_ROLE_BYTES_MAX: usize = 512;
 /// Most roles of one (MULTI_ROLE) framework.
 pub const FRAMEWORK_ROLES_MAX: usize = 128;
 /// Upper bound of a framework's `failover_timeout`: four weeks (Marathon asks for one week,

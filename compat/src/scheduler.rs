@@ -610,16 +610,11 @@ fn check_framework_info(info: &Json) -> Result<(), String> {
         ));
     }
     let legacy = info["role"].as_str().map(str::to_string);
-    if let Some(r) = roles
-        .iter()
-        .chain(legacy.iter())
-        .find(|r| r.len() > limits::FRAMEWORK_ROLE_BYTES_MAX)
-    {
-        return Err(format!(
-            "Failed to validate scheduler::Call: a role in 'framework_info.roles' (or 'role') is {} bytes; at most {} are accepted",
-            r.len(),
-            limits::FRAMEWORK_ROLE_BYTES_MAX
-        ));
+    for r in roles.iter().chain(legacy.iter()) {
+        // The cell's own rule for role names (Mesos's, with a length bound).
+        shoal_core::cell::validate_role_name(r).map_err(|e| {
+            format!("Failed to validate scheduler::Call: a role in 'framework_info.roles' (or 'role'): {e}")
+        })?;
     }
     let bytes = serde_json::to_vec(info)
         .map(|v| v.len())
@@ -1839,7 +1834,8 @@ mod tests {
         assert!(check_framework_info(&huge)
             .unwrap_err()
             .contains("'framework_info' is"));
-        let role = json!({"user": "u", "role": "r".repeat(limits::FRAMEWORK_ROLE_BYTES_MAX + 1)});
+        let role =
+            json!({"user": "u", "role": "r".repeat(shoal_core::limits::ROLE_NAME_BYTES_MAX + 1)});
         assert!(check_framework_info(&role)
             .unwrap_err()
             .contains("a role in 'framework_info.roles'"));
