@@ -23,6 +23,9 @@ type Ws =
 
 const BOGUS_IDS: usize = 10_000;
 const UNREACHABLE_TIMEOUT: Duration = Duration::from_secs(2);
+const UNREACHABLE_TIMEOUT_FLAG: &str = "2s";
+/// `AGENT_KNOWN_TASKS_MAX` of the master's limits.
+const KNOWN_TASKS_MAX: usize = 100_000;
 
 async fn connect(master: &MasterProc) -> Ws {
     let url = format!(
@@ -70,40 +73,51 @@ async fn agent_state(client: &Client, id: &AgentId) -> Option<AgentState> {
     st.agents.iter().find(|a| a.id == *id).map(|a| a.state)
 }
 
-#[tokio::test]
-async fn reconcile_deadlock_agent_listing_thousands_of_unknown_tasks() {
-    let dir = tempfile::tempdir().unwrap();
-    let master = MasterProc::start(
-        &dir.path().join("master"),
+/// A master with short agent timers: silent (or not reading) for 2 s is disconnected, away
+/// for 2 s is unreachable.
+fn start_master(dir: &std::path::Path) -> MasterProc {
+    MasterProc::start(
+        &dir.join("master"),
         &[
             "--agent-heartbeat-interval",
             "200ms",
             "--agent-ping-timeout",
             "2s",
             "--agent-unreachable-timeout",
-            "2s",
+            UNREACHABLE_TIMEOUT_FLAG,
             "--kill-grace",
             "1s",
         ],
-    );
-    let client = master.client();
-    let hostname = unique("reconcile");
+    )
+}
 
-    // A first connection: register, get one real task, report it running.
-    let mut ws = connect(&master).await;
+/// Registers a new agent on a fresh connection; returns the connection and the agent's id.
+async fn register_new(master: &MasterProc, hostname: &str) -> (Ws, AgentId) {
+    let mut ws = connect(master).await;
     send(
         &mut ws,
         &AgentMessage::Register {
-            registration: registration(&hostname, None),
+            registration: registration(hostname, None),
             known: vec![],
         },
     )
     .await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let agent_id = match next(&mut ws, deadline).await {
-        Some(MasterMessage::Registered { agent_id, .. }) => agent_id,
+    match next(&mut ws, Instant::now() + Duration::from_secs(10)).await {
+        Some(MasterMessage::Registered { agent_id, .. }) => (ws, agent_id),
         other => panic!("wanted REGISTERED, got {other:?}"),
-    };
+    }
+}
+
+#[tokio::test]
+async fn reconcile_deadlock_agent_listing_thousands_of_unknown_tasks() {
+    let dir = tempfile::tempdir().unwrap();
+    let master = start_master(dir.path());
+    let client = master.client();
+    let hostname = unique("reconcile");
+
+    // A first connection: register, get one real task, report it running.
+    let (mut ws, agent_id) = register_new(&master, &hostname).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
     let task_id = TaskId::new(&unique("real"));
     let version = client.state().await.unwrap().version;
     let answer = client
@@ -254,4 +268,180 @@ async fn reconcile_deadlock_agent_listing_thousands_of_unknown_tasks() {
         },
     )
     .await;
+}
+
+/// Past the bound, a REGISTER is refused with an ERROR that says so, and nothing changes: no
+/// agent is registered.
+#[tokio::test]
+async fn reconcile_deadlock_known_list_beyond_the_bound_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let master = start_master(dir.path());
+    let client = master.client();
+    let hostname = unique("too-many-known");
+    let mut ws = connect(&master).await;
+    let known = (0..=KNOWN_TASKS_MAX)
+        .map(|i| TaskId::new(&format!("t{i}")))
+        .collect();
+    send(
+        &mut ws,
+        &AgentMessage::Register {
+            registration: registration(&hostname, None),
+            known,
+        },
+    )
+    .await;
+    match next(&mut ws, Instant::now() + Duration::from_secs(10)).await {
+        Some(MasterMessage::Error { message, forget_id }) => {
+            assert!(message.contains("100000"), "{message}");
+            assert!(!forget_id);
+        }
+        other => panic!("wanted ERROR, got {other:?}"),
+    }
+    let st = client.state().await.unwrap();
+    assert!(
+        st.agents.iter().all(|a| a.hostname != hostname),
+        "the refused agent was registered"
+    );
+    // Exactly at the bound it registers.
+    let mut ws = connect(&master).await;
+    let known = (0..KNOWN_TASKS_MAX)
+        .map(|i| TaskId::new(&format!("t{i}")))
+        .collect();
+    send(
+        &mut ws,
+        &AgentMessage::Register {
+            registration: registration(&hostname, None),
+            known,
+        },
+    )
+    .await;
+    match next(&mut ws, Instant::now() + Duration::from_secs(10)).await {
+        Some(MasterMessage::Registered { .. }) => {}
+        other => panic!("wanted REGISTERED, got {other:?}"),
+    }
+}
+
+/// An agent that keeps heartbeating but never reads what the master sends cannot hold its
+/// link (and its ACTIVE state): once the master cannot hand it a message for the ping timeout,
+/// the link ends and the agent becomes unreachable.
+#[tokio::test]
+async fn reconcile_deadlock_agent_that_never_reads_is_disconnected() {
+    let dir = tempfile::tempdir().unwrap();
+    let master = start_master(dir.path());
+    let client = master.client();
+    let hostname = unique("never-reads");
+    let (ws, agent_id) = register_new(&master, &hostname).await;
+    drop(ws);
+
+    // Back with the most known ids allowed (about 5 MB of KILLs to send), on a socket with a
+    // small receive buffer that is never read.
+    let addr = master.addr.trim_start_matches("http://").parse().unwrap();
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let tcp = socket.connect(addr).await.unwrap();
+    let url = format!("ws://{addr}/api/shoal/v1/agent/connect");
+    let (ws, _) = tokio_tungstenite::client_async(url, tcp).await.unwrap();
+    let (mut sink, _stream) = ws.split();
+    let known = (0..KNOWN_TASKS_MAX)
+        .map(|i| TaskId::new(&format!("bogus-{i}")))
+        .collect();
+    let register = AgentMessage::Register {
+        registration: registration(&hostname, Some(agent_id.clone())),
+        known,
+    };
+    sink.send(Message::text(serde_json::to_string(&register).unwrap()))
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let beat = serde_json::to_string(&AgentMessage::Heartbeat).unwrap();
+    let mut heartbeat = tokio::time::interval(Duration::from_millis(200));
+    let mut state = None;
+    while started.elapsed() < Duration::from_secs(15) {
+        heartbeat.tick().await;
+        if sink.send(Message::text(beat.clone())).await.is_err() {
+            // The master closed the link; keep looking at the agent's state.
+        }
+        state = agent_state(&client, &agent_id).await;
+        if state == Some(AgentState::Unreachable) {
+            break;
+        }
+    }
+    eprintln!(
+        "reconcile probe (never reads): agent {state:?} {:?} after re-registering",
+        started.elapsed()
+    );
+    assert_eq!(
+        state,
+        Some(AgentState::Unreachable),
+        "an agent that never reads kept its link"
+    );
+}
+
+/// An agent that reads everything but never sends must still be disconnected after the ping
+/// timeout, however often the master sends to it (here a LAUNCH every 300 ms).
+#[tokio::test]
+async fn reconcile_deadlock_silent_agent_is_disconnected_while_the_master_sends() {
+    let dir = tempfile::tempdir().unwrap();
+    let master = start_master(dir.path());
+    let client = master.client();
+    let hostname = unique("silent");
+    let (ws, agent_id) = register_new(&master, &hostname).await;
+    let (_sink, mut stream) = ws.split();
+    let reader = tokio::spawn(async move {
+        let mut launches = 0;
+        while let Some(Ok(m)) = stream.next().await {
+            if m.to_text().is_ok_and(|t| t.contains("\"LAUNCH\"")) {
+                launches += 1;
+            }
+        }
+        launches
+    });
+    let started = Instant::now();
+    let mut state = None;
+    let mut i = 0;
+    while started.elapsed() < Duration::from_secs(12) {
+        i += 1;
+        let version = client.state().await.unwrap().version;
+        let id = format!("{hostname}-{i}");
+        client
+            .claim(&ClaimRequest {
+                claim_id: id.clone(),
+                role: "*".into(),
+                owner: "reconcile-test".into(),
+                snapshot_version: version,
+                mode: CommitMode::AllOrNothing,
+                check: ConflictCheck::Fine,
+                placements: vec![PlacementRequest {
+                    agent_id: agent_id.to_string(),
+                    task_info: command_task(
+                        &id,
+                        &id,
+                        &ResourceSet::parse("cpus:0.01;mem:1").unwrap(),
+                        "true",
+                    ),
+                }],
+            })
+            .await
+            .unwrap();
+        state = agent_state(&client, &agent_id).await;
+        if state == Some(AgentState::Unreachable) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    // The reader ends when the master closes the link.
+    let launches = tokio::time::timeout(Duration::from_secs(5), reader)
+        .await
+        .ok()
+        .and_then(|r| r.ok());
+    eprintln!(
+        "reconcile probe (silent): agent {state:?} {:?} after its last message, LAUNCHes \
+         received meanwhile: {launches:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        state,
+        Some(AgentState::Unreachable),
+        "a silent agent kept its link while the master sent to it"
+    );
 }
