@@ -118,7 +118,7 @@ async fn reconcile_deadlock_agent_listing_thousands_of_unknown_tasks() {
     // A first connection: register, get one real task, report it running.
     let (mut ws, agent_id) = register_new(&master, &hostname).await;
     let deadline = Instant::now() + Duration::from_secs(10);
-    let task_id = TaskId::new(&unique("real"));
+    let task_id = TaskId::new(unique("real"));
     let version = client.state().await.unwrap().version;
     let answer = client
         .claim(&ClaimRequest {
@@ -168,7 +168,7 @@ async fn reconcile_deadlock_agent_listing_thousands_of_unknown_tasks() {
     // The agent comes back listing its task and 10,000 ids the master never had, and reports
     // its task at once, before reading anything.
     let bogus: HashSet<TaskId> = (0..BOGUS_IDS)
-        .map(|i| TaskId::new(&format!("bogus-{i}")))
+        .map(|i| TaskId::new(format!("bogus-{i}")))
         .collect();
     let mut known: Vec<TaskId> = bogus.iter().cloned().collect();
     known.push(task_id.clone());
@@ -280,7 +280,7 @@ async fn reconcile_deadlock_known_list_beyond_the_bound_is_refused() {
     let hostname = unique("too-many-known");
     let mut ws = connect(&master).await;
     let known = (0..=KNOWN_TASKS_MAX)
-        .map(|i| TaskId::new(&format!("t{i}")))
+        .map(|i| TaskId::new(format!("t{i}")))
         .collect();
     send(
         &mut ws,
@@ -305,7 +305,7 @@ async fn reconcile_deadlock_known_list_beyond_the_bound_is_refused() {
     // Exactly at the bound it registers.
     let mut ws = connect(&master).await;
     let known = (0..KNOWN_TASKS_MAX)
-        .map(|i| TaskId::new(&format!("t{i}")))
+        .map(|i| TaskId::new(format!("t{i}")))
         .collect();
     send(
         &mut ws,
@@ -343,7 +343,7 @@ async fn reconcile_deadlock_agent_that_never_reads_is_disconnected() {
     let (ws, _) = tokio_tungstenite::client_async(url, tcp).await.unwrap();
     let (mut sink, _stream) = ws.split();
     let known = (0..KNOWN_TASKS_MAX)
-        .map(|i| TaskId::new(&format!("bogus-{i}")))
+        .map(|i| TaskId::new(format!("bogus-{i}")))
         .collect();
     let register = AgentMessage::Register {
         registration: registration(&hostname, Some(agent_id.clone())),
