@@ -451,7 +451,7 @@ async fn write_loop(
 ) {
     while let Some(msg) = rx.recv().await {
         if !send_msg(&mut sink, &msg, deadline).await {
-            tracing::warn!("agent did not take a message within the ping timeout");
+            tracing::warn!("agent link not writable (closed, or not read for the ping timeout)");
             return;
         }
     }
