@@ -25,12 +25,15 @@ use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use futures::stream::{SplitSink, SplitStream};
+use futures::{Sink, SinkExt, Stream, StreamExt};
 use serde::Deserialize;
 use serde_json::json;
 use shoal_core::agent_protocol::{AgentMessage, MasterMessage};
 use shoal_core::liveness::{Liveness, LivenessConfig};
 use shoal_core::{AgentId, Command, Event, Reply, StatusInfo, Task, TaskId, TaskState};
 use tokio::sync::{mpsc, oneshot};
+use tracing::Instrument;
 
 use crate::committer::{CommitError, Committer, Published};
 use crate::wall_clock_ms;
@@ -291,9 +294,13 @@ pub async fn connect(
         .on_upgrade(move |socket| serve_agent(hub, socket))
 }
 
-async fn recv_msg(socket: &mut WebSocket) -> Option<Result<AgentMessage, String>> {
+/// The next agent message; `None` once the peer closes or the socket fails.
+async fn recv_msg<S>(socket: &mut S) -> Option<Result<AgentMessage, String>>
+where
+    S: Stream<Item = Result<Message, axum::Error>> + Unpin,
+{
     loop {
-        match socket.recv().await? {
+        match socket.next().await? {
             Ok(Message::Text(t)) => {
                 return Some(serde_json::from_str(t.as_str()).map_err(|e| e.to_string()))
             }
@@ -306,31 +313,60 @@ async fn recv_msg(socket: &mut WebSocket) -> Option<Result<AgentMessage, String>
     }
 }
 
-async fn send_msg(socket: &mut WebSocket, msg: &MasterMessage) -> bool {
+/// Sends one message, giving up after `deadline`: a peer that does not read cannot hold the
+/// caller. False when the message did not go out.
+async fn send_msg<S>(socket: &mut S, msg: &MasterMessage, deadline: Duration) -> bool
+where
+    S: Sink<Message> + Unpin,
+{
     let text = serde_json::to_string(msg).expect("messages serialize");
-    socket.send(Message::Text(text.into())).await.is_ok()
+    matches!(
+        tokio::time::timeout(deadline, socket.send(Message::Text(text.into()))).await,
+        Ok(Ok(()))
+    )
 }
 
 async fn serve_agent(hub: Arc<AgentHub>, mut socket: WebSocket) {
-    let first = tokio::time::timeout(Duration::from_secs(10), recv_msg(&mut socket)).await;
+    let write_deadline = hub.timers.ping_timeout;
+    let first = tokio::time::timeout(
+        Duration::from_secs(crate::limits::AGENT_REGISTER_WAIT_SECS),
+        recv_msg(&mut socket),
+    )
+    .await;
     let (registration, known) = match first {
         Ok(Some(Ok(AgentMessage::Register {
             registration,
             known,
         }))) => (registration, known),
         Ok(Some(Ok(_))) | Ok(Some(Err(_))) => {
-            send_msg(
-                &mut socket,
-                &MasterMessage::Error {
-                    message: "the first message must be REGISTER".into(),
-                    forget_id: false,
-                },
-            )
-            .await;
+            let error = MasterMessage::Error {
+                message: "the first message must be REGISTER".into(),
+                forget_id: false,
+            };
+            send_msg(&mut socket, &error, write_deadline).await;
             return;
         }
         _ => return,
     };
+    if known.len() > crate::limits::AGENT_KNOWN_TASKS_MAX {
+        // Refused before anything commits, as Mesos drops an invalid re-registration: the
+        // agent keeps its state and, staying away, becomes unreachable like any other.
+        tracing::warn!(
+            agent_id = ?registration.agent_id,
+            known = known.len(),
+            "agent registration refused: too many known tasks"
+        );
+        let error = MasterMessage::Error {
+            message: format!(
+                "REGISTER lists {} known tasks; the master reconciles at most {}",
+                known.len(),
+                crate::limits::AGENT_KNOWN_TASKS_MAX
+            ),
+            forget_id: false,
+        };
+        send_msg(&mut socket, &error, write_deadline).await;
+        return;
+    }
     // A returning agent counts as connected before its registration commits, so the liveness
     // loop (woken by that commit) cannot mark it unreachable in between.
     let returning = registration.agent_id.clone();
@@ -356,21 +392,33 @@ async fn serve_agent(hub: Arc<AgentHub>, mut socket: WebSocket) {
                 CommitError::Rejected(shoal_core::Rejection::Forbidden(_))
             );
             tracing::warn!(error = %e, "agent registration refused");
-            send_msg(
-                &mut socket,
-                &MasterMessage::Error {
-                    message: e.to_string(),
-                    forget_id,
-                },
-            )
-            .await;
+            let error = MasterMessage::Error {
+                message: e.to_string(),
+                forget_id,
+            };
+            send_msg(&mut socket, &error, write_deadline).await;
             return;
         }
     };
     let span = tracing::info_span!("agent", %agent_id);
-    let _enter = span.enter();
+    serve_link(hub, agent_id, socket, known)
+        .instrument(span)
+        .await;
+}
+
+/// A registered agent's link: one writer draining the outbox, one reader, and the
+/// reconciliation, all running at once. Whatever awaits room in the outbox (reconciliation,
+/// acknowledgements) therefore never holds up the writer that makes the room, and the writer
+/// gives up on a peer that does not read, which ends the link.
+async fn serve_link(hub: Arc<AgentHub>, agent_id: AgentId, socket: WebSocket, known: Vec<TaskId>) {
     tracing::info!("agent connected");
-    let (tx, mut rx) = mpsc::channel::<MasterMessage>(crate::limits::AGENT_OUTBOX_MAX);
+    let (tx, rx) = mpsc::channel::<MasterMessage>(crate::limits::AGENT_OUTBOX_MAX);
+    // REGISTERED is the first message of the link: it is queued before the hub can queue
+    // anything else.
+    let _ = tx.try_send(MasterMessage::Registered {
+        agent_id: agent_id.clone(),
+        heartbeat_interval_ms: hub.timers.heartbeat_interval.as_millis() as u64,
+    });
     let serial = hub.next_id.fetch_add(1, Ordering::Relaxed);
     hub.connections.lock().expect("hub lock").insert(
         agent_id.clone(),
@@ -381,39 +429,54 @@ async fn serve_agent(hub: Arc<AgentHub>, mut socket: WebSocket) {
     );
     hub.liveness.lock().expect("hub lock").connected(&agent_id);
     hub.liveness_changed.notify_one();
-    let hb = hub.timers.heartbeat_interval.as_millis() as u64;
-    if !send_msg(
-        &mut socket,
-        &MasterMessage::Registered {
-            agent_id: agent_id.clone(),
-            heartbeat_interval_ms: hb,
-        },
-    )
-    .await
-    {
-        drop_connection(&hub, &agent_id, serial);
-        return;
-    }
-    reconcile(&hub, &agent_id, &known, &tx).await;
-
-    loop {
-        tokio::select! {
-            out = rx.recv() => {
-                let Some(msg) = out else { break };
-                if !send_msg(&mut socket, &msg).await { break; }
-            }
-            incoming = tokio::time::timeout(hub.timers.ping_timeout, recv_msg(&mut socket)) => {
-                match incoming {
-                    Err(_) => { tracing::warn!("agent silent past the ping timeout"); break; }
-                    Ok(None) => break,
-                    Ok(Some(Err(e))) => { tracing::warn!(error = %e, "malformed agent message"); }
-                    Ok(Some(Ok(msg))) => handle(&hub, &agent_id, msg, &tx).await,
-                }
-            }
-        }
+    let (sink, stream) = socket.split();
+    tokio::select! {
+        () = write_loop(sink, rx, hub.timers.ping_timeout) => {}
+        () = read_loop(&hub, &agent_id, stream, &tx) => {}
+        () = async {
+            reconcile(&hub, &agent_id, &known, &tx).await;
+            std::future::pending::<()>().await
+        } => {}
     }
     drop_connection(&hub, &agent_id, serial);
     tracing::info!("agent disconnected");
+}
+
+/// Sends what the outbox holds, in order, until the peer fails to take a message within
+/// `deadline`.
+async fn write_loop(
+    mut sink: SplitSink<WebSocket, Message>,
+    mut rx: mpsc::Receiver<MasterMessage>,
+    deadline: Duration,
+) {
+    while let Some(msg) = rx.recv().await {
+        if !send_msg(&mut sink, &msg, deadline).await {
+            tracing::warn!("agent link not writable (closed, or not read for the ping timeout)");
+            return;
+        }
+    }
+}
+
+/// Handles what the agent sends until it closes or stays silent past the ping timeout
+/// (counted from the last message it sent, whatever the master sends meanwhile).
+async fn read_loop(
+    hub: &Arc<AgentHub>,
+    agent_id: &AgentId,
+    mut stream: SplitStream<WebSocket>,
+    tx: &mpsc::Sender<MasterMessage>,
+) {
+    loop {
+        let incoming = tokio::time::timeout(hub.timers.ping_timeout, recv_msg(&mut stream)).await;
+        match incoming {
+            Err(_) => {
+                tracing::warn!("agent silent past the ping timeout");
+                return;
+            }
+            Ok(None) => return,
+            Ok(Some(Err(e))) => tracing::warn!(error = %e, "malformed agent message"),
+            Ok(Some(Ok(msg))) => handle(hub, agent_id, msg, tx).await,
+        }
+    }
 }
 
 fn drop_connection(hub: &AgentHub, agent_id: &AgentId, serial: u64) {
@@ -490,6 +553,8 @@ async fn handle(
     }
 }
 
+/// Reconciles a (re)connected agent with the cell. It awaits room in the outbox for each
+/// message, which the link's writer, running meanwhile, makes; it stops when the link ends.
 async fn reconcile(
     hub: &Arc<AgentHub>,
     agent_id: &AgentId,
@@ -500,17 +565,12 @@ async fn reconcile(
     let known: HashSet<&TaskId> = known.iter().collect();
     let mut launch = Vec::new();
     let mut lost = Vec::new();
+    let mut kills = Vec::new();
+    let grace = Some(hub.timers.kill_grace.as_millis() as u64);
     for t in snap.live_tasks_on(agent_id) {
         match t.state {
             TaskState::Staging if !known.contains(&t.id) => launch.push(t.clone()),
-            TaskState::Killing => {
-                let _ = tx
-                    .send(MasterMessage::Kill {
-                        task_id: t.id.clone(),
-                        grace_ms: Some(hub.timers.kill_grace.as_millis() as u64),
-                    })
-                    .await;
-            }
+            TaskState::Killing => kills.push((t.id.clone(), grace)),
             TaskState::Staging => {}
             _ if !known.contains(&t.id) => lost.push(t.id.clone()),
             _ => {}
@@ -522,17 +582,28 @@ async fn reconcile(
             .map(|t| t.agent_id == *agent_id && !t.state.is_terminal())
             .unwrap_or(false);
         if !wanted {
-            let _ = tx
-                .send(MasterMessage::Kill {
-                    task_id: id.clone(),
-                    grace_ms: Some(0),
-                })
-                .await;
+            kills.push((id.clone(), Some(0)));
         }
     }
-    if !launch.is_empty() {
-        let _ = tx.send(MasterMessage::Launch { tasks: launch }).await;
+    for (task_id, grace_ms) in kills {
+        if tx
+            .send(MasterMessage::Kill { task_id, grace_ms })
+            .await
+            .is_err()
+        {
+            return;
+        }
     }
+    if !launch.is_empty()
+        && tx
+            .send(MasterMessage::Launch { tasks: launch })
+            .await
+            .is_err()
+    {
+        return;
+    }
+    // Queued one after the other (they commit in groups, in order), awaited afterwards.
+    let mut marks = Vec::with_capacity(lost.len());
     for task_id in lost {
         let status = StatusInfo {
             message: Some("the agent does not know this task any more".into()),
@@ -540,14 +611,17 @@ async fn reconcile(
             source: Some("SOURCE_MASTER".into()),
             ..StatusInfo::default()
         };
-        let _ = hub
-            .committer
-            .submit(Command::UpdateTaskStatus {
-                task_id,
-                state: TaskState::Gone,
-                status,
-            })
-            .await;
+        let command = Command::UpdateTaskStatus {
+            task_id,
+            state: TaskState::Gone,
+            status,
+        };
+        marks.push(hub.committer.enqueue(command).await);
+    }
+    for mark in marks {
+        if let Ok(Err(e)) = mark.await {
+            tracing::warn!(error = %e, "could not mark a lost task gone");
+        }
     }
 }
 

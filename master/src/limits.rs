@@ -19,6 +19,13 @@ pub const WATCH_READ_BATCH: usize = 512;
 pub const WATCH_KEEPALIVE_SECS: u64 = 15;
 /// Largest request body, in bytes.
 pub const REQUEST_BODY_BYTES_MAX: usize = 64 << 20;
-/// Messages queued for one agent's connection before sends are dropped (reconciliation
-/// on reconnect repairs what was dropped).
+/// Messages queued for one agent's connection before the dispatcher's sends are dropped
+/// (reconciliation on reconnect repairs what was dropped; it waits for room itself, which
+/// the link's writer makes).
 pub const AGENT_OUTBOX_MAX: usize = 4_096;
+/// Task ids an agent may list as `known` in its REGISTER. A registration listing more is
+/// refused with an ERROR naming this bound, before anything commits (as Mesos drops an invalid
+/// re-registration): the agent stays as it was and, kept away, becomes unreachable.
+pub const AGENT_KNOWN_TASKS_MAX: usize = 100_000;
+/// How long a new agent connection may take to send its REGISTER.
+pub const AGENT_REGISTER_WAIT_SECS: u64 = 10;

@@ -3,4 +3,5 @@
 //! would send them. One module per bug; each test runs the real `shoal` binary.
 
 mod offers;
+mod reconcile;
 mod sandbox;
