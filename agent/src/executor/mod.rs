@@ -42,6 +42,7 @@
 pub mod cgroup;
 pub mod docker;
 pub mod health;
+pub mod heartbeat;
 pub mod process;
 mod supervisor;
 mod util;
