@@ -121,28 +121,31 @@ fn processes_left(procs: &[(i32, i32)]) -> usize {
         .count()
 }
 
-/// Ids of the containers of an agent's work dir (by their state dir label); with `all`,
-/// ended ones too.
+/// Ids of the containers of an agent's work dir (by their sandbox label); with `all`, ended
+/// ones too.
 fn containers(agent_work_dir: &Path, all: bool) -> Vec<String> {
-    let state = agent_work_dir.join("state").join("docker");
-    let state = state.canonicalize().unwrap_or(state);
+    let root = agent_work_dir
+        .canonicalize()
+        .unwrap_or_else(|_| agent_work_dir.to_path_buf());
+    let root = format!("{}/", root.display());
     let mut cmd = Command::new("docker");
     cmd.arg("ps");
     if all {
         cmd.arg("-a");
     }
     cmd.args([
-        "-q",
         "--filter",
         "label=shoal.managed=true",
-        "--filter",
-        &format!("label=shoal.state_dir={}", state.display()),
+        "--format",
+        "{{.ID}} {{.Label \"shoal.sandbox\"}}",
     ]);
     let out = cmd.stderr(Stdio::null()).output();
     out.map(|o| {
         String::from_utf8_lossy(&o.stdout)
             .lines()
-            .map(str::to_string)
+            .filter_map(|l| l.split_once(' '))
+            .filter(|(_, sandbox)| sandbox.starts_with(&root))
+            .map(|(id, _)| id.to_string())
             .collect()
     })
     .unwrap_or_default()
