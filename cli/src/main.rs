@@ -340,15 +340,10 @@ async fn docker_answers(socket: &str) -> bool {
 async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     // Installed first: a signal at any later point stops the cell.
-    let mut int = signal(SignalKind::interrupt())?;
-    let mut term = signal(SignalKind::terminate())?;
-    let stop_signal = async move {
-        tokio::select! {
-            _ = int.recv() => "SIGINT",
-            _ = term.recv() => "SIGTERM",
-        }
-    };
-    tokio::pin!(stop_signal);
+    let mut signals = (
+        signal(SignalKind::interrupt())?,
+        signal(SignalKind::terminate())?,
+    );
 
     let tmp;
     let work_dir = match args.work_dir {
@@ -423,7 +418,7 @@ async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
 
     let address = format!("http://{addr}");
     let signalled = tokio::select! {
-        sig = &mut stop_signal => Some(sig),
+        sig = stop_signal(&mut signals) => Some(sig),
         r = sample_job(&address, docker) => {
             if let Err(e) = r {
                 eprintln!("shoal dev: the sample job failed: {e:#}");
@@ -439,7 +434,7 @@ async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
         None => {
             eprintln!("shoal dev: the cell keeps running; press Ctrl-C to stop.");
             tokio::select! {
-                sig = &mut stop_signal => {
+                sig = stop_signal(&mut signals) => {
                     eprintln!("shoal dev: {sig}");
                     None
                 }
@@ -450,10 +445,17 @@ async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
     // The agent first, while the master still takes the tasks' last statuses.
     eprintln!("shoal dev: stopping: the agent kills every task (each with its grace period)");
     let _ = stop_agent.send(shoal_agent::Stop::KillTasks);
-    match agent.await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => eprintln!("shoal dev: the agent stopped with an error: {e:#}"),
-        Err(e) => eprintln!("shoal dev: the agent task failed: {e}"),
+    let mut agent = agent;
+    tokio::select! {
+        r = &mut agent => match r {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => eprintln!("shoal dev: the agent stopped with an error: {e:#}"),
+            Err(e) => eprintln!("shoal dev: the agent task failed: {e}"),
+        },
+        sig = stop_signal(&mut signals) => {
+            eprintln!("shoal dev: {sig} again: stopping now; tasks still ending are killed by their supervisors once the work dir is gone or after the recovery timeout");
+            agent.abort();
+        }
     }
     let result = match early_end {
         Some(r) => r,
@@ -464,6 +466,16 @@ async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
     };
     eprintln!("shoal dev: stopped");
     result.context("server task")?
+}
+
+/// The next SIGINT or SIGTERM of `shoal dev`: its name.
+async fn stop_signal(
+    (int, term): &mut (tokio::signal::unix::Signal, tokio::signal::unix::Signal),
+) -> &'static str {
+    tokio::select! {
+        _ = int.recv() => "SIGINT",
+        _ = term.recv() => "SIGTERM",
+    }
 }
 
 /// Places a few real tasks on the dev cell through the native claim API and waits for them.
