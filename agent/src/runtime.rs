@@ -215,7 +215,14 @@ pub async fn run_until(
     let mut registered = false;
     let mut heartbeat = tokio::time::interval(config.heartbeat_interval);
     let mut retry = tokio::time::interval(config.status_retry);
-    let mut gc = tokio::time::interval(config.gc_delay.max(Duration::from_secs(1)));
+    // At least once per recovery timeout: gc also removes the orphaned containers of other
+    // agents of this host.
+    let mut gc = tokio::time::interval(
+        config
+            .gc_delay
+            .min(config.recovery_timeout)
+            .max(Duration::from_secs(1)),
+    );
     let mut last_sent: BTreeMap<u64, Instant> = BTreeMap::new();
     let mut retry_after = config.status_retry;
     tokio::pin!(stop);
