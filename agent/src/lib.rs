@@ -17,4 +17,4 @@ pub mod journal;
 pub mod runtime;
 pub mod taskinfo;
 
-pub use runtime::{run, AgentConfig};
+pub use runtime::{run, run_until, AgentConfig, Stop};

@@ -6,6 +6,13 @@
 //!   behind NAT works), reconnects with backoff, and shuttles messages;
 //! - the **agent loop** owns all state (journal, known tasks, executors) and reacts to
 //!   master messages, executor events and timers. It never blocks on the network.
+//!
+//! How the agent stops is the caller's choice ([`Stop`]): leaving its tasks running, for a
+//! restarted agent to re-attach to (as Mesos's agent does on SIGTERM), or killing them
+//! first, each with its grace period (a `shoal dev` cell that ends, Mesos's SIGUSR1).
+//! Tasks left behind do not run forever: each executor touches a heartbeat file, and a task
+//! whose agent has not come back within the recovery timeout, or whose work dir is gone, is
+//! killed (see `executor::heartbeat`).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -46,7 +53,30 @@ pub struct AgentConfig {
     pub status_retry: Duration,
     /// Remove executor leftovers of tasks that ended this long ago.
     pub gc_delay: Duration,
+    /// Tasks left running when the agent stops are killed when no agent re-attached to
+    /// them within this long (Mesos's `--recovery_timeout`).
+    pub recovery_timeout: Duration,
 }
+
+/// How the agent stops.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stop {
+    /// Leave the tasks running: a restarted agent on the same work dir re-attaches to them
+    /// within the recovery timeout.
+    LeaveTasks,
+    /// Kill every task (each with its grace period), report how they ended, remove what
+    /// the executors keep of ended tasks, then stop. Launches that come meanwhile are
+    /// ignored.
+    KillTasks,
+}
+
+/// Longest wait for the tasks to end when the agent stops with [`Stop::KillTasks`]; a task
+/// whose grace period is longer is left to its recovery timeout.
+pub const STOP_KILL_WAIT_SECS: u64 = 60;
+/// Longest wait, once the tasks ended, for the master to acknowledge their statuses.
+pub const STOP_ACK_WAIT_SECS: u64 = 2;
+/// How often a stopping agent looks whether its tasks have ended.
+const STOP_POLL_MS: u64 = 50;
 
 enum ConnEvent {
     Connected,
@@ -59,6 +89,18 @@ enum ConnEvent {
 pub async fn run(
     config: AgentConfig,
     shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    run_until(config, async {
+        shutdown.await;
+        Stop::LeaveTasks
+    })
+    .await
+}
+
+/// Runs the agent until `stop` resolves, then stops as it says.
+pub async fn run_until(
+    config: AgentConfig,
+    stop: impl std::future::Future<Output = Stop>,
 ) -> anyhow::Result<()> {
     let state_dir = config.work_dir.join("state");
     std::fs::create_dir_all(&state_dir)?;
@@ -74,6 +116,7 @@ pub async fn run(
     let (ev_tx, mut ev_rx) = mpsc::unbounded_channel::<ExecutorEvent>();
     let mut process_config = ProcessConfig::new(state_dir.join("process"));
     process_config.cgroups = config.process_cgroups;
+    process_config.recovery_timeout = config.recovery_timeout;
     let process: Arc<dyn Executor> = Arc::new(ProcessExecutor::new(process_config, ev_tx.clone())?);
     let docker: Option<Arc<dyn Executor>> = if config.containerizers.iter().any(|c| c == "docker") {
         // Containers are labelled with an owner key kept in the work dir: stable across
@@ -97,6 +140,7 @@ pub async fn run(
         };
         let mut dc = DockerConfig::new(owner, state_dir.join("docker"));
         dc.socket = config.docker_socket.clone();
+        dc.recovery_timeout = config.recovery_timeout;
         match DockerExecutor::connect(dc, ev_tx.clone()).await {
             Ok(d) => Some(Arc::new(d)),
             Err(e) => {
@@ -171,14 +215,72 @@ pub async fn run(
     let mut registered = false;
     let mut heartbeat = tokio::time::interval(config.heartbeat_interval);
     let mut retry = tokio::time::interval(config.status_retry);
-    let mut gc = tokio::time::interval(config.gc_delay.max(Duration::from_secs(1)));
+    // At least once per recovery timeout: gc also removes the orphaned containers of other
+    // agents of this host.
+    let mut gc = tokio::time::interval(
+        config
+            .gc_delay
+            .min(config.recovery_timeout)
+            .max(Duration::from_secs(1)),
+    );
     let mut last_sent: BTreeMap<u64, Instant> = BTreeMap::new();
     let mut retry_after = config.status_retry;
-    tokio::pin!(shutdown);
+    tokio::pin!(stop);
+    // Set once the agent stops with `Stop::KillTasks`.
+    let mut stopping: Option<Stopping> = None;
+    let mut stop_poll = tokio::time::interval(Duration::from_millis(STOP_POLL_MS));
+    let executors: Vec<Arc<dyn Executor>> = [Some(process.clone()), docker.clone()]
+        .into_iter()
+        .flatten()
+        .collect();
 
     loop {
         tokio::select! {
-            _ = &mut shutdown => break,
+            how = &mut stop, if stopping.is_none() => match how {
+                Stop::LeaveTasks => break,
+                Stop::KillTasks => {
+                    let mut count = 0;
+                    for exec in &executors {
+                        for task_id in exec.tasks() {
+                            count += 1;
+                            if let Err(e) = exec.kill(&task_id, None).await {
+                                tracing::debug!(%task_id, error = %e, "kill at stop of a task that ended");
+                            }
+                        }
+                    }
+                    tracing::info!(tasks = count, "stopping: killing every task");
+                    stopping = Some(Stopping { since: Instant::now(), ended: None });
+                }
+            },
+            _ = stop_poll.tick(), if stopping.is_some() => {
+                let Some(st) = stopping.as_mut() else { continue };
+                let busy = executors.iter().map(|e| e.tasks().len()).sum::<usize>();
+                if busy > 0 {
+                    if st.since.elapsed() >= Duration::from_secs(STOP_KILL_WAIT_SECS) {
+                        tracing::warn!(tasks = busy, "stopping: tasks still ending; they are left to their recovery timeout");
+                        break;
+                    }
+                    continue;
+                }
+                // An executor forgets a task just before it sends the terminal update: one
+                // more poll, and no event waiting, and every terminal status is journaled.
+                let Some(ended) = st.ended else {
+                    st.ended = Some(Instant::now());
+                    continue;
+                };
+                if !ev_rx.is_empty() {
+                    continue;
+                }
+                if journal.pending.is_empty() || !registered || ended.elapsed() >= Duration::from_secs(STOP_ACK_WAIT_SECS) {
+                    for exec in &executors {
+                        if let Err(e) = exec.gc(Duration::ZERO).await {
+                            tracing::debug!(error = %e, "gc at stop failed");
+                        }
+                    }
+                    tracing::info!(unacknowledged = journal.pending.len(), "stopped: every task ended");
+                    break;
+                }
+            }
             Some(ev) = ev_rx.recv() => {
                 // Group everything waiting into one journal write and one sync.
                 let mut batch = vec![ev];
@@ -245,6 +347,9 @@ pub async fn run(
                             agent_id = None;
                             let _ = std::fs::remove_file(&id_file);
                         }
+                    }
+                    MasterMessage::Launch { tasks } if stopping.is_some() => {
+                        tracing::info!(tasks = tasks.len(), "launch ignored: the agent is stopping");
                     }
                     MasterMessage::Launch { tasks } => {
                         let pending: std::collections::HashSet<&TaskId> = journal.pending.values().map(|u| &u.task_id).collect();
@@ -334,6 +439,13 @@ pub async fn run(
     }
     conn.abort();
     Ok(())
+}
+
+/// An agent killing its tasks before it stops.
+struct Stopping {
+    since: Instant,
+    /// When the last task ended.
+    ended: Option<Instant>,
 }
 
 fn status_update(u: crate::journal::Update) -> AgentMessage {

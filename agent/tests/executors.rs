@@ -410,6 +410,133 @@ async fn process_bad_input_fails_cleanly() {
     ));
 }
 
+/// Whether a process still runs code (zombies do not).
+fn runs(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().next().map(str::to_string))
+        })
+        .is_some_and(|st| st != "Z" && st != "X")
+}
+
+/// (supervisor pid, task process group) from a task's record.
+fn supervisor_of(state: &Path, task: &str) -> (i32, i32) {
+    let data = std::fs::read(state.join("tasks").join(task).join("record.json")).expect("record");
+    let v: serde_json::Value = serde_json::from_slice(&data).expect("record json");
+    (
+        v["supervisor_pid"].as_i64().expect("supervisor pid") as i32,
+        v["pgid"].as_i64().expect("pgid") as i32,
+    )
+}
+
+#[tokio::test]
+async fn orphaned_process_task_killed_when_no_executor_returns_within_the_recovery_timeout() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state");
+    let _leftovers = KillLeftovers(state.clone());
+    let timeout = Duration::from_secs(1);
+    let mut cfg = ProcessConfig::new(&state);
+    cfg.recovery_timeout = timeout;
+    let (tx, mut ev) = Events::new();
+    let ex = ProcessExecutor::new(cfg.clone(), tx).expect("process executor");
+    let mut spec = shell_task(dir.path(), "lonely", "sleep 1000");
+    spec.kill_grace = Duration::from_millis(500);
+    ex.launch(spec).await.expect("launch");
+    ev.running("lonely").await;
+    let (sup, pgid) = supervisor_of(&state, "lonely");
+    assert!(runs(sup) && runs(pgid));
+
+    // While the executor lives, its heartbeat keeps the task alive past the timeout.
+    let until = Instant::now() + timeout * 3;
+    while Instant::now() < until {
+        assert!(runs(sup) && runs(pgid), "killed while its executor runs");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // The agent "dies" and nobody comes back.
+    drop(ex);
+    let gone = Instant::now();
+    wait_until(
+        "the supervisor killed its task and ended",
+        timeout + Duration::from_secs(6),
+        || !runs(sup) && !runs(pgid),
+    )
+    .await;
+    let took = gone.elapsed();
+    // Counted from the last heartbeat, which came at most an eighth of the timeout earlier.
+    assert!(
+        took >= timeout * 3 / 4,
+        "ended after {took:?}, well before the recovery timeout"
+    );
+    let status = read(state.join("tasks/lonely/exit_status"));
+    assert_eq!(status.trim(), "signal 15 orphaned");
+
+    // A late executor reports it lost, saying why.
+    let (tx2, _ev2) = Events::new();
+    let ex2 = ProcessExecutor::new(cfg, tx2).expect("process executor");
+    let rec = ex2.recover(&["lonely".to_string()]).await.expect("recover");
+    match &rec[..] {
+        [r] => match &r.update {
+            TaskUpdate::Failed {
+                reason: FailReason::Lost,
+                message,
+                ..
+            } => assert!(message.contains("recovery timeout"), "{message}"),
+            u => panic!("{u:?}"),
+        },
+        r => panic!("{r:?}"),
+    }
+}
+
+#[tokio::test]
+async fn orphaned_process_task_killed_when_its_work_dir_is_gone() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let work = dir.path().join("work");
+    let state = work.join("state");
+    let (ex, mut ev) = process_executor(&work);
+    let mut spec = shell_task(dir.path(), "homeless", "sleep 1000");
+    spec.kill_grace = Duration::from_millis(500);
+    ex.launch(spec).await.expect("launch");
+    ev.running("homeless").await;
+    let (sup, pgid) = supervisor_of(&state, "homeless");
+    let _leftovers = scopeguard_kill(pgid);
+
+    std::fs::remove_dir_all(&work).expect("remove the work dir");
+    let gone = Instant::now();
+    // A supervisor looks at the heartbeat every 2 s at most; then the grace period.
+    wait_until(
+        "the supervisor killed its task and ended",
+        Duration::from_secs(8),
+        || !runs(sup) && !runs(pgid),
+    )
+    .await;
+    println!(
+        "the task ended {:?} after its work dir was removed",
+        gone.elapsed()
+    );
+    assert!(matches!(
+        ev.terminal("homeless", T).await,
+        TaskUpdate::Failed {
+            reason: FailReason::Lost,
+            ..
+        }
+    ));
+}
+
+/// SIGKILLs a process group when dropped (a failing test leaves nothing behind).
+fn scopeguard_kill(pgid: i32) -> impl Drop {
+    struct Guard(i32);
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            // SAFETY: kill(2) of a process group this test started.
+            unsafe { libc::kill(-self.0, libc::SIGKILL) };
+        }
+    }
+    Guard(pgid)
+}
+
 #[tokio::test]
 async fn process_recovery_after_executor_loss() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -1332,4 +1459,107 @@ async fn docker_group_shares_network_and_dies_together() {
         TaskUpdate::Killed { .. }
     ));
     cleanup(&ex).await;
+}
+
+#[tokio::test]
+async fn orphaned_containers_of_gone_or_stale_agents_removed_and_a_live_agents_kept() {
+    let live_dir = tempfile::tempdir().expect("tempdir");
+    let Some((live, mut live_ev, _c1)) = docker_executor(live_dir.path(), "orph-live").await else {
+        return;
+    };
+    let roots: Vec<tempfile::TempDir> = (0..3)
+        .map(|_| tempfile::tempdir().expect("tempdir"))
+        .collect();
+    let pid = std::process::id();
+    let connect = |root: PathBuf, name: &str, timeout: Duration| {
+        let agent_id = format!("test-{name}-{pid}");
+        async move {
+            let (tx, ev) = Events::new();
+            let mut cfg = DockerConfig::new(agent_id.clone(), root.join("state"));
+            cfg.recovery_timeout = timeout;
+            let ex = DockerExecutor::connect(cfg, tx).await.expect("connect");
+            let guard = RemoveContainers {
+                docker: ex.docker().clone(),
+                agent_id,
+            };
+            (ex, ev, guard)
+        }
+    };
+    let quick = Duration::from_secs(1);
+    let (stale, mut stale_ev, _c2) =
+        connect(roots[0].path().to_path_buf(), "orph-stale", quick).await;
+    let (gone, mut gone_ev, _c3) = connect(
+        roots[1].path().to_path_buf(),
+        "orph-gone",
+        Duration::from_secs(900),
+    )
+    .await;
+    let mut ids = Vec::new();
+    for (ex, ev, root, task) in [
+        (&live, &mut live_ev, live_dir.path().to_path_buf(), "keep"),
+        (
+            &stale,
+            &mut stale_ev,
+            roots[0].path().to_path_buf(),
+            "stale",
+        ),
+        (&gone, &mut gone_ev, roots[1].path().to_path_buf(), "gone"),
+    ] {
+        let mut spec = docker_task(&root, task, "exec sleep 600");
+        spec.kill_grace = Duration::from_secs(1);
+        ex.launch(spec).await.expect("launch");
+        ev.running(task).await;
+        ids.push(
+            ex.container_id(task)
+                .await
+                .expect("list")
+                .expect("container"),
+        );
+    }
+    // Two agents end: one's work dir is removed, the other's heartbeat goes stale.
+    drop(stale);
+    drop(gone);
+    std::fs::remove_dir_all(roots[1].path().join("state")).expect("remove work dir");
+    let alive_file = roots[0].path().join("state").join("alive");
+    wait_until(
+        "the stale agent's heartbeat is older than its timeout",
+        T,
+        || {
+            std::fs::metadata(&alive_file)
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > quick)
+        },
+    )
+    .await;
+
+    // A new agent on another work dir of this host sweeps at recovery.
+    let (sweeper, _ev, _c4) = connect(roots[2].path().to_path_buf(), "orph-sweeper", quick).await;
+    sweeper.recover(&[]).await.expect("recover");
+    let docker = sweeper.docker().clone();
+    let exists = |cid: String| {
+        let docker = docker.clone();
+        async move { docker.inspect_container(&cid, None).await.is_ok() }
+    };
+    let started = Instant::now();
+    loop {
+        let left = (exists(ids[1].clone()).await, exists(ids[2].clone()).await);
+        if left == (false, false) {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(6),
+            "orphaned containers left (stale, gone): {left:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The live agent's container was never touched.
+    let c = docker
+        .inspect_container(&ids[0], None)
+        .await
+        .expect("live container");
+    assert_eq!(c.state.and_then(|s| s.running), Some(true));
+    live.kill("keep", Some(Duration::ZERO)).await.expect("kill");
+    live_ev.terminal("keep", T).await;
 }

@@ -174,10 +174,22 @@ struct AgentArgs {
     /// Remove leftovers (containers, records) of tasks that ended this long ago.
     #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
     gc_delay: Duration,
+    /// Tasks left running by a stopped agent are killed when no agent re-attached to them
+    /// within this long, or at once when their work dir is gone (Mesos's --recovery_timeout).
+    #[arg(long, alias = "recovery_timeout", default_value = "15m", value_parser = positive_duration)]
+    recovery_timeout: Duration,
     /// Read the EC2 instance metadata (IMDSv2) into attributes and a fault domain; the
     /// optional value is the service's URL. At most 1 s is spent probing.
     #[arg(long, num_args = 0..=1, default_missing_value = shoal_agent::ec2::DEFAULT_URL)]
     ec2_metadata: Option<String>,
+}
+
+fn positive_duration(text: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(text) {
+        Ok(d) if !d.is_zero() => Ok(d),
+        Ok(_) => Err("must be longer than zero".into()),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 fn parse_attributes(text: &str) -> anyhow::Result<BTreeMap<String, String>> {
@@ -242,6 +254,7 @@ async fn agent_config(a: &AgentArgs) -> anyhow::Result<shoal_agent::AgentConfig>
         kill_grace: a.kill_grace,
         status_retry: a.status_retry,
         gc_delay: a.gc_delay,
+        recovery_timeout: a.recovery_timeout,
     })
 }
 
@@ -278,6 +291,17 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = ctrl_c => {},
         _ = term.recv() => {},
+    }
+}
+
+/// How a standalone agent stops, as Mesos's does: SIGTERM and SIGINT leave the tasks
+/// running for a restarted agent to re-attach to; SIGUSR1 kills them first.
+async fn agent_stop_signal() -> shoal_agent::Stop {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut usr1 = signal(SignalKind::user_defined1()).expect("signal handler");
+    tokio::select! {
+        _ = shutdown_signal() => shoal_agent::Stop::LeaveTasks,
+        _ = usr1.recv() => shoal_agent::Stop::KillTasks,
     }
 }
 
@@ -318,7 +342,16 @@ async fn docker_answers(socket: &str) -> bool {
     matches!(tokio::time::timeout(Duration::from_secs(1), stream.read(&mut buf)).await, Ok(Ok(n)) if n > 0 && buf[..n].starts_with(b"HTTP/1.") && buf[..n].windows(3).any(|w| w == b"200"))
 }
 
+/// Runs a cell on loopback until SIGINT or SIGTERM, then stops it: the agent kills every
+/// task (each with its grace period) and reports how they ended, then the master stops.
 async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    // Installed first: a signal at any later point stops the cell.
+    let mut signals = (
+        signal(SignalKind::interrupt())?,
+        signal(SignalKind::terminate())?,
+    );
+
     let tmp;
     let work_dir = match args.work_dir {
         Some(d) => d,
@@ -339,10 +372,13 @@ async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
     let compat = shoal_compat::Compat::start(core.clone(), shoal_compat::CompatConfig::default());
     let listener = shoal_master::bind(args.listen, &master_dir).await?;
     let addr = listener.local_addr()?;
-    let server = tokio::spawn(shoal_master::serve(
+    let (stop_server, server_stopped) = tokio::sync::oneshot::channel::<()>();
+    let mut server = tokio::spawn(shoal_master::serve(
         listener,
         core.router().merge(compat.router()),
-        shutdown_signal(),
+        async move {
+            let _ = server_stopped.await;
+        },
     ));
 
     let docker = docker_answers("/var/run/docker.sock").await;
@@ -364,11 +400,15 @@ async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
         kill_grace: Duration::from_secs(2),
         status_retry: Duration::from_secs(2),
         gc_delay: Duration::from_secs(3600),
+        recovery_timeout: Duration::from_secs(
+            shoal_agent::executor::heartbeat::RECOVERY_TIMEOUT_DEFAULT_SECS,
+        ),
         ec2_metadata: None,
     };
-    let agent = tokio::spawn(shoal_agent::run(
+    let (stop_agent, agent_stopped) = tokio::sync::oneshot::channel::<shoal_agent::Stop>();
+    let agent = tokio::spawn(shoal_agent::run_until(
         agent_config(&agent_args).await?,
-        std::future::pending::<()>(),
+        async move { agent_stopped.await.unwrap_or(shoal_agent::Stop::KillTasks) },
     ));
     eprintln!(
         "shoal dev: master on http://{addr}  (UI and state: http://{addr}/ , work dir {})",
@@ -383,13 +423,66 @@ async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
         }
     );
 
-    if let Err(e) = sample_job(&format!("http://{addr}"), docker).await {
-        eprintln!("shoal dev: the sample job failed: {e:#}");
+    let address = format!("http://{addr}");
+    let signalled = tokio::select! {
+        sig = stop_signal(&mut signals) => Some(sig),
+        r = sample_job(&address, docker) => {
+            if let Err(e) = r {
+                eprintln!("shoal dev: the sample job failed: {e:#}");
+            }
+            None
+        }
+    };
+    let early_end = match signalled {
+        Some(sig) => {
+            eprintln!("shoal dev: {sig}");
+            None
+        }
+        None => {
+            eprintln!("shoal dev: the cell keeps running; press Ctrl-C to stop.");
+            tokio::select! {
+                sig = stop_signal(&mut signals) => {
+                    eprintln!("shoal dev: {sig}");
+                    None
+                }
+                r = &mut server => Some(r),
+            }
+        }
+    };
+    // The agent first, while the master still takes the tasks' last statuses.
+    eprintln!("shoal dev: stopping: the agent kills every task (each with its grace period)");
+    let _ = stop_agent.send(shoal_agent::Stop::KillTasks);
+    let mut agent = agent;
+    tokio::select! {
+        r = &mut agent => match r {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => eprintln!("shoal dev: the agent stopped with an error: {e:#}"),
+            Err(e) => eprintln!("shoal dev: the agent task failed: {e}"),
+        },
+        sig = stop_signal(&mut signals) => {
+            eprintln!("shoal dev: {sig} again: stopping now; tasks still ending are killed by their supervisors once the work dir is gone or after the recovery timeout");
+            agent.abort();
+        }
     }
-    eprintln!("shoal dev: the cell keeps running; press Ctrl-C to stop.");
-    let result = server.await.context("server task")?;
-    agent.abort();
-    result
+    let result = match early_end {
+        Some(r) => r,
+        None => {
+            let _ = stop_server.send(());
+            server.await
+        }
+    };
+    eprintln!("shoal dev: stopped");
+    result.context("server task")?
+}
+
+/// The next SIGINT or SIGTERM of `shoal dev`: its name.
+async fn stop_signal(
+    (int, term): &mut (tokio::signal::unix::Signal, tokio::signal::unix::Signal),
+) -> &'static str {
+    tokio::select! {
+        _ = int.recv() => "SIGINT",
+        _ = term.recv() => "SIGTERM",
+    }
 }
 
 /// Places a few real tasks on the dev cell through the native claim API and waits for them.
@@ -542,7 +635,7 @@ fn main() {
         match cli.command {
             Cmd::Master(a) => run_master(a).await,
             Cmd::Agent(a) => match agent_config(&a).await {
-                Ok(c) => shoal_agent::run(c, shutdown_signal()).await,
+                Ok(c) => shoal_agent::run_until(c, agent_stop_signal()).await,
                 Err(e) => Err(e),
             },
             Cmd::Dev(a) => run_dev(a).await,

@@ -7,7 +7,15 @@
 //! * Containers carry the labels `shoal.managed=true`, `shoal.agent_id`,
 //!   `shoal.task_id`, `shoal.sandbox` (+ group, kill grace and health check),
 //!   which is all that [`Executor::recover`] needs: containers are found again by
-//!   label, and only those of this executor's `agent_id` are ever touched.
+//!   label, and only those of this executor's `agent_id` are recovered.
+//! * They also carry the executor's state dir (`shoal.state_dir`), its recovery
+//!   timeout and the agent's mount namespace. While an executor runs it touches
+//!   `<state_dir>/alive` (see the `heartbeat` module). At recovery and at every gc,
+//!   a container of another agent on this host (same mount namespace, so the path
+//!   means the same) is removed when that agent's heartbeat file is gone (its work
+//!   dir was removed) or stale beyond its recovery timeout (it never came back), or
+//!   when it names this executor's own state dir under another agent id; a container
+//!   of a live agent with another work dir is never touched.
 //! * The container's stdout/stderr are copied from the Docker log into the
 //!   sandbox files `stdout` and `stderr`. After a restart the copy resumes
 //!   where it stopped: the log is read again from the start and the bytes
@@ -42,6 +50,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::AbortHandle;
 
 use super::health::{self, ProbeFuture};
+use super::heartbeat::{self, Heartbeat, Liveness};
 use super::util::{self, escape_id};
 use super::{
     group_kills_peers, ContainerSpec, DockerNetwork, DockerSpec, Executor, ExecutorError,
@@ -57,6 +66,9 @@ const LABEL_GROUP: &str = "shoal.group";
 const LABEL_GROUP_OWNER: &str = "shoal.group_owner";
 const LABEL_GRACE: &str = "shoal.kill_grace_ms";
 const LABEL_HEALTH: &str = "shoal.health_check";
+const LABEL_STATE_DIR: &str = "shoal.state_dir";
+const LABEL_RECOVERY: &str = "shoal.recovery_timeout_ms";
+const LABEL_MNT_NS: &str = "shoal.mnt_ns";
 
 /// Configuration of a [`DockerExecutor`].
 #[derive(Debug, Clone)]
@@ -74,6 +86,9 @@ pub struct DockerConfig {
     pub name_prefix: String,
     /// Give up an image pull after this long. Default 10 minutes.
     pub pull_timeout: Duration,
+    /// Another agent's containers are removed once its heartbeat file is older than
+    /// this (zero: never); written on each container as a label. Default 15 minutes.
+    pub recovery_timeout: Duration,
 }
 
 impl DockerConfig {
@@ -85,6 +100,7 @@ impl DockerConfig {
             bind_ip: "127.0.0.1".into(),
             name_prefix: "shoal".into(),
             pull_timeout: Duration::from_secs(600),
+            recovery_timeout: Duration::from_secs(heartbeat::RECOVERY_TIMEOUT_DEFAULT_SECS),
         }
     }
 }
@@ -121,6 +137,7 @@ struct Inner {
 /// Dropping it stops watching (like an agent crash); containers keep running.
 pub struct DockerExecutor {
     inner: Arc<Inner>,
+    _heartbeat: Heartbeat,
 }
 
 /// How a task uses its group's network.
@@ -160,7 +177,7 @@ fn docker_err(e: bollard::errors::Error) -> ExecutorError {
 impl DockerExecutor {
     /// Connects to the daemon (negotiating the API version) and checks that it answers.
     pub async fn connect(
-        cfg: DockerConfig,
+        mut cfg: DockerConfig,
         events: mpsc::UnboundedSender<ExecutorEvent>,
     ) -> Result<Self, ExecutorError> {
         let docker = Docker::connect_with_unix(&cfg.socket, 120, bollard::API_DEFAULT_VERSION)
@@ -172,6 +189,15 @@ impl DockerExecutor {
         let killed = cfg.state_dir.join("killed");
         std::fs::create_dir_all(&killed)
             .map_err(|e| ExecutorError::io(format!("create {}", killed.display()), e))?;
+        // Other agents read the heartbeat file by the absolute path in the labels.
+        cfg.state_dir = std::path::absolute(&cfg.state_dir)
+            .map_err(|e| ExecutorError::io(format!("resolve {}", cfg.state_dir.display()), e))?;
+        let alive = cfg.state_dir.join(heartbeat::ALIVE_FILE);
+        let beat = Heartbeat::start(
+            alive.clone(),
+            heartbeat::touch_interval(cfg.recovery_timeout),
+        )
+        .map_err(|e| ExecutorError::io(format!("start {}", alive.display()), e))?;
         Ok(DockerExecutor {
             inner: Arc::new(Inner {
                 cfg,
@@ -180,6 +206,7 @@ impl DockerExecutor {
                 tasks: Mutex::new(HashMap::new()),
                 groups: Mutex::new(HashMap::new()),
             }),
+            _heartbeat: beat,
         })
     }
 
@@ -257,6 +284,13 @@ impl Inner {
         if let Some(t) = task_id {
             labels.push(format!("{LABEL_TASK}={t}"));
         }
+        self.list_labelled(labels).await
+    }
+
+    async fn list_labelled(
+        &self,
+        labels: Vec<String>,
+    ) -> Result<Vec<bollard::models::ContainerSummary>, ExecutorError> {
         let filters = HashMap::from([("label".to_string(), labels)]);
         let opts = ListContainersOptions {
             all: true,
@@ -331,6 +365,7 @@ impl Executor for DockerExecutor {
 
     async fn recover(&self, known: &[String]) -> Result<Vec<RecoveredTask>, ExecutorError> {
         let inner = &self.inner;
+        inner.remove_orphans().await;
         let list = inner.list_containers(None).await?;
         // task id -> inspected containers
         let mut by_task: HashMap<String, Vec<ContainerInspectResponse>> = HashMap::new();
@@ -477,6 +512,7 @@ impl Executor for DockerExecutor {
 
     async fn gc(&self, older_than: Duration) -> Result<GcReport, ExecutorError> {
         let inner = &self.inner;
+        inner.remove_orphans().await;
         let mut report = GcReport::default();
         let now = util::unix_now() as i64;
         for c in inner.list_containers(None).await? {
@@ -529,6 +565,136 @@ impl Executor for DockerExecutor {
 
     fn tasks(&self) -> Vec<String> {
         lock(&self.inner.tasks).keys().cloned().collect()
+    }
+}
+
+impl Inner {
+    /// Removes the containers of other agents of this host that have no owner any more
+    /// (see the module docs): each is stopped with its grace period, then removed, in the
+    /// background.
+    async fn remove_orphans(&self) {
+        let Some(ns) = mount_namespace() else {
+            return;
+        };
+        let list = match self
+            .list_labelled(vec![
+                format!("{LABEL_MANAGED}=true"),
+                format!("{LABEL_MNT_NS}={ns}"),
+            ])
+            .await
+        {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list the host's containers");
+                return;
+            }
+        };
+        for c in list {
+            let (Some(cid), Some(labels)) = (c.id, c.labels) else {
+                continue;
+            };
+            let Some(why) = orphan_reason(
+                &labels,
+                &self.cfg.agent_id,
+                &self.cfg.state_dir,
+                ns,
+                heartbeat::liveness,
+            ) else {
+                continue;
+            };
+            let grace = labels
+                .get(LABEL_GRACE)
+                .and_then(|v| v.parse::<u64>().ok())
+                .map_or(3, |ms| ms.div_ceil(1000));
+            tracing::warn!(container = %cid, task_id = labels.get(LABEL_TASK).map_or("", String::as_str), %why, "removing an orphaned container");
+            let docker = self.docker.clone();
+            tokio::spawn(async move {
+                let stop = bollard::query_parameters::StopContainerOptions {
+                    signal: None,
+                    t: Some(i32::try_from(grace).unwrap_or(i32::MAX)),
+                };
+                match docker.stop_container(&cid, Some(stop)).await {
+                    Ok(()) => {}
+                    Err(e) if matches!(status_code(&e), Some(304) | Some(404)) => {}
+                    Err(e) => {
+                        tracing::warn!(container = %cid, error = %e, "cannot stop an orphaned container")
+                    }
+                }
+                let opts = RemoveContainerOptions {
+                    force: true,
+                    v: true,
+                    ..Default::default()
+                };
+                match docker.remove_container(&cid, Some(opts)).await {
+                    Ok(()) => {}
+                    Err(e) if status_code(&e) == Some(404) => {}
+                    Err(e) => {
+                        tracing::warn!(container = %cid, error = %e, "cannot remove an orphaned container")
+                    }
+                }
+            });
+        }
+    }
+}
+
+/// This process's mount namespace (`mnt:[4026531840]`): containers labelled with it name
+/// paths this agent sees as their agent did. `None` when it cannot be read.
+fn mount_namespace() -> Option<&'static str> {
+    static NS: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    NS.get_or_init(|| {
+        std::fs::read_link("/proc/self/ns/mnt")
+            .ok()
+            .map(|p| p.to_string_lossy().into_owned())
+    })
+    .as_deref()
+}
+
+/// Why a container of this host (of the mount namespace `mnt_ns`) has no owner any more,
+/// or `None` when it has one or cannot be judged (plain but for `liveness`): ours by agent
+/// id (recovery deals with it), older containers without the labels, and containers of a
+/// live agent with another work dir are all left alone.
+pub(crate) fn orphan_reason(
+    labels: &HashMap<String, String>,
+    own_agent: &str,
+    own_state_dir: &Path,
+    mnt_ns: &str,
+    liveness: impl Fn(&Path, Duration) -> Liveness,
+) -> Option<String> {
+    if labels.get(LABEL_AGENT).map(String::as_str) == Some(own_agent) {
+        return None;
+    }
+    if labels.get(LABEL_MNT_NS).map(String::as_str) != Some(mnt_ns) {
+        return None;
+    }
+    let state_dir = Path::new(labels.get(LABEL_STATE_DIR)?);
+    if !state_dir.is_absolute() {
+        return None;
+    }
+    if state_dir == own_state_dir {
+        return Some(format!(
+            "it names this agent's state dir {} under another agent id",
+            state_dir.display()
+        ));
+    }
+    let timeout = labels
+        .get(LABEL_RECOVERY)
+        .and_then(|v| v.parse::<u64>().ok())
+        .map_or(
+            Duration::from_secs(heartbeat::RECOVERY_TIMEOUT_DEFAULT_SECS),
+            Duration::from_millis,
+        );
+    match liveness(&state_dir.join(heartbeat::ALIVE_FILE), timeout) {
+        Liveness::Alive => None,
+        Liveness::Gone => Some(format!(
+            "its agent's work dir ({}) is gone",
+            state_dir.display()
+        )),
+        Liveness::Stale(_) if timeout.is_zero() => None,
+        Liveness::Stale(age) => Some(format!(
+            "its agent has not come back for {}s (recovery timeout {}s)",
+            age.as_secs(),
+            timeout.as_secs()
+        )),
     }
 }
 
@@ -654,6 +820,17 @@ pub(crate) fn create_body(
         spec.sandbox.to_string_lossy().into_owned(),
     );
     labels.insert(LABEL_GRACE.into(), spec.kill_grace.as_millis().to_string());
+    labels.insert(
+        LABEL_STATE_DIR.into(),
+        cfg.state_dir.to_string_lossy().into_owned(),
+    );
+    labels.insert(
+        LABEL_RECOVERY.into(),
+        cfg.recovery_timeout.as_millis().to_string(),
+    );
+    if let Some(ns) = mount_namespace() {
+        labels.insert(LABEL_MNT_NS.into(), ns.to_string());
+    }
     if let Some(g) = &spec.group {
         labels.insert(LABEL_GROUP.into(), g.clone());
         labels.insert(LABEL_GROUP_OWNER.into(), owns_network.to_string());
@@ -1379,6 +1556,54 @@ mod tests {
         let h = b.host_config.expect("host config");
         assert_eq!(h.network_mode.as_deref(), Some("container:abc"));
         assert!(h.port_bindings.is_none());
+    }
+
+    #[test]
+    fn orphaned_containers_are_those_whose_agent_is_gone_or_stale() {
+        let ns = "mnt:[1]";
+        let own = Path::new("/w/me/state/docker");
+        let labels = |agent: &str, dir: &str, ns: &str| {
+            HashMap::from([
+                (LABEL_AGENT.to_string(), agent.to_string()),
+                (LABEL_STATE_DIR.to_string(), dir.to_string()),
+                (LABEL_MNT_NS.to_string(), ns.to_string()),
+                (LABEL_RECOVERY.to_string(), "60000".to_string()),
+            ])
+        };
+        let alive = |_: &Path, _: Duration| Liveness::Alive;
+        let gone = |_: &Path, _: Duration| Liveness::Gone;
+        let stale = |_: &Path, t: Duration| {
+            assert_eq!(t, Duration::from_secs(60));
+            Liveness::Stale(Duration::from_secs(61))
+        };
+        let other = labels("b", "/w/other/state/docker", ns);
+        // Ours by agent id: recovery's business.
+        assert_eq!(
+            orphan_reason(&labels("me", "/x", ns), "me", own, ns, gone),
+            None
+        );
+        // Another live agent's containers are never touched.
+        assert_eq!(orphan_reason(&other, "me", own, ns, alive), None);
+        assert!(orphan_reason(&other, "me", own, ns, gone)
+            .is_some_and(|w| w.contains("/w/other/state/docker")));
+        assert!(orphan_reason(&other, "me", own, ns, stale).is_some());
+        // Our own work dir under another id: nobody will recover it.
+        assert!(
+            orphan_reason(&labels("b", "/w/me/state/docker", ns), "me", own, ns, alive).is_some()
+        );
+        // Paths of another mount namespace, or no labels (older containers): left alone.
+        assert_eq!(
+            orphan_reason(
+                &labels("b", "/w/other/state/docker", "mnt:[2]"),
+                "me",
+                own,
+                ns,
+                gone
+            ),
+            None
+        );
+        let old = HashMap::from([(LABEL_AGENT.to_string(), "b".to_string())]);
+        assert_eq!(orphan_reason(&old, "me", own, ns, gone), None);
     }
 
     #[test]

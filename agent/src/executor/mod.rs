@@ -37,11 +37,15 @@
 //!
 //! Dropping an executor stops all its background work (watchers, log
 //! followers, health checks) but leaves the tasks themselves running, which is
-//! exactly what a crash of the agent does.
+//! exactly what a crash of the agent does. It also stops the executor's heartbeat
+//! (see [`heartbeat`]): a process task nobody re-attaches to within the recovery
+//! timeout, or whose state dir is removed, is killed by its supervisor; such a
+//! container is removed by the next agent of the host that recovers or collects.
 
 pub mod cgroup;
 pub mod docker;
 pub mod health;
+pub mod heartbeat;
 pub mod process;
 mod supervisor;
 mod util;

@@ -21,6 +21,11 @@
 //! grace period; the supervisor, in another process group, survives and
 //! records the status.
 //!
+//! While the executor exists it touches `<state_dir>/alive` (see the `heartbeat`
+//! module). A supervisor whose heartbeat file is gone (the work dir was removed)
+//! or has not changed for the recovery timeout (no agent came back) kills its
+//! task itself and exits; a later agent reports such a task `Failed { reason: Lost }`.
+//!
 //! Limits (memory, CPU) use cgroups where the host allows (v2, or v1 memory and
 //! cpu hierarchies, writable): see the `cgroup` module. Where it does not, the
 //! reason is logged once when the executor is built and tasks run unlimited.
@@ -40,6 +45,7 @@ use tokio::task::AbortHandle;
 
 use super::cgroup::{self, Cgroups};
 use super::health::{self, ProbeFuture};
+use super::heartbeat::{self, Heartbeat};
 use super::supervisor::{self, ExitRecord, SupervisorPlan};
 use super::util::{self, escape_id};
 use super::{
@@ -58,6 +64,9 @@ pub struct ProcessConfig {
     pub cgroup_root: PathBuf,
     /// `false`: never use cgroups (tasks run without limits). Default `true`.
     pub cgroups: bool,
+    /// A task's supervisor kills the task when no executor touched the heartbeat file
+    /// for this long (zero: never; a removed state dir still ends it). Default 15 minutes.
+    pub recovery_timeout: Duration,
 }
 
 impl ProcessConfig {
@@ -66,6 +75,7 @@ impl ProcessConfig {
             state_dir: state_dir.into(),
             cgroup_root: PathBuf::from("/sys/fs/cgroup"),
             cgroups: true,
+            recovery_timeout: Duration::from_secs(heartbeat::RECOVERY_TIMEOUT_DEFAULT_SECS),
         }
     }
 }
@@ -90,6 +100,11 @@ pub struct TaskRecord {
     pub cgroups: Vec<PathBuf>,
     /// A kill was requested: the end is reported as `Killed`.
     pub kill_requested: bool,
+    /// The heartbeat file the supervisor watches, and its recovery timeout.
+    #[serde(default)]
+    pub alive_file: Option<PathBuf>,
+    #[serde(default)]
+    pub recovery_timeout: Option<Duration>,
 }
 
 enum Control {
@@ -116,20 +131,31 @@ struct Inner {
 
 /// Runs tasks as supervised host processes. See the [module docs](self).
 ///
-/// Dropping it stops watching (like an agent crash); the tasks keep running.
+/// Dropping it stops watching (like an agent crash); the tasks keep running until their
+/// recovery timeout.
 pub struct ProcessExecutor {
     inner: Arc<Inner>,
+    _heartbeat: Heartbeat,
 }
 
 impl ProcessExecutor {
     /// Creates the executor; `events` receives every task update.
     pub fn new(
-        cfg: ProcessConfig,
+        mut cfg: ProcessConfig,
         events: mpsc::UnboundedSender<ExecutorEvent>,
     ) -> Result<Self, ExecutorError> {
         let dir = cfg.state_dir.join("tasks");
         std::fs::create_dir_all(&dir)
             .map_err(|e| ExecutorError::io(format!("create {}", dir.display()), e))?;
+        // Supervisors look at the heartbeat file by its absolute path.
+        cfg.state_dir = std::path::absolute(&cfg.state_dir)
+            .map_err(|e| ExecutorError::io(format!("resolve {}", cfg.state_dir.display()), e))?;
+        let alive = cfg.state_dir.join(heartbeat::ALIVE_FILE);
+        let beat = Heartbeat::start(
+            alive.clone(),
+            heartbeat::touch_interval(cfg.recovery_timeout),
+        )
+        .map_err(|e| ExecutorError::io(format!("start {}", alive.display()), e))?;
         let cgroups = if cfg.cgroups {
             let c = Cgroups::detect(&cfg.cgroup_root, &cgroup_key(&cfg.state_dir));
             // Before any task starts: what is empty now is a leftover of an earlier run.
@@ -150,6 +176,7 @@ impl ProcessExecutor {
                 events,
                 tasks: Mutex::new(HashMap::new()),
             }),
+            _heartbeat: beat,
         })
     }
 }
@@ -391,7 +418,8 @@ async fn run_new(inner: Arc<Inner>, spec: LaunchSpec, mut rx: mpsc::UnboundedRec
         let spec = spec.clone();
         let task_dir = task_dir.clone();
         let inner = inner.clone();
-        tokio::task::spawn_blocking(move || prepare(&spec, &task_dir, &inner.cgroups)).await
+        tokio::task::spawn_blocking(move || prepare(&spec, &task_dir, &inner.cgroups, &inner.cfg))
+            .await
     };
     let Prepared { plan, cgroups, env } = match prepared {
         Ok(Ok(p)) => p,
@@ -446,6 +474,8 @@ async fn run_new(inner: Arc<Inner>, spec: LaunchSpec, mut rx: mpsc::UnboundedRec
         pgid: spawned.pgid,
         cgroups,
         kill_requested: false,
+        alive_file: Some(alive_file(&inner.cfg)),
+        recovery_timeout: Some(inner.cfg.recovery_timeout),
     };
     if let Err(e) = save_record(&task_dir, &record) {
         // Without a record the task could not be recovered: do not run it.
@@ -632,12 +662,26 @@ pub(crate) fn classify(exit: Option<ExitRecord>, kill_requested: bool, oom: bool
 
 /// Reads the recorded exit status (and OOM events) of an ended task (blocking).
 fn conclude(task_dir: &Path, record: &TaskRecord) -> TaskUpdate {
-    let exit = std::fs::read_to_string(task_dir.join("exit_status"))
-        .ok()
-        .and_then(|s| ExitRecord::parse(&s));
+    let text = std::fs::read_to_string(task_dir.join("exit_status")).unwrap_or_default();
+    let exit = ExitRecord::parse(&text);
     let oom = cgroup::oom_killed(&record.cgroups);
     cgroup::remove(&record.cgroups);
+    if ExitRecord::orphaned(&text) && !record.kill_requested {
+        return TaskUpdate::Failed {
+            exit_code: None,
+            reason: FailReason::Lost,
+            message: format!(
+                "killed by its supervisor: no agent re-attached within the recovery timeout ({:?})",
+                record.recovery_timeout.unwrap_or_default()
+            ),
+        };
+    }
     classify(exit, record.kill_requested, oom)
+}
+
+/// The heartbeat file of an executor's state dir.
+fn alive_file(cfg: &ProcessConfig) -> PathBuf {
+    cfg.state_dir.join(heartbeat::ALIVE_FILE)
 }
 
 fn save_record(task_dir: &Path, record: &TaskRecord) -> std::io::Result<()> {
@@ -725,7 +769,12 @@ struct Prepared {
 
 /// Prepares everything for the supervisor (blocking IO): state dir, sandbox
 /// files, program path, environment, cgroups. Errors are user-facing messages.
-fn prepare(spec: &LaunchSpec, task_dir: &Path, cgroups: &Cgroups) -> Result<Prepared, String> {
+fn prepare(
+    spec: &LaunchSpec,
+    task_dir: &Path,
+    cgroups: &Cgroups,
+    cfg: &ProcessConfig,
+) -> Result<Prepared, String> {
     let cmd = spec
         .command
         .as_ref()
@@ -794,6 +843,7 @@ fn prepare(spec: &LaunchSpec, task_dir: &Path, cgroups: &Cgroups) -> Result<Prep
     let workdir = cstr(spec.sandbox.as_os_str().as_bytes())?;
     let status_path = cstr(task_dir.join("exit_status").as_os_str().as_bytes())?;
     let status_tmp = cstr(task_dir.join("exit_status.tmp").as_os_str().as_bytes())?;
+    let alive_path = cstr(alive_file(cfg).as_os_str().as_bytes())?;
     // Last, so that no error after it leaves a cgroup behind.
     let (cgroup_dirs, cgroup_procs) = match cgroups.create(&escape_id(&spec.task_id), &spec.limits)
     {
@@ -812,6 +862,10 @@ fn prepare(spec: &LaunchSpec, task_dir: &Path, cgroups: &Cgroups) -> Result<Prep
         stdout,
         stderr,
         cgroup_procs,
+        alive_path,
+        recovery_timeout: cfg.recovery_timeout,
+        check_interval: heartbeat::check_interval(cfg.recovery_timeout),
+        kill_grace: spec.kill_grace,
     };
     Ok(Prepared {
         plan,

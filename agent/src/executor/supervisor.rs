@@ -5,9 +5,17 @@
 //! closes every other fd, ignores the terminating signals and forks the *task*
 //! process, which makes itself leader of its own process group, restores the
 //! default signal dispositions, `chdir`s into the sandbox and `execve`s the
-//! command. The supervisor then `waitpid`s the task, SIGKILLs whatever is left
+//! command. The supervisor then waits for the task, SIGKILLs whatever is left
 //! in the task's process group, writes `exit N` or `signal N` atomically into
 //! the status file and exits.
+//!
+//! While it waits, the supervisor looks at its agent's heartbeat file (see the
+//! `heartbeat` module) every check interval. When the file is gone (the agent's
+//! work dir was removed) or has not changed for the recovery timeout (the agent
+//! did not come back), nobody will ever ask for the task again: the supervisor
+//! kills it (SIGTERM to its process group, SIGKILL after its grace period),
+//! records `signal N orphaned` and exits. Time is measured on the monotonic
+//! clock from the last change it saw, so a wall-clock jump kills nothing.
 //!
 //! Because the supervisor is its own process (not a thread of the agent), the
 //! status of a task is recorded even when the agent is dead at the time, and
@@ -28,6 +36,7 @@
 use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::time::Duration;
 
 /// Everything the children need, prepared before the fork.
 pub(crate) struct SupervisorPlan {
@@ -44,6 +53,14 @@ pub(crate) struct SupervisorPlan {
     /// `cgroup.procs` of the task's cgroups, opened for writing: the task process
     /// joins them before it execs.
     pub cgroup_procs: Vec<OwnedFd>,
+    /// The agent's heartbeat file (absolute).
+    pub alive_path: CString,
+    /// The task is killed when the heartbeat file has not changed for this long (zero: never).
+    pub recovery_timeout: Duration,
+    /// How often the heartbeat file is looked at.
+    pub check_interval: Duration,
+    /// Time between SIGTERM and SIGKILL when the supervisor kills the task itself.
+    pub kill_grace: Duration,
 }
 
 /// A started task.
@@ -80,7 +97,16 @@ impl ExitRecord {
             _ => None,
         }
     }
+
+    /// Whether the status file says the supervisor killed the task itself because its
+    /// agent was gone (`signal 15 orphaned`).
+    pub fn orphaned(s: &str) -> bool {
+        s.split_whitespace().nth(2) == Some(ORPHANED_WORD)
+    }
 }
+
+/// Third word of the status file of a task its supervisor killed for want of an agent.
+const ORPHANED_WORD: &str = "orphaned";
 
 fn errno() -> i32 {
     io::Error::last_os_error().raw_os_error().unwrap_or(0)
@@ -161,6 +187,10 @@ pub(crate) fn spawn(plan: SupervisorPlan) -> Result<Spawned, SpawnError> {
         cgroups: cgroup_fds.as_ptr(),
         cgroups_len: cgroup_fds.len(),
         max_fd,
+        alive_path: plan.alive_path.as_ptr(),
+        recovery_timeout_ms: millis(plan.recovery_timeout),
+        check_interval_ms: millis(plan.check_interval).max(1),
+        kill_grace_ms: millis(plan.kill_grace),
     };
 
     // SAFETY: the child only runs `supervisor_main`, which makes
@@ -233,6 +263,10 @@ pub(crate) fn spawn(plan: SupervisorPlan) -> Result<Spawned, SpawnError> {
     }
 }
 
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
 fn read_to_eof(fd: &OwnedFd) -> io::Result<Vec<u8>> {
     let mut out = Vec::new();
     let mut buf = [0u8; 64];
@@ -271,6 +305,11 @@ struct ChildArgs {
     cgroups: *const RawFd,
     cgroups_len: usize,
     max_fd: i32,
+    alive_path: *const libc::c_char,
+    /// Zero or less: the task never times out.
+    recovery_timeout_ms: i64,
+    check_interval_ms: i64,
+    kill_grace_ms: i64,
 }
 
 const PIPE_FD: RawFd = 3;
@@ -374,12 +413,17 @@ unsafe fn supervisor_main(a: &ChildArgs) -> ! {
     for sig in IGNORED_IN_SUPERVISOR {
         set_disposition(sig, libc::SIG_IGN);
     }
-    let mut set: libc::sigset_t = std::mem::zeroed();
-    libc::sigemptyset(&mut set);
-    libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+    // SIGCHLD stays blocked in the supervisor: it waits for it with a timeout.
+    let mut empty: libc::sigset_t = std::mem::zeroed();
+    libc::sigemptyset(&mut empty);
+    let mut chld: libc::sigset_t = std::mem::zeroed();
+    libc::sigemptyset(&mut chld);
+    libc::sigaddset(&mut chld, libc::SIGCHLD);
+    libc::sigprocmask(libc::SIG_SETMASK, &chld, std::ptr::null_mut());
 
     let task = libc::fork();
     if task == 0 {
+        libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
         libc::setpgid(0, 0);
         // "0" moves the writing process: the task joins its cgroups (the supervisor
         // stays out, neither charged nor a candidate of the task's OOM killer).
@@ -409,15 +453,7 @@ unsafe fn supervisor_main(a: &ChildArgs) -> ! {
     libc::close(PIPE_FD);
 
     let mut status: libc::c_int = 0;
-    let waited = loop {
-        let r = libc::waitpid(task, &mut status, 0);
-        if r == task {
-            break true;
-        }
-        if r < 0 && *libc::__errno_location() != libc::EINTR {
-            break false;
-        }
-    };
+    let (waited, orphaned) = wait_task(a, task, &chld, &mut status);
     // Leftovers of the task's process group die with it.
     libc::kill(-task, libc::SIGKILL);
     if !waited {
@@ -438,12 +474,121 @@ unsafe fn supervisor_main(a: &ChildArgs) -> ! {
     if fd >= 0 {
         write_all(fd, word);
         write_all(fd, num);
+        if orphaned {
+            write_all(fd, b" ");
+            write_all(fd, ORPHANED_WORD.as_bytes());
+        }
         write_all(fd, b"\n");
         libc::fsync(fd);
         libc::close(fd);
         libc::rename(a.status_tmp, a.status_path);
     }
     libc::_exit(0);
+}
+
+/// Monotonic milliseconds (async-signal-safe).
+unsafe fn now_ms() -> i64 {
+    let mut ts: libc::timespec = std::mem::zeroed();
+    libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts);
+    ts.tv_sec * 1000 + ts.tv_nsec / 1_000_000
+}
+
+/// What `stat` says about the heartbeat file.
+enum Heart {
+    /// Its modification time (seconds, nanoseconds).
+    Seen(i64, i64),
+    /// It (or a directory above it) does not exist.
+    Gone,
+    /// Unreadable for another reason: no news.
+    Unknown,
+}
+
+unsafe fn heart(path: *const libc::c_char) -> Heart {
+    let mut st: libc::stat = std::mem::zeroed();
+    if libc::stat(path, &mut st) == 0 {
+        return Heart::Seen(st.st_mtime, st.st_mtime_nsec);
+    }
+    match *libc::__errno_location() {
+        libc::ENOENT | libc::ENOTDIR => Heart::Gone,
+        _ => Heart::Unknown,
+    }
+}
+
+/// Waits for the task to end, killing it when the agent's heartbeat stops (see the module
+/// docs). `(reaped, orphaned)`: whether the task was reaped (its wait status in `status`),
+/// and whether the supervisor killed it for want of an agent. SIGCHLD must be blocked.
+unsafe fn wait_task(
+    a: &ChildArgs,
+    task: libc::pid_t,
+    chld: &libc::sigset_t,
+    status: &mut libc::c_int,
+) -> (bool, bool) {
+    let mut last_seen: Option<(i64, i64)> = None;
+    let mut last_change = now_ms();
+    let mut next_check = last_change;
+    let mut orphaned = false;
+    let mut sigkill_at: Option<i64> = None;
+    loop {
+        let r = libc::waitpid(task, status, libc::WNOHANG);
+        if r == task {
+            return (true, orphaned);
+        }
+        if r < 0 && *libc::__errno_location() != libc::EINTR {
+            return (false, orphaned);
+        }
+        let now = now_ms();
+        if !orphaned && now >= next_check {
+            next_check = now + a.check_interval_ms;
+            let gone = match heart(a.alive_path) {
+                Heart::Gone => true,
+                Heart::Seen(s, ns) => {
+                    if last_seen != Some((s, ns)) {
+                        last_seen = Some((s, ns));
+                        last_change = now;
+                    }
+                    a.recovery_timeout_ms > 0 && now - last_change >= a.recovery_timeout_ms
+                }
+                Heart::Unknown => {
+                    a.recovery_timeout_ms > 0 && now - last_change >= a.recovery_timeout_ms
+                }
+            };
+            if gone {
+                orphaned = true;
+                if a.kill_grace_ms > 0 {
+                    libc::kill(-task, libc::SIGTERM);
+                    sigkill_at = Some(now.saturating_add(a.kill_grace_ms));
+                } else {
+                    libc::kill(-task, libc::SIGKILL);
+                }
+            }
+        }
+        if let Some(at) = sigkill_at {
+            if now >= at {
+                libc::kill(-task, libc::SIGKILL);
+                sigkill_at = None;
+            }
+        }
+        // Sleep until the task ends (SIGCHLD) or the next thing to do.
+        let wake = match (orphaned, sigkill_at) {
+            (false, Some(at)) => next_check.min(at),
+            (false, None) => next_check,
+            (true, Some(at)) => at,
+            (true, None) => now + 1000,
+        };
+        let ms = (wake - now).clamp(1, 60_000);
+        let ts = libc::timespec {
+            tv_sec: ms / 1000,
+            tv_nsec: (ms % 1000) * 1_000_000,
+        };
+        // The kernel's sigset is 8 bytes (64 signals); glibc's is larger, same layout.
+        libc::syscall(
+            libc::SYS_rt_sigtimedwait,
+            chld as *const libc::sigset_t,
+            std::ptr::null_mut::<libc::siginfo_t>(),
+            &ts as *const libc::timespec,
+            8usize,
+        );
+    }
 }
 
 #[cfg(test)]
@@ -457,6 +602,12 @@ mod tests {
         assert_eq!(ExitRecord::parse("exit"), None);
         assert_eq!(ExitRecord::parse("boom 1"), None);
         assert_eq!(ExitRecord::parse(""), None);
+        assert_eq!(
+            ExitRecord::parse("signal 15 orphaned\n"),
+            Some(ExitRecord::Signaled(15))
+        );
+        assert!(ExitRecord::orphaned("signal 15 orphaned\n"));
+        assert!(!ExitRecord::orphaned("signal 15\n"));
     }
 
     #[test]

@@ -3,5 +3,6 @@
 //! would send them. One module per bug; each test runs the real `shoal` binary.
 
 mod offers;
+mod orphans;
 mod reconcile;
 mod sandbox;
