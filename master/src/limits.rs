@@ -22,3 +22,7 @@ pub const REQUEST_BODY_BYTES_MAX: usize = 64 << 20;
 /// Messages queued for one agent's connection before sends are dropped (reconciliation
 /// on reconnect repairs what was dropped).
 pub const AGENT_OUTBOX_MAX: usize = 4_096;
+/// The first pause before a failed store is reopened; it doubles after each failed reopen.
+pub const STORE_REOPEN_BACKOFF_MIN_MS: u64 = 100;
+/// The longest pause between reopens of a failing store.
+pub const STORE_REOPEN_BACKOFF_MAX_MS: u64 = 2_000;
