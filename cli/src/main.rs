@@ -313,12 +313,19 @@ async fn run_master(args: MasterArgs) -> anyhow::Result<()> {
     let core = shoal_master::MasterCore::start_with(store, config, args.timers.agent_timers())?;
     let compat = shoal_compat::Compat::start(core.clone(), args.timers.compat());
     let listener = shoal_master::bind(args.listen, &args.work_dir).await?;
-    shoal_master::serve(
-        listener,
-        core.router().merge(compat.router()),
-        shutdown_signal(),
-    )
-    .await
+    let published = core.published.clone();
+    tokio::select! {
+        served = shoal_master::serve(
+            listener,
+            core.router().merge(compat.router()),
+            shutdown_signal(),
+        ) => served,
+        // A stopped commit path cannot commit again: exit (not 0) so a supervisor restarts
+        // the master, which loads the store afresh.
+        () = published.health.stopped() => {
+            Err(anyhow::anyhow!("the commit path has stopped; exiting so that the master is restarted"))
+        }
+    }
 }
 
 async fn docker_answers(socket: &str) -> bool {

@@ -393,6 +393,7 @@ impl Cell {
                         agent.allocated
                     )));
                 }
+                self.check_cluster_total(Some(&agent.total), total)?;
                 Ok(Decision {
                     events: vec![Event::AgentResourcesUpdated {
                         agent_id: agent_id.clone(),
@@ -603,6 +604,7 @@ impl Cell {
                         }
                     }
                 }
+                self.check_guarantees(name, &quota.guarantee)?;
                 Ok(Decision {
                     events: vec![Event::RoleConfigured {
                         name: name.clone(),
@@ -645,6 +647,7 @@ impl Cell {
                 )));
             }
         }
+        self.check_cluster_total(existing.map(|a| &a.total), &reg.resources)?;
         let id = match &reg.agent_id {
             Some(id) => {
                 validate_id("agent id", id.as_str())?;
@@ -1044,7 +1047,7 @@ impl Cell {
         }
         self.validate_claim(claim)?;
         if claim.evictions.is_empty() {
-            return Ok(self.decide_placements(next, claim));
+            return self.decide_placements(next, claim);
         }
         if let Err((task_id, why)) = self.check_evictions(claim) {
             let reason = RejectReason::EvictionRefused { task_id, why };
@@ -1084,7 +1087,7 @@ impl Cell {
                 Arc::make_mut(a).version = was.version;
             }
         }
-        let mut decision = after.decide_placements(next, claim);
+        let mut decision = after.decide_placements(next, claim)?;
         if decision.events.is_empty() {
             // Nothing placed: nothing is evicted either.
             return Ok(decision);
@@ -1202,8 +1205,9 @@ impl Cell {
     }
 
     /// The placements of a claim, checked against this cell (its evictions, if any, already
-    /// released here).
-    fn decide_placements(&self, next: Version, claim: &Claim) -> Decision {
+    /// released here). A placement that would take the role's consumption of a scalar past
+    /// the largest amount refuses the claim (400): that sum cannot be held.
+    fn decide_placements(&self, next: Version, claim: &Claim) -> Result<Decision, Rejection> {
         let role = self.roles.get(&claim.role);
         let mut scratch_agents: HashMap<&AgentId, ResourceSet> = HashMap::new();
         let mut scratch_role = ResourceSet::new();
@@ -1224,6 +1228,21 @@ impl Cell {
                 &seen_tasks,
             );
             if verdict.is_none() {
+                let consumed = role.map(|r| &r.consumed);
+                for (name, m) in p.resources.scalar_totals() {
+                    // Each term is within `Milli::MAX`: the sum cannot overflow.
+                    let held = consumed.map(|c| c.scalar(&name).0).unwrap_or(0)
+                        + scratch_role.scalar(&name).0;
+                    if held + m.0 > Milli::MAX.0 {
+                        return Err(Rejection::Invalid(format!(
+                            "claim {}: role {} would consume more {name} than the largest \
+                             amount allowed ({})",
+                            claim.id,
+                            claim.role,
+                            Milli::MAX.as_f64()
+                        )));
+                    }
+                }
                 seen_tasks.insert(&p.task_id);
                 scratch_agents
                     .entry(&p.agent_id)
@@ -1232,7 +1251,7 @@ impl Cell {
                     .expect("checked by check_placement");
                 scratch_role
                     .add_scalars(&p.resources)
-                    .expect("scalars of one claim stay in range");
+                    .expect("checked against the largest amount above");
                 for (name, m) in p.resources.scalar_totals() {
                     *scratch_cluster.entry(name).or_default() += m.0;
                 }
@@ -1261,10 +1280,10 @@ impl Cell {
         if !committed_any {
             // Nothing committed: nothing is recorded, so the scheduler may retry the same id
             // on fresh state.
-            return Decision {
+            return Ok(Decision {
                 events: vec![],
                 reply: Reply::Claim { outcome },
-            };
+            });
         }
         let tasks = claim
             .placements
@@ -1289,14 +1308,55 @@ impl Cell {
                 })
             })
             .collect();
-        Decision {
+        Ok(Decision {
             events: vec![Event::ClaimCommitted {
                 outcome: outcome.clone(),
                 tasks,
                 evictions: claim.evictions.clone(),
             }],
             reply: Reply::Claim { outcome },
+        })
+    }
+
+    /// Refuses an agent's new total (in place of `old`, counted now) that would take the
+    /// cell's sum of a scalar past [`limits::CELL_SCALAR_MILLI_MAX`].
+    fn check_cluster_total(
+        &self,
+        old: Option<&ResourceSet>,
+        total: &ResourceSet,
+    ) -> Result<(), Rejection> {
+        for (name, m) in total.scalar_totals() {
+            let now = self.cluster_total.get(&name).copied().unwrap_or(0);
+            let was = old.map(|o| o.scalar(&name).0).unwrap_or(0);
+            // `now <= CELL_SCALAR_MILLI_MAX` and `m, was <= Milli::MAX`: no overflow.
+            if now - was + m.0 > limits::CELL_SCALAR_MILLI_MAX {
+                return Err(Rejection::Invalid(format!(
+                    "resource {name}: the cell's total would pass the largest sum allowed ({})",
+                    Milli(limits::CELL_SCALAR_MILLI_MAX).as_f64()
+                )));
+            }
         }
+        Ok(())
+    }
+
+    /// Refuses a guarantee for `role` that would take the sum of a scalar's guarantees over
+    /// all roles (what the headroom counts) past [`limits::CELL_SCALAR_MILLI_MAX`].
+    fn check_guarantees(&self, role: &str, guarantee: &ResourceSet) -> Result<(), Rejection> {
+        for (name, g) in guarantee.scalar_totals() {
+            let mut sum = g.0;
+            for r in self.roles.values().filter(|r| r.name != role) {
+                // Each guarantee is within `Milli::MAX`, the sum so far within the bound.
+                sum += r.quota.guarantee.scalar(&name).0;
+                if sum > limits::CELL_SCALAR_MILLI_MAX {
+                    return Err(Rejection::Invalid(format!(
+                        "role {role}: the guarantees of {name} over all roles would pass the \
+                         largest sum allowed ({})",
+                        Milli(limits::CELL_SCALAR_MILLI_MAX).as_f64()
+                    )));
+                }
+            }
+        }
+        Ok(())
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -1693,13 +1753,20 @@ impl Cell {
         }
     }
 
+    /// Adds (`sign` 1) or takes away (-1) an agent's share of the cell's sums. `decide`
+    /// keeps them within `limits::CELL_SCALAR_MILLI_MAX`; passing it is a bug.
     fn add_cluster(&mut self, total: &ResourceSet, allocated: &ResourceSet, sign: i64) {
-        for (name, m) in total.scalar_totals() {
-            *self.cluster_total.entry(name).or_default() += sign * m.0;
+        fn add(sums: &mut OrdMap<Name, i64>, set: &ResourceSet, sign: i64) {
+            for (name, m) in set.scalar_totals() {
+                let sum = sums.entry(name).or_default();
+                *sum = sum
+                    .checked_add(sign * m.0)
+                    .filter(|s| *s <= limits::CELL_SCALAR_MILLI_MAX)
+                    .expect("decide keeps the cell's sums in range");
+            }
         }
-        for (name, m) in allocated.scalar_totals() {
-            *self.cluster_allocated.entry(name).or_default() += sign * m.0;
-        }
+        add(&mut self.cluster_total, total, sign);
+        add(&mut self.cluster_allocated, allocated, sign);
     }
 
     /// Recomputes every derived field from the records and checks the invariants: no agent
@@ -2031,6 +2098,163 @@ mod hold_tests {
             },
         )
         .unwrap();
+        cell.check_invariants().unwrap();
+    }
+}
+
+#[cfg(test)]
+mod overflow_tests {
+    //! Sums that input can reach are checked in `decide` and refused there: `apply` only ever
+    //! meets what `decide` accepted, so no input can panic the commit path.
+    use super::*;
+
+    fn register(cell: &mut Cell, host: &str, res: &str) -> Result<AgentId, Rejection> {
+        let reg = AgentRegistration {
+            agent_id: None,
+            hostname: host.into(),
+            port: 0,
+            attributes: Default::default(),
+            domain: None,
+            resources: ResourceSet::parse(res).unwrap(),
+        };
+        match cell.commit(1, &Command::RegisterAgent(reg))? {
+            (_, Reply::Agent { agent_id }) => Ok(agent_id),
+            (_, r) => panic!("unexpected reply {r:?}"),
+        }
+    }
+
+    fn claim(cell: &Cell, id: &str, role: &str, placements: &[(&str, &AgentId, &str)]) -> Command {
+        Command::Claim(Claim {
+            id: ClaimId::new(id),
+            role: role.into(),
+            owner: "x".into(),
+            snapshot_version: cell.version(),
+            mode: CommitMode::Incremental,
+            check: ConflictCheck::Fine,
+            placements: placements
+                .iter()
+                .map(|(task, agent, res)| Placement {
+                    task_id: TaskId::new(*task),
+                    name: task.to_string(),
+                    agent_id: (*agent).clone(),
+                    resources: ResourceSet::parse(res).unwrap(),
+                    spec: TaskSpec::empty(),
+                })
+                .collect(),
+            priority: 0,
+            evictions: vec![],
+        })
+    }
+
+    fn committed(r: Result<(Option<LogEntry>, Reply), Rejection>) -> bool {
+        matches!(r, Ok((_, Reply::Claim { outcome })) if outcome.committed_version.is_some())
+    }
+
+    fn cell() -> Cell {
+        Cell::new(CellConfig {
+            cell_id: "c".into(),
+        })
+    }
+
+    /// Issue 11, item 1: a role's consumption past the largest amount panicked `apply`.
+    #[test]
+    fn commit_thread_dies_on_arithmetic_overflow() {
+        let mut cell = cell();
+        let a = register(&mut cell, "a", "cpus:1e12;mem:1").unwrap();
+        let b = register(&mut cell, "b", "cpus:1e12;mem:1").unwrap();
+        let all_a = claim(&cell, "c1", "web", &[("t1", &a, "cpus:1e12")]);
+        assert!(committed(cell.commit(2, &all_a)));
+        let more = claim(&cell, "c2", "web", &[("t2", &b, "cpus:0.001")]);
+        let refused = cell.commit(3, &more).unwrap_err();
+        assert_eq!(refused.http_status(), 400, "{refused}");
+        assert!(refused.to_string().contains("cpus"), "{refused}");
+        assert_eq!(cell.version(), 3, "nothing committed");
+        // The cell goes on: a valid claim (another role) commits, and the role may still
+        // use what is left of its own amount.
+        let other = claim(&cell, "c3", "db", &[("t3", &b, "cpus:1;mem:1")]);
+        assert!(committed(cell.commit(4, &other)));
+        let kill = Command::KillTask {
+            task_id: TaskId::new("t1"),
+        };
+        cell.commit(5, &kill).unwrap();
+        let killed = Command::UpdateTaskStatus {
+            task_id: TaskId::new("t1"),
+            state: TaskState::Killed,
+            status: StatusInfo::default(),
+        };
+        cell.commit(6, &killed).unwrap();
+        assert!(committed(cell.commit(7, &more)));
+        cell.check_invariants().unwrap();
+    }
+
+    /// One claim whose placements together pass the largest amount for its role.
+    #[test]
+    fn one_claim_past_the_largest_role_sum_is_refused() {
+        let mut cell = cell();
+        let a = register(&mut cell, "a", "cpus:1e12").unwrap();
+        let b = register(&mut cell, "b", "cpus:1e12").unwrap();
+        let c = claim(
+            &cell,
+            "c1",
+            "web",
+            &[("t1", &a, "cpus:1e12"), ("t2", &b, "cpus:1")],
+        );
+        let refused = cell.commit(2, &c).unwrap_err();
+        assert_eq!(refused.http_status(), 400, "{refused}");
+        assert_eq!(cell.version(), 2, "nothing committed");
+        cell.check_invariants().unwrap();
+    }
+
+    /// The cell's totals (`sign * m` summed over agents) stay below `CELL_SCALAR_MILLI_MAX`:
+    /// the agent that would pass it is refused, any number of agents later.
+    #[test]
+    fn cluster_totals_past_the_largest_sum_are_refused() {
+        let mut cell = cell();
+        let per_agent = Milli::MAX.0;
+        let fit = limits::CELL_SCALAR_MILLI_MAX / per_agent;
+        for i in 0..fit {
+            register(&mut cell, &format!("h{i}"), "cpus:1e12").unwrap();
+        }
+        let refused = register(&mut cell, "one-more", "cpus:1e12").unwrap_err();
+        assert_eq!(refused.http_status(), 400, "{refused}");
+        assert!(refused.to_string().contains("cpus"), "{refused}");
+        // Growing an agent past the sum is refused too.
+        let small = register(&mut cell, "small", "cpus:1").unwrap();
+        let grow = Command::UpdateAgentResources {
+            agent_id: small,
+            total: ResourceSet::parse("cpus:1e12").unwrap(),
+        };
+        let refused = cell.commit(2, &grow).unwrap_err();
+        assert_eq!(refused.http_status(), 400, "{refused}");
+        cell.check_invariants().unwrap();
+    }
+
+    /// The headroom sum (unmet guarantees over roles) is bounded where guarantees are set.
+    #[test]
+    fn quota_guarantees_past_the_largest_sum_are_refused() {
+        let mut cell = cell();
+        let quota = Quota {
+            guarantee: ResourceSet::parse("cpus:1e12").unwrap(),
+            limit: None,
+        };
+        let fit = limits::CELL_SCALAR_MILLI_MAX / Milli::MAX.0;
+        let configure = |name: String| Command::ConfigureRole {
+            name,
+            weight: 1.0,
+            quota: quota.clone(),
+            preemptible: true,
+        };
+        for i in 0..fit {
+            cell.commit(1, &configure(format!("r{i}"))).unwrap();
+        }
+        let refused = cell.commit(1, &configure("one-more".into())).unwrap_err();
+        assert_eq!(refused.http_status(), 400, "{refused}");
+        // Setting a role's own guarantee again replaces it: it still fits.
+        cell.commit(1, &configure("r0".into())).unwrap();
+        let a = register(&mut cell, "a", "cpus:1").unwrap();
+        let c = claim(&cell, "c1", "other", &[("t1", &a, "cpus:1")]);
+        let (_, reply) = cell.commit(2, &c).unwrap();
+        assert!(matches!(reply, Reply::Claim { .. }));
         cell.check_invariants().unwrap();
     }
 }

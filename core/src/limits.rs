@@ -19,3 +19,8 @@ pub const TASK_SPEC_BYTES_MAX: usize = 1 << 20;
 pub const CLAIM_EVICTIONS_MAX: usize = 1_000;
 /// Highest priority of a claim (and of a job's task); the lowest is 0.
 pub const PRIORITY_MAX: i64 = 1000;
+/// The largest sum of one scalar over the whole cell, in thousandths: the agents' totals
+/// (and so what is allocated), and the roles' guarantees (and so the headroom they ask
+/// for). A quarter of `i64::MAX`, so these sums and every difference taken from them stay
+/// exact: about 2,300 agents of the largest amount (`Milli::MAX`, 10^12 units) each.
+pub const CELL_SCALAR_MILLI_MAX: i64 = 1 << 61;

@@ -17,8 +17,10 @@ pub const UNRESERVED: &str = "*";
 pub struct Milli(pub i64);
 
 impl Milli {
-    /// The largest scalar anything may hold (10^12 units, e.g. a petabyte of memory in MB),
-    /// so that sums over every agent of a cell cannot overflow.
+    /// The largest scalar anything may hold (10^12 units, e.g. a petabyte of memory in MB):
+    /// one entry, and one name summed over its roles in a set (an agent's total, a role's
+    /// consumption or guarantee). Sums over a whole cell are bounded apart, by
+    /// `limits::CELL_SCALAR_MILLI_MAX`.
     pub const MAX: Milli = Milli(1_000_000_000_000_000);
 
     pub fn from_f64(v: f64) -> Option<Milli> {
@@ -71,8 +73,12 @@ impl Ranges {
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
+    /// How many values the ranges hold, saturating at `u64::MAX` (`0..=u64::MAX` holds one
+    /// more than a u64 counts).
     pub fn count(&self) -> u64 {
-        self.0.iter().map(|(b, e)| e - b + 1).sum()
+        self.0.iter().fold(0u64, |n, (b, e)| {
+            n.saturating_add((e - b).saturating_add(1))
+        })
     }
     pub fn contains(&self, other: &Ranges) -> bool {
         other
@@ -158,9 +164,11 @@ fn unreserved() -> Name {
     Name::const_new(UNRESERVED)
 }
 
-/// A bag of resources: at most one entry per (name, role), sorted, with no empty entries.
-/// Its fields are private so that this invariant holds: build one with [`ResourceSet::parse`],
-/// [`ResourceSet::from_resources`] or the arithmetic below.
+/// A bag of resources: at most one entry per (name, role), sorted, with no empty entries, and
+/// each scalar summed over its roles at most [`Milli::MAX`] (so [`ResourceSet::scalar`] and
+/// [`ResourceSet::scalar_totals`] cannot overflow). Its fields are private so that these
+/// invariants hold: build one with [`ResourceSet::parse`], [`ResourceSet::from_resources`] or
+/// the arithmetic below.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(try_from = "ResourceSetRepr", into = "String")]
 pub struct ResourceSet {
@@ -269,21 +277,36 @@ impl ResourceSet {
             .binary_search_by(|e| (e.name.as_str(), e.role.as_str()).cmp(&(name, role)))
     }
 
+    /// The scalar `name` summed over its roles (its entries are neighbours: sorted by name).
+    fn name_total(&self, name: &str) -> i64 {
+        let first = self.entries.partition_point(|e| e.name.as_str() < name);
+        self.entries[first..]
+            .iter()
+            .take_while(|e| e.name == name)
+            .map(|e| match e.value {
+                Value::Scalar(m) => m.0,
+                _ => 0,
+            })
+            .sum()
+    }
+
     fn add_one(&mut self, r: Resource) -> Result<(), ResourceError> {
         if r.value.is_empty() {
             return Ok(());
+        }
+        if let Value::Scalar(b) = r.value {
+            // Both sides are at most `Milli::MAX`: the sum cannot overflow an i64.
+            if self.name_total(&r.name) + b.0 > Milli::MAX.0 {
+                return Err(ResourceError::TooLarge(r.name.to_string()));
+            }
         }
         match self.position(&r.name, &r.role) {
             Ok(i) => {
                 let e = &mut self.entries[i];
                 // A sum, not a union: the same port or item twice is an overlap, never merged.
                 e.value = match (&e.value, &r.value) {
-                    (Value::Scalar(a), Value::Scalar(b)) => {
-                        let sum = a.0.checked_add(b.0).filter(|s| *s <= Milli::MAX.0);
-                        Value::Scalar(Milli(
-                            sum.ok_or_else(|| ResourceError::TooLarge(r.name.to_string()))?,
-                        ))
-                    }
+                    // Within `Milli::MAX`: the name's sum over roles was checked above.
+                    (Value::Scalar(a), Value::Scalar(b)) => Value::Scalar(Milli(a.0 + b.0)),
                     (Value::Ranges(a), Value::Ranges(b)) if a.intersects(b) => {
                         return Err(ResourceError::Overlap(r.name.to_string()))
                     }
@@ -324,19 +347,24 @@ impl ResourceSet {
     }
 
     /// The common case of `add` without copying: every entry of `other` is a scalar that
-    /// `self` already has and the sums stay in range. Checks everything before changing
-    /// anything; returns false (and changes nothing) otherwise.
+    /// `self` already has and each name's sum over roles stays in range. Checks everything
+    /// before changing anything; returns false (and changes nothing) otherwise.
     fn add_scalars_in_place(&mut self, other: &ResourceSet) -> bool {
-        for r in &other.entries {
-            let Value::Scalar(b) = r.value else {
+        for (k, r) in other.entries.iter().enumerate() {
+            let Value::Scalar(_) = r.value else {
                 return false;
             };
             let Ok(i) = self.position(&r.name, &r.role) else {
                 return false;
             };
-            match self.entries[i].value {
-                Value::Scalar(a) if a.0.checked_add(b.0).is_some_and(|s| s <= Milli::MAX.0) => {}
-                _ => return false,
+            if !matches!(self.entries[i].value, Value::Scalar(_)) {
+                return false;
+            }
+            // Once per name (its first entry in `other`): both sides are within `Milli::MAX`.
+            let first_of_name = k == 0 || other.entries[k - 1].name != r.name;
+            if first_of_name && self.name_total(&r.name) + other.name_total(&r.name) > Milli::MAX.0
+            {
+                return false;
             }
         }
         for r in &other.entries {
@@ -683,5 +711,45 @@ mod tests {
         ] {
             assert!(ResourceSet::parse(bad).is_err(), "{bad}");
         }
+    }
+}
+
+#[cfg(test)]
+mod overflow_tests {
+    use super::*;
+
+    /// A port range of every u64 overflowed `e - b + 1` (and the sum of counts).
+    #[test]
+    fn full_port_range_counts_without_overflow() {
+        let all = Ranges::new(vec![(0, u64::MAX)]).unwrap();
+        assert_eq!(all.count(), u64::MAX, "saturates: one more than u64 holds");
+        let two = Ranges::new(vec![(0, u64::MAX - 2), (u64::MAX, u64::MAX)]).unwrap();
+        assert_eq!(two.count(), u64::MAX);
+        let mut s = ResourceSet::parse(&format!("ports:[0-{}]", u64::MAX)).unwrap();
+        s.subtract(&ResourceSet::parse(&format!("ports:[{0}-{0}]", u64::MAX)).unwrap())
+            .unwrap();
+        assert_eq!(s.to_string(), format!("ports:[0-{}]", u64::MAX - 1));
+    }
+
+    /// A scalar summed over roles is one amount: it is bounded like one entry, so `scalar`
+    /// and `scalar_totals` (quota and cluster sums) never overflow, however many roles.
+    #[test]
+    fn a_scalar_over_roles_is_bounded_like_one_entry() {
+        assert!(ResourceSet::parse("cpus:1e12;cpus(web):0.001").is_err());
+        let text: Vec<String> = (0..10_000).map(|i| format!("cpus(r{i}):1e12")).collect();
+        assert!(matches!(
+            ResourceSet::parse(&text.join(";")),
+            Err(ResourceError::TooLarge(_))
+        ));
+        let mut a = ResourceSet::parse("cpus(web):1e12").unwrap();
+        let before = a.clone();
+        assert!(a.add(&ResourceSet::parse("cpus:0.001").unwrap()).is_err());
+        assert_eq!(a, before, "an add that fails changes nothing");
+        assert!(a
+            .add_scalars(&ResourceSet::parse("cpus(db):1").unwrap())
+            .is_err());
+        let ok = ResourceSet::parse("cpus(web):5e11;cpus:5e11").unwrap();
+        assert_eq!(ok.scalar("cpus"), Milli::MAX);
+        assert_eq!(ok.scalar_totals(), vec![(Name::new("cpus"), Milli::MAX)]);
     }
 }

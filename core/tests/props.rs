@@ -3113,3 +3113,147 @@ fn a_100kb_role_and_a_1mb_owner_are_refused() {
     let cmd = one_task_claim(&mut h, "t1", &"r".repeat(limits::ROLE_NAME_BYTES_MAX), "o");
     assert!(h.run(&cmd).1.is_ok());
 }
+
+// ---------------------------------------------------------------------------------------------
+// Amounts up to the maximum (issue 11, item 1: the commit thread died on arithmetic overflow)
+// ---------------------------------------------------------------------------------------------
+
+/// An amount in thousandths: often the largest, next to it, or half of it.
+fn amount() -> impl Strategy<Value = i64> {
+    let max = Milli::MAX.0;
+    prop_oneof![Just(max), Just(max - 1), Just(1), max / 2..=max, 0..=max,]
+}
+
+#[derive(Clone, Debug)]
+enum BigOp {
+    /// Role, mode, placements (agent index, cpus, mem; reserved to the role when `true`).
+    Claim(usize, bool, Vec<(usize, i64, i64, bool)>),
+    /// Role, guarantee and limit of cpus.
+    Quota(usize, i64, Option<i64>),
+    Resize(usize, i64),
+    Register(i64, i64),
+    Gone(usize),
+    Finish(usize),
+}
+
+fn big_op() -> impl Strategy<Value = BigOp> {
+    prop_oneof![
+        5 => (0..3usize, any::<bool>(), prop::collection::vec((0..8usize, amount(), amount(), prop::bool::weighted(0.2)), 1..4))
+            .prop_map(|(r, m, p)| BigOp::Claim(r, m, p)),
+        2 => (0..3usize, amount(), prop::option::of(amount())).prop_map(|(r, g, l)| BigOp::Quota(r, g, l)),
+        1 => (0..8usize, amount()).prop_map(|(a, c)| BigOp::Resize(a, c)),
+        1 => (amount(), amount()).prop_map(|(c, m)| BigOp::Register(c, m)),
+        1 => (0..8usize).prop_map(BigOp::Gone),
+        2 => (0..8usize).prop_map(BigOp::Finish),
+    ]
+}
+
+/// A resource set from amounts in thousandths (zero amounts left out), or an empty set where
+/// a name's sum over roles passes the largest amount (such a set cannot be built: its text or
+/// JSON is refused before it reaches the cell).
+fn amounts(items: &[(&str, &str, i64)]) -> ResourceSet {
+    let entries = items
+        .iter()
+        .filter(|(_, _, m)| *m > 0)
+        .map(|(n, r, m)| scalar(n, r, *m));
+    ResourceSet::from_resources(entries).unwrap_or_default()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(cases()))]
+
+    /// No input panics the commit path, whatever the amounts (up to the largest) and the
+    /// number of agents of the largest amount (past what the cell's sums may hold): every
+    /// sum is checked in `decide`, and every invariant holds after each command.
+    #[test]
+    fn amounts_up_to_the_maximum_never_panic(
+        agents in prop::collection::vec((amount(), amount()), 1..6),
+        crowd in prop_oneof![8 => Just(0usize), 1 => 2_290..2_320usize],
+        ops in prop::collection::vec(big_op(), 1..40),
+    ) {
+        let mut h = Harness::new(false);
+        let max = Milli::MAX.0;
+        // A crowd of agents of the largest amount: registered straight on the cell (the
+        // harness's checks after each would be quadratic), into the harness's log.
+        for i in 0..crowd {
+            let cmd = register_cmd(None, &format!("crowd{i}"), amounts(&[("cpus", "*", max)]));
+            match h.cell.commit(NOW, &cmd) {
+                Ok((entry, _)) => h.log.extend(entry),
+                Err(r) => prop_assert_eq!(r.http_status(), 400, "{}", r),
+            }
+        }
+        h.cell.check_invariants().unwrap();
+        let mut ids: Vec<AgentId> = Vec::new();
+        for (i, (cpus, mem)) in agents.iter().enumerate() {
+            let res = amounts(&[("cpus", "*", *cpus), ("mem", "*", *mem), ("cpus", "web", 1)]);
+            if res.is_empty() {
+                continue;
+            }
+            if let (_, Ok((_, Reply::Agent { agent_id }))) = h.run(&register_cmd(None, &format!("a{i}"), res)) {
+                ids.push(agent_id);
+            }
+        }
+        let agent = |ids: &[AgentId], i: usize| ids.get(i % ids.len().max(1)).cloned();
+        for (step, op) in ops.iter().enumerate() {
+            match op {
+                BigOp::Claim(role, all, ps) => {
+                    let role = ROLES[*role];
+                    let placements: Vec<Placement> = ps.iter().enumerate().filter_map(|(k, (a, c, m, reserved))| {
+                        let res = amounts(&[("cpus", if *reserved { role } else { "*" }, *c), ("mem", "*", *m)]);
+                        (!res.is_empty()).then(|| Placement {
+                            task_id: TaskId::new(format!("t{step}.{k}")),
+                            name: String::new(),
+                            agent_id: agent(&ids, *a).unwrap_or_else(|| AgentId::new("none")),
+                            resources: res,
+                            spec: TaskSpec::empty(),
+                        })
+                    }).collect();
+                    let mode = if *all { CommitMode::AllOrNothing } else { CommitMode::Incremental };
+                    let c = claim_of(&format!("c{step}"), role, h.cell.version(), mode, ConflictCheck::Fine, placements);
+                    if let (_, Err(r)) = h.run(&Command::Claim(c)) {
+                        prop_assert_eq!(r.http_status(), 400, "{}", r);
+                    }
+                }
+                BigOp::Quota(role, g, l) => {
+                    let quota = Quota {
+                        guarantee: amounts(&[("cpus", "*", *g)]),
+                        limit: l.map(|l| amounts(&[("cpus", "*", l.max(*g))])),
+                    };
+                    let _ = h.run(&Command::ConfigureRole { name: ROLES[*role].into(), weight: 1.0, quota, preemptible: true });
+                }
+                BigOp::Resize(a, cpus) => {
+                    if let Some(id) = agent(&ids, *a) {
+                        let total = amounts(&[("cpus", "*", *cpus), ("mem", "*", max), ("cpus", "web", 1)]);
+                        if total.is_empty() {
+                            continue;
+                        }
+                        let _ = h.run(&Command::UpdateAgentResources { agent_id: id, total });
+                    }
+                }
+                BigOp::Register(cpus, mem) => {
+                    let res = amounts(&[("cpus", "*", *cpus), ("mem", "*", *mem)]);
+                    if !res.is_empty() {
+                        if let (_, Ok((_, Reply::Agent { agent_id }))) = h.run(&register_cmd(None, &format!("r{step}"), res)) {
+                            ids.push(agent_id);
+                        }
+                    }
+                }
+                BigOp::Gone(a) => {
+                    if let Some(id) = agent(&ids, *a) {
+                        let _ = h.run(&Command::SetAgentState { agent_id: id, state: AgentState::Gone });
+                    }
+                }
+                BigOp::Finish(n) => {
+                    let live: Vec<TaskId> = h.cell.tasks().filter(|t| !t.state.is_terminal()).map(|t| t.id.clone()).collect();
+                    if !live.is_empty() {
+                        let id = live[n % live.len()].clone();
+                        let _ = h.run(&Command::UpdateTaskStatus { task_id: id, state: TaskState::Finished, status: status_info(true, step as u64) });
+                    }
+                }
+            }
+        }
+        check_all(&h.cell, &h.limits);
+        check_replay(&h.cell, &h.log);
+        check_restart(&h.cell);
+    }
+}

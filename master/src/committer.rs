@@ -18,19 +18,25 @@
 //! rejection too, is sent by the writer after the sync of its own group and of every group
 //! before it. If the store fails, the failing groups and every group decided on top of them
 //! are answered 503, and the decider goes back to the last published (durable) cell: nothing
-//! unpersisted is ever acknowledged or published. Readers load the published snapshot (an
-//! `Arc` of a persistent structure) and never block the committer.
+//! unpersisted is ever acknowledged or published. The writer then reopens the store (with a
+//! backoff, answering 503 meanwhile) until it takes a durable write again, reloads the cell
+//! from it and publishes that; the decider starts again from there. Readers load the
+//! published snapshot (an `Arc` of a persistent structure) and never block the committer.
+//!
+//! [`Health`] says whether the commit path runs and the store takes writes (`/health`). If
+//! either thread stops (a panic is a bug: an invariant broke), the commit path is stopped
+//! for good: every command gets 503 and the master binary exits so that it is restarted.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::Instant;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use shoal_core::{
     AgentId, Cell, Command, Event, LogEntry, Rejection, Reply, TaskId, Timestamp, Version,
 };
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use crate::limits;
 use crate::store::{ClaimCommit, Store, WriteBatch};
@@ -67,6 +73,74 @@ pub struct Published {
     /// The oldest version a watch may resume from.
     pub log_floor: AtomicU64,
     pub stats: CommitStats,
+    pub health: Health,
+}
+
+/// Whether the commit path can commit: its threads run and the store takes writes.
+pub struct Health {
+    /// Set (for good) when the decider or the writer thread has stopped.
+    stopped: watch::Sender<bool>,
+    /// Why the store is failing, while it is (until a reopen takes a durable write).
+    store_failure: Mutex<Option<String>>,
+}
+
+impl Health {
+    fn new() -> Health {
+        Health {
+            stopped: watch::Sender::new(false),
+            store_failure: Mutex::new(None),
+        }
+    }
+
+    /// `Ok` when commands can commit; otherwise why not.
+    pub fn check(&self) -> Result<(), String> {
+        if self.is_stopped() {
+            return Err("the commit path has stopped".into());
+        }
+        match &*self.store_failure.lock().unwrap_or_else(|e| e.into_inner()) {
+            Some(why) => Err(format!("the store is failing: {why}")),
+            None => Ok(()),
+        }
+    }
+
+    pub fn is_stopped(&self) -> bool {
+        *self.stopped.borrow()
+    }
+
+    /// Resolves once the commit path has stopped (at once if it has).
+    pub async fn stopped(&self) {
+        let mut rx = self.stopped.subscribe();
+        let _ = rx.wait_for(|stopped| *stopped).await;
+    }
+
+    fn set_store_failure(&self, why: Option<String>) {
+        *self.store_failure.lock().unwrap_or_else(|e| e.into_inner()) = why;
+    }
+
+    fn store_failure(&self) -> Option<String> {
+        self.store_failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+/// Marks the commit path stopped when a thread of it ends, by return or by panic.
+struct StopGuard {
+    published: Arc<Published>,
+    thread: &'static str,
+}
+
+impl Drop for StopGuard {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            tracing::error!(
+                thread = self.thread,
+                "the commit path panicked: it stops, every command gets 503"
+            );
+        }
+        self.published.health.stopped.send_replace(true);
+    }
 }
 
 #[derive(Default)]
@@ -141,6 +215,7 @@ pub fn start(
         store: store.clone(),
         log_floor: AtomicU64::new(floor),
         stats: CommitStats::default(),
+        health: Health::new(),
     });
     let signals = Arc::new(Signals::default());
     let (decided_tx, decided_rx) = std::sync::mpsc::sync_channel(limits::COMMIT_PIPELINE_GROUPS);
@@ -148,14 +223,26 @@ pub fn start(
         let (p, signals) = (published.clone(), signals.clone());
         std::thread::Builder::new()
             .name("shoal-writer".into())
-            .spawn(move || write_groups(store, decided_rx, p, signals))
+            .spawn(move || {
+                let _stop = StopGuard {
+                    published: p.clone(),
+                    thread: "writer",
+                };
+                write_groups(store, decided_rx, p, signals)
+            })
             .expect("spawn the commit writer thread")
     };
     let p = published.clone();
     let handle = std::thread::Builder::new()
         .name("shoal-committer".into())
         .spawn(move || {
-            decide(cell, rx, decided_tx, p, signals, clock, config);
+            {
+                let _stop = StopGuard {
+                    published: p.clone(),
+                    thread: "decider",
+                };
+                decide(cell, rx, decided_tx, p, signals, clock, config);
+            }
             let _ = writer.join();
         })
         .expect("spawn committer thread");
@@ -165,8 +252,12 @@ pub fn start(
 /// What the writer tells the decider.
 #[derive(Default)]
 struct Signals {
-    /// Store writes that failed so far.
+    /// Store writes that failed so far, and reloads after them: each one sends the decider
+    /// back to the published cell.
     failures: AtomicU64,
+    /// Cells reloaded from a reopened store without the holds the published cell had (holds
+    /// are not stored): the decider then commits `ClearHolds`, as a new master does.
+    holds_lost: AtomicU64,
     /// Set while the writer waits for the decider's next hand-over.
     writer_waits: AtomicBool,
 }
@@ -207,6 +298,7 @@ fn decide(
 ) {
     let retain = config.log_retain_entries.max(1);
     let mut seen_failures = signals.failures.load(Ordering::Acquire);
+    let mut seen_holds_lost = signals.holds_lost.load(Ordering::Acquire);
     let mut applied = Applied::default();
     let hand_over = |applied: &mut Applied, cell: &Cell, seen_failures: u64| {
         let Applied { answers, entries } = std::mem::take(applied);
@@ -253,6 +345,8 @@ fn decide(
                 Err(_) => break,
             }
         }
+        // This count first: the writer counts lost holds after the failure that goes with them.
+        let holds_lost = signals.holds_lost.load(Ordering::Acquire);
         let failed = signals.failures.load(Ordering::Acquire);
         if failed != seen_failures {
             // A write failed: what was applied on top of it is refused, and the decider goes
@@ -266,6 +360,16 @@ fn decide(
             seen_failures = failed;
         }
         let now = clock();
+        if holds_lost != seen_holds_lost {
+            // The cell was reloaded from the reopened store, which holds no holds: say so to
+            // watchers (the frameworks' offers are rescinded), as a new master does.
+            seen_holds_lost = holds_lost;
+            if let Ok((Some(entry), _)) = cell.commit(now, &Command::ClearHolds) {
+                let (reply, _) = oneshot::channel();
+                applied.entries.push(Arc::new(entry));
+                applied.answers.push((reply, Ok(Reply::Done)));
+            }
+        }
         for req in group {
             match cell.commit(now, &req.command) {
                 Ok((entry, reply)) => {
@@ -294,6 +398,9 @@ fn write_groups(
     published: Arc<Published>,
     signals: Arc<Signals>,
 ) {
+    // The pause before the next reopen of a failing store: doubled after each failure, back
+    // to the least after a sync succeeds.
+    let mut backoff = Duration::from_millis(limits::STORE_REOPEN_BACKOFF_MIN_MS);
     loop {
         signals.writer_waits.store(true, Ordering::Release);
         let first = decided.recv();
@@ -325,9 +432,19 @@ fn write_groups(
         }
         if let Err(e) = persisted {
             tracing::error!(error = %e, "store write failed; the groups are refused and the cell goes back to what is durable");
+            published.health.set_store_failure(Some(e.to_string()));
             signals.failures.fetch_add(1, Ordering::Release);
-            refuse(groups, &e.to_string());
+            refuse(
+                groups,
+                &format!("the store failed ({e}); nothing of this commit was acknowledged, retry"),
+            );
+            if !recover(&*store, &decided, &published, &signals, &mut backoff) {
+                return;
+            }
             continue;
+        }
+        if writes > 0 {
+            backoff = Duration::from_millis(limits::STORE_REOPEN_BACKOFF_MIN_MS);
         }
         if let Some(floor) = trim {
             published.log_floor.store(floor, Ordering::Release);
@@ -358,6 +475,89 @@ fn write_groups(
             "commit groups written"
         );
     }
+}
+
+/// Reopens a failed store, after `backoff` and again with a longer one until it takes a
+/// durable write, answering 503 to every group that arrives meanwhile; then reloads the cell
+/// from it (the last durable commit), publishes it, and sends the decider back to it. Entries
+/// the store kept beyond the published cell (a sync that failed after all) go to watchers.
+/// Returns false when the decider is gone.
+fn recover(
+    store: &dyn Store,
+    decided: &std::sync::mpsc::Receiver<Decided>,
+    published: &Published,
+    signals: &Signals,
+    backoff: &mut Duration,
+) -> bool {
+    let mut next_try = Instant::now() + *backoff;
+    let cell = loop {
+        match decided.recv_timeout(next_try.saturating_duration_since(Instant::now())) {
+            Ok(g) => {
+                let why = published.health.store_failure().unwrap_or_default();
+                refuse_answers(
+                    g.answers,
+                    &format!("the store is failing ({why}); it is being reopened, retry later"),
+                );
+                continue;
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return false,
+        }
+        *backoff = (*backoff * 2).min(Duration::from_millis(limits::STORE_REOPEN_BACKOFF_MAX_MS));
+        next_try = Instant::now() + *backoff;
+        match store
+            .recover()
+            .map_err(anyhow::Error::from)
+            .and_then(|()| crate::load_cell(store))
+        {
+            Ok(cell) => {
+                published.health.set_store_failure(None);
+                break cell;
+            }
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), retry_in_ms = backoff.as_millis() as u64, "the store does not reopen yet");
+                published.health.set_store_failure(Some(format!("{e:#}")));
+            }
+        }
+    };
+    let before = published.snapshot();
+    let was = before.version();
+    let cell = if cell.version() == 0 {
+        // Nothing durable yet: the cell as it started (it holds the id chosen then).
+        Cell::clone(&before)
+    } else {
+        cell
+    };
+    let kept = if cell.version() > was {
+        store.read_log(was + 1, usize::MAX).unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    tracing::info!(
+        version = cell.version(),
+        published = was,
+        "the store is reopened; the cell is reloaded from it"
+    );
+    if let Ok(floor) = store.log_floor() {
+        published.log_floor.store(floor.max(1), Ordering::Release);
+    }
+    // Watchers saw holds the reloaded cell does not have: they hear HOLDS_CLEARED next.
+    let lost_holds = (before.holds().next().is_some() && cell.version() > 0)
+        || kept
+            .iter()
+            .flat_map(|e| &e.events)
+            .any(|ev| matches!(ev, Event::HoldsPlaced { .. }));
+    published.snapshot.store(Arc::new(cell));
+    for e in kept {
+        let _ = published.entries.send(Arc::new(e));
+    }
+    // Publish first, then send the decider back (it starts from the reloaded cell), then ask
+    // for the holds to be cleared (the decider reads this count before the failures).
+    signals.failures.fetch_add(1, Ordering::Release);
+    if lost_holds {
+        signals.holds_lost.fetch_add(1, Ordering::Release);
+    }
+    true
 }
 
 fn refuse(groups: Vec<Decided>, why: &str) {
@@ -515,5 +715,189 @@ fn write_batch(
             .map(|((id, index), _)| (id.to_string(), *index))
             .collect(),
         trim_log_below,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicBool;
+
+    use axum::extract::State;
+    use shoal_core::{AgentRegistration, Hold, OfferId, Quota, ResourceSet};
+
+    use super::*;
+    use crate::store::{MemStore, StoreResult, StoredCell};
+
+    /// A store over a [`MemStore`] whose `write` panics once `panic` is set.
+    #[derive(Clone, Default)]
+    struct PanickyStore {
+        mem: MemStore,
+        panic: Arc<AtomicBool>,
+    }
+
+    impl Store for PanickyStore {
+        fn load(&self) -> StoreResult<StoredCell> {
+            self.mem.load()
+        }
+        fn write(&self, batch: &WriteBatch) -> StoreResult<()> {
+            assert!(!self.panic.load(Ordering::Relaxed), "a bug in the writer");
+            self.mem.write(batch)
+        }
+        fn sync(&self) -> StoreResult<()> {
+            self.mem.sync()
+        }
+        fn read_log(&self, from: Version, max: usize) -> StoreResult<Vec<LogEntry>> {
+            self.mem.read_log(from, max)
+        }
+        fn log_floor(&self) -> StoreResult<Version> {
+            self.mem.log_floor()
+        }
+        fn recover(&self) -> StoreResult<()> {
+            self.mem.recover()
+        }
+    }
+
+    fn role(name: &str) -> Command {
+        Command::ConfigureRole {
+            name: name.into(),
+            weight: 1.0,
+            quota: Quota::default(),
+            preemptible: true,
+        }
+    }
+
+    async fn health_status(published: &Arc<Published>) -> u16 {
+        crate::health::health(State(published.clone()))
+            .await
+            .status()
+            .as_u16()
+    }
+
+    fn start_on(
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Fn() -> Timestamp + Send + Sync>,
+    ) -> (Committer, Arc<Published>) {
+        let cell = crate::load_cell(store.as_ref()).unwrap();
+        let (committer, published, _thread) = start(cell, store, clock, CommitConfig::default());
+        (committer, published)
+    }
+
+    async fn assert_stopped(committer: &Committer, published: &Arc<Published>) {
+        tokio::time::timeout(Duration::from_secs(5), published.health.stopped())
+            .await
+            .expect("the commit path reports that it stopped");
+        assert!(published.health.is_stopped());
+        assert_eq!(health_status(published).await, 503);
+        let r = committer.submit(role("after")).await;
+        assert!(matches!(r, Err(CommitError::Unavailable(_))), "{r:?}");
+    }
+
+    /// Issue 11, item 1: the commit path died and `/health` kept answering 200.
+    #[tokio::test]
+    async fn commit_thread_dies_and_health_says_so() {
+        // The writer panics.
+        let store = PanickyStore::default();
+        let (committer, published) = start_on(Arc::new(store.clone()), Arc::new(|| 1));
+        committer.submit(role("a")).await.unwrap();
+        assert_eq!(health_status(&published).await, 200);
+        store.panic.store(true, Ordering::Relaxed);
+        let r = committer.submit(role("b")).await;
+        assert!(matches!(r, Err(CommitError::Unavailable(_))), "{r:?}");
+        assert_stopped(&committer, &published).await;
+
+        // The decider panics (here in the clock it is told).
+        let broken = Arc::new(AtomicBool::new(false));
+        let b = broken.clone();
+        let clock = Arc::new(move || {
+            assert!(!b.load(Ordering::Relaxed), "a bug in the decider");
+            1
+        });
+        let (committer, published) = start_on(Arc::new(MemStore::new()), clock);
+        committer.submit(role("a")).await.unwrap();
+        assert_eq!(health_status(&published).await, 200);
+        broken.store(true, Ordering::Relaxed);
+        let r = committer.submit(role("b")).await;
+        assert!(matches!(r, Err(CommitError::Unavailable(_))), "{r:?}");
+        assert_stopped(&committer, &published).await;
+    }
+
+    /// Issue 11, item 8: after a store failure the store was never reopened. Now writes get
+    /// 503 and `/health` says why while it fails; once it takes writes again the cell is
+    /// reloaded from it (holds, which are not stored, are cleared for watchers) and commands
+    /// commit again, with everything acknowledged before still there.
+    #[tokio::test]
+    async fn store_io_failure_is_permanent() {
+        let store = MemStore::new();
+        let (committer, published) = start_on(Arc::new(store.clone()), Arc::new(|| 1));
+        let reply = committer
+            .submit(Command::RegisterAgent(AgentRegistration {
+                agent_id: None,
+                hostname: "h".into(),
+                port: 0,
+                attributes: Default::default(),
+                domain: None,
+                resources: ResourceSet::parse("cpus:4").unwrap(),
+            }))
+            .await
+            .unwrap();
+        let Reply::Agent { agent_id } = reply else {
+            panic!("{reply:?}")
+        };
+        committer.submit(role("kept")).await.unwrap();
+        committer
+            .submit(Command::PlaceHolds {
+                holds: vec![Hold {
+                    id: OfferId::new("o1"),
+                    framework_id: "fw".into(),
+                    role: "*".into(),
+                    agent_id: agent_id.clone(),
+                    resources: ResourceSet::parse("cpus:1").unwrap(),
+                    created_at: 1,
+                }],
+            })
+            .await
+            .unwrap();
+        let mut watch = published.entries.subscribe();
+        let acked = published.snapshot().version();
+
+        store.crash();
+        let r = committer.submit(role("lost")).await;
+        let Err(CommitError::Unavailable(why)) = r else {
+            panic!("{r:?}")
+        };
+        assert!(why.contains("store"), "{why}");
+        assert_eq!(health_status(&published).await, 503);
+        assert!(published
+            .health
+            .check()
+            .unwrap_err()
+            .contains("store is failing"));
+        let r = committer.submit(role("lost")).await;
+        assert!(matches!(r, Err(CommitError::Unavailable(_))), "{r:?}");
+
+        store.reboot();
+        let until = Instant::now() + Duration::from_secs(10);
+        while published.health.check().is_err() {
+            assert!(Instant::now() < until, "the store is reopened");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(health_status(&published).await, 200);
+        committer.submit(role("after")).await.unwrap();
+        let cell = published.snapshot();
+        assert!(cell.role("kept").is_some() && cell.role("after").is_some());
+        assert!(
+            cell.role("lost").is_none(),
+            "a refused command is not there"
+        );
+        assert_eq!(cell.holds().count(), 0, "holds are not stored");
+        assert_eq!(cell.version(), acked + 2, "HOLDS_CLEARED, then the role");
+        let cleared = watch.recv().await.unwrap();
+        assert!(
+            matches!(cleared.events[0], Event::HoldsCleared { .. }),
+            "{cleared:?}"
+        );
+        cell.check_invariants().unwrap();
+        let reloaded = crate::load_cell(&store).unwrap();
+        assert_eq!(reloaded.version(), cell.version());
     }
 }

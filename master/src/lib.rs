@@ -9,6 +9,7 @@ pub mod agents;
 pub mod api;
 pub mod committer;
 pub mod driver;
+pub mod health;
 pub mod jobs;
 pub mod limits;
 pub mod mesos_json;
@@ -141,7 +142,11 @@ impl MasterCore {
                 .route("/", get(ui::index))
                 .with_state(self.published.clone()),
         )
-        .route("/health", get(|| async { "OK" }))
+        .merge(
+            Router::new()
+                .route("/health", get(health::health))
+                .with_state(self.published.clone()),
+        )
     }
 }
 

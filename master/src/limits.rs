@@ -29,3 +29,7 @@ pub const AGENT_OUTBOX_MAX: usize = 4_096;
 pub const AGENT_KNOWN_TASKS_MAX: usize = 100_000;
 /// How long a new agent connection may take to send its REGISTER.
 pub const AGENT_REGISTER_WAIT_SECS: u64 = 10;
+/// The first pause before a failed store is reopened; it doubles after each failed reopen.
+pub const STORE_REOPEN_BACKOFF_MIN_MS: u64 = 100;
+/// The longest pause between reopens of a failing store.
+pub const STORE_REOPEN_BACKOFF_MAX_MS: u64 = 2_000;

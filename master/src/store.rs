@@ -19,8 +19,8 @@
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::de::DeserializeOwned;
@@ -118,6 +118,10 @@ pub trait Store: Send + Sync + 'static {
     fn read_log(&self, from: Version, max: usize) -> StoreResult<Vec<LogEntry>>;
     /// The oldest version still in the log (the compaction floor); entries below are gone.
     fn log_floor(&self) -> StoreResult<Version>;
+    /// After a failed write or sync: reopens the store, which recovers to the last durable
+    /// commit (what was written since the last successful sync is gone), and checks that it
+    /// takes a durable write again. Until this succeeds, writes may keep failing.
+    fn recover(&self) -> StoreResult<()>;
 }
 
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
@@ -190,8 +194,15 @@ fn decode<T: DeserializeOwned>(what: &str, bytes: &[u8]) -> StoreResult<T> {
 }
 
 /// The embedded store: one redb file.
+///
+/// redb latches an IO error (a full disk, a failed fsync): every later transaction of that
+/// `Database`, reads too, fails with `PreviousIo`. [`Store::recover`] closes it and opens
+/// the file again, which recovers to the last durable commit.
 pub struct RedbStore {
-    db: Database,
+    path: PathBuf,
+    /// `None` only while a reopen failed (until the next one succeeds). Readers hold the read
+    /// lock for the life of their transaction, so a reopen never closes the file under them.
+    db: RwLock<Option<Database>>,
     /// The buffer rows are encoded in, kept between writes: a claim's row is tens of KiB,
     /// and a buffer grown afresh at each write took new pages from the kernel each time.
     scratch: Mutex<Vec<u8>>,
@@ -199,6 +210,15 @@ pub struct RedbStore {
 
 impl RedbStore {
     pub fn open(path: &Path) -> StoreResult<RedbStore> {
+        Ok(RedbStore {
+            path: path.to_path_buf(),
+            db: RwLock::new(Some(RedbStore::open_db(path)?)),
+            scratch: Mutex::default(),
+        })
+    }
+
+    /// Opens (or creates) the file and its tables, with one durable commit.
+    fn open_db(path: &Path) -> StoreResult<Database> {
         let db = Database::create(path)?;
         let txn = db.begin_write()?;
         {
@@ -214,10 +234,27 @@ impl RedbStore {
             txn.open_table(SERVICE_INSTANCES)?;
         }
         txn.commit()?;
-        Ok(RedbStore {
-            db,
-            scratch: Mutex::default(),
-        })
+        Ok(db)
+    }
+
+    /// The open database (shared with a reopen, which waits for the guard).
+    fn db(&self) -> StoreResult<DbGuard<'_>> {
+        let guard = self.db.read().unwrap_or_else(|e| e.into_inner());
+        if guard.is_none() {
+            return Err(StoreError::Backend(
+                "the store is closed after a failure; it is being reopened".into(),
+            ));
+        }
+        Ok(DbGuard(guard))
+    }
+}
+
+struct DbGuard<'a>(RwLockReadGuard<'a, Option<Database>>);
+
+impl std::ops::Deref for DbGuard<'_> {
+    type Target = Database;
+    fn deref(&self) -> &Database {
+        self.0.as_ref().expect("checked when the guard was taken")
     }
 }
 
@@ -237,7 +274,8 @@ fn load_table<T>(
 
 impl Store for RedbStore {
     fn load(&self) -> StoreResult<StoredCell> {
-        let txn = self.db.begin_read()?;
+        let db = self.db()?;
+        let txn = db.begin_read()?;
         let meta = txn.open_table(META)?;
         let cell_id = match meta.get("cell_id")? {
             Some(v) => Some(
@@ -295,7 +333,8 @@ impl Store for RedbStore {
     }
 
     fn write(&self, batch: &WriteBatch) -> StoreResult<()> {
-        let mut txn = self.db.begin_write()?;
+        let db = self.db()?;
+        let mut txn = db.begin_write()?;
         txn.set_durability(Durability::None)?;
         {
             let mut meta = txn.open_table(META)?;
@@ -364,14 +403,37 @@ impl Store for RedbStore {
     }
 
     fn sync(&self) -> StoreResult<()> {
-        let mut txn = self.db.begin_write()?;
+        let db = self.db()?;
+        let mut txn = db.begin_write()?;
         txn.set_durability(Durability::Immediate)?;
         txn.commit()?;
         Ok(())
     }
 
+    fn recover(&self) -> StoreResult<()> {
+        let mut db = self.db.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(old) = db.take() {
+            // Closing a failed database reports the failure again: it is known.
+            if let Err(e) = old.close() {
+                tracing::debug!(error = %e, "closing the failed store");
+            }
+        }
+        let reopened = RedbStore::open_db(&self.path)?;
+        // A durable write of its own: the disk takes writes again (or the reopen fails).
+        let txn = reopened.begin_write()?;
+        {
+            let mut meta = txn.open_table(META)?;
+            let stamp = crate::wall_clock_ms().to_string();
+            meta.insert("reopened_at", stamp.as_bytes())?;
+        }
+        txn.commit()?;
+        *db = Some(reopened);
+        Ok(())
+    }
+
     fn read_log(&self, from: Version, max: usize) -> StoreResult<Vec<LogEntry>> {
-        let txn = self.db.begin_read()?;
+        let db = self.db()?;
+        let txn = db.begin_read()?;
         let log = txn.open_table(LOG)?;
         let mut records = StoredRecords {
             claims: txn.open_table(CLAIMS)?,
@@ -389,7 +451,8 @@ impl Store for RedbStore {
     }
 
     fn log_floor(&self) -> StoreResult<Version> {
-        let txn = self.db.begin_read()?;
+        let db = self.db()?;
+        let txn = db.begin_read()?;
         let log = txn.open_table(LOG)?;
         let first = log.first()?.map(|(k, _)| k.value());
         Ok(first.unwrap_or(0))
@@ -847,7 +910,7 @@ pub mod rows {
                 version: 5,
                 ..t2.clone()
             };
-            let txn = store.db.begin_write().unwrap();
+            let txn = store.db().unwrap().begin_write().unwrap();
             {
                 let mut meta = txn.open_table(META).unwrap();
                 meta.insert("cell_id", b"cell".as_slice()).unwrap();
@@ -1063,6 +1126,13 @@ impl Store for MemStore {
     }
     fn log_floor(&self) -> StoreResult<Version> {
         Ok(self.view().log.keys().next().copied().unwrap_or(0))
+    }
+    fn recover(&self) -> StoreResult<()> {
+        let mut inner = self.inner.lock().expect("mem store lock");
+        Self::check_up(&inner)?;
+        // As a reopen: back to what was synced.
+        inner.pending.clear();
+        Ok(())
     }
 }
 

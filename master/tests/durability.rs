@@ -224,6 +224,12 @@ fn a_store_failure_changes_nothing_and_is_not_acknowledged() {
         assert!(matches!(r, Err(CommitError::Unavailable(_))), "{r:?}");
         assert_eq!(published.snapshot().version(), 0, "nothing published");
         store.reboot();
+        // The store is reopened after a backoff: until then commands get 503.
+        let until = std::time::Instant::now() + Duration::from_secs(10);
+        while published.health.check().is_err() {
+            assert!(std::time::Instant::now() < until, "the store is reopened");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         committer
             .submit(Command::ConfigureRole {
                 name: "a".into(),

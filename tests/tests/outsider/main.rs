@@ -4,5 +4,7 @@
 
 mod offers;
 mod orphans;
+mod overflow;
 mod reconcile;
 mod sandbox;
+mod store_full;
