@@ -36,7 +36,8 @@
 //!   so a cross-site "simple" request (`text/plain`, forms) is never read.
 //!
 //! libprocess requests (`Libprocess-From`, or `User-Agent: libprocess/…`) are exempt from the
-//! `Host` and `Content-Type` rules: libmesos sends an empty `Host:` and no `Content-Type`.
+//! `Content-Type` rule, and from the `Host` rule when their `Host` is empty: libmesos sends an
+//! empty `Host:` and no `Content-Type` (a browser cannot send an empty `Host`).
 
 use std::collections::{BTreeSet, HashMap};
 use std::convert::Infallible;
@@ -804,22 +805,23 @@ impl Shared {
             ));
         }
         let libprocess = is_libprocess(headers);
-        if !libprocess {
-            let host = req
-                .uri()
-                .authority()
-                .map(|a| a.as_str())
-                .or_else(|| headers.get(header::HOST).and_then(|v| v.to_str().ok()));
-            if let Some(host) = host {
-                if !self.config.hosts.accepts(host, local) {
-                    return Some(refuse(
-                        path,
-                        StatusCode::MISDIRECTED_REQUEST,
-                        "misdirected",
-                        &format!("this master does not serve host '{host}'"),
-                        false,
-                    ));
-                }
+        let host = req
+            .uri()
+            .authority()
+            .map(|a| a.as_str())
+            .or_else(|| headers.get(header::HOST).and_then(|v| v.to_str().ok()));
+        if let Some(host) = host {
+            // libmesos sends an empty `Host:`; a browser always names one, so a page that
+            // rebound a name to us cannot pass as libprocess by adding its header.
+            let exempt = libprocess && host.trim().is_empty();
+            if !exempt && !self.config.hosts.accepts(host, local) {
+                return Some(refuse(
+                    path,
+                    StatusCode::MISDIRECTED_REQUEST,
+                    "misdirected",
+                    &format!("this master does not serve host '{host}'"),
+                    false,
+                ));
             }
         }
         if (is_state_changing(req.method()) || is_upgrade(headers)) && !origin_allowed(headers) {

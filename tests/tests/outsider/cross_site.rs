@@ -196,8 +196,9 @@ async fn cross_site_agent_link_checks_origin() {
     assert_eq!(status, 101, "{text}");
 }
 
-/// libmesos sends an empty `Host:` and no `Content-Type`: its requests are exempt from
-/// those two rules (a request without `Origin` is not a cross-site one).
+/// libmesos sends an empty `Host:` and no `Content-Type`: its requests are exempt from the
+/// `Content-Type` rule, and from the `Host` rule when `Host` is empty (a request without
+/// `Origin` is not a cross-site one).
 #[tokio::test]
 async fn cross_site_libprocess_requests_pass() {
     let master = Master::start(&[], None);
@@ -225,7 +226,23 @@ async fn cross_site_libprocess_requests_pass() {
     )
     .await;
     assert_eq!(status, 200, "{text}");
-    // Without the libprocess marks, the same empty Host is refused.
+    // A named foreign Host is refused even with the libprocess marks (a rebound page could
+    // add them), and without the marks an empty Host is refused too.
+    let (status, text) = status_of(
+        &master,
+        request(
+            "POST",
+            "/api/shoal/v1/claims",
+            &[
+                "Host: evil.example",
+                "Libprocess-From: scheduler(1)@127.0.0.1:9",
+            ],
+            &claim("rebound", &agent, 0).to_string(),
+        ),
+    )
+    .await;
+    assert_eq!(status, 421, "{text}");
+    assert!(!committed(&master, "rebound").await);
     let (status, text) = status_of(&master, request("GET", "/master/state", &["Host:"], "")).await;
     assert_eq!(status, 421, "{text}");
 }
