@@ -65,7 +65,41 @@ struct MasterArgs {
     #[arg(long = "log-retain", default_value_t = 100_000)]
     log_retain: u64,
     #[command(flatten)]
+    http: MasterHttp,
+    #[command(flatten)]
     timers: MasterTimers,
+}
+
+#[derive(Args, Clone)]
+struct MasterHttp {
+    /// The hostname the master publishes; requests must name it, an address of the master,
+    /// or loopback in `Host` (421 otherwise). Default: the machine's hostname.
+    #[arg(long)]
+    hostname: Option<String>,
+    /// The IP address the master publishes, accepted in `Host` as well.
+    #[arg(long = "advertise-ip")]
+    advertise_ip: Option<std::net::IpAddr>,
+    /// HTTP connections at most, besides agent links (default: 8192, lowered to fit the
+    /// descriptor limit). At the cap the connection idle the longest is closed.
+    #[arg(long)]
+    max_connections: Option<usize>,
+    /// Watch streams open at once; more get 503.
+    #[arg(long, default_value_t = shoal_master::limits::WATCHERS_MAX)]
+    max_watchers: usize,
+}
+
+impl MasterHttp {
+    fn config(&self, listen: SocketAddr) -> shoal_master::http::HttpConfig {
+        let mut config = shoal_master::http::HttpConfig::new(listen);
+        if let Some(h) = &self.hostname {
+            config.hosts.add(h);
+        }
+        if let Some(ip) = self.advertise_ip {
+            config.hosts.add(&ip.to_string());
+        }
+        config.max_connections = self.max_connections;
+        config
+    }
 }
 
 #[derive(Args, Clone)]
@@ -312,12 +346,15 @@ async fn run_master(args: MasterArgs) -> anyhow::Result<()> {
     };
     let core = shoal_master::MasterCore::start_with(store, config, args.timers.agent_timers())?;
     let compat = shoal_compat::Compat::start(core.clone(), args.timers.compat());
+    core.watchers.set_max(args.http.max_watchers);
     let listener = shoal_master::bind(args.listen, &args.work_dir).await?;
+    let http = args.http.config(listener.local_addr()?);
     let published = core.published.clone();
     tokio::select! {
-        served = shoal_master::serve(
+        served = shoal_master::serve_with(
             listener,
             core.router().merge(compat.router()),
+            http,
             shutdown_signal(),
         ) => served,
         // A stopped commit path cannot commit again: exit (not 0) so a supervisor restarts

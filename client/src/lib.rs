@@ -127,6 +127,9 @@ impl Client {
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
             .pool_max_idle_per_host(64)
+            // The master closes a connection idle for 15 s: let go of it first, so a request
+            // never goes out on a connection the master is closing.
+            .pool_idle_timeout(Duration::from_secs(10))
             .build()?;
         Ok(Client { http, base })
     }

@@ -285,11 +285,24 @@ async fn liveness(hub: Arc<AgentHub>) {
 #[derive(Deserialize)]
 pub struct ConnectQuery {}
 
+/// The agent link's upgrade. A browser page on another site must not open it (a WebSocket
+/// is not subject to the same-origin policy): an `Origin` other than the master's own is
+/// refused with 403. Agents send no `Origin`.
 pub async fn connect(
     ws: WebSocketUpgrade,
     State(hub): State<Arc<AgentHub>>,
+    headers: axum::http::HeaderMap,
     Query(_q): Query<ConnectQuery>,
 ) -> Response {
+    if !crate::http::origin_allowed(&headers) {
+        return (
+            StatusCode::FORBIDDEN,
+            axum::Json(
+                json!({"error": "forbidden", "message": "cross-origin agent links are refused"}),
+            ),
+        )
+            .into_response();
+    }
     ws.max_message_size(64 << 20)
         .on_upgrade(move |socket| serve_agent(hub, socket))
 }

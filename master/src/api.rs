@@ -1,6 +1,7 @@
 //! The native API (HTTP/JSON) for schedulers and the agent-facing API. See
 //! `docs/native-api.md` for the reference.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,9 +33,17 @@ pub struct ApiState {
 }
 
 pub fn router(state: ApiState) -> Router {
+    router_with_watchers(state, Arc::new(Watchers::new(limits::WATCHERS_MAX)))
+}
+
+/// The native API, with watch streams counted by `watchers`.
+pub fn router_with_watchers(state: ApiState, watchers: Arc<Watchers>) -> Router {
     Router::new()
         .route("/api/shoal/v1/state", get(get_state))
-        .route("/api/shoal/v1/watch", get(watch))
+        .route(
+            "/api/shoal/v1/watch",
+            get(watch).layer(axum::Extension(watchers)),
+        )
         .route("/api/shoal/v1/claims", post(post_claim))
         .route("/api/shoal/v1/claims/{id}", get(get_claim))
         .route("/api/shoal/v1/tasks/{id}", get(get_task))
@@ -191,14 +200,85 @@ async fn get_state(State(s): State<ApiState>, Query(q): Query<StateQuery>) -> Re
     }
 }
 
+/// The watch streams open now, and how many may be (more get 503).
+pub struct Watchers {
+    open: AtomicUsize,
+    max: AtomicUsize,
+}
+
+impl Watchers {
+    pub fn new(max: usize) -> Watchers {
+        Watchers {
+            open: AtomicUsize::new(0),
+            max: AtomicUsize::new(max),
+        }
+    }
+
+    pub fn set_max(&self, max: usize) {
+        self.max.store(max, Ordering::Relaxed);
+    }
+
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    fn enter(self: &Arc<Self>) -> Option<WatcherSlot> {
+        let max = self.max.load(Ordering::Relaxed);
+        self.open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()?;
+        Some(WatcherSlot(self.clone()))
+    }
+}
+
+/// One open watch stream; dropping it frees the place.
+struct WatcherSlot(Arc<Watchers>);
+
+impl Drop for WatcherSlot {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 #[derive(Deserialize)]
 struct WatchQuery {
     from: Version,
 }
 
+/// A watch stream's buffer: lines wait in it with their share of the byte budget.
+struct WatchSender {
+    tx: tokio::sync::mpsc::Sender<(Bytes, tokio::sync::OwnedSemaphorePermit)>,
+    room: Arc<tokio::sync::Semaphore>,
+}
+
+impl WatchSender {
+    /// Queues a line; false when the client is gone or has not made room for it within
+    /// [`limits::WATCH_SEND_STALL_SECS`] (a client that does not read is dropped rather
+    /// than buffered for).
+    async fn send(&self, line: Bytes) -> bool {
+        let n = line.len().clamp(1, limits::WATCH_STREAM_BUFFER_BYTES) as u32;
+        let queued = async {
+            let permit = self.room.clone().acquire_many_owned(n).await.ok()?;
+            self.tx.send((line, permit)).await.ok()
+        };
+        matches!(
+            tokio::time::timeout(Duration::from_secs(limits::WATCH_SEND_STALL_SECS), queued).await,
+            Ok(Some(()))
+        )
+    }
+}
+
 /// A stream of log entries from `from` on, one JSON object per line, catching up from the
-/// store's log and then following live commits. 410 when `from` is below the log floor.
-async fn watch(State(s): State<ApiState>, Query(q): Query<WatchQuery>) -> Response {
+/// store's log and then following live commits. 410 when `from` is below the log floor, 503
+/// when [`limits::WATCHERS_MAX`] (or `--max-watchers`) streams are open.
+async fn watch(
+    State(s): State<ApiState>,
+    axum::Extension(watchers): axum::Extension<Arc<Watchers>>,
+    conn: Option<axum::Extension<crate::http::ConnectionHandle>>,
+    Query(q): Query<WatchQuery>,
+) -> Response {
     let floor = s
         .published
         .log_floor
@@ -222,15 +302,35 @@ async fn watch(State(s): State<ApiState>, Query(q): Query<WatchQuery>) -> Respon
         ))
         .into_response();
     }
+    let Some(slot) = watchers.enter() else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::RETRY_AFTER, "5")],
+            axum::Json(json!({
+                "error": "unavailable",
+                "message": format!("{} watch streams are open: the most there may be", watchers.open()),
+            })),
+        )
+            .into_response();
+    };
     let mut live = s.published.entries.subscribe();
-    let (tx, rx) =
-        tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(limits::WATCH_STREAM_BUFFER);
+    let (tx, rx) = tokio::sync::mpsc::channel(limits::WATCH_STREAM_BUFFER);
+    let tx = WatchSender {
+        tx,
+        room: Arc::new(tokio::sync::Semaphore::new(
+            limits::WATCH_STREAM_BUFFER_BYTES,
+        )),
+    };
     let published = s.published.clone();
     tokio::spawn(async move {
+        let _slot = slot;
         let mut next = q.from;
+        let mut stalled = false;
+        // Catch up from the store at first and after a gap; otherwise follow the live
+        // entries, which every watcher shares (a slow watcher holds no store batch).
+        let mut catch_up = true;
         'outer: loop {
-            // Catch up from the store up to what is published.
-            while next <= published.snapshot().version() {
+            while catch_up && next <= published.snapshot().version() {
                 let store = published.store.clone();
                 let from = next;
                 let read = tokio::task::spawn_blocking(move || {
@@ -243,34 +343,50 @@ async fn watch(State(s): State<ApiState>, Query(q): Query<WatchQuery>) -> Respon
                 };
                 for e in entries {
                     next = e.version + 1;
-                    if tx.send(Ok(line(&e))).await.is_err() {
+                    if !tx.send(line(&e)).await {
+                        stalled = true;
                         break 'outer;
                     }
                 }
             }
+            catch_up = false;
             let wait = tokio::time::timeout(
                 Duration::from_secs(limits::WATCH_KEEPALIVE_SECS),
                 live.recv(),
             )
             .await;
-            match wait {
-                Err(_) => {
-                    if tx.send(Ok(Bytes::from_static(b"\n"))).await.is_err() {
-                        break;
-                    }
-                }
+            let sent = match wait {
+                Err(_) => tx.send(Bytes::from_static(b"\n")).await,
                 Ok(Ok(e)) if e.version == next => {
                     next += 1;
-                    if tx.send(Ok(line(&e))).await.is_err() {
-                        break;
-                    }
+                    tx.send(line(&e)).await
                 }
-                Ok(Ok(_)) | Ok(Err(RecvError::Lagged(_))) => continue,
+                Ok(Ok(e)) if e.version < next => continue, // read from the store already
+                Ok(Ok(_)) | Ok(Err(RecvError::Lagged(_))) => {
+                    catch_up = true;
+                    continue;
+                }
                 Ok(Err(RecvError::Closed)) => break,
+            };
+            if !sent {
+                stalled = true;
+                break;
+            }
+        }
+        tracing::debug!(from = q.from, next, stalled, "watch stream ends");
+        if stalled {
+            // What the client has not read is still in its connection's buffers: close it,
+            // or the connection would wait on that client forever.
+            if let Some(axum::Extension(conn)) = conn {
+                conn.close();
             }
         }
     });
-    let body = Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
+    let lines = futures::StreamExt::map(
+        tokio_stream::wrappers::ReceiverStream::new(rx),
+        |(line, _permit)| Ok::<_, std::io::Error>(line),
+    );
+    let body = Body::from_stream(lines);
     ([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response()
 }
 

@@ -10,6 +10,7 @@ pub mod api;
 pub mod committer;
 pub mod driver;
 pub mod health;
+pub mod http;
 pub mod jobs;
 pub mod limits;
 pub mod mesos_json;
@@ -75,6 +76,8 @@ pub struct MasterCore {
     pub committer: Committer,
     pub published: Arc<Published>,
     pub agents: Arc<agents::AgentHub>,
+    /// The open watch streams and their cap (`--max-watchers`).
+    pub watchers: Arc<api::Watchers>,
 }
 
 impl MasterCore {
@@ -119,15 +122,19 @@ impl MasterCore {
             committer,
             published,
             agents,
+            watchers: Arc::new(api::Watchers::new(limits::WATCHERS_MAX)),
         })
     }
 
     /// The native API plus `/health` (`/version` is the Mesos one, in `shoal-compat`).
     pub fn router(&self) -> Router {
-        api::router(api::ApiState {
-            committer: self.committer.clone(),
-            published: self.published.clone(),
-        })
+        api::router_with_watchers(
+            api::ApiState {
+                committer: self.committer.clone(),
+                published: self.published.clone(),
+            },
+            self.watchers.clone(),
+        )
         .merge(jobs::router(api::ApiState {
             committer: self.committer.clone(),
             published: self.published.clone(),
@@ -176,22 +183,24 @@ pub async fn bind(
     Ok(listener)
 }
 
-/// Serves `router` on `listener` until `shutdown` resolves.
+/// Serves `router` on `listener` until `shutdown` resolves, with the default connection
+/// limits and the listen address and machine hostname as the accepted hosts.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     router: Router,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    use axum::serve::ListenerExt;
-    // No Nagle: watch entries and agent messages are small writes that must not wait for the
-    // ACK of an earlier one.
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-        }
-    });
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
-        .await?;
-    Ok(())
+    let config = http::HttpConfig::new(listener.local_addr()?);
+    serve_with(listener, router, config, shutdown).await
+}
+
+/// Serves `router` on `listener` until `shutdown` resolves: every route behind the
+/// connection pools, timeouts and request guards of [`http`].
+pub async fn serve_with(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    config: http::HttpConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    http::serve(listener, router, config, shutdown).await
 }

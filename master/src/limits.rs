@@ -33,3 +33,32 @@ pub const AGENT_REGISTER_WAIT_SECS: u64 = 10;
 pub const STORE_REOPEN_BACKOFF_MIN_MS: u64 = 100;
 /// The longest pause between reopens of a failing store.
 pub const STORE_REOPEN_BACKOFF_MAX_MS: u64 = 2_000;
+/// Bytes of request bodies held at once over every connection; a request that does not fit
+/// gets 503 with `Retry-After` (two bodies of the largest size fit).
+pub const REQUEST_BODY_BYTES_IN_FLIGHT_MAX: u64 = 128 << 20;
+/// Connections in the general pool (lowered to fit the descriptor limit); see `http.rs`.
+pub const HTTP_CONNECTIONS_MAX: usize = 8_192;
+/// Connections beyond the general pool, served only for `/health` and agent links, when
+/// every general connection has a request in flight.
+pub const HTTP_RESERVED_CONNECTIONS: usize = 64;
+/// Agent links (upgraded connections): a cell has up to 10,000 agents.
+pub const AGENT_LINKS_MAX: usize = 12_000;
+/// Descriptors kept for everything but connections (the store, logs, the runtime).
+pub const FD_SPARE: usize = 256;
+/// A connection must send a complete request head within this long, also after an earlier
+/// request (so it bounds how long a connection may sit idle).
+pub const HTTP_HEADER_READ_TIMEOUT_SECS: u64 = 15;
+/// A request body must have arrived within this long of its head.
+pub const HTTP_BODY_READ_TIMEOUT_SECS: u64 = 60;
+/// On shutdown, requests in flight may finish for this long.
+pub const HTTP_SHUTDOWN_GRACE_SECS: u64 = 5;
+/// HTTP/1 buffers per connection: a request head must fit, and a response waits here for a
+/// client that reads slowly (hyper's default is ~400 KiB).
+pub const HTTP_CONNECTION_BUFFER_BYTES: usize = 64 << 10;
+/// Watch streams open at once; more get 503.
+pub const WATCHERS_MAX: usize = 512;
+/// Bytes buffered per watch stream for a client that reads slower than the cell commits.
+pub const WATCH_STREAM_BUFFER_BYTES: usize = 64 << 10;
+/// A watch stream whose client has not made room for the next entry within this long is
+/// dropped (its connection closed); the client resumes from its last version.
+pub const WATCH_SEND_STALL_SECS: u64 = 10;

@@ -1304,7 +1304,20 @@ pub async fn post_json(
     url: &str,
     body: String,
 ) -> (u16, serde_json::Value) {
-    let resp = http.post(url).body(body).send().await.unwrap();
+    // Job and service files are JSON or TOML text; the master reads them by their type.
+    let json = matches!(body.trim_start().chars().next(), Some('{' | '['));
+    let content_type = if json {
+        "application/json"
+    } else {
+        "application/toml"
+    };
+    let resp = http
+        .post(url)
+        .header("Content-Type", content_type)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
     let status = resp.status().as_u16();
     (status, resp.json().await.unwrap_or(serde_json::Value::Null))
 }

@@ -432,6 +432,7 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() {
             "PUT" => http.put(url(path)).json(&body),
             _ if body.is_string() => http
                 .post(url(path))
+                .header("Content-Type", "application/json")
                 .body(body.as_str().unwrap().to_string()),
             _ => http.post(url(path)).json(&body),
         };

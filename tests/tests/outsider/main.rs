@@ -2,6 +2,8 @@
 //! probes of a running master and agent on loopback, as a stranger (or a third-party client)
 //! would send them. One module per bug; each test runs the real `shoal` binary.
 
+mod connections;
+mod cross_site;
 mod offers;
 mod orphans;
 mod overflow;
