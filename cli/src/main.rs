@@ -490,6 +490,11 @@ async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
                     None
                 }
                 r = &mut server => Some(r),
+                // As `shoal master` does: a stopped commit path ends the cell, not 0.
+                () = core.published.health.stopped() => {
+                    eprintln!("shoal dev: the commit path has stopped");
+                    Some(Ok(Err(anyhow::anyhow!("the commit path has stopped"))))
+                }
             }
         }
     };

@@ -514,12 +514,23 @@ fn fit_caps(config: &HttpConfig) -> (usize, usize) {
             links = links.min(budget * 2 / 3);
             general = general.min(budget - links).max(1);
         }
-        tracing::warn!(
-            descriptor_limit = limit,
-            max_connections = general,
-            agent_links_max = links,
-            "connection caps lowered to fit the descriptor limit"
-        );
+        // Only a cap the operator asked for is worth a warning; the defaults are meant to
+        // shrink on a host with a low descriptor limit.
+        if config.max_connections.is_some() {
+            tracing::warn!(
+                descriptor_limit = limit,
+                max_connections = general,
+                agent_links_max = links,
+                "connection caps lowered to fit the descriptor limit"
+            );
+        } else {
+            tracing::info!(
+                descriptor_limit = limit,
+                max_connections = general,
+                agent_links_max = links,
+                "connection caps fitted to the descriptor limit"
+            );
+        }
     }
     (general, links)
 }
