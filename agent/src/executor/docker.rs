@@ -190,14 +190,7 @@ impl DockerExecutor {
         std::fs::create_dir_all(&killed)
             .map_err(|e| ExecutorError::io(format!("create {}", killed.display()), e))?;
         // Other agents read the heartbeat file by the absolute path in the labels.
-        cfg.state_dir = std::path::absolute(&cfg.state_dir)
-            .map_err(|e| ExecutorError::io(format!("resolve {}", cfg.state_dir.display()), e))?;
-        let alive = cfg.state_dir.join(heartbeat::ALIVE_FILE);
-        let beat = Heartbeat::start(
-            alive.clone(),
-            heartbeat::touch_interval(cfg.recovery_timeout),
-        )
-        .map_err(|e| ExecutorError::io(format!("start {}", alive.display()), e))?;
+        let beat = Heartbeat::start_in(&mut cfg.state_dir, cfg.recovery_timeout)?;
         Ok(DockerExecutor {
             inner: Arc::new(Inner {
                 cfg,

@@ -49,6 +49,20 @@ impl Heartbeat {
     /// Creates (or touches) `path` and keeps touching it every `interval`. The file is never
     /// created again once it is gone: a work dir removed under a running agent stays removed,
     /// and its tasks end.
+    /// An executor's heartbeat: makes `state_dir` absolute (others find the file by the
+    /// absolute path an executor records) and starts touching `<state_dir>/alive`.
+    pub(crate) fn start_in(
+        state_dir: &mut PathBuf,
+        recovery_timeout: Duration,
+    ) -> Result<Heartbeat, super::ExecutorError> {
+        use super::ExecutorError;
+        *state_dir = std::path::absolute(&*state_dir)
+            .map_err(|e| ExecutorError::io(format!("resolve {}", state_dir.display()), e))?;
+        let alive = state_dir.join(ALIVE_FILE);
+        Heartbeat::start(alive.clone(), touch_interval(recovery_timeout))
+            .map_err(|e| ExecutorError::io(format!("start {}", alive.display()), e))
+    }
+
     pub(crate) fn start(path: PathBuf, interval: Duration) -> std::io::Result<Heartbeat> {
         std::fs::OpenOptions::new()
             .create(true)

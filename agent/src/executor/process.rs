@@ -148,14 +148,7 @@ impl ProcessExecutor {
         std::fs::create_dir_all(&dir)
             .map_err(|e| ExecutorError::io(format!("create {}", dir.display()), e))?;
         // Supervisors look at the heartbeat file by its absolute path.
-        cfg.state_dir = std::path::absolute(&cfg.state_dir)
-            .map_err(|e| ExecutorError::io(format!("resolve {}", cfg.state_dir.display()), e))?;
-        let alive = cfg.state_dir.join(heartbeat::ALIVE_FILE);
-        let beat = Heartbeat::start(
-            alive.clone(),
-            heartbeat::touch_interval(cfg.recovery_timeout),
-        )
-        .map_err(|e| ExecutorError::io(format!("start {}", alive.display()), e))?;
+        let beat = Heartbeat::start_in(&mut cfg.state_dir, cfg.recovery_timeout)?;
         let cgroups = if cfg.cgroups {
             let c = Cgroups::detect(&cfg.cgroup_root, &cgroup_key(&cfg.state_dir));
             // Before any task starts: what is empty now is a leftover of an earlier run.
