@@ -1,6 +1,7 @@
 //! `POST /api/v1/scheduler`: subscriptions, calls, events.
 
 use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -1440,7 +1441,11 @@ async fn allocation_loop(c: Arc<Compat>) {
                 per_fw
                     .entry(h.framework_id.clone())
                     .or_default()
-                    .push(offer_json(h, snap.agent(&h.agent_id)));
+                    .push(offer_json(
+                        h,
+                        snap.agent(&h.agent_id),
+                        c.core.agents.link_ip(&h.agent_id),
+                    ));
             }
         }
         for (fw, offers) in per_fw {
@@ -1489,23 +1494,27 @@ fn offer_filters(
 }
 
 /// The address of an agent in its offers' `url`, as Mesos's master fills `Offer.url` from
-/// the agent's libprocess address (`http://<ip>:<port>/slave(1)`). Shoal agents dial out to
-/// the master and resolve nothing for it, so `ip` is the agent's hostname when that is an IP
-/// address, 127.0.0.1 for `localhost`, and otherwise 0.0.0.0 (the unspecified address:
-/// libmesos's driver needs an IPv4 address there and aborts on an offer without one); `port`
-/// is the agent's own HTTP port (0: it serves none).
-fn agent_address(hostname: &str, port: u16) -> Json {
-    let ip = match hostname.parse::<std::net::IpAddr>() {
-        Ok(ip) => ip.to_string(),
-        Err(_) if hostname.eq_ignore_ascii_case("localhost") => "127.0.0.1".into(),
-        Err(_) => "0.0.0.0".into(),
+/// the agent's libprocess address (`http://<ip>:<port>/slave(1)`). `ip` is where the agent's
+/// live link comes from (`link_ip`); for an agent without one, the agent's hostname when
+/// that is an IP address, 127.0.0.1 for `localhost`, and otherwise 0.0.0.0 (the unspecified
+/// address: libmesos's driver needs an IP address there and aborts on an offer without one);
+/// `port` is the agent's own HTTP port (0: it serves none).
+fn agent_address(hostname: &str, link_ip: Option<IpAddr>, port: u16) -> Json {
+    let ip = match (link_ip, hostname.parse::<IpAddr>()) {
+        (Some(ip), _) | (None, Ok(ip)) => ip.to_string(),
+        (None, Err(_)) if hostname.eq_ignore_ascii_case("localhost") => "127.0.0.1".into(),
+        (None, Err(_)) => "0.0.0.0".into(),
     };
     json!({"hostname": hostname, "ip": ip, "port": port})
 }
 
 /// One offer as Mesos's master writes it (`Master::offer`): with the agent's `url`, and its
-/// `domain` when the agent has one.
-fn offer_json(h: &shoal_core::Hold, agent: Option<&shoal_core::Agent>) -> Json {
+/// `domain` when the agent has one. `link_ip` is where the agent's live link comes from.
+fn offer_json(
+    h: &shoal_core::Hold,
+    agent: Option<&shoal_core::Agent>,
+    link_ip: Option<IpAddr>,
+) -> Json {
     let hostname = agent.map(|a| a.hostname.as_str()).unwrap_or("");
     let mut offer = json!({
         "allocation_info": {"role": h.role},
@@ -1515,7 +1524,7 @@ fn offer_json(h: &shoal_core::Hold, agent: Option<&shoal_core::Agent>) -> Json {
         "hostname": hostname,
         "url": {
             "scheme": "http",
-            "address": agent_address(hostname, agent.map(|a| a.port).unwrap_or(0)),
+            "address": agent_address(hostname, link_ip, agent.map(|a| a.port).unwrap_or(0)),
             "path": "/slave(1)",
         },
         "resources": resources_with_roles(&h.resources, &h.role),
@@ -1773,7 +1782,7 @@ mod tests {
             region: "eu-west-1".into(),
             zone: "eu-west-1a".into(),
         };
-        let offer = offer_json(&hold(), Some(&agent("10.0.0.5", Some(domain))));
+        let offer = offer_json(&hold(), Some(&agent("10.0.0.5", Some(domain))), None);
         assert_eq!(
             offer["url"],
             json!({"scheme": "http", "address": {"hostname": "10.0.0.5", "ip": "10.0.0.5", "port": 0}, "path": "/slave(1)"})
@@ -1782,7 +1791,7 @@ mod tests {
             offer["domain"],
             json!({"fault_domain": {"region": {"name": "eu-west-1"}, "zone": {"name": "eu-west-1a"}}})
         );
-        assert!(offer_json(&hold(), Some(&agent("h", None)))
+        assert!(offer_json(&hold(), Some(&agent("h", None)), None)
             .get("domain")
             .is_none());
 
@@ -1817,9 +1826,22 @@ mod tests {
             ("node-7.example", "0.0.0.0"),
             ("", "0.0.0.0"),
         ] {
-            assert_eq!(agent_address(hostname, 5051)["ip"], ip, "{hostname}");
-            assert_eq!(agent_address(hostname, 5051)["hostname"], hostname);
+            assert_eq!(agent_address(hostname, None, 5051)["ip"], ip, "{hostname}");
+            assert_eq!(agent_address(hostname, None, 5051)["hostname"], hostname);
         }
+    }
+
+    #[test]
+    fn offer_url_ip_is_where_the_agent_link_comes_from() {
+        let link = Some(IpAddr::from([10, 1, 2, 3]));
+        for hostname in ["node-7.example", "localhost", "192.168.1.7", ""] {
+            let address = agent_address(hostname, link, 5051);
+            assert_eq!(address["ip"], "10.1.2.3", "{hostname}");
+            assert_eq!(address["hostname"], hostname);
+            assert_eq!(address["port"], 5051);
+        }
+        let offer = offer_json(&hold(), Some(&agent("node-7.example", None)), link);
+        assert_eq!(offer["url"]["address"]["ip"], "10.1.2.3");
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! they share: `/master/state` (`/state`, `/state.json`), `/master/frameworks`,
 //! `/master/slaves`, `/master/redirect`, `/redirect`.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::extract::State;
@@ -77,6 +78,15 @@ fn held_on(snap: &shoal_core::Cell, agent: &shoal_core::AgentId) -> ResourceSet 
     out
 }
 
+/// An agent's libprocess UPID as Mesos's master shows it: `slave(1)@ip:port`, with the IP
+/// address its live link comes from (`link_ip`), or its hostname when it has no link.
+fn agent_pid(hostname: &str, link_ip: Option<std::net::IpAddr>, port: u16) -> String {
+    match link_ip {
+        Some(ip) => format!("slave(1)@{}", SocketAddr::new(ip, port)),
+        None => format!("slave(1)@{hostname}:{port}"),
+    }
+}
+
 fn slaves(c: &Compat) -> Vec<Json> {
     let snap = c.core().published.snapshot();
     let mut agents: Vec<_> = snap
@@ -91,7 +101,7 @@ fn slaves(c: &Compat) -> Vec<Json> {
                 "id": a.id.as_str(),
                 "hostname": a.hostname,
                 "port": a.port,
-                "pid": format!("slave(1)@{}:{}", a.hostname, a.port),
+                "pid": agent_pid(&a.hostname, c.core().agents.link_ip(&a.id), a.port),
                 "registered_time": a.registered_at as f64 / 1000.0,
                 "resources": scalars(&a.total),
                 "used_resources": scalars(&a.allocated),
@@ -255,4 +265,19 @@ pub fn router(c: Arc<Compat>) -> Router<Arc<Compat>> {
         .route("/redirect", get(redirect))
         .route("/version", get(version))
         .route("/master/health", get(health))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::agent_pid;
+    use std::net::IpAddr;
+
+    #[test]
+    fn agent_pid_names_where_the_link_comes_from() {
+        let v4 = Some(IpAddr::from([127, 0, 0, 1]));
+        assert_eq!(agent_pid("node-7", v4, 0), "slave(1)@127.0.0.1:0");
+        let v6 = Some("::1".parse().unwrap());
+        assert_eq!(agent_pid("node-7", v6, 5051), "slave(1)@[::1]:5051");
+        assert_eq!(agent_pid("node-7", None, 5051), "slave(1)@node-7:5051");
+    }
 }

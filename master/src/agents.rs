@@ -15,16 +15,22 @@
 //!   unreachable (its tasks TASK_UNREACHABLE, resources still booked); after `gone_after` it
 //!   is gone (its tasks TASK_GONE, resources freed). A returning agent is reconciled, not
 //!   duplicated: it registers with its id.
+//! - **Address**: each link keeps the IP address it comes from (the peer of its WebSocket
+//!   connection), where the agent really is, as Mesos's master takes an agent's address from
+//!   its libprocess UPID. It lives with the link, not in the store: a re-registering agent
+//!   brings its address again ([`AgentHub::link_ip`]).
 
 use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{Query, State};
+use axum::extract::{ConnectInfo, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use futures::stream::{SplitSink, SplitStream};
 use futures::{Sink, SinkExt, Stream, StreamExt};
 use serde::Deserialize;
@@ -68,6 +74,8 @@ struct Connection {
     tx: mpsc::Sender<MasterMessage>,
     /// Distinguishes this connection from a later one of the same agent.
     serial: u64,
+    /// The IP address the link comes from (an IPv4-mapped IPv6 address as IPv4).
+    peer: Option<IpAddr>,
 }
 
 /// The registry of connected agents and pending file requests.
@@ -117,6 +125,16 @@ impl AgentHub {
             Some(c) => c.tx.try_send(msg).is_ok(),
             None => false,
         }
+    }
+
+    /// The IP address an agent's live link comes from; `None` when it has no link (or the
+    /// link was served without a peer address).
+    pub fn link_ip(&self, agent: &AgentId) -> Option<IpAddr> {
+        self.connections
+            .lock()
+            .expect("hub lock")
+            .get(agent)
+            .and_then(|c| c.peer)
     }
 
     pub fn is_connected(&self, agent: &AgentId) -> bool {
@@ -287,10 +305,12 @@ pub struct ConnectQuery {}
 
 /// The agent link's upgrade. A browser page on another site must not open it (a WebSocket
 /// is not subject to the same-origin policy): an `Origin` other than the master's own is
-/// refused with 403. Agents send no `Origin`.
+/// refused with 403. Agents send no `Origin`. The link keeps its peer's IP address (the
+/// server puts it in every request's extensions).
 pub async fn connect(
     ws: WebSocketUpgrade,
     State(hub): State<Arc<AgentHub>>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     headers: axum::http::HeaderMap,
     Query(_q): Query<ConnectQuery>,
 ) -> Response {
@@ -303,8 +323,9 @@ pub async fn connect(
         )
             .into_response();
     }
+    let peer = peer.map(|Extension(ConnectInfo(addr))| addr.ip().to_canonical());
     ws.max_message_size(64 << 20)
-        .on_upgrade(move |socket| serve_agent(hub, socket))
+        .on_upgrade(move |socket| serve_agent(hub, socket, peer))
 }
 
 /// The next agent message; `None` once the peer closes or the socket fails.
@@ -339,7 +360,7 @@ where
     )
 }
 
-async fn serve_agent(hub: Arc<AgentHub>, mut socket: WebSocket) {
+async fn serve_agent(hub: Arc<AgentHub>, mut socket: WebSocket, peer: Option<IpAddr>) {
     let write_deadline = hub.timers.ping_timeout;
     let first = tokio::time::timeout(
         Duration::from_secs(crate::limits::AGENT_REGISTER_WAIT_SECS),
@@ -414,7 +435,7 @@ async fn serve_agent(hub: Arc<AgentHub>, mut socket: WebSocket) {
         }
     };
     let span = tracing::info_span!("agent", %agent_id);
-    serve_link(hub, agent_id, socket, known)
+    serve_link(hub, agent_id, peer, socket, known)
         .instrument(span)
         .await;
 }
@@ -423,8 +444,14 @@ async fn serve_agent(hub: Arc<AgentHub>, mut socket: WebSocket) {
 /// reconciliation, all running at once. Whatever awaits room in the outbox (reconciliation,
 /// acknowledgements) therefore never holds up the writer that makes the room, and the writer
 /// gives up on a peer that does not read, which ends the link.
-async fn serve_link(hub: Arc<AgentHub>, agent_id: AgentId, socket: WebSocket, known: Vec<TaskId>) {
-    tracing::info!("agent connected");
+async fn serve_link(
+    hub: Arc<AgentHub>,
+    agent_id: AgentId,
+    peer: Option<IpAddr>,
+    socket: WebSocket,
+    known: Vec<TaskId>,
+) {
+    tracing::info!(?peer, "agent connected");
     let (tx, rx) = mpsc::channel::<MasterMessage>(crate::limits::AGENT_OUTBOX_MAX);
     // REGISTERED is the first message of the link: it is queued before the hub can queue
     // anything else.
@@ -438,6 +465,7 @@ async fn serve_link(hub: Arc<AgentHub>, agent_id: AgentId, socket: WebSocket, kn
         Connection {
             tx: tx.clone(),
             serial,
+            peer,
         },
     );
     hub.liveness.lock().expect("hub lock").connected(&agent_id);

@@ -17,7 +17,9 @@
 //! hyper's header-read timeout closes a connection that has not sent a complete head within
 //! [`limits::HTTP_HEADER_READ_TIMEOUT_SECS`], which also bounds how long a connection may sit
 //! idle between requests; a request body must arrive within
-//! [`limits::HTTP_BODY_READ_TIMEOUT_SECS`].
+//! [`limits::HTTP_BODY_READ_TIMEOUT_SECS`]. Every request carries two extensions: its
+//! connection's peer address (axum's `ConnectInfo<SocketAddr>`: where an agent's link comes
+//! from) and a [`ConnectionHandle`].
 //!
 //! **Bodies in flight.** Every request reserves its declared `Content-Length` (a chunked body
 //! reserves as it arrives) against [`limits::REQUEST_BODY_BYTES_IN_FLIGHT_MAX`] until its
@@ -50,6 +52,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
+use axum::extract::ConnectInfo;
 use axum::http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use axum::Router;
 use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
@@ -767,10 +770,12 @@ impl Shared {
         self: Arc<Self>,
         id: u64,
         local: Option<IpAddr>,
+        peer: SocketAddr,
         shed: Arc<Notify>,
         mut req: Request<Incoming>,
     ) -> Response<Body> {
         req.extensions_mut().insert(ConnectionHandle { shed });
+        req.extensions_mut().insert(ConnectInfo(peer));
         let pool = self.conns.begin_request(id);
         let mut done = RequestDone {
             conns: self.conns.clone(),
@@ -937,8 +942,8 @@ pub async fn serve(
             a = listener.accept() => a,
             _ = &mut shutdown => break,
         };
-        let stream = match accepted {
-            Ok((stream, _peer)) => stream,
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
             Err(e) => {
                 // Out of descriptors or a connection reset before it was accepted: wait a
                 // moment rather than spin.
@@ -970,7 +975,7 @@ pub async fn serve(
             let svc = hyper::service::service_fn(move |req| {
                 let shared = shared.clone();
                 let shed = handle_shed.clone();
-                async move { Ok::<_, Infallible>(shared.handle(id, local, shed, req).await) }
+                async move { Ok::<_, Infallible>(shared.handle(id, local, peer, shed, req).await) }
             });
             let conn = builder.serve_connection(io, svc).with_upgrades();
             tokio::pin!(conn);

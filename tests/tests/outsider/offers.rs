@@ -2,6 +2,9 @@
 //!
 //! - **Offers carry no url**: every offer names how to reach its agent (`url`, as Mesos's
 //!   master writes it); libmesos's driver aborts on an offer without one.
+//! - **The agent's real address**: an agent whose hostname is no IP address is still offered
+//!   with the IP address its link comes from (`url.address.ip`, and its `pid` in
+//!   `/master/state`), as Mesos takes it from the agent's UPID.
 //! - **One silent framework takes the cell**: a framework that subscribes and never reads
 //!   (nor answers) is offered the whole agent; once its offer times out it must not get it
 //!   again, so a native claim and a framework that answers get the agent (`--offer-timeout
@@ -172,6 +175,57 @@ async fn offers_carry_no_url() {
         url["address"]["port"].is_u64(),
         "Offer.url.address.port: {offer}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offers_name_the_address_the_agent_link_comes_from() {
+    let dir = tempfile::tempdir().unwrap();
+    let master = MasterProc::start(&dir.path().join("master"), &mesos_master_flags());
+    let hostname = unique("not-an-ip");
+    let _agent = start_mesos_agent(
+        &master.addr,
+        &dir.path().join("agent"),
+        &hostname,
+        MesosAgentSpec::process("cpus:1;mem:256"),
+    );
+    let ids = wait_agents_active(&master.client(), &[&hostname], Duration::from_secs(20))
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", tail(&master.log(), 40)));
+    let mut sub = JsonSubscription::subscribe(
+        &master.addr,
+        json!({"user": "outsider", "name": "address"}),
+        STEP,
+    )
+    .await
+    .unwrap();
+    let offers = sub.wait_for("OFFERS", STEP).await.unwrap();
+    let offer = &offers["offers"]["offers"][0];
+    assert_eq!(offer["agent_id"]["value"], ids[0].as_str());
+    let address = &offer["url"]["address"];
+    assert_eq!(address["hostname"], hostname.as_str(), "{offer}");
+    assert_eq!(
+        address["ip"], "127.0.0.1",
+        "Offer.url.address.ip is where the agent's link comes from: {offer}"
+    );
+
+    let state: Json = reqwest::get(format!("{}/master/state", master.addr))
+        .await
+        .expect("GET /master/state")
+        .json()
+        .await
+        .expect("state JSON");
+    let slave = state["slaves"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["id"] == ids[0].as_str()))
+        .unwrap_or_else(|| panic!("agent {} in /master/state: {state}", ids[0]))
+        .clone();
+    let port = slave["port"].as_u64().expect("slave port");
+    assert_eq!(
+        slave["pid"],
+        format!("slave(1)@127.0.0.1:{port}").as_str(),
+        "{slave}"
+    );
+    assert_eq!(slave["hostname"], hostname.as_str(), "{slave}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
