@@ -374,6 +374,7 @@ pub fn decode_log_entry(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::redb_store::{CLAIMS, LOG, META, TASKS};
     use shoal_core::{AgentId, ClaimId, ResourceSet, StatusInfo, TaskSpec, TaskState};
 
     fn placed(id: &str, claim: &str, version: Version) -> Task {
