@@ -16,13 +16,18 @@
 //! its tasks as placed); it gets a row of its own in the task table only when it changes, and
 //! loading lays those rows over the placed tasks. A claim's log entry names the claim and is
 //! rebuilt from its row. No row is ever removed, so every reference resolves.
+//!
+//! A store names its [`FORMAT`] in a meta row: a shoal opens every format up to its own
+//! (upgrading older ones) and refuses, without writing to it, a store of a newer one.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{
+    Database, Durability, ReadOnlyDatabase, ReadableDatabase, ReadableTable, TableDefinition,
+};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use shoal_core::jobs::{Job, JobTask};
@@ -46,7 +51,19 @@ pub enum StoreError {
     Backend(String),
     #[error("store record is corrupt: {0}")]
     Corrupt(String),
+    /// Left as it was: a newer shoal wrote it, and this one would misread it.
+    #[error(
+        "the store is of format {found}, newer than this shoal knows (up to {known}); \
+         it is left as it was: open it with a shoal of format {found} or later"
+    )]
+    NewerFormat { found: u32, known: u32 },
 }
+
+/// The store format this shoal writes; it opens every format up to this one (a store of an
+/// older format is upgraded when it is opened) and refuses newer ones. Format 1: the tables
+/// of [`RedbStore`] with the binary rows of [`rows`] (and the JSON rows of earlier versions,
+/// read as they are); stores made before the format row existed are of format 1.
+pub const FORMAT: u32 = 1;
 
 macro_rules! backend_err {
     ($($t:ty),*) => {$(

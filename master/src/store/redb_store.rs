@@ -3,6 +3,9 @@
 use super::*;
 
 pub(super) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+/// The meta row of the store's format ([`FORMAT`], as JSON).
+pub(super) const FORMAT_KEY: &str = "format";
+const CELL_ID_KEY: &str = "cell_id";
 pub(super) const AGENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("agents");
 pub(super) const TASKS: TableDefinition<&str, &[u8]> = TableDefinition::new("tasks");
 pub(super) const ROLES: TableDefinition<&str, &[u8]> = TableDefinition::new("roles");
@@ -41,12 +44,23 @@ impl RedbStore {
         })
     }
 
-    /// Opens (or creates) the file and its tables, with one durable commit.
+    /// Opens (or creates) the file and its tables, with one durable commit. A store of a
+    /// newer format than [`FORMAT`] is refused before anything is written to it; a store
+    /// without a format row (made before the row existed) is of format 1 and gets the row.
     fn open_db(path: &Path) -> StoreResult<Database> {
+        // Read-only first, as opening for writes marks the file. A file that cannot be read
+        // so (a new one, one whose last close was not clean, one that is not a store) is left
+        // to the open below: redb's repair only rolls a file back to its last commit.
+        if let Ok(db) = ReadOnlyDatabase::open(path) {
+            check_format(stored_format(&db)?)?;
+            db.close()?;
+        }
         let db = Database::create(path)?;
+        let found = stored_format(&db)?;
+        check_format(found)?;
         let txn = db.begin_write()?;
         {
-            txn.open_table(META)?;
+            let mut meta = txn.open_table(META)?;
             txn.open_table(AGENTS)?;
             txn.open_table(TASKS)?;
             txn.open_table(ROLES)?;
@@ -56,6 +70,17 @@ impl RedbStore {
             txn.open_table(JOB_TASKS)?;
             txn.open_table(SERVICES)?;
             txn.open_table(SERVICE_INSTANCES)?;
+            // Format 1 is the first: there is nothing to upgrade yet. A later format upgrades
+            // the rows of the one before here, in this write, before its row is set.
+            if found != Some(FORMAT) {
+                if found.is_none() && meta.get(CELL_ID_KEY)?.is_some() {
+                    tracing::info!(
+                        format = FORMAT,
+                        "the store has no format row yet: it is set"
+                    );
+                }
+                meta.insert(FORMAT_KEY, encode(&FORMAT).as_slice())?;
+            }
         }
         txn.commit()?;
         Ok(db)
@@ -70,6 +95,30 @@ impl RedbStore {
             ));
         }
         Ok(DbGuard(guard))
+    }
+}
+
+/// The format a store's meta row names (`None`: a new store, or one made before the row).
+fn stored_format(db: &impl ReadableDatabase) -> StoreResult<Option<u32>> {
+    let txn = db.begin_read()?;
+    let meta = match txn.open_table(META) {
+        Ok(meta) => meta,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let found = meta.get(FORMAT_KEY)?;
+    found.map(|v| decode("store format", v.value())).transpose()
+}
+
+/// Refuses a store this shoal cannot read: one of a newer format.
+fn check_format(found: Option<u32>) -> StoreResult<()> {
+    match found {
+        Some(found) if found > FORMAT => Err(StoreError::NewerFormat {
+            found,
+            known: FORMAT,
+        }),
+        Some(0) => Err(StoreError::Corrupt("store format 0".into())),
+        _ => Ok(()),
     }
 }
 
@@ -101,7 +150,7 @@ impl Store for RedbStore {
         let db = self.db()?;
         let txn = db.begin_read()?;
         let meta = txn.open_table(META)?;
-        let cell_id = match meta.get("cell_id")? {
+        let cell_id = match meta.get(CELL_ID_KEY)? {
             Some(v) => Some(
                 String::from_utf8(v.value().to_vec())
                     .map_err(|e| StoreError::Corrupt(e.to_string()))?,
@@ -162,7 +211,7 @@ impl Store for RedbStore {
         txn.set_durability(Durability::None)?;
         {
             let mut meta = txn.open_table(META)?;
-            meta.insert("cell_id", batch.cell_id.as_bytes())?;
+            meta.insert(CELL_ID_KEY, batch.cell_id.as_bytes())?;
             meta.insert("version", encode(&batch.version).as_slice())?;
             let mut agents = txn.open_table(AGENTS)?;
             for a in &batch.agents {
