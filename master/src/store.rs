@@ -53,8 +53,8 @@ pub enum StoreError {
     Corrupt(String),
     /// Left as it was: a newer shoal wrote it, and this one would misread it.
     #[error(
-        "the store is of format {found}, newer than this shoal knows (up to {known}); \
-         it is left as it was: open it with a shoal of format {found} or later"
+        "the store is of format {found}, newer than this shoal knows (formats up to \
+         {known}); it is left as it was: open it with a newer shoal"
     )]
     NewerFormat { found: u32, known: u32 },
 }
