@@ -14,9 +14,8 @@ pub(super) const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
 pub(super) const JOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("jobs");
 /// Key: `<job id>/<task name>` (neither has a slash).
 pub(super) const JOB_TASKS: TableDefinition<&str, &[u8]> = TableDefinition::new("job_tasks");
-
-/// Key: `<service id>/<index>` (service ids have no slash).
 pub(super) const SERVICES: TableDefinition<&str, &[u8]> = TableDefinition::new("services");
+/// Key: `<service id>/<index>` (service ids have no slash).
 pub(super) const SERVICE_INSTANCES: TableDefinition<&str, &[u8]> =
     TableDefinition::new("service_instances");
 
