@@ -440,13 +440,13 @@ fn marathon_read(cx: &mut Context, value: &Value, target: Target) -> Option<Mara
     let instances = match app.take("instances") {
         None => 1,
         Some(v) => match v.as_u64() {
-            Some(n) if (1..=crate::jobs::JOB_TASKS_MAX as u64).contains(&n) => n as usize,
+            Some(n) if (1..=crate::limits::JOB_TASKS_MAX as u64).contains(&n) => n as usize,
             _ => {
                 cx.error(
                     "instances",
                     format!(
                         "{v} is not a count from 1 to {}",
-                        crate::jobs::JOB_TASKS_MAX
+                        crate::limits::JOB_TASKS_MAX
                     ),
                 );
                 1

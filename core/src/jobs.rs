@@ -23,29 +23,19 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::cell::{Cell, Rejection};
+use crate::limits::{
+    BATCH_PLACEMENTS_PER_STEP_MAX, BATCH_PLACEMENT_MISSES_PER_STEP_MAX,
+    BATCH_PREEMPTIONS_PER_STEP_MAX, JOB_BACKOFF_MAX_MS, JOB_NAME_BYTES_MAX, JOB_TASKS_MAX,
+    JOB_TASK_RETRIES_MAX, PRIORITY_MAX,
+};
 use crate::model::*;
 use crate::resources::{Ranges, Resource, ResourceSet, Value, UNRESERVED};
 use crate::task::TaskState;
 
-pub use crate::limits::JOB_NAME_BYTES_MAX;
-/// Most tasks one job may have.
-pub const JOB_TASKS_MAX: usize = 10_000;
-/// Most retries of one task.
-pub const TASK_RETRIES_MAX: u32 = 100;
-/// Longest backoff between two attempts (the backoff doubles with each retry up to this).
-pub const BACKOFF_MAX_MS: u64 = 10 * 60 * 1000;
 /// Backoff when the job file gives none.
 pub const BACKOFF_DEFAULT_MS: u64 = 1000;
 /// Job priority when the file gives none; priorities go from 0 to [`PRIORITY_MAX`].
 pub const PRIORITY_DEFAULT: i64 = 50;
-pub const PRIORITY_MAX: i64 = crate::limits::PRIORITY_MAX;
-/// Most placements the scheduler decides in one step (over all jobs).
-pub const PLACEMENTS_PER_STEP_MAX: usize = 2000;
-/// Queued tasks the scheduler tries and fails to place in one step before it gives up until
-/// the cell changes: bounds the cost of a step when the cell is full.
-pub const PLACEMENT_MISSES_PER_STEP_MAX: usize = 64;
-/// Tasks the scheduler places by evicting others in one step (each is a claim of its own).
-pub const PREEMPTIONS_PER_STEP_MAX: usize = 64;
 /// The owner written on every task the batch scheduler places.
 pub const BATCH_OWNER: &str = "shoal-batch";
 
@@ -340,15 +330,15 @@ impl CompiledJob {
         for t in &spec.tasks {
             let at = |f: &str| format!("tasks[{}].{f}", t.name);
             let resources = check_task_fields(&t.fields(), &at, &mut err);
-            if t.retries > TASK_RETRIES_MAX {
+            if t.retries > JOB_TASK_RETRIES_MAX {
                 err(
                     at("retries"),
-                    format!("{} is more than {TASK_RETRIES_MAX}", t.retries),
+                    format!("{} is more than {JOB_TASK_RETRIES_MAX}", t.retries),
                 );
             }
             let backoff_ms = match t.backoff.as_deref().map(parse_duration_ms) {
                 None => BACKOFF_DEFAULT_MS,
-                Some(Ok(ms)) => ms.min(BACKOFF_MAX_MS),
+                Some(Ok(ms)) => ms.min(JOB_BACKOFF_MAX_MS),
                 Some(Err(e)) => {
                     err(at("backoff"), e);
                     0
@@ -1664,7 +1654,7 @@ impl BatchScheduler {
             let wait = ctask
                 .backoff_ms
                 .saturating_mul(1 << shift)
-                .min(BACKOFF_MAX_MS);
+                .min(JOB_BACKOFF_MAX_MS);
             t.rec.state = JobTaskState::Queued;
             t.rec.not_before = now.saturating_add(wait);
             t.rec.message = Some(format!(
@@ -1738,7 +1728,9 @@ impl BatchScheduler {
         let mut placed = 0;
         let mut taken: Vec<ReadyKey> = Vec::new();
         for key in self.ready.iter() {
-            if placed >= PLACEMENTS_PER_STEP_MAX || misses >= PLACEMENT_MISSES_PER_STEP_MAX {
+            if placed >= BATCH_PLACEMENTS_PER_STEP_MAX
+                || misses >= BATCH_PLACEMENT_MISSES_PER_STEP_MAX
+            {
                 break;
             }
             let (job, idx) = (&key.2, key.3);
@@ -1759,7 +1751,7 @@ impl BatchScheduler {
                 }
             }
             let mut victims = Vec::new();
-            if best.is_none() && preempting.len() < PREEMPTIONS_PER_STEP_MAX {
+            if best.is_none() && preempting.len() < BATCH_PREEMPTIONS_PER_STEP_MAX {
                 let role = &run.job.role;
                 if let Some((i, v)) = preemption.choose(&agents, role, ctask, def) {
                     let a = &mut agents[i].1;
@@ -1857,7 +1849,7 @@ impl BatchScheduler {
             );
         }
         // Stopped at the cap: place more at the next step.
-        if placed >= PLACEMENTS_PER_STEP_MAX {
+        if placed >= BATCH_PLACEMENTS_PER_STEP_MAX {
             self.room = true;
         }
     }

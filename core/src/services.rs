@@ -31,16 +31,14 @@ use crate::jobs::{
     attribute_value, check_task_fields, check_team_and_priority, describe_end, fmt_ms,
     free_ports_upto, parse_duration_ms, port_count, split_port, task_info_json, valid_name,
     with_ports, Actions, Constraint, ConstraintOp, FieldError, JobErrors, TaskFields,
-    JOB_NAME_BYTES_MAX,
 };
+use crate::limits::{JOB_NAME_BYTES_MAX, SERVICE_COUNT_MAX, SERVICE_PLACEMENTS_PER_STEP_MAX};
 use crate::model::*;
 use crate::resources::ResourceSet;
 use crate::task::TaskState;
 
 /// The owner written on every task the service scheduler places.
 pub const SERVICE_OWNER: &str = "shoal-service";
-/// Most instances one service may ask for.
-pub const SERVICE_COUNT_MAX: u32 = 10_000;
 /// Restart backoff when the file gives none, and its cap.
 pub const RESTART_BACKOFF_DEFAULT_MS: u64 = 1000;
 pub const RESTART_BACKOFF_MAX_DEFAULT_MS: u64 = 60_000;
@@ -56,8 +54,6 @@ pub const HEALTH_FAILURES_DEFAULT: u32 = 3;
 /// An instance that ran this long before it ended is restarted after the base backoff again
 /// (its earlier failures no longer count).
 pub const FAILURES_RESET_MS: u64 = 10_000;
-/// Most placements the scheduler decides for one service in one step.
-pub const SERVICE_PLACEMENTS_PER_STEP_MAX: usize = 1000;
 
 // ---------------------------------------------------------------------------------------------
 // The service file
