@@ -29,4 +29,4 @@ pub use script::{
 };
 pub use shape::{compare_shape, json_shape, json_type, ShapeReport};
 pub use subscription::{JsonCaller, JsonSubscription};
-pub use wait::wait_until;
+pub use wait::{hold_for, wait_until, HOLD_POLL_SECS};
