@@ -584,14 +584,18 @@ fn prepare(
         });
         return None;
     }
-    let spec =
-        match taskinfo::launch_spec(task.id.as_str(), &task.spec.0, &sandbox, config.kill_grace) {
-            Ok(t) => t.spec,
-            Err(message) => {
-                fail(TaskUpdate::Error { message });
-                return None;
-            }
-        };
+    let spec = match taskinfo::launch_spec(
+        task.id.as_str(),
+        task.spec.as_str(),
+        &sandbox,
+        config.kill_grace,
+    ) {
+        Ok(t) => t.spec,
+        Err(message) => {
+            fail(TaskUpdate::Error { message });
+            return None;
+        }
+    };
     let (kind, exec) = match &spec.container {
         ContainerSpec::Docker(_) => match docker {
             Some(d) => (ExecutorKind::Docker, d.clone()),

@@ -1060,7 +1060,7 @@ async fn accept(c: &Arc<Compat>, fw_id: &str, accept: &Json) -> Response {
                     .map(AgentId::new)
                     .unwrap_or_else(|| AgentId::new("")),
                 resources: parts.resources,
-                spec: TaskSpec(t.to_string().into()),
+                spec: TaskSpec::from_value(&t),
             }),
             Err(e) => invalid.push((task_id, e)),
         }

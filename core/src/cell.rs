@@ -1020,7 +1020,7 @@ impl Cell {
                     p.task_id
                 )));
             }
-            if p.spec.0.len() > limits::TASK_SPEC_BYTES_MAX {
+            if p.spec.as_str().len() > limits::TASK_SPEC_BYTES_MAX {
                 return Err(Rejection::Invalid(format!(
                     "task {}: task description too large",
                     p.task_id

@@ -440,7 +440,7 @@ impl CompiledJob {
             &def.fields(),
             &[("SHOAL_JOB", &self.id), ("SHOAL_JOB_TASK", &def.name)],
         );
-        TaskSpec(Arc::from(info.to_string()))
+        TaskSpec::from_value(&info)
     }
 }
 

@@ -152,14 +152,52 @@ pub struct StatusInfo {
 
 /// The task's description as a framework sent it: the compact JSON of a `mesos.v1.TaskInfo`
 /// (Mesos's JSON encoding). The core does not look inside; the master and agents do.
-/// It is written as raw JSON in JSON documents and as a string elsewhere; its keys are kept
-/// sorted (serde_json's canonical order), so it survives a round trip unchanged.
+/// It is written as raw JSON in JSON documents and as a string elsewhere. Its text is always
+/// canonical JSON (compact, keys sorted: what `serde_json::Value` writes), however it was
+/// made, so it survives a round trip through JSON unchanged.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TaskSpec(pub Arc<str>);
+pub struct TaskSpec(Arc<str>);
 
 impl TaskSpec {
     pub fn empty() -> TaskSpec {
         TaskSpec(Arc::from("{}"))
+    }
+
+    /// The spec of `text`, made canonical: JSON is written compact with its keys sorted;
+    /// text that is not JSON becomes a JSON string holding it.
+    pub fn new(text: &str) -> TaskSpec {
+        let canonical = match serde_json::from_str::<serde_json::Value>(text) {
+            Ok(v) => v.to_string(),
+            Err(_) => serde_json::Value::String(text.to_string()).to_string(),
+        };
+        if canonical == text {
+            TaskSpec(Arc::from(text))
+        } else {
+            TaskSpec(Arc::from(canonical))
+        }
+    }
+
+    /// The spec of a JSON value (canonical as written).
+    pub fn from_value(v: &serde_json::Value) -> TaskSpec {
+        TaskSpec(Arc::from(v.to_string()))
+    }
+
+    /// The spec of text its caller has already made canonical (the master's API does, on
+    /// the commit path; the store only holds specs the cell held), kept without a second
+    /// pass. Checked in debug builds only.
+    pub fn from_canonical(text: impl Into<Arc<str>>) -> TaskSpec {
+        let text = text.into();
+        debug_assert_eq!(
+            TaskSpec::new(&text).as_str(),
+            &*text,
+            "task spec is not canonical JSON"
+        );
+        TaskSpec(text)
+    }
+
+    /// Its canonical JSON text.
+    pub fn as_str(&self) -> &str {
+        &self.0
     }
 }
 
@@ -183,6 +221,7 @@ impl<'de> Deserialize<'de> for TaskSpec {
             let v = serde_json::Value::deserialize(d)?;
             Ok(TaskSpec(Arc::from(v.to_string())))
         } else {
+            // Written by `serialize`, from a spec that was canonical.
             let s = String::deserialize(d)?;
             Ok(TaskSpec(Arc::from(s)))
         }
@@ -524,9 +563,7 @@ mod tests {
             resources: ResourceSet::parse("cpus:1;ports:[1-2]").unwrap(),
             state: TaskState::Staging,
             status: StatusInfo::default(),
-            spec: TaskSpec(Arc::from(
-                r#"{"command":{"value":"echo"},"task_id":{"value":"t1"}}"#,
-            )),
+            spec: TaskSpec::new(r#"{"command":{"value":"echo"},"task_id":{"value":"t1"}}"#),
             version: 3,
             priority: 0,
             preempted_by: None,

@@ -485,7 +485,7 @@ impl CompiledService {
             }
             info["health_check"] = check;
         }
-        TaskSpec(Arc::from(info.to_string()))
+        TaskSpec::from_value(&info)
     }
 
     /// Whether an agent could ever hold an instance (empty, constraints on its own attributes).

@@ -593,7 +593,7 @@ fn ports_and_constraints_reach_the_task_description() {
         "z1"
     );
     assert_eq!(t.resources.to_string(), "cpus:1;ports:[32000-32001]");
-    let spec: serde_json::Value = serde_json::from_str(&t.spec.0).unwrap();
+    let spec: serde_json::Value = serde_json::from_str(t.spec.as_str()).unwrap();
     let vars = spec["command"]["environment"]["variables"]
         .as_array()
         .unwrap();

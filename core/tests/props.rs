@@ -1898,13 +1898,10 @@ fn oversized_claims_and_specs_are_invalid() {
         Err(Rejection::Invalid(_))
     ));
     let mut p = placement("big", &a, "cpus:1");
-    p.spec = TaskSpec(
-        format!(
-            "\"{}\"",
-            "x".repeat(shoal_core::limits::TASK_SPEC_BYTES_MAX)
-        )
-        .into(),
-    );
+    p.spec = TaskSpec::new(&format!(
+        "\"{}\"",
+        "x".repeat(shoal_core::limits::TASK_SPEC_BYTES_MAX)
+    ));
     let c = claim_of(
         "big",
         "web",
@@ -2249,16 +2246,32 @@ fn regression_generated_agent_id_collides_with_chosen_id() {
     assert_eq!(cell.agent(&chosen).unwrap().hostname, "one");
 }
 
+/// Regression: the core accepted any text as a TaskSpec, but only canonical JSON (compact,
+/// sorted keys) survives the JSON store: a spec that was not JSON came back wrapped in quotes,
+/// one with unsorted keys or spaces came back reordered, so a restart or a watcher changed the
+/// task. Every spec is now made canonical when it is made.
 #[test]
-#[ignore = "bug (minor): the core accepts any TaskSpec, but only canonical JSON (compact, sorted \
-            keys) survives the JSON store: a spec that is not JSON comes back wrapped in quotes, one with \
-            unsorted keys or spaces comes back reordered, so a restart or a watcher changes the task. \
-            The master's API always canonicalizes; other users of the core (compat) may not"]
 fn regression_non_canonical_task_spec_changes_through_json() {
-    for raw in ["not json", r#"{"b":1,"a":2}"#, r#"{ "a": 1 }"#] {
-        let spec = TaskSpec(raw.into());
+    for (raw, canonical) in [
+        ("not json", r#""not json""#),
+        (r#"{"b":1,"a":2}"#, r#"{"a":2,"b":1}"#),
+        (r#"{ "a": 1 }"#, r#"{"a":1}"#),
+        (
+            r#"{"a":[1, {"d":0,"c":null}]}"#,
+            r#"{"a":[1,{"c":null,"d":0}]}"#,
+        ),
+    ] {
+        let spec = TaskSpec::new(raw);
+        assert_eq!(spec.as_str(), canonical, "{raw}");
         let back: TaskSpec = json_roundtrip(&spec);
-        assert_eq!(back, spec, "{raw} came back as {}", back.0);
+        assert_eq!(back, spec, "{raw} came back as {}", back.as_str());
+        let back: TaskSpec = postcard::from_bytes(&postcard::to_allocvec(&spec).unwrap()).unwrap();
+        assert_eq!(
+            back,
+            spec,
+            "{raw} came back from postcard as {}",
+            back.as_str()
+        );
     }
 }
 

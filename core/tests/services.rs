@@ -157,12 +157,12 @@ impl Sim {
             .cloned()
             .collect();
         for t in tasks {
-            let checked = t.spec.0.contains("health_check");
+            let checked = t.spec.as_str().contains("health_check");
             let sick = self.unhealthy.get(&t.id).copied().unwrap_or(false)
                 || self
                     .sick_marker
                     .as_ref()
-                    .is_some_and(|m| t.spec.0.contains(m.as_str()));
+                    .is_some_and(|m| t.spec.as_str().contains(m.as_str()));
             let healthy = checked.then_some(!sick);
             let next = match t.state {
                 TaskState::Staging => Some((TaskState::Running, healthy)),
@@ -434,7 +434,7 @@ fn a_rolling_update_respects_surge_and_unavailable() {
         );
         for t in sim.live_tasks("web") {
             assert!(
-                t.spec.0.contains("\"value\":\"2\""),
+                t.spec.as_str().contains("\"value\":\"2\""),
                 "{} runs the old spec",
                 t.id
             );

@@ -454,7 +454,7 @@ pub fn claim_from_request(req: ClaimRequest<'_>) -> ApiResult<Claim> {
             name: parts.name,
             agent_id: AgentId::new(&agent_id),
             resources: parts.resources,
-            spec: TaskSpec(Arc::from(spec)),
+            spec: TaskSpec::from_canonical(spec),
         });
     }
     Ok(Claim {

@@ -353,7 +353,9 @@ fn placement(task: &str, agent: &AgentId, resources: &str) -> Placement {
         name: task.into(),
         agent_id: agent.clone(),
         resources: ResourceSet::parse(resources).unwrap(),
-        spec: TaskSpec(format!(r#"{{"command":{{"value":"true"}},"name":"{task}"}}"#).into()),
+        spec: TaskSpec::new(&format!(
+            r#"{{"command":{{"value":"true"}},"name":"{task}"}}"#
+        )),
     }
 }
 
@@ -538,7 +540,7 @@ fn check_fixture_records(store: &dyn Store) {
         (TaskState::Finished, &a.id)
     );
     assert_eq!(
-        extract.spec.0.as_ref(),
+        extract.spec.as_str(),
         r#"{"command":{"value":"true"},"name":"nightly.extract.1"}"#
     );
     let web = task("web.0.1");

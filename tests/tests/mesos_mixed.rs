@@ -21,8 +21,8 @@ use serde_json::Value as Json;
 use shoal_client::{command_task, ClaimRequest, PlacementRequest};
 use shoal_core::{CommitMode, ConflictCheck, ResourceSet, TaskState};
 use shoal_tests::{
-    check_no_double_booking, held_resources, spawn_script, test_python, unique, wait_until,
-    BackgroundScript, MesosAgentSpec, MesosCell, ScriptRun,
+    check_no_double_booking, held_resources, hold_for, spawn_script, test_python, unique,
+    wait_until, BackgroundScript, MesosAgentSpec, MesosCell, ScriptRun,
 };
 
 const SCRIPT_TIMEOUT: Duration = Duration::from_secs(40);
@@ -151,16 +151,22 @@ async fn mesos_offer_cap_keeps_a_silent_framework_from_starving_another() {
         &["--cap", "1", "--ready-file", &ready, "--stop-file", &stop],
     );
     wait_file(&ready, Duration::from_secs(15), &hog, &cell).await;
-    // Ten allocation rounds with the hog alone: it keeps one agent, two stay free.
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let st = client.state().await.unwrap();
-    let held = held_resources(&st).unwrap();
-    assert_eq!(
-        held.len(),
-        1,
-        "the hog should hold exactly one agent: {held:?}\n{}",
-        cell.report(&[("hog.py", hog.output())])
-    );
+    // Ten allocation rounds with the hog alone: it keeps one agent, two stay free, throughout.
+    hold_for(
+        "the hog holds exactly one agent",
+        Duration::from_secs(1),
+        || async {
+            let st = client.state().await.map_err(|e| e.to_string())?;
+            match held_resources(&st)? {
+                held if held.len() == 1 => Ok(()),
+                held => Err(format!(
+                    "{held:?}\n{}",
+                    cell.report(&[("hog.py", hog.output())])
+                )),
+            }
+        },
+    )
+    .await;
 
     // The second framework may hold one more.
     watcher.1.store(2, Ordering::Relaxed);

@@ -13,7 +13,8 @@ use std::time::Duration;
 
 use serde_json::Value as Json;
 use shoal_tests::{
-    shoal_bin, start_fast_agent, unique, wait_until, AgentProc, MasterProc, FAST_MASTER_FLAGS,
+    hold_for, shoal_bin, start_fast_agent, unique, wait_until, AgentProc, MasterProc,
+    FAST_MASTER_FLAGS,
 };
 
 /// A master and two agents (process executor), zones `a` and `b`.
@@ -268,10 +269,19 @@ async fn a_service_keeps_count_through_a_crash_a_master_restart_and_a_rolling_up
         .wait_settled(name, "the service settled after the restart")
         .await;
     assert_eq!(svc["counts"]["instances"], 3);
-    // Give the scheduler time to do something wrong, then look again.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let after = ids(&cell.live_tasks(name).await.unwrap());
-    assert_eq!(before, after, "the same instances after the master restart");
+    // The scheduler has time to do something wrong: the same instances throughout.
+    hold_for(
+        "the same instances after the master restart",
+        Duration::from_millis(1500),
+        || async {
+            let after = cell.live_tasks(name).await.map(|t| ids(&t));
+            match after {
+                Some(after) if after == before => Ok(()),
+                after => Err(format!("{before:?} became {after:?}")),
+            }
+        },
+    )
+    .await;
 
     // 4. A rolling update (a changed env): every instance replaced; sampled state never shows
     //    fewer than count - max_unavailable = 2 healthy instances.
@@ -308,7 +318,7 @@ async fn a_service_keeps_count_through_a_crash_a_master_restart_and_a_rolling_up
     );
     let updated = ids(&cell.live_tasks(name).await.unwrap());
     assert_eq!(updated.len(), 3);
-    assert!(updated.is_disjoint(&after), "every instance replaced");
+    assert!(updated.is_disjoint(&before), "every instance replaced");
     let svc = cell.service(name).await.unwrap();
     assert_eq!(svc["spec_version"], 2);
     // The same file again changes nothing.

@@ -380,7 +380,7 @@ mod tests {
                 exit_code: None,
                 timestamp: 7,
             },
-            spec: TaskSpec(r#"{"name":"t1","task_id":{"value":"low.t1.1"}}"#.into()),
+            spec: TaskSpec::new(r#"{"name":"t1","task_id":{"value":"low.t1.1"}}"#),
             version: 9,
             priority: 10,
             preempted_by: Some(ClaimId::new("c2")),
