@@ -258,12 +258,11 @@ async fn sample_job(address: &str, docker: bool) -> anyhow::Result<()> {
             snapshot_version: agent.1,
             mode: shoal_core::CommitMode::AllOrNothing,
             check: shoal_core::ConflictCheck::Fine,
+            priority: 0,
+            evictions: Vec::new(),
             placements: tasks
                 .into_iter()
-                .map(|t| PlacementRequest {
-                    agent_id: agent.0.clone(),
-                    task_info: t,
-                })
+                .map(|t| PlacementRequest::new(agent.0.clone(), &t))
                 .collect(),
         })
         .await?;
@@ -290,16 +289,12 @@ async fn sample_job(address: &str, docker: bool) -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let http = reqwest_get_text;
     for id in &ids {
         let t = client.task(id).await?;
-        let out = http(&format!(
-            "{address}/files/read?path=/agents/{}/tasks/{id}/stdout",
-            t.agent_id
-        ))
-        .await
-        .unwrap_or_default();
-        let data = serde_json::from_str::<serde_json::Value>(&out)
+        let path = format!("/agents/{}/tasks/{id}/stdout", t.agent_id);
+        let data = client
+            .read_file(&path, None, None)
+            .await
             .ok()
             .and_then(|v| v["data"].as_str().map(str::to_string))
             .unwrap_or_default();
@@ -313,8 +308,4 @@ async fn sample_job(address: &str, docker: bool) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-async fn reqwest_get_text(url: &str) -> anyhow::Result<String> {
-    Ok(reqwest::get(url).await?.text().await?)
 }
