@@ -32,26 +32,34 @@ fn say_raw(data: &str) {
     let _ = std::io::stdout().lock().write_all(data.as_bytes());
 }
 
+/// The master's URL when neither `--master` nor an environment variable names one.
+pub(crate) const MASTER_DEFAULT: &str = "http://127.0.0.1:5050";
+
+/// The master a client verb talks to, the same flag on every verb: `--master` (or its alias
+/// `--address`), else `$SHOAL_MASTER`, else `$SHOAL_ADDR`, else [`MASTER_DEFAULT`].
 #[derive(Args, Clone)]
 pub struct MasterArg {
-    /// The master's URL.
-    #[arg(
-        long,
-        alias = "address",
-        env = "SHOAL_ADDR",
-        default_value = "http://127.0.0.1:5050"
-    )]
-    pub(crate) master: String,
+    /// The master's URL [default: $SHOAL_ADDR, else http://127.0.0.1:5050].
+    #[arg(long, alias = "address", env = "SHOAL_MASTER", value_name = "URL")]
+    pub(crate) master: Option<String>,
 }
 
 impl MasterArg {
-    pub fn url(&self) -> &str {
-        &self.master
+    pub fn url(&self) -> String {
+        master_url(self.master.as_deref(), std::env::var("SHOAL_ADDR").ok())
     }
 
     /// A client of the master.
     pub(crate) fn client(&self) -> anyhow::Result<Client> {
-        Ok(Client::new(self.url())?)
+        Ok(Client::new(&self.url())?)
+    }
+}
+
+/// The flag's value (or `$SHOAL_MASTER`'s), else `$SHOAL_ADDR`'s, else the default.
+fn master_url(given: Option<&str>, addr_env: Option<String>) -> String {
+    match given {
+        Some(url) => url.to_string(),
+        None => addr_env.unwrap_or_else(|| MASTER_DEFAULT.to_string()),
     }
 }
 
@@ -448,4 +456,45 @@ fn print_plan(plan: &Json) {
         ]
     });
     table(&["TASK", "RESOURCES", "PLAN", "HOST", "AGENT"], &rows);
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Verb {
+        #[command(flatten)]
+        master: MasterArg,
+    }
+
+    fn given(args: &[&str]) -> Option<String> {
+        let mut argv = vec!["verb"];
+        argv.extend_from_slice(args);
+        Verb::try_parse_from(argv).unwrap().master.master
+    }
+
+    #[test]
+    fn the_master_is_named_by_master_or_its_alias_address() {
+        assert_eq!(
+            given(&["--master", "http://m:1"]).as_deref(),
+            Some("http://m:1")
+        );
+        assert_eq!(
+            given(&["--address", "http://a:2"]).as_deref(),
+            Some("http://a:2")
+        );
+    }
+
+    #[test]
+    fn without_a_flag_shoal_addr_then_the_default_names_the_master() {
+        assert_eq!(
+            master_url(Some("http://m:1"), Some("http://e:3".into())),
+            "http://m:1"
+        );
+        assert_eq!(master_url(None, Some("http://e:3".into())), "http://e:3");
+        assert_eq!(master_url(None, None), MASTER_DEFAULT);
+    }
 }

@@ -131,3 +131,36 @@ fn keep_freed_memory_a_while() {
     // in `main`, before any other thread exists.
     unsafe { mi_option_set(MI_OPTION_PURGE_DELAY, PURGE_DELAY_MS) }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::Cli;
+
+    /// Every client verb takes the master the same way: `--master`, or its alias `--address`.
+    #[test]
+    fn every_client_verb_takes_master_and_address() {
+        let verbs: [&[&str]; 9] = [
+            &["state"],
+            &["job", "status"],
+            &["job", "stop", "j"],
+            &["job", "logs", "j", "t"],
+            &["service", "status"],
+            &["service", "scale", "s", "2"],
+            &["service", "stop", "s"],
+            &["quota", "list"],
+            &["quota", "set", "team", "--weight", "1"],
+        ];
+        for verb in verbs {
+            for flag in ["--master", "--address"] {
+                let mut argv = vec!["shoal"];
+                argv.extend_from_slice(verb);
+                argv.extend_from_slice(&[flag, "http://127.0.0.1:1"]);
+                if let Err(e) = Cli::try_parse_from(&argv) {
+                    panic!("{}: {e}", argv.join(" "));
+                }
+            }
+        }
+    }
+}

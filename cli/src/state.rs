@@ -2,15 +2,16 @@
 
 use clap::Args;
 
+use crate::job::MasterArg;
+
 #[derive(Args)]
 pub(crate) struct ClientArgs {
-    /// The master's address.
-    #[arg(long, env = "SHOAL_ADDR", default_value = "http://127.0.0.1:5050")]
-    address: String,
+    #[command(flatten)]
+    master: MasterArg,
 }
 
 pub(crate) async fn run_state(args: ClientArgs) -> anyhow::Result<()> {
-    let client = shoal_client::Client::new(&args.address)?;
+    let client = args.master.client()?;
     let state = client.state_json(true).await?;
     println!("{}", serde_json::to_string_pretty(&state)?);
     Ok(())
