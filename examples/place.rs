@@ -71,10 +71,10 @@ async fn main() -> anyhow::Result<()> {
             if let Some((agent, f)) = free.iter_mut().find(|(_, f)| f.contains(&want)) {
                 f.subtract(&want)?;
                 let id = format!("place-{run}-{i}");
-                placements.push(PlacementRequest {
-                    agent_id: agent.clone(),
-                    task_info: command_task(&id, &id, &want, &args.command),
-                });
+                placements.push(PlacementRequest::new(
+                    agent.clone(),
+                    &command_task(&id, &id, &want, &args.command),
+                ));
                 placed.push(i);
             }
         }
@@ -94,6 +94,8 @@ async fn main() -> anyhow::Result<()> {
                 snapshot_version: cell.version(),
                 mode: shoal_core::CommitMode::Incremental,
                 check: shoal_core::ConflictCheck::Fine,
+                priority: 0,
+                evictions: Vec::new(),
                 placements,
             })
             .await?;

@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand, ValueEnum};
 use serde_json::{json, Value as Json};
+use shoal_client::{Client, ClientError};
 use shoal_core::imports::{import_job, ImportFormat};
 use shoal_core::jobs::{parse_job_file, CompiledJob, JobFormat, JobSpec};
 
@@ -31,21 +32,34 @@ fn say_raw(data: &str) {
     let _ = std::io::stdout().lock().write_all(data.as_bytes());
 }
 
+/// The master's URL when neither `--master` nor an environment variable names one.
+pub(crate) const MASTER_DEFAULT: &str = "http://127.0.0.1:5050";
+
+/// The master a client verb talks to, the same flag on every verb: `--master` (or its alias
+/// `--address`), else `$SHOAL_MASTER`, else `$SHOAL_ADDR`, else [`MASTER_DEFAULT`].
 #[derive(Args, Clone)]
 pub struct MasterArg {
-    /// The master's URL.
-    #[arg(
-        long,
-        alias = "address",
-        env = "SHOAL_ADDR",
-        default_value = "http://127.0.0.1:5050"
-    )]
-    pub(crate) master: String,
+    /// The master's URL [default: $SHOAL_ADDR, else http://127.0.0.1:5050].
+    #[arg(long, alias = "address", env = "SHOAL_MASTER", value_name = "URL")]
+    pub(crate) master: Option<String>,
 }
 
 impl MasterArg {
-    pub fn url(&self) -> &str {
-        &self.master
+    pub fn url(&self) -> String {
+        master_url(self.master.as_deref(), std::env::var("SHOAL_ADDR").ok())
+    }
+
+    /// A client of the master.
+    pub(crate) fn client(&self) -> anyhow::Result<Client> {
+        Ok(Client::new(&self.url())?)
+    }
+}
+
+/// The flag's value (or `$SHOAL_MASTER`'s), else `$SHOAL_ADDR`'s, else the default.
+fn master_url(given: Option<&str>, addr_env: Option<String>) -> String {
+    match given {
+        Some(url) => url.to_string(),
+        None => addr_env.unwrap_or_else(|| MASTER_DEFAULT.to_string()),
     }
 }
 
@@ -132,7 +146,7 @@ pub async fn run(cmd: JobCmd) -> anyhow::Result<i32> {
             master,
         } => {
             let spec = read_job_file(&file, format.format)?;
-            run_job(&Api::new(&master.master)?, spec, wait, json).await
+            run_job(&master.client()?, spec, wait, json).await
         }
         JobCmd::Plan {
             file,
@@ -140,26 +154,21 @@ pub async fn run(cmd: JobCmd) -> anyhow::Result<i32> {
             json,
             master,
         } => {
-            let api = Api::new(&master.master)?;
+            let client = master.client()?;
             let spec = read_job_file(&file, format.format)?;
-            let plan = api.post("/api/shoal/v1/jobs/plan", &json!(spec)).await?;
+            let plan = client.plan_job(&spec).await.verb(&client)?;
             show(json, &plan, print_plan)
         }
         JobCmd::Status { id, json, master } => {
-            let api = Api::new(&master.master)?;
+            let client = master.client()?;
             match id {
-                None => show(json, &api.get("/api/shoal/v1/jobs").await?, print_jobs),
-                Some(id) => show(
-                    json,
-                    &api.get(&format!("/api/shoal/v1/jobs/{id}")).await?,
-                    print_job,
-                ),
+                None => show(json, &client.jobs().await.verb(&client)?, print_jobs),
+                Some(id) => show(json, &client.job(&id).await.verb(&client)?, print_job),
             }
         }
         JobCmd::Stop { id, json, master } => {
-            let api = Api::new(&master.master)?;
-            api.post(&format!("/api/shoal/v1/jobs/{id}/stop"), &Json::Null)
-                .await?;
+            let client = master.client()?;
+            client.stop_job(&id).await.verb(&client)?;
             if json {
                 say!("{}", json!({"job_id": id, "stopping": true}));
             } else {
@@ -174,9 +183,14 @@ pub async fn run(cmd: JobCmd) -> anyhow::Result<i32> {
             json,
             master,
         } => {
-            let api = Api::new(&master.master)?;
-            let data =
-                task_output(&api, &id, &task, if stderr { "stderr" } else { "stdout" }).await?;
+            let client = master.client()?;
+            let data = task_output(
+                &client,
+                &id,
+                &task,
+                if stderr { "stderr" } else { "stdout" },
+            )
+            .await?;
             if json {
                 say!("{}", json!({"job_id": id, "task": task, "data": data}));
             } else {
@@ -236,56 +250,33 @@ fn read_job_file(path: &Path, format: Option<FileFormat>) -> anyhow::Result<JobS
     Ok(spec)
 }
 
-pub(crate) struct Api {
-    http: reqwest::Client,
-    base: String,
+/// A client error as the verbs print it: the master's message and status, or what kept the
+/// master from being reached.
+pub(crate) trait VerbResult<T> {
+    fn verb(self, client: &Client) -> anyhow::Result<T>;
 }
 
-impl Api {
-    pub(crate) fn new(master: &str) -> anyhow::Result<Api> {
-        let base = shoal_client::Client::new(master)?.base().to_string();
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(5))
-            .timeout(Duration::from_secs(30))
-            .build()?;
-        Ok(Api { http, base })
-    }
-
-    async fn answer(resp: reqwest::Response) -> anyhow::Result<Json> {
-        let status = resp.status();
-        let body: Json = resp.json().await.unwrap_or(Json::Null);
-        if !status.is_success() {
-            let message = body["message"].as_str().unwrap_or("").to_string();
-            bail!("{} ({})", message, status.as_u16());
-        }
-        Ok(body)
-    }
-
-    pub(crate) async fn get(&self, path: &str) -> anyhow::Result<Json> {
-        let resp = self
-            .http
-            .get(format!("{}{path}", self.base))
-            .send()
-            .await
-            .with_context(|| format!("reaching the master at {}", self.base))?;
-        Self::answer(resp).await
-    }
-
-    pub(crate) async fn post(&self, path: &str, body: &Json) -> anyhow::Result<Json> {
-        let mut req = self.http.post(format!("{}{path}", self.base));
-        if !body.is_null() {
-            req = req.json(body);
-        }
-        let resp = req
-            .send()
-            .await
-            .with_context(|| format!("reaching the master at {}", self.base))?;
-        Self::answer(resp).await
+impl<T> VerbResult<T> for Result<T, ClientError> {
+    fn verb(self, client: &Client) -> anyhow::Result<T> {
+        self.map_err(|e| match e {
+            ClientError::Api {
+                status, message, ..
+            } => anyhow::anyhow!("{message} ({status})"),
+            ClientError::Http(e) => {
+                anyhow::Error::new(e).context(format!("reaching the master at {}", client.base()))
+            }
+            other => other.into(),
+        })
     }
 }
 
-async fn run_job(api: &Api, spec: JobSpec, wait: bool, json_out: bool) -> anyhow::Result<i32> {
-    let answer = api.post("/api/shoal/v1/jobs", &json!(spec)).await?;
+async fn run_job(
+    client: &Client,
+    spec: JobSpec,
+    wait: bool,
+    json_out: bool,
+) -> anyhow::Result<i32> {
+    let answer = client.submit_job(&spec).await.verb(client)?;
     let id = answer["job_id"].as_str().unwrap_or_default().to_string();
     if !wait {
         if json_out {
@@ -311,7 +302,7 @@ async fn run_job(api: &Api, spec: JobSpec, wait: bool, json_out: bool) -> anyhow
     );
     bar.set_prefix(format!("job {id}"));
     let job = loop {
-        let job = api.get(&format!("/api/shoal/v1/jobs/{id}")).await?;
+        let job = client.job(&id).await.verb(client)?;
         let count = |s: &str| job["counts"][s].as_u64().unwrap_or(0);
         bar.set_position(count("FINISHED") + count("FAILED") + count("SKIPPED"));
         bar.set_message(format!(
@@ -333,8 +324,8 @@ async fn run_job(api: &Api, spec: JobSpec, wait: bool, json_out: bool) -> anyhow
 }
 
 /// The output of a job task's latest attempt, through the master's `/files/read` proxy.
-async fn task_output(api: &Api, id: &str, task: &str, file: &str) -> anyhow::Result<String> {
-    let job = api.get(&format!("/api/shoal/v1/jobs/{id}")).await?;
+async fn task_output(client: &Client, id: &str, task: &str, file: &str) -> anyhow::Result<String> {
+    let job = client.job(id).await.verb(client)?;
     let Some(rec) = job["tasks"]
         .as_array()
         .and_then(|ts| ts.iter().find(|t| t["name"] == task))
@@ -350,11 +341,10 @@ async fn task_output(api: &Api, id: &str, task: &str, file: &str) -> anyhow::Res
     const CHUNK: u64 = 1 << 20;
     loop {
         let path = format!("/agents/{agent_id}/tasks/{task_id}/{file}");
-        let v = api
-            .get(&format!(
-                "/files/read?path={path}&offset={offset}&length={CHUNK}"
-            ))
-            .await?;
+        let v = client
+            .read_file(&path, Some(offset), Some(CHUNK))
+            .await
+            .verb(client)?;
         let data = v["data"].as_str().unwrap_or_default();
         if data.is_empty() {
             break;
@@ -466,4 +456,45 @@ fn print_plan(plan: &Json) {
         ]
     });
     table(&["TASK", "RESOURCES", "PLAN", "HOST", "AGENT"], &rows);
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Verb {
+        #[command(flatten)]
+        master: MasterArg,
+    }
+
+    fn given(args: &[&str]) -> Option<String> {
+        let mut argv = vec!["verb"];
+        argv.extend_from_slice(args);
+        Verb::try_parse_from(argv).unwrap().master.master
+    }
+
+    #[test]
+    fn the_master_is_named_by_master_or_its_alias_address() {
+        assert_eq!(
+            given(&["--master", "http://m:1"]).as_deref(),
+            Some("http://m:1")
+        );
+        assert_eq!(
+            given(&["--address", "http://a:2"]).as_deref(),
+            Some("http://a:2")
+        );
+    }
+
+    #[test]
+    fn without_a_flag_shoal_addr_then_the_default_names_the_master() {
+        assert_eq!(
+            master_url(Some("http://m:1"), Some("http://e:3".into())),
+            "http://m:1"
+        );
+        assert_eq!(master_url(None, Some("http://e:3".into())), "http://e:3");
+        assert_eq!(master_url(None, None), MASTER_DEFAULT);
+    }
 }

@@ -59,7 +59,7 @@ pub async fn run(cmd: QuotaCmd) -> anyhow::Result<()> {
             if !(weight.is_finite() && weight > 0.0) {
                 anyhow::bail!("--weight must be a positive number, not {weight}");
             }
-            let client = shoal_client::Client::new(master.url())?;
+            let client = master.client()?;
             client
                 .configure_role(
                     &role,
@@ -78,7 +78,7 @@ pub async fn run(cmd: QuotaCmd) -> anyhow::Result<()> {
             }
         }
         QuotaCmd::List { json, master } => {
-            let client = shoal_client::Client::new(master.url())?;
+            let client = master.client()?;
             let state = client.state().await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&state.roles)?);

@@ -13,7 +13,9 @@ use shoal_core::imports::import_marathon_service;
 use shoal_core::jobs::parse_duration_ms;
 use shoal_core::services::{parse_service_file, CompiledService, ServiceSpec};
 
-use crate::job::{rows, say, show, table, text, Api, MasterArg};
+use shoal_client::Client;
+
+use crate::job::{rows, say, show, table, text, MasterArg, VerbResult};
 
 #[derive(Clone, Copy, ValueEnum)]
 pub enum ServiceFormat {
@@ -89,12 +91,12 @@ pub async fn run(cmd: ServiceCmd) -> anyhow::Result<i32> {
             json,
             master,
         } => {
-            let api = Api::new(&master.master)?;
+            let client = master.client()?;
             let spec = read_service_file(&file, format)?;
-            let answer = api.post("/api/shoal/v1/services", &json!(spec)).await?;
+            let answer = client.submit_service(&spec).await.verb(&client)?;
             let id = text(&answer["service_id"]);
             if wait {
-                return follow(&api, &id, &timeout, json).await;
+                return follow(&client, &id, &timeout, json).await;
             }
             if json {
                 say!("{}", serde_json::to_string_pretty(&answer)?);
@@ -114,16 +116,16 @@ pub async fn run(cmd: ServiceCmd) -> anyhow::Result<i32> {
             Ok(0)
         }
         ServiceCmd::Status { id, json, master } => {
-            let api = Api::new(&master.master)?;
+            let client = master.client()?;
             match id {
                 None => show(
                     json,
-                    &api.get("/api/shoal/v1/services").await?,
+                    &client.services().await.verb(&client)?,
                     print_services,
                 ),
                 Some(id) => show(
                     json,
-                    &api.get(&format!("/api/shoal/v1/services/{id}")).await?,
+                    &client.service(&id).await.verb(&client)?,
                     print_service,
                 ),
             }
@@ -136,15 +138,11 @@ pub async fn run(cmd: ServiceCmd) -> anyhow::Result<i32> {
             json,
             master,
         } => {
-            let api = Api::new(&master.master)?;
-            api.post(
-                &format!("/api/shoal/v1/services/{id}/scale"),
-                &json!({ "count": count }),
-            )
-            .await?;
+            let client = master.client()?;
+            client.scale_service(&id, count).await.verb(&client)?;
             let human = format!("Service {id} scales to {count} instances.");
             let machine = json!({"service_id": id, "count": count});
-            done(&api, &id, (wait, &timeout), json, machine, human).await
+            done(&client, &id, (wait, &timeout), json, machine, human).await
         }
         ServiceCmd::Stop {
             id,
@@ -153,19 +151,18 @@ pub async fn run(cmd: ServiceCmd) -> anyhow::Result<i32> {
             json,
             master,
         } => {
-            let api = Api::new(&master.master)?;
-            api.post(&format!("/api/shoal/v1/services/{id}/stop"), &Json::Null)
-                .await?;
+            let client = master.client()?;
+            client.stop_service(&id).await.verb(&client)?;
             let human = format!("Stopping service {id}: its instances are killed.");
             let machine = json!({"service_id": id, "stopping": true});
-            done(&api, &id, (wait, &timeout), json, machine, human).await
+            done(&client, &id, (wait, &timeout), json, machine, human).await
         }
     }
 }
 
 /// The end of a verb that changed a service: follow it (`--wait`), or say what was asked.
 async fn done(
-    api: &Api,
+    client: &Client,
     id: &str,
     (wait, timeout): (bool, &str),
     json: bool,
@@ -173,7 +170,7 @@ async fn done(
     human: String,
 ) -> anyhow::Result<i32> {
     if wait {
-        return follow(api, id, timeout, json).await;
+        return follow(client, id, timeout, json).await;
     }
     if json {
         say!("{machine}");
@@ -206,7 +203,7 @@ fn read_service_file(path: &Path, format: Option<ServiceFormat>) -> anyhow::Resu
 
 /// Follows a service until it settles, with a progress bar of its available instances of the
 /// current version; prints the service at the end. Exit code 1 when `timeout` passes first.
-async fn follow(api: &Api, id: &str, timeout: &str, json_out: bool) -> anyhow::Result<i32> {
+async fn follow(client: &Client, id: &str, timeout: &str, json_out: bool) -> anyhow::Result<i32> {
     let timeout = Duration::from_millis(
         parse_duration_ms(timeout).map_err(|e| anyhow::anyhow!("--timeout: {e}"))?,
     );
@@ -222,7 +219,7 @@ async fn follow(api: &Api, id: &str, timeout: &str, json_out: bool) -> anyhow::R
     );
     bar.set_prefix(format!("service {id}"));
     let (svc, settled) = loop {
-        let svc = api.get(&format!("/api/shoal/v1/services/{id}")).await?;
+        let svc = client.service(id).await.verb(client)?;
         let c = |k: &str| svc["counts"][k].as_u64().unwrap_or(0);
         bar.set_length(svc["count"].as_u64().unwrap_or(0));
         bar.set_position(c("available_current"));

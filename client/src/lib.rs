@@ -15,10 +15,17 @@ use std::time::Duration;
 use futures::{Stream, StreamExt};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value as Json};
+/// The native API's bodies, defined once in the core for the master and this client.
+pub use shoal_core::wire::{ClaimAnswer, ClaimRequest, PlacementRequest};
+use shoal_core::wire::{RoleRequest, StatusRequest};
 use shoal_core::{
-    Agent, AgentId, AgentRegistration, Cell, CellConfig, ClaimOutcome, CommitMode, ConflictCheck,
-    LogEntry, ResourceSet, Role, StatusInfo, Task, TaskState, Version,
+    Agent, AgentId, AgentRegistration, Cell, CellConfig, LogEntry, Quota, ResourceSet, Role,
+    StatusInfo, Task, TaskState, Version,
 };
+
+mod verbs;
+
+pub use verbs::VERB_REQUEST_TIMEOUT_SECS;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -36,6 +43,9 @@ pub enum ClientError {
     Gone(Version),
     #[error("bad answer from the master: {0}")]
     Decode(String),
+    /// A request body could not be written as JSON.
+    #[error("cannot write the request: {0}")]
+    Encode(String),
 }
 
 /// The whole state of a cell, as `GET /api/shoal/v1/state` returns it.
@@ -63,36 +73,6 @@ impl State {
             Vec::new(),
         )
     }
-}
-
-/// A claim as sent to `POST /api/shoal/v1/claims`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ClaimRequest {
-    pub claim_id: String,
-    pub role: String,
-    #[serde(default)]
-    pub owner: String,
-    pub snapshot_version: Version,
-    #[serde(default)]
-    pub mode: CommitMode,
-    #[serde(default)]
-    pub check: ConflictCheck,
-    pub placements: Vec<PlacementRequest>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct PlacementRequest {
-    pub agent_id: String,
-    /// A Mesos `TaskInfo` in Mesos's JSON encoding.
-    pub task_info: Json,
-}
-
-/// The answer to a claim.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ClaimAnswer {
-    #[serde(flatten)]
-    pub outcome: ClaimOutcome,
-    pub current_version: Version,
 }
 
 /// Builds a Mesos `TaskInfo` (JSON) running a shell command with the given resources.
@@ -184,7 +164,7 @@ impl Client {
 
     /// Submits a claim. Conflicts are not errors: the answer says, per placement, what
     /// committed and why the rest did not.
-    pub async fn claim(&self, claim: &ClaimRequest) -> Result<ClaimAnswer, ClientError> {
+    pub async fn claim(&self, claim: &ClaimRequest<'_>) -> Result<ClaimAnswer, ClientError> {
         self.claim_with(claim).await
     }
 
@@ -276,7 +256,11 @@ impl Client {
         state: TaskState,
         status: &StatusInfo,
     ) -> Result<(), ClientError> {
-        let body = json!({"task_id": task_id, "state": state, "status": status});
+        let body = StatusRequest {
+            task_id: task_id.to_string(),
+            state,
+            status: status.clone(),
+        };
         Self::check(
             self.http
                 .post(self.url(&format!("/api/shoal/v1/agents/{agent_id}/status")))
@@ -309,8 +293,14 @@ impl Client {
         limit: Option<&ResourceSet>,
         preemptible: bool,
     ) -> Result<(), ClientError> {
-        let body = json!({"weight": weight, "quota": {"guarantee": guarantee, "limit": limit},
-                          "preemptible": preemptible});
+        let body = RoleRequest {
+            weight,
+            quota: Quota {
+                guarantee: guarantee.clone(),
+                limit: limit.cloned(),
+            },
+            preemptible,
+        };
         Self::check(
             self.http
                 .put(self.url(&format!("/api/shoal/v1/roles/{name}")))

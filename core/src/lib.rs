@@ -14,6 +14,7 @@ pub mod model;
 pub mod resources;
 pub mod services;
 pub mod task;
+pub mod wire;
 
 pub use cell::{AgentRegistration, Cell, CellConfig, Command, Decision, Rejection, Reply};
 pub use model::*;

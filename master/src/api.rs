@@ -13,11 +13,10 @@ use axum::routing::{get, post, put};
 use axum::Router;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use serde_json::value::RawValue;
+use shoal_core::wire::{ClaimAnswer, ClaimRequest, RoleRequest, StatusRequest};
 use shoal_core::{
-    AgentId, AgentRegistration, AgentState, Claim, ClaimId, ClaimOutcome, CommitMode,
-    ConflictCheck, Placement, Quota, Reply, ResourceSet, StatusInfo, TaskId, TaskSpec, TaskState,
-    Version,
+    AgentId, AgentRegistration, AgentState, Claim, ClaimId, Placement, Reply, ResourceSet, TaskId,
+    TaskSpec, Version,
 };
 use tokio::sync::broadcast::error::RecvError;
 
@@ -396,43 +395,6 @@ fn line(e: &shoal_core::LogEntry) -> Bytes {
     Bytes::from(v)
 }
 
-/// A native claim as sent over HTTP: each placement carries a Mesos `TaskInfo`. It is read
-/// straight from the request's bytes: each TaskInfo stays text until its parts are read.
-#[derive(Deserialize)]
-pub struct ClaimRequest<'a> {
-    pub claim_id: String,
-    #[serde(default = "default_role")]
-    pub role: String,
-    #[serde(default)]
-    pub owner: String,
-    pub snapshot_version: Version,
-    #[serde(default)]
-    pub mode: CommitMode,
-    #[serde(default)]
-    pub check: ConflictCheck,
-    #[serde(borrow)]
-    pub placements: Vec<PlacementRequest<'a>>,
-    /// 0 (the default) to 1000: the claim may evict tasks of a lower priority.
-    #[serde(default)]
-    pub priority: i64,
-    /// Task ids to preempt in the same transaction (all-or-nothing claims only).
-    #[serde(default)]
-    pub evictions: Vec<String>,
-}
-
-fn default_role() -> String {
-    "*".into()
-}
-
-#[derive(Deserialize)]
-pub struct PlacementRequest<'a> {
-    /// The agent; may instead be given as `task_info.agent_id`.
-    #[serde(default)]
-    pub agent_id: Option<String>,
-    #[serde(borrow)]
-    pub task_info: &'a RawValue,
-}
-
 /// Turns a claim request into the core's claim (reading each TaskInfo).
 pub fn claim_from_request(req: ClaimRequest<'_>) -> ApiResult<Claim> {
     if req.placements.len() > shoal_core::limits::CLAIM_PLACEMENTS_MAX {
@@ -443,7 +405,7 @@ pub fn claim_from_request(req: ClaimRequest<'_>) -> ApiResult<Claim> {
     }
     let mut placements = Vec::with_capacity(req.placements.len());
     for (i, p) in req.placements.into_iter().enumerate() {
-        let (parts, spec) = mesos_json::task_info_from_raw(p.task_info)
+        let (parts, spec) = mesos_json::task_info_from_raw(&p.task_info)
             .map_err(|e| ApiError::bad_request(format!("placements[{i}]: {e}")))?;
         let agent_id = p
             .agent_id
@@ -470,14 +432,6 @@ pub fn claim_from_request(req: ClaimRequest<'_>) -> ApiResult<Claim> {
     })
 }
 
-/// The answer to a claim: its outcome and the version the cell is at.
-#[derive(Serialize)]
-struct ClaimAnswer<'a> {
-    #[serde(flatten)]
-    outcome: &'a ClaimOutcome,
-    current_version: Version,
-}
-
 async fn post_claim(State(s): State<ApiState>, body: Bytes) -> Response {
     let result: ApiResult<Response> = async {
         let req: ClaimRequest = parse_body(&body)?;
@@ -502,7 +456,7 @@ async fn post_claim(State(s): State<ApiState>, body: Bytes) -> Response {
         Ok(json_ok(
             status,
             &ClaimAnswer {
-                outcome: &outcome,
+                outcome,
                 current_version,
             },
         ))
@@ -592,17 +546,9 @@ async fn update_agent_resources(
     result.unwrap_or_else(|e| e.into_response())
 }
 
-#[derive(Deserialize)]
-pub struct StatusBody {
-    pub task_id: String,
-    pub state: TaskState,
-    #[serde(default)]
-    pub status: StatusInfo,
-}
-
 async fn agent_status(State(s): State<ApiState>, Path(id): Path<String>, body: Bytes) -> Response {
     let result: ApiResult<Response> = async {
-        let b: StatusBody = parse_body(&body)?;
+        let b: StatusRequest = parse_body(&body)?;
         let task_id = TaskId::new(&b.task_id);
         let snap = s.published.snapshot();
         match snap.task(&task_id) {
@@ -662,27 +608,9 @@ async fn get_role(State(s): State<ApiState>, Path(name): Path<String>) -> Respon
     }
 }
 
-#[derive(Deserialize)]
-struct RoleBody {
-    #[serde(default = "one")]
-    weight: f64,
-    #[serde(default)]
-    quota: Quota,
-    #[serde(default = "yes")]
-    preemptible: bool,
-}
-
-fn yes() -> bool {
-    true
-}
-
-fn one() -> f64 {
-    1.0
-}
-
 async fn put_role(State(s): State<ApiState>, Path(name): Path<String>, body: Bytes) -> Response {
     let result: ApiResult<Response> = async {
-        let b: RoleBody = parse_body(&body)?;
+        let b: RoleRequest = parse_body(&body)?;
         s.committer
             .submit(shoal_core::Command::ConfigureRole {
                 name,

@@ -137,12 +137,11 @@ async fn launch(cell: &TestCell, tasks: Vec<Json>) {
         snapshot_version: version,
         mode: CommitMode::AllOrNothing,
         check: ConflictCheck::Fine,
+        priority: 0,
+        evictions: Vec::new(),
         placements: tasks
             .into_iter()
-            .map(|t| PlacementRequest {
-                agent_id: cell.agent_id.clone(),
-                task_info: t,
-            })
+            .map(|t| PlacementRequest::new(cell.agent_id.clone(), &t))
             .collect(),
     };
     let answer = cell.client.claim(&claim).await.unwrap();

@@ -26,7 +26,7 @@ fn claim(
     version: u64,
     mode: CommitMode,
     placements: Vec<(String, String, &str)>,
-) -> ClaimRequest {
+) -> ClaimRequest<'static> {
     ClaimRequest {
         claim_id: id.into(),
         role: "*".into(),
@@ -34,11 +34,15 @@ fn claim(
         snapshot_version: version,
         mode,
         check: ConflictCheck::Fine,
+        priority: 0,
+        evictions: Vec::new(),
         placements: placements
             .into_iter()
-            .map(|(agent, task, res)| PlacementRequest {
-                agent_id: agent,
-                task_info: command_task(&task, &task, &ResourceSet::parse(res).unwrap(), "true"),
+            .map(|(agent, task, res)| {
+                PlacementRequest::new(
+                    agent,
+                    &command_task(&task, &task, &ResourceSet::parse(res).unwrap(), "true"),
+                )
             })
             .collect(),
     }

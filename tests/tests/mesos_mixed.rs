@@ -213,7 +213,7 @@ async fn mesos_offer_cap_keeps_a_silent_framework_from_starving_another() {
 }
 
 /// The outcome of one native claim, with its HTTP status.
-async fn claim_raw(http: &reqwest::Client, base: &str, claim: &ClaimRequest) -> (u16, Json) {
+async fn claim_raw(http: &reqwest::Client, base: &str, claim: &ClaimRequest<'_>) -> (u16, Json) {
     let resp = http
         .post(format!("{base}/api/shoal/v1/claims"))
         .json(claim)
@@ -224,7 +224,7 @@ async fn claim_raw(http: &reqwest::Client, base: &str, claim: &ClaimRequest) -> 
     (status, resp.json().await.unwrap_or(Json::Null))
 }
 
-fn native_claim(id: &str, agent_id: &str, version: u64) -> ClaimRequest {
+fn native_claim(id: &str, agent_id: &str, version: u64) -> ClaimRequest<'static> {
     let res = ResourceSet::parse("cpus:0.25;mem:32").unwrap();
     ClaimRequest {
         claim_id: format!("claim-{id}"),
@@ -233,10 +233,12 @@ fn native_claim(id: &str, agent_id: &str, version: u64) -> ClaimRequest {
         snapshot_version: version,
         mode: CommitMode::Incremental,
         check: ConflictCheck::Fine,
-        placements: vec![PlacementRequest {
-            agent_id: agent_id.to_string(),
-            task_info: command_task(id, id, &res, "sleep 0.2"),
-        }],
+        priority: 0,
+        evictions: Vec::new(),
+        placements: vec![PlacementRequest::new(
+            agent_id.to_string(),
+            &command_task(id, id, &res, "sleep 0.2"),
+        )],
     }
 }
 

@@ -389,12 +389,11 @@ impl Cell {
             snapshot_version: self.watch.version(),
             mode: CommitMode::AllOrNothing,
             check: ConflictCheck::Fine,
+            priority: 0,
+            evictions: Vec::new(),
             placements: tasks
                 .into_iter()
-                .map(|t| PlacementRequest {
-                    agent_id: self.agent_id.clone(),
-                    task_info: t,
-                })
+                .map(|t| PlacementRequest::new(self.agent_id.clone(), &t))
                 .collect(),
         };
         let answer = self.client.claim(&claim).await?;

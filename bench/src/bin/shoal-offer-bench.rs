@@ -357,10 +357,12 @@ async fn one_run(
         snapshot_version: watch.version,
         mode: CommitMode::AllOrNothing,
         check: ConflictCheck::Fine,
-        placements: vec![PlacementRequest {
-            agent_id: agent_id.to_string(),
-            task_info: command_task(&native_task, &native_task, &res, TASK_CMD),
-        }],
+        priority: 0,
+        evictions: Vec::new(),
+        placements: vec![PlacementRequest::new(
+            agent_id.to_string(),
+            &command_task(&native_task, &native_task, &res, TASK_CMD),
+        )],
     };
     let claimed = Instant::now();
     let answer = client.claim(&claim).await?;

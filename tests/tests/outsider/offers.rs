@@ -64,10 +64,12 @@ async fn native_claim(
         snapshot_version: version,
         mode: CommitMode::Incremental,
         check: ConflictCheck::Fine,
-        placements: vec![PlacementRequest {
-            agent_id: agent.to_string(),
-            task_info: command_task(&id, &id, &res, "sleep 30"),
-        }],
+        priority: 0,
+        evictions: Vec::new(),
+        placements: vec![PlacementRequest::new(
+            agent.to_string(),
+            &command_task(&id, &id, &res, "sleep 30"),
+        )],
     };
     let resp = http
         .post(format!("{}/api/shoal/v1/claims", cell.master.addr))

@@ -128,15 +128,17 @@ async fn reconcile_deadlock_agent_listing_thousands_of_unknown_tasks() {
             snapshot_version: version,
             mode: CommitMode::AllOrNothing,
             check: ConflictCheck::Fine,
-            placements: vec![PlacementRequest {
-                agent_id: agent_id.to_string(),
-                task_info: command_task(
+            priority: 0,
+            evictions: Vec::new(),
+            placements: vec![PlacementRequest::new(
+                agent_id.to_string(),
+                &command_task(
                     task_id.as_str(),
                     "real",
                     &ResourceSet::parse("cpus:0.1;mem:16").unwrap(),
                     "sleep 600",
                 ),
-            }],
+            )],
         })
         .await
         .unwrap();
@@ -411,15 +413,17 @@ async fn reconcile_deadlock_silent_agent_is_disconnected_while_the_master_sends(
                 snapshot_version: version,
                 mode: CommitMode::AllOrNothing,
                 check: ConflictCheck::Fine,
-                placements: vec![PlacementRequest {
-                    agent_id: agent_id.to_string(),
-                    task_info: command_task(
+                priority: 0,
+                evictions: Vec::new(),
+                placements: vec![PlacementRequest::new(
+                    agent_id.to_string(),
+                    &command_task(
                         &id,
                         &id,
                         &ResourceSet::parse("cpus:0.01;mem:1").unwrap(),
                         "true",
                     ),
-                }],
+                )],
             })
             .await
             .unwrap();
