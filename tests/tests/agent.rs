@@ -93,24 +93,10 @@ fn start_agent(master: &MasterProc, dir: &std::path::Path, hostname: &str) -> Ag
 
 /// Waits until an agent with `hostname` is ACTIVE; returns its id.
 async fn wait_agent_active(client: &Client, hostname: &str, agent: &AgentProc) -> String {
-    let until = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Ok(st) = client.state().await {
-            if let Some(a) = st
-                .agents
-                .iter()
-                .find(|a| a.hostname == hostname && a.state == AgentState::Active)
-            {
-                return a.id.to_string();
-            }
-        }
-        assert!(
-            Instant::now() < until,
-            "agent {hostname} did not become active; its log:\n{}",
-            agent.log()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    shoal_tests::wait_agents_active(client, &[hostname], Duration::from_secs(20))
+        .await
+        .unwrap_or_else(|e| panic!("{e}; its log:\n{}", agent.log()))
+        .remove(0)
 }
 
 fn shell_task(id: &str, resources: &str, shell: &str) -> Json {

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value as Json};
 use shoal_client::{command_task, Client};
-use shoal_core::{AgentState, ResourceSet, TaskState};
+use shoal_core::{ResourceSet, TaskState};
 use shoal_tests::{mesos_master_flags, unique, AgentProc, JsonSubscription, MasterProc};
 
 /// How long one step of a Mesos scheduler exchange may take.
@@ -47,24 +47,10 @@ async fn start_cell(name: &str) -> Cell {
         ],
     );
     let client = master.client();
-    let until = Instant::now() + Duration::from_secs(20);
-    let agent_id = loop {
-        if let Ok(st) = client.state().await {
-            if let Some(a) = st
-                .agents
-                .iter()
-                .find(|a| a.hostname == hostname && a.state == AgentState::Active)
-            {
-                break a.id.to_string();
-            }
-        }
-        assert!(
-            Instant::now() < until,
-            "agent did not become active:\n{}",
-            agent.log()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let agent_id = shoal_tests::wait_agents_active(&client, &[&hostname], Duration::from_secs(20))
+        .await
+        .unwrap_or_else(|e| panic!("{e}; the agent's log:\n{}", agent.log()))
+        .remove(0);
     Cell {
         master,
         agent,
