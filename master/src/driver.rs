@@ -22,7 +22,7 @@ use shoal_core::{Cell, Claim, ClaimOutcome, Command, LogEntry, Reply, Timestamp}
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 
 use crate::committer::{CommitError, Committer, Published};
-use crate::wall_clock_ms;
+use crate::{limits, wall_clock_ms};
 
 /// How often an idle driver asks for a placement pass anyway (claims refused for reasons
 /// that pass without a commit the scheduler would notice).
@@ -114,23 +114,57 @@ pub fn start<S: BuiltIn>(committer: Committer, published: Arc<Published>) {
 
 async fn drive<S: BuiltIn>(committer: Committer, published: Arc<Published>) {
     let mut rx = published.entries.subscribe();
-    let mut sched = S::recover(&published.snapshot());
+    let start = published.snapshot();
+    let mut sched = S::recover(&start);
+    // The newest version folded into the scheduler.
+    let mut observed = start.version();
     loop {
         // 1. Everything committed so far.
         loop {
             match rx.try_recv() {
-                Ok(entry) => sched.observe(&entry),
+                Ok(entry) => {
+                    observed = entry.version;
+                    sched.observe(&entry);
+                }
                 Err(TryRecvError::Empty) => break,
                 Err(TryRecvError::Lagged(missed)) => {
                     tracing::warn!(missed, scheduler = S::NAME, "fell behind; rebuilding it");
-                    sched = S::recover(&published.snapshot());
+                    let cell = published.snapshot();
+                    sched = S::recover(&cell);
+                    observed = cell.version();
                 }
                 Err(TryRecvError::Closed) => return,
             }
         }
-        // 2. and 3.
+        // 2. and 3. A snapshot is published before its entries are streamed: observe every
+        // entry up to the snapshot's version first, so a step never acts on a change (freed
+        // resources) the scheduler has not observed yet. The wait is bounded, so a version
+        // that is never streamed cannot wedge the driver.
+        let cell = published.snapshot();
+        let caught_up = tokio::time::timeout(
+            Duration::from_millis(limits::DRIVER_CATCH_UP_WAIT_MS),
+            async {
+                while observed < cell.version() {
+                    match rx.recv().await {
+                        Ok(entry) => {
+                            observed = entry.version;
+                            sched.observe(&entry);
+                        }
+                        Err(RecvError::Lagged(_)) => return false,
+                        Err(RecvError::Closed) => return true,
+                    }
+                }
+                true
+            },
+        )
+        .await;
+        if caught_up == Ok(false) {
+            tracing::warn!(scheduler = S::NAME, "fell behind; rebuilding it");
+            sched = S::recover(&cell);
+            observed = cell.version();
+        }
         let now = wall_clock_ms();
-        let step = sched.step(&published.snapshot(), now);
+        let step = sched.step(&cell, now);
         let wake_at = step.wake_at;
         execute(&committer, &mut sched, step.commands, now).await;
         if sched.has_work() {
@@ -143,9 +177,14 @@ async fn drive<S: BuiltIn>(committer: Committer, published: Arc<Published>) {
         }
         tokio::select! {
             r = rx.recv() => match r {
-                Ok(entry) => sched.observe(&entry),
+                Ok(entry) => {
+                    observed = entry.version;
+                    sched.observe(&entry);
+                }
                 Err(RecvError::Lagged(_)) => {
-                    sched = S::recover(&published.snapshot());
+                    let cell = published.snapshot();
+                    sched = S::recover(&cell);
+                    observed = cell.version();
                 }
                 Err(RecvError::Closed) => return,
             },

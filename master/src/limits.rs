@@ -62,3 +62,6 @@ pub const WATCH_STREAM_BUFFER_BYTES: usize = 64 << 10;
 /// A watch stream whose client has not made room for the next entry within this long is
 /// dropped (its connection closed); the client resumes from its last version.
 pub const WATCH_SEND_STALL_SECS: u64 = 10;
+/// How long a built-in scheduler's driver waits for the entries of the snapshot it is about to
+/// step on (they are streamed just after it is published).
+pub const DRIVER_CATCH_UP_WAIT_MS: u64 = 200;
