@@ -1,7 +1,8 @@
 # Sourced by scripts/test: phase deps (the Debian packages).
 # shellcheck shell=bash disable=SC2034  # globals shared by scripts/test and its phase files
 
-REQUIRED_PKGS=(docker.io busybox-static iptables etcd-server etcd-client python3-venv ca-certificates)
+REQUIRED_PKGS=(docker.io busybox-static iptables etcd-server etcd-client zookeeperd default-jre-headless
+               python3-venv ca-certificates)
 OPTIONAL_PKGS=(golang-go golang-github-mesos-mesos-go-dev)
 APT_OPTS=(-o DPkg::Lock::Timeout=600 -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold)
 

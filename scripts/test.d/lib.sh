@@ -21,6 +21,7 @@ export SHOAL_TEST_TMP
 
 ETCD_PORT=${SHOAL_TEST_ETCD_PORT:-23790}
 ETCD_PEER_PORT=${SHOAL_TEST_ETCD_PEER_PORT:-$((ETCD_PORT + 10))}
+ZK_PORT=${SHOAL_TEST_ZK_PORT:-21810}
 BUSYBOX_IMAGE=local/busybox:latest
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 
@@ -147,7 +148,7 @@ on_exit() {
     phase_end
   fi
   # Services started by this run (also those recorded by guarded subshells).
-  for name in etcd dockerd; do
+  for name in zookeeper etcd dockerd; do
     [[ -s "$SHOAL_TEST_TMP/$name.pid" ]] || continue
     STARTED+=("$name $(<"$SHOAL_TEST_TMP/$name.pid")")
     rm -f "$SHOAL_TEST_TMP/$name.pid"
