@@ -14,6 +14,7 @@ pub mod limits;
 mod scheduler;
 mod state;
 mod updates;
+pub mod zk;
 
 use std::time::Duration;
 

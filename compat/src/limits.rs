@@ -29,3 +29,11 @@ pub const FRAMEWORK_ROLES_MAX: usize = 128;
 /// Upper bound of a framework's `failover_timeout`: four weeks (Marathon asks for one week,
 /// other frameworks for "forever"); a larger value is capped to this, not refused.
 pub const FAILOVER_TIMEOUT_SECS_MAX: u64 = 28 * 86_400;
+
+/// The ZooKeeper session timeout a master asks for (Mesos's `--zk_session_timeout`, 10 s): a
+/// master that dies is gone from its frameworks' detectors this long after.
+pub const ZK_SESSION_TIMEOUT_SECS: u64 = 10;
+/// Longest wait between two attempts to publish in ZooKeeper again after a session ended.
+pub const ZK_RETRY_SECS_MAX: u64 = 10;
+/// Largest MasterInfo published in ZooKeeper (its JSON; ZooKeeper's own node limit is 1 MiB).
+pub const ZK_MASTER_INFO_BYTES_MAX: usize = 64 << 10;
