@@ -196,6 +196,40 @@ mod tests {
         assert_eq!(to_json(&t).to_string(), before.to_string());
     }
 
+    /// A built-in scheduler's task (environment, a Docker container with a port mapping) is
+    /// written as the core's `jobs::task_info_json` writes it.
+    #[test]
+    fn a_scheduler_task_is_written_as_the_core_writes_it() {
+        let res = set("cpus:1;mem:128;ports:[31000-31000]");
+        let mut t = command_task("j.t.0", "t", &res, "");
+        t.agent_id.value = "a1".into();
+        if let Some(c) = t.command.as_mut() {
+            c.shell = Some(false);
+            c.environment = Some(environment([("A", "1"), ("PORT_WEB", "31000")]));
+        }
+        t.container = Some(docker_container(
+            "local/busybox:latest",
+            DockerNetwork::Bridge,
+            &[(31000, 80)],
+        ));
+        let core = serde_json::json!({
+            "name": "t",
+            "task_id": {"value": "j.t.0"},
+            "agent_id": {"value": "a1"},
+            "resources": res.to_mesos_json(),
+            "command": {"shell": false, "value": "", "environment": {"variables": [
+                {"name": "A", "value": "1"}, {"name": "PORT_WEB", "value": "31000"}]}},
+            "container": {"type": "DOCKER", "docker": {"image": "local/busybox:latest",
+                "network": "BRIDGE",
+                "port_mappings": [{"host_port": 31000, "container_port": 80, "protocol": "tcp"}]}},
+        });
+        assert_eq!(to_json(&t).to_string(), core.to_string());
+        // An empty environment is written `{}` (Mesos leaves out empty repeated fields), where
+        // the core writes `{"variables":[]}`; an agent reads both alike.
+        t.command.as_mut().unwrap().environment = Some(environment(Vec::<(String, String)>::new()));
+        assert_eq!(to_json(&t)["command"]["environment"], serde_json::json!({}));
+    }
+
     #[test]
     fn partial_reading_lets_required_fields_be_absent() {
         assert!(from_str(r#"{"command":{"value":"x"}}"#).is_err());
