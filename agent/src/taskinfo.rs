@@ -1,183 +1,16 @@
 //! From a Mesos `TaskInfo` (Mesos's JSON encoding, as frameworks and native schedulers send
-//! it) to an executor's [`LaunchSpec`]. Pure: no IO.
+//! it, read by `shoal_mesos`) to an executor's [`LaunchSpec`]. Pure: no IO.
 
 use std::path::Path;
 use std::time::Duration;
 
-use serde::Deserialize;
-use serde_json::Value as Json;
+use shoal_mesos::task_info;
+use shoal_mesos::v1::{self, container_info, health_check, image};
 
 use crate::executor::{
     CommandSpec, ContainerSpec, DockerNetwork, DockerSpec, HealthCheckKind, HealthCheckSpec,
     LaunchSpec, Limits, PortMapping, Protocol,
 };
-
-#[derive(Deserialize, Default)]
-struct Variable {
-    name: String,
-    #[serde(default)]
-    value: Option<String>,
-}
-
-#[derive(Deserialize, Default)]
-struct Environment {
-    #[serde(default)]
-    variables: Vec<Variable>,
-}
-
-#[derive(Deserialize, Default)]
-struct CommandInfo {
-    #[serde(default)]
-    shell: Option<bool>,
-    #[serde(default)]
-    value: Option<String>,
-    #[serde(default)]
-    arguments: Vec<String>,
-    #[serde(default)]
-    environment: Option<Environment>,
-    #[serde(default)]
-    uris: Vec<Json>,
-    #[serde(default)]
-    user: Option<String>,
-}
-
-#[derive(Deserialize, Default)]
-struct DockerPortMapping {
-    host_port: u32,
-    container_port: u32,
-    #[serde(default)]
-    protocol: Option<String>,
-}
-
-#[derive(Deserialize, Default)]
-struct DockerInfo {
-    image: String,
-    #[serde(default)]
-    network: Option<String>,
-    #[serde(default)]
-    port_mappings: Vec<DockerPortMapping>,
-    #[serde(default)]
-    force_pull_image: Option<bool>,
-    #[serde(default)]
-    privileged: Option<bool>,
-}
-
-#[derive(Deserialize, Default)]
-struct ImageDocker {
-    name: String,
-}
-
-#[derive(Deserialize, Default)]
-struct Image {
-    #[serde(rename = "type", default)]
-    kind: Option<String>,
-    #[serde(default)]
-    docker: Option<ImageDocker>,
-}
-
-#[derive(Deserialize, Default)]
-struct MesosInfo {
-    #[serde(default)]
-    image: Option<Image>,
-}
-
-#[derive(Deserialize, Default)]
-struct ContainerInfo {
-    #[serde(rename = "type", default)]
-    kind: Option<String>,
-    #[serde(default)]
-    docker: Option<DockerInfo>,
-    #[serde(default)]
-    mesos: Option<MesosInfo>,
-}
-
-#[derive(Deserialize, Default)]
-struct HttpCheck {
-    port: u32,
-    #[serde(default)]
-    path: Option<String>,
-}
-
-#[derive(Deserialize, Default)]
-struct TcpCheck {
-    port: u32,
-}
-
-#[derive(Deserialize, Default)]
-struct HealthCheck {
-    #[serde(rename = "type", default)]
-    kind: Option<String>,
-    #[serde(default)]
-    command: Option<CommandInfo>,
-    #[serde(default)]
-    http: Option<HttpCheck>,
-    #[serde(default)]
-    tcp: Option<TcpCheck>,
-    #[serde(default)]
-    delay_seconds: Option<f64>,
-    #[serde(default)]
-    interval_seconds: Option<f64>,
-    #[serde(default)]
-    timeout_seconds: Option<f64>,
-    #[serde(default)]
-    consecutive_failures: Option<u32>,
-    #[serde(default)]
-    grace_period_seconds: Option<f64>,
-}
-
-#[derive(Deserialize, Default)]
-struct DurationInfo {
-    nanoseconds: i64,
-}
-
-#[derive(Deserialize, Default)]
-struct KillPolicy {
-    #[serde(default)]
-    grace_period: Option<DurationInfo>,
-}
-
-#[derive(Deserialize, Default)]
-struct ScalarJson {
-    value: f64,
-}
-
-#[derive(Deserialize, Default)]
-struct ResourceJson {
-    name: String,
-    #[serde(default)]
-    scalar: Option<ScalarJson>,
-}
-
-#[derive(Deserialize, Default)]
-struct LabelJson {
-    key: String,
-    #[serde(default)]
-    value: Option<String>,
-}
-
-#[derive(Deserialize, Default)]
-struct Labels {
-    #[serde(default)]
-    labels: Vec<LabelJson>,
-}
-
-#[derive(Deserialize, Default)]
-struct TaskInfo {
-    #[serde(default)]
-    command: Option<CommandInfo>,
-    #[serde(default)]
-    container: Option<ContainerInfo>,
-    #[serde(default)]
-    resources: Vec<ResourceJson>,
-    #[serde(default)]
-    health_check: Option<HealthCheck>,
-    #[serde(default)]
-    kill_policy: Option<KillPolicy>,
-    #[serde(default)]
-    labels: Option<Labels>,
-    #[serde(default)]
-    executor: Option<Json>,
-}
 
 /// What the agent needs to launch a task, besides the sandbox it creates.
 pub struct Translated {
@@ -196,7 +29,7 @@ fn port(p: u32, what: &str) -> Result<u16, String> {
         .ok_or_else(|| format!("{what} {p} is not a valid port"))
 }
 
-fn command_spec(c: CommandInfo) -> Result<Option<CommandSpec>, String> {
+fn command_spec(c: v1::CommandInfo) -> Result<Option<CommandSpec>, String> {
     if !c.uris.is_empty() {
         return Err("CommandInfo.uris (fetching) is not supported by Shoal agents; bake files into the image".into());
     }
@@ -223,19 +56,128 @@ fn command_spec(c: CommandInfo) -> Result<Option<CommandSpec>, String> {
     for (k, v) in env {
         spec = spec.with_env(k, v);
     }
-    let _ = c.user;
     Ok(Some(spec))
 }
 
-/// Translates a TaskInfo; an `Err` is a malformed or unsupported task (TASK_ERROR).
+fn docker_spec(d: container_info::DockerInfo) -> Result<DockerSpec, String> {
+    use container_info::docker_info::Network;
+    if d.privileged.unwrap_or(false) {
+        return Err("privileged containers are not allowed on this agent".into());
+    }
+    let network = match d.network.map(Network::try_from) {
+        None | Some(Ok(Network::Bridge)) => DockerNetwork::Bridge,
+        Some(Ok(Network::Host)) => DockerNetwork::Host,
+        Some(Ok(Network::None)) => DockerNetwork::None,
+        Some(other) => {
+            let name = other.map_or_else(|n| n.to_string(), |n| n.as_str_name().to_string());
+            return Err(format!("docker network {name} is not supported"));
+        }
+    };
+    let mut ds = DockerSpec::new(d.image);
+    ds.network = network;
+    ds.force_pull = d.force_pull_image.unwrap_or(false);
+    for m in d.port_mappings {
+        let protocol = match m
+            .protocol
+            .as_deref()
+            .unwrap_or("tcp")
+            .to_ascii_lowercase()
+            .as_str()
+        {
+            "tcp" => Protocol::Tcp,
+            "udp" => Protocol::Udp,
+            other => return Err(format!("port mapping protocol {other} is not supported")),
+        };
+        ds.port_mappings.push(PortMapping {
+            host_port: port(m.host_port, "host_port")?,
+            container_port: port(m.container_port, "container_port")?,
+            protocol,
+        });
+    }
+    Ok(ds)
+}
+
+/// The Docker container a `ContainerInfo` asks for; `None` for a process (a `MESOS` container
+/// without an image).
+fn container(c: v1::ContainerInfo) -> Result<Option<DockerSpec>, String> {
+    match container_info::Type::try_from(c.r#type) {
+        Ok(container_info::Type::Docker) => {
+            let d = c
+                .docker
+                .ok_or("ContainerInfo of type DOCKER without docker")?;
+            docker_spec(d).map(Some)
+        }
+        Ok(container_info::Type::Mesos) => match c.mesos.and_then(|m| m.image) {
+            Some(img) if img.r#type == image::Type::Docker as i32 => {
+                let name = img
+                    .docker
+                    .ok_or("Image of type DOCKER without docker.name")?
+                    .name;
+                Ok(Some(DockerSpec::new(name)))
+            }
+            Some(_) => Err("only Docker images are supported".into()),
+            None => Ok(None),
+        },
+        Err(_) => Err(format!("container type {} is not supported", c.r#type)),
+    }
+}
+
+fn health_check_spec(h: v1::HealthCheck) -> Result<HealthCheckSpec, String> {
+    use health_check::Type;
+    let kind = match h.r#type {
+        Some(n) => Type::try_from(n).map_err(|_| n.to_string()),
+        None if h.http.is_some() => Ok(Type::Http),
+        None if h.tcp.is_some() => Ok(Type::Tcp),
+        None => Ok(Type::Command),
+    };
+    let kind = match kind {
+        Ok(Type::Command) => {
+            let shell = h
+                .command
+                .and_then(|c| c.value)
+                .ok_or("COMMAND health check without command.value")?;
+            HealthCheckKind::Command { shell }
+        }
+        Ok(Type::Http) => {
+            let http = h.http.ok_or("HTTP health check without http")?;
+            HealthCheckKind::Http {
+                port: port(http.port, "health check port")?,
+                path: http.path.unwrap_or_else(|| "/".into()),
+            }
+        }
+        Ok(Type::Tcp) => HealthCheckKind::Tcp {
+            port: port(
+                h.tcp.ok_or("TCP health check without tcp")?.port,
+                "health check port",
+            )?,
+        },
+        Ok(other) => {
+            return Err(format!(
+                "health check type {} is not supported",
+                other.as_str_name()
+            ))
+        }
+        Err(n) => return Err(format!("health check type {n} is not supported")),
+    };
+    let mut hc = HealthCheckSpec::new(kind);
+    hc.delay = secs(h.delay_seconds, 15.0);
+    hc.interval = secs(h.interval_seconds, 10.0);
+    hc.timeout = secs(h.timeout_seconds, 20.0);
+    hc.grace = secs(h.grace_period_seconds, 10.0);
+    hc.consecutive_failures = h.consecutive_failures.unwrap_or(3).max(1);
+    Ok(hc)
+}
+
+/// Translates a TaskInfo; an `Err` is a malformed or unsupported task (TASK_ERROR). The
+/// TaskInfo is read partially (required fields the agent does not use may be absent).
 pub fn launch_spec(
     task_id: &str,
     task_info: &str,
     sandbox: &Path,
     default_grace: Duration,
 ) -> Result<Translated, String> {
-    let t: TaskInfo =
-        serde_json::from_str(task_info).map_err(|e| format!("malformed TaskInfo: {e}"))?;
+    let t =
+        task_info::from_str_partial(task_info).map_err(|e| format!("malformed TaskInfo: {e}"))?;
     if t.executor.is_some() {
         return Err(
             "custom executors (TaskInfo.executor) are not supported; use command or container"
@@ -257,100 +199,12 @@ pub fn launch_spec(
     }
     spec.limits = limits;
     if let Some(c) = t.container {
-        let kind = c.kind.as_deref().unwrap_or("MESOS");
-        let docker = match kind {
-            "DOCKER" => {
-                let d = c
-                    .docker
-                    .ok_or("ContainerInfo of type DOCKER without docker")?;
-                if d.privileged.unwrap_or(false) {
-                    return Err("privileged containers are not allowed on this agent".into());
-                }
-                let network = match d.network.as_deref().unwrap_or("BRIDGE") {
-                    "BRIDGE" => DockerNetwork::Bridge,
-                    "HOST" => DockerNetwork::Host,
-                    "NONE" => DockerNetwork::None,
-                    other => return Err(format!("docker network {other} is not supported")),
-                };
-                let mut ds = DockerSpec::new(d.image);
-                ds.network = network;
-                ds.force_pull = d.force_pull_image.unwrap_or(false);
-                for m in d.port_mappings {
-                    let protocol = match m
-                        .protocol
-                        .as_deref()
-                        .unwrap_or("tcp")
-                        .to_ascii_lowercase()
-                        .as_str()
-                    {
-                        "tcp" => Protocol::Tcp,
-                        "udp" => Protocol::Udp,
-                        other => {
-                            return Err(format!("port mapping protocol {other} is not supported"))
-                        }
-                    };
-                    ds.port_mappings.push(PortMapping {
-                        host_port: port(m.host_port, "host_port")?,
-                        container_port: port(m.container_port, "container_port")?,
-                        protocol,
-                    });
-                }
-                Some(ds)
-            }
-            "MESOS" => match c.mesos.and_then(|m| m.image) {
-                Some(img) if img.kind.as_deref().unwrap_or("DOCKER") == "DOCKER" => {
-                    let name = img
-                        .docker
-                        .ok_or("Image of type DOCKER without docker.name")?
-                        .name;
-                    Some(DockerSpec::new(name))
-                }
-                Some(_) => return Err("only Docker images are supported".into()),
-                None => None,
-            },
-            other => return Err(format!("container type {other} is not supported")),
-        };
-        if let Some(d) = docker {
+        if let Some(d) = container(c)? {
             spec.container = ContainerSpec::Docker(d);
         }
     }
     if let Some(h) = t.health_check {
-        let kind = match h.kind.as_deref().unwrap_or(if h.http.is_some() {
-            "HTTP"
-        } else if h.tcp.is_some() {
-            "TCP"
-        } else {
-            "COMMAND"
-        }) {
-            "COMMAND" => {
-                let shell = h
-                    .command
-                    .and_then(|c| c.value)
-                    .ok_or("COMMAND health check without command.value")?;
-                HealthCheckKind::Command { shell }
-            }
-            "HTTP" => {
-                let http = h.http.ok_or("HTTP health check without http")?;
-                HealthCheckKind::Http {
-                    port: port(http.port, "health check port")?,
-                    path: http.path.unwrap_or_else(|| "/".into()),
-                }
-            }
-            "TCP" => HealthCheckKind::Tcp {
-                port: port(
-                    h.tcp.ok_or("TCP health check without tcp")?.port,
-                    "health check port",
-                )?,
-            },
-            other => return Err(format!("health check type {other} is not supported")),
-        };
-        let mut hc = HealthCheckSpec::new(kind);
-        hc.delay = secs(h.delay_seconds, 15.0);
-        hc.interval = secs(h.interval_seconds, 10.0);
-        hc.timeout = secs(h.timeout_seconds, 20.0);
-        hc.grace = secs(h.grace_period_seconds, 10.0);
-        hc.consecutive_failures = h.consecutive_failures.unwrap_or(3).max(1);
-        spec.health_check = Some(hc);
+        spec.health_check = Some(health_check_spec(h)?);
     }
     if let Some(kp) = t.kill_policy.and_then(|k| k.grace_period) {
         spec.kill_grace = Duration::from_nanos(kp.nanoseconds.max(0) as u64);

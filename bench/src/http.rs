@@ -333,7 +333,7 @@ async fn client_b(
     let client = Client::new(&addr).map_err(|e| anyhow!("{e}"))?;
     let (cpu, mem) = (task.scalar("cpus").0, task.scalar("mem").0);
     // What every TaskInfo of the run shares, written once.
-    let resources = serde_json::value::to_raw_value(&task.to_mesos_json())?;
+    let resources = serde_json::value::to_raw_value(&shoal_client::resources_json(&task))?;
     let command =
         serde_json::value::to_raw_value(&serde_json::json!({"shell": true, "value": "true"}))?;
     let (mut view, mut version) = local_view(&client, cpu, mem).await?;

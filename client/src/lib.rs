@@ -9,12 +9,13 @@
 //! ```
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
+use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value as Json};
+use serde_json::Value as Json;
 /// The native API's bodies, defined once in the core for the master and this client.
 pub use shoal_core::wire::{ClaimAnswer, ClaimRequest, PlacementRequest};
 use shoal_core::wire::{RoleRequest, StatusRequest};
@@ -24,6 +25,9 @@ use shoal_core::{
 };
 
 mod verbs;
+
+/// TaskInfo and Resource, typed and in Mesos's JSON: what [`command_task`] writes with.
+pub use shoal_mesos as mesos;
 
 pub use verbs::VERB_REQUEST_TIMEOUT_SECS;
 
@@ -75,20 +79,17 @@ impl State {
     }
 }
 
-/// Builds a Mesos `TaskInfo` (JSON) running a shell command with the given resources.
+/// Builds a Mesos `TaskInfo` (JSON) running a shell command with the given resources
+/// ([`mesos::task_info::command_task`] for the typed one).
 pub fn command_task(task_id: &str, name: &str, resources: &ResourceSet, shell: &str) -> Json {
-    json!({
-        "name": name,
-        "task_id": {"value": task_id},
-        "agent_id": {"value": ""},
-        "resources": resources_json(resources),
-        "command": {"shell": true, "value": shell},
-    })
+    mesos::task_info::to_json(&mesos::task_info::command_task(
+        task_id, name, resources, shell,
+    ))
 }
 
 /// Writes resources as Mesos `Resource` messages (JSON).
 pub fn resources_json(set: &ResourceSet) -> Json {
-    set.to_mesos_json()
+    mesos::resources::to_json(set)
 }
 
 #[derive(Clone)]
@@ -398,13 +399,13 @@ impl Mirror {
         let (c, n) = (cell.clone(), changed.clone());
         let task = tokio::spawn(async move {
             loop {
-                let from = c.lock().expect("mirror lock").version() + 1;
+                let from = c.lock().version() + 1;
                 match client.watch(from).await {
                     Ok(stream) => {
                         futures::pin_mut!(stream);
                         while let Some(item) = stream.next().await {
                             let Ok(entry) = item else { break };
-                            let mut cell = c.lock().expect("mirror lock");
+                            let mut cell = c.lock();
                             if entry.version == cell.version() + 1 {
                                 cell.apply(&entry);
                             }
@@ -414,7 +415,7 @@ impl Mirror {
                     }
                     Err(ClientError::Gone(_)) => {
                         if let Ok(state) = client.state().await {
-                            *c.lock().expect("mirror lock") = state.into_cell();
+                            *c.lock() = state.into_cell();
                             n.notify_waiters();
                         }
                     }
@@ -432,11 +433,11 @@ impl Mirror {
 
     /// A consistent snapshot (an O(1) clone).
     pub fn snapshot(&self) -> Cell {
-        self.cell.lock().expect("mirror lock").clone()
+        self.cell.lock().clone()
     }
 
     pub fn version(&self) -> Version {
-        self.cell.lock().expect("mirror lock").version()
+        self.cell.lock().version()
     }
 
     /// Waits until the mirror reached `version` (or `deadline` passed); returns whether it did.

@@ -1051,7 +1051,7 @@ async fn accept(c: &Arc<Compat>, fw_id: &str, accept: &Json) -> Response {
         if let Some(a) = &agent {
             t["agent_id"] = json!({"value": a.as_str()});
         }
-        match shoal_master::mesos_json::task_info_parts(&t) {
+        match shoal_mesos::raw::task_info_parts(&t).map_err(|e| e.to_string()) {
             Ok(parts) => placements.push(Placement {
                 task_id: TaskId::new(&parts.task_id),
                 name: parts.name,
@@ -1539,7 +1539,7 @@ fn offer_json(
 
 /// Resources as Mesos writes them in offers: with `allocation_info` for the role.
 fn resources_with_roles(set: &shoal_core::ResourceSet, role: &str) -> Json {
-    let mut v = shoal_master::mesos_json::resources_to_json(set);
+    let mut v = shoal_mesos::resources::to_json(set);
     if let Some(arr) = v.as_array_mut() {
         for r in arr {
             r["allocation_info"] = json!({"role": role});

@@ -587,7 +587,10 @@ impl ResourceSet {
 
 impl ResourceSet {
     /// The set as Mesos `Resource` messages in Mesos's JSON encoding (a reserved entry carries
-    /// one dynamic reservation for its role).
+    /// one dynamic reservation for its role). Only `jobs::task_info_json` calls it, as the
+    /// core cannot call `shoal-mesos`; everything else writes resources with
+    /// `shoal_mesos::resources::to_json`, which writes the same text (tested there). It goes
+    /// when the built-in schedulers move above the core.
     pub fn to_mesos_json(&self) -> serde_json::Value {
         use serde_json::json;
         serde_json::Value::Array(

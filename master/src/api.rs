@@ -22,7 +22,7 @@ use tokio::sync::broadcast::error::RecvError;
 
 use crate::committer::{CommitError, Committer, Published};
 use crate::limits;
-use crate::mesos_json;
+use shoal_mesos::raw;
 
 /// What every handler shares.
 #[derive(Clone)]
@@ -405,7 +405,7 @@ pub fn claim_from_request(req: ClaimRequest<'_>) -> ApiResult<Claim> {
     }
     let mut placements = Vec::with_capacity(req.placements.len());
     for (i, p) in req.placements.into_iter().enumerate() {
-        let (parts, spec) = mesos_json::task_info_from_raw(&p.task_info)
+        let (parts, spec) = raw::task_info_from_raw(&p.task_info)
             .map_err(|e| ApiError::bad_request(format!("placements[{i}]: {e}")))?;
         let agent_id = p
             .agent_id

@@ -13,7 +13,6 @@ pub mod health;
 pub mod http;
 pub mod jobs;
 pub mod limits;
-pub mod mesos_json;
 pub mod services;
 pub mod store;
 pub mod ui;

@@ -202,6 +202,22 @@ pub fn from_json_str<M: ReflectMessage + Default>(text: &str) -> Result<M, JsonE
     from_json_slice(text.as_bytes())
 }
 
+/// Reads a message from JSON text like [`from_json_str`], except that required fields may be
+/// missing (protobuf's partial parsing): they read as their defaults. For readers that accept
+/// what an older, lenient reader accepted.
+pub fn from_json_str_partial<M: ReflectMessage + Default>(text: &str) -> Result<M, JsonError> {
+    let descriptor = M::default().descriptor();
+    let value: Json = serde_json::from_str(text).map_err(|e| {
+        JsonError::new(format!("malformed JSON: {e}")).for_type(descriptor.full_name())
+    })?;
+    let dynamic = message_from_json(&descriptor, &value, 0, true)
+        .map_err(|e| e.for_type(descriptor.full_name()))?;
+    dynamic.transcode_to::<M>().map_err(|e| {
+        JsonError::new(format!("cannot convert decoded message: {e}"))
+            .for_type(descriptor.full_name())
+    })
+}
+
 /// Converts a dynamic message to its Mesos JSON form.
 pub fn dynamic_to_json_value(message: &DynamicMessage) -> Json {
     message_to_json(message)
@@ -212,7 +228,7 @@ pub fn dynamic_from_json_value(
     descriptor: &MessageDescriptor,
     value: &Json,
 ) -> Result<DynamicMessage, JsonError> {
-    message_from_json(descriptor, value, 0).map_err(|e| e.for_type(descriptor.full_name()))
+    message_from_json(descriptor, value, 0, false).map_err(|e| e.for_type(descriptor.full_name()))
 }
 
 // ---------------------------------------------------------------------
@@ -316,10 +332,13 @@ fn type_name(value: &Json) -> &'static str {
     }
 }
 
+/// `partial`: required fields may be missing (they read as their defaults), as protobuf's
+/// partial parsing allows.
 fn message_from_json(
     descriptor: &MessageDescriptor,
     value: &Json,
     depth: usize,
+    partial: bool,
 ) -> Result<DynamicMessage, JsonError> {
     if depth >= MAX_DEPTH {
         return Err(JsonError::new(format!(
@@ -349,15 +368,15 @@ fn message_from_json(
             Some(field) => field,
             None => continue, // Unknown keys are ignored, as in Mesos.
         };
-        if let Some(value) =
-            field_from_json(&field, field_json, depth).map_err(|e| e.in_field(field.name()))?
+        if let Some(value) = field_from_json(&field, field_json, depth, partial)
+            .map_err(|e| e.in_field(field.name()))?
         {
             message.set_field(&field, value);
         }
     }
 
     for field in descriptor.fields() {
-        if field.cardinality() == Cardinality::Required && !message.has_field(&field) {
+        if !partial && field.cardinality() == Cardinality::Required && !message.has_field(&field) {
             return Err(JsonError::new("missing required field").in_field(field.name()));
         }
     }
@@ -370,6 +389,7 @@ fn field_from_json(
     field: &FieldDescriptor,
     json: &Json,
     depth: usize,
+    partial: bool,
 ) -> Result<Option<Value>, JsonError> {
     let kind = field.kind();
     if field.is_map() {
@@ -394,7 +414,9 @@ fn field_from_json(
                 continue;
             }
             let map_key = map_key_from_str(key, &key_kind).map_err(|e| e.at_key(key))?;
-            match single_from_json(&value_kind, value_json, depth).map_err(|e| e.at_key(key))? {
+            match single_from_json(&value_kind, value_json, depth, partial)
+                .map_err(|e| e.at_key(key))?
+            {
                 Single::Value(v) => {
                     map.insert(map_key, v);
                 }
@@ -419,7 +441,7 @@ fn field_from_json(
             if item.is_null() {
                 continue;
             }
-            match single_from_json(&kind, item, depth).map_err(|e| e.at_index(index))? {
+            match single_from_json(&kind, item, depth, partial).map_err(|e| e.at_index(index))? {
                 Single::Value(v) => list.push(v),
                 Single::UnknownEnum(_) => {}
             }
@@ -427,7 +449,7 @@ fn field_from_json(
         return Ok(Some(Value::List(list)));
     }
 
-    match single_from_json(&kind, json, depth)? {
+    match single_from_json(&kind, json, depth, partial)? {
         Single::Value(v) => Ok(Some(v)),
         Single::UnknownEnum(name) => {
             if field.cardinality() == Cardinality::Required {
@@ -444,9 +466,14 @@ enum Single {
     UnknownEnum(String),
 }
 
-fn single_from_json(kind: &Kind, json: &Json, depth: usize) -> Result<Single, JsonError> {
+fn single_from_json(
+    kind: &Kind,
+    json: &Json,
+    depth: usize,
+    partial: bool,
+) -> Result<Single, JsonError> {
     let value = match kind {
-        Kind::Message(desc) => Value::Message(message_from_json(desc, json, depth + 1)?),
+        Kind::Message(desc) => Value::Message(message_from_json(desc, json, depth + 1, partial)?),
         Kind::Enum(desc) => return enum_from_json(desc, json),
         Kind::Bool => Value::Bool(bool_from_json(json)?),
         Kind::String => match json {

@@ -1,14 +1,24 @@
-//! Reading the parts of a Mesos `TaskInfo` (in Mesos's JSON encoding) that the cell needs,
-//! and writing resources the way Mesos writes them.
+//! The commit path's reader: the parts of a Mesos `TaskInfo` the cell needs, read straight
+//! from its JSON text with borrowed serde (no `Value`, no prost message decoded), and the
+//! canonical text the cell stores as the task's spec. It reads what the typed reader
+//! ([`crate::task_info`]) reads, and is lenient where Mesos's JSON allows: `type` may be left
+//! out of a resource (inferred from the value given), `name` and `agent_id` of a task.
 
 use std::borrow::Cow;
 
 use serde::Deserialize;
-#[cfg(test)]
-use serde_json::json;
 use serde_json::value::RawValue;
 use serde_json::Value as Json;
 use shoal_core::{Milli, Ranges, Resource, ResourceSet, Value, UNRESERVED};
+
+use crate::{MesosError, TaskInfoParts};
+
+fn malformed(e: serde_json::Error) -> MesosError {
+    MesosError::Malformed {
+        what: "task_info",
+        why: e.to_string(),
+    }
+}
 
 #[derive(Deserialize)]
 struct IdJson {
@@ -72,25 +82,9 @@ struct TaskInfoJson {
     resources: Vec<ResourceJson>,
 }
 
-/// The parts of a TaskInfo the cell uses.
-#[derive(Debug, Clone)]
-pub struct TaskInfoParts {
-    pub task_id: String,
-    pub name: String,
-    pub agent_id: Option<String>,
-    pub resources: ResourceSet,
-}
-
-/// Converts Mesos `Resource` messages (JSON) into a [`ResourceSet`].
-pub fn resources_from_json(v: &Json) -> Result<ResourceSet, String> {
-    let list: Vec<ResourceJson> =
-        serde_json::from_value(v.clone()).map_err(|e| format!("resources: {e}"))?;
-    convert_resources(list)
-}
-
-fn convert_resources(list: Vec<ResourceJson>) -> Result<ResourceSet, String> {
+fn convert_resources(list: Vec<ResourceJson>) -> Result<ResourceSet, MesosError> {
     let mut out = Vec::with_capacity(list.len());
-    for r in list {
+    for mut r in list {
         // The reservation's role is the last (most refined) one; the deprecated `role`
         // field is read when there are no `reservations`.
         let role = r
@@ -106,49 +100,48 @@ fn convert_resources(list: Vec<ResourceJson>) -> Result<ResourceSet, String> {
         } else {
             "SCALAR"
         });
-        let value =
-            match kind {
-                "SCALAR" => {
-                    let v = r
-                        .scalar
-                        .ok_or_else(|| format!("resource {}: SCALAR without scalar", r.name))?
-                        .value;
-                    Value::Scalar(
-                        Milli::from_f64(v)
-                            .ok_or_else(|| format!("resource {}: invalid scalar {v}", r.name))?,
-                    )
-                }
-                "RANGES" => {
-                    let ranges = r
-                        .ranges
-                        .unwrap_or_default()
-                        .range
-                        .into_iter()
-                        .map(|x| (x.begin, x.end))
-                        .collect();
-                    Value::Ranges(Ranges::new(ranges).ok_or_else(|| {
-                        format!("resource {}: range begins after it ends", r.name)
-                    })?)
-                }
-                "SET" => Value::Set(r.set.unwrap_or_default().item.into_iter().collect()),
-                other => return Err(format!("resource {}: unsupported type {other}", r.name)),
-            };
+        let bad = |why: String| MesosError::Resource {
+            name: r.name.clone(),
+            why,
+        };
+        let value = match kind {
+            "SCALAR" => {
+                let v = r
+                    .scalar
+                    .as_ref()
+                    .ok_or_else(|| bad("SCALAR without scalar".into()))?
+                    .value;
+                Value::Scalar(Milli::from_f64(v).ok_or_else(|| bad(format!("invalid scalar {v}")))?)
+            }
+            "RANGES" => {
+                let ranges = r
+                    .ranges
+                    .as_ref()
+                    .map(|x| x.range.iter().map(|x| (x.begin, x.end)).collect())
+                    .unwrap_or_default();
+                Value::Ranges(
+                    Ranges::new(ranges).ok_or_else(|| bad("range begins after it ends".into()))?,
+                )
+            }
+            "SET" => Value::Set(r.set.take().unwrap_or_default().item.into_iter().collect()),
+            other => return Err(bad(format!("unsupported type {other}"))),
+        };
         out.push(Resource {
             name: r.name.into(),
             role: role.into(),
             value,
         });
     }
-    ResourceSet::from_resources(out).map_err(|e| e.to_string())
+    Ok(ResourceSet::from_resources(out)?)
 }
 
 /// Reads a TaskInfo's id, name, agent and resources. Never panics on input.
-pub fn task_info_parts(task_info: &Json) -> Result<TaskInfoParts, String> {
-    let t = TaskInfoJson::deserialize(task_info).map_err(|e| format!("task_info: {e}"))?;
+pub fn task_info_parts(task_info: &Json) -> Result<TaskInfoParts, MesosError> {
+    let t = TaskInfoJson::deserialize(task_info).map_err(malformed)?;
     parts_of(t)
 }
 
-fn parts_of(t: TaskInfoJson) -> Result<TaskInfoParts, String> {
+fn parts_of(t: TaskInfoJson) -> Result<TaskInfoParts, MesosError> {
     let resources = convert_resources(t.resources)?;
     Ok(TaskInfoParts {
         name: t.name.unwrap_or_else(|| t.task_id.value.clone()),
@@ -161,19 +154,19 @@ fn parts_of(t: TaskInfoJson) -> Result<TaskInfoParts, String> {
 /// Reads a TaskInfo straight from its JSON text (no `Value` in between), and returns with
 /// its parts the canonical text the cell keeps as the task's spec (compact, keys sorted:
 /// what `serde_json::Value` writes). Text that is already canonical is kept as it is.
-pub fn task_info_from_raw(raw: &RawValue) -> Result<(TaskInfoParts, Cow<'_, str>), String> {
-    let t: TaskInfoJson = serde_json::from_str(raw.get()).map_err(|e| format!("task_info: {e}"))?;
+pub fn task_info_from_raw(raw: &RawValue) -> Result<(TaskInfoParts, Cow<'_, str>), MesosError> {
+    let t: TaskInfoJson = serde_json::from_str(raw.get()).map_err(malformed)?;
     let parts = parts_of(t)?;
     Ok((parts, canonical_json(raw)?))
 }
 
 /// The canonical text of a JSON value: compact, object keys sorted (as `serde_json::Value`
 /// writes it, so it survives a round trip through `Value` unchanged).
-pub fn canonical_json(raw: &RawValue) -> Result<Cow<'_, str>, String> {
+pub fn canonical_json(raw: &RawValue) -> Result<Cow<'_, str>, MesosError> {
     if is_canonical(raw) {
         return Ok(Cow::Borrowed(raw.get()));
     }
-    let v: Json = serde_json::from_str(raw.get()).map_err(|e| format!("task_info: {e}"))?;
+    let v: Json = serde_json::from_str(raw.get()).map_err(malformed)?;
     Ok(Cow::Owned(v.to_string()))
 }
 
@@ -236,14 +229,12 @@ fn is_canonical(raw: &RawValue) -> bool {
     }
 }
 
-/// Writes a [`ResourceSet`] as Mesos `Resource` messages (JSON).
-pub fn resources_to_json(set: &ResourceSet) -> Json {
-    set.to_mesos_json()
-}
-
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
+    use crate::resources;
 
     #[test]
     fn reads_a_task_info() {
@@ -263,7 +254,7 @@ mod tests {
             p.resources.to_string(),
             "cpus:0.5;disk(web):10;mem:64;ports:[31000-31001]"
         );
-        let back = resources_from_json(&resources_to_json(&p.resources)).unwrap();
+        let back = resources::from_json(&resources::to_json(&p.resources)).unwrap();
         assert_eq!(back, p.resources);
     }
 
