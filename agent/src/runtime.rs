@@ -17,10 +17,11 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use futures::{SinkExt, StreamExt};
 use shoal_core::agent_protocol::{AgentMessage, MasterMessage};
+use shoal_core::clock::{Clock, SharedClock};
 use shoal_core::{AgentId, AgentRegistration, ResourceSet, StatusInfo, Task, TaskId, TaskState};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
@@ -56,6 +57,8 @@ pub struct AgentConfig {
     /// Tasks left running when the agent stops are killed when no agent re-attached to
     /// them within this long (Mesos's `--recovery_timeout`).
     pub recovery_timeout: Duration,
+    /// Where the agent and its executors read time.
+    pub clock: SharedClock,
 }
 
 /// How the agent stops.
@@ -107,6 +110,7 @@ pub async fn run_until(
     let sandboxes = config.work_dir.join("sandboxes");
     std::fs::create_dir_all(&sandboxes)?;
     let mut journal = Journal::open(&state_dir)?;
+    let clock = config.clock.clone();
     let id_file = state_dir.join("agent_id");
     let mut agent_id: Option<AgentId> = std::fs::read_to_string(&id_file)
         .ok()
@@ -117,6 +121,7 @@ pub async fn run_until(
     let mut process_config = ProcessConfig::new(state_dir.join("process"));
     process_config.cgroups = config.process_cgroups;
     process_config.recovery_timeout = config.recovery_timeout;
+    process_config.clock = config.clock.clone();
     let process: Arc<dyn Executor> = Arc::new(ProcessExecutor::new(process_config, ev_tx.clone())?);
     let docker: Option<Arc<dyn Executor>> = if config.containerizers.iter().any(|c| c == "docker") {
         // Containers are labelled with an owner key kept in the work dir: stable across
@@ -127,12 +132,10 @@ pub async fn run_until(
             Ok(o) if !o.trim().is_empty() => o.trim().to_string(),
             _ => {
                 let o = format!(
-                    "{}-{:x}",
+                    "{}-{:x}-{:x}",
                     config.hostname,
-                    std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map(|d| d.as_nanos())
-                        .unwrap_or(0)
+                    config.clock.wall_ms(),
+                    std::process::id()
                 );
                 std::fs::write(&owner_file, &o)?;
                 o
@@ -141,6 +144,7 @@ pub async fn run_until(
         let mut dc = DockerConfig::new(owner, state_dir.join("docker"));
         dc.socket = config.docker_socket.clone();
         dc.recovery_timeout = config.recovery_timeout;
+        dc.clock = config.clock.clone();
         match DockerExecutor::connect(dc, ev_tx.clone()).await {
             Ok(d) => Some(Arc::new(d)),
             Err(e) => {
@@ -249,14 +253,14 @@ pub async fn run_until(
                         }
                     }
                     tracing::info!(tasks = count, "stopping: killing every task");
-                    stopping = Some(Stopping { since: Instant::now(), ended: None });
+                    stopping = Some(Stopping { since: clock.monotonic(), ended: None });
                 }
             },
             _ = stop_poll.tick(), if stopping.is_some() => {
                 let Some(st) = stopping.as_mut() else { continue };
                 let busy = executors.iter().map(|e| e.tasks().len()).sum::<usize>();
                 if busy > 0 {
-                    if st.since.elapsed() >= Duration::from_secs(STOP_KILL_WAIT_SECS) {
+                    if clock.monotonic() - st.since >= Duration::from_secs(STOP_KILL_WAIT_SECS) {
                         tracing::warn!(tasks = busy, "stopping: tasks still ending; they are left to their recovery timeout");
                         break;
                     }
@@ -265,13 +269,13 @@ pub async fn run_until(
                 // An executor forgets a task just before it sends the terminal update: one
                 // more poll, and no event waiting, and every terminal status is journaled.
                 let Some(ended) = st.ended else {
-                    st.ended = Some(Instant::now());
+                    st.ended = Some(clock.monotonic());
                     continue;
                 };
                 if !ev_rx.is_empty() {
                     continue;
                 }
-                if journal.pending.is_empty() || !registered || ended.elapsed() >= Duration::from_secs(STOP_ACK_WAIT_SECS) {
+                if journal.pending.is_empty() || !registered || clock.monotonic() - ended >= Duration::from_secs(STOP_ACK_WAIT_SECS) {
                     for exec in &executors {
                         if let Err(e) = exec.gc(Duration::ZERO).await {
                             tracing::debug!(error = %e, "gc at stop failed");
@@ -298,14 +302,14 @@ pub async fn run_until(
                 let (early, late): (Vec<_>, Vec<_>) = recorded.into_iter().partition(|u| !u.state.is_terminal());
                 if registered {
                     for u in early {
-                        last_sent.insert(u.id, Instant::now());
+                        last_sent.insert(u.id, clock.monotonic());
                         let _ = out_tx.send(status_update(u)).await;
                     }
                 }
                 journal.sync()?;
                 if registered {
                     for u in late {
-                        last_sent.insert(u.id, Instant::now());
+                        last_sent.insert(u.id, clock.monotonic());
                         let _ = out_tx.send(status_update(u)).await;
                     }
                 }
@@ -337,7 +341,7 @@ pub async fn run_until(
                         retry_after = config.status_retry;
                         last_sent.clear();
                         for u in journal.pending.values() {
-                            last_sent.insert(u.id, Instant::now());
+                            last_sent.insert(u.id, clock.monotonic());
                             let _ = out_tx.send(status_update(u.clone())).await;
                         }
                     }
@@ -370,15 +374,15 @@ pub async fn run_until(
                         // tasks as unknown, and the master, seeing them still staging,
                         // launches them again.
                         journal.write_launches(ready.iter().map(|(id, kind, _, _)| (id.clone(), *kind)))?;
-                        let mut last_beat = Instant::now();
+                        let mut last_beat = clock.monotonic();
                         for (task_id, _, exec, spec) in ready {
                             if let Err(e) = exec.launch(spec).await {
                                 tracing::warn!(%task_id, error = %e, "launch refused");
                             }
                             // A large launch must not silence the agent past the master's ping timeout.
-                            if registered && last_beat.elapsed() >= config.heartbeat_interval / 2 {
+                            if registered && clock.monotonic() - last_beat >= config.heartbeat_interval / 2 {
                                 let _ = out_tx.try_send(AgentMessage::Heartbeat);
-                                last_beat = Instant::now();
+                                last_beat = clock.monotonic();
                             }
                         }
                         journal.sync()?;
@@ -413,7 +417,7 @@ pub async fn run_until(
             }
             _ = retry.tick() => {
                 if registered {
-                    let now = Instant::now();
+                    let now = clock.monotonic();
                     let stale: Vec<u64> = journal.pending.keys().copied().filter(|id| last_sent.get(id).map(|t| now.duration_since(*t) >= retry_after).unwrap_or(true)).collect();
                     if !stale.is_empty() {
                         retry_after = (retry_after * 2).min(config.status_retry * 16);
@@ -433,7 +437,7 @@ pub async fn run_until(
                     }
                 }
                 let live: std::collections::HashSet<String> = journal.live.keys().flat_map(|t| [sandbox_name(t), crate::files::legacy_sandbox_name(t.as_str())]).collect();
-                gc_sandboxes(&sandboxes, &live, config.gc_delay);
+                gc_sandboxes(&sandboxes, &live, config.gc_delay, &*clock);
             }
         }
     }
@@ -519,7 +523,9 @@ fn gc_sandboxes(
     sandboxes: &std::path::Path,
     live: &std::collections::HashSet<String>,
     older_than: Duration,
+    clock: &dyn Clock,
 ) {
+    let now = UNIX_EPOCH + Duration::from_millis(clock.wall_ms());
     let Ok(dir) = std::fs::read_dir(sandboxes) else {
         return;
     };
@@ -532,7 +538,7 @@ fn gc_sandboxes(
             .metadata()
             .and_then(|m| m.modified())
             .ok()
-            .and_then(|t| t.elapsed().ok())
+            .and_then(|t| now.duration_since(t).ok())
             .map(|e| e >= older_than)
             .unwrap_or(false);
         if old {

@@ -34,7 +34,9 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use shoal_core::clock::{SharedClock, SystemClock};
 
 use bollard::container::LogOutput;
 use bollard::exec::{CreateExecOptions, StartExecResults};
@@ -89,6 +91,8 @@ pub struct DockerConfig {
     /// Another agent's containers are removed once its heartbeat file is older than
     /// this (zero: never); written on each container as a label. Default 15 minutes.
     pub recovery_timeout: Duration,
+    /// Where the executor reads time. Default the system's clocks.
+    pub clock: SharedClock,
 }
 
 impl DockerConfig {
@@ -101,6 +105,7 @@ impl DockerConfig {
             name_prefix: "shoal".into(),
             pull_timeout: Duration::from_secs(600),
             recovery_timeout: Duration::from_secs(heartbeat::RECOVERY_TIMEOUT_DEFAULT_SECS),
+            clock: SystemClock::shared(),
         }
     }
 }
@@ -190,7 +195,8 @@ impl DockerExecutor {
         std::fs::create_dir_all(&killed)
             .map_err(|e| ExecutorError::io(format!("create {}", killed.display()), e))?;
         // Other agents read the heartbeat file by the absolute path in the labels.
-        let beat = Heartbeat::start_in(&mut cfg.state_dir, cfg.recovery_timeout)?;
+        let beat =
+            Heartbeat::start_in(&mut cfg.state_dir, cfg.recovery_timeout, cfg.clock.clone())?;
         Ok(DockerExecutor {
             inner: Arc::new(Inner {
                 cfg,
@@ -507,7 +513,7 @@ impl Executor for DockerExecutor {
         let inner = &self.inner;
         inner.remove_orphans().await;
         let mut report = GcReport::default();
-        let now = util::unix_now() as i64;
+        let now = (inner.cfg.clock.wall_ms() / 1000) as i64;
         for c in inner.list_containers(None).await? {
             let Some(cid) = c.id else { continue };
             let task_id = c
@@ -591,7 +597,7 @@ impl Inner {
                 &self.cfg.agent_id,
                 &self.cfg.state_dir,
                 ns,
-                heartbeat::liveness,
+                |path, timeout| heartbeat::liveness(path, timeout, &*self.cfg.clock),
             ) else {
                 continue;
             };
@@ -1072,7 +1078,8 @@ async fn run_new(
     };
     let body = create_body(&spec, d, &inner.cfg, network_mode, owns_network);
     let name = util::container_name(&inner.cfg.name_prefix, &inner.cfg.agent_id, &task_id);
-    let mut t0 = Instant::now();
+    let clock = &inner.cfg.clock;
+    let mut t0 = clock.monotonic();
     let mut created = create_container(&inner, &name, body.clone()).await;
     if matches!(created, Err((FailReason::ImageMissing, _))) {
         let pull = ensure_image(&inner.docker, &d.image, false, inner.cfg.pull_timeout);
@@ -1083,7 +1090,7 @@ async fn run_new(
         if let Err((reason, message)) = pulled {
             return end(failed(reason, message));
         }
-        t0 = Instant::now();
+        t0 = clock.monotonic();
         created = create_container(&inner, &name, body).await;
     }
     let start = async {
@@ -1107,7 +1114,7 @@ async fn run_new(
         Err((reason, message)) => return end(failed(reason, message)),
     };
     // Docker's own share of the launch (create + start), for the launch latency benchmark.
-    let docker_us = t0.elapsed().as_micros();
+    let docker_us = (clock.monotonic() - t0).as_micros();
     if let Some(net) = &owner_net {
         net.send_replace(Some(Ok(cid.clone())));
     }
@@ -1248,11 +1255,16 @@ async fn watch_container(inner: Arc<Inner>, a: Attached, mut rx: mpsc::Unbounded
 
     let (htx, mut hrx) = mpsc::unbounded_channel();
     let health_task = a.health_check.clone().map(|hc| {
-        let probe = container_probe(&hc.kind, docker.clone(), cid.clone());
+        let probe = container_probe(
+            &hc.kind,
+            docker.clone(),
+            cid.clone(),
+            inner.cfg.clock.clone(),
+        );
         util::AbortOnDrop(tokio::spawn(health::run(
             hc,
             a.task_id.clone(),
-            Instant::now(),
+            inner.cfg.clock.clone(),
             probe,
             htx,
         )))
@@ -1420,12 +1432,14 @@ fn container_probe(
     kind: &HealthCheckKind,
     docker: Docker,
     cid: String,
+    clock: SharedClock,
 ) -> impl FnMut() -> ProbeFuture + Send {
     let kind = kind.clone();
     move || -> ProbeFuture {
         let docker = docker.clone();
         let cid = cid.clone();
         let kind = kind.clone();
+        let clock = clock.clone();
         Box::pin(async move {
             match kind {
                 HealthCheckKind::Command { shell } => exec_probe(&docker, &cid, shell).await,
@@ -1433,7 +1447,7 @@ fn container_probe(
                     let pid = container_pid(&docker, &cid).await?;
                     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
                     health::in_netns(pid, move || {
-                        health::probe_http(addr, &path, Duration::from_secs(5))
+                        health::probe_http(addr, &path, Duration::from_secs(5), &*clock)
                     })
                     .await
                 }

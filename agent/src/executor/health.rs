@@ -5,7 +5,9 @@ use std::future::Future;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::pin::Pin;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use shoal_core::clock::{Clock, SharedClock};
 
 use tokio::sync::mpsc;
 
@@ -109,12 +111,13 @@ pub(crate) fn must_kill(
 pub(crate) async fn run<F>(
     spec: HealthCheckSpec,
     task_id: String,
-    started: Instant,
+    clock: SharedClock,
     mut probe: F,
     tx: mpsc::UnboundedSender<HealthEvent>,
 ) where
     F: FnMut() -> ProbeFuture + Send,
 {
+    let started = clock.monotonic();
     let mut tracker = HealthTracker::new(&spec);
     tokio::time::sleep(spec.delay).await;
     loop {
@@ -129,7 +132,7 @@ pub(crate) async fn run<F>(
                 false
             }
         };
-        if let Some(v) = tracker.observe(ok, started.elapsed()) {
+        if let Some(v) = tracker.observe(ok, clock.monotonic() - started) {
             tracing::info!(task_id = %task_id, healthy = v, "health changed");
             if tx.send(HealthEvent::Healthy(v)).is_err() {
                 return;
@@ -167,12 +170,17 @@ pub(crate) fn probe_tcp(addr: SocketAddr, timeout: Duration) -> Result<(), Strin
 }
 
 /// Blocking HTTP GET probe: healthy on 2xx and 3xx.
-pub(crate) fn probe_http(addr: SocketAddr, path: &str, timeout: Duration) -> Result<(), String> {
-    let deadline = Instant::now() + timeout;
+pub(crate) fn probe_http(
+    addr: SocketAddr,
+    path: &str,
+    timeout: Duration,
+    clock: &dyn Clock,
+) -> Result<(), String> {
+    let deadline = clock.monotonic() + timeout;
     let mut s =
         TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("connect {addr}: {e}"))?;
     let left = deadline
-        .saturating_duration_since(Instant::now())
+        .saturating_duration_since(clock.monotonic())
         .max(Duration::from_millis(1));
     let _ = s.set_read_timeout(Some(left));
     let _ = s.set_write_timeout(Some(left));
@@ -305,7 +313,13 @@ mod tests {
                 let _ = s.write_all(b"HTTP/1.0 204 No Content\r\n\r\n");
             }
         });
-        assert!(probe_http(addr, "/", Duration::from_secs(5)).is_ok());
+        assert!(probe_http(
+            addr,
+            "/",
+            Duration::from_secs(5),
+            &shoal_core::clock::SystemClock
+        )
+        .is_ok());
         let _ = server.join();
         // Nothing listens any more.
         assert!(probe_tcp(addr, Duration::from_secs(1)).is_err());

@@ -37,7 +37,9 @@ use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use shoal_core::clock::{Clock, SharedClock, SystemClock};
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
@@ -67,6 +69,8 @@ pub struct ProcessConfig {
     /// A task's supervisor kills the task when no executor touched the heartbeat file
     /// for this long (zero: never; a removed state dir still ends it). Default 15 minutes.
     pub recovery_timeout: Duration,
+    /// Where the executor reads time. Default the system's clocks.
+    pub clock: SharedClock,
 }
 
 impl ProcessConfig {
@@ -76,6 +80,7 @@ impl ProcessConfig {
             cgroup_root: PathBuf::from("/sys/fs/cgroup"),
             cgroups: true,
             recovery_timeout: Duration::from_secs(heartbeat::RECOVERY_TIMEOUT_DEFAULT_SECS),
+            clock: SystemClock::shared(),
         }
     }
 }
@@ -148,7 +153,8 @@ impl ProcessExecutor {
         std::fs::create_dir_all(&dir)
             .map_err(|e| ExecutorError::io(format!("create {}", dir.display()), e))?;
         // Supervisors look at the heartbeat file by its absolute path.
-        let beat = Heartbeat::start_in(&mut cfg.state_dir, cfg.recovery_timeout)?;
+        let beat =
+            Heartbeat::start_in(&mut cfg.state_dir, cfg.recovery_timeout, cfg.clock.clone())?;
         let cgroups = if cfg.cgroups {
             let c = Cgroups::detect(&cfg.cgroup_root, &cgroup_key(&cfg.state_dir));
             // Before any task starts: what is empty now is a leftover of an earlier run.
@@ -354,7 +360,8 @@ impl Executor for ProcessExecutor {
     async fn gc(&self, older_than: Duration) -> Result<GcReport, ExecutorError> {
         let dir = self.inner.cfg.state_dir.join("tasks");
         let tracked: Vec<String> = self.inner.lock().keys().cloned().collect();
-        tokio::task::spawn_blocking(move || gc_records(&dir, older_than, &tracked))
+        let clock = self.inner.cfg.clock.clone();
+        tokio::task::spawn_blocking(move || gc_records(&dir, older_than, &tracked, &*clock))
             .await
             .map_err(|e| ExecutorError::Io {
                 context: "gc".into(),
@@ -499,11 +506,16 @@ async fn watch(
 
     let (htx, mut hrx) = mpsc::unbounded_channel();
     let health_task = record.health_check.clone().map(|hc| {
-        let probe = host_probe(&hc.kind, record.sandbox.clone(), record.env.clone());
+        let probe = host_probe(
+            &hc.kind,
+            record.sandbox.clone(),
+            record.env.clone(),
+            inner.cfg.clock.clone(),
+        );
         util::AbortOnDrop(tokio::spawn(health::run(
             hc,
             task_id.clone(),
-            Instant::now(),
+            inner.cfg.clock.clone(),
             probe,
             htx,
         )))
@@ -579,6 +591,7 @@ fn host_probe(
     kind: &HealthCheckKind,
     sandbox: PathBuf,
     env: Vec<(String, String)>,
+    clock: SharedClock,
 ) -> impl FnMut() -> ProbeFuture + Send {
     let kind = kind.clone();
     move || -> ProbeFuture {
@@ -603,8 +616,9 @@ fn host_probe(
             }
             HealthCheckKind::Http { port, path } => {
                 let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+                let clock = clock.clone();
                 Box::pin(health::on_host(move || {
-                    health::probe_http(addr, &path, Duration::from_secs(5))
+                    health::probe_http(addr, &path, Duration::from_secs(5), &*clock)
                 }))
             }
             HealthCheckKind::Tcp { port } => {
@@ -709,6 +723,7 @@ fn gc_records(
     dir: &Path,
     older_than: Duration,
     tracked: &[String],
+    clock: &dyn Clock,
 ) -> Result<GcReport, ExecutorError> {
     let mut report = GcReport::default();
     let rd = match std::fs::read_dir(dir) {
@@ -731,9 +746,9 @@ fn gc_records(
                 continue;
             }
         }
-        let age = util::file_age(&tdir.join("exit_status"))
-            .or_else(|| util::file_age(&tdir.join("record.json")))
-            .or_else(|| util::file_age(&tdir));
+        let age = util::file_age(&tdir.join("exit_status"), clock)
+            .or_else(|| util::file_age(&tdir.join("record.json"), clock))
+            .or_else(|| util::file_age(&tdir, clock));
         if age.is_some_and(|a| a >= older_than) {
             if let Some(r) = &record {
                 cgroup::remove(&r.cgroups);

@@ -487,6 +487,11 @@ unsafe fn supervisor_main(a: &ChildArgs) -> ! {
 }
 
 /// Monotonic milliseconds (async-signal-safe).
+///
+/// The supervisor is a forked child of the agent that never `exec`s: it may only make
+/// async-signal-safe calls, so it cannot go through the agent's `SharedClock` (a trait object
+/// behind an `Arc`, whose implementations may lock or allocate) and reads `CLOCK_MONOTONIC`
+/// itself. It lives outside the agent process anyway, where no simulated clock reaches.
 unsafe fn now_ms() -> i64 {
     let mut ts: libc::timespec = std::mem::zeroed();
     libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts);
