@@ -31,6 +31,7 @@ use crate::executor::process::{ProcessConfig, ProcessExecutor};
 use crate::executor::{ContainerSpec, Executor, ExecutorEvent, FailReason, TaskUpdate};
 use crate::journal::{ExecutorKind, Journal};
 use crate::taskinfo;
+use crate::AgentError;
 
 /// How to run an agent; every timer is configurable so tests run fast.
 #[derive(Clone, Debug)]
@@ -92,7 +93,7 @@ enum ConnEvent {
 pub async fn run(
     config: AgentConfig,
     shutdown: impl std::future::Future<Output = ()>,
-) -> anyhow::Result<()> {
+) -> Result<(), AgentError> {
     run_until(config, async {
         shutdown.await;
         Stop::LeaveTasks
@@ -104,12 +105,14 @@ pub async fn run(
 pub async fn run_until(
     config: AgentConfig,
     stop: impl std::future::Future<Output = Stop>,
-) -> anyhow::Result<()> {
+) -> Result<(), AgentError> {
     let state_dir = config.work_dir.join("state");
-    std::fs::create_dir_all(&state_dir)?;
+    std::fs::create_dir_all(&state_dir)
+        .map_err(|e| AgentError::io(format!("create {}", state_dir.display()), e))?;
     let sandboxes = config.work_dir.join("sandboxes");
-    std::fs::create_dir_all(&sandboxes)?;
-    let mut journal = Journal::open(&state_dir)?;
+    std::fs::create_dir_all(&sandboxes)
+        .map_err(|e| AgentError::io(format!("create {}", sandboxes.display()), e))?;
+    let mut journal = Journal::open(&state_dir).map_err(journal_err)?;
     let clock = config.clock.clone();
     let id_file = state_dir.join("agent_id");
     let mut agent_id: Option<AgentId> = std::fs::read_to_string(&id_file)
@@ -137,7 +140,8 @@ pub async fn run_until(
                     config.clock.wall_ms(),
                     std::process::id()
                 );
-                std::fs::write(&owner_file, &o)?;
+                std::fs::write(&owner_file, &o)
+                    .map_err(|e| AgentError::io(format!("write {}", owner_file.display()), e))?;
                 o
             }
         };
@@ -204,7 +208,7 @@ pub async fn run_until(
             count = recovered_updates.len(),
             "tasks ended while the agent was away"
         );
-        journal.record(recovered_updates)?;
+        journal.record(recovered_updates).map_err(journal_err)?;
     }
 
     let (out_tx, out_rx) = mpsc::channel::<AgentMessage>(4096);
@@ -298,7 +302,7 @@ pub async fn run_until(
                 }).collect();
                 // Non-terminal updates go out while the group syncs; terminal ones only
                 // once durable (see the journal's docs).
-                let recorded = journal.write_updates(updates)?;
+                let recorded = journal.write_updates(updates).map_err(journal_err)?;
                 let (early, late): (Vec<_>, Vec<_>) = recorded.into_iter().partition(|u| !u.state.is_terminal());
                 if registered {
                     for u in early {
@@ -306,7 +310,7 @@ pub async fn run_until(
                         let _ = out_tx.send(status_update(u)).await;
                     }
                 }
-                journal.sync()?;
+                journal.sync().map_err(journal_err)?;
                 if registered {
                     for u in late {
                         last_sent.insert(u.id, clock.monotonic());
@@ -332,7 +336,7 @@ pub async fn run_until(
                 ConnEvent::Message(msg) => match msg {
                     MasterMessage::Registered { agent_id: id, heartbeat_interval_ms } => {
                         if agent_id.as_ref() != Some(&id) {
-                            std::fs::write(&id_file, id.as_str())?;
+                            std::fs::write(&id_file, id.as_str()).map_err(|e| AgentError::io(format!("write {}", id_file.display()), e))?;
                             tracing::info!(agent_id = %id, "registered");
                         }
                         agent_id = Some(id);
@@ -373,7 +377,7 @@ pub async fn run_until(
                         // (statuses are synced behind them): the restarted agent kills those
                         // tasks as unknown, and the master, seeing them still staging,
                         // launches them again.
-                        journal.write_launches(ready.iter().map(|(id, kind, _, _)| (id.clone(), *kind)))?;
+                        journal.write_launches(ready.iter().map(|(id, kind, _, _)| (id.clone(), *kind))).map_err(journal_err)?;
                         let mut last_beat = clock.monotonic();
                         for (task_id, _, exec, spec) in ready {
                             if let Err(e) = exec.launch(spec).await {
@@ -385,7 +389,7 @@ pub async fn run_until(
                                 last_beat = clock.monotonic();
                             }
                         }
-                        journal.sync()?;
+                        journal.sync().map_err(journal_err)?;
                     }
                     MasterMessage::Kill { task_id, grace_ms } => {
                         let kind = journal.live.get(&task_id).copied();
@@ -402,7 +406,7 @@ pub async fn run_until(
                     }
                     MasterMessage::StatusAck { update_id } => {
                         last_sent.remove(&update_id);
-                        journal.acked(update_id)?;
+                        journal.acked(update_id).map_err(journal_err)?;
                     }
                     MasterMessage::FilesRequest { request_id, op, task_id, path, offset, length } => {
                         let (status, body) = crate::files::serve(&sandboxes, &op, task_id.as_str(), &path, offset, length);
@@ -443,6 +447,12 @@ pub async fn run_until(
     }
     conn.abort();
     Ok(())
+}
+
+/// A failed write of the status journal: the agent stops rather than report what it did
+/// not record.
+fn journal_err(e: std::io::Error) -> AgentError {
+    AgentError::io("status journal", e)
 }
 
 /// An agent killing its tasks before it stops.

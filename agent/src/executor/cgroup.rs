@@ -28,6 +28,7 @@ use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
 use super::Limits;
+use crate::AgentError;
 
 /// The CFS period used for CPU quotas (the kernel's default).
 const CPU_PERIOD_US: u64 = 100_000;
@@ -71,8 +72,10 @@ impl Cgroups {
     /// again when empty: task cgroups make them again when needed).
     fn probe(root: &Path, key: &str) -> Cgroups {
         let found = Self::find(root, key);
-        if let Err(reason) = found.make_parents() {
-            return Cgroups::Off { reason };
+        if let Err(e) = found.make_parents() {
+            return Cgroups::Off {
+                reason: e.to_string(),
+            };
         }
         found.remove_parents_if_empty();
         found
@@ -125,10 +128,10 @@ impl Cgroups {
 
     /// Makes the parents of the task cgroups (v2: with the memory and cpu controllers
     /// enabled on every level above a task cgroup).
-    fn make_parents(&self) -> Result<(), String> {
+    fn make_parents(&self) -> Result<(), AgentError> {
         for p in self.parents() {
             std::fs::create_dir_all(p)
-                .map_err(|e| format!("cannot create {}: {e}", p.display()))?;
+                .map_err(|e| AgentError::io(format!("cannot create {}", p.display()), e))?;
         }
         if let Cgroups::V2 { parent } = self {
             let shoal = parent.parent().unwrap_or(parent);
@@ -140,11 +143,11 @@ impl Cgroups {
             let enabled =
                 std::fs::read_to_string(parent.join("cgroup.subtree_control")).unwrap_or_default();
             if !(enabled.contains("memory") && enabled.contains("cpu")) {
-                return Err(format!(
+                return Err(AgentError::Cgroup(format!(
                     "cannot enable the memory and cpu controllers in {} (enabled: {:?})",
                     parent.display(),
                     enabled.trim()
-                ));
+                )));
             }
         }
         Ok(())
@@ -179,7 +182,7 @@ impl Cgroups {
         &self,
         name: &str,
         limits: &Limits,
-    ) -> Result<Option<TaskCgroups>, String> {
+    ) -> Result<Option<TaskCgroups>, AgentError> {
         if limits.cpus <= 0.0 && limits.mem_mb == 0 {
             return Ok(None);
         }
@@ -236,19 +239,22 @@ impl Cgroups {
             procs: Vec::new(),
         };
         for (dir, files) in plan {
-            let step = || -> Result<OwnedFd, String> {
+            let step = || -> Result<OwnedFd, AgentError> {
                 match std::fs::create_dir(&dir) {
                     Ok(()) => {}
                     // Left over from an earlier run of the same task id.
                     Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-                    Err(e) => return Err(format!("create {}: {e}", dir.display())),
+                    Err(e) => return Err(AgentError::io(format!("create {}", dir.display()), e)),
                 }
                 for (file, value, required) in &files {
                     let p = dir.join(file);
                     match std::fs::write(&p, value) {
                         Ok(()) => {}
                         Err(e) if *required => {
-                            return Err(format!("write {value} to {}: {e}", p.display()))
+                            return Err(AgentError::io(
+                                format!("write {value} to {}", p.display()),
+                                e,
+                            ))
                         }
                         Err(e) => {
                             tracing::debug!(file = %p.display(), error = %e, "optional cgroup setting not applied")
@@ -260,7 +266,7 @@ impl Cgroups {
                     .write(true)
                     .open(&procs)
                     .map(OwnedFd::from)
-                    .map_err(|e| format!("open {}: {e}", procs.display()))
+                    .map_err(|e| AgentError::io(format!("open {}", procs.display()), e))
             };
             let result = step();
             made.dirs.push(dir);

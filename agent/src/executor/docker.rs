@@ -55,7 +55,7 @@ use super::health::{self, ProbeFuture};
 use super::heartbeat::{self, Heartbeat, Liveness};
 use super::util::{self, escape_id};
 use super::{
-    group_kills_peers, ContainerSpec, DockerNetwork, DockerSpec, Executor, ExecutorError,
+    group_kills_peers, AgentError, ContainerSpec, DockerNetwork, DockerSpec, Executor,
     ExecutorEvent, FailReason, GcReport, HealthCheckKind, HealthCheckSpec, LaunchSpec,
     RecoveredTask, TaskUpdate,
 };
@@ -122,7 +122,7 @@ struct Entry {
 
 /// The network namespace owner of a group: `None` while it starts, then its
 /// container id or why it failed.
-type GroupNet = watch::Sender<Option<Result<String, String>>>;
+type GroupNet = watch::Sender<Option<Result<String, AgentError>>>;
 
 struct Group {
     owner_task: String,
@@ -149,7 +149,7 @@ pub struct DockerExecutor {
 enum NetRole {
     Alone,
     Owner(GroupNet),
-    Member(watch::Receiver<Option<Result<String, String>>>),
+    Member(watch::Receiver<Option<Result<String, AgentError>>>),
 }
 
 /// A started container being watched.
@@ -175,8 +175,8 @@ fn status_code(e: &bollard::errors::Error) -> Option<u16> {
     }
 }
 
-fn docker_err(e: bollard::errors::Error) -> ExecutorError {
-    ExecutorError::Docker(e.to_string())
+fn docker_err(e: bollard::errors::Error) -> AgentError {
+    AgentError::Docker(e.to_string())
 }
 
 impl DockerExecutor {
@@ -184,7 +184,7 @@ impl DockerExecutor {
     pub async fn connect(
         mut cfg: DockerConfig,
         events: mpsc::UnboundedSender<ExecutorEvent>,
-    ) -> Result<Self, ExecutorError> {
+    ) -> Result<Self, AgentError> {
         let docker = Docker::connect_with_unix(&cfg.socket, 120, bollard::API_DEFAULT_VERSION)
             .map_err(docker_err)?
             .negotiate_version()
@@ -193,7 +193,7 @@ impl DockerExecutor {
         docker.ping().await.map_err(docker_err)?;
         let killed = cfg.state_dir.join("killed");
         std::fs::create_dir_all(&killed)
-            .map_err(|e| ExecutorError::io(format!("create {}", killed.display()), e))?;
+            .map_err(|e| AgentError::io(format!("create {}", killed.display()), e))?;
         // Other agents read the heartbeat file by the absolute path in the labels.
         let beat =
             Heartbeat::start_in(&mut cfg.state_dir, cfg.recovery_timeout, cfg.clock.clone())?;
@@ -215,7 +215,7 @@ impl DockerExecutor {
     }
 
     /// Id of the newest container of a task of this agent, if any (running or not).
-    pub async fn container_id(&self, task_id: &str) -> Result<Option<String>, ExecutorError> {
+    pub async fn container_id(&self, task_id: &str) -> Result<Option<String>, AgentError> {
         let list = self.inner.list_containers(Some(task_id)).await?;
         Ok(list
             .into_iter()
@@ -253,8 +253,9 @@ impl Inner {
             let mut groups = lock(&self.groups);
             if let Some(gr) = groups.get(g) {
                 if gr.owner_task == task_id {
-                    gr.net
-                        .send_replace(Some(Err(format!("group network owner {task_id} ended"))));
+                    gr.net.send_replace(Some(Err(AgentError::Group(format!(
+                        "group network owner {task_id} ended"
+                    )))));
                     groups.remove(g);
                 }
             }
@@ -275,7 +276,7 @@ impl Inner {
     async fn list_containers(
         &self,
         task_id: Option<&str>,
-    ) -> Result<Vec<bollard::models::ContainerSummary>, ExecutorError> {
+    ) -> Result<Vec<bollard::models::ContainerSummary>, AgentError> {
         let mut labels = vec![
             format!("{LABEL_MANAGED}=true"),
             format!("{LABEL_AGENT}={}", self.cfg.agent_id),
@@ -289,7 +290,7 @@ impl Inner {
     async fn list_labelled(
         &self,
         labels: Vec<String>,
-    ) -> Result<Vec<bollard::models::ContainerSummary>, ExecutorError> {
+    ) -> Result<Vec<bollard::models::ContainerSummary>, AgentError> {
         let filters = HashMap::from([("label".to_string(), labels)]);
         let opts = ListContainersOptions {
             all: true,
@@ -305,12 +306,12 @@ impl Inner {
 
 #[async_trait::async_trait]
 impl Executor for DockerExecutor {
-    async fn launch(&self, spec: LaunchSpec) -> Result<(), ExecutorError> {
+    async fn launch(&self, spec: LaunchSpec) -> Result<(), AgentError> {
         let (tx, rx) = mpsc::unbounded_channel();
         {
             let mut tasks = lock(&self.inner.tasks);
             if tasks.contains_key(&spec.task_id) {
-                return Err(ExecutorError::DuplicateTask(spec.task_id));
+                return Err(AgentError::DuplicateTask(spec.task_id));
             }
             tasks.insert(
                 spec.task_id.clone(),
@@ -352,17 +353,17 @@ impl Executor for DockerExecutor {
         Ok(())
     }
 
-    async fn kill(&self, task_id: &str, grace: Option<Duration>) -> Result<(), ExecutorError> {
+    async fn kill(&self, task_id: &str, grace: Option<Duration>) -> Result<(), AgentError> {
         let tasks = lock(&self.inner.tasks);
         let targets = super::kill_targets(&tasks, task_id, |e| e.group.as_ref())
-            .ok_or_else(|| ExecutorError::UnknownTask(task_id.to_string()))?;
+            .ok_or_else(|| AgentError::UnknownTask(task_id.to_string()))?;
         for e in targets {
             let _ = e.control.send(Control::Kill { grace });
         }
         Ok(())
     }
 
-    async fn recover(&self, known: &[String]) -> Result<Vec<RecoveredTask>, ExecutorError> {
+    async fn recover(&self, known: &[String]) -> Result<Vec<RecoveredTask>, AgentError> {
         let inner = &self.inner;
         inner.remove_orphans().await;
         let list = inner.list_containers(None).await?;
@@ -509,7 +510,7 @@ impl Executor for DockerExecutor {
         Ok(out)
     }
 
-    async fn gc(&self, older_than: Duration) -> Result<GcReport, ExecutorError> {
+    async fn gc(&self, older_than: Duration) -> Result<GcReport, AgentError> {
         let inner = &self.inner;
         inner.remove_orphans().await;
         let mut report = GcReport::default();
@@ -980,7 +981,7 @@ async fn run_new(
     };
     let end = |update: TaskUpdate| {
         if let (Some(net), Some(msg)) = (&owner_net, update_message(&update)) {
-            net.send_replace(Some(Err(msg)));
+            net.send_replace(Some(Err(AgentError::Group(msg))));
         }
         inner.finish(&task_id, group.as_deref(), owns_network, update);
     };
@@ -1040,7 +1041,11 @@ async fn run_new(
         }
         let network_mode = match role {
             NetRole::Member(mut net) => {
-                let owner = net.wait_for(|v| v.is_some()).await.map(|v| v.clone());
+                let owner = net.wait_for(|v| v.is_some()).await.map(|v| match &*v {
+                    Some(Ok(cid)) => Some(Ok(cid.clone())),
+                    Some(Err(e)) => Some(Err(e.to_string())),
+                    None => None,
+                });
                 match owner {
                     Ok(Some(Ok(cid))) => format!("container:{cid}"),
                     Ok(Some(Err(e))) => {
@@ -1206,7 +1211,7 @@ async fn create_container(
 }
 
 /// Resolves when the container is no longer running; `Err` when it vanished.
-async fn wait_stopped(docker: &Docker, cid: &str) -> Result<(), String> {
+async fn wait_stopped(docker: &Docker, cid: &str) -> Result<(), AgentError> {
     loop {
         let opts = WaitContainerOptions {
             condition: "not-running".into(),
@@ -1217,7 +1222,7 @@ async fn wait_stopped(docker: &Docker, cid: &str) -> Result<(), String> {
                 return Ok(())
             }
             Some(Err(e)) if status_code(&e) == Some(404) => {
-                return Err("the container disappeared".into())
+                return Err(AgentError::Lost("the container disappeared".into()))
             }
             other => {
                 if let Some(Err(e)) = other {
@@ -1228,7 +1233,7 @@ async fn wait_stopped(docker: &Docker, cid: &str) -> Result<(), String> {
                     Ok(c) if !is_running(&c) => return Ok(()),
                     Ok(_) => {}
                     Err(e) if status_code(&e) == Some(404) => {
-                        return Err("the container disappeared".into())
+                        return Err(AgentError::Lost("the container disappeared".into()))
                     }
                     Err(_) => {}
                 }
@@ -1326,10 +1331,10 @@ async fn watch_container(inner: Arc<Inner>, a: Attached, mut rx: mpsc::Unbounded
         tracing::warn!(task_id = %a.task_id, "log copy did not finish in time");
     }
     let update = match outcome {
-        Err(msg) => TaskUpdate::Failed {
+        Err(e) => TaskUpdate::Failed {
             exit_code: None,
             reason: FailReason::Lost,
-            message: msg,
+            message: e.to_string(),
         },
         Ok(()) => match docker.inspect_container(&cid, None).await {
             Ok(c) => classify(&c, kill_requested),
@@ -1374,7 +1379,7 @@ async fn copy_logs(docker: Docker, cid: String, sandbox: PathBuf) {
     }
 }
 
-async fn copy_logs_once(docker: &Docker, cid: &str, sandbox: &Path) -> Result<(), String> {
+async fn copy_logs_once(docker: &Docker, cid: &str, sandbox: &Path) -> Result<(), AgentError> {
     let open = |name: &str| {
         let p = sandbox.join(name);
         async move {
@@ -1383,13 +1388,13 @@ async fn copy_logs_once(docker: &Docker, cid: &str, sandbox: &Path) -> Result<()
                 .append(true)
                 .open(&p)
                 .await
-                .map_err(|e| format!("open {}: {e}", p.display()))?;
+                .map_err(|e| AgentError::io(format!("open {}", p.display()), e))?;
             let len = f
                 .metadata()
                 .await
-                .map_err(|e| format!("stat {}: {e}", p.display()))?
+                .map_err(|e| AgentError::io(format!("stat {}", p.display()), e))?
                 .len();
-            Ok::<_, String>((f, len))
+            Ok::<_, AgentError>((f, len))
         }
     };
     let (mut out, mut skip_out) = open("stdout").await?;
@@ -1409,7 +1414,7 @@ async fn copy_logs_once(docker: &Docker, cid: &str, sandbox: &Path) -> Result<()
             Ok(LogOutput::StdErr { message }) => (&mut err, &mut skip_err, message),
             Ok(LogOutput::StdIn { .. }) => continue,
             Err(e) if status_code(&e) == Some(404) => return Ok(()),
-            Err(e) => return Err(e.to_string()),
+            Err(e) => return Err(docker_err(e)),
         };
         let n = msg.len() as u64;
         if *skip >= n {
@@ -1420,10 +1425,10 @@ async fn copy_logs_once(docker: &Docker, cid: &str, sandbox: &Path) -> Result<()
         *skip = 0;
         file.write_all(&msg[from..])
             .await
-            .map_err(|e| format!("write log: {e}"))?;
+            .map_err(|e| AgentError::io("write log", e))?;
     }
-    out.flush().await.map_err(|e| format!("flush: {e}"))?;
-    err.flush().await.map_err(|e| format!("flush: {e}"))?;
+    out.flush().await.map_err(|e| AgentError::io("flush", e))?;
+    err.flush().await.map_err(|e| AgentError::io("flush", e))?;
     Ok(())
 }
 
@@ -1462,18 +1467,20 @@ fn container_probe(
     }
 }
 
-async fn container_pid(docker: &Docker, cid: &str) -> Result<i32, String> {
+async fn container_pid(docker: &Docker, cid: &str) -> Result<i32, AgentError> {
     let c = docker
         .inspect_container(cid, None)
         .await
-        .map_err(|e| format!("inspect: {e}"))?;
+        .map_err(|e| AgentError::Probe(format!("inspect: {e}")))?;
     match c.state.and_then(|s| s.pid) {
-        Some(pid) if pid > 0 => i32::try_from(pid).map_err(|_| "bad pid".to_string()),
-        _ => Err("the container is not running".into()),
+        Some(pid) if pid > 0 => {
+            i32::try_from(pid).map_err(|_| AgentError::Probe("bad pid".to_string()))
+        }
+        _ => Err(AgentError::Probe("the container is not running".into())),
     }
 }
 
-async fn exec_probe(docker: &Docker, cid: &str, shell: String) -> Result<(), String> {
+async fn exec_probe(docker: &Docker, cid: &str, shell: String) -> Result<(), AgentError> {
     let opts = CreateExecOptions {
         cmd: Some(vec!["/bin/sh".to_string(), "-c".to_string(), shell]),
         attach_stdout: Some(true),
@@ -1483,23 +1490,27 @@ async fn exec_probe(docker: &Docker, cid: &str, shell: String) -> Result<(), Str
     let exec = docker
         .create_exec(cid, opts)
         .await
-        .map_err(|e| format!("exec create: {e}"))?;
+        .map_err(|e| AgentError::Probe(format!("exec create: {e}")))?;
     if let StartExecResults::Attached { mut output, .. } =
         docker
             .start_exec(&exec.id, None)
             .await
-            .map_err(|e| format!("exec start: {e}"))?
+            .map_err(|e| AgentError::Probe(format!("exec start: {e}")))?
     {
         while output.next().await.is_some() {}
     }
     let i = docker
         .inspect_exec(&exec.id)
         .await
-        .map_err(|e| format!("exec inspect: {e}"))?;
+        .map_err(|e| AgentError::Probe(format!("exec inspect: {e}")))?;
     match i.exit_code {
         Some(0) => Ok(()),
-        Some(c) => Err(format!("health command exited with status {c}")),
-        None => Err("health command has no exit status".into()),
+        Some(c) => Err(AgentError::Probe(format!(
+            "health command exited with status {c}"
+        ))),
+        None => Err(AgentError::Probe(
+            "health command has no exit status".into(),
+        )),
     }
 }
 

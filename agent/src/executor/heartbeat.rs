@@ -59,13 +59,13 @@ impl Heartbeat {
         state_dir: &mut PathBuf,
         recovery_timeout: Duration,
         clock: SharedClock,
-    ) -> Result<Heartbeat, super::ExecutorError> {
-        use super::ExecutorError;
+    ) -> Result<Heartbeat, super::AgentError> {
+        use super::AgentError;
         *state_dir = std::path::absolute(&*state_dir)
-            .map_err(|e| ExecutorError::io(format!("resolve {}", state_dir.display()), e))?;
+            .map_err(|e| AgentError::io(format!("resolve {}", state_dir.display()), e))?;
         let alive = state_dir.join(ALIVE_FILE);
         Heartbeat::start(alive.clone(), touch_interval(recovery_timeout), clock)
-            .map_err(|e| ExecutorError::io(format!("start {}", alive.display()), e))
+            .map_err(|e| AgentError::io(format!("start {}", alive.display()), e))
     }
 
     /// The file's times are the clock's wall time.

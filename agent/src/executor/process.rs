@@ -51,8 +51,8 @@ use super::heartbeat::{self, Heartbeat};
 use super::supervisor::{self, ExitRecord, SupervisorPlan};
 use super::util::{self, escape_id};
 use super::{
-    group_kills_peers, CommandSpec, ContainerSpec, Executor, ExecutorError, ExecutorEvent,
-    FailReason, GcReport, HealthCheckKind, HealthCheckSpec, LaunchSpec, RecoveredTask, TaskUpdate,
+    group_kills_peers, AgentError, CommandSpec, ContainerSpec, Executor, ExecutorEvent, FailReason,
+    GcReport, HealthCheckKind, HealthCheckSpec, LaunchSpec, RecoveredTask, TaskUpdate,
 };
 
 /// Configuration of a [`ProcessExecutor`].
@@ -148,10 +148,10 @@ impl ProcessExecutor {
     pub fn new(
         mut cfg: ProcessConfig,
         events: mpsc::UnboundedSender<ExecutorEvent>,
-    ) -> Result<Self, ExecutorError> {
+    ) -> Result<Self, AgentError> {
         let dir = cfg.state_dir.join("tasks");
         std::fs::create_dir_all(&dir)
-            .map_err(|e| ExecutorError::io(format!("create {}", dir.display()), e))?;
+            .map_err(|e| AgentError::io(format!("create {}", dir.display()), e))?;
         // Supervisors look at the heartbeat file by its absolute path.
         let beat =
             Heartbeat::start_in(&mut cfg.state_dir, cfg.recovery_timeout, cfg.clock.clone())?;
@@ -241,12 +241,12 @@ impl Inner {
 
 #[async_trait::async_trait]
 impl Executor for ProcessExecutor {
-    async fn launch(&self, spec: LaunchSpec) -> Result<(), ExecutorError> {
+    async fn launch(&self, spec: LaunchSpec) -> Result<(), AgentError> {
         let (tx, rx) = mpsc::unbounded_channel();
         {
             let mut tasks = self.inner.lock();
             if tasks.contains_key(&spec.task_id) {
-                return Err(ExecutorError::DuplicateTask(spec.task_id));
+                return Err(AgentError::DuplicateTask(spec.task_id));
             }
             tasks.insert(
                 spec.task_id.clone(),
@@ -266,21 +266,21 @@ impl Executor for ProcessExecutor {
         Ok(())
     }
 
-    async fn kill(&self, task_id: &str, grace: Option<Duration>) -> Result<(), ExecutorError> {
+    async fn kill(&self, task_id: &str, grace: Option<Duration>) -> Result<(), AgentError> {
         let tasks = self.inner.lock();
         let targets = super::kill_targets(&tasks, task_id, |e| e.group.as_ref())
-            .ok_or_else(|| ExecutorError::UnknownTask(task_id.to_string()))?;
+            .ok_or_else(|| AgentError::UnknownTask(task_id.to_string()))?;
         for e in targets {
             let _ = e.control.send(Control::Kill { grace });
         }
         Ok(())
     }
 
-    async fn recover(&self, known: &[String]) -> Result<Vec<RecoveredTask>, ExecutorError> {
+    async fn recover(&self, known: &[String]) -> Result<Vec<RecoveredTask>, AgentError> {
         let dir = self.inner.cfg.state_dir.join("tasks");
         let records = tokio::task::spawn_blocking(move || read_records(&dir))
             .await
-            .map_err(|e| ExecutorError::Io {
+            .map_err(|e| AgentError::Io {
                 context: "recover".into(),
                 source: std::io::Error::other(e),
             })??;
@@ -357,13 +357,13 @@ impl Executor for ProcessExecutor {
         Ok(out)
     }
 
-    async fn gc(&self, older_than: Duration) -> Result<GcReport, ExecutorError> {
+    async fn gc(&self, older_than: Duration) -> Result<GcReport, AgentError> {
         let dir = self.inner.cfg.state_dir.join("tasks");
         let tracked: Vec<String> = self.inner.lock().keys().cloned().collect();
         let clock = self.inner.cfg.clock.clone();
         tokio::task::spawn_blocking(move || gc_records(&dir, older_than, &tracked, &*clock))
             .await
-            .map_err(|e| ExecutorError::Io {
+            .map_err(|e| AgentError::Io {
                 context: "gc".into(),
                 source: std::io::Error::other(e),
             })?
@@ -423,7 +423,7 @@ async fn run_new(inner: Arc<Inner>, spec: LaunchSpec, mut rx: mpsc::UnboundedRec
     };
     let Prepared { plan, cgroups, env } = match prepared {
         Ok(Ok(p)) => p,
-        Ok(Err(message)) => return fail(&inner, FailReason::LaunchFailed, message),
+        Ok(Err(e)) => return fail(&inner, FailReason::LaunchFailed, e.to_string()),
         Err(e) => {
             return fail(
                 &inner,
@@ -609,8 +609,8 @@ fn host_probe(
                 Box::pin(async move {
                     match cmd.status().await {
                         Ok(s) if s.success() => Ok(()),
-                        Ok(s) => Err(format!("health command {s}")),
-                        Err(e) => Err(format!("cannot run health command: {e}")),
+                        Ok(s) => Err(AgentError::Probe(format!("health command {s}"))),
+                        Err(e) => Err(AgentError::io("cannot run health command", e)),
                     }
                 })
             }
@@ -696,11 +696,11 @@ fn save_record(task_dir: &Path, record: &TaskRecord) -> std::io::Result<()> {
     util::write_atomic(&task_dir.join("record.json"), &data)
 }
 
-fn read_records(dir: &Path) -> Result<Vec<TaskRecord>, ExecutorError> {
+fn read_records(dir: &Path) -> Result<Vec<TaskRecord>, AgentError> {
     let rd = match std::fs::read_dir(dir) {
         Ok(rd) => rd,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(ExecutorError::io(format!("read {}", dir.display()), e)),
+        Err(e) => return Err(AgentError::io(format!("read {}", dir.display()), e)),
     };
     let mut out = Vec::new();
     for ent in rd.flatten() {
@@ -724,12 +724,12 @@ fn gc_records(
     older_than: Duration,
     tracked: &[String],
     clock: &dyn Clock,
-) -> Result<GcReport, ExecutorError> {
+) -> Result<GcReport, AgentError> {
     let mut report = GcReport::default();
     let rd = match std::fs::read_dir(dir) {
         Ok(rd) => rd,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(report),
-        Err(e) => return Err(ExecutorError::io(format!("read {}", dir.display()), e)),
+        Err(e) => return Err(AgentError::io(format!("read {}", dir.display()), e)),
     };
     for ent in rd.flatten() {
         let tdir = ent.path();
@@ -782,24 +782,30 @@ fn prepare(
     task_dir: &Path,
     cgroups: &Cgroups,
     cfg: &ProcessConfig,
-) -> Result<Prepared, String> {
+) -> Result<Prepared, AgentError> {
     let cmd = spec
         .command
         .as_ref()
-        .ok_or("a process task needs a command")?;
+        .ok_or_else(|| AgentError::Launch("a process task needs a command".into()))?;
     match std::fs::metadata(&spec.sandbox) {
         Ok(m) if m.is_dir() => {}
         Ok(_) => {
-            return Err(format!(
+            return Err(AgentError::Launch(format!(
                 "sandbox {} is not a directory",
                 spec.sandbox.display()
+            )))
+        }
+        Err(e) => {
+            return Err(AgentError::io(
+                format!("sandbox {}", spec.sandbox.display()),
+                e,
             ))
         }
-        Err(e) => return Err(format!("sandbox {}: {e}", spec.sandbox.display())),
     }
     // A previous run of the same task id must not leave a stale status behind.
     let _ = std::fs::remove_dir_all(task_dir);
-    std::fs::create_dir_all(task_dir).map_err(|e| format!("create {}: {e}", task_dir.display()))?;
+    std::fs::create_dir_all(task_dir)
+        .map_err(|e| AgentError::io(format!("create {}", task_dir.display()), e))?;
 
     let mut env: Vec<(OsString, OsString)> = std::env::vars_os().collect();
     let mut set = |k: &str, v: &OsStr| {
@@ -817,22 +823,24 @@ fn prepare(
         .map(|(_, v)| v.clone());
     let (program, argv) = resolve_program(cmd, path_var.as_deref(), &spec.sandbox, is_executable)?;
 
-    let open_out = |name: &str| -> Result<OwnedFd, String> {
+    let open_out = |name: &str| -> Result<OwnedFd, AgentError> {
         let p = spec.sandbox.join(name);
         std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&p)
             .map(OwnedFd::from)
-            .map_err(|e| format!("open {}: {e}", p.display()))
+            .map_err(|e| AgentError::io(format!("open {}", p.display()), e))
     };
     let stdout = open_out("stdout")?;
     let stderr = open_out("stderr")?;
     let stdin = std::fs::File::open("/dev/null")
         .map(OwnedFd::from)
-        .map_err(|e| format!("open /dev/null: {e}"))?;
+        .map_err(|e| AgentError::io("open /dev/null", e))?;
 
-    let cstr = |b: &[u8]| CString::new(b).map_err(|_| "argument contains a NUL byte".to_string());
+    let cstr = |b: &[u8]| {
+        CString::new(b).map_err(|_| AgentError::Launch("argument contains a NUL byte".into()))
+    };
     let plan_argv = argv
         .iter()
         .map(|a| cstr(a.as_bytes()))
@@ -857,7 +865,11 @@ fn prepare(
     {
         Ok(Some(made)) => (made.dirs, made.procs),
         Ok(None) => (Vec::new(), Vec::new()),
-        Err(e) => return Err(format!("cannot apply the task's limits: {e}")),
+        Err(e) => {
+            return Err(AgentError::Cgroup(format!(
+                "cannot apply the task's limits: {e}"
+            )))
+        }
     };
     let plan = SupervisorPlan {
         program,
@@ -893,7 +905,7 @@ pub(crate) fn resolve_program(
     path_var: Option<&OsStr>,
     sandbox: &Path,
     exists: impl Fn(&Path) -> bool,
-) -> Result<(PathBuf, Vec<OsString>), String> {
+) -> Result<(PathBuf, Vec<OsString>), AgentError> {
     if cmd.shell {
         return Ok((
             PathBuf::from("/bin/sh"),
@@ -901,7 +913,7 @@ pub(crate) fn resolve_program(
         ));
     }
     if cmd.value.is_empty() {
-        return Err("the command is empty".into());
+        return Err(AgentError::Launch("the command is empty".into()));
     }
     let mut argv: Vec<OsString> = vec![cmd.value.clone().into()];
     argv.extend(cmd.arguments.iter().map(OsString::from));
@@ -910,10 +922,10 @@ pub(crate) fn resolve_program(
         return if exists(&p) {
             Ok((p, argv))
         } else {
-            Err(format!(
+            Err(AgentError::Launch(format!(
                 "program {} not found or not executable",
                 p.display()
-            ))
+            )))
         };
     }
     let path_var = path_var.unwrap_or(OsStr::new(
@@ -925,7 +937,10 @@ pub(crate) fn resolve_program(
             return Ok((p, argv));
         }
     }
-    Err(format!("program {:?} not found in PATH", cmd.value))
+    Err(AgentError::Launch(format!(
+        "program {:?} not found in PATH",
+        cmd.value
+    )))
 }
 
 fn signal_group(pgid: i32, sig: libc::c_int) {
