@@ -33,7 +33,9 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::Duration;
 
 use shoal_core::clock::{SharedClock, SystemClock};
@@ -164,10 +166,6 @@ struct Attached {
     health_check: Option<HealthCheckSpec>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 fn status_code(e: &bollard::errors::Error) -> Option<u16> {
     match e {
         bollard::errors::Error::DockerResponseServerError { status_code, .. } => Some(*status_code),
@@ -226,7 +224,7 @@ impl DockerExecutor {
 
 impl Drop for DockerExecutor {
     fn drop(&mut self) {
-        for entry in lock(&self.inner.tasks).values() {
+        for entry in self.inner.tasks.lock().values() {
             if let Some(a) = &entry.abort {
                 a.abort();
             }
@@ -248,9 +246,9 @@ impl Inner {
 
     /// Ends a task: forgets it, sends the terminal update, applies the group policy.
     fn finish(&self, task_id: &str, group: Option<&str>, owns_network: bool, update: TaskUpdate) {
-        lock(&self.tasks).remove(task_id);
+        self.tasks.lock().remove(task_id);
         if let Some(g) = group {
-            let mut groups = lock(&self.groups);
+            let mut groups = self.groups.lock();
             if let Some(gr) = groups.get(g) {
                 if gr.owner_task == task_id {
                     gr.net.send_replace(Some(Err(AgentError::Group(format!(
@@ -264,7 +262,9 @@ impl Inner {
         let kill_peers = group.is_some() && group_kills_peers(&update, owns_network);
         self.send(task_id, update);
         if let (true, Some(g)) = (kill_peers, group) {
-            for entry in lock(&self.tasks)
+            for entry in self
+                .tasks
+                .lock()
                 .values()
                 .filter(|e| e.group.as_deref() == Some(g))
             {
@@ -309,7 +309,7 @@ impl Executor for DockerExecutor {
     async fn launch(&self, spec: LaunchSpec) -> Result<(), AgentError> {
         let (tx, rx) = mpsc::unbounded_channel();
         {
-            let mut tasks = lock(&self.inner.tasks);
+            let mut tasks = self.inner.tasks.lock();
             if tasks.contains_key(&spec.task_id) {
                 return Err(AgentError::DuplicateTask(spec.task_id));
             }
@@ -327,7 +327,7 @@ impl Executor for DockerExecutor {
         let role = match &spec.group {
             None => NetRole::Alone,
             Some(g) => {
-                let mut groups = lock(&self.inner.groups);
+                let mut groups = self.inner.groups.lock();
                 match groups.get(g) {
                     Some(gr) => NetRole::Member(gr.net.subscribe()),
                     None => {
@@ -347,14 +347,14 @@ impl Executor for DockerExecutor {
         let task_id = spec.task_id.clone();
         self.inner.send(&task_id, TaskUpdate::Starting);
         let handle = tokio::spawn(run_new(self.inner.clone(), spec, role, rx));
-        if let Some(e) = lock(&self.inner.tasks).get_mut(&task_id) {
+        if let Some(e) = self.inner.tasks.lock().get_mut(&task_id) {
             e.abort = Some(handle.abort_handle());
         }
         Ok(())
     }
 
     async fn kill(&self, task_id: &str, grace: Option<Duration>) -> Result<(), AgentError> {
-        let tasks = lock(&self.inner.tasks);
+        let tasks = self.inner.tasks.lock();
         let targets = super::kill_targets(&tasks, task_id, |e| e.group.as_ref())
             .ok_or_else(|| AgentError::UnknownTask(task_id.to_string()))?;
         for e in targets {
@@ -387,7 +387,7 @@ impl Executor for DockerExecutor {
             let Some(c) = containers.pop() else { continue };
             let cid = c.id.clone().unwrap_or_default();
             let is_known = known.contains(&task_id);
-            if lock(&inner.tasks).contains_key(&task_id) {
+            if inner.tasks.lock().contains_key(&task_id) {
                 if is_known {
                     out.push(RecoveredTask {
                         task_id,
@@ -439,7 +439,7 @@ impl Executor for DockerExecutor {
                 };
                 if let (Some(g), true) = (&attached.group, attached.owns_network) {
                     let (net, _) = watch::channel(Some(Ok(cid.clone())));
-                    lock(&inner.groups).insert(
+                    inner.groups.lock().insert(
                         g.clone(),
                         Group {
                             owner_task: task_id.clone(),
@@ -448,7 +448,7 @@ impl Executor for DockerExecutor {
                     );
                 }
                 let (tx, rx) = mpsc::unbounded_channel();
-                lock(&inner.tasks).insert(
+                inner.tasks.lock().insert(
                     task_id.clone(),
                     Entry {
                         control: tx,
@@ -458,7 +458,7 @@ impl Executor for DockerExecutor {
                 );
                 tracing::info!(task_id = %task_id, container = %cid, "re-attached to container");
                 let handle = tokio::spawn(watch_container(inner.clone(), attached, rx));
-                if let Some(e) = lock(&inner.tasks).get_mut(&task_id) {
+                if let Some(e) = inner.tasks.lock().get_mut(&task_id) {
                     e.abort = Some(handle.abort_handle());
                 }
                 TaskUpdate::Running { healthy: None }
@@ -523,7 +523,7 @@ impl Executor for DockerExecutor {
                 .and_then(|l| l.get(LABEL_TASK))
                 .cloned()
                 .unwrap_or_default();
-            if lock(&inner.tasks).contains_key(&task_id) {
+            if inner.tasks.lock().contains_key(&task_id) {
                 continue;
             }
             let i = match inner.docker.inspect_container(&cid, None).await {
@@ -564,7 +564,7 @@ impl Executor for DockerExecutor {
     }
 
     fn tasks(&self) -> Vec<String> {
-        lock(&self.inner.tasks).keys().cloned().collect()
+        self.inner.tasks.lock().keys().cloned().collect()
     }
 }
 

@@ -36,7 +36,9 @@ use std::ffi::{CString, OsStr, OsString};
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use shoal_core::clock::{Clock, SharedClock, SystemClock};
@@ -207,7 +209,7 @@ impl Drop for ProcessExecutor {
 
 impl Inner {
     fn lock(&self) -> MutexGuard<'_, HashMap<String, Entry>> {
-        self.tasks.lock().unwrap_or_else(|p| p.into_inner())
+        self.tasks.lock()
     }
 
     fn task_dir(&self, task_id: &str) -> PathBuf {
