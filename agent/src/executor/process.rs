@@ -37,13 +37,11 @@ use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-
-use parking_lot::{Mutex, MutexGuard};
 use std::time::Duration;
 
-use shoal_core::clock::{Clock, SharedClock, SystemClock};
-
+use parking_lot::{Mutex, MutexGuard};
 use serde::{Deserialize, Serialize};
+use shoal_core::clock::{Clock, SharedClock, SystemClock};
 use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 
