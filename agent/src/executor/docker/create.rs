@@ -228,49 +228,10 @@ pub(super) async fn run_new(
         }
         inner.finish(&task_id, group.as_deref(), owns_network, update);
     };
-    let failed = |reason, message: String| TaskUpdate::Failed {
-        exit_code: None,
-        reason,
-        message,
+    let d = match checked_spec(&spec, owns_network) {
+        Ok(d) => d,
+        Err(update) => return end(update),
     };
-
-    if let Err(e) = spec.validate() {
-        return end(TaskUpdate::Error {
-            message: e.to_string(),
-        });
-    }
-    let ContainerSpec::Docker(d) = &spec.container else {
-        return end(TaskUpdate::Error {
-            message: "the docker executor needs a docker container spec".into(),
-        });
-    };
-    if !owns_network && !d.port_mappings.is_empty() {
-        return end(TaskUpdate::Error {
-            message: "only the first task of a group may map ports (the others share its network)"
-                .into(),
-        });
-    }
-    if !spec.sandbox.is_dir() {
-        return end(failed(
-            FailReason::LaunchFailed,
-            format!("sandbox {} is not a directory", spec.sandbox.display()),
-        ));
-    }
-    // Small local file operations, done in place: a trip through the blocking pool per
-    // file would sit on the launch path.
-    for name in ["stdout", "stderr"] {
-        let p = spec.sandbox.join(name);
-        if let Err(e) = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&p)
-        {
-            return end(failed(
-                FailReason::LaunchFailed,
-                format!("open {}: {e}", p.display()),
-            ));
-        }
-    }
     let _ = std::fs::remove_file(inner.kill_marker(&task_id));
 
     // Pulling the image and waiting for the group's network can be interrupted
@@ -278,46 +239,8 @@ pub(super) async fn run_new(
     // in meanwhile is handled by the watcher right after the start). The image is
     // not looked up first: `create` says when it is missing, and only then is it
     // pulled (as `docker run` does), which keeps a call off every launch.
-    let prepare = async {
-        if d.force_pull {
-            ensure_image(&inner.docker, &d.image, true, inner.cfg.pull_timeout).await?;
-        }
-        let network_mode = match role {
-            NetRole::Member(mut net) => {
-                let owner = net.wait_for(|v| v.is_some()).await.map(|v| match &*v {
-                    Some(Ok(cid)) => Some(Ok(cid.clone())),
-                    Some(Err(e)) => Some(Err(e.to_string())),
-                    None => None,
-                });
-                match owner {
-                    Ok(Some(Ok(cid))) => format!("container:{cid}"),
-                    Ok(Some(Err(e))) => {
-                        return Err((
-                            FailReason::LaunchFailed,
-                            format!("the group's network is not available: {e}"),
-                        ))
-                    }
-                    _ => {
-                        return Err((
-                            FailReason::LaunchFailed,
-                            "the group's network owner vanished".to_string(),
-                        ))
-                    }
-                }
-            }
-            _ => match d.network {
-                DockerNetwork::Bridge => "bridge".into(),
-                DockerNetwork::Host => "host".into(),
-                DockerNetwork::None => "none".into(),
-            },
-        };
-        Ok(network_mode)
-    };
-    let killed_early = || TaskUpdate::Killed {
-        message: "killed before it started".into(),
-    };
     let network_mode = tokio::select! {
-        r = prepare => r,
+        r = network_mode(&inner, d, role) => r,
         Some(Control::Kill { .. }) = rx.recv() => return end(killed_early()),
     };
     let network_mode = match network_mode {
@@ -326,43 +249,10 @@ pub(super) async fn run_new(
     };
     let body = create_body(&spec, d, &inner.cfg, network_mode, owns_network);
     let name = util::container_name(&inner.cfg.name_prefix, &inner.cfg.agent_id, &task_id);
-    let clock = &inner.cfg.clock;
-    let mut t0 = clock.monotonic();
-    let mut created = create_container(&inner, &name, body.clone()).await;
-    if matches!(created, Err((FailReason::ImageMissing, _))) {
-        let pull = ensure_image(&inner.docker, &d.image, false, inner.cfg.pull_timeout);
-        let pulled = tokio::select! {
-            r = pull => r,
-            Some(Control::Kill { .. }) = rx.recv() => return end(killed_early()),
-        };
-        if let Err((reason, message)) = pulled {
-            return end(failed(reason, message));
-        }
-        t0 = clock.monotonic();
-        created = create_container(&inner, &name, body).await;
-    }
-    let start = async {
-        let cid = created?;
-        if let Err(e) = inner.docker.start_container(&cid, None).await {
-            let opts = RemoveContainerOptions {
-                force: true,
-                v: true,
-                ..Default::default()
-            };
-            let _ = inner.docker.remove_container(&cid, Some(opts)).await;
-            return Err((
-                FailReason::LaunchFailed,
-                format!("cannot start the container: {e}"),
-            ));
-        }
-        Ok(cid)
+    let (cid, docker_us) = match create_and_start(&inner, &name, body, d, &mut rx).await {
+        Ok(started) => started,
+        Err(update) => return end(update),
     };
-    let cid = match start.await {
-        Ok(cid) => cid,
-        Err((reason, message)) => return end(failed(reason, message)),
-    };
-    // Docker's own share of the launch (create + start), for the launch latency benchmark.
-    let docker_us = (clock.monotonic() - t0).as_micros();
     if let Some(net) = &owner_net {
         net.send_replace(Some(Ok(cid.clone())));
     }
@@ -378,6 +268,147 @@ pub(super) async fn run_new(
         health_check: spec.health_check.clone(),
     };
     watch_container(inner.clone(), attached, rx).await;
+}
+
+fn failed(reason: FailReason, message: String) -> TaskUpdate {
+    TaskUpdate::Failed {
+        exit_code: None,
+        reason,
+        message,
+    }
+}
+
+fn killed_early() -> TaskUpdate {
+    TaskUpdate::Killed {
+        message: "killed before it started".into(),
+    }
+}
+
+/// The Docker part of a spec the executor can run, with the sandbox's log files made; a
+/// spec it cannot run ends the task with the returned update.
+fn checked_spec(spec: &LaunchSpec, owns_network: bool) -> Result<&DockerSpec, TaskUpdate> {
+    if let Err(e) = spec.validate() {
+        return Err(TaskUpdate::Error {
+            message: e.to_string(),
+        });
+    }
+    let ContainerSpec::Docker(d) = &spec.container else {
+        return Err(TaskUpdate::Error {
+            message: "the docker executor needs a docker container spec".into(),
+        });
+    };
+    if !owns_network && !d.port_mappings.is_empty() {
+        return Err(TaskUpdate::Error {
+            message: "only the first task of a group may map ports (the others share its network)"
+                .into(),
+        });
+    }
+    if !spec.sandbox.is_dir() {
+        return Err(failed(
+            FailReason::LaunchFailed,
+            format!("sandbox {} is not a directory", spec.sandbox.display()),
+        ));
+    }
+    // Small local file operations, done in place: a trip through the blocking pool per
+    // file would sit on the launch path.
+    for name in ["stdout", "stderr"] {
+        let p = spec.sandbox.join(name);
+        if let Err(e) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&p)
+        {
+            return Err(failed(
+                FailReason::LaunchFailed,
+                format!("open {}: {e}", p.display()),
+            ));
+        }
+    }
+    Ok(d)
+}
+
+/// The network mode of a new container (after a forced pull of its image): its own, or
+/// for a later member of a group the namespace of the group's first container, once that
+/// one started.
+async fn network_mode(
+    inner: &Inner,
+    d: &DockerSpec,
+    role: NetRole,
+) -> Result<String, (FailReason, String)> {
+    if d.force_pull {
+        ensure_image(&inner.docker, &d.image, true, inner.cfg.pull_timeout).await?;
+    }
+    let network_mode = match role {
+        NetRole::Member(mut net) => {
+            let owner = net.wait_for(|v| v.is_some()).await.map(|v| match &*v {
+                Some(Ok(cid)) => Some(Ok(cid.clone())),
+                Some(Err(e)) => Some(Err(e.to_string())),
+                None => None,
+            });
+            match owner {
+                Ok(Some(Ok(cid))) => format!("container:{cid}"),
+                Ok(Some(Err(e))) => {
+                    return Err((
+                        FailReason::LaunchFailed,
+                        format!("the group's network is not available: {e}"),
+                    ))
+                }
+                _ => {
+                    return Err((
+                        FailReason::LaunchFailed,
+                        "the group's network owner vanished".to_string(),
+                    ))
+                }
+            }
+        }
+        _ => match d.network {
+            DockerNetwork::Bridge => "bridge".into(),
+            DockerNetwork::Host => "host".into(),
+            DockerNetwork::None => "none".into(),
+        },
+    };
+    Ok(network_mode)
+}
+
+/// Creates the container, pulling its image first when it is missing (a kill meanwhile
+/// ends the task), and starts it: its id, and Docker's own share of the launch (create +
+/// start, in µs) for the launch latency benchmark.
+async fn create_and_start(
+    inner: &Inner,
+    name: &str,
+    body: ContainerCreateBody,
+    d: &DockerSpec,
+    rx: &mut mpsc::UnboundedReceiver<Control>,
+) -> Result<(String, u128), TaskUpdate> {
+    let clock = &inner.cfg.clock;
+    let mut t0 = clock.monotonic();
+    let mut created = create_container(inner, name, body.clone()).await;
+    if matches!(created, Err((FailReason::ImageMissing, _))) {
+        let pull = ensure_image(&inner.docker, &d.image, false, inner.cfg.pull_timeout);
+        let pulled = tokio::select! {
+            r = pull => r,
+            Some(Control::Kill { .. }) = rx.recv() => return Err(killed_early()),
+        };
+        if let Err((reason, message)) = pulled {
+            return Err(failed(reason, message));
+        }
+        t0 = clock.monotonic();
+        created = create_container(inner, name, body).await;
+    }
+    let cid = created.map_err(|(reason, message)| failed(reason, message))?;
+    if let Err(e) = inner.docker.start_container(&cid, None).await {
+        let opts = RemoveContainerOptions {
+            force: true,
+            v: true,
+            ..Default::default()
+        };
+        let _ = inner.docker.remove_container(&cid, Some(opts)).await;
+        return Err(failed(
+            FailReason::LaunchFailed,
+            format!("cannot start the container: {e}"),
+        ));
+    }
+    Ok((cid, (clock.monotonic() - t0).as_micros()))
 }
 
 pub(super) fn update_message(u: &TaskUpdate) -> Option<String> {

@@ -368,22 +368,8 @@ impl Executor for DockerExecutor {
     async fn recover(&self, known: &[String]) -> Result<Vec<RecoveredTask>, AgentError> {
         let inner = &self.inner;
         inner.remove_orphans().await;
-        let list = inner.list_containers(None).await?;
-        // task id -> inspected containers
-        let mut by_task: HashMap<String, Vec<ContainerInspectResponse>> = HashMap::new();
-        for c in list {
-            let Some(id) = c.id else { continue };
-            let Some(task_id) = c.labels.as_ref().and_then(|l| l.get(LABEL_TASK)).cloned() else {
-                continue;
-            };
-            match inner.docker.inspect_container(&id, None).await {
-                Ok(i) => by_task.entry(task_id).or_default().push(i),
-                Err(e) if status_code(&e) == Some(404) => {}
-                Err(e) => return Err(docker_err(e)),
-            }
-        }
         let mut out = Vec::new();
-        for (task_id, mut containers) in by_task {
+        for (task_id, mut containers) in inner.containers_by_task().await? {
             // Prefer a running container, then the newest one.
             containers.sort_by_key(|c| (is_running(c), c.created.as_ref().map(|d| d.to_string())));
             let Some(c) = containers.pop() else { continue };
@@ -410,91 +396,7 @@ impl Executor for DockerExecutor {
                 }
                 continue;
             }
-            let labels = c
-                .config
-                .as_ref()
-                .and_then(|c| c.labels.clone())
-                .unwrap_or_default();
-            let status = c
-                .state
-                .as_ref()
-                .and_then(|s| s.status)
-                .map(|s| s.to_string())
-                .unwrap_or_default();
-            let update = if is_running(&c) {
-                let attached = Attached {
-                    task_id: task_id.clone(),
-                    container_id: cid.clone(),
-                    sandbox: labels
-                        .get(LABEL_SANDBOX)
-                        .map(PathBuf::from)
-                        .unwrap_or_default(),
-                    group: labels.get(LABEL_GROUP).cloned(),
-                    owns_network: labels.get(LABEL_GROUP_OWNER).is_some_and(|v| v == "true"),
-                    kill_grace: labels
-                        .get(LABEL_GRACE)
-                        .and_then(|v| v.parse().ok())
-                        .map_or(Duration::from_secs(3), Duration::from_millis),
-                    health_check: labels
-                        .get(LABEL_HEALTH)
-                        .and_then(|v| serde_json::from_str(v).ok()),
-                };
-                if let (Some(g), true) = (&attached.group, attached.owns_network) {
-                    let (net, _) = watch::channel(Some(Ok(cid.clone())));
-                    inner.groups.lock().insert(
-                        g.clone(),
-                        Group {
-                            owner_task: task_id.clone(),
-                            net,
-                        },
-                    );
-                }
-                let (tx, rx) = mpsc::unbounded_channel();
-                inner.tasks.lock().insert(
-                    task_id.clone(),
-                    Entry {
-                        control: tx,
-                        group: attached.group.clone(),
-                        abort: None,
-                    },
-                );
-                tracing::info!(task_id = %task_id, container = %cid, "re-attached to container");
-                let handle = tokio::spawn(watch_container(inner.clone(), attached, rx));
-                if let Some(e) = inner.tasks.lock().get_mut(&task_id) {
-                    e.abort = Some(handle.abort_handle());
-                }
-                TaskUpdate::Running { healthy: None }
-            } else if status == "created" {
-                let opts = RemoveContainerOptions {
-                    force: true,
-                    v: true,
-                    ..Default::default()
-                };
-                let _ = inner.docker.remove_container(&cid, Some(opts)).await;
-                TaskUpdate::Failed {
-                    exit_code: None,
-                    reason: FailReason::LaunchFailed,
-                    message: "the agent stopped before the container was started".into(),
-                }
-            } else {
-                // Copy what the container wrote while nobody was watching.
-                if let Some(sb) = labels.get(LABEL_SANDBOX) {
-                    let copy = copy_logs_once(&inner.docker, &cid, Path::new(sb));
-                    match tokio::time::timeout(Duration::from_secs(10), copy).await {
-                        Ok(Ok(())) => {}
-                        Ok(Err(e)) => {
-                            tracing::warn!(task_id = %task_id, error = %e, "cannot copy the rest of the log")
-                        }
-                        Err(_) => {
-                            tracing::warn!(task_id = %task_id, "copying the rest of the log timed out")
-                        }
-                    }
-                }
-                let killed = inner.kill_marker(&task_id).exists();
-                let update = classify(&c, killed);
-                tracing::info!(task_id = %task_id, ?update, "container ended while the agent was away");
-                update
-            };
+            let update = inner.recover_container(&task_id, &cid, &c).await;
             out.push(RecoveredTask { task_id, update });
         }
         for id in known {
@@ -567,5 +469,127 @@ impl Executor for DockerExecutor {
 
     fn tasks(&self) -> Vec<String> {
         self.inner.tasks.lock().keys().cloned().collect()
+    }
+}
+
+impl Inner {
+    /// This executor's containers, inspected, by task id.
+    async fn containers_by_task(
+        &self,
+    ) -> Result<HashMap<String, Vec<ContainerInspectResponse>>, AgentError> {
+        let mut by_task: HashMap<String, Vec<ContainerInspectResponse>> = HashMap::new();
+        for c in self.list_containers(None).await? {
+            let Some(id) = c.id else { continue };
+            let Some(task_id) = c.labels.as_ref().and_then(|l| l.get(LABEL_TASK)).cloned() else {
+                continue;
+            };
+            match self.docker.inspect_container(&id, None).await {
+                Ok(i) => by_task.entry(task_id).or_default().push(i),
+                Err(e) if status_code(&e) == Some(404) => {}
+                Err(e) => return Err(docker_err(e)),
+            }
+        }
+        Ok(by_task)
+    }
+
+    /// A known task's container after a restart: re-attached when it runs, removed when it
+    /// was never started, its end reported when it ended while the agent was away.
+    async fn recover_container(
+        self: &Arc<Self>,
+        task_id: &str,
+        cid: &str,
+        c: &ContainerInspectResponse,
+    ) -> TaskUpdate {
+        let labels = c
+            .config
+            .as_ref()
+            .and_then(|c| c.labels.clone())
+            .unwrap_or_default();
+        let status = c
+            .state
+            .as_ref()
+            .and_then(|s| s.status)
+            .map(|s| s.to_string())
+            .unwrap_or_default();
+        if is_running(c) {
+            self.reattach(task_id, cid, &labels);
+            TaskUpdate::Running { healthy: None }
+        } else if status == "created" {
+            let opts = RemoveContainerOptions {
+                force: true,
+                v: true,
+                ..Default::default()
+            };
+            let _ = self.docker.remove_container(cid, Some(opts)).await;
+            TaskUpdate::Failed {
+                exit_code: None,
+                reason: FailReason::LaunchFailed,
+                message: "the agent stopped before the container was started".into(),
+            }
+        } else {
+            // Copy what the container wrote while nobody was watching.
+            if let Some(sb) = labels.get(LABEL_SANDBOX) {
+                let copy = copy_logs_once(&self.docker, cid, Path::new(sb));
+                match tokio::time::timeout(Duration::from_secs(10), copy).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        tracing::warn!(task_id = %task_id, error = %e, "cannot copy the rest of the log")
+                    }
+                    Err(_) => {
+                        tracing::warn!(task_id = %task_id, "copying the rest of the log timed out")
+                    }
+                }
+            }
+            let killed = self.kill_marker(task_id).exists();
+            let update = classify(c, killed);
+            tracing::info!(task_id = %task_id, ?update, "container ended while the agent was away");
+            update
+        }
+    }
+
+    /// Watches a running container again, as its labels describe it (and owns its group's
+    /// network again when it did).
+    fn reattach(self: &Arc<Self>, task_id: &str, cid: &str, labels: &HashMap<String, String>) {
+        let attached = Attached {
+            task_id: task_id.to_string(),
+            container_id: cid.to_string(),
+            sandbox: labels
+                .get(LABEL_SANDBOX)
+                .map(PathBuf::from)
+                .unwrap_or_default(),
+            group: labels.get(LABEL_GROUP).cloned(),
+            owns_network: labels.get(LABEL_GROUP_OWNER).is_some_and(|v| v == "true"),
+            kill_grace: labels
+                .get(LABEL_GRACE)
+                .and_then(|v| v.parse().ok())
+                .map_or(Duration::from_secs(3), Duration::from_millis),
+            health_check: labels
+                .get(LABEL_HEALTH)
+                .and_then(|v| serde_json::from_str(v).ok()),
+        };
+        if let (Some(g), true) = (&attached.group, attached.owns_network) {
+            let (net, _) = watch::channel(Some(Ok(cid.to_string())));
+            self.groups.lock().insert(
+                g.clone(),
+                Group {
+                    owner_task: task_id.to_string(),
+                    net,
+                },
+            );
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.tasks.lock().insert(
+            task_id.to_string(),
+            Entry {
+                control: tx,
+                group: attached.group.clone(),
+                abort: None,
+            },
+        );
+        tracing::info!(task_id = %task_id, container = %cid, "re-attached to container");
+        let handle = tokio::spawn(watch_container(self.clone(), attached, rx));
+        if let Some(e) = self.tasks.lock().get_mut(task_id) {
+            e.abort = Some(handle.abort_handle());
+        }
     }
 }
