@@ -26,42 +26,54 @@ pub(super) async fn run_new(
 ) {
     let task_id = spec.task_id.clone();
     let group = spec.group.clone();
-    let fail = |inner: &Inner, reason, message: String| {
-        inner.finish(
-            &task_id,
-            group.as_deref(),
-            false,
-            TaskUpdate::Failed {
-                exit_code: None,
-                reason,
-                message,
-            },
-        )
-    };
-    if let Err(e) = spec.validate() {
-        inner.finish(
-            &task_id,
-            group.as_deref(),
-            false,
-            TaskUpdate::Error {
-                message: e.to_string(),
-            },
-        );
-        return;
-    }
-    if !matches!(spec.container, ContainerSpec::Process) {
-        let message = "the process executor cannot run container tasks".to_string();
-        inner.finish(
-            &task_id,
-            group.as_deref(),
-            false,
-            TaskUpdate::Error { message },
-        );
-        return;
+    let end = |update: TaskUpdate| inner.finish(&task_id, group.as_deref(), false, update);
+    if let Err(update) = check_spec(&spec) {
+        return end(update);
     }
     // Released once the task runs (or failed to start).
     let slot = inner.launch_slots.acquire().await;
-    let task_dir = inner.task_dir(&task_id);
+    let record = match start(&inner, &spec, &mut rx).await {
+        Ok(record) => record,
+        Err(update) => return end(update),
+    };
+    drop(slot);
+    tracing::info!(task_id = %task_id, pid = record.pgid, supervisor = record.supervisor_pid, "process task running");
+    inner.send(&task_id, TaskUpdate::Running { healthy: None });
+    watch(inner, record, rx).await;
+}
+
+/// A launch failure: the update that ends the task.
+fn launch_failed(message: String) -> TaskUpdate {
+    TaskUpdate::Failed {
+        exit_code: None,
+        reason: FailReason::LaunchFailed,
+        message,
+    }
+}
+
+/// A spec the process executor cannot run ends the task with the returned update.
+fn check_spec(spec: &LaunchSpec) -> Result<(), TaskUpdate> {
+    if let Err(e) = spec.validate() {
+        return Err(TaskUpdate::Error {
+            message: e.to_string(),
+        });
+    }
+    if !matches!(spec.container, ContainerSpec::Process) {
+        return Err(TaskUpdate::Error {
+            message: "the process executor cannot run container tasks".to_string(),
+        });
+    }
+    Ok(())
+}
+
+/// Prepares the task (blocking IO), spawns its supervisor and saves its record: the
+/// record, or the update that ends a task that did not start.
+async fn start(
+    inner: &Arc<Inner>,
+    spec: &LaunchSpec,
+    rx: &mut mpsc::UnboundedReceiver<Control>,
+) -> Result<TaskRecord, TaskUpdate> {
+    let task_dir = inner.task_dir(&spec.task_id);
     let prepared = {
         let spec = spec.clone();
         let task_dir = task_dir.clone();
@@ -71,47 +83,26 @@ pub(super) async fn run_new(
     };
     let Prepared { plan, cgroups, env } = match prepared {
         Ok(Ok(p)) => p,
-        Ok(Err(e)) => return fail(&inner, FailReason::LaunchFailed, e.to_string()),
-        Err(e) => {
-            return fail(
-                &inner,
-                FailReason::LaunchFailed,
-                format!("launch aborted: {e}"),
-            )
-        }
+        Ok(Err(e)) => return Err(launch_failed(e.to_string())),
+        Err(e) => return Err(launch_failed(format!("launch aborted: {e}"))),
     };
     if let Ok(Control::Kill { .. }) = rx.try_recv() {
         cgroup::remove(&cgroups);
-        let message = "killed before it started".to_string();
-        inner.finish(
-            &task_id,
-            group.as_deref(),
-            false,
-            TaskUpdate::Killed { message },
-        );
-        return;
+        return Err(TaskUpdate::Killed {
+            message: "killed before it started".to_string(),
+        });
     }
     let spawned = match tokio::task::spawn_blocking(move || supervisor::spawn(plan)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             cgroup::remove(&cgroups);
-            return fail(
-                &inner,
-                FailReason::LaunchFailed,
-                format!("cannot start the command: {e}"),
-            );
+            return Err(launch_failed(format!("cannot start the command: {e}")));
         }
-        Err(e) => {
-            return fail(
-                &inner,
-                FailReason::LaunchFailed,
-                format!("launch aborted: {e}"),
-            )
-        }
+        Err(e) => return Err(launch_failed(format!("launch aborted: {e}"))),
     };
     let supervisor_start = util::read_proc_stat(spawned.supervisor_pid).map_or(0, |s| s.start_time);
     let record = TaskRecord {
-        task_id: task_id.clone(),
+        task_id: spec.task_id.clone(),
         sandbox: spec.sandbox.clone(),
         group: spec.group.clone(),
         kill_grace: spec.kill_grace,
@@ -127,18 +118,11 @@ pub(super) async fn run_new(
     };
     if let Err(e) = save_record(&task_dir, &record) {
         // Without a record the task could not be recovered: do not run it.
-        tracing::error!(task_id = %task_id, error = %e, "cannot save task record; killing the task");
+        tracing::error!(task_id = %spec.task_id, error = %e, "cannot save task record; killing the task");
         signal_group(record.pgid, libc::SIGKILL);
-        return fail(
-            &inner,
-            FailReason::LaunchFailed,
-            format!("cannot save the task record: {e}"),
-        );
+        return Err(launch_failed(format!("cannot save the task record: {e}")));
     }
-    drop(slot);
-    tracing::info!(task_id = %task_id, pid = spawned.pgid, supervisor = spawned.supervisor_pid, "process task running");
-    inner.send(&task_id, TaskUpdate::Running { healthy: None });
-    watch(inner, record, rx).await;
+    Ok(record)
 }
 
 /// What [`prepare`] produces: the supervisor plan, the task's cgroups (when
@@ -161,60 +145,20 @@ pub(super) fn prepare(
         .command
         .as_ref()
         .ok_or_else(|| AgentError::Launch("a process task needs a command".into()))?;
-    match std::fs::metadata(&spec.sandbox) {
-        Ok(m) if m.is_dir() => {}
-        Ok(_) => {
-            return Err(AgentError::Launch(format!(
-                "sandbox {} is not a directory",
-                spec.sandbox.display()
-            )))
-        }
-        Err(e) => {
-            return Err(AgentError::io(
-                format!("sandbox {}", spec.sandbox.display()),
-                e,
-            ))
-        }
-    }
+    check_sandbox(&spec.sandbox)?;
     // A previous run of the same task id must not leave a stale status behind.
     let _ = std::fs::remove_dir_all(task_dir);
     std::fs::create_dir_all(task_dir)
         .map_err(|e| AgentError::io(format!("create {}", task_dir.display()), e))?;
 
-    let mut env: Vec<(OsString, OsString)> = std::env::vars_os().collect();
-    let mut set = |k: &str, v: &OsStr| {
-        env.retain(|(ek, _)| ek.as_os_str() != OsStr::new(k));
-        env.push((k.into(), v.to_os_string()));
-    };
-    set("SHOAL_TASK_ID", OsStr::new(&spec.task_id));
-    set("SHOAL_SANDBOX", spec.sandbox.as_os_str());
-    for (k, v) in &cmd.env {
-        set(k, OsStr::new(v));
-    }
+    let env = task_env(spec, cmd);
     let path_var = env
         .iter()
         .find(|(k, _)| k == "PATH")
         .map(|(_, v)| v.clone());
     let (program, argv) = resolve_program(cmd, path_var.as_deref(), &spec.sandbox, is_executable)?;
+    let (stdin, stdout, stderr) = open_stdio(&spec.sandbox)?;
 
-    let open_out = |name: &str| -> Result<OwnedFd, AgentError> {
-        let p = spec.sandbox.join(name);
-        std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&p)
-            .map(OwnedFd::from)
-            .map_err(|e| AgentError::io(format!("open {}", p.display()), e))
-    };
-    let stdout = open_out("stdout")?;
-    let stderr = open_out("stderr")?;
-    let stdin = std::fs::File::open("/dev/null")
-        .map(OwnedFd::from)
-        .map_err(|e| AgentError::io("open /dev/null", e))?;
-
-    let cstr = |b: &[u8]| {
-        CString::new(b).map_err(|_| AgentError::Launch("argument contains a NUL byte".into()))
-    };
     let plan_argv = argv
         .iter()
         .map(|a| cstr(a.as_bytes()))
@@ -266,6 +210,58 @@ pub(super) fn prepare(
         cgroups: cgroup_dirs,
         env: cmd.env.clone(),
     })
+}
+
+/// The sandbox must be a directory.
+fn check_sandbox(sandbox: &Path) -> Result<(), AgentError> {
+    match std::fs::metadata(sandbox) {
+        Ok(m) if m.is_dir() => Ok(()),
+        Ok(_) => Err(AgentError::Launch(format!(
+            "sandbox {} is not a directory",
+            sandbox.display()
+        ))),
+        Err(e) => Err(AgentError::io(format!("sandbox {}", sandbox.display()), e)),
+    }
+}
+
+/// The task's environment: the agent's, with the task's id and sandbox and the command's
+/// own variables over it.
+fn task_env(spec: &LaunchSpec, cmd: &CommandSpec) -> Vec<(OsString, OsString)> {
+    let mut env: Vec<(OsString, OsString)> = std::env::vars_os().collect();
+    let mut set = |k: &str, v: &OsStr| {
+        env.retain(|(ek, _)| ek.as_os_str() != OsStr::new(k));
+        env.push((k.into(), v.to_os_string()));
+    };
+    set("SHOAL_TASK_ID", OsStr::new(&spec.task_id));
+    set("SHOAL_SANDBOX", spec.sandbox.as_os_str());
+    for (k, v) in &cmd.env {
+        set(k, OsStr::new(v));
+    }
+    env
+}
+
+/// The task's standard input (`/dev/null`), output and error (the sandbox's `stdout` and
+/// `stderr`, appended to).
+fn open_stdio(sandbox: &Path) -> Result<(OwnedFd, OwnedFd, OwnedFd), AgentError> {
+    let open_out = |name: &str| -> Result<OwnedFd, AgentError> {
+        let p = sandbox.join(name);
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&p)
+            .map(OwnedFd::from)
+            .map_err(|e| AgentError::io(format!("open {}", p.display()), e))
+    };
+    let stdout = open_out("stdout")?;
+    let stderr = open_out("stderr")?;
+    let stdin = std::fs::File::open("/dev/null")
+        .map(OwnedFd::from)
+        .map_err(|e| AgentError::io("open /dev/null", e))?;
+    Ok((stdin, stdout, stderr))
+}
+
+fn cstr(b: &[u8]) -> Result<CString, AgentError> {
+    CString::new(b).map_err(|_| AgentError::Launch("argument contains a NUL byte".into()))
 }
 
 pub(super) fn is_executable(p: &Path) -> bool {
