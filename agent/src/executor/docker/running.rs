@@ -15,7 +15,7 @@ use shoal_core::clock::SharedClock;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 
-use crate::executor::health::{self, ProbeFuture};
+use crate::executor::health::{self, HealthEvent, ProbeFuture};
 use crate::executor::util;
 use crate::executor::{AgentError, FailReason, HealthCheckKind, TaskUpdate};
 
@@ -157,26 +157,12 @@ pub(super) async fn watch_container(
         async move { wait_stopped(&docker, &cid).await }
     };
     tokio::pin!(exited);
+    let (health_task, mut hrx) = start_health_checks(&inner, &a);
 
-    let (htx, mut hrx) = mpsc::unbounded_channel();
-    let health_task = a.health_check.clone().map(|hc| {
-        let probe = container_probe(
-            &hc.kind,
-            docker.clone(),
-            cid.clone(),
-            inner.cfg.clock.clone(),
-        );
-        util::AbortOnDrop(tokio::spawn(health::run(
-            hc,
-            a.task_id.clone(),
-            inner.cfg.clock.clone(),
-            probe,
-            htx,
-        )))
-    });
-
-    let mut kill_requested = inner.kill_marker(&a.task_id).exists();
-    let mut kill_deadline: Option<tokio::time::Instant> = None;
+    let mut kill = KillState {
+        requested: inner.kill_marker(&a.task_id).exists(),
+        deadline: None,
+    };
     let mut control_open = true;
     // Set when the health checks failed too often: the task is killed, and says why.
     let mut health_kill: Option<String> = None;
@@ -184,10 +170,10 @@ pub(super) async fn watch_container(
         let msg = tokio::select! {
             r = &mut exited => break r,
             msg = rx.recv(), if control_open => msg,
-            () = async { if let Some(d) = kill_deadline { tokio::time::sleep_until(d).await } }, if kill_deadline.is_some() => {
+            () = async { if let Some(d) = kill.deadline { tokio::time::sleep_until(d).await } }, if kill.deadline.is_some() => {
                 tracing::info!(task_id = %a.task_id, "grace period over; SIGKILL");
                 signal_container(&docker, &cid, "SIGKILL").await;
-                kill_deadline = None;
+                kill.deadline = None;
                 continue;
             }
             Some(h) = hrx.recv() => {
@@ -200,24 +186,7 @@ pub(super) async fn watch_container(
         };
         match msg {
             Some(Control::Kill { grace }) => {
-                let grace = grace.unwrap_or(a.kill_grace);
-                if !kill_requested {
-                    kill_requested = true;
-                    if let Err(e) = std::fs::write(inner.kill_marker(&a.task_id), b"") {
-                        tracing::warn!(task_id = %a.task_id, error = %e, "cannot persist kill request");
-                    }
-                }
-                tracing::info!(task_id = %a.task_id, ?grace, "killing container");
-                let sig = if grace.is_zero() {
-                    "SIGKILL"
-                } else {
-                    "SIGTERM"
-                };
-                signal_container(&docker, &cid, sig).await;
-                if !grace.is_zero() {
-                    let d = tokio::time::Instant::now() + grace;
-                    kill_deadline = Some(kill_deadline.map_or(d, |old| old.min(d)));
-                }
+                kill.start(&inner, &a, grace.unwrap_or(a.kill_grace)).await
             }
             None => control_open = false,
         }
@@ -230,13 +199,88 @@ pub(super) async fn watch_container(
     {
         tracing::warn!(task_id = %a.task_id, "log copy did not finish in time");
     }
-    let update = match outcome {
+    let update = ended(&docker, &cid, outcome, kill.requested).await;
+    inner.finish(
+        &a.task_id,
+        a.group.as_deref(),
+        a.owns_network,
+        util::health_killed(update, health_kill),
+    );
+}
+
+/// The container's health checks, when it has some: the task running them (aborted when
+/// dropped) and the channel of their verdicts.
+fn start_health_checks(
+    inner: &Inner,
+    a: &Attached,
+) -> (
+    Option<util::AbortOnDrop<()>>,
+    mpsc::UnboundedReceiver<HealthEvent>,
+) {
+    let (htx, hrx) = mpsc::unbounded_channel();
+    let health_task = a.health_check.clone().map(|hc| {
+        let probe = container_probe(
+            &hc.kind,
+            inner.docker.clone(),
+            a.container_id.clone(),
+            inner.cfg.clock.clone(),
+        );
+        util::AbortOnDrop(tokio::spawn(health::run(
+            hc,
+            a.task_id.clone(),
+            inner.cfg.clock.clone(),
+            probe,
+            htx,
+        )))
+    });
+    (health_task, hrx)
+}
+
+/// A kill of a watched container: whether one was asked for (recorded on disk, so that
+/// it survives an agent crash), and when the grace period ends.
+struct KillState {
+    requested: bool,
+    deadline: Option<tokio::time::Instant>,
+}
+
+impl KillState {
+    /// SIGTERM now and SIGKILL after `grace` (at once when it is zero); an earlier
+    /// deadline stays.
+    async fn start(&mut self, inner: &Inner, a: &Attached, grace: Duration) {
+        if !self.requested {
+            self.requested = true;
+            if let Err(e) = std::fs::write(inner.kill_marker(&a.task_id), b"") {
+                tracing::warn!(task_id = %a.task_id, error = %e, "cannot persist kill request");
+            }
+        }
+        tracing::info!(task_id = %a.task_id, ?grace, "killing container");
+        let sig = if grace.is_zero() {
+            "SIGKILL"
+        } else {
+            "SIGTERM"
+        };
+        signal_container(&inner.docker, &a.container_id, sig).await;
+        if !grace.is_zero() {
+            let d = tokio::time::Instant::now() + grace;
+            self.deadline = Some(self.deadline.map_or(d, |old| old.min(d)));
+        }
+    }
+}
+
+/// How an ended container is reported: from its state, or lost when it vanished.
+async fn ended(
+    docker: &Docker,
+    cid: &str,
+    outcome: Result<(), AgentError>,
+    kill_requested: bool,
+) -> TaskUpdate {
+    match outcome {
         Err(e) => TaskUpdate::Failed {
             exit_code: None,
             reason: FailReason::Lost,
             message: e.to_string(),
         },
-        Ok(()) => match docker.inspect_container(&cid, None).await {
+        Ok(()) => match docker.inspect_container(cid, None).await {
             Ok(c) => classify(&c, kill_requested),
             Err(e) => TaskUpdate::Failed {
                 exit_code: None,
@@ -244,13 +288,7 @@ pub(super) async fn watch_container(
                 message: format!("cannot inspect the ended container: {e}"),
             },
         },
-    };
-    inner.finish(
-        &a.task_id,
-        a.group.as_deref(),
-        a.owns_network,
-        util::health_killed(update, health_kill),
-    );
+    }
 }
 
 pub(super) async fn signal_container(docker: &Docker, cid: &str, signal: &str) {

@@ -10,7 +10,7 @@ use shoal_core::clock::SharedClock;
 use tokio::sync::mpsc;
 
 use crate::executor::cgroup;
-use crate::executor::health::{self, ProbeFuture};
+use crate::executor::health::{self, HealthEvent, ProbeFuture};
 use crate::executor::supervisor::ExitRecord;
 use crate::executor::util;
 use crate::executor::{AgentError, FailReason, HealthCheckKind, TaskUpdate};
@@ -28,22 +28,7 @@ pub(super) async fn watch(
     let exited = wait_exit(record.supervisor_pid, record.supervisor_start);
     tokio::pin!(exited);
 
-    let (htx, mut hrx) = mpsc::unbounded_channel();
-    let health_task = record.health_check.clone().map(|hc| {
-        let probe = host_probe(
-            &hc.kind,
-            record.sandbox.clone(),
-            record.env.clone(),
-            inner.cfg.clock.clone(),
-        );
-        util::AbortOnDrop(tokio::spawn(health::run(
-            hc,
-            task_id.clone(),
-            inner.cfg.clock.clone(),
-            probe,
-            htx,
-        )))
-    });
+    let (health_task, mut hrx) = start_health_checks(&inner, &record);
 
     let mut kill_deadline: Option<tokio::time::Instant> = None;
     let mut control_open = true;
@@ -70,21 +55,7 @@ pub(super) async fn watch(
         match msg {
             Some(Control::Kill { grace }) => {
                 let grace = grace.unwrap_or(record.kill_grace);
-                if !record.kill_requested {
-                    record.kill_requested = true;
-                    if let Err(e) = save_record(&task_dir, &record) {
-                        tracing::warn!(task_id = %task_id, error = %e, "cannot persist kill request");
-                    }
-                }
-                tracing::info!(task_id = %task_id, ?grace, "killing process task");
-                if grace.is_zero() {
-                    signal_group(record.pgid, libc::SIGKILL);
-                    kill_deadline = None;
-                } else {
-                    signal_group(record.pgid, libc::SIGTERM);
-                    let d = tokio::time::Instant::now() + grace;
-                    kill_deadline = Some(kill_deadline.map_or(d, |old| old.min(d)));
-                }
+                start_kill(&task_dir, &mut record, grace, &mut kill_deadline);
             }
             None => control_open = false,
         }
@@ -108,6 +79,60 @@ pub(super) async fn watch(
         false,
         util::health_killed(update, health_kill),
     );
+}
+
+/// The task's health checks, when it has some: the task running them (aborted when
+/// dropped) and the channel of their verdicts.
+fn start_health_checks(
+    inner: &Inner,
+    record: &TaskRecord,
+) -> (
+    Option<util::AbortOnDrop<()>>,
+    mpsc::UnboundedReceiver<HealthEvent>,
+) {
+    let (htx, hrx) = mpsc::unbounded_channel();
+    let health_task = record.health_check.clone().map(|hc| {
+        let probe = host_probe(
+            &hc.kind,
+            record.sandbox.clone(),
+            record.env.clone(),
+            inner.cfg.clock.clone(),
+        );
+        util::AbortOnDrop(tokio::spawn(health::run(
+            hc,
+            record.task_id.clone(),
+            inner.cfg.clock.clone(),
+            probe,
+            htx,
+        )))
+    });
+    (health_task, hrx)
+}
+
+/// A kill: recorded in the task's record (so that it survives an agent crash), SIGTERM
+/// to the task's process group now and SIGKILL after `grace` (at once when it is zero; an
+/// earlier deadline stays).
+fn start_kill(
+    task_dir: &Path,
+    record: &mut TaskRecord,
+    grace: Duration,
+    kill_deadline: &mut Option<tokio::time::Instant>,
+) {
+    if !record.kill_requested {
+        record.kill_requested = true;
+        if let Err(e) = save_record(task_dir, record) {
+            tracing::warn!(task_id = %record.task_id, error = %e, "cannot persist kill request");
+        }
+    }
+    tracing::info!(task_id = %record.task_id, ?grace, "killing process task");
+    if grace.is_zero() {
+        signal_group(record.pgid, libc::SIGKILL);
+        *kill_deadline = None;
+    } else {
+        signal_group(record.pgid, libc::SIGTERM);
+        let d = tokio::time::Instant::now() + grace;
+        *kill_deadline = Some(kill_deadline.map_or(d, |old| old.min(d)));
+    }
 }
 
 /// Builds the probe of a health check of a host process.
