@@ -49,6 +49,43 @@ pub(crate) fn create_body(
     network_mode: String,
     owns_network: bool,
 ) -> ContainerCreateBody {
+    let (entrypoint, cmd, env) = command_parts(spec);
+    let mut host = HostConfig {
+        network_mode: Some(network_mode),
+        ..Default::default()
+    };
+    if spec.limits.mem_mb > 0 {
+        let bytes = (spec.limits.mem_mb as i64).saturating_mul(1024 * 1024);
+        host.memory = Some(bytes);
+        host.memory_swap = Some(bytes);
+    }
+    if spec.limits.cpus > 0.0 {
+        host.nano_cpus = Some((spec.limits.cpus * 1e9) as i64);
+    }
+    let mut exposed = None;
+    if owns_network && !d.port_mappings.is_empty() {
+        let (ports, bindings) = port_bindings(d, &cfg.bind_ip);
+        exposed = Some(ports);
+        host.port_bindings = Some(bindings);
+    }
+    ContainerCreateBody {
+        image: Some(d.image.clone()),
+        entrypoint,
+        cmd,
+        env,
+        labels: Some(labels(spec, cfg, owns_network)),
+        exposed_ports: exposed,
+        attach_stdout: Some(false),
+        attach_stderr: Some(false),
+        tty: Some(false),
+        host_config: Some(host),
+        ..Default::default()
+    }
+}
+
+/// The container's labels: the spec's own (without the reserved `shoal.` prefix) and what
+/// recovery, gc and other agents read (see the executor's module docs).
+fn labels(spec: &LaunchSpec, cfg: &DockerConfig, owns_network: bool) -> HashMap<String, String> {
     let mut labels: HashMap<String, String> = spec
         .labels
         .iter()
@@ -83,7 +120,19 @@ pub(crate) fn create_body(
             labels.insert(LABEL_HEALTH.into(), s);
         }
     }
+    labels
+}
 
+/// Entrypoint, command and environment of the container (`None`: the image's own).
+type CommandParts = (
+    Option<Vec<String>>,
+    Option<Vec<String>>,
+    Option<Vec<String>>,
+);
+
+/// The spec's command as Docker runs it: a shell command through `/bin/sh -c`, a program
+/// with its arguments, or only arguments to the image's entrypoint.
+fn command_parts(spec: &LaunchSpec) -> CommandParts {
     let (mut entrypoint, mut cmd, mut env) = (None, None, None);
     if let Some(c) = &spec.command {
         if c.shell {
@@ -102,53 +151,31 @@ pub(crate) fn create_body(
             env = Some(c.env.iter().map(|(k, v)| format!("{k}={v}")).collect());
         }
     }
+    (entrypoint, cmd, env)
+}
 
-    let mut host = HostConfig {
-        network_mode: Some(network_mode),
-        ..Default::default()
-    };
-    if spec.limits.mem_mb > 0 {
-        let bytes = (spec.limits.mem_mb as i64).saturating_mul(1024 * 1024);
-        host.memory = Some(bytes);
-        host.memory_swap = Some(bytes);
+/// The exposed ports (sorted, once each) and their bindings on `bind_ip`.
+fn port_bindings(
+    d: &DockerSpec,
+    bind_ip: &str,
+) -> (Vec<String>, HashMap<String, Option<Vec<PortBinding>>>) {
+    let mut bindings = HashMap::new();
+    let mut ports = Vec::new();
+    for pm in &d.port_mappings {
+        let key = format!("{}/{}", pm.container_port, pm.protocol.as_str());
+        ports.push(key.clone());
+        bindings
+            .entry(key)
+            .or_insert_with(|| Some(Vec::new()))
+            .get_or_insert_with(Vec::new)
+            .push(PortBinding {
+                host_ip: Some(bind_ip.to_string()),
+                host_port: Some(pm.host_port.to_string()),
+            });
     }
-    if spec.limits.cpus > 0.0 {
-        host.nano_cpus = Some((spec.limits.cpus * 1e9) as i64);
-    }
-    let mut exposed = None;
-    if owns_network && !d.port_mappings.is_empty() {
-        let mut bindings = HashMap::new();
-        let mut ports = Vec::new();
-        for pm in &d.port_mappings {
-            let key = format!("{}/{}", pm.container_port, pm.protocol.as_str());
-            ports.push(key.clone());
-            bindings
-                .entry(key)
-                .or_insert_with(|| Some(Vec::new()))
-                .get_or_insert_with(Vec::new)
-                .push(PortBinding {
-                    host_ip: Some(cfg.bind_ip.clone()),
-                    host_port: Some(pm.host_port.to_string()),
-                });
-        }
-        ports.sort();
-        ports.dedup();
-        exposed = Some(ports);
-        host.port_bindings = Some(bindings);
-    }
-    ContainerCreateBody {
-        image: Some(d.image.clone()),
-        entrypoint,
-        cmd,
-        env,
-        labels: Some(labels),
-        exposed_ports: exposed,
-        attach_stdout: Some(false),
-        attach_stderr: Some(false),
-        tty: Some(false),
-        host_config: Some(host),
-        ..Default::default()
-    }
+    ports.sort();
+    ports.dedup();
+    (ports, bindings)
 }
 
 /// Makes sure the image is there: `Err((reason, message))` otherwise.
