@@ -186,13 +186,38 @@ impl Cgroups {
         if limits.cpus <= 0.0 && limits.mem_mb == 0 {
             return Ok(None);
         }
+        if matches!(self, Cgroups::Off { .. }) {
+            return Ok(None);
+        }
+        let plan = self.plan(name, limits);
+        if self.parents().iter().any(|p| !p.exists()) {
+            self.make_parents()?;
+        }
+        let mut made = TaskCgroups {
+            dirs: Vec::new(),
+            procs: Vec::new(),
+        };
+        for (dir, files) in plan {
+            let result = make_task_cgroup(&dir, &files);
+            made.dirs.push(dir);
+            match result {
+                Ok(fd) => made.procs.push(fd),
+                Err(e) => {
+                    remove(&made.dirs);
+                    return Err(e);
+                }
+            }
+        }
+        Ok(Some(made))
+    }
+
+    /// The task cgroups `name` needs for `limits`, each with the files to write.
+    fn plan(&self, name: &str, limits: &Limits) -> Vec<(PathBuf, Writes)> {
         let mem_bytes = limits.mem_mb.saturating_mul(1024 * 1024);
         let quota = ((limits.cpus * CPU_PERIOD_US as f64) as u64).max(1000);
-        // (file, value, required) per hierarchy.
-        type Writes<'a> = Vec<(&'a str, String, bool)>;
         let mut plan: Vec<(PathBuf, Writes)> = Vec::new();
         match self {
-            Cgroups::Off { .. } => return Ok(None),
+            Cgroups::Off { .. } => {}
             Cgroups::V2 { parent } => {
                 let mut files = Vec::new();
                 if limits.mem_mb > 0 {
@@ -231,55 +256,43 @@ impl Cgroups {
                 }
             }
         }
-        if self.parents().iter().any(|p| !p.exists()) {
-            self.make_parents()?;
-        }
-        let mut made = TaskCgroups {
-            dirs: Vec::new(),
-            procs: Vec::new(),
-        };
-        for (dir, files) in plan {
-            let step = || -> Result<OwnedFd, AgentError> {
-                match std::fs::create_dir(&dir) {
-                    Ok(()) => {}
-                    // Left over from an earlier run of the same task id.
-                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-                    Err(e) => return Err(AgentError::io(format!("create {}", dir.display()), e)),
-                }
-                for (file, value, required) in &files {
-                    let p = dir.join(file);
-                    match std::fs::write(&p, value) {
-                        Ok(()) => {}
-                        Err(e) if *required => {
-                            return Err(AgentError::io(
-                                format!("write {value} to {}", p.display()),
-                                e,
-                            ))
-                        }
-                        Err(e) => {
-                            tracing::debug!(file = %p.display(), error = %e, "optional cgroup setting not applied")
-                        }
-                    }
-                }
-                let procs = dir.join("cgroup.procs");
-                std::fs::OpenOptions::new()
-                    .write(true)
-                    .open(&procs)
-                    .map(OwnedFd::from)
-                    .map_err(|e| AgentError::io(format!("open {}", procs.display()), e))
-            };
-            let result = step();
-            made.dirs.push(dir);
-            match result {
-                Ok(fd) => made.procs.push(fd),
-                Err(e) => {
-                    remove(&made.dirs);
-                    return Err(e);
-                }
+        plan
+    }
+}
+
+/// The files of a task cgroup to write: (file, value, required).
+type Writes = Vec<(&'static str, String, bool)>;
+
+/// Makes one task cgroup (or takes a leftover of an earlier run of the same task id),
+/// writes its files, and opens its `cgroup.procs` for the task to join.
+fn make_task_cgroup(dir: &Path, files: &Writes) -> Result<OwnedFd, AgentError> {
+    match std::fs::create_dir(dir) {
+        Ok(()) => {}
+        // Left over from an earlier run of the same task id.
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(AgentError::io(format!("create {}", dir.display()), e)),
+    }
+    for (file, value, required) in files {
+        let p = dir.join(file);
+        match std::fs::write(&p, value) {
+            Ok(()) => {}
+            Err(e) if *required => {
+                return Err(AgentError::io(
+                    format!("write {value} to {}", p.display()),
+                    e,
+                ))
+            }
+            Err(e) => {
+                tracing::debug!(file = %p.display(), error = %e, "optional cgroup setting not applied")
             }
         }
-        Ok(Some(made))
     }
+    let procs = dir.join("cgroup.procs");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&procs)
+        .map(OwnedFd::from)
+        .map_err(|e| AgentError::io(format!("open {}", procs.display()), e))
 }
 
 /// Did the kernel's OOM killer kill a process in one of these cgroups?
