@@ -42,6 +42,9 @@ pub enum AgentError {
     /// A task's container or process vanished: the message its `TASK_FAILED` carries.
     #[error("{0}")]
     Lost(String),
+    /// A process task's supervisor did not say what the agent waits to hear.
+    #[error("{0}")]
+    Protocol(String),
     /// A health probe saw the task unhealthy, or could not look.
     #[error("{0}")]
     Probe(String),
