@@ -213,6 +213,25 @@ impl Inner {
         self.tasks.lock()
     }
 
+    /// Watches a running task again, as its record describes it.
+    fn reattach(self: &Arc<Self>, record: TaskRecord) {
+        let id = record.task_id.clone();
+        tracing::info!(task_id = %id, pid = record.supervisor_pid, "re-attached to process task");
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.lock().insert(
+            id.clone(),
+            Entry {
+                control: tx,
+                group: record.group.clone(),
+                abort: None,
+            },
+        );
+        let handle = tokio::spawn(watch(self.clone(), record, rx));
+        if let Some(e) = self.lock().get_mut(&id) {
+            e.abort = Some(handle.abort_handle());
+        }
+    }
+
     fn task_dir(&self, task_id: &str) -> PathBuf {
         self.cfg.state_dir.join("tasks").join(escape_id(task_id))
     }
@@ -314,20 +333,7 @@ impl Executor for ProcessExecutor {
             }
             seen.push(id.clone());
             if alive {
-                tracing::info!(task_id = %id, pid = record.supervisor_pid, "re-attached to process task");
-                let (tx, rx) = mpsc::unbounded_channel();
-                self.inner.lock().insert(
-                    id.clone(),
-                    Entry {
-                        control: tx,
-                        group: record.group.clone(),
-                        abort: None,
-                    },
-                );
-                let handle = tokio::spawn(watch(self.inner.clone(), record, rx));
-                if let Some(e) = self.inner.lock().get_mut(&id) {
-                    e.abort = Some(handle.abort_handle());
-                }
+                self.inner.reattach(record);
                 out.push(RecoveredTask {
                     task_id: id,
                     update: TaskUpdate::Running { healthy: None },
