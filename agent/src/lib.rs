@@ -7,9 +7,11 @@
 //! - [`runtime`]: the agent process: the live connection to the master and the agent loop.
 //! - [`files`]: the sandbox side of the Mesos `/files` endpoints.
 //! - [`host`]: resource detection.
+//! - [`error`]: the one error type, [`AgentError`].
 //! - [`ec2`]: EC2 instance metadata (opt-in).
 
 pub mod ec2;
+pub mod error;
 pub mod executor;
 pub mod files;
 pub mod host;
@@ -17,4 +19,5 @@ pub mod journal;
 pub mod runtime;
 pub mod taskinfo;
 
+pub use error::AgentError;
 pub use runtime::{run, run_until, AgentConfig, Stop};

@@ -17,19 +17,28 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
-use futures::{SinkExt, StreamExt};
 use shoal_core::agent_protocol::{AgentMessage, MasterMessage};
-use shoal_core::{AgentId, AgentRegistration, ResourceSet, StatusInfo, Task, TaskId, TaskState};
+use shoal_core::clock::{Clock, SharedClock};
+use shoal_core::{AgentId, AgentRegistration, ResourceSet, Task, TaskId, TaskState};
 use tokio::sync::mpsc;
-use tokio_tungstenite::tungstenite::Message;
 
 use crate::executor::docker::{DockerConfig, DockerExecutor};
 use crate::executor::process::{ProcessConfig, ProcessExecutor};
 use crate::executor::{ContainerSpec, Executor, ExecutorEvent, FailReason, TaskUpdate};
-use crate::journal::{ExecutorKind, Journal};
+use crate::journal::{ExecutorKind, Journal, Update};
 use crate::taskinfo;
+use crate::AgentError;
+
+/// The connection task.
+mod connection;
+/// Executor updates as Mesos task states.
+mod status;
+
+use connection::{connection, ConnEvent};
+pub use status::translate;
+use status::{status_msg, status_update};
 
 /// How to run an agent; every timer is configurable so tests run fast.
 #[derive(Clone, Debug)]
@@ -56,6 +65,8 @@ pub struct AgentConfig {
     /// Tasks left running when the agent stops are killed when no agent re-attached to
     /// them within this long (Mesos's `--recovery_timeout`).
     pub recovery_timeout: Duration,
+    /// Where the agent and its executors read time.
+    pub clock: SharedClock,
 }
 
 /// How the agent stops.
@@ -78,18 +89,12 @@ pub const STOP_ACK_WAIT_SECS: u64 = 2;
 /// How often a stopping agent looks whether its tasks have ended.
 const STOP_POLL_MS: u64 = 50;
 
-enum ConnEvent {
-    Connected,
-    Message(MasterMessage),
-    Disconnected,
-}
-
 /// Runs the agent until `shutdown` resolves. Tasks keep running when the agent stops: a
 /// restarted agent re-attaches to them.
 pub async fn run(
     config: AgentConfig,
     shutdown: impl std::future::Future<Output = ()>,
-) -> anyhow::Result<()> {
+) -> Result<(), AgentError> {
     run_until(config, async {
         shutdown.await;
         Stop::LeaveTasks
@@ -101,344 +106,55 @@ pub async fn run(
 pub async fn run_until(
     config: AgentConfig,
     stop: impl std::future::Future<Output = Stop>,
-) -> anyhow::Result<()> {
-    let state_dir = config.work_dir.join("state");
-    std::fs::create_dir_all(&state_dir)?;
-    let sandboxes = config.work_dir.join("sandboxes");
-    std::fs::create_dir_all(&sandboxes)?;
-    let mut journal = Journal::open(&state_dir)?;
-    let id_file = state_dir.join("agent_id");
-    let mut agent_id: Option<AgentId> = std::fs::read_to_string(&id_file)
-        .ok()
-        .map(|s| AgentId::new(s.trim()))
-        .filter(|a| !a.as_str().is_empty());
-
+) -> Result<(), AgentError> {
     let (ev_tx, mut ev_rx) = mpsc::unbounded_channel::<ExecutorEvent>();
-    let mut process_config = ProcessConfig::new(state_dir.join("process"));
-    process_config.cgroups = config.process_cgroups;
-    process_config.recovery_timeout = config.recovery_timeout;
-    let process: Arc<dyn Executor> = Arc::new(ProcessExecutor::new(process_config, ev_tx.clone())?);
-    let docker: Option<Arc<dyn Executor>> = if config.containerizers.iter().any(|c| c == "docker") {
-        // Containers are labelled with an owner key kept in the work dir: stable across
-        // restarts (unlike the hostname, or an agent id that may not be assigned yet) and
-        // distinct for two agents on one host.
-        let owner_file = state_dir.join("docker_owner");
-        let owner = match std::fs::read_to_string(&owner_file) {
-            Ok(o) if !o.trim().is_empty() => o.trim().to_string(),
-            _ => {
-                let o = format!(
-                    "{}-{:x}",
-                    config.hostname,
-                    std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map(|d| d.as_nanos())
-                        .unwrap_or(0)
-                );
-                std::fs::write(&owner_file, &o)?;
-                o
-            }
-        };
-        let mut dc = DockerConfig::new(owner, state_dir.join("docker"));
-        dc.socket = config.docker_socket.clone();
-        dc.recovery_timeout = config.recovery_timeout;
-        match DockerExecutor::connect(dc, ev_tx.clone()).await {
-            Ok(d) => Some(Arc::new(d)),
-            Err(e) => {
-                tracing::warn!(error = %e, "docker is not available; Docker tasks will fail");
-                None
-            }
-        }
-    } else {
-        None
-    };
-    let process_enabled = config.containerizers.iter().any(|c| c == "process");
-
-    // Recovery: re-attach to what the journal says is live; report what ended meanwhile.
-    let mut recovered_updates = Vec::new();
-    for (kind, exec) in [
-        (ExecutorKind::Process, Some(process.clone())),
-        (ExecutorKind::Docker, docker.clone()),
-    ] {
-        let ids: Vec<String> = journal
-            .live
-            .iter()
-            .filter(|(_, k)| **k == kind)
-            .map(|(t, _)| t.to_string())
-            .collect();
-        let Some(exec) = exec else {
-            for id in ids {
-                recovered_updates.push((
-                    TaskId::new(&id),
-                    TaskState::Lost,
-                    status_msg(
-                        "the Docker daemon is not available after an agent restart",
-                        Some("REASON_CONTAINER_LAUNCH_FAILED"),
-                    ),
-                ));
-            }
-            continue;
-        };
-        match exec.recover(&ids).await {
-            Ok(found) => {
-                for r in found {
-                    let task_id = TaskId::new(&r.task_id);
-                    let (state, status) = translate(&r.update);
-                    // A RUNNING that was sent but not synced before a crash (or never sent)
-                    // is reported again; a repeated one changes nothing in the master.
-                    let unrecorded_running = state == TaskState::Running
-                        && journal.states.get(&task_id) != Some(&TaskState::Running);
-                    if r.update.is_terminal() || unrecorded_running {
-                        recovered_updates.push((task_id, state, status));
-                    }
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, ?kind, "recovery failed"),
-        }
-    }
-    if !recovered_updates.is_empty() {
-        tracing::info!(
-            count = recovered_updates.len(),
-            "tasks ended while the agent was away"
-        );
-        journal.record(recovered_updates)?;
-    }
-
     let (out_tx, out_rx) = mpsc::channel::<AgentMessage>(4096);
+    let mut agent = Agent::start(config, ev_tx, out_tx).await?;
+    agent.recover().await?;
     let (conn_tx, mut conn_rx) = mpsc::channel::<ConnEvent>(4096);
     let conn = tokio::spawn(connection(
-        config.master.clone(),
-        config.reregister_backoff_max,
+        agent.config.master.clone(),
+        agent.config.reregister_backoff_max,
         out_rx,
         conn_tx,
     ));
-
-    let mut registered = false;
-    let mut heartbeat = tokio::time::interval(config.heartbeat_interval);
-    let mut retry = tokio::time::interval(config.status_retry);
-    // At least once per recovery timeout: gc also removes the orphaned containers of other
-    // agents of this host.
-    let mut gc = tokio::time::interval(
-        config
-            .gc_delay
-            .min(config.recovery_timeout)
-            .max(Duration::from_secs(1)),
-    );
-    let mut last_sent: BTreeMap<u64, Instant> = BTreeMap::new();
-    let mut retry_after = config.status_retry;
-    tokio::pin!(stop);
-    // Set once the agent stops with `Stop::KillTasks`.
-    let mut stopping: Option<Stopping> = None;
-    let mut stop_poll = tokio::time::interval(Duration::from_millis(STOP_POLL_MS));
-    let executors: Vec<Arc<dyn Executor>> = [Some(process.clone()), docker.clone()]
-        .into_iter()
-        .flatten()
-        .collect();
-
-    loop {
-        tokio::select! {
-            how = &mut stop, if stopping.is_none() => match how {
-                Stop::LeaveTasks => break,
-                Stop::KillTasks => {
-                    let mut count = 0;
-                    for exec in &executors {
-                        for task_id in exec.tasks() {
-                            count += 1;
-                            if let Err(e) = exec.kill(&task_id, None).await {
-                                tracing::debug!(%task_id, error = %e, "kill at stop of a task that ended");
-                            }
-                        }
-                    }
-                    tracing::info!(tasks = count, "stopping: killing every task");
-                    stopping = Some(Stopping { since: Instant::now(), ended: None });
-                }
-            },
-            _ = stop_poll.tick(), if stopping.is_some() => {
-                let Some(st) = stopping.as_mut() else { continue };
-                let busy = executors.iter().map(|e| e.tasks().len()).sum::<usize>();
-                if busy > 0 {
-                    if st.since.elapsed() >= Duration::from_secs(STOP_KILL_WAIT_SECS) {
-                        tracing::warn!(tasks = busy, "stopping: tasks still ending; they are left to their recovery timeout");
-                        break;
-                    }
-                    continue;
-                }
-                // An executor forgets a task just before it sends the terminal update: one
-                // more poll, and no event waiting, and every terminal status is journaled.
-                let Some(ended) = st.ended else {
-                    st.ended = Some(Instant::now());
-                    continue;
-                };
-                if !ev_rx.is_empty() {
-                    continue;
-                }
-                if journal.pending.is_empty() || !registered || ended.elapsed() >= Duration::from_secs(STOP_ACK_WAIT_SECS) {
-                    for exec in &executors {
-                        if let Err(e) = exec.gc(Duration::ZERO).await {
-                            tracing::debug!(error = %e, "gc at stop failed");
-                        }
-                    }
-                    tracing::info!(unacknowledged = journal.pending.len(), "stopped: every task ended");
-                    break;
-                }
-            }
-            Some(ev) = ev_rx.recv() => {
-                // Group everything waiting into one journal write and one sync.
-                let mut batch = vec![ev];
-                while let Ok(more) = ev_rx.try_recv() {
-                    batch.push(more);
-                    if batch.len() >= 1024 { break; }
-                }
-                let updates = batch.into_iter().map(|e| {
-                    let (state, status) = translate(&e.update);
-                    (TaskId::new(&e.task_id), state, status)
-                }).collect();
-                // Non-terminal updates go out while the group syncs; terminal ones only
-                // once durable (see the journal's docs).
-                let recorded = journal.write_updates(updates)?;
-                let (early, late): (Vec<_>, Vec<_>) = recorded.into_iter().partition(|u| !u.state.is_terminal());
-                if registered {
-                    for u in early {
-                        last_sent.insert(u.id, Instant::now());
-                        let _ = out_tx.send(status_update(u)).await;
-                    }
-                }
-                journal.sync()?;
-                if registered {
-                    for u in late {
-                        last_sent.insert(u.id, Instant::now());
-                        let _ = out_tx.send(status_update(u)).await;
-                    }
-                }
-            }
-            Some(ev) = conn_rx.recv() => match ev {
-                ConnEvent::Connected => {
-                    registered = false;
-                    let known: Vec<TaskId> = journal.live.keys().cloned().chain(journal.pending.values().map(|u| u.task_id.clone())).collect();
-                    let registration = AgentRegistration {
-                        agent_id: agent_id.clone(),
-                        hostname: config.hostname.clone(),
-                        port: 0,
-                        attributes: config.attributes.clone(),
-                        domain: config.domain.clone(),
-                        resources: config.resources.clone(),
-                    };
-                    let _ = out_tx.send(AgentMessage::Register { registration, known }).await;
-                }
-                ConnEvent::Disconnected => registered = false,
-                ConnEvent::Message(msg) => match msg {
-                    MasterMessage::Registered { agent_id: id, heartbeat_interval_ms } => {
-                        if agent_id.as_ref() != Some(&id) {
-                            std::fs::write(&id_file, id.as_str())?;
-                            tracing::info!(agent_id = %id, "registered");
-                        }
-                        agent_id = Some(id);
-                        registered = true;
-                        heartbeat = tokio::time::interval(Duration::from_millis(heartbeat_interval_ms.max(10)).min(config.heartbeat_interval));
-                        retry_after = config.status_retry;
-                        last_sent.clear();
-                        for u in journal.pending.values() {
-                            last_sent.insert(u.id, Instant::now());
-                            let _ = out_tx.send(status_update(u.clone())).await;
-                        }
-                    }
-                    MasterMessage::Error { message, forget_id } => {
-                        tracing::warn!(%message, "the master refused this agent");
-                        if forget_id {
-                            agent_id = None;
-                            let _ = std::fs::remove_file(&id_file);
-                        }
-                    }
-                    MasterMessage::Launch { tasks } if stopping.is_some() => {
-                        tracing::info!(tasks = tasks.len(), "launch ignored: the agent is stopping");
-                    }
-                    MasterMessage::Launch { tasks } => {
-                        let pending: std::collections::HashSet<&TaskId> = journal.pending.values().map(|u| &u.task_id).collect();
-                        let fresh: Vec<Task> = tasks
-                            .into_iter()
-                            .filter(|t| !journal.live.contains_key(&t.id) && !pending.contains(&t.id)) // launches are at-least-once
-                            .collect();
-                        drop(pending);
-                        let ready: Vec<_> = fresh
-                            .into_iter()
-                            .filter_map(|task| prepare(&config, &sandboxes, &process, process_enabled, docker.as_ref(), &ev_tx, task))
-                            .collect();
-                        // The launch records are written before anything starts and synced
-                        // (once for the whole message) while the executors start the tasks:
-                        // the sync stays off the launch path. A crash before the sync at worst
-                        // loses the records of tasks whose TASK_STARTING was not sent yet
-                        // (statuses are synced behind them): the restarted agent kills those
-                        // tasks as unknown, and the master, seeing them still staging,
-                        // launches them again.
-                        journal.write_launches(ready.iter().map(|(id, kind, _, _)| (id.clone(), *kind)))?;
-                        let mut last_beat = Instant::now();
-                        for (task_id, _, exec, spec) in ready {
-                            if let Err(e) = exec.launch(spec).await {
-                                tracing::warn!(%task_id, error = %e, "launch refused");
-                            }
-                            // A large launch must not silence the agent past the master's ping timeout.
-                            if registered && last_beat.elapsed() >= config.heartbeat_interval / 2 {
-                                let _ = out_tx.try_send(AgentMessage::Heartbeat);
-                                last_beat = Instant::now();
-                            }
-                        }
-                        journal.sync()?;
-                    }
-                    MasterMessage::Kill { task_id, grace_ms } => {
-                        let kind = journal.live.get(&task_id).copied();
-                        let exec = match kind {
-                            Some(ExecutorKind::Docker) => docker.clone(),
-                            _ => Some(process.clone()),
-                        };
-                        if let Some(exec) = exec {
-                            match exec.kill(task_id.as_str(), grace_ms.map(Duration::from_millis)).await {
-                                Ok(()) => {}
-                                Err(e) => tracing::debug!(%task_id, error = %e, "kill of a task that is not running"),
-                            }
-                        }
-                    }
-                    MasterMessage::StatusAck { update_id } => {
-                        last_sent.remove(&update_id);
-                        journal.acked(update_id)?;
-                    }
-                    MasterMessage::FilesRequest { request_id, op, task_id, path, offset, length } => {
-                        let (status, body) = crate::files::serve(&sandboxes, &op, task_id.as_str(), &path, offset, length);
-                        let _ = out_tx.send(AgentMessage::FilesReply { request_id, status, body }).await;
-                    }
-                },
-            },
-            _ = heartbeat.tick() => {
-                if registered {
-                    let _ = out_tx.try_send(AgentMessage::Heartbeat);
-                }
-            }
-            _ = retry.tick() => {
-                if registered {
-                    let now = Instant::now();
-                    let stale: Vec<u64> = journal.pending.keys().copied().filter(|id| last_sent.get(id).map(|t| now.duration_since(*t) >= retry_after).unwrap_or(true)).collect();
-                    if !stale.is_empty() {
-                        retry_after = (retry_after * 2).min(config.status_retry * 16);
-                    }
-                    for id in stale {
-                        if let Some(u) = journal.pending.get(&id) {
-                            last_sent.insert(id, now);
-                            let _ = out_tx.try_send(status_update(u.clone()));
-                        }
-                    }
-                }
-            }
-            _ = gc.tick() => {
-                for exec in [Some(process.clone()), docker.clone()].into_iter().flatten() {
-                    if let Err(e) = exec.gc(config.gc_delay).await {
-                        tracing::debug!(error = %e, "gc failed");
-                    }
-                }
-                let live: std::collections::HashSet<String> = journal.live.keys().flat_map(|t| [sandbox_name(t), crate::files::legacy_sandbox_name(t.as_str())]).collect();
-                gc_sandboxes(&sandboxes, &live, config.gc_delay);
-            }
-        }
-    }
+    let result = agent.run(stop, &mut ev_rx, &mut conn_rx).await;
     conn.abort();
-    Ok(())
+    result
+}
+
+/// What the agent loop does after a step: go on, or stop the agent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Flow {
+    Continue,
+    Stop,
+}
+
+/// The agent loop's state: the journal, the executors, and what it knows of its master.
+struct Agent {
+    config: AgentConfig,
+    clock: SharedClock,
+    journal: Journal,
+    /// Keeps the agent id the master assigned across restarts.
+    id_file: PathBuf,
+    agent_id: Option<AgentId>,
+    sandboxes: PathBuf,
+    process: Arc<dyn Executor>,
+    /// `None` when the agent does not offer Docker or the daemon did not answer.
+    docker: Option<Arc<dyn Executor>>,
+    process_enabled: bool,
+    /// The executors' event channel: a task that cannot be prepared ends through it too.
+    ev_tx: mpsc::UnboundedSender<ExecutorEvent>,
+    /// What the connection task sends to the master.
+    out: mpsc::Sender<AgentMessage>,
+    /// Between a REGISTERED and the end of its connection: only then do statuses go out.
+    registered: bool,
+    /// When each unacknowledged update was last sent.
+    last_sent: BTreeMap<u64, Instant>,
+    /// How old a sent update must be to be sent again (doubles while updates stay unacknowledged).
+    retry_after: Duration,
+    /// Set once the agent stops with `Stop::KillTasks`.
+    stopping: Option<Stopping>,
 }
 
 /// An agent killing its tasks before it stops.
@@ -448,69 +164,573 @@ struct Stopping {
     ended: Option<Instant>,
 }
 
-fn status_update(u: crate::journal::Update) -> AgentMessage {
-    AgentMessage::StatusUpdate {
-        update_id: u.id,
-        task_id: u.task_id,
-        state: u.state,
-        status: u.status,
-    }
-}
+impl Agent {
+    /// Opens the work dir (state, journal, agent id) and starts the executors.
+    async fn start(
+        config: AgentConfig,
+        ev_tx: mpsc::UnboundedSender<ExecutorEvent>,
+        out: mpsc::Sender<AgentMessage>,
+    ) -> Result<Agent, AgentError> {
+        let state_dir = config.work_dir.join("state");
+        std::fs::create_dir_all(&state_dir)
+            .map_err(|e| AgentError::io(format!("create {}", state_dir.display()), e))?;
+        let sandboxes = config.work_dir.join("sandboxes");
+        std::fs::create_dir_all(&sandboxes)
+            .map_err(|e| AgentError::io(format!("create {}", sandboxes.display()), e))?;
+        let journal = Journal::open(&state_dir).map_err(journal_err)?;
+        let id_file = state_dir.join("agent_id");
+        let agent_id: Option<AgentId> = std::fs::read_to_string(&id_file)
+            .ok()
+            .map(|s| AgentId::new(s.trim()))
+            .filter(|a| !a.as_str().is_empty());
 
-fn status_msg(message: &str, reason: Option<&str>) -> StatusInfo {
-    StatusInfo {
-        message: Some(message.to_string()),
-        reason: reason.map(str::to_string),
-        source: Some("SOURCE_EXECUTOR".into()),
-        ..StatusInfo::default()
+        let mut process_config = ProcessConfig::new(state_dir.join("process"));
+        process_config.cgroups = config.process_cgroups;
+        process_config.recovery_timeout = config.recovery_timeout;
+        process_config.clock = config.clock.clone();
+        let process: Arc<dyn Executor> =
+            Arc::new(ProcessExecutor::new(process_config, ev_tx.clone())?);
+        let docker = docker_executor(&config, &state_dir, &ev_tx).await?;
+        let process_enabled = config.containerizers.iter().any(|c| c == "process");
+        Ok(Agent {
+            clock: config.clock.clone(),
+            retry_after: config.status_retry,
+            config,
+            journal,
+            id_file,
+            agent_id,
+            sandboxes,
+            process,
+            docker,
+            process_enabled,
+            ev_tx,
+            out,
+            registered: false,
+            last_sent: BTreeMap::new(),
+            stopping: None,
+        })
     }
-}
 
-/// An executor's update as a Mesos task state and status.
-pub fn translate(update: &TaskUpdate) -> (TaskState, StatusInfo) {
-    match update {
-        TaskUpdate::Starting => (TaskState::Starting, status_msg("starting", None)),
-        TaskUpdate::Running { healthy } => {
-            let mut s = status_msg("running", None);
-            s.healthy = *healthy;
-            if healthy.is_some() {
-                s.reason = Some("REASON_TASK_HEALTH_CHECK_STATUS_UPDATED".into());
-            }
-            (TaskState::Running, s)
-        }
-        TaskUpdate::Finished => {
-            let mut s = status_msg("command exited with status 0", None);
-            s.exit_code = Some(0);
-            (TaskState::Finished, s)
-        }
-        TaskUpdate::Failed {
-            exit_code,
-            reason,
-            message,
-        } => {
-            let r = match reason {
-                FailReason::CommandExit => "REASON_COMMAND_EXECUTOR_FAILED",
-                FailReason::Oom => "REASON_CONTAINER_LIMITATION_MEMORY",
-                FailReason::ImageMissing => "REASON_CONTAINER_LAUNCH_FAILED",
-                FailReason::LaunchFailed => "REASON_CONTAINER_LAUNCH_FAILED",
-                FailReason::Lost => "REASON_EXECUTOR_TERMINATED",
+    /// The executors this agent runs.
+    fn executors(&self) -> Vec<Arc<dyn Executor>> {
+        [Some(self.process.clone()), self.docker.clone()]
+            .into_iter()
+            .flatten()
+            .collect()
+    }
+
+    /// Recovery: re-attaches to what the journal says is live; records what ended meanwhile.
+    async fn recover(&mut self) -> Result<(), AgentError> {
+        let mut recovered_updates = Vec::new();
+        for (kind, exec) in [
+            (ExecutorKind::Process, Some(self.process.clone())),
+            (ExecutorKind::Docker, self.docker.clone()),
+        ] {
+            let ids: Vec<String> = self
+                .journal
+                .live
+                .iter()
+                .filter(|(_, k)| **k == kind)
+                .map(|(t, _)| t.to_string())
+                .collect();
+            let Some(exec) = exec else {
+                for id in ids {
+                    recovered_updates.push((
+                        TaskId::new(&id),
+                        TaskState::Lost,
+                        status_msg(
+                            "the Docker daemon is not available after an agent restart",
+                            Some("REASON_CONTAINER_LAUNCH_FAILED"),
+                        ),
+                    ));
+                }
+                continue;
             };
-            let mut s = status_msg(message, Some(r));
-            s.exit_code = *exit_code;
-            (TaskState::Failed, s)
+            match exec.recover(&ids).await {
+                Ok(found) => {
+                    for r in found {
+                        let task_id = TaskId::new(&r.task_id);
+                        let (state, status) = translate(&r.update);
+                        // A RUNNING that was sent but not synced before a crash (or never
+                        // sent) is reported again; a repeated one changes nothing in the master.
+                        let unrecorded_running = state == TaskState::Running
+                            && self.journal.states.get(&task_id) != Some(&TaskState::Running);
+                        if r.update.is_terminal() || unrecorded_running {
+                            recovered_updates.push((task_id, state, status));
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, ?kind, "recovery failed"),
+            }
         }
-        TaskUpdate::Killed { message } => (
-            TaskState::Killed,
-            status_msg(
-                message,
-                Some("REASON_TASK_KILLED_DURING_LAUNCH").filter(|_| false),
-            ),
-        ),
-        TaskUpdate::Error { message } => (
-            TaskState::Error,
-            status_msg(message, Some("REASON_TASK_INVALID")),
-        ),
+        if !recovered_updates.is_empty() {
+            tracing::info!(
+                count = recovered_updates.len(),
+                "tasks ended while the agent was away"
+            );
+            self.journal
+                .record(recovered_updates)
+                .map_err(journal_err)?;
+        }
+        Ok(())
     }
+
+    /// The agent loop: reacts to the stop, executor events, the connection and its timers,
+    /// until the agent stops.
+    async fn run(
+        &mut self,
+        stop: impl std::future::Future<Output = Stop>,
+        ev_rx: &mut mpsc::UnboundedReceiver<ExecutorEvent>,
+        conn_rx: &mut mpsc::Receiver<ConnEvent>,
+    ) -> Result<(), AgentError> {
+        let config = &self.config;
+        let mut heartbeat = tokio::time::interval(config.heartbeat_interval);
+        let mut retry = tokio::time::interval(config.status_retry);
+        // At least once per recovery timeout: gc also removes the orphaned containers of
+        // other agents of this host.
+        let mut gc = tokio::time::interval(
+            config
+                .gc_delay
+                .min(config.recovery_timeout)
+                .max(Duration::from_secs(1)),
+        );
+        let mut stop_poll = tokio::time::interval(Duration::from_millis(STOP_POLL_MS));
+        tokio::pin!(stop);
+        loop {
+            let flow = tokio::select! {
+                how = &mut stop, if self.stopping.is_none() => self.on_stop(how).await,
+                _ = stop_poll.tick(), if self.stopping.is_some() => self.on_stop_poll(ev_rx).await,
+                Some(ev) = ev_rx.recv() => {
+                    self.on_executor_events(ev, ev_rx).await?;
+                    Flow::Continue
+                }
+                Some(ev) = conn_rx.recv() => {
+                    self.on_connection(ev, &mut heartbeat).await?;
+                    Flow::Continue
+                }
+                _ = heartbeat.tick() => {
+                    if self.registered {
+                        let _ = self.out.try_send(AgentMessage::Heartbeat);
+                    }
+                    Flow::Continue
+                }
+                _ = retry.tick() => {
+                    self.resend_unacknowledged();
+                    Flow::Continue
+                }
+                _ = gc.tick() => {
+                    self.collect_garbage().await;
+                    Flow::Continue
+                }
+            };
+            if flow == Flow::Stop {
+                return Ok(());
+            }
+        }
+    }
+
+    /// The stop the caller chose: leave the tasks running, or kill every task first.
+    async fn on_stop(&mut self, how: Stop) -> Flow {
+        match how {
+            Stop::LeaveTasks => Flow::Stop,
+            Stop::KillTasks => {
+                let mut count = 0;
+                for exec in self.executors() {
+                    for task_id in exec.tasks() {
+                        count += 1;
+                        if let Err(e) = exec.kill(&task_id, None).await {
+                            tracing::debug!(%task_id, error = %e, "kill at stop of a task that ended");
+                        }
+                    }
+                }
+                tracing::info!(tasks = count, "stopping: killing every task");
+                self.stopping = Some(Stopping {
+                    since: self.clock.monotonic(),
+                    ended: None,
+                });
+                Flow::Continue
+            }
+        }
+    }
+
+    /// A stopping agent stops once its tasks ended, their statuses are journaled and the
+    /// master acknowledged them (or the waits for that ran out).
+    async fn on_stop_poll(&mut self, ev_rx: &mpsc::UnboundedReceiver<ExecutorEvent>) -> Flow {
+        let executors = self.executors();
+        let now = self.clock.monotonic();
+        let Some(st) = self.stopping.as_mut() else {
+            return Flow::Continue;
+        };
+        let busy = executors.iter().map(|e| e.tasks().len()).sum::<usize>();
+        if busy > 0 {
+            if now - st.since >= Duration::from_secs(STOP_KILL_WAIT_SECS) {
+                tracing::warn!(
+                    tasks = busy,
+                    "stopping: tasks still ending; they are left to their recovery timeout"
+                );
+                return Flow::Stop;
+            }
+            return Flow::Continue;
+        }
+        // An executor forgets a task just before it sends the terminal update: one more
+        // poll, and no event waiting, and every terminal status is journaled.
+        let Some(ended) = st.ended else {
+            st.ended = Some(now);
+            return Flow::Continue;
+        };
+        if !ev_rx.is_empty() {
+            return Flow::Continue;
+        }
+        if self.journal.pending.is_empty()
+            || !self.registered
+            || now - ended >= Duration::from_secs(STOP_ACK_WAIT_SECS)
+        {
+            for exec in &executors {
+                if let Err(e) = exec.gc(Duration::ZERO).await {
+                    tracing::debug!(error = %e, "gc at stop failed");
+                }
+            }
+            tracing::info!(
+                unacknowledged = self.journal.pending.len(),
+                "stopped: every task ended"
+            );
+            return Flow::Stop;
+        }
+        Flow::Continue
+    }
+
+    /// Records what the executors reported (everything waiting, in one journal write and
+    /// one sync) and sends it: non-terminal updates while the group syncs, terminal ones
+    /// only once durable (see the journal's docs).
+    async fn on_executor_events(
+        &mut self,
+        first: ExecutorEvent,
+        ev_rx: &mut mpsc::UnboundedReceiver<ExecutorEvent>,
+    ) -> Result<(), AgentError> {
+        let mut batch = vec![first];
+        while let Ok(more) = ev_rx.try_recv() {
+            batch.push(more);
+            if batch.len() >= 1024 {
+                break;
+            }
+        }
+        let updates = batch
+            .into_iter()
+            .map(|e| {
+                let (state, status) = translate(&e.update);
+                (TaskId::new(&e.task_id), state, status)
+            })
+            .collect();
+        let recorded = self.journal.write_updates(updates).map_err(journal_err)?;
+        let (early, late): (Vec<_>, Vec<_>) =
+            recorded.into_iter().partition(|u| !u.state.is_terminal());
+        self.send_updates(early).await;
+        self.journal.sync().map_err(journal_err)?;
+        self.send_updates(late).await;
+        Ok(())
+    }
+
+    /// Sends journaled updates while registered, noting when each went out.
+    async fn send_updates(&mut self, updates: Vec<Update>) {
+        if !self.registered {
+            return;
+        }
+        for u in updates {
+            self.last_sent.insert(u.id, self.clock.monotonic());
+            let _ = self.out.send(status_update(u)).await;
+        }
+    }
+
+    async fn on_connection(
+        &mut self,
+        ev: ConnEvent,
+        heartbeat: &mut tokio::time::Interval,
+    ) -> Result<(), AgentError> {
+        match ev {
+            ConnEvent::Connected => self.register().await,
+            ConnEvent::Disconnected => self.registered = false,
+            ConnEvent::Message(msg) => self.on_master(msg, heartbeat).await?,
+        }
+        Ok(())
+    }
+
+    /// On a new connection the agent registers with its resources and the tasks it knows.
+    async fn register(&mut self) {
+        self.registered = false;
+        let journal = &self.journal;
+        let known: Vec<TaskId> = journal
+            .live
+            .keys()
+            .cloned()
+            .chain(journal.pending.values().map(|u| u.task_id.clone()))
+            .collect();
+        let config = &self.config;
+        let registration = AgentRegistration {
+            agent_id: self.agent_id.clone(),
+            hostname: config.hostname.clone(),
+            port: 0,
+            attributes: config.attributes.clone(),
+            domain: config.domain.clone(),
+            resources: config.resources.clone(),
+        };
+        let _ = self
+            .out
+            .send(AgentMessage::Register {
+                registration,
+                known,
+            })
+            .await;
+    }
+
+    async fn on_master(
+        &mut self,
+        msg: MasterMessage,
+        heartbeat: &mut tokio::time::Interval,
+    ) -> Result<(), AgentError> {
+        match msg {
+            MasterMessage::Registered {
+                agent_id,
+                heartbeat_interval_ms,
+            } => {
+                self.on_registered(agent_id, heartbeat_interval_ms, heartbeat)
+                    .await?
+            }
+            MasterMessage::Error { message, forget_id } => {
+                tracing::warn!(%message, "the master refused this agent");
+                if forget_id {
+                    self.agent_id = None;
+                    let _ = std::fs::remove_file(&self.id_file);
+                }
+            }
+            MasterMessage::Launch { tasks } if self.stopping.is_some() => {
+                tracing::info!(tasks = tasks.len(), "launch ignored: the agent is stopping");
+            }
+            MasterMessage::Launch { tasks } => self.launch(tasks).await?,
+            MasterMessage::Kill { task_id, grace_ms } => self.kill(task_id, grace_ms).await,
+            MasterMessage::StatusAck { update_id } => {
+                self.last_sent.remove(&update_id);
+                self.journal.acked(update_id).map_err(journal_err)?;
+            }
+            MasterMessage::FilesRequest {
+                request_id,
+                op,
+                task_id,
+                path,
+                offset,
+                length,
+            } => {
+                let (status, body) = crate::files::serve(
+                    &self.sandboxes,
+                    &op,
+                    task_id.as_str(),
+                    &path,
+                    offset,
+                    length,
+                );
+                let _ = self
+                    .out
+                    .send(AgentMessage::FilesReply {
+                        request_id,
+                        status,
+                        body,
+                    })
+                    .await;
+            }
+        }
+        Ok(())
+    }
+
+    /// REGISTERED: the agent keeps its id, beats at the master's pace (never slower than
+    /// its own), and sends every unacknowledged update again.
+    async fn on_registered(
+        &mut self,
+        id: AgentId,
+        heartbeat_interval_ms: u64,
+        heartbeat: &mut tokio::time::Interval,
+    ) -> Result<(), AgentError> {
+        if self.agent_id.as_ref() != Some(&id) {
+            std::fs::write(&self.id_file, id.as_str())
+                .map_err(|e| AgentError::io(format!("write {}", self.id_file.display()), e))?;
+            tracing::info!(agent_id = %id, "registered");
+        }
+        self.agent_id = Some(id);
+        self.registered = true;
+        *heartbeat = tokio::time::interval(
+            Duration::from_millis(heartbeat_interval_ms.max(10))
+                .min(self.config.heartbeat_interval),
+        );
+        self.retry_after = self.config.status_retry;
+        self.last_sent.clear();
+        let pending: Vec<Update> = self.journal.pending.values().cloned().collect();
+        self.send_updates(pending).await;
+        Ok(())
+    }
+
+    /// LAUNCH: starts the tasks this agent does not know yet (launches are at-least-once).
+    async fn launch(&mut self, tasks: Vec<Task>) -> Result<(), AgentError> {
+        let journal = &self.journal;
+        let pending: std::collections::HashSet<&TaskId> =
+            journal.pending.values().map(|u| &u.task_id).collect();
+        let fresh: Vec<Task> = tasks
+            .into_iter()
+            .filter(|t| !journal.live.contains_key(&t.id) && !pending.contains(&t.id))
+            .collect();
+        drop(pending);
+        let ready: Vec<_> = fresh
+            .into_iter()
+            .filter_map(|task| {
+                prepare(
+                    &self.config,
+                    &self.sandboxes,
+                    &self.process,
+                    self.process_enabled,
+                    self.docker.as_ref(),
+                    &self.ev_tx,
+                    task,
+                )
+            })
+            .collect();
+        // The launch records are written before anything starts and synced (once for the
+        // whole message) while the executors start the tasks: the sync stays off the launch
+        // path. A crash before the sync at worst loses the records of tasks whose
+        // TASK_STARTING was not sent yet (statuses are synced behind them): the restarted
+        // agent kills those tasks as unknown, and the master, seeing them still staging,
+        // launches them again.
+        self.journal
+            .write_launches(ready.iter().map(|(id, kind, _, _)| (id.clone(), *kind)))
+            .map_err(journal_err)?;
+        let mut last_beat = self.clock.monotonic();
+        for (task_id, _, exec, spec) in ready {
+            if let Err(e) = exec.launch(spec).await {
+                tracing::warn!(%task_id, error = %e, "launch refused");
+            }
+            // A large launch must not silence the agent past the master's ping timeout.
+            if self.registered
+                && self.clock.monotonic() - last_beat >= self.config.heartbeat_interval / 2
+            {
+                let _ = self.out.try_send(AgentMessage::Heartbeat);
+                last_beat = self.clock.monotonic();
+            }
+        }
+        self.journal.sync().map_err(journal_err)
+    }
+
+    /// KILL: the executor that runs the task kills it (a task not running is no error).
+    async fn kill(&self, task_id: TaskId, grace_ms: Option<u64>) {
+        let exec = match self.journal.live.get(&task_id) {
+            Some(ExecutorKind::Docker) => self.docker.clone(),
+            _ => Some(self.process.clone()),
+        };
+        if let Some(exec) = exec {
+            if let Err(e) = exec
+                .kill(task_id.as_str(), grace_ms.map(Duration::from_millis))
+                .await
+            {
+                tracing::debug!(%task_id, error = %e, "kill of a task that is not running");
+            }
+        }
+    }
+
+    /// Sends again the updates the master has not acknowledged within `retry_after`, which
+    /// doubles (up to 16 × the retry interval) while some stay unacknowledged.
+    fn resend_unacknowledged(&mut self) {
+        if !self.registered {
+            return;
+        }
+        let now = self.clock.monotonic();
+        let stale: Vec<u64> = self
+            .journal
+            .pending
+            .keys()
+            .copied()
+            .filter(|id| {
+                self.last_sent
+                    .get(id)
+                    .map(|t| now.duration_since(*t) >= self.retry_after)
+                    .unwrap_or(true)
+            })
+            .collect();
+        if !stale.is_empty() {
+            self.retry_after = (self.retry_after * 2).min(self.config.status_retry * 16);
+        }
+        for id in stale {
+            if let Some(u) = self.journal.pending.get(&id) {
+                self.last_sent.insert(id, now);
+                let _ = self.out.try_send(status_update(u.clone()));
+            }
+        }
+    }
+
+    /// Removes what the executors keep of long-ended tasks, and their sandboxes.
+    async fn collect_garbage(&self) {
+        for exec in self.executors() {
+            if let Err(e) = exec.gc(self.config.gc_delay).await {
+                tracing::debug!(error = %e, "gc failed");
+            }
+        }
+        let live: std::collections::HashSet<String> = self
+            .journal
+            .live
+            .keys()
+            .flat_map(|t| {
+                [
+                    sandbox_name(t),
+                    crate::files::legacy_sandbox_name(t.as_str()),
+                ]
+            })
+            .collect();
+        gc_sandboxes(&self.sandboxes, &live, self.config.gc_delay, &*self.clock);
+    }
+}
+
+/// The Docker executor, when the agent offers Docker (`None` when the daemon does not
+/// answer: Docker tasks then fail).
+async fn docker_executor(
+    config: &AgentConfig,
+    state_dir: &std::path::Path,
+    ev_tx: &mpsc::UnboundedSender<ExecutorEvent>,
+) -> Result<Option<Arc<dyn Executor>>, AgentError> {
+    if !config.containerizers.iter().any(|c| c == "docker") {
+        return Ok(None);
+    }
+    let mut dc = DockerConfig::new(docker_owner(config, state_dir)?, state_dir.join("docker"));
+    dc.socket = config.docker_socket.clone();
+    dc.recovery_timeout = config.recovery_timeout;
+    dc.clock = config.clock.clone();
+    match DockerExecutor::connect(dc, ev_tx.clone()).await {
+        Ok(d) => Ok(Some(Arc::new(d))),
+        Err(e) => {
+            tracing::warn!(error = %e, "docker is not available; Docker tasks will fail");
+            Ok(None)
+        }
+    }
+}
+
+/// The owner key this agent's containers are labelled with, kept in the work dir: stable
+/// across restarts (unlike the hostname, or an agent id that may not be assigned yet) and
+/// distinct for two agents on one host.
+fn docker_owner(config: &AgentConfig, state_dir: &std::path::Path) -> Result<String, AgentError> {
+    let owner_file = state_dir.join("docker_owner");
+    match std::fs::read_to_string(&owner_file) {
+        Ok(o) if !o.trim().is_empty() => Ok(o.trim().to_string()),
+        _ => {
+            let o = format!(
+                "{}-{:x}-{:x}",
+                config.hostname,
+                config.clock.wall_ms(),
+                std::process::id()
+            );
+            std::fs::write(&owner_file, &o)
+                .map_err(|e| AgentError::io(format!("write {}", owner_file.display()), e))?;
+            Ok(o)
+        }
+    }
+}
+
+/// A failed write of the status journal: the agent stops rather than report what it did
+/// not record.
+fn journal_err(e: std::io::Error) -> AgentError {
+    AgentError::io("status journal", e)
 }
 
 /// Removes the sandboxes of tasks that are not live and were last written more than
@@ -519,7 +739,9 @@ fn gc_sandboxes(
     sandboxes: &std::path::Path,
     live: &std::collections::HashSet<String>,
     older_than: Duration,
+    clock: &dyn Clock,
 ) {
+    let now = UNIX_EPOCH + Duration::from_millis(clock.wall_ms());
     let Ok(dir) = std::fs::read_dir(sandboxes) else {
         return;
     };
@@ -532,7 +754,7 @@ fn gc_sandboxes(
             .metadata()
             .and_then(|m| m.modified())
             .ok()
-            .and_then(|t| t.elapsed().ok())
+            .and_then(|t| now.duration_since(t).ok())
             .map(|e| e >= older_than)
             .unwrap_or(false);
         if old {
@@ -617,142 +839,4 @@ fn prepare(
         ContainerSpec::Process => (ExecutorKind::Process, process.clone()),
     };
     Some((task.id, kind, exec, spec))
-}
-
-/// The connection task: connect out, shuttle messages, reconnect with backoff.
-async fn connection(
-    master: String,
-    backoff_max: Duration,
-    mut out_rx: mpsc::Receiver<AgentMessage>,
-    conn_tx: mpsc::Sender<ConnEvent>,
-) {
-    let url = format!(
-        "{}/api/shoal/v1/agent/connect",
-        master.trim_end_matches('/').replacen("http", "ws", 1)
-    );
-    let mut backoff = Duration::from_millis(50);
-    loop {
-        // No Nagle: statuses are small messages that must not wait for an earlier one's ACK.
-        match tokio_tungstenite::connect_async_with_config(&url, None, true).await {
-            Ok((ws, _)) => {
-                backoff = Duration::from_millis(50);
-                // What was queued for an older connection is stale; the agent loop re-sends.
-                while out_rx.try_recv().is_ok() {}
-                let (mut sink, mut stream) = ws.split();
-                if conn_tx.send(ConnEvent::Connected).await.is_err() {
-                    return;
-                }
-                // Sending and receiving run apart: the agent loop may await room in the outbox
-                // before it takes what the master sent, so neither may wait for the other.
-                let stopped = {
-                    let send = async {
-                        while let Some(msg) = out_rx.recv().await {
-                            let text = serde_json::to_string(&msg).expect("messages serialize");
-                            if sink.send(Message::text(text)).await.is_err() {
-                                return false;
-                            }
-                        }
-                        true
-                    };
-                    let receive = async {
-                        loop {
-                            match stream.next().await {
-                                Some(Ok(Message::Text(t))) => {
-                                    match serde_json::from_str::<MasterMessage>(t.as_str()) {
-                                        Ok(m) => {
-                                            if conn_tx.send(ConnEvent::Message(m)).await.is_err() {
-                                                return true;
-                                            }
-                                        }
-                                        Err(e) => {
-                                            tracing::warn!(error = %e, "malformed master message")
-                                        }
-                                    }
-                                }
-                                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return false,
-                                Some(Ok(_)) => {}
-                            }
-                        }
-                    };
-                    tokio::select! {
-                        stopped = send => stopped,
-                        stopped = receive => stopped,
-                    }
-                };
-                if stopped {
-                    return;
-                }
-                let _ = conn_tx.send(ConnEvent::Disconnected).await;
-            }
-            Err(e) => tracing::debug!(error = %e, %url, "cannot reach the master"),
-        }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(backoff_max);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// On REGISTERED the agent loop sends every pending update before it reads what the
-    /// master sent meanwhile (acknowledgements, kills): the connection must keep sending while
-    /// what it received waits for the agent loop.
-    #[tokio::test]
-    async fn reconcile_deadlock_connection_sends_while_the_agent_loop_has_not_read() {
-        const N: u64 = 64;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let master = tokio::spawn(async move {
-            let (tcp, _) = listener.accept().await.unwrap();
-            let ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
-            let (mut sink, mut stream) = ws.split();
-            for update_id in 0..N {
-                let ack = serde_json::to_string(&MasterMessage::StatusAck { update_id }).unwrap();
-                sink.send(Message::text(ack)).await.unwrap();
-            }
-            let mut received = 0;
-            while received < N {
-                match stream.next().await {
-                    Some(Ok(Message::Text(_))) => received += 1,
-                    Some(Ok(_)) => {}
-                    _ => break,
-                }
-            }
-            (received, sink, stream)
-        });
-        let (out_tx, out_rx) = mpsc::channel(4);
-        let (conn_tx, mut conn_rx) = mpsc::channel(4);
-        let conn = tokio::spawn(connection(
-            format!("http://{addr}"),
-            Duration::from_millis(50),
-            out_rx,
-            conn_tx,
-        ));
-        assert!(matches!(conn_rx.recv().await, Some(ConnEvent::Connected)));
-        let sent = tokio::time::timeout(Duration::from_secs(10), async {
-            for _ in 0..N {
-                out_tx.send(AgentMessage::Heartbeat).await.unwrap();
-            }
-        })
-        .await;
-        assert!(
-            sent.is_ok(),
-            "the agent loop could not send while it had not read"
-        );
-        let (received, _sink, _stream) = tokio::time::timeout(Duration::from_secs(10), master)
-            .await
-            .expect("the master got everything")
-            .unwrap();
-        assert_eq!(received, N);
-        for want in 0..N {
-            match conn_rx.recv().await {
-                Some(ConnEvent::Message(MasterMessage::StatusAck { update_id })) => {
-                    assert_eq!(update_id, want)
-                }
-                _ => panic!("acknowledgement {want} missing"),
-            }
-        }
-        conn.abort();
-    }
 }

@@ -14,7 +14,7 @@ use shoal_agent::executor::cgroup::Cgroups;
 use shoal_agent::executor::docker::{DockerConfig, DockerExecutor};
 use shoal_agent::executor::process::{ProcessConfig, ProcessExecutor};
 use shoal_agent::executor::{
-    CommandSpec, ContainerSpec, DockerSpec, Executor, ExecutorError, ExecutorEvent, FailReason,
+    AgentError, CommandSpec, ContainerSpec, DockerSpec, Executor, ExecutorEvent, FailReason,
     HealthCheckKind, HealthCheckSpec, LaunchSpec, Limits, PortMapping, Protocol, TaskUpdate,
 };
 use tokio::sync::mpsc;
@@ -288,7 +288,7 @@ async fn process_kill_sigterm_and_escalation() {
 
     assert!(matches!(
         ex.kill("polite", None).await,
-        Err(ExecutorError::UnknownTask(_))
+        Err(AgentError::UnknownTask(_))
     ));
 }
 
@@ -394,7 +394,7 @@ async fn process_bad_input_fails_cleanly() {
         .expect("launch");
     assert!(matches!(
         ex.launch(shell_task(dir.path(), "dup", "true")).await,
-        Err(ExecutorError::DuplicateTask(_))
+        Err(AgentError::DuplicateTask(_))
     ));
     ev.running("dup").await;
 

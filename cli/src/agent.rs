@@ -132,6 +132,7 @@ pub(crate) async fn agent_config(a: &AgentArgs) -> anyhow::Result<shoal_agent::A
         status_retry: a.status_retry,
         gc_delay: a.gc_delay,
         recovery_timeout: a.recovery_timeout,
+        clock: shoal_core::clock::SystemClock::shared(),
     })
 }
 

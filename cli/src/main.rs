@@ -82,7 +82,7 @@ fn main() {
         match cli.command {
             Cmd::Master(a) => master::run_master(a).await,
             Cmd::Agent(a) => match agent::agent_config(&a).await {
-                Ok(c) => shoal_agent::run_until(c, agent::agent_stop_signal()).await,
+                Ok(c) => Ok(shoal_agent::run_until(c, agent::agent_stop_signal()).await?),
                 Err(e) => Err(e),
             },
             Cmd::Dev(a) => dev::run_dev(a).await,

@@ -28,6 +28,7 @@ use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
 use super::Limits;
+use crate::AgentError;
 
 /// The CFS period used for CPU quotas (the kernel's default).
 const CPU_PERIOD_US: u64 = 100_000;
@@ -71,8 +72,10 @@ impl Cgroups {
     /// again when empty: task cgroups make them again when needed).
     fn probe(root: &Path, key: &str) -> Cgroups {
         let found = Self::find(root, key);
-        if let Err(reason) = found.make_parents() {
-            return Cgroups::Off { reason };
+        if let Err(e) = found.make_parents() {
+            return Cgroups::Off {
+                reason: e.to_string(),
+            };
         }
         found.remove_parents_if_empty();
         found
@@ -125,10 +128,10 @@ impl Cgroups {
 
     /// Makes the parents of the task cgroups (v2: with the memory and cpu controllers
     /// enabled on every level above a task cgroup).
-    fn make_parents(&self) -> Result<(), String> {
+    fn make_parents(&self) -> Result<(), AgentError> {
         for p in self.parents() {
             std::fs::create_dir_all(p)
-                .map_err(|e| format!("cannot create {}: {e}", p.display()))?;
+                .map_err(|e| AgentError::io(format!("cannot create {}", p.display()), e))?;
         }
         if let Cgroups::V2 { parent } = self {
             let shoal = parent.parent().unwrap_or(parent);
@@ -140,11 +143,11 @@ impl Cgroups {
             let enabled =
                 std::fs::read_to_string(parent.join("cgroup.subtree_control")).unwrap_or_default();
             if !(enabled.contains("memory") && enabled.contains("cpu")) {
-                return Err(format!(
+                return Err(AgentError::Cgroup(format!(
                     "cannot enable the memory and cpu controllers in {} (enabled: {:?})",
                     parent.display(),
                     enabled.trim()
-                ));
+                )));
             }
         }
         Ok(())
@@ -179,17 +182,42 @@ impl Cgroups {
         &self,
         name: &str,
         limits: &Limits,
-    ) -> Result<Option<TaskCgroups>, String> {
+    ) -> Result<Option<TaskCgroups>, AgentError> {
         if limits.cpus <= 0.0 && limits.mem_mb == 0 {
             return Ok(None);
         }
+        if matches!(self, Cgroups::Off { .. }) {
+            return Ok(None);
+        }
+        let plan = self.plan(name, limits);
+        if self.parents().iter().any(|p| !p.exists()) {
+            self.make_parents()?;
+        }
+        let mut made = TaskCgroups {
+            dirs: Vec::new(),
+            procs: Vec::new(),
+        };
+        for (dir, files) in plan {
+            let result = make_task_cgroup(&dir, &files);
+            made.dirs.push(dir);
+            match result {
+                Ok(fd) => made.procs.push(fd),
+                Err(e) => {
+                    remove(&made.dirs);
+                    return Err(e);
+                }
+            }
+        }
+        Ok(Some(made))
+    }
+
+    /// The task cgroups `name` needs for `limits`, each with the files to write.
+    fn plan(&self, name: &str, limits: &Limits) -> Vec<(PathBuf, Writes)> {
         let mem_bytes = limits.mem_mb.saturating_mul(1024 * 1024);
         let quota = ((limits.cpus * CPU_PERIOD_US as f64) as u64).max(1000);
-        // (file, value, required) per hierarchy.
-        type Writes<'a> = Vec<(&'a str, String, bool)>;
         let mut plan: Vec<(PathBuf, Writes)> = Vec::new();
         match self {
-            Cgroups::Off { .. } => return Ok(None),
+            Cgroups::Off { .. } => {}
             Cgroups::V2 { parent } => {
                 let mut files = Vec::new();
                 if limits.mem_mb > 0 {
@@ -228,52 +256,43 @@ impl Cgroups {
                 }
             }
         }
-        if self.parents().iter().any(|p| !p.exists()) {
-            self.make_parents()?;
-        }
-        let mut made = TaskCgroups {
-            dirs: Vec::new(),
-            procs: Vec::new(),
-        };
-        for (dir, files) in plan {
-            let step = || -> Result<OwnedFd, String> {
-                match std::fs::create_dir(&dir) {
-                    Ok(()) => {}
-                    // Left over from an earlier run of the same task id.
-                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-                    Err(e) => return Err(format!("create {}: {e}", dir.display())),
-                }
-                for (file, value, required) in &files {
-                    let p = dir.join(file);
-                    match std::fs::write(&p, value) {
-                        Ok(()) => {}
-                        Err(e) if *required => {
-                            return Err(format!("write {value} to {}: {e}", p.display()))
-                        }
-                        Err(e) => {
-                            tracing::debug!(file = %p.display(), error = %e, "optional cgroup setting not applied")
-                        }
-                    }
-                }
-                let procs = dir.join("cgroup.procs");
-                std::fs::OpenOptions::new()
-                    .write(true)
-                    .open(&procs)
-                    .map(OwnedFd::from)
-                    .map_err(|e| format!("open {}: {e}", procs.display()))
-            };
-            let result = step();
-            made.dirs.push(dir);
-            match result {
-                Ok(fd) => made.procs.push(fd),
-                Err(e) => {
-                    remove(&made.dirs);
-                    return Err(e);
-                }
+        plan
+    }
+}
+
+/// The files of a task cgroup to write: (file, value, required).
+type Writes = Vec<(&'static str, String, bool)>;
+
+/// Makes one task cgroup (or takes a leftover of an earlier run of the same task id),
+/// writes its files, and opens its `cgroup.procs` for the task to join.
+fn make_task_cgroup(dir: &Path, files: &Writes) -> Result<OwnedFd, AgentError> {
+    match std::fs::create_dir(dir) {
+        Ok(()) => {}
+        // Left over from an earlier run of the same task id.
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(AgentError::io(format!("create {}", dir.display()), e)),
+    }
+    for (file, value, required) in files {
+        let p = dir.join(file);
+        match std::fs::write(&p, value) {
+            Ok(()) => {}
+            Err(e) if *required => {
+                return Err(AgentError::io(
+                    format!("write {value} to {}", p.display()),
+                    e,
+                ))
+            }
+            Err(e) => {
+                tracing::debug!(file = %p.display(), error = %e, "optional cgroup setting not applied")
             }
         }
-        Ok(Some(made))
     }
+    let procs = dir.join("cgroup.procs");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&procs)
+        .map(OwnedFd::from)
+        .map_err(|e| AgentError::io(format!("open {}", procs.display()), e))
 }
 
 /// Did the kernel's OOM killer kill a process in one of these cgroups?

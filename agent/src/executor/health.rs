@@ -5,7 +5,11 @@ use std::future::Future;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::pin::Pin;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use shoal_core::clock::{Clock, SharedClock};
+
+use crate::AgentError;
 
 use tokio::sync::mpsc;
 
@@ -72,7 +76,7 @@ impl HealthTracker {
 }
 
 /// A boxed probe: `Ok` = healthy, `Err(why)` = not.
-pub(crate) type ProbeFuture = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
+pub(crate) type ProbeFuture = Pin<Box<dyn Future<Output = Result<(), AgentError>> + Send>>;
 
 /// What the health checks of a task tell its watcher.
 #[derive(Debug, Clone, PartialEq)]
@@ -109,12 +113,13 @@ pub(crate) fn must_kill(
 pub(crate) async fn run<F>(
     spec: HealthCheckSpec,
     task_id: String,
-    started: Instant,
+    clock: SharedClock,
     mut probe: F,
     tx: mpsc::UnboundedSender<HealthEvent>,
 ) where
     F: FnMut() -> ProbeFuture + Send,
 {
+    let started = clock.monotonic();
     let mut tracker = HealthTracker::new(&spec);
     tokio::time::sleep(spec.delay).await;
     loop {
@@ -129,7 +134,7 @@ pub(crate) async fn run<F>(
                 false
             }
         };
-        if let Some(v) = tracker.observe(ok, started.elapsed()) {
+        if let Some(v) = tracker.observe(ok, clock.monotonic() - started) {
             tracing::info!(task_id = %task_id, healthy = v, "health changed");
             if tx.send(HealthEvent::Healthy(v)).is_err() {
                 return;
@@ -160,31 +165,36 @@ pub(crate) fn parse_http_status(line: &str) -> Option<u16> {
 }
 
 /// Blocking TCP connect probe.
-pub(crate) fn probe_tcp(addr: SocketAddr, timeout: Duration) -> Result<(), String> {
+pub(crate) fn probe_tcp(addr: SocketAddr, timeout: Duration) -> Result<(), AgentError> {
     TcpStream::connect_timeout(&addr, timeout)
         .map(|_| ())
-        .map_err(|e| format!("connect {addr}: {e}"))
+        .map_err(|e| AgentError::io(format!("connect {addr}"), e))
 }
 
 /// Blocking HTTP GET probe: healthy on 2xx and 3xx.
-pub(crate) fn probe_http(addr: SocketAddr, path: &str, timeout: Duration) -> Result<(), String> {
-    let deadline = Instant::now() + timeout;
-    let mut s =
-        TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("connect {addr}: {e}"))?;
+pub(crate) fn probe_http(
+    addr: SocketAddr,
+    path: &str,
+    timeout: Duration,
+    clock: &dyn Clock,
+) -> Result<(), AgentError> {
+    let deadline = clock.monotonic() + timeout;
+    let mut s = TcpStream::connect_timeout(&addr, timeout)
+        .map_err(|e| AgentError::io(format!("connect {addr}"), e))?;
     let left = deadline
-        .saturating_duration_since(Instant::now())
+        .saturating_duration_since(clock.monotonic())
         .max(Duration::from_millis(1));
     let _ = s.set_read_timeout(Some(left));
     let _ = s.set_write_timeout(Some(left));
     let req = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\nUser-Agent: shoal-health-check\r\nConnection: close\r\n\r\n");
     s.write_all(req.as_bytes())
-        .map_err(|e| format!("send to {addr}: {e}"))?;
+        .map_err(|e| AgentError::io(format!("send to {addr}"), e))?;
     let mut buf = Vec::with_capacity(256);
     let mut chunk = [0u8; 256];
     while !buf.contains(&b'\n') && buf.len() < 4096 {
         let n = s
             .read(&mut chunk)
-            .map_err(|e| format!("read from {addr}: {e}"))?;
+            .map_err(|e| AgentError::io(format!("read from {addr}"), e))?;
         if n == 0 {
             break;
         }
@@ -194,17 +204,17 @@ pub(crate) fn probe_http(addr: SocketAddr, path: &str, timeout: Duration) -> Res
     let line = line.lines().next().unwrap_or("");
     match parse_http_status(line) {
         Some(code) if (200..400).contains(&code) => Ok(()),
-        Some(code) => Err(format!("HTTP status {code}")),
-        None => Err(format!("not an HTTP response: {line:?}")),
+        Some(code) => Err(AgentError::Probe(format!("HTTP status {code}"))),
+        None => Err(AgentError::Probe(format!("not an HTTP response: {line:?}"))),
     }
 }
 
 /// Runs a blocking probe on a fresh thread that first joins the network
 /// namespace of process `pid` (needs CAP_SYS_ADMIN). The thread is discarded
 /// afterwards, so no other code ever runs in the foreign namespace.
-pub(crate) async fn in_netns<F>(pid: i32, probe: F) -> Result<(), String>
+pub(crate) async fn in_netns<F>(pid: i32, probe: F) -> Result<(), AgentError>
 where
-    F: FnOnce() -> Result<(), String> + Send + 'static,
+    F: FnOnce() -> Result<(), AgentError> + Send + 'static,
 {
     let (tx, rx) = tokio::sync::oneshot::channel();
     let spawned = std::thread::Builder::new()
@@ -214,30 +224,34 @@ where
             let _ = tx.send(res);
         });
     if let Err(e) = spawned {
-        return Err(format!("cannot start probe thread: {e}"));
+        return Err(AgentError::io("cannot start probe thread", e));
     }
-    rx.await.unwrap_or_else(|_| Err("probe thread died".into()))
+    rx.await
+        .unwrap_or_else(|_| Err(AgentError::Probe("probe thread died".into())))
 }
 
-fn enter_netns(pid: i32) -> Result<(), String> {
+fn enter_netns(pid: i32) -> Result<(), AgentError> {
     use std::os::fd::AsRawFd;
     let path = format!("/proc/{pid}/ns/net");
-    let f = std::fs::File::open(&path).map_err(|e| format!("open {path}: {e}"))?;
+    let f = std::fs::File::open(&path).map_err(|e| AgentError::io(format!("open {path}"), e))?;
     // SAFETY: setns on a valid fd; it only affects the calling thread for CLONE_NEWNET.
     if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-        return Err(format!("setns {path}: {}", std::io::Error::last_os_error()));
+        return Err(AgentError::io(
+            format!("setns {path}"),
+            std::io::Error::last_os_error(),
+        ));
     }
     Ok(())
 }
 
 /// Runs a blocking probe in the agent's own network namespace.
-pub(crate) async fn on_host<F>(probe: F) -> Result<(), String>
+pub(crate) async fn on_host<F>(probe: F) -> Result<(), AgentError>
 where
-    F: FnOnce() -> Result<(), String> + Send + 'static,
+    F: FnOnce() -> Result<(), AgentError> + Send + 'static,
 {
     tokio::task::spawn_blocking(probe)
         .await
-        .unwrap_or_else(|e| Err(format!("probe task failed: {e}")))
+        .unwrap_or_else(|e| Err(AgentError::Probe(format!("probe task failed: {e}"))))
 }
 
 #[cfg(test)]
@@ -305,7 +319,13 @@ mod tests {
                 let _ = s.write_all(b"HTTP/1.0 204 No Content\r\n\r\n");
             }
         });
-        assert!(probe_http(addr, "/", Duration::from_secs(5)).is_ok());
+        assert!(probe_http(
+            addr,
+            "/",
+            Duration::from_secs(5),
+            &shoal_core::clock::SystemClock
+        )
+        .is_ok());
         let _ = server.join();
         // Nothing listens any more.
         assert!(probe_tcp(addr, Duration::from_secs(1)).is_err());

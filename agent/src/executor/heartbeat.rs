@@ -9,7 +9,11 @@
 //! either way the task is killed.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
+
+use shoal_core::clock::{Clock, SharedClock};
+
+use super::util::wall_time;
 
 /// Mesos's default `--recovery_timeout`: how long a task waits for its agent to come back.
 pub const RECOVERY_TIMEOUT_DEFAULT_SECS: u64 = 15 * 60;
@@ -54,22 +58,28 @@ impl Heartbeat {
     pub(crate) fn start_in(
         state_dir: &mut PathBuf,
         recovery_timeout: Duration,
-    ) -> Result<Heartbeat, super::ExecutorError> {
-        use super::ExecutorError;
+        clock: SharedClock,
+    ) -> Result<Heartbeat, super::AgentError> {
+        use super::AgentError;
         *state_dir = std::path::absolute(&*state_dir)
-            .map_err(|e| ExecutorError::io(format!("resolve {}", state_dir.display()), e))?;
+            .map_err(|e| AgentError::io(format!("resolve {}", state_dir.display()), e))?;
         let alive = state_dir.join(ALIVE_FILE);
-        Heartbeat::start(alive.clone(), touch_interval(recovery_timeout))
-            .map_err(|e| ExecutorError::io(format!("start {}", alive.display()), e))
+        Heartbeat::start(alive.clone(), touch_interval(recovery_timeout), clock)
+            .map_err(|e| AgentError::io(format!("start {}", alive.display()), e))
     }
 
-    pub(crate) fn start(path: PathBuf, interval: Duration) -> std::io::Result<Heartbeat> {
+    /// The file's times are the clock's wall time.
+    pub(crate) fn start(
+        path: PathBuf,
+        interval: Duration,
+        clock: SharedClock,
+    ) -> std::io::Result<Heartbeat> {
         std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
             .open(&path)?
-            .set_modified(SystemTime::now())?;
+            .set_modified(wall_time(&*clock))?;
         let (stop, stopped) = std::sync::mpsc::channel::<()>();
         std::thread::Builder::new()
             .name("shoal-heartbeat".into())
@@ -78,7 +88,7 @@ impl Heartbeat {
                 while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
                     stopped.recv_timeout(interval)
                 {
-                    if let Err(e) = touch(&path) {
+                    if let Err(e) = touch(&path, &*clock) {
                         if !warned {
                             tracing::warn!(path = %path.display(), error = %e, "cannot touch the heartbeat file; the tasks of this work dir will end");
                             warned = true;
@@ -90,11 +100,11 @@ impl Heartbeat {
     }
 }
 
-fn touch(path: &Path) -> std::io::Result<()> {
+fn touch(path: &Path, clock: &dyn Clock) -> std::io::Result<()> {
     std::fs::OpenOptions::new()
         .write(true)
         .open(path)?
-        .set_modified(SystemTime::now())
+        .set_modified(wall_time(clock))
 }
 
 /// What a heartbeat file says about its agent.
@@ -108,14 +118,14 @@ pub(crate) enum Liveness {
     Gone,
 }
 
-/// Reads the heartbeat file at `path` against `recovery_timeout` (wall clock: the file is
-/// another process's).
-pub(crate) fn liveness(path: &Path, recovery_timeout: Duration) -> Liveness {
+/// Reads the heartbeat file at `path` against `recovery_timeout` on the clock's wall time
+/// (the file is another process's, so no monotonic clock is shared with it).
+pub(crate) fn liveness(path: &Path, recovery_timeout: Duration, clock: &dyn Clock) -> Liveness {
     match std::fs::metadata(path).and_then(|m| m.modified()) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Liveness::Gone,
         // Unreadable for another reason (permissions): nothing is known, nothing is killed.
         Err(_) => Liveness::Alive,
-        Ok(t) => match SystemTime::now().duration_since(t) {
+        Ok(t) => match wall_time(clock).duration_since(t) {
             Ok(age) if age > recovery_timeout => Liveness::Stale(age),
             _ => Liveness::Alive,
         },
@@ -125,6 +135,8 @@ pub(crate) fn liveness(path: &Path, recovery_timeout: Duration) -> Liveness {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use shoal_core::clock::{ManualClock, SystemClock};
+    use std::sync::Arc;
 
     #[test]
     fn intervals() {
@@ -145,26 +157,57 @@ mod tests {
     fn a_heartbeat_keeps_its_file_fresh_and_never_recreates_it() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join(ALIVE_FILE);
-        assert_eq!(liveness(&path, Duration::from_secs(1)), Liveness::Gone);
-        let hb = Heartbeat::start(path.clone(), Duration::from_millis(50)).expect("start");
-        let old = SystemTime::now() - Duration::from_secs(60);
+        let clock = SystemClock::shared();
+        assert_eq!(
+            liveness(&path, Duration::from_secs(1), &*clock),
+            Liveness::Gone
+        );
+        let hb = Heartbeat::start(path.clone(), Duration::from_millis(50), clock.clone())
+            .expect("start");
+        let old = wall_time(&*clock) - Duration::from_secs(60);
         std::fs::File::options()
             .write(true)
             .open(&path)
             .and_then(|f| f.set_modified(old))
             .expect("age the file");
         assert!(matches!(
-            liveness(&path, Duration::from_secs(30)),
+            liveness(&path, Duration::from_secs(30), &*clock),
             Liveness::Stale(_)
         ));
         let until = std::time::Instant::now() + Duration::from_secs(5);
-        while liveness(&path, Duration::from_secs(30)) != Liveness::Alive {
+        while liveness(&path, Duration::from_secs(30), &*clock) != Liveness::Alive {
             assert!(std::time::Instant::now() < until, "never touched");
             std::thread::sleep(Duration::from_millis(10));
         }
         std::fs::remove_file(&path).expect("remove");
         std::thread::sleep(Duration::from_millis(200));
-        assert_eq!(liveness(&path, Duration::from_secs(30)), Liveness::Gone);
+        assert_eq!(
+            liveness(&path, Duration::from_secs(30), &*clock),
+            Liveness::Gone
+        );
+        drop(hb);
+    }
+
+    /// The recovery timeout is decided on the clock the executor is given: a heartbeat file
+    /// last touched at the clock's time is alive up to the timeout and stale past it, with
+    /// no wait.
+    #[test]
+    fn the_recovery_timeout_runs_on_the_given_clock() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join(ALIVE_FILE);
+        let clock = Arc::new(ManualClock::new(1_700_000_000_000));
+        // An interval no test waits for: only the first touch (at start) counts.
+        let hb = Heartbeat::start(path.clone(), Duration::from_secs(3600), clock.clone())
+            .expect("start");
+        let timeout = Duration::from_secs(RECOVERY_TIMEOUT_DEFAULT_SECS);
+        assert_eq!(liveness(&path, timeout, &*clock), Liveness::Alive);
+        clock.advance(timeout);
+        assert_eq!(liveness(&path, timeout, &*clock), Liveness::Alive);
+        clock.advance(Duration::from_secs(1));
+        assert_eq!(
+            liveness(&path, timeout, &*clock),
+            Liveness::Stale(timeout + Duration::from_secs(1))
+        );
         drop(hb);
     }
 }

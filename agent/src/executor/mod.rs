@@ -55,6 +55,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::error::AgentError;
+
 pub use health::HealthTracker;
 
 /// Everything an executor needs to start one task.
@@ -486,36 +488,6 @@ impl SpecError {
     }
 }
 
-/// Errors of executor calls (not of tasks: those are [`TaskUpdate`]s).
-#[derive(Debug, thiserror::Error)]
-pub enum ExecutorError {
-    /// A task with this id is already tracked by the executor.
-    #[error("task {0} already exists")]
-    DuplicateTask(String),
-    /// No running task with this id.
-    #[error("unknown task {0}")]
-    UnknownTask(String),
-    /// The Docker daemon failed or does not answer.
-    #[error("docker: {0}")]
-    Docker(String),
-    /// A filesystem or process operation failed.
-    #[error("{context}: {source}")]
-    Io {
-        context: String,
-        #[source]
-        source: std::io::Error,
-    },
-}
-
-impl ExecutorError {
-    pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
-        ExecutorError::Io {
-            context: context.into(),
-            source,
-        }
-    }
-}
-
 /// What [`Executor::gc`] removed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct GcReport {
@@ -531,26 +503,26 @@ pub trait Executor: Send + Sync {
     /// arrive as events (`Starting` is sent before this returns). Problems of the
     /// task itself (bad spec, missing image, ...) end the task with a
     /// `Failed`/`Error` event, not an `Err`. Errors only when the id is already
-    /// tracked ([`ExecutorError::DuplicateTask`]); no event is sent then.
-    async fn launch(&self, spec: LaunchSpec) -> Result<(), ExecutorError>;
+    /// tracked ([`AgentError::DuplicateTask`]); no event is sent then.
+    async fn launch(&self, spec: LaunchSpec) -> Result<(), AgentError>;
 
     /// Kills a task: SIGTERM, then SIGKILL after `grace` (the spec's
     /// `kill_grace` when `None`), then a `Killed` event. All tasks of the same
     /// group are killed with it. Returns once the signals are under way, not
-    /// when the task is dead. [`ExecutorError::UnknownTask`] when the task is
+    /// when the task is dead. [`AgentError::UnknownTask`] when the task is
     /// not running (or already ended).
-    async fn kill(&self, task_id: &str, grace: Option<Duration>) -> Result<(), ExecutorError>;
+    async fn kill(&self, task_id: &str, grace: Option<Duration>) -> Result<(), AgentError>;
 
     /// Re-attaches after an agent restart; see the [module docs](self).
     /// `known` are the task ids the agent's journal knows as not ended. Every
     /// id in `known` gets one entry in the result. Executor tasks not in `known`
     /// are killed (they have no owner any more).
-    async fn recover(&self, known: &[String]) -> Result<Vec<RecoveredTask>, ExecutorError>;
+    async fn recover(&self, known: &[String]) -> Result<Vec<RecoveredTask>, AgentError>;
 
     /// Removes the executor's leftovers of tasks that ended more than
     /// `older_than` ago (Docker: their containers; process: their state records).
     /// Sandboxes belong to the agent and are never touched.
-    async fn gc(&self, older_than: Duration) -> Result<GcReport, ExecutorError>;
+    async fn gc(&self, older_than: Duration) -> Result<GcReport, AgentError>;
 
     /// Ids of the tasks currently tracked (launching or running).
     fn tasks(&self) -> Vec<String>;

@@ -38,6 +38,8 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
+use crate::AgentError;
+
 /// Everything the children need, prepared before the fork.
 pub(crate) struct SupervisorPlan {
     /// Absolute path of the program.
@@ -69,14 +71,6 @@ pub(crate) struct Spawned {
     pub supervisor_pid: i32,
     /// Pid of the task process, which is also its process group id.
     pub pgid: i32,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum SpawnError {
-    #[error("{what}: {err}")]
-    Os { what: &'static str, err: io::Error },
-    #[error("{0}")]
-    Protocol(String),
 }
 
 /// How a supervised task ended, as written in the status file.
@@ -134,8 +128,8 @@ fn at_least(fd: OwnedFd, min: RawFd) -> io::Result<OwnedFd> {
 
 /// Forks the supervisor and waits (blocking, briefly) until the task process
 /// exec'd or failed to. Call from a blocking thread.
-pub(crate) fn spawn(plan: SupervisorPlan) -> Result<Spawned, SpawnError> {
-    let os = |what: &'static str| move |err: io::Error| SpawnError::Os { what, err };
+pub(crate) fn spawn(plan: SupervisorPlan) -> Result<Spawned, AgentError> {
+    let os = |what: &'static str| move |err: io::Error| AgentError::io(what, err);
     let stdin = above_stdio(plan.stdin).map_err(os("dup"))?;
     let stdout = above_stdio(plan.stdout).map_err(os("dup"))?;
     let stderr = above_stdio(plan.stderr).map_err(os("dup"))?;
@@ -152,10 +146,7 @@ pub(crate) fn spawn(plan: SupervisorPlan) -> Result<Spawned, SpawnError> {
     let mut fds = [0 as RawFd; 2];
     // SAFETY: fds is a valid 2-element array.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(SpawnError::Os {
-            what: "pipe2",
-            err: io::Error::last_os_error(),
-        });
+        return Err(AgentError::io("pipe2", io::Error::last_os_error()));
     }
     // SAFETY: pipe2 returned two fresh fds.
     let (rd, wr) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
@@ -197,10 +188,7 @@ pub(crate) fn spawn(plan: SupervisorPlan) -> Result<Spawned, SpawnError> {
     // async-signal-safe calls on the memory prepared above and never returns.
     let pid = unsafe { libc::fork() };
     if pid < 0 {
-        return Err(SpawnError::Os {
-            what: "fork",
-            err: io::Error::last_os_error(),
-        });
+        return Err(AgentError::io("fork", io::Error::last_os_error()));
     }
     if pid == 0 {
         // SAFETY: see above; this is the forked child.
@@ -209,7 +197,13 @@ pub(crate) fn spawn(plan: SupervisorPlan) -> Result<Spawned, SpawnError> {
     drop(wr);
     drop((stdin, stdout, stderr, cgroups));
 
-    let bytes = read_to_eof(&rd);
+    wait_for_exec(&rd, pid)
+}
+
+/// Reads what the supervisor `pid` says on its pipe until EOF: the task's pid, or the step
+/// that failed (the supervisor is reaped then).
+fn wait_for_exec(rd: &OwnedFd, pid: libc::pid_t) -> Result<Spawned, AgentError> {
+    let bytes = read_to_eof(rd);
     let reap = || {
         let mut st = 0;
         // SAFETY: pid is our child.
@@ -219,10 +213,7 @@ pub(crate) fn spawn(plan: SupervisorPlan) -> Result<Spawned, SpawnError> {
         Ok(b) => b,
         Err(err) => {
             reap();
-            return Err(SpawnError::Os {
-                what: "read supervisor pipe",
-                err,
-            });
+            return Err(AgentError::io("read supervisor pipe", err));
         }
     };
     let mut pgid = None;
@@ -244,10 +235,7 @@ pub(crate) fn spawn(plan: SupervisorPlan) -> Result<Spawned, SpawnError> {
         };
         // The supervisor exits right after recording exit status 127.
         reap();
-        return Err(SpawnError::Os {
-            what,
-            err: io::Error::from_raw_os_error(val),
-        });
+        return Err(AgentError::io(what, io::Error::from_raw_os_error(val)));
     }
     match pgid {
         Some(pgid) if pgid > 0 => Ok(Spawned {
@@ -256,7 +244,7 @@ pub(crate) fn spawn(plan: SupervisorPlan) -> Result<Spawned, SpawnError> {
         }),
         _ => {
             reap();
-            Err(SpawnError::Protocol(
+            Err(AgentError::Protocol(
                 "supervisor died before starting the task".into(),
             ))
         }
@@ -487,6 +475,11 @@ unsafe fn supervisor_main(a: &ChildArgs) -> ! {
 }
 
 /// Monotonic milliseconds (async-signal-safe).
+///
+/// The supervisor is a forked child of the agent that never `exec`s: it may only make
+/// async-signal-safe calls, so it cannot go through the agent's `SharedClock` (a trait object
+/// behind an `Arc`, whose implementations may lock or allocate) and reads `CLOCK_MONOTONIC`
+/// itself. It lives outside the agent process anyway, where no simulated clock reaches.
 unsafe fn now_ms() -> i64 {
     let mut ts: libc::timespec = std::mem::zeroed();
     libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts);

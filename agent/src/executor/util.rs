@@ -1,6 +1,7 @@
 //! Small plain helpers shared by the executors (no async, little IO).
 
 use super::TaskUpdate;
+use shoal_core::clock::Clock;
 use std::io::Write;
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -39,12 +40,9 @@ pub(crate) fn container_name(prefix: &str, agent_id: &str, task_id: &str) -> Str
     )
 }
 
-/// Seconds since the epoch.
-pub(crate) fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+/// The clock's wall time as a [`SystemTime`] (what file times are compared with).
+pub(crate) fn wall_time(clock: &dyn Clock) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(clock.wall_ms())
 }
 
 /// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm).
@@ -166,10 +164,10 @@ pub(crate) fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
-/// Age of a file (by mtime); `None` when it cannot be read.
-pub(crate) fn file_age(path: &Path) -> Option<Duration> {
+/// Age of a file (by mtime, on the clock's wall time); `None` when it cannot be read.
+pub(crate) fn file_age(path: &Path, clock: &dyn Clock) -> Option<Duration> {
     let m = std::fs::metadata(path).ok()?.modified().ok()?;
-    SystemTime::now()
+    wall_time(clock)
         .duration_since(m)
         .ok()
         .or(Some(Duration::ZERO))
