@@ -98,10 +98,6 @@ pub struct Compat {
     started_ms: u64,
 }
 
-fn now_ms() -> u64 {
-    shoal_master::wall_clock_ms()
-}
-
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (
         status,
@@ -120,7 +116,6 @@ impl Compat {
     /// Starts the allocator, the status forwarder and the timers. Needs a tokio runtime.
     pub fn start(core: MasterCore, config: CompatConfig) -> Arc<Compat> {
         let compat = Arc::new(Compat {
-            core,
             config,
             frameworks: Mutex::new(HashMap::new()),
             offers: Mutex::new(HashMap::new()),
@@ -130,7 +125,8 @@ impl Compat {
             run_id: uuid_string(),
             seq: AtomicU64::new(1),
             wake: tokio::sync::Notify::new(),
-            started_ms: now_ms(),
+            started_ms: core.clock().wall_ms(),
+            core,
         });
         tokio::spawn(allocation_loop(compat.clone()));
         tokio::spawn(forward_loop(compat.clone()));
@@ -147,6 +143,16 @@ impl Compat {
 
     pub(crate) fn core(&self) -> &MasterCore {
         &self.core
+    }
+
+    /// Wall time (what frameworks are told), from the master's clock.
+    fn wall_ms(&self) -> u64 {
+        self.core.clock().wall_ms()
+    }
+
+    /// Monotonic time (what timeouts are measured on), from the master's clock.
+    fn monotonic(&self) -> Instant {
+        self.core.clock().monotonic()
     }
 
     pub(crate) fn started_ms(&self) -> u64 {
@@ -239,7 +245,7 @@ impl Compat {
             "agent_id": {"value": agent_id.as_str()},
             "state": state.mesos_name(),
             "source": status.source.clone().unwrap_or_else(|| "SOURCE_MASTER".into()),
-            "timestamp": (if status.timestamp > 0 { status.timestamp } else { now_ms() }) as f64 / 1000.0,
+            "timestamp": (if status.timestamp > 0 { status.timestamp } else { self.wall_ms() }) as f64 / 1000.0,
         });
         if let Some(m) = &status.message {
             s["message"] = json!(m);
@@ -352,7 +358,7 @@ async fn scheduler(State(c): State<Arc<Compat>>, headers: HeaderMap, body: Bytes
             Some(f) if f.tx.is_some() => match stream {
                 Some(s) if s == f.stream_id => {
                     // It reads its stream: offers resume if they were withheld.
-                    f.last_call_ms = Some(now_ms());
+                    f.last_call_ms = Some(c.wall_ms());
                     if std::mem::take(&mut f.withheld) {
                         c.wake.notify_one();
                     }
@@ -453,7 +459,7 @@ async fn scheduler(State(c): State<Arc<Compat>>, headers: HeaderMap, body: Bytes
                     .lock()
                     .expect("frameworks lock")
                     .get_mut(&fw_id)
-                    .and_then(|f| f.pending.acknowledge(u, Instant::now()))
+                    .and_then(|f| f.pending.acknowledge(u, c.monotonic()))
             });
             // The task's next update, held back until this one was acknowledged.
             if let Some(s) = next {
@@ -774,7 +780,7 @@ fn subscribe(c: Arc<Compat>, call: Json, encoding: Encoding, host: &str) -> Resp
         fws.get_mut(&id)
             .map(|f| {
                 f.pending
-                    .due(Duration::ZERO, Instant::now())
+                    .due(Duration::ZERO, c.monotonic())
                     .into_iter()
                     .map(|s| json!({"type": "UPDATE", "update": {"status": s}}))
                     .collect()
@@ -891,7 +897,7 @@ async fn disconnected(c: &Arc<Compat>, fw_id: &str, stream_id: &str) {
             return; // a newer subscription took over
         }
         f.tx = None;
-        f.disconnected_at = Some(Instant::now());
+        f.disconnected_at = Some(c.monotonic());
         c.offers
             .lock()
             .expect("offers lock")
@@ -935,7 +941,7 @@ fn install_filter(c: &Compat, fw_id: &str, agent: &AgentId, refused: ResourceSet
     if refuse <= 0.0 || refused.is_empty() {
         return;
     }
-    let until = now_ms() + (refuse * 1000.0) as u64;
+    let until = c.wall_ms() + (refuse * 1000.0) as u64;
     if let Some(f) = c.frameworks.lock().expect("frameworks lock").get_mut(fw_id) {
         f.filters
             .insert(agent.clone(), OfferFilter { until, refused });
@@ -1373,7 +1379,7 @@ async fn allocation_loop(c: Arc<Compat>) {
         let _ = tokio::time::timeout(c.config.allocation_interval, c.wake.notified()).await;
         let snap = c.core.published.snapshot();
         let probation: HashMap<AgentId, u64> = {
-            let now = now_ms();
+            let now = c.wall_ms();
             let mut p = c.probation.lock().expect("probation lock");
             p.retain(|_, until| *until > now);
             p.clone()
@@ -1409,7 +1415,7 @@ async fn allocation_loop(c: Arc<Compat>) {
             offers_per_framework_max: c.config.offers_per_framework_max,
             first_agent: allocator::round_start(round),
         };
-        let holds = allocator::allocate(&snap, &candidates, config, now_ms(), || {
+        let holds = allocator::allocate(&snap, &candidates, config, c.wall_ms(), || {
             OfferId::new(c.next_id("O"))
         });
         tracing::debug!(
@@ -1600,7 +1606,7 @@ async fn forward_loop(c: Arc<Compat>) {
                             None,
                             Some(&uuid),
                         );
-                        let now = f.pending.push(task_id.clone(), uuid, s, Instant::now());
+                        let now = f.pending.push(task_id.clone(), uuid, s, c.monotonic());
                         (f.id.clone(), now)
                     };
                     // Sent now unless an earlier update of the task awaits its acknowledgement.
@@ -1674,7 +1680,7 @@ fn unanswered(
     }
     c.probation.lock().expect("probation lock").insert(
         hold.agent_id.clone(),
-        now_ms().saturating_add(timeout.as_millis() as u64),
+        c.wall_ms().saturating_add(timeout.as_millis() as u64),
     );
 }
 
@@ -1687,61 +1693,78 @@ async fn timers_loop(c: Arc<Compat>) {
         .max(Duration::from_millis(50));
     loop {
         tokio::time::sleep(period).await;
-        // Offers held too long are rescinded.
-        if let Some(timeout) = c.config.offer_timeout {
-            let snap = c.core.published.snapshot();
-            let now = now_ms();
-            let expired: Vec<(OfferId, String)> = c
-                .offers
-                .lock()
-                .expect("offers lock")
-                .iter()
-                .filter(|(o, _)| {
-                    snap.hold(o)
-                        .map(|h| now.saturating_sub(h.created_at) >= timeout.as_millis() as u64)
-                        .unwrap_or(false)
-                })
-                .map(|(o, f)| (o.clone(), f.clone()))
-                .collect();
-            for (o, fw) in &expired {
-                c.send(
-                    fw,
-                    json!({"type": "RESCIND", "rescind": {"offer_id": {"value": o.as_str()}}}),
-                );
-                unanswered(&c, &snap, o, fw, timeout);
+        fire_timers(&c).await;
+    }
+}
+
+/// One look at every timer: what is due by the master's clock fires.
+async fn fire_timers(c: &Arc<Compat>) {
+    if let Some(timeout) = c.config.offer_timeout {
+        rescind_expired_offers(c, timeout).await;
+    }
+    resend_unacknowledged(c);
+    remove_failed_over(c).await;
+}
+
+/// Offers held longer than `timeout` are rescinded.
+async fn rescind_expired_offers(c: &Arc<Compat>, timeout: Duration) {
+    let snap = c.core.published.snapshot();
+    let now = c.wall_ms();
+    let expired: Vec<(OfferId, String)> = c
+        .offers
+        .lock()
+        .expect("offers lock")
+        .iter()
+        .filter(|(o, _)| {
+            snap.hold(o)
+                .map(|h| now.saturating_sub(h.created_at) >= timeout.as_millis() as u64)
+                .unwrap_or(false)
+        })
+        .map(|(o, f)| (o.clone(), f.clone()))
+        .collect();
+    for (o, fw) in &expired {
+        c.send(
+            fw,
+            json!({"type": "RESCIND", "rescind": {"offer_id": {"value": o.as_str()}}}),
+        );
+        unanswered(c, &snap, o, fw, timeout);
+    }
+    release(c, expired.into_iter().map(|(o, _)| o).collect()).await;
+}
+
+/// Unacknowledged updates are resent.
+fn resend_unacknowledged(c: &Compat) {
+    let resend: Vec<(String, Json)> = {
+        let mut fws = c.frameworks.lock().expect("frameworks lock");
+        let mut out = Vec::new();
+        for f in fws.values_mut().filter(|f| f.tx.is_some()) {
+            for s in f.pending.due(c.config.update_retry, c.monotonic()) {
+                out.push((f.id.clone(), s));
             }
-            release(&c, expired.into_iter().map(|(o, _)| o).collect()).await;
         }
-        // Unacknowledged updates are resent.
-        let resend: Vec<(String, Json)> = {
-            let mut fws = c.frameworks.lock().expect("frameworks lock");
-            let mut out = Vec::new();
-            for f in fws.values_mut().filter(|f| f.tx.is_some()) {
-                for s in f.pending.due(c.config.update_retry, Instant::now()) {
-                    out.push((f.id.clone(), s));
-                }
-            }
-            out
-        };
-        for (fw, s) in resend {
-            c.send(&fw, json!({"type": "UPDATE", "update": {"status": s}}));
-        }
-        // Frameworks away longer than their failover timeout are removed, their tasks killed.
-        let expired: Vec<String> = c
-            .frameworks
-            .lock()
-            .expect("frameworks lock")
-            .values()
-            .filter(|f| {
-                f.disconnected_at
-                    .map(|d| d.elapsed() >= f.failover_timeout)
-                    .unwrap_or(false)
-            })
-            .map(|f| f.id.clone())
-            .collect();
-        for fw in expired {
-            remove_framework(&c, &fw).await;
-        }
+        out
+    };
+    for (fw, s) in resend {
+        c.send(&fw, json!({"type": "UPDATE", "update": {"status": s}}));
+    }
+}
+
+/// Frameworks away longer than their failover timeout are removed, their tasks killed.
+async fn remove_failed_over(c: &Arc<Compat>) {
+    let now = c.monotonic();
+    let expired: Vec<String> = c
+        .frameworks
+        .lock()
+        .expect("frameworks lock")
+        .values()
+        .filter(|f| {
+            f.disconnected_at
+                .is_some_and(|d| now.saturating_duration_since(d) >= f.failover_timeout)
+        })
+        .map(|f| f.id.clone())
+        .collect();
+    for fw in expired {
+        remove_framework(c, &fw).await;
     }
 }
 
@@ -1774,6 +1797,64 @@ mod tests {
             resources: ResourceSet::parse("cpus:2;mem:1024").unwrap(),
             created_at: 1,
         }
+    }
+
+    /// A framework that subscribed once and whose stream is gone since `at`.
+    fn away_since(at: Instant, failover_timeout: Duration) -> Framework {
+        Framework {
+            id: "F1".into(),
+            info: json!({"user": "u", "name": "away"}),
+            roles: vec!["*".into()],
+            partition_aware: false,
+            killing_state: false,
+            stream_id: "S1".into(),
+            tx: None,
+            encoding: Encoding::Json,
+            disconnected_at: Some(at),
+            failover_timeout,
+            filters: HashMap::new(),
+            suppressed: HashSet::new(),
+            pending: UpdateStreams::default(),
+            stop_stream: None,
+            last_call_ms: None,
+            withheld: false,
+        }
+    }
+
+    /// The failover timer runs on the master's clock: a framework away for its
+    /// `failover_timeout` is removed when the clock has moved that far, and not before, with
+    /// no real time passing.
+    #[tokio::test]
+    async fn the_failover_timeout_fires_when_the_clock_is_advanced() {
+        let clock = Arc::new(shoal_core::clock::ManualClock::new(1_000_000));
+        let core = MasterCore::start_with(
+            Arc::new(shoal_master::MemStore::new()),
+            shoal_master::CommitConfig::default(),
+            shoal_master::agents::AgentTimers::default(),
+            clock.clone(),
+        )
+        .unwrap();
+        let c = Compat::start(core, CompatConfig::default());
+        let away = away_since(c.monotonic(), Duration::from_secs(60));
+        c.frameworks
+            .lock()
+            .expect("frameworks lock")
+            .insert("F1".into(), away);
+        let known = |c: &Compat| {
+            c.frameworks
+                .lock()
+                .expect("frameworks lock")
+                .contains_key("F1")
+        };
+
+        fire_timers(&c).await;
+        clock.advance(Duration::from_millis(59_999));
+        fire_timers(&c).await;
+        assert!(known(&c), "within its failover timeout it is kept");
+        clock.advance(Duration::from_millis(1));
+        fire_timers(&c).await;
+        assert!(!known(&c), "at its failover timeout it is removed");
+        assert!(c.removed.lock().expect("removed lock").contains("F1"));
     }
 
     #[test]

@@ -42,7 +42,6 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 
 use crate::committer::{CommitError, Committer, Published};
-use crate::wall_clock_ms;
 
 /// Timers of the agent connections, all flags so tests run fast.
 #[derive(Clone, Debug)]
@@ -100,14 +99,14 @@ impl AgentHub {
     ) -> Arc<AgentHub> {
         let hub = Arc::new(AgentHub {
             committer,
-            published,
+            published: published.clone(),
             connections: Mutex::new(HashMap::new()),
             liveness: Mutex::new(Liveness::new(
                 LivenessConfig {
                     unreachable_after_ms: timers.unreachable_after.as_millis() as u64,
                     gone_after_ms: timers.gone_after.as_millis() as u64,
                 },
-                wall_clock_ms(),
+                published.clock.wall_ms(),
             )),
             timers,
             files: Mutex::new(HashMap::new()),
@@ -268,7 +267,7 @@ async fn liveness(hub: Arc<AgentHub>) {
             hub.liveness
                 .lock()
                 .expect("hub lock")
-                .tick(&snap, wall_clock_ms())
+                .tick(&snap, hub.published.clock.wall_ms())
         };
         for command in due {
             tracing::warn!(?command, "agent stayed away");
@@ -279,13 +278,15 @@ async fn liveness(hub: Arc<AgentHub>) {
         // A tick walks every agent, so it runs only when a deadline is due. A change (an agent
         // registering, changing state, connecting or disconnecting) can only add deadlines at
         // least `shortest` away: it brings the next look forward to then, no walk now.
+        let clock = &hub.published.clock;
         let wait = next
-            .map(|at| Duration::from_millis(at.saturating_sub(wall_clock_ms()).max(1)))
+            .map(|at| Duration::from_millis(at.saturating_sub(clock.wall_ms()).max(1)))
             .unwrap_or(Duration::from_secs(60));
-        let mut until = tokio::time::Instant::now() + wait;
+        let mut until = clock.monotonic() + wait;
         loop {
+            let left = until.saturating_duration_since(clock.monotonic());
             let bring_forward = tokio::select! {
-                _ = tokio::time::sleep_until(until) => break,
+                _ = tokio::time::sleep(left) => break,
                 _ = hub.liveness_changed.notified() => true,
                 entry = changed.recv() => match entry {
                     Ok(e) => e.events.iter().any(|ev| matches!(ev, Event::AgentRegistered { .. } | Event::AgentStateChanged { .. })),
@@ -294,7 +295,7 @@ async fn liveness(hub: Arc<AgentHub>) {
                 },
             };
             if bring_forward {
-                until = until.min(tokio::time::Instant::now() + shortest);
+                until = until.min(clock.monotonic() + shortest);
             }
         }
     }
@@ -415,7 +416,7 @@ async fn serve_agent(hub: Arc<AgentHub>, mut socket: WebSocket, peer: Option<IpA
         hub.liveness
             .lock()
             .expect("hub lock")
-            .disconnected(id, wall_clock_ms());
+            .disconnected(id, hub.published.clock.wall_ms());
     }
     let agent_id = match registered {
         Ok(Reply::Agent { agent_id }) => agent_id,
@@ -527,7 +528,7 @@ fn drop_connection(hub: &AgentHub, agent_id: &AgentId, serial: u64) {
         hub.liveness
             .lock()
             .expect("hub lock")
-            .disconnected(agent_id, wall_clock_ms());
+            .disconnected(agent_id, hub.published.clock.wall_ms());
         hub.liveness_changed.notify_one();
     }
 }
@@ -765,7 +766,7 @@ pub async fn heartbeat(
     hub.liveness
         .lock()
         .expect("hub lock")
-        .heartbeat(&agent, wall_clock_ms());
+        .heartbeat(&agent, hub.published.clock.wall_ms());
     StatusCode::ACCEPTED.into_response()
 }
 

@@ -30,12 +30,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use shoal_core::{
-    AgentId, Cell, Command, Event, LogEntry, Rejection, Reply, TaskId, Timestamp, Version,
-};
+use shoal_core::clock::SharedClock;
+use shoal_core::{AgentId, Cell, Command, Event, LogEntry, Rejection, Reply, TaskId, Version};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use crate::limits;
@@ -74,6 +73,9 @@ pub struct Published {
     pub log_floor: AtomicU64,
     pub stats: CommitStats,
     pub health: Health,
+    /// The clock the commit path tells the core; every other part of the master (and
+    /// compat) tells time by it too.
+    pub clock: SharedClock,
 }
 
 /// Whether the commit path can commit: its threads run and the store takes writes.
@@ -199,11 +201,12 @@ impl Default for CommitConfig {
 }
 
 /// Starts the commit path (its decider and writer threads) over a loaded cell. `clock`
-/// gives the time the core is told.
+/// gives the time the core is told (its wall time) and the writer's backoff (its monotonic
+/// time).
 pub fn start(
     cell: Cell,
     store: Arc<dyn Store>,
-    clock: Arc<dyn Fn() -> Timestamp + Send + Sync>,
+    clock: SharedClock,
     config: CommitConfig,
 ) -> (Committer, Arc<Published>, std::thread::JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(limits::COMMIT_QUEUE_MAX);
@@ -216,6 +219,7 @@ pub fn start(
         log_floor: AtomicU64::new(floor),
         stats: CommitStats::default(),
         health: Health::new(),
+        clock: clock.clone(),
     });
     let signals = Arc::new(Signals::default());
     let (decided_tx, decided_rx) = std::sync::mpsc::sync_channel(limits::COMMIT_PIPELINE_GROUPS);
@@ -293,7 +297,7 @@ fn decide(
     decided: std::sync::mpsc::SyncSender<Decided>,
     published: Arc<Published>,
     signals: Arc<Signals>,
-    clock: Arc<dyn Fn() -> Timestamp + Send + Sync>,
+    clock: SharedClock,
     config: CommitConfig,
 ) {
     let retain = config.log_retain_entries.max(1);
@@ -359,7 +363,7 @@ fn decide(
             cell = Cell::clone(&*published.snapshot());
             seen_failures = failed;
         }
-        let now = clock();
+        let now = clock.wall_ms();
         if holds_lost != seen_holds_lost {
             // The cell was reloaded from the reopened store, which holds no holds: say so to
             // watchers (the frameworks' offers are rescinded), as a new master does.
@@ -408,7 +412,7 @@ fn write_groups(
         let Ok(first) = first else {
             return;
         };
-        let started = Instant::now();
+        let started = published.clock.monotonic();
         let mut groups = vec![first];
         groups.extend(decided.try_iter().take(limits::COMMIT_PIPELINE_GROUPS));
         let failed = signals.failures.load(Ordering::Relaxed);
@@ -471,7 +475,11 @@ fn write_groups(
             }
         }
         tracing::trace!(
-            elapsed_us = started.elapsed().as_micros() as u64,
+            elapsed_us = published
+                .clock
+                .monotonic()
+                .saturating_duration_since(started)
+                .as_micros() as u64,
             "commit groups written"
         );
     }
@@ -489,9 +497,10 @@ fn recover(
     signals: &Signals,
     backoff: &mut Duration,
 ) -> bool {
-    let mut next_try = Instant::now() + *backoff;
+    let clock = &published.clock;
+    let mut next_try = clock.monotonic() + *backoff;
     let cell = loop {
-        match decided.recv_timeout(next_try.saturating_duration_since(Instant::now())) {
+        match decided.recv_timeout(next_try.saturating_duration_since(clock.monotonic())) {
             Ok(g) => {
                 let why = published.health.store_failure().unwrap_or_default();
                 refuse_answers(
@@ -504,7 +513,7 @@ fn recover(
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return false,
         }
         *backoff = (*backoff * 2).min(Duration::from_millis(limits::STORE_REOPEN_BACKOFF_MAX_MS));
-        next_try = Instant::now() + *backoff;
+        next_try = clock.monotonic() + *backoff;
         match store
             .recover()
             .map_err(anyhow::Error::from)
@@ -725,6 +734,8 @@ mod tests {
     use axum::extract::State;
     use shoal_core::{AgentRegistration, Hold, OfferId, Quota, ResourceSet};
 
+    use shoal_core::clock::Clock;
+
     use super::*;
     use crate::store::{MemStore, StoreResult, StoredCell};
 
@@ -773,10 +784,29 @@ mod tests {
             .as_u16()
     }
 
-    fn start_on(
-        store: Arc<dyn Store>,
-        clock: Arc<dyn Fn() -> Timestamp + Send + Sync>,
-    ) -> (Committer, Arc<Published>) {
+    /// A clock that stands still at 1 ms, and panics once `broken` is set (a bug in the
+    /// decider, which reads it).
+    #[derive(Debug)]
+    struct TestClock {
+        broken: AtomicBool,
+        still: shoal_core::clock::ManualClock,
+    }
+
+    impl Clock for TestClock {
+        fn wall_ms(&self) -> shoal_core::Timestamp {
+            assert!(!self.broken.load(Ordering::Relaxed), "a bug in the decider");
+            1
+        }
+        fn monotonic(&self) -> std::time::Instant {
+            self.still.monotonic()
+        }
+    }
+
+    fn still() -> SharedClock {
+        Arc::new(shoal_core::clock::ManualClock::new(1))
+    }
+
+    fn start_on(store: Arc<dyn Store>, clock: SharedClock) -> (Committer, Arc<Published>) {
         let cell = crate::load_cell(store.as_ref()).unwrap();
         let (committer, published, _thread) = start(cell, store, clock, CommitConfig::default());
         (committer, published)
@@ -797,7 +827,7 @@ mod tests {
     async fn commit_thread_dies_and_health_says_so() {
         // The writer panics.
         let store = PanickyStore::default();
-        let (committer, published) = start_on(Arc::new(store.clone()), Arc::new(|| 1));
+        let (committer, published) = start_on(Arc::new(store.clone()), still());
         committer.submit(role("a")).await.unwrap();
         assert_eq!(health_status(&published).await, 200);
         store.panic.store(true, Ordering::Relaxed);
@@ -806,16 +836,14 @@ mod tests {
         assert_stopped(&committer, &published).await;
 
         // The decider panics (here in the clock it is told).
-        let broken = Arc::new(AtomicBool::new(false));
-        let b = broken.clone();
-        let clock = Arc::new(move || {
-            assert!(!b.load(Ordering::Relaxed), "a bug in the decider");
-            1
+        let clock = Arc::new(TestClock {
+            broken: AtomicBool::new(false),
+            still: shoal_core::clock::ManualClock::new(1),
         });
-        let (committer, published) = start_on(Arc::new(MemStore::new()), clock);
+        let (committer, published) = start_on(Arc::new(MemStore::new()), clock.clone());
         committer.submit(role("a")).await.unwrap();
         assert_eq!(health_status(&published).await, 200);
-        broken.store(true, Ordering::Relaxed);
+        clock.broken.store(true, Ordering::Relaxed);
         let r = committer.submit(role("b")).await;
         assert!(matches!(r, Err(CommitError::Unavailable(_))), "{r:?}");
         assert_stopped(&committer, &published).await;
@@ -828,7 +856,7 @@ mod tests {
     #[tokio::test]
     async fn store_io_failure_is_permanent() {
         let store = MemStore::new();
-        let (committer, published) = start_on(Arc::new(store.clone()), Arc::new(|| 1));
+        let (committer, published) = start_on(Arc::new(store.clone()), still());
         let reply = committer
             .submit(Command::RegisterAgent(AgentRegistration {
                 agent_id: None,
@@ -876,9 +904,9 @@ mod tests {
         assert!(matches!(r, Err(CommitError::Unavailable(_))), "{r:?}");
 
         store.reboot();
-        let until = Instant::now() + Duration::from_secs(10);
+        let until = std::time::Instant::now() + Duration::from_secs(10);
         while published.health.check().is_err() {
-            assert!(Instant::now() < until, "the store is reopened");
+            assert!(std::time::Instant::now() < until, "the store is reopened");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         assert_eq!(health_status(&published).await, 200);

@@ -994,13 +994,13 @@ pub async fn serve(
         });
     }
     let _ = stop_tx.send(true);
-    let grace = tokio::time::Instant::now() + Duration::from_secs(limits::HTTP_SHUTDOWN_GRACE_SECS);
-    while conns.http_count() > 0 {
-        let closed = conns.closed.notified();
-        if tokio::time::timeout_at(grace, closed).await.is_err() {
-            break;
+    let drained = async {
+        while conns.http_count() > 0 {
+            conns.closed.notified().await;
         }
-    }
+    };
+    let grace = Duration::from_secs(limits::HTTP_SHUTDOWN_GRACE_SECS);
+    let _ = tokio::time::timeout(grace, drained).await;
     Ok(())
 }
 

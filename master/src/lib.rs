@@ -21,12 +21,12 @@ pub mod ui;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use axum::routing::get;
 use axum::Router;
-use shoal_core::{Cell, CellConfig, Timestamp};
+use shoal_core::clock::{SharedClock, SystemClock};
+use shoal_core::{Cell, CellConfig};
 
 pub use committer::{CommitConfig, CommitError, Committer, Published};
 pub use store::{MemStore, RedbStore, Store};
@@ -36,14 +36,6 @@ pub use store::{MemStore, RedbStore, Store};
 pub struct MasterConfig {
     pub listen: SocketAddr,
     pub work_dir: PathBuf,
-}
-
-/// The wall clock, in milliseconds since the epoch: the only clock the core is ever told.
-pub fn wall_clock_ms() -> Timestamp {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 /// Loads the cell from a store (a new cell id is chosen for an empty store) and checks it.
@@ -81,20 +73,24 @@ pub struct MasterCore {
 }
 
 impl MasterCore {
-    /// Starts the commit path over a store.
+    /// Starts the commit path over a store, on the operating system's clocks.
     /// Must run inside a tokio runtime (the agent hub spawns its loops).
     pub fn start(store: Arc<dyn Store>) -> anyhow::Result<MasterCore> {
         MasterCore::start_with(
             store,
             committer::CommitConfig::default(),
             agents::AgentTimers::default(),
+            SystemClock::shared(),
         )
     }
 
+    /// Starts the commit path over a store. Every part of the master (and compat, through
+    /// [`Published::clock`]) reads time only from `clock`.
     pub fn start_with(
         store: Arc<dyn Store>,
         config: committer::CommitConfig,
         timers: agents::AgentTimers,
+        clock: SharedClock,
     ) -> anyhow::Result<MasterCore> {
         let cell = load_cell(store.as_ref())?;
         tracing::info!(
@@ -104,8 +100,7 @@ impl MasterCore {
             tasks = cell.task_count(),
             "cell loaded"
         );
-        let (committer, published, _thread) =
-            committer::start(cell, store, Arc::new(wall_clock_ms), config);
+        let (committer, published, _thread) = committer::start(cell, store, clock, config);
         if published.snapshot().version() > 0 {
             // Holds (offers) do not survive a restart: say so to watchers first.
             let c = committer.clone();
@@ -124,6 +119,11 @@ impl MasterCore {
             agents,
             watchers: Arc::new(api::Watchers::new(limits::WATCHERS_MAX)),
         })
+    }
+
+    /// The clock the whole master tells time by.
+    pub fn clock(&self) -> &SharedClock {
+        &self.published.clock
     }
 
     /// The native API plus `/health` (`/version` is the Mesos one, in `shoal-compat`).
@@ -157,12 +157,17 @@ impl MasterCore {
     }
 }
 
-/// Opens the embedded store under `work_dir` (one file, `shoal.redb`).
-pub fn open_store(work_dir: &std::path::Path) -> anyhow::Result<Arc<dyn Store>> {
+/// Opens the embedded store under `work_dir` (one file, `shoal.redb`); it stamps its
+/// reopens with `clock`.
+pub fn open_store(
+    work_dir: &std::path::Path,
+    clock: SharedClock,
+) -> anyhow::Result<Arc<dyn Store>> {
     std::fs::create_dir_all(work_dir)
         .with_context(|| format!("creating {}", work_dir.display()))?;
     let path = work_dir.join("shoal.redb");
-    let store = RedbStore::open(&path).with_context(|| format!("opening {}", path.display()))?;
+    let store = RedbStore::open_with_clock(&path, clock)
+        .with_context(|| format!("opening {}", path.display()))?;
     Ok(Arc::new(store))
 }
 

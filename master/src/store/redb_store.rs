@@ -1,6 +1,7 @@
 //! The embedded store: one redb file.
 
 use super::*;
+use shoal_core::clock::{SharedClock, SystemClock};
 
 pub(super) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 /// The meta row of the store's format ([`FORMAT`], as JSON).
@@ -32,14 +33,22 @@ pub struct RedbStore {
     /// The buffer rows are encoded in, kept between writes: a claim's row is tens of KiB,
     /// and a buffer grown afresh at each write took new pages from the kernel each time.
     scratch: Mutex<Vec<u8>>,
+    /// Stamps a reopen (`reopened_at`).
+    clock: SharedClock,
 }
 
 impl RedbStore {
     pub fn open(path: &Path) -> StoreResult<RedbStore> {
+        RedbStore::open_with_clock(path, SystemClock::shared())
+    }
+
+    /// [`RedbStore::open`], stamping reopens with `clock`.
+    pub fn open_with_clock(path: &Path, clock: SharedClock) -> StoreResult<RedbStore> {
         Ok(RedbStore {
             path: path.to_path_buf(),
             db: RwLock::new(Some(RedbStore::open_db(path)?)),
             scratch: Mutex::default(),
+            clock,
         })
     }
 
@@ -295,7 +304,7 @@ impl Store for RedbStore {
         let txn = reopened.begin_write()?;
         {
             let mut meta = txn.open_table(META)?;
-            let stamp = crate::wall_clock_ms().to_string();
+            let stamp = self.clock.wall_ms().to_string();
             meta.insert("reopened_at", stamp.as_bytes())?;
         }
         txn.commit()?;
