@@ -26,13 +26,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{ConnectInfo, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
-use futures::stream::{SplitSink, SplitStream};
-use futures::{Sink, SinkExt, Stream, StreamExt};
 use serde::Deserialize;
 use serde_json::json;
 use shoal_core::agent_protocol::{AgentMessage, MasterMessage};
@@ -42,6 +40,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 
 use crate::committer::{CommitError, Committer, Published};
+use crate::link::{AgentLink, LinkReceiver, LinkSender};
 
 /// Timers of the agent connections, all flags so tests run fast.
 #[derive(Clone, Debug)]
@@ -329,43 +328,24 @@ pub async fn connect(
         .on_upgrade(move |socket| serve_agent(hub, socket, peer))
 }
 
-/// The next agent message; `None` once the peer closes or the socket fails.
-async fn recv_msg<S>(socket: &mut S) -> Option<Result<AgentMessage, String>>
-where
-    S: Stream<Item = Result<Message, axum::Error>> + Unpin,
-{
-    loop {
-        match socket.next().await? {
-            Ok(Message::Text(t)) => {
-                return Some(serde_json::from_str(t.as_str()).map_err(|e| e.to_string()))
-            }
-            Ok(Message::Binary(b)) => {
-                return Some(serde_json::from_slice(&b).map_err(|e| e.to_string()))
-            }
-            Ok(Message::Close(_)) | Err(_) => return None,
-            Ok(_) => continue,
-        }
-    }
-}
-
 /// Sends one message, giving up after `deadline`: a peer that does not read cannot hold the
 /// caller. False when the message did not go out.
-async fn send_msg<S>(socket: &mut S, msg: &MasterMessage, deadline: Duration) -> bool
-where
-    S: Sink<Message> + Unpin,
-{
-    let text = serde_json::to_string(msg).expect("messages serialize");
+async fn send_msg(link: &mut impl LinkSender, msg: MasterMessage, deadline: Duration) -> bool {
     matches!(
-        tokio::time::timeout(deadline, socket.send(Message::Text(text.into()))).await,
-        Ok(Ok(()))
+        tokio::time::timeout(deadline, link.send(msg)).await,
+        Ok(true)
     )
 }
 
-async fn serve_agent(hub: Arc<AgentHub>, mut socket: WebSocket, peer: Option<IpAddr>) {
+/// Serves one agent's link until it ends: its registration first (the first message must
+/// be REGISTER), then the registered link. The WebSocket upgrade calls it, as may anything
+/// that holds the agent's end of another [`AgentLink`] (a [`crate::link::memory_link`]).
+pub async fn serve_agent(hub: Arc<AgentHub>, link: impl AgentLink, peer: Option<IpAddr>) {
     let write_deadline = hub.timers.ping_timeout;
+    let (mut tx, mut rx) = link.split();
     let first = tokio::time::timeout(
         Duration::from_secs(crate::limits::AGENT_REGISTER_WAIT_SECS),
-        recv_msg(&mut socket),
+        rx.recv(),
     )
     .await;
     let (registration, known) = match first {
@@ -378,7 +358,7 @@ async fn serve_agent(hub: Arc<AgentHub>, mut socket: WebSocket, peer: Option<IpA
                 message: "the first message must be REGISTER".into(),
                 forget_id: false,
             };
-            send_msg(&mut socket, &error, write_deadline).await;
+            send_msg(&mut tx, error, write_deadline).await;
             return;
         }
         _ => return,
@@ -399,7 +379,7 @@ async fn serve_agent(hub: Arc<AgentHub>, mut socket: WebSocket, peer: Option<IpA
             ),
             forget_id: false,
         };
-        send_msg(&mut socket, &error, write_deadline).await;
+        send_msg(&mut tx, error, write_deadline).await;
         return;
     }
     // A returning agent counts as connected before its registration commits, so the liveness
@@ -431,12 +411,12 @@ async fn serve_agent(hub: Arc<AgentHub>, mut socket: WebSocket, peer: Option<IpA
                 message: e.to_string(),
                 forget_id,
             };
-            send_msg(&mut socket, &error, write_deadline).await;
+            send_msg(&mut tx, error, write_deadline).await;
             return;
         }
     };
     let span = tracing::info_span!("agent", %agent_id);
-    serve_link(hub, agent_id, peer, socket, known)
+    serve_link(hub, agent_id, peer, (tx, rx), known)
         .instrument(span)
         .await;
 }
@@ -449,7 +429,7 @@ async fn serve_link(
     hub: Arc<AgentHub>,
     agent_id: AgentId,
     peer: Option<IpAddr>,
-    socket: WebSocket,
+    (sink, stream): (impl LinkSender, impl LinkReceiver),
     known: Vec<TaskId>,
 ) {
     tracing::info!(?peer, "agent connected");
@@ -471,7 +451,6 @@ async fn serve_link(
     );
     hub.liveness.lock().expect("hub lock").connected(&agent_id);
     hub.liveness_changed.notify_one();
-    let (sink, stream) = socket.split();
     tokio::select! {
         () = write_loop(sink, rx, hub.timers.ping_timeout) => {}
         () = read_loop(&hub, &agent_id, stream, &tx) => {}
@@ -487,12 +466,12 @@ async fn serve_link(
 /// Sends what the outbox holds, in order, until the peer fails to take a message within
 /// `deadline`.
 async fn write_loop(
-    mut sink: SplitSink<WebSocket, Message>,
+    mut sink: impl LinkSender,
     mut rx: mpsc::Receiver<MasterMessage>,
     deadline: Duration,
 ) {
     while let Some(msg) = rx.recv().await {
-        if !send_msg(&mut sink, &msg, deadline).await {
+        if !send_msg(&mut sink, msg, deadline).await {
             tracing::warn!("agent link not writable (closed, or not read for the ping timeout)");
             return;
         }
@@ -504,11 +483,11 @@ async fn write_loop(
 async fn read_loop(
     hub: &Arc<AgentHub>,
     agent_id: &AgentId,
-    mut stream: SplitStream<WebSocket>,
+    mut stream: impl LinkReceiver,
     tx: &mpsc::Sender<MasterMessage>,
 ) {
     loop {
-        let incoming = tokio::time::timeout(hub.timers.ping_timeout, recv_msg(&mut stream)).await;
+        let incoming = tokio::time::timeout(hub.timers.ping_timeout, stream.recv()).await;
         match incoming {
             Err(_) => {
                 tracing::warn!("agent silent past the ping timeout");
@@ -784,7 +763,109 @@ pub fn router(hub: Arc<AgentHub>) -> axum::Router {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
+    use shoal_core::{
+        AgentRegistration, Claim, ClaimId, CommitMode, ConflictCheck, Placement, ResourceSet,
+        TaskSpec,
+    };
+
     use super::*;
+    use crate::link::memory_link;
+
+    async fn next(agent: &mut crate::link::MemoryAgent) -> MasterMessage {
+        tokio::time::timeout(Duration::from_secs(10), agent.recv())
+            .await
+            .expect("a message within 10 s")
+            .expect("the link is open")
+    }
+
+    /// The hub with no socket: an agent registers over an in-memory link, gets the launch of
+    /// a task a claim placed on it, and its status update is committed and acknowledged.
+    #[tokio::test]
+    async fn an_agent_registers_and_gets_its_launch_over_an_in_memory_link() {
+        let clock = Arc::new(shoal_core::clock::ManualClock::new(1_000));
+        let core = crate::MasterCore::start_with(
+            Arc::new(crate::MemStore::new()),
+            crate::CommitConfig::default(),
+            AgentTimers::default(),
+            clock,
+        )
+        .unwrap();
+        let (link, mut agent) = memory_link(16);
+        tokio::spawn(serve_agent(core.agents.clone(), link, None));
+
+        let registration = AgentRegistration {
+            agent_id: None,
+            hostname: "h1".into(),
+            port: 0,
+            attributes: Default::default(),
+            domain: None,
+            resources: ResourceSet::parse("cpus:4;mem:1024").unwrap(),
+        };
+        assert!(
+            agent
+                .send(AgentMessage::Register {
+                    registration,
+                    known: vec![],
+                })
+                .await
+        );
+        let MasterMessage::Registered { agent_id, .. } = next(&mut agent).await else {
+            panic!("REGISTERED comes first");
+        };
+        let until = std::time::Instant::now() + Duration::from_secs(10);
+        while !core.agents.is_connected(&agent_id) {
+            assert!(std::time::Instant::now() < until, "the link is registered");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+
+        let task_id = TaskId::new("t1");
+        let claim = Claim {
+            id: ClaimId::new("c1"),
+            role: "*".into(),
+            owner: "test".into(),
+            snapshot_version: core.published.snapshot().version(),
+            mode: CommitMode::default(),
+            check: ConflictCheck::default(),
+            placements: vec![Placement {
+                task_id: task_id.clone(),
+                name: "t1".into(),
+                agent_id: agent_id.clone(),
+                resources: ResourceSet::parse("cpus:1;mem:64").unwrap(),
+                spec: TaskSpec::empty(),
+            }],
+            priority: 0,
+            evictions: vec![],
+        };
+        core.committer.submit(Command::Claim(claim)).await.unwrap();
+        let tasks = loop {
+            if let MasterMessage::Launch { tasks } = next(&mut agent).await {
+                break tasks;
+            }
+        };
+        assert_eq!(tasks.len(), 1);
+        assert_eq!((&tasks[0].id, &tasks[0].agent_id), (&task_id, &agent_id));
+
+        let update = AgentMessage::StatusUpdate {
+            update_id: 7,
+            task_id: task_id.clone(),
+            state: TaskState::Running,
+            status: StatusInfo::default(),
+        };
+        assert!(agent.send(update).await);
+        loop {
+            if let MasterMessage::StatusAck { update_id } = next(&mut agent).await {
+                assert_eq!(update_id, 7);
+                break;
+            }
+        }
+        let snap = core.published.snapshot();
+        assert_eq!(
+            snap.task(&task_id).map(|t| t.state),
+            Some(TaskState::Running)
+        );
+    }
 
     #[test]
     fn files_paths() {

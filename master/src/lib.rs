@@ -4,6 +4,8 @@
 //! - [`committer`]: the one commit path (group commit: validate → apply → persist → ack →
 //!   publish).
 //! - [`api`]: the native HTTP/JSON API for schedulers and the agent-facing API.
+//! - [`agents`]: the agent hub, which speaks to agents in typed messages over a [`link`]
+//!   (the WebSocket codec, or an in-memory pair).
 
 pub mod agents;
 pub mod api;
@@ -13,6 +15,7 @@ pub mod health;
 pub mod http;
 pub mod jobs;
 pub mod limits;
+pub mod link;
 pub mod mesos_json;
 pub mod services;
 pub mod store;
