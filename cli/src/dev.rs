@@ -154,7 +154,7 @@ pub(crate) async fn run_dev(
                 // As `shoal master` does: a stopped commit path ends the cell, not 0.
                 () = core.published.health.stopped() => {
                     eprintln!("shoal dev: the commit path has stopped");
-                    Some(Ok(Err(anyhow::anyhow!("the commit path has stopped"))))
+                    Some(Ok(Err(shoal_master::MasterError::Stopped)))
                 }
             }
         }
@@ -182,7 +182,7 @@ pub(crate) async fn run_dev(
         }
     };
     eprintln!("shoal dev: stopped");
-    result.context("server task")?
+    Ok(result.context("server task")??)
 }
 
 /// The next SIGINT or SIGTERM of `shoal dev`: its name.

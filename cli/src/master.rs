@@ -142,7 +142,7 @@ pub(crate) async fn run_master(
             core.router().merge(compat.router()),
             http,
             shutdown_signal(),
-        ) => served,
+        ) => Ok(served?),
         // A stopped commit path cannot commit again: exit (not 0) so a supervisor restarts
         // the master, which loads the store afresh.
         () = published.health.stopped() => {

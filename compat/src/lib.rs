@@ -10,6 +10,7 @@
 //! formats (JSON and protobuf, RecordIO); the allocator ([`allocator`]) is sans-IO.
 
 pub mod allocator;
+pub mod error;
 pub mod limits;
 mod scheduler;
 mod state;
@@ -17,6 +18,7 @@ mod updates;
 
 use std::time::Duration;
 
+pub use error::CompatError;
 pub use scheduler::Compat;
 
 /// The Mesos release whose scheduler API this master speaks, reported where Mesos reports its

@@ -23,7 +23,7 @@
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::WebSocketUpgrade;
@@ -31,6 +31,7 @@ use axum::extract::{ConnectInfo, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
+use parking_lot::Mutex;
 use serde::Deserialize;
 use serde_json::json;
 use shoal_core::agent_protocol::{AgentMessage, MasterMessage};
@@ -118,7 +119,7 @@ impl AgentHub {
     }
 
     fn send(&self, agent: &AgentId, msg: MasterMessage) -> bool {
-        let conns = self.connections.lock().expect("hub lock");
+        let conns = self.connections.lock();
         match conns.get(agent) {
             Some(c) => c.tx.try_send(msg).is_ok(),
             None => false,
@@ -128,18 +129,11 @@ impl AgentHub {
     /// The IP address an agent's live link comes from; `None` when it has no link (or the
     /// link was served without a peer address).
     pub fn link_ip(&self, agent: &AgentId) -> Option<IpAddr> {
-        self.connections
-            .lock()
-            .expect("hub lock")
-            .get(agent)
-            .and_then(|c| c.peer)
+        self.connections.lock().get(agent).and_then(|c| c.peer)
     }
 
     pub fn is_connected(&self, agent: &AgentId) -> bool {
-        self.connections
-            .lock()
-            .expect("hub lock")
-            .contains_key(agent)
+        self.connections.lock().contains_key(agent)
     }
 
     /// Asks an agent for a sandbox file listing or contents (the Mesos `/files` endpoints).
@@ -154,7 +148,7 @@ impl AgentHub {
     ) -> (u16, serde_json::Value) {
         let request_id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
-        self.files.lock().expect("hub lock").insert(request_id, tx);
+        self.files.lock().insert(request_id, tx);
         let msg = MasterMessage::FilesRequest {
             request_id,
             op: op.into(),
@@ -164,7 +158,7 @@ impl AgentHub {
             length,
         };
         if !self.send(agent, msg) {
-            self.files.lock().expect("hub lock").remove(&request_id);
+            self.files.lock().remove(&request_id);
             return (
                 503,
                 json!({"error": "unavailable", "message": format!("agent {agent} is not connected")}),
@@ -173,7 +167,7 @@ impl AgentHub {
         match tokio::time::timeout(Duration::from_secs(10), rx).await {
             Ok(Ok(answer)) => answer,
             _ => {
-                self.files.lock().expect("hub lock").remove(&request_id);
+                self.files.lock().remove(&request_id);
                 (
                     504,
                     json!({"error": "timeout", "message": format!("agent {agent} did not answer")}),
@@ -225,13 +219,7 @@ async fn dispatch(hub: Arc<AgentHub>) {
             }
             Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
                 // Missed entries: re-send what every connected agent should be running.
-                let agents: Vec<AgentId> = hub
-                    .connections
-                    .lock()
-                    .expect("hub lock")
-                    .keys()
-                    .cloned()
-                    .collect();
+                let agents: Vec<AgentId> = hub.connections.lock().keys().cloned().collect();
                 let snap = hub.published.snapshot();
                 for a in agents {
                     let tasks: Vec<Task> = snap
@@ -253,19 +241,12 @@ async fn dispatch(hub: Arc<AgentHub>) {
 /// [`Liveness`], which decides what is due and when to look again.
 async fn liveness(hub: Arc<AgentHub>) {
     let mut changed = hub.published.entries.subscribe();
-    let shortest = Duration::from_millis(
-        hub.liveness
-            .lock()
-            .expect("hub lock")
-            .shortest_timeout_ms()
-            .max(1),
-    );
+    let shortest = Duration::from_millis(hub.liveness.lock().shortest_timeout_ms().max(1));
     loop {
         let (due, next) = {
             let snap = hub.published.snapshot();
             hub.liveness
                 .lock()
-                .expect("hub lock")
                 .tick(&snap, hub.published.clock.wall_ms())
         };
         for command in due {
@@ -386,7 +367,7 @@ pub async fn serve_agent(hub: Arc<AgentHub>, link: impl AgentLink, peer: Option<
     // loop (woken by that commit) cannot mark it unreachable in between.
     let returning = registration.agent_id.clone();
     if let Some(id) = &returning {
-        hub.liveness.lock().expect("hub lock").connected(id);
+        hub.liveness.lock().connected(id);
     }
     let registered = hub
         .committer
@@ -395,7 +376,6 @@ pub async fn serve_agent(hub: Arc<AgentHub>, link: impl AgentLink, peer: Option<
     if let (Some(id), Err(_)) = (&returning, &registered) {
         hub.liveness
             .lock()
-            .expect("hub lock")
             .disconnected(id, hub.published.clock.wall_ms());
     }
     let agent_id = match registered {
@@ -441,7 +421,7 @@ async fn serve_link(
         heartbeat_interval_ms: hub.timers.heartbeat_interval.as_millis() as u64,
     });
     let serial = hub.next_id.fetch_add(1, Ordering::Relaxed);
-    hub.connections.lock().expect("hub lock").insert(
+    hub.connections.lock().insert(
         agent_id.clone(),
         Connection {
             tx: tx.clone(),
@@ -449,7 +429,7 @@ async fn serve_link(
             peer,
         },
     );
-    hub.liveness.lock().expect("hub lock").connected(&agent_id);
+    hub.liveness.lock().connected(&agent_id);
     hub.liveness_changed.notify_one();
     tokio::select! {
         () = write_loop(sink, rx, hub.timers.ping_timeout) => {}
@@ -494,19 +474,20 @@ async fn read_loop(
                 return;
             }
             Ok(None) => return,
-            Ok(Some(Err(e))) => tracing::warn!(error = %e, "malformed agent message"),
+            Ok(Some(Err(e))) => {
+                tracing::warn!(error = %crate::error::chain(&e), "agent message dropped")
+            }
             Ok(Some(Ok(msg))) => handle(hub, agent_id, msg, tx).await,
         }
     }
 }
 
 fn drop_connection(hub: &AgentHub, agent_id: &AgentId, serial: u64) {
-    let mut conns = hub.connections.lock().expect("hub lock");
+    let mut conns = hub.connections.lock();
     if conns.get(agent_id).map(|c| c.serial) == Some(serial) {
         conns.remove(agent_id);
         hub.liveness
             .lock()
-            .expect("hub lock")
             .disconnected(agent_id, hub.published.clock.wall_ms());
         hub.liveness_changed.notify_one();
     }
@@ -567,7 +548,7 @@ async fn handle(
             status,
             body,
         } => {
-            if let Some(w) = hub.files.lock().expect("hub lock").remove(&request_id) {
+            if let Some(w) = hub.files.lock().remove(&request_id) {
                 let _ = w.send((status, body));
             }
         }
@@ -744,7 +725,6 @@ pub async fn heartbeat(
     }
     hub.liveness
         .lock()
-        .expect("hub lock")
         .heartbeat(&agent, hub.published.clock.wall_ms());
     StatusCode::ACCEPTED.into_response()
 }

@@ -29,16 +29,18 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use parking_lot::Mutex;
 use shoal_core::clock::SharedClock;
 use shoal_core::{AgentId, Cell, Command, Event, LogEntry, Rejection, Reply, TaskId, Version};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use crate::limits;
 use crate::store::{ClaimCommit, Store, WriteBatch};
+use crate::MasterError;
 
 /// Why a command did not commit.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -95,12 +97,12 @@ impl Health {
     }
 
     /// `Ok` when commands can commit; otherwise why not.
-    pub fn check(&self) -> Result<(), String> {
+    pub fn check(&self) -> Result<(), MasterError> {
         if self.is_stopped() {
-            return Err("the commit path has stopped".into());
+            return Err(MasterError::Stopped);
         }
-        match &*self.store_failure.lock().unwrap_or_else(|e| e.into_inner()) {
-            Some(why) => Err(format!("the store is failing: {why}")),
+        match &*self.store_failure.lock() {
+            Some(why) => Err(MasterError::StoreFailing(why.clone())),
             None => Ok(()),
         }
     }
@@ -116,14 +118,11 @@ impl Health {
     }
 
     fn set_store_failure(&self, why: Option<String>) {
-        *self.store_failure.lock().unwrap_or_else(|e| e.into_inner()) = why;
+        *self.store_failure.lock() = why;
     }
 
     fn store_failure(&self) -> Option<String> {
-        self.store_failure
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.store_failure.lock().clone()
     }
 }
 
@@ -335,7 +334,7 @@ impl CommitCore {
         let decided = self.decider.hand_over();
         if !self.writer.write_round(vec![decided], &mut deliver) {
             if let Err(e) = self.writer.reopen() {
-                tracing::warn!(error = %format!("{e:#}"), "the store does not reopen yet");
+                tracing::warn!(error = %crate::error::chain(&e), "the store does not reopen yet");
             }
         }
         answers
@@ -628,17 +627,19 @@ impl Writer {
     /// reloaded from it (the last durable commit) and published, entries the store kept
     /// beyond the published cell (a sync that failed after all) go to watchers, and the
     /// decider is sent back to it.
-    fn reopen(&mut self) -> anyhow::Result<()> {
+    fn reopen(&mut self) -> Result<(), MasterError> {
         let published = &*self.published;
         let store = &*published.store;
         let reloaded = store
             .recover()
-            .map_err(anyhow::Error::from)
+            .map_err(MasterError::from)
             .and_then(|()| crate::load_cell(store));
         let cell = match reloaded {
             Ok(cell) => cell,
             Err(e) => {
-                published.health.set_store_failure(Some(format!("{e:#}")));
+                published
+                    .health
+                    .set_store_failure(Some(crate::error::chain(&e)));
                 return Err(e);
             }
         };
@@ -735,7 +736,7 @@ fn recover(writer: &mut Writer, decided: &std::sync::mpsc::Receiver<Decided<Repl
         match writer.reopen() {
             Ok(()) => return true,
             Err(e) => {
-                tracing::warn!(error = %format!("{e:#}"), retry_in_ms = writer.backoff.as_millis() as u64, "the store does not reopen yet");
+                tracing::warn!(error = %crate::error::chain(&e), retry_in_ms = writer.backoff.as_millis() as u64, "the store does not reopen yet");
             }
         }
     }
@@ -1156,6 +1157,7 @@ mod tests {
             .health
             .check()
             .unwrap_err()
+            .to_string()
             .contains("store is failing"));
         let r = committer.submit(role("lost")).await;
         assert!(matches!(r, Err(CommitError::Unavailable(_))), "{r:?}");

@@ -11,6 +11,7 @@ pub mod agents;
 pub mod api;
 pub mod committer;
 pub mod driver;
+pub mod error;
 pub mod health;
 pub mod http;
 pub mod jobs;
@@ -25,13 +26,13 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use anyhow::Context;
 use axum::routing::get;
 use axum::Router;
 use shoal_core::clock::{SharedClock, SystemClock};
 use shoal_core::{Cell, CellConfig};
 
-pub use committer::{CommitConfig, CommitError, Committer, Published};
+pub use committer::{CommitConfig, CommitCore, CommitError, Committer, Published};
+pub use error::MasterError;
 pub use store::{MemStore, RedbStore, Store};
 
 /// How to run a master.
@@ -42,8 +43,8 @@ pub struct MasterConfig {
 }
 
 /// Loads the cell from a store (a new cell id is chosen for an empty store) and checks it.
-pub fn load_cell(store: &dyn Store) -> anyhow::Result<Cell> {
-    let stored = store.load().context("loading the store")?;
+pub fn load_cell(store: &dyn Store) -> Result<Cell, MasterError> {
+    let stored = store.load().map_err(MasterError::Load)?;
     let cell_id = stored
         .cell_id
         .clone()
@@ -61,7 +62,7 @@ pub fn load_cell(store: &dyn Store) -> anyhow::Result<Cell> {
     cell.restore_jobs(stored.jobs);
     cell.restore_services(stored.services);
     cell.check_invariants()
-        .map_err(|e| anyhow::anyhow!("stored state violates an invariant: {e}"))?;
+        .map_err(|e| MasterError::Invariant(e.to_string()))?;
     Ok(cell)
 }
 
@@ -78,7 +79,7 @@ pub struct MasterCore {
 impl MasterCore {
     /// Starts the commit path over a store, on the operating system's clocks.
     /// Must run inside a tokio runtime (the agent hub spawns its loops).
-    pub fn start(store: Arc<dyn Store>) -> anyhow::Result<MasterCore> {
+    pub fn start(store: Arc<dyn Store>) -> Result<MasterCore, MasterError> {
         MasterCore::start_with(
             store,
             committer::CommitConfig::default(),
@@ -94,7 +95,7 @@ impl MasterCore {
         config: committer::CommitConfig,
         timers: agents::AgentTimers,
         clock: SharedClock,
-    ) -> anyhow::Result<MasterCore> {
+    ) -> Result<MasterCore, MasterError> {
         let cell = load_cell(store.as_ref())?;
         tracing::info!(
             cell_id = cell.cell_id(),
@@ -165,12 +166,14 @@ impl MasterCore {
 pub fn open_store(
     work_dir: &std::path::Path,
     clock: SharedClock,
-) -> anyhow::Result<Arc<dyn Store>> {
+) -> Result<Arc<dyn Store>, MasterError> {
     std::fs::create_dir_all(work_dir)
-        .with_context(|| format!("creating {}", work_dir.display()))?;
+        .map_err(MasterError::io(format!("creating {}", work_dir.display())))?;
     let path = work_dir.join("shoal.redb");
-    let store = RedbStore::open_with_clock(&path, clock)
-        .with_context(|| format!("opening {}", path.display()))?;
+    let store = RedbStore::open_with_clock(&path, clock).map_err(|cause| MasterError::Open {
+        path: path.clone(),
+        cause,
+    })?;
     Ok(Arc::new(store))
 }
 
@@ -179,14 +182,18 @@ pub fn open_store(
 pub async fn bind(
     addr: SocketAddr,
     work_dir: &std::path::Path,
-) -> anyhow::Result<tokio::net::TcpListener> {
+) -> Result<tokio::net::TcpListener, MasterError> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
-        .with_context(|| format!("binding {addr}"))?;
-    let bound = listener.local_addr()?;
+        .map_err(MasterError::io(format!("binding {addr}")))?;
+    let bound = listener
+        .local_addr()
+        .map_err(MasterError::io("reading the bound address"))?;
     let tmp = work_dir.join("master.addr.tmp");
-    std::fs::write(&tmp, bound.to_string())?;
-    std::fs::rename(&tmp, work_dir.join("master.addr"))?;
+    std::fs::write(&tmp, bound.to_string())
+        .map_err(MasterError::io(format!("writing {}", tmp.display())))?;
+    std::fs::rename(&tmp, work_dir.join("master.addr"))
+        .map_err(MasterError::io(format!("renaming {}", tmp.display())))?;
     tracing::info!(%bound, "master listening");
     Ok(listener)
 }
@@ -197,8 +204,12 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     router: Router,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
-    let config = http::HttpConfig::new(listener.local_addr()?);
+) -> Result<(), MasterError> {
+    let config = http::HttpConfig::new(
+        listener
+            .local_addr()
+            .map_err(MasterError::io("reading the bound address"))?,
+    );
     serve_with(listener, router, config, shutdown).await
 }
 
@@ -209,6 +220,6 @@ pub async fn serve_with(
     router: Router,
     config: http::HttpConfig,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
+) -> Result<(), MasterError> {
     http::serve(listener, router, config, shutdown).await
 }

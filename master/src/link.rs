@@ -24,6 +24,8 @@ use futures::{SinkExt, StreamExt};
 use shoal_core::agent_protocol::{AgentMessage, MasterMessage};
 use tokio::sync::mpsc;
 
+use crate::MasterError;
+
 /// A live connection to one agent, as the master sees it: typed messages both ways. It is
 /// split at once into its two halves, which the hub drives at the same time (a writer
 /// draining the outbox, a reader handling what comes up).
@@ -42,9 +44,9 @@ pub trait LinkSender: Send + 'static {
 
 /// The agent-to-master half of a link.
 pub trait LinkReceiver: Send + 'static {
-    /// The next message; `Some(Err(why))` for one that does not decode (the link goes on);
+    /// The next message; `Some(Err(MasterError::Malformed))` for one that does not decode (the link goes on);
     /// `None` once the peer closes or the link fails.
-    fn recv(&mut self) -> impl Future<Output = Option<Result<AgentMessage, String>>> + Send;
+    fn recv(&mut self) -> impl Future<Output = Option<Result<AgentMessage, MasterError>>> + Send;
 }
 
 /// The WebSocket codec: one JSON text frame per message (a binary frame is read as JSON too).
@@ -66,14 +68,14 @@ impl LinkSender for SplitSink<WebSocket, Message> {
 }
 
 impl LinkReceiver for SplitStream<WebSocket> {
-    async fn recv(&mut self) -> Option<Result<AgentMessage, String>> {
+    async fn recv(&mut self) -> Option<Result<AgentMessage, MasterError>> {
         loop {
             match self.next().await? {
                 Ok(Message::Text(t)) => {
-                    return Some(serde_json::from_str(t.as_str()).map_err(|e| e.to_string()))
+                    return Some(serde_json::from_str(t.as_str()).map_err(MasterError::Malformed))
                 }
                 Ok(Message::Binary(b)) => {
-                    return Some(serde_json::from_slice(&b).map_err(|e| e.to_string()))
+                    return Some(serde_json::from_slice(&b).map_err(MasterError::Malformed))
                 }
                 Ok(Message::Close(_)) | Err(_) => return None,
                 Ok(_) => continue,
@@ -124,7 +126,7 @@ impl LinkSender for MemorySender {
 }
 
 impl LinkReceiver for MemoryReceiver {
-    async fn recv(&mut self) -> Option<Result<AgentMessage, String>> {
+    async fn recv(&mut self) -> Option<Result<AgentMessage, MasterError>> {
         self.0.recv().await.map(Ok)
     }
 }

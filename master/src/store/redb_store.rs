@@ -96,7 +96,7 @@ impl RedbStore {
 
     /// The open database (shared with a reopen, which waits for the guard).
     pub(super) fn db(&self) -> StoreResult<DbGuard<'_>> {
-        let guard = self.db.read().unwrap_or_else(|e| e.into_inner());
+        let guard = self.db.read();
         if guard.is_none() {
             return Err(StoreError::Backend(
                 "the store is closed after a failure; it is being reopened".into(),
@@ -227,7 +227,7 @@ impl Store for RedbStore {
             }
             // A claim's row holds its tasks as placed: a task is written once when it is
             // placed, and gets a row of its own only when it changes.
-            let mut scratch = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
+            let mut scratch = self.scratch.lock();
             let mut buf = std::mem::take(&mut *scratch);
             let mut placed: HashMap<&str, &Arc<Task>> = HashMap::new();
             let mut claims = txn.open_table(CLAIMS)?;
@@ -292,7 +292,7 @@ impl Store for RedbStore {
     }
 
     fn recover(&self) -> StoreResult<()> {
-        let mut db = self.db.write().unwrap_or_else(|e| e.into_inner());
+        let mut db = self.db.write();
         if let Some(old) = db.take() {
             // Closing a failed database reports the failure again: it is known.
             if let Err(e) = old.close() {
