@@ -36,7 +36,9 @@ use serde::Deserialize;
 use serde_json::json;
 use shoal_core::agent_protocol::{AgentMessage, MasterMessage};
 use shoal_core::liveness::{Liveness, LivenessConfig};
-use shoal_core::{AgentId, Command, Event, Reply, StatusInfo, Task, TaskId, TaskState};
+use shoal_core::{
+    AgentId, AgentRegistration, Command, Event, Reply, StatusInfo, Task, TaskId, TaskState,
+};
 use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 
@@ -344,24 +346,43 @@ pub async fn serve_agent(hub: Arc<AgentHub>, link: impl AgentLink, peer: Option<
         }
         _ => return,
     };
-    if known.len() > crate::limits::AGENT_KNOWN_TASKS_MAX {
+    match register(&hub, registration, known.len()).await {
+        Some(Ok(agent_id)) => {
+            let span = tracing::info_span!("agent", %agent_id);
+            serve_link(hub, agent_id, peer, (tx, rx), known)
+                .instrument(span)
+                .await;
+        }
+        Some(Err(refusal)) => {
+            send_msg(&mut tx, refusal, write_deadline).await;
+        }
+        None => {}
+    }
+}
+
+/// Commits an agent's registration (`known`: how many tasks it says it runs). `None` when
+/// nothing is to be said to it; otherwise its id, or the ERROR that refuses it.
+async fn register(
+    hub: &AgentHub,
+    registration: AgentRegistration,
+    known: usize,
+) -> Option<Result<AgentId, MasterMessage>> {
+    if known > crate::limits::AGENT_KNOWN_TASKS_MAX {
         // Refused before anything commits, as Mesos drops an invalid re-registration: the
         // agent keeps its state and, staying away, becomes unreachable like any other.
         tracing::warn!(
             agent_id = ?registration.agent_id,
-            known = known.len(),
+            known,
             "agent registration refused: too many known tasks"
         );
         let error = MasterMessage::Error {
             message: format!(
-                "REGISTER lists {} known tasks; the master reconciles at most {}",
-                known.len(),
+                "REGISTER lists {known} known tasks; the master reconciles at most {}",
                 crate::limits::AGENT_KNOWN_TASKS_MAX
             ),
             forget_id: false,
         };
-        send_msg(&mut tx, error, write_deadline).await;
-        return;
+        return Some(Err(error));
     }
     // A returning agent counts as connected before its registration commits, so the liveness
     // loop (woken by that commit) cannot mark it unreachable in between.
@@ -380,7 +401,7 @@ pub async fn serve_agent(hub: Arc<AgentHub>, link: impl AgentLink, peer: Option<
     }
     let agent_id = match registered {
         Ok(Reply::Agent { agent_id }) => agent_id,
-        Ok(_) => return,
+        Ok(_) => return None,
         Err(e) => {
             let forget_id = matches!(
                 &e,
@@ -391,14 +412,10 @@ pub async fn serve_agent(hub: Arc<AgentHub>, link: impl AgentLink, peer: Option<
                 message: e.to_string(),
                 forget_id,
             };
-            send_msg(&mut tx, error, write_deadline).await;
-            return;
+            return Some(Err(error));
         }
     };
-    let span = tracing::info_span!("agent", %agent_id);
-    serve_link(hub, agent_id, peer, (tx, rx), known)
-        .instrument(span)
-        .await;
+    Some(Ok(agent_id))
 }
 
 /// A registered agent's link: one writer draining the outbox, one reader, and the

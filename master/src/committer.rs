@@ -563,30 +563,20 @@ impl Writer {
             "an earlier commit group failed to persist; retry",
             deliver,
         );
-        let store = &*published.store;
-        let mut persisted = Ok(());
-        let mut trim = None;
-        let mut writes = 0;
-        for (batch, _) in groups.iter().filter_map(|g| g.change.as_ref()) {
-            persisted = store.write(batch);
-            if persisted.is_err() {
-                break;
+        let persisted = Writer::persist(&*published.store, &groups);
+        let (writes, trim) = match persisted {
+            Ok(done) => done,
+            Err(e) => {
+                tracing::error!(error = %e, "store write failed; the groups are refused and the cell goes back to what is durable");
+                published.health.set_store_failure(Some(e.to_string()));
+                self.signals.failures.fetch_add(1, Ordering::Release);
+                let why = format!(
+                    "the store failed ({e}); nothing of this commit was acknowledged, retry"
+                );
+                refuse(groups, &why, deliver);
+                return false;
             }
-            trim = batch.trim_log_below.or(trim);
-            writes += 1;
-        }
-        if writes > 0 && persisted.is_ok() {
-            persisted = store.sync();
-        }
-        if let Err(e) = persisted {
-            tracing::error!(error = %e, "store write failed; the groups are refused and the cell goes back to what is durable");
-            published.health.set_store_failure(Some(e.to_string()));
-            self.signals.failures.fetch_add(1, Ordering::Release);
-            let why =
-                format!("the store failed ({e}); nothing of this commit was acknowledged, retry");
-            refuse(groups, &why, deliver);
-            return false;
-        }
+        };
         if writes > 0 {
             self.backoff = Duration::from_millis(limits::STORE_REOPEN_BACKOFF_MIN_MS);
             published.stats.syncs.fetch_add(1, Ordering::Relaxed);
@@ -621,6 +611,25 @@ impl Writer {
             "commit groups written"
         );
         true
+    }
+
+    /// Writes the groups' changes (one store write each) and syncs once if anything was
+    /// written. Returns the count of writes and the log trim they asked for.
+    fn persist<R>(
+        store: &dyn Store,
+        groups: &[Decided<R>],
+    ) -> Result<(usize, Option<Version>), crate::store::StoreError> {
+        let mut trim = None;
+        let mut writes = 0;
+        for (batch, _) in groups.iter().filter_map(|g| g.change.as_ref()) {
+            store.write(batch)?;
+            trim = batch.trim_log_below.or(trim);
+            writes += 1;
+        }
+        if writes > 0 {
+            store.sync()?;
+        }
+        Ok((writes, trim))
     }
 
     /// One try at reopening the failed store: when it takes a durable write, the cell is
@@ -755,6 +764,133 @@ fn refuse<R>(
     }
 }
 
+/// The keys of the records a group's entries changed (what its store write must carry).
+#[derive(Default)]
+struct Changed<'a> {
+    agents: BTreeSet<AgentId>,
+    tasks: BTreeSet<TaskId>,
+    roles: BTreeSet<String>,
+    claims: Vec<ClaimCommit>,
+    jobs: BTreeSet<&'a str>,
+    job_tasks: BTreeSet<(&'a str, &'a str)>,
+    services: BTreeSet<&'a str>,
+    /// Per instance (service, index): written (true) or removed (false), as of the last event.
+    instances: BTreeMap<(&'a str, u32), bool>,
+}
+
+impl<'a> Changed<'a> {
+    /// What `entries` changed; a task's agent is read from `cell`.
+    fn of(cell: &Cell, entries: &'a [Arc<LogEntry>]) -> Changed<'a> {
+        let mut changed = Changed::default();
+        for ev in entries.iter().flat_map(|e| &e.events) {
+            changed.event(cell, ev);
+        }
+        changed
+    }
+
+    /// The records one event changed.
+    fn event(&mut self, cell: &Cell, ev: &'a Event) {
+        let changed = self;
+        match ev {
+            Event::AgentRegistered { agent } => {
+                changed.agents.insert(agent.id.clone());
+            }
+            Event::AgentResourcesUpdated { agent_id, .. }
+            | Event::AgentStateChanged { agent_id, .. } => {
+                changed.agents.insert(agent_id.clone());
+            }
+            Event::ClaimCommitted {
+                outcome, tasks: ts, ..
+            } => {
+                changed.claims.push(ClaimCommit {
+                    outcome: outcome.clone(),
+                    tasks: ts.clone(),
+                });
+                for t in ts {
+                    changed.tasks.insert(t.id.clone());
+                    changed.agents.insert(t.agent_id.clone());
+                    changed.roles.insert(t.role.clone());
+                }
+            }
+            Event::TaskStatusChanged { task_id, .. } => {
+                if let Some(t) = cell.task(task_id) {
+                    changed.agents.insert(t.agent_id.clone());
+                }
+                changed.tasks.insert(task_id.clone());
+            }
+            Event::RoleConfigured { name, .. } => {
+                changed.roles.insert(name.clone());
+            }
+            // Holds are not persisted; the agents' versions they moved are.
+            Event::HoldsPlaced { holds } => {
+                changed
+                    .agents
+                    .extend(holds.iter().map(|h| h.agent_id.clone()));
+            }
+            Event::HoldsReleased { agent_ids, .. } | Event::HoldsCleared { agent_ids } => {
+                changed.agents.extend(agent_ids.iter().cloned());
+            }
+            Event::JobSubmitted { .. }
+            | Event::JobUpdated { .. }
+            | Event::ServiceSubmitted { .. }
+            | Event::ServiceUpdated { .. } => changed.scheduler_event(ev),
+        }
+    }
+
+    /// The records of the built-in schedulers (jobs, services) one event changed.
+    fn scheduler_event(&mut self, ev: &'a Event) {
+        let changed = self;
+        match ev {
+            Event::JobSubmitted { job } => {
+                changed.jobs.insert(&job.id);
+                changed
+                    .job_tasks
+                    .extend(job.tasks.keys().map(|n| (job.id.as_str(), n.as_str())));
+            }
+            Event::JobUpdated {
+                job_id,
+                state,
+                tasks: ts,
+                ..
+            } => {
+                if state.is_some() {
+                    changed.jobs.insert(job_id);
+                }
+                changed
+                    .job_tasks
+                    .extend(ts.iter().map(|t| (job_id.as_str(), t.name.as_str())));
+            }
+            Event::ServiceSubmitted { service } => {
+                changed.services.insert(&service.id);
+            }
+            Event::ServiceUpdated {
+                service_id,
+                spec,
+                count,
+                state,
+                message,
+                instances: is,
+                removed,
+                ..
+            } => {
+                if spec.is_some() || count.is_some() || state.is_some() || message.is_some() {
+                    changed.services.insert(service_id);
+                }
+                // As `apply` does: removals first, then the written records.
+                for i in removed {
+                    changed.instances.insert((service_id.as_str(), *i), false);
+                }
+                for i in is {
+                    changed
+                        .instances
+                        .insert((service_id.as_str(), i.index), true);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
 /// The records the group's entries changed, read from the cell as of the group's end.
 fn write_batch(
     cell: &Cell,
@@ -762,96 +898,7 @@ fn write_batch(
     published: &Published,
     retain: u64,
 ) -> WriteBatch {
-    let mut agents: BTreeSet<AgentId> = BTreeSet::new();
-    let mut tasks: BTreeSet<TaskId> = BTreeSet::new();
-    let mut roles: BTreeSet<String> = BTreeSet::new();
-    let mut claims = Vec::new();
-    let mut jobs: BTreeSet<&str> = BTreeSet::new();
-    let mut job_tasks: BTreeSet<(&str, &str)> = BTreeSet::new();
-    let mut services: BTreeSet<&str> = BTreeSet::new();
-    // Per instance (service, index): written (true) or removed (false), as of the last event.
-    let mut instances: BTreeMap<(&str, u32), bool> = BTreeMap::new();
-    for e in entries {
-        for ev in &e.events {
-            match ev {
-                Event::AgentRegistered { agent } => {
-                    agents.insert(agent.id.clone());
-                }
-                Event::AgentResourcesUpdated { agent_id, .. }
-                | Event::AgentStateChanged { agent_id, .. } => {
-                    agents.insert(agent_id.clone());
-                }
-                Event::ClaimCommitted {
-                    outcome, tasks: ts, ..
-                } => {
-                    claims.push(ClaimCommit {
-                        outcome: outcome.clone(),
-                        tasks: ts.clone(),
-                    });
-                    for t in ts {
-                        tasks.insert(t.id.clone());
-                        agents.insert(t.agent_id.clone());
-                        roles.insert(t.role.clone());
-                    }
-                }
-                Event::TaskStatusChanged { task_id, .. } => {
-                    if let Some(t) = cell.task(task_id) {
-                        agents.insert(t.agent_id.clone());
-                    }
-                    tasks.insert(task_id.clone());
-                }
-                Event::RoleConfigured { name, .. } => {
-                    roles.insert(name.clone());
-                }
-                // Holds are not persisted; the agents' versions they moved are.
-                Event::HoldsPlaced { holds } => {
-                    agents.extend(holds.iter().map(|h| h.agent_id.clone()));
-                }
-                Event::HoldsReleased { agent_ids, .. } | Event::HoldsCleared { agent_ids } => {
-                    agents.extend(agent_ids.iter().cloned());
-                }
-                Event::JobSubmitted { job } => {
-                    jobs.insert(&job.id);
-                    job_tasks.extend(job.tasks.keys().map(|n| (job.id.as_str(), n.as_str())));
-                }
-                Event::JobUpdated {
-                    job_id,
-                    state,
-                    tasks: ts,
-                    ..
-                } => {
-                    if state.is_some() {
-                        jobs.insert(job_id);
-                    }
-                    job_tasks.extend(ts.iter().map(|t| (job_id.as_str(), t.name.as_str())));
-                }
-                Event::ServiceSubmitted { service } => {
-                    services.insert(&service.id);
-                }
-                Event::ServiceUpdated {
-                    service_id,
-                    spec,
-                    count,
-                    state,
-                    message,
-                    instances: is,
-                    removed,
-                    ..
-                } => {
-                    if spec.is_some() || count.is_some() || state.is_some() || message.is_some() {
-                        services.insert(service_id);
-                    }
-                    // As `apply` does: removals first, then the written records.
-                    for i in removed {
-                        instances.insert((service_id.as_str(), *i), false);
-                    }
-                    for i in is {
-                        instances.insert((service_id.as_str(), i.index), true);
-                    }
-                }
-            }
-        }
-    }
+    let changed = Changed::of(cell, entries);
     let version = cell.version();
     let floor = published.log_floor.load(Ordering::Acquire);
     // Trim in steps of an eighth of the window, so that most commits delete nothing.
@@ -862,29 +909,42 @@ fn write_batch(
         cell_id: cell.cell_id().to_string(),
         version,
         entries: entries.to_vec(),
-        agents: agents
+        agents: changed
+            .agents
             .iter()
             .filter_map(|id| cell.agent_record(id).cloned())
             .collect(),
-        tasks: tasks
+        tasks: changed
+            .tasks
             .iter()
             .filter_map(|id| cell.task_record(id).cloned())
             .collect(),
-        roles: roles.iter().filter_map(|n| cell.role(n).cloned()).collect(),
-        claims,
-        jobs: jobs.iter().filter_map(|id| cell.job(id).cloned()).collect(),
-        job_tasks: job_tasks
+        roles: changed
+            .roles
+            .iter()
+            .filter_map(|n| cell.role(n).cloned())
+            .collect(),
+        claims: changed.claims,
+        jobs: changed
+            .jobs
+            .iter()
+            .filter_map(|id| cell.job(id).cloned())
+            .collect(),
+        job_tasks: changed
+            .job_tasks
             .iter()
             .filter_map(|(j, t)| {
                 let task = cell.job(j)?.tasks.get(*t)?.clone();
                 Some((j.to_string(), task))
             })
             .collect(),
-        services: services
+        services: changed
+            .services
             .iter()
             .filter_map(|id| cell.service(id).cloned())
             .collect(),
-        service_instances: instances
+        service_instances: changed
+            .instances
             .iter()
             .filter(|(_, written)| **written)
             .filter_map(|((id, index), _)| {
@@ -892,7 +952,8 @@ fn write_batch(
                 Some((id.to_string(), i))
             })
             .collect(),
-        service_instances_removed: instances
+        service_instances_removed: changed
+            .instances
             .iter()
             .filter(|(_, written)| !**written)
             .map(|((id, index), _)| (id.to_string(), *index))

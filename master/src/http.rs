@@ -171,6 +171,13 @@ impl Shared {
         local: Option<IpAddr>,
         req: &Request<Incoming>,
     ) -> Option<Response<Body>> {
+        self.over_capacity(pool, req)
+            .or_else(|| cross_site(&self.config.hosts, local, req))
+    }
+
+    /// A request the connection's pool does not serve: the reserved pool serves only
+    /// `/health` and the agent link, and agent links stop at their cap.
+    fn over_capacity(&self, pool: Option<Pool>, req: &Request<Incoming>) -> Option<Response<Body>> {
         let path = req.uri().path();
         let headers = req.headers();
         let agent_link = path == AGENT_CONNECT_PATH;
@@ -189,51 +196,6 @@ impl Shared {
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",
                 "the master is at its agent link limit",
-                true,
-            ));
-        }
-        let libprocess = is_libprocess(headers);
-        let host = req
-            .uri()
-            .authority()
-            .map(|a| a.as_str())
-            .or_else(|| headers.get(header::HOST).and_then(|v| v.to_str().ok()));
-        if let Some(host) = host {
-            // libmesos sends an empty `Host:`; a browser always names one, so a page that
-            // rebound a name to us cannot pass as libprocess by adding its header.
-            let exempt = libprocess && host.trim().is_empty();
-            if !exempt && !self.config.hosts.accepts(host, local) {
-                return Some(refuse(
-                    path,
-                    StatusCode::MISDIRECTED_REQUEST,
-                    "misdirected",
-                    &format!("this master does not serve host '{host}'"),
-                    false,
-                ));
-            }
-        }
-        if (is_state_changing(req.method()) || is_upgrade(headers)) && !origin_allowed(headers) {
-            return Some(refuse(
-                path,
-                StatusCode::FORBIDDEN,
-                "forbidden",
-                "cross-origin requests are refused",
-                false,
-            ));
-        }
-        if !libprocess && has_body(req) && !content_type_allowed(headers) {
-            return Some(refuse(
-                path,
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported_media_type",
-                &format!(
-                    "Expecting 'Content-Type' of application/json or application/x-protobuf \
-                     (application/toml for job and service files), got '{}'",
-                    headers
-                        .get(header::CONTENT_TYPE)
-                        .and_then(|v| v.to_str().ok())
-                        .unwrap_or("")
-                ),
                 true,
             ));
         }
@@ -277,6 +239,63 @@ impl Shared {
     }
 }
 
+/// The next connection, with Nagle off: watch entries and agent messages are small writes
+/// that must not wait for the ACK of an earlier one. A failed accept (out of descriptors, a
+/// connection reset before it was accepted) waits a moment rather than spin.
+async fn accept_next(listener: &tokio::net::TcpListener) -> (TcpStream, SocketAddr) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                if let Err(e) = stream.set_nodelay(true) {
+                    tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+                }
+                return (stream, peer);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// Serves one admitted connection (`io`, from `peer`), each request through
+/// [`Shared::handle`], upgrades allowed, until it ends, is shed, or the server stops (then
+/// gracefully: the request in flight finishes).
+async fn serve_connection(
+    shared: Arc<Shared>,
+    builder: Arc<hyper::server::conn::http1::Builder>,
+    io: TrackedStream,
+    peer: SocketAddr,
+    shed: Arc<Notify>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let id = io.id;
+    let local = io.inner.local_addr().ok().map(|a| a.ip());
+    let handle_shed = shed.clone();
+    let svc = hyper::service::service_fn(move |req| {
+        let shared = shared.clone();
+        let shed = handle_shed.clone();
+        async move { Ok::<_, Infallible>(shared.handle(id, local, peer, shed, req).await) }
+    });
+    let conn = builder
+        .serve_connection(TokioIo::new(io), svc)
+        .with_upgrades();
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "connection ended");
+            }
+        }
+        _ = shed.notified() => {}
+        _ = stop.changed() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
+}
+
 /// Serves `router` on `listener` until `shutdown` resolves, then lets requests in flight
 /// finish for up to [`limits::HTTP_SHUTDOWN_GRACE_SECS`].
 pub async fn serve(
@@ -310,60 +329,28 @@ pub async fn serve(
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::pin!(shutdown);
     loop {
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
+        let (stream, peer) = tokio::select! {
+            a = accept_next(&listener) => a,
             _ = &mut shutdown => break,
         };
-        let (stream, peer) = match accepted {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                // Out of descriptors or a connection reset before it was accepted: wait a
-                // moment rather than spin.
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        // No Nagle: watch entries and agent messages are small writes that must not wait for
-        // the ACK of an earlier one.
-        if let Err(e) = stream.set_nodelay(true) {
-            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-        }
         let Some((id, _pool, shed)) = conns.admit() else {
             drop(stream);
             continue;
         };
-        let local = stream.local_addr().ok().map(|a| a.ip());
-        let io = TokioIo::new(TrackedStream {
+        let io = TrackedStream {
             inner: stream,
             conns: conns.clone(),
             id,
-        });
-        let shared = shared.clone();
-        let builder = builder.clone();
-        let mut stop = stop_rx.clone();
-        tokio::spawn(async move {
-            let handle_shed = shed.clone();
-            let svc = hyper::service::service_fn(move |req| {
-                let shared = shared.clone();
-                let shed = handle_shed.clone();
-                async move { Ok::<_, Infallible>(shared.handle(id, local, peer, shed, req).await) }
-            });
-            let conn = builder.serve_connection(io, svc).with_upgrades();
-            tokio::pin!(conn);
-            tokio::select! {
-                r = conn.as_mut() => {
-                    if let Err(e) = r {
-                        tracing::debug!(error = %e, "connection ended");
-                    }
-                }
-                _ = shed.notified() => {}
-                _ = stop.changed() => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = conn.await;
-                }
-            }
-        });
+        };
+        let stop = stop_rx.clone();
+        tokio::spawn(serve_connection(
+            shared.clone(),
+            builder.clone(),
+            io,
+            peer,
+            shed,
+            stop,
+        ));
     }
     let _ = stop_tx.send(true);
     let drained = async {

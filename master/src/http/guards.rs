@@ -199,6 +199,65 @@ pub(super) fn refuse(
 
 // ---------------------------------------------------------------- connection pools
 
+/// A cross-site request, refused: an unknown `Host` (421), a state-changing request or an
+/// upgrade from another `Origin` (403), a body of a media type the master does not read
+/// (415). libprocess requests are exempt from the `Content-Type` rule, and from the `Host`
+/// rule when their `Host` is empty.
+pub(super) fn cross_site(
+    hosts: &HostList,
+    local: Option<IpAddr>,
+    req: &Request<Incoming>,
+) -> Option<Response<Body>> {
+    let path = req.uri().path();
+    let headers = req.headers();
+    let libprocess = is_libprocess(headers);
+    let host = req
+        .uri()
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| headers.get(header::HOST).and_then(|v| v.to_str().ok()));
+    if let Some(host) = host {
+        // libmesos sends an empty `Host:`; a browser always names one, so a page that
+        // rebound a name to us cannot pass as libprocess by adding its header.
+        let exempt = libprocess && host.trim().is_empty();
+        if !exempt && !hosts.accepts(host, local) {
+            return Some(refuse(
+                path,
+                StatusCode::MISDIRECTED_REQUEST,
+                "misdirected",
+                &format!("this master does not serve host '{host}'"),
+                false,
+            ));
+        }
+    }
+    if (is_state_changing(req.method()) || is_upgrade(headers)) && !origin_allowed(headers) {
+        return Some(refuse(
+            path,
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "cross-origin requests are refused",
+            false,
+        ));
+    }
+    if !libprocess && has_body(req) && !content_type_allowed(headers) {
+        return Some(refuse(
+            path,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            &format!(
+                "Expecting 'Content-Type' of application/json or application/x-protobuf \
+                 (application/toml for job and service files), got '{}'",
+                headers
+                    .get(header::CONTENT_TYPE)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+            ),
+            true,
+        ));
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
