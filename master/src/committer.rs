@@ -27,7 +27,8 @@
 //! either thread stops (a panic is a bug: an invariant broke), the commit path is stopped
 //! for good: every command gets 503 and the master binary exits so that it is restarted.
 
-use std::collections::{BTreeMap, BTreeSet};
+mod batch;
+
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,12 +36,13 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 use shoal_core::clock::SharedClock;
-use shoal_core::{AgentId, Cell, Command, Event, LogEntry, Rejection, Reply, TaskId, Version};
+use shoal_core::{Cell, Command, Event, LogEntry, Rejection, Reply, Version};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use crate::limits;
-use crate::store::{ClaimCommit, Store, WriteBatch};
+use crate::store::{Store, WriteBatch};
 use crate::MasterError;
+use batch::write_batch;
 
 /// Why a command did not commit.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -764,210 +766,12 @@ fn refuse<R>(
     }
 }
 
-/// The keys of the records a group's entries changed (what its store write must carry).
-#[derive(Default)]
-struct Changed<'a> {
-    agents: BTreeSet<AgentId>,
-    tasks: BTreeSet<TaskId>,
-    roles: BTreeSet<String>,
-    claims: Vec<ClaimCommit>,
-    jobs: BTreeSet<&'a str>,
-    job_tasks: BTreeSet<(&'a str, &'a str)>,
-    services: BTreeSet<&'a str>,
-    /// Per instance (service, index): written (true) or removed (false), as of the last event.
-    instances: BTreeMap<(&'a str, u32), bool>,
-}
-
-impl<'a> Changed<'a> {
-    /// What `entries` changed; a task's agent is read from `cell`.
-    fn of(cell: &Cell, entries: &'a [Arc<LogEntry>]) -> Changed<'a> {
-        let mut changed = Changed::default();
-        for ev in entries.iter().flat_map(|e| &e.events) {
-            changed.event(cell, ev);
-        }
-        changed
-    }
-
-    /// The records one event changed.
-    fn event(&mut self, cell: &Cell, ev: &'a Event) {
-        let changed = self;
-        match ev {
-            Event::AgentRegistered { agent } => {
-                changed.agents.insert(agent.id.clone());
-            }
-            Event::AgentResourcesUpdated { agent_id, .. }
-            | Event::AgentStateChanged { agent_id, .. } => {
-                changed.agents.insert(agent_id.clone());
-            }
-            Event::ClaimCommitted {
-                outcome, tasks: ts, ..
-            } => {
-                changed.claims.push(ClaimCommit {
-                    outcome: outcome.clone(),
-                    tasks: ts.clone(),
-                });
-                for t in ts {
-                    changed.tasks.insert(t.id.clone());
-                    changed.agents.insert(t.agent_id.clone());
-                    changed.roles.insert(t.role.clone());
-                }
-            }
-            Event::TaskStatusChanged { task_id, .. } => {
-                if let Some(t) = cell.task(task_id) {
-                    changed.agents.insert(t.agent_id.clone());
-                }
-                changed.tasks.insert(task_id.clone());
-            }
-            Event::RoleConfigured { name, .. } => {
-                changed.roles.insert(name.clone());
-            }
-            // Holds are not persisted; the agents' versions they moved are.
-            Event::HoldsPlaced { holds } => {
-                changed
-                    .agents
-                    .extend(holds.iter().map(|h| h.agent_id.clone()));
-            }
-            Event::HoldsReleased { agent_ids, .. } | Event::HoldsCleared { agent_ids } => {
-                changed.agents.extend(agent_ids.iter().cloned());
-            }
-            Event::JobSubmitted { .. }
-            | Event::JobUpdated { .. }
-            | Event::ServiceSubmitted { .. }
-            | Event::ServiceUpdated { .. } => changed.scheduler_event(ev),
-        }
-    }
-
-    /// The records of the built-in schedulers (jobs, services) one event changed.
-    fn scheduler_event(&mut self, ev: &'a Event) {
-        let changed = self;
-        match ev {
-            Event::JobSubmitted { job } => {
-                changed.jobs.insert(&job.id);
-                changed
-                    .job_tasks
-                    .extend(job.tasks.keys().map(|n| (job.id.as_str(), n.as_str())));
-            }
-            Event::JobUpdated {
-                job_id,
-                state,
-                tasks: ts,
-                ..
-            } => {
-                if state.is_some() {
-                    changed.jobs.insert(job_id);
-                }
-                changed
-                    .job_tasks
-                    .extend(ts.iter().map(|t| (job_id.as_str(), t.name.as_str())));
-            }
-            Event::ServiceSubmitted { service } => {
-                changed.services.insert(&service.id);
-            }
-            Event::ServiceUpdated {
-                service_id,
-                spec,
-                count,
-                state,
-                message,
-                instances: is,
-                removed,
-                ..
-            } => {
-                if spec.is_some() || count.is_some() || state.is_some() || message.is_some() {
-                    changed.services.insert(service_id);
-                }
-                // As `apply` does: removals first, then the written records.
-                for i in removed {
-                    changed.instances.insert((service_id.as_str(), *i), false);
-                }
-                for i in is {
-                    changed
-                        .instances
-                        .insert((service_id.as_str(), i.index), true);
-                }
-            }
-            _ => {}
-        }
-    }
-}
-
-/// The records the group's entries changed, read from the cell as of the group's end.
-fn write_batch(
-    cell: &Cell,
-    entries: &[Arc<LogEntry>],
-    published: &Published,
-    retain: u64,
-) -> WriteBatch {
-    let changed = Changed::of(cell, entries);
-    let version = cell.version();
-    let floor = published.log_floor.load(Ordering::Acquire);
-    // Trim in steps of an eighth of the window, so that most commits delete nothing.
-    let trim_log_below: Option<Version> = (version.saturating_sub(floor)
-        >= retain + retain.div_ceil(8))
-    .then(|| version + 1 - retain);
-    WriteBatch {
-        cell_id: cell.cell_id().to_string(),
-        version,
-        entries: entries.to_vec(),
-        agents: changed
-            .agents
-            .iter()
-            .filter_map(|id| cell.agent_record(id).cloned())
-            .collect(),
-        tasks: changed
-            .tasks
-            .iter()
-            .filter_map(|id| cell.task_record(id).cloned())
-            .collect(),
-        roles: changed
-            .roles
-            .iter()
-            .filter_map(|n| cell.role(n).cloned())
-            .collect(),
-        claims: changed.claims,
-        jobs: changed
-            .jobs
-            .iter()
-            .filter_map(|id| cell.job(id).cloned())
-            .collect(),
-        job_tasks: changed
-            .job_tasks
-            .iter()
-            .filter_map(|(j, t)| {
-                let task = cell.job(j)?.tasks.get(*t)?.clone();
-                Some((j.to_string(), task))
-            })
-            .collect(),
-        services: changed
-            .services
-            .iter()
-            .filter_map(|id| cell.service(id).cloned())
-            .collect(),
-        service_instances: changed
-            .instances
-            .iter()
-            .filter(|(_, written)| **written)
-            .filter_map(|((id, index), _)| {
-                let i = cell.service(id)?.instances.get(index)?.clone();
-                Some((id.to_string(), i))
-            })
-            .collect(),
-        service_instances_removed: changed
-            .instances
-            .iter()
-            .filter(|(_, written)| !**written)
-            .map(|((id, index), _)| (id.to_string(), *index))
-            .collect(),
-        trim_log_below,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::AtomicBool;
 
     use axum::extract::State;
-    use shoal_core::{AgentRegistration, Hold, OfferId, Quota, ResourceSet};
+    use shoal_core::{AgentRegistration, Hold, OfferId, Quota, ResourceSet, TaskId};
 
     use shoal_core::clock::Clock;
 
