@@ -23,6 +23,11 @@
 //! from it and publishes that; the decider starts again from there. Readers load the
 //! published snapshot (an `Arc` of a persistent structure) and never block the committer.
 //!
+//! The two stages are `Decider` and `Writer`; the threads of [`start`] run them with a
+//! channel between them, and [`CommitCore`] runs them one batch at a time on its caller's
+//! thread (no threads, no channels), so a simulation drives the same commit path. A group's
+//! store write is made in `batch.rs`.
+//!
 //! [`Health`] says whether the commit path runs and the store takes writes (`/health`). If
 //! either thread stops (a panic is a bug: an invariant broke), the commit path is stopped
 //! for good: every command gets 503 and the master binary exits so that it is restarted.
