@@ -16,7 +16,7 @@ use shoal_core::{
     ConflictCheck, Placement, RejectReason, Reply, ResourceSet, TaskId, TaskSpec,
 };
 use shoal_master::committer::CommitConfig;
-use shoal_master::{open_store, wall_clock_ms, Committer, MasterCore, MemStore, Published, Store};
+use shoal_master::{open_store, Committer, MasterCore, MemStore, Published, Store};
 
 use crate::util::*;
 
@@ -349,7 +349,7 @@ async fn replay_committer(
             let (c, p, _thread) = shoal_master::committer::start(
                 cell,
                 store,
-                Arc::new(wall_clock_ms),
+                shoal_core::clock::SystemClock::shared(),
                 CommitConfig::default(),
             );
             (c, p)
@@ -438,7 +438,10 @@ pub fn phase_a(dir: &Path, scale: &ScaleA, limit: Duration) -> Result<()> {
 async fn run_a(dir: &Path, scale: &ScaleA, dl: Deadline) -> Result<()> {
     let agent = ResourceSet::parse(AGENT_RES)?;
     let task = ResourceSet::parse(TASK_RES)?;
-    let core = MasterCore::start(open_store(&dir.join("a"))?)?;
+    let core = MasterCore::start(open_store(
+        &dir.join("a"),
+        shoal_core::clock::SystemClock::shared(),
+    )?)?;
 
     let c0 = counters(&core.published);
     let started = Instant::now();
@@ -626,7 +629,10 @@ async fn run_a(dir: &Path, scale: &ScaleA, dl: Deadline) -> Result<()> {
         let store: Arc<dyn Store> = if mem {
             Arc::new(MemStore::new())
         } else {
-            open_store(&dir.join(format!("a-replay-{}", replays.len())))?
+            open_store(
+                &dir.join(format!("a-replay-{}", replays.len())),
+                shoal_core::clock::SystemClock::shared(),
+            )?
         };
         let (t, n, syncs) = replay_committer(
             path,
@@ -846,7 +852,7 @@ async fn run_c(
     let task = ResourceSet::parse(TASK_RES)?;
     let (cpu, mem) = (task.scalar("cpus").0, task.scalar("mem").0);
     let slots = (agent.scalar("cpus").0 / cpu).min(agent.scalar("mem").0 / mem);
-    let core = MasterCore::start(open_store(dir)?)?;
+    let core = MasterCore::start(open_store(dir, shoal_core::clock::SystemClock::shared())?)?;
     let ids =
         Arc::new(register_agents(&core.committer, scale.agents, &agent, dl.remaining()).await?);
 
@@ -1012,7 +1018,10 @@ pub fn phase_d_inproc(dir: &Path, agents: usize, limit: Duration) -> Result<()> 
     let r = rt.block_on(async {
         within("phase (d)", limit, async {
             let agent = ResourceSet::parse(AGENT_RES)?;
-            let core = MasterCore::start(open_store(&dir.join("d"))?)?;
+            let core = MasterCore::start(open_store(
+                &dir.join("d"),
+                shoal_core::clock::SystemClock::shared(),
+            )?)?;
             register_agents(&core.committer, agents, &agent, limit).await?;
             let published = core.published.clone();
             let snap_ns = per_call_ns(200, 1000, || {

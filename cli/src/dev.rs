@@ -42,7 +42,10 @@ async fn docker_answers(socket: &str) -> bool {
 
 /// Runs a cell on loopback until SIGINT or SIGTERM, then stops it: the agent kills every
 /// task (each with its grace period) and reports how they ended, then the master stops.
-pub(crate) async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
+pub(crate) async fn run_dev(
+    args: DevArgs,
+    clock: shoal_core::clock::SharedClock,
+) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     // Installed first: a signal at any later point stops the cell.
     let mut signals = (
@@ -60,13 +63,17 @@ pub(crate) async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
     };
     let master_dir = work_dir.join("master");
     std::fs::create_dir_all(&master_dir)?;
-    let store = shoal_master::open_store(&master_dir)?;
+    let store = shoal_master::open_store(&master_dir, clock.clone())?;
     let timers = shoal_master::agents::AgentTimers {
         kill_grace: Duration::from_secs(2),
         ..Default::default()
     };
-    let core =
-        shoal_master::MasterCore::start_with(store, shoal_master::CommitConfig::default(), timers)?;
+    let core = shoal_master::MasterCore::start_with(
+        store,
+        shoal_master::CommitConfig::default(),
+        timers,
+        clock.clone(),
+    )?;
     let compat = shoal_compat::Compat::start(core.clone(), shoal_compat::CompatConfig::default());
     let listener = shoal_master::bind(args.listen, &master_dir).await?;
     let addr = listener.local_addr()?;
@@ -124,7 +131,7 @@ pub(crate) async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
     let address = format!("http://{addr}");
     let signalled = tokio::select! {
         sig = stop_signal(&mut signals) => Some(sig),
-        r = sample_job(&address, docker) => {
+        r = sample_job(&address, docker, clock.wall_ms()) => {
             if let Err(e) = r {
                 eprintln!("shoal dev: the sample job failed: {e:#}");
             }
@@ -147,7 +154,7 @@ pub(crate) async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
                 // As `shoal master` does: a stopped commit path ends the cell, not 0.
                 () = core.published.health.stopped() => {
                     eprintln!("shoal dev: the commit path has stopped");
-                    Some(Ok(Err(anyhow::anyhow!("the commit path has stopped"))))
+                    Some(Ok(Err(shoal_master::MasterError::Stopped)))
                 }
             }
         }
@@ -175,7 +182,7 @@ pub(crate) async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
         }
     };
     eprintln!("shoal dev: stopped");
-    result.context("server task")?
+    Ok(result.context("server task")??)
 }
 
 /// The next SIGINT or SIGTERM of `shoal dev`: its name.
@@ -188,33 +195,29 @@ async fn stop_signal(
     }
 }
 
-/// Places a few real tasks on the dev cell through the native claim API and waits for them.
-async fn sample_job(address: &str, docker: bool) -> anyhow::Result<()> {
+/// Places a few real tasks on the dev cell through the native claim API and waits for them;
+/// `wall_ms` (the wall clock) names this run's tasks.
+async fn sample_job(address: &str, docker: bool, wall_ms: u64) -> anyhow::Result<()> {
     use shoal_client::{command_task, ClaimRequest, PlacementRequest};
     let client = shoal_client::Client::new(address)?;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    let agent = loop {
-        let st = client.state().await?;
-        if let Some(a) = st
-            .agents
-            .iter()
-            .find(|a| a.state == shoal_core::AgentState::Active)
-        {
-            break (a.id.to_string(), st.version);
+    let first_active = async {
+        loop {
+            let st = client.state().await?;
+            if let Some(a) = st
+                .agents
+                .iter()
+                .find(|a| a.state == shoal_core::AgentState::Active)
+            {
+                return anyhow::Ok((a.id.to_string(), st.version));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        anyhow::ensure!(
-            tokio::time::Instant::now() < deadline,
-            "no agent registered within 20 s"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
     };
+    let agent = tokio::time::timeout(Duration::from_secs(20), first_active)
+        .await
+        .map_err(|_| anyhow::anyhow!("no agent registered within 20 s"))??;
     let res = shoal_core::ResourceSet::parse("cpus:0.1;mem:32")?;
-    let run = format!(
-        "{:x}",
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)?
-            .as_secs()
-    );
+    let run = format!("{:x}", wall_ms / 1000);
     let mut tasks = vec![
         command_task(
             &format!("hello-{run}"),
@@ -276,18 +279,23 @@ async fn sample_job(address: &str, docker: bool) -> anyhow::Result<()> {
         ids.len(),
         answer.outcome.committed_version
     );
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let mut done = 0;
-        for id in &ids {
-            if client.task(id).await?.state.is_terminal() {
-                done += 1;
+    let all_ended = async {
+        loop {
+            let mut done = 0;
+            for id in &ids {
+                if client.task(id).await?.state.is_terminal() {
+                    done += 1;
+                }
             }
+            if done == ids.len() {
+                return anyhow::Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        if done == ids.len() || tokio::time::Instant::now() > deadline {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // After a minute the outputs are shown as they are.
+    if let Ok(r) = tokio::time::timeout(Duration::from_secs(60), all_ended).await {
+        r?;
     }
     for id in &ids {
         let t = client.task(id).await?;

@@ -78,14 +78,16 @@ fn main() {
         .enable_all()
         .build()
         .expect("tokio runtime");
+    // The one clock the master and dev cells read time from.
+    let clock = shoal_core::clock::SystemClock::shared();
     let result = rt.block_on(async move {
         match cli.command {
-            Cmd::Master(a) => master::run_master(a).await,
+            Cmd::Master(a) => master::run_master(a, clock).await,
             Cmd::Agent(a) => match agent::agent_config(&a).await {
                 Ok(c) => Ok(shoal_agent::run_until(c, agent::agent_stop_signal()).await?),
                 Err(e) => Err(e),
             },
-            Cmd::Dev(a) => dev::run_dev(a).await,
+            Cmd::Dev(a) => dev::run_dev(a, clock).await,
             Cmd::State(a) => state::run_state(a).await,
             Cmd::Quota { cmd } => quota::run(cmd).await,
             Cmd::Job { cmd } => match job::run(cmd).await {

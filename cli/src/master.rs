@@ -121,12 +121,16 @@ impl MasterTimers {
     }
 }
 
-pub(crate) async fn run_master(args: MasterArgs) -> anyhow::Result<()> {
-    let store = shoal_master::open_store(&args.work_dir)?;
+pub(crate) async fn run_master(
+    args: MasterArgs,
+    clock: shoal_core::clock::SharedClock,
+) -> anyhow::Result<()> {
+    let store = shoal_master::open_store(&args.work_dir, clock.clone())?;
     let config = shoal_master::CommitConfig {
         log_retain_entries: args.log_retain,
     };
-    let core = shoal_master::MasterCore::start_with(store, config, args.timers.agent_timers())?;
+    let core =
+        shoal_master::MasterCore::start_with(store, config, args.timers.agent_timers(), clock)?;
     let compat = shoal_compat::Compat::start(core.clone(), args.timers.compat());
     core.watchers.set_max(args.http.max_watchers);
     let listener = shoal_master::bind(args.listen, &args.work_dir).await?;
@@ -138,7 +142,7 @@ pub(crate) async fn run_master(args: MasterArgs) -> anyhow::Result<()> {
             core.router().merge(compat.router()),
             http,
             shutdown_signal(),
-        ) => served,
+        ) => Ok(served?),
         // A stopped commit path cannot commit again: exit (not 0) so a supervisor restarts
         // the master, which loads the store afresh.
         () = published.health.stopped() => {

@@ -4,11 +4,12 @@
 //! `stop`, until every instance is gone) with a live progress line.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Subcommand, ValueEnum};
 use serde_json::{json, Value as Json};
+use shoal_core::clock::{Clock, SystemClock};
 use shoal_core::imports::import_marathon_service;
 use shoal_core::jobs::parse_duration_ms;
 use shoal_core::services::{parse_service_file, CompiledService, ServiceSpec};
@@ -207,7 +208,7 @@ async fn follow(client: &Client, id: &str, timeout: &str, json_out: bool) -> any
     let timeout = Duration::from_millis(
         parse_duration_ms(timeout).map_err(|e| anyhow::anyhow!("--timeout: {e}"))?,
     );
-    let started = Instant::now();
+    let started = SystemClock.monotonic();
     let bar = indicatif::ProgressBar::new(0);
     if json_out {
         bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
@@ -235,7 +236,7 @@ async fn follow(client: &Client, id: &str, timeout: &str, json_out: bool) -> any
         if svc["settled"] == true {
             break (svc, true);
         }
-        if started.elapsed() >= timeout {
+        if SystemClock.monotonic().saturating_duration_since(started) >= timeout {
             break (svc, false);
         }
         tokio::time::sleep(Duration::from_millis(250)).await;

@@ -10,6 +10,7 @@
 //! formats (JSON and protobuf, RecordIO); the allocator ([`allocator`]) is sans-IO.
 
 pub mod allocator;
+pub mod error;
 pub mod limits;
 mod scheduler;
 mod state;
@@ -18,6 +19,7 @@ pub mod zk;
 
 use std::time::Duration;
 
+pub use error::CompatError;
 pub use scheduler::Compat;
 
 /// The Mesos release whose scheduler API this master speaks, reported where Mesos reports its

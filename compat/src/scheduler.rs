@@ -3,7 +3,7 @@
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
@@ -11,6 +11,7 @@ use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
+use parking_lot::Mutex;
 use prost::Message as _;
 use serde_json::{json, Value as Json};
 use shoal_core::{
@@ -22,6 +23,7 @@ use shoal_proto::mesos::v1::scheduler::{Call, Event};
 use tokio::sync::mpsc;
 
 use crate::allocator::{self, AllocatorConfig, Candidate, OfferFilter};
+use crate::error::CompatError;
 use crate::limits;
 use crate::updates::UpdateStreams;
 use crate::CompatConfig;
@@ -98,19 +100,6 @@ pub struct Compat {
     started_ms: u64,
 }
 
-fn now_ms() -> u64 {
-    shoal_master::wall_clock_ms()
-}
-
-fn error(status: StatusCode, message: impl Into<String>) -> Response {
-    (
-        status,
-        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-        message.into(),
-    )
-        .into_response()
-}
-
 fn b64(bytes: &[u8]) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(bytes)
@@ -120,7 +109,6 @@ impl Compat {
     /// Starts the allocator, the status forwarder and the timers. Needs a tokio runtime.
     pub fn start(core: MasterCore, config: CompatConfig) -> Arc<Compat> {
         let compat = Arc::new(Compat {
-            core,
             config,
             frameworks: Mutex::new(HashMap::new()),
             offers: Mutex::new(HashMap::new()),
@@ -130,7 +118,8 @@ impl Compat {
             run_id: uuid_string(),
             seq: AtomicU64::new(1),
             wake: tokio::sync::Notify::new(),
-            started_ms: now_ms(),
+            started_ms: core.clock().wall_ms(),
+            core,
         });
         tokio::spawn(allocation_loop(compat.clone()));
         tokio::spawn(forward_loop(compat.clone()));
@@ -149,6 +138,16 @@ impl Compat {
         &self.core
     }
 
+    /// Wall time (what frameworks are told), from the master's clock.
+    fn wall_ms(&self) -> u64 {
+        self.core.clock().wall_ms()
+    }
+
+    /// Monotonic time (what timeouts are measured on), from the master's clock.
+    fn monotonic(&self) -> Instant {
+        self.core.clock().monotonic()
+    }
+
     pub(crate) fn started_ms(&self) -> u64 {
         self.started_ms
     }
@@ -156,7 +155,6 @@ impl Compat {
     pub(crate) fn framework_summaries(&self) -> Vec<(String, Json, bool, Vec<String>)> {
         self.frameworks
             .lock()
-            .expect("frameworks lock")
             .values()
             .map(|f| {
                 (
@@ -197,7 +195,7 @@ impl Compat {
     }
 
     fn send(&self, framework_id: &str, event: Json) -> bool {
-        let fws = self.frameworks.lock().expect("frameworks lock");
+        let fws = self.frameworks.lock();
         let Some(f) = fws.get(framework_id) else {
             return false;
         };
@@ -239,7 +237,7 @@ impl Compat {
             "agent_id": {"value": agent_id.as_str()},
             "state": state.mesos_name(),
             "source": status.source.clone().unwrap_or_else(|| "SOURCE_MASTER".into()),
-            "timestamp": (if status.timestamp > 0 { status.timestamp } else { now_ms() }) as f64 / 1000.0,
+            "timestamp": (if status.timestamp > 0 { status.timestamp } else { self.wall_ms() }) as f64 / 1000.0,
         });
         if let Some(m) = &status.message {
             s["message"] = json!(m);
@@ -260,9 +258,8 @@ impl Compat {
     }
 }
 
-/// The call, or the answer to send instead (boxed: a `Response` is large and this is the
-/// rare path).
-fn parse_call(headers: &HeaderMap, body: &Bytes) -> Result<(Json, Encoding), Box<Response>> {
+/// The call, or why it is refused.
+fn parse_call(headers: &HeaderMap, body: &Bytes) -> Result<(Json, Encoding), CompatError> {
     let ct = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -272,21 +269,15 @@ fn parse_call(headers: &HeaderMap, body: &Bytes) -> Result<(Json, Encoding), Box
     } else if ct.starts_with("application/x-protobuf") {
         Encoding::Protobuf
     } else {
-        return Err(Box::new(error(StatusCode::UNSUPPORTED_MEDIA_TYPE, format!("Expecting 'Content-Type' of application/json or application/x-protobuf, got '{ct}'"))));
+        return Err(CompatError::UnsupportedMediaType(format!(
+            "Expecting 'Content-Type' of application/json or application/x-protobuf, got '{ct}'"
+        )));
     };
     let call: Call = match encoding {
-        Encoding::Json => shoal_proto::json::from_json_slice(body).map_err(|e| {
-            Box::new(error(
-                StatusCode::BAD_REQUEST,
-                format!("Failed to parse body into Call: {e}"),
-            ))
-        })?,
-        Encoding::Protobuf => Call::decode(body.as_ref()).map_err(|e| {
-            Box::new(error(
-                StatusCode::BAD_REQUEST,
-                format!("Failed to parse body into Call: {e}"),
-            ))
-        })?,
+        Encoding::Json => shoal_proto::json::from_json_slice(body)
+            .map_err(|e| CompatError::Invalid(format!("Failed to parse body into Call: {e}")))?,
+        Encoding::Protobuf => Call::decode(body.as_ref())
+            .map_err(|e| CompatError::Invalid(format!("Failed to parse body into Call: {e}")))?,
     };
     Ok((shoal_proto::json::to_json_value(&call), encoding))
 }
@@ -313,21 +304,21 @@ fn accepts(headers: &HeaderMap, fallback: Encoding) -> Option<Encoding> {
 async fn scheduler(State(c): State<Arc<Compat>>, headers: HeaderMap, body: Bytes) -> Response {
     let (call, encoding) = match parse_call(&headers, &body) {
         Ok(x) => x,
-        Err(r) => return *r,
+        Err(e) => return e.into_response(),
     };
     let kind = call["type"].as_str().unwrap_or("UNKNOWN").to_string();
     if kind == "SUBSCRIBE" {
         if headers.contains_key("mesos-stream-id") {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "Subscribe calls should not include the 'Mesos-Stream-Id' header",
-            );
+            return CompatError::Invalid(
+                "Subscribe calls should not include the 'Mesos-Stream-Id' header".into(),
+            )
+            .into_response();
         }
         let Some(enc) = accepts(&headers, encoding) else {
-            return error(
-                StatusCode::NOT_ACCEPTABLE,
-                "Expecting 'Accept' to allow application/json or application/x-protobuf",
-            );
+            return CompatError::NotAcceptable(
+                "Expecting 'Accept' to allow application/json or application/x-protobuf".into(),
+            )
+            .into_response();
         };
         let host = headers
             .get(header::HOST)
@@ -337,30 +328,28 @@ async fn scheduler(State(c): State<Arc<Compat>>, headers: HeaderMap, body: Bytes
         return subscribe(c, call, enc, &host);
     }
     let Some(fw_id) = call["framework_id"]["value"].as_str().map(str::to_string) else {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "Expecting 'framework_id' to be present",
-        );
+        return CompatError::Invalid("Expecting 'framework_id' to be present".into())
+            .into_response();
     };
     let stream = headers
         .get("mesos-stream-id")
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
     {
-        let mut fws = c.frameworks.lock().expect("frameworks lock");
+        let mut fws = c.frameworks.lock();
         match fws.get_mut(&fw_id) {
             Some(f) if f.tx.is_some() => match stream {
                 Some(s) if s == f.stream_id => {
                     // It reads its stream: offers resume if they were withheld.
-                    f.last_call_ms = Some(now_ms());
+                    f.last_call_ms = Some(c.wall_ms());
                     if std::mem::take(&mut f.withheld) {
                         c.wake.notify_one();
                     }
                 }
-                Some(_) => return error(StatusCode::BAD_REQUEST, "The stream ID included in this request didn't match the stream ID currently associated with framework"),
-                None => return error(StatusCode::BAD_REQUEST, "All non-subscribe calls should include the 'Mesos-Stream-Id' header"),
+                Some(_) => return CompatError::Invalid("The stream ID included in this request didn't match the stream ID currently associated with framework".into()).into_response(),
+                None => return CompatError::Invalid("All non-subscribe calls should include the 'Mesos-Stream-Id' header".into()).into_response(),
             },
-            _ => return error(StatusCode::FORBIDDEN, "Framework is not subscribed"),
+            _ => return CompatError::Forbidden("Framework is not subscribed".into()).into_response(),
         }
     }
     tracing::debug!(framework_id = %fw_id, call = %kind, "scheduler call");
@@ -375,12 +364,7 @@ async fn scheduler(State(c): State<Arc<Compat>>, headers: HeaderMap, body: Bytes
         "REVIVE" | "SUPPRESS" => {
             let revive = kind == "REVIVE";
             let roles = &call[if revive { "revive" } else { "suppress" }]["roles"];
-            if let Some(f) = c
-                .frameworks
-                .lock()
-                .expect("frameworks lock")
-                .get_mut(&fw_id)
-            {
+            if let Some(f) = c.frameworks.lock().get_mut(&fw_id) {
                 let named: Vec<String> = strings(roles);
                 let affected: Vec<String> = if named.is_empty() {
                     f.roles.clone()
@@ -451,9 +435,8 @@ async fn scheduler(State(c): State<Arc<Compat>>, headers: HeaderMap, body: Bytes
             let next = call["acknowledge"]["uuid"].as_str().and_then(|u| {
                 c.frameworks
                     .lock()
-                    .expect("frameworks lock")
                     .get_mut(&fw_id)
-                    .and_then(|f| f.pending.acknowledge(u, Instant::now()))
+                    .and_then(|f| f.pending.acknowledge(u, c.monotonic()))
             });
             // The task's next update, held back until this one was acknowledged.
             if let Some(s) = next {
@@ -465,23 +448,18 @@ async fn scheduler(State(c): State<Arc<Compat>>, headers: HeaderMap, body: Bytes
             let update = &call["update_framework"];
             let mut info = update["framework_info"].clone();
             if info["id"]["value"].as_str() != Some(fw_id.as_str()) {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    "'framework_id' differs from 'update_framework.framework_info.id'",
-                );
+                return CompatError::Invalid(
+                    "'framework_id' differs from 'update_framework.framework_info.id'".into(),
+                )
+                .into_response();
             }
             info["id"] = json!({"value": fw_id});
             if let Err(why) = check_framework_info(&info) {
-                return error(StatusCode::BAD_REQUEST, why);
+                return why.into_response();
             }
             let settings = Settings::of(&c.config, &info, &update["suppressed_roles"]);
             settings.cap_failover_timeout(&mut info);
-            if let Some(f) = c
-                .frameworks
-                .lock()
-                .expect("frameworks lock")
-                .get_mut(&fw_id)
-            {
+            if let Some(f) = c.frameworks.lock().get_mut(&fw_id) {
                 f.info = info;
                 settings.apply(f);
             }
@@ -499,12 +477,7 @@ async fn scheduler(State(c): State<Arc<Compat>>, headers: HeaderMap, body: Bytes
         | "ACKNOWLEDGE_OPERATION_STATUS"
         | "ACCEPT_INVERSE_OFFERS"
         | "DECLINE_INVERSE_OFFERS" => {}
-        other => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                format!("Unknown call type {other}"),
-            )
-        }
+        other => return CompatError::Invalid(format!("Unknown call type {other}")).into_response(),
     }
     StatusCode::ACCEPTED.into_response()
 }
@@ -593,38 +566,38 @@ impl Settings {
 /// The bounds of a FrameworkInfo (SUBSCRIBE, UPDATE_FRAMEWORK): its size, its name, its
 /// roles. A framework outside them is refused with 400 and this message, as Mesos refuses a
 /// call that fails validation.
-fn check_framework_info(info: &Json) -> Result<(), String> {
+fn check_framework_info(info: &Json) -> Result<(), CompatError> {
     let name = info["name"].as_str().unwrap_or("");
     if name.len() > limits::FRAMEWORK_NAME_BYTES_MAX {
-        return Err(format!(
+        return Err(CompatError::Invalid(format!(
             "Failed to validate scheduler::Call: 'framework_info.name' is {} bytes; at most {} are accepted",
             name.len(),
             limits::FRAMEWORK_NAME_BYTES_MAX
-        ));
+        )));
     }
     let roles: Vec<String> = strings(&info["roles"]);
     if roles.len() > limits::FRAMEWORK_ROLES_MAX {
-        return Err(format!(
+        return Err(CompatError::Invalid(format!(
             "Failed to validate scheduler::Call: 'framework_info.roles' has {} roles; at most {} are accepted",
             roles.len(),
             limits::FRAMEWORK_ROLES_MAX
-        ));
+        )));
     }
     let legacy = info["role"].as_str().map(str::to_string);
     for r in roles.iter().chain(legacy.iter()) {
         // The cell's own rule for role names (Mesos's, with a length bound).
         shoal_core::cell::validate_role_name(r).map_err(|e| {
-            format!("Failed to validate scheduler::Call: a role in 'framework_info.roles' (or 'role'): {e}")
+            CompatError::Invalid(format!("Failed to validate scheduler::Call: a role in 'framework_info.roles' (or 'role'): {e}"))
         })?;
     }
     let bytes = serde_json::to_vec(info)
         .map(|v| v.len())
         .unwrap_or(usize::MAX);
     if bytes > limits::FRAMEWORK_INFO_BYTES_MAX {
-        return Err(format!(
+        return Err(CompatError::Invalid(format!(
             "Failed to validate scheduler::Call: 'framework_info' is {bytes} bytes; at most {} are accepted",
             limits::FRAMEWORK_INFO_BYTES_MAX
-        ));
+        )));
     }
     Ok(())
 }
@@ -646,29 +619,27 @@ fn removed_framework(encoding: Encoding) -> Response {
 fn subscribe(c: Arc<Compat>, call: Json, encoding: Encoding, host: &str) -> Response {
     let info = call["subscribe"]["framework_info"].clone();
     if info.is_null() {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "Expecting 'subscribe.framework_info' to be present",
-        );
+        return CompatError::Invalid("Expecting 'subscribe.framework_info' to be present".into())
+            .into_response();
     }
     if let Err(why) = check_framework_info(&info) {
         tracing::info!("refusing a subscription: {why}");
-        return error(StatusCode::BAD_REQUEST, why);
+        return why.into_response();
     }
     let settings = Settings::of(&c.config, &info, &call["subscribe"]["suppressed_roles"]);
     if let Some(given) = info["id"]["value"].as_str() {
         if let Err(shoal_core::Rejection::Invalid(why)) =
             shoal_core::cell::validate_id("framework id", given)
         {
-            return error(StatusCode::BAD_REQUEST, why);
+            return CompatError::Invalid(why).into_response();
         }
         if call["framework_id"]["value"].as_str() != Some(given) {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "'framework_id' differs from 'subscribe.framework_info.id'",
-            );
+            return CompatError::Invalid(
+                "'framework_id' differs from 'subscribe.framework_info.id'".into(),
+            )
+            .into_response();
         }
-        if c.removed.lock().expect("removed lock").contains(given) {
+        if c.removed.lock().contains(given) {
             tracing::info!(
                 framework_id = given,
                 "refusing the subscription of a removed framework"
@@ -688,21 +659,19 @@ fn subscribe(c: Arc<Compat>, call: Json, encoding: Encoding, host: &str) -> Resp
     settings.cap_failover_timeout(&mut info);
     let old_offers: Vec<OfferId>;
     {
-        let mut fws = c.frameworks.lock().expect("frameworks lock");
+        let mut fws = c.frameworks.lock();
         if !fws.contains_key(&id) && fws.len() >= c.config.frameworks_max {
             drop(fws);
             tracing::warn!(
                 frameworks_max = c.config.frameworks_max,
                 "refusing a subscription: too many frameworks"
             );
-            let mut r = error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!(
-                    "Too many frameworks: this master keeps at most {} (subscribed or within \
+            let mut r = CompatError::Unavailable(format!(
+                "Too many frameworks: this master keeps at most {} (subscribed or within \
                      their failover timeout); retry later",
-                    c.config.frameworks_max
-                ),
-            );
+                c.config.frameworks_max
+            ))
+            .into_response();
             r.headers_mut()
                 .insert(header::RETRY_AFTER, header::HeaderValue::from_static("5"));
             return r;
@@ -738,7 +707,7 @@ fn subscribe(c: Arc<Compat>, call: Json, encoding: Encoding, host: &str) -> Resp
         f.disconnected_at = None;
         f.last_call_ms = None;
         f.withheld = false;
-        let offers = c.offers.lock().expect("offers lock");
+        let offers = c.offers.lock();
         old_offers = offers
             .iter()
             .filter(|(_, fw)| **fw == id)
@@ -770,11 +739,11 @@ fn subscribe(c: Arc<Compat>, call: Json, encoding: Encoding, host: &str) -> Resp
     }
     // Unacknowledged updates are sent again on the new stream.
     let resend: Vec<Json> = {
-        let mut fws = c.frameworks.lock().expect("frameworks lock");
+        let mut fws = c.frameworks.lock();
         fws.get_mut(&id)
             .map(|f| {
                 f.pending
-                    .due(Duration::ZERO, Instant::now())
+                    .due(Duration::ZERO, c.monotonic())
                     .into_iter()
                     .map(|s| json!({"type": "UPDATE", "update": {"status": s}}))
                     .collect()
@@ -885,16 +854,15 @@ fn master_info(c: &Compat, host: &str) -> Json {
 
 async fn disconnected(c: &Arc<Compat>, fw_id: &str, stream_id: &str) {
     let offers: Vec<OfferId> = {
-        let mut fws = c.frameworks.lock().expect("frameworks lock");
+        let mut fws = c.frameworks.lock();
         let Some(f) = fws.get_mut(fw_id) else { return };
         if f.stream_id != stream_id {
             return; // a newer subscription took over
         }
         f.tx = None;
-        f.disconnected_at = Some(Instant::now());
+        f.disconnected_at = Some(c.monotonic());
         c.offers
             .lock()
-            .expect("offers lock")
             .iter()
             .filter(|(_, fw)| *fw == fw_id)
             .map(|(o, _)| o.clone())
@@ -910,8 +878,8 @@ async fn release(c: &Arc<Compat>, offers: Vec<OfferId>) {
         return;
     }
     {
-        let mut mine = c.offers.lock().expect("offers lock");
-        let mut ours = c.released_by_us.lock().expect("released lock");
+        let mut mine = c.offers.lock();
+        let mut ours = c.released_by_us.lock();
         for o in &offers {
             mine.remove(o);
             ours.insert(o.clone());
@@ -935,8 +903,8 @@ fn install_filter(c: &Compat, fw_id: &str, agent: &AgentId, refused: ResourceSet
     if refuse <= 0.0 || refused.is_empty() {
         return;
     }
-    let until = now_ms() + (refuse * 1000.0) as u64;
-    if let Some(f) = c.frameworks.lock().expect("frameworks lock").get_mut(fw_id) {
+    let until = c.wall_ms() + (refuse * 1000.0) as u64;
+    if let Some(f) = c.frameworks.lock().get_mut(fw_id) {
         f.filters
             .insert(agent.clone(), OfferFilter { until, refused });
     }
@@ -962,7 +930,7 @@ fn held_by_agent(
 async fn decline(c: &Arc<Compat>, fw_id: &str, ids: Vec<OfferId>, filters: &Json) {
     let snap = c.core.published.snapshot();
     let mine: Vec<OfferId> = {
-        let offers = c.offers.lock().expect("offers lock");
+        let offers = c.offers.lock();
         ids.into_iter()
             .filter(|o| offers.get(o).map(|f| f == fw_id).unwrap_or(false))
             .collect()
@@ -1077,8 +1045,8 @@ async fn accept(c: &Arc<Compat>, fw_id: &str, accept: &Json) -> Response {
         );
     }
     {
-        let mut mine = c.offers.lock().expect("offers lock");
-        let mut ours = c.released_by_us.lock().expect("released lock");
+        let mut mine = c.offers.lock();
+        let mut ours = c.released_by_us.lock();
         for o in &ids {
             if mine.get(o).map(|f| f == fw_id).unwrap_or(false) {
                 mine.remove(o);
@@ -1244,7 +1212,7 @@ fn task_error(
         ..Default::default()
     };
     let json = {
-        let fws = c.frameworks.lock().expect("frameworks lock");
+        let fws = c.frameworks.lock();
         let Some(f) = fws.get(fw_id) else { return };
         c.status_json(
             f,
@@ -1262,7 +1230,7 @@ fn task_error(
 fn reconcile_one(c: &Compat, fw_id: &str, task_id: &TaskId, agent: Option<&str>) {
     let snap = c.core.published.snapshot();
     let json = {
-        let fws = c.frameworks.lock().expect("frameworks lock");
+        let fws = c.frameworks.lock();
         let Some(f) = fws.get(fw_id) else { return };
         match snap.task(task_id).filter(|t| t.owner == fw_id) {
             Some(t) => c.status_json(
@@ -1336,16 +1304,15 @@ async fn teardown(c: &Arc<Compat>, fw_id: &str) -> Response {
 
 /// Kills a framework's tasks, releases its offers and forgets it.
 async fn remove_framework(c: &Arc<Compat>, fw_id: &str) {
-    let removed = c.frameworks.lock().expect("frameworks lock").remove(fw_id);
+    let removed = c.frameworks.lock().remove(fw_id);
     if removed.is_none() {
         return;
     }
-    c.removed.lock().expect("removed lock").insert(fw_id);
+    c.removed.lock().insert(fw_id);
     tracing::info!(framework_id = %fw_id, "framework removed; killing its tasks");
     let offers: Vec<OfferId> = c
         .offers
         .lock()
-        .expect("offers lock")
         .iter()
         .filter(|(_, f)| *f == fw_id)
         .map(|(o, _)| o.clone())
@@ -1373,14 +1340,14 @@ async fn allocation_loop(c: Arc<Compat>) {
         let _ = tokio::time::timeout(c.config.allocation_interval, c.wake.notified()).await;
         let snap = c.core.published.snapshot();
         let probation: HashMap<AgentId, u64> = {
-            let now = now_ms();
-            let mut p = c.probation.lock().expect("probation lock");
+            let now = c.wall_ms();
+            let mut p = c.probation.lock();
             p.retain(|_, until| *until > now);
             p.clone()
         };
         let candidates: Vec<Candidate> = {
-            let fws = c.frameworks.lock().expect("frameworks lock");
-            let offers = c.offers.lock().expect("offers lock");
+            let fws = c.frameworks.lock();
+            let offers = c.offers.lock();
             // One candidate per role that is not suppressed (the offer cap counts all of a
             // framework's offers at the start of the round). Frameworks that do not read
             // their stream get none.
@@ -1409,7 +1376,7 @@ async fn allocation_loop(c: Arc<Compat>) {
             offers_per_framework_max: c.config.offers_per_framework_max,
             first_agent: allocator::round_start(round),
         };
-        let holds = allocator::allocate(&snap, &candidates, config, now_ms(), || {
+        let holds = allocator::allocate(&snap, &candidates, config, c.wall_ms(), || {
             OfferId::new(c.next_id("O"))
         });
         tracing::debug!(
@@ -1434,7 +1401,7 @@ async fn allocation_loop(c: Arc<Compat>) {
         };
         let mut per_fw: HashMap<String, Vec<Json>> = HashMap::new();
         {
-            let mut offers = c.offers.lock().expect("offers lock");
+            let mut offers = c.offers.lock();
             for id in placed {
                 let h = &by_id[&id];
                 offers.insert(id.clone(), h.framework_id.clone());
@@ -1584,7 +1551,7 @@ async fn forward_loop(c: Arc<Compat>) {
                     };
                     let uuid = b64(uuid::Uuid::new_v4().as_bytes());
                     let (fw, now) = {
-                        let mut fws = c.frameworks.lock().expect("frameworks lock");
+                        let mut fws = c.frameworks.lock();
                         let Some(f) = fws.get_mut(&t.owner) else {
                             continue;
                         };
@@ -1600,7 +1567,7 @@ async fn forward_loop(c: Arc<Compat>) {
                             None,
                             Some(&uuid),
                         );
-                        let now = f.pending.push(task_id.clone(), uuid, s, Instant::now());
+                        let now = f.pending.push(task_id.clone(), uuid, s, c.monotonic());
                         (f.id.clone(), now)
                     };
                     // Sent now unless an earlier update of the task awaits its acknowledgement.
@@ -1610,18 +1577,17 @@ async fn forward_loop(c: Arc<Compat>) {
                 }
                 CellEvent::HoldsReleased { offer_ids, .. } => {
                     for o in offer_ids {
-                        let ours = c.released_by_us.lock().expect("released lock").remove(o);
+                        let ours = c.released_by_us.lock().remove(o);
                         if ours {
                             continue;
                         }
-                        if let Some(fw) = c.offers.lock().expect("offers lock").remove(o) {
+                        if let Some(fw) = c.offers.lock().remove(o) {
                             c.send(&fw, json!({"type": "RESCIND", "rescind": {"offer_id": {"value": o.as_str()}}}));
                         }
                     }
                 }
                 CellEvent::HoldsCleared { .. } => {
-                    let all: Vec<(OfferId, String)> =
-                        c.offers.lock().expect("offers lock").drain().collect();
+                    let all: Vec<(OfferId, String)> = c.offers.lock().drain().collect();
                     for (o, fw) in all {
                         c.send(&fw, json!({"type": "RESCIND", "rescind": {"offer_id": {"value": o.as_str()}}}));
                     }
@@ -1633,13 +1599,7 @@ async fn forward_loop(c: Arc<Compat>) {
                     if *state != shoal_core::AgentState::Active =>
                 {
                     // As Mesos's "agent lost": FAILURE (no executor id) to every framework.
-                    let ids: Vec<String> = c
-                        .frameworks
-                        .lock()
-                        .expect("frameworks lock")
-                        .keys()
-                        .cloned()
-                        .collect();
+                    let ids: Vec<String> = c.frameworks.lock().keys().cloned().collect();
                     for fw in ids {
                         c.send(&fw, json!({"type": "FAILURE", "failure": {"agent_id": {"value": agent_id.as_str()}}}));
                     }
@@ -1662,7 +1622,7 @@ fn unanswered(
 ) {
     let Some(hold) = snap.hold(offer) else { return };
     {
-        let mut fws = c.frameworks.lock().expect("frameworks lock");
+        let mut fws = c.frameworks.lock();
         let Some(f) = fws.get_mut(fw_id) else { return };
         if f.last_call_ms.is_some_and(|t| t >= hold.created_at) {
             return;
@@ -1672,9 +1632,9 @@ fn unanswered(
         }
         f.withheld = true;
     }
-    c.probation.lock().expect("probation lock").insert(
+    c.probation.lock().insert(
         hold.agent_id.clone(),
-        now_ms().saturating_add(timeout.as_millis() as u64),
+        c.wall_ms().saturating_add(timeout.as_millis() as u64),
     );
 }
 
@@ -1687,61 +1647,76 @@ async fn timers_loop(c: Arc<Compat>) {
         .max(Duration::from_millis(50));
     loop {
         tokio::time::sleep(period).await;
-        // Offers held too long are rescinded.
-        if let Some(timeout) = c.config.offer_timeout {
-            let snap = c.core.published.snapshot();
-            let now = now_ms();
-            let expired: Vec<(OfferId, String)> = c
-                .offers
-                .lock()
-                .expect("offers lock")
-                .iter()
-                .filter(|(o, _)| {
-                    snap.hold(o)
-                        .map(|h| now.saturating_sub(h.created_at) >= timeout.as_millis() as u64)
-                        .unwrap_or(false)
-                })
-                .map(|(o, f)| (o.clone(), f.clone()))
-                .collect();
-            for (o, fw) in &expired {
-                c.send(
-                    fw,
-                    json!({"type": "RESCIND", "rescind": {"offer_id": {"value": o.as_str()}}}),
-                );
-                unanswered(&c, &snap, o, fw, timeout);
+        fire_timers(&c).await;
+    }
+}
+
+/// One look at every timer: what is due by the master's clock fires.
+async fn fire_timers(c: &Arc<Compat>) {
+    if let Some(timeout) = c.config.offer_timeout {
+        rescind_expired_offers(c, timeout).await;
+    }
+    resend_unacknowledged(c);
+    remove_failed_over(c).await;
+}
+
+/// Offers held longer than `timeout` are rescinded.
+async fn rescind_expired_offers(c: &Arc<Compat>, timeout: Duration) {
+    let snap = c.core.published.snapshot();
+    let now = c.wall_ms();
+    let expired: Vec<(OfferId, String)> = c
+        .offers
+        .lock()
+        .iter()
+        .filter(|(o, _)| {
+            snap.hold(o)
+                .map(|h| now.saturating_sub(h.created_at) >= timeout.as_millis() as u64)
+                .unwrap_or(false)
+        })
+        .map(|(o, f)| (o.clone(), f.clone()))
+        .collect();
+    for (o, fw) in &expired {
+        c.send(
+            fw,
+            json!({"type": "RESCIND", "rescind": {"offer_id": {"value": o.as_str()}}}),
+        );
+        unanswered(c, &snap, o, fw, timeout);
+    }
+    release(c, expired.into_iter().map(|(o, _)| o).collect()).await;
+}
+
+/// Unacknowledged updates are resent.
+fn resend_unacknowledged(c: &Compat) {
+    let resend: Vec<(String, Json)> = {
+        let mut fws = c.frameworks.lock();
+        let mut out = Vec::new();
+        for f in fws.values_mut().filter(|f| f.tx.is_some()) {
+            for s in f.pending.due(c.config.update_retry, c.monotonic()) {
+                out.push((f.id.clone(), s));
             }
-            release(&c, expired.into_iter().map(|(o, _)| o).collect()).await;
         }
-        // Unacknowledged updates are resent.
-        let resend: Vec<(String, Json)> = {
-            let mut fws = c.frameworks.lock().expect("frameworks lock");
-            let mut out = Vec::new();
-            for f in fws.values_mut().filter(|f| f.tx.is_some()) {
-                for s in f.pending.due(c.config.update_retry, Instant::now()) {
-                    out.push((f.id.clone(), s));
-                }
-            }
-            out
-        };
-        for (fw, s) in resend {
-            c.send(&fw, json!({"type": "UPDATE", "update": {"status": s}}));
-        }
-        // Frameworks away longer than their failover timeout are removed, their tasks killed.
-        let expired: Vec<String> = c
-            .frameworks
-            .lock()
-            .expect("frameworks lock")
-            .values()
-            .filter(|f| {
-                f.disconnected_at
-                    .map(|d| d.elapsed() >= f.failover_timeout)
-                    .unwrap_or(false)
-            })
-            .map(|f| f.id.clone())
-            .collect();
-        for fw in expired {
-            remove_framework(&c, &fw).await;
-        }
+        out
+    };
+    for (fw, s) in resend {
+        c.send(&fw, json!({"type": "UPDATE", "update": {"status": s}}));
+    }
+}
+
+/// Frameworks away longer than their failover timeout are removed, their tasks killed.
+async fn remove_failed_over(c: &Arc<Compat>) {
+    let now = c.monotonic();
+    let expired: Vec<String> = c
+        .frameworks
+        .lock()
+        .values()
+        .filter(|f| {
+            f.disconnected_at
+                .is_some_and(|d| now.saturating_duration_since(d) >= f.failover_timeout)
+        })
+        .map(|f| f.id.clone())
+        .collect();
+    for fw in expired {
+        remove_framework(c, &fw).await;
     }
 }
 
@@ -1774,6 +1749,56 @@ mod tests {
             resources: ResourceSet::parse("cpus:2;mem:1024").unwrap(),
             created_at: 1,
         }
+    }
+
+    /// A framework that subscribed once and whose stream is gone since `at`.
+    fn away_since(at: Instant, failover_timeout: Duration) -> Framework {
+        Framework {
+            id: "F1".into(),
+            info: json!({"user": "u", "name": "away"}),
+            roles: vec!["*".into()],
+            partition_aware: false,
+            killing_state: false,
+            stream_id: "S1".into(),
+            tx: None,
+            encoding: Encoding::Json,
+            disconnected_at: Some(at),
+            failover_timeout,
+            filters: HashMap::new(),
+            suppressed: HashSet::new(),
+            pending: UpdateStreams::default(),
+            stop_stream: None,
+            last_call_ms: None,
+            withheld: false,
+        }
+    }
+
+    /// The failover timer runs on the master's clock: a framework away for its
+    /// `failover_timeout` is removed when the clock has moved that far, and not before, with
+    /// no real time passing.
+    #[tokio::test]
+    async fn the_failover_timeout_fires_when_the_clock_is_advanced() {
+        let clock = Arc::new(shoal_core::clock::ManualClock::new(1_000_000));
+        let core = MasterCore::start_with(
+            Arc::new(shoal_master::MemStore::new()),
+            shoal_master::CommitConfig::default(),
+            shoal_master::agents::AgentTimers::default(),
+            clock.clone(),
+        )
+        .unwrap();
+        let c = Compat::start(core, CompatConfig::default());
+        let away = away_since(c.monotonic(), Duration::from_secs(60));
+        c.frameworks.lock().insert("F1".into(), away);
+        let known = |c: &Compat| c.frameworks.lock().contains_key("F1");
+
+        fire_timers(&c).await;
+        clock.advance(Duration::from_millis(59_999));
+        fire_timers(&c).await;
+        assert!(known(&c), "within its failover timeout it is kept");
+        clock.advance(Duration::from_millis(1));
+        fire_timers(&c).await;
+        assert!(!known(&c), "at its failover timeout it is removed");
+        assert!(c.removed.lock().contains("F1"));
     }
 
     #[test]
@@ -1847,25 +1872,29 @@ mod tests {
     #[test]
     fn unbounded_framework_info_is_kept() {
         let ok = json!({"user": "u", "name": "marathon", "roles": ["a", "b"], "failover_timeout": 604800.0});
-        assert_eq!(check_framework_info(&ok), Ok(()));
+        assert!(check_framework_info(&ok).is_ok());
         let name = json!({"user": "u", "name": "n".repeat(limits::FRAMEWORK_NAME_BYTES_MAX + 1)});
         assert!(check_framework_info(&name)
             .unwrap_err()
+            .to_string()
             .contains("'framework_info.name'"));
         let huge = json!({"user": "u", "name": "n", "labels": {"labels": [{"key": "k", "value": "v".repeat(limits::FRAMEWORK_INFO_BYTES_MAX)}]}});
         assert!(check_framework_info(&huge)
             .unwrap_err()
+            .to_string()
             .contains("'framework_info' is"));
         let role =
             json!({"user": "u", "role": "r".repeat(shoal_core::limits::ROLE_NAME_BYTES_MAX + 1)});
         assert!(check_framework_info(&role)
             .unwrap_err()
+            .to_string()
             .contains("a role in 'framework_info.roles'"));
         let roles: Vec<String> = (0..=limits::FRAMEWORK_ROLES_MAX)
             .map(|i| format!("r{i}"))
             .collect();
         assert!(check_framework_info(&json!({"user": "u", "roles": roles}))
             .unwrap_err()
+            .to_string()
             .contains("roles"));
 
         // failover_timeout: capped (and written back), never refused.

@@ -23,26 +23,27 @@
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{ConnectInfo, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
-use futures::stream::{SplitSink, SplitStream};
-use futures::{Sink, SinkExt, Stream, StreamExt};
+use parking_lot::Mutex;
 use serde::Deserialize;
 use serde_json::json;
 use shoal_core::agent_protocol::{AgentMessage, MasterMessage};
 use shoal_core::liveness::{Liveness, LivenessConfig};
-use shoal_core::{AgentId, Command, Event, Reply, StatusInfo, Task, TaskId, TaskState};
+use shoal_core::{
+    AgentId, AgentRegistration, Command, Event, Reply, StatusInfo, Task, TaskId, TaskState,
+};
 use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 
 use crate::committer::{CommitError, Committer, Published};
-use crate::wall_clock_ms;
+use crate::link::{AgentLink, LinkReceiver, LinkSender};
 
 /// Timers of the agent connections, all flags so tests run fast.
 #[derive(Clone, Debug)]
@@ -100,14 +101,14 @@ impl AgentHub {
     ) -> Arc<AgentHub> {
         let hub = Arc::new(AgentHub {
             committer,
-            published,
+            published: published.clone(),
             connections: Mutex::new(HashMap::new()),
             liveness: Mutex::new(Liveness::new(
                 LivenessConfig {
                     unreachable_after_ms: timers.unreachable_after.as_millis() as u64,
                     gone_after_ms: timers.gone_after.as_millis() as u64,
                 },
-                wall_clock_ms(),
+                published.clock.wall_ms(),
             )),
             timers,
             files: Mutex::new(HashMap::new()),
@@ -120,7 +121,7 @@ impl AgentHub {
     }
 
     fn send(&self, agent: &AgentId, msg: MasterMessage) -> bool {
-        let conns = self.connections.lock().expect("hub lock");
+        let conns = self.connections.lock();
         match conns.get(agent) {
             Some(c) => c.tx.try_send(msg).is_ok(),
             None => false,
@@ -130,18 +131,11 @@ impl AgentHub {
     /// The IP address an agent's live link comes from; `None` when it has no link (or the
     /// link was served without a peer address).
     pub fn link_ip(&self, agent: &AgentId) -> Option<IpAddr> {
-        self.connections
-            .lock()
-            .expect("hub lock")
-            .get(agent)
-            .and_then(|c| c.peer)
+        self.connections.lock().get(agent).and_then(|c| c.peer)
     }
 
     pub fn is_connected(&self, agent: &AgentId) -> bool {
-        self.connections
-            .lock()
-            .expect("hub lock")
-            .contains_key(agent)
+        self.connections.lock().contains_key(agent)
     }
 
     /// Asks an agent for a sandbox file listing or contents (the Mesos `/files` endpoints).
@@ -156,7 +150,7 @@ impl AgentHub {
     ) -> (u16, serde_json::Value) {
         let request_id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
-        self.files.lock().expect("hub lock").insert(request_id, tx);
+        self.files.lock().insert(request_id, tx);
         let msg = MasterMessage::FilesRequest {
             request_id,
             op: op.into(),
@@ -166,7 +160,7 @@ impl AgentHub {
             length,
         };
         if !self.send(agent, msg) {
-            self.files.lock().expect("hub lock").remove(&request_id);
+            self.files.lock().remove(&request_id);
             return (
                 503,
                 json!({"error": "unavailable", "message": format!("agent {agent} is not connected")}),
@@ -175,7 +169,7 @@ impl AgentHub {
         match tokio::time::timeout(Duration::from_secs(10), rx).await {
             Ok(Ok(answer)) => answer,
             _ => {
-                self.files.lock().expect("hub lock").remove(&request_id);
+                self.files.lock().remove(&request_id);
                 (
                     504,
                     json!({"error": "timeout", "message": format!("agent {agent} did not answer")}),
@@ -227,13 +221,7 @@ async fn dispatch(hub: Arc<AgentHub>) {
             }
             Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
                 // Missed entries: re-send what every connected agent should be running.
-                let agents: Vec<AgentId> = hub
-                    .connections
-                    .lock()
-                    .expect("hub lock")
-                    .keys()
-                    .cloned()
-                    .collect();
+                let agents: Vec<AgentId> = hub.connections.lock().keys().cloned().collect();
                 let snap = hub.published.snapshot();
                 for a in agents {
                     let tasks: Vec<Task> = snap
@@ -255,20 +243,13 @@ async fn dispatch(hub: Arc<AgentHub>) {
 /// [`Liveness`], which decides what is due and when to look again.
 async fn liveness(hub: Arc<AgentHub>) {
     let mut changed = hub.published.entries.subscribe();
-    let shortest = Duration::from_millis(
-        hub.liveness
-            .lock()
-            .expect("hub lock")
-            .shortest_timeout_ms()
-            .max(1),
-    );
+    let shortest = Duration::from_millis(hub.liveness.lock().shortest_timeout_ms().max(1));
     loop {
         let (due, next) = {
             let snap = hub.published.snapshot();
             hub.liveness
                 .lock()
-                .expect("hub lock")
-                .tick(&snap, wall_clock_ms())
+                .tick(&snap, hub.published.clock.wall_ms())
         };
         for command in due {
             tracing::warn!(?command, "agent stayed away");
@@ -279,13 +260,15 @@ async fn liveness(hub: Arc<AgentHub>) {
         // A tick walks every agent, so it runs only when a deadline is due. A change (an agent
         // registering, changing state, connecting or disconnecting) can only add deadlines at
         // least `shortest` away: it brings the next look forward to then, no walk now.
+        let clock = &hub.published.clock;
         let wait = next
-            .map(|at| Duration::from_millis(at.saturating_sub(wall_clock_ms()).max(1)))
+            .map(|at| Duration::from_millis(at.saturating_sub(clock.wall_ms()).max(1)))
             .unwrap_or(Duration::from_secs(60));
-        let mut until = tokio::time::Instant::now() + wait;
+        let mut until = clock.monotonic() + wait;
         loop {
+            let left = until.saturating_duration_since(clock.monotonic());
             let bring_forward = tokio::select! {
-                _ = tokio::time::sleep_until(until) => break,
+                _ = tokio::time::sleep(left) => break,
                 _ = hub.liveness_changed.notified() => true,
                 entry = changed.recv() => match entry {
                     Ok(e) => e.events.iter().any(|ev| matches!(ev, Event::AgentRegistered { .. } | Event::AgentStateChanged { .. })),
@@ -294,7 +277,7 @@ async fn liveness(hub: Arc<AgentHub>) {
                 },
             };
             if bring_forward {
-                until = until.min(tokio::time::Instant::now() + shortest);
+                until = until.min(clock.monotonic() + shortest);
             }
         }
     }
@@ -328,43 +311,24 @@ pub async fn connect(
         .on_upgrade(move |socket| serve_agent(hub, socket, peer))
 }
 
-/// The next agent message; `None` once the peer closes or the socket fails.
-async fn recv_msg<S>(socket: &mut S) -> Option<Result<AgentMessage, String>>
-where
-    S: Stream<Item = Result<Message, axum::Error>> + Unpin,
-{
-    loop {
-        match socket.next().await? {
-            Ok(Message::Text(t)) => {
-                return Some(serde_json::from_str(t.as_str()).map_err(|e| e.to_string()))
-            }
-            Ok(Message::Binary(b)) => {
-                return Some(serde_json::from_slice(&b).map_err(|e| e.to_string()))
-            }
-            Ok(Message::Close(_)) | Err(_) => return None,
-            Ok(_) => continue,
-        }
-    }
-}
-
 /// Sends one message, giving up after `deadline`: a peer that does not read cannot hold the
 /// caller. False when the message did not go out.
-async fn send_msg<S>(socket: &mut S, msg: &MasterMessage, deadline: Duration) -> bool
-where
-    S: Sink<Message> + Unpin,
-{
-    let text = serde_json::to_string(msg).expect("messages serialize");
+async fn send_msg(link: &mut impl LinkSender, msg: MasterMessage, deadline: Duration) -> bool {
     matches!(
-        tokio::time::timeout(deadline, socket.send(Message::Text(text.into()))).await,
-        Ok(Ok(()))
+        tokio::time::timeout(deadline, link.send(msg)).await,
+        Ok(true)
     )
 }
 
-async fn serve_agent(hub: Arc<AgentHub>, mut socket: WebSocket, peer: Option<IpAddr>) {
+/// Serves one agent's link until it ends: its registration first (the first message must
+/// be REGISTER), then the registered link. The WebSocket upgrade calls it, as may anything
+/// that holds the agent's end of another [`AgentLink`] (a [`crate::link::memory_link`]).
+pub async fn serve_agent(hub: Arc<AgentHub>, link: impl AgentLink, peer: Option<IpAddr>) {
     let write_deadline = hub.timers.ping_timeout;
+    let (mut tx, mut rx) = link.split();
     let first = tokio::time::timeout(
         Duration::from_secs(crate::limits::AGENT_REGISTER_WAIT_SECS),
-        recv_msg(&mut socket),
+        rx.recv(),
     )
     .await;
     let (registration, known) = match first {
@@ -377,35 +341,54 @@ async fn serve_agent(hub: Arc<AgentHub>, mut socket: WebSocket, peer: Option<IpA
                 message: "the first message must be REGISTER".into(),
                 forget_id: false,
             };
-            send_msg(&mut socket, &error, write_deadline).await;
+            send_msg(&mut tx, error, write_deadline).await;
             return;
         }
         _ => return,
     };
-    if known.len() > crate::limits::AGENT_KNOWN_TASKS_MAX {
+    match register(&hub, registration, known.len()).await {
+        Some(Ok(agent_id)) => {
+            let span = tracing::info_span!("agent", %agent_id);
+            serve_link(hub, agent_id, peer, (tx, rx), known)
+                .instrument(span)
+                .await;
+        }
+        Some(Err(refusal)) => {
+            send_msg(&mut tx, refusal, write_deadline).await;
+        }
+        None => {}
+    }
+}
+
+/// Commits an agent's registration (`known`: how many tasks it says it runs). `None` when
+/// nothing is to be said to it; otherwise its id, or the ERROR that refuses it.
+async fn register(
+    hub: &AgentHub,
+    registration: AgentRegistration,
+    known: usize,
+) -> Option<Result<AgentId, MasterMessage>> {
+    if known > crate::limits::AGENT_KNOWN_TASKS_MAX {
         // Refused before anything commits, as Mesos drops an invalid re-registration: the
         // agent keeps its state and, staying away, becomes unreachable like any other.
         tracing::warn!(
             agent_id = ?registration.agent_id,
-            known = known.len(),
+            known,
             "agent registration refused: too many known tasks"
         );
         let error = MasterMessage::Error {
             message: format!(
-                "REGISTER lists {} known tasks; the master reconciles at most {}",
-                known.len(),
+                "REGISTER lists {known} known tasks; the master reconciles at most {}",
                 crate::limits::AGENT_KNOWN_TASKS_MAX
             ),
             forget_id: false,
         };
-        send_msg(&mut socket, &error, write_deadline).await;
-        return;
+        return Some(Err(error));
     }
     // A returning agent counts as connected before its registration commits, so the liveness
     // loop (woken by that commit) cannot mark it unreachable in between.
     let returning = registration.agent_id.clone();
     if let Some(id) = &returning {
-        hub.liveness.lock().expect("hub lock").connected(id);
+        hub.liveness.lock().connected(id);
     }
     let registered = hub
         .committer
@@ -414,12 +397,11 @@ async fn serve_agent(hub: Arc<AgentHub>, mut socket: WebSocket, peer: Option<IpA
     if let (Some(id), Err(_)) = (&returning, &registered) {
         hub.liveness
             .lock()
-            .expect("hub lock")
-            .disconnected(id, wall_clock_ms());
+            .disconnected(id, hub.published.clock.wall_ms());
     }
     let agent_id = match registered {
         Ok(Reply::Agent { agent_id }) => agent_id,
-        Ok(_) => return,
+        Ok(_) => return None,
         Err(e) => {
             let forget_id = matches!(
                 &e,
@@ -430,14 +412,10 @@ async fn serve_agent(hub: Arc<AgentHub>, mut socket: WebSocket, peer: Option<IpA
                 message: e.to_string(),
                 forget_id,
             };
-            send_msg(&mut socket, &error, write_deadline).await;
-            return;
+            return Some(Err(error));
         }
     };
-    let span = tracing::info_span!("agent", %agent_id);
-    serve_link(hub, agent_id, peer, socket, known)
-        .instrument(span)
-        .await;
+    Some(Ok(agent_id))
 }
 
 /// A registered agent's link: one writer draining the outbox, one reader, and the
@@ -448,7 +426,7 @@ async fn serve_link(
     hub: Arc<AgentHub>,
     agent_id: AgentId,
     peer: Option<IpAddr>,
-    socket: WebSocket,
+    (sink, stream): (impl LinkSender, impl LinkReceiver),
     known: Vec<TaskId>,
 ) {
     tracing::info!(?peer, "agent connected");
@@ -460,7 +438,7 @@ async fn serve_link(
         heartbeat_interval_ms: hub.timers.heartbeat_interval.as_millis() as u64,
     });
     let serial = hub.next_id.fetch_add(1, Ordering::Relaxed);
-    hub.connections.lock().expect("hub lock").insert(
+    hub.connections.lock().insert(
         agent_id.clone(),
         Connection {
             tx: tx.clone(),
@@ -468,9 +446,8 @@ async fn serve_link(
             peer,
         },
     );
-    hub.liveness.lock().expect("hub lock").connected(&agent_id);
+    hub.liveness.lock().connected(&agent_id);
     hub.liveness_changed.notify_one();
-    let (sink, stream) = socket.split();
     tokio::select! {
         () = write_loop(sink, rx, hub.timers.ping_timeout) => {}
         () = read_loop(&hub, &agent_id, stream, &tx) => {}
@@ -486,12 +463,12 @@ async fn serve_link(
 /// Sends what the outbox holds, in order, until the peer fails to take a message within
 /// `deadline`.
 async fn write_loop(
-    mut sink: SplitSink<WebSocket, Message>,
+    mut sink: impl LinkSender,
     mut rx: mpsc::Receiver<MasterMessage>,
     deadline: Duration,
 ) {
     while let Some(msg) = rx.recv().await {
-        if !send_msg(&mut sink, &msg, deadline).await {
+        if !send_msg(&mut sink, msg, deadline).await {
             tracing::warn!("agent link not writable (closed, or not read for the ping timeout)");
             return;
         }
@@ -503,31 +480,32 @@ async fn write_loop(
 async fn read_loop(
     hub: &Arc<AgentHub>,
     agent_id: &AgentId,
-    mut stream: SplitStream<WebSocket>,
+    mut stream: impl LinkReceiver,
     tx: &mpsc::Sender<MasterMessage>,
 ) {
     loop {
-        let incoming = tokio::time::timeout(hub.timers.ping_timeout, recv_msg(&mut stream)).await;
+        let incoming = tokio::time::timeout(hub.timers.ping_timeout, stream.recv()).await;
         match incoming {
             Err(_) => {
                 tracing::warn!("agent silent past the ping timeout");
                 return;
             }
             Ok(None) => return,
-            Ok(Some(Err(e))) => tracing::warn!(error = %e, "malformed agent message"),
+            Ok(Some(Err(e))) => {
+                tracing::warn!(error = %crate::error::chain(&e), "agent message dropped")
+            }
             Ok(Some(Ok(msg))) => handle(hub, agent_id, msg, tx).await,
         }
     }
 }
 
 fn drop_connection(hub: &AgentHub, agent_id: &AgentId, serial: u64) {
-    let mut conns = hub.connections.lock().expect("hub lock");
+    let mut conns = hub.connections.lock();
     if conns.get(agent_id).map(|c| c.serial) == Some(serial) {
         conns.remove(agent_id);
         hub.liveness
             .lock()
-            .expect("hub lock")
-            .disconnected(agent_id, wall_clock_ms());
+            .disconnected(agent_id, hub.published.clock.wall_ms());
         hub.liveness_changed.notify_one();
     }
 }
@@ -587,7 +565,7 @@ async fn handle(
             status,
             body,
         } => {
-            if let Some(w) = hub.files.lock().expect("hub lock").remove(&request_id) {
+            if let Some(w) = hub.files.lock().remove(&request_id) {
                 let _ = w.send((status, body));
             }
         }
@@ -764,8 +742,7 @@ pub async fn heartbeat(
     }
     hub.liveness
         .lock()
-        .expect("hub lock")
-        .heartbeat(&agent, wall_clock_ms());
+        .heartbeat(&agent, hub.published.clock.wall_ms());
     StatusCode::ACCEPTED.into_response()
 }
 
@@ -783,7 +760,109 @@ pub fn router(hub: Arc<AgentHub>) -> axum::Router {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
+    use shoal_core::{
+        AgentRegistration, Claim, ClaimId, CommitMode, ConflictCheck, Placement, ResourceSet,
+        TaskSpec,
+    };
+
     use super::*;
+    use crate::link::memory_link;
+
+    async fn next(agent: &mut crate::link::MemoryAgent) -> MasterMessage {
+        tokio::time::timeout(Duration::from_secs(10), agent.recv())
+            .await
+            .expect("a message within 10 s")
+            .expect("the link is open")
+    }
+
+    /// The hub with no socket: an agent registers over an in-memory link, gets the launch of
+    /// a task a claim placed on it, and its status update is committed and acknowledged.
+    #[tokio::test]
+    async fn an_agent_registers_and_gets_its_launch_over_an_in_memory_link() {
+        let clock = Arc::new(shoal_core::clock::ManualClock::new(1_000));
+        let core = crate::MasterCore::start_with(
+            Arc::new(crate::MemStore::new()),
+            crate::CommitConfig::default(),
+            AgentTimers::default(),
+            clock,
+        )
+        .unwrap();
+        let (link, mut agent) = memory_link(16);
+        tokio::spawn(serve_agent(core.agents.clone(), link, None));
+
+        let registration = AgentRegistration {
+            agent_id: None,
+            hostname: "h1".into(),
+            port: 0,
+            attributes: Default::default(),
+            domain: None,
+            resources: ResourceSet::parse("cpus:4;mem:1024").unwrap(),
+        };
+        assert!(
+            agent
+                .send(AgentMessage::Register {
+                    registration,
+                    known: vec![],
+                })
+                .await
+        );
+        let MasterMessage::Registered { agent_id, .. } = next(&mut agent).await else {
+            panic!("REGISTERED comes first");
+        };
+        let until = std::time::Instant::now() + Duration::from_secs(10);
+        while !core.agents.is_connected(&agent_id) {
+            assert!(std::time::Instant::now() < until, "the link is registered");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+
+        let task_id = TaskId::new("t1");
+        let claim = Claim {
+            id: ClaimId::new("c1"),
+            role: "*".into(),
+            owner: "test".into(),
+            snapshot_version: core.published.snapshot().version(),
+            mode: CommitMode::default(),
+            check: ConflictCheck::default(),
+            placements: vec![Placement {
+                task_id: task_id.clone(),
+                name: "t1".into(),
+                agent_id: agent_id.clone(),
+                resources: ResourceSet::parse("cpus:1;mem:64").unwrap(),
+                spec: TaskSpec::empty(),
+            }],
+            priority: 0,
+            evictions: vec![],
+        };
+        core.committer.submit(Command::Claim(claim)).await.unwrap();
+        let tasks = loop {
+            if let MasterMessage::Launch { tasks } = next(&mut agent).await {
+                break tasks;
+            }
+        };
+        assert_eq!(tasks.len(), 1);
+        assert_eq!((&tasks[0].id, &tasks[0].agent_id), (&task_id, &agent_id));
+
+        let update = AgentMessage::StatusUpdate {
+            update_id: 7,
+            task_id: task_id.clone(),
+            state: TaskState::Running,
+            status: StatusInfo::default(),
+        };
+        assert!(agent.send(update).await);
+        loop {
+            if let MasterMessage::StatusAck { update_id } = next(&mut agent).await {
+                assert_eq!(update_id, 7);
+                break;
+            }
+        }
+        let snap = core.published.snapshot();
+        assert_eq!(
+            snap.task(&task_id).map(|t| t.state),
+            Some(TaskState::Running)
+        );
+    }
 
     #[test]
     fn files_paths() {

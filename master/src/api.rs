@@ -312,7 +312,7 @@ async fn watch(
         )
             .into_response();
     };
-    let mut live = s.published.entries.subscribe();
+    let live = s.published.entries.subscribe();
     let (tx, rx) = tokio::sync::mpsc::channel(limits::WATCH_STREAM_BUFFER);
     let tx = WatchSender {
         tx,
@@ -323,55 +323,7 @@ async fn watch(
     let published = s.published.clone();
     tokio::spawn(async move {
         let _slot = slot;
-        let mut next = q.from;
-        let mut stalled = false;
-        // Catch up from the store at first and after a gap; otherwise follow the live
-        // entries, which every watcher shares (a slow watcher holds no store batch).
-        let mut catch_up = true;
-        'outer: loop {
-            while catch_up && next <= published.snapshot().version() {
-                let store = published.store.clone();
-                let from = next;
-                let read = tokio::task::spawn_blocking(move || {
-                    store.read_log(from, limits::WATCH_READ_BATCH)
-                })
-                .await;
-                let entries = match read {
-                    Ok(Ok(e)) if !e.is_empty() && e[0].version == from => e,
-                    _ => break 'outer, // compacted under us or store error: the client resumes.
-                };
-                for e in entries {
-                    next = e.version + 1;
-                    if !tx.send(line(&e)).await {
-                        stalled = true;
-                        break 'outer;
-                    }
-                }
-            }
-            catch_up = false;
-            let wait = tokio::time::timeout(
-                Duration::from_secs(limits::WATCH_KEEPALIVE_SECS),
-                live.recv(),
-            )
-            .await;
-            let sent = match wait {
-                Err(_) => tx.send(Bytes::from_static(b"\n")).await,
-                Ok(Ok(e)) if e.version == next => {
-                    next += 1;
-                    tx.send(line(&e)).await
-                }
-                Ok(Ok(e)) if e.version < next => continue, // read from the store already
-                Ok(Ok(_)) | Ok(Err(RecvError::Lagged(_))) => {
-                    catch_up = true;
-                    continue;
-                }
-                Ok(Err(RecvError::Closed)) => break,
-            };
-            if !sent {
-                stalled = true;
-                break;
-            }
-        }
+        let (next, stalled) = stream_entries(&published, q.from, live, tx).await;
         tracing::debug!(from = q.from, next, stalled, "watch stream ends");
         if stalled {
             // What the client has not read is still in its connection's buffers: close it,
@@ -387,6 +339,62 @@ async fn watch(
     );
     let body = Body::from_stream(lines);
     ([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response()
+}
+
+/// Sends the entries from `from` on to a watcher until it stalls or the commit path ends:
+/// caught up from the store at first and after a gap, otherwise from the live entries, which
+/// every watcher shares (a slow watcher holds no store batch); a blank line after each
+/// keep-alive period without one. Returns the next version the watcher would have been sent
+/// and whether it stopped reading.
+async fn stream_entries(
+    published: &Published,
+    from: Version,
+    mut live: tokio::sync::broadcast::Receiver<Arc<shoal_core::LogEntry>>,
+    tx: WatchSender,
+) -> (Version, bool) {
+    let mut next = from;
+    let mut catch_up = true;
+    loop {
+        while catch_up && next <= published.snapshot().version() {
+            let store = published.store.clone();
+            let from = next;
+            let read =
+                tokio::task::spawn_blocking(move || store.read_log(from, limits::WATCH_READ_BATCH))
+                    .await;
+            let entries = match read {
+                Ok(Ok(e)) if !e.is_empty() && e[0].version == from => e,
+                _ => return (next, false), // compacted under us or store error: the client resumes.
+            };
+            for e in entries {
+                next = e.version + 1;
+                if !tx.send(line(&e)).await {
+                    return (next, true);
+                }
+            }
+        }
+        catch_up = false;
+        let wait = tokio::time::timeout(
+            Duration::from_secs(limits::WATCH_KEEPALIVE_SECS),
+            live.recv(),
+        )
+        .await;
+        let sent = match wait {
+            Err(_) => tx.send(Bytes::from_static(b"\n")).await,
+            Ok(Ok(e)) if e.version == next => {
+                next += 1;
+                tx.send(line(&e)).await
+            }
+            Ok(Ok(e)) if e.version < next => continue, // read from the store already
+            Ok(Ok(_)) | Ok(Err(RecvError::Lagged(_))) => {
+                catch_up = true;
+                continue;
+            }
+            Ok(Err(RecvError::Closed)) => return (next, false),
+        };
+        if !sent {
+            return (next, true);
+        }
+    }
 }
 
 fn line(e: &shoal_core::LogEntry) -> Bytes {

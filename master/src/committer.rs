@@ -23,23 +23,31 @@
 //! from it and publishes that; the decider starts again from there. Readers load the
 //! published snapshot (an `Arc` of a persistent structure) and never block the committer.
 //!
+//! The two stages are `Decider` and `Writer`; the threads of [`start`] run them with a
+//! channel between them, and [`CommitCore`] runs them one batch at a time on its caller's
+//! thread (no threads, no channels), so a simulation drives the same commit path. A group's
+//! store write is made in `batch.rs`.
+//!
 //! [`Health`] says whether the commit path runs and the store takes writes (`/health`). If
 //! either thread stops (a panic is a bug: an invariant broke), the commit path is stopped
 //! for good: every command gets 503 and the master binary exits so that it is restarted.
 
-use std::collections::{BTreeMap, BTreeSet};
+mod batch;
+
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use shoal_core::{
-    AgentId, Cell, Command, Event, LogEntry, Rejection, Reply, TaskId, Timestamp, Version,
-};
+use parking_lot::Mutex;
+use shoal_core::clock::SharedClock;
+use shoal_core::{Cell, Command, Event, LogEntry, Rejection, Reply, Version};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use crate::limits;
-use crate::store::{ClaimCommit, Store, WriteBatch};
+use crate::store::{Store, WriteBatch};
+use crate::MasterError;
+use batch::write_batch;
 
 /// Why a command did not commit.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -74,6 +82,9 @@ pub struct Published {
     pub log_floor: AtomicU64,
     pub stats: CommitStats,
     pub health: Health,
+    /// The clock the commit path tells the core; every other part of the master (and
+    /// compat) tells time by it too.
+    pub clock: SharedClock,
 }
 
 /// Whether the commit path can commit: its threads run and the store takes writes.
@@ -93,12 +104,12 @@ impl Health {
     }
 
     /// `Ok` when commands can commit; otherwise why not.
-    pub fn check(&self) -> Result<(), String> {
+    pub fn check(&self) -> Result<(), MasterError> {
         if self.is_stopped() {
-            return Err("the commit path has stopped".into());
+            return Err(MasterError::Stopped);
         }
-        match &*self.store_failure.lock().unwrap_or_else(|e| e.into_inner()) {
-            Some(why) => Err(format!("the store is failing: {why}")),
+        match &*self.store_failure.lock() {
+            Some(why) => Err(MasterError::StoreFailing(why.clone())),
             None => Ok(()),
         }
     }
@@ -114,14 +125,11 @@ impl Health {
     }
 
     fn set_store_failure(&self, why: Option<String>) {
-        *self.store_failure.lock().unwrap_or_else(|e| e.into_inner()) = why;
+        *self.store_failure.lock() = why;
     }
 
     fn store_failure(&self) -> Option<String> {
-        self.store_failure
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.store_failure.lock().clone()
     }
 }
 
@@ -199,36 +207,28 @@ impl Default for CommitConfig {
 }
 
 /// Starts the commit path (its decider and writer threads) over a loaded cell. `clock`
-/// gives the time the core is told.
+/// gives the time the core is told (its wall time) and the writer's backoff (its monotonic
+/// time).
 pub fn start(
     cell: Cell,
     store: Arc<dyn Store>,
-    clock: Arc<dyn Fn() -> Timestamp + Send + Sync>,
+    clock: SharedClock,
     config: CommitConfig,
 ) -> (Committer, Arc<Published>, std::thread::JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(limits::COMMIT_QUEUE_MAX);
-    let (entries, _) = broadcast::channel(limits::WATCH_BROADCAST_MAX);
-    let floor = store.log_floor().unwrap_or(0).max(1);
-    let published = Arc::new(Published {
-        snapshot: ArcSwap::from_pointee(cell.clone()),
-        entries,
-        store: store.clone(),
-        log_floor: AtomicU64::new(floor),
-        stats: CommitStats::default(),
-        health: Health::new(),
-    });
-    let signals = Arc::new(Signals::default());
+    let (decider, writer) = stages(cell, store, clock, config);
+    let published = writer.published.clone();
     let (decided_tx, decided_rx) = std::sync::mpsc::sync_channel(limits::COMMIT_PIPELINE_GROUPS);
     let writer = {
-        let (p, signals) = (published.clone(), signals.clone());
+        let p = published.clone();
         std::thread::Builder::new()
             .name("shoal-writer".into())
             .spawn(move || {
                 let _stop = StopGuard {
-                    published: p.clone(),
+                    published: p,
                     thread: "writer",
                 };
-                write_groups(store, decided_rx, p, signals)
+                write_groups(writer, decided_rx)
             })
             .expect("spawn the commit writer thread")
     };
@@ -238,15 +238,117 @@ pub fn start(
         .spawn(move || {
             {
                 let _stop = StopGuard {
-                    published: p.clone(),
+                    published: p,
                     thread: "decider",
                 };
-                decide(cell, rx, decided_tx, p, signals, clock, config);
+                decide(decider, rx, decided_tx);
             }
             let _ = writer.join();
         })
         .expect("spawn committer thread");
     (Committer { tx }, published, handle)
+}
+
+/// The two stages of the commit path over one published state.
+fn stages<R>(
+    cell: Cell,
+    store: Arc<dyn Store>,
+    clock: SharedClock,
+    config: CommitConfig,
+) -> (Decider<R>, Writer) {
+    let (entries, _) = broadcast::channel(limits::WATCH_BROADCAST_MAX);
+    let floor = store.log_floor().unwrap_or(0).max(1);
+    let published = Arc::new(Published {
+        snapshot: ArcSwap::from_pointee(cell.clone()),
+        entries,
+        store,
+        log_floor: AtomicU64::new(floor),
+        stats: CommitStats::default(),
+        health: Health::new(),
+        clock,
+    });
+    let signals = Arc::new(Signals::default());
+    let decider = Decider {
+        cell,
+        applied: Applied::default(),
+        seen_failures: 0,
+        seen_holds_lost: 0,
+        retain: config.log_retain_entries.max(1),
+        published: published.clone(),
+        signals: signals.clone(),
+    };
+    let writer = Writer {
+        backoff: Duration::from_millis(limits::STORE_REOPEN_BACKOFF_MIN_MS),
+        published,
+        signals,
+    };
+    (decider, writer)
+}
+
+/// The commit path stepped by its caller, one batch at a time, on the caller's thread: the
+/// same decider and writer stages the threads of [`start`] run, with no channel between
+/// them. A batch is decided as one group, written with one sync, published, and answered.
+/// A simulation drives the master's commit path through it.
+pub struct CommitCore {
+    decider: Decider<usize>,
+    writer: Writer,
+}
+
+impl CommitCore {
+    /// The commit path over a loaded cell, stepped by [`CommitCore::step`].
+    pub fn new(
+        cell: Cell,
+        store: Arc<dyn Store>,
+        clock: SharedClock,
+        config: CommitConfig,
+    ) -> CommitCore {
+        let (decider, writer) = stages(cell, store, clock, config);
+        CommitCore { decider, writer }
+    }
+
+    /// What the commit path publishes (the snapshot, the entries' stream, health).
+    pub fn published(&self) -> &Arc<Published> {
+        &self.writer.published
+    }
+
+    /// Commits `commands` as one group: decides each in order, persists what changed with one
+    /// store write and one sync, publishes the snapshot, streams the entries, and returns each
+    /// command's answer in order. When the store fails, every answer is `Unavailable` and the
+    /// store is reopened (here, and at each later step until it takes a durable write); the
+    /// next step starts from what is durable.
+    pub fn step(&mut self, commands: Vec<Command>) -> Vec<Result<Reply, CommitError>> {
+        if let Some(why) = self.writer.published.health.store_failure() {
+            if self.writer.reopen().is_err() {
+                let why =
+                    format!("the store is failing ({why}); it is being reopened, retry later");
+                return commands
+                    .iter()
+                    .map(|_| Err(CommitError::Unavailable(why.clone())))
+                    .collect();
+            }
+        }
+        let mut answers: Vec<Option<Result<Reply, CommitError>>> = Vec::new();
+        answers.resize_with(commands.len(), || None);
+        let mut deliver = |to: Option<usize>, answer| {
+            if let Some(i) = to {
+                answers[i] = Some(answer);
+            }
+        };
+        let group = commands.into_iter().enumerate().map(|(i, c)| (c, i));
+        for (to, answer) in self.decider.decide(group) {
+            deliver(to, answer);
+        }
+        let decided = self.decider.hand_over();
+        if !self.writer.write_round(vec![decided], &mut deliver) {
+            if let Err(e) = self.writer.reopen() {
+                tracing::warn!(error = %crate::error::chain(&e), "the store does not reopen yet");
+            }
+        }
+        answers
+            .into_iter()
+            .map(|a| a.unwrap_or_else(|| Err(CommitError::Unavailable("not answered".into()))))
+            .collect()
+    }
 }
 
 /// What the writer tells the decider.
@@ -262,63 +364,135 @@ struct Signals {
     writer_waits: AtomicBool,
 }
 
+/// A command's answer and where it goes (`None`: a command of the commit path's own). `R` is
+/// a handler's reply channel in the threads of [`start`], an index in [`CommitCore`].
+type Answered<R> = (Option<R>, Result<Reply, CommitError>);
+
 /// A group the decider has applied, on its way to the writer.
-struct Decided {
+struct Decided<R> {
     /// The count of store failures the group was decided after: a group decided before a
     /// failure may depend on what failed, and is refused.
     failures: u64,
     /// The store write and the cell after the group (`None`: nothing changed).
     change: Option<(WriteBatch, Cell)>,
-    answers: Vec<(ReplyTo, Result<Reply, CommitError>)>,
+    answers: Vec<Answered<R>>,
     entries: Vec<Arc<LogEntry>>,
 }
 
 type ReplyTo = oneshot::Sender<Result<Reply, CommitError>>;
 
 /// Commands the decider has applied and not yet handed to the writer.
-#[derive(Default)]
-struct Applied {
-    answers: Vec<(ReplyTo, Result<Reply, CommitError>)>,
+struct Applied<R> {
+    answers: Vec<Answered<R>>,
     entries: Vec<Arc<LogEntry>>,
 }
 
-/// The decider: applies each group of waiting commands to its cell as it arrives, and hands
-/// what it has applied to the writer whenever the writer waits (or nothing else is waiting):
-/// while the writer syncs, the groups decided meanwhile gather into its next write. A
-/// snapshot of the cell is taken only at the hand-over, so the persistent maps copy the
-/// nodes a write changes once per sync, not once per group.
-fn decide(
-    mut cell: Cell,
-    mut rx: mpsc::Receiver<CommitRequest>,
-    decided: std::sync::mpsc::SyncSender<Decided>,
+impl<R> Default for Applied<R> {
+    fn default() -> Self {
+        Applied {
+            answers: Vec::new(),
+            entries: Vec::new(),
+        }
+    }
+}
+
+/// The decide stage: the cell the commands are applied to, ahead of what is durable, and
+/// what it applied since its last hand-over to the writer.
+struct Decider<R> {
+    cell: Cell,
+    applied: Applied<R>,
+    /// The writer's failure and lost-holds counts as of the last group.
+    seen_failures: u64,
+    seen_holds_lost: u64,
+    /// Log entries kept for watches (at least one).
+    retain: u64,
     published: Arc<Published>,
     signals: Arc<Signals>,
-    clock: Arc<dyn Fn() -> Timestamp + Send + Sync>,
-    config: CommitConfig,
-) {
-    let retain = config.log_retain_entries.max(1);
-    let mut seen_failures = signals.failures.load(Ordering::Acquire);
-    let mut seen_holds_lost = signals.holds_lost.load(Ordering::Acquire);
-    let mut applied = Applied::default();
-    let hand_over = |applied: &mut Applied, cell: &Cell, seen_failures: u64| {
-        let Applied { answers, entries } = std::mem::take(applied);
+}
+
+impl<R> Decider<R> {
+    /// Applies one group of commands to the cell, in order. Returns the answers a store
+    /// failure since the last group voids (what was applied on top of it, to be refused).
+    fn decide(&mut self, group: impl IntoIterator<Item = (Command, R)>) -> Vec<Answered<R>> {
+        let mut voided = Vec::new();
+        // This count first: the writer counts lost holds after the failure that goes with them.
+        let holds_lost = self.signals.holds_lost.load(Ordering::Acquire);
+        let failed = self.signals.failures.load(Ordering::Acquire);
+        if failed != self.seen_failures {
+            // A write failed: what was applied on top of it is refused, and the decider goes
+            // back to what is durable (the writer publishes nothing after a failure until
+            // groups decided after it arrive).
+            voided = std::mem::take(&mut self.applied).answers;
+            for (_, answer) in &mut voided {
+                *answer = Err(CommitError::Unavailable(
+                    "an earlier commit group failed to persist; retry".into(),
+                ));
+            }
+            self.cell = Cell::clone(&*self.published.snapshot());
+            self.seen_failures = failed;
+        }
+        let now = self.published.clock.wall_ms();
+        let applied = &mut self.applied;
+        if holds_lost != self.seen_holds_lost {
+            // The cell was reloaded from the reopened store, which holds no holds: say so to
+            // watchers (the frameworks' offers are rescinded), as a new master does.
+            self.seen_holds_lost = holds_lost;
+            if let Ok((Some(entry), _)) = self.cell.commit(now, &Command::ClearHolds) {
+                applied.entries.push(Arc::new(entry));
+                applied.answers.push((None, Ok(Reply::Done)));
+            }
+        }
+        for (command, reply) in group {
+            match self.cell.commit(now, &command) {
+                Ok((entry, answer)) => {
+                    applied.entries.extend(entry.map(Arc::new));
+                    applied.answers.push((Some(reply), Ok(answer)));
+                }
+                Err(rejection) => applied
+                    .answers
+                    .push((Some(reply), Err(CommitError::Rejected(rejection)))),
+            }
+        }
+        voided
+    }
+
+    /// Commands applied and not yet handed over.
+    fn applied_count(&self) -> usize {
+        self.applied.answers.len()
+    }
+
+    /// What was applied since the last hand-over, for the writer: a snapshot of the cell is
+    /// taken only here, so the persistent maps copy the nodes a write changes once per
+    /// hand-over, not once per group.
+    fn hand_over(&mut self) -> Decided<R> {
+        let Applied { answers, entries } = std::mem::take(&mut self.applied);
         let change = (!entries.is_empty()).then(|| {
             (
-                write_batch(cell, &entries, &published, retain),
-                cell.clone(),
+                write_batch(&self.cell, &entries, &self.published, self.retain),
+                self.cell.clone(),
             )
         });
-        decided
-            .send(Decided {
-                failures: seen_failures,
-                change,
-                answers,
-                entries,
-            })
-            .is_ok()
-    };
+        Decided {
+            failures: self.seen_failures,
+            change,
+            answers,
+            entries,
+        }
+    }
+}
+
+/// The decider thread: applies each group of waiting commands as it arrives, and hands
+/// what it has applied to the writer whenever the writer waits (or nothing else is waiting):
+/// while the writer syncs, the groups decided meanwhile gather into its next write.
+fn decide(
+    mut decider: Decider<ReplyTo>,
+    mut rx: mpsc::Receiver<CommitRequest>,
+    decided: std::sync::mpsc::SyncSender<Decided<ReplyTo>>,
+) {
+    decider.seen_failures = decider.signals.failures.load(Ordering::Acquire);
+    decider.seen_holds_lost = decider.signals.holds_lost.load(Ordering::Acquire);
     loop {
-        let first = if applied.answers.is_empty() {
+        let first = if decider.applied_count() == 0 {
             match rx.blocking_recv() {
                 Some(r) => r,
                 None => return,
@@ -329,7 +503,7 @@ fn decide(
                 // Nothing more to decide now: the writer gets what there is (waiting for it
                 // if it is still busy).
                 Err(e) => {
-                    if !hand_over(&mut applied, &cell, seen_failures)
+                    if decided.send(decider.hand_over()).is_err()
                         || e == mpsc::error::TryRecvError::Disconnected
                     {
                         return;
@@ -345,112 +519,77 @@ fn decide(
                 Err(_) => break,
             }
         }
-        // This count first: the writer counts lost holds after the failure that goes with them.
-        let holds_lost = signals.holds_lost.load(Ordering::Acquire);
-        let failed = signals.failures.load(Ordering::Acquire);
-        if failed != seen_failures {
-            // A write failed: what was applied on top of it is refused, and the decider goes
-            // back to what is durable (the writer publishes nothing after a failure until
-            // groups decided after it arrive).
-            refuse_answers(
-                std::mem::take(&mut applied).answers,
-                "an earlier commit group failed to persist; retry",
-            );
-            cell = Cell::clone(&*published.snapshot());
-            seen_failures = failed;
-        }
-        let now = clock();
-        if holds_lost != seen_holds_lost {
-            // The cell was reloaded from the reopened store, which holds no holds: say so to
-            // watchers (the frameworks' offers are rescinded), as a new master does.
-            seen_holds_lost = holds_lost;
-            if let Ok((Some(entry), _)) = cell.commit(now, &Command::ClearHolds) {
-                let (reply, _) = oneshot::channel();
-                applied.entries.push(Arc::new(entry));
-                applied.answers.push((reply, Ok(Reply::Done)));
-            }
-        }
-        for req in group {
-            match cell.commit(now, &req.command) {
-                Ok((entry, reply)) => {
-                    applied.entries.extend(entry.map(Arc::new));
-                    applied.answers.push((req.reply, Ok(reply)));
-                }
-                Err(rejection) => applied
-                    .answers
-                    .push((req.reply, Err(CommitError::Rejected(rejection)))),
-            }
-        }
-        if (signals.writer_waits.load(Ordering::Acquire)
-            || applied.answers.len() >= limits::COMMIT_GROUP_MAX)
-            && !hand_over(&mut applied, &cell, seen_failures)
+        let voided = decider.decide(group.into_iter().map(|r| (r.command, r.reply)));
+        send_answers(voided);
+        if (decider.signals.writer_waits.load(Ordering::Acquire)
+            || decider.applied_count() >= limits::COMMIT_GROUP_MAX)
+            && decided.send(decider.hand_over()).is_err()
         {
             return;
         }
     }
 }
 
-/// The writer: persists the groups waiting for it with one sync, then publishes and answers
-/// them in order.
-fn write_groups(
-    store: Arc<dyn Store>,
-    decided: std::sync::mpsc::Receiver<Decided>,
+/// Sends answers to the handlers waiting for them.
+fn send_answers(answers: Vec<Answered<ReplyTo>>) {
+    for (reply, answer) in answers {
+        if let Some(reply) = reply {
+            let _ = reply.send(answer);
+        }
+    }
+}
+
+/// The write stage: persists what the decider handed over, publishes it, answers it.
+struct Writer {
+    /// The pause before the next reopen of a failing store: doubled after each failure, back
+    /// to the least after a sync succeeds.
+    backoff: Duration,
     published: Arc<Published>,
     signals: Arc<Signals>,
-) {
-    // The pause before the next reopen of a failing store: doubled after each failure, back
-    // to the least after a sync succeeds.
-    let mut backoff = Duration::from_millis(limits::STORE_REOPEN_BACKOFF_MIN_MS);
-    loop {
-        signals.writer_waits.store(true, Ordering::Release);
-        let first = decided.recv();
-        signals.writer_waits.store(false, Ordering::Release);
-        let Ok(first) = first else {
-            return;
-        };
-        let started = Instant::now();
-        let mut groups = vec![first];
-        groups.extend(decided.try_iter().take(limits::COMMIT_PIPELINE_GROUPS));
-        let failed = signals.failures.load(Ordering::Relaxed);
+}
+
+impl Writer {
+    /// Persists `groups` (one store write each, one sync for all), publishes the newest
+    /// snapshot, then gives every answer to `deliver` in order and streams the entries. A
+    /// group decided before the last failure is refused unwritten. False when the store
+    /// failed: every group is refused, health says why, and the decider is sent back to the
+    /// published cell.
+    fn write_round<R>(
+        &mut self,
+        groups: Vec<Decided<R>>,
+        deliver: &mut impl FnMut(Option<R>, Result<Reply, CommitError>),
+    ) -> bool {
+        let published = &self.published;
+        let started = published.clock.monotonic();
+        let failed = self.signals.failures.load(Ordering::Relaxed);
         // Groups decided before a failure are refused (they may build on what failed).
         let (stale, mut groups): (Vec<_>, Vec<_>) =
             groups.into_iter().partition(|g| g.failures != failed);
-        refuse(stale, "an earlier commit group failed to persist; retry");
-        let mut persisted = Ok(());
-        let mut trim = None;
-        let mut writes = 0;
-        for (batch, _) in groups.iter().filter_map(|g| g.change.as_ref()) {
-            persisted = store.write(batch);
-            if persisted.is_err() {
-                break;
+        refuse(
+            stale,
+            "an earlier commit group failed to persist; retry",
+            deliver,
+        );
+        let persisted = Writer::persist(&*published.store, &groups);
+        let (writes, trim) = match persisted {
+            Ok(done) => done,
+            Err(e) => {
+                tracing::error!(error = %e, "store write failed; the groups are refused and the cell goes back to what is durable");
+                published.health.set_store_failure(Some(e.to_string()));
+                self.signals.failures.fetch_add(1, Ordering::Release);
+                let why = format!(
+                    "the store failed ({e}); nothing of this commit was acknowledged, retry"
+                );
+                refuse(groups, &why, deliver);
+                return false;
             }
-            trim = batch.trim_log_below.or(trim);
-            writes += 1;
-        }
-        if writes > 0 && persisted.is_ok() {
-            persisted = store.sync();
-        }
-        if let Err(e) = persisted {
-            tracing::error!(error = %e, "store write failed; the groups are refused and the cell goes back to what is durable");
-            published.health.set_store_failure(Some(e.to_string()));
-            signals.failures.fetch_add(1, Ordering::Release);
-            refuse(
-                groups,
-                &format!("the store failed ({e}); nothing of this commit was acknowledged, retry"),
-            );
-            if !recover(&*store, &decided, &published, &signals, &mut backoff) {
-                return;
-            }
-            continue;
-        }
+        };
         if writes > 0 {
-            backoff = Duration::from_millis(limits::STORE_REOPEN_BACKOFF_MIN_MS);
+            self.backoff = Duration::from_millis(limits::STORE_REOPEN_BACKOFF_MIN_MS);
+            published.stats.syncs.fetch_add(1, Ordering::Relaxed);
         }
         if let Some(floor) = trim {
             published.log_floor.store(floor, Ordering::Release);
-        }
-        if writes > 0 {
-            published.stats.syncs.fetch_add(1, Ordering::Relaxed);
         }
         // The new snapshot is published before the answers go out, so a scheduler that reads
         // right after its acknowledgement sees its own commit (read-your-writes).
@@ -464,257 +603,171 @@ fn write_groups(
                 .commands
                 .fetch_add(g.answers.len() as u64, Ordering::Relaxed);
             for (reply, answer) in g.answers {
-                let _ = reply.send(answer);
+                deliver(reply, answer);
             }
             for e in g.entries {
                 let _ = published.entries.send(e);
             }
         }
         tracing::trace!(
-            elapsed_us = started.elapsed().as_micros() as u64,
+            elapsed_us = published
+                .clock
+                .monotonic()
+                .saturating_duration_since(started)
+                .as_micros() as u64,
             "commit groups written"
         );
+        true
+    }
+
+    /// Writes the groups' changes (one store write each) and syncs once if anything was
+    /// written. Returns the count of writes and the log trim they asked for.
+    fn persist<R>(
+        store: &dyn Store,
+        groups: &[Decided<R>],
+    ) -> Result<(usize, Option<Version>), crate::store::StoreError> {
+        let mut trim = None;
+        let mut writes = 0;
+        for (batch, _) in groups.iter().filter_map(|g| g.change.as_ref()) {
+            store.write(batch)?;
+            trim = batch.trim_log_below.or(trim);
+            writes += 1;
+        }
+        if writes > 0 {
+            store.sync()?;
+        }
+        Ok((writes, trim))
+    }
+
+    /// One try at reopening the failed store: when it takes a durable write, the cell is
+    /// reloaded from it (the last durable commit) and published, entries the store kept
+    /// beyond the published cell (a sync that failed after all) go to watchers, and the
+    /// decider is sent back to it.
+    fn reopen(&mut self) -> Result<(), MasterError> {
+        let published = &*self.published;
+        let store = &*published.store;
+        let reloaded = store
+            .recover()
+            .map_err(MasterError::from)
+            .and_then(|()| crate::load_cell(store));
+        let cell = match reloaded {
+            Ok(cell) => cell,
+            Err(e) => {
+                published
+                    .health
+                    .set_store_failure(Some(crate::error::chain(&e)));
+                return Err(e);
+            }
+        };
+        published.health.set_store_failure(None);
+        let before = published.snapshot();
+        let was = before.version();
+        let cell = if cell.version() == 0 {
+            // Nothing durable yet: the cell as it started (it holds the id chosen then).
+            Cell::clone(&before)
+        } else {
+            cell
+        };
+        let kept = if cell.version() > was {
+            store.read_log(was + 1, usize::MAX).unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        tracing::info!(
+            version = cell.version(),
+            published = was,
+            "the store is reopened; the cell is reloaded from it"
+        );
+        if let Ok(floor) = store.log_floor() {
+            published.log_floor.store(floor.max(1), Ordering::Release);
+        }
+        // Watchers saw holds the reloaded cell does not have: they hear HOLDS_CLEARED next.
+        let lost_holds = (before.holds().next().is_some() && cell.version() > 0)
+            || kept
+                .iter()
+                .flat_map(|e| &e.events)
+                .any(|ev| matches!(ev, Event::HoldsPlaced { .. }));
+        published.snapshot.store(Arc::new(cell));
+        for e in kept {
+            let _ = published.entries.send(Arc::new(e));
+        }
+        // Publish first, then send the decider back (it starts from the reloaded cell), then
+        // ask for the holds to be cleared (the decider reads this count before the failures).
+        self.signals.failures.fetch_add(1, Ordering::Release);
+        if lost_holds {
+            self.signals.holds_lost.fetch_add(1, Ordering::Release);
+        }
+        Ok(())
     }
 }
 
-/// Reopens a failed store, after `backoff` and again with a longer one until it takes a
-/// durable write, answering 503 to every group that arrives meanwhile; then reloads the cell
-/// from it (the last durable commit), publishes it, and sends the decider back to it. Entries
-/// the store kept beyond the published cell (a sync that failed after all) go to watchers.
-/// Returns false when the decider is gone.
-fn recover(
-    store: &dyn Store,
-    decided: &std::sync::mpsc::Receiver<Decided>,
-    published: &Published,
-    signals: &Signals,
-    backoff: &mut Duration,
-) -> bool {
-    let mut next_try = Instant::now() + *backoff;
-    let cell = loop {
-        match decided.recv_timeout(next_try.saturating_duration_since(Instant::now())) {
+/// The writer thread: persists the groups waiting for it with one sync, then publishes and
+/// answers them in order; after a store failure, reopens the store before going on.
+fn write_groups(mut writer: Writer, decided: std::sync::mpsc::Receiver<Decided<ReplyTo>>) {
+    let mut deliver = |reply: Option<ReplyTo>, answer| {
+        if let Some(reply) = reply {
+            let _ = reply.send(answer);
+        }
+    };
+    loop {
+        writer.signals.writer_waits.store(true, Ordering::Release);
+        let first = decided.recv();
+        writer.signals.writer_waits.store(false, Ordering::Release);
+        let Ok(first) = first else {
+            return;
+        };
+        let mut groups = vec![first];
+        groups.extend(decided.try_iter().take(limits::COMMIT_PIPELINE_GROUPS));
+        if !writer.write_round(groups, &mut deliver) && !recover(&mut writer, &decided) {
+            return;
+        }
+    }
+}
+
+/// Reopens a failed store, after the writer's backoff and again with a longer one until it
+/// takes a durable write, answering 503 to every group that arrives meanwhile. Returns false
+/// when the decider is gone.
+fn recover(writer: &mut Writer, decided: &std::sync::mpsc::Receiver<Decided<ReplyTo>>) -> bool {
+    let clock = writer.published.clock.clone();
+    let mut next_try = clock.monotonic() + writer.backoff;
+    loop {
+        match decided.recv_timeout(next_try.saturating_duration_since(clock.monotonic())) {
             Ok(g) => {
-                let why = published.health.store_failure().unwrap_or_default();
-                refuse_answers(
-                    g.answers,
-                    &format!("the store is failing ({why}); it is being reopened, retry later"),
-                );
+                let why = writer.published.health.store_failure().unwrap_or_default();
+                let why =
+                    format!("the store is failing ({why}); it is being reopened, retry later");
+                refuse(vec![g], &why, &mut |reply, answer| {
+                    if let Some(reply) = reply {
+                        let _ = reply.send(answer);
+                    }
+                });
                 continue;
             }
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return false,
         }
-        *backoff = (*backoff * 2).min(Duration::from_millis(limits::STORE_REOPEN_BACKOFF_MAX_MS));
-        next_try = Instant::now() + *backoff;
-        match store
-            .recover()
-            .map_err(anyhow::Error::from)
-            .and_then(|()| crate::load_cell(store))
-        {
-            Ok(cell) => {
-                published.health.set_store_failure(None);
-                break cell;
-            }
+        writer.backoff =
+            (writer.backoff * 2).min(Duration::from_millis(limits::STORE_REOPEN_BACKOFF_MAX_MS));
+        next_try = clock.monotonic() + writer.backoff;
+        match writer.reopen() {
+            Ok(()) => return true,
             Err(e) => {
-                tracing::warn!(error = %format!("{e:#}"), retry_in_ms = backoff.as_millis() as u64, "the store does not reopen yet");
-                published.health.set_store_failure(Some(format!("{e:#}")));
+                tracing::warn!(error = %crate::error::chain(&e), retry_in_ms = writer.backoff.as_millis() as u64, "the store does not reopen yet");
             }
         }
-    };
-    let before = published.snapshot();
-    let was = before.version();
-    let cell = if cell.version() == 0 {
-        // Nothing durable yet: the cell as it started (it holds the id chosen then).
-        Cell::clone(&before)
-    } else {
-        cell
-    };
-    let kept = if cell.version() > was {
-        store.read_log(was + 1, usize::MAX).unwrap_or_default()
-    } else {
-        Vec::new()
-    };
-    tracing::info!(
-        version = cell.version(),
-        published = was,
-        "the store is reopened; the cell is reloaded from it"
-    );
-    if let Ok(floor) = store.log_floor() {
-        published.log_floor.store(floor.max(1), Ordering::Release);
     }
-    // Watchers saw holds the reloaded cell does not have: they hear HOLDS_CLEARED next.
-    let lost_holds = (before.holds().next().is_some() && cell.version() > 0)
-        || kept
-            .iter()
-            .flat_map(|e| &e.events)
-            .any(|ev| matches!(ev, Event::HoldsPlaced { .. }));
-    published.snapshot.store(Arc::new(cell));
-    for e in kept {
-        let _ = published.entries.send(Arc::new(e));
-    }
-    // Publish first, then send the decider back (it starts from the reloaded cell), then ask
-    // for the holds to be cleared (the decider reads this count before the failures).
-    signals.failures.fetch_add(1, Ordering::Release);
-    if lost_holds {
-        signals.holds_lost.fetch_add(1, Ordering::Release);
-    }
-    true
 }
 
-fn refuse(groups: Vec<Decided>, why: &str) {
+/// Refuses every command of `groups` (503): `why` goes to each.
+fn refuse<R>(
+    groups: Vec<Decided<R>>,
+    why: &str,
+    deliver: &mut impl FnMut(Option<R>, Result<Reply, CommitError>),
+) {
     for g in groups {
-        refuse_answers(g.answers, why);
-    }
-}
-
-fn refuse_answers(answers: Vec<(ReplyTo, Result<Reply, CommitError>)>, why: &str) {
-    for (reply, _) in answers {
-        let _ = reply.send(Err(CommitError::Unavailable(why.to_string())));
-    }
-}
-
-/// The records the group's entries changed, read from the cell as of the group's end.
-fn write_batch(
-    cell: &Cell,
-    entries: &[Arc<LogEntry>],
-    published: &Published,
-    retain: u64,
-) -> WriteBatch {
-    let mut agents: BTreeSet<AgentId> = BTreeSet::new();
-    let mut tasks: BTreeSet<TaskId> = BTreeSet::new();
-    let mut roles: BTreeSet<String> = BTreeSet::new();
-    let mut claims = Vec::new();
-    let mut jobs: BTreeSet<&str> = BTreeSet::new();
-    let mut job_tasks: BTreeSet<(&str, &str)> = BTreeSet::new();
-    let mut services: BTreeSet<&str> = BTreeSet::new();
-    // Per instance (service, index): written (true) or removed (false), as of the last event.
-    let mut instances: BTreeMap<(&str, u32), bool> = BTreeMap::new();
-    for e in entries {
-        for ev in &e.events {
-            match ev {
-                Event::AgentRegistered { agent } => {
-                    agents.insert(agent.id.clone());
-                }
-                Event::AgentResourcesUpdated { agent_id, .. }
-                | Event::AgentStateChanged { agent_id, .. } => {
-                    agents.insert(agent_id.clone());
-                }
-                Event::ClaimCommitted {
-                    outcome, tasks: ts, ..
-                } => {
-                    claims.push(ClaimCommit {
-                        outcome: outcome.clone(),
-                        tasks: ts.clone(),
-                    });
-                    for t in ts {
-                        tasks.insert(t.id.clone());
-                        agents.insert(t.agent_id.clone());
-                        roles.insert(t.role.clone());
-                    }
-                }
-                Event::TaskStatusChanged { task_id, .. } => {
-                    if let Some(t) = cell.task(task_id) {
-                        agents.insert(t.agent_id.clone());
-                    }
-                    tasks.insert(task_id.clone());
-                }
-                Event::RoleConfigured { name, .. } => {
-                    roles.insert(name.clone());
-                }
-                // Holds are not persisted; the agents' versions they moved are.
-                Event::HoldsPlaced { holds } => {
-                    agents.extend(holds.iter().map(|h| h.agent_id.clone()));
-                }
-                Event::HoldsReleased { agent_ids, .. } | Event::HoldsCleared { agent_ids } => {
-                    agents.extend(agent_ids.iter().cloned());
-                }
-                Event::JobSubmitted { job } => {
-                    jobs.insert(&job.id);
-                    job_tasks.extend(job.tasks.keys().map(|n| (job.id.as_str(), n.as_str())));
-                }
-                Event::JobUpdated {
-                    job_id,
-                    state,
-                    tasks: ts,
-                    ..
-                } => {
-                    if state.is_some() {
-                        jobs.insert(job_id);
-                    }
-                    job_tasks.extend(ts.iter().map(|t| (job_id.as_str(), t.name.as_str())));
-                }
-                Event::ServiceSubmitted { service } => {
-                    services.insert(&service.id);
-                }
-                Event::ServiceUpdated {
-                    service_id,
-                    spec,
-                    count,
-                    state,
-                    message,
-                    instances: is,
-                    removed,
-                    ..
-                } => {
-                    if spec.is_some() || count.is_some() || state.is_some() || message.is_some() {
-                        services.insert(service_id);
-                    }
-                    // As `apply` does: removals first, then the written records.
-                    for i in removed {
-                        instances.insert((service_id.as_str(), *i), false);
-                    }
-                    for i in is {
-                        instances.insert((service_id.as_str(), i.index), true);
-                    }
-                }
-            }
+        for (reply, _) in g.answers {
+            deliver(reply, Err(CommitError::Unavailable(why.to_string())));
         }
-    }
-    let version = cell.version();
-    let floor = published.log_floor.load(Ordering::Acquire);
-    // Trim in steps of an eighth of the window, so that most commits delete nothing.
-    let trim_log_below: Option<Version> = (version.saturating_sub(floor)
-        >= retain + retain.div_ceil(8))
-    .then(|| version + 1 - retain);
-    WriteBatch {
-        cell_id: cell.cell_id().to_string(),
-        version,
-        entries: entries.to_vec(),
-        agents: agents
-            .iter()
-            .filter_map(|id| cell.agent_record(id).cloned())
-            .collect(),
-        tasks: tasks
-            .iter()
-            .filter_map(|id| cell.task_record(id).cloned())
-            .collect(),
-        roles: roles.iter().filter_map(|n| cell.role(n).cloned()).collect(),
-        claims,
-        jobs: jobs.iter().filter_map(|id| cell.job(id).cloned()).collect(),
-        job_tasks: job_tasks
-            .iter()
-            .filter_map(|(j, t)| {
-                let task = cell.job(j)?.tasks.get(*t)?.clone();
-                Some((j.to_string(), task))
-            })
-            .collect(),
-        services: services
-            .iter()
-            .filter_map(|id| cell.service(id).cloned())
-            .collect(),
-        service_instances: instances
-            .iter()
-            .filter(|(_, written)| **written)
-            .filter_map(|((id, index), _)| {
-                let i = cell.service(id)?.instances.get(index)?.clone();
-                Some((id.to_string(), i))
-            })
-            .collect(),
-        service_instances_removed: instances
-            .iter()
-            .filter(|(_, written)| !**written)
-            .map(|((id, index), _)| (id.to_string(), *index))
-            .collect(),
-        trim_log_below,
     }
 }
 
@@ -723,7 +776,9 @@ mod tests {
     use std::sync::atomic::AtomicBool;
 
     use axum::extract::State;
-    use shoal_core::{AgentRegistration, Hold, OfferId, Quota, ResourceSet};
+    use shoal_core::{AgentRegistration, Hold, OfferId, Quota, ResourceSet, TaskId};
+
+    use shoal_core::clock::Clock;
 
     use super::*;
     use crate::store::{MemStore, StoreResult, StoredCell};
@@ -773,10 +828,29 @@ mod tests {
             .as_u16()
     }
 
-    fn start_on(
-        store: Arc<dyn Store>,
-        clock: Arc<dyn Fn() -> Timestamp + Send + Sync>,
-    ) -> (Committer, Arc<Published>) {
+    /// A clock that stands still at 1 ms, and panics once `broken` is set (a bug in the
+    /// decider, which reads it).
+    #[derive(Debug)]
+    struct TestClock {
+        broken: AtomicBool,
+        still: shoal_core::clock::ManualClock,
+    }
+
+    impl Clock for TestClock {
+        fn wall_ms(&self) -> shoal_core::Timestamp {
+            assert!(!self.broken.load(Ordering::Relaxed), "a bug in the decider");
+            1
+        }
+        fn monotonic(&self) -> std::time::Instant {
+            self.still.monotonic()
+        }
+    }
+
+    fn still() -> SharedClock {
+        Arc::new(shoal_core::clock::ManualClock::new(1))
+    }
+
+    fn start_on(store: Arc<dyn Store>, clock: SharedClock) -> (Committer, Arc<Published>) {
         let cell = crate::load_cell(store.as_ref()).unwrap();
         let (committer, published, _thread) = start(cell, store, clock, CommitConfig::default());
         (committer, published)
@@ -792,12 +866,96 @@ mod tests {
         assert!(matches!(r, Err(CommitError::Unavailable(_))), "{r:?}");
     }
 
+    fn agent(hostname: &str) -> Command {
+        Command::RegisterAgent(AgentRegistration {
+            agent_id: None,
+            hostname: hostname.into(),
+            port: 0,
+            attributes: Default::default(),
+            domain: None,
+            resources: ResourceSet::parse("cpus:4").unwrap(),
+        })
+    }
+
+    /// The commit path stepped one batch at a time on the test's thread: each step decides,
+    /// writes durably, publishes and answers; a store failure refuses the batch and the next
+    /// step after the store is back commits again on what is durable.
+    #[test]
+    fn the_commit_path_steps_one_batch_at_a_time_without_threads() {
+        let store = MemStore::new();
+        let cell = crate::load_cell(&store).unwrap();
+        let clock = Arc::new(shoal_core::clock::ManualClock::new(5_000));
+        let mut core = CommitCore::new(
+            cell,
+            Arc::new(store.clone()),
+            clock.clone(),
+            CommitConfig::default(),
+        );
+        let published = core.published().clone();
+        let mut watch = published.entries.subscribe();
+
+        let answers = core.step(vec![
+            agent("h1"),
+            role("a"),
+            Command::KillTask {
+                task_id: TaskId::new("nope"),
+            },
+        ]);
+        assert!(matches!(answers[0], Ok(Reply::Agent { .. })), "{answers:?}");
+        assert!(answers[1].is_ok(), "{answers:?}");
+        assert!(
+            matches!(
+                answers[2],
+                Err(CommitError::Rejected(Rejection::NotFound(_)))
+            ),
+            "{answers:?}"
+        );
+        let snap = published.snapshot();
+        assert_eq!(snap.version(), 2, "one version per committed command");
+        assert!(snap.role("a").is_some());
+        assert_eq!(
+            snap.agents().next().map(|a| a.registered_at),
+            Some(5_000),
+            "the core is told the clock's time"
+        );
+        let streamed: Vec<Version> = std::iter::from_fn(|| watch.try_recv().ok())
+            .map(|e| e.version)
+            .collect();
+        assert_eq!(streamed, vec![1, 2]);
+        assert_eq!(published.stats.syncs.load(Ordering::Relaxed), 1);
+
+        // What was answered is durable: a crash loses nothing of it.
+        store.crash();
+        clock.advance(Duration::from_secs(1));
+        let answers = core.step(vec![role("lost")]);
+        assert!(
+            matches!(answers[..], [Err(CommitError::Unavailable(_))]),
+            "{answers:?}"
+        );
+        assert_eq!(published.snapshot().version(), 2);
+        assert!(published.health.check().is_err());
+        let answers = core.step(vec![role("lost")]);
+        assert!(matches!(answers[..], [Err(CommitError::Unavailable(_))]));
+
+        store.reboot();
+        let answers = core.step(vec![role("b")]);
+        assert!(answers[0].is_ok(), "{answers:?}");
+        let snap = published.snapshot();
+        assert_eq!(snap.version(), 3);
+        assert!(snap.role("lost").is_none() && snap.role("b").is_some());
+        assert!(published.health.check().is_ok());
+        let reloaded = crate::load_cell(&store).unwrap();
+        assert_eq!(reloaded.version(), 3);
+        assert!(reloaded.role("a").is_some());
+        snap.check_invariants().unwrap();
+    }
+
     /// Issue 11, item 1: the commit path died and `/health` kept answering 200.
     #[tokio::test]
     async fn commit_thread_dies_and_health_says_so() {
         // The writer panics.
         let store = PanickyStore::default();
-        let (committer, published) = start_on(Arc::new(store.clone()), Arc::new(|| 1));
+        let (committer, published) = start_on(Arc::new(store.clone()), still());
         committer.submit(role("a")).await.unwrap();
         assert_eq!(health_status(&published).await, 200);
         store.panic.store(true, Ordering::Relaxed);
@@ -806,16 +964,14 @@ mod tests {
         assert_stopped(&committer, &published).await;
 
         // The decider panics (here in the clock it is told).
-        let broken = Arc::new(AtomicBool::new(false));
-        let b = broken.clone();
-        let clock = Arc::new(move || {
-            assert!(!b.load(Ordering::Relaxed), "a bug in the decider");
-            1
+        let clock = Arc::new(TestClock {
+            broken: AtomicBool::new(false),
+            still: shoal_core::clock::ManualClock::new(1),
         });
-        let (committer, published) = start_on(Arc::new(MemStore::new()), clock);
+        let (committer, published) = start_on(Arc::new(MemStore::new()), clock.clone());
         committer.submit(role("a")).await.unwrap();
         assert_eq!(health_status(&published).await, 200);
-        broken.store(true, Ordering::Relaxed);
+        clock.broken.store(true, Ordering::Relaxed);
         let r = committer.submit(role("b")).await;
         assert!(matches!(r, Err(CommitError::Unavailable(_))), "{r:?}");
         assert_stopped(&committer, &published).await;
@@ -828,7 +984,7 @@ mod tests {
     #[tokio::test]
     async fn store_io_failure_is_permanent() {
         let store = MemStore::new();
-        let (committer, published) = start_on(Arc::new(store.clone()), Arc::new(|| 1));
+        let (committer, published) = start_on(Arc::new(store.clone()), still());
         let reply = committer
             .submit(Command::RegisterAgent(AgentRegistration {
                 agent_id: None,
@@ -871,14 +1027,15 @@ mod tests {
             .health
             .check()
             .unwrap_err()
+            .to_string()
             .contains("store is failing"));
         let r = committer.submit(role("lost")).await;
         assert!(matches!(r, Err(CommitError::Unavailable(_))), "{r:?}");
 
         store.reboot();
-        let until = Instant::now() + Duration::from_secs(10);
+        let until = std::time::Instant::now() + Duration::from_secs(10);
         while published.health.check().is_err() {
-            assert!(Instant::now() < until, "the store is reopened");
+            assert!(std::time::Instant::now() < until, "the store is reopened");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         assert_eq!(health_status(&published).await, 200);

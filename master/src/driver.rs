@@ -22,7 +22,7 @@ use shoal_core::{Cell, Claim, ClaimOutcome, Command, LogEntry, Reply, Timestamp}
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 
 use crate::committer::{CommitError, Committer, Published};
-use crate::{limits, wall_clock_ms};
+use crate::limits;
 
 /// How often an idle driver asks for a placement pass anyway (claims refused for reasons
 /// that pass without a commit the scheduler would notice).
@@ -163,7 +163,7 @@ async fn drive<S: BuiltIn>(committer: Committer, published: Arc<Published>) {
             sched = S::recover(&cell);
             observed = cell.version();
         }
-        let now = wall_clock_ms();
+        let now = published.clock.wall_ms();
         let step = sched.step(&cell, now);
         let wake_at = step.wake_at;
         execute(&committer, &mut sched, step.commands, now).await;
@@ -173,7 +173,9 @@ async fn drive<S: BuiltIn>(committer: Committer, published: Arc<Published>) {
         // 4.
         let mut wait = NUDGE_INTERVAL;
         if let Some(at) = wake_at {
-            wait = wait.min(Duration::from_millis(at.saturating_sub(wall_clock_ms())));
+            wait = wait.min(Duration::from_millis(
+                at.saturating_sub(published.clock.wall_ms()),
+            ));
         }
         tokio::select! {
             r = rx.recv() => match r {

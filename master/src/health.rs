@@ -12,6 +12,6 @@ use crate::committer::Published;
 pub async fn health(State(published): State<Arc<Published>>) -> Response {
     match published.health.check() {
         Ok(()) => (StatusCode::OK, "OK").into_response(),
-        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, why).into_response(),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, why.to_string()).into_response(),
     }
 }

@@ -20,7 +20,7 @@ use shoal_core::{Cell, Command, Reply};
 use crate::api::{ApiError, ApiState};
 use crate::committer::{CommitError, Committer, Published};
 use crate::driver;
-use crate::{limits, wall_clock_ms};
+use crate::limits;
 
 pub fn router(state: ApiState) -> Router {
     Router::new()
@@ -125,7 +125,7 @@ async fn stop_job(State(s): State<ApiState>, Path(id): Path<String>) -> Response
         job_id: id,
         state: Some(JobState::Stopped),
         message: Some("stopped by a user".into()),
-        finished_at: wall_clock_ms(),
+        finished_at: s.published.clock.wall_ms(),
         tasks: vec![],
     };
     match s.committer.submit(Command::UpdateJob(update)).await {
@@ -196,8 +196,8 @@ pub fn plan(snapshot: &Cell, spec: JobSpec, now: u64) -> Result<Json, ApiError> 
 }
 
 async fn plan_job(State(s): State<ApiState>, body: Bytes) -> Response {
-    let result =
-        parse_spec(&body).and_then(|spec| plan(&s.published.snapshot(), spec, wall_clock_ms()));
+    let result = parse_spec(&body)
+        .and_then(|spec| plan(&s.published.snapshot(), spec, s.published.clock.wall_ms()));
     match result {
         Ok(v) => axum::Json(v).into_response(),
         Err(e) => e.into_response(),

@@ -4,15 +4,19 @@
 //! - [`committer`]: the one commit path (group commit: validate → apply → persist → ack →
 //!   publish).
 //! - [`api`]: the native HTTP/JSON API for schedulers and the agent-facing API.
+//! - [`agents`]: the agent hub, which speaks to agents in typed messages over a [`link`]
+//!   (the WebSocket codec, or an in-memory pair).
 
 pub mod agents;
 pub mod api;
 pub mod committer;
 pub mod driver;
+pub mod error;
 pub mod health;
 pub mod http;
 pub mod jobs;
 pub mod limits;
+pub mod link;
 pub mod services;
 pub mod store;
 pub mod ui;
@@ -20,14 +24,14 @@ pub mod ui;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
-use anyhow::Context;
 use axum::routing::get;
 use axum::Router;
-use shoal_core::{Cell, CellConfig, Timestamp};
+use shoal_core::clock::{SharedClock, SystemClock};
+use shoal_core::{Cell, CellConfig};
 
-pub use committer::{CommitConfig, CommitError, Committer, Published};
+pub use committer::{CommitConfig, CommitCore, CommitError, Committer, Published};
+pub use error::MasterError;
 pub use store::{MemStore, RedbStore, Store};
 
 /// How to run a master.
@@ -37,17 +41,9 @@ pub struct MasterConfig {
     pub work_dir: PathBuf,
 }
 
-/// The wall clock, in milliseconds since the epoch: the only clock the core is ever told.
-pub fn wall_clock_ms() -> Timestamp {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 /// Loads the cell from a store (a new cell id is chosen for an empty store) and checks it.
-pub fn load_cell(store: &dyn Store) -> anyhow::Result<Cell> {
-    let stored = store.load().context("loading the store")?;
+pub fn load_cell(store: &dyn Store) -> Result<Cell, MasterError> {
+    let stored = store.load().map_err(MasterError::Load)?;
     let cell_id = stored
         .cell_id
         .clone()
@@ -65,7 +61,7 @@ pub fn load_cell(store: &dyn Store) -> anyhow::Result<Cell> {
     cell.restore_jobs(stored.jobs);
     cell.restore_services(stored.services);
     cell.check_invariants()
-        .map_err(|e| anyhow::anyhow!("stored state violates an invariant: {e}"))?;
+        .map_err(|e| MasterError::Invariant(e.to_string()))?;
     Ok(cell)
 }
 
@@ -80,21 +76,25 @@ pub struct MasterCore {
 }
 
 impl MasterCore {
-    /// Starts the commit path over a store.
+    /// Starts the commit path over a store, on the operating system's clocks.
     /// Must run inside a tokio runtime (the agent hub spawns its loops).
-    pub fn start(store: Arc<dyn Store>) -> anyhow::Result<MasterCore> {
+    pub fn start(store: Arc<dyn Store>) -> Result<MasterCore, MasterError> {
         MasterCore::start_with(
             store,
             committer::CommitConfig::default(),
             agents::AgentTimers::default(),
+            SystemClock::shared(),
         )
     }
 
+    /// Starts the commit path over a store. Every part of the master (and compat, through
+    /// [`Published::clock`]) reads time only from `clock`.
     pub fn start_with(
         store: Arc<dyn Store>,
         config: committer::CommitConfig,
         timers: agents::AgentTimers,
-    ) -> anyhow::Result<MasterCore> {
+        clock: SharedClock,
+    ) -> Result<MasterCore, MasterError> {
         let cell = load_cell(store.as_ref())?;
         tracing::info!(
             cell_id = cell.cell_id(),
@@ -103,8 +103,7 @@ impl MasterCore {
             tasks = cell.task_count(),
             "cell loaded"
         );
-        let (committer, published, _thread) =
-            committer::start(cell, store, Arc::new(wall_clock_ms), config);
+        let (committer, published, _thread) = committer::start(cell, store, clock, config);
         if published.snapshot().version() > 0 {
             // Holds (offers) do not survive a restart: say so to watchers first.
             let c = committer.clone();
@@ -123,6 +122,11 @@ impl MasterCore {
             agents,
             watchers: Arc::new(api::Watchers::new(limits::WATCHERS_MAX)),
         })
+    }
+
+    /// The clock the whole master tells time by.
+    pub fn clock(&self) -> &SharedClock {
+        &self.published.clock
     }
 
     /// The native API plus `/health` (`/version` is the Mesos one, in `shoal-compat`).
@@ -156,12 +160,19 @@ impl MasterCore {
     }
 }
 
-/// Opens the embedded store under `work_dir` (one file, `shoal.redb`).
-pub fn open_store(work_dir: &std::path::Path) -> anyhow::Result<Arc<dyn Store>> {
+/// Opens the embedded store under `work_dir` (one file, `shoal.redb`); it stamps its
+/// reopens with `clock`.
+pub fn open_store(
+    work_dir: &std::path::Path,
+    clock: SharedClock,
+) -> Result<Arc<dyn Store>, MasterError> {
     std::fs::create_dir_all(work_dir)
-        .with_context(|| format!("creating {}", work_dir.display()))?;
+        .map_err(MasterError::io(format!("creating {}", work_dir.display())))?;
     let path = work_dir.join("shoal.redb");
-    let store = RedbStore::open(&path).with_context(|| format!("opening {}", path.display()))?;
+    let store = RedbStore::open_with_clock(&path, clock).map_err(|cause| MasterError::Open {
+        path: path.clone(),
+        cause,
+    })?;
     Ok(Arc::new(store))
 }
 
@@ -170,14 +181,18 @@ pub fn open_store(work_dir: &std::path::Path) -> anyhow::Result<Arc<dyn Store>> 
 pub async fn bind(
     addr: SocketAddr,
     work_dir: &std::path::Path,
-) -> anyhow::Result<tokio::net::TcpListener> {
+) -> Result<tokio::net::TcpListener, MasterError> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
-        .with_context(|| format!("binding {addr}"))?;
-    let bound = listener.local_addr()?;
+        .map_err(MasterError::io(format!("binding {addr}")))?;
+    let bound = listener
+        .local_addr()
+        .map_err(MasterError::io("reading the bound address"))?;
     let tmp = work_dir.join("master.addr.tmp");
-    std::fs::write(&tmp, bound.to_string())?;
-    std::fs::rename(&tmp, work_dir.join("master.addr"))?;
+    std::fs::write(&tmp, bound.to_string())
+        .map_err(MasterError::io(format!("writing {}", tmp.display())))?;
+    std::fs::rename(&tmp, work_dir.join("master.addr"))
+        .map_err(MasterError::io(format!("renaming {}", tmp.display())))?;
     tracing::info!(%bound, "master listening");
     Ok(listener)
 }
@@ -188,8 +203,12 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     router: Router,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
-    let config = http::HttpConfig::new(listener.local_addr()?);
+) -> Result<(), MasterError> {
+    let config = http::HttpConfig::new(
+        listener
+            .local_addr()
+            .map_err(MasterError::io("reading the bound address"))?,
+    );
     serve_with(listener, router, config, shutdown).await
 }
 
@@ -200,6 +219,6 @@ pub async fn serve_with(
     router: Router,
     config: http::HttpConfig,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
+) -> Result<(), MasterError> {
     http::serve(listener, router, config, shutdown).await
 }

@@ -11,9 +11,27 @@ use shoal_core::*;
 use shoal_master::committer::{self, CommitConfig, CommitError};
 use shoal_master::store::{MemStore, Store};
 
-fn clock() -> Arc<dyn Fn() -> Timestamp + Send + Sync> {
-    let t = Arc::new(AtomicU64::new(1_000));
-    Arc::new(move || t.fetch_add(1, Ordering::Relaxed))
+/// A wall clock that moves one millisecond at each reading.
+#[derive(Debug)]
+struct TickClock {
+    wall_ms: AtomicU64,
+    origin: std::time::Instant,
+}
+
+impl shoal_core::clock::Clock for TickClock {
+    fn wall_ms(&self) -> Timestamp {
+        self.wall_ms.fetch_add(1, Ordering::Relaxed)
+    }
+    fn monotonic(&self) -> std::time::Instant {
+        self.origin
+    }
+}
+
+fn clock() -> shoal_core::clock::SharedClock {
+    Arc::new(TickClock {
+        wall_ms: AtomicU64::new(1_000),
+        origin: std::time::Instant::now(),
+    })
 }
 
 struct Rng(u64);

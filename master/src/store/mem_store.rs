@@ -83,12 +83,12 @@ impl MemStore {
     /// Forgets everything written since the last sync, as a power cut would, and fails every
     /// later write and sync until [`MemStore::reboot`].
     pub fn crash(&self) {
-        let mut inner = self.inner.lock().expect("mem store lock");
+        let mut inner = self.inner.lock();
         inner.pending.clear();
         inner.down = true;
     }
     pub fn reboot(&self) {
-        self.inner.lock().expect("mem store lock").down = false;
+        self.inner.lock().down = false;
     }
     fn check_up(inner: &MemInner) -> StoreResult<()> {
         if inner.down {
@@ -99,7 +99,7 @@ impl MemStore {
         Ok(())
     }
     fn view(&self) -> MemImage {
-        let inner = self.inner.lock().expect("mem store lock");
+        let inner = self.inner.lock();
         let mut img = inner.durable.clone();
         for b in &inner.pending {
             img.write(b);
@@ -129,13 +129,13 @@ impl Store for MemStore {
         })
     }
     fn write(&self, batch: &WriteBatch) -> StoreResult<()> {
-        let mut inner = self.inner.lock().expect("mem store lock");
+        let mut inner = self.inner.lock();
         Self::check_up(&inner)?;
         inner.pending.push(batch.clone());
         Ok(())
     }
     fn sync(&self) -> StoreResult<()> {
-        let mut inner = self.inner.lock().expect("mem store lock");
+        let mut inner = self.inner.lock();
         Self::check_up(&inner)?;
         let pending = std::mem::take(&mut inner.pending);
         for b in &pending {
@@ -156,7 +156,7 @@ impl Store for MemStore {
         Ok(self.view().log.keys().next().copied().unwrap_or(0))
     }
     fn recover(&self) -> StoreResult<()> {
-        let mut inner = self.inner.lock().expect("mem store lock");
+        let mut inner = self.inner.lock();
         Self::check_up(&inner)?;
         // As a reopen: back to what was synced.
         inner.pending.clear();

@@ -1,6 +1,7 @@
 //! The embedded store: one redb file.
 
 use super::*;
+use shoal_core::clock::{SharedClock, SystemClock};
 
 pub(super) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 /// The meta row of the store's format ([`FORMAT`], as JSON).
@@ -32,14 +33,22 @@ pub struct RedbStore {
     /// The buffer rows are encoded in, kept between writes: a claim's row is tens of KiB,
     /// and a buffer grown afresh at each write took new pages from the kernel each time.
     scratch: Mutex<Vec<u8>>,
+    /// Stamps a reopen (`reopened_at`).
+    clock: SharedClock,
 }
 
 impl RedbStore {
     pub fn open(path: &Path) -> StoreResult<RedbStore> {
+        RedbStore::open_with_clock(path, SystemClock::shared())
+    }
+
+    /// [`RedbStore::open`], stamping reopens with `clock`.
+    pub fn open_with_clock(path: &Path, clock: SharedClock) -> StoreResult<RedbStore> {
         Ok(RedbStore {
             path: path.to_path_buf(),
             db: RwLock::new(Some(RedbStore::open_db(path)?)),
             scratch: Mutex::default(),
+            clock,
         })
     }
 
@@ -87,7 +96,7 @@ impl RedbStore {
 
     /// The open database (shared with a reopen, which waits for the guard).
     pub(super) fn db(&self) -> StoreResult<DbGuard<'_>> {
-        let guard = self.db.read().unwrap_or_else(|e| e.into_inner());
+        let guard = self.db.read();
         if guard.is_none() {
             return Err(StoreError::Backend(
                 "the store is closed after a failure; it is being reopened".into(),
@@ -218,7 +227,7 @@ impl Store for RedbStore {
             }
             // A claim's row holds its tasks as placed: a task is written once when it is
             // placed, and gets a row of its own only when it changes.
-            let mut scratch = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
+            let mut scratch = self.scratch.lock();
             let mut buf = std::mem::take(&mut *scratch);
             let mut placed: HashMap<&str, &Arc<Task>> = HashMap::new();
             let mut claims = txn.open_table(CLAIMS)?;
@@ -283,7 +292,7 @@ impl Store for RedbStore {
     }
 
     fn recover(&self) -> StoreResult<()> {
-        let mut db = self.db.write().unwrap_or_else(|e| e.into_inner());
+        let mut db = self.db.write();
         if let Some(old) = db.take() {
             // Closing a failed database reports the failure again: it is known.
             if let Err(e) = old.close() {
@@ -295,7 +304,7 @@ impl Store for RedbStore {
         let txn = reopened.begin_write()?;
         {
             let mut meta = txn.open_table(META)?;
-            let stamp = crate::wall_clock_ms().to_string();
+            let stamp = self.clock.wall_ms().to_string();
             meta.insert("reopened_at", stamp.as_bytes())?;
         }
         txn.commit()?;
