@@ -27,6 +27,9 @@ pub enum CompatError {
     /// A command of the call did not commit.
     #[error(transparent)]
     Commit(#[from] CommitError),
+    /// ZooKeeper (master detection) failed: a bad `zk://` URL, a session or a node.
+    #[error(transparent)]
+    ZooKeeper(#[from] crate::zk::ZkError),
 }
 
 impl CompatError {
@@ -37,7 +40,9 @@ impl CompatError {
             CompatError::Forbidden(_) => StatusCode::FORBIDDEN,
             CompatError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             CompatError::NotAcceptable(_) => StatusCode::NOT_ACCEPTABLE,
-            CompatError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            CompatError::Unavailable(_) | CompatError::ZooKeeper(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             CompatError::Commit(e) => {
                 StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
             }
