@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::{Subcommand, ValueEnum};
 use serde_json::{json, Value as Json};
-use shoal_core::imports::import_marathon_service;
-use shoal_core::jobs::parse_duration_ms;
-use shoal_core::services::{parse_service_file, CompiledService, ServiceSpec};
+use shoal_import::imports::import_marathon_service;
+use shoal_sched::jobs::parse_duration_ms;
+use shoal_sched::services::{parse_service_file, CompiledService, ServiceSpec};
 
 use shoal_client::Client;
 

@@ -18,13 +18,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::limits;
 use crate::model::*;
+use crate::records::{NoRecords, Records};
 use crate::resources::{Milli, Name, ResourceSet, UNRESERVED};
 use crate::task::TaskState;
 
 /// A mutation of the cell. Each one commits atomically or not at all.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum Command {
+#[serde(tag = "type", rename_all = "SCREAMING_SNAKE_CASE", bound = "")]
+pub enum Command<R: Records = NoRecords> {
     RegisterAgent(AgentRegistration),
     UpdateAgentResources {
         agent_id: AgentId,
@@ -69,19 +70,10 @@ pub enum Command {
     },
     /// Drop every hold (a new master's first command: holds do not survive a restart).
     ClearHolds,
-    /// Submit a job file (validated here; idempotent by job id).
-    SubmitJob {
-        spec: crate::jobs::JobSpec,
-    },
-    /// Change a job's record: its state (a stop, or its end) and its tasks' records.
-    UpdateJob(crate::jobs::JobUpdate),
-    /// Submit a service file: a new service, or a new spec version of one (idempotent when
-    /// the file is the same).
-    SubmitService {
-        spec: Box<crate::services::ServiceSpec>,
-    },
-    /// Change a service's record: its count (a scale), its state (a stop) and its instances.
-    UpdateService(crate::services::ServiceUpdate),
+    /// A change of the records a scheduler above the cell keeps (see [`Records`]). Last and
+    /// untagged: it is written as the records' own command, with its own `"type"`.
+    #[serde(untagged)]
+    Records(R::Command),
 }
 
 /// What an agent says about itself when it registers.
@@ -128,8 +120,8 @@ impl Rejection {
 
 /// What the caller of a committed (or idempotently repeated) command gets back.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-pub enum Reply {
+#[serde(tag = "type", rename_all = "snake_case", bound = "")]
+pub enum Reply<R: Records = NoRecords> {
     Agent {
         agent_id: AgentId,
     },
@@ -141,25 +133,18 @@ pub enum Reply {
         placed: Vec<OfferId>,
         refused: Vec<OfferId>,
     },
-    /// A job submission: its id, and whether it is new (`false`: the same file was there).
-    Job {
-        job_id: String,
-        created: bool,
-    },
-    /// A service submission: whether it is new, and whether anything changed.
-    Service {
-        service_id: String,
-        created: bool,
-        changed: bool,
-    },
     Done,
+    /// The reply of the records a scheduler above the cell keeps. Last and untagged: it is
+    /// written as the records' own reply, with its own `"type"`.
+    #[serde(untagged)]
+    Records(R::Reply),
 }
 
 /// The result of deciding a command: what to commit (possibly nothing) and what to answer.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Decision {
-    pub events: Vec<Event>,
-    pub reply: Reply,
+pub struct Decision<R: Records = NoRecords> {
+    pub events: Vec<Event<R>>,
+    pub reply: Reply<R>,
 }
 
 /// Fixed settings of a cell, given by the master at start.
@@ -171,7 +156,7 @@ pub struct CellConfig {
 
 /// The shared state of a cell. Cloning it is O(1): that is a snapshot.
 #[derive(Clone, Debug)]
-pub struct Cell {
+pub struct Cell<R: Records = NoRecords> {
     cell_id: Arc<str>,
     version: Version,
     // Records sit behind `Arc`s: after a snapshot is published, the first write to a map node
@@ -189,14 +174,12 @@ pub struct Cell {
     /// Sum of scalar totals and allocations over agents that are not gone, for quota headroom.
     cluster_total: OrdMap<Name, i64>,
     cluster_allocated: OrdMap<Name, i64>,
-    /// Jobs of the batch scheduler, by id (see `jobs.rs`).
-    jobs: PMap<String, Arc<crate::jobs::Job>>,
-    /// Services of the service scheduler, by id (see `services.rs`).
-    services: PMap<String, Arc<crate::services::Service>>,
+    /// The records of the schedulers above the cell (see [`Records`]).
+    records: R,
 }
 
-impl Cell {
-    pub fn new(config: CellConfig) -> Cell {
+impl<R: Records> Cell<R> {
+    pub fn new(config: CellConfig) -> Self {
         Cell {
             cell_id: config.cell_id,
             version: 0,
@@ -208,37 +191,17 @@ impl Cell {
             live_tasks_by_agent: PMap::new(),
             cluster_total: OrdMap::new(),
             cluster_allocated: OrdMap::new(),
-            jobs: PMap::new(),
-            services: PMap::new(),
+            records: R::default(),
         }
     }
 
-    /// Adds stored jobs to a cell rebuilt with [`Cell::from_records`].
-    pub fn restore_jobs(&mut self, jobs: impl IntoIterator<Item = crate::jobs::Job>) {
-        for j in jobs {
-            self.jobs.insert(j.id.clone(), Arc::new(j));
-        }
+    /// The records of the schedulers above the cell.
+    pub fn records(&self) -> &R {
+        &self.records
     }
-    /// Adds stored services to a cell rebuilt with [`Cell::from_records`].
-    pub fn restore_services(
-        &mut self,
-        services: impl IntoIterator<Item = crate::services::Service>,
-    ) {
-        for s in services {
-            self.services.insert(s.id.clone(), Arc::new(s));
-        }
-    }
-    pub fn service(&self, id: &str) -> Option<&crate::services::Service> {
-        self.services.get(id).map(|s| s.as_ref())
-    }
-    pub fn services(&self) -> impl Iterator<Item = &crate::services::Service> {
-        self.services.values().map(|s| s.as_ref())
-    }
-    pub fn job(&self, id: &str) -> Option<&crate::jobs::Job> {
-        self.jobs.get(id).map(|j| j.as_ref())
-    }
-    pub fn jobs(&self) -> impl Iterator<Item = &crate::jobs::Job> {
-        self.jobs.values().map(|j| j.as_ref())
+    /// Puts stored records into a cell rebuilt with [`Cell::from_records`].
+    pub fn restore_records(&mut self, records: R) {
+        self.records = records;
     }
 
     /// Rebuilds a cell from stored records (the derived fields are recomputed here).
@@ -249,8 +212,8 @@ impl Cell {
         tasks: impl IntoIterator<Item = Task>,
         roles: impl IntoIterator<Item = Role>,
         claims: impl IntoIterator<Item = ClaimOutcome>,
-    ) -> Cell {
-        let mut cell = Cell::new(config);
+    ) -> Self {
+        let mut cell = Self::new(config);
         cell.version = version;
         for mut a in agents {
             a.allocated = ResourceSet::new();
@@ -360,8 +323,8 @@ impl Cell {
     pub fn commit(
         &mut self,
         now: Timestamp,
-        command: &Command,
-    ) -> Result<(Option<LogEntry>, Reply), Rejection> {
+        command: &Command<R>,
+    ) -> Result<(Option<LogEntry<R>>, Reply<R>), Rejection> {
         let decision = self.decide(now, command)?;
         if decision.events.is_empty() {
             return Ok((None, decision.reply));
@@ -375,7 +338,7 @@ impl Cell {
     }
 
     /// Validates `command` against the current state. Changes nothing.
-    pub fn decide(&self, now: Timestamp, command: &Command) -> Result<Decision, Rejection> {
+    pub fn decide(&self, now: Timestamp, command: &Command<R>) -> Result<Decision<R>, Rejection> {
         let next = self.version + 1;
         match command {
             Command::RegisterAgent(reg) => self.decide_register(now, next, reg),
@@ -553,33 +516,13 @@ impl Cell {
                 offer_ids,
                 claim,
             } => self.decide_accept(now, next, framework_id, offer_ids, claim),
-            Command::SubmitJob { spec } => {
-                let (events, job_id, created) = crate::jobs::decide_submit(self, now, next, spec)?;
+            Command::Records(command) => {
+                let (events, reply) = R::decide(self, now, next, command)?;
                 Ok(Decision {
-                    events,
-                    reply: Reply::Job { job_id, created },
+                    events: events.into_iter().map(Event::Records).collect(),
+                    reply,
                 })
             }
-            Command::UpdateJob(update) => Ok(Decision {
-                events: crate::jobs::decide_update(self, update)?,
-                reply: Reply::Done,
-            }),
-            Command::SubmitService { spec } => {
-                let (events, service_id, created, changed) =
-                    crate::services::decide_submit(self, now, next, spec)?;
-                Ok(Decision {
-                    events,
-                    reply: Reply::Service {
-                        service_id,
-                        created,
-                        changed,
-                    },
-                })
-            }
-            Command::UpdateService(update) => Ok(Decision {
-                events: crate::services::decide_update(self, now, update)?,
-                reply: Reply::Done,
-            }),
             Command::ConfigureRole {
                 name,
                 weight,
@@ -623,7 +566,7 @@ impl Cell {
         now: Timestamp,
         next: Version,
         reg: &AgentRegistration,
-    ) -> Result<Decision, Rejection> {
+    ) -> Result<Decision<R>, Rejection> {
         if reg.hostname.is_empty() || reg.hostname.len() > limits::HOSTNAME_BYTES_MAX {
             return Err(Rejection::Invalid("hostname must be 1..=255 bytes".into()));
         }
@@ -728,7 +671,7 @@ impl Cell {
         now: Timestamp,
         agent_id: &AgentId,
         state: AgentState,
-    ) -> Result<Decision, Rejection> {
+    ) -> Result<Decision<R>, Rejection> {
         let agent = self
             .agents
             .get(agent_id)
@@ -799,7 +742,7 @@ impl Cell {
         })
     }
 
-    fn decide_place_holds(&self, holds: &[Hold]) -> Result<Decision, Rejection> {
+    fn decide_place_holds(&self, holds: &[Hold]) -> Result<Decision<R>, Rejection> {
         let mut scratch: HashMap<&AgentId, ResourceSet> = HashMap::new();
         let (mut placed, mut refused) = (Vec::new(), Vec::new());
         let mut seen: HashSet<&OfferId> = HashSet::new();
@@ -857,7 +800,7 @@ impl Cell {
         framework_id: &str,
         offer_ids: &[OfferId],
         claim: &Claim,
-    ) -> Result<Decision, Rejection> {
+    ) -> Result<Decision<R>, Rejection> {
         if offer_ids.is_empty() {
             return Err(Rejection::Invalid("no offer ids".into()));
         }
@@ -1035,7 +978,7 @@ impl Cell {
         now: Timestamp,
         next: Version,
         claim: &Claim,
-    ) -> Result<Decision, Rejection> {
+    ) -> Result<Decision<R>, Rejection> {
         if let Some(outcome) = self.claims.get(&claim.id) {
             // Idempotent resubmission: the original outcome, nothing new.
             return Ok(Decision {
@@ -1207,7 +1150,7 @@ impl Cell {
     /// The placements of a claim, checked against this cell (its evictions, if any, already
     /// released here). A placement that would take the role's consumption of a scalar past
     /// the largest amount refuses the claim (400): that sum cannot be held.
-    fn decide_placements(&self, next: Version, claim: &Claim) -> Result<Decision, Rejection> {
+    fn decide_placements(&self, next: Version, claim: &Claim) -> Result<Decision<R>, Rejection> {
         let role = self.roles.get(&claim.role);
         let mut scratch_agents: HashMap<&AgentId, ResourceSet> = HashMap::new();
         let mut scratch_role = ResourceSet::new();
@@ -1471,7 +1414,7 @@ impl Cell {
 
     /// Folds a committed entry into the state. Infallible: `decide` validated everything;
     /// a broken invariant here is a bug, and the master stops rather than persist damage.
-    pub fn apply(&mut self, entry: &LogEntry) {
+    pub fn apply(&mut self, entry: &LogEntry<R>) {
         assert_eq!(
             entry.version,
             self.version + 1,
@@ -1484,7 +1427,7 @@ impl Cell {
         self.version = v;
     }
 
-    fn apply_event(&mut self, v: Version, event: &Event) {
+    fn apply_event(&mut self, v: Version, event: &Event<R>) {
         match event {
             Event::AgentRegistered { agent } => {
                 let mut agent = agent.clone();
@@ -1665,12 +1608,7 @@ impl Cell {
                     self.release_hold(v, h);
                 }
             }
-            Event::JobSubmitted { .. } | Event::JobUpdated { .. } => {
-                crate::jobs::apply_event(&mut self.jobs, v, event)
-            }
-            Event::ServiceSubmitted { .. } | Event::ServiceUpdated { .. } => {
-                crate::services::apply_event(&mut self.services, v, event)
-            }
+            Event::Records(event) => self.records.apply(v, event),
         }
     }
 
@@ -1721,7 +1659,7 @@ impl Cell {
     }
 
     /// The event releasing these (outstanding) holds.
-    fn release_event(&self, offer_ids: Vec<OfferId>) -> Event {
+    fn release_event(&self, offer_ids: Vec<OfferId>) -> Event<R> {
         let mut agent_ids: Vec<AgentId> = offer_ids
             .iter()
             .filter_map(|id| self.holds.get(id))

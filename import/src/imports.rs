@@ -15,8 +15,10 @@ use std::collections::BTreeMap;
 
 use serde_json::{Map, Value};
 
-use crate::jobs::{valid_name, Constraint, ConstraintOp, FieldError, JobErrors, JobSpec, TaskDef};
-use crate::services::{
+use shoal_sched::jobs::{
+    valid_name, Constraint, ConstraintOp, FieldError, JobErrors, JobSpec, TaskDef,
+};
+use shoal_sched::services::{
     HealthCheckDef, HealthCheckType, PlacementStrategy, RestartDef, ServiceSpec, ServiceTask,
     UpdateDef,
 };
@@ -440,13 +442,13 @@ fn marathon_read(cx: &mut Context, value: &Value, target: Target) -> Option<Mara
     let instances = match app.take("instances") {
         None => 1,
         Some(v) => match v.as_u64() {
-            Some(n) if (1..=crate::limits::JOB_TASKS_MAX as u64).contains(&n) => n as usize,
+            Some(n) if (1..=shoal_sched::limits::JOB_TASKS_MAX as u64).contains(&n) => n as usize,
             _ => {
                 cx.error(
                     "instances",
                     format!(
                         "{v} is not a count from 1 to {}",
-                        crate::limits::JOB_TASKS_MAX
+                        shoal_sched::limits::JOB_TASKS_MAX
                     ),
                 );
                 1
@@ -1196,7 +1198,7 @@ fn ecs_expression(expression: &str) -> Option<Constraint> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::jobs::CompiledJob;
+    use shoal_sched::jobs::CompiledJob;
 
     fn marathon(text: &str) -> Result<Import, JobErrors> {
         import_job(text, ImportFormat::Marathon)
@@ -1351,7 +1353,7 @@ mod tests {
             .notes
             .iter()
             .any(|n| n.starts_with("healthChecks[0].delaySeconds ignored")));
-        crate::services::CompiledService::compile(spec).unwrap();
+        shoal_sched::services::CompiledService::compile(spec).unwrap();
     }
 
     #[test]

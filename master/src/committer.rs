@@ -33,9 +33,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use shoal_core::{
-    AgentId, Cell, Command, Event, LogEntry, Rejection, Reply, TaskId, Timestamp, Version,
-};
+use shoal_core::{AgentId, Rejection, TaskId, Timestamp, Version};
+use shoal_sched::{Cell, Command, Event, LogEntry, Reply, SchedulerEvent};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use crate::limits;
@@ -627,25 +626,25 @@ fn write_batch(
                 Event::HoldsReleased { agent_ids, .. } | Event::HoldsCleared { agent_ids } => {
                     agents.extend(agent_ids.iter().cloned());
                 }
-                Event::JobSubmitted { job } => {
+                Event::Records(SchedulerEvent::JobSubmitted { job }) => {
                     jobs.insert(&job.id);
                     job_tasks.extend(job.tasks.keys().map(|n| (job.id.as_str(), n.as_str())));
                 }
-                Event::JobUpdated {
+                Event::Records(SchedulerEvent::JobUpdated {
                     job_id,
                     state,
                     tasks: ts,
                     ..
-                } => {
+                }) => {
                     if state.is_some() {
                         jobs.insert(job_id);
                     }
                     job_tasks.extend(ts.iter().map(|t| (job_id.as_str(), t.name.as_str())));
                 }
-                Event::ServiceSubmitted { service } => {
+                Event::Records(SchedulerEvent::ServiceSubmitted { service }) => {
                     services.insert(&service.id);
                 }
-                Event::ServiceUpdated {
+                Event::Records(SchedulerEvent::ServiceUpdated {
                     service_id,
                     spec,
                     count,
@@ -654,7 +653,7 @@ fn write_batch(
                     instances: is,
                     removed,
                     ..
-                } => {
+                }) => {
                     if spec.is_some() || count.is_some() || state.is_some() || message.is_some() {
                         services.insert(service_id);
                     }
@@ -689,23 +688,26 @@ fn write_batch(
             .collect(),
         roles: roles.iter().filter_map(|n| cell.role(n).cloned()).collect(),
         claims,
-        jobs: jobs.iter().filter_map(|id| cell.job(id).cloned()).collect(),
+        jobs: jobs
+            .iter()
+            .filter_map(|id| cell.records().job(id).cloned())
+            .collect(),
         job_tasks: job_tasks
             .iter()
             .filter_map(|(j, t)| {
-                let task = cell.job(j)?.tasks.get(*t)?.clone();
+                let task = cell.records().job(j)?.tasks.get(*t)?.clone();
                 Some((j.to_string(), task))
             })
             .collect(),
         services: services
             .iter()
-            .filter_map(|id| cell.service(id).cloned())
+            .filter_map(|id| cell.records().service(id).cloned())
             .collect(),
         service_instances: instances
             .iter()
             .filter(|(_, written)| **written)
             .filter_map(|((id, index), _)| {
-                let i = cell.service(id)?.instances.get(index)?.clone();
+                let i = cell.records().service(id)?.instances.get(index)?.clone();
                 Some((id.to_string(), i))
             })
             .collect(),

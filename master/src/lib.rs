@@ -26,7 +26,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use anyhow::Context;
 use axum::routing::get;
 use axum::Router;
-use shoal_core::{Cell, CellConfig, Timestamp};
+use shoal_core::{CellConfig, Timestamp};
+use shoal_sched::{Cell, Schedulers};
 
 pub use committer::{CommitConfig, CommitError, Committer, Published};
 pub use store::{MemStore, RedbStore, Store};
@@ -63,8 +64,7 @@ pub fn load_cell(store: &dyn Store) -> anyhow::Result<Cell> {
         stored.roles,
         stored.claims,
     );
-    cell.restore_jobs(stored.jobs);
-    cell.restore_services(stored.services);
+    cell.restore_records(Schedulers::restored(stored.jobs, stored.services));
     cell.check_invariants()
         .map_err(|e| anyhow::anyhow!("stored state violates an invariant: {e}"))?;
     Ok(cell)

@@ -22,15 +22,15 @@ use imbl::OrdMap;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::cell::{Cell, Rejection};
+use shoal_core::*;
+
 use crate::limits::{
     BATCH_PLACEMENTS_PER_STEP_MAX, BATCH_PLACEMENT_MISSES_PER_STEP_MAX,
     BATCH_PREEMPTIONS_PER_STEP_MAX, JOB_BACKOFF_MAX_MS, JOB_NAME_BYTES_MAX, JOB_TASKS_MAX,
-    JOB_TASK_RETRIES_MAX, PRIORITY_MAX,
+    JOB_TASK_RETRIES_MAX,
 };
-use crate::model::*;
-use crate::resources::{Ranges, Resource, ResourceSet, Value, UNRESERVED};
-use crate::task::TaskState;
+use crate::{Cell, Event, LogEntry, SchedulerEvent};
+use shoal_core::limits::PRIORITY_MAX;
 
 /// Backoff when the job file gives none.
 pub const BACKOFF_DEFAULT_MS: u64 = 1000;
@@ -242,12 +242,12 @@ pub fn parse_duration_ms(text: &str) -> Result<u64, String> {
 
 /// A job, service or job task name: 1..=`JOB_NAME_BYTES_MAX` letters, digits, `-` or `_`
 /// (narrower than the cell's ids, which it also passes, so it can join a task id).
-pub(crate) fn valid_name(s: &str) -> bool {
+pub fn valid_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= JOB_NAME_BYTES_MAX
         && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-        && crate::cell::validate_id("name", s).is_ok()
+        && shoal_core::cell::validate_id("name", s).is_ok()
 }
 
 /// A task of a validated job, with everything parsed.
@@ -462,17 +462,17 @@ pub(crate) fn check_team_and_priority(
     err: &mut dyn FnMut(String, String),
 ) -> String {
     let role = team.unwrap_or(UNRESERVED).to_string();
-    if role.contains('/') || crate::cell::validate_role_name(&role).is_err() {
+    if role.contains('/') || shoal_core::cell::validate_role_name(&role).is_err() {
         let shown: String = role
             .chars()
-            .take(crate::limits::ROLE_NAME_BYTES_MAX)
+            .take(shoal_core::limits::ROLE_NAME_BYTES_MAX)
             .collect();
         err(
             "team".into(),
             format!(
                 "{shown:?} is not a valid team (role) name: at most {} bytes, no whitespace, \
                  '/' or control characters, not '.', '..' or starting with '-'",
-                crate::limits::ROLE_NAME_BYTES_MAX
+                shoal_core::limits::ROLE_NAME_BYTES_MAX
             ),
         );
     }
@@ -901,9 +901,9 @@ pub(crate) fn decide_submit(
     now: Timestamp,
     next: Version,
     spec: &JobSpec,
-) -> Result<(Vec<Event>, String, bool), Rejection> {
+) -> Result<(Vec<SchedulerEvent>, String, bool), Rejection> {
     let compiled = CompiledJob::compile(spec)?;
-    if let Some(existing) = cell.job(&compiled.id) {
+    if let Some(existing) = cell.records().job(&compiled.id) {
         if *existing.spec == *spec {
             return Ok((vec![], compiled.id, false));
         }
@@ -950,7 +950,7 @@ pub(crate) fn decide_submit(
         tasks,
     };
     Ok((
-        vec![Event::JobSubmitted { job: Box::new(job) }],
+        vec![SchedulerEvent::JobSubmitted { job: Box::new(job) }],
         compiled.id,
         true,
     ))
@@ -958,8 +958,12 @@ pub(crate) fn decide_submit(
 
 /// Decides `Command::UpdateJob`. A terminal job keeps its state (a stop racing with the
 /// scheduler's completion: the first one wins), but its tasks' records still change.
-pub(crate) fn decide_update(cell: &Cell, update: &JobUpdate) -> Result<Vec<Event>, Rejection> {
+pub(crate) fn decide_update(
+    cell: &Cell,
+    update: &JobUpdate,
+) -> Result<Vec<SchedulerEvent>, Rejection> {
     let job = cell
+        .records()
         .job(&update.job_id)
         .ok_or_else(|| Rejection::NotFound(format!("job {}", update.job_id)))?;
     for t in &update.tasks {
@@ -982,7 +986,7 @@ pub(crate) fn decide_update(cell: &Cell, update: &JobUpdate) -> Result<Vec<Event
     if state.is_none() && tasks.is_empty() {
         return Ok(vec![]);
     }
-    Ok(vec![Event::JobUpdated {
+    Ok(vec![SchedulerEvent::JobUpdated {
         job_id: update.job_id.clone(),
         state,
         message: if state.is_some() {
@@ -1000,14 +1004,18 @@ pub(crate) fn decide_update(cell: &Cell, update: &JobUpdate) -> Result<Vec<Event
 }
 
 /// Folds a job event into the jobs of the cell.
-pub(crate) fn apply_event(jobs: &mut imbl::HashMap<String, Arc<Job>>, v: Version, event: &Event) {
+pub(crate) fn apply_event(
+    jobs: &mut imbl::HashMap<String, Arc<Job>>,
+    v: Version,
+    event: &SchedulerEvent,
+) {
     match event {
-        Event::JobSubmitted { job } => {
+        SchedulerEvent::JobSubmitted { job } => {
             let mut job = job.as_ref().clone();
             job.version = v;
             jobs.insert(job.id.clone(), Arc::new(job));
         }
-        Event::JobUpdated {
+        SchedulerEvent::JobUpdated {
             job_id,
             state,
             message,
@@ -1027,7 +1035,7 @@ pub(crate) fn apply_event(jobs: &mut imbl::HashMap<String, Arc<Job>>, v: Version
             }
             job.version = v;
         }
-        _ => {}
+        SchedulerEvent::ServiceSubmitted { .. } | SchedulerEvent::ServiceUpdated { .. } => {}
     }
 }
 
@@ -1145,7 +1153,7 @@ impl BatchScheduler {
     /// running, or stopped with attempts still in the cell, is taken over.
     pub fn recover(cell: &Cell) -> BatchScheduler {
         let mut s = BatchScheduler::new();
-        for job in cell.jobs() {
+        for job in cell.records().jobs() {
             let live = !job.state.is_terminal()
                 || job.tasks.values().any(|t| t.state == JobTaskState::Running);
             if live {
@@ -1168,14 +1176,14 @@ impl BatchScheduler {
                         self.room = true;
                     }
                 }
-                Event::JobSubmitted { job } => {
+                Event::Records(SchedulerEvent::JobSubmitted { job }) => {
                     self.to_load.insert(job.id.clone());
                 }
-                Event::JobUpdated {
+                Event::Records(SchedulerEvent::JobUpdated {
                     job_id,
                     state: Some(JobState::Stopped),
                     ..
-                } => {
+                }) => {
                     self.to_load.insert(job_id.clone());
                 }
                 Event::AgentRegistered { .. }
@@ -1380,7 +1388,9 @@ impl BatchScheduler {
 
     /// (Re)loads a job from its record and reconciles it with the cell's tasks.
     fn load(&mut self, cell: &Cell, id: &str, now: Timestamp) {
-        let Some(job) = cell.job(id) else { return };
+        let Some(job) = cell.records().job(id) else {
+            return;
+        };
         if let Some(run) = self.jobs.get(id) {
             // Known already: only a stop is news.
             if job.state == JobState::Stopped && run.state != JobState::Stopped {

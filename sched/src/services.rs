@@ -26,16 +26,15 @@ use imbl::OrdMap;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::cell::{Cell, Rejection};
+use shoal_core::*;
+
 use crate::jobs::{
     attribute_value, check_task_fields, check_team_and_priority, describe_end, fmt_ms,
     free_ports_upto, parse_duration_ms, port_count, split_port, task_info_json, valid_name,
     with_ports, Actions, Constraint, ConstraintOp, FieldError, JobErrors, TaskFields,
 };
 use crate::limits::{JOB_NAME_BYTES_MAX, SERVICE_COUNT_MAX, SERVICE_PLACEMENTS_PER_STEP_MAX};
-use crate::model::*;
-use crate::resources::ResourceSet;
-use crate::task::TaskState;
+use crate::{Cell, Event, LogEntry, SchedulerEvent};
 
 /// The owner written on every task the service scheduler places.
 pub const SERVICE_OWNER: &str = "shoal-service";
@@ -648,17 +647,17 @@ pub(crate) fn decide_submit(
     now: Timestamp,
     next: Version,
     spec: &ServiceSpec,
-) -> Result<(Vec<Event>, String, bool, bool), Rejection> {
+) -> Result<(Vec<SchedulerEvent>, String, bool, bool), Rejection> {
     let compiled = CompiledService::compile(spec)
         .map_err(|e| Rejection::Invalid(format!("invalid service: {e}")))?;
     check_fits(&compiled, cell.agents())
         .map_err(|e| Rejection::Invalid(format!("invalid service: {e}")))?;
-    if let Some(existing) = cell.service(&compiled.id) {
+    if let Some(existing) = cell.records().service(&compiled.id) {
         let same = *existing.spec == *spec;
         if same && existing.state == ServiceState::Running {
             return Ok((vec![], compiled.id, false, false));
         }
-        let event = Event::ServiceUpdated {
+        let event = SchedulerEvent::ServiceUpdated {
             service_id: compiled.id.clone(),
             spec: (!same).then(|| compiled.spec.clone()),
             spec_version: (!same).then_some(existing.spec_version + 1),
@@ -684,7 +683,7 @@ pub(crate) fn decide_submit(
         instances: OrdMap::new(),
     };
     Ok((
-        vec![Event::ServiceSubmitted {
+        vec![SchedulerEvent::ServiceSubmitted {
             service: Box::new(service),
         }],
         compiled.id,
@@ -699,8 +698,9 @@ pub(crate) fn decide_update(
     cell: &Cell,
     now: Timestamp,
     update: &ServiceUpdate,
-) -> Result<Vec<Event>, Rejection> {
+) -> Result<Vec<SchedulerEvent>, Rejection> {
     let svc = cell
+        .records()
         .service(&update.service_id)
         .ok_or_else(|| Rejection::NotFound(format!("service {}", update.service_id)))?;
     if let Some(n) = update.count {
@@ -750,7 +750,7 @@ pub(crate) fn decide_update(
         return Ok(vec![]);
     }
     let header = count.is_some() || state.is_some();
-    Ok(vec![Event::ServiceUpdated {
+    Ok(vec![SchedulerEvent::ServiceUpdated {
         service_id: svc.id.clone(),
         spec: None,
         spec_version: None,
@@ -767,15 +767,15 @@ pub(crate) fn decide_update(
 pub(crate) fn apply_event(
     services: &mut imbl::HashMap<String, Arc<Service>>,
     v: Version,
-    event: &Event,
+    event: &SchedulerEvent,
 ) {
     match event {
-        Event::ServiceSubmitted { service } => {
+        SchedulerEvent::ServiceSubmitted { service } => {
             let mut s = service.as_ref().clone();
             s.version = v;
             services.insert(s.id.clone(), Arc::new(s));
         }
-        Event::ServiceUpdated {
+        SchedulerEvent::ServiceUpdated {
             service_id,
             spec,
             spec_version,
@@ -819,7 +819,7 @@ pub(crate) fn apply_event(
             }
             s.version = v;
         }
-        _ => {}
+        SchedulerEvent::JobSubmitted { .. } | SchedulerEvent::JobUpdated { .. } => {}
     }
 }
 
@@ -930,13 +930,18 @@ impl ServiceScheduler {
     /// the store refused) are killed.
     pub fn recover(cell: &Cell) -> ServiceScheduler {
         let mut s = ServiceScheduler::new();
-        s.dirty = cell.services().map(|svc| svc.id.clone()).collect();
+        s.dirty = cell
+            .records()
+            .services()
+            .map(|svc| svc.id.clone())
+            .collect();
         for t in cell.tasks() {
             if t.owner != SERVICE_OWNER || t.state.is_terminal() || t.state == TaskState::Killing {
                 continue;
             }
             let known = parse_task_id(&t.id).is_some_and(|(svc, index, gen)| {
-                cell.service(svc)
+                cell.records()
+                    .service(svc)
                     .and_then(|s| s.instances.get(&index))
                     .is_some_and(|i| i.generation == gen)
             });
@@ -966,10 +971,10 @@ impl ServiceScheduler {
                         }
                     }
                 }
-                Event::ServiceSubmitted { service } => {
+                Event::Records(SchedulerEvent::ServiceSubmitted { service }) => {
                     self.dirty.insert(service.id.clone());
                 }
-                Event::ServiceUpdated { service_id, .. } => {
+                Event::Records(SchedulerEvent::ServiceUpdated { service_id, .. }) => {
                     self.dirty.insert(service_id.clone());
                 }
                 Event::AgentRegistered { .. }
@@ -1058,7 +1063,7 @@ impl ServiceScheduler {
 
     /// Brings one service closer to what it should be: see the module docs.
     fn reconcile(&mut self, cell: &Cell, id: &str, now: Timestamp, actions: &mut ServiceActions) {
-        let Some(svc) = cell.service(id) else {
+        let Some(svc) = cell.records().service(id) else {
             self.compiled.remove(id);
             self.no_room.remove(id);
             return;
