@@ -15,13 +15,13 @@ use std::collections::BTreeMap;
 
 use serde_json::{Map, Value};
 
-use shoal_sched::jobs::{
-    valid_name, Constraint, ConstraintOp, FieldError, JobErrors, JobSpec, TaskDef,
-};
-use shoal_sched::services::{
+use shoal_sched::batch::{JobSpec, TaskDef};
+use shoal_sched::constraints::{Constraint, ConstraintOp};
+use shoal_sched::service::{
     HealthCheckDef, HealthCheckType, PlacementStrategy, RestartDef, ServiceSpec, ServiceTask,
     UpdateDef,
 };
+use shoal_sched::template::{valid_name, FieldError, JobErrors};
 
 /// Which definition a file holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -1198,7 +1198,7 @@ fn ecs_expression(expression: &str) -> Option<Constraint> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use shoal_sched::jobs::CompiledJob;
+    use shoal_sched::batch::CompiledJob;
 
     fn marathon(text: &str) -> Result<Import, JobErrors> {
         import_job(text, ImportFormat::Marathon)
@@ -1353,7 +1353,7 @@ mod tests {
             .notes
             .iter()
             .any(|n| n.starts_with("healthChecks[0].delaySeconds ignored")));
-        shoal_sched::services::CompiledService::compile(spec).unwrap();
+        shoal_sched::service::CompiledService::compile(spec).unwrap();
     }
 
     #[test]

@@ -52,7 +52,7 @@ impl Step {
     /// The commands of a core scheduler's actions: record updates first or last, claims before
     /// kills.
     pub fn of<U>(
-        actions: shoal_sched::jobs::Actions<U>,
+        actions: shoal_sched::actions::Actions<U>,
         update: fn(U) -> Command,
         records_first: bool,
     ) -> Step {

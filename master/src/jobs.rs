@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use serde_json::{json, Value as Json};
-use shoal_sched::jobs::{
+use shoal_sched::batch::{
     parse_job_file, BatchScheduler, Job, JobFormat, JobSpec, JobState, JobUpdate,
 };
 use shoal_sched::{Cell, Command, Reply, SchedulerCommand, SchedulerEvent, SchedulerReply};

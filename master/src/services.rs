@@ -14,7 +14,7 @@ use axum::routing::{get, post};
 use axum::Router;
 use serde::Deserialize;
 use serde_json::{json, Value as Json};
-use shoal_sched::services::{
+use shoal_sched::service::{
     instance_task_id, parse_service_file, Service, ServiceScheduler, ServiceSpec, ServiceState,
     ServiceUpdate,
 };

@@ -35,8 +35,8 @@ use shoal_core::{
     AgentId, ClaimId, PlacementOutcome, RejectReason, ResourceSet, StatusInfo, TaskId, TaskSpec,
     TaskState,
 };
-use shoal_sched::jobs::{Job, JobTask};
-use shoal_sched::services::{Instance, Service};
+use shoal_sched::batch::{Job, JobTask};
+use shoal_sched::service::{Instance, Service};
 use shoal_sched::Event;
 use shoal_sched::LogEntry;
 

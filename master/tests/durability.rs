@@ -248,7 +248,7 @@ fn a_store_failure_changes_nothing_and_is_not_acknowledged() {
 /// as acknowledged: after a crash that drops unsynced writes, and after reopening redb.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_job_records_survive_crashes_and_reopening() {
-    use shoal_sched::jobs::{parse_job_file, JobFormat, JobState, JobTaskState, JobUpdate};
+    use shoal_sched::batch::{parse_job_file, JobFormat, JobState, JobTaskState, JobUpdate};
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("shoal.redb");
     let mem = MemStore::new();
@@ -401,8 +401,8 @@ fn task_status(task: &str, state: TaskState, healthy: Option<bool>) -> Command {
 /// three claims (one with a rejected placement), tasks that ran since they were placed, a job
 /// with its tasks' records and a service with an instance; one log entry per command.
 async fn make_fixture(store: Arc<dyn Store>) {
-    use shoal_sched::jobs::{parse_job_file, JobFormat, JobTaskState, JobUpdate, BATCH_OWNER};
-    use shoal_sched::services::{
+    use shoal_sched::batch::{parse_job_file, JobFormat, JobTaskState, JobUpdate, BATCH_OWNER};
+    use shoal_sched::service::{
         parse_service_file, Instance, InstanceState, ServiceUpdate, SERVICE_OWNER,
     };
     let cell = shoal_master::load_cell(store.as_ref()).unwrap();
@@ -527,8 +527,8 @@ async fn make_fixture(store: Arc<dyn Store>) {
 
 /// What the fixture holds, read through `store` as the master reads it at start.
 fn check_fixture_records(store: &dyn Store) {
-    use shoal_sched::jobs::JobTaskState;
-    use shoal_sched::services::InstanceState;
+    use shoal_sched::batch::JobTaskState;
+    use shoal_sched::service::InstanceState;
     let cell = shoal_master::load_cell(store).unwrap();
     cell.check_invariants().unwrap();
     assert_eq!(cell.version(), 13, "one version per command");

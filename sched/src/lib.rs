@@ -1,4 +1,4 @@
-//! The built-in schedulers above the cell: batch jobs ([`jobs`]) and services ([`services`]).
+//! The built-in schedulers above the cell: batch jobs ([`batch`]) and services ([`service`]).
 //!
 //! They are sans-IO state machines like the cell: each reads a cell snapshot and the time and
 //! returns what to do (claims, kills, record updates), acting only through the claim
@@ -13,12 +13,17 @@ use imbl::HashMap as PMap;
 use serde::{Deserialize, Serialize};
 use shoal_core::{Rejection, Timestamp, Version};
 
-pub mod jobs;
+pub mod actions;
+pub mod batch;
+pub mod constraints;
 pub mod limits;
-pub mod services;
+mod placement;
+mod preemption;
+pub mod service;
+pub mod template;
 
-use jobs::{Job, JobState, JobTask, JobUpdate};
-use services::{Instance, Service, ServiceSpec, ServiceState, ServiceUpdate};
+use batch::{Job, JobState, JobTask, JobUpdate};
+use service::{Instance, Service, ServiceSpec, ServiceState, ServiceUpdate};
 
 pub use shoal_core::Records;
 
@@ -39,9 +44,9 @@ pub type Decision = shoal_core::Decision<Schedulers>;
 /// is O(1) (persistent maps), as for the rest of a snapshot.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Schedulers {
-    /// Jobs of the batch scheduler, by id (see [`jobs`]).
+    /// Jobs of the batch scheduler, by id (see [`batch`]).
     jobs: PMap<String, Arc<Job>>,
-    /// Services of the service scheduler, by id (see [`services`]).
+    /// Services of the service scheduler, by id (see [`service`]).
     services: PMap<String, Arc<Service>>,
 }
 
@@ -81,7 +86,7 @@ impl Schedulers {
 #[serde(tag = "type", rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum SchedulerCommand {
     /// Submit a job file (validated here; idempotent by job id).
-    SubmitJob { spec: jobs::JobSpec },
+    SubmitJob { spec: batch::JobSpec },
     /// Change a job's record: its state (a stop, or its end) and its tasks' records.
     UpdateJob(JobUpdate),
     /// Submit a service file: a new service, or a new spec version of one (idempotent when
@@ -173,18 +178,18 @@ impl Records for Schedulers {
     ) -> Result<(Vec<SchedulerEvent>, Reply), Rejection> {
         match command {
             SchedulerCommand::SubmitJob { spec } => {
-                let (events, job_id, created) = jobs::decide_submit(cell, now, next, spec)?;
+                let (events, job_id, created) = batch::decide_submit(cell, now, next, spec)?;
                 Ok((
                     events,
                     Reply::Records(SchedulerReply::Job { job_id, created }),
                 ))
             }
             SchedulerCommand::UpdateJob(update) => {
-                Ok((jobs::decide_update(cell, update)?, Reply::Done))
+                Ok((batch::decide_update(cell, update)?, Reply::Done))
             }
             SchedulerCommand::SubmitService { spec } => {
                 let (events, service_id, created, changed) =
-                    services::decide_submit(cell, now, next, spec)?;
+                    service::decide_submit(cell, now, next, spec)?;
                 let reply = SchedulerReply::Service {
                     service_id,
                     created,
@@ -193,7 +198,7 @@ impl Records for Schedulers {
                 Ok((events, Reply::Records(reply)))
             }
             SchedulerCommand::UpdateService(update) => {
-                Ok((services::decide_update(cell, now, update)?, Reply::Done))
+                Ok((service::decide_update(cell, now, update)?, Reply::Done))
             }
         }
     }
@@ -201,10 +206,10 @@ impl Records for Schedulers {
     fn apply(&mut self, version: Version, event: &SchedulerEvent) {
         match event {
             SchedulerEvent::JobSubmitted { .. } | SchedulerEvent::JobUpdated { .. } => {
-                jobs::apply_event(&mut self.jobs, version, event)
+                batch::apply_event(&mut self.jobs, version, event)
             }
             SchedulerEvent::ServiceSubmitted { .. } | SchedulerEvent::ServiceUpdated { .. } => {
-                services::apply_event(&mut self.services, version, event)
+                service::apply_event(&mut self.services, version, event)
             }
         }
     }

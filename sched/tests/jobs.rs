@@ -8,7 +8,8 @@ use std::collections::{BTreeMap, HashMap};
 
 use proptest::prelude::*;
 use shoal_core::*;
-use shoal_sched::jobs::*;
+use shoal_sched::batch::*;
+use shoal_sched::template::parse_duration_ms;
 use shoal_sched::{Cell, Command, LogEntry, Reply, SchedulerCommand, SchedulerReply};
 
 fn spec(text: &str) -> JobSpec {
@@ -968,8 +969,8 @@ fn a_job_or_service_with_a_100kb_team_is_refused() {
     let service = format!(
         "name = \"s\"\nteam = \"{team}\"\ncount = 1\n[task]\ncommand = \"x\"\nresources = \"cpus:1;mem:64\"\n"
     );
-    let service = shoal_sched::services::parse_service_file(&service).unwrap();
-    let got = shoal_sched::services::CompiledService::compile(&service)
+    let service = shoal_sched::service::parse_service_file(&service).unwrap();
+    let got = shoal_sched::service::CompiledService::compile(&service)
         .expect_err("accepted")
         .to_string();
     assert!(got.contains("team:"), "{}", &got[..200.min(got.len())]);

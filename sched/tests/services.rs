@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use shoal_core::*;
-use shoal_sched::services::*;
+use shoal_sched::service::*;
 use shoal_sched::{Cell, Command, Reply, SchedulerCommand, SchedulerReply};
 
 fn spec(text: &str) -> ServiceSpec {
