@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::{Subcommand, ValueEnum};
 use serde_json::{json, Value as Json};
-use shoal_import::imports::import_marathon_service;
+use shoal_import::import_marathon_service;
 use shoal_sched::service::{parse_service_file, CompiledService, ServiceSpec};
 use shoal_sched::template::parse_duration_ms;
 
