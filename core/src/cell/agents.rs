@@ -4,6 +4,35 @@
 use super::*;
 
 impl<R: Records> Cell<R> {
+    /// Decides `UpdateAgentResources`: a new total that still covers what is allocated.
+    pub(super) fn decide_agent_resources(
+        &self,
+        agent_id: &AgentId,
+        total: &ResourceSet,
+    ) -> Result<Decision<R>, Rejection> {
+        let agent = self
+            .agents
+            .get(agent_id)
+            .ok_or_else(|| not_found_agent(agent_id))?;
+        if agent.state == AgentState::Gone {
+            return Err(Rejection::Forbidden(format!("agent {agent_id} is gone")));
+        }
+        if !total.contains(&agent.allocated) {
+            return Err(Rejection::Conflict(format!(
+                "agent {agent_id}: new total {total} does not cover what is allocated ({})",
+                agent.allocated
+            )));
+        }
+        self.check_cluster_total(Some(&agent.total), total)?;
+        Ok(Decision {
+            events: vec![Event::AgentResourcesUpdated {
+                agent_id: agent_id.clone(),
+                total: total.clone(),
+            }],
+            reply: Reply::Done,
+        })
+    }
+
     pub(super) fn decide_register(
         &self,
         now: Timestamp,

@@ -4,6 +4,41 @@
 use super::*;
 
 impl<R: Records> Cell<R> {
+    /// Decides `ReleaseHolds`: the holds of these offers that are still here are released.
+    pub(super) fn decide_release_holds(
+        &self,
+        offer_ids: &[OfferId],
+    ) -> Result<Decision<R>, Rejection> {
+        let known: Vec<OfferId> = offer_ids
+            .iter()
+            .filter(|id| self.holds.contains_key(*id))
+            .cloned()
+            .collect();
+        let events = if known.is_empty() {
+            vec![]
+        } else {
+            vec![self.release_event(known)]
+        };
+        Ok(Decision {
+            events,
+            reply: Reply::Done,
+        })
+    }
+
+    /// Decides `ClearHolds`: every hold goes.
+    pub(super) fn decide_clear_holds(&self) -> Result<Decision<R>, Rejection> {
+        let mut agent_ids: Vec<AgentId> = self.holds.values().map(|h| h.agent_id.clone()).collect();
+        agent_ids.sort();
+        agent_ids.dedup();
+        // Always an event, even with no holds here: a new master commits it first so that
+        // watchers who saw holds of the previous master drop them too.
+        let events = vec![Event::HoldsCleared { agent_ids }];
+        Ok(Decision {
+            events,
+            reply: Reply::Done,
+        })
+    }
+
     pub(super) fn decide_place_holds(&self, holds: &[Hold]) -> Result<Decision<R>, Rejection> {
         let mut scratch: HashMap<&AgentId, ResourceSet> = HashMap::new();
         let (mut placed, mut refused) = (Vec::new(), Vec::new());

@@ -26,6 +26,8 @@ mod agents;
 mod apply;
 mod claims;
 mod holds;
+mod roles;
+mod tasks;
 mod validate;
 
 use validate::{not_found_agent, not_found_task, too_many, validate_owner};
@@ -352,174 +354,21 @@ impl<R: Records> Cell<R> {
         match command {
             Command::RegisterAgent(reg) => self.decide_register(now, next, reg),
             Command::UpdateAgentResources { agent_id, total } => {
-                let agent = self
-                    .agents
-                    .get(agent_id)
-                    .ok_or_else(|| not_found_agent(agent_id))?;
-                if agent.state == AgentState::Gone {
-                    return Err(Rejection::Forbidden(format!("agent {agent_id} is gone")));
-                }
-                if !total.contains(&agent.allocated) {
-                    return Err(Rejection::Conflict(format!(
-                        "agent {agent_id}: new total {total} does not cover what is allocated ({})",
-                        agent.allocated
-                    )));
-                }
-                self.check_cluster_total(Some(&agent.total), total)?;
-                Ok(Decision {
-                    events: vec![Event::AgentResourcesUpdated {
-                        agent_id: agent_id.clone(),
-                        total: total.clone(),
-                    }],
-                    reply: Reply::Done,
-                })
+                self.decide_agent_resources(agent_id, total)
             }
             Command::SetAgentState { agent_id, state } => {
                 self.decide_agent_state(now, agent_id, *state)
             }
             Command::Claim(claim) => self.decide_claim(now, next, claim),
-            Command::KillTask { task_id } => {
-                let task = self
-                    .tasks
-                    .get(task_id)
-                    .ok_or_else(|| not_found_task(task_id))?;
-                if task.state.is_terminal() || task.state == TaskState::Killing {
-                    return Ok(Decision {
-                        events: vec![],
-                        reply: Reply::Done,
-                    });
-                }
-                let status = if task.preempted_by.is_some() {
-                    // Killed again (it was lost meanwhile): still for the preemption.
-                    StatusInfo {
-                        timestamp: now,
-                        ..task.status.clone()
-                    }
-                } else {
-                    StatusInfo {
-                        message: Some("kill requested".into()),
-                        source: Some("SOURCE_MASTER".into()),
-                        timestamp: now,
-                        ..StatusInfo::default()
-                    }
-                };
-                // A task not yet launched (or on an agent that is not there) cannot be asked to
-                // stop: it is killed at once. Otherwise the agent is asked and reports back.
-                let agent_active = self
-                    .agents
-                    .get(&task.agent_id)
-                    .map(|a| a.state == AgentState::Active)
-                    .unwrap_or(false);
-                let state = if agent_active {
-                    TaskState::Killing
-                } else {
-                    TaskState::Killed
-                };
-                Ok(Decision {
-                    events: vec![Event::TaskStatusChanged {
-                        task_id: task_id.clone(),
-                        state,
-                        status,
-                    }],
-                    reply: Reply::Done,
-                })
-            }
+            Command::KillTask { task_id } => self.decide_kill(now, task_id),
             Command::UpdateTaskStatus {
                 task_id,
                 state,
                 status,
-            } => {
-                let task = self
-                    .tasks
-                    .get(task_id)
-                    .ok_or_else(|| not_found_task(task_id))?;
-                // An evicted task is being killed: it holds no resources any more, so it must
-                // not run on. Any live state it reports (but lost or unreachable) is recorded
-                // as TASK_KILLING, which sends the kill again.
-                let state = &if task.preempted_by.is_some()
-                    && !state.is_terminal()
-                    && !matches!(state, TaskState::Lost | TaskState::Unreachable)
-                {
-                    TaskState::Killing
-                } else {
-                    *state
-                };
-                if task.state == *state && state.is_terminal() {
-                    // A repeated terminal update (status updates are at-least-once): no change.
-                    return Ok(Decision {
-                        events: vec![],
-                        reply: Reply::Done,
-                    });
-                }
-                if !task.state.can_become(*state) {
-                    return Err(Rejection::Conflict(format!(
-                        "task {task_id} cannot go from {} to {}",
-                        task.state.mesos_name(),
-                        state.mesos_name()
-                    )));
-                }
-                let same_but_time = StatusInfo {
-                    timestamp: task.status.timestamp,
-                    ..status.clone()
-                };
-                if task.state == *state && (task.status == *status || task.status == same_but_time)
-                {
-                    return Ok(Decision {
-                        events: vec![],
-                        reply: Reply::Done,
-                    });
-                }
-                let mut status = status.clone();
-                if status.timestamp == 0 {
-                    status.timestamp = now;
-                }
-                if task.preempted_by.is_some()
-                    && (*state == TaskState::Killed || !state.is_terminal())
-                {
-                    // An evicted task keeps the preemption's reason and message to its end
-                    // (TASK_KILLED), whatever its executor says about the kill.
-                    status.reason = task.status.reason.clone();
-                    status.message = task.status.message.clone();
-                }
-                Ok(Decision {
-                    events: vec![Event::TaskStatusChanged {
-                        task_id: task_id.clone(),
-                        state: *state,
-                        status,
-                    }],
-                    reply: Reply::Done,
-                })
-            }
+            } => self.decide_task_status(now, task_id, *state, status),
             Command::PlaceHolds { holds } => self.decide_place_holds(holds),
-            Command::ReleaseHolds { offer_ids } => {
-                let known: Vec<OfferId> = offer_ids
-                    .iter()
-                    .filter(|id| self.holds.contains_key(*id))
-                    .cloned()
-                    .collect();
-                let events = if known.is_empty() {
-                    vec![]
-                } else {
-                    vec![self.release_event(known)]
-                };
-                Ok(Decision {
-                    events,
-                    reply: Reply::Done,
-                })
-            }
-            Command::ClearHolds => {
-                let mut agent_ids: Vec<AgentId> =
-                    self.holds.values().map(|h| h.agent_id.clone()).collect();
-                agent_ids.sort();
-                agent_ids.dedup();
-                // Always an event, even with no holds here: a new master commits it first so that
-                // watchers who saw holds of the previous master drop them too.
-                let events = vec![Event::HoldsCleared { agent_ids }];
-                Ok(Decision {
-                    events,
-                    reply: Reply::Done,
-                })
-            }
+            Command::ReleaseHolds { offer_ids } => self.decide_release_holds(offer_ids),
+            Command::ClearHolds => self.decide_clear_holds(),
             Command::AcceptHolds {
                 framework_id,
                 offer_ids,
@@ -537,36 +386,7 @@ impl<R: Records> Cell<R> {
                 weight,
                 quota,
                 preemptible,
-            } => {
-                validate_role_name(name)?;
-                if !(weight.is_finite() && *weight > 0.0) {
-                    return Err(Rejection::Invalid(format!(
-                        "role {name}: weight must be > 0"
-                    )));
-                }
-                if let Some(limit) = &quota.limit {
-                    for (res, g) in quota.guarantee.scalar_totals() {
-                        let l = limit.scalar(&res);
-                        if limit.scalar_totals().iter().any(|(n, _)| *n == res) && l < g {
-                            return Err(Rejection::Invalid(format!(
-                                "role {name}: guarantee of {res} ({}) exceeds its limit ({})",
-                                g.as_f64(),
-                                l.as_f64()
-                            )));
-                        }
-                    }
-                }
-                self.check_guarantees(name, &quota.guarantee)?;
-                Ok(Decision {
-                    events: vec![Event::RoleConfigured {
-                        name: name.clone(),
-                        weight: *weight,
-                        quota: quota.clone(),
-                        preemptible: *preemptible,
-                    }],
-                    reply: Reply::Done,
-                })
-            }
+            } => self.decide_role(name, *weight, quota, *preemptible),
         }
     }
 
