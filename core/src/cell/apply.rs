@@ -74,83 +74,12 @@ impl<R: Records> Cell<R> {
                 outcome,
                 tasks,
                 evictions,
-            } => {
-                for id in evictions {
-                    self.release_preempted(v, id, &outcome.claim_id);
-                }
-                for t in tasks {
-                    // Decided with `version = v` already: share the record, do not copy it.
-                    let t = if t.version == v {
-                        Arc::clone(t)
-                    } else {
-                        let mut copy = Task::clone(t);
-                        copy.version = v;
-                        Arc::new(copy)
-                    };
-                    let a = Arc::make_mut(
-                        self.agents
-                            .get_mut(&t.agent_id)
-                            .expect("decided on a known agent"),
-                    );
-                    a.allocated.add(&t.resources).expect("typed at validation");
-                    a.version = v;
-                    assert!(
-                        a.total.contains(&a.allocated),
-                        "agent {} over-committed by claim {}",
-                        a.id,
-                        outcome.claim_id
-                    );
-                    if !self.roles.contains_key(&t.role) {
-                        self.roles.insert(t.role.clone(), Role::new(&t.role));
-                    }
-                    let role = self.roles.get_mut(&t.role).expect("inserted above");
-                    role.consumed
-                        .add_scalars(&t.resources)
-                        .expect("typed at validation");
-                    for (name, m) in t.resources.scalar_totals() {
-                        *self.cluster_allocated.entry(name).or_default() += m.0;
-                    }
-                    self.live_tasks_by_agent
-                        .entry(t.agent_id.clone())
-                        .or_default()
-                        .insert(t.id.clone());
-                    let previous = self.tasks.insert(t.id.clone(), t);
-                    assert!(previous.is_none(), "duplicate task id committed");
-                }
-                self.claims
-                    .insert(outcome.claim_id.clone(), Arc::new(outcome.clone()));
-            }
+            } => self.apply_claim(v, outcome, tasks, evictions),
             Event::TaskStatusChanged {
                 task_id,
                 state,
                 status,
-            } => {
-                let task = Arc::make_mut(
-                    self.tasks
-                        .get_mut(task_id)
-                        .expect("decided on a known task"),
-                );
-                let held = task.holds_resources();
-                let was_terminal = task.state.is_terminal();
-                task.state = *state;
-                task.status = status.clone();
-                task.version = v;
-                if !was_terminal && state.is_terminal() {
-                    let (agent_id, role, res) = (
-                        task.agent_id.clone(),
-                        task.role.clone(),
-                        task.resources.clone(),
-                    );
-                    if let Some(ids) = self.live_tasks_by_agent.get_mut(&agent_id) {
-                        ids.remove(task_id);
-                    }
-                    // One of the two places resources are freed: on the first terminal state
-                    // only, and not for an evicted task (freed when it was evicted).
-                    if held {
-                        self.free_resources(v, &agent_id, &role, &res);
-                    }
-                }
-            }
+            } => self.apply_task_status(v, task_id, *state, status),
             Event::RoleConfigured {
                 name,
                 weight,
@@ -201,6 +130,100 @@ impl<R: Records> Cell<R> {
                 }
             }
             Event::Records(event) => self.records.apply(v, event),
+        }
+    }
+
+    /// Folds a committed claim in: its evictions' resources move to it, its tasks are placed.
+    fn apply_claim(
+        &mut self,
+        v: Version,
+        outcome: &ClaimOutcome,
+        tasks: &[Arc<Task>],
+        evictions: &[TaskId],
+    ) {
+        for id in evictions {
+            self.release_preempted(v, id, &outcome.claim_id);
+        }
+        for t in tasks {
+            self.place_task(v, &outcome.claim_id, t);
+        }
+        self.claims
+            .insert(outcome.claim_id.clone(), Arc::new(outcome.clone()));
+    }
+
+    /// One task of a committed claim: its resources go to its agent, role and the cell's sums.
+    fn place_task(&mut self, v: Version, claim_id: &ClaimId, t: &Arc<Task>) {
+        // Decided with `version = v` already: share the record, do not copy it.
+        let t = if t.version == v {
+            Arc::clone(t)
+        } else {
+            let mut copy = Task::clone(t);
+            copy.version = v;
+            Arc::new(copy)
+        };
+        let a = Arc::make_mut(
+            self.agents
+                .get_mut(&t.agent_id)
+                .expect("decided on a known agent"),
+        );
+        a.allocated.add(&t.resources).expect("typed at validation");
+        a.version = v;
+        assert!(
+            a.total.contains(&a.allocated),
+            "agent {} over-committed by claim {}",
+            a.id,
+            claim_id
+        );
+        if !self.roles.contains_key(&t.role) {
+            self.roles.insert(t.role.clone(), Role::new(&t.role));
+        }
+        let role = self.roles.get_mut(&t.role).expect("inserted above");
+        role.consumed
+            .add_scalars(&t.resources)
+            .expect("typed at validation");
+        for (name, m) in t.resources.scalar_totals() {
+            *self.cluster_allocated.entry(name).or_default() += m.0;
+        }
+        self.live_tasks_by_agent
+            .entry(t.agent_id.clone())
+            .or_default()
+            .insert(t.id.clone());
+        let previous = self.tasks.insert(t.id.clone(), t);
+        assert!(previous.is_none(), "duplicate task id committed");
+    }
+
+    /// A task's new state and status; its resources are freed on its first terminal state.
+    fn apply_task_status(
+        &mut self,
+        v: Version,
+        task_id: &TaskId,
+        state: TaskState,
+        status: &StatusInfo,
+    ) {
+        let task = Arc::make_mut(
+            self.tasks
+                .get_mut(task_id)
+                .expect("decided on a known task"),
+        );
+        let held = task.holds_resources();
+        let was_terminal = task.state.is_terminal();
+        task.state = state;
+        task.status = status.clone();
+        task.version = v;
+        if !was_terminal && state.is_terminal() {
+            let (agent_id, role, res) = (
+                task.agent_id.clone(),
+                task.role.clone(),
+                task.resources.clone(),
+            );
+            if let Some(ids) = self.live_tasks_by_agent.get_mut(&agent_id) {
+                ids.remove(task_id);
+            }
+            // One of the two places resources are freed: on the first terminal state
+            // only, and not for an evicted task (freed when it was evicted).
+            if held {
+                self.free_resources(v, &agent_id, &role, &res);
+            }
         }
     }
 
