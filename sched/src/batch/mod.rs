@@ -4,8 +4,9 @@
 //! A job is submitted as a [`JobSpec`] (TOML or JSON). [`CompiledJob::compile`] checks it
 //! before anything runs — names, resources, durations, unknown dependencies, cycles — and
 //! [`check_fits`] refuses tasks no agent of the cell could ever hold. The cell keeps a [`Job`]
-//! record per job, with one [`JobTask`] per task, changed only through `Command::SubmitJob` and
-//! `Command::UpdateJob` on the one commit path, so job progress is as durable as any claim.
+//! record per job (in [`Schedulers`](crate::Schedulers)), with one [`JobTask`] per task,
+//! changed only through `SchedulerCommand::SubmitJob` and `SchedulerCommand::UpdateJob` on the
+//! one commit path, so job progress is as durable as any claim.
 //!
 //! The [`BatchScheduler`] reads a cell snapshot and the time and returns what to do: claims to
 //! submit, tasks to kill, job records to update, and when to wake up next. It uses only the

@@ -123,7 +123,7 @@ impl Ord for JobTaskState {
     }
 }
 
-/// Decides `Command::SubmitJob`: validates the file, checks it against the agents, and is
+/// Decides `SchedulerCommand::SubmitJob`: validates the file, checks it against the agents, and is
 /// idempotent by job id (the same file again changes nothing; another file under a taken
 /// id is a conflict).
 pub(crate) fn decide_submit(
@@ -186,7 +186,7 @@ pub(crate) fn decide_submit(
     ))
 }
 
-/// Decides `Command::UpdateJob`. A terminal job keeps its state (a stop racing with the
+/// Decides `SchedulerCommand::UpdateJob`. A terminal job keeps its state (a stop racing with the
 /// scheduler's completion: the first one wins), but its tasks' records still change.
 pub(crate) fn decide_update(
     cell: &Cell,

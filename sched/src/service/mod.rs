@@ -4,7 +4,8 @@
 //! A service is a task template run as `count` long-running **instances**. The cell keeps a
 //! [`Service`] record per service (its current spec and spec version, the desired count, its
 //! state) with one [`Instance`] record per instance, changed only through
-//! `Command::SubmitService` and `Command::UpdateService` on the one commit path.
+//! `SchedulerCommand::SubmitService` and `SchedulerCommand::UpdateService` on the one commit
+//! path.
 //!
 //! An instance has an index (stable while it exists) and a generation; its task in the cell is
 //! `<service>.<index>.<generation>`. When the task ends the instance is restarted with the

@@ -90,7 +90,7 @@ pub struct ServiceUpdate {
     pub removed: Vec<u32>,
 }
 
-/// Decides `Command::SubmitService`: a new service, the same file again (no change), or a
+/// Decides `SchedulerCommand::SubmitService`: a new service, the same file again (no change), or a
 /// changed file (a new spec version: the scheduler rolls the instances over to it). A stopped
 /// service submitted again runs again.
 pub(crate) fn decide_submit(
@@ -143,7 +143,7 @@ pub(crate) fn decide_submit(
     ))
 }
 
-/// Decides `Command::UpdateService`. A stopped service takes no new count and no new
+/// Decides `SchedulerCommand::UpdateService`. A stopped service takes no new count and no new
 /// instances (its instances may still change and go).
 pub(crate) fn decide_update(
     cell: &Cell,
