@@ -33,6 +33,75 @@ pub(crate) struct JobRun {
     failed: Option<String>,
 }
 
+impl JobRun {
+    /// The run of a stored job that no longer validates: failed, with no tasks.
+    fn invalid(id: &str, job: &Job, e: &JobErrors) -> JobRun {
+        JobRun {
+            job: CompiledJob {
+                id: id.into(),
+                role: UNRESERVED.into(),
+                spec: job.spec.clone(),
+                tasks: vec![],
+                index: HashMap::new(),
+            },
+            seq: job.submitted_version,
+            state: JobState::Failed,
+            message: Some(format!("invalid job: {e}")),
+            tasks: vec![],
+            open: 0,
+            failed: None,
+        }
+    }
+
+    /// The run of a stored job, from its records: what is open, what failed, and how many
+    /// unfinished dependencies each task waits for.
+    fn resumed(compiled: CompiledJob, job: &Job) -> JobRun {
+        let tasks: Vec<RunTask> = compiled
+            .tasks
+            .iter()
+            .map(|t| RunTask {
+                rec: job.tasks.get(&t.name).cloned().unwrap_or(JobTask {
+                    name: t.name.clone(),
+                    state: JobTaskState::Waiting,
+                    attempts: 0,
+                    task_id: None,
+                    agent_id: None,
+                    not_before: 0,
+                    started_at: 0,
+                    finished_at: 0,
+                    message: None,
+                    preemptions: 0,
+                }),
+                waiting_deps: 0,
+                placing: false,
+                killed_for: None,
+            })
+            .collect();
+        let open = tasks.iter().filter(|t| !t.rec.state.is_terminal()).count();
+        let failed = tasks
+            .iter()
+            .find(|t| t.rec.state == JobTaskState::Failed)
+            .map(|t| t.rec.name.clone());
+        let mut run = JobRun {
+            job: compiled,
+            seq: job.submitted_version,
+            state: job.state,
+            message: job.message.clone(),
+            tasks,
+            open,
+            failed,
+        };
+        for i in 0..run.tasks.len() {
+            run.tasks[i].waiting_deps = run.job.tasks[i]
+                .deps
+                .iter()
+                .filter(|&&d| run.tasks[d].rec.state != JobTaskState::Finished)
+                .count();
+        }
+        run
+    }
+}
+
 /// The built-in batch scheduler: see the module docs. Cost per step is proportional to what
 /// changed (tasks whose state moved, due timers) plus the placements it makes, never to the
 /// size of a job.
@@ -314,74 +383,42 @@ impl BatchScheduler {
             }
             return;
         }
-        let compiled = match CompiledJob::compile(&job.spec) {
-            Ok(c) => c,
+        let run = match CompiledJob::compile(&job.spec) {
+            Ok(compiled) => JobRun::resumed(compiled, job),
             Err(e) => {
                 // A stored job that no longer validates (a newer rule): fail it visibly.
-                let run = JobRun {
-                    job: CompiledJob {
-                        id: id.into(),
-                        role: UNRESERVED.into(),
-                        spec: job.spec.clone(),
-                        tasks: vec![],
-                        index: HashMap::new(),
-                    },
-                    seq: job.submitted_version,
-                    state: JobState::Failed,
-                    message: Some(format!("invalid job: {e}")),
-                    tasks: vec![],
-                    open: 0,
-                    failed: None,
-                };
-                self.jobs.insert(id.to_string(), run);
+                self.jobs
+                    .insert(id.to_string(), JobRun::invalid(id, job, &e));
                 self.mark_job(id);
                 return;
             }
         };
-        let tasks: Vec<RunTask> = compiled
-            .tasks
-            .iter()
-            .map(|t| RunTask {
-                rec: job.tasks.get(&t.name).cloned().unwrap_or(JobTask {
-                    name: t.name.clone(),
-                    state: JobTaskState::Waiting,
-                    attempts: 0,
-                    task_id: None,
-                    agent_id: None,
-                    not_before: 0,
-                    started_at: 0,
-                    finished_at: 0,
-                    message: None,
-                    preemptions: 0,
-                }),
-                waiting_deps: 0,
-                placing: false,
-                killed_for: None,
-            })
-            .collect();
-        let open = tasks.iter().filter(|t| !t.rec.state.is_terminal()).count();
-        let failed = tasks
-            .iter()
-            .find(|t| t.rec.state == JobTaskState::Failed)
-            .map(|t| t.rec.name.clone());
-        let mut run = JobRun {
-            job: compiled,
-            seq: job.submitted_version,
-            state: job.state,
-            message: job.message.clone(),
-            tasks,
-            open,
-            failed,
-        };
-        for i in 0..run.tasks.len() {
-            run.tasks[i].waiting_deps = run.job.tasks[i]
-                .deps
-                .iter()
-                .filter(|&&d| run.tasks[d].rec.state != JobTaskState::Finished)
-                .count();
-        }
         self.jobs.insert(id.to_string(), run);
         let stopped = job.state == JobState::Stopped;
+        let n = self.jobs[id].tasks.len();
+        self.take_over_tasks(cell, id, stopped, now);
+        // Dependents of tasks that failed for good are skipped (a crash may have come between).
+        let failed: Vec<usize> = (0..n)
+            .filter(|&i| {
+                matches!(
+                    self.jobs[id].tasks[i].rec.state,
+                    JobTaskState::Failed | JobTaskState::Skipped
+                )
+            })
+            .collect();
+        for i in failed {
+            let name = self.jobs[id].tasks[i].rec.name.clone();
+            self.skip_dependents(id, i, &format!("dependency {name} did not finish"), now);
+        }
+        if stopped {
+            self.stop(id, job.message.clone(), now);
+        }
+    }
+
+    /// Takes over the tasks of a job just loaded: running attempts are watched again (their
+    /// timeouts too), an attempt committed but not recorded is adopted, and tasks whose
+    /// dependencies are done are queued.
+    fn take_over_tasks(&mut self, cell: &Cell, id: &str, stopped: bool, now: Timestamp) {
         let n = self.jobs[id].tasks.len();
         for idx in 0..n {
             let run = self.jobs.get_mut(id).expect("just inserted");
@@ -424,7 +461,7 @@ impl BatchScheduler {
                         )
                     });
                     if deps_failed {
-                        continue; // skipped below
+                        continue; // `load` skips it
                     }
                     if t.waiting_deps == 0 {
                         if t.rec.state == JobTaskState::Waiting {
@@ -436,22 +473,6 @@ impl BatchScheduler {
                 }
                 _ => {}
             }
-        }
-        // Dependents of tasks that failed for good are skipped (a crash may have come between).
-        let failed: Vec<usize> = (0..n)
-            .filter(|&i| {
-                matches!(
-                    self.jobs[id].tasks[i].rec.state,
-                    JobTaskState::Failed | JobTaskState::Skipped
-                )
-            })
-            .collect();
-        for i in failed {
-            let name = self.jobs[id].tasks[i].rec.name.clone();
-            self.skip_dependents(id, i, &format!("dependency {name} did not finish"), now);
-        }
-        if stopped {
-            self.stop(id, job.message.clone(), now);
         }
     }
 
