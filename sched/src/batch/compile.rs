@@ -81,73 +81,7 @@ impl CompiledJob {
         }
         let mut tasks = Vec::with_capacity(spec.tasks.len());
         for t in &spec.tasks {
-            let at = |f: &str| format!("tasks[{}].{f}", t.name);
-            let resources = check_task_fields(&t.fields(), &at, &mut err);
-            if t.retries > JOB_TASK_RETRIES_MAX {
-                err(
-                    at("retries"),
-                    format!("{} is more than {JOB_TASK_RETRIES_MAX}", t.retries),
-                );
-            }
-            let backoff_ms = match t.backoff.as_deref().map(parse_duration_ms) {
-                None => BACKOFF_DEFAULT_MS,
-                Some(Ok(ms)) => ms.min(JOB_BACKOFF_MAX_MS),
-                Some(Err(e)) => {
-                    err(at("backoff"), e);
-                    0
-                }
-            };
-            let timeout_ms = match t.timeout.as_deref().map(parse_duration_ms) {
-                None => None,
-                Some(Ok(0)) => {
-                    err(at("timeout"), "must be longer than 0".into());
-                    None
-                }
-                Some(Ok(ms)) => Some(ms),
-                Some(Err(e)) => {
-                    err(at("timeout"), e);
-                    None
-                }
-            };
-            let priority = t.priority.unwrap_or(job_priority);
-            if !(0..=PRIORITY_MAX).contains(&priority) {
-                err(
-                    at("priority"),
-                    format!("{priority} is not within 0..={PRIORITY_MAX}"),
-                );
-            }
-            for c in &t.constraints {
-                if c.attribute.is_empty() {
-                    err(at("constraints"), "a constraint needs an attribute".into());
-                }
-                if matches!(c.operator, ConstraintOp::Unique | ConstraintOp::MaxPer) {
-                    err(
-                        at("constraints"),
-                        "`unique` and `max_per` apply to services only".into(),
-                    );
-                }
-            }
-            let mut deps = Vec::new();
-            for d in &t.depends_on {
-                match index.get(d) {
-                    Some(_) if d == &t.name => {
-                        err(at("depends_on"), format!("dependency cycle: {d} -> {d}"));
-                    }
-                    Some(&j) if !deps.contains(&j) => deps.push(j),
-                    Some(_) => {}
-                    None => err(at("depends_on"), format!("unknown task '{d}'")),
-                }
-            }
-            tasks.push(CompiledTask {
-                name: t.name.clone(),
-                resources,
-                retries: t.retries,
-                backoff_ms,
-                timeout_ms,
-                priority,
-                deps,
-                dependents: Vec::new(),
-            });
+            tasks.push(compile_task(t, job_priority, &index, &mut err));
         }
         for i in 0..tasks.len() {
             for d in tasks[i].deps.clone() {
@@ -194,6 +128,83 @@ impl CompiledJob {
             &[("SHOAL_JOB", &self.id), ("SHOAL_JOB_TASK", &def.name)],
         );
         TaskSpec::from_value(&info)
+    }
+}
+
+/// One task of a job file checked: its fields, retries, backoff, timeout, priority and
+/// constraints, and its dependencies as indices (`index`: the tasks by name).
+fn compile_task(
+    t: &TaskDef,
+    job_priority: i64,
+    index: &HashMap<String, usize>,
+    err: &mut dyn FnMut(String, String),
+) -> CompiledTask {
+    let at = |f: &str| format!("tasks[{}].{f}", t.name);
+    let resources = check_task_fields(&t.fields(), &at, err);
+    if t.retries > JOB_TASK_RETRIES_MAX {
+        err(
+            at("retries"),
+            format!("{} is more than {JOB_TASK_RETRIES_MAX}", t.retries),
+        );
+    }
+    let backoff_ms = match t.backoff.as_deref().map(parse_duration_ms) {
+        None => BACKOFF_DEFAULT_MS,
+        Some(Ok(ms)) => ms.min(JOB_BACKOFF_MAX_MS),
+        Some(Err(e)) => {
+            err(at("backoff"), e);
+            0
+        }
+    };
+    let timeout_ms = match t.timeout.as_deref().map(parse_duration_ms) {
+        None => None,
+        Some(Ok(0)) => {
+            err(at("timeout"), "must be longer than 0".into());
+            None
+        }
+        Some(Ok(ms)) => Some(ms),
+        Some(Err(e)) => {
+            err(at("timeout"), e);
+            None
+        }
+    };
+    let priority = t.priority.unwrap_or(job_priority);
+    if !(0..=PRIORITY_MAX).contains(&priority) {
+        err(
+            at("priority"),
+            format!("{priority} is not within 0..={PRIORITY_MAX}"),
+        );
+    }
+    for c in &t.constraints {
+        if c.attribute.is_empty() {
+            err(at("constraints"), "a constraint needs an attribute".into());
+        }
+        if matches!(c.operator, ConstraintOp::Unique | ConstraintOp::MaxPer) {
+            err(
+                at("constraints"),
+                "`unique` and `max_per` apply to services only".into(),
+            );
+        }
+    }
+    let mut deps = Vec::new();
+    for d in &t.depends_on {
+        match index.get(d) {
+            Some(_) if d == &t.name => {
+                err(at("depends_on"), format!("dependency cycle: {d} -> {d}"));
+            }
+            Some(&j) if !deps.contains(&j) => deps.push(j),
+            Some(_) => {}
+            None => err(at("depends_on"), format!("unknown task '{d}'")),
+        }
+    }
+    CompiledTask {
+        name: t.name.clone(),
+        resources,
+        retries: t.retries,
+        backoff_ms,
+        timeout_ms,
+        priority,
+        deps,
+        dependents: Vec::new(),
     }
 }
 
