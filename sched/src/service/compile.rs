@@ -50,6 +50,94 @@ pub(crate) fn duration_field(
     }
 }
 
+/// A service's health check checked against its task's `ports`, with its defaults.
+fn compile_health(
+    h: &HealthCheckDef,
+    ports: &[String],
+    err: &mut dyn FnMut(String, String),
+) -> CompiledHealth {
+    let mut port_index = 0;
+    let (mut command, mut path) = (String::new(), String::new());
+    match h.kind {
+        HealthCheckType::Command => match &h.command {
+            Some(c) if !c.trim().is_empty() => command = c.clone(),
+            _ => err(
+                "health_check.command".into(),
+                "a command check needs a command".into(),
+            ),
+        },
+        HealthCheckType::Http | HealthCheckType::Tcp => {
+            match &h.port {
+                Some(p) => match ports.iter().position(|x| split_port(x).0 == p) {
+                    Some(i) => port_index = i,
+                    None => err(
+                        "health_check.port".into(),
+                        format!("'{p}' is not one of the task's ports"),
+                    ),
+                },
+                None if ports.is_empty() => err(
+                    "health_check.port".into(),
+                    "an http or tcp check needs a port: name one in task.ports".into(),
+                ),
+                None => {}
+            }
+            if h.kind == HealthCheckType::Http {
+                path = h.path.clone().unwrap_or_else(|| "/".into());
+                if !path.starts_with('/')
+                    || path.chars().any(|c| c.is_whitespace() || c.is_control())
+                {
+                    err(
+                        "health_check.path".into(),
+                        format!("'{path}' is not a URL path"),
+                    );
+                }
+            }
+        }
+    }
+    if h.kind != HealthCheckType::Command && h.command.is_some() {
+        err(
+            "health_check.command".into(),
+            "only a command check has a command".into(),
+        );
+    }
+    let max_failures = h
+        .max_consecutive_failures
+        .unwrap_or(HEALTH_FAILURES_DEFAULT);
+    if max_failures == 0 {
+        err(
+            "health_check.max_consecutive_failures".into(),
+            "must be at least 1".into(),
+        );
+    }
+    CompiledHealth {
+        kind: h.kind,
+        command,
+        path,
+        port_index,
+        interval_ms: duration_field(
+            &h.interval,
+            HEALTH_INTERVAL_DEFAULT_MS,
+            "health_check.interval",
+            err,
+        ),
+        timeout_ms: duration_field(
+            &h.timeout,
+            HEALTH_TIMEOUT_DEFAULT_MS,
+            "health_check.timeout",
+            err,
+        ),
+        grace_ms: match h.grace_period.as_deref().map(parse_duration_ms) {
+            None => HEALTH_GRACE_DEFAULT_MS,
+            Some(Ok(ms)) => ms,
+            Some(Err(e)) => {
+                err("health_check.grace_period".into(), e);
+                0
+            }
+        },
+        max_failures,
+    }
+}
+
 impl CompiledService {
     /// Checks a service file; every problem is reported with its field.
     pub fn compile(spec: &ServiceSpec) -> Result<CompiledService, JobErrors> {
@@ -72,90 +160,10 @@ impl CompiledService {
         }
         let at = |f: &str| format!("task.{f}");
         let resources = check_task_fields(&spec.task.fields(), &at, &mut err);
-        let health = spec.health_check.as_ref().map(|h| {
-            let mut port_index = 0;
-            let (mut command, mut path) = (String::new(), String::new());
-            match h.kind {
-                HealthCheckType::Command => match &h.command {
-                    Some(c) if !c.trim().is_empty() => command = c.clone(),
-                    _ => err(
-                        "health_check.command".into(),
-                        "a command check needs a command".into(),
-                    ),
-                },
-                HealthCheckType::Http | HealthCheckType::Tcp => {
-                    match &h.port {
-                        Some(p) => {
-                            match spec.task.ports.iter().position(|x| split_port(x).0 == p) {
-                                Some(i) => port_index = i,
-                                None => err(
-                                    "health_check.port".into(),
-                                    format!("'{p}' is not one of the task's ports"),
-                                ),
-                            }
-                        }
-                        None if spec.task.ports.is_empty() => err(
-                            "health_check.port".into(),
-                            "an http or tcp check needs a port: name one in task.ports".into(),
-                        ),
-                        None => {}
-                    }
-                    if h.kind == HealthCheckType::Http {
-                        path = h.path.clone().unwrap_or_else(|| "/".into());
-                        if !path.starts_with('/')
-                            || path.chars().any(|c| c.is_whitespace() || c.is_control())
-                        {
-                            err(
-                                "health_check.path".into(),
-                                format!("'{path}' is not a URL path"),
-                            );
-                        }
-                    }
-                }
-            }
-            if h.kind != HealthCheckType::Command && h.command.is_some() {
-                err(
-                    "health_check.command".into(),
-                    "only a command check has a command".into(),
-                );
-            }
-            let max_failures = h
-                .max_consecutive_failures
-                .unwrap_or(HEALTH_FAILURES_DEFAULT);
-            if max_failures == 0 {
-                err(
-                    "health_check.max_consecutive_failures".into(),
-                    "must be at least 1".into(),
-                );
-            }
-            CompiledHealth {
-                kind: h.kind,
-                command,
-                path,
-                port_index,
-                interval_ms: duration_field(
-                    &h.interval,
-                    HEALTH_INTERVAL_DEFAULT_MS,
-                    "health_check.interval",
-                    &mut err,
-                ),
-                timeout_ms: duration_field(
-                    &h.timeout,
-                    HEALTH_TIMEOUT_DEFAULT_MS,
-                    "health_check.timeout",
-                    &mut err,
-                ),
-                grace_ms: match h.grace_period.as_deref().map(parse_duration_ms) {
-                    None => HEALTH_GRACE_DEFAULT_MS,
-                    Some(Ok(ms)) => ms,
-                    Some(Err(e)) => {
-                        err("health_check.grace_period".into(), e);
-                        0
-                    }
-                },
-                max_failures,
-            }
-        });
+        let health = spec
+            .health_check
+            .as_ref()
+            .map(|h| compile_health(h, &spec.task.ports, &mut err));
         let restart = spec.restart.clone().unwrap_or_default();
         let backoff_ms = duration_field(
             &restart.backoff,
