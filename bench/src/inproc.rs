@@ -10,13 +10,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::json;
-use shoal_core::Command;
 use shoal_core::{
-    Agent, AgentId, AgentRegistration, AgentState, Cell, CellConfig, Claim, ClaimId, CommitMode,
-    ConflictCheck, Placement, RejectReason, Reply, ResourceSet, TaskId, TaskSpec,
+    Agent, AgentId, AgentRegistration, AgentState, CellConfig, Claim, ClaimId, CommitMode,
+    ConflictCheck, Placement, RejectReason, ResourceSet, TaskId, TaskSpec,
 };
 use shoal_master::committer::CommitConfig;
 use shoal_master::{open_store, Committer, MasterCore, MemStore, Published, Store};
+use shoal_sched::Command;
+use shoal_sched::{Cell, Reply};
 
 use crate::util::*;
 

@@ -10,8 +10,8 @@ use anyhow::{bail, Context};
 use clap::{Args, Subcommand, ValueEnum};
 use serde_json::{json, Value as Json};
 use shoal_client::{Client, ClientError};
-use shoal_core::imports::{import_job, ImportFormat};
-use shoal_core::jobs::{parse_job_file, CompiledJob, JobFormat, JobSpec};
+use shoal_import::{import_job, ImportFormat};
+use shoal_sched::batch::{parse_job_file, CompiledJob, JobFormat, JobSpec};
 
 /// `println!` that ignores a closed stdout (`shoal job status | head`) instead of panicking.
 macro_rules! say {

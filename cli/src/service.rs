@@ -10,9 +10,9 @@ use anyhow::Context;
 use clap::{Subcommand, ValueEnum};
 use serde_json::{json, Value as Json};
 use shoal_core::clock::{Clock, SystemClock};
-use shoal_core::imports::import_marathon_service;
-use shoal_core::jobs::parse_duration_ms;
-use shoal_core::services::{parse_service_file, CompiledService, ServiceSpec};
+use shoal_import::import_marathon_service;
+use shoal_sched::service::{parse_service_file, CompiledService, ServiceSpec};
+use shoal_sched::template::parse_duration_ms;
 
 use shoal_client::Client;
 

@@ -20,9 +20,10 @@ use serde_json::Value as Json;
 pub use shoal_core::wire::{ClaimAnswer, ClaimRequest, PlacementRequest};
 use shoal_core::wire::{RoleRequest, StatusRequest};
 use shoal_core::{
-    Agent, AgentId, AgentRegistration, Cell, CellConfig, LogEntry, Quota, ResourceSet, Role,
-    StatusInfo, Task, TaskState, Version,
+    Agent, AgentId, AgentRegistration, CellConfig, Quota, ResourceSet, Role, StatusInfo, Task,
+    TaskState, Version,
 };
+use shoal_sched::{Cell, LogEntry};
 
 mod verbs;
 

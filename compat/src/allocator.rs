@@ -5,7 +5,8 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use shoal_core::{AgentId, AgentState, Cell, Hold, OfferId, ResourceSet, Timestamp, UNRESERVED};
+use shoal_core::{AgentId, AgentState, Hold, OfferId, ResourceSet, Timestamp, UNRESERVED};
+use shoal_sched::Cell;
 
 /// A framework as the allocator sees it.
 #[derive(Clone, Debug)]
@@ -237,7 +238,8 @@ pub fn allocate(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use shoal_core::{AgentRegistration, CellConfig, Command};
+    use shoal_core::{AgentRegistration, CellConfig};
+    use shoal_sched::Command;
 
     fn cell(agents: usize) -> Cell {
         let mut cell = Cell::new(CellConfig {

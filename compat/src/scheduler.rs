@@ -15,11 +15,12 @@ use parking_lot::Mutex;
 use prost::Message as _;
 use serde_json::{json, Value as Json};
 use shoal_core::{
-    AgentId, Claim, ClaimId, CommitMode, ConflictCheck, Event as CellEvent, OfferId, Placement,
-    Rejection, Reply, ResourceSet, TaskId, TaskSpec, TaskState,
+    AgentId, Claim, ClaimId, CommitMode, ConflictCheck, OfferId, Placement, Rejection, ResourceSet,
+    TaskId, TaskSpec, TaskState,
 };
 use shoal_master::{CommitError, MasterCore};
 use shoal_proto::mesos::v1::scheduler::{Call, Event};
+use shoal_sched::{Event as CellEvent, Reply};
 use tokio::sync::mpsc;
 
 use crate::allocator::{self, AllocatorConfig, Candidate, OfferFilter};
@@ -912,7 +913,7 @@ fn install_filter(c: &Compat, fw_id: &str, agent: &AgentId, refused: ResourceSet
 
 /// The resources `offers` hold, per agent (offers this framework does not hold are left out).
 fn held_by_agent(
-    snap: &shoal_core::Cell,
+    snap: &shoal_sched::Cell,
     fw_id: &str,
     offers: &[OfferId],
 ) -> HashMap<AgentId, ResourceSet> {
@@ -1438,7 +1439,7 @@ fn reads_its_stream(tx: &mpsc::Sender<Bytes>) -> bool {
 /// has made a call on its subscription, the agents on probation (filtered whole).
 fn offer_filters(
     f: &Framework,
-    snap: &shoal_core::Cell,
+    snap: &shoal_sched::Cell,
     probation: &HashMap<AgentId, u64>,
 ) -> HashMap<AgentId, OfferFilter> {
     let mut filters = f.filters.clone();
@@ -1615,7 +1616,7 @@ async fn forward_loop(c: Arc<Compat>) {
 /// probation for one more offer timeout (see `Compat::probation`).
 fn unanswered(
     c: &Compat,
-    snap: &shoal_core::Cell,
+    snap: &shoal_sched::Cell,
     offer: &OfferId,
     fw_id: &str,
     timeout: Duration,

@@ -70,7 +70,7 @@ fn summary<'a>(sets: impl Iterator<Item = &'a ResourceSet>) -> Json {
     out
 }
 
-fn held_on(snap: &shoal_core::Cell, agent: &shoal_core::AgentId) -> ResourceSet {
+fn held_on(snap: &shoal_sched::Cell, agent: &shoal_core::AgentId) -> ResourceSet {
     let mut out = ResourceSet::new();
     for h in snap.holds().filter(|h| h.agent_id == *agent) {
         let _ = out.add(&h.resources);

@@ -9,17 +9,16 @@
 pub mod agent_protocol;
 pub mod cell;
 pub mod clock;
-pub mod imports;
-pub mod jobs;
 pub mod limits;
 pub mod liveness;
 pub mod model;
+pub mod records;
 pub mod resources;
-pub mod services;
 pub mod task;
 pub mod wire;
 
 pub use cell::{AgentRegistration, Cell, CellConfig, Command, Decision, Rejection, Reply};
 pub use model::*;
+pub use records::{Never, NoRecords, Records};
 pub use resources::{Milli, Name, Ranges, Resource, ResourceSet, Value, UNRESERVED};
 pub use task::TaskState;

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 
 use crate::cell::{Cell, Command};
 use crate::model::{AgentId, AgentState, Timestamp};
+use crate::records::Records;
 
 /// How long an agent may stay away, in milliseconds.
 #[derive(Clone, Copy, Debug)]
@@ -70,7 +71,11 @@ impl Liveness {
 
     /// The commands that are due at `now` for the agents of `cell`, and the time of the next
     /// deadline (to be called again then, or on any change).
-    pub fn tick(&mut self, cell: &Cell, now: Timestamp) -> (Vec<Command>, Option<Timestamp>) {
+    pub fn tick<R: Records>(
+        &mut self,
+        cell: &Cell<R>,
+        now: Timestamp,
+    ) -> (Vec<Command<R>>, Option<Timestamp>) {
         let mut due = Vec::new();
         let mut next: Option<Timestamp> = None;
         for a in cell.agents() {
@@ -115,7 +120,7 @@ mod tests {
 
     #[test]
     fn away_agents_become_unreachable_then_gone() {
-        let mut cell = Cell::new(CellConfig {
+        let mut cell: Cell = Cell::new(CellConfig {
             cell_id: "c".into(),
         });
         let reg = AgentRegistration {

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use crate::records::{NoRecords, Records};
 use crate::resources::ResourceSet;
 use crate::task::TaskState;
 
@@ -455,8 +456,8 @@ impl ClaimOutcome {
 /// A change to the shared state. The log of events, folded in order, is the state: the
 /// master persists them, watchers receive them and mirror the cell with the same code.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum Event {
+#[serde(tag = "type", rename_all = "SCREAMING_SNAKE_CASE", bound = "")]
+pub enum Event<R: Records = NoRecords> {
     /// A new agent, or a known one registering again with fresh information.
     AgentRegistered { agent: Agent },
     AgentResourcesUpdated {
@@ -499,52 +500,18 @@ pub enum Event {
     },
     /// The master restarted: every hold is gone.
     HoldsCleared { agent_ids: Vec<AgentId> },
-    /// A job was submitted: its record, every task waiting or queued.
-    JobSubmitted { job: Box<crate::jobs::Job> },
-    /// A job's state or some of its tasks' records changed (`tasks` are the new records).
-    JobUpdated {
-        job_id: String,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        state: Option<crate::jobs::JobState>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        message: Option<String>,
-        #[serde(default)]
-        finished_at: Timestamp,
-        #[serde(default)]
-        tasks: Vec<crate::jobs::JobTask>,
-    },
-    /// A service was submitted: its record, with no instances yet.
-    ServiceSubmitted {
-        service: Box<crate::services::Service>,
-    },
-    /// A service's spec, count, state or some of its instances changed (`instances`: the new
-    /// records; `removed`: indices of instances that are gone).
-    ServiceUpdated {
-        service_id: String,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        spec: Option<Arc<crate::services::ServiceSpec>>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        spec_version: Option<u32>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        count: Option<u32>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        state: Option<crate::services::ServiceState>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        message: Option<String>,
-        #[serde(default)]
-        updated_at: Timestamp,
-        #[serde(default, skip_serializing_if = "Vec::is_empty")]
-        instances: Vec<crate::services::Instance>,
-        #[serde(default, skip_serializing_if = "Vec::is_empty")]
-        removed: Vec<u32>,
-    },
+    /// A change of the records a scheduler above the cell keeps (see [`Records`]). Last and
+    /// untagged: it is written as the records' own event, with its own `"type"`.
+    #[serde(untagged)]
+    Records(R::Event),
 }
 
 /// One committed mutation: its version and its events.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct LogEntry {
+#[serde(bound = "")]
+pub struct LogEntry<R: Records = NoRecords> {
     pub version: Version,
-    pub events: Vec<Event>,
+    pub events: Vec<Event<R>>,
 }
 
 #[cfg(test)]

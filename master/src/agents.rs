@@ -36,9 +36,8 @@ use serde::Deserialize;
 use serde_json::json;
 use shoal_core::agent_protocol::{AgentMessage, MasterMessage};
 use shoal_core::liveness::{Liveness, LivenessConfig};
-use shoal_core::{
-    AgentId, AgentRegistration, Command, Event, Reply, StatusInfo, Task, TaskId, TaskState,
-};
+use shoal_core::{AgentId, AgentRegistration, StatusInfo, Task, TaskId, TaskState};
+use shoal_sched::{Command, Event, Reply};
 use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 

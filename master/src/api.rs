@@ -15,9 +15,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use shoal_core::wire::{ClaimAnswer, ClaimRequest, RoleRequest, StatusRequest};
 use shoal_core::{
-    AgentId, AgentRegistration, AgentState, Claim, ClaimId, Placement, Reply, ResourceSet, TaskId,
+    AgentId, AgentRegistration, AgentState, Claim, ClaimId, Placement, ResourceSet, TaskId,
     TaskSpec, Version,
 };
+use shoal_sched::Reply;
 use tokio::sync::broadcast::error::RecvError;
 
 use crate::committer::{CommitError, Committer, Published};
@@ -349,7 +350,7 @@ async fn watch(
 async fn stream_entries(
     published: &Published,
     from: Version,
-    mut live: tokio::sync::broadcast::Receiver<Arc<shoal_core::LogEntry>>,
+    mut live: tokio::sync::broadcast::Receiver<Arc<shoal_sched::LogEntry>>,
     tx: WatchSender,
 ) -> (Version, bool) {
     let mut next = from;
@@ -397,7 +398,7 @@ async fn stream_entries(
     }
 }
 
-fn line(e: &shoal_core::LogEntry) -> Bytes {
+fn line(e: &shoal_sched::LogEntry) -> Bytes {
     let mut v = serde_json::to_vec(e).expect("entries serialize");
     v.push(b'\n');
     Bytes::from(v)

@@ -41,7 +41,8 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 use shoal_core::clock::SharedClock;
-use shoal_core::{Cell, Command, Event, LogEntry, Rejection, Reply, Version};
+use shoal_core::{Rejection, Version};
+use shoal_sched::{Cell, Command, Event, LogEntry, Reply};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use crate::limits;

@@ -18,7 +18,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use shoal_core::{Cell, Claim, ClaimOutcome, Command, LogEntry, Reply, Timestamp};
+use shoal_core::{Claim, ClaimOutcome, Timestamp};
+use shoal_sched::{Cell, Command, LogEntry, Reply};
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 
 use crate::committer::{CommitError, Committer, Published};
@@ -51,7 +52,7 @@ impl Step {
     /// The commands of a core scheduler's actions: record updates first or last, claims before
     /// kills.
     pub fn of<U>(
-        actions: shoal_core::jobs::Actions<U>,
+        actions: shoal_sched::actions::Actions<U>,
         update: fn(U) -> Command,
         records_first: bool,
     ) -> Step {
@@ -79,13 +80,13 @@ macro_rules! built_in {
     ($ty:ty, $name:literal, $update:expr, $records_first:expr) => {
         impl $crate::driver::BuiltIn for $ty {
             const NAME: &'static str = $name;
-            fn recover(cell: &shoal_core::Cell) -> Self {
+            fn recover(cell: &shoal_sched::Cell) -> Self {
                 <$ty>::recover(cell)
             }
-            fn observe(&mut self, entry: &shoal_core::LogEntry) {
+            fn observe(&mut self, entry: &shoal_sched::LogEntry) {
                 <$ty>::observe(self, entry)
             }
-            fn step(&mut self, cell: &shoal_core::Cell, now: u64) -> $crate::driver::Step {
+            fn step(&mut self, cell: &shoal_sched::Cell, now: u64) -> $crate::driver::Step {
                 $crate::driver::Step::of(<$ty>::step(self, cell, now), $update, $records_first)
             }
             fn claimed(

@@ -12,10 +12,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use serde_json::{json, Value as Json};
-use shoal_core::jobs::{
+use shoal_sched::batch::{
     parse_job_file, BatchScheduler, Job, JobFormat, JobSpec, JobState, JobUpdate,
 };
-use shoal_core::{Cell, Command, Reply};
+use shoal_sched::{Cell, Command, Reply, SchedulerCommand, SchedulerEvent, SchedulerReply};
 
 use crate::api::{ApiError, ApiState};
 use crate::committer::{CommitError, Committer, Published};
@@ -76,12 +76,19 @@ pub fn job_json(job: &Job) -> Json {
 async fn submit_job(State(s): State<ApiState>, body: Bytes) -> Response {
     let result: Result<Response, ApiError> = async {
         let spec = parse_spec(&body)?;
-        let reply = s.committer.submit(Command::SubmitJob { spec }).await?;
-        let Reply::Job { job_id, created } = reply else {
+        let reply = s
+            .committer
+            .submit(SchedulerCommand::SubmitJob { spec }.into())
+            .await?;
+        let Reply::Records(SchedulerReply::Job { job_id, created }) = reply else {
             return Err(internal("unexpected reply"));
         };
         let snap = s.published.snapshot();
-        let job = snap.job(&job_id).map(job_json).unwrap_or(Json::Null);
+        let job = snap
+            .records()
+            .job(&job_id)
+            .map(job_json)
+            .unwrap_or(Json::Null);
         let status = if created {
             StatusCode::CREATED
         } else {
@@ -107,14 +114,14 @@ pub(crate) fn internal(message: &str) -> ApiError {
 
 async fn list_jobs(State(s): State<ApiState>) -> Response {
     let snap = s.published.snapshot();
-    let mut jobs: Vec<&Job> = snap.jobs().collect();
+    let mut jobs: Vec<&Job> = snap.records().jobs().collect();
     jobs.sort_by(|a, b| (a.submitted_version, &a.id).cmp(&(b.submitted_version, &b.id)));
     let jobs: Vec<Json> = jobs.into_iter().map(summary_json).collect();
     axum::Json(json!({"version": snap.version(), "jobs": jobs})).into_response()
 }
 
 async fn get_job(State(s): State<ApiState>, Path(id): Path<String>) -> Response {
-    match s.published.snapshot().job(&id) {
+    match s.published.snapshot().records().job(&id) {
         Some(j) => axum::Json(job_json(j)).into_response(),
         None => ApiError::not_found(format!("job {id}")).into_response(),
     }
@@ -128,7 +135,11 @@ async fn stop_job(State(s): State<ApiState>, Path(id): Path<String>) -> Response
         finished_at: s.published.clock.wall_ms(),
         tasks: vec![],
     };
-    match s.committer.submit(Command::UpdateJob(update)).await {
+    match s
+        .committer
+        .submit(SchedulerCommand::UpdateJob(update).into())
+        .await
+    {
         Ok(_) => StatusCode::ACCEPTED.into_response(),
         Err(e) => ApiError::from(e).into_response(),
     }
@@ -140,24 +151,26 @@ async fn stop_job(State(s): State<ApiState>, Path(id): Path<String>) -> Response
 pub fn plan(snapshot: &Cell, spec: JobSpec, now: u64) -> Result<Json, ApiError> {
     let mut scratch = snapshot.clone();
     let (_, reply) = scratch
-        .commit(now, &Command::SubmitJob { spec })
+        .commit(now, &SchedulerCommand::SubmitJob { spec }.into())
         .map_err(|r| ApiError::from(CommitError::Rejected(r)))?;
-    let Reply::Job { job_id, created } = reply else {
+    let Reply::Records(SchedulerReply::Job { job_id, created }) = reply else {
         return Err(internal("unexpected reply"));
     };
     let mut placed: std::collections::HashMap<String, (String, String)> = Default::default();
     if created {
         let mut sched = BatchScheduler::new();
-        sched.observe(&shoal_core::LogEntry {
+        sched.observe(&shoal_sched::LogEntry {
             version: scratch.version(),
-            events: vec![shoal_core::Event::JobSubmitted {
+            events: vec![SchedulerEvent::JobSubmitted {
                 job: Box::new(
                     scratch
+                        .records()
                         .job(&job_id)
                         .cloned()
                         .ok_or_else(|| internal("job"))?,
                 ),
-            }],
+            }
+            .into()],
         });
         let actions = sched.step(&scratch, now);
         for c in &actions.claims {
@@ -171,7 +184,10 @@ pub fn plan(snapshot: &Cell, spec: JobSpec, now: u64) -> Result<Json, ApiError> 
             }
         }
     }
-    let job = scratch.job(&job_id).ok_or_else(|| internal("job"))?;
+    let job = scratch
+        .records()
+        .job(&job_id)
+        .ok_or_else(|| internal("job"))?;
     let tasks: Vec<Json> = job
         .spec
         .tasks
@@ -205,7 +221,12 @@ async fn plan_job(State(s): State<ApiState>, body: Bytes) -> Response {
 }
 
 // The batch scheduler as the driver runs it: claims, then kills, then job record updates.
-driver::built_in!(BatchScheduler, "batch", Command::UpdateJob, false);
+driver::built_in!(
+    BatchScheduler,
+    "batch",
+    |u| Command::Records(SchedulerCommand::UpdateJob(u)),
+    false
+);
 
 /// Starts the batch scheduler's driver. Needs a tokio runtime.
 pub fn start(committer: Committer, published: Arc<Published>) {

@@ -28,7 +28,8 @@ use std::sync::Arc;
 use axum::routing::get;
 use axum::Router;
 use shoal_core::clock::{SharedClock, SystemClock};
-use shoal_core::{Cell, CellConfig};
+use shoal_core::CellConfig;
+use shoal_sched::{Cell, Schedulers};
 
 pub use committer::{CommitConfig, CommitCore, CommitError, Committer, Published};
 pub use error::MasterError;
@@ -58,8 +59,7 @@ pub fn load_cell(store: &dyn Store) -> Result<Cell, MasterError> {
         stored.roles,
         stored.claims,
     );
-    cell.restore_jobs(stored.jobs);
-    cell.restore_services(stored.services);
+    cell.restore_records(Schedulers::restored(stored.jobs, stored.services));
     cell.check_invariants()
         .map_err(|e| MasterError::Invariant(e.to_string()))?;
     Ok(cell)

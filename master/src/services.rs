@@ -14,11 +14,11 @@ use axum::routing::{get, post};
 use axum::Router;
 use serde::Deserialize;
 use serde_json::{json, Value as Json};
-use shoal_core::services::{
+use shoal_sched::service::{
     instance_task_id, parse_service_file, Service, ServiceScheduler, ServiceSpec, ServiceState,
     ServiceUpdate,
 };
-use shoal_core::{Cell, Command, Reply};
+use shoal_sched::{Cell, Command, Reply, SchedulerCommand, SchedulerReply};
 
 use crate::api::{ApiError, ApiState};
 use crate::committer::{Committer, Published};
@@ -99,20 +99,24 @@ async fn submit_service(State(s): State<ApiState>, body: Bytes) -> Response {
         let spec = parse_spec(&body)?;
         let reply = s
             .committer
-            .submit(Command::SubmitService {
-                spec: Box::new(spec),
-            })
+            .submit(
+                SchedulerCommand::SubmitService {
+                    spec: Box::new(spec),
+                }
+                .into(),
+            )
             .await?;
-        let Reply::Service {
+        let Reply::Records(SchedulerReply::Service {
             service_id,
             created,
             changed,
-        } = reply
+        }) = reply
         else {
             return Err(internal("unexpected reply"));
         };
         let snap = s.published.snapshot();
         let svc = snap
+            .records()
             .service(&service_id)
             .map(|x| service_json(x, &snap))
             .unwrap_or(Json::Null);
@@ -134,7 +138,7 @@ async fn submit_service(State(s): State<ApiState>, body: Bytes) -> Response {
 
 async fn list_services(State(s): State<ApiState>) -> Response {
     let snap = s.published.snapshot();
-    let mut list: Vec<&Service> = snap.services().collect();
+    let mut list: Vec<&Service> = snap.records().services().collect();
     list.sort_by(|a, b| (a.submitted_at, &a.id).cmp(&(b.submitted_at, &b.id)));
     let list: Vec<Json> = list.into_iter().map(|x| summary_json(x, &snap)).collect();
     axum::Json(json!({"version": snap.version(), "services": list})).into_response()
@@ -142,7 +146,7 @@ async fn list_services(State(s): State<ApiState>) -> Response {
 
 async fn get_service(State(s): State<ApiState>, Path(id): Path<String>) -> Response {
     let snap = s.published.snapshot();
-    match snap.service(&id) {
+    match snap.records().service(&id) {
         Some(x) => axum::Json(service_json(x, &snap)).into_response(),
         None => ApiError::not_found(format!("service {id}")).into_response(),
     }
@@ -166,7 +170,11 @@ async fn scale_service(State(s): State<ApiState>, Path(id): Path<String>, body: 
         count: Some(body.count),
         ..ServiceUpdate::default()
     };
-    match s.committer.submit(Command::UpdateService(update)).await {
+    match s
+        .committer
+        .submit(SchedulerCommand::UpdateService(update).into())
+        .await
+    {
         Ok(_) => StatusCode::ACCEPTED.into_response(),
         Err(e) => ApiError::from(e).into_response(),
     }
@@ -179,14 +187,23 @@ async fn stop_service(State(s): State<ApiState>, Path(id): Path<String>) -> Resp
         message: Some("stopped by a user".into()),
         ..ServiceUpdate::default()
     };
-    match s.committer.submit(Command::UpdateService(update)).await {
+    match s
+        .committer
+        .submit(SchedulerCommand::UpdateService(update).into())
+        .await
+    {
         Ok(_) => StatusCode::ACCEPTED.into_response(),
         Err(e) => ApiError::from(e).into_response(),
     }
 }
 
 // The service scheduler as the driver runs it: record updates, then claims, then kills.
-driver::built_in!(ServiceScheduler, "service", Command::UpdateService, true);
+driver::built_in!(
+    ServiceScheduler,
+    "service",
+    |u| Command::Records(SchedulerCommand::UpdateService(u)),
+    true
+);
 
 /// Starts the service scheduler's driver. Needs a tokio runtime.
 pub fn start(committer: Committer, published: Arc<Published>) {

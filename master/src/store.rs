@@ -31,13 +31,15 @@ use redb::{
 };
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use shoal_core::jobs::{Job, JobTask};
-use shoal_core::services::{Instance, Service};
-use shoal_core::{Agent, ClaimOutcome, LogEntry, Role, Task, Version};
+use shoal_core::{Agent, ClaimOutcome, Role, Task, Version};
 use shoal_core::{
-    AgentId, ClaimId, Event, PlacementOutcome, RejectReason, ResourceSet, StatusInfo, TaskId,
-    TaskSpec, TaskState,
+    AgentId, ClaimId, PlacementOutcome, RejectReason, ResourceSet, StatusInfo, TaskId, TaskSpec,
+    TaskState,
 };
+use shoal_sched::batch::{Job, JobTask};
+use shoal_sched::service::{Instance, Service};
+use shoal_sched::Event;
+use shoal_sched::LogEntry;
 
 mod mem_store;
 mod redb_store;

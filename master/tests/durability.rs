@@ -10,6 +10,7 @@ use std::time::Duration;
 use shoal_core::*;
 use shoal_master::committer::{self, CommitConfig, CommitError};
 use shoal_master::store::{MemStore, Store};
+use shoal_sched::{Command, Event, Reply, SchedulerCommand};
 
 /// A wall clock that moves one millisecond at each reading.
 #[derive(Debug)]
@@ -265,7 +266,7 @@ fn a_store_failure_changes_nothing_and_is_not_acknowledged() {
 /// as acknowledged: after a crash that drops unsynced writes, and after reopening redb.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_job_records_survive_crashes_and_reopening() {
-    use shoal_core::jobs::{parse_job_file, JobFormat, JobState, JobTaskState, JobUpdate};
+    use shoal_sched::batch::{parse_job_file, JobFormat, JobState, JobTaskState, JobUpdate};
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("shoal.redb");
     let mem = MemStore::new();
@@ -290,31 +291,40 @@ async fn acknowledged_job_records_survive_crashes_and_reopening() {
             .unwrap();
         let text = "name = \"j\"\n[[tasks]]\nname = \"a\"\ncommand = \"true\"\nresources = \"cpus:1\"\n[[tasks]]\nname = \"b\"\ncommand = \"true\"\nresources = \"cpus:1\"\ndepends_on = [\"a\"]\n";
         let spec = parse_job_file(text, JobFormat::Toml).unwrap();
-        committer.submit(Command::SubmitJob { spec }).await.unwrap();
-        let mut a = published.snapshot().job("j").unwrap().tasks["a"].clone();
+        committer
+            .submit(SchedulerCommand::SubmitJob { spec }.into())
+            .await
+            .unwrap();
+        let mut a = published.snapshot().records().job("j").unwrap().tasks["a"].clone();
         a.state = JobTaskState::Finished;
         a.attempts = 1;
         committer
-            .submit(Command::UpdateJob(JobUpdate {
-                job_id: "j".into(),
-                state: None,
-                message: None,
-                finished_at: 0,
-                tasks: vec![a],
-            }))
+            .submit(
+                SchedulerCommand::UpdateJob(JobUpdate {
+                    job_id: "j".into(),
+                    state: None,
+                    message: None,
+                    finished_at: 0,
+                    tasks: vec![a],
+                })
+                .into(),
+            )
             .await
             .unwrap();
         committer
-            .submit(Command::UpdateJob(JobUpdate {
-                job_id: "j".into(),
-                state: Some(JobState::Stopped),
-                message: Some("stopped".into()),
-                finished_at: 5,
-                tasks: vec![],
-            }))
+            .submit(
+                SchedulerCommand::UpdateJob(JobUpdate {
+                    job_id: "j".into(),
+                    state: Some(JobState::Stopped),
+                    message: Some("stopped".into()),
+                    finished_at: 5,
+                    tasks: vec![],
+                })
+                .into(),
+            )
             .await
             .unwrap();
-        let acked = published.snapshot().job("j").unwrap().clone();
+        let acked = published.snapshot().records().job("j").unwrap().clone();
         drop((committer, published));
         thread.join().unwrap();
         drop(store);
@@ -328,6 +338,7 @@ async fn acknowledged_job_records_survive_crashes_and_reopening() {
         };
         let cell = shoal_master::load_cell(store.as_ref()).unwrap();
         let job = cell
+            .records()
             .job("j")
             .unwrap_or_else(|| panic!("{backend}: job lost"));
         assert_eq!(job.spec, acked.spec, "{backend}");
@@ -408,8 +419,8 @@ fn task_status(task: &str, state: TaskState, healthy: Option<bool>) -> Command {
 /// three claims (one with a rejected placement), tasks that ran since they were placed, a job
 /// with its tasks' records and a service with an instance; one log entry per command.
 async fn make_fixture(store: Arc<dyn Store>) {
-    use shoal_core::jobs::{parse_job_file, JobFormat, JobTaskState, JobUpdate, BATCH_OWNER};
-    use shoal_core::services::{
+    use shoal_sched::batch::{parse_job_file, JobFormat, JobTaskState, JobUpdate, BATCH_OWNER};
+    use shoal_sched::service::{
         parse_service_file, Instance, InstanceState, ServiceUpdate, SERVICE_OWNER,
     };
     let cell = shoal_master::load_cell(store.as_ref()).unwrap();
@@ -445,7 +456,7 @@ async fn make_fixture(store: Arc<dyn Store>) {
     .await;
     let job = "name = \"nightly\"\n[[tasks]]\nname = \"extract\"\ncommand = \"true\"\nresources = \"cpus:1;mem:64\"\n[[tasks]]\nname = \"load\"\ncommand = \"true\"\nresources = \"cpus:1\"\ndepends_on = [\"extract\"]\n";
     let spec = parse_job_file(job, JobFormat::Toml).unwrap();
-    submit(Command::SubmitJob { spec }).await;
+    submit(SchedulerCommand::SubmitJob { spec }.into()).await;
     let extract = placement("nightly.extract.1", a, "cpus:1;mem:64");
     submit(Command::Claim(claim(
         "c-nightly-extract-1",
@@ -457,26 +468,33 @@ async fn make_fixture(store: Arc<dyn Store>) {
     .await;
     submit(task_status("nightly.extract.1", TaskState::Running, None)).await;
     submit(task_status("nightly.extract.1", TaskState::Finished, None)).await;
-    let mut record = published.snapshot().job("nightly").unwrap().tasks["extract"].clone();
+    let mut record =
+        published.snapshot().records().job("nightly").unwrap().tasks["extract"].clone();
     record.state = JobTaskState::Finished;
     record.attempts = 1;
     record.task_id = Some(TaskId::new("nightly.extract.1"));
     record.agent_id = Some(a.clone());
     record.started_at = 1_500;
     record.finished_at = 2_000;
-    submit(Command::UpdateJob(JobUpdate {
-        job_id: "nightly".into(),
-        state: None,
-        message: None,
-        finished_at: 0,
-        tasks: vec![record],
-    }))
+    submit(
+        SchedulerCommand::UpdateJob(JobUpdate {
+            job_id: "nightly".into(),
+            state: None,
+            message: None,
+            finished_at: 0,
+            tasks: vec![record],
+        })
+        .into(),
+    )
     .await;
     let service = "name = \"web\"\nteam = \"web\"\ncount = 1\n[task]\ncommand = \"serve\"\nresources = \"cpus:0.5;mem:128\"\n";
     let spec = parse_service_file(service).unwrap();
-    submit(Command::SubmitService {
-        spec: Box::new(spec),
-    })
+    submit(
+        SchedulerCommand::SubmitService {
+            spec: Box::new(spec),
+        }
+        .into(),
+    )
     .await;
     submit(Command::Claim(claim(
         "c-web-0-1",
@@ -486,24 +504,27 @@ async fn make_fixture(store: Arc<dyn Store>) {
         vec![placement("web.0.1", b, "cpus:0.5;mem:128")],
     )))
     .await;
-    submit(Command::UpdateService(ServiceUpdate {
-        service_id: "web".into(),
-        count: None,
-        state: None,
-        message: None,
-        instances: vec![Instance {
-            index: 0,
-            generation: 1,
-            spec_version: 1,
-            state: InstanceState::Running,
-            agent_id: Some(b.clone()),
-            failures: 0,
-            not_before: 0,
-            started_at: 1_800,
+    submit(
+        SchedulerCommand::UpdateService(ServiceUpdate {
+            service_id: "web".into(),
+            count: None,
+            state: None,
             message: None,
-        }],
-        removed: vec![],
-    }))
+            instances: vec![Instance {
+                index: 0,
+                generation: 1,
+                spec_version: 1,
+                state: InstanceState::Running,
+                agent_id: Some(b.clone()),
+                failures: 0,
+                not_before: 0,
+                started_at: 1_800,
+                message: None,
+            }],
+            removed: vec![],
+        })
+        .into(),
+    )
     .await;
     submit(task_status("web.0.1", TaskState::Running, Some(true))).await;
     // Incremental: the small task commits, the one larger than any agent is rejected.
@@ -524,8 +545,8 @@ async fn make_fixture(store: Arc<dyn Store>) {
 
 /// What the fixture holds, read through `store` as the master reads it at start.
 fn check_fixture_records(store: &dyn Store) {
-    use shoal_core::jobs::JobTaskState;
-    use shoal_core::services::InstanceState;
+    use shoal_sched::batch::JobTaskState;
+    use shoal_sched::service::InstanceState;
     let cell = shoal_master::load_cell(store).unwrap();
     cell.check_invariants().unwrap();
     assert_eq!(cell.version(), 13, "one version per command");
@@ -587,14 +608,14 @@ fn check_fixture_records(store: &dyn Store) {
         [("misc.small", true, false), ("misc.huge", false, true)]
     );
 
-    let job = cell.job("nightly").expect("job nightly");
+    let job = cell.records().job("nightly").expect("job nightly");
     assert_eq!(job.tasks["extract"].state, JobTaskState::Finished);
     assert_eq!(
         job.tasks["extract"].task_id,
         Some(TaskId::new("nightly.extract.1"))
     );
     assert_eq!(job.tasks["load"].state, JobTaskState::Waiting);
-    let service = cell.service("web").expect("service web");
+    let service = cell.records().service("web").expect("service web");
     assert_eq!((service.count, service.spec_version), (1, 1));
     let instance = &service.instances[&0];
     assert_eq!(

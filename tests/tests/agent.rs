@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use serde_json::{json, Value as Json};
 use shoal_client::{command_task, ClaimRequest, Client, PlacementRequest};
-use shoal_core::{AgentState, CommitMode, ConflictCheck, Event, ResourceSet, Task, TaskState};
+use shoal_core::{AgentState, CommitMode, ConflictCheck, ResourceSet, Task, TaskState};
+use shoal_sched::Event;
 use shoal_tests::{docker_enabled, unique, wait_until, AgentProc, MasterProc};
 
 const IMAGE: &str = "local/busybox:latest";

@@ -49,7 +49,8 @@ use clap::Parser;
 use futures::StreamExt;
 use serde_json::json;
 use shoal_client::{command_task, ClaimRequest, Client, PlacementRequest};
-use shoal_core::{AgentState, CommitMode, ConflictCheck, Event, ResourceSet, TaskState};
+use shoal_core::{AgentState, CommitMode, ConflictCheck, ResourceSet, TaskState};
+use shoal_sched::Event;
 use shoal_tests::{AgentProc, MasterProc};
 use tokio::sync::mpsc;
 

@@ -12,7 +12,8 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use shoal_compat::allocator::{allocate, AllocatorConfig, Candidate};
-use shoal_core::{AgentRegistration, AgentState, Cell, CellConfig, Command, OfferId, ResourceSet};
+use shoal_core::{AgentRegistration, AgentState, CellConfig, OfferId, ResourceSet};
+use shoal_sched::{Cell, Command};
 
 fn cell(agents: usize) -> Cell {
     let mut cell = Cell::new(CellConfig {

@@ -1,6 +1,6 @@
 //! The Omega experiment's discrete-event simulation, on the real sans-IO core.
 //!
-//! Two schedulers (batch and service) place jobs in one `shoal_core::Cell`. Time is virtual:
+//! Two schedulers (batch and service) place jobs in one `shoal_sched::Cell`. Time is virtual:
 //! an event queue in seconds, handed to the core as `Timestamp` milliseconds. Nothing here
 //! reimplements the commit path: claims go through `Cell::commit` (with the claim's commit
 //! mode and conflict check), offers are made by the compat allocator
@@ -20,10 +20,10 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use shoal_compat::allocator::{allocate, AllocatorConfig, Candidate, OfferFilter};
 use shoal_core::{
-    AgentId, AgentRegistration, Cell, CellConfig, Claim, ClaimId, Command, CommitMode,
-    ConflictCheck, OfferId, Placement, Reply, ResourceSet, StatusInfo, TaskId, TaskSpec, TaskState,
-    Timestamp,
+    AgentId, AgentRegistration, CellConfig, Claim, ClaimId, CommitMode, ConflictCheck, OfferId,
+    Placement, ResourceSet, StatusInfo, TaskId, TaskSpec, TaskState, Timestamp,
 };
+use shoal_sched::{Cell, Command, Reply};
 
 /// One workload: Poisson arrivals, exponential job sizes and durations, one task shape.
 #[derive(Clone, Debug)]

@@ -5,7 +5,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use shoal_core::{AgentId, Cell, Event, LogEntry, TaskId, Version};
+use shoal_core::{AgentId, TaskId, Version};
+use shoal_sched::{Cell, Event, LogEntry, SchedulerEvent};
 
 use super::Published;
 use crate::store::{ClaimCommit, WriteBatch};
@@ -76,24 +77,21 @@ impl<'a> Changed<'a> {
             Event::HoldsReleased { agent_ids, .. } | Event::HoldsCleared { agent_ids } => {
                 changed.agents.extend(agent_ids.iter().cloned());
             }
-            Event::JobSubmitted { .. }
-            | Event::JobUpdated { .. }
-            | Event::ServiceSubmitted { .. }
-            | Event::ServiceUpdated { .. } => changed.scheduler_event(ev),
+            Event::Records(ev) => changed.scheduler_event(ev),
         }
     }
 
     /// The records of the built-in schedulers (jobs, services) one event changed.
-    fn scheduler_event(&mut self, ev: &'a Event) {
+    fn scheduler_event(&mut self, ev: &'a SchedulerEvent) {
         let changed = self;
         match ev {
-            Event::JobSubmitted { job } => {
+            SchedulerEvent::JobSubmitted { job } => {
                 changed.jobs.insert(&job.id);
                 changed
                     .job_tasks
                     .extend(job.tasks.keys().map(|n| (job.id.as_str(), n.as_str())));
             }
-            Event::JobUpdated {
+            SchedulerEvent::JobUpdated {
                 job_id,
                 state,
                 tasks: ts,
@@ -106,10 +104,10 @@ impl<'a> Changed<'a> {
                     .job_tasks
                     .extend(ts.iter().map(|t| (job_id.as_str(), t.name.as_str())));
             }
-            Event::ServiceSubmitted { service } => {
+            SchedulerEvent::ServiceSubmitted { service } => {
                 changed.services.insert(&service.id);
             }
-            Event::ServiceUpdated {
+            SchedulerEvent::ServiceUpdated {
                 service_id,
                 spec,
                 count,
@@ -132,7 +130,6 @@ impl<'a> Changed<'a> {
                         .insert((service_id.as_str(), i.index), true);
                 }
             }
-            _ => {}
         }
     }
 }
@@ -174,27 +171,27 @@ pub(super) fn write_batch(
         jobs: changed
             .jobs
             .iter()
-            .filter_map(|id| cell.job(id).cloned())
+            .filter_map(|id| cell.records().job(id).cloned())
             .collect(),
         job_tasks: changed
             .job_tasks
             .iter()
             .filter_map(|(j, t)| {
-                let task = cell.job(j)?.tasks.get(*t)?.clone();
+                let task = cell.records().job(j)?.tasks.get(*t)?.clone();
                 Some((j.to_string(), task))
             })
             .collect(),
         services: changed
             .services
             .iter()
-            .filter_map(|id| cell.service(id).cloned())
+            .filter_map(|id| cell.records().service(id).cloned())
             .collect(),
         service_instances: changed
             .instances
             .iter()
             .filter(|(_, written)| **written)
             .filter_map(|((id, index), _)| {
-                let i = cell.service(id)?.instances.get(index)?.clone();
+                let i = cell.records().service(id)?.instances.get(index)?.clone();
                 Some((id.to_string(), i))
             })
             .collect(),

@@ -6,8 +6,9 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use shoal_core::services::*;
 use shoal_core::*;
+use shoal_sched::service::*;
+use shoal_sched::{Cell, Command, Reply, SchedulerCommand, SchedulerReply};
 
 fn spec(text: &str) -> ServiceSpec {
     parse_service_file(text).unwrap_or_else(|e| panic!("{e}\n{text}"))
@@ -114,8 +115,8 @@ impl Sim {
         }
     }
 
-    fn commit(&mut self, c: Command) -> Result<Reply, Rejection> {
-        let (entry, reply) = self.cell.commit(self.now, &c)?;
+    fn commit(&mut self, c: impl Into<Command>) -> Result<Reply, Rejection> {
+        let (entry, reply) = self.cell.commit(self.now, &c.into())?;
         if let Some(e) = entry {
             self.sched.observe(&e);
         }
@@ -123,7 +124,7 @@ impl Sim {
     }
 
     fn submit(&mut self, text: &str) -> Reply {
-        self.commit(Command::SubmitService {
+        self.commit(SchedulerCommand::SubmitService {
             spec: Box::new(spec(text)),
         })
         .unwrap()
@@ -133,7 +134,7 @@ impl Sim {
     fn step(&mut self) {
         let actions = self.sched.step(&self.cell, self.now);
         for u in actions.updates {
-            self.commit(Command::UpdateService(u)).unwrap();
+            self.commit(SchedulerCommand::UpdateService(u)).unwrap();
         }
         for c in actions.claims {
             let reply = self.commit(Command::Claim(c.clone())).unwrap();
@@ -198,7 +199,7 @@ impl Sim {
     }
 
     fn svc(&self, id: &str) -> &Service {
-        self.cell.service(id).unwrap()
+        self.cell.records().service(id).unwrap()
     }
 
     fn live_tasks(&self, id: &str) -> Vec<&Task> {
@@ -235,7 +236,7 @@ fn a_service_reaches_its_count_and_settles() {
     let mut sim = Sim::new(&[("h1", "cpus:4;mem:1024", ""), ("h2", "cpus:4;mem:1024", "")]);
     assert!(matches!(
         sim.submit(&service("")),
-        Reply::Service { created: true, .. }
+        Reply::Records(SchedulerReply::Service { created: true, .. })
     ));
     sim.settle(100, 5, |_| {});
     assert_eq!(sim.live_tasks("web").len(), 3);
@@ -243,11 +244,11 @@ fn a_service_reaches_its_count_and_settles() {
     // The same file again changes nothing.
     assert!(matches!(
         sim.submit(&service("")),
-        Reply::Service {
+        Reply::Records(SchedulerReply::Service {
             created: false,
             changed: false,
             ..
-        }
+        })
     ));
     let v = sim.cell.version();
     sim.settle(100, 3, |_| {});
@@ -388,11 +389,11 @@ fn a_rolling_update_respects_surge_and_unavailable() {
         assert_eq!(sim.available("web"), 4);
         assert!(matches!(
             sim.submit(&file("2")),
-            Reply::Service {
+            Reply::Records(SchedulerReply::Service {
                 created: false,
                 changed: true,
                 ..
-            }
+            })
         ));
         let mut max_live = 0;
         let mut min_avail = usize::MAX;
@@ -466,7 +467,7 @@ fn scale_and_stop() {
     let mut sim = Sim::new(&[("h1", "cpus:16;mem:4096", "")]);
     sim.submit(&service(""));
     sim.settle(100, 5, |_| {});
-    sim.commit(Command::UpdateService(ServiceUpdate {
+    sim.commit(SchedulerCommand::UpdateService(ServiceUpdate {
         service_id: "web".into(),
         count: Some(5),
         ..ServiceUpdate::default()
@@ -474,7 +475,7 @@ fn scale_and_stop() {
     .unwrap();
     sim.settle(100, 5, |_| {});
     assert_eq!(sim.live_tasks("web").len(), 5);
-    sim.commit(Command::UpdateService(ServiceUpdate {
+    sim.commit(SchedulerCommand::UpdateService(ServiceUpdate {
         service_id: "web".into(),
         count: Some(2),
         ..ServiceUpdate::default()
@@ -484,7 +485,7 @@ fn scale_and_stop() {
     assert_eq!(sim.live_tasks("web").len(), 2);
     assert!(sim.svc("web").settled(&sim.cell));
     // Scaling up again reuses indices with fresh task ids.
-    sim.commit(Command::UpdateService(ServiceUpdate {
+    sim.commit(SchedulerCommand::UpdateService(ServiceUpdate {
         service_id: "web".into(),
         count: Some(4),
         ..ServiceUpdate::default()
@@ -492,13 +493,13 @@ fn scale_and_stop() {
     .unwrap();
     sim.settle(100, 5, |_| {});
     assert_eq!(sim.live_tasks("web").len(), 4);
-    let bad = sim.commit(Command::UpdateService(ServiceUpdate {
+    let bad = sim.commit(SchedulerCommand::UpdateService(ServiceUpdate {
         service_id: "nope".into(),
         count: Some(2),
         ..ServiceUpdate::default()
     }));
     assert!(matches!(bad, Err(Rejection::NotFound(_))));
-    sim.commit(Command::UpdateService(ServiceUpdate {
+    sim.commit(SchedulerCommand::UpdateService(ServiceUpdate {
         service_id: "web".into(),
         state: Some(ServiceState::Stopped),
         ..ServiceUpdate::default()
@@ -509,7 +510,7 @@ fn scale_and_stop() {
     assert!(sim.svc("web").instances.is_empty());
     assert!(sim.svc("web").settled(&sim.cell));
     // A stopped service takes no scale; its file runs it again.
-    let refused = sim.commit(Command::UpdateService(ServiceUpdate {
+    let refused = sim.commit(SchedulerCommand::UpdateService(ServiceUpdate {
         service_id: "web".into(),
         count: Some(2),
         ..ServiceUpdate::default()
@@ -546,7 +547,7 @@ fn a_rebuilt_scheduler_adopts_and_never_starts_an_instance_twice() {
                 continue;
             }
             for u in actions.updates {
-                sim.commit(Command::UpdateService(u)).unwrap();
+                sim.commit(SchedulerCommand::UpdateService(u)).unwrap();
             }
             if crash_at == 1 {
                 sim.sched = ServiceScheduler::recover(&sim.cell);

@@ -7,8 +7,10 @@
 use std::collections::{BTreeMap, HashMap};
 
 use proptest::prelude::*;
-use shoal_core::jobs::*;
 use shoal_core::*;
+use shoal_sched::batch::*;
+use shoal_sched::template::parse_duration_ms;
+use shoal_sched::{Cell, Command, LogEntry, Reply, SchedulerCommand, SchedulerReply};
 
 fn spec(text: &str) -> JobSpec {
     parse_job_file(text, JobFormat::sniff(text)).unwrap()
@@ -207,8 +209,8 @@ impl Sim {
         }
     }
 
-    fn commit(&mut self, cmd: &Command) -> Result<Reply, Rejection> {
-        let (entry, reply) = self.cell.commit(self.now, cmd)?;
+    fn commit(&mut self, cmd: &(impl Clone + Into<Command>)) -> Result<Reply, Rejection> {
+        let (entry, reply) = self.cell.commit(self.now, &cmd.clone().into())?;
         self.pending.extend(entry);
         if self.check {
             self.cell.check_invariants().unwrap();
@@ -218,10 +220,10 @@ impl Sim {
 
     fn submit(&mut self, text: &str) -> String {
         match self
-            .commit(&Command::SubmitJob { spec: spec(text) })
+            .commit(&SchedulerCommand::SubmitJob { spec: spec(text) })
             .unwrap()
         {
-            Reply::Job { job_id, .. } => job_id,
+            Reply::Records(SchedulerReply::Job { job_id, .. }) => job_id,
             r => panic!("{r:?}"),
         }
     }
@@ -254,7 +256,7 @@ impl Sim {
         let updates = actions
             .updates
             .iter()
-            .map(|u| Command::UpdateJob(u.clone()));
+            .map(|u| Command::from(SchedulerCommand::UpdateJob(u.clone())));
         for (phase, cmds) in [(1u8, kills.collect::<Vec<_>>()), (2, updates.collect())] {
             if crash_at == Some(phase - 1) {
                 self.crash();
@@ -333,7 +335,7 @@ impl Sim {
     }
 
     fn done(&self, job: &str) -> bool {
-        let j = self.cell.job(job).unwrap();
+        let j = self.cell.records().job(job).unwrap();
         j.state.is_terminal()
             && j.tasks.values().all(|t| t.state.is_terminal())
             && self.cell.tasks().all(|t| t.state.is_terminal())
@@ -348,13 +350,14 @@ impl Sim {
         }
         panic!(
             "job {job} not done after {max_rounds} rounds: {:#?}",
-            self.cell.job(job)
+            self.cell.records().job(job)
         );
     }
 }
 
 fn job_tasks(cell: &Cell, job: &str) -> HashMap<String, JobTask> {
-    cell.job(job)
+    cell.records()
+        .job(job)
         .unwrap()
         .tasks
         .iter()
@@ -374,7 +377,7 @@ fn a_diamond_runs_in_order_and_completes() {
     );
     let job = sim.submit(&text);
     sim.run_until_done(&job, &|_, _| false, 100);
-    let j = sim.cell.job(&job).unwrap();
+    let j = sim.cell.records().job(&job).unwrap();
     assert_eq!(j.state, JobState::Complete);
     let t = |n: &str| TaskId::new(format!("d.{n}.1"));
     assert!(
@@ -402,7 +405,7 @@ fn retries_back_off_and_a_final_failure_skips_dependents() {
     let job = sim.submit(&text);
     let script = |name: &str, attempt: u32| (name == "flaky" && attempt < 3) || name == "broken";
     sim.run_until_done(&job, &script, 200);
-    let j = sim.cell.job(&job).unwrap();
+    let j = sim.cell.records().job(&job).unwrap();
     assert_eq!(j.state, JobState::Failed);
     let ts = job_tasks(&sim.cell, &job);
     assert_eq!(
@@ -449,7 +452,10 @@ fn a_timed_out_attempt_is_killed_and_retried() {
     }
     let ts = job_tasks(&sim.cell, &job);
     assert!(sim.done(&job), "{ts:?}");
-    assert_eq!(sim.cell.job(&job).unwrap().state, JobState::Failed);
+    assert_eq!(
+        sim.cell.records().job(&job).unwrap().state,
+        JobState::Failed
+    );
     assert_eq!(ts["slow"].attempts, 2);
     assert!(
         ts["slow"]
@@ -507,7 +513,7 @@ fn stopping_a_job_kills_its_attempts_and_skips_the_rest() {
     sim.round(&|_, _| false, None);
     let a = TaskId::new("s.a.1");
     assert_eq!(sim.cell.task(&a).unwrap().state, TaskState::Running);
-    sim.commit(&Command::UpdateJob(JobUpdate {
+    sim.commit(&SchedulerCommand::UpdateJob(JobUpdate {
         job_id: job.clone(),
         state: Some(JobState::Stopped),
         message: None,
@@ -521,7 +527,10 @@ fn stopping_a_job_kills_its_attempts_and_skips_the_rest() {
         sim.now += 100;
     }
     let ts = job_tasks(&sim.cell, &job);
-    assert_eq!(sim.cell.job(&job).unwrap().state, JobState::Stopped);
+    assert_eq!(
+        sim.cell.records().job(&job).unwrap().state,
+        JobState::Stopped
+    );
     assert_eq!(sim.cell.task(&a).unwrap().state, TaskState::Killed);
     assert_eq!(ts["a"].state, JobTaskState::Failed);
     assert_eq!(ts["b"].state, JobTaskState::Skipped);
@@ -534,25 +543,25 @@ fn submitting_is_idempotent_and_checked_against_the_agents() {
     let text = format!("name = \"i\"\n{}", task("a", &[], ""));
     let v = sim.cell.version();
     assert_eq!(
-        sim.commit(&Command::SubmitJob { spec: spec(&text) })
+        sim.commit(&SchedulerCommand::SubmitJob { spec: spec(&text) })
             .unwrap(),
-        Reply::Job {
+        Reply::Records(SchedulerReply::Job {
             job_id: "i".into(),
             created: true
-        }
+        })
     );
     assert_eq!(
-        sim.commit(&Command::SubmitJob { spec: spec(&text) })
+        sim.commit(&SchedulerCommand::SubmitJob { spec: spec(&text) })
             .unwrap(),
-        Reply::Job {
+        Reply::Records(SchedulerReply::Job {
             job_id: "i".into(),
             created: false
-        }
+        })
     );
     assert_eq!(sim.cell.version(), v + 1);
     let other = format!("name = \"i\"\n{}", task("b", &[], ""));
     assert!(matches!(
-        sim.commit(&Command::SubmitJob { spec: spec(&other) }),
+        sim.commit(&SchedulerCommand::SubmitJob { spec: spec(&other) }),
         Err(Rejection::Conflict(_))
     ));
     for (extra, want) in [
@@ -571,7 +580,7 @@ fn submitting_is_idempotent_and_checked_against_the_agents() {
                 format!("resources = \"cpus:1\"\n{extra}")
             }
         );
-        match sim.commit(&Command::SubmitJob { spec: spec(&text) }) {
+        match sim.commit(&SchedulerCommand::SubmitJob { spec: spec(&text) }) {
             Err(Rejection::Invalid(m)) => assert!(m.contains(want), "{m}"),
             other => panic!("{extra}: {other:?}"),
         }
@@ -624,7 +633,10 @@ fn thousands_of_short_tasks_run() {
     let job = sim.submit(&text);
     let started = std::time::Instant::now();
     sim.run_until_done(&job, &|_, _| false, 200);
-    assert_eq!(sim.cell.job(&job).unwrap().state, JobState::Complete);
+    assert_eq!(
+        sim.cell.records().job(&job).unwrap().state,
+        JobState::Complete
+    );
     assert_eq!(sim.starts.len(), n + 1);
     eprintln!("{} tasks in {:?}", n + 1, started.elapsed());
 }
@@ -664,7 +676,7 @@ proptest! {
         };
         let mut rounds = 0;
         while !sim.done(&job) {
-            prop_assert!(rounds < 600, "not done: {:#?}", sim.cell.job(&job));
+            prop_assert!(rounds < 600, "not done: {:#?}", sim.cell.records().job(&job));
             sim.round(&script, crashes.get(rounds).copied().flatten());
             rounds += 1;
         }
@@ -700,7 +712,7 @@ proptest! {
             }
         }
         let want = if ok.iter().all(|x| *x) { JobState::Complete } else { JobState::Failed };
-        prop_assert_eq!(sim.cell.job(&job).unwrap().state, want);
+        prop_assert_eq!(sim.cell.records().job(&job).unwrap().state, want);
     }
 }
 
@@ -728,8 +740,11 @@ fn job_events_round_trip_through_json_and_mirror_the_cell() {
         mirror.apply(&back);
     }
     assert_eq!(mirror.version(), sim.cell.version());
-    assert_eq!(mirror.job(&job), sim.cell.job(&job));
-    assert_eq!(mirror.job(&job).unwrap().state, JobState::Complete);
+    assert_eq!(mirror.records().job(&job), sim.cell.records().job(&job));
+    assert_eq!(
+        mirror.records().job(&job).unwrap().state,
+        JobState::Complete
+    );
 }
 
 #[test]
@@ -818,7 +833,10 @@ fn a_high_priority_job_preempts_low_priority_work_which_runs_again_without_a_ret
     for _ in 0..6 {
         round_with(&mut sim, &finishes);
     }
-    assert_eq!(sim.cell.job(&high).unwrap().state, JobState::Complete);
+    assert_eq!(
+        sim.cell.records().job(&high).unwrap().state,
+        JobState::Complete
+    );
     // Exactly two low attempts were evicted, with the reason, and are queued again.
     let victims = evicted(&sim.cell);
     assert_eq!(victims.len(), 2, "{victims:#?}");
@@ -843,7 +861,7 @@ fn a_high_priority_job_preempts_low_priority_work_which_runs_again_without_a_ret
     for _ in 0..10 {
         round_with(&mut sim, &finishes);
     }
-    let j = sim.cell.job(&low).unwrap();
+    let j = sim.cell.records().job(&low).unwrap();
     assert_eq!(j.state, JobState::Complete, "{j:#?}");
     for t in preempted {
         assert_eq!(j.tasks[&t.name].attempts, 2);
@@ -951,8 +969,8 @@ fn a_job_or_service_with_a_100kb_team_is_refused() {
     let service = format!(
         "name = \"s\"\nteam = \"{team}\"\ncount = 1\n[task]\ncommand = \"x\"\nresources = \"cpus:1;mem:64\"\n"
     );
-    let service = shoal_core::services::parse_service_file(&service).unwrap();
-    let got = shoal_core::services::CompiledService::compile(&service)
+    let service = shoal_sched::service::parse_service_file(&service).unwrap();
+    let got = shoal_sched::service::CompiledService::compile(&service)
         .expect_err("accepted")
         .to_string();
     assert!(got.contains("team:"), "{}", &got[..200.min(got.len())]);

@@ -1,0 +1,516 @@
+//! Claims, the optimistic half of the cell: a claim's validation, its evictions (priority and
+//! guarantee rules), and each placement checked against the agents, quotas and holds.
+
+use super::*;
+
+impl<R: Records> Cell<R> {
+    pub(super) fn validate_claim(&self, claim: &Claim) -> Result<(), Rejection> {
+        validate_id("claim id", claim.id.as_str())?;
+        validate_role_name(&claim.role)?;
+        validate_owner(&claim.owner)?;
+        if claim.placements.is_empty() {
+            return Err(Rejection::Invalid(format!(
+                "claim {}: no placements",
+                claim.id
+            )));
+        }
+        if claim.placements.len() > limits::CLAIM_PLACEMENTS_MAX {
+            return Err(too_many(
+                &claim.id,
+                claim.placements.len(),
+                "placements",
+                limits::CLAIM_PLACEMENTS_MAX,
+            ));
+        }
+        if claim.snapshot_version > self.version {
+            return Err(Rejection::Invalid(format!(
+                "claim {}: snapshot version {} is ahead of the cell ({})",
+                claim.id, claim.snapshot_version, self.version
+            )));
+        }
+        if !(0..=limits::PRIORITY_MAX).contains(&claim.priority) {
+            return Err(Rejection::Invalid(format!(
+                "claim {}: priority {} is not within 0..={}",
+                claim.id,
+                claim.priority,
+                limits::PRIORITY_MAX
+            )));
+        }
+        if !claim.evictions.is_empty() {
+            if claim.mode != CommitMode::AllOrNothing {
+                return Err(Rejection::Invalid(format!(
+                    "claim {}: evictions need mode all_or_nothing",
+                    claim.id
+                )));
+            }
+            if claim.evictions.len() > limits::CLAIM_EVICTIONS_MAX {
+                return Err(too_many(
+                    &claim.id,
+                    claim.evictions.len(),
+                    "evictions",
+                    limits::CLAIM_EVICTIONS_MAX,
+                ));
+            }
+            let mut seen = HashSet::new();
+            for id in &claim.evictions {
+                if !seen.insert(id) {
+                    return Err(Rejection::Invalid(format!(
+                        "claim {}: task {id} is evicted twice",
+                        claim.id
+                    )));
+                }
+                if !self.tasks.contains_key(id) {
+                    return Err(not_found_task(id));
+                }
+            }
+        }
+        for p in &claim.placements {
+            validate_id("task id", p.task_id.as_str())?;
+            if p.resources.is_empty() {
+                return Err(Rejection::Invalid(format!(
+                    "task {}: no resources",
+                    p.task_id
+                )));
+            }
+            if p.spec.as_str().len() > limits::TASK_SPEC_BYTES_MAX {
+                return Err(Rejection::Invalid(format!(
+                    "task {}: task description too large",
+                    p.task_id
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn decide_claim(
+        &self,
+        now: Timestamp,
+        next: Version,
+        claim: &Claim,
+    ) -> Result<Decision<R>, Rejection> {
+        if let Some(outcome) = self.claims.get(&claim.id) {
+            // Idempotent resubmission: the original outcome, nothing new.
+            return Ok(Decision {
+                events: vec![],
+                reply: Reply::Claim {
+                    outcome: outcome.as_ref().clone(),
+                },
+            });
+        }
+        self.validate_claim(claim)?;
+        if claim.evictions.is_empty() {
+            return self.decide_placements(next, claim);
+        }
+        if let Err((task_id, why)) = self.check_evictions(claim) {
+            let reason = RejectReason::EvictionRefused { task_id, why };
+            return Ok(Decision {
+                events: vec![],
+                reply: Reply::Claim {
+                    outcome: ClaimOutcome {
+                        claim_id: claim.id.clone(),
+                        committed_version: None,
+                        placements: claim
+                            .placements
+                            .iter()
+                            .map(|p| PlacementOutcome {
+                                task_id: p.task_id.clone(),
+                                agent_id: p.agent_id.clone(),
+                                committed: false,
+                                rejected: Some(reason.clone()),
+                            })
+                            .collect(),
+                    },
+                },
+            });
+        }
+        // The placements are decided on the cell as it is once the victims' resources are
+        // free (an O(1) copy): every check — fit, limit, headroom — sees the evictions.
+        let mut after = self.clone();
+        for id in &claim.evictions {
+            after.release_preempted(next, id, &claim.id);
+        }
+        // The coarse check compares agents' versions with the claim's snapshot: the claim's
+        // own evictions are not a change it missed.
+        for id in &claim.evictions {
+            let agent_id = &self.tasks[id].agent_id;
+            if let (Some(was), Some(a)) =
+                (self.agents.get(agent_id), after.agents.get_mut(agent_id))
+            {
+                Arc::make_mut(a).version = was.version;
+            }
+        }
+        let mut decision = after.decide_placements(next, claim)?;
+        if decision.events.is_empty() {
+            // Nothing placed: nothing is evicted either.
+            return Ok(decision);
+        }
+        // The kills come first in the entry, so an agent hears of them before the launches.
+        let first = claim.placements.first().map(|p| p.task_id.as_str());
+        let message = format!(
+            "preempted by claim {} of {} (role {}, priority {}) for task {}",
+            claim.id,
+            if claim.owner.is_empty() {
+                "?"
+            } else {
+                &claim.owner
+            },
+            claim.role,
+            claim.priority,
+            first.unwrap_or("?"),
+        );
+        let kills = claim.evictions.iter().map(|id| Event::TaskStatusChanged {
+            task_id: id.clone(),
+            state: TaskState::Killing,
+            status: StatusInfo {
+                message: Some(message.clone()),
+                reason: Some(REASON_PREEMPTED.into()),
+                source: Some("SOURCE_MASTER".into()),
+                timestamp: now,
+                ..StatusInfo::default()
+            },
+        });
+        decision.events.splice(0..0, kills);
+        Ok(decision)
+    }
+
+    /// Checks a claim's evictions against the current state: each victim is running (or
+    /// about to) on an agent the claim places on, its role is preemptible, and either its
+    /// priority is strictly below the claim's (the **priority rule**) or the claim's role is
+    /// below its guarantee even with the claim and the victim's role is another one (the
+    /// **guarantee rule**). In both cases no role other than the claim's own is taken below
+    /// its guarantee by the evictions. Returns the first victim refused and why.
+    pub(super) fn check_evictions(&self, claim: &Claim) -> Result<(), (TaskId, String)> {
+        let agents: HashSet<&AgentId> = claim.placements.iter().map(|p| &p.agent_id).collect();
+        let claimant_below_guarantee = self.below_guarantee_with(claim);
+        let mut evicted: HashMap<&str, ResourceSet> = HashMap::new();
+        for id in &claim.evictions {
+            let t = self.tasks.get(id).expect("checked by validate_claim");
+            let refuse = |why: String| Err((id.clone(), why));
+            if !matches!(
+                t.state,
+                TaskState::Staging | TaskState::Starting | TaskState::Running
+            ) || t.preempted_by.is_some()
+            {
+                return refuse(format!("it is {}", t.state.mesos_name()));
+            }
+            if !agents.contains(&t.agent_id) {
+                return refuse(format!(
+                    "it is on agent {}, where the claim places nothing",
+                    t.agent_id
+                ));
+            }
+            let role = self.roles.get(&t.role);
+            if role.is_some_and(|r| !r.preemptible) {
+                return refuse(format!("role {} is not preemptible", t.role));
+            }
+            let by_priority = t.priority < claim.priority;
+            let by_guarantee = claimant_below_guarantee && t.role != claim.role;
+            if !by_priority && !by_guarantee {
+                return refuse(format!(
+                    "its priority {} is not below the claim's {}, and role {} is not below its \
+                     guarantee or the task is its own",
+                    t.priority, claim.priority, claim.role
+                ));
+            }
+            if t.role == claim.role {
+                continue;
+            }
+            let gone = evicted.entry(t.role.as_str()).or_default();
+            gone.add_scalars(&t.resources)
+                .expect("a live task's resources are consumed");
+            if let Some(r) = role {
+                for (name, g) in r.quota.guarantee.scalar_totals() {
+                    let left = r.consumed.scalar(&name).0 - gone.scalar(&name).0;
+                    if t.resources.scalar(&name).0 > 0 && left < g.0 {
+                        return refuse(format!(
+                            "it would take role {} below its guarantee of {name}",
+                            t.role
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether `claim.role` has a guarantee that the claim's placements ask for, and stays
+    /// within it on every guaranteed resource even with all of them.
+    pub(super) fn below_guarantee_with(&self, claim: &Claim) -> bool {
+        let Some(role) = self.roles.get(&claim.role) else {
+            return false;
+        };
+        let mut wanted = ResourceSet::new();
+        for p in &claim.placements {
+            if wanted.add_scalars(&p.resources).is_err() {
+                return false;
+            }
+        }
+        let mut asks = false;
+        for (name, g) in role.quota.guarantee.scalar_totals() {
+            let want = wanted.scalar(&name).0;
+            asks |= want > 0;
+            if role.consumed.scalar(&name).0 + want > g.0 {
+                return false;
+            }
+        }
+        asks
+    }
+
+    /// The placements of a claim, checked against this cell (its evictions, if any, already
+    /// released here). A placement that would take the role's consumption of a scalar past
+    /// the largest amount refuses the claim (400): that sum cannot be held.
+    pub(super) fn decide_placements(
+        &self,
+        next: Version,
+        claim: &Claim,
+    ) -> Result<Decision<R>, Rejection> {
+        let role = self.roles.get(&claim.role);
+        let mut scratch_agents: HashMap<&AgentId, ResourceSet> = HashMap::new();
+        let mut scratch_role = ResourceSet::new();
+        let mut scratch_cluster: BTreeMap<Name, i64> = BTreeMap::new();
+        let mut seen_tasks: HashSet<&TaskId> = HashSet::new();
+        let headroom = self.headroom_for_others(&claim.role);
+
+        let mut outcomes = Vec::with_capacity(claim.placements.len());
+        for p in &claim.placements {
+            let verdict = self.check_placement(
+                claim,
+                p,
+                role,
+                &scratch_agents,
+                &scratch_role,
+                &scratch_cluster,
+                &headroom,
+                &seen_tasks,
+            );
+            if verdict.is_none() {
+                let consumed = role.map(|r| &r.consumed);
+                for (name, m) in p.resources.scalar_totals() {
+                    // Each term is within `Milli::MAX`: the sum cannot overflow.
+                    let held = consumed.map(|c| c.scalar(&name).0).unwrap_or(0)
+                        + scratch_role.scalar(&name).0;
+                    if held + m.0 > Milli::MAX.0 {
+                        return Err(Rejection::Invalid(format!(
+                            "claim {}: role {} would consume more {name} than the largest \
+                             amount allowed ({})",
+                            claim.id,
+                            claim.role,
+                            Milli::MAX.as_f64()
+                        )));
+                    }
+                }
+                seen_tasks.insert(&p.task_id);
+                scratch_agents
+                    .entry(&p.agent_id)
+                    .or_default()
+                    .add(&p.resources)
+                    .expect("checked by check_placement");
+                scratch_role
+                    .add_scalars(&p.resources)
+                    .expect("checked against the largest amount above");
+                for (name, m) in p.resources.scalar_totals() {
+                    *scratch_cluster.entry(name).or_default() += m.0;
+                }
+            }
+            outcomes.push(PlacementOutcome {
+                task_id: p.task_id.clone(),
+                agent_id: p.agent_id.clone(),
+                committed: verdict.is_none(),
+                rejected: verdict,
+            });
+        }
+
+        let any_rejected = outcomes.iter().any(|o| !o.committed);
+        if claim.mode == CommitMode::AllOrNothing && any_rejected {
+            for o in outcomes.iter_mut().filter(|o| o.committed) {
+                o.committed = false;
+                o.rejected = Some(RejectReason::GangAborted);
+            }
+        }
+        let committed_any = outcomes.iter().any(|o| o.committed);
+        let outcome = ClaimOutcome {
+            claim_id: claim.id.clone(),
+            committed_version: committed_any.then_some(next),
+            placements: outcomes,
+        };
+        if !committed_any {
+            // Nothing committed: nothing is recorded, so the scheduler may retry the same id
+            // on fresh state.
+            return Ok(Decision {
+                events: vec![],
+                reply: Reply::Claim { outcome },
+            });
+        }
+        let tasks = claim
+            .placements
+            .iter()
+            .zip(&outcome.placements)
+            .filter(|(_, o)| o.committed)
+            .map(|(p, _)| {
+                Arc::new(Task {
+                    id: p.task_id.clone(),
+                    name: p.name.clone(),
+                    agent_id: p.agent_id.clone(),
+                    role: claim.role.clone(),
+                    owner: claim.owner.clone(),
+                    claim_id: claim.id.clone(),
+                    resources: p.resources.clone(),
+                    state: TaskState::Staging,
+                    status: StatusInfo::default(),
+                    spec: p.spec.clone(),
+                    version: next,
+                    priority: claim.priority,
+                    preempted_by: None,
+                })
+            })
+            .collect();
+        Ok(Decision {
+            events: vec![Event::ClaimCommitted {
+                outcome: outcome.clone(),
+                tasks,
+                evictions: claim.evictions.clone(),
+            }],
+            reply: Reply::Claim { outcome },
+        })
+    }
+
+    /// Refuses an agent's new total (in place of `old`, counted now) that would take the
+    /// cell's sum of a scalar past [`limits::CELL_SCALAR_MILLI_MAX`].
+    pub(super) fn check_cluster_total(
+        &self,
+        old: Option<&ResourceSet>,
+        total: &ResourceSet,
+    ) -> Result<(), Rejection> {
+        for (name, m) in total.scalar_totals() {
+            let now = self.cluster_total.get(&name).copied().unwrap_or(0);
+            let was = old.map(|o| o.scalar(&name).0).unwrap_or(0);
+            // `now <= CELL_SCALAR_MILLI_MAX` and `m, was <= Milli::MAX`: no overflow.
+            if now - was + m.0 > limits::CELL_SCALAR_MILLI_MAX {
+                return Err(Rejection::Invalid(format!(
+                    "resource {name}: the cell's total would pass the largest sum allowed ({})",
+                    Milli(limits::CELL_SCALAR_MILLI_MAX).as_f64()
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Refuses a guarantee for `role` that would take the sum of a scalar's guarantees over
+    /// all roles (what the headroom counts) past [`limits::CELL_SCALAR_MILLI_MAX`].
+    pub(super) fn check_guarantees(
+        &self,
+        role: &str,
+        guarantee: &ResourceSet,
+    ) -> Result<(), Rejection> {
+        for (name, g) in guarantee.scalar_totals() {
+            let mut sum = g.0;
+            for r in self.roles.values().filter(|r| r.name != role) {
+                // Each guarantee is within `Milli::MAX`, the sum so far within the bound.
+                sum += r.quota.guarantee.scalar(&name).0;
+                if sum > limits::CELL_SCALAR_MILLI_MAX {
+                    return Err(Rejection::Invalid(format!(
+                        "role {role}: the guarantees of {name} over all roles would pass the \
+                         largest sum allowed ({})",
+                        Milli(limits::CELL_SCALAR_MILLI_MAX).as_f64()
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn check_placement(
+        &self,
+        claim: &Claim,
+        p: &Placement,
+        role: Option<&Role>,
+        scratch_agents: &HashMap<&AgentId, ResourceSet>,
+        scratch_role: &ResourceSet,
+        scratch_cluster: &BTreeMap<Name, i64>,
+        headroom: &BTreeMap<Name, i64>,
+        seen_tasks: &HashSet<&TaskId>,
+    ) -> Option<RejectReason> {
+        if self.tasks.contains_key(&p.task_id) || seen_tasks.contains(&p.task_id) {
+            return Some(RejectReason::DuplicateTaskId);
+        }
+        let Some(agent) = self.agents.get(&p.agent_id) else {
+            return Some(RejectReason::UnknownAgent);
+        };
+        if agent.state != AgentState::Active {
+            return Some(RejectReason::AgentNotActive { state: agent.state });
+        }
+        if let Some(other) = p.resources.reserved_roles().find(|r| *r != claim.role) {
+            return Some(RejectReason::ReservationMismatch {
+                role: other.to_string(),
+            });
+        }
+        if claim.check == ConflictCheck::Coarse && agent.version > claim.snapshot_version {
+            return Some(RejectReason::AgentVersionMoved {
+                agent_version: agent.version,
+            });
+        }
+        let mut combined;
+        let mut wanted = &p.resources;
+        if let Some(already) = scratch_agents.get(&p.agent_id) {
+            // Two placements of one claim asking for the same port, or one name with two types.
+            combined = p.resources.clone();
+            if let Err(e) = combined.add(already) {
+                let resource = match e {
+                    crate::resources::ResourceError::Overlap(n)
+                    | crate::resources::ResourceError::TypeMismatch(n)
+                    | crate::resources::ResourceError::TooLarge(n)
+                    | crate::resources::ResourceError::InvalidValue(n) => n,
+                    crate::resources::ResourceError::Parse { input, .. } => input,
+                };
+                return Some(RejectReason::InsufficientResources { resource });
+            }
+            wanted = &combined;
+        }
+        if !agent.total.fits_beside(&agent.allocated, wanted) {
+            let free = agent.free();
+            return Some(RejectReason::InsufficientResources {
+                resource: free.first_missing(wanted).unwrap_or_default(),
+            });
+        }
+        if let Some(limit) = role.and_then(|r| r.quota.limit.as_ref()) {
+            let consumed = role.map(|r| &r.consumed);
+            for (name, cap) in limit.scalar_totals() {
+                let want = p.resources.scalar(&name).0;
+                if want == 0 {
+                    continue;
+                }
+                let used =
+                    consumed.map(|c| c.scalar(&name).0).unwrap_or(0) + scratch_role.scalar(&name).0;
+                if used + want > cap.0 {
+                    return Some(RejectReason::QuotaLimit {
+                        resource: name.to_string(),
+                    });
+                }
+            }
+        }
+        for (name, held) in headroom {
+            let want: i64 = p
+                .resources
+                .iter()
+                .filter(|r| r.name == *name && r.role == UNRESERVED)
+                .map(|r| match r.value {
+                    crate::resources::Value::Scalar(m) => m.0,
+                    _ => 0,
+                })
+                .sum();
+            if want == 0 {
+                continue;
+            }
+            let total = self.cluster_total.get(name).copied().unwrap_or(0);
+            let allocated = self.cluster_allocated.get(name).copied().unwrap_or(0)
+                + scratch_cluster.get(name).copied().unwrap_or(0);
+            if total - allocated - want < *held {
+                return Some(RejectReason::QuotaHeadroom {
+                    resource: name.to_string(),
+                });
+            }
+        }
+        None
+    }
+}

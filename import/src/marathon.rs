@@ -1,0 +1,559 @@
+//! A Marathon app definition read as a job (one task per instance) or a service.
+
+use serde_json::Value;
+
+use shoal_sched::batch::{JobSpec, TaskDef};
+use shoal_sched::constraints::{Constraint, ConstraintOp};
+use shoal_sched::service::{
+    HealthCheckDef, HealthCheckType, PlacementStrategy, RestartDef, ServiceSpec, ServiceTask,
+    UpdateDef,
+};
+
+use crate::read::*;
+
+// ---------------------------------------------------------------------------------------------
+// Marathon
+
+/// Marathon's defaults when an app gives none.
+pub(crate) const MARATHON_CPUS: f64 = 1.0;
+pub(crate) const MARATHON_MEM: f64 = 128.0;
+
+/// A Marathon app as read, before it becomes a job or a service.
+pub(crate) struct MarathonApp {
+    name: String,
+    team: Option<String>,
+    instances: usize,
+    task: ServiceTask,
+    backoff: Option<String>,
+    max_backoff: Option<String>,
+    constraints: Vec<Constraint>,
+    spread_by: Option<String>,
+    health_check: Option<HealthCheckDef>,
+    update: Option<UpdateDef>,
+}
+
+impl MarathonApp {
+    pub(crate) fn into_job(self) -> JobSpec {
+        let task = |name: String| TaskDef {
+            name,
+            image: self.task.image.clone(),
+            command: self.task.command.clone(),
+            resources: self.task.resources.clone(),
+            env: self.task.env.clone(),
+            ports: self.task.ports.clone(),
+            depends_on: Vec::new(),
+            retries: 0,
+            backoff: self.backoff.clone(),
+            timeout: None,
+            priority: None,
+            constraints: self.constraints.clone(),
+        };
+        let tasks = if self.instances == 1 {
+            vec![task(self.name.clone())]
+        } else {
+            (0..self.instances)
+                .map(|i| task(format!("{}-{i}", self.name)))
+                .collect()
+        };
+        JobSpec {
+            name: self.name,
+            id: None,
+            team: self.team,
+            priority: None,
+            tasks,
+        }
+    }
+
+    pub(crate) fn into_service(self) -> ServiceSpec {
+        let restart =
+            (self.backoff.is_some() || self.max_backoff.is_some()).then_some(RestartDef {
+                backoff: self.backoff,
+                max_backoff: self.max_backoff,
+            });
+        ServiceSpec {
+            name: self.name,
+            id: None,
+            team: self.team,
+            priority: None,
+            count: self.instances as u32,
+            task: self.task,
+            health_check: self.health_check,
+            restart,
+            update: self.update,
+            placement: PlacementStrategy::Spread,
+            spread_by: self.spread_by,
+            constraints: self.constraints,
+        }
+    }
+}
+
+pub(crate) fn marathon_read(
+    cx: &mut Context,
+    value: &Value,
+    target: Target,
+) -> Option<MarathonApp> {
+    let mut app = Object::new(cx, "", value)?;
+    let id = app.string(cx, "id");
+    let Some(id) = id else {
+        cx.error("id", "a Marathon app needs an id");
+        return None;
+    };
+    let name = job_name(cx, "id", id);
+    let cmd = app.string(cx, "cmd").map(str::to_string);
+    let args = app.array(cx, "args");
+    let command = match (cmd, args.is_empty()) {
+        (Some(_), false) => {
+            cx.error("args", "give cmd or args, not both");
+            None
+        }
+        (Some(c), true) => Some(c),
+        (None, false) => shell_join(cx, "args", args),
+        (None, true) => None,
+    };
+    let cpus = app.number(cx, "cpus").unwrap_or(MARATHON_CPUS);
+    let mem = app.number(cx, "mem").unwrap_or(MARATHON_MEM);
+    let disk = app.number(cx, "disk").unwrap_or(0.0);
+    let gpus = app.number(cx, "gpus").unwrap_or(0.0);
+    let instances = match app.take("instances") {
+        None => 1,
+        Some(v) => match v.as_u64() {
+            Some(n) if (1..=shoal_sched::limits::JOB_TASKS_MAX as u64).contains(&n) => n as usize,
+            _ => {
+                cx.error(
+                    "instances",
+                    format!(
+                        "{v} is not a count from 1 to {}",
+                        shoal_sched::limits::JOB_TASKS_MAX
+                    ),
+                );
+                1
+            }
+        },
+    };
+    let env = env_map(cx, "env", app.take("env"));
+    let team = app.string(cx, "role").map(str::to_string);
+    for (i, r) in app.array(cx, "acceptedResourceRoles").iter().enumerate() {
+        if r.as_str() != Some("*") && r.as_str() != team.as_deref() {
+            cx.unsupported(
+                &format!("acceptedResourceRoles[{i}]"),
+                "tasks use the job's team (`role`) and unreserved resources",
+            );
+        }
+    }
+    let backoff = app
+        .number(cx, "backoffSeconds")
+        .map(|s| format!("{}ms", (s * 1000.0).round() as u64));
+
+    // The container, and the network mode that decides what a port mapping means.
+    let mut image = None;
+    let mut bridge = false;
+    let mut ports: Vec<String> = Vec::new();
+    let mut container_mappings: &[Value] = &[];
+    if let Some(c) = app.take("container") {
+        if let Some(mut container) = Object::new(cx, "container", c) {
+            match container.string(cx, "type") {
+                None | Some("DOCKER") | Some("MESOS") => {}
+                Some(other) => cx.error("container.type", format!("unknown type '{other}'")),
+            }
+            if let Some(d) = container.take("docker") {
+                if let Some(mut docker) = Object::new(cx, "container.docker", d) {
+                    image = docker.string(cx, "image").map(str::to_string);
+                    match docker.string(cx, "network") {
+                        None | Some("HOST") => {}
+                        Some("BRIDGE") | Some("USER") => bridge = true,
+                        Some(other) => {
+                            cx.error("container.docker.network", format!("unknown '{other}'"))
+                        }
+                    }
+                    let mappings = docker.array(cx, "portMappings");
+                    if !mappings.is_empty() {
+                        container_mappings = mappings;
+                    }
+                    docker.note(
+                        cx,
+                        "forcePullImage",
+                        "the agent runs the local image and never pulls",
+                    );
+                    docker.finish(
+                        cx,
+                        &[
+                            ("privileged", "containers are never privileged"),
+                            ("parameters", "no extra docker run parameters"),
+                        ],
+                    );
+                }
+            }
+            let mappings = container.array(cx, "portMappings");
+            if !mappings.is_empty() {
+                container_mappings = mappings;
+            }
+            container.finish(
+                cx,
+                &[(
+                    "volumes",
+                    "a task gets its sandbox only; volumes are not mounted",
+                )],
+            );
+        }
+    }
+    for (i, n) in app.array(cx, "networks").iter().enumerate() {
+        match n.get("mode").and_then(Value::as_str) {
+            Some("host") | None => {}
+            Some("container/bridge") | Some("container") => bridge = true,
+            Some(other) => cx.error(&format!("networks[{i}].mode"), format!("unknown '{other}'")),
+        }
+    }
+    if image.is_none() && command.is_none() {
+        cx.error("cmd", "an app needs a cmd, args or container.docker.image");
+    }
+    if container_mappings.is_empty() {
+        // Host networking: each port definition is one named host port, picked by Shoal.
+        let defs = app.array(cx, "portDefinitions");
+        let legacy = app.array(cx, "ports");
+        let count = defs.len().max(legacy.len());
+        for i in 0..count {
+            let name = defs
+                .get(i)
+                .and_then(|d| d.get("name"))
+                .and_then(Value::as_str);
+            let name = port_name(name, i, &ports);
+            ports.push(name);
+        }
+    } else {
+        app.skip(&["portDefinitions", "ports"]);
+        for (i, m) in container_mappings.iter().enumerate() {
+            let at = format!("container.portMappings[{i}]");
+            let host_port = m.get("hostPort").and_then(Value::as_u64).unwrap_or(0);
+            let container_port = m.get("containerPort").and_then(Value::as_u64).unwrap_or(0);
+            if host_port != 0 {
+                cx.unsupported(
+                    &format!("{at}.hostPort"),
+                    "fixed host ports (Shoal picks host ports; use 0)",
+                );
+            }
+            let name = port_name(m.get("name").and_then(Value::as_str), i, &ports);
+            if bridge && container_port > 0 {
+                ports.push(format!("{name}:{container_port}"));
+            } else if container_port > 0 {
+                cx.unsupported(
+                    &format!("{at}.containerPort"),
+                    "a container port on the host network (use BRIDGE networking)",
+                );
+            } else {
+                ports.push(name);
+            }
+        }
+    }
+    if bridge && image.is_none() {
+        cx.error(
+            "container.docker.network",
+            "bridge networking needs an image",
+        );
+    }
+    if app.take("requirePorts").is_some() {
+        cx.unsupported("requirePorts", "fixed host ports (Shoal picks host ports)");
+    }
+
+    let mut constraints = Vec::new();
+    let mut spread_by: Option<String> = None;
+    for (i, c) in app.array(cx, "constraints").iter().enumerate() {
+        let at = format!("constraints[{i}]");
+        let parts: Vec<&str> = c
+            .as_array()
+            .map(|a| a.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        let literal = |v: &str| !v.chars().any(|c| "\\.^$|?*+()[]{}".contains(c));
+        match parts.as_slice() {
+            [attr, "CLUSTER" | "IS", value] => constraints.push(Constraint {
+                attribute: attr.to_string(),
+                operator: ConstraintOp::Equals,
+                value: value.to_string(),
+            }),
+            [attr, "LIKE", value] if literal(value) => constraints.push(Constraint {
+                attribute: attr.to_string(),
+                operator: ConstraintOp::Equals,
+                value: value.to_string(),
+            }),
+            [attr, "UNLIKE", value] if literal(value) => constraints.push(Constraint {
+                attribute: attr.to_string(),
+                operator: ConstraintOp::NotEquals,
+                value: value.to_string(),
+            }),
+            [attr, "UNIQUE"] if target == Target::Service => constraints.push(Constraint {
+                attribute: attr.to_string(),
+                operator: ConstraintOp::Unique,
+                value: String::new(),
+            }),
+            [attr, "MAX_PER", value] if target == Target::Service => constraints.push(Constraint {
+                attribute: attr.to_string(),
+                operator: ConstraintOp::MaxPer,
+                value: value.to_string(),
+            }),
+            [attr, "GROUP_BY", ..] if target == Target::Service && spread_by.is_none() => {
+                spread_by = Some(attr.to_string())
+            }
+            [_, "LIKE" | "UNLIKE", _] => cx.unsupported(
+                &at,
+                "regular expressions (a literal value is read as equals / not_equals)",
+            ),
+            [_, op, ..] => cx.unsupported(
+                &at,
+                &if target == Target::Job {
+                    format!("operator {op} (a job supports CLUSTER, IS, LIKE and UNLIKE; run the app as a service for the others)")
+                } else {
+                    format!("operator {op} (a service supports CLUSTER, IS, LIKE, UNLIKE, UNIQUE, MAX_PER and one GROUP_BY)")
+                },
+            ),
+            _ => cx.error(&at, "must be [attribute, operator, value]"),
+        }
+    }
+
+    app.note(
+        cx,
+        "labels",
+        "tasks carry no labels (their environment names their job or service)",
+    );
+    let mut max_backoff = None;
+    let mut health_check = None;
+    let mut update = None;
+    if target == Target::Service {
+        max_backoff = app
+            .number(cx, "maxLaunchDelaySeconds")
+            .map(|s| format!("{}ms", (s * 1000.0).round() as u64));
+        let checks = app.array(cx, "healthChecks");
+        if let Some(first) = checks.first() {
+            health_check = marathon_health_check(cx, first, &ports);
+        }
+        for i in 1..checks.len() {
+            cx.unsupported(
+                &format!("healthChecks[{i}]"),
+                "a service has one health check",
+            );
+        }
+        if let Some(u) = app.take("upgradeStrategy") {
+            update = marathon_upgrade(cx, u, instances);
+        }
+        for (key, why) in [
+            (
+                "unreachableStrategy",
+                "an instance on a lost agent is replaced when its task ends",
+            ),
+            (
+                "killSelection",
+                "scaling down stops the highest instance indices",
+            ),
+            (
+                "backoffFactor",
+                "a service doubles its backoff for each failure in a row",
+            ),
+            ("description", "metadata"),
+        ] {
+            app.note(cx, key, why);
+        }
+    } else {
+        for (key, why) in [
+            (
+                "upgradeStrategy",
+                "a job's tasks are never upgraded in place",
+            ),
+            (
+                "unreachableStrategy",
+                "a job's task that is lost for good is retried like a failed one",
+            ),
+            ("killSelection", "a job is not scaled down"),
+            ("backoffFactor", "a job doubles its backoff for each retry"),
+            (
+                "maxLaunchDelaySeconds",
+                "a job's backoff is capped at 10 minutes",
+            ),
+            ("description", "metadata"),
+        ] {
+            app.note(cx, key, why);
+        }
+    }
+    // Written by `GET /v2/apps/{id}`: the app's status, not what to run.
+    app.skip(&[
+        "version",
+        "versionInfo",
+        "tasksStaged",
+        "tasksRunning",
+        "tasksHealthy",
+        "tasksUnhealthy",
+        "deployments",
+        "tasks",
+        "lastTaskFailure",
+        "readinessCheckResults",
+        "taskStats",
+    ]);
+    app.finish(
+        cx,
+        &[
+            (
+                "healthChecks",
+                "health checks belong to long-running services",
+            ),
+            (
+                "readinessChecks",
+                "health checks belong to long-running services",
+            ),
+            (
+                "dependencies",
+                "a job file's tasks depend on each other with depends_on",
+            ),
+            ("fetch", "nothing is downloaded into the sandbox"),
+            ("uris", "nothing is downloaded into the sandbox"),
+            ("user", "tasks run as the agent's user"),
+            ("secrets", "Shoal has no secret store"),
+            ("executor", "tasks run on the agent's own executors"),
+            ("residency", "no persistent volumes"),
+            (
+                "taskKillGracePeriodSeconds",
+                "a job's tasks are killed with the agent's grace period",
+            ),
+            ("ipAddress", "no per-task IP addresses"),
+        ],
+    );
+    if instances > 1 && target == Target::Job {
+        cx.notes.push(format!(
+            "instances: {instances} tasks, each run to completion once (Marathon would restart them; \
+             shoal service run --format marathon keeps them running)"
+        ));
+    }
+    let resources = resource_text(&[("cpus", cpus), ("mem", mem), ("disk", disk), ("gpus", gpus)]);
+    Some(MarathonApp {
+        name,
+        team,
+        instances,
+        task: ServiceTask {
+            image,
+            command,
+            resources,
+            env,
+            ports,
+        },
+        backoff,
+        max_backoff,
+        constraints,
+        spread_by,
+        health_check,
+        update,
+    })
+}
+
+/// A Marathon health check as the service file's: Marathon's defaults where it gives none.
+pub(crate) fn marathon_health_check(
+    cx: &mut Context,
+    value: &Value,
+    ports: &[String],
+) -> Option<HealthCheckDef> {
+    let mut hc = Object::new(cx, "healthChecks[0]", value)?;
+    let kind = match hc.string(cx, "protocol").unwrap_or("HTTP") {
+        "HTTP" | "MESOS_HTTP" => HealthCheckType::Http,
+        "TCP" | "MESOS_TCP" => HealthCheckType::Tcp,
+        "COMMAND" => HealthCheckType::Command,
+        other => {
+            cx.unsupported(
+                "healthChecks[0].protocol",
+                &format!("{other} (HTTP, MESOS_HTTP, TCP, MESOS_TCP or COMMAND)"),
+            );
+            return None;
+        }
+    };
+    let command = match hc.take("command") {
+        Some(c) => match c.get("value").and_then(Value::as_str) {
+            Some(v) => Some(v.to_string()),
+            None => {
+                cx.error("healthChecks[0].command", "must be {\"value\": \"…\"}");
+                None
+            }
+        },
+        None => None,
+    };
+    if kind == HealthCheckType::Command && command.is_none() {
+        cx.error("healthChecks[0].command", "a COMMAND check needs a command");
+    }
+    let path = hc.string(cx, "path").map(str::to_string);
+    let port = if kind == HealthCheckType::Command {
+        None
+    } else {
+        let index = hc.number(cx, "portIndex").unwrap_or(0.0) as usize;
+        match ports.get(index) {
+            Some(p) => Some(p.split(':').next().unwrap_or(p).to_string()),
+            None => {
+                cx.error(
+                    "healthChecks[0].portIndex",
+                    format!("the app has no port {index} to check"),
+                );
+                None
+            }
+        }
+    };
+    let seconds = |hc: &mut Object, cx: &mut Context, key: &'static str, default: f64| {
+        format!(
+            "{}ms",
+            (hc.number(cx, key).unwrap_or(default) * 1000.0).round() as u64
+        )
+    };
+    let grace_period = seconds(&mut hc, cx, "gracePeriodSeconds", 300.0);
+    let interval = seconds(&mut hc, cx, "intervalSeconds", 60.0);
+    let timeout = seconds(&mut hc, cx, "timeoutSeconds", 20.0);
+    let failures = hc.number(cx, "maxConsecutiveFailures").unwrap_or(3.0) as u32;
+    if failures == 0 {
+        cx.unsupported(
+            "healthChecks[0].maxConsecutiveFailures",
+            "0 (never kill): the agent kills a task after its failures in a row",
+        );
+    }
+    hc.note(cx, "delaySeconds", "the check starts with the task");
+    hc.note(cx, "ignoreHttp1xx", "1xx answers count as failures");
+    hc.finish(cx, &[("port", "a fixed port (give portIndex)")]);
+    Some(HealthCheckDef {
+        kind,
+        command,
+        path,
+        port,
+        interval: Some(interval),
+        timeout: Some(timeout),
+        grace_period: Some(grace_period),
+        max_consecutive_failures: Some(failures),
+    })
+}
+
+/// Marathon's upgrade strategy (fractions of `instances`) as surge and unavailable counts.
+pub(crate) fn marathon_upgrade(
+    cx: &mut Context,
+    value: &Value,
+    instances: usize,
+) -> Option<UpdateDef> {
+    let mut u = Object::new(cx, "upgradeStrategy", value)?;
+    let fraction = |u: &mut Object, cx: &mut Context, key: &'static str| match u.map.get(key) {
+        None | Some(Value::Null) => 1.0,
+        Some(v) => match v.as_f64() {
+            Some(f) if (0.0..=1.0).contains(&f) => f,
+            _ => {
+                cx.error(
+                    &format!("upgradeStrategy.{key}"),
+                    format!("{v} is not within 0..=1"),
+                );
+                1.0
+            }
+        },
+    };
+    let min_health = fraction(&mut u, cx, "minimumHealthCapacity");
+    let over = fraction(&mut u, cx, "maximumOverCapacity");
+    u.skip(&["minimumHealthCapacity", "maximumOverCapacity"]);
+    u.finish(cx, &[]);
+    let n = instances as f64;
+    let max_unavailable = (n * (1.0 - min_health)).floor() as u32;
+    let mut max_surge = (n * over).floor() as u32;
+    if max_unavailable == 0 && max_surge == 0 {
+        cx.notes.push(
+            "upgradeStrategy: neither surge nor unavailable instances allowed; an update starts one extra instance at a time".into(),
+        );
+        max_surge = 1;
+    }
+    Some(UpdateDef {
+        max_surge: Some(max_surge),
+        max_unavailable: Some(max_unavailable),
+    })
+}
