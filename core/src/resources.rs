@@ -585,34 +585,6 @@ impl ResourceSet {
     }
 }
 
-impl ResourceSet {
-    /// The set as Mesos `Resource` messages in Mesos's JSON encoding (a reserved entry carries
-    /// one dynamic reservation for its role). Only `jobs::task_info_json` calls it, as the
-    /// core cannot call `shoal-mesos`; everything else writes resources with
-    /// `shoal_mesos::resources::to_json`, which writes the same text (tested there). It goes
-    /// when the built-in schedulers move above the core.
-    pub fn to_mesos_json(&self) -> serde_json::Value {
-        use serde_json::json;
-        serde_json::Value::Array(
-            self.entries
-                .iter()
-                .map(|r| {
-                    let mut o = match &r.value {
-                        Value::Scalar(m) => json!({"name": r.name, "type": "SCALAR", "scalar": {"value": m.as_f64()}}),
-                        Value::Ranges(rs) => json!({"name": r.name, "type": "RANGES", "ranges": {"range":
-                            rs.0.iter().map(|(b, e)| json!({"begin": b, "end": e})).collect::<Vec<_>>()}}),
-                        Value::Set(s) => json!({"name": r.name, "type": "SET", "set": {"item": s}}),
-                    };
-                    if r.role != UNRESERVED {
-                        o["reservations"] = json!([{"type": "DYNAMIC", "role": r.role}]);
-                    }
-                    o
-                })
-                .collect(),
-        )
-    }
-}
-
 impl fmt::Display for ResourceSet {
     /// The Mesos text form, which [`ResourceSet::parse`] reads back.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

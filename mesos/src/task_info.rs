@@ -190,14 +190,14 @@ mod tests {
             "name": "one",
             "task_id": {"value": "t1"},
             "agent_id": {"value": ""},
-            "resources": res.to_mesos_json(),
+            "resources": crate::resources::tests::stored_text(&res),
             "command": {"shell": true, "value": "sleep 1"},
         });
         assert_eq!(to_json(&t).to_string(), before.to_string());
     }
 
     /// A built-in scheduler's task (environment, a Docker container with a port mapping) is
-    /// written as the core's `jobs::task_info_json` writes it.
+    /// written as `shoal_sched`'s `task_info_json` wrote it by hand before it used this module.
     #[test]
     fn a_scheduler_task_is_written_as_the_core_writes_it() {
         let res = set("cpus:1;mem:128;ports:[31000-31000]");
@@ -216,7 +216,7 @@ mod tests {
             "name": "t",
             "task_id": {"value": "j.t.0"},
             "agent_id": {"value": "a1"},
-            "resources": res.to_mesos_json(),
+            "resources": crate::resources::tests::stored_text(&res),
             "command": {"shell": false, "value": "", "environment": {"variables": [
                 {"name": "A", "value": "1"}, {"name": "PORT_WEB", "value": "31000"}]}},
             "container": {"type": "DOCKER", "docker": {"image": "local/busybox:latest",

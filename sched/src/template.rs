@@ -6,9 +6,9 @@ use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 use shoal_core::limits::PRIORITY_MAX;
 use shoal_core::*;
+use shoal_mesos::task_info::{self, DockerNetwork};
 
 use crate::batch::PRIORITY_DEFAULT;
 use crate::limits::*;
@@ -220,45 +220,48 @@ pub(crate) fn task_info_json(
     def: &TaskFields,
     extra_env: &[(&str, &str)],
 ) -> serde_json::Value {
-    let mut vars: Vec<serde_json::Value> = def
+    let mut vars: Vec<(String, String)> = def
         .env
         .iter()
-        .map(|(k, v)| json!({"name": k, "value": v}))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
     let mut port_mappings = Vec::new();
     for (i, (spec, port)) in def.ports.iter().zip(ports).enumerate() {
         let (name, container_port) = split_port(spec);
         if let Some(Ok(container_port)) = container_port {
-            port_mappings.push(
-                json!({"host_port": port, "container_port": container_port, "protocol": "tcp"}),
-            );
+            // Ports come from the agent's `ports` ranges, which Mesos bounds to 16 bits.
+            port_mappings.push((u32::try_from(*port).unwrap_or(0), u32::from(container_port)));
         }
-        vars.push(
-            json!({"name": format!("PORT_{}", name.to_uppercase()), "value": port.to_string()}),
-        );
-        vars.push(json!({"name": format!("PORT{i}"), "value": port.to_string()}));
+        vars.push((format!("PORT_{}", name.to_uppercase()), port.to_string()));
+        vars.push((format!("PORT{i}"), port.to_string()));
     }
-    for (k, v) in extra_env {
-        vars.push(json!({"name": k, "value": v}));
+    vars.extend(
+        extra_env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string())),
+    );
+    let mut info = task_info::command_task(
+        task_id.as_str(),
+        name,
+        resources,
+        def.command.unwrap_or_default(),
+    );
+    info.agent_id.value = agent.as_str().to_string();
+    if let Some(command) = info.command.as_mut() {
+        command.environment = Some(task_info::environment(vars));
+        if def.image.is_some() && def.command.is_none() {
+            command.shell = Some(false);
+        }
     }
-    let mut info = json!({
-        "name": name,
-        "task_id": {"value": task_id.as_str()},
-        "agent_id": {"value": agent.as_str()},
-        "resources": resources.to_mesos_json(),
-        "command": {"shell": true, "value": def.command.unwrap_or_default(), "environment": {"variables": vars}},
-    });
     if let Some(image) = def.image {
-        info["container"] = if port_mappings.is_empty() {
-            json!({"type": "DOCKER", "docker": {"image": image, "network": "HOST"}})
+        let network = if port_mappings.is_empty() {
+            DockerNetwork::Host
         } else {
-            json!({"type": "DOCKER", "docker": {"image": image, "network": "BRIDGE", "port_mappings": port_mappings}})
+            DockerNetwork::Bridge
         };
-        if def.command.is_none() {
-            info["command"]["shell"] = json!(false);
-        }
+        info.container = Some(task_info::docker_container(image, network, &port_mappings));
     }
-    info
+    task_info::to_json(&info)
 }
 
 /// How many unreserved ports a resource set has.
