@@ -53,8 +53,7 @@ enum Record {
     },
 }
 
-/// Rewrite the file when it holds this many more records than live state needs.
-const COMPACT_AFTER_RECORDS: usize = 10_000;
+use crate::limits::JOURNAL_COMPACT_AFTER_RECORDS as COMPACT_AFTER_RECORDS;
 
 pub struct Journal {
     path: PathBuf,

@@ -8,6 +8,7 @@
 //! - [`files`]: the sandbox side of the Mesos `/files` endpoints.
 //! - [`host`]: resource detection.
 //! - [`error`]: the one error type, [`AgentError`].
+//! - [`limits`]: every bound and timer of the agent.
 //! - [`ec2`]: EC2 instance metadata (opt-in).
 
 pub mod ec2;
@@ -16,6 +17,7 @@ pub mod executor;
 pub mod files;
 pub mod host;
 pub mod journal;
+pub mod limits;
 pub mod runtime;
 pub mod taskinfo;
 

@@ -81,13 +81,8 @@ pub enum Stop {
     KillTasks,
 }
 
-/// Longest wait for the tasks to end when the agent stops with [`Stop::KillTasks`]; a task
-/// whose grace period is longer is left to its recovery timeout.
-pub const STOP_KILL_WAIT_SECS: u64 = 60;
-/// Longest wait, once the tasks ended, for the master to acknowledge their statuses.
-pub const STOP_ACK_WAIT_SECS: u64 = 2;
-/// How often a stopping agent looks whether its tasks have ended.
-const STOP_POLL_MS: u64 = 50;
+pub use crate::limits::{STOP_ACK_WAIT_SECS, STOP_KILL_WAIT_SECS};
+use crate::limits::STOP_POLL_MS;
 
 /// Runs the agent until `shutdown` resolves. Tasks keep running when the agent stops: a
 /// restarted agent re-attaches to them.

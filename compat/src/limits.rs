@@ -37,3 +37,8 @@ pub const ZK_SESSION_TIMEOUT_SECS: u64 = 10;
 pub const ZK_RETRY_SECS_MAX: u64 = 10;
 /// Largest MasterInfo published in ZooKeeper (its JSON; ZooKeeper's own node limit is 1 MiB).
 pub const ZK_MASTER_INFO_BYTES_MAX: usize = 64 << 10;
+
+/// Mesos's `Filters.refuse_seconds` default, for DECLINE and for what an ACCEPT leaves unused.
+pub const REFUSE_SECONDS_DEFAULT: f64 = 5.0;
+/// The longest filter installed (Mesos caps `refuse_seconds` at a year too).
+pub const REFUSE_SECONDS_MAX: f64 = 365.0 * 86_400.0;

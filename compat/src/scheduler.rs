@@ -804,10 +804,6 @@ fn subscribe(c: Arc<Compat>, call: Json, encoding: Encoding, host: &str) -> Resp
 
 use tokio_stream::StreamExt as _;
 
-/// Mesos's `Filters.refuse_seconds` default, for DECLINE and for what an ACCEPT leaves unused.
-const DEFAULT_REFUSE_SECONDS: f64 = 5.0;
-/// The longest filter installed (Mesos caps `refuse_seconds` at a year too).
-const MAX_REFUSE_SECONDS: f64 = 365.0 * 86_400.0;
 
 /// The ids of removed frameworks, oldest forgotten first.
 #[derive(Default)]
@@ -899,8 +895,8 @@ async fn release(c: &Arc<Compat>, offers: Vec<OfferId>) {
 fn install_filter(c: &Compat, fw_id: &str, agent: &AgentId, refused: ResourceSet, filters: &Json) {
     let refuse = filters["refuse_seconds"]
         .as_f64()
-        .unwrap_or(DEFAULT_REFUSE_SECONDS)
-        .clamp(0.0, MAX_REFUSE_SECONDS);
+        .unwrap_or(limits::REFUSE_SECONDS_DEFAULT)
+        .clamp(0.0, limits::REFUSE_SECONDS_MAX);
     if refuse <= 0.0 || refused.is_empty() {
         return;
     }

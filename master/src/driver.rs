@@ -25,9 +25,6 @@ use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use crate::committer::{CommitError, Committer, Published};
 use crate::limits;
 
-/// How often an idle driver asks for a placement pass anyway (claims refused for reasons
-/// that pass without a commit the scheduler would notice).
-const NUDGE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// What a step decided: commands in the order they are to be submitted, and when to step
 /// again at the latest.
@@ -172,7 +169,7 @@ async fn drive<S: BuiltIn>(committer: Committer, published: Arc<Published>) {
             continue;
         }
         // 4.
-        let mut wait = NUDGE_INTERVAL;
+        let mut wait = Duration::from_millis(limits::DRIVER_NUDGE_INTERVAL_MS);
         if let Some(at) = wake_at {
             wait = wait.min(Duration::from_millis(
                 at.saturating_sub(published.clock.wall_ms()),

@@ -65,3 +65,7 @@ pub const WATCH_SEND_STALL_SECS: u64 = 10;
 /// How long a built-in scheduler's driver waits for the entries of the snapshot it is about to
 /// step on (they are streamed just after it is published).
 pub const DRIVER_CATCH_UP_WAIT_MS: u64 = 200;
+
+/// How often an idle built-in scheduler's driver asks for a placement pass anyway (claims
+/// refused for reasons that pass without a commit the scheduler would notice).
+pub const DRIVER_NUDGE_INTERVAL_MS: u64 = 1_000;
