@@ -81,8 +81,8 @@ pub enum Stop {
     KillTasks,
 }
 
-pub use crate::limits::{STOP_ACK_WAIT_SECS, STOP_KILL_WAIT_SECS};
 use crate::limits::STOP_POLL_MS;
+pub use crate::limits::{STOP_ACK_WAIT_SECS, STOP_KILL_WAIT_SECS};
 
 /// Runs the agent until `shutdown` resolves. Tasks keep running when the agent stops: a
 /// restarted agent re-attaches to them.

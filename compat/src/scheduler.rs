@@ -804,7 +804,6 @@ fn subscribe(c: Arc<Compat>, call: Json, encoding: Encoding, host: &str) -> Resp
 
 use tokio_stream::StreamExt as _;
 
-
 /// The ids of removed frameworks, oldest forgotten first.
 #[derive(Default)]
 struct RemovedFrameworks {

@@ -25,7 +25,6 @@ use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use crate::committer::{CommitError, Committer, Published};
 use crate::limits;
 
-
 /// What a step decided: commands in the order they are to be submitted, and when to step
 /// again at the latest.
 pub struct Step {
