@@ -17,6 +17,8 @@ pub(crate) struct DevArgs {
     /// Work directory (default: a fresh temporary directory).
     #[arg(long = "work-dir", alias = "work_dir")]
     work_dir: Option<PathBuf>,
+    #[command(flatten)]
+    zk: crate::zk::ZkArgs,
 }
 
 async fn docker_answers(socket: &str) -> bool {
@@ -86,6 +88,8 @@ pub(crate) async fn run_dev(
         },
     ));
 
+    let cell_id = core.published.snapshot().cell_id().to_string();
+    let zk = args.zk.publish(&cell_id, addr, None, None).await?;
     let docker = docker_answers("/var/run/docker.sock").await;
     let agent_args = AgentArgs {
         master: format!("http://{addr}"),
@@ -173,6 +177,9 @@ pub(crate) async fn run_dev(
             eprintln!("shoal dev: {sig} again: stopping now; tasks still ending are killed by their supervisors once the work dir is gone or after the recovery timeout");
             agent.abort();
         }
+    }
+    if let Some(zk) = zk {
+        zk.withdraw().await;
     }
     let result = match early_end {
         Some(r) => r,

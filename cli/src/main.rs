@@ -9,6 +9,7 @@ mod master;
 mod quota;
 mod service;
 mod state;
+mod zk;
 
 #[derive(Parser)]
 #[command(

@@ -23,6 +23,8 @@ pub(crate) struct MasterArgs {
     http: MasterHttp,
     #[command(flatten)]
     timers: MasterTimers,
+    #[command(flatten)]
+    zk: crate::zk::ZkArgs,
 }
 
 #[derive(Args, Clone)]
@@ -136,7 +138,17 @@ pub(crate) async fn run_master(
     let listener = shoal_master::bind(args.listen, &args.work_dir).await?;
     let http = args.http.config(listener.local_addr()?);
     let published = core.published.clone();
-    tokio::select! {
+    let cell_id = published.snapshot().cell_id().to_string();
+    let zk = args
+        .zk
+        .publish(
+            &cell_id,
+            listener.local_addr()?,
+            args.http.advertise_ip,
+            args.http.hostname.as_deref(),
+        )
+        .await?;
+    let ended = tokio::select! {
         served = shoal_master::serve_with(
             listener,
             core.router().merge(compat.router()),
@@ -148,5 +160,10 @@ pub(crate) async fn run_master(
         () = published.health.stopped() => {
             Err(anyhow::anyhow!("the commit path has stopped; exiting so that the master is restarted"))
         }
+    };
+    // Gone from ZooKeeper before the process is: no framework is sent to a master that left.
+    if let Some(zk) = zk {
+        zk.withdraw().await;
     }
+    ended
 }

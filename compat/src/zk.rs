@@ -146,9 +146,9 @@ pub struct Detected {
     pub master_info: Option<Json>,
 }
 
-async fn connect(url: &ZkUrl) -> Result<zk::Client, ZkError> {
+async fn connect(url: &ZkUrl, session_timeout: Duration) -> Result<zk::Client, ZkError> {
     zk::Client::connector()
-        .with_session_timeout(Duration::from_secs(ZK_SESSION_TIMEOUT_SECS))
+        .with_session_timeout(session_timeout)
         .connect(&url.servers)
         .await
         .map_err(|source| ZkError::Connect {
@@ -159,7 +159,7 @@ async fn connect(url: &ZkUrl) -> Result<zk::Client, ZkError> {
 
 /// Finds the leading master under `url` (`None`: no master contends).
 pub async fn detect(url: &ZkUrl) -> Result<Option<Detected>, ZkError> {
-    let client = connect(url).await?;
+    let client = connect(url, Duration::from_secs(ZK_SESSION_TIMEOUT_SECS)).await?;
     let children = match client.list_children(&url.path).await {
         Ok(c) => c,
         Err(zk::Error::NoNode) => return Ok(None),
@@ -247,8 +247,14 @@ pub struct Contender {
 
 impl Contender {
     /// Connects, publishes `address` under `url`, and keeps it published (a new node after
-    /// a session expiry). Fails only when the first publication fails.
-    pub async fn start(url: ZkUrl, address: &MasterAddress) -> Result<Contender, ZkError> {
+    /// a session expiry). Fails only when the first publication fails. `session_timeout` is
+    /// how long after this master dies its node stays (Mesos's `--zk_session_timeout`; the
+    /// server bounds it to 2 to 20 of its ticks).
+    pub async fn start(
+        url: ZkUrl,
+        address: &MasterAddress,
+        session_timeout: Duration,
+    ) -> Result<Contender, ZkError> {
         let data = serde_json::to_vec(&address.master_info_json()).expect("JSON");
         if data.len() > ZK_MASTER_INFO_BYTES_MAX {
             return Err(ZkError::Node {
@@ -256,12 +262,19 @@ impl Contender {
                 why: format!("MasterInfo is {} bytes", data.len()),
             });
         }
-        let client = connect(&url).await?;
+        let client = connect(&url, session_timeout).await?;
         let node = publish(&client, &url, &data).await?;
         tracing::info!(%url, %node, pid = %address.pid(), "published in ZooKeeper");
         let (node_tx, node_rx) = watch::channel(Some(node));
         let (stop_tx, stop_rx) = oneshot::channel();
-        let done = tokio::spawn(keep_published(url, data, client, node_tx, stop_rx));
+        let done = tokio::spawn(keep_published(
+            url,
+            data,
+            session_timeout,
+            client,
+            node_tx,
+            stop_rx,
+        ));
         Ok(Contender {
             node: node_rx,
             stop: Some(stop_tx),
@@ -296,6 +309,7 @@ impl Drop for Contender {
 async fn keep_published(
     url: ZkUrl,
     data: Vec<u8>,
+    session_timeout: Duration,
     mut client: zk::Client,
     node: watch::Sender<Option<String>>,
     mut stop: oneshot::Receiver<()>,
@@ -327,7 +341,7 @@ async fn keep_published(
         // A new session and a new node, retried with a capped backoff.
         client = loop {
             let attempt = async {
-                let c = connect(&url).await?;
+                let c = connect(&url, session_timeout).await?;
                 let n = publish(&c, &url, &data).await?;
                 Ok::<_, ZkError>((c, n))
             };
@@ -439,10 +453,10 @@ mod tests {
             port,
             hostname: "localhost".into(),
         };
-        let first = Contender::start(url.clone(), &addr("m1", 5050))
+        let first = Contender::start(url.clone(), &addr("m1", 5050), Duration::from_secs(10))
             .await
             .unwrap();
-        let second = Contender::start(url.clone(), &addr("m2", 5051))
+        let second = Contender::start(url.clone(), &addr("m2", 5051), Duration::from_secs(10))
             .await
             .unwrap();
         let n1 = first.node().unwrap();

@@ -1,4 +1,5 @@
-//! What the machine offers the tests (Docker, a Python with pymesos), and why a test skips.
+//! What the machine offers the tests (Docker, a Python with pymesos, ZooKeeper), and why a
+//! test skips.
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -36,6 +37,23 @@ pub fn test_python(test: &str) -> Option<PathBuf> {
                 panic!("{test}: SHOAL_TEST_PYTHON is not set (scripts/test sets it to a venv with pymesos), and CI is \"true\"");
             }
             eprintln!("skipping {test}: SHOAL_TEST_PYTHON is not set (run scripts/test, or point it at a Python with pymesos 0.3.15)");
+            None
+        }
+    }
+}
+
+/// The ZooKeeper the tests use (`host:port`): `$SHOAL_TEST_ZK` (set by `scripts/test`, which
+/// starts one). When it is unset: `None` with a printed reason outside CI; a panic in CI.
+pub fn test_zk(test: &str) -> Option<String> {
+    match std::env::var("SHOAL_TEST_ZK") {
+        Ok(v) if !v.is_empty() => Some(v),
+        _ => {
+            if std::env::var("CI").as_deref() == Ok("true") {
+                panic!("{test}: SHOAL_TEST_ZK is not set (scripts/test starts a ZooKeeper), and CI is \"true\"");
+            }
+            eprintln!(
+                "skipping {test}: SHOAL_TEST_ZK is not set (run scripts/test --only zookeeper)"
+            );
             None
         }
     }

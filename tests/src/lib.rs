@@ -6,6 +6,7 @@
 
 mod booking;
 mod env;
+mod go;
 mod http;
 mod mesos_cell;
 mod process;
@@ -16,7 +17,8 @@ mod subscription;
 mod wait;
 
 pub use booking::{check_no_double_booking, held_resources, live_task_resources};
-pub use env::{docker_enabled, test_python};
+pub use env::{docker_enabled, test_python, test_zk};
+pub use go::{go_missing, go_program, GOCODE};
 pub use http::{get_json, post_json};
 pub use mesos_cell::{
     mesos_master_flags, start_fast_agent, start_mesos_agent, wait_agents_active, MesosAgentSpec,

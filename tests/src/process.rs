@@ -99,6 +99,21 @@ impl MasterProc {
         let _ = self.child.wait();
     }
 
+    /// SIGTERM, then waits (up to 20 s, then SIGKILL): the master's shutdown code runs.
+    pub fn terminate(&mut self) {
+        let pid = self.child.id() as i32;
+        // SAFETY: kill(2) on our own child's pid; it is not reaped before `wait` below.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        let until = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < until {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        self.kill9();
+    }
+
     /// Starts the master again on the same work dir (a new port).
     pub fn restart(&mut self) {
         self.kill9();

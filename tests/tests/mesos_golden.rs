@@ -17,7 +17,7 @@
 //! - **Bad input**: the status codes and updates a Mesos master answers bad input with, driven
 //!   by hand (see [`mesos_bad_input_gets_mesos_answers_and_the_master_keeps_working`]).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -467,88 +467,6 @@ fn golden_master_state_framework() {
 
 // ---------------------------------------------------------------- mesos-go, protobuf
 
-/// Where Debian's golang-github-mesos-mesos-go-dev puts the package the framework uses.
-const GOCODE: &str = "/usr/share/gocode";
-const HTTPSCHED: &str = "src/github.com/mesos/mesos-go/api/v1/lib/httpcli/httpsched";
-
-/// Why the Go framework tests cannot run here, if they cannot.
-fn go_missing() -> Option<String> {
-    if !Command::new("go")
-        .arg("version")
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false)
-    {
-        return Some("`go version` does not run (apt-get install golang-go)".into());
-    }
-    let httpsched = Path::new(GOCODE).join(HTTPSCHED);
-    if !httpsched.is_dir() {
-        return Some(format!(
-            "{} is missing (apt-get install golang-github-mesos-mesos-go-dev)",
-            httpsched.display()
-        ));
-    }
-    None
-}
-
-/// `tests/frameworks/go/<name>` built with `go build` (GOPATH mode, Debian's gocode, no
-/// network) into a temporary directory, once per test run. `None` (printed) when Go or
-/// mesos-go is missing outside CI; a panic in CI (`CI=true`) or when the build fails.
-fn go_framework(test: &str, name: &'static str) -> Option<PathBuf> {
-    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    if let Some(why) = go_missing() {
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!("{test}: {why}, and CI is \"true\"");
-        }
-        eprintln!("skipping {test}: {why}");
-        return None;
-    }
-    let built = BUILT.get_or_init(|| {
-        let out = tempfile::Builder::new()
-            .prefix("shoal-go-frameworks-")
-            .tempdir()
-            .map_err(|e| e.to_string())?
-            .keep();
-        let src = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("frameworks")
-            .join("go")
-            .join(name);
-        let bin = out.join(name);
-        let mut cmd = Command::new("go");
-        cmd.args(["build", "-o"])
-            .arg(&bin)
-            .arg(".")
-            .current_dir(&src)
-            .env("GO111MODULE", "off")
-            .env(
-                "GOPATH",
-                format!("{}:{GOCODE}", out.join("gopath").display()),
-            )
-            .env("GOPROXY", "off")
-            .env("GOFLAGS", "")
-            .env("CGO_ENABLED", "0");
-        if std::env::var_os("HOME").is_none() && std::env::var_os("GOCACHE").is_none() {
-            cmd.env("GOCACHE", out.join("gocache"));
-        }
-        let run = run_command(
-            cmd,
-            &format!("go-build-{name}"),
-            Duration::from_secs(600),
-            &out,
-        );
-        if run.success() {
-            eprintln!("built {} in {:?}", bin.display(), run.elapsed);
-            Ok(bin)
-        } else {
-            Err(format!("{}\n{}", run.outcome(), run.output))
-        }
-    });
-    match built {
-        Ok(bin) => Some(bin.clone()),
-        Err(e) => panic!("{test}: building tests/frameworks/go/{name} failed: {e}"),
-    }
-}
-
 fn report(cell: &MesosCell, run: &ScriptRun) -> String {
     format!(
         "{}\n----- {} output -----\n{}{}",
@@ -562,7 +480,8 @@ fn report(cell: &MesosCell, run: &ScriptRun) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mesos_go_protobuf_framework_launches_and_acknowledges() {
     let test = "mesos_go_protobuf_framework_launches_and_acknowledges";
-    let Some(bin) = tokio::task::block_in_place(|| go_framework(test, "protolaunch")) else {
+    let Some(bin) = tokio::task::block_in_place(|| shoal_tests::go_program(test, "protolaunch"))
+    else {
         return;
     };
     let cell = start_cell("golden-go", &[])
