@@ -82,6 +82,8 @@ impl<R: Records> Cell<R> {
         Ok(())
     }
 
+    /// Decides a claim: its first outcome again when resubmitted; else checked, its evictions
+    /// (if any) checked and released, and its placements decided.
     pub(super) fn decide_claim(
         &self,
         now: Timestamp,
@@ -103,28 +105,22 @@ impl<R: Records> Cell<R> {
         }
         if let Err((task_id, why)) = self.check_evictions(claim) {
             let reason = RejectReason::EvictionRefused { task_id, why };
-            return Ok(Decision {
-                events: vec![],
-                reply: Reply::Claim {
-                    outcome: ClaimOutcome {
-                        claim_id: claim.id.clone(),
-                        committed_version: None,
-                        placements: claim
-                            .placements
-                            .iter()
-                            .map(|p| PlacementOutcome {
-                                task_id: p.task_id.clone(),
-                                agent_id: p.agent_id.clone(),
-                                committed: false,
-                                rejected: Some(reason.clone()),
-                            })
-                            .collect(),
-                    },
-                },
-            });
+            return Ok(eviction_refused(claim, reason));
         }
-        // The placements are decided on the cell as it is once the victims' resources are
-        // free (an O(1) copy): every check — fit, limit, headroom — sees the evictions.
+        let after = self.with_evictions_released(next, claim);
+        let mut decision = after.decide_placements(next, claim)?;
+        if decision.events.is_empty() {
+            // Nothing placed: nothing is evicted either.
+            return Ok(decision);
+        }
+        // The kills come first in the entry, so an agent hears of them before the launches.
+        push_preemption_kills(now, claim, &mut decision.events);
+        Ok(decision)
+    }
+
+    /// The cell as it is once the victims' resources of `claim` are free (an O(1) copy), so
+    /// that every check — fit, limit, headroom — sees the evictions.
+    fn with_evictions_released(&self, next: Version, claim: &Claim) -> Cell<R> {
         let mut after = self.clone();
         for id in &claim.evictions {
             after.release_preempted(next, id, &claim.id);
@@ -139,38 +135,7 @@ impl<R: Records> Cell<R> {
                 Arc::make_mut(a).version = was.version;
             }
         }
-        let mut decision = after.decide_placements(next, claim)?;
-        if decision.events.is_empty() {
-            // Nothing placed: nothing is evicted either.
-            return Ok(decision);
-        }
-        // The kills come first in the entry, so an agent hears of them before the launches.
-        let first = claim.placements.first().map(|p| p.task_id.as_str());
-        let message = format!(
-            "preempted by claim {} of {} (role {}, priority {}) for task {}",
-            claim.id,
-            if claim.owner.is_empty() {
-                "?"
-            } else {
-                &claim.owner
-            },
-            claim.role,
-            claim.priority,
-            first.unwrap_or("?"),
-        );
-        let kills = claim.evictions.iter().map(|id| Event::TaskStatusChanged {
-            task_id: id.clone(),
-            state: TaskState::Killing,
-            status: StatusInfo {
-                message: Some(message.clone()),
-                reason: Some(REASON_PREEMPTED.into()),
-                source: Some("SOURCE_MASTER".into()),
-                timestamp: now,
-                ..StatusInfo::default()
-            },
-        });
-        decision.events.splice(0..0, kills);
-        Ok(decision)
+        after
     }
 
     /// Checks a claim's evictions against the current state: each victim is running (or
@@ -442,6 +407,59 @@ impl<R: Records> Cell<R> {
         }
         None
     }
+}
+
+/// The decision on a claim whose evictions are refused: every placement refused for `reason`.
+fn eviction_refused<R: Records>(claim: &Claim, reason: RejectReason) -> Decision<R> {
+    Decision {
+        events: vec![],
+        reply: Reply::Claim {
+            outcome: ClaimOutcome {
+                claim_id: claim.id.clone(),
+                committed_version: None,
+                placements: claim
+                    .placements
+                    .iter()
+                    .map(|p| PlacementOutcome {
+                        task_id: p.task_id.clone(),
+                        agent_id: p.agent_id.clone(),
+                        committed: false,
+                        rejected: Some(reason.clone()),
+                    })
+                    .collect(),
+            },
+        },
+    }
+}
+
+/// Puts the kills of a claim's evictions first in `events`, each saying which claim
+/// preempted the task.
+fn push_preemption_kills<R: Records>(now: Timestamp, claim: &Claim, events: &mut Vec<Event<R>>) {
+    let first = claim.placements.first().map(|p| p.task_id.as_str());
+    let message = format!(
+        "preempted by claim {} of {} (role {}, priority {}) for task {}",
+        claim.id,
+        if claim.owner.is_empty() {
+            "?"
+        } else {
+            &claim.owner
+        },
+        claim.role,
+        claim.priority,
+        first.unwrap_or("?"),
+    );
+    let kills = claim.evictions.iter().map(|id| Event::TaskStatusChanged {
+        task_id: id.clone(),
+        state: TaskState::Killing,
+        status: StatusInfo {
+            message: Some(message.clone()),
+            reason: Some(REASON_PREEMPTED.into()),
+            source: Some("SOURCE_MASTER".into()),
+            timestamp: now,
+            ..StatusInfo::default()
+        },
+    });
+    events.splice(0..0, kills);
 }
 
 /// What the placements of one claim accepted so far take: from each agent, for the role and
