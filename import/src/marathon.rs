@@ -538,47 +538,10 @@ pub(crate) fn marathon_health_check(
     ports: &[String],
 ) -> Option<HealthCheckDef> {
     let mut hc = Object::new(cx, "healthChecks[0]", value)?;
-    let kind = match hc.string(cx, "protocol").unwrap_or("HTTP") {
-        "HTTP" | "MESOS_HTTP" => HealthCheckType::Http,
-        "TCP" | "MESOS_TCP" => HealthCheckType::Tcp,
-        "COMMAND" => HealthCheckType::Command,
-        other => {
-            cx.unsupported(
-                "healthChecks[0].protocol",
-                &format!("{other} (HTTP, MESOS_HTTP, TCP, MESOS_TCP or COMMAND)"),
-            );
-            return None;
-        }
-    };
-    let command = match hc.take("command") {
-        Some(c) => match c.get("value").and_then(Value::as_str) {
-            Some(v) => Some(v.to_string()),
-            None => {
-                cx.error("healthChecks[0].command", "must be {\"value\": \"…\"}");
-                None
-            }
-        },
-        None => None,
-    };
-    if kind == HealthCheckType::Command && command.is_none() {
-        cx.error("healthChecks[0].command", "a COMMAND check needs a command");
-    }
+    let kind = check_kind(cx, &mut hc)?;
+    let command = check_command(cx, &mut hc, kind);
     let path = hc.string(cx, "path").map(str::to_string);
-    let port = if kind == HealthCheckType::Command {
-        None
-    } else {
-        let index = hc.number(cx, "portIndex").unwrap_or(0.0) as usize;
-        match ports.get(index) {
-            Some(p) => Some(p.split(':').next().unwrap_or(p).to_string()),
-            None => {
-                cx.error(
-                    "healthChecks[0].portIndex",
-                    format!("the app has no port {index} to check"),
-                );
-                None
-            }
-        }
-    };
+    let port = check_port(cx, &mut hc, kind, ports);
     let seconds = |hc: &mut Object, cx: &mut Context, key: &'static str, default: f64| {
         format!(
             "{}ms",
@@ -608,6 +571,64 @@ pub(crate) fn marathon_health_check(
         grace_period: Some(grace_period),
         max_consecutive_failures: Some(failures),
     })
+}
+
+/// The kind of check its `protocol` names (HTTP when absent); `None` for one Shoal lacks.
+fn check_kind(cx: &mut Context, hc: &mut Object) -> Option<HealthCheckType> {
+    Some(match hc.string(cx, "protocol").unwrap_or("HTTP") {
+        "HTTP" | "MESOS_HTTP" => HealthCheckType::Http,
+        "TCP" | "MESOS_TCP" => HealthCheckType::Tcp,
+        "COMMAND" => HealthCheckType::Command,
+        other => {
+            cx.unsupported(
+                "healthChecks[0].protocol",
+                &format!("{other} (HTTP, MESOS_HTTP, TCP, MESOS_TCP or COMMAND)"),
+            );
+            return None;
+        }
+    })
+}
+
+/// The check's command (`{"value": …}`), which a COMMAND check must have.
+fn check_command(cx: &mut Context, hc: &mut Object, kind: HealthCheckType) -> Option<String> {
+    let command = match hc.take("command") {
+        Some(c) => match c.get("value").and_then(Value::as_str) {
+            Some(v) => Some(v.to_string()),
+            None => {
+                cx.error("healthChecks[0].command", "must be {\"value\": \"…\"}");
+                None
+            }
+        },
+        None => None,
+    };
+    if kind == HealthCheckType::Command && command.is_none() {
+        cx.error("healthChecks[0].command", "a COMMAND check needs a command");
+    }
+    command
+}
+
+/// The name of the port an HTTP or TCP check probes: the app's port at `portIndex` (0 when
+/// absent).
+fn check_port(
+    cx: &mut Context,
+    hc: &mut Object,
+    kind: HealthCheckType,
+    ports: &[String],
+) -> Option<String> {
+    if kind == HealthCheckType::Command {
+        return None;
+    }
+    let index = hc.number(cx, "portIndex").unwrap_or(0.0) as usize;
+    match ports.get(index) {
+        Some(p) => Some(p.split(':').next().unwrap_or(p).to_string()),
+        None => {
+            cx.error(
+                "healthChecks[0].portIndex",
+                format!("the app has no port {index} to check"),
+            );
+            None
+        }
+    }
 }
 
 /// Marathon's upgrade strategy (fractions of `instances`) as surge and unavailable counts.
