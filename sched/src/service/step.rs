@@ -395,16 +395,7 @@ impl ServiceScheduler {
         actions: &mut ServiceActions,
     ) {
         let id = svc.id.as_str();
-        let waiting: Vec<u32> = inst
-            .iter()
-            .filter(|(k, i)| {
-                i.state == InstanceState::Pending
-                    && i.not_before <= now
-                    && !self.placing.contains(&(id.to_string(), **k))
-            })
-            .map(|(k, _)| *k)
-            .take(SERVICE_PLACEMENTS_PER_STEP_MAX)
-            .collect();
+        let waiting = self.due_instances(id, now, inst);
         if waiting.is_empty() {
             self.no_room.remove(id);
             return;
@@ -443,6 +434,33 @@ impl ServiceScheduler {
         if placements.is_empty() {
             return;
         }
+        self.push_claim(cell, id, c, now, placements, actions);
+    }
+
+    /// The pending instances whose backoff is over and that are in no claim yet, at most
+    /// [`SERVICE_PLACEMENTS_PER_STEP_MAX`] of them.
+    fn due_instances(&self, id: &str, now: Timestamp, inst: &BTreeMap<u32, Instance>) -> Vec<u32> {
+        inst.iter()
+            .filter(|(k, i)| {
+                i.state == InstanceState::Pending
+                    && i.not_before <= now
+                    && !self.placing.contains(&(id.to_string(), **k))
+            })
+            .map(|(k, _)| *k)
+            .take(SERVICE_PLACEMENTS_PER_STEP_MAX)
+            .collect()
+    }
+
+    /// The service's one incremental claim of a step, for `placements`.
+    fn push_claim(
+        &mut self,
+        cell: &Cell,
+        id: &str,
+        c: &CompiledService,
+        now: Timestamp,
+        placements: Vec<Placement>,
+        actions: &mut ServiceActions,
+    ) {
         self.claim_seq += 1;
         actions.claims.push(Claim {
             id: ClaimId::new(format!("service.{id}.{now}.{}", self.claim_seq)),
