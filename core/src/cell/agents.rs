@@ -190,6 +190,30 @@ impl<R: Records> Cell<R> {
             AgentState::Gone => (TaskState::Gone, "REASON_AGENT_REMOVED"),
         };
         let mut events = Vec::new();
+        self.push_task_changes(now, agent_id, state, task_state, reason, &mut events);
+        // An agent going away rescinds its offers.
+        self.push_rescinds(agent_id, &mut events);
+        events.push(Event::AgentStateChanged {
+            agent_id: agent_id.clone(),
+            state,
+        });
+        Ok(Decision {
+            events,
+            reply: Reply::Done,
+        })
+    }
+
+    /// The live tasks on an agent that became unreachable or gone follow it (`task_state`,
+    /// with Mesos's `reason`), in id order; an evicted one keeps saying why it was killed.
+    fn push_task_changes(
+        &self,
+        now: Timestamp,
+        agent_id: &AgentId,
+        state: AgentState,
+        task_state: TaskState,
+        reason: &str,
+        events: &mut Vec<Event<R>>,
+    ) {
         let mut live: Vec<&Task> = self
             .live_tasks_on(agent_id)
             .filter(|t| t.state.can_become(task_state))
@@ -217,7 +241,10 @@ impl<R: Records> Cell<R> {
                 status,
             });
         }
-        // An agent going away rescinds its offers.
+    }
+
+    /// The event rescinding an agent's outstanding offers, if it has any.
+    fn push_rescinds(&self, agent_id: &AgentId, events: &mut Vec<Event<R>>) {
         let offers: Vec<OfferId> = self
             .holds
             .values()
@@ -227,13 +254,5 @@ impl<R: Records> Cell<R> {
         if !offers.is_empty() {
             events.push(self.release_event(offers));
         }
-        events.push(Event::AgentStateChanged {
-            agent_id: agent_id.clone(),
-            state,
-        });
-        Ok(Decision {
-            events,
-            reply: Reply::Done,
-        })
     }
 }
