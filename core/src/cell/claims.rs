@@ -4,6 +4,8 @@
 use super::*;
 
 impl<R: Records> Cell<R> {
+    /// Checks a claim before anything is decided: its ids, bounds, snapshot and priority,
+    /// its evictions and its placements.
     pub(super) fn validate_claim(&self, claim: &Claim) -> Result<(), Rejection> {
         validate_id("claim id", claim.id.as_str())?;
         validate_role_name(&claim.role)?;
@@ -37,46 +39,41 @@ impl<R: Records> Cell<R> {
             )));
         }
         if !claim.evictions.is_empty() {
-            if claim.mode != CommitMode::AllOrNothing {
+            self.validate_evictions(claim)?;
+        }
+        for p in &claim.placements {
+            validate_placement(p)?;
+        }
+        Ok(())
+    }
+
+    /// A claim's evictions: only all-or-nothing, within the bound, each a task of the cell
+    /// named once.
+    fn validate_evictions(&self, claim: &Claim) -> Result<(), Rejection> {
+        if claim.mode != CommitMode::AllOrNothing {
+            return Err(Rejection::Invalid(format!(
+                "claim {}: evictions need mode all_or_nothing",
+                claim.id
+            )));
+        }
+        if claim.evictions.len() > limits::CLAIM_EVICTIONS_MAX {
+            return Err(too_many(
+                &claim.id,
+                claim.evictions.len(),
+                "evictions",
+                limits::CLAIM_EVICTIONS_MAX,
+            ));
+        }
+        let mut seen = HashSet::new();
+        for id in &claim.evictions {
+            if !seen.insert(id) {
                 return Err(Rejection::Invalid(format!(
-                    "claim {}: evictions need mode all_or_nothing",
+                    "claim {}: task {id} is evicted twice",
                     claim.id
                 )));
             }
-            if claim.evictions.len() > limits::CLAIM_EVICTIONS_MAX {
-                return Err(too_many(
-                    &claim.id,
-                    claim.evictions.len(),
-                    "evictions",
-                    limits::CLAIM_EVICTIONS_MAX,
-                ));
-            }
-            let mut seen = HashSet::new();
-            for id in &claim.evictions {
-                if !seen.insert(id) {
-                    return Err(Rejection::Invalid(format!(
-                        "claim {}: task {id} is evicted twice",
-                        claim.id
-                    )));
-                }
-                if !self.tasks.contains_key(id) {
-                    return Err(not_found_task(id));
-                }
-            }
-        }
-        for p in &claim.placements {
-            validate_id("task id", p.task_id.as_str())?;
-            if p.resources.is_empty() {
-                return Err(Rejection::Invalid(format!(
-                    "task {}: no resources",
-                    p.task_id
-                )));
-            }
-            if p.spec.as_str().len() > limits::TASK_SPEC_BYTES_MAX {
-                return Err(Rejection::Invalid(format!(
-                    "task {}: task description too large",
-                    p.task_id
-                )));
+            if !self.tasks.contains_key(id) {
+                return Err(not_found_task(id));
             }
         }
         Ok(())
@@ -592,4 +589,22 @@ fn committed_tasks(next: Version, claim: &Claim, outcome: &ClaimOutcome) -> Vec<
             })
         })
         .collect()
+}
+
+/// A placement's task id, and resources and a description within bounds.
+fn validate_placement(p: &Placement) -> Result<(), Rejection> {
+    validate_id("task id", p.task_id.as_str())?;
+    if p.resources.is_empty() {
+        return Err(Rejection::Invalid(format!(
+            "task {}: no resources",
+            p.task_id
+        )));
+    }
+    if p.spec.as_str().len() > limits::TASK_SPEC_BYTES_MAX {
+        return Err(Rejection::Invalid(format!(
+            "task {}: task description too large",
+            p.task_id
+        )));
+    }
+    Ok(())
 }
