@@ -15,6 +15,7 @@ use crate::read::*;
 /// CPU units per cpu in ECS.
 pub(crate) const ECS_CPU_UNITS: f64 = 1024.0;
 
+/// An ECS task definition as a job: one task per container, all sharing its constraints.
 pub(crate) fn ecs_task_definition(cx: &mut Context, value: &Value) -> Option<JobSpec> {
     let mut def = Object::new(cx, "", value)?;
     let Some(family) = def.string(cx, "family") else {
@@ -22,8 +23,55 @@ pub(crate) fn ecs_task_definition(cx: &mut Context, value: &Value) -> Option<Job
         return None;
     };
     let name = job_name(cx, "family", family);
+    let bridge = ecs_bridge(cx, &mut def);
+    ecs_compatibilities(cx, &mut def);
+    let task_cpu = def.number(cx, "cpu");
+    let task_mem = def.number(cx, "memory");
+    let constraints = ecs_constraints(cx, &mut def);
+    let containers = ecs_definition_finish(cx, def);
+    if containers.is_empty() {
+        cx.error(
+            "containerDefinitions",
+            "a task definition needs a container",
+        );
+        return None;
+    }
+    if containers.len() > 1 {
+        cx.notes.push(format!(
+            "containerDefinitions: {} containers become {} tasks of the job, each placed on its own \
+             (they share no network namespace; order them with dependsOn)",
+            containers.len(),
+            containers.len()
+        ));
+    }
+    let share = ecs_shares(containers, task_cpu, task_mem);
+    let mut tasks = Vec::new();
+    for (i, c) in containers.iter().enumerate() {
+        if let Some(task) = ecs_container(cx, i, c, &share, bridge, &constraints) {
+            tasks.push(task);
+        }
+    }
+    Some(JobSpec {
+        name,
+        id: None,
+        team: None,
+        priority: None,
+        tasks,
+    })
+}
+
+/// What a container that gives no cpu or memory of its own gets: an equal part of what the
+/// task's own `cpu` and `memory` leave after the containers that give theirs.
+struct EcsShare {
+    cpu: f64,
+    mem: f64,
+}
+
+/// Whether the task runs on the bridge network (`networkMode`, bridge when absent); other
+/// modes are unsupported and read as host.
+fn ecs_bridge(cx: &mut Context, def: &mut Object) -> bool {
     let network = def.string(cx, "networkMode").unwrap_or("bridge");
-    let bridge = match network {
+    match network {
         "bridge" => true,
         "host" => false,
         other => {
@@ -33,7 +81,11 @@ pub(crate) fn ecs_task_definition(cx: &mut Context, value: &Value) -> Option<Job
             );
             false
         }
-    };
+    }
+}
+
+/// Every launch type the definition requires is EC2 or EXTERNAL (what Shoal's agents are).
+fn ecs_compatibilities(cx: &mut Context, def: &mut Object) {
     for (i, c) in def.array(cx, "requiresCompatibilities").iter().enumerate() {
         if c.as_str() != Some("EC2") && c.as_str() != Some("EXTERNAL") {
             cx.unsupported(
@@ -42,8 +94,11 @@ pub(crate) fn ecs_task_definition(cx: &mut Context, value: &Value) -> Option<Job
             );
         }
     }
-    let task_cpu = def.number(cx, "cpu");
-    let task_mem = def.number(cx, "memory");
+}
+
+/// The placement constraints Shoal can keep: `memberOf` with an attribute equals or not
+/// equals expression; each other one is unsupported.
+fn ecs_constraints(cx: &mut Context, def: &mut Object) -> Vec<Constraint> {
     let mut constraints = Vec::new();
     for (i, c) in def.array(cx, "placementConstraints").iter().enumerate() {
         let at = format!("placementConstraints[{i}]");
@@ -59,6 +114,12 @@ pub(crate) fn ecs_task_definition(cx: &mut Context, value: &Value) -> Option<Job
             ),
         }
     }
+    constraints
+}
+
+/// The container definitions, after the definition's other fields: metadata noted, the
+/// status `describe-task-definition` writes skipped, every other one unsupported.
+fn ecs_definition_finish<'a>(cx: &mut Context, mut def: Object<'a>) -> &'a [Value] {
     def.note(cx, "tags", "metadata");
     def.note(cx, "runtimePlatform", "tasks run on the agent's platform");
     // Written by `describe-task-definition`: the definition's status, not what to run.
@@ -89,23 +150,11 @@ pub(crate) fn ecs_task_definition(cx: &mut Context, value: &Value) -> Option<Job
             ("ephemeralStorage", "give disk per container"),
         ],
     );
-    if containers.is_empty() {
-        cx.error(
-            "containerDefinitions",
-            "a task definition needs a container",
-        );
-        return None;
-    }
-    if containers.len() > 1 {
-        cx.notes.push(format!(
-            "containerDefinitions: {} containers become {} tasks of the job, each placed on its own \
-             (they share no network namespace; order them with dependsOn)",
-            containers.len(),
-            containers.len()
-        ));
-    }
+    containers
+}
 
-    // Task-level cpu and memory are shared by the containers that give none.
+/// Task-level cpu and memory shared by the containers that give none.
+fn ecs_shares(containers: &[Value], task_cpu: Option<f64>, task_mem: Option<f64>) -> EcsShare {
     let given = |key: &str| -> (f64, usize) {
         let vals: Vec<f64> = containers
             .iter()
@@ -131,175 +180,207 @@ pub(crate) fn ecs_task_definition(cx: &mut Context, value: &Value) -> Option<Job
             .map(|t| ((t - given) / missing as f64).max(0.0))
             .unwrap_or(0.0)
     };
-    let cpu_share = share(task_cpu, cpu_given, cpu_missing);
-    let mem_share = share(task_mem, mem_given, mem_missing);
-
-    let mut tasks = Vec::new();
-    let mut names = Vec::new();
-    for (i, c) in containers.iter().enumerate() {
-        let path = format!("containerDefinitions[{i}]");
-        let Some(mut container) = Object::new(cx, &path, c) else {
-            continue;
-        };
-        let cname = container
-            .string(cx, "name")
-            .map(|n| job_name(cx, &format!("{path}.name"), n))
-            .unwrap_or_else(|| {
-                cx.error(&format!("{path}.name"), "a container needs a name");
-                format!("container{i}")
-            });
-        names.push(cname.clone());
-        let image = container.string(cx, "image").map(str::to_string);
-        if image.is_none() {
-            cx.error(&format!("{path}.image"), "a container needs an image");
-        }
-        let cpu = container.number(cx, "cpu").unwrap_or(cpu_share);
-        let hard = container.number(cx, "memory");
-        let soft = container.number(cx, "memoryReservation");
-        let mem = hard.or(soft).unwrap_or(mem_share);
-        if cpu <= 0.0 && mem <= 0.0 {
-            cx.error(
-                &format!("{path}.memory"),
-                "give the container (or the task) some memory or cpu",
-            );
-        }
-        let mut words: Vec<Value> = container.array(cx, "entryPoint").to_vec();
-        words.extend(container.array(cx, "command").iter().cloned());
-        let command = if words.is_empty() {
-            None
-        } else {
-            shell_join(cx, &format!("{path}.command"), &words)
-        };
-        let mut env = BTreeMap::new();
-        for (j, v) in container.array(cx, "environment").iter().enumerate() {
-            match (
-                v.get("name").and_then(Value::as_str),
-                v.get("value").and_then(Value::as_str),
-            ) {
-                (Some(k), Some(val)) => {
-                    env.insert(k.to_string(), val.to_string());
-                }
-                (Some(k), None) => {
-                    env.insert(k.to_string(), String::new());
-                }
-                _ => cx.error(
-                    &format!("{path}.environment[{j}]"),
-                    "must be {\"name\": …, \"value\": …}",
-                ),
-            }
-        }
-        let mut ports: Vec<String> = Vec::new();
-        for (j, m) in container.array(cx, "portMappings").iter().enumerate() {
-            let at = format!("{path}.portMappings[{j}]");
-            let container_port = m.get("containerPort").and_then(Value::as_u64).unwrap_or(0);
-            let host_port = m.get("hostPort").and_then(Value::as_u64).unwrap_or(0);
-            if m.get("protocol").and_then(Value::as_str).unwrap_or("tcp") != "tcp" {
-                cx.unsupported(&format!("{at}.protocol"), "only tcp ports");
-            }
-            if !bridge {
-                cx.unsupported(
-                    &at,
-                    "host-network port mappings are fixed host ports (use networkMode bridge with hostPort 0)",
-                );
-            } else if host_port != 0 {
-                cx.unsupported(
-                    &format!("{at}.hostPort"),
-                    "fixed host ports (Shoal picks host ports; use 0)",
-                );
-            } else if container_port == 0 || container_port > u16::MAX as u64 {
-                cx.error(
-                    &format!("{at}.containerPort"),
-                    "must be a port from 1 to 65535",
-                );
-            } else {
-                let name = port_name(m.get("name").and_then(Value::as_str), j, &ports);
-                ports.push(format!("{name}:{container_port}"));
-            }
-        }
-        let mut depends_on = Vec::new();
-        for (j, d) in container.array(cx, "dependsOn").iter().enumerate() {
-            let at = format!("{path}.dependsOn[{j}]");
-            match (
-                d.get("containerName").and_then(Value::as_str),
-                d.get("condition").and_then(Value::as_str),
-            ) {
-                (Some(other), Some("SUCCESS")) => depends_on.push(other.to_string()),
-                (Some(_), Some(cond)) => cx.unsupported(
-                    &format!("{at}.condition"),
-                    &format!("{cond} (a task starts when its dependencies succeeded: SUCCESS)"),
-                ),
-                _ => cx.error(&at, "must be {\"containerName\": …, \"condition\": …}"),
-            }
-        }
-        container.note(
-            cx,
-            "essential",
-            "each container is a task of the job; the job fails when one fails for good",
-        );
-        container.note(
-            cx,
-            "logConfiguration",
-            "the agent keeps each task's output (shoal job logs)",
-        );
-        container.note(cx, "dockerLabels", "metadata");
-        container.finish(
-            cx,
-            &[
-                (
-                    "healthCheck",
-                    "health checks belong to long-running services",
-                ),
-                ("links", "containers share no network; use ports"),
-                (
-                    "mountPoints",
-                    "a task gets its sandbox only; volumes are not mounted",
-                ),
-                (
-                    "volumesFrom",
-                    "a task gets its sandbox only; volumes are not mounted",
-                ),
-                ("secrets", "Shoal has no secret store"),
-                ("environmentFiles", "give the variables in environment"),
-                ("user", "tasks run as the image's user"),
-                (
-                    "workingDirectory",
-                    "tasks run in the image's working directory",
-                ),
-                ("privileged", "containers are never privileged"),
-                ("linuxParameters", "no extra kernel capabilities or devices"),
-                (
-                    "repositoryCredentials",
-                    "the agent runs local images and never pulls",
-                ),
-                (
-                    "resourceRequirements",
-                    "give gpus in the container's resources",
-                ),
-            ],
-        );
-        let resources = resource_text(&[("cpus", cpu / ECS_CPU_UNITS), ("mem", mem)]);
-        tasks.push(TaskDef {
-            name: cname,
-            image,
-            command,
-            resources,
-            env,
-            ports,
-            depends_on,
-            retries: 0,
-            backoff: None,
-            timeout: None,
-            priority: None,
-            constraints: constraints.clone(),
-        });
+    EcsShare {
+        cpu: share(task_cpu, cpu_given, cpu_missing),
+        mem: share(task_mem, mem_given, mem_missing),
     }
-    Some(JobSpec {
-        name,
-        id: None,
-        team: None,
+}
+
+/// One container definition as a task of the job (`None` when it is not an object).
+fn ecs_container(
+    cx: &mut Context,
+    i: usize,
+    c: &Value,
+    share: &EcsShare,
+    bridge: bool,
+    constraints: &[Constraint],
+) -> Option<TaskDef> {
+    let path = format!("containerDefinitions[{i}]");
+    let mut container = Object::new(cx, &path, c)?;
+    let cname = container
+        .string(cx, "name")
+        .map(|n| job_name(cx, &format!("{path}.name"), n))
+        .unwrap_or_else(|| {
+            cx.error(&format!("{path}.name"), "a container needs a name");
+            format!("container{i}")
+        });
+    let image = container.string(cx, "image").map(str::to_string);
+    if image.is_none() {
+        cx.error(&format!("{path}.image"), "a container needs an image");
+    }
+    let cpu = container.number(cx, "cpu").unwrap_or(share.cpu);
+    let hard = container.number(cx, "memory");
+    let soft = container.number(cx, "memoryReservation");
+    let mem = hard.or(soft).unwrap_or(share.mem);
+    if cpu <= 0.0 && mem <= 0.0 {
+        cx.error(
+            &format!("{path}.memory"),
+            "give the container (or the task) some memory or cpu",
+        );
+    }
+    let mut words: Vec<Value> = container.array(cx, "entryPoint").to_vec();
+    words.extend(container.array(cx, "command").iter().cloned());
+    let command = if words.is_empty() {
+        None
+    } else {
+        shell_join(cx, &format!("{path}.command"), &words)
+    };
+    let env = ecs_environment(cx, &path, &mut container);
+    let ports = ecs_port_mappings(cx, &path, &mut container, bridge);
+    let depends_on = ecs_depends_on(cx, &path, &mut container);
+    ecs_container_finish(cx, container);
+    let resources = resource_text(&[("cpus", cpu / ECS_CPU_UNITS), ("mem", mem)]);
+    Some(TaskDef {
+        name: cname,
+        image,
+        command,
+        resources,
+        env,
+        ports,
+        depends_on,
+        retries: 0,
+        backoff: None,
+        timeout: None,
         priority: None,
-        tasks,
+        constraints: constraints.to_vec(),
     })
+}
+
+/// A container's `environment` (`{name, value}` pairs; a name alone is an empty value).
+fn ecs_environment(
+    cx: &mut Context,
+    path: &str,
+    container: &mut Object,
+) -> BTreeMap<String, String> {
+    let mut env = BTreeMap::new();
+    for (j, v) in container.array(cx, "environment").iter().enumerate() {
+        match (
+            v.get("name").and_then(Value::as_str),
+            v.get("value").and_then(Value::as_str),
+        ) {
+            (Some(k), Some(val)) => {
+                env.insert(k.to_string(), val.to_string());
+            }
+            (Some(k), None) => {
+                env.insert(k.to_string(), String::new());
+            }
+            _ => cx.error(
+                &format!("{path}.environment[{j}]"),
+                "must be {\"name\": …, \"value\": …}",
+            ),
+        }
+    }
+    env
+}
+
+/// A container's named ports (`name:containerPort`): tcp on the bridge network with host
+/// port 0 only, since Shoal picks host ports.
+fn ecs_port_mappings(
+    cx: &mut Context,
+    path: &str,
+    container: &mut Object,
+    bridge: bool,
+) -> Vec<String> {
+    let mut ports: Vec<String> = Vec::new();
+    for (j, m) in container.array(cx, "portMappings").iter().enumerate() {
+        let at = format!("{path}.portMappings[{j}]");
+        let container_port = m.get("containerPort").and_then(Value::as_u64).unwrap_or(0);
+        let host_port = m.get("hostPort").and_then(Value::as_u64).unwrap_or(0);
+        if m.get("protocol").and_then(Value::as_str).unwrap_or("tcp") != "tcp" {
+            cx.unsupported(&format!("{at}.protocol"), "only tcp ports");
+        }
+        if !bridge {
+            cx.unsupported(
+                &at,
+                "host-network port mappings are fixed host ports (use networkMode bridge with hostPort 0)",
+            );
+        } else if host_port != 0 {
+            cx.unsupported(
+                &format!("{at}.hostPort"),
+                "fixed host ports (Shoal picks host ports; use 0)",
+            );
+        } else if container_port == 0 || container_port > u16::MAX as u64 {
+            cx.error(
+                &format!("{at}.containerPort"),
+                "must be a port from 1 to 65535",
+            );
+        } else {
+            let name = port_name(m.get("name").and_then(Value::as_str), j, &ports);
+            ports.push(format!("{name}:{container_port}"));
+        }
+    }
+    ports
+}
+
+/// The containers a container waits for: only the SUCCESS condition is kept.
+fn ecs_depends_on(cx: &mut Context, path: &str, container: &mut Object) -> Vec<String> {
+    let mut depends_on = Vec::new();
+    for (j, d) in container.array(cx, "dependsOn").iter().enumerate() {
+        let at = format!("{path}.dependsOn[{j}]");
+        match (
+            d.get("containerName").and_then(Value::as_str),
+            d.get("condition").and_then(Value::as_str),
+        ) {
+            (Some(other), Some("SUCCESS")) => depends_on.push(other.to_string()),
+            (Some(_), Some(cond)) => cx.unsupported(
+                &format!("{at}.condition"),
+                &format!("{cond} (a task starts when its dependencies succeeded: SUCCESS)"),
+            ),
+            _ => cx.error(&at, "must be {\"containerName\": …, \"condition\": …}"),
+        }
+    }
+    depends_on
+}
+
+/// A container's fields left: what only governs ECS's own running is noted, every other
+/// one unsupported, with a hint where Shoal has one.
+fn ecs_container_finish(cx: &mut Context, mut container: Object) {
+    container.note(
+        cx,
+        "essential",
+        "each container is a task of the job; the job fails when one fails for good",
+    );
+    container.note(
+        cx,
+        "logConfiguration",
+        "the agent keeps each task's output (shoal job logs)",
+    );
+    container.note(cx, "dockerLabels", "metadata");
+    container.finish(
+        cx,
+        &[
+            (
+                "healthCheck",
+                "health checks belong to long-running services",
+            ),
+            ("links", "containers share no network; use ports"),
+            (
+                "mountPoints",
+                "a task gets its sandbox only; volumes are not mounted",
+            ),
+            (
+                "volumesFrom",
+                "a task gets its sandbox only; volumes are not mounted",
+            ),
+            ("secrets", "Shoal has no secret store"),
+            ("environmentFiles", "give the variables in environment"),
+            ("user", "tasks run as the image's user"),
+            (
+                "workingDirectory",
+                "tasks run in the image's working directory",
+            ),
+            ("privileged", "containers are never privileged"),
+            ("linuxParameters", "no extra kernel capabilities or devices"),
+            (
+                "repositoryCredentials",
+                "the agent runs local images and never pulls",
+            ),
+            (
+                "resourceRequirements",
+                "give gpus in the container's resources",
+            ),
+        ],
+    );
 }
 
 /// `attribute:zone == a` or `attribute:zone != a` (ECS's cluster query language, the part

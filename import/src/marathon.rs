@@ -87,6 +87,22 @@ impl MarathonApp {
     }
 }
 
+/// The container and the network mode that decides what a port mapping means.
+struct MarathonContainer<'a> {
+    image: Option<String>,
+    bridge: bool,
+    mappings: &'a [Value],
+}
+
+/// The fields only a service reads: its backoff cap, its health check and its upgrades.
+#[derive(Default)]
+struct ServiceFields {
+    max_backoff: Option<String>,
+    health_check: Option<HealthCheckDef>,
+    update: Option<UpdateDef>,
+}
+
+/// A Marathon app read as `target` wants it; every field it cannot keep is an error or a note.
 pub(crate) fn marathon_read(
     cx: &mut Context,
     value: &Value,
@@ -99,9 +115,63 @@ pub(crate) fn marathon_read(
         return None;
     };
     let name = job_name(cx, "id", id);
+    let command = marathon_command(cx, &mut app);
+    let resources = marathon_resources(cx, &mut app);
+    let instances = marathon_instances(cx, &mut app);
+    let env = env_map(cx, "env", app.take("env"));
+    let team = marathon_team(cx, &mut app);
+    let backoff = app
+        .number(cx, "backoffSeconds")
+        .map(|s| format!("{}ms", (s * 1000.0).round() as u64));
+    let container = marathon_container(cx, &mut app);
+    if container.image.is_none() && command.is_none() {
+        cx.error("cmd", "an app needs a cmd, args or container.docker.image");
+    }
+    let ports = marathon_ports(cx, &mut app, &container);
+    let (constraints, spread_by) = marathon_constraints(cx, &mut app, target);
+    app.note(
+        cx,
+        "labels",
+        "tasks carry no labels (their environment names their job or service)",
+    );
+    let service = if target == Target::Service {
+        marathon_service_fields(cx, &mut app, instances, &ports)
+    } else {
+        marathon_job_notes(cx, &mut app);
+        ServiceFields::default()
+    };
+    marathon_finish(cx, app);
+    if instances > 1 && target == Target::Job {
+        cx.notes.push(format!(
+            "instances: {instances} tasks, each run to completion once (Marathon would restart them; \
+             shoal service run --format marathon keeps them running)"
+        ));
+    }
+    Some(MarathonApp {
+        name,
+        team,
+        instances,
+        task: ServiceTask {
+            image: container.image,
+            command,
+            resources,
+            env,
+            ports,
+        },
+        backoff,
+        max_backoff: service.max_backoff,
+        constraints,
+        spread_by,
+        health_check: service.health_check,
+        update: service.update,
+    })
+}
+
+/// The command: `cmd` as given, or `args` joined for the shell; never both.
+fn marathon_command(cx: &mut Context, app: &mut Object) -> Option<String> {
     let cmd = app.string(cx, "cmd").map(str::to_string);
     let args = app.array(cx, "args");
-    let command = match (cmd, args.is_empty()) {
+    match (cmd, args.is_empty()) {
         (Some(_), false) => {
             cx.error("args", "give cmd or args, not both");
             None
@@ -109,12 +179,21 @@ pub(crate) fn marathon_read(
         (Some(c), true) => Some(c),
         (None, false) => shell_join(cx, "args", args),
         (None, true) => None,
-    };
+    }
+}
+
+/// The resource text: `cpus`, `mem`, `disk` and `gpus`, Marathon's defaults where none given.
+fn marathon_resources(cx: &mut Context, app: &mut Object) -> String {
     let cpus = app.number(cx, "cpus").unwrap_or(MARATHON_CPUS);
     let mem = app.number(cx, "mem").unwrap_or(MARATHON_MEM);
     let disk = app.number(cx, "disk").unwrap_or(0.0);
     let gpus = app.number(cx, "gpus").unwrap_or(0.0);
-    let instances = match app.take("instances") {
+    resource_text(&[("cpus", cpus), ("mem", mem), ("disk", disk), ("gpus", gpus)])
+}
+
+/// The instance count: 1 when absent, an error (read as 1) outside 1..=`JOB_TASKS_MAX`.
+fn marathon_instances(cx: &mut Context, app: &mut Object) -> usize {
+    match app.take("instances") {
         None => 1,
         Some(v) => match v.as_u64() {
             Some(n) if (1..=shoal_sched::limits::JOB_TASKS_MAX as u64).contains(&n) => n as usize,
@@ -129,8 +208,11 @@ pub(crate) fn marathon_read(
                 1
             }
         },
-    };
-    let env = env_map(cx, "env", app.take("env"));
+    }
+}
+
+/// The team (`role`); an accepted resource role other than `*` or the team is unsupported.
+fn marathon_team(cx: &mut Context, app: &mut Object) -> Option<String> {
     let team = app.string(cx, "role").map(str::to_string);
     for (i, r) in app.array(cx, "acceptedResourceRoles").iter().enumerate() {
         if r.as_str() != Some("*") && r.as_str() != team.as_deref() {
@@ -140,14 +222,14 @@ pub(crate) fn marathon_read(
             );
         }
     }
-    let backoff = app
-        .number(cx, "backoffSeconds")
-        .map(|s| format!("{}ms", (s * 1000.0).round() as u64));
+    team
+}
 
-    // The container, and the network mode that decides what a port mapping means.
+/// The image, the port mappings and whether the app runs on a bridge network, from
+/// `container` (its `docker` part or its own) and `networks`.
+fn marathon_container<'a>(cx: &mut Context, app: &mut Object<'a>) -> MarathonContainer<'a> {
     let mut image = None;
     let mut bridge = false;
-    let mut ports: Vec<String> = Vec::new();
     let mut container_mappings: &[Value] = &[];
     if let Some(c) = app.take("container") {
         if let Some(mut container) = Object::new(cx, "container", c) {
@@ -203,10 +285,23 @@ pub(crate) fn marathon_read(
             Some(other) => cx.error(&format!("networks[{i}].mode"), format!("unknown '{other}'")),
         }
     }
-    if image.is_none() && command.is_none() {
-        cx.error("cmd", "an app needs a cmd, args or container.docker.image");
+    MarathonContainer {
+        image,
+        bridge,
+        mappings: container_mappings,
     }
-    if container_mappings.is_empty() {
+}
+
+/// The task's named ports: one host port per port definition on the host network, or one
+/// per container mapping (`name:containerPort` on a bridge); fixed host ports are unsupported.
+fn marathon_ports(
+    cx: &mut Context,
+    app: &mut Object,
+    container: &MarathonContainer,
+) -> Vec<String> {
+    let bridge = container.bridge;
+    let mut ports: Vec<String> = Vec::new();
+    if container.mappings.is_empty() {
         // Host networking: each port definition is one named host port, picked by Shoal.
         let defs = app.array(cx, "portDefinitions");
         let legacy = app.array(cx, "ports");
@@ -221,7 +316,7 @@ pub(crate) fn marathon_read(
         }
     } else {
         app.skip(&["portDefinitions", "ports"]);
-        for (i, m) in container_mappings.iter().enumerate() {
+        for (i, m) in container.mappings.iter().enumerate() {
             let at = format!("container.portMappings[{i}]");
             let host_port = m.get("hostPort").and_then(Value::as_u64).unwrap_or(0);
             let container_port = m.get("containerPort").and_then(Value::as_u64).unwrap_or(0);
@@ -244,7 +339,7 @@ pub(crate) fn marathon_read(
             }
         }
     }
-    if bridge && image.is_none() {
+    if bridge && container.image.is_none() {
         cx.error(
             "container.docker.network",
             "bridge networking needs an image",
@@ -253,7 +348,16 @@ pub(crate) fn marathon_read(
     if app.take("requirePorts").is_some() {
         cx.unsupported("requirePorts", "fixed host ports (Shoal picks host ports)");
     }
+    ports
+}
 
+/// The constraints Shoal can keep (literal values only; UNIQUE, MAX_PER and one GROUP_BY,
+/// which becomes `spread_by`, for a service), each other one unsupported.
+fn marathon_constraints(
+    cx: &mut Context,
+    app: &mut Object,
+    target: Target,
+) -> (Vec<Constraint>, Option<String>) {
     let mut constraints = Vec::new();
     let mut spread_by: Option<String> = None;
     for (i, c) in app.array(cx, "constraints").iter().enumerate() {
@@ -307,70 +411,82 @@ pub(crate) fn marathon_read(
             _ => cx.error(&at, "must be [attribute, operator, value]"),
         }
     }
+    (constraints, spread_by)
+}
 
-    app.note(
-        cx,
-        "labels",
-        "tasks carry no labels (their environment names their job or service)",
-    );
-    let mut max_backoff = None;
-    let mut health_check = None;
-    let mut update = None;
-    if target == Target::Service {
-        max_backoff = app
+/// A service's backoff cap, its one health check and its upgrade strategy; the fields that
+/// only govern how Marathon keeps an app alive are noted.
+fn marathon_service_fields(
+    cx: &mut Context,
+    app: &mut Object,
+    instances: usize,
+    ports: &[String],
+) -> ServiceFields {
+    let mut fields = ServiceFields {
+        max_backoff: app
             .number(cx, "maxLaunchDelaySeconds")
-            .map(|s| format!("{}ms", (s * 1000.0).round() as u64));
-        let checks = app.array(cx, "healthChecks");
-        if let Some(first) = checks.first() {
-            health_check = marathon_health_check(cx, first, &ports);
-        }
-        for i in 1..checks.len() {
-            cx.unsupported(
-                &format!("healthChecks[{i}]"),
-                "a service has one health check",
-            );
-        }
-        if let Some(u) = app.take("upgradeStrategy") {
-            update = marathon_upgrade(cx, u, instances);
-        }
-        for (key, why) in [
-            (
-                "unreachableStrategy",
-                "an instance on a lost agent is replaced when its task ends",
-            ),
-            (
-                "killSelection",
-                "scaling down stops the highest instance indices",
-            ),
-            (
-                "backoffFactor",
-                "a service doubles its backoff for each failure in a row",
-            ),
-            ("description", "metadata"),
-        ] {
-            app.note(cx, key, why);
-        }
-    } else {
-        for (key, why) in [
-            (
-                "upgradeStrategy",
-                "a job's tasks are never upgraded in place",
-            ),
-            (
-                "unreachableStrategy",
-                "a job's task that is lost for good is retried like a failed one",
-            ),
-            ("killSelection", "a job is not scaled down"),
-            ("backoffFactor", "a job doubles its backoff for each retry"),
-            (
-                "maxLaunchDelaySeconds",
-                "a job's backoff is capped at 10 minutes",
-            ),
-            ("description", "metadata"),
-        ] {
-            app.note(cx, key, why);
-        }
+            .map(|s| format!("{}ms", (s * 1000.0).round() as u64)),
+        ..ServiceFields::default()
+    };
+    let checks = app.array(cx, "healthChecks");
+    if let Some(first) = checks.first() {
+        fields.health_check = marathon_health_check(cx, first, ports);
     }
+    for i in 1..checks.len() {
+        cx.unsupported(
+            &format!("healthChecks[{i}]"),
+            "a service has one health check",
+        );
+    }
+    if let Some(u) = app.take("upgradeStrategy") {
+        fields.update = marathon_upgrade(cx, u, instances);
+    }
+    for (key, why) in [
+        (
+            "unreachableStrategy",
+            "an instance on a lost agent is replaced when its task ends",
+        ),
+        (
+            "killSelection",
+            "scaling down stops the highest instance indices",
+        ),
+        (
+            "backoffFactor",
+            "a service doubles its backoff for each failure in a row",
+        ),
+        ("description", "metadata"),
+    ] {
+        app.note(cx, key, why);
+    }
+    fields
+}
+
+/// A job keeps none of the fields that govern a long-running app: each is noted.
+fn marathon_job_notes(cx: &mut Context, app: &mut Object) {
+    for (key, why) in [
+        (
+            "upgradeStrategy",
+            "a job's tasks are never upgraded in place",
+        ),
+        (
+            "unreachableStrategy",
+            "a job's task that is lost for good is retried like a failed one",
+        ),
+        ("killSelection", "a job is not scaled down"),
+        ("backoffFactor", "a job doubles its backoff for each retry"),
+        (
+            "maxLaunchDelaySeconds",
+            "a job's backoff is capped at 10 minutes",
+        ),
+        ("description", "metadata"),
+    ] {
+        app.note(cx, key, why);
+    }
+}
+
+/// The fields left: the status an export carries is skipped, every other one is unsupported,
+/// with a hint where Shoal has one.
+fn marathon_finish(cx: &mut Context, mut app: Object) {
     // Written by `GET /v2/apps/{id}`: the app's status, not what to run.
     app.skip(&[
         "version",
@@ -413,31 +529,6 @@ pub(crate) fn marathon_read(
             ("ipAddress", "no per-task IP addresses"),
         ],
     );
-    if instances > 1 && target == Target::Job {
-        cx.notes.push(format!(
-            "instances: {instances} tasks, each run to completion once (Marathon would restart them; \
-             shoal service run --format marathon keeps them running)"
-        ));
-    }
-    let resources = resource_text(&[("cpus", cpus), ("mem", mem), ("disk", disk), ("gpus", gpus)]);
-    Some(MarathonApp {
-        name,
-        team,
-        instances,
-        task: ServiceTask {
-            image,
-            command,
-            resources,
-            env,
-            ports,
-        },
-        backoff,
-        max_backoff,
-        constraints,
-        spread_by,
-        health_check,
-        update,
-    })
 }
 
 /// A Marathon health check as the service file's: Marathon's defaults where it gives none.
@@ -447,47 +538,10 @@ pub(crate) fn marathon_health_check(
     ports: &[String],
 ) -> Option<HealthCheckDef> {
     let mut hc = Object::new(cx, "healthChecks[0]", value)?;
-    let kind = match hc.string(cx, "protocol").unwrap_or("HTTP") {
-        "HTTP" | "MESOS_HTTP" => HealthCheckType::Http,
-        "TCP" | "MESOS_TCP" => HealthCheckType::Tcp,
-        "COMMAND" => HealthCheckType::Command,
-        other => {
-            cx.unsupported(
-                "healthChecks[0].protocol",
-                &format!("{other} (HTTP, MESOS_HTTP, TCP, MESOS_TCP or COMMAND)"),
-            );
-            return None;
-        }
-    };
-    let command = match hc.take("command") {
-        Some(c) => match c.get("value").and_then(Value::as_str) {
-            Some(v) => Some(v.to_string()),
-            None => {
-                cx.error("healthChecks[0].command", "must be {\"value\": \"…\"}");
-                None
-            }
-        },
-        None => None,
-    };
-    if kind == HealthCheckType::Command && command.is_none() {
-        cx.error("healthChecks[0].command", "a COMMAND check needs a command");
-    }
+    let kind = check_kind(cx, &mut hc)?;
+    let command = check_command(cx, &mut hc, kind);
     let path = hc.string(cx, "path").map(str::to_string);
-    let port = if kind == HealthCheckType::Command {
-        None
-    } else {
-        let index = hc.number(cx, "portIndex").unwrap_or(0.0) as usize;
-        match ports.get(index) {
-            Some(p) => Some(p.split(':').next().unwrap_or(p).to_string()),
-            None => {
-                cx.error(
-                    "healthChecks[0].portIndex",
-                    format!("the app has no port {index} to check"),
-                );
-                None
-            }
-        }
-    };
+    let port = check_port(cx, &mut hc, kind, ports);
     let seconds = |hc: &mut Object, cx: &mut Context, key: &'static str, default: f64| {
         format!(
             "{}ms",
@@ -517,6 +571,64 @@ pub(crate) fn marathon_health_check(
         grace_period: Some(grace_period),
         max_consecutive_failures: Some(failures),
     })
+}
+
+/// The kind of check its `protocol` names (HTTP when absent); `None` for one Shoal lacks.
+fn check_kind(cx: &mut Context, hc: &mut Object) -> Option<HealthCheckType> {
+    Some(match hc.string(cx, "protocol").unwrap_or("HTTP") {
+        "HTTP" | "MESOS_HTTP" => HealthCheckType::Http,
+        "TCP" | "MESOS_TCP" => HealthCheckType::Tcp,
+        "COMMAND" => HealthCheckType::Command,
+        other => {
+            cx.unsupported(
+                "healthChecks[0].protocol",
+                &format!("{other} (HTTP, MESOS_HTTP, TCP, MESOS_TCP or COMMAND)"),
+            );
+            return None;
+        }
+    })
+}
+
+/// The check's command (`{"value": …}`), which a COMMAND check must have.
+fn check_command(cx: &mut Context, hc: &mut Object, kind: HealthCheckType) -> Option<String> {
+    let command = match hc.take("command") {
+        Some(c) => match c.get("value").and_then(Value::as_str) {
+            Some(v) => Some(v.to_string()),
+            None => {
+                cx.error("healthChecks[0].command", "must be {\"value\": \"…\"}");
+                None
+            }
+        },
+        None => None,
+    };
+    if kind == HealthCheckType::Command && command.is_none() {
+        cx.error("healthChecks[0].command", "a COMMAND check needs a command");
+    }
+    command
+}
+
+/// The name of the port an HTTP or TCP check probes: the app's port at `portIndex` (0 when
+/// absent).
+fn check_port(
+    cx: &mut Context,
+    hc: &mut Object,
+    kind: HealthCheckType,
+    ports: &[String],
+) -> Option<String> {
+    if kind == HealthCheckType::Command {
+        return None;
+    }
+    let index = hc.number(cx, "portIndex").unwrap_or(0.0) as usize;
+    match ports.get(index) {
+        Some(p) => Some(p.split(':').next().unwrap_or(p).to_string()),
+        None => {
+            cx.error(
+                "healthChecks[0].portIndex",
+                format!("the app has no port {index} to check"),
+            );
+            None
+        }
+    }
 }
 
 /// Marathon's upgrade strategy (fractions of `instances`) as surge and unavailable counts.

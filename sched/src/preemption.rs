@@ -118,6 +118,9 @@ impl<'c> Preemption<'c> {
         asks
     }
 
+    /// The agent where `task` fits by evicting tasks, and those tasks: the agent whose
+    /// victims' highest priority is lowest, then the fewest victims (the first agent among
+    /// equals); `None` when none does.
     pub(crate) fn choose(
         &self,
         agents: &[(&'c Agent, ResourceSet)],
@@ -134,62 +137,10 @@ impl<'c> Preemption<'c> {
             if !def.constraints.iter().all(|c| c.matches(a)) {
                 continue;
             }
-            let mut candidates: Vec<&'c Task> = self
-                .cell
-                .live_tasks_on(&a.id)
-                .filter(|t| {
-                    t.holds_resources()
-                        && t.owner == BATCH_OWNER
-                        && matches!(
-                            t.state,
-                            TaskState::Staging | TaskState::Starting | TaskState::Running
-                        )
-                        && !self.evicted.contains(&t.id)
-                        && self.cell.role(&t.role).is_none_or(|r| r.preemptible)
-                        && (t.priority < task.priority || (by_guarantee && t.role != role))
-                })
-                .collect();
-            candidates.sort_by_key(|t| {
-                (
-                    t.priority,
-                    Reverse(t.resources.scalar("cpus").0),
-                    t.id.clone(),
-                )
-            });
-            let mut avail = free.clone();
-            let mut chosen: Vec<&'c Task> = Vec::new();
-            let mut gone: HashMap<&str, BTreeMap<String, i64>> = HashMap::new();
-            for t in candidates {
-                if avail.contains(&task.resources) && port_count(&avail) >= def.ports.len() as u64 {
-                    break;
-                }
-                if t.role != role {
-                    // No other team goes below its guarantee.
-                    let g = gone.entry(t.role.as_str()).or_default();
-                    let floor_kept = self.cell.role(&t.role).is_none_or(|r| {
-                        r.quota.guarantee.scalar_totals().iter().all(|(name, min)| {
-                            let want = t.resources.scalar(name).0;
-                            let before = g.get(name.as_str()).copied().unwrap_or(0);
-                            want == 0 || self.consumed(&t.role, name) - before - want >= min.0
-                        })
-                    });
-                    if !floor_kept {
-                        continue;
-                    }
-                    for (name, v) in t.resources.scalar_totals() {
-                        *g.entry(name.to_string()).or_default() += v.0;
-                    }
-                }
-                if avail.add(&t.resources).is_err() {
-                    continue;
-                }
-                chosen.push(t);
-            }
-            let fits =
-                avail.contains(&task.resources) && port_count(&avail) >= def.ports.len() as u64;
-            if !fits || chosen.is_empty() {
+            let candidates = self.candidates(a, role, task, by_guarantee);
+            let Some(chosen) = self.victims_on(free, candidates, role, task, def) else {
                 continue;
-            }
+            };
             let top = chosen.iter().map(|t| t.priority).max().unwrap_or(0);
             let key = (top, chosen.len());
             if best.as_ref().is_none_or(|(k, _, _)| key < *k) {
@@ -197,5 +148,84 @@ impl<'c> Preemption<'c> {
             }
         }
         best.map(|(_, i, v)| (i, v))
+    }
+
+    /// The tasks on agent `a` that `task` may evict (batch tasks holding resources, not
+    /// evicted yet, of a preemptible role, and of lower priority or, by the guarantee rule,
+    /// another role's), lowest priority and largest first.
+    fn candidates(
+        &self,
+        a: &Agent,
+        role: &str,
+        task: &CompiledTask,
+        by_guarantee: bool,
+    ) -> Vec<&'c Task> {
+        let mut candidates: Vec<&'c Task> = self
+            .cell
+            .live_tasks_on(&a.id)
+            .filter(|t| {
+                t.holds_resources()
+                    && t.owner == BATCH_OWNER
+                    && matches!(
+                        t.state,
+                        TaskState::Staging | TaskState::Starting | TaskState::Running
+                    )
+                    && !self.evicted.contains(&t.id)
+                    && self.cell.role(&t.role).is_none_or(|r| r.preemptible)
+                    && (t.priority < task.priority || (by_guarantee && t.role != role))
+            })
+            .collect();
+        candidates.sort_by_key(|t| {
+            (
+                t.priority,
+                Reverse(t.resources.scalar("cpus").0),
+                t.id.clone(),
+            )
+        });
+        candidates
+    }
+
+    /// The candidates evicted in order until `task` fits beside the agent's `free`
+    /// resources, skipping any that would take another team below its guarantee; `None`
+    /// when it does not fit even so, or fits without evicting.
+    fn victims_on(
+        &self,
+        free: &ResourceSet,
+        candidates: Vec<&'c Task>,
+        role: &str,
+        task: &CompiledTask,
+        def: &TaskDef,
+    ) -> Option<Vec<&'c Task>> {
+        let mut avail = free.clone();
+        let mut chosen: Vec<&'c Task> = Vec::new();
+        let mut gone: HashMap<&str, BTreeMap<String, i64>> = HashMap::new();
+        for t in candidates {
+            if avail.contains(&task.resources) && port_count(&avail) >= def.ports.len() as u64 {
+                break;
+            }
+            if t.role != role {
+                // No other team goes below its guarantee.
+                let g = gone.entry(t.role.as_str()).or_default();
+                let floor_kept = self.cell.role(&t.role).is_none_or(|r| {
+                    r.quota.guarantee.scalar_totals().iter().all(|(name, min)| {
+                        let want = t.resources.scalar(name).0;
+                        let before = g.get(name.as_str()).copied().unwrap_or(0);
+                        want == 0 || self.consumed(&t.role, name) - before - want >= min.0
+                    })
+                });
+                if !floor_kept {
+                    continue;
+                }
+                for (name, v) in t.resources.scalar_totals() {
+                    *g.entry(name.to_string()).or_default() += v.0;
+                }
+            }
+            if avail.add(&t.resources).is_err() {
+                continue;
+            }
+            chosen.push(t);
+        }
+        let fits = avail.contains(&task.resources) && port_count(&avail) >= def.ports.len() as u64;
+        (fits && !chosen.is_empty()).then_some(chosen)
     }
 }

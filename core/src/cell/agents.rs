@@ -33,12 +33,48 @@ impl<R: Records> Cell<R> {
         })
     }
 
+    /// Decides `RegisterAgent`: a new agent, or one coming back with its tasks.
     pub(super) fn decide_register(
         &self,
         now: Timestamp,
         next: Version,
         reg: &AgentRegistration,
     ) -> Result<Decision<R>, Rejection> {
+        let existing = self.check_registration(reg)?;
+        let id = self.registered_id(next, reg)?;
+        let mut events = Vec::new();
+        let agent = Agent {
+            id: id.clone(),
+            hostname: reg.hostname.clone(),
+            port: reg.port,
+            attributes: reg.attributes.clone(),
+            domain: reg.domain.clone(),
+            total: reg.resources.clone(),
+            allocated: ResourceSet::new(),
+            state: AgentState::Active,
+            version: next,
+            registered_at: existing.map(|a| a.registered_at).unwrap_or(now),
+        };
+        events.push(Event::AgentRegistered { agent });
+        if existing
+            .map(|a| a.state == AgentState::Unreachable)
+            .unwrap_or(false)
+        {
+            self.push_returning_tasks(now, &id, &mut events);
+        }
+        Ok(Decision {
+            events,
+            reply: Reply::Agent { agent_id: id },
+        })
+    }
+
+    /// Whether a registration may be taken: a hostname, some resources, and for an agent
+    /// coming back (returned) one not removed whose resources still cover its tasks; the
+    /// cluster's total stays within bounds.
+    fn check_registration(
+        &self,
+        reg: &AgentRegistration,
+    ) -> Result<Option<&Arc<Agent>>, Rejection> {
         if reg.hostname.is_empty() || reg.hostname.len() > limits::HOSTNAME_BYTES_MAX {
             return Err(Rejection::Invalid("hostname must be 1..=255 bytes".into()));
         }
@@ -63,7 +99,13 @@ impl<R: Records> Cell<R> {
             }
         }
         self.check_cluster_total(existing.map(|a| &a.total), &reg.resources)?;
-        let id = match &reg.agent_id {
+        Ok(existing)
+    }
+
+    /// The registering agent's id: the one it gives (checked), or a new one the cell never
+    /// used.
+    fn registered_id(&self, next: Version, reg: &AgentRegistration) -> Result<AgentId, Rejection> {
+        Ok(match &reg.agent_id {
             Some(id) => {
                 validate_id("agent id", id.as_str())?;
                 id.clone()
@@ -78,64 +120,45 @@ impl<R: Records> Cell<R> {
                 }
                 id
             }
-        };
-        let mut events = Vec::new();
-        let agent = Agent {
-            id: id.clone(),
-            hostname: reg.hostname.clone(),
-            port: reg.port,
-            attributes: reg.attributes.clone(),
-            domain: reg.domain.clone(),
-            total: reg.resources.clone(),
-            allocated: ResourceSet::new(),
-            state: AgentState::Active,
-            version: next,
-            registered_at: existing.map(|a| a.registered_at).unwrap_or(now),
-        };
-        events.push(Event::AgentRegistered { agent });
-        // A returning agent's tasks that were marked unreachable come back as running: the
-        // agent's own status updates correct this when it knows better.
-        if existing
-            .map(|a| a.state == AgentState::Unreachable)
-            .unwrap_or(false)
-        {
-            for t in self
-                .live_tasks_on(&id)
-                .filter(|t| t.state == TaskState::Unreachable)
-            {
-                // An evicted task comes back to be killed, with its preemption's status.
-                let (state, status) = match t.preempted_by {
-                    Some(_) => (
-                        TaskState::Killing,
-                        StatusInfo {
-                            timestamp: now,
-                            ..t.status.clone()
-                        },
-                    ),
-                    None => (
-                        TaskState::Running,
-                        StatusInfo {
-                            message: Some("agent re-registered".into()),
-                            // The last health verdict still holds: the agent reports changes only.
-                            healthy: t.status.healthy,
-                            source: Some("SOURCE_MASTER".into()),
-                            reason: Some("REASON_AGENT_REREGISTERED".into()),
-                            timestamp: now,
-                            ..StatusInfo::default()
-                        },
-                    ),
-                };
-                events.push(Event::TaskStatusChanged {
-                    task_id: t.id.clone(),
-                    state,
-                    status,
-                });
-            }
-        }
-        Ok(Decision {
-            events,
-            reply: Reply::Agent { agent_id: id },
         })
+    }
+
+    /// A returning agent's tasks that were marked unreachable come back as running: the
+    /// agent's own status updates correct this when it knows better. An evicted one comes
+    /// back to be killed.
+    fn push_returning_tasks(&self, now: Timestamp, id: &AgentId, events: &mut Vec<Event<R>>) {
+        for t in self
+            .live_tasks_on(id)
+            .filter(|t| t.state == TaskState::Unreachable)
+        {
+            // An evicted task comes back to be killed, with its preemption's status.
+            let (state, status) = match t.preempted_by {
+                Some(_) => (
+                    TaskState::Killing,
+                    StatusInfo {
+                        timestamp: now,
+                        ..t.status.clone()
+                    },
+                ),
+                None => (
+                    TaskState::Running,
+                    StatusInfo {
+                        message: Some("agent re-registered".into()),
+                        // The last health verdict still holds: the agent reports changes only.
+                        healthy: t.status.healthy,
+                        source: Some("SOURCE_MASTER".into()),
+                        reason: Some("REASON_AGENT_REREGISTERED".into()),
+                        timestamp: now,
+                        ..StatusInfo::default()
+                    },
+                ),
+            };
+            events.push(Event::TaskStatusChanged {
+                task_id: t.id.clone(),
+                state,
+                status,
+            });
+        }
     }
 
     pub(super) fn decide_agent_state(
@@ -167,6 +190,30 @@ impl<R: Records> Cell<R> {
             AgentState::Gone => (TaskState::Gone, "REASON_AGENT_REMOVED"),
         };
         let mut events = Vec::new();
+        self.push_task_changes(now, agent_id, state, task_state, reason, &mut events);
+        // An agent going away rescinds its offers.
+        self.push_rescinds(agent_id, &mut events);
+        events.push(Event::AgentStateChanged {
+            agent_id: agent_id.clone(),
+            state,
+        });
+        Ok(Decision {
+            events,
+            reply: Reply::Done,
+        })
+    }
+
+    /// The live tasks on an agent that became unreachable or gone follow it (`task_state`,
+    /// with Mesos's `reason`), in id order; an evicted one keeps saying why it was killed.
+    fn push_task_changes(
+        &self,
+        now: Timestamp,
+        agent_id: &AgentId,
+        state: AgentState,
+        task_state: TaskState,
+        reason: &str,
+        events: &mut Vec<Event<R>>,
+    ) {
         let mut live: Vec<&Task> = self
             .live_tasks_on(agent_id)
             .filter(|t| t.state.can_become(task_state))
@@ -194,7 +241,10 @@ impl<R: Records> Cell<R> {
                 status,
             });
         }
-        // An agent going away rescinds its offers.
+    }
+
+    /// The event rescinding an agent's outstanding offers, if it has any.
+    fn push_rescinds(&self, agent_id: &AgentId, events: &mut Vec<Event<R>>) {
         let offers: Vec<OfferId> = self
             .holds
             .values()
@@ -204,13 +254,5 @@ impl<R: Records> Cell<R> {
         if !offers.is_empty() {
             events.push(self.release_event(offers));
         }
-        events.push(Event::AgentStateChanged {
-            agent_id: agent_id.clone(),
-            state,
-        });
-        Ok(Decision {
-            events,
-            reply: Reply::Done,
-        })
     }
 }

@@ -19,56 +19,15 @@ impl<R: Records> Cell<R> {
         self.version = v;
     }
 
+    /// Folds one event of an entry at version `v` into the state.
     pub(super) fn apply_event(&mut self, v: Version, event: &Event<R>) {
         match event {
-            Event::AgentRegistered { agent } => {
-                let mut agent = agent.clone();
-                agent.version = v;
-                if let Some(old) = self.agents.get(&agent.id).cloned() {
-                    let old = old.as_ref();
-                    agent.allocated = old.allocated.clone();
-                    if old.state != AgentState::Gone {
-                        self.add_cluster(&old.total, &old.allocated, -1);
-                    }
-                } else {
-                    agent.allocated = ResourceSet::new();
-                }
-                assert!(
-                    agent.total.contains(&agent.allocated),
-                    "agent {} over-committed",
-                    agent.id
-                );
-                self.add_cluster(&agent.total, &agent.allocated, 1);
-                self.agents.insert(agent.id.clone(), Arc::new(agent));
-            }
+            Event::AgentRegistered { agent } => self.apply_agent_registered(v, agent),
             Event::AgentResourcesUpdated { agent_id, total } => {
-                let old = self
-                    .agents
-                    .get(agent_id)
-                    .expect("decided on a known agent")
-                    .clone();
-                self.add_cluster(&old.total, &ResourceSet::new(), -1);
-                self.add_cluster(total, &ResourceSet::new(), 1);
-                let a = Arc::make_mut(self.agents.get_mut(agent_id).expect("known agent"));
-                a.total = total.clone();
-                a.version = v;
-                assert!(
-                    a.total.contains(&a.allocated),
-                    "agent {agent_id} over-committed"
-                );
+                self.apply_agent_resources(v, agent_id, total)
             }
             Event::AgentStateChanged { agent_id, state } => {
-                let a = self
-                    .agents
-                    .get(agent_id)
-                    .expect("decided on a known agent")
-                    .clone();
-                if *state == AgentState::Gone && a.state != AgentState::Gone {
-                    self.add_cluster(&a.total, &a.allocated, -1);
-                }
-                let a = Arc::make_mut(self.agents.get_mut(agent_id).expect("known agent"));
-                a.state = *state;
-                a.version = v;
+                self.apply_agent_state(v, agent_id, *state)
             }
             Event::ClaimCommitted {
                 outcome,
@@ -94,27 +53,7 @@ impl<R: Records> Cell<R> {
                 role.quota = quota.clone();
                 role.preemptible = *preemptible;
             }
-            Event::HoldsPlaced { holds } => {
-                for h in holds {
-                    let a = Arc::make_mut(
-                        self.agents
-                            .get_mut(&h.agent_id)
-                            .expect("decided on a known agent"),
-                    );
-                    a.allocated.add(&h.resources).expect("decided to fit");
-                    a.version = v;
-                    assert!(
-                        a.total.contains(&a.allocated),
-                        "agent {} over-committed by offer {}",
-                        a.id,
-                        h.id
-                    );
-                    for (name, m) in h.resources.scalar_totals() {
-                        *self.cluster_allocated.entry(name).or_default() += m.0;
-                    }
-                    self.holds.insert(h.id.clone(), h.clone());
-                }
-            }
+            Event::HoldsPlaced { holds } => self.apply_holds_placed(v, holds),
             Event::HoldsReleased { offer_ids, .. } => {
                 for id in offer_ids {
                     if let Some(h) = self.holds.remove(id) {
@@ -130,6 +69,85 @@ impl<R: Records> Cell<R> {
                 }
             }
             Event::Records(event) => self.records.apply(v, event),
+        }
+    }
+
+    /// An agent registered: a returning one keeps what it had allocated, and the cell's sums
+    /// count its new total in place of the old.
+    fn apply_agent_registered(&mut self, v: Version, agent: &Agent) {
+        let mut agent = agent.clone();
+        agent.version = v;
+        if let Some(old) = self.agents.get(&agent.id).cloned() {
+            let old = old.as_ref();
+            agent.allocated = old.allocated.clone();
+            if old.state != AgentState::Gone {
+                self.add_cluster(&old.total, &old.allocated, -1);
+            }
+        } else {
+            agent.allocated = ResourceSet::new();
+        }
+        assert!(
+            agent.total.contains(&agent.allocated),
+            "agent {} over-committed",
+            agent.id
+        );
+        self.add_cluster(&agent.total, &agent.allocated, 1);
+        self.agents.insert(agent.id.clone(), Arc::new(agent));
+    }
+
+    /// An agent's new total, in the cell's sums too; it still covers what is allocated.
+    fn apply_agent_resources(&mut self, v: Version, agent_id: &AgentId, total: &ResourceSet) {
+        let old = self
+            .agents
+            .get(agent_id)
+            .expect("decided on a known agent")
+            .clone();
+        self.add_cluster(&old.total, &ResourceSet::new(), -1);
+        self.add_cluster(total, &ResourceSet::new(), 1);
+        let a = Arc::make_mut(self.agents.get_mut(agent_id).expect("known agent"));
+        a.total = total.clone();
+        a.version = v;
+        assert!(
+            a.total.contains(&a.allocated),
+            "agent {agent_id} over-committed"
+        );
+    }
+
+    /// An agent's new state; a gone agent leaves the cell's sums.
+    fn apply_agent_state(&mut self, v: Version, agent_id: &AgentId, state: AgentState) {
+        let a = self
+            .agents
+            .get(agent_id)
+            .expect("decided on a known agent")
+            .clone();
+        if state == AgentState::Gone && a.state != AgentState::Gone {
+            self.add_cluster(&a.total, &a.allocated, -1);
+        }
+        let a = Arc::make_mut(self.agents.get_mut(agent_id).expect("known agent"));
+        a.state = state;
+        a.version = v;
+    }
+
+    /// Holds placed: each takes its resources on its agent and in the cell's sums.
+    fn apply_holds_placed(&mut self, v: Version, holds: &[Hold]) {
+        for h in holds {
+            let a = Arc::make_mut(
+                self.agents
+                    .get_mut(&h.agent_id)
+                    .expect("decided on a known agent"),
+            );
+            a.allocated.add(&h.resources).expect("decided to fit");
+            a.version = v;
+            assert!(
+                a.total.contains(&a.allocated),
+                "agent {} over-committed by offer {}",
+                a.id,
+                h.id
+            );
+            for (name, m) in h.resources.scalar_totals() {
+                *self.cluster_allocated.entry(name).or_default() += m.0;
+            }
+            self.holds.insert(h.id.clone(), h.clone());
         }
     }
 

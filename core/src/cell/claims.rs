@@ -4,6 +4,8 @@
 use super::*;
 
 impl<R: Records> Cell<R> {
+    /// Checks a claim before anything is decided: its ids, bounds, snapshot and priority,
+    /// its evictions and its placements.
     pub(super) fn validate_claim(&self, claim: &Claim) -> Result<(), Rejection> {
         validate_id("claim id", claim.id.as_str())?;
         validate_role_name(&claim.role)?;
@@ -37,51 +39,48 @@ impl<R: Records> Cell<R> {
             )));
         }
         if !claim.evictions.is_empty() {
-            if claim.mode != CommitMode::AllOrNothing {
+            self.validate_evictions(claim)?;
+        }
+        for p in &claim.placements {
+            validate_placement(p)?;
+        }
+        Ok(())
+    }
+
+    /// A claim's evictions: only all-or-nothing, within the bound, each a task of the cell
+    /// named once.
+    fn validate_evictions(&self, claim: &Claim) -> Result<(), Rejection> {
+        if claim.mode != CommitMode::AllOrNothing {
+            return Err(Rejection::Invalid(format!(
+                "claim {}: evictions need mode all_or_nothing",
+                claim.id
+            )));
+        }
+        if claim.evictions.len() > limits::CLAIM_EVICTIONS_MAX {
+            return Err(too_many(
+                &claim.id,
+                claim.evictions.len(),
+                "evictions",
+                limits::CLAIM_EVICTIONS_MAX,
+            ));
+        }
+        let mut seen = HashSet::new();
+        for id in &claim.evictions {
+            if !seen.insert(id) {
                 return Err(Rejection::Invalid(format!(
-                    "claim {}: evictions need mode all_or_nothing",
+                    "claim {}: task {id} is evicted twice",
                     claim.id
                 )));
             }
-            if claim.evictions.len() > limits::CLAIM_EVICTIONS_MAX {
-                return Err(too_many(
-                    &claim.id,
-                    claim.evictions.len(),
-                    "evictions",
-                    limits::CLAIM_EVICTIONS_MAX,
-                ));
-            }
-            let mut seen = HashSet::new();
-            for id in &claim.evictions {
-                if !seen.insert(id) {
-                    return Err(Rejection::Invalid(format!(
-                        "claim {}: task {id} is evicted twice",
-                        claim.id
-                    )));
-                }
-                if !self.tasks.contains_key(id) {
-                    return Err(not_found_task(id));
-                }
-            }
-        }
-        for p in &claim.placements {
-            validate_id("task id", p.task_id.as_str())?;
-            if p.resources.is_empty() {
-                return Err(Rejection::Invalid(format!(
-                    "task {}: no resources",
-                    p.task_id
-                )));
-            }
-            if p.spec.as_str().len() > limits::TASK_SPEC_BYTES_MAX {
-                return Err(Rejection::Invalid(format!(
-                    "task {}: task description too large",
-                    p.task_id
-                )));
+            if !self.tasks.contains_key(id) {
+                return Err(not_found_task(id));
             }
         }
         Ok(())
     }
 
+    /// Decides a claim: its first outcome again when resubmitted; else checked, its evictions
+    /// (if any) checked and released, and its placements decided.
     pub(super) fn decide_claim(
         &self,
         now: Timestamp,
@@ -103,28 +102,22 @@ impl<R: Records> Cell<R> {
         }
         if let Err((task_id, why)) = self.check_evictions(claim) {
             let reason = RejectReason::EvictionRefused { task_id, why };
-            return Ok(Decision {
-                events: vec![],
-                reply: Reply::Claim {
-                    outcome: ClaimOutcome {
-                        claim_id: claim.id.clone(),
-                        committed_version: None,
-                        placements: claim
-                            .placements
-                            .iter()
-                            .map(|p| PlacementOutcome {
-                                task_id: p.task_id.clone(),
-                                agent_id: p.agent_id.clone(),
-                                committed: false,
-                                rejected: Some(reason.clone()),
-                            })
-                            .collect(),
-                    },
-                },
-            });
+            return Ok(eviction_refused(claim, reason));
         }
-        // The placements are decided on the cell as it is once the victims' resources are
-        // free (an O(1) copy): every check — fit, limit, headroom — sees the evictions.
+        let after = self.with_evictions_released(next, claim);
+        let mut decision = after.decide_placements(next, claim)?;
+        if decision.events.is_empty() {
+            // Nothing placed: nothing is evicted either.
+            return Ok(decision);
+        }
+        // The kills come first in the entry, so an agent hears of them before the launches.
+        push_preemption_kills(now, claim, &mut decision.events);
+        Ok(decision)
+    }
+
+    /// The cell as it is once the victims' resources of `claim` are free (an O(1) copy), so
+    /// that every check — fit, limit, headroom — sees the evictions.
+    fn with_evictions_released(&self, next: Version, claim: &Claim) -> Cell<R> {
         let mut after = self.clone();
         for id in &claim.evictions {
             after.release_preempted(next, id, &claim.id);
@@ -139,38 +132,7 @@ impl<R: Records> Cell<R> {
                 Arc::make_mut(a).version = was.version;
             }
         }
-        let mut decision = after.decide_placements(next, claim)?;
-        if decision.events.is_empty() {
-            // Nothing placed: nothing is evicted either.
-            return Ok(decision);
-        }
-        // The kills come first in the entry, so an agent hears of them before the launches.
-        let first = claim.placements.first().map(|p| p.task_id.as_str());
-        let message = format!(
-            "preempted by claim {} of {} (role {}, priority {}) for task {}",
-            claim.id,
-            if claim.owner.is_empty() {
-                "?"
-            } else {
-                &claim.owner
-            },
-            claim.role,
-            claim.priority,
-            first.unwrap_or("?"),
-        );
-        let kills = claim.evictions.iter().map(|id| Event::TaskStatusChanged {
-            task_id: id.clone(),
-            state: TaskState::Killing,
-            status: StatusInfo {
-                message: Some(message.clone()),
-                reason: Some(REASON_PREEMPTED.into()),
-                source: Some("SOURCE_MASTER".into()),
-                timestamp: now,
-                ..StatusInfo::default()
-            },
-        });
-        decision.events.splice(0..0, kills);
-        Ok(decision)
+        after
     }
 
     /// Checks a claim's evictions against the current state: each victim is running (or
@@ -265,52 +227,15 @@ impl<R: Records> Cell<R> {
         claim: &Claim,
     ) -> Result<Decision<R>, Rejection> {
         let role = self.roles.get(&claim.role);
-        let mut scratch_agents: HashMap<&AgentId, ResourceSet> = HashMap::new();
-        let mut scratch_role = ResourceSet::new();
-        let mut scratch_cluster: BTreeMap<Name, i64> = BTreeMap::new();
-        let mut seen_tasks: HashSet<&TaskId> = HashSet::new();
+        let mut scratch = Scratch::default();
         let headroom = self.headroom_for_others(&claim.role);
 
         let mut outcomes = Vec::with_capacity(claim.placements.len());
         for p in &claim.placements {
-            let verdict = self.check_placement(
-                claim,
-                p,
-                role,
-                &scratch_agents,
-                &scratch_role,
-                &scratch_cluster,
-                &headroom,
-                &seen_tasks,
-            );
+            let verdict = self.check_placement(claim, p, role, &scratch, &headroom);
             if verdict.is_none() {
-                let consumed = role.map(|r| &r.consumed);
-                for (name, m) in p.resources.scalar_totals() {
-                    // Each term is within `Milli::MAX`: the sum cannot overflow.
-                    let held = consumed.map(|c| c.scalar(&name).0).unwrap_or(0)
-                        + scratch_role.scalar(&name).0;
-                    if held + m.0 > Milli::MAX.0 {
-                        return Err(Rejection::Invalid(format!(
-                            "claim {}: role {} would consume more {name} than the largest \
-                             amount allowed ({})",
-                            claim.id,
-                            claim.role,
-                            Milli::MAX.as_f64()
-                        )));
-                    }
-                }
-                seen_tasks.insert(&p.task_id);
-                scratch_agents
-                    .entry(&p.agent_id)
-                    .or_default()
-                    .add(&p.resources)
-                    .expect("checked by check_placement");
-                scratch_role
-                    .add_scalars(&p.resources)
-                    .expect("checked against the largest amount above");
-                for (name, m) in p.resources.scalar_totals() {
-                    *scratch_cluster.entry(name).or_default() += m.0;
-                }
+                check_role_sum(claim, p, role, &scratch.role)?;
+                scratch.take(p);
             }
             outcomes.push(PlacementOutcome {
                 task_id: p.task_id.clone(),
@@ -341,29 +266,7 @@ impl<R: Records> Cell<R> {
                 reply: Reply::Claim { outcome },
             });
         }
-        let tasks = claim
-            .placements
-            .iter()
-            .zip(&outcome.placements)
-            .filter(|(_, o)| o.committed)
-            .map(|(p, _)| {
-                Arc::new(Task {
-                    id: p.task_id.clone(),
-                    name: p.name.clone(),
-                    agent_id: p.agent_id.clone(),
-                    role: claim.role.clone(),
-                    owner: claim.owner.clone(),
-                    claim_id: claim.id.clone(),
-                    resources: p.resources.clone(),
-                    state: TaskState::Staging,
-                    status: StatusInfo::default(),
-                    spec: p.spec.clone(),
-                    version: next,
-                    priority: claim.priority,
-                    preempted_by: None,
-                })
-            })
-            .collect();
+        let tasks = committed_tasks(next, claim, &outcome);
         Ok(Decision {
             events: vec![Event::ClaimCommitted {
                 outcome: outcome.clone(),
@@ -419,76 +322,64 @@ impl<R: Records> Cell<R> {
         Ok(())
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// Why placement `p` of `claim` cannot be committed beside the placements of the claim
+    /// accepted before it (`scratch`), if it cannot: checked in the order the reasons are
+    /// reported.
     pub(super) fn check_placement(
         &self,
         claim: &Claim,
         p: &Placement,
         role: Option<&Role>,
-        scratch_agents: &HashMap<&AgentId, ResourceSet>,
-        scratch_role: &ResourceSet,
-        scratch_cluster: &BTreeMap<Name, i64>,
+        scratch: &Scratch,
         headroom: &BTreeMap<Name, i64>,
-        seen_tasks: &HashSet<&TaskId>,
     ) -> Option<RejectReason> {
-        if self.tasks.contains_key(&p.task_id) || seen_tasks.contains(&p.task_id) {
-            return Some(RejectReason::DuplicateTaskId);
+        let agent = match self.placement_agent(claim, p, scratch) {
+            Ok(agent) => agent,
+            Err(reason) => return Some(reason),
+        };
+        check_agent_room(agent, p, scratch)
+            .or_else(|| check_quota_limit(role, p, &scratch.role))
+            .or_else(|| self.check_headroom(p, headroom, &scratch.cluster))
+    }
+
+    /// The agent a placement names, if its task id is new and the agent active, takes the
+    /// claim's reservations and (for a coarse check) has not moved since the snapshot.
+    fn placement_agent(
+        &self,
+        claim: &Claim,
+        p: &Placement,
+        scratch: &Scratch,
+    ) -> Result<&Arc<Agent>, RejectReason> {
+        if self.tasks.contains_key(&p.task_id) || scratch.tasks.contains(&p.task_id) {
+            return Err(RejectReason::DuplicateTaskId);
         }
         let Some(agent) = self.agents.get(&p.agent_id) else {
-            return Some(RejectReason::UnknownAgent);
+            return Err(RejectReason::UnknownAgent);
         };
         if agent.state != AgentState::Active {
-            return Some(RejectReason::AgentNotActive { state: agent.state });
+            return Err(RejectReason::AgentNotActive { state: agent.state });
         }
         if let Some(other) = p.resources.reserved_roles().find(|r| *r != claim.role) {
-            return Some(RejectReason::ReservationMismatch {
+            return Err(RejectReason::ReservationMismatch {
                 role: other.to_string(),
             });
         }
         if claim.check == ConflictCheck::Coarse && agent.version > claim.snapshot_version {
-            return Some(RejectReason::AgentVersionMoved {
+            return Err(RejectReason::AgentVersionMoved {
                 agent_version: agent.version,
             });
         }
-        let mut combined;
-        let mut wanted = &p.resources;
-        if let Some(already) = scratch_agents.get(&p.agent_id) {
-            // Two placements of one claim asking for the same port, or one name with two types.
-            combined = p.resources.clone();
-            if let Err(e) = combined.add(already) {
-                let resource = match e {
-                    crate::resources::ResourceError::Overlap(n)
-                    | crate::resources::ResourceError::TypeMismatch(n)
-                    | crate::resources::ResourceError::TooLarge(n)
-                    | crate::resources::ResourceError::InvalidValue(n) => n,
-                    crate::resources::ResourceError::Parse { input, .. } => input,
-                };
-                return Some(RejectReason::InsufficientResources { resource });
-            }
-            wanted = &combined;
-        }
-        if !agent.total.fits_beside(&agent.allocated, wanted) {
-            let free = agent.free();
-            return Some(RejectReason::InsufficientResources {
-                resource: free.first_missing(wanted).unwrap_or_default(),
-            });
-        }
-        if let Some(limit) = role.and_then(|r| r.quota.limit.as_ref()) {
-            let consumed = role.map(|r| &r.consumed);
-            for (name, cap) in limit.scalar_totals() {
-                let want = p.resources.scalar(&name).0;
-                if want == 0 {
-                    continue;
-                }
-                let used =
-                    consumed.map(|c| c.scalar(&name).0).unwrap_or(0) + scratch_role.scalar(&name).0;
-                if used + want > cap.0 {
-                    return Some(RejectReason::QuotaLimit {
-                        resource: name.to_string(),
-                    });
-                }
-            }
-        }
+        Ok(agent)
+    }
+
+    /// Refuses a placement whose unreserved resources would take the cell's free amount of a
+    /// scalar below what other roles' guarantees hold back (`headroom`).
+    fn check_headroom(
+        &self,
+        p: &Placement,
+        headroom: &BTreeMap<Name, i64>,
+        scratch_cluster: &BTreeMap<Name, i64>,
+    ) -> Option<RejectReason> {
         for (name, held) in headroom {
             let want: i64 = p
                 .resources
@@ -513,4 +404,207 @@ impl<R: Records> Cell<R> {
         }
         None
     }
+}
+
+/// The decision on a claim whose evictions are refused: every placement refused for `reason`.
+fn eviction_refused<R: Records>(claim: &Claim, reason: RejectReason) -> Decision<R> {
+    Decision {
+        events: vec![],
+        reply: Reply::Claim {
+            outcome: ClaimOutcome {
+                claim_id: claim.id.clone(),
+                committed_version: None,
+                placements: claim
+                    .placements
+                    .iter()
+                    .map(|p| PlacementOutcome {
+                        task_id: p.task_id.clone(),
+                        agent_id: p.agent_id.clone(),
+                        committed: false,
+                        rejected: Some(reason.clone()),
+                    })
+                    .collect(),
+            },
+        },
+    }
+}
+
+/// Puts the kills of a claim's evictions first in `events`, each saying which claim
+/// preempted the task.
+fn push_preemption_kills<R: Records>(now: Timestamp, claim: &Claim, events: &mut Vec<Event<R>>) {
+    let first = claim.placements.first().map(|p| p.task_id.as_str());
+    let message = format!(
+        "preempted by claim {} of {} (role {}, priority {}) for task {}",
+        claim.id,
+        if claim.owner.is_empty() {
+            "?"
+        } else {
+            &claim.owner
+        },
+        claim.role,
+        claim.priority,
+        first.unwrap_or("?"),
+    );
+    let kills = claim.evictions.iter().map(|id| Event::TaskStatusChanged {
+        task_id: id.clone(),
+        state: TaskState::Killing,
+        status: StatusInfo {
+            message: Some(message.clone()),
+            reason: Some(REASON_PREEMPTED.into()),
+            source: Some("SOURCE_MASTER".into()),
+            timestamp: now,
+            ..StatusInfo::default()
+        },
+    });
+    events.splice(0..0, kills);
+}
+
+/// What the placements of one claim accepted so far take: from each agent, for the role and
+/// from the cell; and their task ids.
+#[derive(Default)]
+pub(super) struct Scratch<'c> {
+    agents: HashMap<&'c AgentId, ResourceSet>,
+    role: ResourceSet,
+    cluster: BTreeMap<Name, i64>,
+    tasks: HashSet<&'c TaskId>,
+}
+
+impl<'c> Scratch<'c> {
+    /// Counts an accepted placement.
+    fn take(&mut self, p: &'c Placement) {
+        self.tasks.insert(&p.task_id);
+        self.agents
+            .entry(&p.agent_id)
+            .or_default()
+            .add(&p.resources)
+            .expect("checked by check_placement");
+        self.role
+            .add_scalars(&p.resources)
+            .expect("checked against the largest amount above");
+        for (name, m) in p.resources.scalar_totals() {
+            *self.cluster.entry(name).or_default() += m.0;
+        }
+    }
+}
+
+/// Refuses the claim (400) when an accepted placement would take the role's consumption of
+/// a scalar past the largest amount: that sum cannot be held.
+fn check_role_sum(
+    claim: &Claim,
+    p: &Placement,
+    role: Option<&Role>,
+    scratch_role: &ResourceSet,
+) -> Result<(), Rejection> {
+    let consumed = role.map(|r| &r.consumed);
+    for (name, m) in p.resources.scalar_totals() {
+        // Each term is within `Milli::MAX`: the sum cannot overflow.
+        let held = consumed.map(|c| c.scalar(&name).0).unwrap_or(0) + scratch_role.scalar(&name).0;
+        if held + m.0 > Milli::MAX.0 {
+            return Err(Rejection::Invalid(format!(
+                "claim {}: role {} would consume more {name} than the largest \
+                 amount allowed ({})",
+                claim.id,
+                claim.role,
+                Milli::MAX.as_f64()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Refuses a placement the agent has no room for, beside what the claim's placements
+/// accepted before it take there (two asking for one port, or one name with two types).
+fn check_agent_room(agent: &Agent, p: &Placement, scratch: &Scratch) -> Option<RejectReason> {
+    let mut combined;
+    let mut wanted = &p.resources;
+    if let Some(already) = scratch.agents.get(&p.agent_id) {
+        // Two placements of one claim asking for the same port, or one name with two types.
+        combined = p.resources.clone();
+        if let Err(e) = combined.add(already) {
+            let resource = match e {
+                crate::resources::ResourceError::Overlap(n)
+                | crate::resources::ResourceError::TypeMismatch(n)
+                | crate::resources::ResourceError::TooLarge(n)
+                | crate::resources::ResourceError::InvalidValue(n) => n,
+                crate::resources::ResourceError::Parse { input, .. } => input,
+            };
+            return Some(RejectReason::InsufficientResources { resource });
+        }
+        wanted = &combined;
+    }
+    if !agent.total.fits_beside(&agent.allocated, wanted) {
+        let free = agent.free();
+        return Some(RejectReason::InsufficientResources {
+            resource: free.first_missing(wanted).unwrap_or_default(),
+        });
+    }
+    None
+}
+
+/// Refuses a placement that would take the role past its quota's limit of a scalar.
+fn check_quota_limit(
+    role: Option<&Role>,
+    p: &Placement,
+    scratch_role: &ResourceSet,
+) -> Option<RejectReason> {
+    let limit = role.and_then(|r| r.quota.limit.as_ref())?;
+    let consumed = role.map(|r| &r.consumed);
+    for (name, cap) in limit.scalar_totals() {
+        let want = p.resources.scalar(&name).0;
+        if want == 0 {
+            continue;
+        }
+        let used = consumed.map(|c| c.scalar(&name).0).unwrap_or(0) + scratch_role.scalar(&name).0;
+        if used + want > cap.0 {
+            return Some(RejectReason::QuotaLimit {
+                resource: name.to_string(),
+            });
+        }
+    }
+    None
+}
+
+/// The tasks of a claim's committed placements, as the cell records them.
+fn committed_tasks(next: Version, claim: &Claim, outcome: &ClaimOutcome) -> Vec<Arc<Task>> {
+    claim
+        .placements
+        .iter()
+        .zip(&outcome.placements)
+        .filter(|(_, o)| o.committed)
+        .map(|(p, _)| {
+            Arc::new(Task {
+                id: p.task_id.clone(),
+                name: p.name.clone(),
+                agent_id: p.agent_id.clone(),
+                role: claim.role.clone(),
+                owner: claim.owner.clone(),
+                claim_id: claim.id.clone(),
+                resources: p.resources.clone(),
+                state: TaskState::Staging,
+                status: StatusInfo::default(),
+                spec: p.spec.clone(),
+                version: next,
+                priority: claim.priority,
+                preempted_by: None,
+            })
+        })
+        .collect()
+}
+
+/// A placement's task id, and resources and a description within bounds.
+fn validate_placement(p: &Placement) -> Result<(), Rejection> {
+    validate_id("task id", p.task_id.as_str())?;
+    if p.resources.is_empty() {
+        return Err(Rejection::Invalid(format!(
+            "task {}: no resources",
+            p.task_id
+        )));
+    }
+    if p.spec.as_str().len() > limits::TASK_SPEC_BYTES_MAX {
+        return Err(Rejection::Invalid(format!(
+            "task {}: task description too large",
+            p.task_id
+        )));
+    }
+    Ok(())
 }

@@ -90,6 +90,8 @@ impl<R: Records> Cell<R> {
         Ok(Decision { events, reply })
     }
 
+    /// Decides an accept of offers (holds) with a claim: the offers are released, and the
+    /// claim is decided on the cell without them, only within what they held.
     pub(super) fn decide_accept(
         &self,
         now: Timestamp,
@@ -98,6 +100,47 @@ impl<R: Records> Cell<R> {
         offer_ids: &[OfferId],
         claim: &Claim,
     ) -> Result<Decision<R>, Rejection> {
+        let (agent, held) = self.accepted_offers(framework_id, offer_ids)?;
+        let release = self.release_event(offer_ids.to_vec());
+        if claim.placements.is_empty() {
+            // An accept that launches nothing releases the offers.
+            return Ok(Decision {
+                events: vec![release],
+                reply: Reply::Claim {
+                    outcome: nothing_placed(claim),
+                },
+            });
+        }
+        // Decide the claim on the cell as it is once the offers are released, and only
+        // within what the offers held.
+        let mut released = self.clone();
+        released.apply_event(next, &release);
+        let (within, outside) = within_offers(claim, &agent, &held);
+        let mut decision = if within.placements.is_empty() {
+            Decision {
+                events: vec![],
+                reply: Reply::Claim {
+                    outcome: nothing_placed(claim),
+                },
+            }
+        } else {
+            released.decide_claim(now, next, &within)?
+        };
+        let Reply::Claim { outcome } = &mut decision.reply else {
+            unreachable!("a claim answers with a claim outcome")
+        };
+        refuse_outside(claim, &outside, outcome);
+        decision.events.insert(0, release);
+        Ok(decision)
+    }
+
+    /// The agent and the resources the offers of an accept hold together: each offer
+    /// outstanding, the framework's, and all of one agent.
+    fn accepted_offers(
+        &self,
+        framework_id: &str,
+        offer_ids: &[OfferId],
+    ) -> Result<(AgentId, ResourceSet), Rejection> {
         if offer_ids.is_empty() {
             return Err(Rejection::Invalid("no offer ids".into()));
         }
@@ -123,73 +166,7 @@ impl<R: Records> Cell<R> {
                 .map_err(|e| Rejection::Invalid(e.to_string()))?;
         }
         let agent = agent.expect("at least one offer").clone();
-        let release = self.release_event(offer_ids.to_vec());
-        if claim.placements.is_empty() {
-            // An accept that launches nothing releases the offers.
-            return Ok(Decision {
-                events: vec![release],
-                reply: Reply::Claim {
-                    outcome: ClaimOutcome {
-                        claim_id: claim.id.clone(),
-                        committed_version: None,
-                        placements: vec![],
-                    },
-                },
-            });
-        }
-        // Decide the claim on the cell as it is once the offers are released, and only
-        // within what the offers held.
-        let mut released = self.clone();
-        released.apply_event(next, &release);
-        let mut within = claim.clone();
-        let mut total = ResourceSet::new();
-        let mut outside = HashSet::new();
-        for p in &mut within.placements {
-            if p.agent_id != agent {
-                outside.insert(p.task_id.clone());
-                continue;
-            }
-            let mut t = total.clone();
-            if t.add(&p.resources).is_ok() && held.contains(&t) {
-                total = t;
-            } else {
-                outside.insert(p.task_id.clone());
-            }
-        }
-        within.placements.retain(|p| !outside.contains(&p.task_id));
-        let mut decision = if within.placements.is_empty() {
-            Decision {
-                events: vec![],
-                reply: Reply::Claim {
-                    outcome: ClaimOutcome {
-                        claim_id: claim.id.clone(),
-                        committed_version: None,
-                        placements: vec![],
-                    },
-                },
-            }
-        } else {
-            released.decide_claim(now, next, &within)?
-        };
-        let Reply::Claim { outcome } = &mut decision.reply else {
-            unreachable!("a claim answers with a claim outcome")
-        };
-        for p in claim
-            .placements
-            .iter()
-            .filter(|p| outside.contains(&p.task_id))
-        {
-            outcome.placements.push(PlacementOutcome {
-                task_id: p.task_id.clone(),
-                agent_id: p.agent_id.clone(),
-                committed: false,
-                rejected: Some(RejectReason::InsufficientResources {
-                    resource: "not in the accepted offers".into(),
-                }),
-            });
-        }
-        decision.events.insert(0, release);
-        Ok(decision)
+        Ok((agent, held))
     }
 
     /// The event releasing these (outstanding) holds.
@@ -223,6 +200,55 @@ impl<R: Records> Cell<R> {
                 *self.cluster_allocated.entry(name).or_default() -= m.0;
             }
         }
+    }
+}
+
+/// The outcome of a claim of which nothing was placed.
+fn nothing_placed(claim: &Claim) -> ClaimOutcome {
+    ClaimOutcome {
+        claim_id: claim.id.clone(),
+        committed_version: None,
+        placements: vec![],
+    }
+}
+
+/// The claim cut to the placements the accepted offers can hold (on their agent, together
+/// within what they held, in claim order), and the task ids of the others.
+fn within_offers(claim: &Claim, agent: &AgentId, held: &ResourceSet) -> (Claim, HashSet<TaskId>) {
+    let mut within = claim.clone();
+    let mut total = ResourceSet::new();
+    let mut outside = HashSet::new();
+    for p in &mut within.placements {
+        if p.agent_id != *agent {
+            outside.insert(p.task_id.clone());
+            continue;
+        }
+        let mut t = total.clone();
+        if t.add(&p.resources).is_ok() && held.contains(&t) {
+            total = t;
+        } else {
+            outside.insert(p.task_id.clone());
+        }
+    }
+    within.placements.retain(|p| !outside.contains(&p.task_id));
+    (within, outside)
+}
+
+/// Adds a refusal to `outcome` for each placement outside the accepted offers.
+fn refuse_outside(claim: &Claim, outside: &HashSet<TaskId>, outcome: &mut ClaimOutcome) {
+    for p in claim
+        .placements
+        .iter()
+        .filter(|p| outside.contains(&p.task_id))
+    {
+        outcome.placements.push(PlacementOutcome {
+            task_id: p.task_id.clone(),
+            agent_id: p.agent_id.clone(),
+            committed: false,
+            rejected: Some(RejectReason::InsufficientResources {
+                resource: "not in the accepted offers".into(),
+            }),
+        });
     }
 }
 

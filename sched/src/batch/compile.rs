@@ -62,40 +62,12 @@ impl CompiledJob {
                 ),
             );
         }
-        let mut index = HashMap::new();
-        for (i, t) in spec.tasks.iter().enumerate() {
-            if !valid_name(&t.name) {
-                err(
-                    format!("tasks[{i}].name"),
-                    format!(
-                        "'{}' must be 1..={JOB_NAME_BYTES_MAX} letters, digits, '-' or '_'",
-                        t.name
-                    ),
-                );
-            } else if index.insert(t.name.clone(), i).is_some() {
-                err(
-                    format!("tasks[{}].name", t.name),
-                    "two tasks have this name".into(),
-                );
-            }
-        }
+        let index = task_index(spec, &mut err);
         let mut tasks = Vec::with_capacity(spec.tasks.len());
         for t in &spec.tasks {
             tasks.push(compile_task(t, job_priority, &index, &mut err));
         }
-        for i in 0..tasks.len() {
-            for d in tasks[i].deps.clone() {
-                tasks[d].dependents.push(i);
-            }
-        }
-        if let Some(cycle) = find_cycle(&tasks) {
-            let names: Vec<&str> = cycle.iter().map(|&i| tasks[i].name.as_str()).collect();
-            // Self-loops were reported above and are not in `deps`: this one has two tasks or more.
-            err(
-                format!("tasks[{}].depends_on", names[0]),
-                format!("dependency cycle: {}", names.join(" -> ")),
-            );
-        }
+        link_dependents(&mut tasks, &mut err);
         if !errors.is_empty() {
             return Err(JobErrors(errors));
         }
@@ -155,7 +127,75 @@ fn compile_task(
             0
         }
     };
-    let timeout_ms = match t.timeout.as_deref().map(parse_duration_ms) {
+    let timeout_ms = task_timeout(t, &at, err);
+    let priority = t.priority.unwrap_or(job_priority);
+    if !(0..=PRIORITY_MAX).contains(&priority) {
+        err(
+            at("priority"),
+            format!("{priority} is not within 0..={PRIORITY_MAX}"),
+        );
+    }
+    check_job_constraints(t, &at, err);
+    let deps = task_deps(t, index, &at, err);
+    CompiledTask {
+        name: t.name.clone(),
+        resources,
+        retries: t.retries,
+        backoff_ms,
+        timeout_ms,
+        priority,
+        deps,
+        dependents: Vec::new(),
+    }
+}
+
+/// The tasks of a job file by name; a bad or repeated name is an error.
+fn task_index(spec: &JobSpec, err: &mut dyn FnMut(String, String)) -> HashMap<String, usize> {
+    let mut index = HashMap::new();
+    for (i, t) in spec.tasks.iter().enumerate() {
+        if !valid_name(&t.name) {
+            err(
+                format!("tasks[{i}].name"),
+                format!(
+                    "'{}' must be 1..={JOB_NAME_BYTES_MAX} letters, digits, '-' or '_'",
+                    t.name
+                ),
+            );
+        } else if index.insert(t.name.clone(), i).is_some() {
+            err(
+                format!("tasks[{}].name", t.name),
+                "two tasks have this name".into(),
+            );
+        }
+    }
+    index
+}
+
+/// Each task's dependents, the reverse of its dependencies; a cycle of two tasks or more is
+/// an error.
+fn link_dependents(tasks: &mut [CompiledTask], err: &mut dyn FnMut(String, String)) {
+    for i in 0..tasks.len() {
+        for d in tasks[i].deps.clone() {
+            tasks[d].dependents.push(i);
+        }
+    }
+    if let Some(cycle) = find_cycle(tasks) {
+        let names: Vec<&str> = cycle.iter().map(|&i| tasks[i].name.as_str()).collect();
+        // Self-loops were reported above and are not in `deps`: this one has two tasks or more.
+        err(
+            format!("tasks[{}].depends_on", names[0]),
+            format!("dependency cycle: {}", names.join(" -> ")),
+        );
+    }
+}
+
+/// A task's timeout, if it has one: longer than 0.
+fn task_timeout(
+    t: &TaskDef,
+    at: &dyn Fn(&str) -> String,
+    err: &mut dyn FnMut(String, String),
+) -> Option<u64> {
+    match t.timeout.as_deref().map(parse_duration_ms) {
         None => None,
         Some(Ok(0)) => {
             err(at("timeout"), "must be longer than 0".into());
@@ -166,14 +206,15 @@ fn compile_task(
             err(at("timeout"), e);
             None
         }
-    };
-    let priority = t.priority.unwrap_or(job_priority);
-    if !(0..=PRIORITY_MAX).contains(&priority) {
-        err(
-            at("priority"),
-            format!("{priority} is not within 0..={PRIORITY_MAX}"),
-        );
     }
+}
+
+/// A job's task constraints name an attribute and are neither `unique` nor `max_per`.
+fn check_job_constraints(
+    t: &TaskDef,
+    at: &dyn Fn(&str) -> String,
+    err: &mut dyn FnMut(String, String),
+) {
     for c in &t.constraints {
         if c.attribute.is_empty() {
             err(at("constraints"), "a constraint needs an attribute".into());
@@ -185,6 +226,16 @@ fn compile_task(
             );
         }
     }
+}
+
+/// A task's dependencies as indices (`index`: the tasks by name), each once; itself or an
+/// unknown task is an error.
+fn task_deps(
+    t: &TaskDef,
+    index: &HashMap<String, usize>,
+    at: &dyn Fn(&str) -> String,
+    err: &mut dyn FnMut(String, String),
+) -> Vec<usize> {
     let mut deps = Vec::new();
     for d in &t.depends_on {
         match index.get(d) {
@@ -196,16 +247,7 @@ fn compile_task(
             None => err(at("depends_on"), format!("unknown task '{d}'")),
         }
     }
-    CompiledTask {
-        name: t.name.clone(),
-        resources,
-        retries: t.retries,
-        backoff_ms,
-        timeout_ms,
-        priority,
-        deps,
-        dependents: Vec::new(),
-    }
+    deps
 }
 
 /// A cycle of the dependency graph, as task indices `a, b, …, a`, if there is one.

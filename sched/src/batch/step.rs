@@ -530,22 +530,8 @@ impl BatchScheduler {
         let preempted = cell
             .task(task_id)
             .is_some_and(|t| t.preempted_by.is_some() && t.state != TaskState::Finished);
-        let (state, message) = match cell.task(task_id) {
-            Some(t) if !t.state.is_terminal() => {
-                if !t.agent_id.as_str().is_empty() {
-                    let run = self.jobs.get_mut(&job).expect("tracked job");
-                    if run.tasks[idx].rec.agent_id.as_ref() != Some(&t.agent_id) {
-                        run.tasks[idx].rec.agent_id = Some(t.agent_id.clone());
-                        self.mark(&job, idx);
-                    }
-                }
-                return;
-            }
-            Some(t) => (t.state, describe_end(t)),
-            None => (
-                TaskState::Lost,
-                "the attempt is not in the cell".to_string(),
-            ),
+        let Some((state, message)) = self.attempt_end(cell, task_id, &job, idx) else {
+            return;
         };
         self.by_task.remove(task_id);
         let run = self.jobs.get_mut(&job).expect("tracked job");
@@ -555,33 +541,84 @@ impl BatchScheduler {
                 .remove(&(started.saturating_add(ms), task_id.clone()));
         }
         let killed_for = run.tasks[idx].killed_for.take();
+        run.tasks[idx].rec.finished_at = now;
+        if state == TaskState::Finished {
+            self.attempt_finished(&job, idx, now);
+            return;
+        }
+        let why = killed_for.unwrap_or(message);
+        self.attempt_failed(&job, idx, preempted, why, now);
+    }
+
+    /// How an attempt ended (its state and what to say), or `None` while it is live; a live
+    /// attempt's agent is recorded once the cell knows it.
+    fn attempt_end(
+        &mut self,
+        cell: &Cell,
+        task_id: &TaskId,
+        job: &str,
+        idx: usize,
+    ) -> Option<(TaskState, String)> {
+        match cell.task(task_id) {
+            Some(t) if !t.state.is_terminal() => {
+                if !t.agent_id.as_str().is_empty() {
+                    let run = self.jobs.get_mut(job).expect("tracked job");
+                    if run.tasks[idx].rec.agent_id.as_ref() != Some(&t.agent_id) {
+                        run.tasks[idx].rec.agent_id = Some(t.agent_id.clone());
+                        self.mark(job, idx);
+                    }
+                }
+                None
+            }
+            Some(t) => Some((t.state, describe_end(t))),
+            None => Some((
+                TaskState::Lost,
+                "the attempt is not in the cell".to_string(),
+            )),
+        }
+    }
+
+    /// A finished attempt: its task is done, and the dependents it was the last unfinished
+    /// dependency of are queued.
+    fn attempt_finished(&mut self, job: &str, idx: usize, now: Timestamp) {
+        let run = self.jobs.get_mut(job).expect("tracked job");
+        let t = &mut run.tasks[idx];
+        t.rec.state = JobTaskState::Finished;
+        t.rec.message = None;
+        run.open -= 1;
+        let dependents = run.job.tasks[idx].dependents.clone();
+        self.mark(job, idx);
+        for d in dependents {
+            let run = self.jobs.get_mut(job).expect("tracked job");
+            let dt = &mut run.tasks[d];
+            dt.waiting_deps = dt.waiting_deps.saturating_sub(1);
+            if dt.waiting_deps == 0
+                && dt.rec.state == JobTaskState::Waiting
+                && !run.state.is_terminal()
+            {
+                dt.rec.state = JobTaskState::Queued;
+                self.mark(job, d);
+                self.enqueue(job, d, now);
+            }
+        }
+    }
+
+    /// An attempt that ended otherwise: a preempted one is queued again at once, a failed one
+    /// with retries left after its backoff; else the task failed for good (`why`) and its
+    /// dependents are skipped.
+    fn attempt_failed(
+        &mut self,
+        job: &str,
+        idx: usize,
+        preempted: bool,
+        why: String,
+        now: Timestamp,
+    ) {
+        let run = self.jobs.get_mut(job).expect("tracked job");
         let attempts = run.tasks[idx].rec.attempts;
         let ctask = &run.job.tasks[idx];
         let stopped = run.state == JobState::Stopped;
         let t = &mut run.tasks[idx];
-        t.rec.finished_at = now;
-        if state == TaskState::Finished {
-            t.rec.state = JobTaskState::Finished;
-            t.rec.message = None;
-            run.open -= 1;
-            let dependents = ctask.dependents.clone();
-            self.mark(&job, idx);
-            for d in dependents {
-                let run = self.jobs.get_mut(&job).expect("tracked job");
-                let dt = &mut run.tasks[d];
-                dt.waiting_deps = dt.waiting_deps.saturating_sub(1);
-                if dt.waiting_deps == 0
-                    && dt.rec.state == JobTaskState::Waiting
-                    && !run.state.is_terminal()
-                {
-                    dt.rec.state = JobTaskState::Queued;
-                    self.mark(&job, d);
-                    self.enqueue(&job, d, now);
-                }
-            }
-            return;
-        }
-        let why = killed_for.unwrap_or(message);
         if !stopped && preempted {
             // Evicted by a higher-priority claim or a team below its guarantee: queued again
             // at once, and it uses no retry (as in Borg and Nomad).
@@ -591,8 +628,8 @@ impl BatchScheduler {
             t.rec.message = Some(format!(
                 "attempt {attempts} was preempted ({why}); queued again, no retry used"
             ));
-            self.mark(&job, idx);
-            self.enqueue(&job, idx, now);
+            self.mark(job, idx);
+            self.enqueue(job, idx, now);
             return;
         }
         let failures = attempts.saturating_sub(t.rec.preemptions);
@@ -608,8 +645,8 @@ impl BatchScheduler {
                 "attempt {attempts} failed ({why}); retry in {}",
                 fmt_ms(wait)
             ));
-            self.mark(&job, idx);
-            self.enqueue(&job, idx, now);
+            self.mark(job, idx);
+            self.enqueue(job, idx, now);
             return;
         }
         t.rec.state = JobTaskState::Failed;
@@ -626,8 +663,8 @@ impl BatchScheduler {
         if run.failed.is_none() && !stopped {
             run.failed = Some(name.clone());
         }
-        self.mark(&job, idx);
-        self.skip_dependents(&job, idx, &format!("dependency {name} failed"), now);
+        self.mark(job, idx);
+        self.skip_dependents(job, idx, &format!("dependency {name} failed"), now);
     }
 
     /// Skips every task that depends (transitively) on `idx` and has not run.
@@ -668,8 +705,8 @@ impl BatchScheduler {
             return;
         }
         // One incremental claim per job and priority (a claim's tasks share its priority).
-        let mut claims: BTreeMap<(String, i64), Vec<Placement>> = BTreeMap::new();
-        let mut preempting: Vec<(String, i64, Placement, Vec<TaskId>)> = Vec::new();
+        let mut claims: JobClaims = BTreeMap::new();
+        let mut preempting: Vec<PreemptingClaim> = Vec::new();
         let mut preemption = Preemption::new(cell);
         let mut misses = 0;
         let mut placed = 0;
@@ -682,80 +719,45 @@ impl BatchScheduler {
             }
             let (job, idx) = (&key.2, key.3);
             let run = &self.jobs[job];
-            let (ctask, def) = (&run.job.tasks[idx], &run.job.spec.tasks[idx]);
-            let mut best: Option<(usize, i64)> = None;
-            for (i, (a, free)) in agents.iter().enumerate() {
-                if !free.contains(&ctask.resources) || !def.constraints.iter().all(|c| c.matches(a))
-                {
-                    continue;
-                }
-                if port_count(free) < def.ports.len() as u64 {
-                    continue;
-                }
-                let cpus = free.scalar("cpus").0;
-                if best.is_none_or(|(_, c)| cpus > c) {
-                    best = Some((i, cpus));
-                }
-            }
-            let mut victims = Vec::new();
-            if best.is_none() && preempting.len() < BATCH_PREEMPTIONS_PER_STEP_MAX {
-                let role = &run.job.role;
-                if let Some((i, v)) = preemption.choose(&agents, role, ctask, def) {
-                    let a = &mut agents[i].1;
-                    for t in &v {
-                        a.add(&t.resources)
-                            .expect("a victim's resources are not free");
+            let may_preempt = preempting.len() < BATCH_PREEMPTIONS_PER_STEP_MAX;
+            match place_task(run, job, idx, &mut agents, &mut preemption, may_preempt) {
+                None => misses += 1,
+                Some((placement, victims)) => {
+                    let priority = run.job.tasks[idx].priority;
+                    if victims.is_empty() {
+                        claims
+                            .entry((job.clone(), priority))
+                            .or_default()
+                            .push(placement);
+                    } else {
+                        preempting.push((job.clone(), priority, placement, victims));
                     }
-                    preemption.take(role, ctask, &v);
-                    victims = v.iter().map(|t| t.id.clone()).collect();
-                    best = Some((i, 0));
+                    taken.push(key.clone());
+                    placed += 1;
                 }
             }
-            let Some((i, _)) = best else {
-                misses += 1;
-                continue;
-            };
-            let ports = free_ports_upto(&agents[i].1, def.ports.len() as u64);
-            let resources = with_ports(&ctask.resources, &ports);
-            // A task its team's quota refuses now (limit, or another team's guarantee held
-            // back) is still claimed, so that its record says why it waits, but it takes no
-            // room from the tasks after it in this step.
-            let quota_ok =
-                !victims.is_empty() || preemption.quota_allows(&run.job.role, &resources);
-            if quota_ok && agents[i].1.subtract(&resources).is_err() {
-                misses += 1;
-                continue;
-            }
-            if victims.is_empty() && quota_ok {
-                preemption.added(&run.job.role, &resources);
-            }
-            let task_id = attempt_task_id(job, &ctask.name, run.tasks[idx].rec.attempts + 1);
-            let agent_id = agents[i].0.id.clone();
-            let spec = run
-                .job
-                .task_info(idx, &task_id, &agent_id, &resources, &ports);
-            let placement = Placement {
-                task_id,
-                name: format!("{}.{}", job, ctask.name),
-                agent_id,
-                resources,
-                spec,
-            };
-            if victims.is_empty() {
-                claims
-                    .entry((job.clone(), ctask.priority))
-                    .or_default()
-                    .push(placement);
-            } else {
-                preempting.push((job.clone(), ctask.priority, placement, victims));
-            }
-            taken.push(key.clone());
-            placed += 1;
         }
         for key in taken {
             self.ready.remove(&key);
             self.jobs.get_mut(&key.2).expect("known job").tasks[key.3].placing = true;
         }
+        self.push_claims(cell, now, claims, preempting, actions);
+        // Stopped at the cap: place more at the next step.
+        if placed >= BATCH_PLACEMENTS_PER_STEP_MAX {
+            self.room = true;
+        }
+    }
+
+    /// The claims of a placement pass: one incremental claim per job and priority, then one
+    /// all-or-nothing claim per preempting placement with its evictions.
+    fn push_claims(
+        &mut self,
+        cell: &Cell,
+        now: Timestamp,
+        claims: JobClaims,
+        preempting: Vec<PreemptingClaim>,
+        actions: &mut Actions,
+    ) {
         let mut push = |s: &mut Self,
                         job: &str,
                         placements: Vec<Placement>,
@@ -794,10 +796,6 @@ impl BatchScheduler {
                 priority,
                 victims,
             );
-        }
-        // Stopped at the cap: place more at the next step.
-        if placed >= BATCH_PLACEMENTS_PER_STEP_MAX {
-            self.room = true;
         }
     }
 
@@ -856,4 +854,87 @@ pub(crate) fn ready_key(run: &JobRun, job: &str, idx: usize) -> ReadyKey {
         job.to_string(),
         idx,
     )
+}
+
+/// A placement pass's incremental placements, by job and priority.
+type JobClaims = BTreeMap<(String, i64), Vec<Placement>>;
+
+/// A placement that evicts: its job, priority, the placement and the tasks it evicts.
+type PreemptingClaim = (String, i64, Placement, Vec<TaskId>);
+
+/// The placement of ready task `idx` of `job` and the tasks it evicts (none when it fits
+/// without), taken from `agents`' free resources; `None` when it fits nowhere now.
+fn place_task<'c>(
+    run: &JobRun,
+    job: &str,
+    idx: usize,
+    agents: &mut [(&'c Agent, ResourceSet)],
+    preemption: &mut Preemption<'c>,
+    may_preempt: bool,
+) -> Option<(Placement, Vec<TaskId>)> {
+    let (ctask, def) = (&run.job.tasks[idx], &run.job.spec.tasks[idx]);
+    let mut best = best_agent(agents, ctask, def);
+    let mut victims = Vec::new();
+    if best.is_none() && may_preempt {
+        let role = &run.job.role;
+        if let Some((i, v)) = preemption.choose(agents, role, ctask, def) {
+            let a = &mut agents[i].1;
+            for t in &v {
+                a.add(&t.resources)
+                    .expect("a victim's resources are not free");
+            }
+            preemption.take(role, ctask, &v);
+            victims = v.iter().map(|t| t.id.clone()).collect();
+            best = Some(i);
+        }
+    }
+    let i = best?;
+    let ports = free_ports_upto(&agents[i].1, def.ports.len() as u64);
+    let resources = with_ports(&ctask.resources, &ports);
+    // A task its team's quota refuses now (limit, or another team's guarantee held
+    // back) is still claimed, so that its record says why it waits, but it takes no
+    // room from the tasks after it in this step.
+    let quota_ok = !victims.is_empty() || preemption.quota_allows(&run.job.role, &resources);
+    if quota_ok && agents[i].1.subtract(&resources).is_err() {
+        return None;
+    }
+    if victims.is_empty() && quota_ok {
+        preemption.added(&run.job.role, &resources);
+    }
+    let task_id = attempt_task_id(job, &ctask.name, run.tasks[idx].rec.attempts + 1);
+    let agent_id = agents[i].0.id.clone();
+    let spec = run
+        .job
+        .task_info(idx, &task_id, &agent_id, &resources, &ports);
+    let placement = Placement {
+        task_id,
+        name: format!("{}.{}", job, ctask.name),
+        agent_id,
+        resources,
+        spec,
+    };
+    Some((placement, victims))
+}
+
+/// The agent with the most free cpus (the first in id order among equals) that has room
+/// for the task's resources and ports and meets its constraints.
+fn best_agent(
+    agents: &[(&Agent, ResourceSet)],
+    ctask: &CompiledTask,
+    def: &TaskDef,
+) -> Option<usize> {
+    let mut best: Option<(usize, i64)> = None;
+    for (i, (a, free)) in agents.iter().enumerate() {
+        if !free.contains(&ctask.resources) || !def.constraints.iter().all(|c| c.matches(a)) {
+            continue;
+        }
+        if port_count(free) < def.ports.len() as u64 {
+            continue;
+        }
+        let cpus = free.scalar("cpus").0;
+        if best.is_none_or(|(_, c)| cpus > c) {
+            best = Some((i, cpus));
+        }
+    }
+    best.map(|(i, _)| i)
 }

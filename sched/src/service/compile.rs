@@ -67,30 +67,9 @@ fn compile_health(
             ),
         },
         HealthCheckType::Http | HealthCheckType::Tcp => {
-            match &h.port {
-                Some(p) => match ports.iter().position(|x| split_port(x).0 == p) {
-                    Some(i) => port_index = i,
-                    None => err(
-                        "health_check.port".into(),
-                        format!("'{p}' is not one of the task's ports"),
-                    ),
-                },
-                None if ports.is_empty() => err(
-                    "health_check.port".into(),
-                    "an http or tcp check needs a port: name one in task.ports".into(),
-                ),
-                None => {}
-            }
+            port_index = health_port(h, ports, err);
             if h.kind == HealthCheckType::Http {
-                path = h.path.clone().unwrap_or_else(|| "/".into());
-                if !path.starts_with('/')
-                    || path.chars().any(|c| c.is_whitespace() || c.is_control())
-                {
-                    err(
-                        "health_check.path".into(),
-                        format!("'{path}' is not a URL path"),
-                    );
-                }
+                path = health_path(h, err);
             }
         }
     }
@@ -138,6 +117,97 @@ fn compile_health(
     }
 }
 
+/// The index in the task's `ports` of the port an http or tcp check probes (0 when it names
+/// none).
+fn health_port(h: &HealthCheckDef, ports: &[String], err: &mut dyn FnMut(String, String)) -> usize {
+    match &h.port {
+        Some(p) => match ports.iter().position(|x| split_port(x).0 == p) {
+            Some(i) => return i,
+            None => err(
+                "health_check.port".into(),
+                format!("'{p}' is not one of the task's ports"),
+            ),
+        },
+        None if ports.is_empty() => err(
+            "health_check.port".into(),
+            "an http or tcp check needs a port: name one in task.ports".into(),
+        ),
+        None => {}
+    }
+    0
+}
+
+/// The URL path an http check asks for (`/` when none is given).
+fn health_path(h: &HealthCheckDef, err: &mut dyn FnMut(String, String)) -> String {
+    let path = h.path.clone().unwrap_or_else(|| "/".into());
+    if !path.starts_with('/') || path.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        err(
+            "health_check.path".into(),
+            format!("'{path}' is not a URL path"),
+        );
+    }
+    path
+}
+
+/// A service's restart backoff and its cap, with their defaults.
+fn compile_restart(spec: &ServiceSpec, err: &mut dyn FnMut(String, String)) -> (u64, u64) {
+    let restart = spec.restart.clone().unwrap_or_default();
+    let backoff_ms = duration_field(
+        &restart.backoff,
+        RESTART_BACKOFF_DEFAULT_MS,
+        "restart.backoff",
+        err,
+    );
+    let backoff_max_ms = duration_field(
+        &restart.max_backoff,
+        RESTART_BACKOFF_MAX_DEFAULT_MS.max(backoff_ms),
+        "restart.max_backoff",
+        err,
+    );
+    if backoff_max_ms < backoff_ms {
+        err(
+            "restart.max_backoff".into(),
+            "is shorter than restart.backoff".into(),
+        );
+    }
+    (backoff_ms, backoff_max_ms)
+}
+
+/// A service's rolling update bounds (max surge, max unavailable): not both 0.
+fn compile_update(spec: &ServiceSpec, err: &mut dyn FnMut(String, String)) -> (u32, u32) {
+    let update = spec.update.clone().unwrap_or_default();
+    let max_surge = update.max_surge.unwrap_or(MAX_SURGE_DEFAULT);
+    let max_unavailable = update.max_unavailable.unwrap_or(MAX_UNAVAILABLE_DEFAULT);
+    if max_surge == 0 && max_unavailable == 0 {
+        err(
+            "update".into(),
+            "max_surge and max_unavailable are both 0: an update could never start".into(),
+        );
+    }
+    (max_surge, max_unavailable)
+}
+
+/// Each constraint names an attribute, and a max_per one a count of at least 1.
+fn check_service_constraints(constraints: &[Constraint], err: &mut dyn FnMut(String, String)) {
+    for c in constraints {
+        if c.attribute.is_empty() {
+            err(
+                "constraints".into(),
+                "a constraint needs an attribute".into(),
+            );
+        }
+        if c.operator == ConstraintOp::MaxPer && c.value.parse::<u32>().map_or(true, |n| n == 0) {
+            err(
+                "constraints".into(),
+                format!(
+                    "max_per on {}: value '{}' must be a count of at least 1",
+                    c.attribute, c.value
+                ),
+            );
+        }
+    }
+}
+
 impl CompiledService {
     /// Checks a service file; every problem is reported with its field.
     pub fn compile(spec: &ServiceSpec) -> Result<CompiledService, JobErrors> {
@@ -164,56 +234,13 @@ impl CompiledService {
             .health_check
             .as_ref()
             .map(|h| compile_health(h, &spec.task.ports, &mut err));
-        let restart = spec.restart.clone().unwrap_or_default();
-        let backoff_ms = duration_field(
-            &restart.backoff,
-            RESTART_BACKOFF_DEFAULT_MS,
-            "restart.backoff",
-            &mut err,
-        );
-        let backoff_max_ms = duration_field(
-            &restart.max_backoff,
-            RESTART_BACKOFF_MAX_DEFAULT_MS.max(backoff_ms),
-            "restart.max_backoff",
-            &mut err,
-        );
-        if backoff_max_ms < backoff_ms {
-            err(
-                "restart.max_backoff".into(),
-                "is shorter than restart.backoff".into(),
-            );
-        }
-        let update = spec.update.clone().unwrap_or_default();
-        let max_surge = update.max_surge.unwrap_or(MAX_SURGE_DEFAULT);
-        let max_unavailable = update.max_unavailable.unwrap_or(MAX_UNAVAILABLE_DEFAULT);
-        if max_surge == 0 && max_unavailable == 0 {
-            err(
-                "update".into(),
-                "max_surge and max_unavailable are both 0: an update could never start".into(),
-            );
-        }
+        let (backoff_ms, backoff_max_ms) = compile_restart(spec, &mut err);
+        let (max_surge, max_unavailable) = compile_update(spec, &mut err);
         let spread_by = spec.spread_by.clone().unwrap_or_else(|| "hostname".into());
         if spread_by.is_empty() {
             err("spread_by".into(), "an empty attribute name".into());
         }
-        for c in &spec.constraints {
-            if c.attribute.is_empty() {
-                err(
-                    "constraints".into(),
-                    "a constraint needs an attribute".into(),
-                );
-            }
-            if c.operator == ConstraintOp::MaxPer && c.value.parse::<u32>().map_or(true, |n| n == 0)
-            {
-                err(
-                    "constraints".into(),
-                    format!(
-                        "max_per on {}: value '{}' must be a count of at least 1",
-                        c.attribute, c.value
-                    ),
-                );
-            }
-        }
+        check_service_constraints(&spec.constraints, &mut err);
         if !errors.is_empty() {
             return Err(JobErrors(errors));
         }

@@ -183,16 +183,45 @@ impl ServiceScheduler {
         let Some(c) = self.compiled(svc) else {
             return; // A stored spec that no longer validates: left alone (its record says so).
         };
-        let cur = svc.spec_version;
-        let mut inst: BTreeMap<u32, Instance> =
-            svc.instances.iter().map(|(k, v)| (*k, v.clone())).collect();
-        let mut changed: BTreeSet<u32> = BTreeSet::new();
-        let mut removed: Vec<u32> = Vec::new();
-        let mut kills: Vec<TaskId> = Vec::new();
-        let stopped = svc.state == ServiceState::Stopped;
-
+        let mut pass = Pass {
+            inst: svc.instances.iter().map(|(k, v)| (*k, v.clone())).collect(),
+            changed: BTreeSet::new(),
+            removed: Vec::new(),
+            kills: Vec::new(),
+        };
         // 1. Each instance against its task in the cell.
-        for (&index, i) in inst.iter_mut() {
+        self.follow_tasks(cell, svc, &c, now, &mut pass);
+        if svc.state == ServiceState::Stopped {
+            self.drop_pending(id, &mut pass);
+        } else {
+            self.converge(cell, svc, &c, &mut pass);
+            self.place(
+                cell,
+                svc,
+                &c,
+                now,
+                &mut pass.inst,
+                &mut pass.changed,
+                actions,
+            );
+        }
+        self.finish_pass(id, now, pass, actions);
+    }
+
+    /// Each instance against its task in the cell: a pending one whose task is in the cell
+    /// is adopted, a live one of a stopping instance (or stopped service) is killed, and one
+    /// whose task ended is removed when it was stopping, else restarted.
+    fn follow_tasks(
+        &self,
+        cell: &Cell,
+        svc: &Service,
+        c: &CompiledService,
+        now: Timestamp,
+        pass: &mut Pass,
+    ) {
+        let id = svc.id.as_str();
+        let stopped = svc.state == ServiceState::Stopped;
+        for (&index, i) in pass.inst.iter_mut() {
             if self.placing.contains(&(id.to_string(), index)) {
                 continue;
             }
@@ -207,7 +236,7 @@ impl ServiceScheduler {
                         i.agent_id = Some(t.agent_id.clone());
                         i.started_at = now;
                         i.message = None;
-                        changed.insert(index);
+                        pass.changed.insert(index);
                     }
                     None => continue,
                 }
@@ -219,10 +248,10 @@ impl ServiceScheduler {
                     if i.state == InstanceState::Stopping || stopped {
                         if i.state != InstanceState::Stopping {
                             i.state = InstanceState::Stopping;
-                            changed.insert(index);
+                            pass.changed.insert(index);
                         }
                         if t.state != TaskState::Killing {
-                            kills.push(task_id.clone());
+                            pass.kills.push(task_id.clone());
                         }
                     }
                     None
@@ -230,59 +259,44 @@ impl ServiceScheduler {
             };
             let Some(why) = ended else { continue };
             if i.state == InstanceState::Stopping || stopped {
-                removed.push(index);
+                pass.removed.push(index);
                 continue;
             }
-            // Restart policy: the next generation, after a backoff that grows with each end
-            // in a row soon after the start.
-            if now.saturating_sub(i.started_at) >= FAILURES_RESET_MS {
-                i.failures = 0;
-            }
-            i.failures += 1;
-            let wait = c.backoff(i.failures);
-            i.generation = next_generation(cell, id, index, i.generation + 1);
-            i.state = InstanceState::Pending;
-            i.spec_version = cur;
-            i.agent_id = None;
-            i.not_before = now.saturating_add(wait);
-            i.message = Some(format!(
-                "{task_id} ended ({why}); restart in {}",
-                fmt_ms(wait)
-            ));
-            changed.insert(index);
+            restart(cell, svc, c, now, index, i, &task_id, &why);
+            pass.changed.insert(index);
         }
-        for index in &removed {
-            inst.remove(index);
-            changed.remove(index);
+        for index in &pass.removed {
+            pass.inst.remove(index);
+            pass.changed.remove(index);
         }
-        if stopped {
-            // Pending instances have no task: they simply go.
-            let pending: Vec<u32> = inst
-                .iter()
-                .filter(|(k, i)| {
-                    i.state == InstanceState::Pending
-                        && !self.placing.contains(&(id.to_string(), **k))
-                })
-                .map(|(k, _)| *k)
-                .collect();
-            for k in pending {
-                inst.remove(&k);
-                changed.remove(&k);
-                removed.push(k);
-            }
-        } else {
-            self.converge(
-                cell,
-                svc,
-                &c,
-                now,
-                &mut inst,
-                &mut changed,
-                &mut removed,
-                &mut kills,
-            );
-            self.place(cell, svc, &c, now, &mut inst, &mut changed, actions);
+    }
+
+    /// A stopped service's pending instances have no task: they simply go.
+    fn drop_pending(&self, id: &str, pass: &mut Pass) {
+        let pending: Vec<u32> = pass
+            .inst
+            .iter()
+            .filter(|(k, i)| {
+                i.state == InstanceState::Pending && !self.placing.contains(&(id.to_string(), **k))
+            })
+            .map(|(k, _)| *k)
+            .collect();
+        for k in pending {
+            pass.inst.remove(&k);
+            pass.changed.remove(&k);
+            pass.removed.push(k);
         }
+    }
+
+    /// What a pass decided, as actions: one record update (the changed instances, and the
+    /// removed indices no new instance took), its kills, and a timer per backoff.
+    fn finish_pass(&mut self, id: &str, now: Timestamp, pass: Pass, actions: &mut ServiceActions) {
+        let Pass {
+            inst,
+            changed,
+            removed,
+            kills,
+        } = pass;
         let mut removed_set: Vec<u32> = removed;
         removed_set.sort_unstable();
         removed_set.dedup();
@@ -312,44 +326,28 @@ impl ServiceScheduler {
     /// [`ServiceScheduler`]); never more than `count + max_surge` instances exist (those being
     /// removed included) and never fewer than `count - max_unavailable` are available because
     /// of a stop decided here.
-    #[allow(clippy::too_many_arguments)]
-    fn converge(
-        &self,
-        cell: &Cell,
-        svc: &Service,
-        c: &CompiledService,
-        _now: Timestamp,
-        inst: &mut BTreeMap<u32, Instance>,
-        changed: &mut BTreeSet<u32>,
-        removed: &mut Vec<u32>,
-        kills: &mut Vec<TaskId>,
-    ) {
+    fn converge(&self, cell: &Cell, svc: &Service, c: &CompiledService, pass: &mut Pass) {
+        let cur = svc.spec_version;
+        // A pending instance has no task: it takes the current spec when it is placed.
+        for (k, i) in pass.inst.iter_mut() {
+            if i.state == InstanceState::Pending && i.spec_version != cur {
+                i.spec_version = cur;
+                pass.changed.insert(*k);
+            }
+        }
+        self.scale_down(cell, svc, c, pass);
+        roll_update(cell, svc, c, pass);
+        start_instances(cell, svc, c, pass);
+    }
+
+    /// Scale down: too many instances of the current version. Pending ones go first, then
+    /// unavailable ones, then the highest indices.
+    fn scale_down(&self, cell: &Cell, svc: &Service, c: &CompiledService, pass: &mut Pass) {
         let id = svc.id.as_str();
         let n = svc.count as usize;
         let cur = svc.spec_version;
-        let has_check = c.health.is_some();
         let placing = |k: u32| self.placing.contains(&(id.to_string(), k));
-        // A pending instance has no task: it takes the current spec when it is placed.
-        for (k, i) in inst.iter_mut() {
-            if i.state == InstanceState::Pending && i.spec_version != cur {
-                i.spec_version = cur;
-                changed.insert(*k);
-            }
-        }
-        let available = |i: &Instance| {
-            i.state == InstanceState::Running
-                && cell
-                    .task(&instance_task_id(id, i.index, i.generation))
-                    .is_some_and(|t| task_available(t, has_check))
-        };
-        let stop = |i: &mut Instance, kills: &mut Vec<TaskId>, why: &str| {
-            i.state = InstanceState::Stopping;
-            i.message = Some(why.to_string());
-            kills.push(instance_task_id(id, i.index, i.generation));
-        };
-
-        // Scale down: too many instances of the current version. Pending ones go first, then
-        // unavailable ones, then the highest indices.
+        let inst = &mut pass.inst;
         let mut current: Vec<u32> = inst
             .iter()
             .filter(|(k, i)| {
@@ -366,7 +364,7 @@ impl ServiceScheduler {
                 let i = &inst[k];
                 (
                     i.state == InstanceState::Running,
-                    available(i),
+                    instance_available(cell, id, c, i),
                     std::cmp::Reverse(*k),
                 )
             });
@@ -374,79 +372,13 @@ impl ServiceScheduler {
                 let i = inst.get_mut(&k).expect("listed");
                 if i.state == InstanceState::Pending {
                     inst.remove(&k);
-                    changed.remove(&k);
-                    removed.push(k);
+                    pass.changed.remove(&k);
+                    pass.removed.push(k);
                 } else {
-                    stop(i, kills, "scaled down");
-                    changed.insert(k);
+                    stop_instance(id, i, &mut pass.kills, "scaled down");
+                    pass.changed.insert(k);
                 }
             }
-        }
-
-        // Rolling update: replace instances of older versions. Unavailable ones go at once;
-        // available ones only while `count - max_unavailable` stay available.
-        let mut avail = inst
-            .values()
-            .filter(|i| i.state != InstanceState::Stopping && available(i))
-            .count();
-        let floor = n.saturating_sub(c.max_unavailable as usize);
-        let mut old: Vec<u32> = inst
-            .iter()
-            .filter(|(_, i)| i.state == InstanceState::Running && i.spec_version < cur)
-            .map(|(k, _)| *k)
-            .collect();
-        old.sort_by_key(|k| (available(&inst[k]), *k));
-        for k in old {
-            let was_available = available(&inst[&k]);
-            if was_available {
-                if avail <= floor {
-                    break;
-                }
-                avail -= 1;
-            }
-            let i = inst.get_mut(&k).expect("listed");
-            stop(i, kills, &format!("replaced by spec version {cur}"));
-            changed.insert(k);
-        }
-
-        // Start instances of the current version up to `count`; during an update at most
-        // `max_surge` beyond it, counting every instance that still exists.
-        let old_left = inst
-            .values()
-            .any(|i| i.state != InstanceState::Stopping && i.spec_version < cur);
-        let allowed = if old_left || inst.values().any(|i| i.spec_version < cur) {
-            n + c.max_surge as usize
-        } else {
-            n
-        };
-        let mut current = inst
-            .values()
-            .filter(|i| i.state != InstanceState::Stopping && i.spec_version == cur)
-            .count();
-        let mut total = inst.len();
-        let mut next_index = 0u32;
-        while current < n && total < allowed {
-            while inst.contains_key(&next_index) {
-                next_index += 1;
-            }
-            let generation = next_generation(cell, id, next_index, 1);
-            inst.insert(
-                next_index,
-                Instance {
-                    index: next_index,
-                    generation,
-                    spec_version: cur,
-                    state: InstanceState::Pending,
-                    agent_id: None,
-                    failures: 0,
-                    not_before: 0,
-                    started_at: 0,
-                    message: None,
-                },
-            );
-            changed.insert(next_index);
-            current += 1;
-            total += 1;
         }
     }
 
@@ -463,16 +395,7 @@ impl ServiceScheduler {
         actions: &mut ServiceActions,
     ) {
         let id = svc.id.as_str();
-        let waiting: Vec<u32> = inst
-            .iter()
-            .filter(|(k, i)| {
-                i.state == InstanceState::Pending
-                    && i.not_before <= now
-                    && !self.placing.contains(&(id.to_string(), **k))
-            })
-            .map(|(k, _)| *k)
-            .take(SERVICE_PLACEMENTS_PER_STEP_MAX)
-            .collect();
+        let waiting = self.due_instances(id, now, inst);
         if waiting.is_empty() {
             self.no_room.remove(id);
             return;
@@ -511,6 +434,33 @@ impl ServiceScheduler {
         if placements.is_empty() {
             return;
         }
+        self.push_claim(cell, id, c, now, placements, actions);
+    }
+
+    /// The pending instances whose backoff is over and that are in no claim yet, at most
+    /// [`SERVICE_PLACEMENTS_PER_STEP_MAX`] of them.
+    fn due_instances(&self, id: &str, now: Timestamp, inst: &BTreeMap<u32, Instance>) -> Vec<u32> {
+        inst.iter()
+            .filter(|(k, i)| {
+                i.state == InstanceState::Pending
+                    && i.not_before <= now
+                    && !self.placing.contains(&(id.to_string(), **k))
+            })
+            .map(|(k, _)| *k)
+            .take(SERVICE_PLACEMENTS_PER_STEP_MAX)
+            .collect()
+    }
+
+    /// The service's one incremental claim of a step, for `placements`.
+    fn push_claim(
+        &mut self,
+        cell: &Cell,
+        id: &str,
+        c: &CompiledService,
+        now: Timestamp,
+        placements: Vec<Placement>,
+        actions: &mut ServiceActions,
+    ) {
         self.claim_seq += 1;
         actions.claims.push(Claim {
             id: ClaimId::new(format!("service.{id}.{now}.{}", self.claim_seq)),
@@ -535,4 +485,142 @@ pub(crate) fn next_generation(cell: &Cell, service: &str, index: u32, from: u32)
         g += 1;
     }
     g
+}
+
+/// A service's instances as one reconcile pass changes them: the instances (as they will be
+/// written), the indices changed and removed, and the tasks to kill.
+struct Pass {
+    inst: BTreeMap<u32, Instance>,
+    changed: BTreeSet<u32>,
+    removed: Vec<u32>,
+    kills: Vec<TaskId>,
+}
+
+/// The restart policy for an instance whose task ended (`why`): the next generation, after a
+/// backoff that grows with each end in a row soon after the start.
+#[allow(clippy::too_many_arguments)]
+fn restart(
+    cell: &Cell,
+    svc: &Service,
+    c: &CompiledService,
+    now: Timestamp,
+    index: u32,
+    i: &mut Instance,
+    task_id: &TaskId,
+    why: &str,
+) {
+    if now.saturating_sub(i.started_at) >= FAILURES_RESET_MS {
+        i.failures = 0;
+    }
+    i.failures += 1;
+    let wait = c.backoff(i.failures);
+    i.generation = next_generation(cell, &svc.id, index, i.generation + 1);
+    i.state = InstanceState::Pending;
+    i.spec_version = svc.spec_version;
+    i.agent_id = None;
+    i.not_before = now.saturating_add(wait);
+    i.message = Some(format!(
+        "{task_id} ended ({why}); restart in {}",
+        fmt_ms(wait)
+    ));
+}
+
+/// Whether an instance is available: running, and its task available (healthy, when the
+/// service has a check).
+fn instance_available(cell: &Cell, id: &str, c: &CompiledService, i: &Instance) -> bool {
+    i.state == InstanceState::Running
+        && cell
+            .task(&instance_task_id(id, i.index, i.generation))
+            .is_some_and(|t| task_available(t, c.health.is_some()))
+}
+
+/// Stops an instance (`why`): it is stopping and its task is killed.
+fn stop_instance(id: &str, i: &mut Instance, kills: &mut Vec<TaskId>, why: &str) {
+    i.state = InstanceState::Stopping;
+    i.message = Some(why.to_string());
+    kills.push(instance_task_id(id, i.index, i.generation));
+}
+
+/// Rolling update: replace instances of older versions. Unavailable ones go at once;
+/// available ones only while `count - max_unavailable` stay available.
+fn roll_update(cell: &Cell, svc: &Service, c: &CompiledService, pass: &mut Pass) {
+    let id = svc.id.as_str();
+    let n = svc.count as usize;
+    let cur = svc.spec_version;
+    let inst = &mut pass.inst;
+    let available = |i: &Instance| instance_available(cell, id, c, i);
+    let mut avail = inst
+        .values()
+        .filter(|i| i.state != InstanceState::Stopping && available(i))
+        .count();
+    let floor = n.saturating_sub(c.max_unavailable as usize);
+    let mut old: Vec<u32> = inst
+        .iter()
+        .filter(|(_, i)| i.state == InstanceState::Running && i.spec_version < cur)
+        .map(|(k, _)| *k)
+        .collect();
+    old.sort_by_key(|k| (available(&inst[k]), *k));
+    for k in old {
+        let was_available = available(&inst[&k]);
+        if was_available {
+            if avail <= floor {
+                break;
+            }
+            avail -= 1;
+        }
+        let i = inst.get_mut(&k).expect("listed");
+        stop_instance(
+            id,
+            i,
+            &mut pass.kills,
+            &format!("replaced by spec version {cur}"),
+        );
+        pass.changed.insert(k);
+    }
+}
+
+/// Starts instances of the current version up to `count`; during an update at most
+/// `max_surge` beyond it, counting every instance that still exists.
+fn start_instances(cell: &Cell, svc: &Service, c: &CompiledService, pass: &mut Pass) {
+    let id = svc.id.as_str();
+    let n = svc.count as usize;
+    let cur = svc.spec_version;
+    let inst = &mut pass.inst;
+    let old_left = inst
+        .values()
+        .any(|i| i.state != InstanceState::Stopping && i.spec_version < cur);
+    let allowed = if old_left || inst.values().any(|i| i.spec_version < cur) {
+        n + c.max_surge as usize
+    } else {
+        n
+    };
+    let mut current = inst
+        .values()
+        .filter(|i| i.state != InstanceState::Stopping && i.spec_version == cur)
+        .count();
+    let mut total = inst.len();
+    let mut next_index = 0u32;
+    while current < n && total < allowed {
+        while inst.contains_key(&next_index) {
+            next_index += 1;
+        }
+        let generation = next_generation(cell, id, next_index, 1);
+        inst.insert(
+            next_index,
+            Instance {
+                index: next_index,
+                generation,
+                spec_version: cur,
+                state: InstanceState::Pending,
+                agent_id: None,
+                failures: 0,
+                not_before: 0,
+                started_at: 0,
+                message: None,
+            },
+        );
+        pass.changed.insert(next_index);
+        current += 1;
+        total += 1;
+    }
 }
