@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -23,7 +25,7 @@ use crate::util::*;
 pub static CHILDREN: Mutex<Vec<u32>> = Mutex::new(Vec::new());
 
 pub fn kill_all_children() {
-    for pid in CHILDREN.lock().map(|v| v.clone()).unwrap_or_default() {
+    for pid in CHILDREN.lock().clone() {
         // SAFETY: plain kill(2) on a pid this process spawned.
         unsafe {
             libc::kill(pid as libc::pid_t, libc::SIGKILL);
@@ -80,7 +82,7 @@ impl MasterProc {
             .stderr(log)
             .spawn()
             .with_context(|| format!("starting {}", self.bin.display()))?;
-        CHILDREN.lock().expect("children lock").push(child.id());
+        CHILDREN.lock().push(child.id());
         self.child = Some(child);
         let dl = Deadline::after(limit);
         let addr = loop {
@@ -124,9 +126,7 @@ impl MasterProc {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
-            if let Ok(mut v) = CHILDREN.lock() {
-                v.retain(|p| *p != c.id());
-            }
+            CHILDREN.lock().retain(|p| *p != c.id());
         }
     }
 

@@ -4,7 +4,9 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::{Mutex, OnceLock};
+use std::sync::OnceLock;
+
+use parking_lot::Mutex;
 use std::time::Duration;
 
 use crate::script::run_command;
@@ -46,10 +48,7 @@ pub fn go_program(test: &str, name: &'static str) -> Option<PathBuf> {
         eprintln!("skipping {test}: {why}");
         return None;
     }
-    let mut built = BUILT
-        .get_or_init(Default::default)
-        .lock()
-        .unwrap_or_else(|e| e.into_inner());
+    let mut built = BUILT.get_or_init(Default::default).lock();
     let result = built.entry(name).or_insert_with(|| build(name));
     match result {
         Ok(bin) => Some(bin.clone()),

@@ -100,7 +100,11 @@ fn expect_master(line: &str, master: &MasterProc, what: &str) {
 fn published(master: &MasterProc, times: usize) {
     let until = Instant::now() + Duration::from_secs(20);
     while master.log().matches("in ZooKeeper at").count() < times {
-        assert!(Instant::now() < until, "not published in ZooKeeper:\n{}", master.log());
+        assert!(
+            Instant::now() < until,
+            "not published in ZooKeeper:\n{}",
+            master.log()
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
