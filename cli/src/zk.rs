@@ -12,8 +12,8 @@ use shoal_compat::zk::{Contender, MasterAddress, ZkUrl};
 pub(crate) struct ZkArgs {
     /// Publish this master in ZooKeeper for Mesos master detection:
     /// `zk://host1:2181,host2:2181/mesos` (as Mesos's `--zk`).
-    #[arg(long)]
-    zk: Option<String>,
+    #[arg(long, value_parser = |s: &str| s.parse::<ZkUrl>())]
+    zk: Option<ZkUrl>,
     /// How long after this master dies its ZooKeeper node stays (Mesos's
     /// `--zk_session_timeout`).
     #[arg(long = "zk-session-timeout", default_value = "10s", value_parser = humantime::parse_duration)]
@@ -30,8 +30,7 @@ impl ZkArgs {
         advertise_ip: Option<IpAddr>,
         hostname: Option<&str>,
     ) -> anyhow::Result<Option<Contender>> {
-        let Some(zk) = &self.zk else { return Ok(None) };
-        let url: ZkUrl = zk.parse()?;
+        let Some(url) = &self.zk else { return Ok(None) };
         let ip = match advertise_ip.unwrap_or(listen.ip()) {
             IpAddr::V4(ip) if !ip.is_unspecified() => ip,
             IpAddr::V4(_) => anyhow::bail!(

@@ -153,3 +153,32 @@ fn a_mesos_go_detector_follows_the_master_through_zookeeper() {
     let back = detector.next_other_than("NONE", Duration::from_secs(30), "after the restart");
     expect_master(&back, &second, "after the restart");
 }
+
+/// A `--zk` that Mesos would refuse (no path, `/`, credentials, another scheme, a host list
+/// with a hole) stops `shoal master` before it starts: a clear message, exit 2, no work dir.
+#[test]
+fn a_bad_zk_url_is_refused_before_anything_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    for (i, bad) in [
+        "zk://127.0.0.1:2181",
+        "zk://127.0.0.1:2181/",
+        "zk://user:secret@127.0.0.1:2181/mesos",
+        "http://127.0.0.1:2181/mesos",
+        "zk://a:1,,b:2/mesos",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let work_dir = dir.path().join(format!("m{i}"));
+        let out = Command::new(shoal_tests::shoal_bin())
+            .args(["master", "--listen", "127.0.0.1:0", "--work-dir"])
+            .arg(&work_dir)
+            .args(["--zk", bad])
+            .output()
+            .expect("run shoal master");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{bad}: {stderr}");
+        assert!(stderr.contains("invalid ZooKeeper URL"), "{bad}: {stderr}");
+        assert!(!work_dir.exists(), "{bad}: the master made its work dir");
+    }
+}
