@@ -29,13 +29,5 @@ docker_body() {
 }
 
 phase_docker() {
-  guarded docker_body
-  if ((GUARD_RC == 0)); then
-    export SHOAL_TEST_DOCKER=1
-    return 0
-  fi
-  unset SHOAL_TEST_DOCKER
-  ((IN_CI)) && { echo "Docker is required in CI: $GUARD_REASON" >&2; return 1; }
-  warn "Docker unavailable ($GUARD_REASON); continuing without SHOAL_TEST_DOCKER"
-  note "skipped: $GUARD_REASON"
+  service_phase "Docker" SHOAL_TEST_DOCKER "1" docker_body
 }

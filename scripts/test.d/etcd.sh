@@ -34,13 +34,5 @@ etcd_body() {
 }
 
 phase_etcd() {
-  guarded etcd_body
-  if ((GUARD_RC == 0)); then
-    export SHOAL_TEST_ETCD="http://127.0.0.1:$ETCD_PORT"
-    return 0
-  fi
-  unset SHOAL_TEST_ETCD
-  ((IN_CI)) && { echo "etcd is required in CI: $GUARD_REASON" >&2; return 1; }
-  warn "etcd unavailable ($GUARD_REASON); continuing without SHOAL_TEST_ETCD"
-  note "skipped: $GUARD_REASON"
+  service_phase "etcd" SHOAL_TEST_ETCD "http://127.0.0.1:$ETCD_PORT" etcd_body
 }

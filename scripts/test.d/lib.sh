@@ -64,6 +64,22 @@ guarded() {
   return 0
 }
 
+# service_phase WHAT VAR VALUE BODY: run BODY (a function) guarded. When it works, export
+# VAR=VALUE for the tests; when not, unset VAR and fail in CI, or (outside CI) print why and
+# go on, so the tests that need it skip themselves with a reason.
+service_phase() {
+  local what=$1 var=$2 value=$3 body=$4
+  guarded "$body"
+  if ((GUARD_RC == 0)); then
+    export "$var=$value"
+    return 0
+  fi
+  unset "$var"
+  ((IN_CI)) && { echo "$what is required in CI: $GUARD_REASON" >&2; return 1; }
+  warn "$what unavailable ($GUARD_REASON); continuing without $var"
+  note "skipped: $GUARD_REASON"
+}
+
 # alive PID: the process exists and is not a zombie (works for root-owned
 # processes started through sudo, too).
 alive() {

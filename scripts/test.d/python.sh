@@ -38,13 +38,5 @@ python_body() {
 }
 
 phase_python() {
-  guarded python_body
-  if ((GUARD_RC == 0)); then
-    export SHOAL_TEST_PYTHON=$VENV/bin/python
-    return 0
-  fi
-  unset SHOAL_TEST_PYTHON
-  ((IN_CI)) && { echo "the pymesos venv is required in CI: $GUARD_REASON" >&2; return 1; }
-  warn "pymesos venv unavailable ($GUARD_REASON); continuing without SHOAL_TEST_PYTHON"
-  note "skipped: $GUARD_REASON"
+  service_phase "the pymesos venv" SHOAL_TEST_PYTHON "$VENV/bin/python" python_body
 }

@@ -43,13 +43,5 @@ CFG
 }
 
 phase_zookeeper() {
-  guarded zookeeper_body
-  if ((GUARD_RC == 0)); then
-    export SHOAL_TEST_ZK="127.0.0.1:$ZK_PORT"
-    return 0
-  fi
-  unset SHOAL_TEST_ZK
-  ((IN_CI)) && { echo "ZooKeeper is required in CI: $GUARD_REASON" >&2; return 1; }
-  warn "ZooKeeper unavailable ($GUARD_REASON); continuing without SHOAL_TEST_ZK"
-  note "skipped: $GUARD_REASON"
+  service_phase "ZooKeeper" SHOAL_TEST_ZK "127.0.0.1:$ZK_PORT" zookeeper_body
 }
