@@ -555,6 +555,36 @@ pub(crate) fn group_kills_peers(update: &TaskUpdate, owns_network: bool) -> bool
     owns_network || !matches!(update, TaskUpdate::Finished)
 }
 
+/// What an executor asks of a task's watcher.
+pub(crate) enum Control {
+    Kill { grace: Option<Duration> },
+}
+
+/// A task an executor watches: the channel to its watcher, its group, and the watcher's
+/// handle (set once it is spawned).
+pub(crate) struct Entry {
+    pub(crate) control: tokio::sync::mpsc::UnboundedSender<Control>,
+    pub(crate) group: Option<String>,
+    pub(crate) abort: Option<tokio::task::AbortHandle>,
+}
+
+impl Entry {
+    /// A new entry of `group` and the receiver its watcher reads controls from.
+    pub(crate) fn new(
+        group: Option<String>,
+    ) -> (Entry, tokio::sync::mpsc::UnboundedReceiver<Control>) {
+        let (control, rx) = tokio::sync::mpsc::unbounded_channel();
+        (
+            Entry {
+                control,
+                group,
+                abort: None,
+            },
+            rx,
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -45,7 +45,6 @@ use bollard::query_parameters::{
 };
 use bollard::Docker;
 use tokio::sync::{mpsc, watch};
-use tokio::task::AbortHandle;
 
 use super::heartbeat::{self, Heartbeat};
 use super::util::{self, escape_id};
@@ -53,6 +52,7 @@ use super::{
     group_kills_peers, AgentError, Executor, ExecutorEvent, FailReason, GcReport, HealthCheckSpec,
     LaunchSpec, RecoveredTask, TaskUpdate,
 };
+use super::{Control, Entry};
 
 /// The image, the container's configuration, its creation and start.
 mod create;
@@ -112,16 +112,6 @@ impl DockerConfig {
             clock: SystemClock::shared(),
         }
     }
-}
-
-enum Control {
-    Kill { grace: Option<Duration> },
-}
-
-struct Entry {
-    control: mpsc::UnboundedSender<Control>,
-    group: Option<String>,
-    abort: Option<AbortHandle>,
 }
 
 /// The network namespace owner of a group: `None` while it starts, then its
@@ -309,21 +299,15 @@ impl Inner {
 #[async_trait::async_trait]
 impl Executor for DockerExecutor {
     async fn launch(&self, spec: LaunchSpec) -> Result<(), AgentError> {
-        let (tx, rx) = mpsc::unbounded_channel();
-        {
+        let rx = {
             let mut tasks = self.inner.tasks.lock();
             if tasks.contains_key(&spec.task_id) {
                 return Err(AgentError::DuplicateTask(spec.task_id));
             }
-            tasks.insert(
-                spec.task_id.clone(),
-                Entry {
-                    control: tx,
-                    group: spec.group.clone(),
-                    abort: None,
-                },
-            );
-        }
+            let (entry, rx) = Entry::new(spec.group.clone());
+            tasks.insert(spec.task_id.clone(), entry);
+            rx
+        };
         // The first task of a group owns its network; decided here, synchronously,
         // so that concurrent launches agree.
         let role = match &spec.group {
@@ -577,15 +561,8 @@ impl Inner {
                 },
             );
         }
-        let (tx, rx) = mpsc::unbounded_channel();
-        self.tasks.lock().insert(
-            task_id.to_string(),
-            Entry {
-                control: tx,
-                group: attached.group.clone(),
-                abort: None,
-            },
-        );
+        let (entry, rx) = Entry::new(attached.group.clone());
+        self.tasks.lock().insert(task_id.to_string(), entry);
         tracing::info!(task_id = %task_id, container = %cid, "re-attached to container");
         let handle = tokio::spawn(watch_container(self.clone(), attached, rx));
         if let Some(e) = self.tasks.lock().get_mut(task_id) {

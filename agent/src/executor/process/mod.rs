@@ -40,7 +40,6 @@ use parking_lot::{Mutex, MutexGuard};
 use serde::{Deserialize, Serialize};
 use shoal_core::clock::{Clock, SharedClock, SystemClock};
 use tokio::sync::mpsc;
-use tokio::task::AbortHandle;
 
 use super::cgroup::{self, Cgroups};
 use super::heartbeat::{self, Heartbeat};
@@ -49,6 +48,7 @@ use super::{
     group_kills_peers, AgentError, Executor, ExecutorEvent, FailReason, GcReport, HealthCheckSpec,
     LaunchSpec, RecoveredTask, TaskUpdate,
 };
+use super::{Control, Entry};
 
 /// A new task: prepared, its supervisor spawned.
 mod launch;
@@ -113,16 +113,6 @@ pub struct TaskRecord {
     pub alive_file: Option<PathBuf>,
     #[serde(default)]
     pub recovery_timeout: Option<Duration>,
-}
-
-enum Control {
-    Kill { grace: Option<Duration> },
-}
-
-struct Entry {
-    control: mpsc::UnboundedSender<Control>,
-    group: Option<String>,
-    abort: Option<AbortHandle>,
 }
 
 struct Inner {
@@ -217,15 +207,8 @@ impl Inner {
     fn reattach(self: &Arc<Self>, record: TaskRecord) {
         let id = record.task_id.clone();
         tracing::info!(task_id = %id, pid = record.supervisor_pid, "re-attached to process task");
-        let (tx, rx) = mpsc::unbounded_channel();
-        self.lock().insert(
-            id.clone(),
-            Entry {
-                control: tx,
-                group: record.group.clone(),
-                abort: None,
-            },
-        );
+        let (entry, rx) = Entry::new(record.group.clone());
+        self.lock().insert(id.clone(), entry);
         let handle = tokio::spawn(watch(self.clone(), record, rx));
         if let Some(e) = self.lock().get_mut(&id) {
             e.abort = Some(handle.abort_handle());
@@ -264,21 +247,15 @@ impl Inner {
 #[async_trait::async_trait]
 impl Executor for ProcessExecutor {
     async fn launch(&self, spec: LaunchSpec) -> Result<(), AgentError> {
-        let (tx, rx) = mpsc::unbounded_channel();
-        {
+        let rx = {
             let mut tasks = self.inner.lock();
             if tasks.contains_key(&spec.task_id) {
                 return Err(AgentError::DuplicateTask(spec.task_id));
             }
-            tasks.insert(
-                spec.task_id.clone(),
-                Entry {
-                    control: tx,
-                    group: spec.group.clone(),
-                    abort: None,
-                },
-            );
-        }
+            let (entry, rx) = Entry::new(spec.group.clone());
+            tasks.insert(spec.task_id.clone(), entry);
+            rx
+        };
         let task_id = spec.task_id.clone();
         self.inner.send(&task_id, TaskUpdate::Starting);
         let handle = tokio::spawn(run_new(self.inner.clone(), spec, rx));
