@@ -13,10 +13,14 @@
 //! - *agent links*: a connection upgraded to an agent's WebSocket leaves the other pools and
 //!   counts against `agent_links_max` (a cell has up to 10,000 agents); links are never shed.
 //!
+//! - *libprocess links*: a connection whose request is a libprocess message (a v0 framework's
+//!   own connection for everything it sends) joins the links pool too: libprocess does not
+//!   resend what a closed connection lost, so it is never shed nor timed out while idle.
+//!
 //! The caps are fitted under the process's descriptor limit (raised to its hard limit first).
-//! hyper's header-read timeout closes a connection that has not sent a complete head within
+//! A reaper closes a connection that has not sent a complete head within
 //! [`limits::HTTP_HEADER_READ_TIMEOUT_SECS`], which also bounds how long a connection may sit
-//! idle between requests; a request body must arrive within
+//! idle between requests (links excepted); a request body must arrive within
 //! [`limits::HTTP_BODY_READ_TIMEOUT_SECS`]. Every request carries two extensions: its
 //! connection's peer address (axum's `ConnectInfo<SocketAddr>`: where an agent's link comes
 //! from) and a [`ConnectionHandle`].
@@ -154,12 +158,20 @@ impl Shared {
             id,
             _reservation: None,
         };
+        let libprocess = is_libprocess(req.headers());
         let resp = match self.check(pool, local, &req) {
             Some(refusal) => refusal,
-            None => self.call(req, &mut done).await,
+            None => {
+                // A libprocess peer keeps one connection open for all its messages and does
+                // not resend what a closed one lost: the connection becomes a link.
+                if libprocess {
+                    self.conns.linked(id);
+                }
+                self.call(req, &mut done).await
+            }
         };
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-            self.conns.upgraded(id);
+            self.conns.linked(id);
         }
         resp.map(|inner| Body::new(TrackedBody { inner, _done: done }))
     }
@@ -181,7 +193,8 @@ impl Shared {
         let path = req.uri().path();
         let headers = req.headers();
         let agent_link = path == AGENT_CONNECT_PATH;
-        if pool == Some(Pool::Reserved) && path != "/health" && !agent_link {
+        let libprocess = is_libprocess(headers);
+        if pool == Some(Pool::Reserved) && path != "/health" && !agent_link && !libprocess {
             return Some(refuse(
                 path,
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -190,12 +203,14 @@ impl Shared {
                 true,
             ));
         }
-        if agent_link && is_upgrade(headers) && self.conns.links() >= self.conns.max_links {
+        let new_link =
+            (agent_link && is_upgrade(headers)) || (libprocess && pool != Some(Pool::Link));
+        if new_link && self.conns.links() >= self.conns.max_links {
             return Some(refuse(
                 path,
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",
-                "the master is at its agent link limit",
+                "the master is at its link limit (agents and libprocess peers)",
                 true,
             ));
         }
@@ -296,6 +311,27 @@ async fn serve_connection(
     }
 }
 
+/// Closes every connection that has waited longer than `timeout` for a request head (a
+/// head not finished, or none since its last answer); links are exempt. Runs until aborted.
+async fn reap_waiting(conns: Arc<Connections>, timeout: Duration) {
+    let period = (timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(deadline) = tokio::time::Instant::now().checked_sub(timeout) else {
+            continue;
+        };
+        let reaped = conns.lock().reap_waiting(deadline);
+        if reaped > 0 {
+            tracing::debug!(
+                connections = reaped,
+                "closed connections that sent no request head in time"
+            );
+        }
+    }
+}
+
 /// Serves `router` on `listener` until `shutdown` resolves, then lets requests in flight
 /// finish for up to [`limits::HTTP_SHUTDOWN_GRACE_SECS`].
 pub async fn serve(
@@ -321,10 +357,16 @@ pub async fn serve(
         config,
     });
     let mut builder = hyper::server::conn::http1::Builder::new();
+    // The header-read timeout is the reaper's (below), not hyper's: hyper's would also close
+    // a libprocess link that is idle between two messages.
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(shared.config.header_read_timeout)
+        .header_read_timeout(None)
         .max_buf_size(limits::HTTP_CONNECTION_BUFFER_BYTES);
+    let reaper = tokio::spawn(reap_waiting(
+        conns.clone(),
+        shared.config.header_read_timeout,
+    ));
     let builder = Arc::new(builder);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::pin!(shutdown);
@@ -352,6 +394,7 @@ pub async fn serve(
             stop,
         ));
     }
+    reaper.abort();
     let _ = stop_tx.send(true);
     let drained = async {
         while conns.http_count() > 0 {

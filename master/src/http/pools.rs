@@ -28,6 +28,9 @@ pub(super) struct Slot {
     pub(super) pool: Pool,
     /// Set while the connection waits for a request head: its place in the shedding order.
     pub(super) waiting: Option<u64>,
+    /// Since when it has waited for a head (with `waiting`): the header-read timeout runs
+    /// from here.
+    pub(super) waiting_since: Option<tokio::time::Instant>,
     pub(super) shed: Arc<Notify>,
 }
 
@@ -62,11 +65,37 @@ impl Table {
         if let Some(old) = slot.waiting.take() {
             self.waiting[i].remove(&(old, id));
         }
+        slot.waiting_since = None;
         if waiting {
             slot.waiting = Some(seq);
+            slot.waiting_since = Some(tokio::time::Instant::now());
             self.waiting[i].insert((seq, id));
             self.next_seq += 1;
         }
+    }
+
+    /// Closes the connections that have waited for a request head (a head not finished, or
+    /// none since the last answer) since before `deadline`; how many. Links never wait.
+    pub(super) fn reap_waiting(&mut self, deadline: tokio::time::Instant) -> usize {
+        let mut reaped = 0;
+        for pool in [Pool::General, Pool::Reserved] {
+            // Oldest first: the waiting order is the order in which they began to wait.
+            while let Some(&(_, id)) = self.waiting[Table::pool_index(pool)].iter().next() {
+                let expired = self
+                    .slots
+                    .get(&id)
+                    .and_then(|s| s.waiting_since)
+                    .is_none_or(|since| since <= deadline);
+                if !expired {
+                    break;
+                }
+                if let Some(slot) = self.remove(id) {
+                    slot.shed.notify_one();
+                    reaped += 1;
+                }
+            }
+        }
+        reaped
     }
 
     pub(super) fn remove(&mut self, id: u64) -> Option<Slot> {
@@ -140,6 +169,7 @@ impl Connections {
             Slot {
                 pool,
                 waiting: None,
+                waiting_since: None,
                 shed: shed.clone(),
             },
         );
@@ -162,14 +192,20 @@ impl Connections {
         self.lock().counts[2]
     }
 
-    /// The connection now carries an agent link: it moves to the links pool.
-    pub(super) fn upgraded(&self, id: u64) {
+    /// The connection now carries a link (an agent's WebSocket, or a libprocess peer's
+    /// messages): it moves to the links pool, where it is never shed and never times out
+    /// waiting for its next request.
+    pub(super) fn linked(&self, id: u64) {
         let mut t = self.lock();
         let Some(slot) = t.slots.get_mut(&id) else {
             return;
         };
+        if slot.pool == Pool::Link {
+            return;
+        }
         let from = Table::pool_index(slot.pool);
         slot.pool = Pool::Link;
+        slot.waiting_since = None;
         if let Some(seq) = slot.waiting.take() {
             t.waiting[from].remove(&(seq, id));
         }
@@ -321,12 +357,35 @@ mod tests {
         c.begin_request(d);
         let (e, pool, _) = c.admit().unwrap();
         assert_eq!(pool, Pool::Reserved);
-        c.upgraded(b);
+        c.linked(b);
         assert_eq!(c.links(), 1);
         c.end_request(b); // an upgraded link never waits again
         assert!(c.lock().waiting[0].is_empty());
         c.close(e);
         c.close(b);
         assert_eq!(c.http_count(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn connections_waiting_too_long_for_a_head_are_reaped_links_never() {
+        let c = Connections::new(10, 10);
+        let (idle, _, _) = c.admit().unwrap();
+        let (link, _, _) = c.admit().unwrap();
+        let (busy, _, _) = c.admit().unwrap();
+        c.begin_request(link);
+        c.linked(link);
+        c.end_request(link);
+        c.begin_request(busy);
+        tokio::time::advance(Duration::from_secs(10)).await;
+        let (young, _, _) = c.admit().unwrap();
+        tokio::time::advance(Duration::from_secs(6)).await;
+        // 15 s timeout: `idle` has waited 16 s, `young` 6 s; `busy` has a request in flight.
+        let deadline = tokio::time::Instant::now() - Duration::from_secs(15);
+        assert_eq!(c.lock().reap_waiting(deadline), 1);
+        let t = c.lock();
+        assert!(!t.slots.contains_key(&idle));
+        assert!(t.slots.contains_key(&young));
+        assert!(t.slots.contains_key(&busy));
+        assert!(t.slots.contains_key(&link));
     }
 }
