@@ -1,0 +1,2 @@
+//! The Mesos v0 scheduler API.
+pub mod codec;
