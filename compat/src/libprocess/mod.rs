@@ -19,3 +19,6 @@ pub mod upid;
 pub use inbound::{Inbound, InboundError, Message};
 pub use outbound::{DialPolicy, ExitReason, Exited, Outbound, OutboundConfig, OutboundError};
 pub use upid::{Upid, UpidError};
+
+#[cfg(test)]
+mod tests;
