@@ -101,7 +101,11 @@ pub fn is_message(method: &Method, headers: &HeaderMap) -> bool {
 }
 
 /// Reads a request head as libprocess's `parse()` does.
-pub fn parse_head(method: &Method, path: &str, headers: &HeaderMap) -> Result<Envelope, InboundError> {
+pub fn parse_head(
+    method: &Method,
+    path: &str,
+    headers: &HeaderMap,
+) -> Result<Envelope, InboundError> {
     if !is_message(method, headers) {
         return Err(InboundError::NotLibprocess);
     }
@@ -199,7 +203,7 @@ impl Inbound {
             Ok(e) => e,
             Err(e) => return refuse(e.status(), &e.to_string()),
         };
-        if !self.processes.iter().any(|p| *p == envelope.to) {
+        if !self.processes.contains(&envelope.to) {
             let e = InboundError::UnknownProcess(envelope.to);
             return refuse(e.status(), &e.to_string());
         }
@@ -208,12 +212,18 @@ impl Inbound {
             Err(BodyError::TooLarge) => {
                 return refuse(
                     StatusCode::PAYLOAD_TOO_LARGE,
-                    &format!("a libprocess message is at most {} bytes", self.body_bytes_max),
+                    &format!(
+                        "a libprocess message is at most {} bytes",
+                        self.body_bytes_max
+                    ),
                 );
             }
             Err(BodyError::Unreadable(e)) => {
                 tracing::debug!(%peer, error = %e, "libprocess message body unreadable");
-                return refuse(StatusCode::BAD_REQUEST, "the message body could not be read");
+                return refuse(
+                    StatusCode::BAD_REQUEST,
+                    "the message body could not be read",
+                );
             }
         };
         let message = Message {
@@ -224,7 +234,10 @@ impl Inbound {
         };
         match tokio::time::timeout(self.queue_wait, self.tx.send(message)).await {
             Ok(Ok(())) => accepted(),
-            Ok(Err(_)) => refuse(StatusCode::SERVICE_UNAVAILABLE, "no longer receiving messages"),
+            Ok(Err(_)) => refuse(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no longer receiving messages",
+            ),
             Err(_) => {
                 tracing::warn!(%peer, "libprocess inbound queue full, message refused");
                 refuse(StatusCode::SERVICE_UNAVAILABLE, "too many messages waiting")
@@ -290,8 +303,10 @@ fn refuse(status: StatusCode, text: &str) -> Response<Body> {
         axum::http::HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     if status == StatusCode::SERVICE_UNAVAILABLE {
-        resp.headers_mut()
-            .insert(header::RETRY_AFTER, axum::http::HeaderValue::from_static("1"));
+        resp.headers_mut().insert(
+            header::RETRY_AFTER,
+            axum::http::HeaderValue::from_static("1"),
+        );
     }
     resp
 }
@@ -318,9 +333,18 @@ mod tests {
     fn recognises_messages_as_libprocess() {
         let post = Method::POST;
         assert!(is_message(&post, &headers(&[("Libprocess-From", PID)])));
-        assert!(is_message(&post, &headers(&[("User-Agent", "libprocess/x@1.2.3.4:5")])));
-        assert!(!is_message(&post, &headers(&[("User-Agent", "curl/8 libprocess/")])));
-        assert!(!is_message(&Method::GET, &headers(&[("Libprocess-From", PID)])));
+        assert!(is_message(
+            &post,
+            &headers(&[("User-Agent", "libprocess/x@1.2.3.4:5")])
+        ));
+        assert!(!is_message(
+            &post,
+            &headers(&[("User-Agent", "curl/8 libprocess/")])
+        ));
+        assert!(!is_message(
+            &Method::GET,
+            &headers(&[("Libprocess-From", PID)])
+        ));
         assert!(!is_message(&post, &headers(&[])));
     }
 
@@ -367,7 +391,11 @@ mod tests {
             Err(InboundError::NotLibprocess)
         );
         assert!(matches!(
-            parse_head(&Method::POST, "/master/x", &headers(&[("Libprocess-From", "nope")])),
+            parse_head(
+                &Method::POST,
+                "/master/x",
+                &headers(&[("Libprocess-From", "nope")])
+            ),
             Err(InboundError::BadSender(_))
         ));
         assert!(matches!(

@@ -204,7 +204,11 @@ impl Outbound {
     /// Queues message `name` (a protobuf type's full name) with `body` to a linked `peer`. A
     /// peer whose queue is full is closed and reported as exited.
     pub fn send(&self, peer: &Upid, name: &str, body: &[u8]) -> Result<(), OutboundError> {
-        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_') {
+        if name.is_empty()
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_')
+        {
             return Err(OutboundError::BadName(name.to_owned()));
         }
         let frame = Frame(encode_request(&self.shared.config.master, peer, name, body));
@@ -222,7 +226,9 @@ impl Outbound {
                 Err(OutboundError::QueueFull(peer.clone()))
             }
             // The task has ended and is reporting the exit; the entry goes with it.
-            Err(mpsc::error::TrySendError::Closed(_)) => Err(OutboundError::NotLinked(peer.clone())),
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                Err(OutboundError::NotLinked(peer.clone()))
+            }
         }
     }
 
@@ -283,11 +289,8 @@ async fn run_peer(
 ) {
     let reason = tokio::select! {
         r = connection(&shared.config, &peer, &mut rx) => r,
-        r = &mut stop => match r {
-            Ok(reason) => Some(reason),
-            // Unlinked: no report, and the entry is gone already.
-            Err(_) => None,
-        },
+        // Unlinked (the sender dropped): no report, and the entry is gone already.
+        r = &mut stop => r.ok(),
     };
     let Some(reason) = reason else {
         return;
@@ -311,11 +314,12 @@ async fn connection(
     peer: &Upid,
     rx: &mut mpsc::Receiver<Frame>,
 ) -> Option<ExitReason> {
-    let stream = match tokio::time::timeout(config.connect_timeout, TcpStream::connect(peer.addr())).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => return Some(ExitReason::ConnectFailed(e.to_string())),
-        Err(_) => return Some(ExitReason::ConnectFailed("connect timed out".into())),
-    };
+    let stream =
+        match tokio::time::timeout(config.connect_timeout, TcpStream::connect(peer.addr())).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return Some(ExitReason::ConnectFailed(e.to_string())),
+            Err(_) => return Some(ExitReason::ConnectFailed("connect timed out".into())),
+        };
     // Messages are small and each must go out at once, not wait for an earlier one's ACK.
     let _ = stream.set_nodelay(true);
     let (mut read, mut write) = stream.into_split();
@@ -360,7 +364,12 @@ mod tests {
     fn writes_requests_as_libprocess() {
         let master = Upid::new("master", Ipv4Addr::new(10, 0, 0, 5), 5050).unwrap();
         let to: Upid = "scheduler-1@10.0.0.9:4000".parse().unwrap();
-        let req = encode_request(&master, &to, "mesos.internal.FrameworkErrorMessage", b"\x12\x01x");
+        let req = encode_request(
+            &master,
+            &to,
+            "mesos.internal.FrameworkErrorMessage",
+            b"\x12\x01x",
+        );
         assert_eq!(
             &req[..],
             &b"POST /scheduler-1/mesos.internal.FrameworkErrorMessage HTTP/1.1\r\n\

@@ -71,7 +71,7 @@ fn master_router(inbound: &Inbound) -> Router {
 }
 
 fn name_of(i: usize) -> &'static str {
-    if i % 2 == 0 {
+    if i.is_multiple_of(2) {
         "mesos.scheduler.Call"
     } else {
         "mesos.internal.ReviveOffersMessage"
@@ -89,7 +89,11 @@ async fn pipelined(addr: SocketAddr, mut rx: mpsc::Receiver<Message>) {
     }
     stream.write_all(&wire).await.unwrap();
     let text = read_responses(&mut stream, N).await;
-    assert_eq!(text.matches("HTTP/1.1 202 Accepted\r\n").count(), N, "{text}");
+    assert_eq!(
+        text.matches("HTTP/1.1 202 Accepted\r\n").count(),
+        N,
+        "{text}"
+    );
     let local = stream.local_addr().unwrap();
     for i in 0..N {
         let m = next(&mut rx).await;
@@ -166,7 +170,10 @@ async fn refusals_as_libprocess() {
     assert_eq!(status(r), StatusCode::NOT_FOUND);
     // Not a message: no sender header at all.
     let r = inbound
-        .handle(peer, request("/master/mesos.scheduler.Call", &[], Body::empty()))
+        .handle(
+            peer,
+            request("/master/mesos.scheduler.Call", &[], Body::empty()),
+        )
         .await;
     assert_eq!(status(r), StatusCode::NOT_FOUND);
     // A sender that is not a UPID.
@@ -184,12 +191,18 @@ async fn refusals_as_libprocess() {
     // Too large a body.
     let big = vec![0u8; crate::limits::LIBPROCESS_MESSAGE_BYTES_MAX + 1];
     let r = inbound
-        .handle(peer, request("/master/mesos.scheduler.Call", &from, Body::from(big)))
+        .handle(
+            peer,
+            request("/master/mesos.scheduler.Call", &from, Body::from(big)),
+        )
         .await;
     assert_eq!(status(r), StatusCode::PAYLOAD_TOO_LARGE);
     // A percent-encoded process id is decoded; an empty body is a message too.
     let r = inbound
-        .handle(peer, request("/mas%74er/mesos.scheduler.Call", &from, Body::empty()))
+        .handle(
+            peer,
+            request("/mas%74er/mesos.scheduler.Call", &from, Body::empty()),
+        )
         .await;
     assert_eq!(status(r), StatusCode::ACCEPTED);
     let m = next(&mut rx).await;
@@ -218,7 +231,11 @@ struct Received {
 }
 
 /// An axum server standing in for a scheduler: records every message and answers 202.
-async fn scheduler_server() -> (SocketAddr, mpsc::Receiver<Received>, tokio::task::JoinHandle<()>) {
+async fn scheduler_server() -> (
+    SocketAddr,
+    mpsc::Receiver<Received>,
+    tokio::task::JoinHandle<()>,
+) {
     let (tx, rx) = mpsc::channel(1024);
     let app = Router::new()
         .route(
@@ -270,7 +287,11 @@ async fn messages_go_in_order_on_one_kept_alive_connection() {
     assert!(outbound.is_linked(&peer));
     for i in 0..50u32 {
         outbound
-            .send(&peer, "mesos.internal.StatusUpdateMessage", &i.to_be_bytes())
+            .send(
+                &peer,
+                "mesos.internal.StatusUpdateMessage",
+                &i.to_be_bytes(),
+            )
             .unwrap();
     }
     let mut conn = None;
@@ -315,7 +336,10 @@ async fn a_peer_that_cannot_be_dialled_exits() {
     outbound.link(&peer, LOOPBACK).unwrap();
     let exited = next(&mut exits).await;
     assert_eq!(exited.peer, peer);
-    assert!(matches!(exited.reason, ExitReason::ConnectFailed(_)), "{exited:?}");
+    assert!(
+        matches!(exited.reason, ExitReason::ConnectFailed(_)),
+        "{exited:?}"
+    );
     assert!(!outbound.is_linked(&peer));
     assert_eq!(outbound.peers(), 0);
 }
@@ -343,7 +367,10 @@ async fn a_peer_that_closes_after_reading_exits() {
         head.extend_from_slice(&buf[..n]);
     }
     let text = String::from_utf8_lossy(&head);
-    assert!(text.starts_with("POST /scheduler-3/mesos.internal.X HTTP/1.1\r\n"), "{text}");
+    assert!(
+        text.starts_with("POST /scheduler-3/mesos.internal.X HTTP/1.1\r\n"),
+        "{text}"
+    );
     assert!(text.contains("\r\nContent-Length: 3\r\n\r\none"), "{text}");
     drop(conn);
     let exited = next(&mut exits).await;

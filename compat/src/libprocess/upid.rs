@@ -102,7 +102,9 @@ impl FromStr for Upid {
             return Err(UpidError::TooLong(s.len()));
         }
         let (id, rest) = s.split_once('@').ok_or_else(|| UpidError::NoAt(s.into()))?;
-        let (host, port) = rest.rsplit_once(':').ok_or_else(|| UpidError::NoPort(s.into()))?;
+        let (host, port) = rest
+            .rsplit_once(':')
+            .ok_or_else(|| UpidError::NoPort(s.into()))?;
         check_id(id)?;
         let ip = Ipv4Addr::from_str(host).map_err(|_| UpidError::BadIp(host.into()))?;
         if port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()) {
@@ -157,7 +159,10 @@ mod tests {
         let bad = [
             ("", UpidError::NoAt(String::new())),
             ("master", UpidError::NoAt("master".into())),
-            ("master@127.0.0.1", UpidError::NoPort("master@127.0.0.1".into())),
+            (
+                "master@127.0.0.1",
+                UpidError::NoPort("master@127.0.0.1".into()),
+            ),
             ("@127.0.0.1:5050", UpidError::EmptyId),
             ("a b@127.0.0.1:5050", UpidError::BadId),
             ("m@localhost:5050", UpidError::BadIp("localhost".into())),
@@ -171,10 +176,7 @@ mod tests {
             assert_eq!(text.parse::<Upid>(), Err(want), "{text:?}");
         }
         let long = format!("{}@127.0.0.1:1", "x".repeat(UPID_BYTES_MAX));
-        assert!(matches!(
-            long.parse::<Upid>(),
-            Err(UpidError::TooLong(_))
-        ));
+        assert!(matches!(long.parse::<Upid>(), Err(UpidError::TooLong(_))));
         assert!(Upid::new("x".repeat(UPID_BYTES_MAX), Ipv4Addr::LOCALHOST, 1).is_err());
         assert_eq!(
             Upid::new("a@b", Ipv4Addr::LOCALHOST, 1),

@@ -80,7 +80,8 @@ pub enum V0Call {
     /// `FrameworkInfo.id`, when it has one), so the caller can check that the sender is that
     /// framework's UPID, as the master does before acting on anything but a SUBSCRIBE.
     Call {
-        call: Call,
+        /// Boxed: a `Call` is large, and most messages are one.
+        call: Box<Call>,
         /// SUBSCRIBE's v0-only `force`: the driver's first re-registration after a scheduler
         /// failover (a `ReregisterFrameworkMessage`'s `failover`); it makes the master treat
         /// the subscription as a failover and answer `FrameworkRegisteredMessage`.
@@ -143,7 +144,10 @@ fn call(framework_id: Option<v1::FrameworkId>, ty: call::Type) -> Call {
 }
 
 fn plain(call: Call) -> V0Call {
-    V0Call::Call { call, force: false }
+    V0Call::Call {
+        call: Box::new(call),
+        force: false,
+    }
 }
 
 /// Reads message `name` with `body` from a scheduler. Unknown names and bytes that are not
@@ -257,7 +261,10 @@ fn subscribe(framework_info: v1::FrameworkInfo, force: bool) -> V0Call {
         suppressed_roles: Vec::new(),
         offer_constraints: None,
     });
-    V0Call::Call { call: c, force }
+    V0Call::Call {
+        call: Box::new(c),
+        force,
+    }
 }
 
 /// `LaunchTasksMessage` as `Master::launchTasks` treats it: an ACCEPT with one LAUNCH of the
@@ -316,7 +323,10 @@ fn decode_call(body: &[u8]) -> Result<V0Call, DecodeError> {
     } = parse(n, body)?;
     // `Master::receive` drops a call without a type (`validation::scheduler::call::validate`).
     if r#type.is_none() {
-        return Err(DecodeError::Missing { name: n, field: "type" });
+        return Err(DecodeError::Missing {
+            name: n,
+            field: "type",
+        });
     }
     let force = subscribe.as_ref().and_then(|s| s.force).unwrap_or(false);
     let subscribe = subscribe.map(|s| call::Subscribe {
@@ -344,7 +354,10 @@ fn decode_call(body: &[u8]) -> Result<V0Call, DecodeError> {
         suppress,
         update_framework,
     };
-    Ok(V0Call::Call { call, force })
+    Ok(V0Call::Call {
+        call: Box::new(call),
+        force,
+    })
 }
 
 /// What [`encode`] needs besides the event.
@@ -366,7 +379,9 @@ pub struct EncodeContext<'a> {
 pub fn encode(event: &Event, ctx: &EncodeContext<'_>) -> Vec<(&'static str, Vec<u8>)> {
     let ty = event.r#type.and_then(|t| event::Type::try_from(t).ok());
     let out = match ty {
-        Some(event::Type::Subscribed) => event.subscribed.as_ref().map(|s| encode_subscribed(s, ctx)),
+        Some(event::Type::Subscribed) => {
+            event.subscribed.as_ref().map(|s| encode_subscribed(s, ctx))
+        }
         Some(event::Type::Offers) => event.offers.as_ref().map(|o| {
             let m = msg::ResourceOffersMessage {
                 offers: o.offers.clone(),
@@ -447,10 +462,7 @@ fn encode_update(status: &v1::TaskStatus, ctx: &EncodeContext<'_>) -> (&'static 
 
 /// FAILURE with an executor as `ExitedExecutorMessage`, without as `LostSlaveMessage`; both
 /// need the agent, so a FAILURE without one becomes nothing.
-fn encode_failure(
-    f: &event::Failure,
-    ctx: &EncodeContext<'_>,
-) -> Option<(&'static str, Vec<u8>)> {
+fn encode_failure(f: &event::Failure, ctx: &EncodeContext<'_>) -> Option<(&'static str, Vec<u8>)> {
     let agent_id = f.agent_id.clone()?;
     Some(match &f.executor_id {
         Some(executor_id) => {

@@ -33,7 +33,7 @@ fn info(id: Option<&str>) -> v1::FrameworkInfo {
 
 fn the_call(decoded: V0Call) -> (Call, bool) {
     match decoded {
-        V0Call::Call { call, force } => (call, force),
+        V0Call::Call { call, force } => (*call, force),
         other => panic!("not a call: {other:?}"),
     }
 }
@@ -71,7 +71,11 @@ fn call_subscribe_reads_v0_numbers_and_keeps_force() {
     // suppressed_roles = 3 }; field 3 of the call is `subscribe`.
     let bytes = v0_call.encode_to_vec();
     let sub = v0::call::Subscribe::decode(
-        &v0::Call::decode(&bytes[..]).unwrap().subscribe.unwrap().encode_to_vec()[..],
+        &v0::Call::decode(&bytes[..])
+            .unwrap()
+            .subscribe
+            .unwrap()
+            .encode_to_vec()[..],
     )
     .unwrap();
     let mut raw = Vec::new();
@@ -229,7 +233,7 @@ fn launch_tasks_is_accept_with_one_launch_or_decline_without_tasks() {
     let m = msg::LaunchTasksMessage {
         framework_id: fid("f1"),
         tasks: vec![task.clone(), task.clone()],
-        filters: filters.clone(),
+        filters,
         offer_ids: vec![oid("o1")],
     };
     let (call, _) = the_call(decode(names::LAUNCH_TASKS, &m.encode_to_vec()).unwrap());
@@ -237,16 +241,19 @@ fn launch_tasks_is_accept_with_one_launch_or_decline_without_tasks() {
     assert_eq!(call.framework_id, Some(fid("f1")));
     let accept = call.accept.unwrap();
     assert_eq!(accept.offer_ids, vec![oid("o1")]);
-    assert_eq!(accept.filters, Some(filters.clone()));
+    assert_eq!(accept.filters, Some(filters));
     assert_eq!(accept.operations.len(), 1);
     let op = &accept.operations[0];
     assert_eq!(op.r#type, Some(v1::offer::operation::Type::Launch as i32));
-    assert_eq!(op.launch.as_ref().unwrap().task_infos, vec![task.clone(), task]);
+    assert_eq!(
+        op.launch.as_ref().unwrap().task_infos,
+        vec![task.clone(), task]
+    );
 
     let m = msg::LaunchTasksMessage {
         framework_id: fid("f1"),
         tasks: vec![],
-        filters: filters.clone(),
+        filters,
         offer_ids: vec![oid("o1"), oid("o2")],
     };
     let (call, _) = the_call(decode(names::LAUNCH_TASKS, &m.encode_to_vec()).unwrap());
@@ -267,7 +274,7 @@ fn kill_revive_acknowledge_reconcile_request_message() {
     let m = msg::KillTaskMessage {
         framework_id: fid("f1"),
         task_id: tid("t1"),
-        kill_policy: Some(policy.clone()),
+        kill_policy: Some(policy),
     };
     let (call, _) = the_call(decode(names::KILL_TASK, &m.encode_to_vec()).unwrap());
     assert_eq!(ty(&call), call::Type::Kill);
@@ -403,7 +410,13 @@ fn unknown_names_garbage_and_missing_ids_are_errors() {
         names::FRAMEWORK_TO_EXECUTOR,
     ] {
         assert!(
-            matches!(decode(name, b""), Err(DecodeError::Missing { field: "framework_id", .. })),
+            matches!(
+                decode(name, b""),
+                Err(DecodeError::Missing {
+                    field: "framework_id",
+                    ..
+                })
+            ),
             "{name}"
         );
     }
@@ -492,7 +505,9 @@ fn offers_have_one_empty_pid_each_and_rescind_names_the_offer() {
     assert_eq!(m.pids, vec![String::new(); 3]);
 
     let mut e = event(event::Type::Rescind);
-    e.rescind = Some(event::Rescind { offer_id: oid("o2") });
+    e.rescind = Some(event::Rescind {
+        offer_id: oid("o2"),
+    });
     let (name, body) = one(encode(&e, &ctx));
     assert_eq!(name, names::RESCIND_RESOURCE_OFFER);
     assert_eq!(
@@ -622,7 +637,9 @@ fn failures_messages_and_errors() {
     let (name, body) = one(encode(&e, &ctx));
     assert_eq!(name, names::FRAMEWORK_ERROR);
     assert_eq!(
-        msg::FrameworkErrorMessage::decode(&body[..]).unwrap().message,
+        msg::FrameworkErrorMessage::decode(&body[..])
+            .unwrap()
+            .message,
         "Framework has been removed"
     );
 }
@@ -648,8 +665,10 @@ fn heartbeats_and_the_rest_become_nothing() {
     // A type with its payload missing, or no type at all.
     assert!(encode(&event(event::Type::Offers), &ctx).is_empty());
     assert!(encode(&Event::default(), &ctx).is_empty());
-    let mut odd = Event::default();
-    odd.r#type = Some(999);
+    let odd = Event {
+        r#type: Some(999),
+        ..Event::default()
+    };
     assert!(encode(&odd, &ctx).is_empty());
 }
 
