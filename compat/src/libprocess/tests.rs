@@ -147,6 +147,47 @@ async fn pipelined_libmesos_requests_through_the_masters_accept_loop() {
     let _ = tokio::time::timeout(DEADLINE, server).await;
 }
 
+/// mesos-go's v0 messenger writes messages with Go's net/http: `Libprocess-From` only, Go's
+/// `User-Agent`, a `Content-Type`, a `Content-Length` body and a real `Host`.
+#[tokio::test]
+async fn mesos_go_requests_through_the_masters_accept_loop() {
+    let (inbound, mut rx) = Inbound::new(["master".to_owned()]);
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(shoal_master::serve(
+        listener,
+        master_router(&inbound),
+        async move {
+            let _ = stop_rx.await;
+        },
+    ));
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let body = b"\x0a\x02\x0a\x00";
+    let head = format!(
+        "POST /master/mesos.internal.RegisterFrameworkMessage HTTP/1.1\r\n\
+         Host: {addr}\r\n\
+         User-Agent: Go-http-client/1.1\r\n\
+         Content-Length: {}\r\n\
+         Connection: Keep-Alive\r\n\
+         Content-Type: application/x-protobuf\r\n\
+         Libprocess-From: {SCHEDULER}\r\n\
+         Accept-Encoding: gzip\r\n\r\n",
+        body.len()
+    );
+    let mut wire = head.into_bytes();
+    wire.extend_from_slice(body);
+    stream.write_all(&wire).await.unwrap();
+    let text = read_responses(&mut stream, 1).await;
+    assert!(text.starts_with("HTTP/1.1 202"), "{text}");
+    let m = next(&mut rx).await;
+    assert_eq!(m.name, "mesos.internal.RegisterFrameworkMessage");
+    assert_eq!(m.from.to_string(), SCHEDULER);
+    assert_eq!(&m.body[..], &body[..]);
+    let _ = stop_tx.send(());
+    let _ = tokio::time::timeout(DEADLINE, server).await;
+}
+
 fn request(path: &str, headers: &[(&str, &str)], body: Body) -> Request<Body> {
     let mut b = Request::builder().method("POST").uri(path);
     for (k, v) in headers {
