@@ -115,8 +115,8 @@ struct Peer {
     /// Which link this is: an exit of an older link to the same UPID must not remove a newer.
     link: u64,
     tx: mpsc::Sender<Frame>,
-    /// Tells the peer's task to stop: with a reason, it reports it as the exit; dropped, it
-    /// stops silently (unlinked).
+    /// Tells the peer's task to stop now and report the reason as the exit. Dropped (the
+    /// peer unlinked), it tells nothing: the task writes what is queued and ends silently.
     stop: Option<oneshot::Sender<ExitReason>>,
 }
 
@@ -189,10 +189,11 @@ impl Outbound {
         Ok(())
     }
 
-    /// Forgets `peer` and closes its connection, without an exit report (the framework was
-    /// removed, or failed over to another UPID). Messages still queued are dropped.
+    /// Forgets `peer`: what is queued to it is still written (a last `FrameworkErrorMessage`
+    /// to a framework that failed over reaches it), then its connection closes, without an
+    /// exit report. Sending to it is refused from now on, until it is linked again.
     pub fn unlink(&self, peer: &Upid) {
-        // Dropping the entry drops its stop sender, which ends the task silently.
+        // Dropping the entry closes the queue: the task drains it, then ends silently.
         self.shared.peers.lock().remove(peer);
     }
 
@@ -287,20 +288,29 @@ async fn run_peer(
     mut rx: mpsc::Receiver<Frame>,
     mut stop: oneshot::Receiver<ExitReason>,
 ) {
+    // A stop sender dropped (the peer unlinked) disables that branch: the connection goes
+    // on writing what is queued, and ends when the queue is empty and closed.
     let reason = tokio::select! {
         r = connection(&shared.config, &peer, &mut rx) => r,
-        // Unlinked (the sender dropped): no report, and the entry is gone already.
-        r = &mut stop => r.ok(),
+        Ok(reason) = &mut stop => Some(reason),
     };
     let Some(reason) = reason else {
         return;
     };
-    // The entry may be gone already (the queue filled) or be a newer link's.
-    {
+    // Report only a link that is still this one's: one unlinked while it flushed is not the
+    // caller's any more, and one whose queue filled was removed by `send`, which wants the
+    // report.
+    let ours = {
         let mut peers = shared.peers.lock();
-        if peers.get(&peer).is_some_and(|p| p.link == link) {
+        let ours = peers.get(&peer).is_some_and(|p| p.link == link);
+        if ours {
             peers.remove(&peer);
         }
+        ours
+    };
+    if !ours && reason != ExitReason::QueueFull {
+        tracing::debug!(?reason, "unlinked libprocess peer closed");
+        return;
     }
     tracing::debug!(?reason, "libprocess peer exited");
     // The queue is as deep as there can be peers; a consumer gone means nobody listens.
@@ -338,7 +348,14 @@ async fn connection(
             () = &mut drain => return Some(ExitReason::Closed),
             f = rx.recv() => match f {
                 Some(f) => f,
-                None => return None,
+                None => {
+                    // Unlinked and all written: close our side and read the peer's last
+                    // answers until it closes too. Closing a socket with answers unread
+                    // resets it, and a reset can discard what the peer had not read yet.
+                    let _ = write.shutdown().await;
+                    let _ = tokio::time::timeout(config.write_timeout, &mut drain).await;
+                    return None;
+                }
             },
         };
         // Keep reading answers while writing, or a peer blocked on writing its answers

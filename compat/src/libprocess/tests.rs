@@ -454,20 +454,32 @@ async fn the_dial_policy_and_the_peer_bound() {
 }
 
 #[tokio::test]
-async fn unlinking_closes_without_a_report() {
+async fn unlinking_flushes_then_closes_without_a_report() {
     let (addr, mut received, _server) = scheduler_server().await;
     let (outbound, mut exits) = Outbound::new(OutboundConfig::new(master_upid()));
     let peer = upid_at("scheduler-6", addr);
     outbound.link(&peer, LOOPBACK).unwrap();
-    outbound.send(&peer, "mesos.internal.X", b"a").unwrap();
-    next(&mut received).await;
+    // Queued and unlinked at once: what was queued still goes out.
+    for body in [&b"a"[..], b"b", b"c"] {
+        outbound.send(&peer, "mesos.internal.X", body).unwrap();
+    }
     outbound.unlink(&peer);
     assert!(!outbound.is_linked(&peer));
-    // Linked again, it gets a new connection; an exit now is the new link's only.
-    outbound.link(&peer, LOOPBACK).unwrap();
-    outbound.send(&peer, "mesos.internal.X", b"b").unwrap();
+    assert_eq!(
+        outbound.send(&peer, "mesos.internal.X", b"late"),
+        Err(OutboundError::NotLinked(peer.clone()))
+    );
+    let first = next(&mut received).await;
+    assert_eq!(first.body, Bytes::from_static(b"a"));
     assert_eq!(next(&mut received).await.body, Bytes::from_static(b"b"));
-    assert!(exits.try_recv().is_err());
+    assert_eq!(next(&mut received).await.body, Bytes::from_static(b"c"));
+    // Linked again, it gets a new connection.
+    outbound.link(&peer, LOOPBACK).unwrap();
+    outbound.send(&peer, "mesos.internal.X", b"d").unwrap();
+    let again = next(&mut received).await;
+    assert_eq!(again.body, Bytes::from_static(b"d"));
+    assert_ne!(again.peer, first.peer);
+    assert!(exits.try_recv().is_err(), "an unlink is not an exit");
 }
 
 #[tokio::test]
