@@ -8,7 +8,12 @@ use std::{env, fs, path::PathBuf};
 use prost::Message as _;
 
 const PROTO_ROOT: &str = "proto";
-const PROTOS: &[&str] = &["mesos/v1/mesos.proto", "mesos/v1/scheduler/scheduler.proto"];
+const PROTOS: &[&str] = &[
+    "mesos/v1/mesos.proto",
+    "mesos/v1/scheduler/scheduler.proto",
+    "mesos/scheduler/scheduler.proto",
+    "mesos/internal/messages.proto",
+];
 
 fn main() {
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("OUT_DIR is set by cargo"));

@@ -11,10 +11,12 @@
 
 pub mod allocator;
 pub mod error;
+pub mod libprocess;
 pub mod limits;
 mod scheduler;
 mod state;
 mod updates;
+pub mod v0;
 pub mod zk;
 
 use std::time::Duration;

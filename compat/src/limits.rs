@@ -42,3 +42,29 @@ pub const ZK_MASTER_INFO_BYTES_MAX: usize = 64 << 10;
 pub const REFUSE_SECONDS_DEFAULT: f64 = 5.0;
 /// The longest filter installed (Mesos caps `refuse_seconds` at a year too).
 pub const REFUSE_SECONDS_MAX: f64 = 365.0 * 86_400.0;
+
+/// Largest body of one libprocess message (v0 scheduler API), in bytes. A `LaunchTasksMessage`
+/// or an ACCEPT with many TaskInfos is the largest thing a driver sends; Marathon's are tens
+/// of KiB. libprocess itself has no bound, so this is Shoal's; a larger body gets 413.
+pub const LIBPROCESS_MESSAGE_BYTES_MAX: usize = 4 << 20;
+/// Longest UPID text (`id@ip:port`), in bytes: a driver's is `scheduler-<uuid>@<ip>:<port>`,
+/// about 60 bytes.
+pub const UPID_BYTES_MAX: usize = 256;
+/// Messages received from libprocess peers and not yet taken by the framework model. A
+/// request waits (its connection with it) while the queue is full, up to
+/// [`LIBPROCESS_INBOUND_WAIT_SECS`].
+pub const LIBPROCESS_INBOUND_QUEUE_MAX: usize = 4_096;
+/// How long a received message may wait for room in the inbound queue before it is refused
+/// with 503.
+pub const LIBPROCESS_INBOUND_WAIT_SECS: u64 = 10;
+/// Messages queued for one peer and not yet written to its connection. A peer that falls this
+/// far behind does not read what it is sent: its connection is closed and it counts as exited.
+pub const LIBPROCESS_PEER_QUEUE_MAX: usize = 4_096;
+/// libprocess peers (pid-based frameworks) the master keeps a connection to at once: one per
+/// framework, so as many as frameworks are known.
+pub const LIBPROCESS_PEERS_MAX: usize = FRAMEWORKS_MAX;
+/// How long dialling a peer may take before it counts as exited.
+pub const LIBPROCESS_CONNECT_TIMEOUT_SECS: u64 = 5;
+/// How long writing one message to a peer may take before the peer counts as exited (a peer
+/// that does not read fills its socket buffer and stalls the writer).
+pub const LIBPROCESS_WRITE_TIMEOUT_SECS: u64 = 30;

@@ -4,6 +4,9 @@
 //!   Shoal's own `.proto` files, wire-compatible with Apache Mesos'
 //!   v1 protocol. Every message also implements
 //!   [`prost_reflect::ReflectMessage`] (descriptors in [`DESCRIPTOR_POOL`]).
+//! * [`mesos::scheduler`] and [`mesos::internal`]: the v0 (libprocess) scheduler `Call` and
+//!   the internal messages a master exchanges with a pid-based scheduler, on the v1 types
+//!   wherever the wire is the same.
 //! * [`json`]: Mesos-style JSON (proto field names, enum names, 64-bit
 //!   integers as numbers, base64 bytes).
 //! * [`recordio`]: RecordIO framing of the scheduler event stream.
@@ -37,5 +40,15 @@ pub mod mesos {
         pub mod scheduler {
             include!(concat!(env!("OUT_DIR"), "/mesos.v1.scheduler.rs"));
         }
+    }
+
+    /// Package `mesos.scheduler`: the v0 scheduler `Call` (libprocess).
+    pub mod scheduler {
+        include!(concat!(env!("OUT_DIR"), "/mesos.scheduler.rs"));
+    }
+
+    /// Package `mesos.internal`: the messages between a master and a pid-based scheduler.
+    pub mod internal {
+        include!(concat!(env!("OUT_DIR"), "/mesos.internal.rs"));
     }
 }
