@@ -11,16 +11,18 @@
 
 pub mod allocator;
 pub mod error;
+pub mod frameworks;
 pub mod limits;
-mod scheduler;
+mod shell;
 mod state;
 mod updates;
+mod v1;
 pub mod zk;
 
 use std::time::Duration;
 
 pub use error::CompatError;
-pub use scheduler::Compat;
+pub use shell::{Compat, EventSink};
 
 /// The Mesos release whose scheduler API this master speaks, reported where Mesos reports its
 /// version (frameworks such as pymesos switch features on it).
@@ -45,6 +47,10 @@ pub struct CompatConfig {
     pub failover_timeout_max: Duration,
     /// Frameworks known at once; a SUBSCRIBE of one more is refused with 503.
     pub frameworks_max: usize,
+    /// Where frameworks reach this master: SUBSCRIBED's `master_info` (the same MasterInfo
+    /// ZooKeeper's node holds). `None`: the address the framework's request reached (the
+    /// v1 `Host` header).
+    pub master: Option<zk::MasterAddress>,
 }
 
 impl Default for CompatConfig {
@@ -57,6 +63,7 @@ impl Default for CompatConfig {
             update_retry: Duration::from_secs(10),
             failover_timeout_max: Duration::from_secs(limits::FAILOVER_TIMEOUT_SECS_MAX),
             frameworks_max: limits::FRAMEWORKS_MAX,
+            master: None,
         }
     }
 }
