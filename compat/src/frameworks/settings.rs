@@ -112,3 +112,68 @@ pub fn check_framework_info(info: &mesos::FrameworkInfo) -> Result<(), CompatErr
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(json: serde_json::Value) -> mesos::FrameworkInfo {
+        shoal_proto::json::from_json_value(json).expect("a FrameworkInfo")
+    }
+
+    #[test]
+    fn unbounded_framework_info_is_refused_and_failover_timeout_capped() {
+        use serde_json::json;
+        let ok = info(
+            json!({"user": "u", "name": "marathon", "roles": ["a", "b"], "failover_timeout": 604800.0}),
+        );
+        assert!(check_framework_info(&ok).is_ok());
+        let name =
+            info(json!({"user": "u", "name": "n".repeat(limits::FRAMEWORK_NAME_BYTES_MAX + 1)}));
+        assert!(check_framework_info(&name)
+            .unwrap_err()
+            .to_string()
+            .contains("'framework_info.name'"));
+        let huge = info(
+            json!({"user": "u", "name": "n", "labels": {"labels": [{"key": "k", "value": "v".repeat(limits::FRAMEWORK_INFO_BYTES_MAX)}]}}),
+        );
+        assert!(check_framework_info(&huge)
+            .unwrap_err()
+            .to_string()
+            .contains("'framework_info' is"));
+        let role = info(
+            json!({"user": "u", "name": "n", "role": "r".repeat(shoal_core::limits::ROLE_NAME_BYTES_MAX + 1)}),
+        );
+        assert!(check_framework_info(&role)
+            .unwrap_err()
+            .to_string()
+            .contains("a role in 'framework_info.roles'"));
+        let roles: Vec<String> = (0..=limits::FRAMEWORK_ROLES_MAX)
+            .map(|i| format!("r{i}"))
+            .collect();
+        assert!(
+            check_framework_info(&info(json!({"user": "u", "name": "n", "roles": roles})))
+                .unwrap_err()
+                .to_string()
+                .contains("roles")
+        );
+
+        // failover_timeout: capped (and written back), never refused.
+        let config = CompatConfig::default();
+        for (given, held) in [
+            (1e308, limits::FAILOVER_TIMEOUT_SECS_MAX as f64),
+            (-5.0, 0.0),
+            (604800.0, 604800.0),
+        ] {
+            let mut i = info(json!({"user": "u", "name": "n", "failover_timeout": given}));
+            let s = Settings::of(&config, &i, &[]);
+            assert_eq!(s.failover_timeout.as_secs_f64(), held);
+            s.cap_failover_timeout(&mut i);
+            assert_eq!(i.failover_timeout, Some(held));
+        }
+        assert!(
+            config.failover_timeout_max >= Duration::from_secs(28 * 86_400),
+            "at least four weeks"
+        );
+    }
+}
