@@ -73,6 +73,9 @@ pub struct Now {
 }
 
 /// What the IO layer is to do, in the order given.
+// Effects live for one call and are moved, not copied: boxing the large variants would cost
+// an allocation per event for nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Effect {
     /// Submit `command` to the commit path, then hand its result to

@@ -232,6 +232,15 @@ fn accept_call(fw: &str, offer: &mesos::Offer, operations: Json) -> Json {
            "accept": {"offer_ids": [{"value": offer.id.value}], "operations": operations}})
 }
 
+/// An ACCEPT of `offer` launching `tasks`.
+fn launch(fw: &str, offer: &mesos::Offer, tasks: Vec<Json>) -> Json {
+    accept_call(
+        fw,
+        offer,
+        json!([{"type": "LAUNCH", "launch": {"task_infos": tasks}}]),
+    )
+}
+
 /// A framework subscribed on session 1 with an offer of one agent.
 fn offered(info: Json) -> (Harness, String, mesos::Offer) {
     let mut h = Harness::new(config());
@@ -248,11 +257,7 @@ fn running(info: Json) -> (Harness, String) {
     let (mut h, fw, offer) = offered(info);
     h.call(
         SessionId(1),
-        accept_call(
-            &fw,
-            &offer,
-            json!([{"type": "LAUNCH", "launch": {"task_infos": [task("t1", &offer, 1.0)]}}]),
-        ),
+        launch(&fw, &offer, vec![task("t1", &offer, 1.0)]),
     )
     .unwrap();
     h.commit(Command::UpdateTaskStatus {
@@ -486,11 +491,7 @@ fn accept_launches_and_refuses_what_mesos_refuses() {
     // that is not partition-aware).
     h.call(
         SessionId(1),
-        accept_call(
-            &fw,
-            &offer,
-            json!([{"type": "LAUNCH", "launch": {"task_infos": [task("late", &offer, 1.0)]}}]),
-        ),
+        launch(&fw, &offer, vec![task("late", &offer, 1.0)]),
     )
     .unwrap();
     let late = h.updates(SessionId(1));
@@ -506,11 +507,7 @@ fn accept_of_unknown_offers_drops_tasks_for_partition_aware_frameworks() {
     gone.id.value = "nope".into();
     h.call(
         SessionId(1),
-        accept_call(
-            &fw,
-            &gone,
-            json!([{"type": "LAUNCH", "launch": {"task_infos": [task("t", &offer, 1.0)]}}]),
-        ),
+        launch(&fw, &gone, vec![task("t", &offer, 1.0)]),
     )
     .unwrap();
     let updates = h.updates(SessionId(1));
