@@ -6,8 +6,14 @@
 //! commit path, so a native claim cannot take held resources and a held resource is offered
 //! to one framework at a time. ACCEPT turns holds into task placements atomically.
 //!
+//! The framework model ([`frameworks`]) is sans-IO and typed: it takes typed v1 calls and
+//! returns effects (commands, typed events); the v1 HTTP layer and the IO shell ([`Compat`])
+//! carry them out, and a second wire format plugs in beside the v1 layer through
+//! [`EventSink`] and `Compat`'s session methods.
+//!
 //! **Architecture Invariant:** this crate is the only one that speaks the Mesos scheduler wire
-//! formats (JSON and protobuf, RecordIO); the allocator ([`allocator`]) is sans-IO.
+//! formats (JSON and protobuf, RecordIO); the allocator ([`allocator`]) and the framework
+//! model know no wire format and no IO.
 
 pub mod allocator;
 pub mod error;

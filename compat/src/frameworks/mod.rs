@@ -2,7 +2,7 @@
 //!
 //! [`Frameworks`] holds everything the master knows of Mesos frameworks: the registry
 //! (subscribed frameworks and those within their failover timeout), refused-offer filters,
-//! suppressed roles, status update streams ([`crate::updates`]), removed frameworks,
+//! suppressed roles, status update streams (`updates.rs`), removed frameworks,
 //! agents on probation and the frameworks whose offers are withheld. It is a state machine in
 //! the manner of quinn-proto or raft-rs: its methods take the published snapshot of the cell,
 //! the time ([`Now`]), the session a call came on ([`SessionId`]) and a typed v1 `Call`, and
@@ -56,8 +56,6 @@ use crate::CompatConfig;
 
 pub use accept::AcceptPending;
 pub use allocate::OffersPending;
-pub use offers::agent_address;
-pub use settings::check_framework_info;
 
 /// A framework's connection, named by the IO layer: a v1 event stream, or a v0 scheduler's
 /// libprocess pid. The model only compares them; the IO layer knows where each one goes.
