@@ -76,9 +76,18 @@ pub(crate) async fn run_dev(
         timers,
         clock.clone(),
     )?;
-    let compat = shoal_compat::Compat::start(core.clone(), shoal_compat::CompatConfig::default());
     let listener = shoal_master::bind(args.listen, &master_dir).await?;
     let addr = listener.local_addr()?;
+    let compat_config = shoal_compat::CompatConfig {
+        master: crate::master::master_address(
+            core.published.snapshot().cell_id(),
+            addr,
+            None,
+            None,
+        ),
+        ..Default::default()
+    };
+    let compat = shoal_compat::Compat::start(core.clone(), compat_config);
     let (stop_server, server_stopped) = tokio::sync::oneshot::channel::<()>();
     let mut server = tokio::spawn(shoal_master::serve(
         listener,

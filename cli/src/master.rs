@@ -123,6 +123,31 @@ impl MasterTimers {
     }
 }
 
+/// Where frameworks reach this master, as SUBSCRIBED's `master_info` says (and ZooKeeper's
+/// node): `--advertise-ip` (else the listen address) and `--hostname` (else the machine's).
+/// `None` when that is no IPv4 address a framework could use (0.0.0.0, IPv6): SUBSCRIBED then
+/// names the address the framework's request reached.
+pub(crate) fn master_address(
+    cell_id: &str,
+    listen: SocketAddr,
+    advertise_ip: Option<std::net::IpAddr>,
+    hostname: Option<&str>,
+) -> Option<shoal_compat::zk::MasterAddress> {
+    let ip = match advertise_ip.unwrap_or(listen.ip()) {
+        std::net::IpAddr::V4(ip) if !ip.is_unspecified() => ip,
+        _ => return None,
+    };
+    Some(shoal_compat::zk::MasterAddress {
+        id: cell_id.to_string(),
+        ip,
+        port: listen.port(),
+        hostname: hostname
+            .map(str::to_string)
+            .or_else(shoal_master::http::machine_hostname)
+            .unwrap_or_else(|| ip.to_string()),
+    })
+}
+
 pub(crate) async fn run_master(
     args: MasterArgs,
     clock: shoal_core::clock::SharedClock,
@@ -133,9 +158,18 @@ pub(crate) async fn run_master(
     };
     let core =
         shoal_master::MasterCore::start_with(store, config, args.timers.agent_timers(), clock)?;
-    let compat = shoal_compat::Compat::start(core.clone(), args.timers.compat());
-    core.watchers.set_max(args.http.max_watchers);
     let listener = shoal_master::bind(args.listen, &args.work_dir).await?;
+    let compat_config = shoal_compat::CompatConfig {
+        master: master_address(
+            core.published.snapshot().cell_id(),
+            listener.local_addr()?,
+            args.http.advertise_ip,
+            args.http.hostname.as_deref(),
+        ),
+        ..args.timers.compat()
+    };
+    let compat = shoal_compat::Compat::start(core.clone(), compat_config);
+    core.watchers.set_max(args.http.max_watchers);
     let http = args.http.config(listener.local_addr()?);
     let published = core.published.clone();
     let cell_id = published.snapshot().cell_id().to_string();

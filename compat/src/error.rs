@@ -24,6 +24,19 @@ pub enum CompatError {
     /// The master cannot take it now, e.g. it knows as many frameworks as it may (503).
     #[error("{0}")]
     Unavailable(String),
+    /// The call names a framework that is not subscribed (403).
+    #[error("Framework is not subscribed")]
+    NotSubscribed,
+    /// The call names no session of its framework (v1: no `Mesos-Stream-Id` header; 400).
+    #[error("All non-subscribe calls should include the 'Mesos-Stream-Id' header")]
+    NoSession,
+    /// The call comes on a session that is not its framework's current one (400).
+    #[error("The stream ID included in this request didn't match the stream ID currently associated with framework")]
+    OtherSession,
+    /// A SUBSCRIBE of a framework this master removed (TEARDOWN, failover timeout): Mesos
+    /// answers with an ERROR event on a stream it then closes.
+    #[error("Framework has been removed")]
+    Removed,
     /// A command of the call did not commit.
     #[error(transparent)]
     Commit(#[from] CommitError),
@@ -36,8 +49,12 @@ impl CompatError {
     /// The HTTP status Mesos answers this case with.
     pub fn status(&self) -> StatusCode {
         match self {
-            CompatError::Invalid(_) => StatusCode::BAD_REQUEST,
-            CompatError::Forbidden(_) => StatusCode::FORBIDDEN,
+            CompatError::Invalid(_) | CompatError::NoSession | CompatError::OtherSession => {
+                StatusCode::BAD_REQUEST
+            }
+            CompatError::Forbidden(_) | CompatError::NotSubscribed => StatusCode::FORBIDDEN,
+            // Mesos answers it on a stream (200) with an ERROR event.
+            CompatError::Removed => StatusCode::OK,
             CompatError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             CompatError::NotAcceptable(_) => StatusCode::NOT_ACCEPTABLE,
             CompatError::Unavailable(_) | CompatError::ZooKeeper(_) => {

@@ -6,23 +6,31 @@
 //! commit path, so a native claim cannot take held resources and a held resource is offered
 //! to one framework at a time. ACCEPT turns holds into task placements atomically.
 //!
+//! The framework model ([`frameworks`]) is sans-IO and typed: it takes typed v1 calls and
+//! returns effects (commands, typed events); the v1 HTTP layer and the IO shell ([`Compat`])
+//! carry them out, and a second wire format plugs in beside the v1 layer through
+//! [`EventSink`] and `Compat`'s session methods.
+//!
 //! **Architecture Invariant:** this crate is the only one that speaks the Mesos scheduler wire
-//! formats (JSON and protobuf, RecordIO); the allocator ([`allocator`]) is sans-IO.
+//! formats (JSON and protobuf, RecordIO); the allocator ([`allocator`]) and the framework
+//! model know no wire format and no IO.
 
 pub mod allocator;
 pub mod error;
+pub mod frameworks;
 pub mod libprocess;
 pub mod limits;
-mod scheduler;
+mod shell;
 mod state;
 mod updates;
 pub mod v0;
+mod v1;
 pub mod zk;
 
 use std::time::Duration;
 
 pub use error::CompatError;
-pub use scheduler::Compat;
+pub use shell::{Compat, EventSink};
 
 /// The Mesos release whose scheduler API this master speaks, reported where Mesos reports its
 /// version (frameworks such as pymesos switch features on it).
@@ -47,6 +55,10 @@ pub struct CompatConfig {
     pub failover_timeout_max: Duration,
     /// Frameworks known at once; a SUBSCRIBE of one more is refused with 503.
     pub frameworks_max: usize,
+    /// Where frameworks reach this master: SUBSCRIBED's `master_info` (the same MasterInfo
+    /// ZooKeeper's node holds). `None`: the address the framework's request reached (the
+    /// v1 `Host` header).
+    pub master: Option<zk::MasterAddress>,
 }
 
 impl Default for CompatConfig {
@@ -59,6 +71,7 @@ impl Default for CompatConfig {
             update_retry: Duration::from_secs(10),
             failover_timeout_max: Duration::from_secs(limits::FAILOVER_TIMEOUT_SECS_MAX),
             frameworks_max: limits::FRAMEWORKS_MAX,
+            master: None,
         }
     }
 }

@@ -13,7 +13,7 @@ use axum::{Json as AxJson, Router};
 use serde_json::{json, Value as Json};
 use shoal_core::{AgentState, ResourceSet};
 
-use crate::scheduler::Compat;
+use crate::shell::Compat;
 
 fn scalars(set: &ResourceSet) -> Json {
     let mut o = serde_json::Map::new();
@@ -122,7 +122,10 @@ fn frameworks(c: &Compat) -> Vec<Json> {
     let snap = c.core().published.snapshot();
     c.framework_summaries()
         .into_iter()
-        .map(|(id, info, active, roles)| {
+        .map(|f| {
+            // The FrameworkInfo in Mesos's JSON, read as `/master/state` writes it.
+            let info = shoal_proto::json::to_json_value(&f.info);
+            let (id, active, roles) = (f.id, f.connected, f.roles);
             let mut used: Vec<&ResourceSet> = Vec::new();
             let tasks: Vec<Json> = snap
                 .tasks()

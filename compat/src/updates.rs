@@ -7,13 +7,13 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use serde_json::Value as Json;
 use shoal_core::TaskId;
+use shoal_proto::mesos::v1::TaskStatus;
 
 struct Pending {
-    /// The status's `uuid` (base64), what the framework acknowledges.
-    uuid: String,
-    status: Json,
+    /// The status's `uuid`, what the framework acknowledges.
+    uuid: Vec<u8>,
+    status: TaskStatus,
     /// When the update last went out; `None` while it waits behind its task's head.
     sent_at: Option<Instant>,
 }
@@ -27,7 +27,13 @@ pub struct UpdateStreams {
 impl UpdateStreams {
     /// Queues an update of `task`; returns its status when it is to be sent now (no other
     /// update of the task is in flight).
-    pub fn push(&mut self, task: TaskId, uuid: String, status: Json, now: Instant) -> Option<Json> {
+    pub fn push(
+        &mut self,
+        task: TaskId,
+        uuid: Vec<u8>,
+        status: TaskStatus,
+        now: Instant,
+    ) -> Option<TaskStatus> {
         let stream = self.streams.entry(task).or_default();
         let head = stream.is_empty();
         stream.push_back(Pending {
@@ -40,13 +46,13 @@ impl UpdateStreams {
 
     /// The framework acknowledged `uuid`: when it is the head of its task's stream, the head
     /// is dropped and the next update of the task (to be sent now) returned.
-    pub fn acknowledge(&mut self, uuid: &str, now: Instant) -> Option<Json> {
+    pub fn acknowledge(&mut self, uuid: &[u8], now: Instant) -> Option<TaskStatus> {
         let task = self
             .streams
             .iter()
             .find(|(_, s)| s.front().is_some_and(|p| p.uuid == uuid))
             .map(|(t, _)| t.clone())?;
-        let stream = self.streams.get_mut(&task).expect("found above");
+        let stream = self.streams.get_mut(&task)?;
         stream.pop_front();
         match stream.front_mut() {
             Some(next) => {
@@ -61,7 +67,7 @@ impl UpdateStreams {
     }
 
     /// The heads sent at least `retry` ago (all heads with `retry` zero), marked sent `now`.
-    pub fn due(&mut self, retry: Duration, now: Instant) -> Vec<Json> {
+    pub fn due(&mut self, retry: Duration, now: Instant) -> Vec<TaskStatus> {
         let mut out = Vec::new();
         for head in self.streams.values_mut().filter_map(|s| s.front_mut()) {
             if head
@@ -79,7 +85,13 @@ impl UpdateStreams {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+
+    fn status(text: &str) -> TaskStatus {
+        TaskStatus {
+            message: Some(text.into()),
+            ..Default::default()
+        }
+    }
 
     #[test]
     fn one_update_per_task_in_flight_in_order_until_acknowledged() {
@@ -87,27 +99,27 @@ mod tests {
         let mut u = UpdateStreams::default();
         let a = TaskId::new("a");
         assert_eq!(
-            u.push(a.clone(), "1".into(), json!("a-starting"), t0),
-            Some(json!("a-starting"))
+            u.push(a.clone(), vec![1], status("a-starting"), t0),
+            Some(status("a-starting"))
         );
-        assert_eq!(u.push(a.clone(), "2".into(), json!("a-running"), t0), None);
+        assert_eq!(u.push(a.clone(), vec![2], status("a-running"), t0), None);
         assert_eq!(
-            u.push(TaskId::new("b"), "3".into(), json!("b-starting"), t0),
-            Some(json!("b-starting")),
+            u.push(TaskId::new("b"), vec![3], status("b-starting"), t0),
+            Some(status("b-starting")),
             "another task's stream is independent"
         );
         let later = t0 + Duration::from_secs(1);
         assert!(u.due(Duration::from_secs(2), later).is_empty());
         assert_eq!(
             u.due(Duration::from_secs(1), later),
-            vec![json!("a-starting"), json!("b-starting")],
+            vec![status("a-starting"), status("b-starting")],
             "only heads are resent"
         );
-        assert_eq!(u.acknowledge("2", later), None, "not a head: ignored");
-        assert_eq!(u.acknowledge("1", later), Some(json!("a-running")));
-        assert_eq!(u.acknowledge("1", later), None, "a duplicate: ignored");
-        assert_eq!(u.acknowledge("2", later), None);
-        assert_eq!(u.acknowledge("3", later), None);
+        assert_eq!(u.acknowledge(&[2], later), None, "not a head: ignored");
+        assert_eq!(u.acknowledge(&[1], later), Some(status("a-running")));
+        assert_eq!(u.acknowledge(&[1], later), None, "a duplicate: ignored");
+        assert_eq!(u.acknowledge(&[2], later), None);
+        assert_eq!(u.acknowledge(&[3], later), None);
         assert!(u.due(Duration::ZERO, later).is_empty());
     }
 }

@@ -17,7 +17,7 @@ use std::net::Ipv4Addr;
 use std::str::FromStr;
 use std::time::Duration;
 
-use serde_json::{json, Value as Json};
+use serde_json::Value as Json;
 use tokio::sync::{oneshot, watch};
 use zookeeper_client as zk;
 
@@ -117,15 +117,25 @@ impl MasterAddress {
     /// `MasterInfo` in Mesos's JSON (proto field names): `ip` is the IPv4 address in network
     /// byte order read as a little-endian uint32, as Mesos writes `in_addr.s_addr`.
     pub fn master_info_json(&self) -> Json {
-        json!({
-            "id": self.id,
-            "ip": u32::from_le_bytes(self.ip.octets()),
-            "port": self.port,
-            "pid": self.pid(),
-            "hostname": self.hostname,
-            "version": crate::MESOS_VERSION,
-            "address": {"hostname": self.hostname, "ip": self.ip.to_string(), "port": self.port},
-        })
+        shoal_proto::json::to_json_value(&self.master_info())
+    }
+
+    /// `MasterInfo`, typed: what ZooKeeper's node holds and SUBSCRIBED carries.
+    pub fn master_info(&self) -> shoal_proto::mesos::v1::MasterInfo {
+        shoal_proto::mesos::v1::MasterInfo {
+            id: self.id.clone(),
+            ip: u32::from_le_bytes(self.ip.octets()),
+            port: u32::from(self.port),
+            pid: Some(self.pid()),
+            hostname: Some(self.hostname.clone()),
+            version: Some(crate::MESOS_VERSION.to_string()),
+            address: Some(shoal_proto::mesos::v1::Address {
+                hostname: Some(self.hostname.clone()),
+                ip: Some(self.ip.to_string()),
+                port: i32::from(self.port),
+            }),
+            ..Default::default()
+        }
     }
 }
 
