@@ -94,6 +94,11 @@ struct MasterTimers {
     /// Mesos API: outstanding offers one framework may hold (0: no cap).
     #[arg(long, default_value_t = 64)]
     offers_per_framework_max: usize,
+    /// Mesos v0 API: dial a scheduler at the address its UPID advertises even when its
+    /// messages come from another IP (a framework behind NAT, with LIBPROCESS_ADVERTISE_IP).
+    /// By default the master dials only the IP the messages come from.
+    #[arg(long = "libprocess-dial-advertised")]
+    libprocess_dial_advertised: bool,
     /// Mesos API: resend unacknowledged status updates this often.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     status_update_retry: Duration,
@@ -108,6 +113,11 @@ impl MasterTimers {
             frameworks_max: self.frameworks_max,
             offers_per_framework_max: self.offers_per_framework_max,
             update_retry: self.status_update_retry,
+            libprocess_dial: if self.libprocess_dial_advertised {
+                shoal_compat::libprocess::DialPolicy::Advertised
+            } else {
+                shoal_compat::libprocess::DialPolicy::PeerIpOnly
+            },
             ..Default::default()
         }
     }

@@ -59,6 +59,11 @@ pub struct CompatConfig {
     /// ZooKeeper's node holds). `None`: the address the framework's request reached (the
     /// v1 `Host` header).
     pub master: Option<zk::MasterAddress>,
+    /// Which v0 schedulers the master dials back: by default only at the IP their messages
+    /// come from; [`libprocess::DialPolicy::Advertised`] for frameworks behind NAT (their
+    /// `LIBPROCESS_ADVERTISE_IP`). The v0 API is served only when `master` is set (a UPID
+    /// needs an IPv4 address).
+    pub libprocess_dial: libprocess::DialPolicy,
 }
 
 impl Default for CompatConfig {
@@ -72,6 +77,7 @@ impl Default for CompatConfig {
             failover_timeout_max: Duration::from_secs(limits::FAILOVER_TIMEOUT_SECS_MAX),
             frameworks_max: limits::FRAMEWORKS_MAX,
             master: None,
+            libprocess_dial: libprocess::DialPolicy::default(),
         }
     }
 }

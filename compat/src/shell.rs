@@ -51,6 +51,8 @@ pub struct Compat {
     wake: tokio::sync::Notify,
     started_ms: u64,
     heartbeat_interval: Duration,
+    /// The v0 (libprocess) side, when the master has an address a UPID can carry.
+    v0: std::sync::OnceLock<Arc<crate::v0::server::V0>>,
 }
 
 impl Compat {
@@ -58,6 +60,8 @@ impl Compat {
     pub fn start(core: MasterCore, config: CompatConfig) -> Arc<Compat> {
         // The one random draw: the run id that makes this start's ids unique.
         let run_id = uuid::Uuid::new_v4().to_string();
+        let v0_at = config.master.clone();
+        let dial = config.libprocess_dial;
         let compat = Arc::new(Compat {
             started_ms: core.clock().wall_ms(),
             heartbeat_interval: config.heartbeat_interval,
@@ -66,19 +70,35 @@ impl Compat {
             streams: Mutex::new(HashMap::new()),
             last_session: Mutex::new(0),
             wake: tokio::sync::Notify::new(),
+            v0: std::sync::OnceLock::new(),
             core,
         });
+        match v0_at {
+            Some(at) => {
+                if let Some(v0) = crate::v0::server::V0::start(&compat, at, dial) {
+                    let _ = compat.v0.set(v0);
+                }
+            }
+            None => tracing::info!(
+                "the v0 scheduler API is off: the master has no IPv4 address to advertise (--advertise-ip)"
+            ),
+        }
         tokio::spawn(allocation_loop(compat.clone()));
         tokio::spawn(forward_loop(compat.clone()));
         tokio::spawn(timers_loop(compat.clone()));
         compat
     }
 
-    /// The Mesos routes: `/api/v1/scheduler` and the state endpoints.
+    /// The Mesos routes: `/api/v1/scheduler`, the state endpoints and, with an advertised
+    /// address, the v0 scheduler API (`POST /master/<message name>`, libprocess).
     pub fn router(self: &Arc<Compat>) -> Router {
-        crate::v1::router()
+        let router = crate::v1::router()
             .merge(crate::state::router(self.clone()))
-            .with_state(self.clone())
+            .with_state(self.clone());
+        match self.v0.get() {
+            Some(v0) => router.merge(v0.router()),
+            None => router,
+        }
     }
 
     pub(crate) fn core(&self) -> &MasterCore {
@@ -91,6 +111,16 @@ impl Compat {
 
     pub(crate) fn heartbeat_interval(&self) -> Duration {
         self.heartbeat_interval
+    }
+
+    /// The framework `session` is the current session of.
+    pub(crate) fn framework_of(&self, session: SessionId) -> Option<String> {
+        self.model.lock().framework_of(session).map(str::to_string)
+    }
+
+    /// Whether a framework of this id is known (subscribed, or within its failover timeout).
+    pub(crate) fn is_known(&self, framework_id: &str) -> bool {
+        self.model.lock().is_known(framework_id)
     }
 
     pub(crate) fn framework_summaries(&self) -> Vec<FrameworkSummary> {

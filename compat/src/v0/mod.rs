@@ -12,3 +12,4 @@
 //! [`crate::libprocess::Outbound::send`] to that framework's UPID.
 
 pub mod codec;
+pub(crate) mod server;
