@@ -714,6 +714,22 @@ func (h *harness) waitUpdate(within time.Duration, pred func(*update) bool) *upd
 	}
 }
 
+// sourceName and reasonName say "" for a field that is not set (its getter would answer
+// the enum's first value, SOURCE_MASTER and REASON_COMMAND_EXECUTOR_FAILED).
+func sourceName(s v1.TaskStatus) string {
+	if s.Source == nil {
+		return ""
+	}
+	return s.Source.String()
+}
+
+func reasonName(s v1.TaskStatus) string {
+	if s.Reason == nil {
+		return ""
+	}
+	return s.Reason.String()
+}
+
 func statusJSON(u *update) map[string]interface{} {
 	if u == nil {
 		return nil
@@ -725,7 +741,7 @@ func statusJSON(u *update) map[string]interface{} {
 	}
 	return map[string]interface{}{
 		"task_id": s.TaskID.Value, "agent_id": agent, "state": u.state().String(),
-		"source": s.GetSource().String(), "reason": s.GetReason().String(), "message": s.GetMessage(),
+		"source": sourceName(s), "reason": reasonName(s), "message": s.GetMessage(),
 		"status_uuid": len(s.UUID) > 0, "update_uuid": len(u.msg.GetUpdate().GetUuid()) > 0,
 		"pid": u.msg.GetPid(), "framework_id": u.msg.GetUpdate().GetFrameworkId().GetValue(),
 	}
@@ -755,10 +771,10 @@ func (h *harness) pacemakerProblem(u *update, agent string) string {
 	switch {
 	case u.state() != want:
 		return fmt.Sprintf("state %s, want %s", u.state(), want)
-	case s.GetSource() != v1.SOURCE_MASTER:
-		return fmt.Sprintf("source %s", s.GetSource())
-	case s.GetReason() != v1.REASON_RECONCILIATION:
-		return fmt.Sprintf("reason %s", s.GetReason())
+	case s.Source == nil || *s.Source != v1.SOURCE_MASTER:
+		return fmt.Sprintf("source %s, want SOURCE_MASTER", sourceName(s))
+	case s.Reason == nil || *s.Reason != v1.REASON_RECONCILIATION:
+		return fmt.Sprintf("reason %s, want REASON_RECONCILIATION", reasonName(s))
 	case len(s.UUID) > 0 || len(u.msg.GetUpdate().GetUuid()) > 0:
 		return "it carries a uuid (it would be acknowledged)"
 	case s.AgentID == nil || s.AgentID.Value != agent:

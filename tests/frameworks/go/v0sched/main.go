@@ -179,6 +179,15 @@ func (s *scheduler) OfferRescinded(_ sched.SchedulerDriver, id *mesos.OfferID) {
 	s.out.event("rescinded", map[string]interface{}{"offer_id": id.GetValue()})
 }
 
+// enumName is "" for an enum field that is not set (its getter would answer the enum's
+// first value: SOURCE_MASTER, REASON_COMMAND_EXECUTOR_FAILED).
+func enumName(set bool, name string) string {
+	if !set {
+		return ""
+	}
+	return name
+}
+
 func (s *scheduler) StatusUpdate(_ sched.SchedulerDriver, st *mesos.TaskStatus) {
 	// The driver acknowledges updates itself (its acknowledgements are implicit); the test
 	// sees every update all the same.
@@ -186,8 +195,8 @@ func (s *scheduler) StatusUpdate(_ sched.SchedulerDriver, st *mesos.TaskStatus) 
 		"task_id":      st.GetTaskId().GetValue(),
 		"agent_id":     st.GetSlaveId().GetValue(),
 		"state":        st.GetState().String(),
-		"source":       st.GetSource().String(),
-		"reason":       st.GetReason().String(),
+		"source":       enumName(st.Source != nil, st.GetSource().String()),
+		"reason":       enumName(st.Reason != nil, st.GetReason().String()),
 		"message":      st.GetMessage(),
 		"uuid_present": len(st.GetUuid()) > 0,
 	})
