@@ -25,6 +25,14 @@
 //
 // It exits 0 after stop, stop-failover or abort, and when stdin ends.
 //
+// What this driver needs from a master, beyond the messages themselves (read in its
+// sources): given host:port, its standalone detector finds the master only once
+// GET http://host:port/state answers a "leader" that parses as a UPID, and polls it
+// again every 30 s; its UPID is scheduler(1)@127.0.0.1:<port>; its message server keeps a
+// connection open only for requests carrying exactly `Connection: Keep-Alive` (it closes
+// it after the first message otherwise) and answers nothing to a request whose
+// User-Agent starts with libprocess/ (so a master must not wait for a response).
+//
 // Build (no network): GO111MODULE=off GOPATH=<dir>:/usr/share/gocode go build
 //
 // Usage: v0sched --master zk://127.0.0.1:2181/mesos|127.0.0.1:5050 [--name N]
