@@ -8,6 +8,7 @@ mod booking;
 mod env;
 mod go;
 mod http;
+mod line_child;
 mod mesos_cell;
 mod process;
 mod recordio;
@@ -20,6 +21,7 @@ pub use booking::{check_no_double_booking, held_resources, live_task_resources};
 pub use env::{docker_enabled, test_python, test_zk};
 pub use go::{go_missing, go_program, GOCODE};
 pub use http::{get_json, post_json};
+pub use line_child::LineChild;
 pub use mesos_cell::{
     mesos_master_flags, start_fast_agent, start_mesos_agent, wait_agents_active, MesosAgentSpec,
     MesosCell, FAST_MASTER_FLAGS, MESOS_API_FLAGS,
