@@ -50,16 +50,26 @@ impl Frameworks {
     ) -> Option<Effect> {
         let f = self.frameworks.get(fw_id)?;
         let status = match snap.task(task_id).filter(|t| t.owner == fw_id) {
-            Some(t) => Self::status(
-                f,
-                now,
-                &t.id,
-                &t.agent_id,
-                t.state,
-                &t.status,
-                Some("REASON_RECONCILIATION"),
-                None,
-            ),
+            // As Mesos's `_reconcileTasks`: the latest state, written by the master now
+            // (SOURCE_MASTER, "Reconciliation: Latest task state"), with the task's health.
+            Some(t) => {
+                let latest = shoal_core::StatusInfo {
+                    message: Some("Reconciliation: Latest task state".into()),
+                    source: Some("SOURCE_MASTER".into()),
+                    healthy: t.status.healthy,
+                    ..Default::default()
+                };
+                Self::status(
+                    f,
+                    now,
+                    &t.id,
+                    &t.agent_id,
+                    t.state,
+                    &latest,
+                    Some("REASON_RECONCILIATION"),
+                    None,
+                )
+            }
             None => {
                 let agent = agent.cloned().unwrap_or_else(|| AgentId::new(""));
                 let state = if f.partition_aware {

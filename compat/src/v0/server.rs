@@ -274,7 +274,9 @@ async fn subscribe(
     let reregistered = !force && named.as_deref().is_some_and(|id| compat.is_known(id));
     *sink.reregistered.lock() = reregistered;
     match compat.subscribe(session, call, force, Some(&v0.master)) {
-        Ok(()) => tracing::info!(from = %m.from, framework_id = ?named, force, "v0 scheduler subscribing"),
+        Ok(()) => {
+            tracing::info!(from = %m.from, framework_id = ?named, force, "v0 scheduler subscribing")
+        }
         // The driver retries; a full master may have room by then.
         Err(CompatError::Unavailable(why)) => {
             tracing::warn!(from = %m.from, "v0 subscription refused for now: {why}");
