@@ -5,8 +5,9 @@
 //! - **scheduler failover**: a scheduler process that ends without TEARDOWN leaves its
 //!   framework disconnected and its task running; a new process (a new pid) subscribing
 //!   with the framework id and `force` is registered under that id and finds the task by
-//!   reconciliation. Without `force` a newcomer is refused ("Framework failed over") while
-//!   the framework is connected; with it, the old scheduler is the one told so.
+//!   reconciliation. Without `force` a newcomer is refused ("Framework failed over"),
+//!   whether the framework is connected or not; with it, a connected old scheduler is the
+//!   one told so.
 //! - **failover_timeout**: a framework away past it is removed, its task killed, and its id
 //!   refused ("Framework has been removed").
 //! - **partition awareness**: a task on an agent that goes away becomes TASK_UNREACHABLE
@@ -25,8 +26,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value as Json;
 use shoal_tests::{
-    get_json, go_program, run_command, wait_until, LineChild, MesosAgentSpec, MesosCell,
-    ScriptRun,
+    get_json, go_program, run_command, wait_until, LineChild, MesosAgentSpec, MesosCell, ScriptRun,
 };
 
 /// Room for two harness tasks (0.1 cpus and 32 MB each) and more.
@@ -207,7 +207,7 @@ fn skip_without_harness(test: &str) -> bool {
 /// Marathon's failover: the scheduler process ends without TEARDOWN (its framework is
 /// disconnected, its task keeps running); a new process with a new pid subscribes with the
 /// id and `force`, is registered under it, and reconciles the task as TASK_RUNNING. Without
-/// `force`, a newcomer is refused while the framework is connected; a forced newcomer takes
+/// `force`, a newcomer is refused, the framework connected or not; a forced newcomer takes
 /// the framework over from a connected scheduler, which is told "Framework failed over".
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_v0_scheduler_fails_over_to_a_new_process_and_finds_its_task_running() {
@@ -258,6 +258,12 @@ async fn a_v0_scheduler_fails_over_to_a_new_process_and_finds_its_task_running()
         away["failover_timeout"], 30.0,
         "the framework as listed: {away}"
     );
+
+    // Without force from a new process while the framework is disconnected: refused all
+    // the same, as Mesos refuses every pid but the framework's own without force.
+    let (run, lines) = tokio::task::block_in_place(|| run_harness(test, &cell, &no_force));
+    finished_check(&run, &lines, "framework_error", &cell);
+    wait_framework_connected(&cell, &id, &task, false).await;
 
     // A new process fails over with force: the same id, the task running.
     let failover = [
@@ -408,7 +414,12 @@ async fn an_agent_gone_is_task_unreachable_when_partition_aware_and_task_lost_ot
     let mut cell = start_cell("v0-partition", &["--agent-unreachable-timeout", "1s"]).await;
     let agent = cell.agent_ids[0].clone();
     let held_args = ["--stop-after", "task_running", "--hold"];
-    let aware_args = ["--partition-aware", "--stop-after", "task_running", "--hold"];
+    let aware_args = [
+        "--partition-aware",
+        "--stop-after",
+        "task_running",
+        "--hold",
+    ];
     let (mut aware, aware_task, mut other, other_task) = tokio::task::block_in_place(|| {
         let mut aware = spawn_harness(test, "partition-aware", &cell, &aware_args);
         let mut other = spawn_harness(test, "not-partition-aware", &cell, &held_args);
