@@ -442,8 +442,9 @@ async fn an_agent_gone_is_task_unreachable_when_partition_aware_and_task_lost_ot
                 j["source"] == "SOURCE_MASTER" && j["agent_id"] == agent.as_str(),
                 "{task} {state} comes from the master: {j}"
             );
-            // Mesos writes REASON_SLAVE_REMOVED (v1: REASON_AGENT_REMOVED) here.
-            eprintln!("{state}: reason {:?}", j["reason"]);
+            // Mesos also writes REASON_SLAVE_REMOVED (v1: REASON_AGENT_REMOVED) and no uuid
+            // (such updates are not retried); printed, not asserted.
+            eprintln!("{state}: {j}");
             let lost = fw.wait_for("the agent lost", NOTICE, |j| j["event"] == "lost_slave");
             assert_eq!(lost["agent_id"], agent.as_str(), "{}", fw.transcript());
         }
