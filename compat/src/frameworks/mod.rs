@@ -56,6 +56,7 @@ use crate::CompatConfig;
 
 pub use accept::AcceptPending;
 pub use allocate::OffersPending;
+pub use subscribe::FAILED_OVER;
 
 /// A framework's connection, named by the IO layer: a v1 event stream, or a v0 scheduler's
 /// libprocess pid. The model only compares them; the IO layer knows where each one goes.

@@ -12,4 +12,5 @@
 //! [`crate::libprocess::Outbound::send`] to that framework's UPID.
 
 pub mod codec;
+mod pids;
 pub(crate) mod server;

@@ -20,8 +20,9 @@ use shoal_proto::mesos::v1::scheduler::{call, event, Call, Event};
 use tokio::sync::mpsc;
 
 use super::codec::{self, EncodeContext, V0Call};
+use super::pids::SchedulerPids;
 use crate::error::CompatError;
-use crate::frameworks::{call_type, error_event, SessionId};
+use crate::frameworks::{call_type, error_event, SessionId, FAILED_OVER};
 use crate::libprocess::{Exited, Inbound, Message, Outbound, OutboundConfig, Upid};
 use crate::shell::{Compat, EventSink};
 use crate::zk::MasterAddress;
@@ -34,6 +35,8 @@ pub(crate) struct V0 {
     master: MasterAddress,
     /// Each linked scheduler's session.
     sessions: Mutex<HashMap<Upid, Arc<V0Sink>>>,
+    /// The UPID each framework belongs to, kept while it is disconnected.
+    pids: Mutex<SchedulerPids>,
 }
 
 impl V0 {
@@ -60,6 +63,7 @@ impl V0 {
             outbound,
             master,
             sessions: Mutex::new(HashMap::new()),
+            pids: Mutex::new(SchedulerPids::default()),
         });
         tokio::spawn(receive_loop(compat.clone(), v0.clone(), messages));
         tokio::spawn(exits_loop(compat.clone(), v0.clone(), exits));
@@ -246,7 +250,9 @@ async fn subscribe(
             return;
         }
     }
-    let sink = match v0.sink_of(&m.from) {
+    let existing = v0.sink_of(&m.from);
+    let fresh = existing.is_none();
+    let sink = match existing {
         Some(s) => s,
         None => {
             if let Err(e) = v0.outbound.link(&m.from, m.peer.ip()) {
@@ -268,6 +274,24 @@ async fn subscribe(
         }
     };
     let session = sink.session();
+    // As `Master::subscribe`: a framework the master knows is taken over from another
+    // scheduler only with `force`, whether that scheduler is still connected or not.
+    if let Some(id) = named.as_deref() {
+        if v0
+            .pids
+            .lock()
+            .refuses(id, &m.from, force, compat.is_known(id))
+        {
+            tracing::info!(from = %m.from, framework_id = id, "refusing a v0 subscription without force from another scheduler");
+            sink.send_error(&error_event(FAILED_OVER));
+            // A link opened for this SUBSCRIBE alone closes; one its sender already had
+            // (for another framework) stays.
+            if fresh {
+                end(compat, v0, &m.from, session).await;
+            }
+            return;
+        }
+    }
     // As `Master::subscribe`: a known framework re-subscribing without `force` is
     // re-registered (FrameworkReregisteredMessage); a new one, a failover (`force`) and one
     // this master does not know (it was elected since) are registered.
@@ -275,7 +299,12 @@ async fn subscribe(
     *sink.reregistered.lock() = reregistered;
     match compat.subscribe(session, call, force, Some(&v0.master)) {
         Ok(()) => {
-            tracing::info!(from = %m.from, framework_id = ?named, force, "v0 scheduler subscribing")
+            tracing::info!(from = %m.from, framework_id = ?named, force, "v0 scheduler subscribing");
+            if let Some(id) = compat.framework_of(session) {
+                v0.pids
+                    .lock()
+                    .subscribed(&id, &m.from, |other| compat.is_known(other));
+            }
         }
         // The driver retries; a full master may have room by then.
         Err(CompatError::Unavailable(why)) => {

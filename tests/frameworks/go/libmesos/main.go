@@ -29,11 +29,21 @@
 // FrameworkErrorMessage; every master message from MasterInfo.pid; TEARDOWN.
 // It exits 0 only if every check passed.
 //
+// For failover and partition scenarios a run can be cut short and kept alive:
+// --stop-after CHECK ends the scenario after that check; --hold then keeps the process
+// (and so the master's link to it) alive, printing every master message as an
+// {"event": ...} line and taking commands on stdin (`reconcile TASK AGENT`, `exit`; each
+// answered by {"ack": line}) until `exit` or the end of stdin. --expect-error MESSAGE makes
+// a FrameworkErrorMessage in answer to SUBSCRIBE the expected outcome (a `framework_error`
+// check) instead of a failure. --skip-running-ack leaves the first TASK_RUNNING
+// unacknowledged, to see the master resend it (a `resent_unacknowledged` check).
+//
 // Build (no network): GO111MODULE=off GOPATH=<dir>:/usr/share/gocode go build
 //
 // Usage: libmesos --master host:port|zk://host:port/path [--roles a,b] [--multi-role]
 // [--partition-aware] [--failover-timeout S] [--framework-id ID] [--force]
-// [--docker-image IMAGE] [--update-retry D] [--no-teardown] [--stop-after CHECK]
+// [--docker-image IMAGE] [--update-retry D] [--no-teardown] [--stop-after CHECK] [--hold]
+// [--expect-error MESSAGE] [--skip-running-ack]
 package main
 
 import (
@@ -331,6 +341,15 @@ type harness struct {
 	multiRole   bool
 	partition   bool
 	stopAfter   string
+	// hold keeps the process alive once the scenario ends (see the file comment).
+	hold bool
+	// expectError is the FrameworkErrorMessage SUBSCRIBE is expected to get ("": none).
+	expectError string
+	// skipRunningAck leaves the first TASK_RUNNING unacknowledged; skipped is its uuid
+	// (as text) once that happened, skippedAt when it came.
+	skipRunningAck bool
+	skipped        string
+	skippedAt      time.Time
 
 	failed    []string
 	passed    int
@@ -368,6 +387,9 @@ func (h *harness) finish(teardown bool) {
 	if h.frameworkID != "" {
 		printJSON(map[string]interface{}{"framework_id": h.frameworkID})
 	}
+	if h.hold && len(h.failed) == 0 {
+		h.holdOn()
+	}
 	printJSON(map[string]interface{}{"summary": map[string]interface{}{
 		"passed": h.passed, "failed": h.failed, "seconds": time.Since(start).Seconds(),
 	}})
@@ -402,6 +424,7 @@ type event struct {
 	offers     *v0.ResourceOffersMessage
 	update     *update
 	errorMsg   *v0.FrameworkErrorMessage
+	lostSlave  *v0.LostSlaveMessage
 }
 
 // next returns the next master message within `within` (nil when none came), after what
@@ -412,12 +435,16 @@ type event struct {
 func (h *harness) next(within time.Duration) *event {
 	t := time.NewTimer(within)
 	defer t.Stop()
-	var m inbound
 	select {
-	case m = <-h.l.inbox:
+	case m := <-h.l.inbox:
+		return h.receive(m)
 	case <-t.C:
 		return nil
 	}
+}
+
+// receive decodes and checks one master message (see next).
+func (h *harness) receive(m inbound) *event {
 	h.messages++
 	if m.from != h.expectedPid && len(h.fromBad) < 10 {
 		h.fromBad = append(h.fromBad, fmt.Sprintf("%s from %q", m.name, m.from))
@@ -449,8 +476,10 @@ func (h *harness) next(within time.Duration) *event {
 		ev.errorMsg = &v0.FrameworkErrorMessage{}
 		err = proto.Unmarshal(m.body, ev.errorMsg)
 		h.errors = append(h.errors, ev.errorMsg.GetMessage())
+	case "mesos.internal.LostSlaveMessage":
+		ev.lostSlave = &v0.LostSlaveMessage{}
+		err = proto.Unmarshal(m.body, ev.lostSlave)
 	case "mesos.internal.RescindResourceOfferMessage",
-		"mesos.internal.LostSlaveMessage",
 		"mesos.internal.ExitedExecutorMessage",
 		"mesos.internal.ExecutorToFrameworkMessage":
 		// Known to the driver; nothing in this scenario waits for them.
@@ -522,6 +551,14 @@ func (h *harness) updateReceived(u *update) {
 	h.uuids[uuid.UUID(up.GetUuid()).String()]++
 	if u.msg.GetPid() == "" {
 		// The driver clears the uuid: Marathon could not acknowledge it.
+		return
+	}
+	if h.skipRunningAck && h.skipped == "" && u.state() == v1.TASK_RUNNING {
+		// A scheduler that has not processed the update yet (or crashed before it did)
+		// does not acknowledge it: the master must send it again.
+		h.skipped = uuid.UUID(up.GetUuid()).String()
+		h.skippedAt = u.at
+		logf("not acknowledging %s %s (uuid %s)", u.taskID(), u.state(), h.skipped)
 		return
 	}
 	ack := h.call(sched.Call_ACKNOWLEDGE)
@@ -687,10 +724,19 @@ func (h *harness) register(info *v0.FrameworkInfo, force bool, failoverTimeout f
 			ev := h.next(left)
 			if ev != nil && (ev.registered != nil || ev.rereg != nil) {
 				logf("registered after %d SUBSCRIBE call(s)", attempts)
+				if h.expectError != "" {
+					h.fatal("framework_error", map[string]interface{}{"message": ev.name, "want": h.expectError})
+				}
 				return ev
 			}
 			if ev != nil && ev.errorMsg != nil {
-				h.fatal("registered", fmt.Sprintf("FrameworkErrorMessage: %s", ev.errorMsg.GetMessage()))
+				got := ev.errorMsg.GetMessage()
+				if h.expectError != "" {
+					h.check("framework_error", got == h.expectError,
+						map[string]interface{}{"message": got, "want": h.expectError, "subscribe_calls": attempts})
+					h.finish(false)
+				}
+				h.fatal("registered", fmt.Sprintf("FrameworkErrorMessage: %s", got))
 			}
 		}
 		backoff *= 2
@@ -849,6 +895,9 @@ func main() {
 	updateRetry := flag.Duration("update-retry", 500*time.Millisecond, "the master's status update retry interval (no resend within twice this after the ACK)")
 	noTeardown := flag.Bool("no-teardown", false, "end without TEARDOWN")
 	stopAfter := flag.String("stop-after", "", "end (without TEARDOWN) right after this check")
+	hold := flag.Bool("hold", false, "once the scenario ends, stay alive (printing master messages, taking commands on stdin) until `exit` or the end of stdin")
+	expectError := flag.String("expect-error", "", "the FrameworkErrorMessage SUBSCRIBE is expected to get")
+	skipRunningAck := flag.Bool("skip-running-ack", false, "leave the first TASK_RUNNING unacknowledged and check that it is resent")
 	connectTimeout := flag.Duration("connect-timeout", 5*time.Second, "how long the master may take to accept our connection")
 	registerTimeout := flag.Duration("register-timeout", 20*time.Second, "how long registration may take")
 	taskTimeout := flag.Duration("task-timeout", 30*time.Second, "how long offers, TASK_RUNNING and TASK_KILLED may take each")
@@ -857,13 +906,16 @@ func main() {
 
 	roles := strings.Split(*rolesFlag, ",")
 	h := &harness{
-		roles:       roles,
-		multiRole:   *multiRole || len(roles) > 1,
-		partition:   *partition,
-		stopAfter:   *stopAfter,
-		frameworkID: *frameworkID,
-		unknown:     map[string]int{},
-		uuids:       map[string]int{},
+		roles:          roles,
+		multiRole:      *multiRole || len(roles) > 1,
+		partition:      *partition,
+		stopAfter:      *stopAfter,
+		frameworkID:    *frameworkID,
+		hold:           *hold,
+		expectError:    *expectError,
+		skipRunningAck: *skipRunningAck,
+		unknown:        map[string]int{},
+		uuids:          map[string]int{},
 	}
 	if *master == "" {
 		h.fatal("flags", "--master is required")
@@ -995,8 +1047,23 @@ func main() {
 	h.check("task_running", up.GetFrameworkId().GetValue() == h.frameworkID && len(up.GetUuid()) > 0 && running.msg.GetPid() != "",
 		statusJSON(running))
 
-	// The update was acknowledged when it came in (next); it must not come again.
 	runningUUID := uuid.UUID(up.GetUuid()).String()
+	if h.skipRunningAck {
+		// Not acknowledged: the master sends it again after its retry interval (and that
+		// one is acknowledged when it comes in).
+		resendWait := 4**updateRetry + 2*time.Second
+		again := h.waitUpdate(resendWait, func(u *update) bool {
+			return uuid.UUID(u.msg.GetUpdate().GetUuid()).String() == runningUUID && u.at.After(running.at)
+		})
+		detail := map[string]interface{}{"uuid": runningUUID, "skipped": h.skipped == runningUUID, "within": resendWait.String()}
+		if again != nil {
+			detail["after_ms"] = again.at.Sub(running.at).Milliseconds()
+			detail["update"] = statusJSON(again)
+		}
+		h.check("resent_unacknowledged", again != nil && h.skipped == runningUUID && again.state() == v1.TASK_RUNNING, detail)
+	}
+
+	// The update was acknowledged when it came in (next); it must not come again.
 	seen := h.uuids[runningUUID]
 	quiet := time.Now().Add(2 * *updateRetry)
 	for time.Now().Before(quiet) {
@@ -1092,4 +1159,74 @@ func main() {
 		h.check("teardown", err == nil, detail)
 	}
 	h.finish(!*noTeardown)
+}
+
+// holdOn keeps the process alive after the scenario: every master message is printed as
+// an {"event": ...} line (updates are acknowledged as before), and commands come on stdin
+// until `exit` or its end.
+func (h *harness) holdOn() {
+	printJSON(map[string]interface{}{"held": true, "framework_id": h.frameworkID})
+	lines := make(chan string)
+	go func() {
+		sc := bufio.NewScanner(os.Stdin)
+		for sc.Scan() {
+			lines <- strings.TrimSpace(sc.Text())
+		}
+		close(lines)
+	}()
+	for {
+		select {
+		case line, ok := <-lines:
+			if !ok || line == "exit" {
+				return
+			}
+			h.command(line)
+		case m := <-h.l.inbox:
+			if ev := h.receive(m); ev != nil {
+				printEvent(ev)
+			}
+		}
+	}
+}
+
+// command carries out one stdin command while holding.
+func (h *harness) command(line string) {
+	fields := strings.Fields(line)
+	ack := map[string]interface{}{"ack": line}
+	switch {
+	case len(fields) == 3 && fields[0] == "reconcile":
+		c := h.call(sched.Call_RECONCILE)
+		c.Reconcile = &sched.Call_Reconcile{Tasks: []*sched.Call_Reconcile_Task{{
+			TaskId:  &v0.TaskID{Value: proto.String(fields[1])},
+			SlaveId: &v0.SlaveID{Value: proto.String(fields[2])},
+		}}}
+		if err := h.link.send(c); err != nil {
+			ack["error"] = err.Error()
+		}
+	default:
+		ack["error"] = "unknown command (reconcile TASK AGENT | exit)"
+	}
+	printJSON(ack)
+}
+
+// printEvent prints one master message while holding.
+func printEvent(ev *event) {
+	switch {
+	case ev.update != nil:
+		j := statusJSON(ev.update)
+		j["event"] = "status"
+		printJSON(j)
+	case ev.errorMsg != nil:
+		printJSON(map[string]interface{}{"event": "error", "message": ev.errorMsg.GetMessage()})
+	case ev.lostSlave != nil:
+		printJSON(map[string]interface{}{"event": "lost_slave", "agent_id": ev.lostSlave.GetSlaveId().GetValue()})
+	case ev.registered != nil:
+		printJSON(map[string]interface{}{"event": "registered", "framework_id": ev.registered.GetFrameworkId().GetValue()})
+	case ev.rereg != nil:
+		printJSON(map[string]interface{}{"event": "reregistered", "framework_id": ev.rereg.GetFrameworkId().GetValue()})
+	case ev.offers != nil:
+		printJSON(map[string]interface{}{"event": "offers", "count": len(ev.offers.GetOffers())})
+	default:
+		printJSON(map[string]interface{}{"event": "message", "name": ev.name})
+	}
 }
