@@ -186,7 +186,8 @@ impl<R: Records> Cell<R> {
                     "an agent becomes active by registering".into(),
                 ));
             }
-            AgentState::Unreachable => (TaskState::Unreachable, "REASON_AGENT_UNREACHABLE"),
+            // As Mesos's master: REASON_SLAVE_REMOVED (v1: REASON_AGENT_REMOVED) for both.
+            AgentState::Unreachable => (TaskState::Unreachable, "REASON_AGENT_REMOVED"),
             AgentState::Gone => (TaskState::Gone, "REASON_AGENT_REMOVED"),
         };
         let mut events = Vec::new();
@@ -224,7 +225,10 @@ impl<R: Records> Cell<R> {
                 continue;
             }
             let mut status = StatusInfo {
-                message: Some(format!("agent {agent_id} is {state:?}").to_lowercase()),
+                message: Some(format!(
+                    "Agent {agent_id} is {}",
+                    format!("{state:?}").to_lowercase()
+                )),
                 reason: Some(reason.into()),
                 source: Some("SOURCE_MASTER".into()),
                 timestamp: now,
