@@ -96,3 +96,19 @@ fn build(name: &str) -> Result<PathBuf, String> {
         Err(format!("{}\n{}", run.outcome(), run.output))
     }
 }
+
+/// Starts `tests/frameworks/go/v0sched` (built with [`go_program`]) against `master` (a
+/// zk:// URL or host:port) as framework `name`, with `extra` flags; its stderr goes to
+/// `<log_dir>/v0sched-<name>.stderr.log`.
+pub fn spawn_v0sched(
+    bin: &Path,
+    master: &str,
+    name: &str,
+    extra: &[&str],
+    log_dir: &Path,
+) -> crate::LineChild {
+    let mut cmd = Command::new(bin);
+    cmd.args(["--master", master, "--name", name]).args(extra);
+    let log = log_dir.join(format!("v0sched-{name}.stderr.log"));
+    crate::LineChild::spawn("v0sched", cmd, &log)
+}

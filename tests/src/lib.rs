@@ -17,9 +17,12 @@ mod shape;
 mod subscription;
 mod wait;
 
-pub use booking::{check_no_double_booking, held_resources, live_task_resources};
+pub use booking::{
+    check_cell_booking, check_no_double_booking, held_resources, live_task_resources,
+    BookingReport, BookingWatch,
+};
 pub use env::{docker_enabled, test_python, test_zk};
-pub use go::{go_missing, go_program, GOCODE};
+pub use go::{go_missing, go_program, spawn_v0sched, GOCODE};
 pub use http::{get_json, post_json};
 pub use line_child::LineChild;
 pub use mesos_cell::{

@@ -102,26 +102,39 @@ impl LineChild {
         &mut self,
         what: &str,
         within: Duration,
-        mut pred: impl FnMut(&Json) -> bool,
+        pred: impl FnMut(&Json) -> bool,
     ) -> Json {
+        match self.poll_for(within, pred) {
+            Some(j) => j,
+            None => panic!(
+                "{}: no line for {what} within {within:?}{}\n{}",
+                self.name,
+                if self.ended { " (stdout ended)" } else { "" },
+                self.transcript()
+            ),
+        }
+    }
+
+    /// As [`LineChild::wait_for`], but `None` when no such line came within `within` (or
+    /// stdout ended): for a loop that runs until its own deadline.
+    pub fn poll_for(
+        &mut self,
+        within: Duration,
+        mut pred: impl FnMut(&Json) -> bool,
+    ) -> Option<Json> {
         let until = Instant::now() + within;
         let mut i = 0;
         loop {
             while i < self.seen.len() {
                 if !self.taken[i] && pred(&self.seen[i]) {
                     self.taken[i] = true;
-                    return self.seen[i].clone();
+                    return Some(self.seen[i].clone());
                 }
                 i += 1;
             }
             let left = until.saturating_duration_since(Instant::now());
             if left.is_zero() || !self.read_one(left) {
-                panic!(
-                    "{}: no line for {what} within {within:?}{}\n{}",
-                    self.name,
-                    if self.ended { " (stdout ended)" } else { "" },
-                    self.transcript()
-                );
+                return None;
             }
         }
     }
