@@ -8,8 +8,17 @@
 //! `Master::receive` drops a call whose sender is not the framework's pid. The link breaking
 //! is the framework disconnecting (its failover timeout starts), as libprocess's `exited`.
 //!
+//! Where Shoal differs: a first registration (no framework id) whose UPID could never be
+//! dialled removes the framework it made at once. Mesos keeps it for its failover timeout,
+//! but its scheduler was never told the id, so it can never come back for it, and a driver
+//! that retries from an address the master cannot reach would leave one framework behind
+//! per retry (a week each under Marathon) until `--frameworks-max` refuses everyone.
+//!
 //! Messages are handled one at a time in the order they arrived (a driver writes its calls
-//! back to back on one connection and relies on that order).
+//! back to back on one connection and relies on that order), and a link's exit is handled
+//! between two messages, never during one, as libprocess queues `exited` on the master's own
+//! queue: a SUBSCRIBE has opened its session (and made its framework) before the exit of the
+//! link it dialled is looked at.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -23,7 +32,7 @@ use super::codec::{self, EncodeContext, V0Call};
 use super::pids::SchedulerPids;
 use crate::error::CompatError;
 use crate::frameworks::{call_type, error_event, SessionId, FAILED_OVER};
-use crate::libprocess::{Exited, Inbound, Message, Outbound, OutboundConfig, Upid};
+use crate::libprocess::{ExitReason, Exited, Inbound, Message, Outbound, OutboundConfig, Upid};
 use crate::shell::{Compat, EventSink};
 use crate::zk::MasterAddress;
 
@@ -65,8 +74,7 @@ impl V0 {
             sessions: Mutex::new(HashMap::new()),
             pids: Mutex::new(SchedulerPids::default()),
         });
-        tokio::spawn(receive_loop(compat.clone(), v0.clone(), messages));
-        tokio::spawn(exits_loop(compat.clone(), v0.clone(), exits));
+        tokio::spawn(receive_loop(compat.clone(), v0.clone(), messages, exits));
         Some(v0)
     }
 
@@ -105,6 +113,9 @@ struct V0Sink {
     reregistered: Mutex<bool>,
     /// Called when the session is closed by the model: the shell learns it ended.
     ended: mpsc::UnboundedSender<SessionId>,
+    /// Opened by a SUBSCRIBE that named no framework: until its link connects, its
+    /// scheduler has not been told a framework id.
+    unnamed: bool,
 }
 
 impl EventSink for V0Sink {
@@ -167,8 +178,14 @@ impl V0Sink {
     }
 }
 
-/// The schedulers' messages, in the order they arrived.
-async fn receive_loop(compat: Arc<Compat>, v0: Arc<V0>, mut messages: mpsc::Receiver<Message>) {
+/// The schedulers' messages, in the order they arrived, and between them the sessions that
+/// ended and the links that broke.
+async fn receive_loop(
+    compat: Arc<Compat>,
+    v0: Arc<V0>,
+    mut messages: mpsc::Receiver<Message>,
+    mut exits: mpsc::Receiver<Exited>,
+) {
     let (ended_tx, mut ended_rx) = mpsc::unbounded_channel::<SessionId>();
     loop {
         tokio::select! {
@@ -177,6 +194,7 @@ async fn receive_loop(compat: Arc<Compat>, v0: Arc<V0>, mut messages: mpsc::Rece
                 receive(&compat, &v0, &ended_tx, m).await;
             }
             Some(session) = ended_rx.recv() => compat.session_ended(session).await,
+            Some(exited) = exits.recv() => link_exited(&compat, &v0, exited).await,
         }
     }
 }
@@ -266,6 +284,7 @@ async fn subscribe(
                 framework_id: Mutex::new(None),
                 reregistered: Mutex::new(false),
                 ended: ended.clone(),
+                unnamed: named.is_none(),
             });
             let session = compat.open_session(sink.clone());
             let _ = sink.session.set(session);
@@ -344,13 +363,157 @@ async fn end(compat: &Arc<Compat>, v0: &V0, pid: &Upid, session: SessionId) {
     compat.session_ended(session).await;
 }
 
-/// Schedulers whose link broke: their frameworks are disconnected.
-async fn exits_loop(compat: Arc<Compat>, v0: Arc<V0>, mut exits: mpsc::Receiver<Exited>) {
-    while let Some(Exited { peer, reason }) = exits.recv().await {
-        let sink = v0.sessions.lock().remove(&peer);
-        if let Some(session) = sink.map(|s| s.session()) {
-            tracing::info!(pid = %peer, ?reason, "v0 scheduler link closed: framework disconnected");
-            compat.session_ended(session).await;
+/// A scheduler whose link broke: its framework is disconnected. One that was never reached
+/// on its first registration never learned its framework id: that framework is removed.
+async fn link_exited(compat: &Arc<Compat>, v0: &V0, Exited { peer, reason }: Exited) {
+    let Some(sink) = v0.sessions.lock().remove(&peer) else {
+        return;
+    };
+    let session = sink.session();
+    let never_reached = sink.unnamed && matches!(reason, ExitReason::ConnectFailed(_));
+    match compat.framework_of(session).filter(|_| never_reached) {
+        Some(framework_id) => {
+            tracing::info!(pid = %peer, ?reason, %framework_id, "v0 scheduler never reached: the framework it registered is removed");
+            let teardown = Call {
+                framework_id: Some(v1::FrameworkId {
+                    value: framework_id,
+                }),
+                r#type: Some(call::Type::Teardown as i32),
+                ..Default::default()
+            };
+            if let Err(e) = compat.call(Some(session), teardown).await {
+                tracing::warn!(pid = %peer, error = %e, "the unreached framework was not removed");
+            }
         }
+        None => {
+            tracing::info!(pid = %peer, ?reason, "v0 scheduler link closed: framework disconnected")
+        }
+    }
+    compat.session_ended(session).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{Ipv4Addr, SocketAddr};
+    use std::time::{Duration, Instant};
+
+    use axum::body::Bytes;
+    use prost::Message as _;
+    use shoal_proto::mesos::scheduler as v0;
+
+    use super::*;
+    use crate::CompatConfig;
+
+    const DEADLINE: Duration = Duration::from_secs(10);
+
+    /// A Compat without a master address (its own v0 side off), and a v0 side started on
+    /// it here.
+    fn compat() -> (Arc<Compat>, Arc<V0>) {
+        let core = shoal_master::MasterCore::start_with(
+            Arc::new(shoal_master::MemStore::new()),
+            shoal_master::CommitConfig::default(),
+            shoal_master::agents::AgentTimers::default(),
+            Arc::new(shoal_core::clock::ManualClock::new(1_000_000)),
+        )
+        .unwrap();
+        let c = Compat::start(core, CompatConfig::default());
+        let master = MasterAddress {
+            id: String::new(),
+            ip: Ipv4Addr::LOCALHOST,
+            port: 5050,
+            hostname: "localhost".into(),
+        };
+        let v0 = V0::start(&c, master, crate::libprocess::DialPolicy::default()).unwrap();
+        (c, v0)
+    }
+
+    /// A UPID on a port nothing listens on (it was free a moment ago).
+    fn unreachable(id: &str) -> Upid {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .unwrap();
+        Upid::new(id, Ipv4Addr::LOCALHOST, port).unwrap()
+    }
+
+    /// A v0 SUBSCRIBE from `from` (with `framework_id`, a failover) with a failover timeout.
+    fn subscribe(from: &Upid, name: &str, framework_id: Option<&str>) -> Message {
+        let id = framework_id.map(|v| v1::FrameworkId { value: v.into() });
+        let c = v0::Call {
+            framework_id: id.clone(),
+            r#type: Some(call::Type::Subscribe as i32),
+            subscribe: Some(v0::call::Subscribe {
+                framework_info: v1::FrameworkInfo {
+                    user: "u".into(),
+                    name: name.into(),
+                    id,
+                    failover_timeout: Some(300.0),
+                    ..Default::default()
+                },
+                force: Some(framework_id.is_some()),
+                suppressed_roles: Vec::new(),
+                offer_constraints: None,
+            }),
+            ..v0::Call::default()
+        };
+        Message {
+            from: from.clone(),
+            peer: SocketAddr::from((Ipv4Addr::LOCALHOST, 40_000)),
+            name: codec::names::CALL.into(),
+            body: Bytes::from(c.encode_to_vec()),
+        }
+    }
+
+    fn named(c: &Compat, name: &str) -> Vec<(String, bool)> {
+        c.framework_summaries()
+            .into_iter()
+            .filter(|f| f.info.name == name)
+            .map(|f| (f.id, f.connected))
+            .collect()
+    }
+
+    /// Waits until `cond` holds; panics with `what` past the deadline.
+    async fn wait(what: &str, mut cond: impl FnMut() -> bool) {
+        let until = Instant::now() + DEADLINE;
+        while !cond() {
+            assert!(Instant::now() < until, "{what} within {DEADLINE:?}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// A first registration from a UPID that cannot be dialled leaves no framework behind,
+    /// failover timeout or not; a failover (the framework named, so its scheduler knows its
+    /// id) whose dial fails only disconnects it, as Mesos does.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_first_registration_never_reached_leaves_no_framework() {
+        let (c, v0) = compat();
+        let (ended, _ended_rx) = mpsc::unbounded_channel();
+
+        let dead = unreachable("scheduler-dead");
+        receive(&c, &v0, &ended, subscribe(&dead, "never", None)).await;
+        let made = named(&c, "never");
+        assert_eq!(made.len(), 1, "the SUBSCRIBE made a framework: {made:?}");
+        wait("no framework left", || named(&c, "never").is_empty()).await;
+
+        // A framework whose scheduler knows its id: subscribed from a reachable UPID first.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let alive = Upid::new("scheduler-alive", Ipv4Addr::LOCALHOST, port).unwrap();
+        receive(&c, &v0, &ended, subscribe(&alive, "known", None)).await;
+        let (framework_id, _) = named(&c, "known").pop().expect("subscribed");
+        // It fails over to a UPID that cannot be dialled: disconnected, kept.
+        let dead = unreachable("scheduler-dead-again");
+        receive(
+            &c,
+            &v0,
+            &ended,
+            subscribe(&dead, "known", Some(&framework_id)),
+        )
+        .await;
+        wait("the framework disconnected", || {
+            named(&c, "known") == vec![(framework_id.clone(), false)]
+        })
+        .await;
+        assert!(v0.sink_of(&dead).is_none(), "the exit was handled");
     }
 }
