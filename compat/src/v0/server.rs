@@ -188,7 +188,11 @@ async fn receive_loop(
 ) {
     let (ended_tx, mut ended_rx) = mpsc::unbounded_channel::<SessionId>();
     loop {
+        // Messages first: a driver's last message (a TEARDOWN) may be waiting when the link
+        // it then closes is reported, and it must be acted on, not dropped as coming from a
+        // scheduler that is gone.
         tokio::select! {
+            biased;
             m = messages.recv() => {
                 let Some(m) = m else { return };
                 receive(&compat, &v0, &ended_tx, m).await;
