@@ -123,6 +123,101 @@ fn parse<M: prost::Message + Default>(name: &'static str, body: &[u8]) -> Result
     })
 }
 
+/// Whether the field at `path` (field numbers, outermost first, each but the last a
+/// length-delimited message) is present in `body`. prost reads an absent `required` field as
+/// its default, where protobuf's `ParseFromString` (libprocess's handlers) fails on it and the
+/// message is dropped; this tells the two apart. Reads only what is there; a body it cannot
+/// walk has no such field.
+fn present(body: &[u8], path: &[u32]) -> bool {
+    let Some((&number, rest)) = path.split_first() else {
+        return true;
+    };
+    let mut buf = body;
+    let mut found: Option<&[u8]> = None;
+    while !buf.is_empty() {
+        let Some(key) = read_varint(&mut buf) else {
+            return false;
+        };
+        let value: &[u8] = match key & 7 {
+            0 => match read_varint(&mut buf) {
+                Some(_) => &[],
+                None => return false,
+            },
+            1 | 5 => {
+                let len = if key & 7 == 1 { 8 } else { 4 };
+                let Some((value, tail)) = buf.split_at_checked(len) else {
+                    return false;
+                };
+                buf = tail;
+                value
+            }
+            2 => {
+                let Some(len) = read_varint(&mut buf).and_then(|l| usize::try_from(l).ok()) else {
+                    return false;
+                };
+                let Some((value, tail)) = buf.split_at_checked(len) else {
+                    return false;
+                };
+                buf = tail;
+                value
+            }
+            // Groups (3, 4) are in none of Mesos's messages; anything else is not protobuf.
+            _ => return false,
+        };
+        if key >> 3 == u64::from(number) {
+            found = Some(value);
+        }
+    }
+    // A message field given more than once is merged; the last one is enough to tell
+    // presence of what follows for the messages checked here.
+    found.is_some_and(|value| present(value, rest))
+}
+
+fn read_varint(buf: &mut &[u8]) -> Option<u64> {
+    let mut v: u64 = 0;
+    for i in 0..10 {
+        let (&b, tail) = buf.split_first()?;
+        *buf = tail;
+        v |= u64::from(b & 0x7f) << (7 * i);
+        if b & 0x80 == 0 {
+            return Some(v);
+        }
+    }
+    None
+}
+
+/// Checks that each `(path, field)` of `required` is present in `body` (see [`present`]).
+fn require(name: &'static str, body: &[u8], required: &[Required]) -> Result<(), DecodeError> {
+    match required.iter().find(|(path, _)| !present(body, path)) {
+        Some((_, field)) => Err(DecodeError::Missing { name, field }),
+        None => Ok(()),
+    }
+}
+
+/// A field prost cannot tell is missing: its path (see [`present`]) and its name.
+type Required = (&'static [u32], &'static str);
+
+/// `RegisterFrameworkMessage`'s `required` fields: `framework = 1`, and in it
+/// `FrameworkInfo`'s own, `user = 1` and `name = 2`.
+const REGISTER_REQUIRED: &[Required] = &[
+    (&[1], "framework"),
+    (&[1, 1], "framework.user"),
+    (&[1, 2], "framework.name"),
+];
+/// `ReregisterFrameworkMessage`'s: `framework = 2` (with its `user` and `name`), `failover = 3`.
+const REREGISTER_REQUIRED: &[Required] = &[
+    (&[2], "framework"),
+    (&[2, 1], "framework.user"),
+    (&[2, 2], "framework.name"),
+    (&[3], "failover"),
+];
+/// A `Call`'s `subscribe = 3`, when present: its `framework_info = 1`, with `user` and `name`.
+const SUBSCRIBE_REQUIRED: &[Required] = &[
+    (&[3, 1], "subscribe.framework_info"),
+    (&[3, 1, 1], "subscribe.framework_info.user"),
+    (&[3, 1, 2], "subscribe.framework_info.name"),
+];
+
 /// A required id, which prost reads as an empty default when it is absent.
 fn required_id(
     name: &'static str,
@@ -156,11 +251,15 @@ pub fn decode(name: &str, body: &[u8]) -> Result<V0Call, DecodeError> {
     match name {
         names::CALL => decode_call(body),
         names::REGISTER_FRAMEWORK => {
-            let m: msg::RegisterFrameworkMessage = parse(names::REGISTER_FRAMEWORK, body)?;
+            let n = names::REGISTER_FRAMEWORK;
+            let m: msg::RegisterFrameworkMessage = parse(n, body)?;
+            require(n, body, REGISTER_REQUIRED)?;
             Ok(subscribe(m.framework, false))
         }
         names::REREGISTER_FRAMEWORK => {
-            let m: msg::ReregisterFrameworkMessage = parse(names::REREGISTER_FRAMEWORK, body)?;
+            let n = names::REREGISTER_FRAMEWORK;
+            let m: msg::ReregisterFrameworkMessage = parse(n, body)?;
+            require(n, body, REREGISTER_REQUIRED)?;
             Ok(subscribe(m.framework, m.failover))
         }
         names::UNREGISTER_FRAMEWORK => {
@@ -327,6 +426,11 @@ fn decode_call(body: &[u8]) -> Result<V0Call, DecodeError> {
             name: n,
             field: "type",
         });
+    }
+    // `Subscribe.framework_info` is required: a SUBSCRIBE without one is no message at all
+    // to protobuf, not one with an empty FrameworkInfo.
+    if subscribe.is_some() {
+        require(n, body, SUBSCRIBE_REQUIRED)?;
     }
     let force = subscribe.as_ref().and_then(|s| s.force).unwrap_or(false);
     let subscribe = subscribe.map(|s| call::Subscribe {

@@ -672,6 +672,58 @@ fn heartbeats_and_the_rest_become_nothing() {
     assert!(encode(&odd, &ctx).is_empty());
 }
 
+/// A (re)registration or a SUBSCRIBE missing a `required` field is no message to protobuf
+/// (libprocess's handler fails to parse it and drops it), not one with an empty
+/// FrameworkInfo: prost reads the absent fields as defaults, the decoder refuses them.
+#[test]
+fn registrations_missing_required_fields_are_refused() {
+    let missing = |name: &'static str, body: &[u8], field: &'static str| {
+        assert_eq!(
+            decode(name, body),
+            Err(DecodeError::Missing { name, field }),
+            "{name} {body:?}"
+        );
+    };
+    missing(names::REGISTER_FRAMEWORK, &[], "framework");
+    missing(names::REREGISTER_FRAMEWORK, &[], "framework");
+    // FrameworkInfo { user = "" } only, then { name = "n" } only.
+    missing(
+        names::REGISTER_FRAMEWORK,
+        &[0x0a, 0x02, 0x0a, 0x00],
+        "framework.name",
+    );
+    missing(
+        names::REGISTER_FRAMEWORK,
+        &[0x0a, 0x03, 0x12, 0x01, b'n'],
+        "framework.user",
+    );
+    // A whole FrameworkInfo but no `failover = 3`.
+    let framework = msg::RegisterFrameworkMessage {
+        framework: info(None),
+    }
+    .encode_to_vec();
+    let mut reregister = framework.clone();
+    reregister[0] = 0x12; // field 2, length-delimited: ReregisterFrameworkMessage.framework
+    missing(names::REREGISTER_FRAMEWORK, &reregister, "failover");
+    reregister.extend_from_slice(&[0x18, 0x00]);
+    assert!(decode(names::REREGISTER_FRAMEWORK, &reregister).is_ok());
+    assert!(decode(names::REGISTER_FRAMEWORK, &framework).is_ok());
+    // Call { type = SUBSCRIBE, subscribe = {} }.
+    missing(
+        names::CALL,
+        &[0x10, 0x01, 0x1a, 0x00],
+        "subscribe.framework_info",
+    );
+    // An empty string is a present one: `user = ""` is what drivers send.
+    let empty_user = msg::RegisterFrameworkMessage {
+        framework: v1::FrameworkInfo {
+            user: String::new(),
+            ..info(None)
+        },
+    };
+    assert!(decode(names::REGISTER_FRAMEWORK, &empty_user.encode_to_vec()).is_ok());
+}
+
 proptest! {
     #[test]
     fn arbitrary_bytes_under_every_name_never_panic(
