@@ -53,15 +53,21 @@ const INBOUND: &[&str] = &[
     "mesos.internal.FrameworkToExecutorMessage",
 ];
 
-/// Bodies that are no protobuf message at all: an invalid wire type, a varint longer than
-/// ten bytes, a length past the end, a truncated varint, field number 0.
+/// Bodies that are no message the master reads: empty (every (re)registration requires its
+/// FrameworkInfo), an invalid wire type, a varint longer than ten bytes, a length past the
+/// end, a truncated varint, field number 0, stray fields, a SUBSCRIBE without its required
+/// FrameworkInfo, and a FrameworkInfo without its required name. protobuf refuses all of
+/// them, so libprocess drops them, whatever the name.
 const GARBAGE: &[&[u8]] = &[
+    &[],
     &[0x0f],
     &[0xff; 16],
     &[0x0a, 0x7f, 0x01],
     &[0x08],
     &[0x00, 0x00],
     b"\x12\x05hello\x1a\xff",
+    &[0x10, 0x01, 0x1a, 0x00],
+    &[0x0a, 0x02, 0x0a, 0x00],
 ];
 
 /// The largest libprocess message body (`compat::limits::LIBPROCESS_MESSAGE_BYTES_MAX`).
