@@ -26,6 +26,8 @@ const EVENT: Duration = Duration::from_secs(20);
 /// What v0sched launches takes (its fixed task size).
 const V0_TASK_CPUS: f64 = 0.1;
 const V0_TASK_MEM_MB: f64 = 32.0;
+/// How long v0sched waits after using its offers before it revives.
+const REVIVE_PAUSE: Duration = Duration::from_millis(300);
 /// What a native claim takes: a quarter of the agent's cpus and memory.
 const NATIVE_TASK: &str = "cpus:0.5;mem:128";
 /// The owner of the native scheduler's claims.
@@ -54,8 +56,8 @@ struct V0Run {
 }
 
 /// Drives v0sched for [`RUN`]: every offer that fits a task is used to launch one (`sleep 1`),
-/// others are declined, and each batch is followed by a REVIVE, so the filter a launch leaves
-/// (5 s by default) does not keep the framework away. Then waits for its tasks to end and
+/// others are declined, and each batch is followed, [`REVIVE_PAUSE`] later, by a REVIVE, so
+/// the filter a launch leaves (5 s by default) does not keep the framework away. Then waits for its tasks to end and
 /// stops the driver (it unregisters).
 fn run_v0(mut fw: LineChild, agent: &str, prefix: &str) -> V0Run {
     let reg = fw.wait_for("the registered callback", EVENT, |j| {
@@ -64,9 +66,13 @@ fn run_v0(mut fw: LineChild, agent: &str, prefix: &str) -> V0Run {
     let framework_id = reg["framework_id"].as_str().unwrap_or("").to_string();
     let until = Instant::now() + RUN;
     let mut launched = Vec::new();
-    while let Some(offers) = fw.poll_for(until.saturating_duration_since(Instant::now()), |j| {
-        j["event"] == "offers"
-    }) {
+    // The deadline is checked on every round: offers read while waiting for acks are there
+    // to be taken at once, so the wait alone would never run out.
+    while Instant::now() < until {
+        let left = until.saturating_duration_since(Instant::now());
+        let Some(offers) = fw.poll_for(left, |j| j["event"] == "offers") else {
+            break;
+        };
         for o in offers["offers"].as_array().into_iter().flatten() {
             let id = o["id"].as_str().unwrap_or("");
             let fits = o["agent_id"] == agent
@@ -80,6 +86,10 @@ fn run_v0(mut fw: LineChild, agent: &str, prefix: &str) -> V0Run {
                 fw.command(&format!("decline {id} 0.2"), EVENT);
             }
         }
+        // The filter a launch leaves keeps the agent from this framework for 5 s; it is
+        // revived after a pause instead, which leaves gaps for the native claims (an agent
+        // offered at every allocation round is never free to claim).
+        fw.read_for(REVIVE_PAUSE);
         fw.command("revive", EVENT);
     }
     for t in &launched {
