@@ -227,6 +227,7 @@ type link struct {
 	connections int // connections opened (1 when the master keeps ours alive)
 	closes      int // times the master closed it under us
 	responses   map[string]int
+	sent        int // calls written (each is answered once, in order)
 }
 
 // encode frames one message as libprocess's MessageEncoder does.
@@ -287,6 +288,36 @@ func (k *link) read(c net.Conn) {
 	}
 }
 
+// answered is how many responses the master has sent on our connections.
+func (k *link) answered() int {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	n := 0
+	for _, c := range k.responses {
+		n += c
+	}
+	return n
+}
+
+// sentCount is how many calls have been written.
+func (k *link) sentCount() int {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return k.sent
+}
+
+// waitAnswered waits until the master has sent at least n responses, or the deadline passes.
+func (k *link) waitAnswered(n int, within time.Duration) bool {
+	deadline := time.Now().Add(within)
+	for time.Now().Before(deadline) {
+		if k.answered() >= n {
+			return true
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return k.answered() >= n
+}
+
 // send writes the calls in one conn.Write. Like libprocess, it opens a new connection when
 // the old one is gone (counted: a master should keep it alive).
 func (k *link) send(calls ...*sched.Call) error {
@@ -307,6 +338,7 @@ func (k *link) send(calls ...*sched.Call) error {
 			}
 		}
 		if _, err := k.conn.Write(buf); err == nil {
+			k.sent += len(calls)
 			return nil
 		}
 		k.conn.Close()
@@ -1154,6 +1186,11 @@ func main() {
 		err := h.link.send(h.call(sched.Call_TEARDOWN))
 		detail := "sent"
 		if err != nil {
+			detail = err.Error()
+		} else if !h.link.waitAnswered(h.link.sentCount(), 5*time.Second) {
+			// The master's 202 says the TEARDOWN was received. Exiting before it could
+			// close the link first: the master then sees a disconnection, not a TEARDOWN.
+			err = errors.New("no answer to the TEARDOWN within 5s")
 			detail = err.Error()
 		}
 		h.check("teardown", err == nil, detail)
