@@ -586,19 +586,19 @@ async fn run(args: Args, bin: PathBuf) -> Result<()> {
         results.len()
     ));
     line99(
-        "v0: ACCEPT(LAUNCH) → StatusUpdateMessage TASK_RUNNING",
+        "v0: ACCEPT(LAUNCH) → TASK_RUNNING",
         &v0_launch,
-        "libprocess, at the framework",
+        "libprocess: StatusUpdateMessage at the framework",
     );
     line99(
-        "v1: ACCEPT(LAUNCH) → UPDATE TASK_RUNNING",
+        "v1: ACCEPT(LAUNCH) → TASK_RUNNING",
         &pick(|r| r.offer_launch),
-        "HTTP, at the framework",
+        "HTTP: UPDATE at the framework",
     );
     line99(
-        "native claim → TASK_RUNNING (watch)",
+        "native: claim → TASK_RUNNING",
         &pick(|r| r.native_launch),
-        "same task, same agent",
+        "in the watch",
     );
     println!();
     param("load average at end", loadavg());
