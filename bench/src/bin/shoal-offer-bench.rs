@@ -69,6 +69,8 @@ const TASK_CMD: &str = "sleep 600";
 /// Far above every figure here: fast offers can only come from allocation on change.
 const ALLOCATION_INTERVAL: &str = "10s";
 const TARGET_OFFER_MS: f64 = 5.0;
+/// What an ACCEPT refuses of the offer it does not use: the rest of the run.
+const REFUSE_SECONDS: f64 = 3600.0;
 /// How long one step of a run may take.
 const STEP: Duration = Duration::from_secs(20);
 
@@ -359,7 +361,7 @@ async fn one_run(
     fw.call(json!({"type": "ACCEPT", "accept": {
         "offer_ids": [offer["id"]],
         "operations": [{"type": "LAUNCH", "launch": {"task_infos": [task]}}],
-        "filters": {"refuse_seconds": 3600.0},
+        "filters": {"refuse_seconds": REFUSE_SECONDS},
     }}))
     .await?;
     let offer_running = fw.wait_update(&fw_task, TaskState::Running).await?;
@@ -422,8 +424,12 @@ async fn one_v0_run(
     let res = ResourceSet::parse(TASK_RES)?;
     let task = format!("ob-v0-{i}");
     let accepted = Instant::now();
-    fw.accept(&offer, command_task(&task, &task, &res, TASK_CMD), 3600.0)
-        .await?;
+    fw.accept(
+        &offer,
+        command_task(&task, &task, &res, TASK_CMD),
+        REFUSE_SECONDS,
+    )
+    .await?;
     let running = fw.wait_update(&task, V1State::TaskRunning).await?;
     fw.kill(&task, &offer.agent_id).await?;
     fw.wait_update(&task, V1State::TaskKilled).await?;

@@ -27,8 +27,7 @@ use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
-/// What one stream delivered, stamped on arrival.
-pub type Stamped<T> = (Instant, T);
+use crate::Stamped;
 
 /// What reaches the framework: the master's messages, and what went wrong on its own
 /// connection.
