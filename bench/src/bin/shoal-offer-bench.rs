@@ -423,13 +423,9 @@ async fn one_v0_run(
     use shoal_proto::mesos::v1::TaskState as V1State;
     let res = ResourceSet::parse(TASK_RES)?;
     let task = format!("ob-v0-{i}");
+    let info = v0::task_info(command_task(&task, &task, &res, TASK_CMD))?;
     let accepted = Instant::now();
-    fw.accept(
-        &offer,
-        command_task(&task, &task, &res, TASK_CMD),
-        REFUSE_SECONDS,
-    )
-    .await?;
+    fw.accept(&offer, info, REFUSE_SECONDS).await?;
     let running = fw.wait_update(&task, V1State::TaskRunning).await?;
     fw.kill(&task, &offer.agent_id).await?;
     fw.wait_update(&task, V1State::TaskKilled).await?;

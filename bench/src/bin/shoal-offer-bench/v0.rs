@@ -167,16 +167,14 @@ impl V0Framework {
             .context("writing a call to the master")
     }
 
-    /// ACCEPTs `offer` with one LAUNCH of `task` (a v1 `TaskInfo` in JSON, its agent set
-    /// here), refusing the rest for `refuse_seconds`.
+    /// ACCEPTs `offer` with one LAUNCH of `task` on the offer's agent, refusing the rest for
+    /// `refuse_seconds`.
     pub async fn accept(
         &mut self,
         offer: &v1::Offer,
-        task: Json,
+        mut task: v1::TaskInfo,
         refuse_seconds: f64,
     ) -> Result<()> {
-        let mut task: v1::TaskInfo = shoal_proto::json::from_json_value(task)
-            .map_err(|e| anyhow::anyhow!("the TaskInfo: {e}"))?;
         task.agent_id = offer.agent_id.clone();
         let launch = v1::offer::Operation {
             r#type: Some(v1::offer::operation::Type::Launch as i32),
@@ -294,6 +292,11 @@ impl V0Framework {
             other => bail!("v0: waited for offers, got {other:?}"),
         }
     }
+}
+
+/// A task given as a v1 `TaskInfo` in JSON (as the v1 framework sends it), as protobuf.
+pub fn task_info(task: Json) -> Result<v1::TaskInfo> {
+    shoal_proto::json::from_json_value(task).map_err(|e| anyhow::anyhow!("the TaskInfo: {e}"))
 }
 
 /// The cpus an offer holds.
