@@ -1,13 +1,13 @@
-//! The bench's v0 framework: a small libprocess scheduler, as libmesos's
-//! `MesosSchedulerDriver` speaks to a master (`src/sched/sched.cpp`).
+//! The bench's v0 framework: a small libprocess scheduler that speaks to the master as
+//! libmesos's `MesosSchedulerDriver` does (`src/sched/sched.cpp`).
 //!
-//! It listens on loopback as `scheduler-<uuid>@127.0.0.1:<port>`; the master dials that UPID
+//! It listens on loopback as `scheduler-<uuid>@127.0.0.1:<port>`. The master dials that UPID
 //! and POSTs each event as a `mesos.internal` message (`/<id>/mesos.internal.<Name>`), which
-//! [`shoal_compat::libprocess::Inbound`] answers 202 and queues, and a reader task stamps with
-//! the instant it arrived. Everything the framework sends is a `mesos.scheduler.Call` written
-//! as one `POST /master/mesos.scheduler.Call` on one kept-alive connection of its own, with
-//! Nagle's algorithm off (each call goes out as it is written); the master's answers on that connection are
-//! read by a second task, which reports any that is not 202.
+//! [`shoal_compat::libprocess::Inbound`] answers 202 and queues; a reader task stamps each
+//! with the instant it arrived. Everything the framework sends is a `mesos.scheduler.Call`,
+//! written as one `POST /master/mesos.scheduler.Call` on one kept-alive connection of its
+//! own, with Nagle's algorithm off so that each call goes out as it is written. A second task
+//! reads the master's answers on that connection and reports any that is not 202.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
