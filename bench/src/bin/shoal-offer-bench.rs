@@ -31,10 +31,21 @@
 //!    watchers) until the OFFERS event with the agent's resources arrives at the framework.
 //!    The baseline beside it: the same commit's UPDATE TASK_KILLED at the framework (the
 //!    delivery floor, without an allocation round and the hold's commit).
+//!
+//! Then the v1 framework is torn down, and a v0 framework (a small libprocess scheduler in the
+//! bench, [`v0`]) subscribes to the same master and repeats step 1 and 3 for as many runs:
+//! **v0 round trip** = from writing the ACCEPT (`mesos.scheduler.Call` on the framework's own
+//! connection) with one LAUNCH of the same task until the StatusUpdateMessage TASK_RUNNING
+//! arrives (acknowledged, as every update, with its uuid); then a KILL and the
+//! acknowledged TASK_KILLED, and the next offer for the whole agent, so each run starts clean.
+//! The three round trips (v0, v1, native) are printed side by side.
 
 #[path = "../util.rs"]
 #[allow(dead_code)]
 mod util;
+
+#[path = "shoal-offer-bench/v0.rs"]
+mod v0;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -50,6 +61,7 @@ use shoal_sched::Event;
 use shoal_tests::{wait_agents_active, JsonCaller, JsonSubscription, MasterProc};
 use tokio::sync::mpsc;
 use util::{figure, loadavg, met, ms, param, title};
+use v0::V0Framework;
 
 const AGENT_RES: &str = "cpus:2;mem:256";
 const TASK_RES: &str = "cpus:1;mem:128";
@@ -57,6 +69,8 @@ const TASK_CMD: &str = "sleep 600";
 /// Far above every figure here: fast offers can only come from allocation on change.
 const ALLOCATION_INTERVAL: &str = "10s";
 const TARGET_OFFER_MS: f64 = 5.0;
+/// What an ACCEPT refuses of the offer it does not use: the rest of the run.
+const REFUSE_SECONDS: f64 = 3600.0;
 /// How long one step of a run may take.
 const STEP: Duration = Duration::from_secs(20);
 
@@ -115,6 +129,12 @@ fn find_shoal_bin(arg: Option<&Path>) -> Result<PathBuf> {
 /// What one stream delivered, stamped on arrival.
 type Stamped<T> = (Instant, T);
 
+/// The FrameworkInfo both frameworks subscribe with (v1 JSON).
+fn framework_info() -> Json {
+    json!({"user": "bench", "name": "shoal-offer-bench", "roles": ["*"],
+           "capabilities": [{"type": "MULTI_ROLE"}]})
+}
+
 /// A framework on the v1 scheduler API: a reader task stamps events as they arrive.
 struct Framework {
     caller: JsonCaller,
@@ -132,9 +152,7 @@ impl Drop for Framework {
 
 impl Framework {
     async fn subscribe(master: &str) -> Result<Framework> {
-        let info = json!({"user": "bench", "name": "shoal-offer-bench", "roles": ["*"],
-                          "capabilities": [{"type": "MULTI_ROLE"}]});
-        let sub = JsonSubscription::subscribe(master, info, STEP)
+        let sub = JsonSubscription::subscribe(master, framework_info(), STEP)
             .await
             .map_err(anyhow::Error::msg)?;
         let caller = sub.caller();
@@ -343,7 +361,7 @@ async fn one_run(
     fw.call(json!({"type": "ACCEPT", "accept": {
         "offer_ids": [offer["id"]],
         "operations": [{"type": "LAUNCH", "launch": {"task_infos": [task]}}],
-        "filters": {"refuse_seconds": 3600.0},
+        "filters": {"refuse_seconds": REFUSE_SECONDS},
     }}))
     .await?;
     let offer_running = fw.wait_update(&fw_task, TaskState::Running).await?;
@@ -393,6 +411,27 @@ async fn one_run(
         native_launch: ms_between(claimed, native_running),
     };
     Ok((run, next))
+}
+
+/// One v0 run: ACCEPT(LAUNCH) → StatusUpdateMessage TASK_RUNNING, in milliseconds, then the
+/// task killed and the next offer for the whole agent.
+async fn one_v0_run(
+    i: usize,
+    fw: &mut V0Framework,
+    offer: shoal_proto::mesos::v1::Offer,
+) -> Result<(f64, shoal_proto::mesos::v1::Offer)> {
+    use shoal_proto::mesos::v1::TaskState as V1State;
+    let res = ResourceSet::parse(TASK_RES)?;
+    let task = format!("ob-v0-{i}");
+    let info = v0::task_info(command_task(&task, &task, &res, TASK_CMD))?;
+    let accepted = Instant::now();
+    fw.accept(&offer, info, REFUSE_SECONDS).await?;
+    let running = fw.wait_update(&task, V1State::TaskRunning).await?;
+    fw.kill(&task, &offer.agent_id).await?;
+    fw.wait_update(&task, V1State::TaskKilled).await?;
+    let (_, next) = fw.wait_full_offer(2.0).await?;
+    fw.unclaimed.clear();
+    Ok((ms_between(accepted, running), next))
 }
 
 async fn run(args: Args, bin: PathBuf) -> Result<()> {
@@ -459,6 +498,29 @@ async fn run(args: Args, bin: PathBuf) -> Result<()> {
         }
     }
 
+    // The v1 framework leaves (its last offer goes back), and a v0 framework takes its place.
+    fw.call(json!({"type": "TEARDOWN"})).await?;
+    drop(fw);
+    let mut v0_fw = V0Framework::subscribe(&master.addr, framework_info(), STEP).await?;
+    let (_, mut v0_offer) = v0_fw.wait_full_offer(2.0).await?;
+    let mut v0_launch = Vec::new();
+    for i in 0..runs {
+        match one_v0_run(i, &mut v0_fw, v0_offer).await {
+            Ok((r, next)) => {
+                v0_launch.push(r);
+                v0_offer = next;
+            }
+            Err(e) => {
+                let state = client.state_json(true).await.unwrap_or_default();
+                eprintln!(
+                    "v0 run {i} failed: {e:#}\n----- state -----\n{state:#}\n----- master log (end) -----\n{}",
+                    shoal_tests::tail(&master.log(), 60)
+                );
+                return Err(e);
+            }
+        }
+    }
+
     let pick = |f: fn(&Run) -> f64| -> Vec<f64> { results.iter().map(f).collect() };
     let line = |name: &str, xs: &[f64], note: &str| {
         figure(
@@ -512,10 +574,38 @@ async fn run(args: Args, bin: PathBuf) -> Result<()> {
         &pick(|r| r.native_launch),
         "same task, same agent",
     );
+
+    let line99 = |name: &str, xs: &[f64], note: &str| {
+        figure(
+            name,
+            format!("{:.3} / {:.3} ms", pctl(xs, 0.5), pctl(xs, 0.99)),
+            note,
+        )
+    };
+    title(&format!(
+        "(c) launch round trip by API, median / p99 ({} v0 runs after the {} above)",
+        v0_launch.len(),
+        results.len()
+    ));
+    line99(
+        "v0: ACCEPT(LAUNCH) → TASK_RUNNING",
+        &v0_launch,
+        "libprocess: StatusUpdateMessage at the framework",
+    );
+    line99(
+        "v1: ACCEPT(LAUNCH) → TASK_RUNNING",
+        &pick(|r| r.offer_launch),
+        "HTTP: UPDATE at the framework",
+    );
+    line99(
+        "native: claim → TASK_RUNNING",
+        &pick(|r| r.native_launch),
+        "in the watch",
+    );
     println!();
     param("load average at end", loadavg());
     param("total time", ms(started.elapsed()));
-    drop(fw);
+    drop(v0_fw);
     drop(agent);
     Ok(())
 }
