@@ -20,11 +20,43 @@ pub(crate) struct MasterArgs {
     #[arg(long = "log-retain", default_value_t = 100_000)]
     log_retain: u64,
     #[command(flatten)]
+    retention: Retention,
+    #[command(flatten)]
     http: MasterHttp,
     #[command(flatten)]
     timers: MasterTimers,
     #[command(flatten)]
     zk: crate::zk::ZkArgs,
+}
+
+/// What garbage collection keeps of finished work (docs/operations.md, "Retention").
+#[derive(Args, Clone)]
+struct Retention {
+    /// Terminal tasks kept per framework or scheduler, newest first (Mesos's
+    /// `--max_completed_tasks_per_framework`, also 1,000).
+    #[arg(long = "max-completed-tasks-per-owner", default_value_t = shoal_core::limits::COMPLETED_TASKS_PER_OWNER)]
+    completed_tasks_per_owner: usize,
+    /// Terminal tasks older than this are collected whatever their count (Nomad's
+    /// `job_gc_threshold` is 4h; Mesos has none).
+    #[arg(long = "completed-task-age", default_value = "24h", value_parser = humantime::parse_duration)]
+    completed_task_age: std::time::Duration,
+    /// Gone agents kept, newest first (Mesos's `--registry_max_agent_count`, 102,400).
+    #[arg(long = "max-gone-agents", default_value_t = shoal_core::limits::GONE_AGENTS_MAX)]
+    gone_agents_max: usize,
+    /// How often the collector looks for finished work past these bounds.
+    #[arg(long = "collect-interval", default_value = "1s", value_parser = humantime::parse_duration)]
+    collect_interval: std::time::Duration,
+}
+
+impl Retention {
+    fn retention(&self) -> shoal_core::gc::Retention {
+        shoal_core::gc::Retention {
+            completed_tasks_per_owner: self.completed_tasks_per_owner,
+            completed_task_age_ms: self.completed_task_age.as_millis() as u64,
+            gone_agents_max: self.gone_agents_max,
+            ..Default::default()
+        }
+    }
 }
 
 #[derive(Args, Clone)]
@@ -165,6 +197,8 @@ pub(crate) async fn run_master(
     let store = shoal_master::open_store(&args.work_dir, clock.clone())?;
     let config = shoal_master::CommitConfig {
         log_retain_entries: args.log_retain,
+        retention: args.retention.retention(),
+        collect_interval: args.retention.collect_interval,
     };
     let core =
         shoal_master::MasterCore::start_with(store, config, args.timers.agent_timers(), clock)?;

@@ -39,6 +39,17 @@ pub trait EventSink: Send + Sync {
 }
 
 /// The Mesos scheduler API: the framework model and the sessions it speaks through.
+/// What compat keeps from a collection: the tasks of its frameworks it still needs.
+struct Retains(std::sync::Weak<Compat>);
+
+impl shoal_master::collector::Retainer for Retains {
+    fn retains(&self, task: &shoal_core::Task) -> bool {
+        self.0
+            .upgrade()
+            .is_some_and(|c| c.model.lock().retains(task))
+    }
+}
+
 pub struct Compat {
     core: MasterCore,
     model: Mutex<Frameworks>,
@@ -83,6 +94,7 @@ impl Compat {
                 "the v0 scheduler API is off: the master has no IPv4 address to advertise (--advertise-ip)"
             ),
         }
+        compat.core.collector.retain_with(Arc::new(Retains(Arc::downgrade(&compat))));
         tokio::spawn(allocation_loop(compat.clone()));
         tokio::spawn(forward_loop(compat.clone()));
         tokio::spawn(timers_loop(compat.clone()));

@@ -25,6 +25,11 @@ pub struct UpdateStreams {
 }
 
 impl UpdateStreams {
+    /// Whether an update of `task` waits for its acknowledgement.
+    pub fn has(&self, task: &TaskId) -> bool {
+        self.streams.contains_key(task)
+    }
+
     /// Queues an update of `task`; returns its status when it is to be sent now (no other
     /// update of the task is in flight).
     pub fn push(

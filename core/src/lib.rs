@@ -9,6 +9,7 @@
 pub mod agent_protocol;
 pub mod cell;
 pub mod clock;
+pub mod gc;
 pub mod limits;
 pub mod liveness;
 pub mod model;

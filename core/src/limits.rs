@@ -23,3 +23,12 @@ pub const PRIORITY_MAX: i64 = 1000;
 /// for). A quarter of `i64::MAX`, so these sums and every difference taken from them stay
 /// exact: about 2,300 agents of the largest amount (`Milli::MAX`, 10^12 units) each.
 pub const CELL_SCALAR_MILLI_MAX: i64 = 1 << 61;
+/// Terminal tasks a cell keeps per owner by default (Mesos's
+/// `--max_completed_tasks_per_framework`).
+pub const COMPLETED_TASKS_PER_OWNER: usize = 1_000;
+/// Age past which a terminal task is collected by default, in milliseconds (one day).
+pub const COMPLETED_TASK_AGE_MS: u64 = 24 * 3_600 * 1_000;
+/// Gone agents a cell keeps by default (Mesos's `--registry_max_agent_count`).
+pub const GONE_AGENTS_MAX: usize = 100 * 1_024;
+/// Most records (tasks, claims, agents) one collection may name.
+pub const COLLECT_RECORDS_MAX: usize = 10_000;

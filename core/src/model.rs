@@ -500,10 +500,28 @@ pub enum Event<R: Records = NoRecords> {
     },
     /// The master restarted: every hold is gone.
     HoldsCleared { agent_ids: Vec<AgentId> },
+    /// Finished work forgotten (garbage collection, see [`crate::gc`]): terminal tasks (each
+    /// with the claim that placed it), claim outcomes whose tasks are all gone, gone agents.
+    Collected {
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        tasks: Vec<CollectedTask>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        claims: Vec<ClaimId>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        agents: Vec<AgentId>,
+    },
     /// A change of the records a scheduler above the cell keeps (see [`Records`]). Last and
     /// untagged: it is written as the records' own event, with its own `"type"`.
     #[serde(untagged)]
     Records(R::Event),
+}
+
+/// A terminal task a collection forgets, and the claim that placed it (a task id may be
+/// placed again once it is forgotten, by another claim).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CollectedTask {
+    pub task_id: TaskId,
+    pub claim_id: ClaimId,
 }
 
 /// One committed mutation: its version and its events.

@@ -21,6 +21,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::{json, Value as Json};
 use shoal_core::*;
+use shoal_core::gc::Retention;
 
 const NOW: Timestamp = 1_700_000_000_000;
 /// Replay the log through JSON as well (what the store and watch clients do).
@@ -783,6 +784,50 @@ impl Harness {
         }
     }
 
+    /// Property 10: a collection (planned on `plan_on`, maybe stale) forgets only terminal
+    /// tasks nobody pins, claims none of whose tasks is left and that the log no longer
+    /// names, and gone agents with no live task; it is never refused.
+    fn collect(&mut self, plan_on: &Cell, keep: usize, pin: usize, below: u64, aged: bool) {
+        let retention = Retention {
+            completed_tasks_per_owner: keep,
+            completed_task_age_ms: if aged { 0 } else { u64::MAX },
+            gone_agents_max: keep,
+            per_collection_max: 4,
+        };
+        let pinned = |t: &Task| (t.id.as_str().len() % 4) < pin;
+        let floor = self.cell.version().saturating_sub(below);
+        let Some(cmd) = plan_on.collection(&retention, self.now + 1, floor, &pinned) else {
+            return;
+        };
+        let (before, res) = self.run(&cmd);
+        res.expect("a collection is never refused");
+        for t in before.tasks() {
+            if self.cell.task(&t.id).is_none() {
+                assert!(t.state.is_terminal(), "collected live task {}", t.id);
+                assert!(!pinned(t), "collected pinned task {}", t.id);
+            }
+        }
+        for c in before.claims() {
+            if self.cell.claim(&c.claim_id).is_none() {
+                assert!(c.committed_version.is_some_and(|v| v < floor), "claim {} collected while the log names it", c.claim_id);
+                for p in c.placements.iter().filter(|p| p.committed) {
+                    assert!(
+                        self.cell.task(&p.task_id).is_none_or(|t| t.claim_id != c.claim_id),
+                        "claim {} collected with its task {} left",
+                        c.claim_id,
+                        p.task_id
+                    );
+                }
+            }
+        }
+        for a in before.agents() {
+            if self.cell.agent(&a.id).is_none() {
+                assert_eq!(a.state, AgentState::Gone, "collected agent {} not gone", a.id);
+                assert_eq!(before.live_tasks_on(&a.id).count(), 0, "collected agent {} with live tasks", a.id);
+            }
+        }
+    }
+
     fn kill(&mut self, id: &TaskId) {
         let t = self.cell.task(id).cloned();
         let (before, res) = self.run(&Command::KillTask {
@@ -833,6 +878,12 @@ impl Harness {
         }
         let (entry, reply) = match res {
             Err(Rejection::Invalid(_)) => return None,
+            // An eviction of a task a collection forgot.
+            Err(Rejection::NotFound(_))
+                if claim.evictions.iter().any(|t| before.task(t).is_none()) =>
+            {
+                return None
+            }
             Err(e) => panic!("claim rejected with {e:?}"),
             Ok(ok) => ok,
         };
@@ -1254,6 +1305,16 @@ enum Op {
     /// Agent `n` registers again: 0 with its total, 1 with only its allocation, 2 with half.
     Reregister(usize, u8),
     Resize(usize, i64),
+    /// A collection planned on scheduler `sched`'s snapshot (stale or not), keeping `keep`
+    /// terminal tasks per owner and gone agents, with tasks pinned by a caller above the cell
+    /// (`pin` of every 4), the log's floor `below` versions back.
+    Collect {
+        sched: usize,
+        keep: usize,
+        pin: usize,
+        below: u64,
+        aged: bool,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -1269,6 +1330,8 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (any::<usize>(), prop::bool::weighted(0.3)).prop_map(|(a, g)| Op::SetAgent(a, g)),
         1 => (any::<usize>(), 0u8..3).prop_map(|(a, k)| Op::Reregister(a, k)),
         1 => (any::<usize>(), 50i64..=150).prop_map(|(a, p)| Op::Resize(a, p)),
+        2 => (0usize..3, 0usize..3, 0usize..3, 0u64..20, any::<bool>())
+            .prop_map(|(sched, keep, pin, below, aged)| Op::Collect { sched, keep, pin, below, aged }),
     ]
 }
 
@@ -1414,6 +1477,11 @@ fn run_scenario(agents: &[AgentSpec], roles: &[RoleSpec], ops: &[Op]) {
     let mut submitted: Vec<Claim> = Vec::new();
     let mut next_task = 0u64;
     for (step, op) in ops.iter().enumerate() {
+        let agent_op = matches!(op, Op::SetAgent(..) | Op::Reregister(..) | Op::Resize(..));
+        if agent_op && h.cell.agent_count() == 0 {
+            // Every agent was gone and collected.
+            continue;
+        }
         match op {
             Op::Snapshot(s) => scheds[*s] = h.cell.clone(),
             Op::Claim {
@@ -1482,6 +1550,13 @@ fn run_scenario(agents: &[AgentSpec], roles: &[RoleSpec], ops: &[Op]) {
                 let a = sorted_agents(&h.cell)[k % h.cell.agent_count()].clone();
                 h.resize(&a.id, scale(&a.total, *pct));
             }
+            Op::Collect {
+                sched,
+                keep,
+                pin,
+                below,
+                aged,
+            } => h.collect(&scheds[*sched], *keep, *pin, *below, *aged),
         }
     }
     check_replay(&h.cell, &h.log);

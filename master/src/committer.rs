@@ -197,12 +197,18 @@ impl Committer {
 pub struct CommitConfig {
     /// Log entries kept for watches to resume from; older ones are compacted away.
     pub log_retain_entries: u64,
+    /// What garbage collection keeps of finished work (see `shoal_core::gc`).
+    pub retention: shoal_core::gc::Retention,
+    /// How often the collector looks for finished work past the retention.
+    pub collect_interval: std::time::Duration,
 }
 
 impl Default for CommitConfig {
     fn default() -> Self {
         CommitConfig {
             log_retain_entries: limits::LOG_RETAIN_ENTRIES,
+            retention: shoal_core::gc::Retention::default(),
+            collect_interval: std::time::Duration::from_millis(limits::COLLECT_INTERVAL_MS),
         }
     }
 }

@@ -9,6 +9,7 @@
 
 pub mod agents;
 pub mod api;
+pub mod collector;
 pub mod committer;
 pub mod driver;
 pub mod error;
@@ -60,6 +61,7 @@ pub fn load_cell(store: &dyn Store) -> Result<Cell, MasterError> {
         stored.claims,
     );
     cell.restore_records(Schedulers::restored(stored.jobs, stored.services));
+    cell.restore_collected(stored.collected);
     cell.check_invariants()
         .map_err(|e| MasterError::Invariant(e.to_string()))?;
     Ok(cell)
@@ -73,6 +75,8 @@ pub struct MasterCore {
     pub agents: Arc<agents::AgentHub>,
     /// The open watch streams and their cap (`--max-watchers`).
     pub watchers: Arc<api::Watchers>,
+    /// Garbage collection of finished work (parts above add what they keep).
+    pub collector: Arc<collector::Collector>,
 }
 
 impl MasterCore {
@@ -103,6 +107,10 @@ impl MasterCore {
             tasks = cell.task_count(),
             "cell loaded"
         );
+        let collector = Arc::new(collector::Collector::new(
+            config.retention.clone(),
+            config.collect_interval,
+        ));
         let (committer, published, _thread) = committer::start(cell, store, clock, config);
         if published.snapshot().version() > 0 {
             // Holds (offers) do not survive a restart: say so to watchers first.
@@ -116,11 +124,13 @@ impl MasterCore {
         let agents = agents::AgentHub::start(committer.clone(), published.clone(), timers);
         jobs::start(committer.clone(), published.clone());
         services::start(committer.clone(), published.clone());
+        collector::start(collector.clone(), committer.clone(), published.clone());
         Ok(MasterCore {
             committer,
             published,
             agents,
             watchers: Arc::new(api::Watchers::new(limits::WATCHERS_MAX)),
+            collector,
         })
     }
 

@@ -69,3 +69,5 @@ pub const DRIVER_CATCH_UP_WAIT_MS: u64 = 200;
 /// How often an idle built-in scheduler's driver asks for a placement pass anyway (claims
 /// refused for reasons that pass without a commit the scheduler would notice).
 pub const DRIVER_NUDGE_INTERVAL_MS: u64 = 1_000;
+/// How often the collector looks for finished work past the retention, in milliseconds.
+pub const COLLECT_INTERVAL_MS: u64 = 1_000;

@@ -15,7 +15,11 @@
 //! A task is written once when it is placed, inside its claim's row (the claim's outcome and
 //! its tasks as placed); it gets a row of its own in the task table only when it changes, and
 //! loading lays those rows over the placed tasks. A claim's log entry names the claim and is
-//! rebuilt from its row. No row is ever removed, so every reference resolves.
+//! rebuilt from its row. A collection (garbage collection, `shoal_core::gc`) removes the rows
+//! of what it forgot: a task's own row, and, while its claim's row stays (the claim's other
+//! tasks are kept), a row in `collected` that says the claim's placed copy of it is gone; a
+//! claim's row (with those) only once the log no longer holds its entry, so every reference
+//! in the log still resolves.
 //!
 //! A store names its [`FORMAT`] in a meta row: a shoal opens every format up to its own
 //! (upgrading older ones) and refuses, without writing to it, a store of a newer one.
@@ -31,7 +35,8 @@ use redb::{
 };
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use shoal_core::{Agent, ClaimOutcome, Role, Task, Version};
+use shoal_core::gc::CollectedCounts;
+use shoal_core::{Agent, ClaimOutcome, CollectedTask, Role, Task, Version};
 use shoal_core::{
     AgentId, ClaimId, PlacementOutcome, RejectReason, ResourceSet, StatusInfo, TaskId, TaskSpec,
     TaskState,
@@ -66,7 +71,9 @@ pub enum StoreError {
 /// older format is upgraded when it is opened) and refuses newer ones. Format 1: the tables
 /// of [`RedbStore`] with the binary rows of [`rows`] (and the JSON rows of earlier versions,
 /// read as they are); stores made before the format row existed are of format 1.
-pub const FORMAT: u32 = 1;
+/// Format 2 adds the `collected` table (tasks forgotten while their claim's row stays): a
+/// format-1 shoal would bring them back, so it must not open a format-2 store.
+pub const FORMAT: u32 = 2;
 
 macro_rules! backend_err {
     ($($t:ty),*) => {$(
@@ -102,6 +109,8 @@ pub struct StoredCell {
     pub jobs: Vec<Job>,
     /// Services with their instances' records.
     pub services: Vec<Service>,
+    /// What collections have forgotten so far.
+    pub collected: CollectedCounts,
 }
 
 /// One group commit: the new log entries and the records they changed, as of their end.
@@ -126,6 +135,19 @@ pub struct WriteBatch {
     pub service_instances_removed: Vec<(String, u32)>,
     /// Drop log entries below this version (the new floor), if set.
     pub trim_log_below: Option<Version>,
+    /// What the group's collections forgot (removed before anything above is written, so
+    /// an id placed again in the same group is written after its old record is gone).
+    pub collected: Collected,
+}
+
+/// The records a group's collections forgot, and the cell's counts after them.
+#[derive(Debug, Default, Clone)]
+pub struct Collected {
+    pub tasks: Vec<CollectedTask>,
+    pub claims: Vec<ClaimId>,
+    pub agents: Vec<AgentId>,
+    /// Set when anything was collected.
+    pub counts: Option<CollectedCounts>,
 }
 
 /// A claim's commit: its outcome and its tasks as placed (shared with its log entry).

@@ -75,6 +75,7 @@ async fn acknowledged_claims_survive_crashes_that_drop_unsynced_writes() {
             clock(),
             CommitConfig {
                 log_retain_entries: 50,
+                ..Default::default()
             },
         );
         if agents.is_empty() {

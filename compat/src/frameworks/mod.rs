@@ -169,9 +169,21 @@ pub struct Frameworks {
     seq: u64,
     /// Allocation rounds run, which spreads each round's first agent over the agent list.
     round: u64,
+    /// The cell version the model has observed up to (the snapshot of the last `observe`).
+    observed: shoal_core::Version,
 }
 
 impl Frameworks {
+    /// Whether a collection must keep `task` (see `shoal_core::gc`): it is a known
+    /// framework's and its last change is not observed yet, or its update waits for the
+    /// framework's acknowledgement (the framework may still return within its
+    /// failover timeout; a removed framework's tasks are not kept).
+    pub fn retains(&self, task: &shoal_core::Task) -> bool {
+        self.frameworks
+            .get(&task.owner)
+            .is_some_and(|fw| task.version > self.observed || fw.pending.has(&task.id))
+    }
+
     /// An empty model. `run_id` must differ between master starts (the IO layer draws it),
     /// so ids handed out before a restart are never handed out again.
     pub fn new(config: CompatConfig, run_id: String) -> Frameworks {
@@ -190,6 +202,7 @@ impl Frameworks {
             run_hash,
             seq: 1,
             round: 0,
+            observed: 0,
         }
     }
 

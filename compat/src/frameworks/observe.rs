@@ -18,6 +18,7 @@ impl Frameworks {
         events: &[CellEvent],
     ) -> Vec<Effect> {
         let mut out = Vec::new();
+        self.observed = self.observed.max(snap.version());
         for ev in events {
             match ev {
                 CellEvent::TaskStatusChanged {

@@ -68,6 +68,11 @@ impl<R: Records> Cell<R> {
                     self.release_hold(v, h);
                 }
             }
+            Event::Collected {
+                tasks,
+                claims,
+                agents,
+            } => self.apply_collected(tasks, claims, agents),
             Event::Records(event) => self.records.apply(v, event),
         }
     }
@@ -229,14 +234,20 @@ impl<R: Records> Cell<R> {
         task.status = status.clone();
         task.version = v;
         if !was_terminal && state.is_terminal() {
-            let (agent_id, role, res) = (
+            let (agent_id, role, res, owner, id) = (
                 task.agent_id.clone(),
                 task.role.clone(),
                 task.resources.clone(),
+                task.owner.clone(),
+                task.id.clone(),
             );
             if let Some(ids) = self.live_tasks_by_agent.get_mut(&agent_id) {
                 ids.remove(task_id);
             }
+            self.completed_by_owner
+                .entry(owner)
+                .or_default()
+                .insert((v, id));
             // One of the two places resources are freed: on the first terminal state
             // only, and not for an evicted task (freed when it was evicted).
             if held {

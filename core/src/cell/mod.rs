@@ -16,6 +16,7 @@ use std::sync::Arc;
 use imbl::{HashMap as PMap, OrdMap};
 use serde::{Deserialize, Serialize};
 
+use crate::gc::{CollectedCounts, Retention};
 use crate::limits;
 use crate::model::*;
 use crate::records::{NoRecords, Records};
@@ -25,6 +26,7 @@ use crate::task::TaskState;
 mod agents;
 mod apply;
 mod claims;
+mod collect;
 mod holds;
 mod roles;
 mod tasks;
@@ -81,6 +83,21 @@ pub enum Command<R: Records = NoRecords> {
     },
     /// Drop every hold (a new master's first command: holds do not survive a restart).
     ClearHolds,
+    /// Forget finished work (see [`crate::gc`]; planned by [`Cell::collection`]). Each id is
+    /// re-checked: a task only if it is terminal, a claim only if none of its tasks is left,
+    /// an agent only if it is gone with no live task; the others are skipped. A claim is
+    /// collected only if it committed below `claims_below`, the change log's floor: the log's
+    /// entries name their claims, so a claim outlives every entry that names it.
+    Collect {
+        #[serde(default)]
+        claims_below: Version,
+        #[serde(default)]
+        tasks: Vec<TaskId>,
+        #[serde(default)]
+        claims: Vec<ClaimId>,
+        #[serde(default)]
+        agents: Vec<AgentId>,
+    },
     /// A change of the records a scheduler above the cell keeps (see [`Records`]). Last and
     /// untagged: it is written as the records' own command, with its own `"type"`.
     #[serde(untagged)]
@@ -182,6 +199,11 @@ pub struct Cell<R: Records = NoRecords> {
     holds: PMap<OfferId, Hold>,
     /// Index: the non-terminal tasks of each agent (so agent-wide changes do not scan the cell).
     live_tasks_by_agent: PMap<AgentId, imbl::HashSet<TaskId>>,
+    /// Index: the terminal tasks of each owner, oldest (lowest version) first: what a
+    /// collection takes from (see [`crate::gc`]).
+    completed_by_owner: OrdMap<String, imbl::OrdSet<(Version, TaskId)>>,
+    /// What collections have forgotten so far.
+    collected: CollectedCounts,
     /// Sum of scalar totals and allocations over agents that are not gone, for quota headroom.
     cluster_total: OrdMap<Name, i64>,
     cluster_allocated: OrdMap<Name, i64>,
@@ -200,6 +222,8 @@ impl<R: Records> Cell<R> {
             claims: PMap::new(),
             holds: PMap::new(),
             live_tasks_by_agent: PMap::new(),
+            completed_by_owner: OrdMap::new(),
+            collected: CollectedCounts::default(),
             cluster_total: OrdMap::new(),
             cluster_allocated: OrdMap::new(),
             records: R::default(),
@@ -240,6 +264,8 @@ impl<R: Records> Cell<R> {
                     .entry(t.agent_id.clone())
                     .or_default()
                     .insert(t.id.clone());
+            } else {
+                cell.index_completed(&t);
             }
             if t.holds_resources() {
                 if let Some(a) = cell.agents.get_mut(&t.agent_id) {
@@ -369,6 +395,12 @@ impl<R: Records> Cell<R> {
             Command::PlaceHolds { holds } => self.decide_place_holds(holds),
             Command::ReleaseHolds { offer_ids } => self.decide_release_holds(offer_ids),
             Command::ClearHolds => self.decide_clear_holds(),
+            Command::Collect {
+                claims_below,
+                tasks,
+                claims,
+                agents,
+            } => self.decide_collect(*claims_below, tasks, claims, agents),
             Command::AcceptHolds {
                 framework_id,
                 offer_ids,
@@ -447,6 +479,24 @@ impl<R: Records> Cell<R> {
         }
         if let Some((id, _)) = alloc.into_iter().next() {
             return Err(format!("live tasks on unknown agent {id}"));
+        }
+        let indexed: usize = self.completed_by_owner.values().map(|s| s.len()).sum();
+        let terminal = self.tasks.values().filter(|t| t.state.is_terminal());
+        let mut terminal_count = 0;
+        for t in terminal {
+            terminal_count += 1;
+            let listed = self
+                .completed_by_owner
+                .get(&t.owner)
+                .is_some_and(|s| s.contains(&(t.version, t.id.clone())));
+            if !listed {
+                return Err(format!("terminal task {} is not in the completed index", t.id));
+            }
+        }
+        if indexed != terminal_count {
+            return Err(format!(
+                "the completed index lists {indexed} tasks, the cell has {terminal_count} terminal"
+            ));
         }
         for r in self.roles.values() {
             let want = consumed.remove(r.name.as_str()).unwrap_or_default();

@@ -9,7 +9,7 @@ use shoal_core::{AgentId, TaskId, Version};
 use shoal_sched::{Cell, Event, LogEntry, SchedulerEvent};
 
 use super::Published;
-use crate::store::{ClaimCommit, WriteBatch};
+use crate::store::{ClaimCommit, Collected, WriteBatch};
 
 /// The keys of the records a group's entries changed (what its store write must carry).
 #[derive(Default)]
@@ -23,6 +23,7 @@ struct Changed<'a> {
     services: BTreeSet<&'a str>,
     /// Per instance (service, index): written (true) or removed (false), as of the last event.
     instances: BTreeMap<(&'a str, u32), bool>,
+    collected: Collected,
 }
 
 impl<'a> Changed<'a> {
@@ -76,6 +77,15 @@ impl<'a> Changed<'a> {
             }
             Event::HoldsReleased { agent_ids, .. } | Event::HoldsCleared { agent_ids } => {
                 changed.agents.extend(agent_ids.iter().cloned());
+            }
+            Event::Collected {
+                tasks,
+                claims,
+                agents,
+            } => {
+                changed.collected.tasks.extend(tasks.iter().cloned());
+                changed.collected.claims.extend(claims.iter().cloned());
+                changed.collected.agents.extend(agents.iter().cloned());
             }
             Event::Records(ev) => changed.scheduler_event(ev),
         }
@@ -141,7 +151,12 @@ pub(super) fn write_batch(
     published: &Published,
     retain: u64,
 ) -> WriteBatch {
-    let changed = Changed::of(cell, entries);
+    let mut changed = Changed::of(cell, entries);
+    let mut collected = std::mem::take(&mut changed.collected);
+    if !(collected.tasks.is_empty() && collected.claims.is_empty() && collected.agents.is_empty())
+    {
+        collected.counts = Some(cell.collected());
+    }
     let version = cell.version();
     let floor = published.log_floor.load(Ordering::Acquire);
     // Trim in steps of an eighth of the window, so that most commits delete nothing.
@@ -202,5 +217,6 @@ pub(super) fn write_batch(
             .map(|((id, index), _)| (id.to_string(), *index))
             .collect(),
         trim_log_below,
+        collected,
     }
 }

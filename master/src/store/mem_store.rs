@@ -31,12 +31,27 @@ struct MemImage {
     services: BTreeMap<String, Service>,
     service_instances: BTreeMap<String, (String, Instance)>,
     log: BTreeMap<Version, LogEntry>,
+    collected: CollectedCounts,
 }
 
 impl MemImage {
     fn write(&mut self, b: &WriteBatch) {
         self.cell_id = Some(b.cell_id.clone());
         self.version = b.version;
+        // What collections forgot goes first, as in the redb store (tasks are whole records
+        // here, so a collected task is one row removed).
+        for id in &b.collected.agents {
+            self.agents.remove(id.as_str());
+        }
+        for t in &b.collected.tasks {
+            self.tasks.remove(t.task_id.as_str());
+        }
+        for id in &b.collected.claims {
+            self.claims.remove(id.as_str());
+        }
+        if let Some(counts) = b.collected.counts {
+            self.collected = counts;
+        }
         for a in &b.agents {
             self.agents.insert(a.id.to_string(), Agent::clone(a));
         }
@@ -126,6 +141,7 @@ impl Store for MemStore {
                 img.services.into_values().collect(),
                 img.service_instances.into_values().collect(),
             ),
+            collected: img.collected,
         })
     }
     fn write(&self, batch: &WriteBatch) -> StoreResult<()> {

@@ -12,6 +12,10 @@ pub(super) const TASKS: TableDefinition<&str, &[u8]> = TableDefinition::new("tas
 pub(super) const ROLES: TableDefinition<&str, &[u8]> = TableDefinition::new("roles");
 pub(super) const CLAIMS: TableDefinition<&str, &[u8]> = TableDefinition::new("claims");
 pub(super) const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
+/// Key: (claim id, task id): the claim's placed copy of the task was collected (the claim's
+/// row stays while it has other tasks).
+pub(super) const COLLECTED: TableDefinition<(&str, &str), ()> = TableDefinition::new("collected");
+const COLLECTED_COUNTS_KEY: &str = "collected";
 pub(super) const JOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("jobs");
 /// Key: `<job id>/<task name>` (neither has a slash).
 pub(super) const JOB_TASKS: TableDefinition<&str, &[u8]> = TableDefinition::new("job_tasks");
@@ -74,12 +78,14 @@ impl RedbStore {
             txn.open_table(ROLES)?;
             txn.open_table(CLAIMS)?;
             txn.open_table(LOG)?;
+            txn.open_table(COLLECTED)?;
             txn.open_table(JOBS)?;
             txn.open_table(JOB_TASKS)?;
             txn.open_table(SERVICES)?;
             txn.open_table(SERVICE_INSTANCES)?;
-            // Format 1 is the first: there is nothing to upgrade yet. A later format upgrades
-            // the rows of the one before here, in this write, before its row is set.
+            // Format 2 only adds the `collected` table (made above, empty: a format-1 store
+            // never collected). A later format upgrades the rows of the one before here, in
+            // this write, before its row is set.
             if found != Some(FORMAT) {
                 if found.is_none() && meta.get(CELL_ID_KEY)?.is_some() {
                     tracing::info!(
@@ -92,6 +98,45 @@ impl RedbStore {
         }
         txn.commit()?;
         Ok(db)
+    }
+
+    /// Removes the rows of what a group's collections forgot (before the group's writes).
+    fn remove_collected(&self, txn: &redb::WriteTransaction, c: &Collected) -> StoreResult<()> {
+        if c.tasks.is_empty() && c.claims.is_empty() && c.agents.is_empty() {
+            return Ok(());
+        }
+        let mut agents = txn.open_table(AGENTS)?;
+        for id in &c.agents {
+            agents.remove(id.as_str())?;
+        }
+        let claims_gone: std::collections::HashSet<&str> =
+            c.claims.iter().map(|c| c.as_str()).collect();
+        let mut tasks = txn.open_table(TASKS)?;
+        let mut collected = txn.open_table(COLLECTED)?;
+        for t in &c.tasks {
+            tasks.remove(t.task_id.as_str())?;
+            if !claims_gone.contains(t.claim_id.as_str()) {
+                collected.insert((t.claim_id.as_str(), t.task_id.as_str()), ())?;
+            }
+        }
+        let mut claims = txn.open_table(CLAIMS)?;
+        for id in &c.claims {
+            claims.remove(id.as_str())?;
+            let id = id.as_str();
+            let mut marked = Vec::new();
+            for row in collected.range((id, "")..)? {
+                let (k, _) = row?;
+                let (claim, task) = k.value();
+                if claim != id {
+                    break;
+                }
+                marked.push(task.to_string());
+            }
+            for task in &marked {
+                collected.remove((id, task.as_str()))?;
+            }
+        }
+        Ok(())
     }
 
     /// The open database (shared with a reopen, which waits for the guard).
@@ -169,11 +214,31 @@ impl Store for RedbStore {
             Some(v) => decode("version", v.value())?,
             None => 0,
         };
-        // Tasks as their claims placed them, then the rows of those that changed since.
+        let collected = match meta.get(COLLECTED_COUNTS_KEY)? {
+            Some(v) => decode("collected counts", v.value())?,
+            None => CollectedCounts::default(),
+        };
+        // Tasks as their claims placed them (but those collected), then the rows of those
+        // that changed since.
+        let mut gone: std::collections::HashSet<(String, String)> = Default::default();
+        for row in txn.open_table(COLLECTED)?.iter()? {
+            let (k, _) = row?;
+            let (claim, task) = k.value();
+            gone.insert((claim.to_string(), task.to_string()));
+        }
         let mut claims = Vec::new();
         let mut tasks = BTreeMap::new();
         for (outcome, placed) in load_table(&txn, CLAIMS, rows::decode_claim_commit)? {
-            tasks.extend(placed.into_iter().flatten().map(|t| (t.id.clone(), t)));
+            tasks.extend(
+                placed
+                    .into_iter()
+                    .flatten()
+                    .filter(|t| {
+                        gone.is_empty()
+                            || !gone.contains(&(t.claim_id.to_string(), t.id.to_string()))
+                    })
+                    .map(|t| (t.id.clone(), t)),
+            );
             claims.push(outcome);
         }
         tasks.extend(
@@ -210,6 +275,7 @@ impl Store for RedbStore {
                 }
                 assemble_services(headers, instances)
             },
+            collected,
         })
     }
 
@@ -221,6 +287,10 @@ impl Store for RedbStore {
             let mut meta = txn.open_table(META)?;
             meta.insert(CELL_ID_KEY, batch.cell_id.as_bytes())?;
             meta.insert("version", encode(&batch.version).as_slice())?;
+            if let Some(counts) = &batch.collected.counts {
+                meta.insert(COLLECTED_COUNTS_KEY, encode(counts).as_slice())?;
+            }
+            self.remove_collected(&txn, &batch.collected)?;
             let mut agents = txn.open_table(AGENTS)?;
             for a in &batch.agents {
                 agents.insert(a.id.as_str(), encode(a).as_slice())?;
