@@ -62,12 +62,19 @@ pub struct State {
     pub agents: Vec<Agent>,
     pub tasks: Vec<Task>,
     pub roles: Vec<Role>,
+    /// What garbage collection has forgotten (masters before it say nothing: zeros).
+    #[serde(default)]
+    pub collected: shoal_core::gc::CollectedCounts,
+    /// Terminal tasks the cell still holds.
+    #[serde(default)]
+    pub completed_tasks: usize,
 }
 
 impl State {
     /// The state as a [`Cell`], on which placements can be decided with the core's own code.
     pub fn into_cell(self) -> Cell {
-        Cell::from_records(
+        let collected = self.collected;
+        let mut cell = Cell::from_records(
             CellConfig {
                 cell_id: self.cell_id.into(),
             },
@@ -76,7 +83,9 @@ impl State {
             self.tasks,
             self.roles,
             Vec::new(),
-        )
+        );
+        cell.restore_collected(collected);
+        cell
     }
 }
 

@@ -186,6 +186,10 @@ async fn get_state(State(s): State<ApiState>, Query(q): Query<StateQuery>) -> Re
             "agents": agents,
             "tasks": tasks,
             "roles": roles,
+            // Garbage collection: what the cell has forgotten, and the terminal tasks it
+            // still holds (see `shoal_core::gc`).
+            "collected": snap.collected(),
+            "completed_tasks": snap.completed_task_count(),
         }))
     })
     .await;

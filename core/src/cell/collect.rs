@@ -198,11 +198,12 @@ impl<R: Records> Cell<R> {
         claims: &[ClaimId],
         agents: &[AgentId],
     ) {
+        // A mirror built from a partial view may not hold every record: what it lacks it has
+        // nothing to forget of.
         for c in tasks {
-            let t = self
-                .tasks
-                .remove(&c.task_id)
-                .expect("decided on a known task");
+            let Some(t) = self.tasks.remove(&c.task_id) else {
+                continue;
+            };
             assert!(t.state.is_terminal(), "collected a live task {}", t.id);
             if let Some(done) = self.completed_by_owner.get_mut(&t.owner) {
                 done.remove(&(t.version, t.id.clone()));
@@ -215,7 +216,9 @@ impl<R: Records> Cell<R> {
             self.claims.remove(id);
         }
         for id in agents {
-            let a = self.agents.remove(id).expect("decided on a known agent");
+            let Some(a) = self.agents.remove(id) else {
+                continue;
+            };
             assert_eq!(a.state, AgentState::Gone, "collected an agent not gone");
             self.live_tasks_by_agent.remove(id);
         }
