@@ -867,3 +867,55 @@ fn the_same_inputs_give_the_same_effects() {
     };
     assert_eq!(run(), run());
 }
+
+/// Garbage collection keeps a framework's terminal task while its update waits for an
+/// acknowledgement; once acknowledged the task may be collected, and reconciliation answers
+/// it as Mesos does a task it no longer knows.
+#[test]
+fn a_terminal_task_is_kept_until_acknowledged_then_collected_and_reconciled_as_unknown() {
+    use base64::Engine;
+    let (mut h, fw) = running(framework("f"));
+    let running = h.updates(SessionId(1));
+    h.commit(Command::UpdateTaskStatus {
+        task_id: TaskId::new("t1"),
+        state: TaskState::Finished,
+        status: StatusInfo::default(),
+    })
+    .unwrap();
+    let keep_none = shoal_core::gc::Retention {
+        completed_tasks_per_owner: 0,
+        ..Default::default()
+    };
+    let plan = |h: &Harness| {
+        let model = &h.model;
+        h.cell
+            .collection(&keep_none, h.now().wall_ms, 0, &|t| model.retains(t))
+    };
+    assert!(plan(&h).is_none(), "the RUNNING update is not acknowledged yet");
+    let ack = |h: &mut Harness, s: &mesos::TaskStatus| {
+        let b64 = base64::engine::general_purpose::STANDARD.encode(s.uuid.as_ref().unwrap());
+        h.call(
+            SessionId(1),
+            json!({"type": "ACKNOWLEDGE", "framework_id": {"value": fw},
+                   "acknowledge": {"agent_id": {"value": "a"}, "task_id": {"value": "t1"}, "uuid": b64}}),
+        )
+        .unwrap();
+    };
+    ack(&mut h, &running[0]);
+    let finished = h.updates(SessionId(1));
+    assert_eq!(state_name(&finished[0]), "TASK_FINISHED");
+    assert!(plan(&h).is_none(), "TASK_FINISHED is not acknowledged yet");
+    ack(&mut h, &finished[0]);
+    let collect = plan(&h).expect("acknowledged: the task may go");
+    h.commit(collect).unwrap();
+    assert!(h.cell.task(&TaskId::new("t1")).is_none());
+    h.call(
+        SessionId(1),
+        json!({"type": "RECONCILE", "framework_id": {"value": fw}, "reconcile": {"tasks": [
+            {"task_id": {"value": "t1"}}]}}),
+    )
+    .unwrap();
+    let answer = h.updates(SessionId(1));
+    assert_eq!(state_name(&answer[0]), "TASK_LOST", "unknown, not partition-aware");
+    assert_eq!(reason_name(&answer[0]), "REASON_RECONCILIATION");
+}
