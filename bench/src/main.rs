@@ -5,12 +5,14 @@
 //! ```text
 //! cargo run -p shoal-bench -- --smoke          # tiny scale, < 60 s in a debug build (CI)
 //! cargo run --release -p shoal-bench           # the full scale, by hand
-//! shoal-bench [--smoke] [--work-dir DIR] [--only a,b,c,d] [--shoal-bin PATH]
+//! shoal-bench [--smoke] [--work-dir DIR] [--only a,b,c,d,e] [--shoal-bin PATH]
 //! ```
 //!
 //! Phases: (a) the commit path in process; (b) the C1M shape over HTTP against the real
-//! master binary, then SIGKILL and restart; (c) conflicts, fine vs coarse; (d) snapshot time.
+//! master binary, then SIGKILL and restart; (c) conflicts, fine vs coarse; (d) snapshot time;
+//! (e) churn: memory and store size under task churn, in process.
 
+mod churn;
 mod disk;
 mod http;
 mod inproc;
@@ -38,8 +40,8 @@ struct Args {
     #[arg(long = "work-dir")]
     work_dir: Option<PathBuf>,
     /// Phases to run, comma-separated: a (commit path), b (C1M over HTTP), c (conflicts),
-    /// d (snapshots).
-    #[arg(long, value_delimiter = ',', default_value = "a,b,c,d")]
+    /// d (snapshots), e (churn).
+    #[arg(long, value_delimiter = ',', default_value = "a,b,c,d,e")]
     only: Vec<String>,
     /// The `shoal` binary for the HTTP phases. Default: the one next to this binary, else
     /// target/release/shoal or target/debug/shoal.
@@ -65,6 +67,7 @@ struct Scale {
     c: inproc::ScaleC,
     d_agents: usize,
     d_requests: usize,
+    e: churn::ScaleE,
     sync_span: Duration,
     phase_limit: Duration,
     run_limit: Duration,
@@ -96,6 +99,14 @@ fn scale(smoke: bool, b_jobs: Option<usize>, b_inflight: usize) -> Scale {
             },
             d_agents: 500,
             d_requests: 5,
+            e: churn::ScaleE {
+                agents: 100,
+                live: 200,
+                lifecycles: 50_000,
+                workers: 16,
+                claim: 4,
+                smoke: true,
+            },
             sync_span: Duration::from_millis(300),
             phase_limit: Duration::from_secs(40),
             run_limit: Duration::from_secs(150),
@@ -125,6 +136,14 @@ fn scale(smoke: bool, b_jobs: Option<usize>, b_inflight: usize) -> Scale {
             },
             d_agents: 10_000,
             d_requests: 20,
+            e: churn::ScaleE {
+                agents: 10_000,
+                live: 1_000,
+                lifecycles: 10_000_000,
+                workers: 16,
+                claim: 4,
+                smoke: false,
+            },
             sync_span: Duration::from_secs(1),
             phase_limit: Duration::from_secs(20 * 60),
             run_limit: Duration::from_secs(60 * 60),
@@ -149,8 +168,8 @@ fn run(args: Args) -> Result<bool> {
     let started = Instant::now();
     let s = scale(args.smoke, args.b_jobs, args.b_inflight);
     for p in &args.only {
-        if !["a", "b", "c", "d"].contains(&p.as_str()) {
-            bail!("unknown phase '{p}' (phases: a, b, c, d)");
+        if !["a", "b", "c", "d", "e"].contains(&p.as_str()) {
+            bail!("unknown phase '{p}' (phases: a, b, c, d, e)");
         }
     }
     let want = |p: &str| args.only.iter().any(|x| x == p);
@@ -272,6 +291,9 @@ fn run(args: Args) -> Result<bool> {
                 s.phase_limit,
             ),
         );
+    }
+    if want("e") {
+        phase("e", churn::phase_e(&dir, &s.e, s.phase_limit));
     }
 
     if args.keep_work_dir {
