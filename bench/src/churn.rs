@@ -14,8 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use shoal_core::{
-    AgentId, Claim, ClaimId, CommitMode, ConflictCheck, ResourceSet, StatusInfo, TaskId,
-    TaskState,
+    AgentId, Claim, ClaimId, CommitMode, ConflictCheck, ResourceSet, StatusInfo, TaskId, TaskState,
 };
 use shoal_master::agents::AgentTimers;
 use shoal_master::committer::CommitConfig;
@@ -49,10 +48,14 @@ pub struct ScaleE {
     pub claim: usize,
     /// `--smoke`: growth past the tolerance fails the phase (for CI).
     pub smoke: bool,
+    /// The phase's time limit (registration included); past it the phase fails.
+    pub limit: Duration,
 }
 
 /// The master's commit configuration for this phase. Retention (garbage collection of
 /// terminal tasks and claims) is set here, and nowhere else.
+// The struct update stays for the fields `CommitConfig` is gaining (retention).
+#[allow(clippy::needless_update)]
 fn churn_commit_config(smoke: bool) -> CommitConfig {
     // Smoke: keep 1,000 completed tasks per owner, far below its 50,000 lifecycles; full:
     // the default (1,000). `smoke` is read once the retention line below is in.
@@ -103,7 +106,8 @@ fn growth(value: u64, base: u64) -> f64 {
     (value as f64 - base as f64) / (base as f64).max(1.0)
 }
 
-pub fn phase_e(dir: &Path, scale: &ScaleE, limit: Duration) -> Result<()> {
+pub fn phase_e(dir: &Path, scale: &ScaleE) -> Result<()> {
+    let limit = scale.limit;
     title("(e) churn, in process: steady live tasks, claimed, RUNNING, FINISHED, over and over");
     param(
         "agents",
@@ -132,6 +136,7 @@ pub fn phase_e(dir: &Path, scale: &ScaleE, limit: Duration) -> Result<()> {
         "master",
         format!("MasterCore over redb, --log-retain {}", int(LOG_RETAIN)),
     );
+    param("time limit", format!("{limit:?}"));
     param(
         "checkpoints",
         "every tenth; baseline: the first (after the warm-up tenth)",

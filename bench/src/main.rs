@@ -50,6 +50,9 @@ struct Args {
     /// Override the number of jobs of phase (b) (1,000 tasks each at full scale).
     #[arg(long = "b-jobs")]
     b_jobs: Option<usize>,
+    /// Override the number of task lifecycles of phase (e) (10,000,000 at full scale).
+    #[arg(long = "e-lifecycles")]
+    e_lifecycles: Option<u64>,
     /// (b): claims each scheduler client keeps in flight.
     #[arg(long = "b-inflight", default_value_t = 4)]
     b_inflight: usize,
@@ -73,7 +76,12 @@ struct Scale {
     run_limit: Duration,
 }
 
-fn scale(smoke: bool, b_jobs: Option<usize>, b_inflight: usize) -> Scale {
+fn scale(
+    smoke: bool,
+    b_jobs: Option<usize>,
+    b_inflight: usize,
+    e_lifecycles: Option<u64>,
+) -> Scale {
     if smoke {
         Scale {
             a: inproc::ScaleA {
@@ -102,10 +110,11 @@ fn scale(smoke: bool, b_jobs: Option<usize>, b_inflight: usize) -> Scale {
             e: churn::ScaleE {
                 agents: 100,
                 live: 200,
-                lifecycles: 50_000,
+                lifecycles: e_lifecycles.unwrap_or(50_000),
                 workers: 16,
                 claim: 4,
                 smoke: true,
+                limit: Duration::from_secs(60),
             },
             sync_span: Duration::from_millis(300),
             phase_limit: Duration::from_secs(40),
@@ -139,10 +148,12 @@ fn scale(smoke: bool, b_jobs: Option<usize>, b_inflight: usize) -> Scale {
             e: churn::ScaleE {
                 agents: 10_000,
                 live: 1_000,
-                lifecycles: 10_000_000,
+                lifecycles: e_lifecycles.unwrap_or(10_000_000),
                 workers: 16,
                 claim: 4,
                 smoke: false,
+                // 10,000,000 lifecycles at a few thousand a second.
+                limit: Duration::from_secs(4 * 3600),
             },
             sync_span: Duration::from_secs(1),
             phase_limit: Duration::from_secs(20 * 60),
@@ -166,7 +177,7 @@ fn main() {
 /// Returns whether every phase ran.
 fn run(args: Args) -> Result<bool> {
     let started = Instant::now();
-    let s = scale(args.smoke, args.b_jobs, args.b_inflight);
+    let s = scale(args.smoke, args.b_jobs, args.b_inflight, args.e_lifecycles);
     for p in &args.only {
         if !["a", "b", "c", "d", "e"].contains(&p.as_str()) {
             bail!("unknown phase '{p}' (phases: a, b, c, d, e)");
@@ -209,7 +220,7 @@ fn run(args: Args) -> Result<bool> {
     std::fs::create_dir_all(&dir)?;
 
     // A watchdog: whatever hangs, the run ends, and the masters it started with it.
-    let limit = s.run_limit;
+    let limit = s.run_limit + if want("e") { s.e.limit } else { Duration::ZERO };
     std::thread::spawn(move || {
         std::thread::sleep(limit);
         eprintln!("shoal-bench: the whole run took longer than {limit:?}: stopping");
@@ -293,7 +304,7 @@ fn run(args: Args) -> Result<bool> {
         );
     }
     if want("e") {
-        phase("e", churn::phase_e(&dir, &s.e, s.phase_limit));
+        phase("e", churn::phase_e(&dir, &s.e));
     }
 
     if args.keep_work_dir {
