@@ -100,7 +100,7 @@ fn counters(p: &Published) -> Counters {
     }
 }
 
-fn placement(task_id: String, agent: &AgentId, res: &ResourceSet) -> Placement {
+pub(crate) fn placement(task_id: String, agent: &AgentId, res: &ResourceSet) -> Placement {
     Placement {
         task_id: TaskId::new(task_id),
         name: String::new(),

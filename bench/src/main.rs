@@ -5,12 +5,14 @@
 //! ```text
 //! cargo run -p shoal-bench -- --smoke          # tiny scale, < 60 s in a debug build (CI)
 //! cargo run --release -p shoal-bench           # the full scale, by hand
-//! shoal-bench [--smoke] [--work-dir DIR] [--only a,b,c,d] [--shoal-bin PATH]
+//! shoal-bench [--smoke] [--work-dir DIR] [--only a,b,c,d,e] [--shoal-bin PATH]
 //! ```
 //!
 //! Phases: (a) the commit path in process; (b) the C1M shape over HTTP against the real
-//! master binary, then SIGKILL and restart; (c) conflicts, fine vs coarse; (d) snapshot time.
+//! master binary, then SIGKILL and restart; (c) conflicts, fine vs coarse; (d) snapshot time;
+//! (e) churn: memory and store size under task churn, in process.
 
+mod churn;
 mod disk;
 mod http;
 mod inproc;
@@ -38,8 +40,8 @@ struct Args {
     #[arg(long = "work-dir")]
     work_dir: Option<PathBuf>,
     /// Phases to run, comma-separated: a (commit path), b (C1M over HTTP), c (conflicts),
-    /// d (snapshots).
-    #[arg(long, value_delimiter = ',', default_value = "a,b,c,d")]
+    /// d (snapshots), e (churn).
+    #[arg(long, value_delimiter = ',', default_value = "a,b,c,d,e")]
     only: Vec<String>,
     /// The `shoal` binary for the HTTP phases. Default: the one next to this binary, else
     /// target/release/shoal or target/debug/shoal.
@@ -48,6 +50,9 @@ struct Args {
     /// Override the number of jobs of phase (b) (1,000 tasks each at full scale).
     #[arg(long = "b-jobs")]
     b_jobs: Option<usize>,
+    /// Override the number of task lifecycles of phase (e) (10,000,000 at full scale).
+    #[arg(long = "e-lifecycles")]
+    e_lifecycles: Option<u64>,
     /// (b): claims each scheduler client keeps in flight.
     #[arg(long = "b-inflight", default_value_t = 4)]
     b_inflight: usize,
@@ -65,12 +70,18 @@ struct Scale {
     c: inproc::ScaleC,
     d_agents: usize,
     d_requests: usize,
+    e: churn::ScaleE,
     sync_span: Duration,
     phase_limit: Duration,
     run_limit: Duration,
 }
 
-fn scale(smoke: bool, b_jobs: Option<usize>, b_inflight: usize) -> Scale {
+fn scale(
+    smoke: bool,
+    b_jobs: Option<usize>,
+    b_inflight: usize,
+    e_lifecycles: Option<u64>,
+) -> Scale {
     if smoke {
         Scale {
             a: inproc::ScaleA {
@@ -96,6 +107,15 @@ fn scale(smoke: bool, b_jobs: Option<usize>, b_inflight: usize) -> Scale {
             },
             d_agents: 500,
             d_requests: 5,
+            e: churn::ScaleE {
+                agents: 100,
+                live: 200,
+                lifecycles: e_lifecycles.unwrap_or(50_000),
+                workers: 16,
+                claim: 4,
+                smoke: true,
+                limit: Duration::from_secs(60),
+            },
             sync_span: Duration::from_millis(300),
             phase_limit: Duration::from_secs(40),
             run_limit: Duration::from_secs(150),
@@ -125,6 +145,16 @@ fn scale(smoke: bool, b_jobs: Option<usize>, b_inflight: usize) -> Scale {
             },
             d_agents: 10_000,
             d_requests: 20,
+            e: churn::ScaleE {
+                agents: 10_000,
+                live: 1_000,
+                lifecycles: e_lifecycles.unwrap_or(10_000_000),
+                workers: 16,
+                claim: 4,
+                smoke: false,
+                // 10,000,000 lifecycles at a few thousand a second.
+                limit: Duration::from_secs(4 * 3600),
+            },
             sync_span: Duration::from_secs(1),
             phase_limit: Duration::from_secs(20 * 60),
             run_limit: Duration::from_secs(60 * 60),
@@ -147,10 +177,10 @@ fn main() {
 /// Returns whether every phase ran.
 fn run(args: Args) -> Result<bool> {
     let started = Instant::now();
-    let s = scale(args.smoke, args.b_jobs, args.b_inflight);
+    let s = scale(args.smoke, args.b_jobs, args.b_inflight, args.e_lifecycles);
     for p in &args.only {
-        if !["a", "b", "c", "d"].contains(&p.as_str()) {
-            bail!("unknown phase '{p}' (phases: a, b, c, d)");
+        if !["a", "b", "c", "d", "e"].contains(&p.as_str()) {
+            bail!("unknown phase '{p}' (phases: a, b, c, d, e)");
         }
     }
     let want = |p: &str| args.only.iter().any(|x| x == p);
@@ -190,7 +220,7 @@ fn run(args: Args) -> Result<bool> {
     std::fs::create_dir_all(&dir)?;
 
     // A watchdog: whatever hangs, the run ends, and the masters it started with it.
-    let limit = s.run_limit;
+    let limit = s.run_limit + if want("e") { s.e.limit } else { Duration::ZERO };
     std::thread::spawn(move || {
         std::thread::sleep(limit);
         eprintln!("shoal-bench: the whole run took longer than {limit:?}: stopping");
@@ -272,6 +302,9 @@ fn run(args: Args) -> Result<bool> {
                 s.phase_limit,
             ),
         );
+    }
+    if want("e") {
+        phase("e", churn::phase_e(&dir, &s.e));
     }
 
     if args.keep_work_dir {
