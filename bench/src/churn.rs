@@ -57,13 +57,23 @@ pub struct ScaleE {
 // The struct update stays for the fields `CommitConfig` is gaining (retention).
 #[allow(clippy::needless_update)]
 fn churn_commit_config(smoke: bool) -> CommitConfig {
-    // Smoke: keep 1,000 completed tasks per owner, far below its 50,000 lifecycles; full:
-    // the default (1,000). `smoke` is read once the retention line below is in.
-    let _ = smoke;
-    CommitConfig {
-        log_retain_entries: LOG_RETAIN,
-        // TODO(retention): retention: if smoke { shoal_core::gc::Retention { completed_tasks_per_owner: 1_000, ..Default::default() } } else { Default::default() },
-        ..Default::default()
+    // Smoke: keep 100 completed tasks per owner and a tenth of the log, collected every
+    // 100 ms, so that the cell reaches its steady state within the warm-up tenth of its
+    // 50,000 lifecycles; full: the defaults (1,000 completed tasks, every second).
+    if smoke {
+        CommitConfig {
+            log_retain_entries: LOG_RETAIN / 10,
+            retention: shoal_core::gc::Retention {
+                completed_tasks_per_owner: 100,
+                ..Default::default()
+            },
+            collect_interval: std::time::Duration::from_millis(100),
+        }
+    } else {
+        CommitConfig {
+            log_retain_entries: LOG_RETAIN,
+            ..Default::default()
+        }
     }
 }
 
@@ -108,6 +118,7 @@ fn growth(value: u64, base: u64) -> f64 {
 
 pub fn phase_e(dir: &Path, scale: &ScaleE) -> Result<()> {
     let limit = scale.limit;
+    let config = churn_commit_config(scale.smoke);
     title("(e) churn, in process: steady live tasks, claimed, RUNNING, FINISHED, over and over");
     param(
         "agents",
@@ -134,7 +145,12 @@ pub fn phase_e(dir: &Path, scale: &ScaleE) -> Result<()> {
     );
     param(
         "master",
-        format!("MasterCore over redb, --log-retain {}", int(LOG_RETAIN)),
+        format!(
+            "MasterCore over redb, --log-retain {}, {} completed tasks kept, collected every {:?}",
+            int(config.log_retain_entries),
+            int(config.retention.completed_tasks_per_owner as u64),
+            config.collect_interval
+        ),
     );
     param("time limit", format!("{limit:?}"));
     param(

@@ -94,7 +94,10 @@ impl Compat {
                 "the v0 scheduler API is off: the master has no IPv4 address to advertise (--advertise-ip)"
             ),
         }
-        compat.core.collector.retain_with(Arc::new(Retains(Arc::downgrade(&compat))));
+        compat
+            .core
+            .collector
+            .retain_with(Arc::new(Retains(Arc::downgrade(&compat))));
         tokio::spawn(allocation_loop(compat.clone()));
         tokio::spawn(forward_loop(compat.clone()));
         tokio::spawn(timers_loop(compat.clone()));

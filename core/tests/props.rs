@@ -20,8 +20,8 @@ use proptest::prelude::*;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::{json, Value as Json};
-use shoal_core::*;
 use shoal_core::gc::Retention;
+use shoal_core::*;
 
 const NOW: Timestamp = 1_700_000_000_000;
 /// Replay the log through JSON as well (what the store and watch clients do).
@@ -809,10 +809,16 @@ impl Harness {
         }
         for c in before.claims() {
             if self.cell.claim(&c.claim_id).is_none() {
-                assert!(c.committed_version.is_some_and(|v| v < floor), "claim {} collected while the log names it", c.claim_id);
+                assert!(
+                    c.committed_version.is_some_and(|v| v < floor),
+                    "claim {} collected while the log names it",
+                    c.claim_id
+                );
                 for p in c.placements.iter().filter(|p| p.committed) {
                     assert!(
-                        self.cell.task(&p.task_id).is_none_or(|t| t.claim_id != c.claim_id),
+                        self.cell
+                            .task(&p.task_id)
+                            .is_none_or(|t| t.claim_id != c.claim_id),
                         "claim {} collected with its task {} left",
                         c.claim_id,
                         p.task_id
@@ -822,8 +828,18 @@ impl Harness {
         }
         for a in before.agents() {
             if self.cell.agent(&a.id).is_none() {
-                assert_eq!(a.state, AgentState::Gone, "collected agent {} not gone", a.id);
-                assert_eq!(before.live_tasks_on(&a.id).count(), 0, "collected agent {} with live tasks", a.id);
+                assert_eq!(
+                    a.state,
+                    AgentState::Gone,
+                    "collected agent {} not gone",
+                    a.id
+                );
+                assert_eq!(
+                    before.live_tasks_on(&a.id).count(),
+                    0,
+                    "collected agent {} with live tasks",
+                    a.id
+                );
             }
         }
     }

@@ -57,9 +57,8 @@ impl Collector {
         let now = published.clock.wall_ms();
         let plan = {
             let retainers = self.retainers.read();
-            let retained = |t: &Task| {
-                shoal_sched::retains(&snap, t) || retainers.iter().any(|r| r.retains(t))
-            };
+            let retained =
+                |t: &Task| shoal_sched::retains(&snap, t) || retainers.iter().any(|r| r.retains(t));
             snap.collection(&self.retention, now, floor, &retained)
         };
         let Some(command) = plan else {
@@ -103,8 +102,8 @@ pub fn start(collector: Arc<Collector>, committer: Committer, published: Arc<Pub
 mod tests {
     use shoal_core::clock::ManualClock;
     use shoal_core::{
-        AgentId, AgentRegistration, AgentState, Claim, ClaimId, Placement, ResourceSet,
-        StatusInfo, TaskId, TaskSpec, TaskState,
+        AgentId, AgentRegistration, AgentState, Claim, ClaimId, Placement, ResourceSet, StatusInfo,
+        TaskId, TaskSpec, TaskState,
     };
     use shoal_sched::{Command, Reply};
 
@@ -207,20 +206,31 @@ mod tests {
         ok(core.step(vec![finish("t2")]));
         let snap = core.published().snapshot();
         let floor = snap.version();
-        let plan = snap.collection(&keep_none, 2_000, floor, &|_| false).unwrap();
+        let plan = snap
+            .collection(&keep_none, 2_000, floor, &|_| false)
+            .unwrap();
         ok(core.step(vec![plan]));
         let snap = core.published().snapshot();
         assert!(snap.task(&TaskId::new("t2")).is_none());
-        assert!(snap.claim(&ClaimId::new("c1")).is_none(), "c1 is empty and below the floor");
+        assert!(
+            snap.claim(&ClaimId::new("c1")).is_none(),
+            "c1 is empty and below the floor"
+        );
         assert!(snap.agent(&a2).is_none(), "the gone agent is collected");
-        assert_eq!(snap.task(&TaskId::new("t1")).unwrap().claim_id.as_str(), "c2");
+        assert_eq!(
+            snap.task(&TaskId::new("t1")).unwrap().claim_id.as_str(),
+            "c2"
+        );
         assert_eq!(snap.collected().tasks, 2);
         assert_eq!(snap.collected().claims, 1);
         assert_eq!(snap.collected().agents, 1);
         drop(core);
         let reloaded = crate::load_cell(store.as_ref()).unwrap();
         assert_eq!(reloaded.task_count(), 1);
-        assert_eq!(reloaded.task(&TaskId::new("t1")).unwrap().claim_id.as_str(), "c2");
+        assert_eq!(
+            reloaded.task(&TaskId::new("t1")).unwrap().claim_id.as_str(),
+            "c2"
+        );
         assert!(reloaded.claim(&ClaimId::new("c1")).is_none());
         assert!(reloaded.claim(&ClaimId::new("c2")).is_some());
         assert!(reloaded.agent(&a2).is_none());

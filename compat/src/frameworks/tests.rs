@@ -891,7 +891,10 @@ fn a_terminal_task_is_kept_until_acknowledged_then_collected_and_reconciled_as_u
         h.cell
             .collection(&keep_none, h.now().wall_ms, 0, &|t| model.retains(t))
     };
-    assert!(plan(&h).is_none(), "the RUNNING update is not acknowledged yet");
+    assert!(
+        plan(&h).is_none(),
+        "the RUNNING update is not acknowledged yet"
+    );
     let ack = |h: &mut Harness, s: &mesos::TaskStatus| {
         let b64 = base64::engine::general_purpose::STANDARD.encode(s.uuid.as_ref().unwrap());
         h.call(
@@ -916,6 +919,10 @@ fn a_terminal_task_is_kept_until_acknowledged_then_collected_and_reconciled_as_u
     )
     .unwrap();
     let answer = h.updates(SessionId(1));
-    assert_eq!(state_name(&answer[0]), "TASK_LOST", "unknown, not partition-aware");
+    assert_eq!(
+        state_name(&answer[0]),
+        "TASK_LOST",
+        "unknown, not partition-aware"
+    );
     assert_eq!(reason_name(&answer[0]), "REASON_RECONCILIATION");
 }

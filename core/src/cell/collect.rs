@@ -26,6 +26,18 @@ impl<R: Records> Cell<R> {
             .insert((t.version, t.id.clone()));
     }
 
+    /// Lists the claims none of whose tasks is left (after loading).
+    pub(super) fn index_emptied_claims(&mut self) {
+        let none = BTreeSet::new();
+        let emptied: Vec<(Version, ClaimId)> = self
+            .claims
+            .values()
+            .filter(|c| self.claim_is_empty_without(&c.claim_id, Version::MAX, &none))
+            .map(|c| (c.committed_version.unwrap_or(0), c.claim_id.clone()))
+            .collect();
+        self.emptied_claims.extend(emptied);
+    }
+
     /// Plans a collection at `now` by `retention`: per owner, the oldest terminal tasks past
     /// the count or the age; the claims those leave without tasks; the oldest gone agents past
     /// their count. `retained` keeps a task out (a caller above the cell still needs it);
@@ -41,7 +53,9 @@ impl<R: Records> Cell<R> {
         let budget = retention.per_collection_max.max(1);
         let mut tasks: Vec<TaskId> = Vec::new();
         'owners: for done in self.completed_by_owner.values() {
-            let over = done.len().saturating_sub(retention.completed_tasks_per_owner);
+            let over = done
+                .len()
+                .saturating_sub(retention.completed_tasks_per_owner);
             for (i, (_, id)) in done.iter().enumerate() {
                 let Some(t) = self.tasks.get(id) else {
                     continue;
@@ -64,6 +78,15 @@ impl<R: Records> Cell<R> {
         let going: BTreeSet<&TaskId> = tasks.iter().collect();
         let mut claims = Vec::new();
         let mut seen = BTreeSet::new();
+        // Claims left empty by earlier collections, once the log's floor passed them.
+        for (v, id) in self.emptied_claims.iter() {
+            if *v >= log_floor || claims.len() + tasks.len() >= budget {
+                break;
+            }
+            if seen.insert(id) {
+                claims.push(id.clone());
+            }
+        }
         for id in &tasks {
             let claim_id = &self.tasks[id].claim_id;
             if seen.insert(claim_id) && self.claim_is_empty_without(claim_id, log_floor, &going) {
@@ -213,7 +236,20 @@ impl<R: Records> Cell<R> {
             }
         }
         for id in claims {
-            self.claims.remove(id);
+            if let Some(c) = self.claims.remove(id) {
+                self.emptied_claims
+                    .remove(&(c.committed_version.unwrap_or(0), id.clone()));
+            }
+        }
+        // The claims these tasks leave empty wait for the log's floor to pass them.
+        let none = BTreeSet::new();
+        for c in tasks {
+            if let Some(claim) = self.claims.get(&c.claim_id) {
+                let key = (claim.committed_version.unwrap_or(0), c.claim_id.clone());
+                if self.claim_is_empty_without(&c.claim_id, Version::MAX, &none) {
+                    self.emptied_claims.insert(key);
+                }
+            }
         }
         for id in agents {
             let Some(a) = self.agents.remove(id) else {

@@ -202,6 +202,9 @@ pub struct Cell<R: Records = NoRecords> {
     /// Index: the terminal tasks of each owner, oldest (lowest version) first: what a
     /// collection takes from (see [`crate::gc`]).
     completed_by_owner: OrdMap<String, imbl::OrdSet<(Version, TaskId)>>,
+    /// Index: claim outcomes none of whose tasks is left, by the version they committed at:
+    /// a collection forgets them once the change log's floor has passed them.
+    emptied_claims: imbl::OrdSet<(Version, ClaimId)>,
     /// What collections have forgotten so far.
     collected: CollectedCounts,
     /// Sum of scalar totals and allocations over agents that are not gone, for quota headroom.
@@ -223,6 +226,7 @@ impl<R: Records> Cell<R> {
             holds: PMap::new(),
             live_tasks_by_agent: PMap::new(),
             completed_by_owner: OrdMap::new(),
+            emptied_claims: imbl::OrdSet::new(),
             collected: CollectedCounts::default(),
             cluster_total: OrdMap::new(),
             cluster_allocated: OrdMap::new(),
@@ -287,6 +291,7 @@ impl<R: Records> Cell<R> {
         for c in claims {
             cell.claims.insert(c.claim_id.clone(), Arc::new(c));
         }
+        cell.index_emptied_claims();
         let agents: Vec<Arc<Agent>> = cell.agents.values().cloned().collect();
         for a in &agents {
             if a.state != AgentState::Gone {
@@ -490,7 +495,10 @@ impl<R: Records> Cell<R> {
                 .get(&t.owner)
                 .is_some_and(|s| s.contains(&(t.version, t.id.clone())));
             if !listed {
-                return Err(format!("terminal task {} is not in the completed index", t.id));
+                return Err(format!(
+                    "terminal task {} is not in the completed index",
+                    t.id
+                ));
             }
         }
         if indexed != terminal_count {

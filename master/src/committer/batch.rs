@@ -153,8 +153,7 @@ pub(super) fn write_batch(
 ) -> WriteBatch {
     let mut changed = Changed::of(cell, entries);
     let mut collected = std::mem::take(&mut changed.collected);
-    if !(collected.tasks.is_empty() && collected.claims.is_empty() && collected.agents.is_empty())
-    {
+    if !(collected.tasks.is_empty() && collected.claims.is_empty() && collected.agents.is_empty()) {
         collected.counts = Some(cell.collected());
     }
     let version = cell.version();
