@@ -215,6 +215,22 @@ impl Records for Schedulers {
     }
 }
 
+/// Whether a collection must keep `task` for the built-in schedulers (see
+/// `shoal_core::gc`): a task of a job that is still running (its retries and dependents are
+/// decided from it). A service's tasks are not kept: its instances' records say what it needs.
+pub fn retains(cell: &Cell, task: &shoal_core::Task) -> bool {
+    if task.owner != batch::BATCH_OWNER {
+        return false;
+    }
+    // `<job>.<task>.<attempt>`: a job id is one of the task id's prefixes up to a dot.
+    let id = task.id.as_str();
+    id.match_indices('.').any(|(at, _)| {
+        cell.records()
+            .job(&id[..at])
+            .is_some_and(|j| !j.state.is_terminal())
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -282,20 +298,4 @@ mod tests {
         let command: Command = serde_json::from_str(kill).unwrap();
         assert!(matches!(command, Command::KillTask { .. }));
     }
-}
-
-/// Whether a collection must keep `task` for the built-in schedulers (see
-/// `shoal_core::gc`): a task of a job that is still running (its retries and dependents are
-/// decided from it). A service's tasks are not kept: its instances' records say what it needs.
-pub fn retains(cell: &Cell, task: &shoal_core::Task) -> bool {
-    if task.owner != batch::BATCH_OWNER {
-        return false;
-    }
-    // `<job>.<task>.<attempt>`: a job id is one of the task id's prefixes up to a dot.
-    let id = task.id.as_str();
-    id.match_indices('.').any(|(at, _)| {
-        cell.records()
-            .job(&id[..at])
-            .is_some_and(|j| !j.state.is_terminal())
-    })
 }
