@@ -241,12 +241,14 @@ impl<R: Records> Cell<R> {
                     .remove(&(c.committed_version.unwrap_or(0), id.clone()));
             }
         }
-        // The claims these tasks leave empty wait for the log's floor to pass them.
+        // The claims these tasks leave empty wait for the log's floor to pass them (each claim
+        // checked once, however many of its tasks went).
         let none = BTreeSet::new();
-        for c in tasks {
-            if let Some(claim) = self.claims.get(&c.claim_id) {
-                let key = (claim.committed_version.unwrap_or(0), c.claim_id.clone());
-                if self.claim_is_empty_without(&c.claim_id, Version::MAX, &none) {
+        let touched: BTreeSet<&ClaimId> = tasks.iter().map(|c| &c.claim_id).collect();
+        for id in touched {
+            if let Some(claim) = self.claims.get(id) {
+                let key = (claim.committed_version.unwrap_or(0), id.clone());
+                if self.claim_is_empty_without(id, Version::MAX, &none) {
                     self.emptied_claims.insert(key);
                 }
             }
